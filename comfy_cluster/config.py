@@ -1,0 +1,420 @@
+"""Server configuration: the :class:`ServerConfig` model and parsing of environment variables.
+
+Order of precedence in :func:`servers_from_env` (the first source that is set wins):
+
+1. ``NUKE_COMFYUI_SERVERS``: a JSON array of server objects, or a path to a JSON file holding one.
+2. Numbered variables ``NUKE_COMFYUI_IP_1``, ``NUKE_COMFYUI_PORT_1``, ``NUKE_COMFYUI_NAME_1``,
+   ``NUKE_COMFYUI_PRIORITY_1``, ``NUKE_COMFYUI_WEIGHT_1``, then ``_2`` ... consecutively.
+3. The legacy single-server variables of ComfyUI-for-Nuke: ``NUKE_COMFYUI_URL`` (or the older
+   ``NUKE_COMFYUI_HOST``), ``NUKE_COMFYUI_IP`` with ``NUKE_COMFYUI_PORT``, ``NUKE_COMFYUI_DIR``.
+4. Nothing: one server at ``127.0.0.1:8188``.
+
+Every problem raises :class:`~comfy_cluster.errors.ConfigError` with a one-line message that
+names the variable, the server (index and name) and the field. Header values are never shown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "ServerConfig",
+    "servers_from_env",
+    "parse_servers_json",
+    "strategy_from_env",
+    "status_ttl_from_env",
+    "DEFAULT_PORT",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8188
+ENV_SERVERS = "NUKE_COMFYUI_SERVERS"
+ENV_STRATEGY = "NUKE_COMFYUI_STRATEGY"
+ENV_TTL = "NUKE_COMFYUI_STATUS_TTL"
+_NUMBERED = re.compile(r"^NUKE_COMFYUI_(IP|PORT|NAME|PRIORITY|WEIGHT)_(\d+)$")
+# A host name or address: letters, digits, dots, dashes, underscores, or a bracketed IPv6.
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+|[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*)$")
+
+
+class ServerConfig(BaseModel):
+    """One ComfyUI server. Frozen and hashable, so it can key dicts and sets.
+
+    Give either ``host`` (alias ``ip``) and ``port``, or ``url``. After validation ``url`` is
+    always the normalised base URL (``http://host:port[/prefix]``, no trailing slash) and
+    ``host``/``port`` are filled from it. ``headers`` are sent on every HTTP request and on the
+    websocket handshake; their values are never shown in ``repr``, logs or errors.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str = ""
+    host: Optional[str] = Field(default=None, alias="ip")
+    port: int = DEFAULT_PORT
+    url: str = ""
+    priority: int = 0
+    weight: float = 1.0
+    enabled: bool = True
+    max_queue: int = 2
+    headers: Dict[str, str] = Field(default_factory=dict, repr=False)
+    verify_tls: Union[bool, str] = True
+    dir_local: Optional[str] = None
+    dir_remote: Optional[str] = None
+    tags: Tuple[str, ...] = ()
+
+    @field_validator("port")
+    @classmethod
+    def _port_range(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError(f"must be 1..65535, got {v}")
+        return v
+
+    @field_validator("weight")
+    @classmethod
+    def _weight_positive(cls, v: float) -> float:
+        if not (v > 0) or math.isinf(v):
+            raise ValueError(f"must be a number > 0, got {v}")
+        return v
+
+    @field_validator("max_queue")
+    @classmethod
+    def _max_queue_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name_clean(cls, v: str) -> str:
+        return v.strip()
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_clean(cls, v: Dict[str, str]) -> Dict[str, str]:
+        for key, value in v.items():
+            # Never echo the value: it is usually a token.
+            if not key or any(c in key for c in "\r\n:") or any(c in value for c in "\r\n"):
+                raise ValueError(f"header {key!r} has an empty name or a line break")
+        return v
+
+    @model_validator(mode="after")
+    def _normalise(self) -> "ServerConfig":
+        # Frozen model: fill derived fields with object.__setattr__ during validation only.
+        if self.url:
+            base, host, port = _normalise_url(self.url)
+            if self.host is not None and self.host != host:
+                raise ValueError("url: give either url or host/port, not both")
+            object.__setattr__(self, "url", base)
+            object.__setattr__(self, "host", host)
+            object.__setattr__(self, "port", port)
+        elif self.host:
+            host = self.host.strip()
+            if not _HOST.match(host):
+                raise ValueError(f"host: not a host name or address, got {host!r}")
+            shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+            object.__setattr__(self, "host", host)
+            object.__setattr__(self, "url", f"http://{shown}:{self.port}")
+        else:
+            raise ValueError("host: host or url is required")
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.host}:{self.port}")
+        return self
+
+    @property
+    def ws_url(self) -> str:
+        """The websocket base URL (``ws://`` or ``wss://``, same host, port and prefix)."""
+        if self.url.startswith("https://"):
+            return "wss://" + self.url[len("https://"):]
+        return "ws://" + self.url[len("http://"):]
+
+    def __hash__(self) -> int:
+        # The name is unique within a pool and the url pins the server; equality still
+        # compares every field, so equal configs always hash alike.
+        return hash((self.name, self.url))
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():
+            yield key, value
+        if self.headers:
+            # Header names are useful when debugging a proxy; values are secrets.
+            yield "headers", {k: "***" for k in self.headers}
+
+    def map_remote_path(self, remote_path: str) -> Optional[str]:
+        """Map a path under ``dir_remote`` (as the server sees it) to ``dir_local``.
+
+        Returns ``None`` when the server has no shared-storage mapping or the path is not
+        under ``dir_remote``.
+        """
+        if not self.dir_local or not self.dir_remote:
+            return None
+        remote = self.dir_remote.replace("\\", "/").rstrip("/")
+        path = remote_path.replace("\\", "/")
+        if path != remote and not path.startswith(remote + "/"):
+            return None
+        rest = path[len(remote):].lstrip("/")
+        return os.path.join(self.dir_local, *rest.split("/")) if rest else self.dir_local
+
+
+def _normalise_url(raw: str) -> Tuple[str, str, int]:
+    text = raw.strip()
+    if "://" not in text:
+        raise ValueError(f"url: must start with http:// or https://, got {_safe_url(text)!r}")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"url: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"url: scheme must be http or https, got {scheme!r}")
+    if not parts.hostname:
+        raise ValueError(f"url: no host in {_safe_url(text)!r}")
+    if parts.username or parts.password:
+        # Credentials in a URL leak into logs; they belong in headers.
+        raise ValueError("url: must not contain user:password; put credentials in headers")
+    if parts.query or parts.fragment:
+        raise ValueError(f"url: must not have a query or fragment, got {_safe_url(text)!r}")
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    prefix = parts.path.rstrip("/")
+    return f"{scheme}://{shown}:{port}{prefix}", host, port
+
+
+def _safe_url(text: str) -> str:
+    """A URL with any user:password part removed, for error messages."""
+    if "@" in text:
+        scheme, _, rest = text.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning raw values into ServerConfig, with one-line errors.
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _format_validation(err: ValidationError, data: Mapping[str, Any]) -> str:
+    """The first pydantic error as ``field: message, got value`` (header values hidden)."""
+    first = err.errors(include_url=False)[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    field = loc[0] if loc else ""
+    msg = str(first.get("msg", "invalid"))
+    kind = first.get("type", "")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind == "extra_forbidden":
+        valid = ", ".join(sorted(_FIELD_NAMES))
+        return f"{field}: unknown field (valid fields: {valid})"
+    if not field:
+        # Model-level errors already start with the field they concern where there is one.
+        return msg
+    if field == "headers":
+        return f"headers: {msg}" if "header" in msg else "headers: must be an object of string values"
+    if "got" in msg:
+        return f"{field}: {msg}"
+    value = data.get(field, data.get("ip") if field == "host" else None)
+    return f"{field}: {msg.lower()}, got {_describe(value)}"
+
+
+_FIELD_NAMES = {f.alias or n for n, f in ServerConfig.model_fields.items()} | {"host"}
+
+
+def _make_server(data: Any, where: str) -> ServerConfig:
+    """Build one ServerConfig; ``where`` names the variable and index for errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a JSON object, got {_describe(data)}")
+    name = data.get("name")
+    label = f"{where} ({name})" if isinstance(name, str) and name else where
+    try:
+        return ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{label}: {_format_validation(exc, data)}") from None
+
+
+def _check_unique(servers: Sequence[ServerConfig], source: str) -> None:
+    seen: Dict[str, int] = {}
+    for i, server in enumerate(servers):
+        if server.name in seen:
+            raise ConfigError(
+                f"{source}[{i}] ({server.name}): name: duplicate of {source}[{seen[server.name]}]"
+            )
+        seen[server.name] = i
+
+
+def parse_servers_json(text: str, source: str = ENV_SERVERS) -> List[ServerConfig]:
+    """Parse a JSON array of server objects (the ``NUKE_COMFYUI_SERVERS`` format)."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        # exc.msg and the position only: the text itself may hold tokens.
+        msg = getattr(exc, "msg", "invalid JSON")
+        pos = getattr(exc, "pos", None)
+        at = f" at character {pos}" if pos is not None else ""
+        raise ConfigError(f"{source}: not valid JSON: {msg}{at}") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{source}: must be a JSON array of server objects, got {type(data).__name__}")
+    if not data:
+        raise ConfigError(f"{source}: the array is empty; give at least one server")
+    servers = [_make_server(item, f"{source}[{i}]") for i, item in enumerate(data)]
+    _check_unique(servers, source)
+    return servers
+
+
+def _from_servers_var(value: str) -> List[ServerConfig]:
+    text = value.strip()
+    if text[:1] in "[{\"" or text[:1].isdigit() or text in ("null", "true", "false"):
+        return parse_servers_json(text)
+    # Not JSON-looking: a path to a JSON file (studio-wide config).
+    path = os.path.expanduser(text)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{ENV_SERVERS}: not a JSON array and no such file: {text!r}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            content = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{ENV_SERVERS}: cannot read {text!r}: {exc.__class__.__name__}") from None
+    return parse_servers_json(content, source=f"{ENV_SERVERS} ({text})")
+
+
+def _from_numbered(env: Mapping[str, str]) -> List[ServerConfig]:
+    found: Dict[int, Dict[str, str]] = {}
+    for key, value in env.items():
+        m = _NUMBERED.match(key)
+        if m:
+            found.setdefault(int(m.group(2)), {})[m.group(1)] = value
+    if not found:
+        return []
+    servers: List[ServerConfig] = []
+    indexes = sorted(found)
+    for expected, index in enumerate(indexes, start=1):
+        fields = found[index]
+        if index != expected:
+            raise ConfigError(
+                f"NUKE_COMFYUI_IP_{index}: numbered servers must be consecutive from 1; "
+                f"NUKE_COMFYUI_IP_{expected} is missing"
+            )
+        if not fields.get("IP", "").strip():
+            other = sorted(fields)[0]
+            raise ConfigError(f"NUKE_COMFYUI_{other}_{index}: set without NUKE_COMFYUI_IP_{index}")
+        data: Dict[str, Any] = {"host": fields["IP"].strip()}
+        converters = (("PORT", "port", int), ("PRIORITY", "priority", int), ("WEIGHT", "weight", float))
+        for var, field, conv in converters:
+            if var in fields:
+                try:
+                    data[field] = conv(fields[var].strip())
+                except ValueError:
+                    raise ConfigError(
+                        f"NUKE_COMFYUI_{var}_{index}: {field}: must be a number, got {fields[var]!r}"
+                    ) from None
+        if "NAME" in fields and fields["NAME"].strip():
+            data["name"] = fields["NAME"].strip()
+        servers.append(_make_server(data, f"NUKE_COMFYUI_IP_{index}"))
+    _check_unique(servers, "NUKE_COMFYUI_IP")
+    return servers
+
+
+def _legacy_entry(text: str, var: str) -> Dict[str, Any]:
+    text = text.strip()
+    if "://" in text:
+        return {"url": text}
+    host, sep, port = text.rpartition(":")
+    if sep and host and ":" not in host.strip("[]") and port.isdigit():
+        return {"host": host, "port": int(port)}
+    if sep and not port.isdigit() and ":" not in host:
+        raise ConfigError(f"{var}: port: must be a number, got {port!r}")
+    return {"host": text}
+
+
+def _from_legacy(env: Mapping[str, str]) -> List[ServerConfig]:
+    var = "NUKE_COMFYUI_URL" if env.get("NUKE_COMFYUI_URL", "").strip() else "NUKE_COMFYUI_HOST"
+    raw = env.get(var, "").strip()
+    entries: List[Dict[str, Any]] = []
+    if raw:
+        if raw.startswith("["):
+            try:
+                items = json.loads(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{var}: not valid JSON: {getattr(exc, 'msg', exc)}") from None
+            if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+                raise ConfigError(f"{var}: must be host[:port], a URL, or a JSON list of them")
+            entries = [_legacy_entry(i, f"{var}[{n}]") for n, i in enumerate(items)]
+        else:
+            entries = [_legacy_entry(raw, var)]
+    elif env.get("NUKE_COMFYUI_IP", "").strip():
+        var = "NUKE_COMFYUI_IP"
+        data: Dict[str, Any] = {"host": env["NUKE_COMFYUI_IP"].strip()}
+        port = env.get("NUKE_COMFYUI_PORT", "").strip()
+        if port:
+            if not port.isdigit():
+                raise ConfigError(f"NUKE_COMFYUI_PORT: port: must be a number, got {port!r}")
+            data["port"] = int(port)
+        entries = [data]
+    elif env.get("NUKE_COMFYUI_PORT", "").strip():
+        raise ConfigError("NUKE_COMFYUI_PORT: set without NUKE_COMFYUI_IP")
+    if not entries:
+        return []
+    local_dir = env.get("NUKE_COMFYUI_DIR", "").strip()
+    servers = []
+    for n, data in enumerate(entries):
+        if local_dir:
+            data["dir_local"] = local_dir
+        where = var if len(entries) == 1 else f"{var}[{n}]"
+        servers.append(_make_server(data, where))
+    _check_unique(servers, var)
+    return servers
+
+
+def servers_from_env(environ: Optional[Mapping[str, str]] = None) -> Tuple[List[ServerConfig], str]:
+    """The servers configured in ``environ`` and the name of the source that gave them.
+
+    Raises :class:`ConfigError` for bad configuration.
+    """
+    env = os.environ if environ is None else environ
+    value = env.get(ENV_SERVERS, "")
+    if value.strip():
+        return _from_servers_var(value), ENV_SERVERS
+    servers = _from_numbered(env)
+    if servers:
+        return servers, "NUKE_COMFYUI_IP_<n>"
+    servers = _from_legacy(env)
+    if servers:
+        return servers, "legacy NUKE_COMFYUI_URL/HOST/IP"
+    return [ServerConfig(host="127.0.0.1", port=DEFAULT_PORT)], "default"
+
+
+def strategy_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """``NUKE_COMFYUI_STRATEGY`` stripped, or None when unset."""
+    env = os.environ if environ is None else environ
+    value = env.get(ENV_STRATEGY, "").strip()
+    return value or None
+
+
+def status_ttl_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[float]:
+    """``NUKE_COMFYUI_STATUS_TTL`` in seconds, or None when unset."""
+    env = os.environ if environ is None else environ
+    value = env.get(ENV_TTL, "").strip()
+    if not value:
+        return None
+    try:
+        ttl = float(value)
+    except ValueError:
+        raise ConfigError(f"{ENV_TTL}: must be a number of seconds, got {value!r}") from None
+    if not (ttl >= 0) or math.isinf(ttl):
+        raise ConfigError(f"{ENV_TTL}: must be >= 0 seconds, got {value!r}")
+    return ttl
