@@ -1,0 +1,350 @@
+"""ComfyClient: one server's HTTP API on a ``requests.Session``.
+
+Every call has a connect and a read timeout, every answer a size cap, and every failure is
+turned into a :class:`~comfy_cluster.errors.ServerError` (or :class:`WorkflowError` for
+ComfyUI's 400 on ``/prompt``) whose message names the server and never a header value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import os
+import threading
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import requests
+
+from .config import ServerConfig
+from .errors import NodeError, ServerError, WorkflowError
+
+__all__ = ["ComfyClient", "Timeouts", "parse_workflow_error"]
+
+log = logging.getLogger(__name__)
+
+# (connect, read) seconds. Probes must be short so a hanging server never holds anyone up.
+Timeouts = Tuple[float, float]
+DEFAULT_TIMEOUT: Timeouts = (3.05, 30.0)
+PROBE_TIMEOUT: Timeouts = (1.0, 2.0)
+# JSON answers (queue, history, object_info) are capped so a broken or hostile server
+# cannot make the client hold an endless body in memory. object_info with many custom
+# nodes is the largest legitimate answer (a few MB).
+MAX_JSON_BYTES = 32 * 1024 * 1024
+MAX_FILE_BYTES = 2 * 1024 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+class ComfyClient:
+    """The HTTP API of one ComfyUI server.
+
+    Thread-safe: ``requests.Session`` is shared by all threads of the pool (its connection
+    pool is thread-safe for independent requests). Keep-alive connections are reused.
+    """
+
+    def __init__(
+        self,
+        server: ServerConfig,
+        *,
+        timeout: Timeouts = DEFAULT_TIMEOUT,
+        max_json_bytes: int = MAX_JSON_BYTES,
+        pool_maxsize: int = 16,
+    ) -> None:
+        self.server = server
+        self.timeout = timeout
+        self.max_json_bytes = max_json_bytes
+        self._session = requests.Session()
+        self._session.headers.update(server.headers)
+        self._session.verify = server.verify_tls
+        # Proxies from the environment would route studio-internal servers through a
+        # corporate proxy; ComfyUI servers are addressed directly.
+        self._session.trust_env = False
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ComfyClient({self.server.name!r}, {self.server.url!r})"
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: Optional[Timeouts] = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        url = self.server.url + path
+        try:
+            return self._session.request(method, url, timeout=timeout or self.timeout, stream=True, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise ServerError(f"{self.server.name}: TLS error: {_short(exc)}", server=self.server.name) from None
+        except requests.exceptions.ConnectTimeout:
+            raise ServerError(f"{self.server.name}: connect timed out", server=self.server.name) from None
+        except requests.exceptions.ReadTimeout:
+            raise ServerError(f"{self.server.name}: no answer (read timed out)", server=self.server.name) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise ServerError(f"{self.server.name}: cannot connect: {_short(exc)}", server=self.server.name) from None
+        except requests.exceptions.RequestException as exc:
+            raise ServerError(f"{self.server.name}: request failed: {_short(exc)}", server=self.server.name) from None
+
+    def _read_capped(self, resp: requests.Response, cap: int) -> bytes:
+        declared = resp.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > cap:
+            resp.close()
+            raise ServerError(
+                f"{self.server.name}: answer of {int(declared)} bytes exceeds the {cap}-byte cap",
+                server=self.server.name,
+            )
+        chunks: List[bytes] = []
+        total = 0
+        try:
+            for chunk in resp.iter_content(_CHUNK):
+                total += len(chunk)
+                if total > cap:
+                    raise ServerError(
+                        f"{self.server.name}: answer exceeds the {cap}-byte cap", server=self.server.name
+                    )
+                chunks.append(chunk)
+        except requests.exceptions.RequestException as exc:
+            raise ServerError(f"{self.server.name}: answer cut short: {_short(exc)}", server=self.server.name) from None
+        finally:
+            resp.close()
+        return b"".join(chunks)
+
+    def _json(self, resp: requests.Response) -> Any:
+        body = self._read_capped(resp, self.max_json_bytes)
+        if resp.status_code >= 400:
+            raise ServerError(
+                f"{self.server.name}: HTTP {resp.status_code} on {resp.request.method} {_path(resp)}",
+                server=self.server.name,
+                status=resp.status_code,
+            )
+        if not body:
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ServerError(
+                f"{self.server.name}: malformed JSON from {_path(resp)}", server=self.server.name
+            ) from None
+
+    def get_json(self, path: str, *, timeout: Optional[Timeouts] = None, params: Optional[Mapping[str, Any]] = None) -> Any:
+        """GET ``path`` and decode JSON; any failure is a ServerError."""
+        return self._json(self._request("GET", path, timeout=timeout, params=params))
+
+    def post_json(self, path: str, body: Any, *, timeout: Optional[Timeouts] = None) -> Any:
+        """POST JSON to ``path``; any failure is a ServerError. An empty answer is None."""
+        return self._json(self._request("POST", path, timeout=timeout, json=body))
+
+    # -- the API ------------------------------------------------------------------------------
+
+    def queue(self, *, timeout: Optional[Timeouts] = None) -> Tuple[List[str], List[str]]:
+        """``(running prompt_ids, pending prompt_ids in run order)`` from ``GET /queue``."""
+        data = self.get_json("/queue", timeout=timeout)
+        if not isinstance(data, dict):
+            raise ServerError(f"{self.server.name}: /queue answered {type(data).__name__}, not an object", server=self.server.name)
+        running = _queue_items(data.get("queue_running"), self.server.name)
+        pending_items = data.get("queue_pending")
+        pending = _queue_items(pending_items, self.server.name)
+        # The server's pending list is a heap array, not sorted: order by number.
+        pending.sort(key=lambda item: item[0])
+        return [pid for _, pid in running], [pid for _, pid in pending]
+
+    def system_stats(self, *, timeout: Optional[Timeouts] = None) -> Dict[str, Any]:
+        data = self.get_json("/system_stats", timeout=timeout)
+        return data if isinstance(data, dict) else {}
+
+    def object_info(self, *, timeout: Optional[Timeouts] = None) -> Dict[str, Any]:
+        data = self.get_json("/object_info", timeout=timeout)
+        if not isinstance(data, dict):
+            raise ServerError(f"{self.server.name}: /object_info is not an object", server=self.server.name)
+        return data
+
+    def history(self, prompt_id: str, *, timeout: Optional[Timeouts] = None) -> Optional[Dict[str, Any]]:
+        """The history item of ``prompt_id``, or None while queued, running or unknown."""
+        data = self.get_json(f"/history/{prompt_id}", timeout=timeout)
+        if not isinstance(data, dict):
+            raise ServerError(f"{self.server.name}: /history answered {type(data).__name__}", server=self.server.name)
+        item = data.get(prompt_id)
+        if item is None:
+            return None
+        if not isinstance(item, dict):
+            raise ServerError(f"{self.server.name}: history item of {prompt_id} is not an object", server=self.server.name)
+        return item
+
+    def post_prompt(self, body: Mapping[str, Any], *, timeout: Optional[Timeouts] = None) -> Dict[str, Any]:
+        """``POST /prompt``: the 200 answer, :class:`WorkflowError` for a 400, else ServerError."""
+        resp = self._request("POST", "/prompt", timeout=timeout, json=body)
+        raw = self._read_capped(resp, self.max_json_bytes)
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = None
+        if resp.status_code == 400 and isinstance(data, dict):
+            raise parse_workflow_error(data, self.server.name)
+        if resp.status_code >= 400:
+            raise ServerError(
+                f"{self.server.name}: HTTP {resp.status_code} on POST /prompt",
+                server=self.server.name,
+                status=resp.status_code,
+            )
+        if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
+            raise ServerError(f"{self.server.name}: malformed answer to POST /prompt", server=self.server.name)
+        return data
+
+    def delete_pending(self, prompt_ids: Sequence[str], *, timeout: Optional[Timeouts] = None) -> None:
+        self.post_json("/queue", {"delete": list(prompt_ids)}, timeout=timeout)
+
+    def interrupt(self, prompt_id: str, *, timeout: Optional[Timeouts] = None) -> None:
+        # Always with the id: an empty body would stop another user's job.
+        self.post_json("/interrupt", {"prompt_id": prompt_id}, timeout=timeout)
+
+    def upload_image(self, path: str, *, subfolder: str = "", overwrite: bool = True) -> str:
+        """Upload a local image to the server's input folder; the name to use in LoadImage."""
+        name = os.path.basename(path)
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        with open(path, "rb") as fh:
+            files = {"image": (name, fh, ctype)}
+            data = {"overwrite": "true" if overwrite else "false", "type": "input"}
+            if subfolder:
+                data["subfolder"] = subfolder
+            resp = self._request("POST", "/upload/image", files=files, data=data)
+        answer = self._json(resp)
+        if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
+            raise ServerError(f"{self.server.name}: malformed answer to /upload/image", server=self.server.name)
+        sub = answer.get("subfolder") or ""
+        # LoadImage names a file in a subfolder as "sub/name".
+        return f"{sub}/{answer['name']}" if sub else answer["name"]
+
+    def download(self, filename: str, subfolder: str, type_: str, dest: str, *, max_bytes: int = MAX_FILE_BYTES) -> int:
+        """Stream ``/view`` into ``dest`` (written to a temporary name, then renamed)."""
+        params = {"filename": filename, "subfolder": subfolder, "type": type_}
+        resp = self._request("GET", "/view", params=params)
+        if resp.status_code != 200:
+            resp.close()
+            raise ServerError(
+                f"{self.server.name}: HTTP {resp.status_code} fetching {filename!r}",
+                server=self.server.name,
+                status=resp.status_code,
+            )
+        tmp = dest + ".part"
+        total = 0
+        try:
+            with open(tmp, "wb") as fh:
+                for chunk in resp.iter_content(_CHUNK):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise ServerError(f"{self.server.name}: {filename!r} exceeds {max_bytes} bytes", server=self.server.name)
+                    fh.write(chunk)
+            os.replace(tmp, dest)
+        except requests.exceptions.RequestException as exc:
+            raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {_short(exc)}", server=self.server.name) from None
+        finally:
+            resp.close()
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return total
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._session.close()
+
+
+def parse_workflow_error(data: Mapping[str, Any], server: Optional[str] = None) -> WorkflowError:
+    """Turn ComfyUI's 400 answer into a WorkflowError with readable node errors."""
+    err = data.get("error")
+    err = err if isinstance(err, dict) else {}
+    message = str(err.get("message") or "workflow refused")
+    details = err.get("details")
+    if details and isinstance(details, str) and details not in message:
+        message = f"{message} ({details})"
+    node_errors: List[NodeError] = []
+    raw_nodes = data.get("node_errors")
+    if isinstance(raw_nodes, dict):
+        for node_id, entry in raw_nodes.items():
+            if not isinstance(entry, dict):
+                continue
+            class_type = str(entry.get("class_type", "?"))
+            errors = entry.get("errors") if isinstance(entry.get("errors"), list) else []
+            for e in errors:
+                if not isinstance(e, dict):
+                    continue
+                info = e.get("extra_info") if isinstance(e.get("extra_info"), dict) else {}
+                input_name = info.get("input_name")
+                text = str(e.get("details") or e.get("message") or "invalid")
+                node_errors.append(
+                    NodeError(str(node_id), class_type, str(input_name) if input_name else None, text, str(e.get("type", "")))
+                )
+    where = f"{server}: " if server else ""
+    return WorkflowError(
+        f"{where}{message}",
+        error_type=str(err.get("type", "")),
+        node_errors=node_errors,
+        server=server,
+        raw=dict(data),
+    )
+
+
+def _queue_items(items: Any, server: str) -> List[Tuple[float, str]]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ServerError(f"{server}: /queue entries are not lists", server=server)
+    out: List[Tuple[float, str]] = []
+    for item in items:
+        if (
+            not isinstance(item, list)
+            or len(item) < 2
+            or not isinstance(item[1], str)
+            or isinstance(item[0], bool)
+            or not isinstance(item[0], (int, float))
+        ):
+            raise ServerError(f"{server}: malformed /queue item", server=server)
+        out.append((float(item[0]), item[1]))
+    return out
+
+
+def _path(resp: requests.Response) -> str:
+    try:
+        from urllib.parse import urlsplit
+
+        return urlsplit(resp.url).path or "/"
+    except Exception:  # pragma: no cover - defensive: a URL we built ourselves
+        return "?"
+
+
+def _short(exc: BaseException) -> str:
+    """A short reason from a requests exception (its text can be a long nested repr)."""
+    text = str(exc)
+    for marker in ("Connection refused", "timed out", "Name or service not known", "certificate verify failed",
+                   "Connection reset", "Connection aborted", "IncompleteRead", "RemoteDisconnected"):
+        if marker in text:
+            return marker.lower() if marker != "IncompleteRead" else "incomplete read"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def iter_output_files(outputs: Any) -> Iterable[Tuple[str, Dict[str, str]]]:
+    """Yield ``(node_id, file)`` for every file in a history ``outputs`` mapping."""
+    if not isinstance(outputs, dict):
+        return
+    for node_id, node_out in outputs.items():
+        if not isinstance(node_out, dict):
+            continue
+        for key, value in node_out.items():
+            if not isinstance(value, list):
+                continue
+            for f in value:
+                if isinstance(f, dict) and isinstance(f.get("filename"), str):
+                    yield str(node_id), {
+                        "filename": f["filename"],
+                        "subfolder": str(f.get("subfolder") or ""),
+                        "type": str(f.get("type") or "output"),
+                    }
+

@@ -1,0 +1,310 @@
+"""One websocket per server per pool, read by one thread, routed to jobs by ``prompt_id``.
+
+ComfyUI sends a job's events only to the socket of the ``client_id`` that submitted it, and
+two sockets with the same ``client_id`` break each other. So a pool opens exactly one socket
+per server under its own ``client_id``, shared by all of its jobs there, and opens it (and
+waits for the first ``status`` frame) before the first ``POST /prompt`` to that server.
+
+Listeners are called on the reader thread and must be quick (jobs put the message on a queue).
+When the socket drops, every listener gets a ``{"type": "_disconnected"}`` message; after a
+reconnect a ``{"type": "_reconnected"}`` one, so each job reconciles from ``/history``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from typing import Any, Callable, Dict, Optional
+
+import websocket
+
+from .config import ServerConfig
+from .errors import ServerError
+
+__all__ = ["ServerSocket", "MAX_MESSAGE_BYTES"]
+
+log = logging.getLogger(__name__)
+
+# A single websocket message larger than this is refused (the socket is dropped and
+# reconnected): real messages are small JSON or preview images of a few MB.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+Listener = Callable[[Dict[str, Any]], None]
+
+
+class _MessageTooBig(websocket.WebSocketException):
+    pass
+
+
+class _CappedWebSocket(websocket.WebSocket):
+    """A WebSocket that refuses to buffer a message beyond a byte cap.
+
+    websocket-client reads a whole frame into memory before returning it; counting the raw
+    bytes read since the last message lets us stop a huge or endless message early.
+    """
+
+    max_message_bytes = MAX_MESSAGE_BYTES
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bytes_this_message = 0
+
+    def _recv(self, bufsize: int) -> bytes:
+        data: bytes = super()._recv(bufsize)
+        self.bytes_this_message += len(data)
+        if self.bytes_this_message > self.max_message_bytes:
+            raise _MessageTooBig(f"websocket message exceeds {self.max_message_bytes} bytes")
+        return data
+
+
+def sslopt_for(server: ServerConfig) -> Dict[str, Any]:
+    """websocket-client TLS options matching ``verify_tls`` (same rules as requests)."""
+    if server.verify_tls is False:
+        return {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
+    if isinstance(server.verify_tls, str):
+        return {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": server.verify_tls}
+    return {"cert_reqs": ssl.CERT_REQUIRED}
+
+
+class ServerSocket:
+    """The pool's websocket to one server.
+
+    ``on_status(queue_remaining)`` is called for every ``status`` frame (live load).
+    ``generation`` counts successful connects; a job that saw generation N and now sees a
+    larger one knows the socket reconnected in between.
+    """
+
+    def __init__(
+        self,
+        server: ServerConfig,
+        client_id: str,
+        *,
+        on_status: Optional[Callable[[int], None]] = None,
+        connect_timeout: float = 5.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        reconnect_base: float = 0.2,
+        reconnect_cap: float = 5.0,
+    ) -> None:
+        self.server = server
+        self.client_id = client_id
+        self._on_status = on_status
+        self._connect_timeout = connect_timeout
+        self._max_message_bytes = max_message_bytes
+        self._reconnect_base = reconnect_base
+        self._reconnect_cap = reconnect_cap
+        self._lock = threading.Lock()
+        self._listeners: Dict[str, Listener] = {}
+        self._ws: Optional[_CappedWebSocket] = None
+        self._thread: Optional[threading.Thread] = None
+        self._connected = threading.Event()
+        self._closed = threading.Event()
+        self._attempt_done = threading.Condition(self._lock)
+        self._last_error: Optional[str] = None
+        self._attempts = 0
+        self.generation = 0
+
+    def __repr__(self) -> str:
+        return f"ServerSocket({self.server.name!r}, connected={self.connected})"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    def register(self, prompt_id: str, listener: Listener) -> None:
+        with self._lock:
+            self._listeners[prompt_id] = listener
+
+    def unregister(self, prompt_id: str) -> None:
+        with self._lock:
+            self._listeners.pop(prompt_id, None)
+
+    def _broadcast(self, message: Dict[str, Any]) -> None:
+        with self._lock:
+            listeners = list(self._listeners.values())
+        for fn in listeners:
+            self._call(fn, message)
+
+    @staticmethod
+    def _call(fn: Listener, message: Dict[str, Any]) -> None:
+        try:
+            fn(message)
+        except Exception:  # a listener must never kill the reader thread
+            log.exception("websocket listener failed")
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def ensure_connected(self, timeout: Optional[float] = None) -> None:
+        """Connect if needed and wait for the first ``status`` frame.
+
+        Raises :class:`ServerError` with the reason when the socket cannot be opened in time.
+        """
+        if self._connected.is_set():
+            return
+        if self._closed.is_set():
+            raise ServerError(f"{self.server.name}: pool is closed", server=self.server.name)
+        wait_for = self._connect_timeout + 1.0 if timeout is None else timeout
+        with self._lock:
+            attempts_before = self._attempts
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name=f"comfy-cluster-ws-{self.server.name}", daemon=True
+                )
+                self._thread.start()
+            # Wait for a connect, or for one full attempt to fail: a down server is reported
+            # at once instead of after the whole timeout.
+            self._attempt_done.wait_for(
+                lambda: self._connected.is_set() or self._attempts > attempts_before or self._closed.is_set(),
+                timeout=wait_for,
+            )
+            error = self._last_error
+        if not self._connected.is_set():
+            reason = error or "websocket did not open in time"
+            raise ServerError(f"{self.server.name}: websocket: {reason}", server=self.server.name)
+
+    def _connect(self) -> _CappedWebSocket:
+        ws = _CappedWebSocket(sslopt=sslopt_for(self.server), enable_multithread=True)
+        ws.max_message_bytes = self._max_message_bytes
+        url = f"{self.server.ws_url}/ws?clientId={self.client_id}"
+        headers = [f"{k}: {v}" for k, v in self.server.headers.items()]
+        ws.connect(url, header=headers, timeout=self._connect_timeout, suppress_origin=True)
+        # The first frame is status with our sid: only then are events routed to us.
+        while True:
+            ws.bytes_this_message = 0
+            raw = ws.recv()
+            msg = _decode(raw)
+            if msg is not None and msg.get("type") == "status":
+                self._handle(msg)
+                break
+        ws.settimeout(None)
+        return ws
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._closed.is_set():
+            try:
+                ws = self._connect()
+            except Exception as exc:  # any failure to connect: report, back off, retry
+                failures += 1
+                with self._lock:
+                    self._last_error = _describe(exc)
+                    self._attempts += 1
+                    self._attempt_done.notify_all()
+                    idle = not self._listeners
+                log.debug("websocket to %s failed: %s", self.server.name, self._last_error)
+                if idle:
+                    return  # nobody waits for events: reconnect on the next ensure_connected()
+                delay = min(self._reconnect_base * 2 ** (failures - 1), self._reconnect_cap)
+                if self._closed.wait(delay):
+                    return
+                continue
+            failures = 0
+            with self._lock:
+                if self._closed.is_set():
+                    ws.shutdown()
+                    return
+                self._ws = ws
+                self.generation += 1
+                generation = self.generation
+                self._last_error = None
+                self._attempts += 1
+                self._connected.set()
+                self._attempt_done.notify_all()
+            log.debug("websocket to %s open (generation %d)", self.server.name, generation)
+            if generation > 1:
+                self._broadcast({"type": "_reconnected", "data": {"generation": generation}})
+            reason = self._read(ws)
+            with self._lock:
+                self._connected.clear()
+                self._ws = None
+                idle = not self._listeners
+            ws.shutdown()
+            if self._closed.is_set():
+                return
+            log.info("websocket to %s dropped: %s", self.server.name, reason)
+            self._broadcast({"type": "_disconnected", "data": {"reason": reason}})
+            if idle:
+                return
+
+    def _read(self, ws: _CappedWebSocket) -> str:
+        while not self._closed.is_set():
+            try:
+                ws.bytes_this_message = 0
+                raw = ws.recv()
+            except Exception as exc:
+                return _describe(exc)
+            if raw == "" and not ws.connected:
+                return "closed by server"
+            msg = _decode(raw)
+            if msg is not None:
+                self._handle(msg)
+        return "closed"
+
+    def _handle(self, msg: Dict[str, Any]) -> None:
+        kind = msg.get("type")
+        data = msg.get("data")
+        if not isinstance(data, dict):
+            return
+        if kind == "status":
+            status = data.get("status")
+            info = status.get("exec_info") if isinstance(status, dict) else None
+            remaining = info.get("queue_remaining") if isinstance(info, dict) else None
+            if isinstance(remaining, int) and not isinstance(remaining, bool) and self._on_status:
+                try:
+                    self._on_status(remaining)
+                except Exception:
+                    log.exception("status callback failed")
+            return
+        prompt_id = data.get("prompt_id")
+        if not isinstance(prompt_id, str):
+            return  # e.g. "executing" without a prompt_id after a reconnect, or custom events
+        with self._lock:
+            fn = self._listeners.get(prompt_id)
+        if fn is not None:
+            self._call(fn, msg)
+
+    def drop(self) -> None:
+        """Close the current socket (the reader reconnects if jobs still listen)."""
+        with self._lock:
+            ws = self._ws
+        if ws is not None:
+            ws.abort()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            ws = self._ws
+            thread = self._thread
+            self._attempt_done.notify_all()
+        if ws is not None:
+            ws.abort()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self._connect_timeout + 2.0)
+        self._connected.clear()
+
+
+def _decode(raw: Any) -> Optional[Dict[str, Any]]:
+    """A JSON text frame as a dict with a string ``type``; anything else (binary previews,
+    garbage) is None and ignored."""
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        msg = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        return None
+    return msg
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, ConnectionRefusedError) or "Connection refused" in text:
+        return "connection refused"
+    if isinstance(exc, (TimeoutError, websocket.WebSocketTimeoutException)) or "timed out" in text:
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {text[:100]}"
+    return text if len(text) <= 120 else text[:117] + "..."

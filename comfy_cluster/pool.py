@@ -1,0 +1,687 @@
+"""ServerPool: the cluster as one object.
+
+The pool holds the servers, one :class:`ComfyClient` and one :class:`ServerSocket` per server,
+the :class:`StatusMonitor` with the current snapshots, and the dispatcher: jobs wait in a
+local queue until a server has room (fewer than ``max_queue`` of this process's jobs), then a
+runner thread makes one attempt there. A failed server hands its jobs back to the local queue,
+and the dispatcher gives them to another server.
+
+Threads (all daemons with names, all stopped by :meth:`ServerPool.close`): one status
+monitor, one probe executor, one dispatcher, one websocket reader per server in use, and one
+runner per job currently on a server.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import random
+import threading
+import time
+import uuid
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+from .balance import Candidate, StrategyLike, expected_seconds, get_strategy, strategy_name
+from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
+from .config import ServerConfig, servers_from_env, status_ttl_from_env, strategy_from_env
+from .errors import (
+    ComfyClusterError,
+    ConfigError,
+    JobCancelled,
+    JobFailed,
+    NoServerAvailable,
+    ServerError,
+    WorkflowError,
+)
+from .events import ServerSocket
+from .jobs import AttemptContext, Job, JobEvent, JobResult, Outcome, OutputFile, map_shared_path, run_attempt, unique_targets
+from .status import ServerStatus, StatusMonitor
+from .workflow import WorkflowInputError, load_workflow, missing_capabilities, set_inputs
+
+__all__ = ["ServerPool"]
+
+log = logging.getLogger(__name__)
+
+WorkflowLike = Union[Mapping[str, Any], str, "os.PathLike[str]"]
+_WAIT = object()  # the dispatcher's "every suitable server is full: keep the job local"
+
+
+class ServerPool:
+    """A cluster of ComfyUI servers used as one.
+
+    ``strategy`` is a name (``least_loaded``, ``round_robin``, ``priority``,
+    ``fastest_completion``), an object with ``select(candidates, workflow)``, or a callable.
+    ``status_ttl`` is how long a probe result is trusted. ``clock`` (monotonic seconds) is
+    injectable so TTLs and backoff are tested without sleeping; ``background_status=False``
+    turns the refreshing thread off (status is then probed on demand).
+
+    Use as a context manager, or call :meth:`close`: it cancels unfinished jobs on their
+    servers and stops every thread and socket of the pool.
+    """
+
+    def __init__(
+        self,
+        servers: Iterable[Union[ServerConfig, Mapping[str, Any]]],
+        strategy: StrategyLike = "least_loaded",
+        status_ttl: float = 5.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        background_status: bool = True,
+        probe_timeout: Timeouts = PROBE_TIMEOUT,
+        request_timeout: Timeouts = DEFAULT_TIMEOUT,
+        backoff_cap: float = 30.0,
+        reconcile_interval: float = 5.0,
+        server_lost_after: float = 15.0,
+        wait_for_server: float = 30.0,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        configs: List[ServerConfig] = []
+        for i, s in enumerate(servers):
+            if isinstance(s, ServerConfig):
+                configs.append(s)
+            elif isinstance(s, Mapping):
+                from .config import _make_server
+
+                configs.append(_make_server(dict(s), f"servers[{i}]"))
+            else:
+                raise ConfigError(f"servers[{i}]: must be a ServerConfig or a dict, got {type(s).__name__}")
+        if not configs:
+            raise ConfigError("servers: give at least one server")
+        names: Dict[str, int] = {}
+        for i, s in enumerate(configs):
+            if s.name in names:
+                raise ConfigError(f"servers[{i}] ({s.name}): name: duplicate of servers[{names[s.name]}]")
+            names[s.name] = i
+        if not (status_ttl >= 0) or math.isinf(status_ttl):
+            raise ConfigError(f"status_ttl: must be >= 0 seconds, got {status_ttl!r}")
+        self._servers: Tuple[ServerConfig, ...] = tuple(configs)
+        self._by_name: Dict[str, ServerConfig] = {s.name: s for s in configs}
+        self._index: Dict[str, int] = {s.name: i for i, s in enumerate(configs)}
+        self._strategy = get_strategy(strategy) if not isinstance(strategy, str) else get_strategy(strategy)
+        if isinstance(strategy, str) and hasattr(self._strategy, "_rng") and rng is not None:
+            self._strategy._rng = rng
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self.client_id = str(uuid.uuid4())
+        self._clients: Dict[str, ComfyClient] = {s.name: ComfyClient(s, timeout=request_timeout) for s in configs}
+        self._monitor = StatusMonitor(
+            configs,
+            self._clients,
+            ttl=status_ttl,
+            clock=clock,
+            probe_timeout=probe_timeout,
+            backoff_cap=backoff_cap,
+            background=background_status,
+        )
+        self._monitor.add_listener(self._on_status_change)
+        self._sockets: Dict[str, ServerSocket] = {
+            s.name: ServerSocket(s, self.client_id, on_status=self._status_frame(s.name)) for s in configs
+        }
+        self._object_info: Dict[str, Dict[str, Any]] = {}
+        self._reconcile_interval = reconcile_interval
+        self._server_lost_after = server_lost_after
+        self._wait_for_server = wait_for_server
+        self._cond = threading.Condition()
+        self._pending: Deque[Job] = collections.deque()
+        self._on_server: Dict[str, Set[Job]] = {s.name: set() for s in configs}
+        self._runners: Set[threading.Thread] = set()
+        self._orphans: Dict[str, Set[str]] = {s.name: set() for s in configs}
+        self._dispatcher: Optional[threading.Thread] = None
+        self._closed = False
+        log.debug("pool of %d servers, strategy %s", len(configs), self.strategy)
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> "ServerPool":
+        """A pool configured from the environment (see :mod:`comfy_cluster.config`).
+
+        Keyword arguments override the environment (``strategy=``, ``status_ttl=``, ...).
+        """
+        servers, source = servers_from_env(environ)
+        if "strategy" not in kwargs:
+            kwargs["strategy"] = strategy_from_env(environ) or "least_loaded"
+        if "status_ttl" not in kwargs:
+            ttl = status_ttl_from_env(environ)
+            if ttl is not None:
+                kwargs["status_ttl"] = ttl
+        try:
+            pool = cls(servers, **kwargs)
+        except ConfigError as exc:
+            if str(exc).startswith("strategy:"):
+                raise ConfigError(f"NUKE_COMFYUI_STRATEGY: {exc}") from None
+            raise
+        log.info("configured %d server(s) from %s", len(servers), source)
+        return pool
+
+    def __repr__(self) -> str:
+        return f"ServerPool({[s.name for s in self._servers]!r}, strategy={self.strategy!r})"
+
+    def __enter__(self) -> "ServerPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- configuration ------------------------------------------------------------------------
+
+    @property
+    def servers(self) -> Tuple[ServerConfig, ...]:
+        """The configured servers, in config order."""
+        return self._servers
+
+    @property
+    def strategy(self) -> str:
+        """The strategy's name."""
+        return strategy_name(self._strategy)
+
+    def _server_by_name(self, name: str) -> Optional[ServerConfig]:
+        return self._by_name.get(name)
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self, refresh: bool = False) -> List[ServerStatus]:
+        """One :class:`ServerStatus` per server, in config order.
+
+        Cached results younger than ``status_ttl`` are returned as they are; ``refresh=True``
+        probes every server now (in parallel, each bounded by the probe timeout).
+        """
+        self._check_open()
+        return self._monitor.refresh(force=refresh)
+
+    def _status_frame(self, name: str) -> Callable[[int], None]:
+        return lambda remaining: self._monitor.queue_reading(name, remaining)
+
+    def _on_status_change(self, old: ServerStatus, new: ServerStatus) -> None:
+        if new.online and not old.online:
+            if old.checked:
+                # The server may have restarted with other nodes or models.
+                self._object_info.pop(new.name, None)
+            self._clean_orphans(new.name)
+        if new.online != old.online:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _clean_orphans(self, name: str) -> None:
+        """Remove copies of moved jobs from a server that is reachable again."""
+        with self._cond:
+            ids, self._orphans[name] = self._orphans[name], set()
+        if not ids:
+            return
+        client = self._clients[name]
+        for pid in ids:
+            for call in (lambda: client.delete_pending([pid], timeout=(1.0, 2.0)),
+                         lambda: client.interrupt(pid, timeout=(1.0, 2.0))):
+                try:
+                    call()
+                except ComfyClusterError:
+                    pass
+        log.info("removed %d moved job(s) left on %s", len(ids), name)
+
+    # -- selection ----------------------------------------------------------------------------
+
+    def _ensure_checked(self) -> List[ServerStatus]:
+        snaps = self._monitor.snapshots()
+        unchecked = [s.name for s in snaps if not s.checked and s.enabled]
+        if unchecked:
+            self._monitor.probe(unchecked)
+            snaps = self._monitor.snapshots()
+        elif not self._monitor_running():
+            due = [n for n in self._monitor.due(include_offline=False) if self._by_name[n].enabled]
+            if due:
+                self._monitor.probe(due)
+                snaps = self._monitor.snapshots()
+        return snaps
+
+    def _monitor_running(self) -> bool:
+        return self._monitor._thread is not None
+
+    def _object_info_for(self, names: Sequence[str]) -> Dict[str, Optional[Dict[str, Any]]]:
+        missing = [n for n in names if n not in self._object_info]
+        if missing:
+            def fetch(n: str) -> None:
+                try:
+                    self._object_info[n] = self._clients[n].object_info(timeout=(PROBE_TIMEOUT[0], 10.0))
+                except ComfyClusterError as exc:
+                    log.warning("cannot read object_info of %s: %s", n, exc)
+
+            futures = [self._monitor.submit(fetch, n) for n in missing]
+            for f in futures:
+                f.result()
+        return {n: self._object_info.get(n) for n in names}
+
+    def _evaluate(
+        self,
+        workflow: Optional[Mapping[str, Any]],
+        exclude: Iterable[str] = (),
+        *,
+        skip_nodes: Iterable[str] = (),
+        ignore_full: bool = False,
+    ) -> Tuple[List[Candidate], Dict[str, str], List[str]]:
+        """Apply the filters: ``(candidates, reasons of the others, names that are only full)``."""
+        snaps = self._ensure_checked()
+        excluded = set(exclude)
+        reasons: Dict[str, str] = {}
+        passed: List[Tuple[int, ServerConfig, ServerStatus]] = []
+        for i, (srv, st) in enumerate(zip(self._servers, snaps)):
+            if not srv.enabled:
+                reasons[srv.name] = "disabled"
+            elif srv.name in excluded:
+                reasons[srv.name] = "excluded"
+            elif not st.online:
+                reasons[srv.name] = f"offline: {st.error or 'not reachable'}"
+            else:
+                passed.append((i, srv, st))
+        if workflow is not None and passed:
+            infos = self._object_info_for([srv.name for _, srv, _ in passed])
+            kept = []
+            for i, srv, st in passed:
+                info = infos.get(srv.name)
+                if info is None:
+                    reasons[srv.name] = "cannot read its node list (/object_info)"
+                    continue
+                types, models = missing_capabilities(workflow, info, skip_nodes=skip_nodes)
+                if types:
+                    reasons[srv.name] = f"missing node types {', '.join(types)}"
+                elif models:
+                    reasons[srv.name] = f"missing model {', '.join(models)}"
+                else:
+                    kept.append((i, srv, st))
+            passed = kept
+        full: List[str] = []
+        candidates: List[Candidate] = []
+        exp = expected_seconds(snaps, self._servers) if passed else []
+        for i, srv, st in passed:
+            if not ignore_full and st.in_flight >= srv.max_queue:
+                reasons[srv.name] = f"full ({st.in_flight} of max_queue {srv.max_queue} jobs)"
+                full.append(srv.name)
+                continue
+            candidates.append(Candidate(srv, st, i, exp[i]))
+        return candidates, reasons, full
+
+    def _pick(self, candidates: Sequence[Candidate], workflow: Optional[Mapping[str, Any]]) -> ServerConfig:
+        chosen = self._strategy.select(list(candidates), workflow)
+        if isinstance(chosen, Candidate):
+            return chosen.server
+        if isinstance(chosen, ServerConfig):
+            return chosen
+        if isinstance(chosen, str) and chosen in self._by_name:
+            return self._by_name[chosen]
+        if chosen is None:
+            raise NoServerAvailable(f"strategy {self.strategy} chose no server")
+        raise ConfigError(f"strategy {self.strategy}: returned {type(chosen).__name__}, not a candidate")
+
+    def select(self, workflow: Optional[WorkflowLike] = None, exclude: Iterable[str] = ()) -> ServerConfig:
+        """The server the strategy picks now among those passing the filters.
+
+        Filters: enabled; online; fewer than ``max_queue`` of this process's jobs there; not in
+        ``exclude`` (names); and, given a workflow, offering every node type and model file it
+        names. Raises :class:`NoServerAvailable` saying, per server, why none qualified.
+        Never waits on a probe of a server already known to be offline.
+        """
+        self._check_open()
+        wf = load_workflow(workflow) if workflow is not None else None
+        candidates, reasons, _ = self._evaluate(wf, exclude)
+        if not candidates:
+            raise _no_server(reasons)
+        return self._pick(candidates, wf)
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        workflow: WorkflowLike,
+        *,
+        inputs: Optional[Mapping[str, str]] = None,
+        on_event: Optional[Callable[[JobEvent], None]] = None,
+        retries: int = 2,
+        _index: Optional[int] = None,
+        _batch: Any = None,
+    ) -> Job:
+        """Run ``workflow`` on the cluster; returns a :class:`Job` at once.
+
+        ``inputs`` maps LoadImage node ids to local image files, uploaded to whichever server
+        runs the job. Raises at once (nothing sent) for a malformed workflow or a missing input
+        file, and :class:`NoServerAvailable` when no server is online and able to run it.
+        """
+        self._check_open()
+        wf = load_workflow(workflow)
+        checked_inputs = _check_inputs(wf, inputs or {})
+        if retries < 0:
+            raise WorkflowInputError(f"retries: must be >= 0, got {retries}")
+        candidates, reasons, full = self._evaluate(wf, skip_nodes=checked_inputs.keys(), ignore_full=True)
+        if not candidates:
+            raise _no_server(reasons)
+        job = Job(wf, inputs=checked_inputs, on_event=on_event, retries=retries, index=_index)
+        job.batch = _batch
+        job._pool = self
+        with self._cond:
+            self._check_open()
+            self._pending.append(job)
+            self._start_dispatcher()
+            self._cond.notify_all()
+        return job
+
+    def map(
+        self,
+        workflows: Iterable[WorkflowLike],
+        *,
+        inputs: Any = None,
+        on_event: Optional[Callable[[JobEvent], None]] = None,
+        retries: int = 2,
+        fail_fast: bool = False,
+        return_exceptions: bool = False,
+        timeout: Optional[float] = None,
+    ) -> List[Any]:
+        """Run many workflows over the cluster and return their results in input order.
+
+        Late binding: at most ``max_queue`` jobs per server at once; each server gets the next
+        job when it frees, planned so the batch ends as early as the cluster's speeds allow.
+        One failed job does not stop the others (unless ``fail_fast``); once all have ended the
+        first error is raised, or, with ``return_exceptions``, put in its place in the list.
+        """
+        batch = self.map_async(workflows, inputs=inputs, on_event=on_event, retries=retries, fail_fast=fail_fast)
+        return batch.results(timeout=timeout, return_exceptions=return_exceptions)
+
+    def map_async(
+        self,
+        workflows: Iterable[WorkflowLike],
+        *,
+        inputs: Any = None,
+        on_event: Optional[Callable[[JobEvent], None]] = None,
+        retries: int = 2,
+        fail_fast: bool = False,
+    ) -> Any:
+        """The non-blocking form of :meth:`map`: a :class:`~comfy_cluster.dispatch.Batch`."""
+        from .dispatch import Batch
+
+        return Batch.start(self, list(workflows), inputs=inputs, on_event=on_event, retries=retries, fail_fast=fail_fast)
+
+    # -- the dispatcher -----------------------------------------------------------------------
+
+    def _start_dispatcher(self) -> None:
+        if self._dispatcher is None or not self._dispatcher.is_alive():
+            self._dispatcher = threading.Thread(target=self._dispatch_loop, name="comfy-cluster-dispatch", daemon=True)
+            self._dispatcher.start()
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                if not self._pending:
+                    self._cond.wait(timeout=1.0)
+                    continue
+                jobs = list(self._pending)
+            progressed = False
+            for job in jobs:
+                if self._closed:
+                    return
+                try:
+                    progressed |= self._dispatch_one(job)
+                except Exception as exc:  # a bug here must fail the job, not the dispatcher
+                    log.exception("dispatching job failed")
+                    self._drop_pending(job)
+                    job._finish("failed", error=ServerError(f"internal error while dispatching: {exc!r}"))
+            with self._cond:
+                if not self._closed and not progressed:
+                    self._cond.wait(timeout=0.25)
+
+    def _drop_pending(self, job: Job) -> bool:
+        with self._cond:
+            try:
+                self._pending.remove(job)
+                return True
+            except ValueError:
+                return False
+
+    def _dispatch_one(self, job: Job) -> bool:
+        if job.cancel_requested:
+            if self._drop_pending(job):
+                self._finish_cancelled(job, None, "cancelled before it reached a server")
+            return True
+        decision = self._choose(job)
+        if decision is _WAIT:
+            return False
+        if isinstance(decision, NoServerAvailable):
+            now = self._clock()
+            if job.waiting_since is None:
+                job.waiting_since = now
+            if now - job.waiting_since >= self._wait_for_server:
+                if self._drop_pending(job):
+                    self._fail(job, decision)
+                return True
+            return False
+        assert isinstance(decision, ServerConfig)
+        job.waiting_since = None
+        with self._cond:
+            if self._closed or job not in self._pending:
+                return False
+            self._pending.remove(job)
+            self._monitor.job_reserved(decision.name)
+            self._on_server[decision.name].add(job)
+            job.attempts += 1
+            if decision.name not in job.tried:
+                job.tried.append(decision.name)
+            previous = job.server
+            job.server = decision
+            thread = threading.Thread(
+                target=self._run_attempt, args=(job, decision), name=f"comfy-cluster-job-{decision.name}", daemon=True
+            )
+            self._runners.add(thread)
+        if job.failures and previous is not None:
+            job._emit("retrying", decision.name, from_server=previous.name, to_server=decision.name, reason=job.failures[-1][1])
+        thread.start()
+        return True
+
+    def _choose(self, job: Job) -> Any:
+        """A server for ``job`` now, ``_WAIT`` (all suitable servers are full), or NoServerAvailable."""
+        exclude = set(job.incapable)
+        skip = job.inputs.keys()
+        if job.tried:
+            untried, _, untried_full = self._evaluate(job.workflow, exclude | set(job.tried), skip_nodes=skip, ignore_full=True)
+            if untried:
+                exclude |= set(job.tried)  # another attempt goes to a server not tried yet
+        candidates, reasons, full = self._evaluate(job.workflow, exclude, skip_nodes=skip)
+        if not candidates:
+            return _WAIT if full else _no_server(reasons)
+        if job.batch is not None and getattr(job.batch, "planned", False):
+            return job.batch.plan_pick(job, candidates, self._plan_state(job.workflow, exclude, skip))
+        return self._pick(candidates, job.workflow)
+
+    def _plan_state(self, workflow: Mapping[str, Any], exclude: Set[str], skip: Iterable[str]) -> List[Tuple[ServerConfig, float, float]]:
+        """``(server, seconds until its current backlog is done, seconds per job)`` for every
+        server able to take the job, full or not: the batch planner's view of the cluster."""
+        eligible, _, _ = self._evaluate(workflow, exclude, skip_nodes=skip, ignore_full=True)
+        now = self._clock()
+        out = []
+        for c in eligible:
+            d = c.expected_seconds
+            ahead = max(c.status.load, c.status.in_flight)
+            backlog = ahead * d
+            with self._cond:
+                jobs = list(self._on_server[c.name])
+            starts = [j._last_exec_start for j in jobs if j.status == "running" and j._last_exec_start is not None]
+            if starts and backlog > 0:
+                backlog -= min(d, max(0.0, now - max(starts)))
+            out.append((c.server, max(0.0, backlog), d))
+        return out
+
+    def _run_attempt(self, job: Job, server: ServerConfig) -> None:
+        name = server.name
+        try:
+            ctx = AttemptContext(
+                client=self._clients[name],
+                socket=self._sockets[name],
+                client_id=self.client_id,
+                on_posted=lambda: self._monitor.job_posted(name),
+                position=lambda: self._monitor.snapshot(name).load,
+                reconcile_interval=self._reconcile_interval,
+                server_lost_after=self._server_lost_after,
+                clock=self._clock,
+            )
+            outcome = run_attempt(job, server, ctx, lambda client: self._uploaded_workflow(job, client))
+        except Exception as exc:  # never lose a job to a bug: fail it with the reason
+            log.exception("job attempt on %s crashed", name)
+            outcome = Outcome("failed", error=ServerError(f"{name}: internal error: {exc!r}", server=name))
+        try:
+            self._attempt_done(job, server, outcome)
+        finally:
+            with self._cond:
+                self._runners.discard(threading.current_thread())
+                self._cond.notify_all()
+
+    def _uploaded_workflow(self, job: Job, client: ComfyClient) -> Dict[str, Any]:
+        if not job.inputs:
+            return job.workflow
+        values = {node: {"image": client.upload_image(path)} for node, path in job.inputs.items()}
+        return set_inputs(job.workflow, values)
+
+    def _attempt_done(self, job: Job, server: ServerConfig, outcome: Outcome) -> None:
+        name = server.name
+        ok = True if outcome.kind == "succeeded" else False if outcome.kind == "failed" else None
+        self._monitor.job_released(name, seconds=outcome.exec_seconds, ok=ok)
+        with self._cond:
+            self._on_server[name].discard(job)
+        if outcome.kind == "succeeded":
+            result = JobResult(
+                prompt_id=job.prompt_id or "",
+                server=name,
+                outputs=outcome.result_outputs or {},
+                attempts=job.attempts,
+                seconds=time.monotonic() - job.created,
+            )
+            job._emit("succeeded", name)
+            job._finish("succeeded", result=result)
+        elif outcome.kind == "failed":
+            err = outcome.error or JobFailed(f"{name}: job failed", server=name)
+            if isinstance(err, (JobFailed, ServerError)) and job.failures:
+                err.attempts = list(job.failures) + [(name, str(err))]
+            job._emit("failed", name, reason=str(err))
+            job._finish("failed", error=err)
+        elif outcome.kind == "cancelled":
+            self._finish_cancelled(job, name, outcome.reason or "cancelled")
+        else:
+            self._handle_retry(job, server, outcome)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _handle_retry(self, job: Job, server: ServerConfig, outcome: Outcome) -> None:
+        name = server.name
+        job.failures.append((name, outcome.reason))
+        log.warning("job %s left %s: %s", job.prompt_id, name, outcome.reason)
+        if outcome.server_down:
+            self._monitor.mark_failed(name, outcome.reason)
+        if job.prompt_id and outcome.server_down:
+            with self._cond:
+                self._orphans[name].add(job.prompt_id)
+        if outcome.incapable:
+            job.incapable.add(name)
+        if job.cancel_requested:
+            self._finish_cancelled(job, name, "cancelled")
+            return
+        if job.attempts > job.retries:
+            if outcome.incapable and isinstance(outcome.error, WorkflowError):
+                err: ComfyClusterError = outcome.error
+            else:
+                tried = "; ".join(f"{s}: {r}" for s, r in job.failures)
+                err = ServerError(
+                    f"job failed after {job.attempts} attempt(s): {tried}", server=name, attempts=job.failures
+                )
+            job._emit("failed", name, reason=str(err))
+            job._finish("failed", error=err)
+            return
+        with self._cond:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                # Back to the front: it has waited longest.
+                self._pending.appendleft(job)
+                job._set_status("queued")
+        if closed:
+            self._finish_cancelled(job, name, "pool closed")
+
+    def _fail(self, job: Job, err: ComfyClusterError) -> None:
+        job._emit("failed", None, reason=str(err))
+        job._finish("failed", error=err)
+
+    def _finish_cancelled(self, job: Job, server: Optional[str], reason: str) -> None:
+        job._emit("cancelled", server, reason=reason)
+        job._finish("cancelled", error=JobCancelled(f"job {job.prompt_id or '(not submitted)'} {reason}", prompt_id=job.prompt_id or "", server=server))
+
+    def _job_cancel_requested(self, job: Job) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def _download(self, server: ServerConfig, files: Sequence[OutputFile], dest_dir: str) -> List[str]:
+        if server.dir_local:
+            mapped = [map_shared_path(server, f) for f in files]
+            if all(p is not None for p in mapped):
+                return [p for p in mapped if p is not None]
+            log.warning("outputs of %s not found under dir_local %s; downloading", server.name, server.dir_local)
+        os.makedirs(dest_dir, exist_ok=True)
+        targets = unique_targets(dest_dir, files)  # every name checked before anything is written
+        client = self._clients[server.name]
+        for f, target in zip(files, targets):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            client.download(f.filename, f.subfolder, f.type, target)
+        return targets
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ComfyClusterError("the pool is closed")
+
+    def close(self) -> None:
+        """Cancel unfinished jobs (on their servers too), stop every thread, close every socket."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._pending)
+            self._pending.clear()
+            running = [j for jobs in self._on_server.values() for j in jobs]
+            self._cond.notify_all()
+        for job in pending:
+            self._finish_cancelled(job, None, "cancelled: pool closed")
+        for job in running:
+            job.cancel()
+        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
+            self._dispatcher.join(timeout=10)
+        deadline = time.monotonic() + 15.0
+        while True:
+            with self._cond:
+                runners = [t for t in self._runners if t is not threading.current_thread()]
+            if not runners or time.monotonic() > deadline:
+                break
+            runners[0].join(timeout=max(0.0, deadline - time.monotonic()))
+        for sock in self._sockets.values():
+            sock.close()
+        self._monitor.close()
+        for client in self._clients.values():
+            client.close()
+
+
+def _no_server(reasons: Mapping[str, str]) -> NoServerAvailable:
+    detail = "; ".join(f"{name}: {why}" for name, why in reasons.items())
+    return NoServerAvailable(f"no server can take the job ({detail})", reasons)
+
+
+def _check_inputs(workflow: Mapping[str, Any], inputs: Mapping[str, str]) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for node_id, path in inputs.items():
+        node_id = str(node_id)
+        node = workflow.get(node_id)
+        if not isinstance(node, Mapping):
+            raise WorkflowInputError(f"inputs: node {node_id} is not in the workflow")
+        if "image" not in (node.get("inputs") or {}) and node.get("class_type") != "LoadImage":
+            raise WorkflowInputError(f"inputs: node {node_id} ({node.get('class_type')}) has no image input")
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise WorkflowInputError(f"inputs: node {node_id}: file not found: {path}")
+        out[node_id] = path
+    return out

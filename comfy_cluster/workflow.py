@@ -1,0 +1,192 @@
+"""Workflows in ComfyUI's API format: loading, checking, capability matching and templating.
+
+An API-format workflow maps node ids (strings) to ``{"class_type": str, "inputs": {...}}``.
+Everything here is pure (no network): the pool feeds it ``/object_info`` answers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .errors import ComfyClusterError
+
+__all__ = [
+    "WorkflowInputError",
+    "load_workflow",
+    "class_types",
+    "missing_capabilities",
+    "set_inputs",
+    "frame_workflows",
+    "MODEL_EXTENSIONS",
+]
+
+Workflow = Dict[str, Any]
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx", ".sft")
+
+
+class WorkflowInputError(ComfyClusterError, ValueError):
+    """A workflow or input given to the library is malformed; raised before anything is sent."""
+
+
+def load_workflow(workflow: Union[Mapping[str, Any], str, "os.PathLike[str]"]) -> Workflow:
+    """A deep copy of ``workflow`` (a dict, or a path to an API-format JSON file), checked.
+
+    Raises :class:`WorkflowInputError` naming what is wrong. A UI-format export (with
+    ``nodes`` and ``links``) is recognised and explained, since it is the usual mistake.
+    """
+    if isinstance(workflow, (str, os.PathLike)):
+        path = os.fspath(workflow)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise WorkflowInputError(f"workflow file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WorkflowInputError(f"cannot read workflow file {path}: {exc.__class__.__name__}") from None
+        except ValueError as exc:
+            raise WorkflowInputError(f"workflow file {path} is not valid JSON: {getattr(exc, 'msg', exc)}") from None
+        where = path
+    else:
+        data = workflow
+        where = "workflow"
+    if not isinstance(data, Mapping):
+        raise WorkflowInputError(f"{where}: must be a JSON object of nodes, got {type(data).__name__}")
+    if "nodes" in data and "links" in data:
+        raise WorkflowInputError(
+            f"{where}: this is a UI-format workflow; export it with 'Save (API Format)' in ComfyUI"
+        )
+    if "prompt" in data and isinstance(data["prompt"], Mapping) and len(data) <= 3:
+        raise WorkflowInputError(f"{where}: pass the workflow itself, not a /prompt request body")
+    if not data:
+        raise WorkflowInputError(f"{where}: has no nodes")
+    for node_id, node in data.items():
+        if not isinstance(node_id, str):
+            raise WorkflowInputError(f"{where}: node id {node_id!r} must be a string")
+        if not isinstance(node, Mapping):
+            raise WorkflowInputError(f"{where}: node {node_id} must be an object, got {type(node).__name__}")
+        if not isinstance(node.get("class_type"), str) or not node["class_type"]:
+            raise WorkflowInputError(f"{where}: node {node_id} has no class_type")
+        inputs = node.get("inputs", {})
+        if not isinstance(inputs, Mapping):
+            raise WorkflowInputError(f"{where}: node {node_id} inputs must be an object")
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise WorkflowInputError(f"{where}: cannot be sent as JSON: {exc}") from None
+    return copy.deepcopy(dict(data))
+
+
+def class_types(workflow: Mapping[str, Any]) -> List[str]:
+    """The node types a workflow uses, sorted, each once."""
+    return sorted({str(n.get("class_type")) for n in workflow.values() if isinstance(n, Mapping)})
+
+
+def _list_choices(info: Mapping[str, Any], input_name: str) -> Optional[List[Any]]:
+    """The choices of a list input (``[[choice, ...], {...}]``) in object_info, else None."""
+    spec_root = info.get("input")
+    if not isinstance(spec_root, Mapping):
+        return None
+    for section in ("required", "optional"):
+        group = spec_root.get(section)
+        if not isinstance(group, Mapping) or input_name not in group:
+            continue
+        spec = group[input_name]
+        if isinstance(spec, list) and spec and isinstance(spec[0], list):
+            return spec[0]
+        # Newer servers: ["COMBO", {"options": [...]}]
+        if isinstance(spec, list) and len(spec) > 1 and spec[0] == "COMBO" and isinstance(spec[1], Mapping):
+            options = spec[1].get("options")
+            return list(options) if isinstance(options, list) else None
+    return None
+
+
+def _looks_like_model(input_name: str, value: str) -> bool:
+    return input_name.endswith("_name") or value.lower().endswith(MODEL_EXTENSIONS)
+
+
+def missing_capabilities(
+    workflow: Mapping[str, Any],
+    object_info: Mapping[str, Any],
+    *,
+    skip_nodes: Iterable[str] = (),
+) -> Tuple[List[str], List[str]]:
+    """``(missing node types, missing model files)`` of ``workflow`` on a server.
+
+    A model file is a string value of a list input (``ckpt_name``, ``lora_name``, ...) that
+    names a model; it is missing when it is not among that input's choices on the server.
+    Nodes in ``skip_nodes`` (LoadImage nodes whose image the pool uploads) are not checked.
+    """
+    skip = set(skip_nodes)
+    missing_types: List[str] = []
+    missing_models: List[str] = []
+    for node_id, node in workflow.items():
+        ctype = node.get("class_type")
+        info = object_info.get(ctype)
+        if not isinstance(info, Mapping):
+            if ctype not in missing_types:
+                missing_types.append(str(ctype))
+            continue
+        if node_id in skip:
+            continue
+        inputs = node.get("inputs") or {}
+        for name, value in inputs.items():
+            if not isinstance(value, str) or not _looks_like_model(name, value):
+                continue
+            choices = _list_choices(info, name)
+            if choices is not None and value not in choices and value not in missing_models:
+                missing_models.append(value)
+    return sorted(missing_types), missing_models
+
+
+def set_inputs(workflow: Mapping[str, Any], values: Mapping[str, Mapping[str, Any]]) -> Workflow:
+    """A copy of ``workflow`` with ``values[node_id][input] = value`` set.
+
+    Raises :class:`WorkflowInputError` for a node id the workflow does not have.
+    """
+    out = copy.deepcopy(dict(workflow))
+    for node_id, inputs in values.items():
+        node = out.get(str(node_id))
+        if not isinstance(node, dict):
+            raise WorkflowInputError(f"node {node_id} is not in the workflow (nodes: {', '.join(sorted(out))})")
+        node.setdefault("inputs", {}).update(inputs)
+    return out
+
+
+def parse_node_input(spec: str) -> Tuple[str, str]:
+    """``"3.seed"`` -> ``("3", "seed")``; raises WorkflowInputError naming the bad text."""
+    node, sep, name = spec.partition(".")
+    if not sep or not node or not name:
+        raise WorkflowInputError(f"expected NODE.INPUT (for example 3.seed), got {spec!r}")
+    return node, name
+
+
+def frame_workflows(
+    template: Mapping[str, Any],
+    frames: Sequence[int],
+    frame_input: Optional[str] = None,
+    per_frame: Optional[Mapping[int, Mapping[str, Mapping[str, Any]]]] = None,
+) -> List[Workflow]:
+    """One workflow per frame from one template.
+
+    ``frame_input`` (``"NODE.INPUT"``) receives the frame number; ``per_frame[frame]`` maps
+    node ids to inputs to set for that frame (for example ``{"3": {"seed": frame}}``).
+    """
+    base = load_workflow(template)
+    target: Optional[Tuple[str, str]] = parse_node_input(frame_input) if frame_input else None
+    if target and target[0] not in base:
+        raise WorkflowInputError(f"frame input {frame_input}: node {target[0]} is not in the workflow")
+    out = []
+    for frame in frames:
+        values: Dict[str, Dict[str, Any]] = {}
+        if target:
+            values.setdefault(target[0], {})[target[1]] = frame
+        for node_id, inputs in (per_frame or {}).get(frame, {}).items():
+            values.setdefault(str(node_id), {}).update(inputs)
+        out.append(set_inputs(base, values))
+    return out
+
+
+__all__.append("parse_node_input")
