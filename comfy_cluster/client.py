@@ -272,11 +272,11 @@ def parse_workflow_error(data: Mapping[str, Any], server: Optional[str] = None) 
             if not isinstance(entry, dict):
                 continue
             class_type = str(entry.get("class_type", "?"))
-            errors = entry.get("errors") if isinstance(entry.get("errors"), list) else []
+            errors = as_list(entry.get("errors"))
             for e in errors:
                 if not isinstance(e, dict):
                     continue
-                info = e.get("extra_info") if isinstance(e.get("extra_info"), dict) else {}
+                info = as_dict(e.get("extra_info"))
                 input_name = info.get("input_name")
                 text = str(e.get("details") or e.get("message") or "invalid")
                 node_errors.append(
@@ -290,6 +290,16 @@ def parse_workflow_error(data: Mapping[str, Any], server: Optional[str] = None) 
         server=server,
         raw=dict(data),
     )
+
+
+def as_dict(value: Any) -> Dict[str, Any]:
+    """``value`` if it is a dict, else an empty one (for JSON of unknown shape)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> List[Any]:
+    """``value`` if it is a list, else an empty one (for JSON of unknown shape)."""
+    return value if isinstance(value, list) else []
 
 
 def _queue_items(items: Any, server: str) -> List[Tuple[float, str]]:

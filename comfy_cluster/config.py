@@ -395,7 +395,7 @@ def servers_from_env(environ: Optional[Mapping[str, str]] = None) -> Tuple[List[
     servers = _from_legacy(env)
     if servers:
         return servers, "legacy NUKE_COMFYUI_URL/HOST/IP"
-    return [ServerConfig(host="127.0.0.1", port=DEFAULT_PORT)], "default"
+    return [ServerConfig.model_validate({"host": "127.0.0.1", "port": DEFAULT_PORT})], "default"
 
 
 def strategy_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:

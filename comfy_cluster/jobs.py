@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .client import ComfyClient, iter_output_files
+from .client import as_dict, as_list, ComfyClient, iter_output_files
 from .config import ServerConfig
 from .errors import (
     ComfyClusterError,
@@ -308,9 +308,9 @@ def _outputs_from_history(item: Mapping[str, Any]) -> Dict[str, List[OutputFile]
 
 
 def _history_outcome(item: Mapping[str, Any], job: Job, server: str, started: Optional[float], now: float) -> Outcome:
-    status = item.get("status") if isinstance(item.get("status"), dict) else {}
+    status = as_dict(item.get("status"))
     status_str = status.get("status_str")
-    messages = status.get("messages") if isinstance(status.get("messages"), list) else []
+    messages = as_list(status.get("messages"))
     if status_str == "error":
         for m in messages:
             if isinstance(m, list) and len(m) == 2 and m[0] == "execution_error" and isinstance(m[1], dict):
@@ -330,7 +330,7 @@ def _job_failed(data: Mapping[str, Any], job: Job, server: str) -> JobFailed:
     node_type = data.get("node_type")
     exc_type = str(data.get("exception_type") or "")
     exc_msg = str(data.get("exception_message") or "").strip()
-    tb = data.get("traceback") if isinstance(data.get("traceback"), list) else []
+    tb = as_list(data.get("traceback"))
     msg = f"{server}: node {node_id} ({node_type}) failed: {exc_type}: {exc_msg}"
     return JobFailed(
         msg,
@@ -478,7 +478,7 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
             job._set_status("running")
             job._emit("started", name)
         elif kind == "execution_cached":
-            nodes = data.get("nodes") if isinstance(data.get("nodes"), list) else []
+            nodes = as_list(data.get("nodes"))
             job._emit("cached", name, nodes=tuple(str(n) for n in nodes))
         elif kind == "executing":
             node = data.get("node")

@@ -75,6 +75,7 @@ class ServerPool:
         reconcile_interval: float = 5.0,
         server_lost_after: float = 15.0,
         wait_for_server: float = 30.0,
+        ws_connect_timeout: float = 5.0,
         rng: Optional[random.Random] = None,
     ) -> None:
         configs: List[ServerConfig] = []
@@ -117,7 +118,10 @@ class ServerPool:
         )
         self._monitor.add_listener(self._on_status_change)
         self._sockets: Dict[str, ServerSocket] = {
-            s.name: ServerSocket(s, self.client_id, on_status=self._status_frame(s.name)) for s in configs
+            s.name: ServerSocket(
+                s, self.client_id, on_status=self._status_frame(s.name), connect_timeout=ws_connect_timeout
+            )
+            for s in configs
         }
         self._object_info: Dict[str, Dict[str, Any]] = {}
         self._reconcile_interval = reconcile_interval
@@ -668,7 +672,7 @@ class ServerPool:
 
 def _no_server(reasons: Mapping[str, str]) -> NoServerAvailable:
     detail = "; ".join(f"{name}: {why}" for name, why in reasons.items())
-    return NoServerAvailable(f"no server can take the job ({detail})", reasons)
+    return NoServerAvailable(f"no server can take the job ({detail})", dict(reasons))
 
 
 def _check_inputs(workflow: Mapping[str, Any], inputs: Mapping[str, str]) -> Dict[str, str]:

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .client import PROBE_TIMEOUT, ComfyClient, Timeouts
+from .client import as_dict, as_list, PROBE_TIMEOUT, ComfyClient, Timeouts
 from .config import ServerConfig
 from .errors import ComfyClusterError
 
@@ -259,8 +259,8 @@ class StatusMonitor:
         except ComfyClusterError as exc:
             log.debug("system_stats of %s failed: %s", server.name, exc)
             return
-        system = stats.get("system") if isinstance(stats.get("system"), dict) else {}
-        devices = stats.get("devices") if isinstance(stats.get("devices"), list) else []
+        system = as_dict(stats.get("system"))
+        devices = as_list(stats.get("devices"))
         dev = devices[0] if devices and isinstance(devices[0], dict) else {}
         self._stats_fetched[server.name] = True
         self._swap(

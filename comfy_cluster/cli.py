@@ -1,0 +1,417 @@
+"""The ``comfy-cluster`` command: ``status``, ``submit``, ``demo`` and ``mock-server``.
+
+This is the one module of the library that prints: it is the user interface of a terminal.
+Progress goes to stderr, results (tables, ``--json`` lines) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+
+from .errors import ComfyClusterError, JobCancelled
+from .jobs import Job, JobEvent
+from .status import ServerStatus
+from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, set_inputs
+
+__all__ = ["main", "parse_frames", "ideal_makespan"]
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = {
+    "status": "example:\n  NUKE_COMFYUI_SERVERS='[{\"host\": \"127.0.0.1\", \"port\": 8188}]' comfy-cluster status --json",
+    "submit": (
+        "examples:\n"
+        "  comfy-cluster submit workflow_api.json --out renders/\n"
+        "  comfy-cluster submit workflow_api.json --frames 1001-1050 --frame-input 3.seed --input 10=plate.####.png --out renders/\n"
+        "  comfy-cluster submit workflow_api.json --count 4 --set 3.steps=20 --json"
+    ),
+    "demo": "example:\n  comfy-cluster demo --jobs 30 --speeds 1,2,4",
+    "mock-server": "example:\n  comfy-cluster mock-server --port 8188 --speed 2 --models a.safetensors,b.safetensors",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def parse_frames(text: str) -> List[int]:
+    """``"1-100"``, ``"1-100x2"``, ``"1,5,10-12"`` -> frame numbers (ValueError names the bad part)."""
+    frames: List[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+)(?:x(\d+))?)?", part)
+        if not m:
+            raise ValueError(f"--frames: cannot read {part!r} (use 1-100, 1-100x2 or 1,5,10-20)")
+        first = int(m.group(1))
+        last = int(m.group(2)) if m.group(2) is not None else first
+        step = int(m.group(3) or 1)
+        if last < first or step < 1:
+            raise ValueError(f"--frames: empty range {part!r}")
+        frames.extend(range(first, last + 1, step))
+    if not frames:
+        raise ValueError("--frames: no frames")
+    return frames
+
+
+def ideal_makespan(jobs: int, speeds: Sequence[float], cost: float) -> float:
+    """The best makespan of ``jobs`` equal jobs of ``cost`` seconds (at speed 1) split as whole
+    jobs over servers of the given speeds."""
+    if jobs <= 0:
+        return 0.0
+    times = sorted({k * cost / s for s in speeds for k in range(1, jobs + 1)})
+    for t in times:
+        if sum(int(t * s / cost + 1e-9) for s in speeds) >= jobs:
+            return t
+    return times[-1]
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _frame_path(pattern: str, frame: int) -> str:
+    """``plate.####.png`` / ``plate.%04d.png`` with the frame number put in."""
+    m = re.search(r"#+", pattern)
+    if m:
+        return pattern[: m.start()] + str(frame).zfill(len(m.group(0))) + pattern[m.end():]
+    if re.search(r"%0?\d*d", pattern):
+        return pattern % frame
+    return pattern
+
+
+class Progress:
+    """Live progress on stderr: one rewritten line on a terminal, event lines otherwise."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.lock = threading.Lock()
+        self.done = 0
+        self.failed = 0
+        self.percent: Dict[int, Tuple[str, int]] = {}
+        self._last_draw = 0.0
+
+    def on_event(self, event: JobEvent) -> None:
+        idx = event.index if event.index is not None else 0
+        with self.lock:
+            if event.kind == "progress" and event.max:
+                self.percent[idx] = (event.server or "?", int(100 * (event.value or 0) / event.max))
+            elif event.kind in ("started", "queued"):
+                self.percent[idx] = (event.server or "?", 0)
+            elif event.kind == "succeeded":
+                self.done += 1
+                self.percent.pop(idx, None)
+            elif event.kind in ("failed", "cancelled"):
+                self.failed += 1
+                self.percent.pop(idx, None)
+            if self.tty:
+                now = time.monotonic()
+                if now - self._last_draw > 0.1 or event.kind in ("succeeded", "failed"):
+                    self._last_draw = now
+                    self._draw()
+            elif event.kind in ("submitted", "succeeded", "failed", "cancelled", "retrying"):
+                extra = ""
+                if event.kind == "retrying":
+                    extra = f" {event.from_server} -> {event.to_server}: {event.reason}"
+                elif event.reason:
+                    extra = f": {event.reason}"
+                self.stream.write(f"job {idx} {event.kind} on {event.server}{extra}  [{self.done}/{self.total} done, {self.failed} failed]\n")
+                self.stream.flush()
+
+    def _draw(self) -> None:
+        per: Dict[str, List[int]] = {}
+        for server, pct in self.percent.values():
+            per.setdefault(server, []).append(pct)
+        servers = "  ".join(f"{s}: {' '.join(f'{p}%' for p in sorted(v, reverse=True))}" for s, v in sorted(per.items()))
+        line = f"[{self.done}/{self.total} done, {self.failed} failed]  {servers}"
+        self.stream.write("\r" + line[:160].ljust(160))
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            with self.lock:
+                self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _job_json(job: Job) -> Dict[str, Any]:
+    err = job.exception()
+    if err is None:
+        res = job.result()
+        status = "success"
+        outputs = [{"filename": f.filename, "subfolder": f.subfolder, "type": f.type, "node": f.node} for f in res.files]
+        seconds: Optional[float] = round(res.seconds, 3)
+    else:
+        status = "cancelled" if isinstance(err, JobCancelled) else "error"
+        if isinstance(err, JobCancelled) and "interrupted on the server" in str(err):
+            status = "interrupted"
+        outputs = []
+        seconds = round(time.monotonic() - job.created, 3)
+    out: Dict[str, Any] = {
+        "prompt_id": job.prompt_id,
+        "server": job.server.name if job.server else None,
+        "status": status,
+        "outputs": outputs,
+        "attempts": job.attempts,
+        "seconds": seconds,
+    }
+    if err is not None:
+        out["error"] = str(err)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+def _fmt_bytes(n: Optional[int]) -> str:
+    return "-" if n is None else f"{n / 2**30:.1f}G"
+
+
+def status_table(statuses: Sequence[ServerStatus]) -> str:
+    rows = [["NAME", "URL", "ONLINE", "RUN", "PEND", "DEVICE", "VRAM FREE", "VERSION", "RTT", "ERROR"]]
+    for s in statuses:
+        rows.append([
+            s.name, s.url, "yes" if s.online else "no", str(s.queue_running), str(s.queue_pending),
+            (s.device_name or "-")[:28], _fmt_bytes(s.vram_free), s.comfyui_version or "-",
+            "-" if s.rtt_ms is None else f"{s.rtt_ms:.0f}ms", s.error or "",
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .pool import ServerPool
+
+    with ServerPool.from_env(background_status=False) as pool:
+        while True:
+            statuses = pool.status(refresh=True)
+            if args.json:
+                print(json.dumps([s.to_dict() for s in statuses]), flush=True)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    print("\033[2J\033[H", end="")
+                print(status_table(statuses), flush=True)
+            if not args.watch:
+                break
+            time.sleep(args.interval)  # a terminal refresh, not synchronisation
+    return 0 if any(s.online for s in statuses) else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# submit
+
+
+def build_workflows(args: argparse.Namespace) -> Tuple[List[Dict[str, Any]], List[Optional[Dict[str, str]]]]:
+    base = load_workflow(args.workflow)
+    values: Dict[str, Dict[str, Any]] = {}
+    for item in args.set or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise WorkflowInputError(f"--set: expected NODE.INPUT=VALUE, got {item!r}")
+        node, name = parse_node_input(key)
+        values.setdefault(node, {})[name] = _value(raw)
+    base = set_inputs(base, values)
+    input_specs: List[Tuple[str, str]] = []
+    for item in args.input or []:
+        node, sep, path = item.partition("=")
+        if not sep or not node or not path:
+            raise WorkflowInputError(f"--input: expected NODE=FILE, got {item!r}")
+        input_specs.append((node, path))
+    if args.frames:
+        frames = parse_frames(args.frames)
+        if not args.frame_input:
+            raise WorkflowInputError("--frames needs --frame-input NODE.INPUT (the input that gets the frame number)")
+        workflows = frame_workflows(base, frames, args.frame_input)
+        inputs = [{n: _frame_path(p, f) for n, p in input_specs} or None for f in frames]
+    else:
+        workflows = [base for _ in range(args.count)]
+        inputs = [{n: p for n, p in input_specs} or None for _ in range(args.count)]
+    return workflows, inputs
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .pool import ServerPool
+
+    workflows, inputs = build_workflows(args)
+    kwargs: Dict[str, Any] = {}
+    if args.strategy:
+        kwargs["strategy"] = args.strategy
+    progress = Progress(len(workflows))
+    with ServerPool.from_env(**kwargs) as pool:
+        batch = pool.map_async(workflows, inputs=inputs, on_event=progress.on_event, retries=args.retries)
+        try:
+            while not batch.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            sys.stderr.write("\ncancelling the jobs on their servers...\n")
+            batch.cancel()
+            batch.wait(15)
+            progress.finish()
+            return 130
+        progress.finish()
+        failed = 0
+        for job in batch.jobs:
+            err = job.exception()
+            if err is not None:
+                failed += 1
+            if args.json:
+                print(json.dumps(_job_json(job)), flush=True)
+            elif err is not None:
+                print(f"job {job.index} failed: {err}", file=sys.stderr)
+            if err is None and args.out:
+                try:
+                    paths = job.download(args.out)
+                except ComfyClusterError as exc:
+                    failed += 1
+                    print(f"job {job.index}: download failed: {exc}", file=sys.stderr)
+                    continue
+                if not args.json:
+                    for p in paths:
+                        print(p)
+        if not args.json:
+            print(f"{len(batch.jobs) - failed} of {len(batch.jobs)} jobs succeeded", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+
+
+def demo_workflow(seconds: float, steps: int, seed: int) -> Dict[str, Any]:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed % 16777216}},
+        "2": {"class_type": "TestSleep", "inputs": {"image": ["1", 0], "seconds": seconds, "steps": steps, "seed": seed}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "demo"}},
+    }
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from .testing import MockCluster
+    except ImportError:
+        print("the demo needs the mock server: pip install 'comfy-cluster[mock]'", file=sys.stderr)
+        return 2
+    from .pool import ServerPool
+
+    speeds = [float(s) for s in args.speeds.split(",")]
+    print(f"starting {len(speeds)} mock ComfyUI servers on 127.0.0.1 with speeds {', '.join(f'{s:g}' for s in speeds)}", file=sys.stderr)
+    with MockCluster(speeds=speeds) as cluster:
+        servers = [{"name": f"mock{i + 1}-x{s:g}", "url": srv.url} for i, (s, srv) in enumerate(zip(speeds, cluster.servers))]
+        workflows = [demo_workflow(args.seconds, 5, seed) for seed in range(args.jobs)]
+        progress = Progress(len(workflows))
+        start = time.monotonic()
+        with ServerPool(servers) as pool:
+            batch = pool.map_async(workflows, on_event=progress.on_event)
+            try:
+                batch.wait()
+            except KeyboardInterrupt:
+                batch.cancel()
+                batch.wait(10)
+                return 130
+            makespan = time.monotonic() - start
+            progress.finish()
+            per: Dict[str, int] = {s["name"]: 0 for s in servers}
+            failed = 0
+            for job in batch.jobs:
+                if job.exception() is None:
+                    per[job.result().server] += 1
+                else:
+                    failed += 1
+    ideal = ideal_makespan(args.jobs, speeds, args.seconds)
+    print(f"\n{'server':<14}{'speed':>6}{'jobs':>6}")
+    for (name, count), s in zip(per.items(), speeds):
+        print(f"{name:<14}{s:>6g}{count:>6}")
+    print(f"\njobs: {args.jobs}, failed: {failed}")
+    print(f"makespan: {makespan:.2f} s   ideal for these speeds: {ideal:.2f} s   ratio: {makespan / ideal:.2f}")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="comfy-cluster",
+        description="Run ComfyUI workflows on a cluster of ComfyUI servers (configured by NUKE_COMFYUI_SERVERS).",
+        epilog="examples:\n  comfy-cluster demo\n  comfy-cluster status\n  comfy-cluster submit workflow_api.json --out renders/",
+        formatter_class=fmt,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("status", help="show every server: online, queue, device, VRAM, errors", epilog=EXAMPLES["status"], formatter_class=fmt)
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+
+    p = sub.add_parser("submit", help="run a workflow (or many) on the cluster", epilog=EXAMPLES["submit"], formatter_class=fmt)
+    p.add_argument("workflow", help="API-format workflow JSON file")
+    p.add_argument("--count", type=int, default=1, help="run it N times")
+    p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="set an input (value as JSON, else text)")
+    p.add_argument("--frames", help="frame range, e.g. 1-100, 1-100x2, 1,5,10-20: one job per frame")
+    p.add_argument("--frame-input", metavar="NODE.INPUT", help="the input that receives the frame number")
+    p.add_argument("--input", action="append", metavar="NODE=FILE", help="upload FILE for LoadImage NODE (#### or %%04d: per frame)")
+    p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
+    p.add_argument("--out", help="download the outputs into this folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object per job")
+    p.add_argument("--retries", type=int, default=2, help="extra attempts on other servers (default 2)")
+
+    p = sub.add_parser("demo", help="run a batch on an embedded mock cluster of three servers", epilog=EXAMPLES["demo"], formatter_class=fmt)
+    p.add_argument("--jobs", type=int, default=30, help="number of jobs (default 30)")
+    p.add_argument("--speeds", default="1,2,4", help="server speeds, comma-separated (default 1,2,4)")
+    p.add_argument("--seconds", type=float, default=1.0, help="cost of one job at speed 1 (default 1.0)")
+
+    sub.add_parser("mock-server", help="run a mock ComfyUI server in the foreground", epilog=EXAMPLES["mock-server"], formatter_class=fmt, add_help=False)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["mock-server"]:
+        try:
+            from .testing.cli import run_mock_server
+        except ImportError:
+            print("the mock server needs aiohttp: pip install 'comfy-cluster[mock]'", file=sys.stderr)
+            return 2
+        return run_mock_server(args_list[1:])
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "submit":
+            return cmd_submit(args)
+        if args.command == "demo":
+            return cmd_demo(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ComfyClusterError, ValueError) as exc:
+        print(f"comfy-cluster: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,146 @@
+"""Strategies are pure functions of snapshots: table-driven tests, no network."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+
+import pytest
+
+from comfy_cluster import ConfigError, ServerConfig
+from comfy_cluster.balance import (
+    Candidate,
+    FastestCompletion,
+    LeastLoaded,
+    Priority,
+    RoundRobin,
+    expected_seconds,
+    get_strategy,
+)
+from comfy_cluster.dispatch import plan_threshold
+from comfy_cluster.status import ServerStatus
+
+
+def cand(i, *, running=0, pending=0, unseen=0, weight=1.0, priority=0, avg=None, in_flight=0):
+    srv = ServerConfig(name=f"s{i}", host="127.0.0.1", port=1000 + i, weight=weight, priority=priority)
+    st = ServerStatus(
+        name=srv.name, url=srv.url, online=True, queue_running=running, queue_pending=pending,
+        unseen=unseen, avg_job_seconds=avg, in_flight=in_flight,
+    )
+    exp = expected_seconds([st], [srv])[0]
+    return Candidate(srv, st, i, exp)
+
+
+@pytest.mark.parametrize(
+    "loads, weights, expected",
+    [
+        ([3, 1, 2], [1, 1, 1], "s1"),
+        ([4, 3], [2, 1], "s0"),  # 4/2 = 2 < 3
+        ([0, 5, 5], [1, 1, 1], "s0"),
+        ([6, 2], [4, 1], "s0"),  # 1.5 < 2
+    ],
+)
+def test_least_loaded_table(loads, weights, expected):
+    cands = [cand(i, pending=l, weight=w) for i, (l, w) in enumerate(zip(loads, weights))]
+    assert LeastLoaded(random.Random(1)).select(cands, None).name == expected
+
+
+def test_least_loaded_counts_unseen_submissions():
+    cands = [cand(0, unseen=2), cand(1, pending=1)]
+    assert LeastLoaded().select(cands, None).name == "s1"
+
+
+def test_least_loaded_breaks_ties_at_random_not_always_first():
+    cands = [cand(i) for i in range(4)]
+    strategy = LeastLoaded(random.Random(7))
+    picks = Counter(strategy.select(cands, None).name for _ in range(400))
+    assert set(picks) == {"s0", "s1", "s2", "s3"}
+    assert min(picks.values()) > 50
+
+
+def test_round_robin_cycles_and_survives_changing_sets():
+    rr = RoundRobin()
+    all4 = [cand(i) for i in range(4)]
+    assert [rr.select(all4, None).name for _ in range(5)] == ["s0", "s1", "s2", "s3", "s0"]
+    # s1 drops out: the cycle continues after the last pick (s0) with the next available.
+    three = [all4[0], all4[2], all4[3]]
+    assert [rr.select(three, None).name for _ in range(3)] == ["s2", "s3", "s0"]
+
+
+def test_round_robin_one_counter_for_all_threads():
+    rr = RoundRobin()
+    cands = [cand(i) for i in range(4)]
+    picks: Counter = Counter()
+    lock = threading.Lock()
+
+    def work():
+        for _ in range(250):
+            name = rr.select(cands, None).name
+            with lock:
+                picks[name] += 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert picks == Counter({"s0": 250, "s1": 250, "s2": 250, "s3": 250})
+
+
+def test_priority_prefers_lowest_tier_then_least_loaded():
+    cands = [cand(0, priority=1), cand(1, priority=0, pending=3), cand(2, priority=0, pending=1)]
+    assert Priority().select(cands, None).name == "s2"
+    # Tier 0 gone (offline or full are filtered before the strategy): next tier.
+    assert Priority().select([cands[0]], None).name == "s0"
+
+
+def test_fastest_completion_uses_learned_durations():
+    # s0: 2 ahead x 1 s = 3 s to finish ours; s1: 0 ahead x 5 s = 5 s.
+    cands = [cand(0, pending=2, avg=1.0), cand(1, avg=5.0)]
+    assert FastestCompletion().select(cands, None).name == "s0"
+    cands = [cand(0, pending=5, avg=1.0), cand(1, avg=5.0)]
+    assert FastestCompletion().select(cands, None).name == "s1"
+
+
+def test_expected_seconds_from_weight_then_learned():
+    a = ServerConfig(name="a", host="h", weight=1)
+    b = ServerConfig(name="b", host="h", weight=4)
+    sa = ServerStatus(name="a", url=a.url)
+    sb = ServerStatus(name="b", url=b.url)
+    assert expected_seconds([sa, sb], [a, b]) == [1.0, 0.25]
+    sa2 = ServerStatus(name="a", url=a.url, avg_job_seconds=8.0)
+    # b has no data: estimated from a's learned speed and the weights.
+    assert expected_seconds([sa2, sb], [a, b]) == [8.0, 2.0]
+
+
+def test_get_strategy_by_name_object_or_callable():
+    assert get_strategy("round-robin").name == "round_robin"
+    obj = LeastLoaded()
+    assert get_strategy(obj) is obj
+
+    def mine(candidates, workflow):
+        return candidates[-1]
+
+    s = get_strategy(mine)
+    assert s.select([cand(0), cand(1)], None).name == "s1"
+    with pytest.raises(ConfigError, match="valid: fastest_completion, least_loaded, priority, round_robin"):
+        get_strategy("fastest")
+
+
+@pytest.mark.parametrize(
+    "backlogs, remaining, in_plan",
+    [
+        # Speeds 1, 2, 4 (seconds per job 1, 0.5, 0.25), all idle, 1 job left: only the fastest.
+        ([(0, 1.0), (0, 0.5), (0, 0.25)], 1, [False, False, True]),
+        # 7 jobs: 4 + 2 + 1 by t = 1 s: everyone gets one.
+        ([(0, 1.0), (0, 0.5), (0, 0.25)], 7, [True, True, True]),
+        # 3 jobs: the fast one does 2 by 0.5 s, the middle one 1 by 0.5 s: the slow one waits.
+        ([(0, 1.0), (0, 0.5), (0, 0.25)], 3, [False, True, True]),
+        # A busy fast server can lose its turn to an idle slower one.
+        ([(2.0, 0.25), (0, 1.0)], 1, [False, True]),
+    ],
+)
+def test_plan_threshold(backlogs, remaining, in_plan):
+    t = plan_threshold(backlogs, remaining)
+    assert [b + d <= t + 1e-6 for b, d in backlogs] == in_plan
