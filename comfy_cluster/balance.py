@@ -8,9 +8,10 @@ round-robin and a random source for tie-breaks), so they are tested table-driven
 
 from __future__ import annotations
 
+import math
+import operator
 import random
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from .config import ServerConfig
@@ -33,26 +34,28 @@ __all__ = [
 Workflow = Mapping[str, Any]
 
 
-@dataclass(frozen=True)
 class Candidate:
-    """A server that passed the filters, with its current snapshot.
+    """A server that passed the filters, with its current snapshot. Read-only.
 
     ``index`` is its position in the pool's configuration; ``expected_seconds`` the job
     duration expected there (learned from finished jobs, else derived from ``weight``).
+    ``load`` is ``status.load``; ``score`` is ``load / weight`` (what least-loaded compares).
+    They are computed once, because selection runs on every submission.
     """
 
-    server: ServerConfig
-    status: ServerStatus
-    index: int
-    expected_seconds: float
+    __slots__ = ("server", "status", "index", "expected_seconds", "name", "load", "score")
 
-    @property
-    def name(self) -> str:
-        return self.server.name
+    def __init__(self, server: ServerConfig, status: ServerStatus, index: int, expected_seconds: float) -> None:
+        self.server = server
+        self.status = status
+        self.index = index
+        self.expected_seconds = expected_seconds
+        self.name = server.name
+        self.load = status.load
+        self.score = self.load / server.weight
 
-    @property
-    def load(self) -> int:
-        return self.status.load
+    def __repr__(self) -> str:
+        return f"Candidate({self.name!r}, load={self.load}, expected_seconds={self.expected_seconds:.3g})"
 
 
 @runtime_checkable
@@ -77,10 +80,20 @@ def expected_seconds(statuses: Sequence[ServerStatus], servers: Sequence[ServerC
 
 
 def _pick_lowest(candidates: Sequence[Candidate], key: Callable[[Candidate], float], rng: random.Random) -> Candidate:
-    best = min(key(c) for c in candidates)
+    best = math.inf
+    tied: List[Candidate] = []
+    for c in candidates:
+        k = key(c)
+        if k < best - 1e-12:
+            best = k
+            tied = [c]
+        elif k <= best + 1e-12:
+            tied.append(c)
     # Ties broken at random: always taking the first would pile every client onto it.
-    tied = [c for c in candidates if key(c) <= best + 1e-12]
     return tied[0] if len(tied) == 1 else rng.choice(tied)
+
+
+_score = operator.attrgetter("score")
 
 
 class LeastLoaded:
@@ -92,7 +105,7 @@ class LeastLoaded:
         self._rng = rng or random.Random()
 
     def select(self, candidates: Sequence[Candidate], workflow: Optional[Workflow] = None) -> Candidate:
-        return _pick_lowest(candidates, lambda c: c.load / c.server.weight, self._rng)
+        return _pick_lowest(candidates, _score, self._rng)
 
 
 class RoundRobin:

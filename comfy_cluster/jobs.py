@@ -138,6 +138,7 @@ class Job:
         self.tried: List[str] = []
         self.incapable: set = set()
         self.failures: List[Tuple[str, str]] = []
+        self.last_error: Optional[ComfyClusterError] = None
         self.created = time.monotonic()
         self.waiting_since: Optional[float] = None
         self.batch: Any = None

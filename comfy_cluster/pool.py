@@ -124,6 +124,7 @@ class ServerPool:
             for s in configs
         }
         self._object_info: Dict[str, Dict[str, Any]] = {}
+        self._view_cache: Optional[_View] = None
         self._reconcile_interval = reconcile_interval
         self._server_lost_after = server_lost_after
         self._wait_for_server = wait_for_server
@@ -224,21 +225,26 @@ class ServerPool:
 
     # -- selection ----------------------------------------------------------------------------
 
-    def _ensure_checked(self) -> List[ServerStatus]:
-        snaps = self._monitor.snapshots()
-        unchecked = [s.name for s in snaps if not s.checked and s.enabled]
-        if unchecked:
-            self._monitor.probe(unchecked)
-            snaps = self._monitor.snapshots()
-        elif not self._monitor_running():
-            due = [n for n in self._monitor.due(include_offline=False) if self._by_name[n].enabled]
-            if due:
-                self._monitor.probe(due)
-                snaps = self._monitor.snapshots()
-        return snaps
+    def _view(self) -> "_View":
+        """What selection needs from the snapshots, rebuilt only when a snapshot changed.
 
-    def _monitor_running(self) -> bool:
-        return self._monitor._thread is not None
+        Probes servers never checked, and (without the background thread) online servers whose
+        TTL has expired; never a server known to be offline.
+        """
+        view = self._view_cache
+        mon = self._monitor
+        if view is None or view.version != mon.version:
+            view = _View(mon.version, mon.snapshots(), self._servers)
+            self._view_cache = view
+        probe: List[str] = []
+        if view.unchecked:
+            probe = view.unchecked
+        elif not mon.background and self._clock() >= view.next_due:
+            probe = [n for n in mon.due(include_offline=False) if self._by_name[n].enabled]
+        if probe:
+            mon.probe(probe)
+            return self._view()
+        return view
 
     def _object_info_for(self, names: Sequence[str]) -> Dict[str, Optional[Dict[str, Any]]]:
         missing = [n for n in names if n not in self._object_info]
@@ -262,46 +268,65 @@ class ServerPool:
         skip_nodes: Iterable[str] = (),
         ignore_full: bool = False,
     ) -> Tuple[List[Candidate], Dict[str, str], List[str]]:
-        """Apply the filters: ``(candidates, reasons of the others, names that are only full)``."""
-        snaps = self._ensure_checked()
-        excluded = set(exclude)
+        """Apply the filters: ``(candidates, reasons of the others, names that are only full)``.
+
+        The reasons are worked out only when no server qualifies (the hot path skips them).
+        """
+        view = self._view()
+        excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
+        base = view.online
+        if workflow is not None and base:
+            base = self._capable(base, workflow, skip_nodes, None)
+        if ignore_full:
+            cands = [c for c in base if c.server.name not in excluded]
+        else:
+            cands = [c for c in base if c.status.in_flight < c.server.max_queue and c.server.name not in excluded]
+        if cands:
+            return cands, {}, []
         reasons: Dict[str, str] = {}
-        passed: List[Tuple[int, ServerConfig, ServerStatus]] = []
-        for i, (srv, st) in enumerate(zip(self._servers, snaps)):
+        full: List[str] = []
+        for srv, st in zip(self._servers, view.snapshots):
             if not srv.enabled:
                 reasons[srv.name] = "disabled"
             elif srv.name in excluded:
                 reasons[srv.name] = "excluded"
             elif not st.online:
                 reasons[srv.name] = f"offline: {st.error or 'not reachable'}"
-            else:
-                passed.append((i, srv, st))
-        if workflow is not None and passed:
-            infos = self._object_info_for([srv.name for _, srv, _ in passed])
-            kept = []
-            for i, srv, st in passed:
-                info = infos.get(srv.name)
-                if info is None:
-                    reasons[srv.name] = "cannot read its node list (/object_info)"
-                    continue
-                types, models = missing_capabilities(workflow, info, skip_nodes=skip_nodes)
-                if types:
-                    reasons[srv.name] = f"missing node types {', '.join(types)}"
-                elif models:
-                    reasons[srv.name] = f"missing model {', '.join(models)}"
-                else:
-                    kept.append((i, srv, st))
-            passed = kept
-        full: List[str] = []
-        candidates: List[Candidate] = []
-        exp = expected_seconds(snaps, self._servers) if passed else []
-        for i, srv, st in passed:
-            if not ignore_full and st.in_flight >= srv.max_queue:
-                reasons[srv.name] = f"full ({st.in_flight} of max_queue {srv.max_queue} jobs)"
-                full.append(srv.name)
+        online = [c for c in view.online if c.server.name not in excluded]
+        if workflow is not None and online:
+            online = self._capable(online, workflow, skip_nodes, reasons)
+        for c in online:
+            if not ignore_full and c.status.in_flight >= c.server.max_queue:
+                reasons[c.name] = f"full ({c.status.in_flight} of max_queue {c.server.max_queue} jobs)"
+                full.append(c.name)
+        return [], reasons, full
+
+    def _capable(
+        self,
+        candidates: Sequence[Candidate],
+        workflow: Mapping[str, Any],
+        skip_nodes: Iterable[str],
+        reasons: Optional[Dict[str, str]],
+    ) -> List[Candidate]:
+        """The candidates offering every node type and model ``workflow`` names."""
+        infos = self._object_info_for([c.name for c in candidates])
+        kept = []
+        for c in candidates:
+            info = infos.get(c.name)
+            if info is None:
+                if reasons is not None:
+                    reasons[c.name] = "cannot read its node list (/object_info)"
                 continue
-            candidates.append(Candidate(srv, st, i, exp[i]))
-        return candidates, reasons, full
+            types, models = missing_capabilities(workflow, info, skip_nodes=skip_nodes)
+            if types:
+                if reasons is not None:
+                    reasons[c.name] = f"missing node types {', '.join(types)}"
+            elif models:
+                if reasons is not None:
+                    reasons[c.name] = f"missing model {', '.join(models)}"
+            else:
+                kept.append(c)
+        return kept
 
     def _pick(self, candidates: Sequence[Candidate], workflow: Optional[Mapping[str, Any]]) -> ServerConfig:
         chosen = self._strategy.select(list(candidates), workflow)
@@ -448,6 +473,11 @@ class ServerPool:
         if decision is _WAIT:
             return False
         if isinstance(decision, NoServerAvailable):
+            if job.incapable and not any(r.startswith("offline") for r in decision.reasons.values()):
+                # Every server that could come back lacks what this workflow needs.
+                if self._drop_pending(job):
+                    self._fail(job, job.last_error or decision)
+                return True
             now = self._clock()
             if job.waiting_since is None:
                 job.waiting_since = now
@@ -581,6 +611,7 @@ class ServerPool:
                 self._orphans[name].add(job.prompt_id)
         if outcome.incapable:
             job.incapable.add(name)
+            job.last_error = outcome.error if isinstance(outcome.error, ComfyClusterError) else None
         if job.cancel_requested:
             self._finish_cancelled(job, name, "cancelled")
             return
@@ -668,6 +699,24 @@ class ServerPool:
         self._monitor.close()
         for client in self._clients.values():
             client.close()
+
+
+class _View:
+    """Selection's view of one version of the snapshots: the online, enabled servers as
+    candidates (with expected job durations), what still needs a first probe, and when the
+    next TTL expires."""
+
+    __slots__ = ("version", "snapshots", "online", "unchecked", "next_due")
+
+    def __init__(self, version: int, snapshots: List[ServerStatus], servers: Sequence[ServerConfig]) -> None:
+        self.version = version
+        self.snapshots = snapshots
+        exp = expected_seconds(snapshots, servers)
+        self.online = [
+            Candidate(srv, st, i, exp[i]) for i, (srv, st) in enumerate(zip(servers, snapshots)) if srv.enabled and st.online
+        ]
+        self.unchecked = [st.name for srv, st in zip(servers, snapshots) if srv.enabled and not st.checked]
+        self.next_due = min((st.next_probe_at for st in snapshots if st.online), default=math.inf)
 
 
 def _no_server(reasons: Mapping[str, str]) -> NoServerAvailable:

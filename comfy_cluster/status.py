@@ -109,6 +109,8 @@ class StatusMonitor:
         self._snapshots: Dict[str, ServerStatus] = {
             s.name: ServerStatus(name=s.name, url=s.url, enabled=s.enabled) for s in self._servers
         }
+        # Bumped on every swap, so readers can cache what they derive from the snapshots.
+        self.version = 0
         self._stats_fetched: Dict[str, bool] = {s.name: False for s in self._servers}
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, min(32, len(self._servers))), thread_name_prefix="comfy-cluster-probe"
@@ -132,6 +134,11 @@ class StatusMonitor:
         current = self._snapshots  # the dict's values are immutable; a stale read is fine
         return [current[s.name] for s in self._servers]
 
+    @property
+    def background(self) -> bool:
+        """Whether a thread keeps the snapshots fresh."""
+        return self._thread is not None
+
     def add_listener(self, fn: Callable[[ServerStatus, ServerStatus], None]) -> None:
         """``fn(old, new)`` is called (outside the lock) whenever a probe changes ``online``."""
         self._listeners.append(fn)
@@ -143,6 +150,7 @@ class StatusMonitor:
             old = self._snapshots[name]
             new = dataclasses.replace(old, **changes)  # type: ignore[arg-type]
             self._snapshots[name] = new
+            self.version += 1
         return old, new
 
     def _update(self, name: str, fn: Callable[[ServerStatus], Dict[str, object]]) -> ServerStatus:
@@ -150,6 +158,7 @@ class StatusMonitor:
             old = self._snapshots[name]
             new = dataclasses.replace(old, **fn(old))  # type: ignore[arg-type]
             self._snapshots[name] = new
+            self.version += 1
         return new
 
     def job_reserved(self, name: str) -> None:

@@ -1,0 +1,73 @@
+"""Workflows and small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+_seeds = itertools.count(1)
+
+
+def sleep_workflow(seconds: float = 0.05, steps: int = 2, seed: Optional[int] = None, prefix: str = "t") -> Dict[str, Any]:
+    """EmptyImage -> TestSleep -> SaveImage. A new seed by default, so ComfyUI's cache never
+    turns the job into a no-op."""
+    seed = next(_seeds) if seed is None else seed
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": seed % 1000}},
+        "2": {"class_type": "TestSleep", "inputs": {"image": ["1", 0], "seconds": seconds, "steps": steps, "seed": seed}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+def fail_workflow(message: str = "boom") -> Dict[str, Any]:
+    seed = next(_seeds)
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": seed % 1000}},
+        "2": {"class_type": "TestFail", "inputs": {"image": ["1", 0], "message": message}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "f"}},
+    }
+
+
+def load_image_workflow(seconds: float = 0.05) -> Dict[str, Any]:
+    seed = next(_seeds)
+    return {
+        "10": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
+        "2": {"class_type": "TestSleep", "inputs": {"image": ["10", 0], "seconds": seconds, "steps": 1, "seed": seed}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "li"}},
+    }
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it is truthy (for states no event announces, e.g. a mock's queue)."""
+    deadline = time.monotonic() + timeout
+    ev = threading.Event()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        ev.wait(0.01)
+
+
+class FakeClock:
+    """A monotonic clock that only moves when the test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def kinds(events: List[Any]) -> List[str]:
+    return [e.kind for e in events]
+
+
+def servers_of(cluster: Any, **extra: Any) -> List[Dict[str, Any]]:
+    return [dict({"name": s.name, "url": s.url}, **extra) for s in cluster.servers]
