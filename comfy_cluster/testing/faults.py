@@ -1,0 +1,62 @@
+"""The faults a :class:`~comfy_cluster.testing.MockComfyServer` can be told to show.
+
+Kept apart from the server module so that code which only names a fault (a test, the CLI's
+argument parsing) does not need aiohttp.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Optional, Union
+
+__all__ = ["Fault", "parse_fault"]
+
+
+class Fault(enum.Enum):
+    """A standing fault of a mock server; one is active at a time (``set_fault``)."""
+
+    #: The listening socket is closed: new connections are refused and open ones (websockets
+    #: included) are cut. Queue, history and the running job are kept: "the machine is
+    #: unreachable", not "the server restarted".
+    REFUSE = "refuse"
+    #: Connections are accepted, but neither HTTP requests nor the websocket handshake are
+    #: ever answered while the fault lasts.
+    HANG = "hang"
+    #: Every HTTP route answers a plain-text 500, like an aiohttp handler that raised.
+    ERROR_500 = "500"
+    #: JSON routes answer 200 with a body that is not JSON (the handler still runs).
+    MALFORMED = "malformed"
+    #: Answers announce a Content-Length larger than the body sent, then the connection is
+    #: closed (the handler still runs).
+    TRUNCATED = "truncated"
+    #: JSON routes stream an endless (64 MiB) body; every websocket gets one 32 MiB text frame.
+    HUGE = "huge"
+
+
+_ALIASES = {
+    "refuse": Fault.REFUSE,
+    "refused": Fault.REFUSE,
+    "down": Fault.REFUSE,
+    "hang": Fault.HANG,
+    "500": Fault.ERROR_500,
+    "error_500": Fault.ERROR_500,
+    "error": Fault.ERROR_500,
+    "malformed": Fault.MALFORMED,
+    "truncated": Fault.TRUNCATED,
+    "truncate": Fault.TRUNCATED,
+    "huge": Fault.HUGE,
+}
+
+
+def parse_fault(value: Union[str, Fault, None]) -> Optional[Fault]:
+    """Turn a name such as ``"hang"``, ``"500"`` or ``"off"`` into a :class:`Fault` (or None)."""
+    if value is None or isinstance(value, Fault):
+        return value
+    key = value.strip().lower()
+    if key in ("", "off", "none", "clear"):
+        return None
+    try:
+        return _ALIASES[key]
+    except KeyError:
+        names = ", ".join(sorted(set(_ALIASES)) + ["off"])
+        raise ValueError(f"unknown fault {value!r}; expected one of {names}") from None

@@ -1,0 +1,646 @@
+"""The node types a mock ComfyUI server offers, with ComfyUI's ``/object_info`` shapes.
+
+Values flowing between nodes are small stand-ins (a solid-colour image is its size, batch and
+colour) so that a workflow runs in microseconds; only the time a node is *told* to take
+(TestSleep's ``seconds``, KSampler's ``steps``) is spent, divided by the server's speed.
+SaveImage and PreviewImage write real PNG files so that ``/view`` serves real images.
+
+Every node type has a :class:`NodeDef`: its inputs as ComfyUI's ``INPUT_TYPES`` would list
+them (built per server, since model lists and input files differ), its outputs, and an async
+``run`` that gets a :class:`NodeContext` from the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import string
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from .png import read_png_size, write_png
+
+__all__ = [
+    "MAX_RESOLUTION",
+    "KSAMPLER_STEP_SECONDS",
+    "InterruptProcessing",
+    "NodeEnv",
+    "NodeContext",
+    "NodeDef",
+    "NodeResult",
+    "MockImage",
+    "MockMask",
+    "MockLatent",
+    "MockModel",
+    "MockConditioning",
+    "BUILTIN_NODES",
+    "builtin_node_names",
+    "resolve_input_file",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_RESOLUTION = 16384
+#: Nominal seconds per KSampler step at speed 1 (a mock "GPU" doing 100 it/s).
+KSAMPLER_STEP_SECONDS = 0.01
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+_SAMPLERS = [
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
+    "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
+    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "deis", "res_multistep",
+    "ddim", "uni_pc", "uni_pc_bh2",
+]
+_SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic", "kl_optimal"]
+
+
+class InterruptProcessing(Exception):
+    """Raised inside a node when the running prompt is interrupted (ComfyUI's
+    ``InterruptProcessingException``); the engine turns it into ``execution_interrupted``."""
+
+
+# --- values flowing between nodes -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MockImage:
+    """A batch of solid-colour RGB images."""
+
+    width: int
+    height: int
+    batch: int
+    rgb: Tuple[int, int, int]
+
+    def __repr__(self) -> str:
+        # ComfyUI reports a failing node's inputs with repr(); keep it short and tensor-like.
+        return f"image(batch={self.batch}, height={self.height}, width={self.width}, rgb={self.rgb})"
+
+
+@dataclass(frozen=True)
+class MockMask:
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class MockLatent:
+    width: int
+    height: int
+    batch: int
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MockModel:
+    """MODEL, CLIP or VAE: just the checkpoint it came from."""
+
+    kind: str
+    ckpt_name: str
+
+
+@dataclass(frozen=True)
+class MockConditioning:
+    text: str
+
+
+# --- what a node sees --------------------------------------------------------------------
+
+
+@dataclass
+class NodeEnv:
+    """Per-server facts that input lists and validation depend on."""
+
+    input_dir: str
+    output_dir: str
+    temp_dir: str
+    models: Sequence[str]
+
+    def input_files(self) -> List[str]:
+        """Image files at the top of the input folder, sorted, like ComfyUI's LoadImage list."""
+        try:
+            names = os.listdir(self.input_dir)
+        except OSError:
+            return []
+        return sorted(
+            n for n in names if os.path.isfile(os.path.join(self.input_dir, n)) and n.lower().endswith(_IMAGE_EXTENSIONS)
+        )
+
+    def directory(self, kind: str) -> Optional[str]:
+        """The folder for an upload/view ``type`` (input, output, temp) or None."""
+        return {"input": self.input_dir, "output": self.output_dir, "temp": self.temp_dir}.get(kind)
+
+
+class NodeContext:
+    """What the engine gives a running node; subclassed by the engine."""
+
+    node_id: str = ""
+    prompt_id: str = ""
+    prompt: Dict[str, Any] = {}
+    extra_data: Dict[str, Any] = {}
+    env: NodeEnv
+
+    async def sleep(self, seconds: float) -> None:
+        """Spend ``seconds`` of nominal time (divided by the server speed); raises
+        :class:`InterruptProcessing` as soon as the prompt is interrupted."""
+        raise NotImplementedError
+
+    def progress(self, value: int, maximum: int) -> None:
+        """Report progress (sends ``progress_state`` and ``progress``); raises
+        :class:`InterruptProcessing` if the prompt was interrupted."""
+        raise NotImplementedError
+
+    def check_interrupted(self) -> None:
+        """Raise :class:`InterruptProcessing` if the prompt was interrupted."""
+        raise NotImplementedError
+
+
+#: A node's return: its outputs (one per RETURN_TYPE) and its UI dict (output nodes) or None.
+NodeResult = Tuple[Tuple[Any, ...], Optional[Dict[str, Any]]]
+RunFn = Callable[..., Awaitable[NodeResult]]
+InputsFn = Callable[[NodeEnv], Dict[str, Dict[str, List[Any]]]]
+
+
+@dataclass
+class NodeDef:
+    """One node type: what ``/object_info`` shows, how to validate it and how to run it."""
+
+    name: str
+    display_name: str
+    category: str
+    inputs: InputsFn
+    outputs: Tuple[str, ...]
+    run: RunFn
+    output_names: Optional[Tuple[str, ...]] = None
+    output_node: bool = False
+    description: str = ""
+    python_module: str = "nodes"
+    #: ComfyUI's VALIDATE_INPUTS: gets the env and the named inputs, returns True or a reason.
+    validate: Optional[Callable[[NodeEnv, Dict[str, Any]], Union[bool, str]]] = None
+    validate_inputs: Tuple[str, ...] = ()
+    #: ComfyUI's IS_CHANGED: part of the cache key (e.g. the hash of a loaded file).
+    is_changed: Optional[Callable[[NodeEnv, Dict[str, Any]], Any]] = None
+    hidden: Dict[str, str] = field(default_factory=dict)
+
+    def input_types(self, env: NodeEnv) -> Dict[str, Dict[str, List[Any]]]:
+        """``{"required": {...}, "optional": {...}, "hidden": {...}}`` for this server."""
+        spec = {k: dict(v) for k, v in self.inputs(env).items()}
+        if self.hidden:
+            spec["hidden"] = dict(self.hidden)
+        return spec
+
+    def object_info(self, env: NodeEnv) -> Dict[str, Any]:
+        """The entry of this node type in ``GET /object_info``."""
+        spec = self.input_types(env)
+        names = list(self.output_names or self.outputs)
+        return {
+            "input": spec,
+            "input_order": {section: list(values) for section, values in spec.items()},
+            "output": list(self.outputs),
+            "output_is_list": [False] * len(self.outputs),
+            "output_name": names,
+            "name": self.name,
+            "display_name": self.display_name,
+            "description": self.description,
+            "python_module": self.python_module,
+            "category": self.category,
+            "output_node": self.output_node,
+        }
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _int(default: int, minimum: int, maximum: int, step: Optional[int] = 1, **extra: Any) -> List[Any]:
+    opts: Dict[str, Any] = {"default": default, "min": minimum, "max": maximum}
+    if step is not None:
+        opts["step"] = step
+    opts.update(extra)
+    return ["INT", opts]
+
+
+def _float(default: float, minimum: float, maximum: float, step: float, **extra: Any) -> List[Any]:
+    opts: Dict[str, Any] = {"default": default, "min": minimum, "max": maximum, "step": step}
+    opts.update(extra)
+    return ["FLOAT", opts]
+
+
+def _image_arg(value: Any, name: str = "image") -> MockImage:
+    if not isinstance(value, MockImage):
+        # A literal where a link was expected passes ComfyUI's validation and fails at run time.
+        raise AttributeError(f"'{type(value).__name__}' object has no attribute 'shape' ({name})")
+    return value
+
+
+_ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
+
+
+def resolve_input_file(env: NodeEnv, name: str) -> Optional[str]:
+    """The path of a LoadImage ``image`` value (``file.png``, ``sub/file.png`` or annotated
+    ``file.png [output]``), or None when it is missing or escapes its folder."""
+    kind = "input"
+    for suffix, folder in _ANNOTATIONS.items():
+        if name.endswith(suffix):
+            name, kind = name[: -len(suffix)], folder
+            break
+    base = env.directory(kind)
+    if not name or base is None:
+        return None
+    base = os.path.abspath(base)
+    path = os.path.abspath(os.path.join(base, name))
+    if os.path.commonpath((base, path)) != base or not os.path.isfile(path):
+        return None
+    return path
+
+
+def _file_hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_path(output_dir: str, filename_prefix: str) -> Tuple[str, str, int, str]:
+    """ComfyUI's ``get_save_image_path``: folder, base name, next counter and subfolder."""
+    normalized = os.path.normpath(filename_prefix)
+    subfolder = os.path.dirname(normalized)
+    filename = os.path.basename(normalized)
+    base = os.path.abspath(output_dir)
+    folder = os.path.abspath(os.path.join(base, subfolder))
+    if os.path.commonpath((base, folder)) != base:
+        raise Exception(
+            "**** ERROR: Saving image outside the output folder is not allowed."
+            f"\n full_output_folder: {folder}\n         output_dir: {base}"
+        )
+    counter = 0
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        names = []
+    for existing in names:
+        # Files are "<prefix>_<counter:05>_.png"; the next counter is one past the largest.
+        if not existing.startswith(filename + "_"):
+            continue
+        rest = existing[len(filename) + 1 :].split("_")[0]
+        if rest.isdigit():
+            counter = max(counter, int(rest))
+    return folder, filename, counter + 1, subfolder.replace(os.sep, "/") if subfolder else ""
+
+
+def _save_images(
+    ctx: NodeContext, images: MockImage, directory: str, prefix: str, kind: str
+) -> Dict[str, Any]:
+    folder, filename, counter, subfolder = _save_path(directory, prefix)
+    text = {"prompt": json.dumps(ctx.prompt)}
+    if "extra_pnginfo" in ctx.extra_data and isinstance(ctx.extra_data["extra_pnginfo"], dict):
+        for key, value in ctx.extra_data["extra_pnginfo"].items():
+            text[str(key)] = json.dumps(value)
+    results = []
+    for batch_number in range(images.batch):
+        name = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
+        write_png(os.path.join(folder, name), images.width, images.height, images.rgb, text)
+        results.append({"filename": name, "subfolder": subfolder, "type": kind})
+        counter += 1
+    return {"images": results}
+
+
+# --- node implementations ----------------------------------------------------------------
+
+
+async def _empty_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1, color: int = 0) -> NodeResult:
+    rgb = ((int(color) >> 16) & 0xFF, (int(color) >> 8) & 0xFF, int(color) & 0xFF)
+    return (MockImage(int(width), int(height), int(batch_size), rgb),), None
+
+
+async def _image_invert(ctx: NodeContext, image: Any) -> NodeResult:
+    img = _image_arg(image)
+    r, g, b = img.rgb
+    return (MockImage(img.width, img.height, img.batch, (255 - r, 255 - g, 255 - b)),), None
+
+
+async def _image_blur(ctx: NodeContext, image: Any, blur_radius: int = 1, sigma: float = 1.0) -> NodeResult:
+    return (_image_arg(image),), None  # blurring a solid colour changes nothing
+
+
+async def _image_scale(
+    ctx: NodeContext, image: Any, upscale_method: str, width: int, height: int, crop: str = "disabled"
+) -> NodeResult:
+    img = _image_arg(image)
+    width, height = int(width), int(height)
+    if width == 0 and height == 0:
+        width, height = img.width, img.height
+    elif width == 0:
+        width = max(1, round(img.width * height / img.height))
+    elif height == 0:
+        height = max(1, round(img.height * width / img.width))
+    return (MockImage(width, height, img.batch, img.rgb),), None
+
+
+async def _load_image(ctx: NodeContext, image: str) -> NodeResult:
+    path = resolve_input_file(ctx.env, str(image))
+    if path is None:
+        raise FileNotFoundError(f"[Errno 2] No such file or directory: '{image}'")
+    with open(path, "rb") as handle:
+        size = read_png_size(handle)
+    width, height = size if size else (64, 64)
+    digest = bytes.fromhex(_file_hash(path))
+    return (MockImage(width, height, 1, (digest[0], digest[1], digest[2])), MockMask(width, height)), None
+
+
+def _load_image_validate(env: NodeEnv, inputs: Dict[str, Any]) -> Union[bool, str]:
+    image = inputs.get("image")
+    if not isinstance(image, str) or resolve_input_file(env, image) is None:
+        return f"Invalid image file: {image}"
+    return True
+
+
+def _load_image_changed(env: NodeEnv, inputs: Dict[str, Any]) -> Any:
+    path = resolve_input_file(env, str(inputs.get("image", "")))
+    return _file_hash(path) if path else None
+
+
+async def _save_image(ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI") -> NodeResult:
+    img = _image_arg(images, "images")
+    return (), _save_images(ctx, img, ctx.env.output_dir, str(filename_prefix), "output")
+
+
+async def _preview_image(ctx: NodeContext, images: Any) -> NodeResult:
+    img = _image_arg(images, "images")
+    suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+    return (), _save_images(ctx, img, ctx.env.temp_dir, "ComfyUI_temp_" + suffix, "temp")
+
+
+async def _checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
+    if ckpt_name not in ctx.env.models:
+        raise FileNotFoundError(f"Model in folder 'checkpoints' with filename '{ckpt_name}' not found.")
+    return (MockModel("MODEL", ckpt_name), MockModel("CLIP", ckpt_name), MockModel("VAE", ckpt_name)), None
+
+
+async def _clip_text_encode(ctx: NodeContext, text: str, clip: Any) -> NodeResult:
+    if not isinstance(clip, MockModel):
+        raise RuntimeError("ERROR: clip input is invalid: None\n\nIf the clip is from a checkpoint loader node your checkpoint does not contain a valid clip or text encoder model.")
+    return (MockConditioning(str(text)),), None
+
+
+async def _empty_latent(ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> NodeResult:
+    return (MockLatent(int(width), int(height), int(batch_size)),), None
+
+
+async def _ksampler(
+    ctx: NodeContext,
+    model: Any,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: Any,
+    negative: Any,
+    latent_image: Any,
+    denoise: float = 1.0,
+) -> NodeResult:
+    if not isinstance(latent_image, MockLatent):
+        raise TypeError("'NoneType' object is not subscriptable")
+    steps = int(steps)
+    for step in range(1, steps + 1):
+        await ctx.sleep(KSAMPLER_STEP_SECONDS)
+        ctx.progress(step, steps)
+    return (MockLatent(latent_image.width, latent_image.height, latent_image.batch, int(seed)),), None
+
+
+async def _vae_decode(ctx: NodeContext, samples: Any, vae: Any) -> NodeResult:
+    if not isinstance(samples, MockLatent):
+        raise TypeError("'NoneType' object is not subscriptable")
+    digest = hashlib.sha256(str(samples.seed).encode()).digest()
+    return (MockImage(samples.width, samples.height, samples.batch, (digest[0], digest[1], digest[2])),), None
+
+
+async def _test_sleep(ctx: NodeContext, image: Any, seconds: float, steps: int, seed: int = 0) -> NodeResult:
+    steps = max(1, int(steps))
+    slice_seconds = float(seconds) / steps
+    for step in range(1, steps + 1):
+        await ctx.sleep(slice_seconds)
+        ctx.progress(step, steps)
+    return (image,), None
+
+
+async def _test_fail(ctx: NodeContext, image: Any, message: str) -> NodeResult:
+    raise RuntimeError(message)
+
+
+# --- input specs (as ComfyUI 0.3.64 lists them) ------------------------------------------
+
+_IMAGE_TOOLTIP = "The images to save."
+_PREFIX_TOOLTIP = (
+    "The prefix for the file to save. This may include formatting information such as "
+    "%date:yyyy-MM-dd% or %Empty Latent Image.width% to include values from nodes."
+)
+_PNG_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+
+
+def _spec(required: Dict[str, List[Any]]) -> InputsFn:
+    return lambda env: {"required": required}
+
+
+BUILTIN_NODES: Dict[str, NodeDef] = {
+    node.name: node
+    for node in [
+        NodeDef(
+            name="EmptyImage",
+            display_name="EmptyImage",
+            category="image",
+            inputs=_spec(
+                {
+                    "width": _int(512, 1, MAX_RESOLUTION),
+                    "height": _int(512, 1, MAX_RESOLUTION),
+                    "batch_size": _int(1, 1, 4096, step=None),
+                    "color": _int(0, 0, 0xFFFFFF, display="color"),
+                }
+            ),
+            outputs=("IMAGE",),
+            run=_empty_image,
+        ),
+        NodeDef(
+            name="ImageInvert",
+            display_name="Invert Image",
+            category="image",
+            inputs=_spec({"image": ["IMAGE"]}),
+            outputs=("IMAGE",),
+            run=_image_invert,
+        ),
+        NodeDef(
+            name="ImageBlur",
+            display_name="Image Blur",
+            category="image/postprocessing",
+            python_module="comfy_extras.nodes_post_processing",
+            inputs=_spec(
+                {
+                    "image": ["IMAGE"],
+                    "blur_radius": _int(1, 1, 31),
+                    "sigma": _float(1.0, 0.1, 10.0, 0.1),
+                }
+            ),
+            outputs=("IMAGE",),
+            run=_image_blur,
+        ),
+        NodeDef(
+            name="ImageScale",
+            display_name="Upscale Image",
+            category="image/upscaling",
+            inputs=_spec(
+                {
+                    "image": ["IMAGE"],
+                    "upscale_method": [["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]],
+                    "width": _int(512, 0, MAX_RESOLUTION),
+                    "height": _int(512, 0, MAX_RESOLUTION),
+                    "crop": [["disabled", "center"]],
+                }
+            ),
+            outputs=("IMAGE",),
+            run=_image_scale,
+        ),
+        NodeDef(
+            name="LoadImage",
+            display_name="Load Image",
+            category="image",
+            inputs=lambda env: {"required": {"image": [env.input_files(), {"image_upload": True}]}},
+            outputs=("IMAGE", "MASK"),
+            run=_load_image,
+            validate=_load_image_validate,
+            validate_inputs=("image",),
+            is_changed=_load_image_changed,
+        ),
+        NodeDef(
+            name="SaveImage",
+            display_name="Save Image",
+            category="image",
+            description="Saves the input images to your ComfyUI output directory.",
+            inputs=_spec(
+                {
+                    "images": ["IMAGE", {"tooltip": _IMAGE_TOOLTIP}],
+                    "filename_prefix": ["STRING", {"default": "ComfyUI", "tooltip": _PREFIX_TOOLTIP}],
+                }
+            ),
+            hidden=_PNG_HIDDEN,
+            outputs=(),
+            output_node=True,
+            run=_save_image,
+        ),
+        NodeDef(
+            name="PreviewImage",
+            display_name="Preview Image",
+            category="image",
+            description="Saves the input images to your ComfyUI output directory.",
+            inputs=_spec({"images": ["IMAGE"]}),
+            hidden=_PNG_HIDDEN,
+            outputs=(),
+            output_node=True,
+            run=_preview_image,
+        ),
+        NodeDef(
+            name="CheckpointLoaderSimple",
+            display_name="Load Checkpoint",
+            category="loaders",
+            description="Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
+            inputs=lambda env: {
+                "required": {"ckpt_name": [list(env.models), {"tooltip": "The name of the checkpoint (model) to load."}]}
+            },
+            outputs=("MODEL", "CLIP", "VAE"),
+            run=_checkpoint_loader,
+        ),
+        NodeDef(
+            name="CLIPTextEncode",
+            display_name="CLIP Text Encode (Prompt)",
+            category="conditioning",
+            description="Encodes a text prompt using a CLIP model into an embedding that can be used to guide the diffusion model towards generating specific images.",
+            inputs=_spec(
+                {
+                    "text": ["STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": "The text to be encoded."}],
+                    "clip": ["CLIP", {"tooltip": "The CLIP model used for encoding the text."}],
+                }
+            ),
+            outputs=("CONDITIONING",),
+            run=_clip_text_encode,
+        ),
+        NodeDef(
+            name="EmptyLatentImage",
+            display_name="Empty Latent Image",
+            category="latent",
+            description="Create a new batch of empty latent images to be denoised via sampling.",
+            inputs=_spec(
+                {
+                    "width": _int(512, 16, MAX_RESOLUTION, 8),
+                    "height": _int(512, 16, MAX_RESOLUTION, 8),
+                    "batch_size": _int(1, 1, 4096, step=None),
+                }
+            ),
+            outputs=("LATENT",),
+            run=_empty_latent,
+        ),
+        NodeDef(
+            name="KSampler",
+            display_name="KSampler",
+            category="sampling",
+            description="Uses the provided model, positive and negative conditioning to denoise the latent image.",
+            inputs=_spec(
+                {
+                    "model": ["MODEL"],
+                    "seed": _int(0, 0, 0xFFFFFFFFFFFFFFFF, step=None, control_after_generate=True),
+                    "steps": _int(20, 1, 10000, step=None),
+                    "cfg": _float(8.0, 0.0, 100.0, 0.1, round=0.01),
+                    "sampler_name": [list(_SAMPLERS)],
+                    "scheduler": [list(_SCHEDULERS)],
+                    "positive": ["CONDITIONING"],
+                    "negative": ["CONDITIONING"],
+                    "latent_image": ["LATENT"],
+                    "denoise": _float(1.0, 0.0, 1.0, 0.01),
+                }
+            ),
+            outputs=("LATENT",),
+            run=_ksampler,
+        ),
+        NodeDef(
+            name="VAEDecode",
+            display_name="VAE Decode",
+            category="latent",
+            description="Decodes latent images back into pixel space images.",
+            inputs=_spec({"samples": ["LATENT"], "vae": ["VAE"]}),
+            outputs=("IMAGE",),
+            run=_vae_decode,
+        ),
+        NodeDef(
+            name="TestSleep",
+            display_name="TestSleep",
+            category="testing",
+            python_module="custom_nodes.lab_nodes",
+            inputs=_spec(
+                {
+                    "image": ["IMAGE"],
+                    "seconds": _float(1.0, 0.0, 600.0, 0.01),
+                    "steps": _int(10, 1, 1000, step=None),
+                    "seed": _int(0, 0, 2147483648, step=None),
+                }
+            ),
+            outputs=("IMAGE",),
+            run=_test_sleep,
+        ),
+        NodeDef(
+            name="TestFail",
+            display_name="TestFail",
+            category="testing",
+            python_module="custom_nodes.lab_nodes",
+            inputs=_spec({"image": ["IMAGE"], "message": ["STRING", {"default": "boom"}]}),
+            outputs=("IMAGE",),
+            run=_test_fail,
+        ),
+    ]
+}
+
+
+def builtin_node_names() -> List[str]:
+    """Names of every node type the mock can offer."""
+    return list(BUILTIN_NODES)
