@@ -296,7 +296,12 @@ def _is_server_specific(err: WorkflowError) -> bool:
         return True
     if err.error_type == "invalid_prompt" and "does not exist" in str(err):
         return True
-    if err.node_errors and all(e.type == "value_not_in_list" for e in err.node_errors):
+    # A model (or input file) the server lacks: value_not_in_list, or LoadImage's own check
+    # ("Invalid image file: x.png"). Another server may have it.
+    if err.node_errors and all(
+        e.type == "value_not_in_list" or (e.type == "custom_validation_failed" and "Invalid image file" in e.message)
+        for e in err.node_errors
+    ):
         return True
     return False
 

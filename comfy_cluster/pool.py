@@ -548,7 +548,7 @@ class ServerPool:
                 client=self._clients[name],
                 socket=self._sockets[name],
                 client_id=self.client_id,
-                on_posted=lambda: self._monitor.job_posted(name),
+                on_posted=lambda: None,
                 position=lambda: self._monitor.snapshot(name).load,
                 reconcile_interval=self._reconcile_interval,
                 server_lost_after=self._server_lost_after,

@@ -162,12 +162,9 @@ class StatusMonitor:
         return new
 
     def job_reserved(self, name: str) -> None:
-        """A slot on ``name`` is taken by a job about to be posted."""
-        self._update(name, lambda s: {"in_flight": s.in_flight + 1})
-
-    def job_posted(self, name: str) -> None:
-        """The job was posted: count it in ``load`` until the next queue reading shows it."""
-        self._update(name, lambda s: {"unseen": s.unseen + 1})
+        """A job of ours is given to ``name``: count it in ``in_flight`` and, until the next
+        queue reading shows it, in ``load`` (so two quick submissions spread out)."""
+        self._update(name, lambda s: {"in_flight": s.in_flight + 1, "unseen": s.unseen + 1})
 
     def job_released(self, name: str, *, seconds: Optional[float] = None, ok: Optional[bool] = None) -> None:
         """A job of ours left ``name``: finished (``ok``), failed over, or was cancelled."""

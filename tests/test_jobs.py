@@ -57,10 +57,10 @@ def test_workflow_from_file_and_single_client_id(mock_comfy, tmp_path):
 
 
 def test_inputs_are_uploaded_to_the_server_that_runs_the_job(mock_comfy, tmp_path):
-    from comfy_cluster.testing.png import make_png
+    from comfy_cluster.testing.png import png_bytes
 
     img = tmp_path / "plate.0001.png"
-    img.write_bytes(make_png(4, 4))
+    img.write_bytes(png_bytes(4, 4))
     with ServerPool([{"name": "m", "url": mock_comfy.url}], **FAST) as pool:
         res = pool.submit(load_image_workflow(), inputs={"10": str(img)}).result(timeout=10)
         assert res.outputs
@@ -103,44 +103,40 @@ def test_validation_error_is_workflow_error_without_retry(mock_cluster_factory):
         assert job.attempts == 1
 
 
-def _claim_model(pool, server, model):
-    """Put a node list in the pool's cache that claims ``model`` (as if fetched before the
-    model was removed from the server): the only way to reach the server's 400."""
+def _upload(server, name):
     import requests
 
-    info = requests.get(server.url + "/object_info").json()
-    info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0].append(model)
-    pool._object_info[server.name] = info
+    from comfy_cluster.testing.png import png_bytes
+
+    r = requests.post(server.url + "/upload/image", files={"image": (name, png_bytes(2, 2), "image/png")}, data={"overwrite": "true"})
+    r.raise_for_status()
 
 
-def _model_workflow(model):
-    wf = sleep_workflow()
-    wf["9"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": model}}
+def _needs_file(name):
+    wf = load_image_workflow()
+    wf["10"]["inputs"]["image"] = name
     return wf
 
 
-def test_missing_model_on_one_server_moves_to_one_that_has_it(mock_comfy):
+def test_file_missing_on_one_server_moves_to_one_that_has_it(mock_comfy):
+    """A 400 for something one server lacks (value_not_in_list) is retried where it exists."""
     from comfy_cluster.testing import MockComfyServer
 
-    with MockComfyServer(name="big", models=("special.safetensors",)) as big:
+    with MockComfyServer(name="big") as big:
+        _upload(big, "only_on_big.png")
         servers = [{"name": "small", "url": mock_comfy.url, "priority": 0}, {"name": "big", "url": big.url, "priority": 1}]
         with ServerPool(servers, strategy="priority", **FAST) as pool:
-            pool.status()
-            _claim_model(pool, mock_comfy, "special.safetensors")
-            job = pool.submit(_model_workflow("special.safetensors"))
+            job = pool.submit(_needs_file("only_on_big.png"))
             res = job.result(timeout=10)
             assert res.server == "big" and job.tried == ["small", "big"]
-            assert pool.status()[0].online  # a missing model is not a server failure
+            assert pool.status()[0].online  # a missing file or model is not a server failure
 
 
-def test_missing_model_everywhere_is_workflow_error(mock_cluster_factory):
+def test_file_missing_everywhere_is_workflow_error(mock_cluster_factory):
     cluster = mock_cluster_factory(speeds=(1, 1))
     with ServerPool(servers_of(cluster), **FAST) as pool:
-        pool.status()
-        for s in cluster.servers:
-            _claim_model(pool, s, "special.safetensors")
-        job = pool.submit(_model_workflow("special.safetensors"))
-        with pytest.raises(WorkflowError, match="special.safetensors"):
+        job = pool.submit(_needs_file("nowhere.png"))
+        with pytest.raises(WorkflowError, match="nowhere.png"):
             job.result(timeout=10)
         assert sorted(job.tried) == sorted(s.name for s in cluster.servers)
 
@@ -149,12 +145,12 @@ def test_missing_model_everywhere_is_workflow_error(mock_cluster_factory):
 def test_post_failure_moves_the_job(mock_cluster_factory, fault):
     cluster = mock_cluster_factory(speeds=(1, 1))
     bad, good = cluster.servers
-    with ServerPool(servers_of(cluster), strategy="priority", request_timeout=(0.5, 1.0), **FAST) as pool:
-        pool.status()
-        # The pool believes both are fine; bad is preferred until it fails.
-        pool._servers = tuple(s.model_copy(update={"priority": 0 if s.name == bad.name else 1}) for s in pool._servers)
+    servers = [dict(s, priority=i) for i, s in enumerate(servers_of(cluster))]  # bad is preferred
+    with ServerPool(servers, strategy="priority", request_timeout=(0.5, 1.0), **FAST) as pool:
+        wf = sleep_workflow()
+        pool.select(wf)  # status and node lists read while both are fine
         bad.set_fault(fault)
-        job = pool.submit(sleep_workflow())
+        job = pool.submit(wf)
         res = job.result(timeout=20)
         assert res.server == good.name and res.attempts == 2
         retry = [e for e in job.events if e.kind == "retrying"]
@@ -202,8 +198,9 @@ def test_runtime_error_is_job_failed_not_retried(mock_cluster_factory):
 def test_cancel_pending_and_running_on_their_server(mock_comfy):
     with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 2}], **FAST) as pool:
         running = pool.submit(sleep_workflow(5.0, steps=50))
+        wait_until(lambda: running.status == "running", what="first running")
         pending = pool.submit(sleep_workflow(5.0, steps=50))
-        wait_until(lambda: running.status == "running" and pending.prompt_id is not None, what="one running, one pending")
+        wait_until(lambda: pending.prompt_id is not None, what="second pending on the server")
         assert pending.cancel()
         with pytest.raises(JobCancelled):
             pending.result(timeout=10)
@@ -274,12 +271,12 @@ def test_download_refuses_symlinked_subfolder(mock_comfy, tmp_path):
 
 
 def test_shared_storage_returns_mapped_paths(mock_comfy, tmp_path):
-    with ServerPool([{"name": "m", "url": mock_comfy.url, "dir_local": mock_comfy.base_dir}], **FAST) as pool:
+    with ServerPool([{"name": "m", "url": mock_comfy.url, "dir_local": mock_comfy.data_dir}], **FAST) as pool:
         job = pool.submit(sleep_workflow())
         job.result(timeout=10)
         dest = tmp_path / "dl"
         paths = job.download(str(dest))
-        assert paths and all(p.startswith(mock_comfy.base_dir) and os.path.isfile(p) for p in paths)
+        assert paths and all(p.startswith(mock_comfy.data_dir) and os.path.isfile(p) for p in paths)
         assert not dest.exists()  # nothing copied
 
 
