@@ -230,7 +230,7 @@ class Job:
         server = self._pool._server_by_name(result.server) if self._pool else self.server
         if server is None:
             raise ComfyClusterError(f"unknown server {result.server}")
-        return self._pool._download(server, result.files, dest_dir)
+        return self._pool._download(server, result.files, dest_dir, tag=result.prompt_id[:8])
 
     # -- used by the pool ---------------------------------------------------------------------
 
@@ -538,6 +538,18 @@ def map_shared_path(server: ServerConfig, f: OutputFile) -> Optional[str]:
     return path if os.path.isfile(path) else None
 
 
-def unique_targets(dest_dir: str, files: Sequence[OutputFile]) -> List[str]:
-    """Checked local targets for ``files`` under ``dest_dir`` (all checked before any write)."""
-    return [safe_join(dest_dir, f.subfolder, f.filename) for f in files]
+def unique_targets(dest_dir: str, files: Sequence[OutputFile], tag: str = "") -> List[str]:
+    """Checked local targets for ``files`` under ``dest_dir`` (all checked before any write).
+
+    Two servers number their outputs independently (``x_00001_.png`` on each), so a name
+    already present in ``dest_dir`` gets ``_<tag>`` (the job's prompt id) added rather than
+    overwriting another job's file.
+    """
+    out = []
+    for f in files:
+        target = safe_join(dest_dir, f.subfolder, f.filename)
+        if os.path.exists(target) and tag:
+            stem, ext = os.path.splitext(f.filename)
+            target = safe_join(dest_dir, f.subfolder, f"{stem}_{tag}{ext}")
+        out.append(target)
+    return out

@@ -651,14 +651,14 @@ class ServerPool:
 
     # -- outputs ------------------------------------------------------------------------------
 
-    def _download(self, server: ServerConfig, files: Sequence[OutputFile], dest_dir: str) -> List[str]:
+    def _download(self, server: ServerConfig, files: Sequence[OutputFile], dest_dir: str, tag: str = "") -> List[str]:
         if server.dir_local:
             mapped = [map_shared_path(server, f) for f in files]
             if all(p is not None for p in mapped):
                 return [p for p in mapped if p is not None]
             log.warning("outputs of %s not found under dir_local %s; downloading", server.name, server.dir_local)
         os.makedirs(dest_dir, exist_ok=True)
-        targets = unique_targets(dest_dir, files)  # every name checked before anything is written
+        targets = unique_targets(dest_dir, files, tag)  # every name checked before anything is written
         client = self._clients[server.name]
         for f, target in zip(files, targets):
             os.makedirs(os.path.dirname(target), exist_ok=True)
