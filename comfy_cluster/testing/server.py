@@ -164,7 +164,10 @@ class MockComfyServer:
         self._fault: Optional[Fault] = None
         self._latency = 0.0
         self._request_count = 0
-        self._pending_up: Optional["concurrent.futures.Future[None]"] = None
+        #: Sizes used by Fault.HUGE; tests of a client's size cap may lower them.
+        self.huge_http_bytes = HUGE_HTTP_BYTES
+        self.huge_ws_bytes = HUGE_WS_BYTES
+        self._coming_back: Optional["asyncio.Task[None]"] = None
 
     # --- properties ----------------------------------------------------------------------
 
@@ -461,7 +464,7 @@ class MockComfyServer:
         if fault is Fault.REFUSE and previous is not Fault.REFUSE:
             await self._go_down()
         elif fault is not Fault.REFUSE and previous is Fault.REFUSE:
-            if self._pending_up is None:  # a restart still counting down brings it back itself
+            if self._coming_back is None:  # a restart still counting down brings it back itself
                 await self._go_up()
         if fault is Fault.HUGE:
             with self._lock:
@@ -505,16 +508,10 @@ class MockComfyServer:
     def restart(self, down_for: float = 0.0, wait: bool = True) -> None:
         """Die and come back empty: cut all connections, abandon the running job without any
         event, forget queue, history and cache, stay down ``down_for`` seconds, then listen
-        on the same port again. Returns once down (``wait=False``) or back up (default)."""
-        assert self._engine is not None
-
-        async def die() -> None:
-            await self._go_down()
-            await self._engine.restart()  # type: ignore[union-attr]
-
-        self._call(die)
-        logger.info("mock %s: restarted (down for %.2fs)", self._name, down_for)
-        assert self._loop is not None
+        on the same port again. Returns once down (``wait=False``) or back up (default).
+        Under Fault.REFUSE it stays down until that fault is switched off."""
+        engine = self._engine
+        assert engine is not None
 
         async def come_back() -> None:
             try:
@@ -523,12 +520,26 @@ class MockComfyServer:
                 if self._fault is not Fault.REFUSE:
                     await self._go_up()
             finally:
-                self._pending_up = None
+                if self._coming_back is asyncio.current_task():
+                    self._coming_back = None
 
-        future = asyncio.run_coroutine_threadsafe(come_back(), self._loop)
-        self._pending_up = future
+        async def die() -> "asyncio.Task[None]":
+            if self._coming_back is not None:
+                self._coming_back.cancel()  # a restart during a restart's downtime
+            await self._go_down()
+            await engine.restart()
+            task = asyncio.get_running_loop().create_task(come_back())
+            self._coming_back = task
+            return task
+
+        task = self._call(die)
+        logger.info("mock %s: restarted (down for %.2fs)", self._name, down_for)
         if wait:
-            future.result(timeout=down_for + _CALL_TIMEOUT)
+
+            async def back() -> None:
+                await task
+
+            self._call(back, timeout=down_for + _CALL_TIMEOUT)
 
     def fail_next_job(self, message: str = "injected failure") -> None:
         """Make the next job that starts executing fail with ``execution_error``."""
@@ -563,7 +574,7 @@ class MockComfyServer:
             client.queue.put_nowait(message)
 
     def _huge_ws_message(self) -> str:
-        padding = "x" * HUGE_WS_BYTES
+        padding = "x" * max(0, self.huge_ws_bytes)
         return '{"type": "mock_huge", "data": {"padding": "' + padding + '"}}'
 
     @staticmethod
@@ -723,7 +734,7 @@ class MockComfyServer:
         sent = 0
         try:
             await stream.write(b'{"queue_running": [], "queue_pending": [], "padding": "')
-            while sent < HUGE_HTTP_BYTES:
+            while sent < self.huge_http_bytes:
                 await stream.write(_HUGE_CHUNK)  # waits for the client to drain: no buffering
                 sent += len(_HUGE_CHUNK)
             await stream.write(b'"}')
