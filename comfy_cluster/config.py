@@ -96,6 +96,8 @@ class ServerConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_clean(cls, v: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("must not contain control characters (line breaks, tabs, ...)")
         return v.strip()
 
     @field_validator("headers")
@@ -240,7 +242,8 @@ def _make_server(data: Any, where: str) -> ServerConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a JSON object, got {_describe(data)}")
     name = data.get("name")
-    label = f"{where} ({name})" if isinstance(name, str) and name else where
+    printable = isinstance(name, str) and name.strip() and name.isprintable() and len(name) <= 60
+    label = f"{where} ({name})" if printable else where
     try:
         return ServerConfig.model_validate(data)
     except ValidationError as exc:
