@@ -169,3 +169,17 @@ def test_cli_demo_runs(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "makespan" in out.stdout and "ideal" in out.stdout
     assert "jobs: 6, failed: 0" in out.stdout
+
+
+def test_example_script_runs_against_the_mock(mock_comfy, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    wf = json.load(open(os.path.join(root, "examples", "sleep_workflow_api.json")))
+    wf["2"]["inputs"]["seconds"] = 0.05
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(wf))
+    env = dict(os.environ, NUKE_COMFYUI_SERVERS=json.dumps([{"name": "m", "url": mock_comfy.url}]))
+    out = subprocess.run([sys.executable, os.path.join(root, "examples", "submit_workflow.py"), str(path), str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "succeeded on m" in out.stdout and "done on m" in out.stdout
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
