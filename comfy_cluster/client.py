@@ -12,9 +12,11 @@ import logging
 import mimetypes
 import os
 import threading
+import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import requests
+import urllib3
 
 from .config import ServerConfig
 from .errors import NodeError, ServerError, WorkflowError
@@ -92,7 +94,13 @@ class ComfyClient:
         except requests.exceptions.RequestException as exc:
             raise ServerError(f"{self.server.name}: request failed: {_short(exc)}", server=self.server.name) from None
 
-    def _read_capped(self, resp: requests.Response, cap: int) -> bytes:
+    def _read_capped(self, resp: requests.Response, cap: int, read_timeout: Optional[float] = None) -> bytes:
+        """The body of ``resp``, at most ``cap`` bytes, complete within ``read_timeout`` seconds.
+
+        requests' read timeout bounds the wait for each byte, not the whole body: a server that
+        drips a byte now and then would hold the call for ever. So the body must also be
+        complete within ``read_timeout`` of the headers (urllib3 >= 2, which has ``read1``).
+        """
         declared = resp.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > cap:
             resp.close()
@@ -102,22 +110,28 @@ class ComfyClient:
             )
         chunks: List[bytes] = []
         total = 0
+        deadline = time.monotonic() + read_timeout if read_timeout is not None else None
         try:
-            for chunk in resp.iter_content(_CHUNK):
+            for chunk in _body_chunks(resp, deadline):
                 total += len(chunk)
                 if total > cap:
                     raise ServerError(
                         f"{self.server.name}: answer exceeds the {cap}-byte cap", server=self.server.name
                     )
                 chunks.append(chunk)
-        except requests.exceptions.RequestException as exc:
+        except _TooSlow:
+            raise ServerError(
+                f"{self.server.name}: answer not complete after {read_timeout:g} s (read timed out)",
+                server=self.server.name,
+            ) from None
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerError(f"{self.server.name}: answer cut short: {_short(exc)}", server=self.server.name) from None
         finally:
             resp.close()
         return b"".join(chunks)
 
-    def _json(self, resp: requests.Response) -> Any:
-        body = self._read_capped(resp, self.max_json_bytes)
+    def _json(self, resp: requests.Response, timeout: Optional[Timeouts] = None) -> Any:
+        body = self._read_capped(resp, self.max_json_bytes, (timeout or self.timeout)[1])
         if resp.status_code >= 400:
             raise ServerError(
                 f"{self.server.name}: HTTP {resp.status_code} on {resp.request.method} {_path(resp)}",
@@ -135,11 +149,11 @@ class ComfyClient:
 
     def get_json(self, path: str, *, timeout: Optional[Timeouts] = None, params: Optional[Mapping[str, Any]] = None) -> Any:
         """GET ``path`` and decode JSON; any failure is a ServerError."""
-        return self._json(self._request("GET", path, timeout=timeout, params=params))
+        return self._json(self._request("GET", path, timeout=timeout, params=params), timeout)
 
     def post_json(self, path: str, body: Any, *, timeout: Optional[Timeouts] = None) -> Any:
         """POST JSON to ``path``; any failure is a ServerError. An empty answer is None."""
-        return self._json(self._request("POST", path, timeout=timeout, json=body))
+        return self._json(self._request("POST", path, timeout=timeout, json=body), timeout)
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -180,7 +194,7 @@ class ComfyClient:
     def post_prompt(self, body: Mapping[str, Any], *, timeout: Optional[Timeouts] = None) -> Dict[str, Any]:
         """``POST /prompt``: the 200 answer, :class:`WorkflowError` for a 400, else ServerError."""
         resp = self._request("POST", "/prompt", timeout=timeout, json=body)
-        raw = self._read_capped(resp, self.max_json_bytes)
+        raw = self._read_capped(resp, self.max_json_bytes, (timeout or self.timeout)[1])
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
@@ -255,6 +269,25 @@ class ComfyClient:
             if not self._closed:
                 self._closed = True
                 self._session.close()
+
+
+class _TooSlow(Exception):
+    """The whole body did not arrive in time."""
+
+
+def _body_chunks(resp: requests.Response, deadline: Optional[float]) -> Iterable[bytes]:
+    """The body of a streamed response, chunk by chunk, raising _TooSlow past ``deadline``."""
+    read1 = getattr(resp.raw, "read1", None)
+    if deadline is None or read1 is None:  # urllib3 1.x: per-read timeout only
+        yield from resp.iter_content(_CHUNK)
+        return
+    while True:
+        if time.monotonic() > deadline:
+            raise _TooSlow()
+        data = read1(_CHUNK)
+        if not data:
+            return
+        yield data
 
 
 def parse_workflow_error(data: Mapping[str, Any], server: Optional[str] = None) -> WorkflowError:

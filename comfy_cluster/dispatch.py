@@ -148,8 +148,8 @@ class Batch:
         """The server for ``job`` now, or the pool's wait marker when the plan says wait."""
         from .pool import _WAIT as POOL_WAIT
 
-        remaining = sum(1 for j in self._pool._pending if j.batch is self)
-        remaining = max(1, remaining)
+        with self._pool._cond:
+            remaining = max(1, sum(1 for j in self._pool._pending if j.batch is self))
         threshold = plan_threshold([(b, d) for _, b, d in state], remaining)
         finish = {srv.name: b + d for srv, b, d in state}
         allowed = [c for c in candidates if finish.get(c.name, float("inf")) <= threshold + 1e-6]

@@ -142,6 +142,8 @@ class Job:
         self.created = time.monotonic()
         self.waiting_since: Optional[float] = None
         self.batch: Any = None
+        # Node types used: jobs with the same key can run on the same servers.
+        self.kind_key: Tuple[str, ...] = tuple(sorted({str(n.get("class_type")) for n in workflow.values() if isinstance(n, dict)}))
         self._on_event = on_event
         self._status = "queued"
         self._lock = threading.Lock()

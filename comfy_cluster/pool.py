@@ -443,11 +443,20 @@ class ServerPool:
                     continue
                 jobs = list(self._pending)
             progressed = False
+            # Jobs alike (same batch, same node types, never tried) get the same answer: once
+            # one of them must wait, the rest of its kind wait too without asking again.
+            waiting: Set[Tuple[int, Tuple[str, ...]]] = set()
             for job in jobs:
                 if self._closed:
                     return
+                key = (id(job.batch), job.kind_key) if not (job.tried or job.incapable or job.cancel_requested) else None
+                if key is not None and key in waiting:
+                    continue
                 try:
-                    progressed |= self._dispatch_one(job)
+                    step = self._dispatch_one(job)
+                    progressed |= step == "moved"
+                    if step == "full" and key is not None:
+                        waiting.add(key)
                 except Exception as exc:  # a bug here must fail the job, not the dispatcher
                     log.exception("dispatching job failed")
                     self._drop_pending(job)
@@ -464,33 +473,35 @@ class ServerPool:
             except ValueError:
                 return False
 
-    def _dispatch_one(self, job: Job) -> bool:
+    def _dispatch_one(self, job: Job) -> str:
+        """Try to give ``job`` a server: ``moved`` (dispatched or ended), ``full`` (every
+        suitable server is full) or ``none`` (no suitable server online yet)."""
         if job.cancel_requested:
             if self._drop_pending(job):
                 self._finish_cancelled(job, None, "cancelled before it reached a server")
-            return True
+            return "moved"
         decision = self._choose(job)
         if decision is _WAIT:
-            return False
+            return "full"
         if isinstance(decision, NoServerAvailable):
             if job.incapable and not any(r.startswith("offline") for r in decision.reasons.values()):
                 # Every server that could come back lacks what this workflow needs.
                 if self._drop_pending(job):
                     self._fail(job, job.last_error or decision)
-                return True
+                return "moved"
             now = self._clock()
             if job.waiting_since is None:
                 job.waiting_since = now
             if now - job.waiting_since >= self._wait_for_server:
                 if self._drop_pending(job):
                     self._fail(job, decision)
-                return True
-            return False
+                return "moved"
+            return "none"
         assert isinstance(decision, ServerConfig)
         job.waiting_since = None
         with self._cond:
             if self._closed or job not in self._pending:
-                return False
+                return "none"
             self._pending.remove(job)
             self._monitor.job_reserved(decision.name)
             self._on_server[decision.name].add(job)
@@ -506,7 +517,7 @@ class ServerPool:
         if job.failures and previous is not None:
             job._emit("retrying", decision.name, from_server=previous.name, to_server=decision.name, reason=job.failures[-1][1])
         thread.start()
-        return True
+        return "moved"
 
     def _choose(self, job: Job) -> Any:
         """A server for ``job`` now, ``_WAIT`` (all suitable servers are full), or NoServerAvailable."""
@@ -549,7 +560,8 @@ class ServerPool:
                 socket=self._sockets[name],
                 client_id=self.client_id,
                 on_posted=lambda: None,
-                position=lambda: self._monitor.snapshot(name).load,
+                # The job itself is already counted in the load: the ones ahead of it.
+                position=lambda: max(0, self._monitor.snapshot(name).load - 1),
                 reconcile_interval=self._reconcile_interval,
                 server_lost_after=self._server_lost_after,
                 clock=self._clock,

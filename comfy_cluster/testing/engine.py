@@ -382,7 +382,8 @@ class Engine:
                     out[key] = self.history[key]
                     if max_items is not None and len(out) >= max_items:
                         break
-            return json.loads(json.dumps(out))
+            copied: Dict[str, Any] = json.loads(json.dumps(out))  # a deep copy, like ComfyUI
+            return copied
 
     def history_ids(self) -> List[str]:
         with self.lock:
@@ -442,7 +443,12 @@ class Engine:
         duration = max(0.0, float(seconds)) / speed if speed > 0 else float(seconds)
         loop = asyncio.get_running_loop()
         waiter: "asyncio.Future[bool]" = loop.create_future()
-        handle = loop.call_later(duration, lambda: waiter.done() or waiter.set_result(False))
+
+        def elapsed() -> None:
+            if not waiter.done():
+                waiter.set_result(False)
+
+        handle = loop.call_later(duration, elapsed)
         job.waiters.add(waiter)
         try:
             interrupted = await waiter

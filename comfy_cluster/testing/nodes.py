@@ -160,7 +160,7 @@ class NodeContext:
 #: A node's return: its outputs (one per RETURN_TYPE) and its UI dict (output nodes) or None.
 NodeResult = Tuple[Tuple[Any, ...], Optional[Dict[str, Any]]]
 RunFn = Callable[..., Awaitable[NodeResult]]
-InputsFn = Callable[[NodeEnv], Dict[str, Dict[str, List[Any]]]]
+InputsFn = Callable[[NodeEnv], Dict[str, Dict[str, Any]]]
 
 
 @dataclass
@@ -184,7 +184,7 @@ class NodeDef:
     is_changed: Optional[Callable[[NodeEnv, Dict[str, Any]], Any]] = None
     hidden: Dict[str, str] = field(default_factory=dict)
 
-    def input_types(self, env: NodeEnv) -> Dict[str, Dict[str, List[Any]]]:
+    def input_types(self, env: NodeEnv) -> Dict[str, Dict[str, Any]]:
         """``{"required": {...}, "optional": {...}, "hidden": {...}}`` for this server."""
         spec = {k: dict(v) for k, v in self.inputs(env).items()}
         if self.hidden:

@@ -24,9 +24,11 @@ import mimetypes
 import os
 import shutil
 import socket
+import ssl
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, TypeVar, Union
@@ -79,7 +81,7 @@ class _WsClient:
     sid: str
     ws: web.WebSocketResponse
     generation: int
-    transport: Optional[asyncio.BaseTransport]
+    transport: Optional[asyncio.Transport]
     queue: "asyncio.Queue[Union[str, bytes]]" = field(default_factory=asyncio.Queue)
     writer: Optional["asyncio.Task[None]"] = None
 
@@ -120,6 +122,7 @@ class MockComfyServer:
         vram_free: Optional[int] = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        ssl_context: Optional["ssl.SSLContext"] = None,
     ) -> None:
         if isinstance(models, Mapping):
             self._model_folders: Dict[str, List[str]] = {str(k): [str(m) for m in v] for k, v in models.items()}
@@ -143,6 +146,8 @@ class MockComfyServer:
         self.vram_free = vram_free if vram_free is not None else (_RAM_FREE if is_cpu else 22 * 1024**3)
         self._host = host
         self._port = int(port)
+        #: Serve https/wss with this context (None: plain http/ws).
+        self._ssl_context = ssl_context
         if host not in ("127.0.0.1", "localhost", "::1"):
             logger.warning("mock server %s listens on %s: it has no authentication", name, host)
 
@@ -187,7 +192,8 @@ class MockComfyServer:
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self._port}"
 
     @property
     def ws_url(self) -> str:
@@ -403,7 +409,9 @@ class MockComfyServer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self._host, self._port))
             sock.setblocking(False)
-            self._listener = await asyncio.get_running_loop().create_server(self._runner.server, sock=sock, backlog=128)
+            self._listener = await asyncio.get_running_loop().create_server(
+                self._runner.server, sock=sock, backlog=128, ssl=self._ssl_context
+            )
         except BaseException:
             sock.close()
             raise
@@ -550,15 +558,14 @@ class MockComfyServer:
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until nothing runs or is pending; True if it became idle in time."""
-        import time
-
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             running, pending = self.queue_snapshot()
             if not running and not pending:
                 return True
-            time.sleep(0.01)
-        return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)  # no event to wait on from another thread; polling is cheap
 
     # --- websocket -----------------------------------------------------------------------
 

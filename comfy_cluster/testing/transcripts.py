@@ -61,7 +61,7 @@ class _Listener:
         if isinstance(message, bytes):
             self.msgs.append({"binary": True, "length": len(message), "head_hex": message[:8].hex()})
             return None
-        data = json.loads(message)
+        data: Dict[str, Any] = json.loads(message)
         self.msgs.append(data)
         return data
 

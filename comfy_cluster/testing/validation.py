@@ -45,7 +45,7 @@ def _error(kind: str, message: str, details: str, extra: Dict[str, Any]) -> Dict
 def _types_match(received: Any, wanted: Any) -> bool:
     """ComfyUI's ``validate_node_input``: equal, a wildcard, or a comma-separated subset."""
     if isinstance(wanted, list) or isinstance(received, list):
-        return received == "COMBO" or received == "*" or received == wanted
+        return bool(received == "COMBO" or received == "*" or received == wanted)
     if received == wanted or received == "*" or wanted == "*":
         return True
     if not isinstance(received, str) or not isinstance(wanted, str):
