@@ -313,3 +313,24 @@ def test_close_cancels_and_leaves_no_threads(mock_comfy):
         job.result(timeout=1)
     wait_until(lambda: set(threading.enumerate()) <= before, timeout=5, what="threads gone")
     wait_until(lambda: mock_comfy.queue_snapshot() == ([], []), what="job stopped on the server")
+
+
+def test_headers_on_every_request_and_the_websocket_behind_a_proxy(mock_comfy, caplog):
+    """A studio's reverse proxy with a bearer token and a path prefix: everything goes through."""
+    import logging
+
+    from auth_proxy import AuthProxy
+
+    caplog.set_level(logging.DEBUG)
+    token = "tok-9f8e7d6c5b4a"
+    with AuthProxy(mock_comfy.url, token) as proxy:
+        good = {"name": "p", "url": proxy.url, "headers": {"Authorization": f"Bearer {token}"}}
+        with ServerPool([good], **FAST) as pool:
+            res = pool.submit(sleep_workflow(0.05)).result(timeout=15)
+            assert res.server == "p"
+        assert "ws" in proxy.seen and proxy.seen.count("http") >= 4  # queue, object_info, prompt, history
+        assert proxy.refused == []
+        with ServerPool([{"name": "p", "url": proxy.url}], **FAST) as pool:
+            st = pool.status()[0]
+            assert not st.online and "HTTP 401" in st.error
+    assert token not in caplog.text
