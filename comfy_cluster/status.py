@@ -113,7 +113,7 @@ class StatusMonitor:
         self.version = 0
         self._stats_fetched: Dict[str, bool] = {s.name: False for s in self._servers}
         self._executor = ThreadPoolExecutor(
-            max_workers=max(1, min(32, len(self._servers))), thread_name_prefix="comfy-cluster-probe"
+            max_workers=max(2, min(64, 2 * len(self._servers))), thread_name_prefix="comfy-cluster-probe"
         )
         self._probing: Dict[str, threading.Event] = {}
         self._wake = threading.Event()
@@ -255,11 +255,11 @@ class StatusMonitor:
         )
         if not old.online and old.checked:
             log.info("server %s is back online", server.name)
-        if not self._stats_fetched[server.name]:
-            self._fetch_stats(server)
         self._notify(old, new)
 
     def _fetch_stats(self, server: ServerConfig) -> None:
+        if self._stats_fetched[server.name]:
+            return
         try:
             stats = self._clients[server.name].system_stats(timeout=self._probe_timeout)
         except ComfyClusterError as exc:
@@ -305,6 +305,9 @@ class StatusMonitor:
                 break
             try:
                 futures.append(self._executor.submit(self._probe_task, by_name[name], done))
+                if not self._stats_fetched[name]:
+                    # Alongside the first probe, not after it: a cold status costs one round trip.
+                    futures.append(self._executor.submit(self._fetch_stats, by_name[name]))
             except RuntimeError:  # executor shut down by close()
                 break
         wait(futures)
