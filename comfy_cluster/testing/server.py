@@ -368,6 +368,8 @@ class MockComfyServer:
         if not self._started or self._stopped:
             self._stopped = True
             return
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("stop() must be called from another thread than the server's own")
         self._stopped = True
         loop, thread = self._loop, self._thread
         if loop is not None and thread is not None and thread.is_alive():
@@ -593,7 +595,9 @@ class MockComfyServer:
                     await client.ws.send_bytes(message)
                 else:
                     await client.ws.send_str(message)
-        except (ConnectionError, RuntimeError) as ex:
+        except asyncio.CancelledError:
+            raise
+        except Exception as ex:  # noqa: BLE001 - a closed socket ends its writer quietly
             logger.debug("websocket %s: send failed: %s", client.sid, ex)
 
     def _features(self) -> Dict[str, Any]:
