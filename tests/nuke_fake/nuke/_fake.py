@@ -1,0 +1,217 @@
+"""Test-side controls of the fake ``nuke`` module: the main loop, the user's clicks, records.
+
+Nothing here exists in Nuke; the plugin never imports this module. A test (on the main
+thread) drives the fake like this::
+
+    from nuke import _fake as fake
+    fake.reset()
+    fake.press(node, "execute")                 # the user clicks Execute
+    fake.pump_until(lambda: ..., timeout=5)     # Nuke's event loop runs queued calls
+    assert fake.violations() == []
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, List, Optional, Tuple
+
+import nuke as _nuke
+
+__all__ = [
+    "reset",
+    "shutdown",
+    "violations",
+    "take_violations",
+    "errors",
+    "messages",
+    "renders",
+    "pump",
+    "pump_until",
+    "press",
+    "user_set",
+    "panel_press",
+    "panel_set",
+    "progress_tasks",
+    "cancel_progress",
+    "cancel_render_after",
+    "set_gui",
+    "set_frame_range",
+    "queued",
+]
+
+
+def reset() -> None:
+    """A fresh, empty script with a GUI; every record cleared."""
+    _nuke._main_only("_fake.reset")
+    _nuke._shutdown.set()  # release workers still blocked on the previous test's queue
+    with _nuke._queue_cond:
+        _nuke._queue.clear()
+    _nuke._shutdown.clear()
+    with _nuke._state_lock:
+        _nuke._violations.clear()
+        _nuke._errors.clear()
+        _nuke._tasks.clear()
+    root = _nuke._new_node("Root", None)
+    root._knobs["name"]._value = "root"
+    root._knobs["first_frame"]._value = 1
+    root._knobs["last_frame"]._value = 100
+    _nuke._root = root  # type: ignore[assignment]
+    _nuke._context[:] = [root]  # type: ignore[list-item]
+    _nuke._this.clear()
+    _nuke._in_callback = 0
+    _nuke._messages.clear()
+    _nuke._renders.clear()
+    _nuke._render_cancel_after = None
+    _nuke._menus.clear()
+    _nuke._plugin_paths.clear()
+    set_gui(True)
+
+
+def shutdown() -> None:
+    """Release every worker blocked in executeInMainThreadWithResult (test teardown)."""
+    _nuke._shutdown.set()
+
+
+def set_gui(gui: bool) -> None:
+    """Interactive Nuke (True) or ``nuke -t`` (False)."""
+    _nuke.GUI = gui
+    _nuke.env["gui"] = gui
+
+
+def set_frame_range(first: int, last: int) -> None:
+    _nuke._root._knobs["first_frame"]._value = first
+    _nuke._root._knobs["last_frame"]._value = last
+
+
+def violations() -> List[str]:
+    """Calls real Nuke would forbid (wrong thread, execute in a callback, dead queue)."""
+    with _nuke._state_lock:
+        return list(_nuke._violations)
+
+
+def take_violations() -> List[str]:
+    """The violations so far, cleared (for tests that provoke one on purpose)."""
+    with _nuke._state_lock:
+        out = list(_nuke._violations)
+        _nuke._violations.clear()
+    return out
+
+
+def errors() -> List[str]:
+    """Tracebacks of main-thread calls that raised (Nuke prints them; a test should not)."""
+    with _nuke._state_lock:
+        return list(_nuke._errors)
+
+
+def messages() -> List[str]:
+    """Texts of every ``nuke.message`` so far."""
+    return list(_nuke._messages)
+
+
+def renders() -> List[Tuple[str, int, int]]:
+    """``(write node full name, first, last)`` of every ``nuke.execute``."""
+    return list(_nuke._renders)
+
+
+def queued() -> int:
+    with _nuke._queue_cond:
+        return len(_nuke._queue)
+
+
+def pump(max_calls: Optional[int] = None) -> int:
+    """Run the calls queued for the main thread (as Nuke's event loop does); how many ran."""
+    _nuke._main_only("_fake.pump")
+    ran = 0
+    while max_calls is None or ran < max_calls:
+        with _nuke._queue_cond:
+            if not _nuke._queue:
+                break
+            item = _nuke._queue.popleft()
+        _nuke._run_queued(item)
+        ran += 1
+    return ran
+
+
+def pump_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
+    """Run the main loop until ``predicate()`` is true (then drain the queue once more).
+
+    Raises AssertionError on timeout. ``predicate`` runs on the main thread, so it may read
+    knobs.
+    """
+    _nuke._main_only("_fake.pump_until")
+    deadline = time.monotonic() + timeout
+    while True:
+        pump()
+        if predicate():
+            pump()
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        with _nuke._queue_cond:
+            if not _nuke._queue:
+                _nuke._queue_cond.wait(0.01)
+
+
+def press(node: "_nuke.Node", knob_name: str) -> None:
+    """The user clicks the button ``knob_name`` of ``node``."""
+    knob = node[knob_name]
+    if not isinstance(knob, _nuke.Script_Knob):
+        raise AssertionError(f"{knob_name} is not a button")
+    knob.execute()
+
+
+def user_set(node: "_nuke.Node", knob_name: str, value: Any) -> None:
+    """The user edits a knob in the node's panel: the value is set, then ``knobChanged`` runs."""
+    knob = node[knob_name]
+    knob.setValue(value)
+    code = node["knobChanged"].value()
+    if code:
+        _nuke._run_script(code, node, knob)
+
+
+def panel_press(panel: Any, knob_name: str) -> None:
+    """The user clicks a button of a ``nukescripts.PythonPanel``."""
+    _panel_changed(panel, panel.knobs()[knob_name])
+
+
+def panel_set(panel: Any, knob_name: str, value: Any) -> None:
+    """The user edits a knob of a ``nukescripts.PythonPanel``."""
+    knob = panel.knobs()[knob_name]
+    knob.setValue(value)
+    _panel_changed(panel, knob)
+
+
+def _panel_changed(panel: Any, knob: "_nuke.Knob") -> None:
+    _nuke._main_only("_fake.panel event")
+    _nuke._in_callback += 1
+    try:
+        if isinstance(knob, _nuke.Script_Knob) and knob.command():
+            exec(compile(knob.command(), "<panel button>", "exec"), _nuke._script_globals())
+        panel.knobChanged(knob)
+    finally:
+        _nuke._in_callback -= 1
+
+
+def progress_tasks() -> List["_nuke.ProgressTask"]:
+    """The ProgressTasks still alive (still shown in Nuke), oldest first."""
+    return list(_nuke._iter_tasks())
+
+
+def cancel_progress(task: Optional["_nuke.ProgressTask"] = None) -> None:
+    """The user clicks Cancel on ``task`` (default: the newest live task)."""
+    if task is None:
+        tasks = progress_tasks()
+        if not tasks:
+            raise AssertionError("no ProgressTask is shown")
+        task = tasks[-1]
+    task._cancelled = True
+
+
+def cancel_render_after(frames: Optional[int]) -> None:
+    """The user cancels Nuke's own render progress after ``frames`` frames (None: never)."""
+    _nuke._render_cancel_after = frames
+
+
+def current_thread_is_main() -> bool:
+    return threading.current_thread() is _nuke._main_thread

@@ -1,0 +1,149 @@
+"""pytest fixtures and helpers for the Nuke plugin tests (``tests/test_nuke_*.py``).
+
+``fake_nuke`` puts this folder on ``sys.path`` so that ``import nuke`` finds the fake, gives a
+fresh script, and afterwards removes the fake and every module that imported it, then fails the
+test if the plugin made a call Nuke would forbid (even one the plugin caught) or a main-thread
+call raised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+FAKE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PURGE = ("nuke", "nukescripts", "nuke_plugin")
+
+
+def _purge_modules() -> None:
+    for name in list(sys.modules):
+        if name.split(".")[0] in _PURGE:
+            del sys.modules[name]
+
+
+@pytest.fixture
+def fake_nuke() -> Iterator[Any]:
+    """The fake's test controls (``nuke._fake``); ``import nuke`` gives the fake meanwhile."""
+    _purge_modules()
+    sys.path.insert(0, FAKE_DIR)
+    try:
+        from nuke import _fake
+
+        _fake.reset()
+        yield _fake
+        _fake.shutdown()  # release a worker still waiting on the main thread
+        if "nuke_plugin.run" in sys.modules:
+            assert sys.modules["nuke_plugin.run"]._wait_all(15.0), "a plugin run did not end"
+        violations = _fake.violations()
+        errors = _fake.errors()
+        assert violations == [], "calls Nuke forbids:\n" + "\n".join(violations)
+        assert errors == [], "main-thread calls raised:\n" + "\n".join(errors)
+    finally:
+        sys.path.remove(FAKE_DIR)
+        _purge_modules()
+
+
+@pytest.fixture
+def cluster_env(mock_cluster_factory: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A started two-server mock cluster (speeds 1 and 2) that ``ServerPool.from_env`` uses."""
+    cluster = mock_cluster_factory(speeds=(1.0, 2.0))
+    use_cluster(cluster, monkeypatch)
+    return cluster
+
+
+def use_cluster(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("NUKE_COMFYUI_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("NUKE_COMFYUI_SERVERS", cluster.servers_json())
+
+
+def load_image_workflow(seconds: float = 0.05, steps: int = 2) -> Dict[str, Any]:
+    """LoadImage (10) -> TestSleep (2) -> SaveImage (3): the node's input goes through."""
+    return {
+        "10": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}, "_meta": {"title": "Plate"}},
+        "2": {"class_type": "TestSleep", "inputs": {"image": ["10", 0], "seconds": seconds, "steps": steps, "seed": 0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "nuke"}},
+    }
+
+
+def empty_image_workflow(seconds: float = 0.05, steps: int = 2) -> Dict[str, Any]:
+    """EmptyImage (1) -> TestSleep (2) -> SaveImage (3): no Nuke input needed."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "TestSleep", "inputs": {"image": ["1", 0], "seconds": seconds, "steps": steps, "seed": 0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "nuke"}},
+    }
+
+
+def write_json(path: Any, data: Dict[str, Any]) -> str:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    return str(path)
+
+
+def make_run_node(
+    fake: Any,
+    workflow_path: str,
+    output_dir: str,
+    *,
+    first: int = 1,
+    last: int = 4,
+    frame_input: str = "2.seed",
+    with_input: bool = True,
+    strategy: Optional[str] = None,
+) -> Any:
+    """A "ComfyUI Cluster Run" node set up as a user would, fed by a Constant when asked."""
+    import nuke
+
+    import nuke_plugin.node
+
+    node = nuke_plugin.node.create()
+    if with_input:
+        source = nuke.nodes.Constant()
+        node.setInput(0, source)
+    fake.user_set(node, "workflow", workflow_path)
+    fake.user_set(node, "frame_input", frame_input)
+    fake.user_set(node, "first", first)
+    fake.user_set(node, "last", last)
+    fake.user_set(node, "output_dir", output_dir)
+    if strategy is not None:
+        fake.user_set(node, "strategy", strategy)
+    return node
+
+
+def read_nodes() -> List[Any]:
+    import nuke
+
+    return nuke.allNodes("Read")
+
+
+def wait_run(fake: Any, node: Any, timeout: float = 10.0) -> Any:
+    """Pump Nuke's main loop until the node's run has ended; returns the finished run."""
+    import nuke_plugin.run as run_mod
+
+    run = run_mod.current(node)
+    assert run is not None, "no run in progress"
+    fake.pump_until(lambda: run.finished.is_set(), timeout=timeout, what="the run to end")
+    assert run.thread is not None
+    run.thread.join(5.0)
+    assert not run.thread.is_alive()
+    fake.pump()
+    return run
+
+
+def settle_threads(before: "set[threading.Thread]", timeout: float = 5.0) -> List[threading.Thread]:
+    """Threads started since ``before`` that are still alive after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra or time.monotonic() > deadline:
+            return extra
+        time.sleep(0.02)

@@ -1,0 +1,316 @@
+"""The "ComfyUI Cluster Run" node driven as a compositor would, against a mock cluster.
+
+Knobs are set through the fake's panel (``user_set`` runs ``knobChanged``), Execute and Cancel
+are clicked (``press`` runs the button's command with ``nuke.thisNode()``), and the test's main
+thread is Nuke's event loop (``pump_until``). The ``fake_nuke`` fixture fails a test whenever
+the plugin made a call Nuke forbids, even one it caught.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from comfy_cluster.testing import Fault
+from nuke_fake.support import (  # noqa: F401 - fixtures
+    cluster_env,
+    empty_image_workflow,
+    fake_nuke,
+    load_image_workflow,
+    make_run_node,
+    read_nodes,
+    settle_threads,
+    use_cluster,
+    wait_run,
+    write_json,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _uploaded_names(cluster):
+    """The image names the LoadImage node (10) got in every prompt the servers accepted."""
+    return sorted(p["10"]["inputs"]["image"] for s in cluster for _, p, _ in s.received_prompts)
+
+
+def test_execute_renders_the_input_runs_every_frame_and_makes_a_read_node(fake_nuke, cluster_env, tmp_path):
+    import nuke
+
+    import nuke_plugin.run as run_mod
+
+    before = set(threading.enumerate())
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow(0.1)), str(out), first=1001, last=1006)
+    node.setXYpos(100, 200)
+    assert node["load_image_node"].value() == "10: Plate"
+
+    fake_nuke.press(node, "execute")
+    # The click returned with the run going on in the background: Nuke stays responsive.
+    run = run_mod.current(node)
+    assert run is not None and not run.finished.is_set()
+    fake_nuke.pump_until(lambda: "working:" in node["status"].value(), what="progress on the status line")
+    tasks = fake_nuke.progress_tasks()
+    assert len(tasks) == 1 and tasks[0]._title.endswith(node.name())
+    wait_run(fake_nuke, node)
+
+    # The input was rendered once, by a temporary Write inside the group, for the range.
+    assert fake_nuke.renders() == [(f"{node.name()}.Write1", 1001, 1006)]
+    assert nuke.allNodes("Write", group=node) == []
+    # Each frame's rendered file went to the LoadImage node of that frame's job.
+    names = _uploaded_names(cluster_env)
+    assert len(names) == 6 and all(f"_input.{f:04d}" in n for f, n in zip(range(1001, 1007), names))
+    assert sorted(p["2"]["inputs"]["seed"] for s in cluster_env for _, p, _ in s.received_prompts) == list(range(1001, 1007))
+
+    reads = read_nodes()
+    assert len(reads) == 1
+    read = reads[0]
+    assert read["file"].value() == f"{out.as_posix()}/{node.name()}_####.png"
+    assert (read["first"].value(), read["last"].value()) == (1001, 1006)
+    assert (read["origfirst"].value(), read["origlast"].value()) == (1001, 1006)
+    assert (read.xpos(), read.ypos()) == (100, 260)  # next to the node
+    for frame in range(1001, 1007):
+        path = out / f"{node.name()}_{frame:04d}.png"
+        assert path.read_bytes().startswith(b"\x89PNG")
+    assert sorted(os.listdir(out)) == [f"{node.name()}_{f:04d}.png" for f in range(1001, 1007)]  # no leftovers
+
+    assert node["status"].value().startswith("done: 6 frame(s)")
+    assert fake_nuke.messages() == []
+    task = tasks[0]
+    assert any("frames done" in m for m in task._messages) and task._history[-1] == 100
+    assert all(name.startswith("comfy-cluster-nuke") for name in task._threads)  # updated from the worker
+    del tasks, task
+    assert fake_nuke.progress_tasks() == []  # released: the bar is gone from Nuke's screen
+    assert run_mod.current(node) is None
+    assert settle_threads(before) == []  # the pool and the worker left no thread behind
+
+
+def test_execute_without_input_uses_an_empty_image_workflow_and_rerun_updates_the_same_read(fake_nuke, cluster_env, tmp_path):
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", empty_image_workflow()), str(out), first=1, last=3, with_input=False)
+    assert node["load_image_node"].values() == ["(none)"]
+    fake_nuke.press(node, "execute")
+    wait_run(fake_nuke, node)
+    assert fake_nuke.renders() == []  # nothing to render
+    assert fake_nuke.messages() == []
+
+    fake_nuke.user_set(node, "last", 5)
+    fake_nuke.press(node, "execute")
+    wait_run(fake_nuke, node)
+    reads = read_nodes()
+    assert len(reads) == 1, "a re-run updates its Read node"
+    assert (reads[0]["first"].value(), reads[0]["last"].value()) == (1, 5)
+    assert len(list(out.glob("*.png"))) == 5
+
+
+def _start_long_run(fake_nuke, cluster, tmp_path, frames=6):
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow(5.0, steps=50)), str(tmp_path / "out"), last=frames)
+    fake_nuke.press(node, "execute")
+    fake_nuke.pump_until(lambda: all(s.queue_snapshot()[0] for s in cluster), what="a job running on every server")
+    return node
+
+
+def _assert_cluster_idle(cluster):
+    for server in cluster:
+        assert server.wait_idle(5.0), f"{server.name} still has jobs: {server.queue_snapshot()}"
+
+
+@pytest.mark.parametrize("how", ["progress_bar", "cancel_button"])
+def test_cancel_stops_every_job_on_its_server(fake_nuke, cluster_env, tmp_path, how):
+    node = _start_long_run(fake_nuke, cluster_env, tmp_path)
+    if how == "progress_bar":
+        fake_nuke.cancel_progress()
+    else:
+        fake_nuke.press(node, "cancel")
+    run = wait_run(fake_nuke, node, timeout=10)
+    _assert_cluster_idle(cluster_env)
+    for server in cluster_env:
+        assert server.interrupt_requests, f"the running job on {server.name} was not interrupted"
+        assert server.executed_prompt_ids == []
+    assert type(run.error).__name__ == "RunCancelled"
+    assert node["status"].value().startswith("cancelled")
+    assert read_nodes() == []
+    assert fake_nuke.messages() == []  # the user asked for it: no dialog
+
+
+def test_cancel_without_a_run_says_so(fake_nuke, tmp_path):
+    import nuke_plugin.node
+
+    node = nuke_plugin.node.create()
+    fake_nuke.press(node, "cancel")
+    assert node["status"].value() == "nothing to cancel"
+
+
+@pytest.mark.parametrize("fault", ["restart", "refuse"])
+def test_a_server_failing_mid_batch_still_gives_every_frame(fake_nuke, cluster_env, tmp_path, fault):
+    import nuke_plugin.run as run_mod
+
+    run_mod.pool_options["server_lost_after"] = 1.0  # move frames off an unreachable server soon
+    try:
+        node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow(0.3)), str(tmp_path / "out"), last=8)
+        fake_nuke.press(node, "execute")
+        victim = cluster_env[1]
+        fake_nuke.pump_until(lambda: victim.queue_snapshot()[0], what=f"a job running on {victim.name}")
+        if fault == "restart":
+            victim.restart()
+        else:
+            victim.set_fault(Fault.REFUSE)
+        run = wait_run(fake_nuke, node, timeout=30)
+    finally:
+        run_mod.pool_options.clear()
+    assert run.error is None, run.error
+    assert len(run.paths) == 8 and all(os.path.isfile(p) for p in run.paths)
+    assert fake_nuke.messages() == []
+    read = read_nodes()[0]
+    assert (read["first"].value(), read["last"].value()) == (1, 8)
+
+
+def test_a_refused_workflow_shows_comfyuis_words(fake_nuke, cluster_env, tmp_path):
+    workflow = load_image_workflow()
+    workflow["2"]["inputs"]["steps"] = "x"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", workflow), str(tmp_path / "out"), last=6)
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    messages = fake_nuke.messages()
+    assert len(messages) == 1
+    text = messages[0]
+    assert "refused the workflow" in text
+    assert "node 2 (TestSleep), input 'steps'" in text
+    assert "x" in text.split("input 'steps':", 1)[1]
+    assert node["status"].value().startswith("failed")
+    assert read_nodes() == []
+    assert type(run.error).__name__ == "RunError"
+    _assert_cluster_idle(cluster_env)
+
+
+def test_a_failing_node_shows_the_node_the_exception_and_its_message(fake_nuke, cluster_env, tmp_path):
+    workflow = empty_image_workflow()
+    workflow["2"] = {"class_type": "TestFail", "inputs": {"image": ["1", 0], "message": "the model ran out of VRAM"}}
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", workflow), str(tmp_path / "out"), last=2, frame_input="", with_input=False)
+    fake_nuke.press(node, "execute")
+    wait_run(fake_nuke, node)
+    messages = fake_nuke.messages()
+    assert len(messages) == 1
+    text = messages[0]
+    assert "2 of 2 frame(s) failed" in text
+    assert "node 2 (TestFail)" in text
+    assert "RuntimeError: the model ran out of VRAM" in text
+    assert read_nodes() == []
+
+
+def test_some_frames_failing_still_reads_the_others(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    use_cluster(cluster, monkeypatch)
+    cluster[0].fail_next_job("frame went wrong")
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=3)
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert len(run.error.errors) == 1 and len(run.error.paths) == 2
+    text = fake_nuke.messages()[0]
+    assert "1 of 3 frame(s) failed" in text and "frame went wrong" in text
+    read = read_nodes()[0]
+    done = sorted(int(os.path.basename(p)[-8:-4]) for p in run.error.paths)
+    assert (read["first"].value(), read["last"].value()) == (done[0], done[-1])
+
+
+def test_execute_refuses_bad_settings_with_a_clear_message(fake_nuke, cluster_env, tmp_path):
+    import nuke_plugin.node
+
+    node = nuke_plugin.node.create()
+    fake_nuke.press(node, "execute")
+    assert "choose a workflow file" in fake_nuke.messages()[-1]
+
+    fake_nuke.user_set(node, "workflow", str(tmp_path / "missing.json"))
+    assert "not found" in node["status"].value()
+    fake_nuke.press(node, "execute")
+    assert "workflow file not found" in fake_nuke.messages()[-1]
+
+    fake_nuke.user_set(node, "workflow", write_json(tmp_path / "wf.json", load_image_workflow()))
+    fake_nuke.press(node, "execute")  # LoadImage chosen, nothing connected
+    assert "connect an input" in fake_nuke.messages()[-1]
+
+    fake_nuke.user_set(node, "load_image_node", "(none)")
+    fake_nuke.user_set(node, "frame_input", "9.seed")
+    fake_nuke.press(node, "execute")
+    assert "no node 9" in fake_nuke.messages()[-1]
+
+    fake_nuke.user_set(node, "frame_input", "")
+    fake_nuke.user_set(node, "first", 10)
+    fake_nuke.user_set(node, "last", 5)
+    fake_nuke.press(node, "execute")
+    assert "10-5 is empty" in fake_nuke.messages()[-1]
+    assert len(fake_nuke.messages()) == 5
+    assert fake_nuke.progress_tasks() == []
+
+
+def test_execute_twice_while_running_is_refused(fake_nuke, cluster_env, tmp_path):
+    node = _start_long_run(fake_nuke, cluster_env, tmp_path, frames=2)
+    fake_nuke.press(node, "execute")
+    assert "already running" in fake_nuke.messages()[-1]
+    fake_nuke.press(node, "cancel")
+    wait_run(fake_nuke, node)
+
+
+def test_user_cancelling_the_input_render_cancels_the_run(fake_nuke, cluster_env, tmp_path):
+    fake_nuke.cancel_render_after(1)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"))
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert type(run.error).__name__ == "RunCancelled"
+    assert all(s.received_prompts == [] for s in cluster_env)
+    assert fake_nuke.messages() == []
+
+
+def test_a_deleted_node_does_not_break_the_run(fake_nuke, cluster_env, tmp_path):
+    import nuke
+
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", empty_image_workflow(0.2)), str(tmp_path / "out"), last=2, with_input=False)
+    fake_nuke.press(node, "execute")
+    import nuke_plugin.run as run_mod
+
+    run = run_mod.current(node)
+    nuke.delete(node)
+    fake_nuke.pump_until(lambda: run.finished.is_set(), timeout=10)
+    run.thread.join(5)
+    fake_nuke.pump()
+    # The Read node cannot be placed next to a node that is gone: the run says so, no crash.
+    assert "was deleted" in str(run.error)
+    assert len(run.error.paths) == 2 and all(os.path.isfile(p) for p in run.error.paths)
+
+
+def test_submit_without_gui_prints_progress_and_returns_the_files(fake_nuke, cluster_env, tmp_path, capsys):
+    import nuke_plugin.run as run_mod
+
+    fake_nuke.set_gui(False)  # nuke -t
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=3)
+    paths = run_mod.submit(node.name())
+    assert [os.path.basename(p) for p in paths] == [f"{node.name()}_{f:04d}.png" for f in (1, 2, 3)]
+    out = capsys.readouterr().out
+    assert f"[{node.name()}] rendering the input" in out
+    assert "3/3 frames done" in out
+    assert f"[{node.name()}] done: 3 frame(s)" in out
+    assert fake_nuke.progress_tasks() == []  # no progress bar without a GUI
+    assert read_nodes()[0]["last"].value() == 3
+
+
+def test_submit_raises_comfyuis_words_in_a_script(fake_nuke, cluster_env, tmp_path):
+    import nuke_plugin.run as run_mod
+
+    workflow = load_image_workflow()
+    workflow["2"]["inputs"]["steps"] = "x"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", workflow), str(tmp_path / "out"), last=2)
+    with pytest.raises(run_mod.RunError, match=r"node 2 \(TestSleep\), input 'steps'") as info:
+        run_mod.submit(node)  # Script Editor: on the main thread, with a GUI
+    assert set(info.value.errors) <= {1, 2} and info.value.errors
+    assert fake_nuke.messages() == []  # a script gets an exception, not a dialog
+
+
+def test_submit_from_a_worker_thread_goes_through_the_main_thread(fake_nuke, cluster_env, tmp_path):
+    import nuke_plugin.run as run_mod
+
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("paths", run_mod.submit(node)), name="pipeline-thread")
+    worker.start()
+    fake_nuke.pump_until(lambda: not worker.is_alive(), timeout=10)
+    assert len(box["paths"]) == 2
