@@ -347,3 +347,35 @@ def test_request_count(mock_comfy: MockComfyServer) -> None:
     assert mock_comfy.request_count == before + 3
     unique = str(uuid.uuid4())
     assert unique not in mock_comfy.connected_clients()
+
+
+def test_paused_jobs_stall_until_resumed(mock_comfy: MockComfyServer) -> None:
+    with WsListener(mock_comfy.url) as listener:
+        mock_comfy.pause_jobs()
+        assert mock_comfy.jobs_paused
+        prompt_id = submit(mock_comfy, sleep_workflow(seconds=0.1, steps=2), listener.client_id)
+        listener.until(lambda m: m["type"] == "executing" and m["data"]["node"] == "2")
+        assert [m for m in listener.expect_silence(0.4) if m["type"] == "progress"] == []  # stalled
+        assert mock_comfy.queue_snapshot() == ([prompt_id], [])
+        assert requests.get(mock_comfy.url + "/prompt", timeout=2).ok  # the server itself answers
+        mock_comfy.resume_jobs()
+        messages = listener.until_done(prompt_id, timeout=5)
+        assert [m["data"]["value"] for m in messages if m["type"] == "progress"] == [1, 2]
+        # An interrupt still stops a paused job at once.
+        mock_comfy.pause_jobs()
+        stalled = submit(mock_comfy, sleep_workflow(seconds=0.1, steps=2, seed=1), listener.client_id)
+        listener.until(lambda m: m["type"] == "executing" and m["data"]["node"] == "2")
+        requests.post(mock_comfy.url + "/interrupt", json={"prompt_id": stalled}, timeout=2)
+        assert listener.until_event(stalled, timeout=5)[-1]["type"] == "execution_interrupted"
+    mock_comfy.resume_jobs()
+    works(mock_comfy)
+
+
+def test_speed_change_applies_to_a_step_already_sleeping(mock_comfy: MockComfyServer) -> None:
+    with WsListener(mock_comfy.url) as listener:
+        started = time.monotonic()
+        prompt_id = submit(mock_comfy, sleep_workflow(seconds=20, steps=1), listener.client_id)
+        listener.until(lambda m: m["type"] == "executing" and m["data"]["node"] == "2")
+        mock_comfy.speed = 1000.0  # the single 20 s step now ends within 20 ms
+        listener.until_done(prompt_id, timeout=5)
+        assert time.monotonic() - started < 2.0

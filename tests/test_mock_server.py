@@ -583,3 +583,24 @@ def test_cli_commands_drive_the_server(mock_comfy: MockComfyServer) -> None:
     assert apply_command(mock_comfy, "quit") is None
     with pytest.raises(ValueError):
         apply_command(mock_comfy, "fault sideways")
+
+
+def test_busy_port_fails_to_start_cleanly() -> None:
+    with MockComfyServer(name="first") as first:
+        second = MockComfyServer(name="second", port=first.port)
+        with pytest.raises(OSError):
+            second.start()
+        assert not second.running and not any(t.name == "mock-comfy-second" for t in threading.enumerate())
+        out = io.StringIO()
+        assert run_mock_server(["--port", str(first.port)], stdin=io.StringIO(""), stdout=out) == 1
+        assert "cannot start" in out.getvalue()
+
+
+def test_models_per_folder_and_unknown_node_types() -> None:
+    with MockComfyServer(models={"checkpoints": ["sd.safetensors"], "loras": ["detail.safetensors"], "my_folder": ["x.bin"]}) as server:
+        assert server.models == ["sd.safetensors"]
+        assert requests.get(server.url + "/models/loras", timeout=2).json() == ["detail.safetensors"]
+        assert requests.get(server.url + "/models/my_folder", timeout=2).json() == ["x.bin"]
+        assert "my_folder" in requests.get(server.url + "/models", timeout=2).json()
+    with pytest.raises(ValueError):
+        MockComfyServer(node_types=["NoSuchNode"])

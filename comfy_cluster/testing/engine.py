@@ -118,7 +118,7 @@ class _Job:
         self.client_id: Optional[str] = self.extra_data.get("client_id")
         self.messages: List[List[Any]] = []
         self.interrupted = False
-        self.waiters: Set["asyncio.Future[bool]"] = set()
+        self.waiters: Set["asyncio.Future[str]"] = set()
         self.progress_nodes: Dict[str, Dict[str, Any]] = {}
 
     def send(self, event: str, data: Dict[str, Any], broadcast_without_client: bool = False) -> None:
@@ -167,7 +167,7 @@ class _Job:
         self.interrupted = True
         for waiter in list(self.waiters):
             if not waiter.done():
-                waiter.set_result(True)
+                waiter.set_result("interrupt")
 
 
 class Engine:
@@ -194,6 +194,8 @@ class Engine:
         self.interrupt_requests: List[Any] = []
         self.queue_delete_requests: List[Any] = []
         self.fail_next_message: Optional[str] = None
+        #: While True, sleeping nodes make no progress (a stalled GPU); jobs still start.
+        self.paused = False
         self._wakeup: Optional[asyncio.Event] = None
         self._worker_task: Optional["asyncio.Task[None]"] = None
         self._reset_state()
@@ -436,27 +438,44 @@ class Engine:
             if job.client_id is not None:
                 self.sink.send("executing", {"node": None, "prompt_id": job.prompt_id}, job.client_id)
 
-    async def _interruptible_sleep(self, job: _Job, seconds: float) -> None:
-        if job.interrupted:
-            raise InterruptProcessing("Processing interrupted")
-        speed = self._speed()
-        duration = max(0.0, float(seconds)) / speed if speed > 0 else float(seconds)
-        loop = asyncio.get_running_loop()
-        waiter: "asyncio.Future[bool]" = loop.create_future()
-
-        def elapsed() -> None:
+    def clock_changed(self) -> None:
+        """The speed or the pause state changed: wake sleeping nodes to re-plan (loop thread)."""
+        job = self.job
+        if job is None:
+            return
+        for waiter in list(job.waiters):
             if not waiter.done():
-                waiter.set_result(False)
+                waiter.set_result("changed")
 
-        handle = loop.call_later(duration, elapsed)
-        job.waiters.add(waiter)
-        try:
-            interrupted = await waiter
-        finally:
-            handle.cancel()
-            job.waiters.discard(waiter)
-        if interrupted:
-            raise InterruptProcessing("Processing interrupted")
+    async def _interruptible_sleep(self, job: _Job, seconds: float) -> None:
+        """Spend ``seconds`` of nominal time: real time divided by the speed, frozen while
+        paused, re-planned at once when either changes, cut short by an interrupt."""
+        loop = asyncio.get_running_loop()
+        remaining = max(0.0, float(seconds))
+        while True:
+            if job.interrupted:
+                raise InterruptProcessing("Processing interrupted")
+            speed = 0.0 if self.paused else max(self._speed(), 1e-9)
+            waiter: "asyncio.Future[str]" = loop.create_future()
+
+            def elapsed(waiter: "asyncio.Future[str]" = waiter) -> None:
+                if not waiter.done():
+                    waiter.set_result("elapsed")
+
+            handle = loop.call_later(remaining / speed, elapsed) if speed > 0 else None
+            started = loop.time()
+            job.waiters.add(waiter)
+            try:
+                outcome = await waiter
+            finally:
+                if handle is not None:
+                    handle.cancel()
+                job.waiters.discard(waiter)
+            if outcome == "interrupt":
+                raise InterruptProcessing("Processing interrupted")
+            if outcome == "elapsed":
+                return
+            remaining = max(0.0, remaining - (loop.time() - started) * speed)
 
     def _signatures(self, prompt: Dict[str, Any]) -> Dict[str, str]:
         """Cache key per node: class, IS_CHANGED and inputs, with links replaced by the

@@ -209,7 +209,12 @@ class MockComfyServer:
         value = float(value)
         if not value > 0:
             raise ValueError(f"speed must be positive, got {value}")
-        self._speed = value  # read by the worker at every sleep slice
+        self._speed = value
+        loop = getattr(self, "_loop", None)
+        engine = getattr(self, "_engine", None)
+        if loop is not None and engine is not None and self.running:
+            # A sleeping node re-plans its remaining time with the new speed at once.
+            loop.call_soon_threadsafe(engine.clock_changed)
 
     @property
     def models(self) -> List[str]:
@@ -326,7 +331,10 @@ class MockComfyServer:
         try:
             ready.result(timeout=_CALL_TIMEOUT)
         except BaseException:
-            self.stop()
+            # The loop thread ends by itself after a failed start (e.g. the port is taken).
+            self._stopped = True
+            self._thread.join(timeout=_CALL_TIMEOUT)
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
             raise
         logger.info("mock ComfyUI %s listening on %s", self._name, self.url)
         return self
@@ -360,8 +368,13 @@ class MockComfyServer:
         self._runner = runner
         assert self._engine is not None
         self._engine.start()
-        if self._fault is not Fault.REFUSE:
-            await self._go_up()
+        try:
+            if self._fault is not Fault.REFUSE:
+                await self._go_up()
+        except BaseException:
+            await self._engine.stop()
+            await runner.cleanup()
+            raise
 
     def stop(self) -> None:
         """Close everything and join the thread; idempotent."""
@@ -557,6 +570,30 @@ class MockComfyServer:
             raise RuntimeError("start the server first")
         with self._lock:
             self._engine.fail_next_message = message
+
+    def pause_jobs(self) -> None:
+        """Freeze running jobs: sleeping nodes (TestSleep, KSampler) make no progress until
+        :meth:`resume_jobs`, like a stalled GPU. HTTP, websockets and interrupts still work."""
+        self._set_paused(True)
+
+    def resume_jobs(self) -> None:
+        """Let paused jobs go on where they stopped."""
+        self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError("start the server first")
+
+        async def apply() -> None:
+            engine.paused = paused
+            engine.clock_changed()
+
+        self._call(apply)
+
+    @property
+    def jobs_paused(self) -> bool:
+        return bool(self._engine and self._engine.paused)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until nothing runs or is pending; True if it became idle in time."""

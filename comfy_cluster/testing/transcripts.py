@@ -8,6 +8,11 @@ make the run deterministic and quick instead of timing-dependent:
 * instead of sleeping one second before looking at the busy queue, it reads the websocket
   until the running job has reported ``interrupt_after`` progress steps (10, what the real
   server had reported after that second), then queries, deletes and interrupts at once;
+* optional ``pause``/``resume`` callables freeze the server's running job around the two
+  timing-sensitive moments (while the second and third busy jobs are queued, and from the
+  10th progress step until the interrupt), so a loaded machine cannot reorder events. The
+  mock offers them (``pause_jobs``/``resume_jobs``); against a real server leave them out
+  and the run depends on timing like record.py's;
 * the job that runs after the interrupted one may take less time (``next_seconds``); its
   30 progress steps are the same;
 * the three busy jobs are sent with client-chosen prompt_ids (uuid4s, sorted): compare.py
@@ -24,7 +29,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import requests
 import websocket
@@ -98,6 +103,8 @@ def record(
     interrupt_after: int = 10,
     next_seconds: Optional[float] = None,
     timeout: float = 60.0,
+    pause: Optional[Callable[[], None]] = None,
+    resume: Optional[Callable[[], None]] = None,
 ) -> Dict[str, Any]:
     """Run record.py's scenarios against ``base_url`` and return the transcript dict."""
     base = base_url.rstrip("/")
@@ -146,18 +153,26 @@ def record(
         transcript["runtime_error"] = {"post": r, "ws": listener.take(), "history": get(f"/history/{r['body']['prompt_id']}")}
         # 5. queue with pending items, then delete one, interrupt the running one
         ids = sorted(str(uuid.uuid4()) for _ in range(3))
+        if pause is not None:
+            pause()  # the first job must still be in its first step when the others queue
         for k, prompt_id in enumerate(ids):
             seconds = busy_seconds if k == 0 or next_seconds is None else next_seconds
             prompt = {"1": _img(10 + k), "2": _sleep("1", seconds, busy_steps, seed=time.time_ns() % 100000 + k), "3": _save("2")}
             answer = post("/prompt", {"prompt": prompt, "client_id": listener.cid, "prompt_id": prompt_id})
             if answer["body"].get("prompt_id") != prompt_id:
                 raise RuntimeError(f"server did not accept prompt {prompt_id}: {answer}")
+        if resume is not None:
+            resume()
         listener.until_progress(ids[0], interrupt_after)
+        if pause is not None:
+            pause()  # no further step until the delete and the interrupt are in
         transcript["queue_busy"] = get("/queue")
         transcript["prompt_get"] = get("/prompt")
         transcript["delete_pending"] = post("/queue", {"delete": [ids[2]]})
         transcript["queue_after_delete"] = get("/queue")
         transcript["interrupt"] = post("/interrupt", {"prompt_id": ids[0]})
+        if resume is not None:
+            resume()
         listener.until(ids[0])
         transcript["interrupted_ws"] = listener.take()
         transcript["interrupted_history"] = get(f"/history/{ids[0]}")
