@@ -1,0 +1,133 @@
+"""Process-level measurements and tiny raw servers shared by the reliability and security suites."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socketserver
+import threading
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (VmRSS from /proc/self/status)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def socket_fds() -> int:
+    """Open file descriptors of this process that are sockets."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:
+            pass  # closed between listdir and readlink
+    return count
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class RawServer:
+    """An HTTP server on 127.0.0.1 whose answers a test writes by hand.
+
+    ``handler(path, wfile)`` writes the whole response (status line, headers, body) for a GET
+    or POST of ``path``; whatever it raises just closes the connection.
+    """
+
+    def __init__(self, handler: Callable[[str, "object"], None]) -> None:
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                outer.headers_seen.append(dict(self.headers))
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                try:
+                    handler(self.path, self.wfile)
+                except Exception:
+                    pass
+                self.close_connection = True
+
+            do_GET = _any
+            do_POST = _any
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.headers_seen: List[Dict[str, str]] = []
+        self.httpd = _Server(("127.0.0.1", 0), H)
+        self.httpd.timeout = 0.5
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> "RawServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def json_response(body: bytes, status: int = 200) -> Callable[[str, object], None]:
+    def handler(path: str, wfile: object) -> None:
+        head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        wfile.write(head.encode() + body)  # type: ignore[attr-defined]
+
+    return handler
+
+
+_MOCK_SCRIPT = """
+import sys
+from comfy_cluster.testing import MockComfyServer
+server = MockComfyServer(name="sub").start()
+server.set_fault(sys.argv[1])
+print(server.url, flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+class SubprocessMock:
+    """A mock server with a standing fault in another process, so that this process's
+    memory holds only what the client keeps (the server's own buffers are elsewhere)."""
+
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+
+    def __enter__(self) -> "SubprocessMock":
+        import subprocess
+        import sys
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _MOCK_SCRIPT, self.fault], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        assert self.url.startswith("http://127.0.0.1:"), self.url
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
