@@ -292,7 +292,7 @@ def _decode(raw: Any) -> Optional[Dict[str, Any]]:
         return None
     try:
         msg = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting makes json raise RecursionError
         return None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         return None
