@@ -228,7 +228,7 @@ class StatusMonitor:
         client = self._clients[server.name]
         wall = time.perf_counter()
         try:
-            running, pending = client.queue(timeout=self._probe_timeout)
+            running, pending = client.queue(timeout=self._probe_timeout, probe=True)
         except ComfyClusterError as exc:
             self._apply_failure(server.name, _reason(exc, server.name))
             return
@@ -385,4 +385,9 @@ def _str_or_none(v: object) -> Optional[str]:
 
 
 def _int_or_none(v: object) -> Optional[int]:
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        return int(v)
+    except (OverflowError, ValueError):  # Infinity / NaN, which json.loads accepts
+        return None
