@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import requests
 import urllib3
+import urllib3
 
 from .config import ServerConfig
 from .errors import NodeError, ServerError, WorkflowError
@@ -66,6 +67,8 @@ class ComfyClient:
         self._session.mount("https://", adapter)
         self._closed = False
         self._lock = threading.Lock()
+        self._probe: Optional[urllib3.HTTPConnectionPool] = None
+        self._prefix = urllib3.util.parse_url(server.url).path or ""
 
     def __repr__(self) -> str:
         return f"ComfyClient({self.server.name!r}, {self.server.url!r})"
@@ -142,7 +145,7 @@ class ComfyClient:
             return None
         try:
             return json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting makes json raise RecursionError
             raise ServerError(
                 f"{self.server.name}: malformed JSON from {_path(resp)}", server=self.server.name
             ) from None
@@ -157,9 +160,88 @@ class ComfyClient:
 
     # -- the API ------------------------------------------------------------------------------
 
-    def queue(self, *, timeout: Optional[Timeouts] = None) -> Tuple[List[str], List[str]]:
-        """``(running prompt_ids, pending prompt_ids in run order)`` from ``GET /queue``."""
-        data = self.get_json("/queue", timeout=timeout)
+    def _probe_pool(self) -> urllib3.HTTPConnectionPool:
+        """A bare urllib3 pool (urllib3 is requests' own transport) for status probes.
+
+        A probe is the most frequent request the library makes, to every server at once.
+        requests adds about 1 ms of CPU per request on top of urllib3 (hooks, cookies,
+        settings merging); 32 probes in parallel serialise on the GIL, so a cold status of
+        a large cluster costs several times one round trip. The pool carries the same headers
+        and TLS verification as the session.
+        """
+        pool = self._probe
+        if pool is None:
+            with self._lock:
+                if self._probe is None:
+                    host = self.server.host or "127.0.0.1"
+                    kwargs: Dict[str, Any] = {"maxsize": 2, "headers": dict(self.server.headers), "retries": False}
+                    if self.server.url.startswith("https://"):
+                        verify = self.server.verify_tls
+                        if verify is False:
+                            kwargs["cert_reqs"] = "CERT_NONE"
+                        else:
+                            kwargs["cert_reqs"] = "CERT_REQUIRED"
+                            kwargs["ca_certs"] = verify if isinstance(verify, str) else requests.certs.where()
+                        self._probe = urllib3.HTTPSConnectionPool(host, self.server.port, **kwargs)
+                    else:
+                        self._probe = urllib3.HTTPConnectionPool(host, self.server.port, **kwargs)
+                pool = self._probe
+        assert pool is not None
+        return pool
+
+    def probe_json(self, path: str, *, timeout: Timeouts) -> Any:
+        """GET ``path`` through the probe pool; same errors and size cap as :meth:`get_json`."""
+        pool = self._probe_pool()
+        url = self._prefix + path
+        try:
+            resp = pool.urlopen(
+                "GET", url, timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+                preload_content=False, redirect=False, retries=False,
+            )
+        except urllib3.exceptions.NewConnectionError as exc:  # (a subclass of ConnectTimeoutError)
+            raise ServerError(f"{self.server.name}: cannot connect: {_short(exc)}", server=self.server.name) from None
+        except urllib3.exceptions.ConnectTimeoutError:
+            raise ServerError(f"{self.server.name}: connect timed out", server=self.server.name) from None
+        except urllib3.exceptions.ReadTimeoutError:
+            raise ServerError(f"{self.server.name}: no answer (read timed out)", server=self.server.name) from None
+        except urllib3.exceptions.SSLError as exc:
+            raise ServerError(f"{self.server.name}: TLS error: {_short(exc)}", server=self.server.name) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ServerError(f"{self.server.name}: cannot connect: {_short(exc)}", server=self.server.name) from None
+        try:
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.max_json_bytes:
+                raise ServerError(f"{self.server.name}: answer of {int(declared)} bytes exceeds the {self.max_json_bytes}-byte cap", server=self.server.name)
+            chunks: List[bytes] = []
+            total = 0
+            for chunk in resp.stream(_CHUNK):
+                total += len(chunk)
+                if total > self.max_json_bytes:
+                    raise ServerError(f"{self.server.name}: answer exceeds the {self.max_json_bytes}-byte cap", server=self.server.name)
+                chunks.append(chunk)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise ServerError(f"{self.server.name}: no answer (read timed out)", server=self.server.name) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ServerError(f"{self.server.name}: answer cut short: {_short(exc)}", server=self.server.name) from None
+        finally:
+            resp.release_conn()
+        if resp.status >= 400:
+            raise ServerError(f"{self.server.name}: HTTP {resp.status} on GET {path}", server=self.server.name, status=resp.status)
+        body = b"".join(chunks)
+        try:
+            return json.loads(body) if body else None
+        except ValueError:
+            raise ServerError(f"{self.server.name}: malformed JSON from {path}", server=self.server.name) from None
+
+    def queue(self, *, timeout: Optional[Timeouts] = None, probe: bool = False) -> Tuple[List[str], List[str]]:
+        """``(running prompt_ids, pending prompt_ids in run order)`` from ``GET /queue``.
+
+        ``probe=True`` uses the light probe connection (status polling).
+        """
+        if probe:
+            data = self.probe_json("/queue", timeout=timeout or PROBE_TIMEOUT)
+        else:
+            data = self.get_json("/queue", timeout=timeout)
         if not isinstance(data, dict):
             raise ServerError(f"{self.server.name}: /queue answered {type(data).__name__}, not an object", server=self.server.name)
         running = _queue_items(data.get("queue_running"), self.server.name)
@@ -197,7 +279,7 @@ class ComfyClient:
         raw = self._read_capped(resp, self.max_json_bytes, (timeout or self.timeout)[1])
         try:
             data = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         if resp.status_code == 400 and isinstance(data, dict):
             raise parse_workflow_error(data, self.server.name)
@@ -269,6 +351,8 @@ class ComfyClient:
             if not self._closed:
                 self._closed = True
                 self._session.close()
+                if self._probe is not None:
+                    self._probe.close()
 
 
 class _TooSlow(Exception):
@@ -350,7 +434,11 @@ def _queue_items(items: Any, server: str) -> List[Tuple[float, str]]:
             or not isinstance(item[0], (int, float))
         ):
             raise ServerError(f"{server}: malformed /queue item", server=server)
-        out.append((float(item[0]), item[1]))
+        try:
+            number = float(item[0])
+        except OverflowError:  # a JSON integer too large for a float
+            raise ServerError(f"{server}: malformed /queue item", server=server) from None
+        out.append((number, item[1]))
     return out
 
 
