@@ -59,7 +59,8 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if ran is not True or "result" not in box:
         # Nuke returns None when it could not run the call (for example while quitting).
         raise RuntimeError(f"Nuke did not run {getattr(fn, '__name__', fn)!r} on the main thread")
-    return box["result"]  # type: ignore[no-any-return]
+    result: T = box["result"]
+    return result
 
 
 def post(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

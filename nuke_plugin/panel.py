@@ -56,7 +56,7 @@ def format_row(status: ServerStatus) -> str:
     return "   |   ".join(cells)
 
 
-class ServersPanel(nukescripts.PythonPanel):  # type: ignore[misc]
+class ServersPanel(nukescripts.PythonPanel):
     """The servers panel. Create and use it on the main thread only."""
 
     def __init__(self) -> None:

@@ -314,3 +314,21 @@ def test_submit_from_a_worker_thread_goes_through_the_main_thread(fake_nuke, clu
     worker.start()
     fake_nuke.pump_until(lambda: not worker.is_alive(), timeout=10)
     assert len(box["paths"]) == 2
+
+
+def test_shared_storage_uses_the_servers_files_in_place(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
+    import json
+
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    use_cluster(cluster, monkeypatch)
+    server = cluster[0]
+    monkeypatch.setenv("NUKE_COMFYUI_SERVERS", json.dumps([{"name": "shared", "url": server.url, "dir_local": server.data_dir}]))
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    server_files = [os.path.join(root, f) for root, _, files in os.walk(server.output_dir) for f in files]
+    assert len(server_files) == 2
+    for path in run.paths:
+        # The frame is ComfyUI's own file (linked, not fetched over HTTP), under a Read-able name.
+        assert any(os.path.samefile(path, s) for s in server_files)

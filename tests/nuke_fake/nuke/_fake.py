@@ -24,6 +24,7 @@ __all__ = [
     "violations",
     "take_violations",
     "errors",
+    "take_errors",
     "messages",
     "renders",
     "pump",
@@ -102,6 +103,14 @@ def errors() -> List[str]:
     """Tracebacks of main-thread calls that raised (Nuke prints them; a test should not)."""
     with _nuke._state_lock:
         return list(_nuke._errors)
+
+
+def take_errors() -> List[str]:
+    """The errors so far, cleared (for tests that make a main-thread call raise on purpose)."""
+    with _nuke._state_lock:
+        out = list(_nuke._errors)
+        _nuke._errors.clear()
+    return out
 
 
 def messages() -> List[str]:
