@@ -391,7 +391,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_mock_server(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    # The commands show servers' problems themselves; -v adds the library's own account.
+    level = logging.ERROR if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
