@@ -174,7 +174,7 @@ def get_strategy(strategy: StrategyLike) -> Any:
             valid = ", ".join(sorted(STRATEGIES))
             raise ConfigError(f"strategy: unknown strategy {strategy!r} (valid: {valid})")
         return STRATEGIES[key]()
-    if hasattr(strategy, "select") and callable(getattr(strategy, "select")):
+    if callable(getattr(strategy, "select", None)):
         return strategy
     if callable(strategy):
         return _CallableStrategy(strategy)

@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+import certifi  # requests' own CA bundle (a dependency of requests)
 import requests
-import urllib3
 import urllib3
 
 from .config import ServerConfig
@@ -181,7 +181,7 @@ class ComfyClient:
                             kwargs["cert_reqs"] = "CERT_NONE"
                         else:
                             kwargs["cert_reqs"] = "CERT_REQUIRED"
-                            kwargs["ca_certs"] = verify if isinstance(verify, str) else requests.certs.where()
+                            kwargs["ca_certs"] = verify if isinstance(verify, str) else certifi.where()
                         self._probe = urllib3.HTTPSConnectionPool(host, self.server.port, **kwargs)
                     else:
                         self._probe = urllib3.HTTPConnectionPool(host, self.server.port, **kwargs)
@@ -468,7 +468,7 @@ def iter_output_files(outputs: Any) -> Iterable[Tuple[str, Dict[str, str]]]:
     for node_id, node_out in outputs.items():
         if not isinstance(node_out, dict):
             continue
-        for key, value in node_out.items():
+        for value in node_out.values():
             if not isinstance(value, list):
                 continue
             for f in value:

@@ -23,7 +23,6 @@ from .client import as_dict, as_list, ComfyClient, iter_output_files
 from .config import ServerConfig
 from .errors import (
     ComfyClusterError,
-    JobCancelled,
     JobFailed,
     ServerError,
     UnsafePathError,
@@ -352,7 +351,7 @@ def _job_failed(data: Mapping[str, Any], job: Job, server: str) -> JobFailed:
     )
 
 
-def _best_effort_cancel(client: ComfyClient, prompt_id: str) -> None:
+def best_effort_cancel(client: ComfyClient, prompt_id: str) -> None:
     """Delete from pending and interrupt if running; errors ignored (the server may be gone)."""
     for call in (lambda: client.delete_pending([prompt_id], timeout=(1.0, 2.0)),
                  lambda: client.interrupt(prompt_id, timeout=(1.0, 2.0))):
@@ -397,7 +396,7 @@ def run_attempt(job: Job, server: ServerConfig, ctx: AttemptContext, uploads: Ca
             if "timed out" in str(exc):
                 # The server may have taken the job before hanging: make sure no second live
                 # copy remains there once we run it elsewhere.
-                _best_effort_cancel(ctx.client, prompt_id)
+                best_effort_cancel(ctx.client, prompt_id)
             return Outcome("retry", reason=_strip(str(exc), name), server_down=True)
         if answer.get("prompt_id") != prompt_id:
             # An old server that ignores client-chosen ids: follow the id it gave.
@@ -443,7 +442,7 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
 
         if job.cancel_requested and not cancel_sent:
             cancel_sent = True
-            _best_effort_cancel(client, prompt_id)
+            best_effort_cancel(client, prompt_id)
             need_reconcile = True
             continue
 

@@ -36,7 +36,7 @@ from .errors import (
     WorkflowError,
 )
 from .events import ServerSocket
-from .jobs import AttemptContext, Job, JobEvent, JobResult, Outcome, OutputFile, map_shared_path, run_attempt, unique_targets
+from .jobs import AttemptContext, best_effort_cancel, Job, JobEvent, JobResult, Outcome, OutputFile, map_shared_path, run_attempt, unique_targets
 from .status import ServerStatus, StatusMonitor
 from .workflow import WorkflowInputError, load_workflow, missing_capabilities, set_inputs
 
@@ -213,14 +213,8 @@ class ServerPool:
             ids, self._orphans[name] = self._orphans[name], set()
         if not ids:
             return
-        client = self._clients[name]
         for pid in ids:
-            for call in (lambda: client.delete_pending([pid], timeout=(1.0, 2.0)),
-                         lambda: client.interrupt(pid, timeout=(1.0, 2.0))):
-                try:
-                    call()
-                except ComfyClusterError:
-                    pass
+            best_effort_cancel(self._clients[name], pid)
         log.info("removed %d moved job(s) left on %s", len(ids), name)
 
     # -- selection ----------------------------------------------------------------------------
