@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import pytest
 import requests
@@ -578,6 +578,9 @@ def test_cli_commands_drive_the_server(mock_comfy: MockComfyServer) -> None:
     assert mock_comfy.fault is Fault.HANG
     assert apply_command(mock_comfy, "fault off") == "fault: off"
     assert apply_command(mock_comfy, "drop-ws") == "dropped 0 websocket(s)"
+    assert apply_command(mock_comfy, "pause") == "jobs paused" and mock_comfy.jobs_paused
+    assert "paused=True" in (apply_command(mock_comfy, "status") or "")
+    assert apply_command(mock_comfy, "resume") == "jobs resumed" and not mock_comfy.jobs_paused
     assert apply_command(mock_comfy, "restart") == "restarted"
     wait_until(lambda: answers(mock_comfy), message="server back")
     assert apply_command(mock_comfy, "quit") is None

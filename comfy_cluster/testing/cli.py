@@ -6,7 +6,7 @@ read from standard input switch faults, so a user can watch how Nuke copes::
 
     fault hang | fault refuse | fault 500 | fault malformed | fault truncated | fault huge
     fault off | latency 0.5 | drop-ws | restart [seconds down] | fail-next [message]
-    speed 2 | status | help | quit
+    pause | resume | speed 2 | status | help | quit
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ COMMANDS_HELP = """commands (one per line on standard input):
   drop-ws                                          cut every open websocket
   restart [SECONDS]                                die, forget queue and history, come back
   fail-next [MESSAGE]                              the next job fails with execution_error
+  pause / resume                                   freeze running jobs (a stalled GPU) / go on
   speed FACTOR                                     change the speed factor
   status                                           show queue, fault and clients
   quit                                             stop the server"""
@@ -109,6 +110,12 @@ def apply_command(server: "MockComfyServer", line: str) -> Optional[str]:
         message = " ".join(rest) or "injected failure"
         server.fail_next_job(message)
         return f"the next job will fail: {message}"
+    if command == "pause":
+        server.pause_jobs()
+        return "jobs paused"
+    if command == "resume":
+        server.resume_jobs()
+        return "jobs resumed"
     if command == "speed":
         if len(rest) != 1:
             raise ValueError("usage: speed FACTOR")
@@ -119,7 +126,7 @@ def apply_command(server: "MockComfyServer", line: str) -> Optional[str]:
         fault = server.fault
         return (
             f"{server.url} fault={fault.value if fault else 'off'} latency={server.latency:g}s speed={server.speed:g} "
-            f"running={running} pending={len(pending)} clients={len(server.connected_clients())} "
+            f"paused={server.jobs_paused} running={running} pending={len(pending)} clients={len(server.connected_clients())} "
             f"done={len(server.executed_prompt_ids)}"
         )
     raise ValueError(f"unknown command {command!r} (try: help)")
