@@ -183,6 +183,7 @@ def test_websocket_dropped_mid_job_every_job_completes_promptly(mock_cluster_fac
     assert max(lags) < 3.0, lags  # the client noticed within a few seconds of the server
 
 
+@pytest.mark.slow
 def test_websocket_drop_storm_every_job_completes_promptly(mock_cluster_factory):
     cluster = mock_cluster_factory(speeds=(1, 1, 1, 1))
     rng = random.Random(7)
@@ -216,7 +217,9 @@ CALL_TIMEOUT = (0.5, 1.0)
 BOUND = sum(CALL_TIMEOUT) * 2 + 3.0  # connect + headers + body, and a generous margin
 
 
-@pytest.mark.parametrize("fault", list(FAULT_REASON), ids=lambda f: f.value)
+@pytest.mark.parametrize(
+    "fault", [pytest.param(f, marks=pytest.mark.slow) if f is Fault.HANG else f for f in FAULT_REASON], ids=lambda f: f.value
+)
 def test_faulty_server_every_call_is_bounded(mock_comfy, fault):
     mock_comfy.set_fault(fault)
     client = ComfyClient(ServerConfig(name="bad", url=mock_comfy.url), timeout=CALL_TIMEOUT)
@@ -307,6 +310,7 @@ def test_dripping_body_cannot_hang_a_call():
     report(test="drip", seconds=round(took, 2))
 
 
+@pytest.mark.slow
 def test_huge_http_answers_are_capped_and_memory_stays_bounded():
     """64 MiB endless JSON bodies: refused at the cap, and memory does not pile up."""
     with SubprocessMock("huge") as srv:
@@ -330,6 +334,7 @@ def _huge_http(url):
     assert growth < 100 * MiB
 
 
+@pytest.mark.slow
 def test_huge_websocket_message_is_refused_and_memory_stays_bounded():
     with SubprocessMock("huge") as srv:  # every websocket gets a 32 MiB text frame after its status
         _huge_ws(srv.url)
@@ -392,6 +397,7 @@ def test_every_server_down_is_immediate_and_recovery_runs_new_jobs(mock_cluster_
         report(test="all_down", servers=3, refused_in_s=round(took, 3), back_in_s=round(recovered, 2))
 
 
+@pytest.mark.slow
 def test_servers_going_down_under_queued_jobs_then_back(mock_cluster_factory):
     """Jobs waiting in the pool when every server dies are kept, and run once one returns."""
     cluster = mock_cluster_factory(speeds=(1, 1))

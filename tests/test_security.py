@@ -184,7 +184,7 @@ _path_alphabet = st.sampled_from(["a", "b", ".", "..", "/", "\\", ":", "C:", "\x
 path_text = st.lists(_path_alphabet, max_size=8).map("".join) | st.text(max_size=12)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(subfolder=path_text, filename=path_text)
 def test_safe_join_never_leads_outside(subfolder, filename):
     sandbox = tempfile.mkdtemp(prefix="safe-join-")
@@ -307,7 +307,7 @@ def _every_call_is_clean(srv: _BodyServer, body: bytes, status: int = 200) -> No
         client.close()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(value=json_values | queue_like | history_like, status=st.sampled_from([200, 200, 200, 400, 404, 500]))
 def test_any_server_json_gives_a_clean_error_or_a_value(body_server, value, status):
     _every_call_is_clean(body_server, json.dumps(value).encode(), status)
@@ -329,7 +329,7 @@ ws_messages = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(messages=st.lists(ws_messages | json_values, max_size=6))
 def test_any_websocket_message_is_handled_or_ignored(messages):
     """The reader thread's handling (decode, route) and a job's handling of what is routed
