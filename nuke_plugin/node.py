@@ -61,6 +61,10 @@ _KNOB_CHANGED_CMD = "import nuke_plugin.node; nuke_plugin.node.knob_changed(nuke
 
 def create(inpanel: bool = True) -> nuke.Group:
     """Create a "ComfyUI Cluster Run" node in the current group and return it."""
+    try:
+        upstream: Optional[nuke.Node] = nuke.selectedNode()
+    except ValueError:  # nothing selected
+        upstream = None
     # createNode (rather than nuke.nodes) places the node where the user is working.
     group = nuke.createNode("Group", inpanel=False)
     assert isinstance(group, nuke.Group)
@@ -69,6 +73,9 @@ def create(inpanel: bool = True) -> nuke.Group:
         inp = nuke.nodes.Input()
         out = nuke.nodes.Output()
         out.setInput(0, inp)
+    if upstream is not None:
+        # A Group has no input when created, so createNode could not connect it; do it now.
+        group.setInput(0, upstream)
     _add_knobs(group)
     group["knobChanged"].setValue(_KNOB_CHANGED_CMD)
     if inpanel and nuke.GUI:

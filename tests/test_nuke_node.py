@@ -199,3 +199,18 @@ def test_describe_error_uses_comfyuis_words(fake_nuke):
     lost = ServerError("job failed", attempts=[("gpu1", "connection refused"), ("gpu2", "timed out")])
     assert describe_error(lost) == "the servers failed:\n  gpu1: connection refused\n  gpu2: timed out"
     assert _ranges([5, 1, 2, 3, 7, 8]) == "1-3, 5, 7-8"
+
+
+def test_created_node_connects_to_the_selected_node(fake_nuke):
+    import nuke
+
+    import nuke_plugin.node as node_mod
+
+    plate = nuke.createNode("Constant")
+    node = node_mod.create()
+    assert node.input(0) is plate
+    assert nuke.selectedNode() is node
+    node.setSelected(False)
+    with pytest.raises(ValueError):
+        nuke.selectedNode()
+    assert node_mod.create().input(0) is None

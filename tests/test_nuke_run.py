@@ -332,3 +332,29 @@ def test_shared_storage_uses_the_servers_files_in_place(fake_nuke, mock_cluster_
     for path in run.paths:
         # The frame is ComfyUI's own file (linked, not fetched over HTTP), under a Read-able name.
         assert any(os.path.samefile(path, s) for s in server_files)
+
+
+def test_a_node_inside_a_group_gets_its_read_node_in_that_group(fake_nuke, cluster_env, tmp_path):
+    import nuke
+
+    outer = nuke.nodes.Group()
+    with outer:
+        node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert nuke.allNodes("Read") == []
+    assert [n.name() for n in nuke.allNodes("Read", group=outer)] == [f"{node.name()}_Read1"]
+    assert fake_nuke.renders() == [(f"{outer.name()}.{node.name()}.Write1", 1, 2)]
+
+
+def test_execute_without_gui_runs_to_the_end_and_prints_failures(fake_nuke, cluster_env, tmp_path, capsys):
+    import nuke_plugin.run as run_mod
+
+    fake_nuke.set_gui(False)
+    workflow = load_image_workflow()
+    workflow["2"]["inputs"]["steps"] = "x"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", workflow), str(tmp_path / "out"), last=2)
+    run = run_mod.execute(node)  # a script under nuke -t: no event loop to come back to
+    assert run is not None and run.finished.is_set()
+    assert "node 2 (TestSleep), input 'steps'" in capsys.readouterr().out  # nuke.message prints in nuke -t

@@ -554,6 +554,7 @@ class Node:
         self._cls = cls
         self._parent = parent
         self._deleted = False
+        self._selected = False
         self._inputs: List[Optional[Node]] = []
         self._knobs: Dict[str, Knob] = {}
         self._knob_order: List[str] = []
@@ -741,7 +742,7 @@ class Node:
 
     def isSelected(self) -> bool:
         self._check("isSelected")
-        return bool(getattr(self, "_selected", False))
+        return self._selected
 
     def __repr__(self) -> str:
         state = " (deleted)" if self._deleted else ""
@@ -978,7 +979,20 @@ def createNode(typ: str, knobs: str = "", inpanel: bool = True) -> Node:
     parts = knobs.split()
     for key, value in zip(parts[::2], parts[1::2]):
         values[key] = int(value) if re.fullmatch(r"-?\d+", value) else value
-    return _create(typ, values)
+    node = _create(typ, values)
+    # Like Nuke: the new node becomes the only selected one.
+    for other in _context[-1]._children:
+        other._selected = other is node
+    return node
+
+
+def selectedNode() -> Node:
+    """The selected node of the current group; ValueError when none is (as in Nuke)."""
+    _main_only("selectedNode")
+    chosen = [n for n in _context[-1]._children if not n._deleted and n._selected]
+    if not chosen:
+        raise ValueError("no node selected")
+    return chosen[-1]
 
 
 def delete(n: Optional[Node]) -> None:
