@@ -302,7 +302,8 @@ def _save_images(
     results = []
     for batch_number in range(images.batch):
         name = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
-        write_png(os.path.join(folder, name), images.width, images.height, images.rgb, text)
+        size = write_png(os.path.join(folder, name), images.width, images.height, images.rgb, text)
+        logger.debug("wrote %s (%d bytes) to %s", name, size, folder)
         results.append({"filename": name, "subfolder": subfolder, "type": kind})
         counter += 1
     return {"images": results}

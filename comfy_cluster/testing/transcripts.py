@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import requests
 import websocket
 
-__all__ = ["record", "TERMINAL_EVENTS"]
+__all__ = ["record", "main", "TERMINAL_EVENTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,3 +202,22 @@ def record(
         listener.close()
         http.close()
     return transcript
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m comfy_cluster.testing.transcripts BASE_URL OUT.json``: record any server."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: python -m comfy_cluster.testing.transcripts BASE_URL OUT.json", file=sys.stderr)
+        return 2
+    transcript = record(args[0])
+    with open(args[1], "w", encoding="utf-8") as handle:
+        json.dump(transcript, handle, indent=1)
+    print("wrote", args[1], "keys", list(transcript))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
