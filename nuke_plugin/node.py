@@ -208,7 +208,11 @@ def update_read_node(node: nuke.Node, pattern: str, first: int, last: int) -> nu
     parent = node.parent()
     previous = node["read_node"].value()
     read = parent.node(previous) if previous else None
-    if read is None or read.Class() != "Read":
+    # A copied node carries the original's knob values: only a Read named after this node is
+    # its own, so a copy never takes over the original's Read.
+    if read is not None and (read.Class() != "Read" or not read.name().startswith(f"{node.name()}_Read")):
+        read = None
+    if read is None:
         with parent:
             read = nuke.nodes.Read()
         read.setName(f"{node.name()}_Read1", uncollide=True)

@@ -358,3 +358,17 @@ def test_execute_without_gui_runs_to_the_end_and_prints_failures(fake_nuke, clus
     run = run_mod.execute(node)  # a script under nuke -t: no event loop to come back to
     assert run is not None and run.finished.is_set()
     assert "node 2 (TestSleep), input 'steps'" in capsys.readouterr().out  # nuke.message prints in nuke -t
+
+
+def test_a_copied_node_makes_its_own_read_node(fake_nuke, cluster_env, tmp_path):
+    wf = write_json(tmp_path / "wf.json", empty_image_workflow())
+    first = make_run_node(fake_nuke, wf, str(tmp_path / "out"), last=1, with_input=False)
+    fake_nuke.press(first, "execute")
+    wait_run(fake_nuke, first)
+    copy = make_run_node(fake_nuke, wf, str(tmp_path / "out"), last=2, with_input=False)
+    copy["read_node"].setValue(first["read_node"].value())  # what copy and paste carries over
+    fake_nuke.press(copy, "execute")
+    wait_run(fake_nuke, copy)
+    reads = {r.name(): r for r in read_nodes()}
+    assert set(reads) == {f"{first.name()}_Read1", f"{copy.name()}_Read1"}
+    assert reads[f"{first.name()}_Read1"]["last"].value() == 1
