@@ -23,11 +23,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _spec_dir() -> Path:
-    candidates: List[Path] = []
+    # Beside the clone first (CI lays shared/ there), then wherever COMFY_API_SPEC_DIR says.
+    candidates: List[Path] = [REPO_ROOT.parent / "shared" / "comfyui-api"]
     env = os.environ.get("COMFY_API_SPEC_DIR")
     if env:
         candidates.append(Path(env))
-    candidates.append(REPO_ROOT.parent / "shared" / "comfyui-api")
     for candidate in candidates:
         if (candidate / "transcripts.json").is_file() and (candidate / "compare.py").is_file():
             return candidate
