@@ -307,7 +307,8 @@ class _Run:
         Returns the frame files; raises :class:`RunError` (failures) or :class:`RunCancelled`.
         """
         s = self.settings
-        inputs_dir = os.path.join(s.output_dir, _INPUTS_DIR)
+        # Per node: another node writing to the same folder may be running at the same time.
+        inputs_dir = os.path.join(s.output_dir, _INPUTS_DIR, s.node_name)
         try:
             if self.interactive:
                 self._task = mainthread.call(_new_progress_task, f"{node_mod.NODE_LABEL}: {s.node_name}")
@@ -323,7 +324,7 @@ class _Run:
             self._report(exc)
             raise
         finally:
-            shutil.rmtree(inputs_dir, ignore_errors=True)
+            _remove_tree(inputs_dir)
             # Releasing the last reference is what removes a ProgressTask from Nuke's screen.
             self._task = None
             with _runs_lock:
@@ -430,7 +431,7 @@ class _Run:
             raise RunCancelled(f"{s.node_name}: cancelled ({len(results)} of {len(frames)} frames were done)")
 
         os.makedirs(s.output_dir, exist_ok=True)
-        download_root = os.path.join(s.output_dir, _DOWNLOAD_DIR)
+        download_root = os.path.join(s.output_dir, _DOWNLOAD_DIR, s.node_name)
         paths: Dict[int, str] = {}
         try:
             for i, (job, frame) in enumerate(zip(batch.jobs, frames)):
@@ -442,7 +443,7 @@ class _Run:
                 except (ComfyClusterError, OSError) as exc:
                     errors[frame] = exc
         finally:
-            shutil.rmtree(download_root, ignore_errors=True)
+            _remove_tree(download_root)
 
         done_frames = sorted(paths)
         read_name = ""
@@ -507,6 +508,15 @@ class _Run:
         self._show(f"failed - {first_line.replace(f'{name}: ', '')}")
         if self.dialogs:
             mainthread.post(nuke.message, text)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove ``path`` and its parent if that is left empty (best effort)."""
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(path))
+    except OSError:  # not empty (another node's run) or already gone
+        pass
 
 
 def _pick_image(files: Sequence[Any]) -> Optional[int]:

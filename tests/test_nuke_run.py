@@ -372,3 +372,25 @@ def test_a_copied_node_makes_its_own_read_node(fake_nuke, cluster_env, tmp_path)
     reads = {r.name(): r for r in read_nodes()}
     assert set(reads) == {f"{first.name()}_Read1", f"{copy.name()}_Read1"}
     assert reads[f"{first.name()}_Read1"]["last"].value() == 1
+
+
+def test_two_nodes_run_at_once_into_the_same_folder(fake_nuke, cluster_env, tmp_path):
+    out = tmp_path / "out"
+    wf = write_json(tmp_path / "wf.json", load_image_workflow(0.1))
+    a = make_run_node(fake_nuke, wf, str(out), last=3)
+    b = make_run_node(fake_nuke, wf, str(out), first=11, last=13)
+    import nuke_plugin.run as run_mod
+
+    fake_nuke.press(a, "execute")
+    fake_nuke.press(b, "execute")
+    runs = [run_mod.current(a), run_mod.current(b)]
+    assert None not in runs and runs[0] is not runs[1]
+    fake_nuke.pump_until(lambda: all(r.finished.is_set() for r in runs), timeout=10)
+    for r in runs:
+        r.thread.join(5)
+    fake_nuke.pump()
+    assert [r.error for r in runs] == [None, None]
+    assert sorted(os.listdir(out)) == sorted(
+        [f"{a.name()}_{f:04d}.png" for f in (1, 2, 3)] + [f"{b.name()}_{f:04d}.png" for f in (11, 12, 13)]
+    )
+    assert len(read_nodes()) == 2
