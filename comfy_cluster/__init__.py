@@ -5,59 +5,82 @@
 ...     job = pool.submit("workflow_api.json")
 ...     print(job.result().outputs)
 
-The public names are re-exported here; everything else is internal.
+The public names are re-exported here; everything else is internal. They are imported on first
+use (PEP 562), so that tools of this package that need only the standard library, such as
+``python -m comfy_cluster.nuke_setup`` (which installs the dependencies), run before
+``requests``, ``websocket-client`` and ``pydantic`` are there.
 """
 
 from __future__ import annotations
 
-from .balance import Candidate, FastestCompletion, LeastLoaded, Priority, RoundRobin, STRATEGIES
-from .config import ServerConfig
-from .dispatch import Batch
-from .errors import (
-    ComfyClusterError,
-    ConfigError,
-    JobCancelled,
-    JobFailed,
-    NodeError,
-    NoServerAvailable,
-    ServerError,
-    UnsafePathError,
-    WorkflowError,
-)
-from .jobs import Job, JobEvent, JobResult, OutputFile
-from .pool import ServerPool
-from .status import ServerStatus
-from .workflow import WorkflowInputError, frame_workflows, load_workflow, set_inputs
+import importlib
+from typing import TYPE_CHECKING, Any, Dict, List
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Batch",
-    "Candidate",
-    "ComfyClusterError",
-    "ConfigError",
-    "FastestCompletion",
-    "Job",
-    "JobCancelled",
-    "JobEvent",
-    "JobFailed",
-    "JobResult",
-    "LeastLoaded",
-    "NoServerAvailable",
-    "NodeError",
-    "OutputFile",
-    "Priority",
-    "RoundRobin",
-    "STRATEGIES",
-    "ServerConfig",
-    "ServerError",
-    "ServerPool",
-    "ServerStatus",
-    "UnsafePathError",
-    "WorkflowError",
-    "WorkflowInputError",
-    "frame_workflows",
-    "load_workflow",
-    "set_inputs",
-    "__version__",
-]
+_EXPORTS: Dict[str, str] = {
+    "Batch": "dispatch",
+    "Candidate": "balance",
+    "ComfyClusterError": "errors",
+    "ConfigError": "errors",
+    "FastestCompletion": "balance",
+    "Job": "jobs",
+    "JobCancelled": "errors",
+    "JobEvent": "jobs",
+    "JobFailed": "errors",
+    "JobResult": "jobs",
+    "LeastLoaded": "balance",
+    "NoServerAvailable": "errors",
+    "NodeError": "errors",
+    "OutputFile": "jobs",
+    "Priority": "balance",
+    "RoundRobin": "balance",
+    "STRATEGIES": "balance",
+    "ServerConfig": "config",
+    "ServerError": "errors",
+    "ServerPool": "pool",
+    "ServerStatus": "status",
+    "UnsafePathError": "errors",
+    "WorkflowError": "errors",
+    "WorkflowInputError": "workflow",
+    "frame_workflows": "workflow",
+    "load_workflow": "workflow",
+    "parse_node_input": "workflow",
+    "servers_from_env": "config",
+    "set_inputs": "workflow",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .balance import STRATEGIES, Candidate, FastestCompletion, LeastLoaded, Priority, RoundRobin
+    from .config import ServerConfig, servers_from_env
+    from .dispatch import Batch
+    from .errors import (
+        ComfyClusterError,
+        ConfigError,
+        JobCancelled,
+        JobFailed,
+        NodeError,
+        NoServerAvailable,
+        ServerError,
+        UnsafePathError,
+        WorkflowError,
+    )
+    from .jobs import Job, JobEvent, JobResult, OutputFile
+    from .pool import ServerPool
+    from .status import ServerStatus
+    from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, set_inputs
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'comfy_cluster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -98,15 +98,20 @@ class ComfyClient:
             raise ServerError(f"{self.server.name}: request failed: {_short(exc)}", server=self.server.name) from None
 
     def _read_capped(self, resp: requests.Response, cap: int, read_timeout: Optional[float] = None) -> bytes:
-        """The body of ``resp``, at most ``cap`` bytes, complete within ``read_timeout`` seconds.
-
-        requests' read timeout bounds the wait for each byte, not the whole body: a server that
-        drips a byte now and then would hold the call for ever. So the body must also be
-        complete within ``read_timeout`` of the headers (urllib3 >= 2, which has ``read1``).
-        """
-        declared = resp.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > cap:
+        """The body of a streamed requests response: see :meth:`_read_raw`."""
+        try:
+            return self._read_raw(resp.raw, resp.headers.get("Content-Length"), cap, read_timeout)
+        finally:
             resp.close()
+
+    def _read_raw(self, raw: Any, declared: Optional[str], cap: int, read_timeout: Optional[float]) -> bytes:
+        """The body of a urllib3 response, at most ``cap`` bytes, complete within ``read_timeout``.
+
+        A read timeout bounds the wait for each byte, not the whole body: a server that drips a
+        byte now and then would hold the call for ever. So the body must also be complete
+        within ``read_timeout`` of the headers (urllib3 >= 2, which has ``read1``).
+        """
+        if declared and declared.isdigit() and int(declared) > cap:
             raise ServerError(
                 f"{self.server.name}: answer of {int(declared)} bytes exceeds the {cap}-byte cap",
                 server=self.server.name,
@@ -115,7 +120,7 @@ class ComfyClient:
         total = 0
         deadline = time.monotonic() + read_timeout if read_timeout is not None else None
         try:
-            for chunk in _body_chunks(resp, deadline):
+            for chunk in _body_chunks(raw, deadline):
                 total += len(chunk)
                 if total > cap:
                     raise ServerError(
@@ -127,10 +132,10 @@ class ComfyClient:
                 f"{self.server.name}: answer not complete after {read_timeout:g} s (read timed out)",
                 server=self.server.name,
             ) from None
+        except urllib3.exceptions.ReadTimeoutError:
+            raise ServerError(f"{self.server.name}: no answer (read timed out)", server=self.server.name) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerError(f"{self.server.name}: answer cut short: {_short(exc)}", server=self.server.name) from None
-        finally:
-            resp.close()
         return b"".join(chunks)
 
     def _json(self, resp: requests.Response, timeout: Optional[Timeouts] = None) -> Any:
@@ -209,28 +214,17 @@ class ComfyClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerError(f"{self.server.name}: cannot connect: {_short(exc)}", server=self.server.name) from None
         try:
-            declared = resp.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.max_json_bytes:
-                raise ServerError(f"{self.server.name}: answer of {int(declared)} bytes exceeds the {self.max_json_bytes}-byte cap", server=self.server.name)
-            chunks: List[bytes] = []
-            total = 0
-            for chunk in resp.stream(_CHUNK):
-                total += len(chunk)
-                if total > self.max_json_bytes:
-                    raise ServerError(f"{self.server.name}: answer exceeds the {self.max_json_bytes}-byte cap", server=self.server.name)
-                chunks.append(chunk)
-        except urllib3.exceptions.ReadTimeoutError:
-            raise ServerError(f"{self.server.name}: no answer (read timed out)", server=self.server.name) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerError(f"{self.server.name}: answer cut short: {_short(exc)}", server=self.server.name) from None
+            body = self._read_raw(resp, resp.headers.get("Content-Length"), self.max_json_bytes, timeout[1])
+        except BaseException:
+            resp.close()  # a body left half-read must not go back to the pool as a live connection
+            raise
         finally:
             resp.release_conn()
         if resp.status >= 400:
             raise ServerError(f"{self.server.name}: HTTP {resp.status} on GET {path}", server=self.server.name, status=resp.status)
-        body = b"".join(chunks)
         try:
             return json.loads(body) if body else None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ServerError(f"{self.server.name}: malformed JSON from {path}", server=self.server.name) from None
 
     def queue(self, *, timeout: Optional[Timeouts] = None, probe: bool = False) -> Tuple[List[str], List[str]]:
@@ -359,16 +353,17 @@ class _TooSlow(Exception):
     """The whole body did not arrive in time."""
 
 
-def _body_chunks(resp: requests.Response, deadline: Optional[float]) -> Iterable[bytes]:
-    """The body of a streamed response, chunk by chunk, raising _TooSlow past ``deadline``."""
-    read1 = getattr(resp.raw, "read1", None)
+def _body_chunks(raw: Any, deadline: Optional[float]) -> Iterable[bytes]:
+    """The (decoded) body of a urllib3 response, chunk by chunk; _TooSlow past ``deadline``."""
+    read1 = getattr(raw, "read1", None)
     if deadline is None or read1 is None:  # urllib3 1.x: per-read timeout only
-        yield from resp.iter_content(_CHUNK)
+        yield from raw.stream(_CHUNK, decode_content=True)
         return
     while True:
         if time.monotonic() > deadline:
             raise _TooSlow()
-        data = read1(_CHUNK)
+        # decode_content: a proxy may gzip the answer (requests asks for it).
+        data = read1(_CHUNK, decode_content=True)
         if not data:
             return
         yield data

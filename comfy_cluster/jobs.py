@@ -38,6 +38,8 @@ __all__ = ["Job", "JobEvent", "JobResult", "OutputFile", "JOB_STATES"]
 log = logging.getLogger(__name__)
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+# Seconds of refused connections after which a job's server is taken for dead.
+REFUSED_LOST_AFTER = 2.0
 EVENT_KINDS = (
     "submitted", "queued", "started", "executing", "progress", "cached", "output",
     "succeeded", "failed", "cancelled", "retrying",
@@ -459,7 +461,12 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
                     unreachable_since = now
                 if cancel_sent:
                     return Outcome("cancelled", reason="cancelled (server unreachable)")
-                if now - unreachable_since >= ctx.server_lost_after:
+                # A refused connection means ComfyUI is not running there (its queue lived in
+                # memory): move soon. A time-out may be a passing network fault: wait longer.
+                lost_after = ctx.server_lost_after
+                if "refused" in str(exc):
+                    lost_after = min(lost_after, REFUSED_LOST_AFTER)
+                if now - unreachable_since >= lost_after:
                     return Outcome("retry", reason=f"stopped answering: {_strip(str(exc), name)}", server_down=True)
                 continue
             unreachable_since = None

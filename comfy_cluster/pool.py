@@ -233,8 +233,15 @@ class ServerPool:
         probe: List[str] = []
         if view.unchecked:
             probe = view.unchecked
-        elif not mon.background and self._clock() >= view.next_due:
-            probe = [n for n in mon.due(include_offline=False) if self._by_name[n].enabled]
+        elif not mon.background:
+            now = self._clock()
+            if now >= view.next_due:
+                probe = [n for n in mon.due(include_offline=False) if self._by_name[n].enabled]
+            if now >= view.next_retry:
+                # Offline servers whose backoff is over are probed in the background of this
+                # call, never waited for: the next selection sees them if they are back.
+                retry = [s.name for s in view.snapshots if not s.online and s.checked and now >= s.next_probe_at]
+                mon.probe([n for n in retry if self._by_name[n].enabled], wait_for_them=False)
         if probe:
             mon.probe(probe)
             return self._view()
@@ -712,7 +719,7 @@ class _View:
     candidates (with expected job durations), what still needs a first probe, and when the
     next TTL expires."""
 
-    __slots__ = ("version", "snapshots", "online", "unchecked", "next_due")
+    __slots__ = ("version", "snapshots", "online", "unchecked", "next_due", "next_retry")
 
     def __init__(self, version: int, snapshots: List[ServerStatus], servers: Sequence[ServerConfig]) -> None:
         self.version = version
@@ -723,6 +730,7 @@ class _View:
         ]
         self.unchecked = [st.name for srv, st in zip(servers, snapshots) if srv.enabled and not st.checked]
         self.next_due = min((st.next_probe_at for st in snapshots if st.online), default=math.inf)
+        self.next_retry = min((st.next_probe_at for st in snapshots if not st.online and st.checked), default=math.inf)
 
 
 def _no_server(reasons: Mapping[str, str]) -> NoServerAvailable:

@@ -284,10 +284,11 @@ class StatusMonitor:
             except Exception:  # a listener must not break probing
                 log.exception("status listener failed")
 
-    def probe(self, names: Iterable[str]) -> None:
+    def probe(self, names: Iterable[str], *, wait_for_them: bool = True) -> None:
         """Probe ``names`` in parallel now and wait for them (each bounded by the probe timeout).
 
         A server already being probed by another thread is waited for, not probed twice.
+        ``wait_for_them=False`` only starts the probes.
         """
         futures = []
         waits: List[threading.Event] = []
@@ -310,6 +311,8 @@ class StatusMonitor:
                     futures.append(self._executor.submit(self._fetch_stats, by_name[name]))
             except RuntimeError:  # executor shut down by close()
                 break
+        if not wait_for_them:
+            return
         wait(futures)
         for ev in waits:
             ev.wait(self._probe_timeout[0] + self._probe_timeout[1] + 1.0)

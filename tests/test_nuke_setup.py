@@ -111,3 +111,19 @@ def test_real_install_for_nuke_15_on_linux(tmp_path):
     assert glob.glob(str(target / "pydantic_core-*.dist-info"))
     for package in ("requests", "websocket", "pydantic"):
         assert (target / package / "__init__.py").is_file()
+
+
+def test_module_form_runs_without_the_dependencies(tmp_path):
+    """``python -m comfy_cluster.nuke_setup`` on a Python without pydantic (the artist's)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-S", "-m", "comfy_cluster.nuke_setup", "--python-version", "3.10",
+         "--platform", "manylinux2014_x86_64", "--target", str(tmp_path / "libs"), "--dry-run"],
+        capture_output=True, text=True, cwd=root, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--only-binary=:all:" in out.stdout and "pydantic" in out.stdout

@@ -476,3 +476,26 @@ def test_load_2000_jobs_8_servers_8_threads_leaves_nothing_behind(mock_cluster_f
         rss_growth_mib=round(growth / MiB, 1),
     )
     assert growth < RSS_BOUND
+
+
+def test_offline_server_comes_back_without_the_background_thread(mock_comfy):
+    """With ``background_status=False`` an offline server whose backoff is over is re-probed by
+    ``submit``/``select`` without waiting for it, so new jobs run once it is back (this failed
+    before: only an explicit ``pool.status()`` revived it)."""
+    with ServerPool([{"name": "m", "url": mock_comfy.url}], background_status=False, status_ttl=0.2,
+                    backoff_cap=1.0, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5)) as pool:
+        pool.submit(sleep_workflow()).result(timeout=10)
+        mock_comfy.set_fault(Fault.REFUSE)
+        wait_until(lambda: not pool.status(refresh=True)[0].online, what="offline")
+        with pytest.raises(NoServerAvailable):
+            pool.submit(sleep_workflow())
+        mock_comfy.set_fault(None)
+
+        def submitted():
+            try:
+                return pool.submit(sleep_workflow())  # no pool.status() call: submit alone
+            except NoServerAvailable:
+                return None
+
+        job = wait_until(submitted, timeout=10, what="the server back for new jobs")
+        assert job.result(timeout=10).server == "m"
