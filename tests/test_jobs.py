@@ -334,3 +334,24 @@ def test_headers_on_every_request_and_the_websocket_behind_a_proxy(mock_comfy, c
             st = pool.status()[0]
             assert not st.online and "HTTP 401" in st.error
     assert token not in caplog.text
+
+
+def test_refused_mid_job_moves_soon_and_the_copy_is_removed_when_back(mock_cluster_factory):
+    """ComfyUI stops answering (connection refused) while the job runs: the job moves within a
+    few seconds (not after server_lost_after), and the copy left there is deleted once the
+    server is reachable again, so it never runs twice."""
+    cluster = mock_cluster_factory(speeds=(1, 1))
+    kw = dict(FAST, server_lost_after=60.0)
+    with ServerPool(servers_of(cluster), **kw) as pool:
+        job = pool.submit(sleep_workflow(8.0, steps=80))
+        wait_until(lambda: job.status == "running", what="job running")
+        first = next(s for s in cluster.servers if s.name == job.server.name)
+        old_id = job.prompt_id
+        first.set_fault(Fault.REFUSE)  # the machine unreachable; its ComfyUI goes on running
+        wait_until(lambda: "retrying" in kinds(job.events), timeout=8, what="job moved")
+        first.set_fault(None)
+        pool.status(refresh=True)
+        wait_until(lambda: {"prompt_id": old_id} in first.interrupt_requests, what="old copy interrupted")
+        wait_until(lambda: first.queue_snapshot() == ([], []), what="old copy gone")
+        assert old_id not in first.executed_prompt_ids
+        job.cancel()
