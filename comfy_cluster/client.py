@@ -86,16 +86,8 @@ class ComfyClient:
         url = self.server.url + path
         try:
             return self._session.request(method, url, timeout=timeout or self.timeout, stream=True, **kwargs)
-        except requests.exceptions.SSLError as exc:
-            raise ServerError(f"{self.server.name}: TLS error: {_short(exc)}", server=self.server.name) from None
-        except requests.exceptions.ConnectTimeout:
-            raise ServerError(f"{self.server.name}: connect timed out", server=self.server.name) from None
-        except requests.exceptions.ReadTimeout:
-            raise ServerError(f"{self.server.name}: no answer (read timed out)", server=self.server.name) from None
-        except requests.exceptions.ConnectionError as exc:
-            raise ServerError(f"{self.server.name}: cannot connect: {_short(exc)}", server=self.server.name) from None
-        except requests.exceptions.RequestException as exc:
-            raise ServerError(f"{self.server.name}: request failed: {_short(exc)}", server=self.server.name) from None
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ServerError(f"{self.server.name}: {_failure_reason(exc)}", server=self.server.name) from None
 
     def _read_capped(self, resp: requests.Response, cap: int, read_timeout: Optional[float] = None) -> bytes:
         """The body of a streamed requests response: see :meth:`_read_raw`."""
@@ -203,16 +195,8 @@ class ComfyClient:
                 "GET", url, timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
                 preload_content=False, redirect=False, retries=False,
             )
-        except urllib3.exceptions.NewConnectionError as exc:  # (a subclass of ConnectTimeoutError)
-            raise ServerError(f"{self.server.name}: cannot connect: {_short(exc)}", server=self.server.name) from None
-        except urllib3.exceptions.ConnectTimeoutError:
-            raise ServerError(f"{self.server.name}: connect timed out", server=self.server.name) from None
-        except urllib3.exceptions.ReadTimeoutError:
-            raise ServerError(f"{self.server.name}: no answer (read timed out)", server=self.server.name) from None
-        except urllib3.exceptions.SSLError as exc:
-            raise ServerError(f"{self.server.name}: TLS error: {_short(exc)}", server=self.server.name) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerError(f"{self.server.name}: cannot connect: {_short(exc)}", server=self.server.name) from None
+            raise ServerError(f"{self.server.name}: {_failure_reason(exc)}", server=self.server.name) from None
         try:
             body = self._read_raw(resp, resp.headers.get("Content-Length"), self.max_json_bytes, timeout[1])
         except BaseException:
@@ -347,6 +331,21 @@ class ComfyClient:
                 self._session.close()
                 if self._probe is not None:
                     self._probe.close()
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """Why a request failed, in a few words, for requests' and urllib3's exceptions alike."""
+    if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
+        return f"TLS error: {_short(exc)}"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a subclass of ConnectTimeoutError
+        return f"cannot connect: {_short(exc)}"
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
+        return "connect timed out"
+    if isinstance(exc, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
+        return "no answer (read timed out)"
+    if isinstance(exc, (requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError, OSError)):
+        return f"cannot connect: {_short(exc)}"
+    return f"request failed: {_short(exc)}"
 
 
 class _TooSlow(Exception):
