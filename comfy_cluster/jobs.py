@@ -222,18 +222,22 @@ class Job:
                 return
         _safe_call(fn, self)
 
-    def download(self, dest_dir: str) -> List[str]:
-        """The job's output files as local paths (waits for the job; raises its error).
+    def download(self, dest_dir: str, *, types: Optional[Sequence[str]] = None) -> List[str]:
+        """The job's output files as local paths, in the order of ``result().files`` (waits for
+        the job; raises its error).
 
-        Servers on shared storage (``dir_local`` set) give mapped local paths without copying;
-        others are fetched with ``/view`` into ``dest_dir``. A server-given name that would land
-        outside ``dest_dir`` raises :class:`UnsafePathError` before anything is written.
+        ``types`` keeps only files of those types (``("output",)`` leaves out the ``temp``
+        files of PreviewImage nodes); all by default. Servers on shared storage (``dir_local``
+        set) give mapped local paths without copying; others are fetched with ``/view`` into
+        ``dest_dir``. A server-given name that would land outside ``dest_dir`` raises
+        :class:`UnsafePathError` before anything is written.
         """
         result = self.result()
         server = self._pool._server_by_name(result.server) if self._pool else self.server
         if server is None:
             raise ComfyClusterError(f"unknown server {result.server}")
-        return self._pool._download(server, result.files, dest_dir, tag=result.prompt_id[:8])
+        files = [f for f in result.files if types is None or f.type in types]
+        return self._pool._download(server, files, dest_dir, tag=result.prompt_id[:8])
 
     # -- used by the pool ---------------------------------------------------------------------
 

@@ -355,3 +355,16 @@ def test_refused_mid_job_moves_soon_and_the_copy_is_removed_when_back(mock_clust
         wait_until(lambda: first.queue_snapshot() == ([], []), what="old copy gone")
         assert old_id not in first.executed_prompt_ids
         job.cancel()
+
+
+def test_download_by_type_leaves_previews_out(mock_comfy, tmp_path):
+    wf = sleep_workflow(0.05)
+    wf["4"] = {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}
+    with ServerPool([{"name": "m", "url": mock_comfy.url}], **FAST) as pool:
+        job = pool.submit(wf)
+        res = job.result(timeout=10)
+        assert {f.type for f in res.files} == {"output", "temp"}
+        all_paths = job.download(str(tmp_path / "all"))
+        outputs = job.download(str(tmp_path / "out"), types=("output",))
+    assert len(all_paths) == 2 and len(outputs) == 1
+    assert os.path.basename(outputs[0]) == res.outputs["3"][0].filename
