@@ -183,3 +183,27 @@ def test_example_script_runs_against_the_mock(mock_comfy, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "succeeded on m" in out.stdout and "done on m" in out.stdout
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+def test_cli_ctrl_c_cancels_the_jobs_on_their_servers(mock_cluster_factory, tmp_path):
+    import signal
+
+    cluster = mock_cluster_factory(speeds=(1, 1))
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(sleep_workflow(30.0, steps=30)))
+    env = dict(os.environ, NUKE_COMFYUI_SERVERS=cluster.servers_json())
+    proc = subprocess.Popen([sys.executable, "-m", "comfy_cluster", "submit", str(wf), "--frames", "1-6", "--frame-input", "2.seed"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_until(lambda: all(s.queue_snapshot()[0] for s in cluster.servers), timeout=30, what="both servers running a job")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "cancelling" in err
+    for s in cluster.servers:
+        assert s.queue_snapshot() == ([], [])
+        assert s.interrupt_requests and all(r.get("prompt_id") for r in s.interrupt_requests)
+        assert s.executed_prompt_ids == []
