@@ -455,10 +455,13 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
         if msg is None or kind in ("_disconnected", "_reconnected"):
             need_reconcile = False
             try:
-                item = client.history(prompt_id, timeout=(1.0, 5.0))
-                if item is not None:
-                    return _history_outcome(item, job, name, started or posted_at, ctx.clock())
+                # The queue first, then the history: ComfyUI moves a finished job from one to
+                # the other at once, so a job in neither *after* the queue was read is lost.
+                # (History first would race a job finishing between the two reads.)
                 running, pending = client.queue(timeout=(1.0, 5.0))
+                item = None
+                if prompt_id not in running and prompt_id not in pending:
+                    item = client.history(prompt_id, timeout=(1.0, 5.0))
             except ComfyClusterError as exc:
                 now = ctx.clock()
                 if unreachable_since is None:
@@ -474,6 +477,8 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
                     return Outcome("retry", reason=f"stopped answering: {_strip(str(exc), name)}", server_down=True)
                 continue
             unreachable_since = None
+            if item is not None:
+                return _history_outcome(item, job, name, started or posted_at, ctx.clock())
             if prompt_id in running or prompt_id in pending:
                 if prompt_id in running and started is None:
                     started = ctx.clock()

@@ -94,21 +94,31 @@ def test_chaos_batch_every_job_succeeds_exactly_once(mock_cluster_factory, seed)
     kills: List[str] = []
     done = threading.Event()
 
+    busy = set()
+    busy_lock = threading.Lock()
+
     def killer():
         pause = threading.Event()
         for _ in range(CHAOS_KILLS_PER_KILLER):
             if pause.wait(rng.uniform(0.3, 1.5)) or done.is_set():
                 return
-            victim = rng.choice(cluster.servers)
+            with busy_lock:  # two killers never work on the same server at once
+                free = [s for s in cluster.servers if s.name not in busy]
+                victim = rng.choice(free)
+                busy.add(victim.name)
             down = rng.uniform(0.2, 2.0)
-            if rng.random() < 0.5:
-                kills.append(f"restart {victim.name} {down:.1f}s")
-                victim.restart(down_for=down)  # loses queue, history and the running job
-            else:
-                kills.append(f"refuse {victim.name} {down:.1f}s")
-                victim.set_fault(Fault.REFUSE)  # unreachable, keeps its work
-                pause.wait(down)
-                victim.set_fault(None)
+            try:
+                if rng.random() < 0.5:
+                    kills.append(f"restart {victim.name} {down:.1f}s")
+                    victim.restart(down_for=down)  # loses queue, history and the running job
+                else:
+                    kills.append(f"refuse {victim.name} {down:.1f}s")
+                    victim.set_fault(Fault.REFUSE)  # unreachable, keeps its work
+                    pause.wait(down)
+                    victim.set_fault(None)
+            finally:
+                with busy_lock:
+                    busy.discard(victim.name)
 
     started = time.monotonic()
     with ServerPool(
