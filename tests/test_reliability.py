@@ -65,6 +65,12 @@ class HistoryWatch:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+        # A last look: on a loaded machine this thread may not have run since the last items
+        # were written (their lag then reads as <= 0, never as a false delay).
+        now = time.monotonic()
+        for s in self.servers:
+            for pid in s.history_ids():
+                self.first_seen.setdefault(pid, now)
 
 
 # ---------------------------------------------------------------------------------------------
