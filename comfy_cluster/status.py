@@ -73,8 +73,10 @@ class ServerStatus:
 
     @property
     def load(self) -> int:
-        """Jobs believed to be on the server now: its queue plus ours it has not shown yet."""
-        return self.queue_running + self.queue_pending + self.unseen
+        """Jobs believed to be on the server now: its queue plus ours it has not shown yet,
+        and never fewer than our own jobs there (a queue reading can be older than our last
+        submissions: it must not make the server look emptier than we know it is)."""
+        return max(self.queue_running + self.queue_pending + self.unseen, self.in_flight)
 
     def to_dict(self) -> Dict[str, object]:
         """A JSON-ready dict (used by ``comfy-cluster status --json``)."""

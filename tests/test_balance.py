@@ -144,3 +144,11 @@ def test_get_strategy_by_name_object_or_callable():
 def test_plan_threshold(backlogs, remaining, in_plan):
     t = plan_threshold(backlogs, remaining)
     assert [b + d <= t + 1e-6 for b, d in backlogs] == in_plan
+
+
+def test_load_never_below_our_own_jobs():
+    # A websocket reading that predates three of our submissions: still at least 3.
+    st = ServerStatus(name="a", url="http://a:1", online=True, queue_running=1, queue_pending=0, unseen=0, in_flight=3)
+    assert st.load == 3
+    st = ServerStatus(name="a", url="http://a:1", online=True, queue_running=1, queue_pending=4, unseen=1, in_flight=3)
+    assert st.load == 6
