@@ -50,7 +50,38 @@ _EXPORTS: Dict[str, str] = {
     "set_inputs": "workflow",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "Batch",
+    "Candidate",
+    "ComfyClusterError",
+    "ConfigError",
+    "FastestCompletion",
+    "Job",
+    "JobCancelled",
+    "JobEvent",
+    "JobFailed",
+    "JobResult",
+    "LeastLoaded",
+    "NoServerAvailable",
+    "NodeError",
+    "OutputFile",
+    "Priority",
+    "RoundRobin",
+    "STRATEGIES",
+    "ServerConfig",
+    "ServerError",
+    "ServerPool",
+    "ServerStatus",
+    "UnsafePathError",
+    "WorkflowError",
+    "WorkflowInputError",
+    "frame_workflows",
+    "load_workflow",
+    "parse_node_input",
+    "servers_from_env",
+    "set_inputs",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .balance import STRATEGIES, Candidate, FastestCompletion, LeastLoaded, Priority, RoundRobin

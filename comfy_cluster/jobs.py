@@ -290,7 +290,6 @@ class AttemptContext:
     client: ComfyClient
     socket: "ServerSocket"
     client_id: str
-    on_posted: Callable[[], None]
     position: Callable[[], int]
     reconcile_interval: float = 5.0
     server_lost_after: float = 15.0
@@ -410,7 +409,6 @@ def run_attempt(job: Job, server: ServerConfig, ctx: AttemptContext, uploads: Ca
             prompt_id = str(answer["prompt_id"])
             sock.register(prompt_id, inbox.put)
         job.prompt_id = prompt_id
-        ctx.on_posted()
         job._emit("submitted", name)
         job._emit("queued", name, position=position)
         return _follow(job, name, prompt_id, inbox, ctx)

@@ -560,7 +560,6 @@ class ServerPool:
                 client=self._clients[name],
                 socket=self._sockets[name],
                 client_id=self.client_id,
-                on_posted=lambda: None,
                 # The job itself is already counted in the load: the ones ahead of it.
                 position=lambda: max(0, self._monitor.snapshot(name).load - 1),
                 reconcile_interval=self._reconcile_interval,

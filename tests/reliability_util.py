@@ -6,7 +6,7 @@ import http.server
 import os
 import socketserver
 import threading
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List
 
 
 def rss_bytes() -> int:

@@ -86,8 +86,10 @@ def test_https_ws_url_and_hashable():
     s = ServerConfig(url="https://gpu2.studio:8443/comfy")
     assert s.ws_url == "wss://gpu2.studio:8443/comfy"
     assert {s: 1}[ServerConfig(url="https://gpu2.studio:8443/comfy")] == 1
-    with pytest.raises(Exception):
-        s.port = 1  # frozen
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
+        s.port = 1
 
 
 S = "NUKE_COMFYUI_SERVERS"

@@ -14,7 +14,6 @@ from comfy_cluster import (
     JobFailed,
     JobResult,
     OutputFile,
-    ServerError,
     ServerPool,
     UnsafePathError,
     WorkflowError,

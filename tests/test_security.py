@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 from typing import Any, Dict, List
 
 import pytest
