@@ -352,7 +352,7 @@ def test_any_websocket_message_is_handled_or_ignored(messages):
             return [], []
 
     job = Job(sleep_workflow())
-    ctx = AttemptContext(client=History(), socket=sock, client_id="c", on_posted=lambda: None, position=lambda: 0,  # type: ignore[arg-type]
+    ctx = AttemptContext(client=History(), socket=sock, client_id="c", position=lambda: 0,  # type: ignore[arg-type]
                          reconcile_interval=0.05, server_lost_after=0.2)
     out = _follow(job, "ws", PID, routed, ctx)
     assert isinstance(out, Outcome) and out.kind in ("succeeded", "failed", "cancelled", "retry")
