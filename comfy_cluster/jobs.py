@@ -356,14 +356,23 @@ def _job_failed(data: Mapping[str, Any], job: Job, server: str) -> JobFailed:
     )
 
 
-def best_effort_cancel(client: ComfyClient, prompt_id: str) -> None:
-    """Delete from pending and interrupt if running; errors ignored (the server may be gone)."""
-    for call in (lambda: client.delete_pending([prompt_id], timeout=(1.0, 2.0)),
-                 lambda: client.interrupt(prompt_id, timeout=(1.0, 2.0))):
-        try:
-            call()
-        except ComfyClusterError as exc:
-            log.debug("cancel of %s on %s: %s", prompt_id, client.server.name, exc)
+def best_effort_cancel(client: ComfyClient, prompt_id: str, *, running: bool = False) -> None:
+    """Delete ``prompt_id`` from the pending queue, and interrupt it if it runs. Errors are
+    ignored (the server may be gone).
+
+    ``/interrupt`` is sent only for a job seen running (``running``, or found running in
+    ``/queue`` after the delete): servers older than the ``prompt_id`` form of ``/interrupt``
+    stop whatever runs, which may be another artist's job.
+    """
+    try:
+        client.delete_pending([prompt_id], timeout=(1.0, 2.0))
+        if not running:
+            now_running, _ = client.queue(timeout=(1.0, 2.0))
+            running = prompt_id in now_running
+        if running:
+            client.interrupt(prompt_id, timeout=(1.0, 2.0))
+    except ComfyClusterError as exc:
+        log.debug("cancel of %s on %s: %s", prompt_id, client.server.name, exc)
 
 
 def run_attempt(job: Job, server: ServerConfig, ctx: AttemptContext, uploads: Callable[[ComfyClient], Dict[str, Any]]) -> Outcome:
@@ -427,6 +436,7 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
     started: Optional[float] = None
     posted_at = ctx.clock()
     cancel_sent = False
+    interrupted = False
     success_seen_at: Optional[float] = None
     unreachable_since: Optional[float] = None
     need_reconcile = False
@@ -435,8 +445,10 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
         timeout = interval
         if success_seen_at is not None:
             timeout = 1.0  # the closing "executing: null" is due right after
-        if need_reconcile or unreachable_since is not None:
+        if unreachable_since is not None:
             timeout = min(timeout, 0.5)
+        if cancel_sent:
+            timeout = min(timeout, 0.25)  # watch the job leave the queue
         try:
             msg: Optional[Dict[str, Any]] = inbox.get(timeout=timeout) if not need_reconcile else None
         except queue.Empty:
@@ -446,7 +458,8 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
 
         if job.cancel_requested and not cancel_sent:
             cancel_sent = True
-            best_effort_cancel(client, prompt_id)
+            interrupted = started is not None
+            best_effort_cancel(client, prompt_id, running=interrupted)
             need_reconcile = True
             continue
 
@@ -481,8 +494,10 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
                 if prompt_id in running and started is None:
                     started = ctx.clock()
                     job._set_status("running")
-                if cancel_sent:
-                    need_reconcile = True
+                if cancel_sent and prompt_id in running and not interrupted:
+                    # It started between our delete and our look at the queue: stop it now.
+                    interrupted = True
+                    best_effort_cancel(client, prompt_id, running=True)
                 continue
             if cancel_sent:
                 return Outcome("cancelled", reason="cancelled")

@@ -205,6 +205,10 @@ def test_cancel_pending_and_running_on_their_server(mock_comfy):
             pending.result(timeout=10)
         assert pending.status == "cancelled"
         assert any(pending.prompt_id in r.get("delete", []) for r in mock_comfy.queue_delete_requests)
+        # A pending job is deleted, never interrupted: older servers ignore the id of an
+        # interrupt and would stop whatever runs (here: our other job).
+        assert mock_comfy.interrupt_requests == []
+        assert running.status == "running"
         assert running.cancel()
         with pytest.raises(JobCancelled):
             running.result(timeout=10)
