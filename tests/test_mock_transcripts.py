@@ -2,7 +2,8 @@
 
 The reference (``transcripts.json``) and the comparison rules (``compare.py``) live in
 ``shared/comfyui-api`` beside the clone (``../shared`` from the repo root), or wherever
-``COMFY_API_SPEC_DIR`` points. The rules are imported from compare.py itself, never copied.
+``COMFY_API_SPEC_DIR`` points; a clone on its own uses the copy in ``tests/data/comfyui-api``.
+The rules are imported from compare.py itself, never rewritten.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def _spec_dir() -> Path:
     env = os.environ.get("COMFY_API_SPEC_DIR")
     if env:
         candidates.append(Path(env))
+    candidates.append(REPO_ROOT / "tests" / "data" / "comfyui-api")
     for candidate in candidates:
         if (candidate / "transcripts.json").is_file() and (candidate / "compare.py").is_file():
             return candidate
