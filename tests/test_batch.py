@@ -193,7 +193,10 @@ def test_cli_ctrl_c_cancels_the_jobs_on_their_servers(mock_cluster_factory, tmp_
     wf.write_text(json.dumps(sleep_workflow(30.0, steps=30)))
     env = dict(os.environ, NUKE_COMFYUI_SERVERS=cluster.servers_json())
     proc = subprocess.Popen([sys.executable, "-m", "comfy_cluster", "submit", str(wf), "--frames", "1-6", "--frame-input", "2.seed"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # A test run started in the background inherits SIGINT ignored, and
+                            # Python keeps it so: give the child a terminal user's Ctrl-C.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until(lambda: all(s.queue_snapshot()[0] for s in cluster.servers), timeout=30, what="both servers running a job")
         proc.send_signal(signal.SIGINT)
