@@ -113,7 +113,7 @@ class RoundRobin:
 
     name = "round_robin"
 
-    def __init__(self) -> None:
+    def __init__(self, rng: Optional[random.Random] = None) -> None:  # no randomness: rng unused
         self._lock = threading.Lock()
         self._last = -1
 
@@ -156,7 +156,7 @@ class FastestCompletion:
         return _pick_lowest(candidates, lambda c: (c.load + 1) * c.expected_seconds, self._rng)
 
 
-STRATEGIES: Dict[str, Callable[[], Any]] = {
+STRATEGIES: Dict[str, Callable[[Optional[random.Random]], Any]] = {
     "least_loaded": LeastLoaded,
     "round_robin": RoundRobin,
     "priority": Priority,
@@ -166,14 +166,17 @@ STRATEGIES: Dict[str, Callable[[], Any]] = {
 StrategyLike = Union[str, Balancer, Callable[[Sequence[Candidate], Optional[Workflow]], Any]]
 
 
-def get_strategy(strategy: StrategyLike) -> Any:
-    """A strategy object from a name, an object with ``select``, or a callable."""
+def get_strategy(strategy: StrategyLike, rng: Optional[random.Random] = None) -> Any:
+    """A strategy object from a name, an object with ``select``, or a callable.
+
+    ``rng`` is the random source of a named strategy's tie-breaks (tests seed it).
+    """
     if isinstance(strategy, str):
         key = strategy.strip().lower().replace("-", "_")
         if key not in STRATEGIES:
             valid = ", ".join(sorted(STRATEGIES))
             raise ConfigError(f"strategy: unknown strategy {strategy!r} (valid: {valid})")
-        return STRATEGIES[key]()
+        return STRATEGIES[key](rng)
     if callable(getattr(strategy, "select", None)):
         return strategy
     if callable(strategy):

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 import certifi  # requests' own CA bundle (a dependency of requests)
 import requests
@@ -223,8 +224,7 @@ class ComfyClient:
         if not isinstance(data, dict):
             raise ServerError(f"{self.server.name}: /queue answered {type(data).__name__}, not an object", server=self.server.name)
         running = _queue_items(data.get("queue_running"), self.server.name)
-        pending_items = data.get("queue_pending")
-        pending = _queue_items(pending_items, self.server.name)
+        pending = _queue_items(data.get("queue_pending"), self.server.name)
         # The server's pending list is a heap array, not sorted: order by number.
         pending.sort(key=lambda item: item[0])
         return [pid for _, pid in running], [pid for _, pid in pending]
@@ -437,12 +437,7 @@ def _queue_items(items: Any, server: str) -> List[Tuple[float, str]]:
 
 
 def _path(resp: requests.Response) -> str:
-    try:
-        from urllib.parse import urlsplit
-
-        return urlsplit(resp.url).path or "/"
-    except Exception:  # pragma: no cover - defensive: a URL we built ourselves
-        return "?"
+    return urlsplit(resp.url).path or "/"
 
 
 def _short(exc: BaseException) -> str:

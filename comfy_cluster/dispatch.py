@@ -126,9 +126,6 @@ class Batch:
                 out[job.server.name] = out.get(job.server.name, 0) + 1
         return out
 
-    def _on_job_event(self, job: Job, event: JobEvent) -> None:
-        pass  # events already reach on_event through each job; hook kept for subclasses
-
     def _job_ended(self, job: Job) -> None:
         failed = job.status in ("failed",)
         with self._lock:

@@ -25,7 +25,6 @@ from .errors import (
     ComfyClusterError,
     JobFailed,
     ServerError,
-    UnsafePathError,
     WorkflowError,
 )
 from .paths import check_part, safe_join
@@ -255,8 +254,6 @@ class Job:
                 self._on_event(event)
             except Exception:  # the caller's callback must not break the library
                 log.exception("on_event callback raised for job %s", self.prompt_id)
-        if self.batch is not None:
-            self.batch._on_job_event(self, event)
 
     def _finish(self, status: str, *, result: Optional[JobResult] = None, error: Optional[BaseException] = None) -> bool:
         with self._lock:
@@ -561,10 +558,7 @@ def map_shared_path(server: ServerConfig, f: OutputFile) -> Optional[str]:
     if not server.dir_local:
         return None
     root = os.path.join(server.dir_local, check_part(f.type, "type")[0] if f.type else "output")
-    try:
-        path = safe_join(root, f.subfolder, f.filename)
-    except UnsafePathError:
-        raise
+    path = safe_join(root, f.subfolder, f.filename)  # UnsafePathError for a name that escapes
     return path if os.path.isfile(path) else None
 
 

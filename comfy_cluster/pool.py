@@ -25,7 +25,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 
 from .balance import Candidate, StrategyLike, expected_seconds, get_strategy, strategy_name
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
-from .config import ServerConfig, servers_from_env, status_ttl_from_env, strategy_from_env
+from .config import ServerConfig, _check_unique, _make_server, servers_from_env, status_ttl_from_env, strategy_from_env
 from .errors import (
     ComfyClusterError,
     ConfigError,
@@ -83,27 +83,18 @@ class ServerPool:
             if isinstance(s, ServerConfig):
                 configs.append(s)
             elif isinstance(s, Mapping):
-                from .config import _make_server
-
                 configs.append(_make_server(dict(s), f"servers[{i}]"))
             else:
                 raise ConfigError(f"servers[{i}]: must be a ServerConfig or a dict, got {type(s).__name__}")
         if not configs:
             raise ConfigError("servers: give at least one server")
-        names: Dict[str, int] = {}
-        for i, s in enumerate(configs):
-            if s.name in names:
-                raise ConfigError(f"servers[{i}] ({s.name}): name: duplicate of servers[{names[s.name]}]")
-            names[s.name] = i
+        _check_unique(configs, "servers")
         if not (status_ttl >= 0) or math.isinf(status_ttl):
             raise ConfigError(f"status_ttl: must be >= 0 seconds, got {status_ttl!r}")
         self._servers: Tuple[ServerConfig, ...] = tuple(configs)
         self._by_name: Dict[str, ServerConfig] = {s.name: s for s in configs}
         self._index: Dict[str, int] = {s.name: i for i, s in enumerate(configs)}
-        self._strategy = get_strategy(strategy) if not isinstance(strategy, str) else get_strategy(strategy)
-        if isinstance(strategy, str) and hasattr(self._strategy, "_rng") and rng is not None:
-            self._strategy._rng = rng
-        self._rng = rng or random.Random()
+        self._strategy = get_strategy(strategy, rng)
         self._clock = clock
         self.client_id = str(uuid.uuid4())
         self._clients: Dict[str, ComfyClient] = {s.name: ComfyClient(s, timeout=request_timeout) for s in configs}
@@ -525,7 +516,7 @@ class ServerPool:
         exclude = set(job.incapable)
         skip = job.inputs.keys()
         if job.tried:
-            untried, _, untried_full = self._evaluate(job.workflow, exclude | set(job.tried), skip_nodes=skip, ignore_full=True)
+            untried, _, _ = self._evaluate(job.workflow, exclude | set(job.tried), skip_nodes=skip, ignore_full=True)
             if untried:
                 exclude |= set(job.tried)  # another attempt goes to a server not tried yet
         candidates, reasons, full = self._evaluate(job.workflow, exclude, skip_nodes=skip)

@@ -152,3 +152,12 @@ def test_load_never_below_our_own_jobs():
     assert st.load == 3
     st = ServerStatus(name="a", url="http://a:1", online=True, queue_running=1, queue_pending=4, unseen=1, in_flight=3)
     assert st.load == 6
+
+
+@pytest.mark.parametrize("name", ["least_loaded", "priority", "fastest_completion"])
+def test_named_strategies_take_the_given_random_source(name):
+    cands = [cand(i) for i in range(6)]  # all tied
+    a = get_strategy(name, random.Random(3))
+    b = get_strategy(name, random.Random(3))
+    assert [a.select(cands, None).name for _ in range(20)] == [b.select(cands, None).name for _ in range(20)]
+    assert len({a.select(cands, None).name for _ in range(50)}) > 1
