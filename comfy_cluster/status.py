@@ -18,7 +18,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from .client import as_dict, as_list, PROBE_TIMEOUT, ComfyClient, Timeouts
 from .config import ServerConfig
@@ -147,14 +147,6 @@ class StatusMonitor:
 
     # -- updating -----------------------------------------------------------------------------
 
-    def _swap(self, name: str, **changes: object) -> Tuple[ServerStatus, ServerStatus]:
-        with self._lock:
-            old = self._snapshots[name]
-            new = dataclasses.replace(old, **changes)  # type: ignore[arg-type]
-            self._snapshots[name] = new
-            self.version += 1
-        return old, new
-
     def _update(self, name: str, fn: Callable[[ServerStatus], Dict[str, object]]) -> ServerStatus:
         with self._lock:
             old = self._snapshots[name]
@@ -271,13 +263,13 @@ class StatusMonitor:
         devices = as_list(stats.get("devices"))
         dev = devices[0] if devices and isinstance(devices[0], dict) else {}
         self._stats_fetched[server.name] = True
-        self._swap(
-            server.name,
+        changes: Dict[str, object] = dict(
             comfyui_version=_str_or_none(system.get("comfyui_version")),
             device_name=_str_or_none(dev.get("name")),
             vram_total=_int_or_none(dev.get("vram_total")),
             vram_free=_int_or_none(dev.get("vram_free")),
         )
+        self._update(server.name, lambda _old: changes)
 
     def _notify(self, old: ServerStatus, new: ServerStatus) -> None:
         for fn in list(self._listeners):
