@@ -196,9 +196,11 @@ def _normalise_url(raw: str) -> Tuple[str, str, int]:
 
 def _safe_url(text: str) -> str:
     """A URL with any user:password part removed, for error messages."""
-    if "@" in text:
-        scheme, _, rest = text.partition("://")
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest:
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    if not sep and "@" in text:
+        return "***@" + text.split("@", 1)[1]
     return text
 
 
@@ -284,8 +286,9 @@ def _from_servers_var(value: str) -> List[ServerConfig]:
     if text[:1] in "[{\"" or text[:1].isdigit() or text in ("null", "true", "false"):
         return parse_servers_json(text)
     # Not JSON-looking: a path to a JSON file (studio-wide config).
-    path = os.path.expanduser(text)
-    if not os.path.isfile(path):
+    # A NUL byte makes expanduser and isfile raise ValueError: no such file either way.
+    path = "" if "\x00" in text else os.path.expanduser(text)
+    if not path or not os.path.isfile(path):
         raise ConfigError(f"{ENV_SERVERS}: not a JSON array and no such file: {text!r}")
     try:
         with open(path, encoding="utf-8") as fh:

@@ -210,3 +210,12 @@ def test_any_json_array_gives_servers_or_config_error(items):
         assert "\n" not in str(exc)
     else:
         assert len(servers) == len(items)
+
+
+@pytest.mark.parametrize("env", [{S: "~\x00"}, {S: '[{"url": "@"}]'}, {S: '[{"url": "a@b"}]'}])
+def test_found_by_hypothesis(env):
+    # A NUL byte in a path raised ValueError from os.path.isfile; "@" with no scheme raised
+    # IndexError while hiding credentials in the message.
+    with pytest.raises(ConfigError) as info:
+        servers_from_env(env)
+    assert "\n" not in str(info.value)
