@@ -137,7 +137,7 @@ def test_same_named_inputs_of_two_pools_render_their_own_bytes(mock_comfy: MockC
 
 @pytest.mark.xfail(strict=True, reason="issue 11 defect 1")
 def test_same_named_inputs_in_one_batch_render_their_own_bytes(mock_comfy: MockComfyServer, tmp_path: Any) -> None:
-    """Seen: job b read job a's bytes (the later upload of the same name won, and b ran after it)."""
+    """Seen: job b read job a's bytes (a's upload, made after b's, overwrote it)."""
     (path_a, bytes_a), (path_b, bytes_b) = plates(tmp_path, 2, name="plate.0001.png")
     mock_comfy.pause_jobs()
     raw_submit(mock_comfy, sleep_workflow(seconds=0.05, steps=1, seed=2))
@@ -188,3 +188,85 @@ def test_accepted_then_stalled_post_leaves_no_second_run(mock_cluster_factory: A
         wait_until(lambda: all(r.outcome for _, r in runs(cluster.servers, "once")), timeout=20, what="the copy on s1 ended")
     ends = sorted((name, r.outcome) for name, r in runs(cluster.servers, "once"))
     assert ends == [("s1", "interrupted"), ("s2", "success")]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. One 500 (or one timeout) reading /history after the job's end.
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 defect 3")
+@pytest.mark.parametrize("fault", ["500", "reset", "hang"])
+def test_one_failed_history_read_does_not_rerun_a_finished_job(mock_cluster_factory: Any, fault: str) -> None:
+    """Seen: the job ran again on s2 (two executions, both "success") and s1 was marked offline."""
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    first = cluster.servers[0]
+    first.fail_route("/history", fault, count=1, method="GET")
+    with pool_of(cluster.servers, strategy=first_of("s1")) as pool:
+        result = pool.submit(sleep_workflow(seconds=0.1, steps=2, prefix="read")).result(timeout=30)
+        online = {s.name: s.online for s in pool.status()}
+    assert [(name, r.outcome) for name, r in runs(cluster.servers, "read")] == [("s1", "success")]
+    assert result.server == "s1" and online["s1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. Cancel interrupts a job that already finished.
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 defect 12")
+def test_cancel_of_a_finished_job_never_interrupts_another_artists_job(mock_comfy: MockComfyServer) -> None:
+    """Seen: the other artist's job ended "interrupted": /interrupt was sent because our job
+    had once been seen started, and this (older) server stops whatever runs."""
+    mock_comfy.interrupt_ignores_id = True
+    # Our websocket goes deaf (frames lost) and polling is slow: we do not learn that our job
+    # has ended, as on a congested network.
+    with pool_of([mock_comfy], reconcile_interval=30.0) as pool:
+        started = threading.Event()
+        job = pool.submit(sleep_workflow(seconds=0.1, steps=1, prefix="ours"), on_event=lambda e: e.kind == "started" and started.set())
+        assert started.wait(20)
+        mock_comfy.mute_websockets(pool.client_id)
+        wait_until(lambda: outcome_of(mock_comfy, job.prompt_id or "") == "success", what="our job finished on the server")
+        theirs = raw_submit(mock_comfy, sleep_workflow(seconds=2, steps=4, prefix="theirs"))
+        wait_until(lambda: mock_comfy.queue_snapshot()[0] == [theirs], what="their job runs")
+        job.cancel()
+        mock_comfy.unmute_websockets()
+        job.wait(20)
+        wait_until(lambda: outcome_of(mock_comfy, theirs) is not None, what="their job ended")
+    assert outcome_of(mock_comfy, theirs) == "success"
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. Two concurrent download() into one folder.
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 defect 13")
+def test_concurrent_downloads_into_one_folder_never_share_a_path(mock_cluster_factory: Any, tmp_path: Any) -> None:
+    """Seen: both downloads returned the same path (both saw the name free before either
+    wrote); one file overwrote the other."""
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    def by_color(candidates: Sequence[Any], workflow: Any) -> Any:
+        wanted = "s1" if workflow["1"]["inputs"]["color"] == 10 else "s2"
+        return next(c for c in candidates if c.name == wanted)
+
+    with pool_of(cluster.servers, strategy=by_color) as pool:
+        # Each server names its output same_00001_.png.
+        job_a = pool.submit(image_workflow(color=10, prefix="same"))
+        job_b = pool.submit(image_workflow(color=200, prefix="same"))
+        assert (job_a.result(timeout=20).server, job_b.result(timeout=20).server) == ("s1", "s2")
+        for server in cluster.servers:
+            server.fail_route("/view", "hang", count=1)  # hold both downloads at the server
+        paths: Dict[str, List[str]] = {}
+
+        def download(job: Any, key: str) -> None:
+            paths[key] = job.download(str(tmp_path))
+
+        threads = [threading.Thread(target=download, args=(j, k)) for j, k in ((job_a, "a"), (job_b, "b"))]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: all(s.held_requests() == 1 for s in cluster.servers), what="both downloads asked")
+        for server in cluster.servers:
+            server.release_held()
+        for thread in threads:
+            thread.join(20)
+    assert len(paths) == 2 and paths["a"] != paths["b"]
+    contents = {open(p[0], "rb").read() for p in paths.values()}
+    assert len(contents) == 2  # each file kept its own bytes
