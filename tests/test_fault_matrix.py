@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 import requests
-from helpers import wait_until
+from helpers import FakeClock, wait_until
 
 from comfy_cluster import ServerPool
 from comfy_cluster.testing import MockComfyServer
@@ -270,3 +270,55 @@ def test_concurrent_downloads_into_one_folder_never_share_a_path(mock_cluster_fa
     assert len(paths) == 2 and paths["a"] != paths["b"]
     contents = {open(p[0], "rb").read() for p in paths.values()}
     assert len(contents) == 2  # each file kept its own bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. A short outage fails queued jobs.
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 defect 4")
+def test_outage_clock_measures_only_the_current_outage(mock_comfy: MockComfyServer) -> None:
+    """Seen: job B failed with NoServerAvailable at the first instant of the second, short
+    outage: its "no server" clock had started in the first outage and was never reset while
+    it waited for the full (but online) server.
+
+    The pool's clock is injected and only moves when the test says. Canary jobs, queued
+    ahead of B and cancelled while the server is in a given state, show that the dispatcher
+    has looked at B in that state (it drops a cancelled local job on its next pass)."""
+    clock = FakeClock()
+    wait_for_server = 5.0
+    mock_comfy.pause_jobs()
+    with pool_of([mock_comfy], extra={"max_queue": 1}, background_status=False, status_ttl=3600.0, clock=clock,
+                 wait_for_server=wait_for_server) as pool:
+        a = pool.submit(sleep_workflow(seconds=0.2, steps=2, prefix="a"))
+        wait_until(lambda: mock_comfy.queue_snapshot()[0], what="A runs (the server is full)")
+        canaries = [pool.submit(sleep_workflow(seconds=0.1, steps=1, prefix=f"c{i}")) for i in range(3)]
+        b = pool.submit(sleep_workflow(seconds=0.1, steps=1, prefix="b"))
+
+        used = []
+
+        def dispatcher_has_seen_b() -> None:
+            canary = canaries.pop(0)
+            canary.cancel()
+            assert canary.wait(20)
+            used.append(canary)
+
+        def set_reachable(up: bool) -> None:
+            mock_comfy.set_fault(None if up else "refuse")
+            assert [s.online for s in pool.status(refresh=True)] == [up]
+            dispatcher_has_seen_b()
+
+        try:
+            set_reachable(False)  # outage 1: B starts waiting for a server
+            set_reachable(True)  # back: B waits for a full server only
+            clock.advance(wait_for_server + 1)  # ... for longer than wait_for_server
+            set_reachable(False)  # outage 2, just begun
+            assert not b.done, f"B failed in a fresh outage: {b.exception(0)}"
+            assert [c.status for c in used] == ["cancelled"] * 3  # none failed either
+            mock_comfy.set_fault(None)
+            pool.status(refresh=True)
+            mock_comfy.resume_jobs()
+            assert a.result(timeout=20) and b.result(timeout=20)
+        finally:  # the pool closes against a reachable server whatever happened
+            mock_comfy.set_fault(None)
+            mock_comfy.resume_jobs()
