@@ -29,21 +29,22 @@ Defect (issue 11) -> test
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
 import uuid
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 import requests
 from helpers import FakeClock, wait_until
 
-from comfy_cluster import ServerPool
+from comfy_cluster import ComfyClusterError, ServerPool
 from comfy_cluster.testing import MockComfyServer
 from comfy_cluster.testing.engine import Execution
 from comfy_cluster.testing.png import png_bytes
-from comfy_cluster.testing.workflows import image_workflow, load_image_workflow, sleep_workflow
+from comfy_cluster.testing.workflows import fail_workflow, image_workflow, load_image_workflow, sleep_workflow, txt2img_workflow
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,6 +63,16 @@ def pool_of(servers: Sequence[MockComfyServer], extra: Optional[Dict[str, Any]] 
     """A pool over ``servers`` with the FAST knobs (``kwargs`` override them)."""
     configs = [dict({"name": s.name, "url": s.url}, **(extra or {})) for s in servers]
     return ServerPool(configs, **dict(FAST, **kwargs))
+
+
+@contextlib.contextmanager
+def started(*servers: MockComfyServer) -> Iterator[List[MockComfyServer]]:
+    """Start servers made with their own arguments; stop them all afterwards."""
+    try:
+        yield [s.start() for s in servers]
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def first_of(name: str) -> Any:
@@ -322,3 +333,115 @@ def test_outage_clock_measures_only_the_current_outage(mock_comfy: MockComfyServ
         finally:  # the pool closes against a reachable server whatever happened
             mock_comfy.set_fault(None)
             mock_comfy.resume_jobs()
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Jobs wait while a capable server is idle.
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 defect 5")
+def test_job_for_an_idle_servers_model_does_not_wait_behind_a_full_server() -> None:
+    """Seen: Z (model only on the idle s2) never left the local queue while s1 was full: the
+    dispatcher's "this kind must wait" memo is keyed by node types, and Y (s1's model, same
+    node types) had just been told to wait."""
+    with started(MockComfyServer(name="s1", models=["one.safetensors"]), MockComfyServer(name="s2", models=["two.safetensors"])) as (s1, s2), \
+            pool_of([s1, s2], extra={"max_queue": 1}) as pool:
+        s1.pause_jobs()
+        x = pool.submit(txt2img_workflow("one.safetensors", seed=1, prefix="x"))
+        wait_until(lambda: s1.queue_snapshot()[0], what="X runs on s1 (full now)")
+        y = pool.submit(txt2img_workflow("one.safetensors", seed=2, prefix="y"))
+        z = pool.submit(txt2img_workflow("two.safetensors", seed=3, prefix="z"))
+        try:
+            assert z.result(timeout=10).server == "s2"
+            assert not y.done and y.status == "queued"
+        finally:
+            s1.resume_jobs()
+        assert x.result(timeout=20) and y.result(timeout=20)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. fail_fast misses jobs added after the failure.
+
+
+class _SubmitGate(ServerPool):
+    """A pool whose third and later submit() calls wait for ``gate``: a large batch still
+    being queued when its first job fails (a real 1500-job batch does that by itself)."""
+
+    gate: threading.Event
+    calls = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls > 2:
+            assert self.gate.wait(20), "the batch's first failure never cancelled job 1"
+        return super().submit(*args, **kwargs)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 defect 6")
+def test_fail_fast_cancels_jobs_added_after_the_failure() -> None:
+    """Seen: jobs 2-5, queued after job 0 had failed and fail_fast had cancelled job 1, all
+    ran ("succeeded"): fail_fast cancels only the jobs the batch held at the failure."""
+    gate = threading.Event()
+
+    def on_event(event: Any) -> None:
+        if event.kind == "cancelled" and event.index == 1:
+            gate.set()
+
+    # Job 0 can only fail on s1; the others can only run on s2, held until the batch is queued.
+    kinds = ("EmptyImage", "SaveImage")
+    with started(MockComfyServer(name="s1", node_types=kinds + ("TestFail",)), MockComfyServer(name="s2", node_types=kinds + ("TestSleep",))) as (s1, s2):
+        s2.pause_jobs()
+        configs = [{"name": s.name, "url": s.url} for s in (s1, s2)]
+        with _SubmitGate(configs, **FAST) as pool:
+            pool.gate = gate
+            workflows = [fail_workflow("first one fails")] + [sleep_workflow(seconds=0.2, steps=2, seed=i, prefix=f"j{i}") for i in range(1, 6)]
+            batch = pool.map_async(workflows, fail_fast=True, on_event=on_event)
+            s2.resume_jobs()
+            results = batch.results(timeout=30, return_exceptions=True)
+        statuses = [job.status for job in batch.jobs]
+        assert statuses[0] == "failed" and statuses[1:] == ["cancelled"] * 5, statuses
+        assert [p for i in range(2, 6) for p in runs([s2], f"j{i}")] == []  # never ran
+        assert len(results) == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. cancel() during a network blip.
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 defect 7")
+def test_cancel_during_a_network_blip_removes_the_job_once_reachable(mock_comfy: MockComfyServer) -> None:
+    """Seen: the job was reported cancelled at once ("cancelled (server unreachable)") and its
+    copy ran to the end ("success") once the server was reachable again: the delete and the
+    interrupt were never retried."""
+    mock_comfy.pause_jobs()
+    with pool_of([mock_comfy]) as pool:
+        job = pool.submit(sleep_workflow(seconds=3, steps=6, prefix="blip"))
+        wait_until(lambda: mock_comfy.queue_snapshot()[0], what="the job runs")
+        mock_comfy.set_fault("refuse")  # a network blip
+        job.cancel()
+        assert job.wait(20) and job.status == "cancelled"
+        mock_comfy.set_fault(None)
+        mock_comfy.resume_jobs()
+        wait_until(lambda: all(r.outcome for _, r in runs([mock_comfy], "blip")), timeout=20, what="the copy ended")
+    assert [r.outcome for _, r in runs([mock_comfy], "blip")] == ["interrupted"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. map_async with a missing input file for job k.
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 defect 8")
+def test_map_async_checks_every_input_before_sending_anything(mock_comfy: MockComfyServer, tmp_path: Any) -> None:
+    """Seen: map_async raised for job 2's missing file, and jobs 0 and 1 (already queued
+    locally) were sent and ran, with no handle left to cancel them."""
+    (good, _), = plates(tmp_path, 1)
+    with pool_of([mock_comfy]) as pool:
+        with pytest.raises(ComfyClusterError, match="missing.png"):
+            pool.map_async(
+                [load_image_workflow("x.png", prefix=f"m{i}") for i in range(3)],
+                inputs=[{"1": good}, {"1": good}, {"1": str(tmp_path / "missing.png")}],
+            )
+        # A job submitted afterwards runs after anything the failed call left in the queue.
+        pool.submit(image_workflow(color=5, prefix="after")).result(timeout=20)
+    assert [prefix for prefix in ("m0", "m1") if runs([mock_comfy], prefix)] == []
+    assert [p[1]["3"]["inputs"]["filename_prefix"] for p in mock_comfy.received_prompts] == ["after"]
