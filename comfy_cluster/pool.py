@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .attempt import Attempt, Ledger, remove_copies
+from .attempt import Attempt, Ledger, PostGate, remove_copies
 from .balance import Candidate, StrategyLike, get_strategy, strategy_name
 from .callbacks import CallbackExecutor
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
@@ -114,7 +114,9 @@ class ServerPool:
             self._choose, self._start_attempt, self._end_unplaced, clock=clock, wait_for_server=wait_for_server,
             tick=self._tick, key_of=self._key_of,
         )
-        self._caps = Capabilities(self._clients, self._monitor.submit, clock, on_change=self._dispatcher.wake)
+        # Real time, not the injected clock: a failed node-list read is retried after seconds
+        # that pass, whatever a test's clock says.
+        self._caps = Capabilities(self._clients, self._monitor.submit, time.monotonic, on_change=self._dispatcher.wake)
         self._ledger = Ledger([s.name for s in configs], self._monitor, on_release=self._dispatcher.wake)
         self._view_cache: Optional[View] = None
         self._lock = threading.Lock()
@@ -122,6 +124,7 @@ class ServerPool:
         self._cleaning: Set[str] = set()
         self._hashes: Dict[Tuple[str, int, int], str] = {}
         self._seq = itertools.count()
+        self._post_gate = PostGate()
         self._closed = threading.Event()
         self._monitor.add_listener(self._on_status_change)
         log.debug("pool of %d servers, strategy %s", len(configs), self.strategy)
@@ -256,9 +259,10 @@ class ServerPool:
                 if version != self._caps.version:
                     cache = {}
                     job._caps = (self._caps.version, cache)
-                todo = [n for n in names if n not in cache or cache[n] == UNKNOWN]
+                todo = [n for n in names if n not in cache or (cache[n] is not None and n not in self._caps.info)]
                 if todo:
-                    self._caps.fetch(todo, wait=False)  # on the probe executor; never waited for
+                    # Unknown or failed: (re)fetched on the probe executor once due; never waited for.
+                    self._caps.fetch(todo, wait=False)
                     cache.update(capable(self._caps, workflow, todo, skip))
                 return cache
             self._caps.fetch(names, wait=wait)
@@ -479,6 +483,8 @@ class ServerPool:
                 # The job itself is already counted in the load: the ones ahead of it.
                 position=lambda: max(0, self._monitor.snapshot(name).load - 1),
                 uploads=lambda client: self._uploaded_workflow(job, client),
+                post_gate=self._post_gate,
+                cancelled_here=lambda: [a.prompt_id for a in self._ledger.live(name) if a.posted and a.job.cancel_requested],
                 reconcile_interval=self._reconcile_interval, server_lost_after=self._server_lost_after, clock=self._clock,
             )
             outcome = run_attempt(attempt, ctx)
@@ -571,10 +577,9 @@ class ServerPool:
         job._finish("cancelled", error=JobCancelled(f"job {job.prompt_id or '(not submitted)'} {reason}", prompt_id=job.prompt_id or "", server=server))
 
     def _job_cancel_requested(self, job: Job) -> None:
-        """From ``job.cancel()``: a job still in the local queue ends now; a runner sees the
-        request itself."""
-        if self._dispatcher.remove(job):
-            self._finish_cancelled(job, None, "cancelled before it reached a server")
+        """From ``job.cancel()``: the dispatcher ends a job still in the local queue on its
+        next pass (at once: it is woken); a runner sees the request itself."""
+        self._dispatcher.wake()
 
     # -- outputs ------------------------------------------------------------------------------
 
