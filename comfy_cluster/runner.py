@@ -22,7 +22,6 @@ from .policy import FOLLOW_TIMEOUT, Action, Decision, Phase, decide
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import ServerSocket
-    from .jobs import Job
 
 __all__ = ["Outcome", "RunnerContext", "run_attempt", "is_server_specific"]
 
