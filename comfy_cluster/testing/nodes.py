@@ -156,6 +156,9 @@ class NodeContext:
         """Raise :class:`InterruptProcessing` if the prompt was interrupted."""
         raise NotImplementedError
 
+    def record_input(self, name: str, digest: str) -> None:
+        """Note that this node read input file ``name`` with these bytes (sha256 hex), for tests."""
+
 
 #: A node's return: its outputs (one per RETURN_TYPE) and its UI dict (output nodes) or None.
 NodeResult = Tuple[Tuple[Any, ...], Optional[Dict[str, Any]]]
@@ -348,7 +351,9 @@ async def _load_image(ctx: NodeContext, image: str) -> NodeResult:
     with open(path, "rb") as handle:
         size = read_png_size(handle)
     width, height = size if size else (64, 64)
-    digest = bytes.fromhex(_file_hash(path))
+    hexdigest = _file_hash(path)
+    ctx.record_input(str(image), hexdigest)
+    digest = bytes.fromhex(hexdigest)
     return (MockImage(width, height, 1, (digest[0], digest[1], digest[2])), MockMask(width, height)), None
 
 
