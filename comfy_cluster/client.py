@@ -12,6 +12,7 @@ import logging
 import mimetypes
 import os
 import ssl
+import tempfile
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -22,7 +23,8 @@ import requests
 import urllib3
 
 from .config import ServerConfig
-from .errors import NodeError, ServerError, WorkflowError
+from . import localfiles
+from .errors import LocalFileError, NodeError, ServerError, WorkflowError
 
 __all__ = ["ComfyClient", "Timeouts", "parse_workflow_error"]
 
@@ -299,7 +301,8 @@ class ComfyClient:
         return f"{sub}/{answer['name']}" if sub else answer["name"]
 
     def download(self, filename: str, subfolder: str, type_: str, dest: str, *, max_bytes: int = MAX_FILE_BYTES) -> int:
-        """Stream ``/view`` into ``dest`` (written to a temporary name, then renamed)."""
+        """Stream ``/view`` into ``dest``: written to a temporary file beside it, then renamed
+        over it (``dest`` is complete or untouched). Local failures are LocalFileError."""
         params = {"filename": filename, "subfolder": subfolder, "type": type_}
         resp = self._request("GET", "/view", params=params)
         if resp.status_code != 200:
@@ -309,22 +312,29 @@ class ComfyClient:
                 server=self.server.name,
                 status=resp.status_code,
             )
-        tmp = dest + ".part"
+        tmp: Optional[str] = None
         total = 0
         try:
-            with open(tmp, "wb") as fh:
-                for chunk in resp.iter_content(_CHUNK):
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise ServerError(f"{self.server.name}: {filename!r} exceeds {max_bytes} bytes", server=self.server.name, fault="malformed")
-                    fh.write(chunk)
-            os.replace(tmp, dest)
-        except requests.exceptions.RequestException as exc:
-            raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {_short(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=os.path.dirname(dest) or ".")
+            except OSError as exc:
+                raise LocalFileError(f"cannot write in {os.path.dirname(dest)}: {exc.strerror or exc}", path=dest) from None
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    for chunk in resp.iter_content(_CHUNK):
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise ServerError(f"{self.server.name}: {filename!r} exceeds {max_bytes} bytes", server=self.server.name, fault="malformed")
+                        fh.write(chunk)
+            except requests.exceptions.RequestException as exc:
+                raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {_short(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
+            except OSError as exc:  # a full disk, a share gone away
+                raise LocalFileError(f"cannot write {dest}: {exc.strerror or exc}", path=dest) from None
+            localfiles.replace(tmp, dest)
+            tmp = None
         finally:
             resp.close()
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            localfiles.remove_quietly(tmp)  # never hides the error that got us here
         return total
 
     def close(self) -> None:
