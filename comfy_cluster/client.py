@@ -18,13 +18,13 @@ import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-import certifi  # requests' own CA bundle (a dependency of requests)
 import requests
 import urllib3
 
 from .config import ServerConfig
 from . import localfiles
 from .errors import LocalFileError, NodeError, ServerError, WorkflowError
+from .tls import ssl_context
 
 __all__ = ["ComfyClient", "Timeouts", "parse_workflow_error"]
 
@@ -62,11 +62,14 @@ class ComfyClient:
         self.max_json_bytes = max_json_bytes
         self._session = requests.Session()
         self._session.headers.update(server.headers)
-        self._session.verify = server.verify_tls
+        # One trust decision for HTTPS and the websocket (tls.py): the adapter carries the
+        # context; verify=False only turns verification off (requests' cert_reqs).
+        self._session.verify = server.verify_tls is not False
+        self._ssl = ssl_context(server.verify_tls, server.name) if server.url.startswith("https://") else None
         # Proxies from the environment would route studio-internal servers through a
         # corporate proxy; ComfyUI servers are addressed directly.
         self._session.trust_env = False
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
+        adapter = _TrustAdapter(self._ssl, pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._closed = False
@@ -178,13 +181,9 @@ class ComfyClient:
                 if self._probe is None:
                     host = self.server.host or "127.0.0.1"
                     kwargs: Dict[str, Any] = {"maxsize": 2, "headers": dict(self.server.headers), "retries": False}
-                    if self.server.url.startswith("https://"):
-                        verify = self.server.verify_tls
-                        if verify is False:
-                            kwargs["cert_reqs"] = "CERT_NONE"
-                        else:
-                            kwargs["cert_reqs"] = "CERT_REQUIRED"
-                            kwargs["ca_certs"] = verify if isinstance(verify, str) else certifi.where()
+                    if self._ssl is not None:
+                        kwargs["ssl_context"] = self._ssl
+                        kwargs["cert_reqs"] = "CERT_NONE" if self.server.verify_tls is False else "CERT_REQUIRED"
                         self._probe = urllib3.HTTPSConnectionPool(host, self.server.port, **kwargs)
                     else:
                         self._probe = urllib3.HTTPConnectionPool(host, self.server.port, **kwargs)
@@ -344,6 +343,19 @@ class ComfyClient:
                 self._session.close()
                 if self._probe is not None:
                     self._probe.close()
+
+
+class _TrustAdapter(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter whose connections use the given SSL context (see tls.py)."""
+
+    def __init__(self, context: Optional[ssl.SSLContext], **kwargs: Any) -> None:
+        self._context = context
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._context is not None:
+            kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
 
 
 def classify(exc: BaseException) -> str:
