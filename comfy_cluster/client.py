@@ -11,6 +11,7 @@ import json
 import logging
 import mimetypes
 import os
+import ssl
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -88,7 +89,7 @@ class ComfyClient:
         try:
             return self._session.request(method, url, timeout=timeout or self.timeout, stream=True, **kwargs)
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerError(f"{self.server.name}: {_failure_reason(exc)}", server=self.server.name) from None
+            raise ServerError(f"{self.server.name}: {_failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
 
     def _read_capped(self, resp: requests.Response, cap: int, read_timeout: Optional[float] = None) -> bytes:
         """The body of a streamed requests response: see :meth:`_read_raw`."""
@@ -108,6 +109,7 @@ class ComfyClient:
             raise ServerError(
                 f"{self.server.name}: answer of {int(declared)} bytes exceeds the {cap}-byte cap",
                 server=self.server.name,
+                fault="malformed",
             )
         chunks: List[bytes] = []
         total = 0
@@ -117,18 +119,19 @@ class ComfyClient:
                 total += len(chunk)
                 if total > cap:
                     raise ServerError(
-                        f"{self.server.name}: answer exceeds the {cap}-byte cap", server=self.server.name
+                        f"{self.server.name}: answer exceeds the {cap}-byte cap", server=self.server.name, fault="malformed"
                     )
                 chunks.append(chunk)
         except _TooSlow:
             raise ServerError(
                 f"{self.server.name}: answer not complete after {read_timeout:g} s (read timed out)",
                 server=self.server.name,
+                fault="read_timeout",
             ) from None
         except urllib3.exceptions.ReadTimeoutError:
-            raise ServerError(f"{self.server.name}: no answer (read timed out)", server=self.server.name) from None
+            raise ServerError(f"{self.server.name}: no answer (read timed out)", server=self.server.name, fault="read_timeout") from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerError(f"{self.server.name}: answer cut short: {_short(exc)}", server=self.server.name) from None
+            raise ServerError(f"{self.server.name}: answer cut short: {_short(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
         return b"".join(chunks)
 
     def _json(self, resp: requests.Response, timeout: Optional[Timeouts] = None) -> Any:
@@ -145,7 +148,7 @@ class ComfyClient:
             return json.loads(body)
         except (ValueError, RecursionError):  # deep nesting makes json raise RecursionError
             raise ServerError(
-                f"{self.server.name}: malformed JSON from {_path(resp)}", server=self.server.name
+                f"{self.server.name}: malformed JSON from {_path(resp)}", server=self.server.name, fault="malformed"
             ) from None
 
     def get_json(self, path: str, *, timeout: Optional[Timeouts] = None, params: Optional[Mapping[str, Any]] = None) -> Any:
@@ -197,7 +200,7 @@ class ComfyClient:
                 preload_content=False, redirect=False, retries=False,
             )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerError(f"{self.server.name}: {_failure_reason(exc)}", server=self.server.name) from None
+            raise ServerError(f"{self.server.name}: {_failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
         try:
             body = self._read_raw(resp, resp.headers.get("Content-Length"), self.max_json_bytes, timeout[1])
         except BaseException:
@@ -210,7 +213,7 @@ class ComfyClient:
         try:
             return json.loads(body) if body else None
         except (ValueError, RecursionError):
-            raise ServerError(f"{self.server.name}: malformed JSON from {path}", server=self.server.name) from None
+            raise ServerError(f"{self.server.name}: malformed JSON from {path}", server=self.server.name, fault="malformed") from None
 
     def queue(self, *, timeout: Optional[Timeouts] = None, probe: bool = False) -> Tuple[List[str], List[str]]:
         """``(running prompt_ids, pending prompt_ids in run order)`` from ``GET /queue``.
@@ -222,7 +225,7 @@ class ComfyClient:
         else:
             data = self.get_json("/queue", timeout=timeout)
         if not isinstance(data, dict):
-            raise ServerError(f"{self.server.name}: /queue answered {type(data).__name__}, not an object", server=self.server.name)
+            raise ServerError(f"{self.server.name}: /queue answered {type(data).__name__}, not an object", server=self.server.name, fault="malformed")
         running = _queue_items(data.get("queue_running"), self.server.name)
         pending = _queue_items(data.get("queue_pending"), self.server.name)
         # The server's pending list is a heap array, not sorted: order by number.
@@ -236,19 +239,19 @@ class ComfyClient:
     def object_info(self, *, timeout: Optional[Timeouts] = None) -> Dict[str, Any]:
         data = self.get_json("/object_info", timeout=timeout)
         if not isinstance(data, dict):
-            raise ServerError(f"{self.server.name}: /object_info is not an object", server=self.server.name)
+            raise ServerError(f"{self.server.name}: /object_info is not an object", server=self.server.name, fault="malformed")
         return data
 
     def history(self, prompt_id: str, *, timeout: Optional[Timeouts] = None) -> Optional[Dict[str, Any]]:
         """The history item of ``prompt_id``, or None while queued, running or unknown."""
         data = self.get_json(f"/history/{prompt_id}", timeout=timeout)
         if not isinstance(data, dict):
-            raise ServerError(f"{self.server.name}: /history answered {type(data).__name__}", server=self.server.name)
+            raise ServerError(f"{self.server.name}: /history answered {type(data).__name__}", server=self.server.name, fault="malformed")
         item = data.get(prompt_id)
         if item is None:
             return None
         if not isinstance(item, dict):
-            raise ServerError(f"{self.server.name}: history item of {prompt_id} is not an object", server=self.server.name)
+            raise ServerError(f"{self.server.name}: history item of {prompt_id} is not an object", server=self.server.name, fault="malformed")
         return item
 
     def post_prompt(self, body: Mapping[str, Any], *, timeout: Optional[Timeouts] = None) -> Dict[str, Any]:
@@ -268,7 +271,7 @@ class ComfyClient:
                 status=resp.status_code,
             )
         if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
-            raise ServerError(f"{self.server.name}: malformed answer to POST /prompt", server=self.server.name)
+            raise ServerError(f"{self.server.name}: malformed answer to POST /prompt", server=self.server.name, fault="malformed")
         return data
 
     def delete_pending(self, prompt_ids: Sequence[str], *, timeout: Optional[Timeouts] = None) -> None:
@@ -290,7 +293,7 @@ class ComfyClient:
             resp = self._request("POST", "/upload/image", files=files, data=data)
         answer = self._json(resp)
         if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
-            raise ServerError(f"{self.server.name}: malformed answer to /upload/image", server=self.server.name)
+            raise ServerError(f"{self.server.name}: malformed answer to /upload/image", server=self.server.name, fault="malformed")
         sub = answer.get("subfolder") or ""
         # LoadImage names a file in a subfolder as "sub/name".
         return f"{sub}/{answer['name']}" if sub else answer["name"]
@@ -313,11 +316,11 @@ class ComfyClient:
                 for chunk in resp.iter_content(_CHUNK):
                     total += len(chunk)
                     if total > max_bytes:
-                        raise ServerError(f"{self.server.name}: {filename!r} exceeds {max_bytes} bytes", server=self.server.name)
+                        raise ServerError(f"{self.server.name}: {filename!r} exceeds {max_bytes} bytes", server=self.server.name, fault="malformed")
                     fh.write(chunk)
             os.replace(tmp, dest)
         except requests.exceptions.RequestException as exc:
-            raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {_short(exc)}", server=self.server.name) from None
+            raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {_short(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
         finally:
             resp.close()
             if os.path.exists(tmp):
@@ -333,17 +336,53 @@ class ComfyClient:
                     self._probe.close()
 
 
+def classify(exc: BaseException) -> str:
+    """The :data:`~comfy_cluster.errors.FAULTS` kind of a requests/urllib3/socket exception.
+
+    Decided by exception type along the whole chain (``__cause__``, ``__context__``, urllib3's
+    ``reason``, requests' wrapped exception), never by message text: Windows says
+    ``[WinError 10061] ... actively refused it`` where Linux says ``Connection refused``.
+    """
+    kinds = set()
+    seen = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen or len(seen) > 50:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError):
+            return "refused"  # nothing listens there, whatever else the chain says
+        if isinstance(e, (ssl.SSLError, requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
+            kinds.add("tls")
+        elif isinstance(e, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
+            kinds.add("connect")
+        elif isinstance(e, (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
+            kinds.add("connect_timeout")
+        elif isinstance(e, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+            kinds.add("read_timeout")
+        elif isinstance(e, (requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError, OSError)):
+            kinds.add("connect")
+        nxt = [e.__cause__, e.__context__, getattr(e, "reason", None), *getattr(e, "args", ())]
+        stack.extend(x for x in nxt if isinstance(x, BaseException))
+    for kind in ("tls", "connect_timeout", "read_timeout", "connect"):
+        if kind in kinds:
+            return kind
+    return ""
+
+
 def _failure_reason(exc: BaseException) -> str:
     """Why a request failed, in a few words, for requests' and urllib3's exceptions alike."""
-    if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
+    fault = classify(exc)
+    if fault == "refused":
+        return "connection refused"
+    if fault == "tls":
         return f"TLS error: {_short(exc)}"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a subclass of ConnectTimeoutError
-        return f"cannot connect: {_short(exc)}"
-    if isinstance(exc, (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
+    if fault == "connect_timeout":
         return "connect timed out"
-    if isinstance(exc, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
+    if fault == "read_timeout":
         return "no answer (read timed out)"
-    if isinstance(exc, (requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError, OSError)):
+    if fault == "connect":
         return f"cannot connect: {_short(exc)}"
     return f"request failed: {_short(exc)}"
 
@@ -417,7 +456,7 @@ def _queue_items(items: Any, server: str) -> List[Tuple[float, str]]:
     if items is None:
         return []
     if not isinstance(items, list):
-        raise ServerError(f"{server}: /queue entries are not lists", server=server)
+        raise ServerError(f"{server}: /queue entries are not lists", server=server, fault="malformed")
     out: List[Tuple[float, str]] = []
     for item in items:
         if (
@@ -427,11 +466,11 @@ def _queue_items(items: Any, server: str) -> List[Tuple[float, str]]:
             or isinstance(item[0], bool)
             or not isinstance(item[0], (int, float))
         ):
-            raise ServerError(f"{server}: malformed /queue item", server=server)
+            raise ServerError(f"{server}: malformed /queue item", server=server, fault="malformed")
         try:
             number = float(item[0])
         except OverflowError:  # a JSON integer too large for a float
-            raise ServerError(f"{server}: malformed /queue item", server=server) from None
+            raise ServerError(f"{server}: malformed /queue item", server=server, fault="malformed") from None
         out.append((number, item[1]))
     return out
 

@@ -43,12 +43,23 @@ class NoServerAvailable(ComfyClusterError):
         self.reasons: Dict[str, str] = dict(reasons or {})
 
 
+#: What a :class:`ServerError` can be about. "refused": nothing listens (ComfyUI not running
+#: there); "connect_timeout": no answer to the connection attempt (host down, network split, or
+#: a refusal that Windows retried past the timeout); "read_timeout": connected, but no (complete)
+#: answer in time; "connect": another connection failure (reset, DNS, aborted); "tls": a TLS
+#: failure; "http": an HTTP error status (see ``status``); "malformed": an answer that could not
+#: be used (bad JSON, wrong shape, over the size cap, cut short); "": anything else.
+FAULTS = ("refused", "connect_timeout", "read_timeout", "connect", "tls", "http", "malformed", "")
+
+
 class ServerError(ComfyClusterError):
     """A server could not be reached or answered something unusable.
 
     ``server`` is the server's name, ``status`` the HTTP status when there was one.
-    ``attempts`` holds, for a job that failed over and ran out of servers, what each
-    attempt saw as ``(server name, reason)`` pairs.
+    ``fault`` says what went wrong, decided from the exception's type (never its text, which
+    differs between Windows, macOS and Linux): one of :data:`FAULTS`. ``attempts`` holds, for a
+    job that failed over and ran out of servers, what each attempt saw as
+    ``(server name, reason)`` pairs.
     """
 
     def __init__(
@@ -58,11 +69,17 @@ class ServerError(ComfyClusterError):
         server: Optional[str] = None,
         status: Optional[int] = None,
         attempts: Sequence[Tuple[str, str]] = (),
+        fault: str = "",
     ) -> None:
         super().__init__(message)
         self.server = server
         self.status = status
         self.attempts: List[Tuple[str, str]] = list(attempts)
+        if not fault and status is not None:
+            fault = "http"
+        if fault not in FAULTS:
+            raise ValueError(f"fault: must be one of {FAULTS}, got {fault!r}")
+        self.fault = fault
 
 
 @dataclass(frozen=True)

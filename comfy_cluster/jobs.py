@@ -11,7 +11,6 @@ dispatcher then picks another server, at most ``retries`` times).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -27,7 +26,6 @@ from .errors import (
     ServerError,
     WorkflowError,
 )
-from .paths import check_part, safe_join
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import ServerSocket
@@ -479,7 +477,7 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
                 # A refused connection means ComfyUI is not running there (its queue lived in
                 # memory): move soon. A time-out may be a passing network fault: wait longer.
                 lost_after = ctx.server_lost_after
-                if "refused" in str(exc):
+                if isinstance(exc, ServerError) and exc.fault == "refused":
                     lost_after = min(lost_after, REFUSED_LOST_AFTER)
                 if now - unreachable_since >= lost_after:
                     return Outcome("retry", reason=f"stopped answering: {_strip(str(exc), name)}", server_down=True)
@@ -551,29 +549,3 @@ def _finish_from_history(job: Job, name: str, prompt_id: str, ctx: AttemptContex
             return Outcome("retry", reason="finished job missing from history")
         time.sleep(delay)  # history is written just before the done signal; rarely needed
         delay = min(delay * 2, 1.0)
-
-
-def map_shared_path(server: ServerConfig, f: OutputFile) -> Optional[str]:
-    """The local path of an output on shared storage, or None if not mapped or not there."""
-    if not server.dir_local:
-        return None
-    root = os.path.join(server.dir_local, check_part(f.type, "type")[0] if f.type else "output")
-    path = safe_join(root, f.subfolder, f.filename)  # UnsafePathError for a name that escapes
-    return path if os.path.isfile(path) else None
-
-
-def unique_targets(dest_dir: str, files: Sequence[OutputFile], tag: str = "") -> List[str]:
-    """Checked local targets for ``files`` under ``dest_dir`` (all checked before any write).
-
-    Two servers number their outputs independently (``x_00001_.png`` on each), so a name
-    already present in ``dest_dir`` gets ``_<tag>`` (the job's prompt id) added rather than
-    overwriting another job's file.
-    """
-    out = []
-    for f in files:
-        target = safe_join(dest_dir, f.subfolder, f.filename)
-        if os.path.exists(target) and tag:
-            stem, ext = os.path.splitext(f.filename)
-            target = safe_join(dest_dir, f.subfolder, f"{stem}_{tag}{ext}")
-        out.append(target)
-    return out

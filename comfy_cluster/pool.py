@@ -36,7 +36,8 @@ from .errors import (
     WorkflowError,
 )
 from .events import ServerSocket
-from .jobs import AttemptContext, best_effort_cancel, Job, JobEvent, JobResult, Outcome, OutputFile, map_shared_path, run_attempt, unique_targets
+from .jobs import AttemptContext, best_effort_cancel, Job, JobEvent, JobResult, Outcome, OutputFile, run_attempt
+from .outputs import download_outputs
 from .status import ServerStatus, StatusMonitor
 from .workflow import WorkflowInputError, load_workflow, missing_capabilities, set_inputs
 
@@ -655,18 +656,7 @@ class ServerPool:
     # -- outputs ------------------------------------------------------------------------------
 
     def _download(self, server: ServerConfig, files: Sequence[OutputFile], dest_dir: str, tag: str = "") -> List[str]:
-        if server.dir_local:
-            mapped = [map_shared_path(server, f) for f in files]
-            if all(p is not None for p in mapped):
-                return [p for p in mapped if p is not None]
-            log.warning("outputs of %s not found under dir_local %s; downloading", server.name, server.dir_local)
-        os.makedirs(dest_dir, exist_ok=True)
-        targets = unique_targets(dest_dir, files, tag)  # every name checked before anything is written
-        client = self._clients[server.name]
-        for f, target in zip(files, targets):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            client.download(f.filename, f.subfolder, f.type, target)
-        return targets
+        return download_outputs(self._clients[server.name], server, files, dest_dir, tag)
 
     # -- closing ------------------------------------------------------------------------------
 
