@@ -296,7 +296,9 @@ class Run:
             if done_frames:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
                 pattern = os.path.join(self.version_dir, f"{s.node_name}_####{ext}").replace("\\", "/")
-                present = _frames_present(self.version_dir, s.node_name, ext) or done_frames
+                # The node's frames and those already in the version (a re-run completes it):
+                # failed frames inside the range show as the Read's checkerboard.
+                present = set(_frames_present(self.version_dir, s.node_name, ext)) | set(s.frames)
                 first, last = min(present), max(present)
                 read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace)
         except ValueError:  # Nuke's answer for a node deleted while the frames ran
