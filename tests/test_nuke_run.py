@@ -217,8 +217,8 @@ def test_some_frames_failing_still_reads_the_others(fake_nuke, mock_cluster_fact
     text = fake_nuke.messages()[0]
     assert "1 of 3 frame(s) failed" in text and "frame went wrong" in text
     read = read_nodes()[0]
-    done = sorted(int(os.path.basename(p)[-8:-4]) for p in run.error.paths)
-    assert (read["first"].value(), read["last"].value()) == (done[0], done[-1])
+    # The Read covers the node's range: the failed frame shows as a checkerboard there.
+    assert (read["first"].value(), read["last"].value()) == (1, 3)
 
 
 def test_execute_refuses_bad_settings_with_a_clear_message(fake_nuke, cluster_env, tmp_path):
