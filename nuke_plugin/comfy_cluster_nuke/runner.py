@@ -147,7 +147,11 @@ class Run:
             if self.interactive:
                 self._task = mainthread.call(_new_progress_task, f"{node_mod.NODE_LABEL}: {s.node_name}")
             try:
-                self.version_dir = s.reuse_version if s.reuse_version and os.path.isdir(s.reuse_version) else destinations.new_version(s.output_base)
+                if s.reuse_version:  # a re-run of failed frames, or a farm chunk of a given version
+                    self.version_dir = os.path.join(s.output_base, s.reuse_version)
+                    os.makedirs(self.version_dir, exist_ok=True)
+                else:
+                    self.version_dir = destinations.new_version(s.output_base)
             except OSError as exc:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
             inputs_dir = os.path.join(self.version_dir, _INPUTS_DIR)
