@@ -385,25 +385,6 @@ def test_execute_without_gui_runs_to_the_end_and_prints_failures(fake_nuke, clus
     assert "node 2 (TestSleep), input 'steps'" in capsys.readouterr().out  # nuke.message prints in nuke -t
 
 
-def test_a_copied_node_gets_its_own_id_and_folder(fake_nuke, cluster_env, tmp_path):
-    fake_nuke.save_script(str(tmp_path / "shot010_comp_v003.nk"))
-    wf = write_json(tmp_path / "wf.json", empty_image_workflow())
-    first = make_run_node(fake_nuke, wf, "", last=1, with_input=False)
-    fake_nuke.press(first, "execute")
-    wait_run(fake_nuke, first)
-    copy = make_run_node(fake_nuke, wf, "", last=2, with_input=False)
-    # What copy and paste carries over: the original's hidden id and its owner.
-    copy["node_uid"].setValue(first["node_uid"].value())
-    copy["uid_owner"].setValue(first["uid_owner"].value())
-    fake_nuke.press(copy, "execute")
-    wait_run(fake_nuke, copy)
-    assert copy["node_uid"].value() != first["node_uid"].value()
-    reads = {r.fullName(): r for r in read_nodes()}
-    assert reads[f"{first.name()}.result"]["last"].value() == 1
-    assert reads[f"{copy.name()}.result"]["last"].value() == 2
-    assert os.path.dirname(reads[f"{first.name()}.result"]["file"].value()) != os.path.dirname(reads[f"{copy.name()}.result"]["file"].value())
-
-
 def test_two_nodes_run_at_once_into_the_same_folder(fake_nuke, cluster_env, tmp_path):
     out = tmp_path / "out"
     wf = write_json(tmp_path / "wf.json", load_image_workflow(0.1))

@@ -1507,3 +1507,7 @@ def _iter_tasks() -> Iterator[ProgressTask]:
         task = ref()
         if task is not None:
             yield task
+
+
+# Saving, opening, copy and paste live in their own module (re-exported: Nuke has them here).
+from ._script import nodeCopy, nodePaste, scriptOpen, scriptSave  # noqa: E402,F401
