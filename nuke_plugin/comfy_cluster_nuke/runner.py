@@ -39,6 +39,7 @@ STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr", ".bmp", ".gif")
 _INPUTS_DIR = ".inputs"
 _DOWNLOAD_DIR = ".download"
+_clock = time.monotonic  # the status throttle's clock (tests replace it)
 #: Extra keyword arguments for every run's ServerPool (for example ``{"server_lost_after": 5.0}``);
 #: set it from a studio's menu.py.
 pool_options: Dict[str, Any] = {}
@@ -129,7 +130,7 @@ class Run:
             self._last_percent = percent
         if not self.interactive:
             print(f"[{self.settings.node_name}] {text}", flush=True)
-        now = time.monotonic()
+        now = _clock()
         if force or now - self._last_status >= STATUS_INTERVAL:
             self._last_status = now
             mainthread.post(node_mod.set_status, self.node, text)
