@@ -321,10 +321,10 @@ def test_submit_on_the_gui_main_thread_refuses_at_once_and_start_returns_a_handl
 
     node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
     with pytest.raises(run_mod.RunError, match="would freeze Nuke"):
-        run_mod.submit(node)
+        fake_nuke.script_editor(lambda: run_mod.submit(node))
     assert all(s.received_prompts == [] for s in cluster_env) and fake_nuke.renders() == []
 
-    handle = run_mod.start(node)  # returns at once; the main loop keeps running
+    handle = fake_nuke.script_editor(lambda: run_mod.start(node))  # returns at once
     assert not handle.finished.is_set()
     fake_nuke.pump_until(handle.finished.is_set, timeout=10, what="the run started from a script")
     assert handle.error is None and len(handle.paths) == 2
