@@ -1,4 +1,4 @@
-"""The ``comfy-cluster`` command: ``status``, ``submit``, ``demo`` and ``mock-server``.
+"""The ``comfy-cluster`` command: ``status``, ``submit``, ``demo``, ``mock-server`` and ``gateway``.
 
 This is the one module of the library that prints: it is the user interface of a terminal.
 Progress goes to stderr, results (tables, ``--json`` lines) to stdout.
@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=1.0, help="cost of one job at speed 1 (default 1.0)")
 
     sub.add_parser("mock-server", help="run a mock ComfyUI server in the foreground", epilog=EXAMPLES["mock-server"], formatter_class=fmt, add_help=False)
+    sub.add_parser("gateway", help="serve the cluster as one ComfyUI URL (any ComfyUI client)", add_help=False)
     return parser
 
 
@@ -389,6 +390,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("the mock server needs aiohttp: pip install 'comfy-cluster[mock]'", file=sys.stderr)
             return 2
         return run_mock_server(args_list[1:])
+    if args_list[:1] == ["gateway"]:
+        from .gateway.cli import run_gateway  # imports aiohttp only when asked to
+
+        return run_gateway(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     # The commands show servers' problems themselves; -v adds the library's own account.
