@@ -1,4 +1,4 @@
-"""The ``comfy-cluster`` command: ``status``, ``submit``, ``demo`` and ``mock-server``.
+"""The ``comfy-cluster`` command: ``status``, ``submit``, ``demo``, ``mock-server`` and ``gateway``.
 
 This is the one module of the library that prints: it is the user interface of a terminal.
 Progress goes to stderr, results (tables, ``--json`` lines) to stdout.
@@ -335,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=_positive(float), default=1.0, help="cost of one job at speed 1 (default 1.0)")
 
     sub.add_parser("mock-server", help="run a mock ComfyUI server in the foreground", epilog=EXAMPLES["mock-server"], formatter_class=fmt, add_help=False)
+    sub.add_parser("gateway", help="serve the cluster as one ComfyUI URL (any ComfyUI client)", add_help=False)
     return parser
 
 
@@ -348,6 +349,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         return run_mock_server(args_list[1:])
     _tolerant_output()
+    if args_list[:1] == ["gateway"]:
+        from .gateway.cli import run_gateway  # imports aiohttp only when asked to
+
+        return run_gateway(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     # The commands show servers' problems themselves; -v adds the library's own account.

@@ -39,7 +39,7 @@ JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 REFUSED_LOST_AFTER = 2.0
 EVENT_KINDS = (
     "submitted", "queued", "started", "executing", "progress", "cached", "output",
-    "succeeded", "failed", "cancelled", "retrying",
+    "succeeded", "failed", "cancelled", "retrying", "preview",
 )
 
 
@@ -59,8 +59,11 @@ class JobEvent:
 
     Fields used by kind: ``queued`` -> position; ``executing`` -> node; ``progress`` -> node,
     value, max; ``cached`` -> nodes; ``output`` -> node, files; ``retrying`` -> from_server,
-    to_server, reason; ``failed``/``cancelled`` -> reason. ``index`` is the job's position in
-    its batch (None outside a batch).
+    to_server, reason; ``failed``/``cancelled`` -> reason; ``preview`` -> data (the whole
+    binary websocket frame as the server sent it: 4-byte event type, then its payload).
+    ``index`` is the job's position in its batch (None outside a batch). ``raw`` is the
+    websocket message's ``data`` dict as the server sent it, for events that come from one
+    (None for the others), so a relay can pass it on unchanged.
     """
 
     kind: str
@@ -77,6 +80,8 @@ class JobEvent:
     reason: Optional[str] = None
     index: Optional[int] = None
     time: float = field(default_factory=time.time)
+    raw: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    data: Optional[bytes] = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class Outcome:
     exec_seconds: Optional[float] = None
     incapable: bool = False  # the server lacks a node type or model this workflow needs
     server_down: bool = False  # the server itself failed (mark it offline)
+    raw: Optional[Dict[str, Any]] = None  # the server's websocket message data that ended it
 
 
 class Job:
@@ -124,8 +130,10 @@ class Job:
         on_event: Optional[Callable[[JobEvent], None]] = None,
         retries: int = 2,
         index: Optional[int] = None,
+        owner: Optional[str] = None,
     ) -> None:
         self.workflow = workflow
+        self.owner = owner
         self.inputs: Dict[str, str] = dict(inputs or {})
         self.retries = retries
         self.index = index
@@ -152,6 +160,7 @@ class Job:
         self._inbox: "Optional[queue.Queue[Dict[str, Any]]]" = None
         self._pool: Any = None
         self._last_exec_start: Optional[float] = None
+        self._seq = 0  # submission order in its pool
         self._done_callbacks: List[Callable[["Job"], None]] = []
 
     def __repr__(self) -> str:
@@ -433,6 +442,7 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
     cancel_sent = False
     interrupted = False
     success_seen_at: Optional[float] = None
+    success_raw: Optional[Dict[str, Any]] = None
     unreachable_since: Optional[float] = None
     need_reconcile = False
     interval = ctx.reconcile_interval
@@ -503,36 +513,44 @@ def _follow(job: Job, name: str, prompt_id: str, inbox: "queue.Queue[Dict[str, A
 
         if kind == "_cancel":
             continue  # handled at the top of the loop on the next pass
+        if kind == "_binary":
+            frame = msg.get("data") if msg else None
+            if isinstance(frame, bytes):
+                job._emit("preview", name, data=frame)
+            continue
         if kind == "execution_start":
             started = ctx.clock()
             job._last_exec_start = started
             job._set_status("running")
-            job._emit("started", name)
+            job._emit("started", name, raw=data)
         elif kind == "execution_cached":
             nodes = as_list(data.get("nodes"))
-            job._emit("cached", name, nodes=tuple(str(n) for n in nodes))
+            job._emit("cached", name, nodes=tuple(str(n) for n in nodes), raw=data)
         elif kind == "executing":
             node = data.get("node")
             if node is None:
-                return _finish_from_history(job, name, prompt_id, ctx, started or posted_at)
-            job._emit("executing", name, node=str(node))
+                outcome = _finish_from_history(job, name, prompt_id, ctx, started or posted_at)
+                outcome.raw = success_raw
+                return outcome
+            job._emit("executing", name, node=str(node), raw=data)
         elif kind == "progress":
             v, m = data.get("value"), data.get("max")
             if isinstance(v, (int, float)) and isinstance(m, (int, float)):
-                job._emit("progress", name, node=str(data.get("node")), value=float(v), max=float(m))
+                job._emit("progress", name, node=str(data.get("node")), value=float(v), max=float(m), raw=data)
         elif kind == "executed":
             node = str(data.get("node"))
             files = tuple(
                 OutputFile(f["filename"], f["subfolder"], f["type"], node)
                 for _, f in iter_output_files({node: data.get("output")})
             )
-            job._emit("output", name, node=node, files=files)
+            job._emit("output", name, node=node, files=files, raw=data)
         elif kind == "execution_success":
             success_seen_at = ctx.clock()
+            success_raw = data
         elif kind == "execution_error":
-            return Outcome("failed", error=_job_failed(data, job, name))
+            return Outcome("failed", error=_job_failed(data, job, name), raw=data)
         elif kind == "execution_interrupted":
-            return Outcome("cancelled", reason="cancelled" if cancel_sent or job.cancel_requested else "interrupted on the server")
+            return Outcome("cancelled", reason="cancelled" if cancel_sent or job.cancel_requested else "interrupted on the server", raw=data)
 
 
 def _finish_from_history(job: Job, name: str, prompt_id: str, ctx: AttemptContext, started: float) -> Outcome:

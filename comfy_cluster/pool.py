@@ -14,6 +14,7 @@ runner per job currently on a server.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 import os
@@ -126,6 +127,10 @@ class ServerPool:
         self._runners: Set[threading.Thread] = set()
         self._orphans: Dict[str, Set[str]] = {s.name: set() for s in configs}
         self._dispatcher: Optional[threading.Thread] = None
+        # Fair share between owners: jobs of each owner on a server now, and dispatched ever.
+        self._owner_running: Dict[Optional[str], int] = collections.Counter()
+        self._owner_served: Dict[Optional[str], int] = collections.Counter()
+        self._seq = itertools.count()
         self._closed = False
         log.debug("pool of %d servers, strategy %s", len(configs), self.strategy)
 
@@ -357,6 +362,7 @@ class ServerPool:
         inputs: Optional[Mapping[str, str]] = None,
         on_event: Optional[Callable[[JobEvent], None]] = None,
         retries: int = 2,
+        owner: Optional[str] = None,
         _index: Optional[int] = None,
         _batch: Any = None,
     ) -> Job:
@@ -365,8 +371,14 @@ class ServerPool:
         ``inputs`` maps LoadImage node ids to local image files, uploaded to whichever server
         runs the job. Raises at once (nothing sent) for a malformed workflow or a missing input
         file, and :class:`NoServerAvailable` when no server is online and able to run it.
+
+        ``owner`` names who the job is for (a user of a shared gateway): when jobs of several
+        owners wait, the next free server slot goes to the owner with the fewest jobs on the
+        servers now (then the fewest served so far), not to the oldest job.
         """
         self._check_open()
+        if owner is not None and not isinstance(owner, str):
+            raise WorkflowInputError(f"owner: must be a string or None, got {type(owner).__name__}")
         wf = load_workflow(workflow)
         checked_inputs = _check_inputs(wf, inputs or {})
         if retries < 0:
@@ -374,9 +386,10 @@ class ServerPool:
         candidates, reasons, full = self._evaluate(wf, skip_nodes=checked_inputs.keys(), ignore_full=True)
         if not candidates:
             raise _no_server(reasons)
-        job = Job(wf, inputs=checked_inputs, on_event=on_event, retries=retries, index=_index)
+        job = Job(wf, inputs=checked_inputs, on_event=on_event, retries=retries, index=_index, owner=owner)
         job.batch = _batch
         job._pool = self
+        job._seq = next(self._seq)
         with self._cond:
             self._check_open()
             self._pending.append(job)
@@ -439,7 +452,7 @@ class ServerPool:
             # Jobs alike (same batch, same node types, never tried) get the same answer: once
             # one of them must wait, the rest of its kind wait too without asking again.
             waiting: Set[Tuple[int, Tuple[str, ...]]] = set()
-            for job in jobs:
+            for job in self._fair_order(jobs):
                 if self._closed:
                     return
                 key = (id(job.batch), job.kind_key) if not (job.tried or job.incapable or job.cancel_requested) else None
@@ -457,6 +470,26 @@ class ServerPool:
             with self._cond:
                 if not self._closed and not progressed:
                     self._cond.wait(timeout=0.25)
+
+    def _fair_order(self, jobs: List[Job]) -> Iterable[Job]:
+        """``jobs`` (oldest first) in the order free slots go to them: with several owners,
+        the next one is the oldest job of the owner with the fewest jobs on servers now (then
+        the fewest dispatched ever). Read lazily, so each dispatch counts for the next pick."""
+        if len({j.owner for j in jobs}) <= 1:
+            yield from jobs
+            return
+        queues: Dict[Optional[str], Deque[Job]] = {}
+        for j in sorted(jobs, key=lambda j: j._seq):
+            queues.setdefault(j.owner, collections.deque()).append(j)
+        while queues:
+            owner = min(
+                queues, key=lambda o: (self._owner_running[o], self._owner_served[o], queues[o][0]._seq)
+            )
+            q = queues[owner]
+            job = q.popleft()
+            if not q:
+                del queues[owner]
+            yield job
 
     def _drop_pending(self, job: Job) -> bool:
         with self._cond:
@@ -498,6 +531,8 @@ class ServerPool:
             self._pending.remove(job)
             self._monitor.job_reserved(decision.name)
             self._on_server[decision.name].add(job)
+            self._owner_running[job.owner] += 1
+            self._owner_served[job.owner] += 1
             job.attempts += 1
             if decision.name not in job.tried:
                 job.tried.append(decision.name)
@@ -581,6 +616,7 @@ class ServerPool:
         self._monitor.job_released(name, seconds=outcome.exec_seconds, ok=ok)
         with self._cond:
             self._on_server[name].discard(job)
+            self._owner_running[job.owner] -= 1
         if outcome.kind == "succeeded":
             result = JobResult(
                 prompt_id=job.prompt_id or "",
@@ -589,16 +625,16 @@ class ServerPool:
                 attempts=job.attempts,
                 seconds=time.monotonic() - job.created,
             )
-            job._emit("succeeded", name)
+            job._emit("succeeded", name, raw=outcome.raw)
             job._finish("succeeded", result=result)
         elif outcome.kind == "failed":
             err = outcome.error or JobFailed(f"{name}: job failed", server=name)
             if isinstance(err, (JobFailed, ServerError)) and job.failures:
                 err.attempts = list(job.failures) + [(name, str(err))]
-            job._emit("failed", name, reason=str(err))
+            job._emit("failed", name, reason=str(err), raw=outcome.raw)
             job._finish("failed", error=err)
         elif outcome.kind == "cancelled":
-            self._finish_cancelled(job, name, outcome.reason or "cancelled")
+            self._finish_cancelled(job, name, outcome.reason or "cancelled", raw=outcome.raw)
         else:
             self._handle_retry(job, server, outcome)
         with self._cond:
@@ -645,8 +681,8 @@ class ServerPool:
         job._emit("failed", None, reason=str(err))
         job._finish("failed", error=err)
 
-    def _finish_cancelled(self, job: Job, server: Optional[str], reason: str) -> None:
-        job._emit("cancelled", server, reason=reason)
+    def _finish_cancelled(self, job: Job, server: Optional[str], reason: str, raw: Optional[Dict[str, Any]] = None) -> None:
+        job._emit("cancelled", server, reason=reason, raw=raw)
         job._finish("cancelled", error=JobCancelled(f"job {job.prompt_id or '(not submitted)'} {reason}", prompt_id=job.prompt_id or "", server=server))
 
     def _job_cancel_requested(self, job: Job) -> None:

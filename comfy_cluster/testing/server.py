@@ -37,7 +37,9 @@ from aiohttp import WSMsgType, web
 
 from .engine import Engine, EventSink
 from .faults import Fault, parse_fault
+from .injected import InjectedFaults
 from .nodes import BUILTIN_NODES, NodeDef, NodeEnv
+from .route_faults import RouteRules
 
 __all__ = ["MockComfyServer", "DEFAULT_MODELS", "MODEL_FOLDERS", "HUGE_HTTP_BYTES", "HUGE_WS_BYTES", "MAX_UPLOAD_SIZE"]
 
@@ -84,6 +86,9 @@ class _WsClient:
     transport: Optional[asyncio.Transport]
     queue: "asyncio.Queue[Union[str, bytes]]" = field(default_factory=asyncio.Queue)
     writer: Optional["asyncio.Task[None]"] = None
+    #: Cut by ``drop_websockets_late()``: the server notices the close only once a
+    #: newer socket took the same clientId (then drops that one's registration, as ComfyUI does).
+    late: bool = False
 
     def abort(self) -> None:
         """Cut the connection at once, as a dying process or a lost network would."""
@@ -100,8 +105,11 @@ class _Sink(EventSink):
     def send(self, event: str, data: Dict[str, Any], sid: Optional[str]) -> None:
         self._server._send_ws(json.dumps({"type": event, "data": data}), sid)
 
+    def send_binary(self, frame: bytes, sid: str) -> None:
+        self._server._send_ws(frame, sid)
 
-class MockComfyServer:
+
+class MockComfyServer(InjectedFaults):
     """One mock ComfyUI server on 127.0.0.1; see the module docstring.
 
     ``models`` is the checkpoint list (or a mapping of model folder to file names),
@@ -173,6 +181,12 @@ class MockComfyServer:
         self.huge_http_bytes = HUGE_HTTP_BYTES
         self.huge_ws_bytes = HUGE_WS_BYTES
         self._coming_back: Optional["asyncio.Task[None]"] = None
+        self._route_rules = RouteRules()
+        self._held: Set["asyncio.Task[Any]"] = set()
+        self._release: Optional[asyncio.Event] = None
+        self._refuse_window: Optional["asyncio.Task[None]"] = None
+        self._muted: Optional[Set[str]] = None  # client ids whose frames are lost ("*": all)
+        self._log_subscribers: Dict[str, bool] = {}  # PATCH /internal/logs/subscribe
 
     # --- properties ----------------------------------------------------------------------
 
@@ -444,7 +458,7 @@ class MockComfyServer:
             self._all_ws.clear()
         for client in clients:
             client.abort()
-        for task in list(self._hung):
+        for task in list(self._hung) + list(self._held):
             task.cancel()
         if self._runner is not None and self._runner.server is not None:
             for conn in self._runner.server.connections:
@@ -499,9 +513,12 @@ class MockComfyServer:
         """No standing fault, no latency, no pending injected job failure."""
         self.set_fault(None)
         self._latency = 0.0
+        self.clear_route_faults()
+        self._muted = None
         if self._engine is not None:
             with self._lock:
                 self._engine.fail_next_message = None
+                self._engine.ignore_interrupt_id = False
 
     def set_latency(self, seconds: float) -> None:
         """Delay every HTTP answer and websocket handshake by ``seconds`` (0 switches off)."""
@@ -616,6 +633,9 @@ class MockComfyServer:
             else:
                 client = self._sockets.get(sid)
                 targets = [client] if client is not None else []  # no socket: dropped
+            muted = self._muted
+            if muted is not None:  # a half-open connection: the frames are lost on the way
+                targets = [c for c in targets if "*" not in muted and c.sid not in muted]
         for client in targets:
             client.queue.put_nowait(message)
 
@@ -677,6 +697,8 @@ class MockComfyServer:
                 elif msg.type == WSMsgType.ERROR:
                     logger.debug("websocket %s closed with %s", sid, ws.exception())
         finally:
+            if client.late:
+                await self._notice_late(client)
             with self._lock:
                 if client.generation == self._generation:
                     # ComfyUI pops whatever socket holds the sid now, even a newer one.
@@ -711,6 +733,8 @@ class MockComfyServer:
             ("GET", "/embeddings", self._empty_list),
             ("GET", "/extensions", self._empty_list),
             ("POST", "/upload/image", self._upload_image),
+            ("POST", "/upload/mask", self._upload_mask),
+            ("PATCH", "/internal/logs/subscribe", self._logs_subscribe),
             ("GET", "/view", self._view),
         ]
         for prefix in ("", "/api"):
@@ -735,6 +759,9 @@ class MockComfyServer:
         fault = self._fault
         with self._lock:
             self._request_count += 1
+        rule = self._route_rules.take(request.method, request.path)
+        if rule is not None:
+            return await self._route_fault(rule, request, handler)
         is_ws = request.headers.get("Upgrade", "").lower() == "websocket"
         if fault is Fault.ERROR_500:
             return _plain_500()
@@ -990,3 +1017,69 @@ class MockComfyServer:
         response = web.Response(body=data, content_type=content_type)
         response.headers["Content-Disposition"] = f'filename="{filename}"'
         return response
+
+    # --- /upload/mask and /internal/logs/subscribe ---------------------------------------
+
+    @property
+    def log_subscribers(self) -> Dict[str, bool]:
+        """clientId -> enabled, as set by ``PATCH /internal/logs/subscribe``."""
+        with self._lock:
+            return dict(self._log_subscribers)
+
+    async def _logs_subscribe(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read_json(request)
+        # ComfyUI indexes both keys: a body without them is its plain 500.
+        client_id, enabled = body["clientId"], body["enabled"]
+        with self._lock:
+            self._log_subscribers[str(client_id)] = bool(enabled)
+        return web.Response(status=200)
+
+    async def _upload_mask(self, request: web.Request) -> web.StreamResponse:
+        """``POST /upload/mask``: ``image`` (the mask) and ``original_ref`` (JSON naming the
+        image it applies to). ComfyUI stores the original with the mask as its alpha under the
+        upload's name; the mock's images are solid colours, so it stores the original's bytes.
+        A missing original stores nothing but still answers the name, as ComfyUI does."""
+        env = self._env
+        assert env is not None
+        post = await request.post()
+        image = post.get("image")
+        if image is None or not isinstance(image, web.FileField) or not image.filename:
+            return web.Response(status=400)
+        ref = json.loads(str(post.get("original_ref")))  # raises: ComfyUI's plain 500
+        original = str(ref.get("filename") or "")
+        if not original:
+            return web.Response(status=400)
+        if original[0] == "/" or ".." in original:
+            return web.Response(status=400)
+        ref_dir = env.directory(str(ref.get("type") or "output"))
+        if ref_dir is None:
+            return web.Response(status=400)
+        ref_dir = os.path.abspath(ref_dir)
+        if ref.get("subfolder"):
+            full = os.path.abspath(os.path.join(ref_dir, str(ref["subfolder"])))
+            if os.path.commonpath((full, ref_dir)) != ref_dir:
+                return web.Response(status=403)
+            ref_dir = full
+        kind = post.get("type") or "input"
+        if not isinstance(kind, str) or env.directory(kind) is None:
+            raise ValueError(f"unknown upload type {kind!r}")
+        upload_dir = os.path.abspath(str(env.directory(kind)))
+        subfolder = post.get("subfolder", "")
+        subfolder = subfolder if isinstance(subfolder, str) else ""
+        folder = os.path.join(upload_dir, os.path.normpath(subfolder))
+        filename = image.filename
+        path = os.path.abspath(os.path.join(folder, filename))
+        if os.path.commonpath((upload_dir, path)) != upload_dir:
+            return web.Response(status=400)
+        os.makedirs(folder, exist_ok=True)
+        if post.get("overwrite") not in ("true", "1"):
+            stem, ext = os.path.splitext(filename)
+            counter = 1
+            while os.path.exists(path):
+                filename = f"{stem} ({counter}){ext}"
+                path = os.path.join(folder, filename)
+                counter += 1
+        source = os.path.join(ref_dir, os.path.basename(original))
+        if os.path.isfile(source):
+            shutil.copyfile(source, path)
+        return _json({"name": filename, "subfolder": subfolder, "type": kind})
