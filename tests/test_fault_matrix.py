@@ -250,7 +250,6 @@ def test_cancel_of_a_finished_job_never_interrupts_another_artists_job(mock_comf
 # 13. Two concurrent download() into one folder.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 13")
 def test_concurrent_downloads_into_one_folder_never_share_a_path(mock_cluster_factory: Any, tmp_path: Any) -> None:
     """Seen: both downloads returned the same path (both saw the name free before either
     wrote); one file overwrote the other."""
