@@ -11,18 +11,22 @@ import json
 import logging
 import mimetypes
 import os
+import socket
 import ssl
+import tempfile
 import threading
 import time
+import weakref
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-import certifi  # requests' own CA bundle (a dependency of requests)
 import requests
 import urllib3
 
 from .config import ServerConfig
-from .errors import NodeError, ServerError, WorkflowError
+from . import localfiles
+from .errors import LocalFileError, NodeError, ServerError, WorkflowError
+from .tls import ssl_context
 
 __all__ = ["ComfyClient", "Timeouts", "parse_workflow_error"]
 
@@ -60,11 +64,16 @@ class ComfyClient:
         self.max_json_bytes = max_json_bytes
         self._session = requests.Session()
         self._session.headers.update(server.headers)
-        self._session.verify = server.verify_tls
+        # One trust decision for HTTPS and the websocket (tls.py): the adapter carries the
+        # context; verify=False only turns verification off (requests' cert_reqs).
+        self._session.verify = server.verify_tls is not False
+        self._ssl = ssl_context(server.verify_tls, server.name) if server.url.startswith("https://") else None
         # Proxies from the environment would route studio-internal servers through a
         # corporate proxy; ComfyUI servers are addressed directly.
         self._session.trust_env = False
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
+        # Connections are tracked so close() can cut a request that hangs on a dead server.
+        self._conns: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        adapter = _TrackingAdapter(self._conns, self._ssl, pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._closed = False
@@ -86,6 +95,8 @@ class ComfyClient:
         **kwargs: Any,
     ) -> requests.Response:
         url = self.server.url + path
+        if self._closed:
+            raise ServerError(f"{self.server.name}: client closed", server=self.server.name, fault="connect")
         try:
             return self._session.request(method, url, timeout=timeout or self.timeout, stream=True, **kwargs)
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -176,13 +187,9 @@ class ComfyClient:
                 if self._probe is None:
                     host = self.server.host or "127.0.0.1"
                     kwargs: Dict[str, Any] = {"maxsize": 2, "headers": dict(self.server.headers), "retries": False}
-                    if self.server.url.startswith("https://"):
-                        verify = self.server.verify_tls
-                        if verify is False:
-                            kwargs["cert_reqs"] = "CERT_NONE"
-                        else:
-                            kwargs["cert_reqs"] = "CERT_REQUIRED"
-                            kwargs["ca_certs"] = verify if isinstance(verify, str) else certifi.where()
+                    if self._ssl is not None:
+                        kwargs["ssl_context"] = self._ssl
+                        kwargs["cert_reqs"] = "CERT_NONE" if self.server.verify_tls is False else "CERT_REQUIRED"
                         self._probe = urllib3.HTTPSConnectionPool(host, self.server.port, **kwargs)
                     else:
                         self._probe = urllib3.HTTPConnectionPool(host, self.server.port, **kwargs)
@@ -299,7 +306,8 @@ class ComfyClient:
         return f"{sub}/{answer['name']}" if sub else answer["name"]
 
     def download(self, filename: str, subfolder: str, type_: str, dest: str, *, max_bytes: int = MAX_FILE_BYTES) -> int:
-        """Stream ``/view`` into ``dest`` (written to a temporary name, then renamed)."""
+        """Stream ``/view`` into ``dest``: written to a temporary file beside it, then renamed
+        over it (``dest`` is complete or untouched). Local failures are LocalFileError."""
         params = {"filename": filename, "subfolder": subfolder, "type": type_}
         resp = self._request("GET", "/view", params=params)
         if resp.status_code != 200:
@@ -309,29 +317,50 @@ class ComfyClient:
                 server=self.server.name,
                 status=resp.status_code,
             )
-        tmp = dest + ".part"
+        tmp: Optional[str] = None
         total = 0
         try:
-            with open(tmp, "wb") as fh:
-                for chunk in resp.iter_content(_CHUNK):
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise ServerError(f"{self.server.name}: {filename!r} exceeds {max_bytes} bytes", server=self.server.name, fault="malformed")
-                    fh.write(chunk)
-            os.replace(tmp, dest)
-        except requests.exceptions.RequestException as exc:
-            raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {_short(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=os.path.dirname(dest) or ".")
+            except OSError as exc:
+                raise LocalFileError(f"cannot write in {os.path.dirname(dest)}: {exc.strerror or exc}", path=dest) from None
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    for chunk in resp.iter_content(_CHUNK):
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise ServerError(f"{self.server.name}: {filename!r} exceeds {max_bytes} bytes", server=self.server.name, fault="malformed")
+                        fh.write(chunk)
+            except requests.exceptions.RequestException as exc:
+                raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {_short(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
+            except OSError as exc:  # a full disk, a share gone away
+                raise LocalFileError(f"cannot write {dest}: {exc.strerror or exc}", path=dest) from None
+            localfiles.replace(tmp, dest)
+            tmp = None
         finally:
             resp.close()
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            localfiles.remove_quietly(tmp)  # never hides the error that got us here
         return total
 
     def close(self) -> None:
+        """Close every connection, cutting requests still waiting for an answer (they raise
+        ServerError); later requests raise at once."""
         with self._lock:
             if not self._closed:
                 self._closed = True
+                for conn in list(self._conns):
+                    sock = getattr(conn, "sock", None)
+                    if sock is not None:
+                        try:
+                            sock.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
                 self._session.close()
+                for conn in list(self._conns):
+                    try:
+                        conn.close()  # one a pool no longer holds would wait for the GC
+                    except OSError:
+                        pass
                 if self._probe is not None:
                     self._probe.close()
 
@@ -385,6 +414,38 @@ def _failure_reason(exc: BaseException) -> str:
     if fault == "connect":
         return f"cannot connect: {_short(exc)}"
     return f"request failed: {_short(exc)}"
+
+
+class _TrackingAdapter(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter whose connections use the given SSL context (see tls.py) and that
+    remembers the connections it opens (weakly), so that the client can shut them down while a
+    request waits on one."""
+
+    def __init__(self, conns: "weakref.WeakSet[Any]", context: Optional[ssl.SSLContext], **kwargs: Any) -> None:
+        self._conns = conns
+        self._context = context
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._context is not None:
+            kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+        conns = self._conns
+        new_pool = self.poolmanager._new_pool
+
+        def tracked_pool(*a: Any, **kw: Any) -> Any:
+            pool = new_pool(*a, **kw)
+            new_conn = pool._new_conn
+
+            def tracked_conn() -> Any:
+                conn = new_conn()
+                conns.add(conn)
+                return conn
+
+            pool._new_conn = tracked_conn
+            return pool
+
+        self.poolmanager._new_pool = tracked_pool
 
 
 class _TooSlow(Exception):

@@ -20,6 +20,7 @@ __all__ = [
     "JobFailed",
     "JobCancelled",
     "UnsafePathError",
+    "LocalFileError",
 ]
 
 
@@ -161,3 +162,12 @@ class JobCancelled(ComfyClusterError):
 
 class UnsafePathError(ComfyClusterError):
     """A file name or subfolder from a server would land outside the target folder."""
+
+
+class LocalFileError(ComfyClusterError, OSError):
+    """A local file could not be written, replaced or removed (a full disk, no permission, or
+    on Windows a file held open by another program past the retries). ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path

@@ -22,6 +22,7 @@ import websocket
 
 from .config import ServerConfig
 from .errors import ServerError
+from .tls import ssl_context
 
 __all__ = ["ServerSocket", "MAX_MESSAGE_BYTES"]
 
@@ -59,12 +60,11 @@ class _CappedWebSocket(websocket.WebSocket):
 
 
 def sslopt_for(server: ServerConfig) -> Dict[str, Any]:
-    """websocket-client TLS options matching ``verify_tls`` (same rules as requests)."""
-    if server.verify_tls is False:
-        return {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
-    if isinstance(server.verify_tls, str):
-        return {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": server.verify_tls}
-    return {"cert_reqs": ssl.CERT_REQUIRED}
+    """websocket-client TLS options: the very context HTTPS uses (tls.py), so both trust alike."""
+    if not server.url.startswith("https://"):
+        return {}
+    ctx = ssl_context(server.verify_tls, server.name)
+    return {"context": ctx, "cert_reqs": ctx.verify_mode, "check_hostname": ctx.check_hostname}
 
 
 class ServerSocket:
@@ -102,6 +102,7 @@ class ServerSocket:
         self._attempt_done = threading.Condition(self._lock)
         self._last_error: Optional[str] = None
         self._attempts = 0
+        self._running: Optional[str] = None  # our prompt running on the server, if seen
         self.generation = 0
 
     def __repr__(self) -> str:
@@ -239,6 +240,9 @@ class ServerSocket:
                 return _describe(exc)
             if raw == "" and not ws.connected:
                 return "closed by server"
+            if isinstance(raw, bytes):
+                self._handle_binary(raw)
+                continue
             msg = _decode(raw)
             if msg is not None:
                 self._handle(msg)
@@ -262,10 +266,28 @@ class ServerSocket:
         prompt_id = data.get("prompt_id")
         if not isinstance(prompt_id, str):
             return  # e.g. "executing" without a prompt_id after a reconnect, or custom events
+        # Which of our prompts runs now: binary frames (previews) carry no prompt_id, and
+        # ComfyUI sends them only to the client whose prompt is running.
+        if kind == "execution_start" or (kind == "executing" and data.get("node") is not None):
+            self._running = prompt_id
+        elif kind in _ENDING or (kind == "executing" and data.get("node") is None):
+            if self._running == prompt_id:
+                self._running = None
         with self._lock:
             fn = self._listeners.get(prompt_id)
         if fn is not None:
             self._call(fn, msg)
+
+    def _handle_binary(self, frame: bytes) -> None:
+        """A binary frame (a preview image, text, or preview with metadata): to the listener of
+        the prompt it names (type 4 metadata), else of our prompt running on this server."""
+        prompt_id = _binary_prompt_id(frame) or self._running
+        if prompt_id is None:
+            return
+        with self._lock:
+            fn = self._listeners.get(prompt_id)
+        if fn is not None:
+            self._call(fn, {"type": "_binary", "data": frame})
 
     def drop(self) -> None:
         """Close the current socket (the reader reconnects if jobs still listen)."""
@@ -315,6 +337,25 @@ def _decode(raw: Any) -> Optional[Dict[str, Any]]:
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         return None
     return msg
+
+
+_ENDING = ("execution_success", "execution_error", "execution_interrupted")
+_PREVIEW_WITH_METADATA = 4
+
+
+def _binary_prompt_id(frame: bytes) -> Optional[str]:
+    """The prompt_id in a type-4 frame's metadata (4-byte type, 4-byte JSON length, JSON ...)."""
+    if len(frame) < 8 or int.from_bytes(frame[:4], "big") != _PREVIEW_WITH_METADATA:
+        return None
+    size = int.from_bytes(frame[4:8], "big")
+    if size > len(frame) - 8 or size > 65536:
+        return None
+    try:
+        meta = json.loads(frame[8 : 8 + size].decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    pid = meta.get("prompt_id") if isinstance(meta, dict) else None
+    return pid if isinstance(pid, str) else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -99,8 +99,16 @@ def test_the_fake_defines_what_the_plugin_needs() -> None:
         assert expected in names
 
 
+# Names Foundry documents that the types-nuke stubs lack. Each with its reference page; the
+# plugin reaches them with getattr (mypy checks it against the stubs) and copes with their absence.
+DOCUMENTED_NOT_IN_STUBS = {
+    # https://learn.foundry.com/nuke/developers/160/pythondevguide/_autosummary/nuke.lastHitGroup.html
+    "lastHitGroup",
+}
+
+
 def test_every_public_name_of_the_fake_exists_in_the_nuke_stubs(tmp_path) -> None:
-    names = _public_names_of_fake()
+    names = [n for n in _public_names_of_fake() if n not in DOCUMENTED_NOT_IN_STUBS]
     lines = ["import nuke", ""]
     lines += [f"_{i} = nuke.{name}" for i, name in enumerate(names)]
     probe = tmp_path / "probe_names.py"

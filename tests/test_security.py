@@ -28,7 +28,9 @@ from comfy_cluster import ComfyClusterError, NoServerAvailable, ServerError, Ser
 from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.events import ServerSocket, _decode
-from comfy_cluster.jobs import AttemptContext, Job, Outcome, _follow
+from comfy_cluster.attempt import Attempt
+from comfy_cluster.jobs import Job
+from comfy_cluster.runner import Outcome, RunnerContext, _Follower
 from comfy_cluster.paths import safe_join
 from comfy_cluster.status import StatusMonitor
 from comfy_cluster.testing import Fault, MockComfyServer
@@ -111,20 +113,15 @@ def test_tokens_are_sent_but_never_printed_by_the_cli(mock_comfy):
 
 
 @pytest.fixture(scope="module")
-def self_signed(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = str(d / "cert.pem"), str(d / "key.pem")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
+def self_signed():
+    """(CA file, server certificate, key) from tests/data/tls: no openssl command needed."""
+    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tls")
+    return os.path.join(d, "ca.pem"), os.path.join(d, "server.pem"), os.path.join(d, "server.key")
 
 
 @pytest.fixture
 def https_mock(self_signed):
-    cert, key = self_signed
+    _, cert, key = self_signed
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     server = MockComfyServer(name="tls", ssl_context=ctx).start()
@@ -153,7 +150,7 @@ def test_tls_self_signed_is_refused_by_default(https_mock):
 
 
 def test_tls_accepted_with_verify_tls_pointing_to_the_certificate(https_mock, self_signed):
-    cert, _ = self_signed
+    cert, _, _ = self_signed
     cfg = ServerConfig(name="tls", url=https_mock.url, verify_tls=cert)
     with ServerPool([cfg], **FAST) as pool:
         job = pool.submit(sleep_workflow(0.2, steps=3))
@@ -166,7 +163,7 @@ def test_tls_accepted_with_verify_tls_pointing_to_the_certificate(https_mock, se
 
 
 def test_wss_uses_the_same_verification(https_mock, self_signed):
-    cert, _ = self_signed
+    cert, _, _ = self_signed
     ok = ServerSocket(ServerConfig(name="tls", url=https_mock.url, verify_tls=cert), "00000000-0000-4000-8000-00000000bbbb")
     try:
         ok.ensure_connected()
@@ -352,10 +349,12 @@ def test_any_websocket_message_is_handled_or_ignored(messages):
             return [], []
 
     job = Job(sleep_workflow())
-    ctx = AttemptContext(client=History(), socket=sock, client_id="c", position=lambda: 0,  # type: ignore[arg-type]
-                         reconcile_interval=0.05, server_lost_after=0.2)
-    out = _follow(job, "ws", PID, routed, ctx)
-    assert isinstance(out, Outcome) and out.kind in ("succeeded", "failed", "cancelled", "retry")
+    attempt = Attempt(job, "ws", 1)
+    attempt.prompt_id = PID
+    ctx = RunnerContext(client=History(), socket=sock, client_id="c", position=lambda: 0,  # type: ignore[arg-type]
+                        uploads=lambda c: job.workflow, reconcile_interval=0.05, server_lost_after=0.2)
+    out = _Follower(attempt, ctx, routed).run()
+    assert isinstance(out, Outcome) and out.kind in ("succeeded", "failed", "cancelled", "move")
     if out.error is not None:
         assert isinstance(out.error, ComfyClusterError)
 

@@ -7,6 +7,8 @@ read from standard input switch faults, so a user can watch how Nuke copes::
     fault hang | fault refuse | fault 500 | fault malformed | fault truncated | fault huge
     fault off | latency 0.5 | drop-ws | restart [seconds down] | fail-next [message]
     pause | resume | speed 2 | status | help | quit
+    route /history 500 3 | route /object_info hang | route off | stall-prompt [SECONDS|off]
+    refuse-for 2 | interrupt-ignores-id on|off | mute-ws [CLIENT_ID|off] | drop-ws-late | executions
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ COMMANDS_HELP = """commands (one per line on standard input):
   pause / resume                                   freeze running jobs (a stalled GPU) / go on
   speed FACTOR                                     change the speed factor
   status                                           show queue, fault and clients
+  route PATH 500|hang|reset|stall [COUNT]          fault the next COUNT requests to PATH (all if no COUNT)
+  route off                                        remove route faults, answer held requests
+  stall-prompt [SECONDS|off]                       POST /prompt queues the job but answers late (never)
+  refuse-for SECONDS                               refuse connections for a while, keep the work
+  interrupt-ignores-id on|off                      /interrupt stops whatever runs (old ComfyUI)
+  mute-ws [CLIENT_ID|off]                          lose websocket frames (to one client or all)
+  drop-ws-late                                     cut websockets, notice the close after the reconnect
+  executions                                       executions per prompt_id and their outcomes
   quit                                             stop the server"""
 
 _EXAMPLE = """example:
@@ -129,7 +139,52 @@ def apply_command(server: "MockComfyServer", line: str) -> Optional[str]:
             f"paused={server.jobs_paused} running={running} pending={len(pending)} clients={len(server.connected_clients())} "
             f"done={len(server.executed_prompt_ids)}"
         )
+    reply = _apply_injected(server, command, rest)
+    if reply is not None:
+        return reply
     raise ValueError(f"unknown command {command!r} (try: help)")
+
+
+def _apply_injected(server: "MockComfyServer", command: str, rest: List[str]) -> Optional[str]:
+    """The commands of the faults added for issue 11; None for a command that is not one."""
+    if command == "route":
+        if rest == ["off"]:
+            server.clear_route_faults()
+            return "route faults: off"
+        if len(rest) not in (2, 3):
+            raise ValueError("usage: route PATH 500|hang|reset|stall [COUNT] | route off")
+        count = int(rest[2]) if len(rest) == 3 else None
+        server.fail_route(rest[0], rest[1], count=count)
+        return f"route {rest[0]}: {rest[1]} ({count if count else 'until route off'})"
+    if command in ("stall-prompt", "stall_prompt"):
+        if rest == ["off"]:
+            server.clear_route_faults()
+            return "stall-prompt: off"
+        delay = float(rest[0]) if rest else None
+        server.stall_prompt(delay)
+        return f"stall-prompt: answers {'never come' if delay is None else f'come {delay:g}s late'}"
+    if command in ("refuse-for", "refuse_for"):
+        if len(rest) != 1:
+            raise ValueError("usage: refuse-for SECONDS")
+        server.refuse_for(float(rest[0]))
+        return f"refusing for {float(rest[0]):g}s"
+    if command in ("interrupt-ignores-id", "interrupt_ignores_id"):
+        if rest not in (["on"], ["off"]):
+            raise ValueError("usage: interrupt-ignores-id on|off")
+        server.interrupt_ignores_id = rest[0] == "on"
+        return f"interrupt-ignores-id: {rest[0]}"
+    if command in ("mute-ws", "mute_ws"):
+        if rest == ["off"]:
+            server.unmute_websockets()
+            return "websockets: unmuted"
+        server.mute_websockets(rest[0] if rest else None)
+        return f"websockets muted: {rest[0] if rest else 'all'}"
+    if command in ("drop-ws-late", "drop_ws_late"):
+        return f"dropped {server.drop_websockets_late()} websocket(s); closes noticed after the reconnect"
+    if command == "executions":
+        lines = [f"{r.prompt_id} {r.outcome or 'running'} inputs={sorted(v[1][:12] for v in r.inputs.values())}" for r in server.executions]
+        return "\n".join(lines) or "no executions"
+    return None
 
 
 def _wait_forever(stop: threading.Event) -> None:

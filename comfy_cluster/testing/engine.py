@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from .nodes import InterruptProcessing, NodeContext, NodeDef, NodeEnv
 from .validation import full_type_name, is_link, validate_prompt
 
-__all__ = ["Engine", "EventSink", "MAXIMUM_HISTORY_SIZE", "SENSITIVE_EXTRA_DATA_KEYS", "UUID_RE", "json_error_body"]
+__all__ = ["Engine", "EventSink", "Execution", "MAXIMUM_HISTORY_SIZE", "SENSITIVE_EXTRA_DATA_KEYS", "UUID_RE", "json_error_body"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,22 @@ class EventSink:
     def send_binary(self, frame: bytes, sid: str) -> None:
         """Send a binary frame to the socket registered for ``sid`` (dropped without one)."""
         raise NotImplementedError
+
+
+@dataclass
+class Execution:
+    """One time the worker took a prompt and ran it (a test's record, kept across restarts).
+
+    ``inputs`` maps a LoadImage node id to ``(image name, sha256 hex of the bytes it read)``;
+    ``outcome`` is None while it runs, then ``success``, ``error``, ``interrupted`` or
+    ``abandoned`` (the server died under it)."""
+
+    prompt_id: str
+    client_id: Optional[str]
+    prompt: Dict[str, Any]
+    started: float
+    inputs: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+    outcome: Optional[str] = None
 
 
 @dataclass(order=True)
@@ -107,6 +123,12 @@ class _JobContext(NodeContext):
         if self._job.interrupted:
             raise InterruptProcessing("Processing interrupted")
 
+    def record_input(self, name: str, digest: str) -> None:
+        record = self._job.record
+        if record is not None:
+            with self._engine.lock:
+                record.inputs[self.node_id] = (name, digest)
+
     def send_binary(self, frame: bytes) -> None:
         # ComfyUI sends previews to the running prompt's client only.
         if self._job.client_id is not None:
@@ -129,6 +151,7 @@ class _Job:
         self.interrupted = False
         self.waiters: Set["asyncio.Future[str]"] = set()
         self.progress_nodes: Dict[str, Dict[str, Any]] = {}
+        self.record: Optional[Execution] = None
 
     def send(self, event: str, data: Dict[str, Any], broadcast_without_client: bool = False) -> None:
         if self.client_id is not None or broadcast_without_client:
@@ -203,6 +226,10 @@ class Engine:
         self.interrupt_requests: List[Any] = []
         self.queue_delete_requests: List[Any] = []
         self.fail_next_message: Optional[str] = None
+        #: Every execution the worker started, in order (see :class:`Execution`).
+        self.executions: List[Execution] = []
+        #: Like ComfyUI before ``/interrupt`` took a prompt_id: interrupt whatever runs.
+        self.ignore_interrupt_id = False
         #: While True, sleeping nodes make no progress (a stalled GPU); jobs still start.
         self.paused = False
         self._wakeup: Optional[asyncio.Event] = None
@@ -364,6 +391,8 @@ class Engine:
             self.interrupt_requests.append(body)
             job = self.job
         target = body.get("prompt_id") if isinstance(body, dict) else None
+        if self.ignore_interrupt_id:
+            target = None
         if job is None:
             return  # ComfyUI sets a flag that the next job clears at its start
         if target and target != job.prompt_id:
@@ -421,10 +450,15 @@ class Engine:
                 self.running = entry
                 job = _Job(self, entry)
                 self.job = job
+                record = Execution(job.prompt_id, job.client_id, json.loads(json.dumps(job.prompt)), time.monotonic())
+                job.record = record
+                self.executions.append(record)
             self.queue_updated()
             try:
                 success, result = await self._execute(job)
             except asyncio.CancelledError:
+                with self.lock:
+                    record.outcome = "abandoned"
                 raise  # a restart: the job vanishes without a word, like a killed process
             except Exception as ex:  # noqa: BLE001 - a mock bug must not kill the worker
                 logger.exception("mock execution of %s crashed", job.prompt_id)
@@ -441,6 +475,7 @@ class Engine:
                 self.history[job.prompt_id].update(result)
                 self.running = None
                 self.job = None
+                record.outcome = "success" if success else ("interrupted" if job.interrupted else "error")
                 if success:
                     self.executed_prompt_ids.append(job.prompt_id)
             self.queue_updated()
@@ -585,6 +620,8 @@ class Engine:
             del self.ui_cache[key]
         cached = [node_id for node_id in job.prompt if sigs[node_id] in self.outputs_cache]
         job.add_message("execution_cached", {"nodes": cached, "prompt_id": job.prompt_id}, broadcast=False)
+        for node_id in cached:
+            self._record_cached_input(job, node_id, job.prompt[node_id])
 
         with self.lock:
             fail_message, self.fail_next_message = self.fail_next_message, None
@@ -650,6 +687,20 @@ class Engine:
                 ui_outputs[node_id] = ui_entry["output"]
                 meta_outputs[node_id] = dict(ui_entry["meta"], node_id=node_id, display_node=node_id, real_node_id=node_id)
         return success, {"outputs": ui_outputs, "meta": meta_outputs}
+
+    def _record_cached_input(self, job: _Job, node_id: str, node: Dict[str, Any]) -> None:
+        """A cached LoadImage does not read its file again: record the bytes its cache key holds."""
+        node_def = self.registry.get(node.get("class_type", ""))
+        inputs = node.get("inputs", {})
+        if job.record is None or node_def is None or node_def.name != "LoadImage" or node_def.is_changed is None:
+            return
+        try:
+            digest = node_def.is_changed(self.env, inputs)
+        except Exception:  # noqa: BLE001 - an unreadable file is not a read
+            return
+        if isinstance(digest, str):
+            with self.lock:
+                job.record.inputs[node_id] = (str(inputs.get("image")), digest)
 
     # --- small helpers for the server ----------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Optional, Union
 
-__all__ = ["Fault", "parse_fault"]
+__all__ = ["Fault", "parse_fault", "RouteFault", "parse_route_fault"]
 
 
 class Fault(enum.Enum):
@@ -60,3 +60,30 @@ def parse_fault(value: Union[str, Fault, None]) -> Optional[Fault]:
     except KeyError:
         names = ", ".join(sorted(set(_ALIASES)) + ["off"])
         raise ValueError(f"unknown fault {value!r}; expected one of {names}") from None
+
+
+class RouteFault(enum.Enum):
+    """A fault of one route (``MockComfyServer.fail_route``), for the next N requests or until cleared."""
+
+    #: Answer a plain-text 500 without running the handler.
+    ERROR_500 = "500"
+    #: Hold the request unanswered (the handler does not run) until released or the delay passes.
+    HANG = "hang"
+    #: Cut the connection without an answer (the handler does not run).
+    RESET = "reset"
+    #: Run the handler (a POST /prompt queues and runs the job), then hold the answer until
+    #: released or the delay passes: "the server accepted it, the answer never came".
+    STALL = "stall"
+
+
+def parse_route_fault(value: Union[str, RouteFault]) -> RouteFault:
+    """Turn ``"500"``, ``"hang"``, ``"timeout"``, ``"reset"`` or ``"stall"`` into a :class:`RouteFault`."""
+    if isinstance(value, RouteFault):
+        return value
+    key = value.strip().lower()
+    aliases = {"500": RouteFault.ERROR_500, "error": RouteFault.ERROR_500, "hang": RouteFault.HANG,
+               "timeout": RouteFault.HANG, "reset": RouteFault.RESET, "stall": RouteFault.STALL}
+    try:
+        return aliases[key]
+    except KeyError:
+        raise ValueError(f"unknown route fault {value!r}; expected one of {', '.join(sorted(aliases))}") from None

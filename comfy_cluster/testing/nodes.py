@@ -161,6 +161,9 @@ class NodeContext:
         """Raise :class:`InterruptProcessing` if the prompt was interrupted."""
         raise NotImplementedError
 
+    def record_input(self, name: str, digest: str) -> None:
+        """Note that this node read input file ``name`` with these bytes (sha256 hex), for tests."""
+
     def send_binary(self, frame: bytes) -> None:
         """Send a binary websocket frame to the prompt's client (dropped without one)."""
         raise NotImplementedError
@@ -369,7 +372,9 @@ async def _load_image(ctx: NodeContext, image: str) -> NodeResult:
     with open(path, "rb") as handle:
         size = read_png_size(handle)
     width, height = size if size else (64, 64)
-    digest = bytes.fromhex(_file_hash(path))
+    hexdigest = _file_hash(path)
+    ctx.record_input(str(image), hexdigest)
+    digest = bytes.fromhex(hexdigest)
     return (MockImage(width, height, 1, (digest[0], digest[1], digest[2])), MockMask(width, height)), None
 
 

@@ -37,7 +37,9 @@ from aiohttp import WSMsgType, web
 
 from .engine import Engine, EventSink
 from .faults import Fault, parse_fault
+from .injected import InjectedFaults
 from .nodes import BUILTIN_NODES, NodeDef, NodeEnv
+from .route_faults import RouteRules
 
 __all__ = ["MockComfyServer", "DEFAULT_MODELS", "MODEL_FOLDERS", "HUGE_HTTP_BYTES", "HUGE_WS_BYTES", "MAX_UPLOAD_SIZE"]
 
@@ -84,6 +86,9 @@ class _WsClient:
     transport: Optional[asyncio.Transport]
     queue: "asyncio.Queue[Union[str, bytes]]" = field(default_factory=asyncio.Queue)
     writer: Optional["asyncio.Task[None]"] = None
+    #: Cut by ``drop_websockets_late()``: the server notices the close only once a
+    #: newer socket took the same clientId (then drops that one's registration, as ComfyUI does).
+    late: bool = False
 
     def abort(self) -> None:
         """Cut the connection at once, as a dying process or a lost network would."""
@@ -104,7 +109,7 @@ class _Sink(EventSink):
         self._server._send_ws(frame, sid)
 
 
-class MockComfyServer:
+class MockComfyServer(InjectedFaults):
     """One mock ComfyUI server on 127.0.0.1; see the module docstring.
 
     ``models`` is the checkpoint list (or a mapping of model folder to file names),
@@ -176,6 +181,11 @@ class MockComfyServer:
         self.huge_http_bytes = HUGE_HTTP_BYTES
         self.huge_ws_bytes = HUGE_WS_BYTES
         self._coming_back: Optional["asyncio.Task[None]"] = None
+        self._route_rules = RouteRules()
+        self._held: Set["asyncio.Task[Any]"] = set()
+        self._release: Optional[asyncio.Event] = None
+        self._refuse_window: Optional["asyncio.Task[None]"] = None
+        self._muted: Optional[Set[str]] = None  # client ids whose frames are lost ("*": all)
         self._log_subscribers: Dict[str, bool] = {}  # PATCH /internal/logs/subscribe
 
     # --- properties ----------------------------------------------------------------------
@@ -448,7 +458,7 @@ class MockComfyServer:
             self._all_ws.clear()
         for client in clients:
             client.abort()
-        for task in list(self._hung):
+        for task in list(self._hung) + list(self._held):
             task.cancel()
         if self._runner is not None and self._runner.server is not None:
             for conn in self._runner.server.connections:
@@ -503,9 +513,12 @@ class MockComfyServer:
         """No standing fault, no latency, no pending injected job failure."""
         self.set_fault(None)
         self._latency = 0.0
+        self.clear_route_faults()
+        self._muted = None
         if self._engine is not None:
             with self._lock:
                 self._engine.fail_next_message = None
+                self._engine.ignore_interrupt_id = False
 
     def set_latency(self, seconds: float) -> None:
         """Delay every HTTP answer and websocket handshake by ``seconds`` (0 switches off)."""
@@ -620,6 +633,9 @@ class MockComfyServer:
             else:
                 client = self._sockets.get(sid)
                 targets = [client] if client is not None else []  # no socket: dropped
+            muted = self._muted
+            if muted is not None:  # a half-open connection: the frames are lost on the way
+                targets = [c for c in targets if "*" not in muted and c.sid not in muted]
         for client in targets:
             client.queue.put_nowait(message)
 
@@ -681,6 +697,8 @@ class MockComfyServer:
                 elif msg.type == WSMsgType.ERROR:
                     logger.debug("websocket %s closed with %s", sid, ws.exception())
         finally:
+            if client.late:
+                await self._notice_late(client)
             with self._lock:
                 if client.generation == self._generation:
                     # ComfyUI pops whatever socket holds the sid now, even a newer one.
@@ -741,6 +759,9 @@ class MockComfyServer:
         fault = self._fault
         with self._lock:
             self._request_count += 1
+        rule = self._route_rules.take(request.method, request.path)
+        if rule is not None:
+            return await self._route_fault(rule, request, handler)
         is_ws = request.headers.get("Upgrade", "").lower() == "websocket"
         if fault is Fault.ERROR_500:
             return _plain_500()

@@ -245,6 +245,7 @@ class Knob:
 
     def setValue(self, val: Any) -> bool:
         self._check("setValue")
+        _changed(self)
         self._value = val
         return True
 
@@ -270,9 +271,40 @@ class Array_Knob(Knob):
     def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
         super().__init__(name, label)
         self._value = 0.0
+        self._keys: Dict[float, float] = {}  # an animation curve: frame -> value (linear between)
+
+    def isAnimated(self, channel: int = -1) -> bool:
+        self._check("isAnimated")
+        return bool(self._keys)
+
+    def setAnimated(self, channel: int = -1) -> bool:
+        self._check("setAnimated")
+        return True
+
+    def setValueAt(self, val: Any, time: float, index: int = 0, view: Optional[str] = None) -> bool:
+        self._check("setValueAt")
+        _changed(self)
+        self._keys[float(time)] = float(_require_number(self, val))
+        return True
+
+    def getValueAt(self, frame: float, index: int = 0, view: Optional[str] = None) -> Any:
+        self._check("getValueAt")
+        if not self._keys:
+            return self._value
+        times = sorted(self._keys)
+        if frame <= times[0]:
+            return self._keys[times[0]]
+        if frame >= times[-1]:
+            return self._keys[times[-1]]
+        for a, b in zip(times, times[1:]):
+            if a <= frame <= b:
+                t = (frame - a) / (b - a)
+                return self._keys[a] + t * (self._keys[b] - self._keys[a])
+        return self._value
 
     def setValue(self, val: Any, *args: Any) -> bool:
         self._check("setValue")
+        _changed(self)
         self._value = float(_require_number(self, val))
         return True
 
@@ -292,6 +324,7 @@ class Int_Knob(Array_Knob):
 
     def setValue(self, val: Any) -> bool:
         self._check("setValue")
+        _changed(self)
         self._value = int(_require_number(self, val))
         return True
 
@@ -304,6 +337,10 @@ class Int_Knob(Array_Knob):
         return float(self._value)
 
 
+class Double_Knob(Array_Knob):
+    _class_name = "Double_Knob"
+
+
 class Boolean_Knob(Array_Knob):
     _class_name = "Boolean_Knob"
 
@@ -313,6 +350,7 @@ class Boolean_Knob(Array_Knob):
 
     def setValue(self, val: Any) -> bool:
         self._check("setValue")
+        _changed(self)
         self._value = bool(_require_number(self, val))
         return True
 
@@ -348,6 +386,7 @@ class Enumeration_Knob(Unsigned_Knob):
 
     def setValue(self, val: Any) -> bool:
         self._check("setValue")
+        _changed(self)
         if isinstance(val, str):
             if val not in self._items:
                 raise ValueError(f"Invalid value {val!r} for {self._name}: not one of {self._items}")
@@ -367,6 +406,7 @@ class Enumeration_Knob(Unsigned_Knob):
 
     def setValues(self, items: Sequence[str]) -> None:
         self._check("setValues")
+        _changed(self)
         self._items = [str(i) for i in items]
         if self._value >= len(self._items):
             self._value = 0
@@ -403,15 +443,18 @@ class String_Knob(Knob):
 
     def setValue(self, val: Any) -> None:  # type: ignore[override]
         self._check("setValue")
+        _changed(self)
         self._value = _require_str(self, val)
 
 
 class EvalString_Knob(String_Knob):
+    """``value()`` is the text as typed; ``evaluate()`` runs its Tcl (a subset, see :func:`_tcl`)."""
+
     _class_name = "EvalString_Knob"
 
-    def evaluate(self) -> str:
+    def evaluate(self, *args: Any) -> str:
         self._check("evaluate")
-        return str(self._value)
+        return _tcl(str(self._value))
 
 
 class File_Knob(EvalString_Knob):
@@ -424,7 +467,7 @@ class File_Knob(EvalString_Knob):
 
     def getEvaluatedValue(self) -> str:
         self._check("getEvaluatedValue")
-        return str(self._value)
+        return _tcl(str(self._value))
 
     def fromUserText(self, text: str) -> None:
         self._check("fromUserText")
@@ -493,6 +536,7 @@ class Text_Knob(Knob):
 
     def setValue(self, val: Any) -> bool:
         self._check("setValue")
+        _changed(self)
         self._value = _require_str(self, val)
         return True
 
@@ -505,6 +549,8 @@ class Tab_Knob(Knob):
         self._value = 0
 
 
+# The "default" entry is what a Write/Read uses when nobody sets it: the studio's choice.
+_COLORSPACES: List[str] = ["default", "linear", "sRGB", "rec709", "Gamma2.2", "ACES - ACEScg", "Output - sRGB"]
 # The knobs each node class has, besides the common ones. Only what the plugin touches.
 _COMMON_KNOBS: List[Tuple[str, Callable[[str], Knob]]] = [
     ("name", lambda n: String_Knob(n)),
@@ -525,22 +571,44 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], Knob]]]] = {
         ("origlast", lambda n: Int_Knob(n)),
         ("on_error", lambda n: Enumeration_Knob(n, n, ["error", "black", "checkerboard", "nearest frame"])),
         ("raw", lambda n: Boolean_Knob(n)),
+        ("colorspace", lambda n: Enumeration_Knob(n, n, _COLORSPACES)),
         ("reload", lambda n: Script_Knob(n, "Reload", "")),
     ],
     "Write": [
         ("file", lambda n: File_Knob(n)),
+        ("proxy", lambda n: File_Knob(n)),
         ("file_type", lambda n: Enumeration_Knob(n, n, _FILE_TYPES)),
-        ("channels", lambda n: Enumeration_Knob(n, n, ["rgb", "rgba", "alpha", "all"])),
+        # Nuke's default: all four channels.
+        ("channels", lambda n: _enum_default(Enumeration_Knob(n, n, ["rgb", "rgba", "alpha", "all"]), "rgba")),
+        ("colorspace", lambda n: Enumeration_Knob(n, n, _COLORSPACES)),
+        ("views", lambda n: String_Knob(n)),
         ("raw", lambda n: Boolean_Knob(n)),
         ("create_directories", lambda n: Boolean_Knob(n)),
+        ("beforeRender", lambda n: PythonKnob(n)),
+        ("beforeFrameRender", lambda n: PythonKnob(n)),
+        ("afterFrameRender", lambda n: PythonKnob(n)),
+        ("afterRender", lambda n: PythonKnob(n)),
     ],
     "Input": [("number", lambda n: Int_Knob(n))],
+    "Switch": [("which", lambda n: Int_Knob(n))],
     "Constant": [("color", lambda n: Array_Knob(n))],
-    "Root": [("first_frame", lambda n: Int_Knob(n)), ("last_frame", lambda n: Int_Knob(n)), ("fps", lambda n: Array_Knob(n))],
+    "Root": [
+        ("first_frame", lambda n: Int_Knob(n)),
+        ("last_frame", lambda n: Int_Knob(n)),
+        ("fps", lambda n: Array_Knob(n)),
+        ("project_directory", lambda n: File_Knob(n)),
+        ("proxy", lambda n: Boolean_Knob(n)),
+        ("int8Lut", lambda n: _enum_default(Enumeration_Knob(n, n, _COLORSPACES), "sRGB")),
+    ],
 }
-_MAX_INPUTS = {"Read": 0, "Write": 1, "Input": 0, "Output": 1, "Constant": 0, "ColorBars": 0, "NoOp": 1, "Dot": 1, "Root": 0}
+_MAX_INPUTS = {"Read": 0, "Write": 1, "Input": 0, "Output": 1, "Constant": 0, "ColorBars": 0, "NoOp": 1, "Dot": 1, "Root": 0, "Switch": 10}
 _KNOWN_CLASSES = set(_MAX_INPUTS) | {"Group"}
 _SOURCE_CLASSES = {"Read", "Constant", "ColorBars"}
+
+
+def _enum_default(knob: Enumeration_Knob, item: str) -> Enumeration_Knob:
+    knob._value = knob._items.index(item)
+    return knob
 
 
 class Node:
@@ -791,7 +859,51 @@ class Group(Node):
 
 
 class Root(Group):
-    """The script's root group."""
+    """The script's root group. Its ``name`` knob holds the script's path ('' until saved)."""
+
+    def modified(self) -> bool:
+        self._check("modified")
+        return _modified[0]
+
+    def setModified(self, modified: bool) -> None:
+        self._check("setModified")
+        _modified[0] = bool(modified)
+
+
+class Undo:
+    """Nuke's undo stack: knob changes add steps unless it is disabled."""
+
+    @classmethod
+    def disable(cls) -> None:
+        _main_only("Undo.disable")
+        _undo_state["disabled"] += 1
+
+    @classmethod
+    def enable(cls) -> None:
+        _main_only("Undo.enable")
+        if _undo_state["disabled"] <= 0:
+            raise RuntimeError("Undo.enable() without disable()")
+        _undo_state["disabled"] -= 1
+
+    @classmethod
+    def disabled(cls) -> bool:
+        _main_only("Undo.disabled")
+        return _undo_state["disabled"] > 0
+
+
+_modified = [False]
+_undo_state = {"disabled": 0}
+_undo_steps: List[str] = []
+
+
+def _changed(knob: Knob) -> None:
+    """A knob of a node changed: an undo step (unless disabled) and a modified script."""
+    owner = knob._owner
+    if owner is None or owner._deleted:
+        return
+    _modified[0] = True
+    if not _undo_state["disabled"]:
+        _undo_steps.append(f"{owner._knobs['name']._value}.{knob._name}")
 
 
 class ProgressTask:
@@ -811,9 +923,15 @@ class ProgressTask:
         with _state_lock:
             _tasks.append(weakref.ref(self))
 
+    def _check_frozen(self) -> None:
+        # A Script Editor call blocks the event loop: a bar it updates is never redrawn.
+        if _script_editor[0] and threading.current_thread() is _main_thread:
+            raise _violation("nuke: a Script Editor call blocks Nuke's main thread while it updates a ProgressTask: the GUI is frozen")
+
     def setMessage(self, message: str) -> None:
         if not isinstance(message, str):
             raise TypeError("ProgressTask.setMessage() argument must be str")
+        self._check_frozen()
         self._threads.add(threading.current_thread().name)
         self._message = message
         self._messages.append(message)
@@ -821,6 +939,7 @@ class ProgressTask:
     def setProgress(self, progress: int) -> None:
         if not isinstance(progress, int) or isinstance(progress, bool):
             raise TypeError(f"ProgressTask.setProgress() argument must be int, not {type(progress).__name__}")
+        self._check_frozen()
         self._threads.add(threading.current_thread().name)
         self._progress = max(0, min(100, progress))
         self._history.append(self._progress)
@@ -900,7 +1019,7 @@ def _new_node(cls: str, parent: Optional[Group]) -> Node:
 
 
 _root: Root = _new_node("Root", None)  # type: ignore[assignment]
-_root._knobs["name"]._value = "root"
+_root._knobs["name"]._value = ""
 _root._knobs["first_frame"]._value = 1
 _root._knobs["last_frame"]._value = 100
 _context: List[Group] = [_root]
@@ -911,6 +1030,134 @@ _renders: List[Tuple[str, int, int]] = []
 _render_cancel_after: Optional[int] = None  # the test makes the user press Cancel in a render
 _menus: Dict[str, Menu] = {}
 _plugin_paths: List[str] = []
+_views: List[str] = ["main"]
+_frame = [1]
+_last_hit: List[Optional[Group]] = [None]
+_executing = [False]
+_render_details: List[Dict[str, Any]] = []
+_hiero = [False]
+_script_editor = [False]  # a Script Editor call is running on the main thread
+
+# Global callbacks, as nuke.callbacks keeps them: {nodeClass: [(call, args, kwargs)]}.
+onCreates: Dict[str, List[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]]] = {}
+onScriptCloses: Dict[str, List[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]]] = {}
+beforeRenders: Dict[str, List[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]]] = {}
+afterRenders: Dict[str, List[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]]] = {}
+filenameFilters: Dict[str, List[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]]] = {}
+
+
+def _add_callback(registry: Dict[str, List[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]]], call: Callable[..., Any], args: Any, kwargs: Any, nodeClass: str) -> None:
+    _main_only("add callback")
+    registry.setdefault(nodeClass, []).append((call, _as_args(args), dict(kwargs or {})))
+
+
+def _fire(registry: Dict[str, List[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]]], node: Optional[Node]) -> List[Any]:
+    keys = ["*"] + ([node._cls] if node is not None else [])
+    out = []
+    for key in keys:
+        for call, args, kwargs in list(registry.get(key, [])):
+            if node is not None:
+                _this.append((node, None))
+            try:
+                out.append(call(*args, **kwargs))
+            finally:
+                if node is not None:
+                    _this.pop()
+    return out
+
+
+def addOnCreate(call: Callable[..., Any], args: Any = (), kwargs: Any = None, nodeClass: str = "*") -> None:
+    _add_callback(onCreates, call, args, kwargs, nodeClass)
+
+
+def addOnScriptClose(call: Callable[..., Any], args: Any = (), kwargs: Any = None, nodeClass: str = "Root") -> None:
+    _add_callback(onScriptCloses, call, args, kwargs, nodeClass)
+
+
+def addBeforeRender(call: Callable[..., Any], args: Any = (), kwargs: Any = None, nodeClass: str = "Write") -> None:
+    _add_callback(beforeRenders, call, args, kwargs, nodeClass)
+
+
+def addAfterRender(call: Callable[..., Any], args: Any = (), kwargs: Any = None, nodeClass: str = "Write") -> None:
+    _add_callback(afterRenders, call, args, kwargs, nodeClass)
+
+
+def addFilenameFilter(call: Callable[..., Any], args: Any = (), kwargs: Any = None, nodeClass: str = "*") -> None:
+    _add_callback(filenameFilters, call, args, kwargs, nodeClass)
+
+
+def filenameFilter(filename: str) -> str:
+    """The studio's filename filters applied in turn (as Nuke does before opening a file)."""
+    for call, args, kwargs in filenameFilters.get("*", []):
+        result = call(filename, *args, **kwargs)
+        if result is not None:
+            filename = result
+    return filename
+
+
+def views() -> List[str]:
+    _main_only("views")
+    return list(_views)
+
+
+def frame(f: Optional[int] = None) -> int:
+    _main_only("frame")
+    if f is not None:
+        _frame[0] = int(f)
+    return _frame[0]
+
+
+def lastHitGroup() -> Group:
+    """The group whose node graph the user clicked last (the context group if none)."""
+    _main_only("lastHitGroup")
+    group = _last_hit[0]
+    return group if group is not None and not group._deleted else _context[-1]
+
+
+def scriptName() -> str:
+    _main_only("scriptName")
+    name = str(_root._knobs["name"]._value)
+    if not name:
+        raise RuntimeError("no script name (the script was never saved)")
+    return name
+
+
+def modified() -> bool:
+    _main_only("modified")
+    return _modified[0]
+
+
+def _tcl(text: str) -> str:
+    """The Tcl in file paths a plugin meets: [value root.name], [file dirname ...], [file rootname
+    [file tail ...]], [value root.project_directory], $env(NAME)."""
+    def value_of(path: str) -> str:
+        node_name, _, knob_name = path.partition(".")
+        node = _root if node_name == "root" else _find(_root, node_name)
+        if node is None or knob_name not in node._knobs:
+            raise ValueError(f"Tcl: no knob {path}")
+        return str(node._knobs[knob_name]._value)
+
+    def inner(expr: str) -> str:
+        expr = expr.strip()
+        m = re.fullmatch(r"value\s+(\S+)", expr)
+        if m:
+            return value_of(m.group(1))
+        m = re.fullmatch(r"file\s+(dirname|tail|rootname)\s+(.*)", expr)
+        if m:
+            arg = evaluate_brackets(m.group(2))
+            fn = {"dirname": os.path.dirname, "tail": os.path.basename, "rootname": lambda p: os.path.splitext(p)[0]}[m.group(1)]
+            return fn(arg)
+        raise ValueError(f"fake Tcl cannot evaluate [{expr}]")
+
+    def evaluate_brackets(t: str) -> str:
+        while "[" in t:
+            start = t.rindex("[")
+            end = t.index("]", start)
+            t = t[:start] + inner(t[start + 1 : end]) + t[end + 1 :]
+        return t
+
+    text = re.sub(r"\$env\((\w+)\)", lambda m: os.environ.get(m.group(1), ""), text)
+    return evaluate_brackets(text)
 
 
 def _unique_name(group: Group, base: str) -> str:
@@ -949,6 +1196,10 @@ def _create(cls: str, knobs: Mapping[str, Any]) -> Node:
         if knob is None:
             raise ValueError(f"{cls} has no knob named {key}")
         knob.setValue(value)
+    _modified[0] = True
+    if not _undo_state["disabled"]:
+        _undo_steps.append(f"create {node._knobs['name']._value}")
+    _fire(onCreates, node)  # Nuke runs the studio's onCreate callbacks for every new node
     return node
 
 
@@ -1083,8 +1334,11 @@ def warning(message: str) -> None:
     sys.stderr.write(f"Warning: {message}\n")
 
 
-def menu(name: str) -> Menu:
+def menu(name: str) -> Optional[Menu]:
+    """A menu; a Hiero session (``env['hiero']``) has no node graph, hence no "Nodes" toolbar."""
     _main_only("menu")
+    if name == "Nodes" and env.get("hiero"):
+        return None
     if name not in _menus:
         _menus[name] = Menu(name)
     return _menus[name]
@@ -1103,10 +1357,18 @@ def pluginPath() -> List[str]:
 
 
 def execute(nameOrNode: Union[Node, str], start: int, end: int, incr: int = 1, views: Optional[List[str]] = None, continueOnError: bool = False) -> None:
-    """Render a Write node: a small real PNG per frame, at the path its ``file`` knob gives."""
+    """Render a Write node: a small real PNG per frame, at the path its ``file`` knob gives.
+
+    Strict like Nuke: a render inside a knob callback or inside another render fails; Nuke's
+    event loop runs queued main-thread calls between frames; the Write's own callback knobs and
+    the global before/after render callbacks run; every view is rendered unless ``views`` says
+    otherwise; proxy mode renders at proxy size. What was rendered how is recorded.
+    """
     _main_only("execute")
     if _in_callback:
         raise _violation("nuke: execute() inside a knob callback: Nuke fails with 'I'm already executing something else'")
+    if _executing[0]:
+        raise _violation("nuke: execute() inside another execute(): Nuke fails with 'I'm already executing something else'")
     node = toNode(nameOrNode) if isinstance(nameOrNode, str) else nameOrNode
     if node is None:
         raise ValueError(f"No such node {nameOrNode}")
@@ -1124,17 +1386,52 @@ def execute(nameOrNode: Union[Node, str], start: int, end: int, incr: int = 1, v
     if not pattern:
         raise RuntimeError(f"{node.name()}: no filename set")
     file_type = node["file_type"].value() or os.path.splitext(pattern)[1].lstrip(".").lower()
+    channels = str(node["channels"].value())
+    rendered_views = list(views) if views is not None else list(_views)
+    callbacks_run: List[str] = []
+    for knob_name in ("beforeRender", "afterRender"):
+        if str(node._knobs[knob_name]._value).strip():
+            callbacks_run.append(knob_name)
+    callbacks_run += ["global beforeRender"] * len(_fire(beforeRenders, node))
+    _render_details.append(
+        {
+            "node": node.fullName(),
+            "colorspace": str(node["colorspace"].value()),
+            "channels": channels,
+            "proxy": bool(_root._knobs["proxy"]._value),
+            "views": rendered_views,
+            "callbacks": callbacks_run,
+            "undo_disabled": _undo_state["disabled"] > 0,
+        }
+    )
     _renders.append((node.fullName(), start, end))
-    for i, frame in enumerate(range(start, end + 1, incr)):
-        if _render_cancel_after is not None and i >= _render_cancel_after:
-            raise RuntimeError("Cancelled")
-        path = _frame_path(pattern, frame)
-        folder = os.path.dirname(path)
-        if folder and not os.path.isdir(folder) and not node._knobs["create_directories"]._value:
-            raise RuntimeError(f"{node.name()}: Can't write {path}: No such file or directory")
-        os.makedirs(folder or ".", exist_ok=True)
-        with open(path, "wb") as fh:
-            fh.write(_png(8, 8, ((frame * 37) % 256, 64, 128)) if file_type == "png" else b"fake " + file_type.encode())
+    _executing[0] = True
+    try:
+        for i, frame_number in enumerate(range(start, end + 1, incr)):
+            if _render_cancel_after is not None and i >= _render_cancel_after:
+                raise RuntimeError("Cancelled")
+            path = _frame_path(pattern, frame_number)
+            folder = os.path.dirname(path)
+            if folder and not os.path.isdir(folder) and not node._knobs["create_directories"]._value:
+                raise RuntimeError(f"{node.name()}: Can't write {path}: No such file or directory")
+            os.makedirs(folder or ".", exist_ok=True)
+            with open(path, "wb") as fh:
+                rgb = ((frame_number * 37) % 256, 64, 128)
+                fh.write(_png(8, 8, rgb, alpha=channels != "rgb") if file_type == "png" else b"fake " + file_type.encode())
+            _pump_during_render()
+    finally:
+        _executing[0] = False
+    _fire(afterRenders, node)
+
+
+def _pump_during_render() -> None:
+    # Nuke keeps its event loop going while it renders: queued main-thread calls run here.
+    while True:
+        with _queue_cond:
+            if not _queue:
+                return
+            item = _queue.popleft()
+        _run_queued(item)
 
 
 def _frame_path(pattern: str, frame: int) -> str:
@@ -1156,6 +1453,9 @@ def _upstream_source(node: Node) -> Optional[Node]:
             if group is None or group is _root:
                 return None
             current = group._inputs[number] if number < len(group._inputs) else None
+        elif current._cls == "Switch":
+            which = int(current._knobs["which"]._value)
+            current = current._inputs[which] if which < len(current._inputs) else None
         elif isinstance(current, Group):
             out = next((c for c in current._children if c._cls == "Output" and not c._deleted), None)
             current = out
@@ -1164,12 +1464,13 @@ def _upstream_source(node: Node) -> Optional[Node]:
     return None
 
 
-def _png(width: int, height: int, rgb: Tuple[int, int, int]) -> bytes:
+def _png(width: int, height: int, rgb: Tuple[int, int, int], alpha: bool = False) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixel = bytes(rgb) + (b"\xff" if alpha else b"")
+    raw = b"".join(b"\x00" + pixel * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 6 if alpha else 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
@@ -1196,6 +1497,17 @@ def __getattr__(name: str) -> Any:
     )
 
 
+def _delete_all_for_close() -> None:
+    """(fake only, private to _fake) the closed script's nodes are gone; a fresh empty root."""
+    _mark_deleted(_root)
+    fresh = _new_node("Root", None)
+    assert isinstance(fresh, Root)
+    fresh._knobs["name"]._value = ""
+    globals()["_root"] = fresh
+    _context[:] = [fresh]
+    _modified[0] = False
+
+
 def _iter_tasks() -> Iterator[ProgressTask]:
     with _state_lock:
         refs = list(_tasks)
@@ -1203,3 +1515,7 @@ def _iter_tasks() -> Iterator[ProgressTask]:
         task = ref()
         if task is not None:
             yield task
+
+
+# Saving, opening, copy and paste live in their own module (re-exported: Nuke has them here).
+from ._script import nodeCopy, nodePaste, scriptOpen, scriptSave  # noqa: E402,F401
