@@ -30,8 +30,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _uploaded_names(cluster):
-    """The image names the LoadImage node (10) got in every prompt the servers accepted."""
-    return sorted(p["10"]["inputs"]["image"] for s in cluster for _, p, _ in s.received_prompts)
+    """The image names the LoadImage node (10) got in every prompt the servers accepted, by file
+    name (each is in a subfolder named by its content hash)."""
+    return sorted((p["10"]["inputs"]["image"] for s in cluster for _, p, _ in s.received_prompts), key=lambda n: n.rsplit("/", 1)[-1])
 
 
 def test_execute_renders_the_input_runs_every_frame_and_makes_a_read_node(fake_nuke, cluster_env, tmp_path):
