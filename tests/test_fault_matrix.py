@@ -250,10 +250,9 @@ def test_cancel_of_a_finished_job_never_interrupts_another_artists_job(mock_comf
 # 13. Two concurrent download() into one folder.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 13")
 def test_concurrent_downloads_into_one_folder_never_share_a_path(mock_cluster_factory: Any, tmp_path: Any) -> None:
-    """Seen: both downloads returned the same path (both saw the name free before either
-    wrote); one file overwrote the other."""
+    """Seen before the fix: both downloads returned the same path (both saw the name free
+    before either wrote); one file overwrote the other. Fixed by outputs.py's atomic claim."""
     cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
     def by_color(candidates: Sequence[Any], workflow: Any) -> Any:
         wanted = "s1" if workflow["1"]["inputs"]["color"] == 10 else "s2"
