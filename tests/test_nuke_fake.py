@@ -224,3 +224,17 @@ def test_groups_and_their_inputs(fake_nuke, tmp_path):
     group.setInput(0, nuke.nodes.Constant())
     nuke.execute(write, 1, 1)
     assert (tmp_path / "g.0001.png").is_file()
+
+
+def test_a_script_editor_call_that_blocks_while_showing_progress_is_a_frozen_gui(fake_nuke):
+    import nuke
+
+    def blocking_run():
+        task = nuke.ProgressTask("a blocking run")
+        task.setProgress(50)  # never redrawn: the event loop waits for this call to return
+
+    with pytest.raises(AssertionError, match="GUI is frozen"):
+        fake_nuke.script_editor(blocking_run)
+    assert len(fake_nuke.take_violations()) == 1
+    fake_nuke.set_gui(False)  # nuke -t: no GUI to freeze
+    fake_nuke.script_editor(blocking_run)

@@ -68,7 +68,7 @@ def _key():
 def test_init_picks_the_folder_of_this_python_and_platform_and_appends_it(fake_nuke, saved_sys_path, monkeypatch, tmp_path):
     version = f"{sys.version_info[0]}{sys.version_info[1]}"
     ours = tmp_path / f"py{version}-{_key()}"
-    other = tmp_path / f"py39-{_key()}"
+    other = tmp_path / f"py30-{_key()}"  # another Python version (3.0: never this one)
     for folder in (ours, other):
         folder.mkdir()
         (folder / "cc_probe_shadow.py").write_text("WHO = 'libs'\n")

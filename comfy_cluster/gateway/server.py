@@ -19,6 +19,7 @@ import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .book import GatewayJob, JobBook
 from .info import ClusterInfo, _ssl_for
@@ -393,7 +394,10 @@ class Gateway:
         """``/upload/image`` and ``/upload/mask``: kept by the gateway (a mask is stored as
         sent; the gateway does not composite it onto ``original_ref``)."""
         assert self.uploads is not None
-        post = await request.post()
+        try:
+            post = await request.post()
+        except HttpProcessingError as exc:  # a malformed multipart part (bad header bytes)
+            return web.Response(status=exc.code if 400 <= exc.code < 500 else 400, text=f"upload: {exc.message}")
         image = post.get("image")
         if not isinstance(image, web.FileField) or not image.filename:
             return web.Response(status=400)

@@ -110,6 +110,11 @@ class UploadStore:
             raise UploadError(f"upload: unknown type {type_[:20]!r}")
         if len(data) > self.max_file_bytes:
             raise UploadError(f"upload: file exceeds {self.max_file_bytes} bytes", status=413)
+        parts = name.replace("\\", "/").split("/")
+        if ".." in parts:
+            raise UploadError("upload: file name escapes the input folder")
+        if len(parts) > 1:  # ComfyUI stores "a/b.png" in subfolder a
+            subfolder, name = "/".join([subfolder] + parts[:-1]), parts[-1]
         name = clean_name(name)
         sub = clean_subfolder(subfolder)
         digest = hashlib.sha256(data).hexdigest()

@@ -923,9 +923,15 @@ class ProgressTask:
         with _state_lock:
             _tasks.append(weakref.ref(self))
 
+    def _check_frozen(self) -> None:
+        # A Script Editor call blocks the event loop: a bar it updates is never redrawn.
+        if _script_editor[0] and threading.current_thread() is _main_thread:
+            raise _violation("nuke: a Script Editor call blocks Nuke's main thread while it updates a ProgressTask: the GUI is frozen")
+
     def setMessage(self, message: str) -> None:
         if not isinstance(message, str):
             raise TypeError("ProgressTask.setMessage() argument must be str")
+        self._check_frozen()
         self._threads.add(threading.current_thread().name)
         self._message = message
         self._messages.append(message)
@@ -933,6 +939,7 @@ class ProgressTask:
     def setProgress(self, progress: int) -> None:
         if not isinstance(progress, int) or isinstance(progress, bool):
             raise TypeError(f"ProgressTask.setProgress() argument must be int, not {type(progress).__name__}")
+        self._check_frozen()
         self._threads.add(threading.current_thread().name)
         self._progress = max(0, min(100, progress))
         self._history.append(self._progress)
@@ -1029,6 +1036,7 @@ _last_hit: List[Optional[Group]] = [None]
 _executing = [False]
 _render_details: List[Dict[str, Any]] = []
 _hiero = [False]
+_script_editor = [False]  # a Script Editor call is running on the main thread
 
 # Global callbacks, as nuke.callbacks keeps them: {nodeClass: [(call, args, kwargs)]}.
 onCreates: Dict[str, List[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]]] = {}
@@ -1507,3 +1515,7 @@ def _iter_tasks() -> Iterator[ProgressTask]:
         task = ref()
         if task is not None:
             yield task
+
+
+# Saving, opening, copy and paste live in their own module (re-exported: Nuke has them here).
+from ._script import nodeCopy, nodePaste, scriptOpen, scriptSave  # noqa: E402,F401

@@ -77,6 +77,7 @@ def reset() -> None:
     for registry in (_nuke.onCreates, _nuke.onScriptCloses, _nuke.beforeRenders, _nuke.afterRenders, _nuke.filenameFilters):
         registry.clear()
     _nuke.env.pop("hiero", None)
+    _nuke._script_editor[0] = False
     set_gui(True)
 
 
@@ -123,6 +124,19 @@ def undo_steps() -> List[str]:
 def render_details() -> List[Dict[str, Any]]:
     """How each nuke.execute rendered: colorspace, channels, proxy, views, callbacks run."""
     return [dict(d) for d in _nuke._render_details]
+
+
+def script_editor(call: Callable[[], Any]) -> Any:
+    """Run ``call`` as the Script Editor does: on the main thread, with Nuke's event loop
+    blocked until it returns (a ProgressTask updated meanwhile is a frozen GUI: a violation)."""
+    _nuke._main_only("_fake.script_editor")
+    if not _nuke.GUI:
+        return call()
+    _nuke._script_editor[0] = True
+    try:
+        return call()
+    finally:
+        _nuke._script_editor[0] = False
 
 
 def close_panel(panel: Any) -> None:
