@@ -140,9 +140,13 @@ def build_workflows(args: argparse.Namespace) -> Tuple[List[Dict[str, Any]], Lis
         input_specs.append((node, path))
     if args.frames:
         frames = parse_frames(args.frames)
-        if not args.frame_input:
-            raise WorkflowInputError("--frames needs --frame-input NODE.INPUT (the input that gets the frame number)")
-        workflows = frame_workflows(base, frames, args.frame_input)
+        per_frame_input = any(_frame_path(p, 1) != _frame_path(p, 2) for _, p in input_specs)
+        if not args.frame_input and not per_frame_input:
+            raise WorkflowInputError(
+                "--frames needs --frame-input NODE.INPUT (the input that gets the frame number) "
+                "or an --input with #### or %04d in its file name"
+            )
+        workflows = frame_workflows(base, frames, args.frame_input) if args.frame_input else [base for _ in frames]
         inputs = [{n: _frame_path(p, f) for n, p in input_specs} or None for f in frames]
     else:
         workflows = [base for _ in range(args.count)]
@@ -322,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_positive(int), default=1, help="run it N times (N >= 1)")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="set an input (value as JSON, else text)")
     p.add_argument("--frames", help="frame range, e.g. 1-100, 1-100x2, 1,5,10-20: one job per frame")
-    p.add_argument("--frame-input", metavar="NODE.INPUT", help="the input that receives the frame number")
+    p.add_argument("--frame-input", metavar="NODE.INPUT", help="the input that receives the frame number (optional with a per-frame --input)")
     p.add_argument("--input", action="append", metavar="NODE=FILE", help="upload FILE for LoadImage NODE (#### or %%04d: per frame)")
     p.add_argument("--strategy", choices=sorted(STRATEGIES), help="default: NUKE_COMFYUI_STRATEGY, else least_loaded")
     p.add_argument("--out", help="download the outputs into this folder")
