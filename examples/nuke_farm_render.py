@@ -14,14 +14,16 @@ see them); give every task of one job the same ``--version`` so they fill one ve
 Progress is printed; ComfyUI's errors too.
 
 Exit status: 0 every frame done; 1 some frames failed (listed on stderr); 2 bad arguments or no
-such node; 130 interrupted (the jobs were cancelled on their servers).
+such node; 130 interrupted by Ctrl-C or the farm's SIGTERM (the jobs were cancelled on their
+servers).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 
 def main(argv: Optional[List[str]] = None, open_script: Optional[Callable[[str], None]] = None) -> int:
@@ -46,8 +48,9 @@ def main(argv: Optional[List[str]] = None, open_script: Optional[Callable[[str],
         return 2
     frames = range(args.range[0], args.range[1] + 1) if args.range else None
     try:
-        paths = run.submit(node, frames=frames, version=args.version)
-    except run.RunCancelled as exc:
+        with _termination_interrupts():
+            paths = run.submit(node, frames=frames, version=args.version)
+    except (run.RunCancelled, KeyboardInterrupt) as exc:
         print(f"nuke_farm_render: {exc}", file=sys.stderr)
         return 130
     except run.RunError as exc:
@@ -55,6 +58,29 @@ def main(argv: Optional[List[str]] = None, open_script: Optional[Callable[[str],
         return 1 if exc.errors else 2
     print(f"nuke_farm_render: {len(paths)} frame(s) done")
     return 0
+
+
+@contextlib.contextmanager
+def _termination_interrupts() -> Iterator[None]:
+    """The farm stops a task with SIGTERM (Ctrl-Break on Windows): while the run goes on, make
+    it a KeyboardInterrupt, which cancels the jobs on their servers as Ctrl-C does."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    saved = []
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGBREAK"):
+            if hasattr(signal, name):
+                number = getattr(signal, name)
+                saved.append((number, signal.signal(number, interrupt)))
+    try:
+        yield
+    finally:
+        for number, previous in saved:
+            signal.signal(number, previous)
 
 
 if __name__ == "__main__":

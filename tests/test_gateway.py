@@ -82,9 +82,10 @@ def test_a_server_killed_mid_job_the_client_sees_one_job_finishing(mock_cluster_
     with gateway_over(cluster) as gw:
         client = ScriptClient(gw.url)
         try:
-            pid = client.run(sleep_workflow(seconds=3.0, steps=30, seed=7))
+            pid = client.run(sleep_workflow(seconds=0.5, steps=10, seed=7))
             victim = running_on(cluster)
-            client.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress")
+            victim.pause_jobs()  # mid-job, whatever the machine's load
+            client.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "executing")
             victim.stop()
             msgs = client.follow(pid, timeout=30)
             assert kinds(msgs).count("execution_start") == 1
@@ -127,10 +128,12 @@ def test_interrupt_without_id_never_stops_another_clients_job_on_a_shared_server
         client = ScriptClient(gw.url)
         try:
             # Someone else's job runs on the server itself, not through the gateway.
-            other = requests.post(server.url + "/prompt", json={"prompt": sleep_workflow(seconds=0.5, steps=5, seed=3)}, timeout=5).json()["prompt_id"]
+            server.pause_jobs()
+            other = requests.post(server.url + "/prompt", json={"prompt": sleep_workflow(seconds=0.1, steps=5, seed=3)}, timeout=5).json()["prompt_id"]
             pid = client.run(sleep_workflow(seconds=0.05, steps=1, seed=4))  # waits behind it there
             wait_until(lambda: len(server.queue_snapshot()[1]) == 1, message="our job pending on the server")
             requests.post(gw.url + "/interrupt", data=b"", timeout=5)  # no id: only gateway jobs running now
+            server.resume_jobs()
             msgs = client.follow(pid)
             assert kinds(msgs)[-2:] == ["execution_success", "executing"]
             assert other in server.executed_prompt_ids

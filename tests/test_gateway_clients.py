@@ -85,9 +85,10 @@ def test_uploads_are_sent_again_to_the_server_a_job_moves_to(mock_cluster_factor
         nuke = NukeRemoteClient(gw.url)
         try:
             names = nuke.upload_frames([frame], subfolder="plates")
-            pid = client.run(frames_prompt(names, "moved", seconds=3.0))
+            pid = client.run(frames_prompt(names, "moved", seconds=0.5))
             victim = running_on(cluster)
-            client.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress")
+            victim.pause_jobs()  # mid-job, whatever the machine's load
+            client.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "executing")
             victim.stop()
             msgs = client.follow(pid, timeout=30)
             assert [m["type"] for m in msgs].count("execution_start") == 1

@@ -43,7 +43,10 @@ def reference() -> Dict[str, Any]:
 @pytest.fixture(scope="module")
 def through_gateway() -> Dict[str, Any]:
     with MockComfyServer(name="behind-gateway") as server:
-        pool = ServerPool([{"url": server.url, "name": "only"}], status_ttl=0.5)
+        # max_queue 1: record() posts its busy jobs back to back and expects them to start in
+        # that order; the pool posts the jobs it gives one server at once from parallel
+        # threads, so with room for two they may reach the server in either order.
+        pool = ServerPool([{"url": server.url, "name": "only", "max_queue": 1}], status_ttl=0.5)
         gw = Gateway(pool, port=0).start()
         try:
             return record(gw.url, next_seconds=0.3, timeout=30, pause=server.pause_jobs, resume=server.resume_jobs)

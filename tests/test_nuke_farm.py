@@ -42,3 +42,33 @@ def test_farm_exit_status_says_what_went_wrong(fake_nuke, cluster_env, tmp_path,
     assert "input 'steps'" in capsys.readouterr().err
     assert main(["sh010.nk", "NoSuchNode"], open_script=lambda path: None) == 2
     assert main(["sh010.nk", node.name(), "5", "1"], open_script=lambda path: None) == 2
+
+
+def test_sigterm_from_the_farm_cancels_the_jobs_on_their_servers(fake_nuke, cluster_env, tmp_path):
+    import signal
+    import threading
+
+    fake_nuke.set_gui(False)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow(5.0, steps=50)), str(tmp_path / "out"), last=4)
+    before = signal.getsignal(signal.SIGTERM)
+    started = threading.Event()
+
+    def terminate_when_running():
+        # The farm manager stops the task once its jobs run (an event, not a sleep).
+        for server in cluster_env:
+            while not server.queue_snapshot()[0]:
+                if started.wait(0.01):
+                    return
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_when_running)
+    killer.start()
+    try:
+        assert _main()(["sh010.nk", node.name()], open_script=lambda path: None) == 130
+    finally:
+        started.set()
+        killer.join()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    for server in cluster_env:
+        assert server.wait_idle(5.0)
+        assert server.interrupt_requests and server.executed_prompt_ids == []

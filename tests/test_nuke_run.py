@@ -407,3 +407,12 @@ def test_two_nodes_run_at_once_into_the_same_folder(fake_nuke, cluster_env, tmp_
     files = sorted(f for v in ("v001", "v002") for f in os.listdir(out / v))
     assert files == sorted([f"{a.name()}_{f:04d}.png" for f in (1, 2, 3)] + [f"{b.name()}_{f:04d}.png" for f in (11, 12, 13)])
     assert len(read_nodes()) == 2
+
+
+def test_a_node_made_by_an_older_plugin_says_to_create_it_again(fake_nuke, tmp_path):
+    import comfy_cluster_nuke.node as node_mod
+
+    node = node_mod.create()
+    node["comfy_cluster_run"].setValue("1")
+    fake_nuke.press(node, "execute")
+    assert "made by an older comfy-cluster" in fake_nuke.messages()[-1]

@@ -151,3 +151,17 @@ def test_menu_in_a_hiero_session_has_no_node_entries(fake_nuke, monkeypatch):
     assert nuke.menu("Nodes") is None
     assert nuke.menu("Nuke").findItem("ComfyUI Cluster/Servers...") is not None
     assert nuke.menu("Nuke").findItem("ComfyUI Cluster/ComfyUI Cluster Run") is None
+
+
+def test_under_nuke_t_init_arranges_the_cancel_at_exit(fake_nuke, saved_sys_path, monkeypatch, tmp_path):
+    """menu.py does not run under nuke -t (the farm): init.py registers the clean-up itself."""
+    import atexit
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: registered.append(fn) or fn)
+    monkeypatch.setenv("COMFY_CLUSTER_LIBS", str(tmp_path))
+    fake_nuke.set_gui(False)
+    assert _startup().init() is True
+    from comfy_cluster_nuke import lifecycle
+
+    assert lifecycle.at_exit in registered

@@ -143,6 +143,12 @@ def init(environ: Optional[Mapping[str, str]] = None) -> bool:
     _, libs = setup_paths(environ)
     missing = check_dependencies()
     if not missing:
+        import nuke
+
+        if not nuke.GUI:  # nuke -t and the farm: menu.py does not run, cancel at exit from here
+            from . import lifecycle
+
+            lifecycle.install()
         return True
     names = ", ".join(f"{name} ({why})" for name, why in missing)
     sys.stderr.write(
@@ -157,10 +163,11 @@ def menus() -> None:
     from . import menu
 
     menu.add_menus()
-    from . import lifecycle
-
+    try:
+        from . import gateway, lifecycle
+    except ImportError as exc:  # the dependencies are missing: init.py said what to run
+        sys.stderr.write(f"comfy-cluster: the ComfyUI Cluster menu cannot work yet ({exc})\n")
+        return
     lifecycle.install()
     if os.environ.get(GATEWAY_ENV, "").strip():
-        from . import gateway
-
         gateway.start_from_env()

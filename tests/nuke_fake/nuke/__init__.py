@@ -800,9 +800,15 @@ class Node:
     # panels
     def showControlPanel(self, forceFloat: bool = False) -> None:
         self._check("showControlPanel")
+        self._panel_open = True
 
     def hideControlPanel(self) -> None:
         self._check("hideControlPanel")
+        self._panel_open = False
+
+    def shown(self) -> bool:
+        self._check("shown")
+        return bool(getattr(self, "_panel_open", False))
 
     def setSelected(self, selected: bool) -> None:
         self._check("setSelected")
@@ -897,13 +903,40 @@ _undo_steps: List[str] = []
 
 
 def _changed(knob: Knob) -> None:
-    """A knob of a node changed: an undo step (unless disabled) and a modified script."""
+    """A knob of a node changed: an undo step (unless disabled) and a modified script; with the
+    node's panel open, its ``knobChanged`` script runs, as in Nuke, for a change made by Python
+    too (not re-entered for the same node while it runs)."""
     owner = knob._owner
     if owner is None or owner._deleted:
         return
     _modified[0] = True
     if not _undo_state["disabled"]:
         _undo_steps.append(f"{owner._knobs['name']._value}.{knob._name}")
+    code = owner._knobs["knobChanged"]._value if "knobChanged" in owner._knobs else ""
+    if (
+        code
+        and knob._name != "knobChanged"
+        and getattr(owner, "_panel_open", False)
+        and owner not in _in_knob_changed
+    ):
+        _pending_knob_changed.append((owner, knob))
+
+
+_in_knob_changed: List[Any] = []
+_pending_knob_changed: List[Tuple[Any, Any]] = []
+
+
+def _flush_knob_changed() -> None:
+    """Run the knobChanged scripts the last setValue asked for (after the value is stored)."""
+    while _pending_knob_changed:
+        owner, knob = _pending_knob_changed.pop(0)
+        if owner._deleted or owner in _in_knob_changed:
+            continue
+        _in_knob_changed.append(owner)
+        try:
+            _run_script(str(owner._knobs["knobChanged"]._value), owner, knob)
+        finally:
+            _in_knob_changed.remove(owner)
 
 
 class ProgressTask:
@@ -1515,6 +1548,31 @@ def _iter_tasks() -> Iterator[ProgressTask]:
         task = ref()
         if task is not None:
             yield task
+
+
+def _flush_after(method: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = method(self, *args, **kwargs)
+        _flush_knob_changed()
+        return result
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+def _install_knob_changed_hooks() -> None:
+    # The value is stored first, then knobChanged runs (it reads the new value).
+    pending = [Knob]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        for name in ("setValue", "setValues", "setValueAt"):
+            if name in cls.__dict__:
+                setattr(cls, name, _flush_after(cls.__dict__[name]))
+
+
+_install_knob_changed_hooks()
 
 
 # Saving, opening, copy and paste live in their own module (re-exported: Nuke has them here).

@@ -78,6 +78,8 @@ def reset() -> None:
         registry.clear()
     _nuke.env.pop("hiero", None)
     _nuke._script_editor[0] = False
+    _nuke._pending_knob_changed.clear()
+    _nuke._in_knob_changed.clear()
     set_gui(True)
 
 
@@ -137,6 +139,8 @@ def script_editor(call: Callable[[], Any]) -> Any:
         return call()
     finally:
         _nuke._script_editor[0] = False
+    _nuke._pending_knob_changed.clear()
+    _nuke._in_knob_changed.clear()
 
 
 def close_panel(panel: Any) -> None:
@@ -246,11 +250,12 @@ def press(node: "_nuke.Node", knob_name: str) -> None:
 
 
 def user_set(node: "_nuke.Node", knob_name: str, value: Any) -> None:
-    """The user edits a knob in the node's panel: the value is set, then ``knobChanged`` runs."""
+    """The user edits a knob in the node's panel: the value is set, then ``knobChanged`` runs
+    (by the setValue itself when the panel is open, as in Nuke)."""
     knob = node[knob_name]
     knob.setValue(value)
     code = node["knobChanged"].value()
-    if code:
+    if code and not getattr(node, "_panel_open", False):
         _nuke._run_script(code, node, knob)
 
 
