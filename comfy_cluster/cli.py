@@ -19,6 +19,7 @@ from . import localfiles
 from .balance import STRATEGIES
 from .cli_format import Progress, job_json, status_json, status_table
 from .errors import ComfyClusterError
+from .paths import is_inside, windows_safe_name
 from .stopping import Stopped, StopSignals, wait_sliced
 from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, set_inputs
 
@@ -191,7 +192,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             paths: List[str] = []
             if err is None and args.out:
                 try:
-                    paths = _with_frame_numbers(job.download(args.out), frame)
+                    names = [f.filename for f in job.result().files]
+                    paths = _with_frame_numbers(job.download(args.out), names, frame, args.out)
                 except ComfyClusterError as exc:
                     failed += 1
                     print(f"job {job.index}: download failed: {exc}", file=sys.stderr)
@@ -211,19 +213,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
 _COUNTER = re.compile(r"_\d{5}_$")  # ComfyUI's SaveImage counter: ComfyUI_00001_.png
 
 
-def _with_frame_numbers(paths: List[str], frame: Optional[int]) -> List[str]:
+def _with_frame_numbers(paths: List[str], server_names: List[str], frame: Optional[int], out_dir: str) -> List[str]:
     """Downloaded ``paths`` of one frame's job renamed to carry the frame number, as Nuke's
-    Read node expects (``ComfyUI_00001_.png`` -> ``ComfyUI.1001.png``; with several files,
-    ``ComfyUI_00001_.1001.png``). A name already taken keeps the server's name."""
-    if frame is None:
+    Read node expects: the server's ``ComfyUI_00001_.png`` becomes ``ComfyUI.1001.png`` (with
+    several files, ``ComfyUI_00001_.1001.png``). Files used in place on shared storage are
+    never renamed; a name already taken keeps the downloaded name."""
+    if frame is None or len(server_names) != len(paths):
         return paths
     out = []
-    for path in paths:
-        folder, name = os.path.split(path)
-        stem, ext = os.path.splitext(name)
+    root = os.path.realpath(out_dir)
+    for path, name in zip(paths, server_names):
+        if not is_inside(root, os.path.realpath(path)):
+            out.append(path)  # ComfyUI's own file on shared storage
+            continue
+        stem, ext = os.path.splitext(os.path.basename(path) if not name else windows_safe_name(name))
         if len(paths) == 1:
             stem = _COUNTER.sub("", stem) or stem
-        target = os.path.join(folder, f"{stem}.{frame:04d}{ext}")
+        target = os.path.join(os.path.dirname(path), f"{stem}.{frame:04d}{ext}")
         if localfiles.claim(target):
             localfiles.replace(path, target)
             out.append(target)
@@ -381,6 +387,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except (ComfyClusterError, ValueError) as exc:
         print(f"comfy-cluster: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a local file: one line, never a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"comfy-cluster: {exc.strerror or exc.__class__.__name__}{where}", file=sys.stderr)
         return 2
     parser.print_help()
     return 2
