@@ -174,7 +174,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             sys.stderr.write("\ncancelling the jobs on their servers...\n")
             sys.stderr.flush()
             batch.cancel()
-            wait_sliced(batch.wait, 15.0)
+            deadline = time.monotonic() + 15.0
+            for job in batch.jobs:  # each job, not only the batch's count: its end is what we report
+                wait_sliced(job.wait, max(0.0, deadline - time.monotonic()))
             progress.finish()
             if args.json:
                 for i, job in enumerate(batch.jobs):
