@@ -186,7 +186,7 @@ def test_validation_errors_in_comfyui_shape_judged_by_capable_servers(mock_clust
 
 def test_queue_delete_and_clear_and_history_delete(mock_cluster_factory: Factory) -> None:
     cluster = mock_cluster_factory(speeds=(1.0,))
-    with gateway_over(cluster, gateway_kwargs={"max_in_pool": 1}) as gw:
+    with gateway_over(cluster, server_mock1={"max_queue": 1}) as gw:
         client = ScriptClient(gw.url)
         try:
             cluster[0].pause_jobs()

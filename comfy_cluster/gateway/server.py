@@ -47,8 +47,9 @@ class Gateway:
     ``?token=<token>``, for websocket clients that cannot send headers). ``argv``: what
     ``/system_stats`` reports as ComfyUI's command line (clients such as ComfyUI-for-Nuke's
     shared mode derive the ComfyUI folder from ``argv[0]``). ``max_in_pool``: jobs handed to
-    the pool at once (default: the sum of the servers' ``max_queue``); the rest wait in the
-    gateway, where fair share between clients decides the order.
+    the pool at once (default: all of them; the pool's dispatcher gives each free server slot
+    to the client with the fewest jobs on the servers). With a limit, the rest wait in the
+    gateway, which then gives the next place to the client it has served least.
     """
 
     def __init__(
@@ -205,6 +206,8 @@ class Gateway:
     def _capacity(self) -> int:
         if self._max_in_pool is not None:
             return self._max_in_pool
+        if self.book is not None and self.book.pool_takes_owner:
+            return 1 << 30  # the pool queues them and does the fair share itself
         return sum(s.max_queue for s in self.pool.servers if s.enabled) or 1
 
     async def _online(self) -> List[str]:
