@@ -18,7 +18,7 @@ import concurrent.futures
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from ..jobs import Job, JobEvent
 from .messages import error_data, event_message, relabel, relabel_item, synthesized_history, terminal_message
@@ -71,7 +71,7 @@ class JobBook:
         executor: concurrent.futures.Executor,
         *,
         capacity: Callable[[], int],
-        fetch_history: Callable[[str, str], "asyncio.Future[Any]"],
+        fetch_history: Callable[[str, str], Awaitable[Any]],
         release: Callable[[List[Version]], None],
     ) -> None:
         self._pool = pool
