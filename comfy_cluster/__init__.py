@@ -24,7 +24,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 _EXPORTS: Dict[str, str] = {
-    "Batch": "dispatch",
+    "Batch": "planner",
     "Candidate": "balance",
     "ComfyClusterError": "errors",
     "ConfigError": "errors",
@@ -93,7 +93,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .balance import STRATEGIES, Candidate, FastestCompletion, LeastLoaded, Priority, RoundRobin
     from .config import ServerConfig, servers_from_env
-    from .dispatch import Batch
+    from .planner import Batch
     from .errors import (
         ComfyClusterError,
         ConfigError,

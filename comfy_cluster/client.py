@@ -11,11 +11,13 @@ import json
 import logging
 import mimetypes
 import os
+import socket
 import ssl
 import tempfile
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+import weakref
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 from urllib.parse import urlsplit
 
 import requests
@@ -69,7 +71,9 @@ class ComfyClient:
         # Proxies from the environment would route studio-internal servers through a
         # corporate proxy; ComfyUI servers are addressed directly.
         self._session.trust_env = False
-        adapter = _TrustAdapter(self._ssl, pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
+        # Connections are tracked so close() can cut a request that hangs on a dead server.
+        self._conns: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        adapter = _TrackingAdapter(self._conns, self._ssl, pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._closed = False
@@ -91,6 +95,8 @@ class ComfyClient:
         **kwargs: Any,
     ) -> requests.Response:
         url = self.server.url + path
+        if self._closed:
+            raise ServerError(f"{self.server.name}: client closed", server=self.server.name, fault="connect")
         try:
             return self._session.request(method, url, timeout=timeout or self.timeout, stream=True, **kwargs)
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -337,25 +343,26 @@ class ComfyClient:
         return total
 
     def close(self) -> None:
+        """Close every connection, cutting requests still waiting for an answer (they raise
+        ServerError); later requests raise at once."""
         with self._lock:
             if not self._closed:
                 self._closed = True
+                for conn in list(self._conns):
+                    sock = getattr(conn, "sock", None)
+                    if sock is not None:
+                        try:
+                            sock.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
                 self._session.close()
+                for conn in list(self._conns):
+                    try:
+                        conn.close()  # one a pool no longer holds would wait for the GC
+                    except OSError:
+                        pass
                 if self._probe is not None:
                     self._probe.close()
-
-
-class _TrustAdapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter whose connections use the given SSL context (see tls.py)."""
-
-    def __init__(self, context: Optional[ssl.SSLContext], **kwargs: Any) -> None:
-        self._context = context
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        if self._context is not None:
-            kwargs["ssl_context"] = self._context
-        super().init_poolmanager(*args, **kwargs)
 
 
 def classify(exc: BaseException) -> str:
@@ -365,8 +372,8 @@ def classify(exc: BaseException) -> str:
     ``reason``, requests' wrapped exception), never by message text: Windows says
     ``[WinError 10061] ... actively refused it`` where Linux says ``Connection refused``.
     """
-    kinds = set()
-    seen = set()
+    kinds: Set[str] = set()
+    seen: Set[int] = set()
     stack = [exc]
     while stack:
         e = stack.pop()
@@ -407,6 +414,38 @@ def _failure_reason(exc: BaseException) -> str:
     if fault == "connect":
         return f"cannot connect: {_short(exc)}"
     return f"request failed: {_short(exc)}"
+
+
+class _TrackingAdapter(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter whose connections use the given SSL context (see tls.py) and that
+    remembers the connections it opens (weakly), so that the client can shut them down while a
+    request waits on one."""
+
+    def __init__(self, conns: "weakref.WeakSet[Any]", context: Optional[ssl.SSLContext], **kwargs: Any) -> None:
+        self._conns = conns
+        self._context = context
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._context is not None:
+            kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+        conns = self._conns
+        new_pool = self.poolmanager._new_pool
+
+        def tracked_pool(*a: Any, **kw: Any) -> Any:
+            pool = new_pool(*a, **kw)
+            new_conn = pool._new_conn
+
+            def tracked_conn() -> Any:
+                conn = new_conn()
+                conns.add(conn)
+                return conn
+
+            pool._new_conn = tracked_conn
+            return pool
+
+        self.poolmanager._new_pool = tracked_pool
 
 
 class _TooSlow(Exception):

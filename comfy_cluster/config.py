@@ -18,14 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import ntpath
 import os
+import posixpath
 import re
+import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .paths import check_part
 from .textfiles import read_text
 
 __all__ = [
@@ -70,7 +74,7 @@ class ServerConfig(BaseModel):
     max_queue: int = 2
     headers: Dict[str, str] = Field(default_factory=dict, repr=False)
     verify_tls: Union[bool, str] = True
-    dir_local: Optional[str] = None
+    dir_local: Union[None, str, Dict[str, str]] = None
     dir_remote: Optional[str] = None
     tags: Tuple[str, ...] = ()
 
@@ -109,6 +113,17 @@ class ServerConfig(BaseModel):
             # Never echo the value: it is usually a token.
             if not key or any(c in key for c in "\r\n:") or any(c in value for c in "\r\n"):
                 raise ValueError(f"header {key!r} has an empty name or a line break")
+        return v
+
+    @field_validator("dir_local")
+    @classmethod
+    def _dir_local_platforms(cls, v: Union[None, str, Dict[str, str]]) -> Union[None, str, Dict[str, str]]:
+        if isinstance(v, dict):
+            for key, path in v.items():
+                if key not in PLATFORMS:
+                    raise ValueError(f"unknown platform {key!r} (use {', '.join(PLATFORMS)})")
+                if not path.strip():
+                    raise ValueError(f"empty path for {key}")
         return v
 
     @model_validator(mode="after")
@@ -157,20 +172,51 @@ class ServerConfig(BaseModel):
             # Header names are useful when debugging a proxy; values are secrets.
             yield "headers", {k: "***" for k in self.headers}
 
-    def map_remote_path(self, remote_path: str) -> Optional[str]:
-        """Map a path under ``dir_remote`` (as the server sees it) to ``dir_local``.
+    def local_dir(self, platform: Optional[str] = None) -> Optional[str]:
+        """The server's ComfyUI folder as seen from this machine (``dir_local``), or None.
 
-        Returns ``None`` when the server has no shared-storage mapping or the path is not
-        under ``dir_remote``.
+        ``dir_local`` is one path, or one per OS (``{"windows": "Z:\\ComfyUI", "macos":
+        "/Volumes/ComfyUI", "linux": "/mnt/ComfyUI"}``) so one studio config serves every
+        artist. ``platform`` is a ``sys.platform`` value (this machine's by default).
         """
-        if not self.dir_local or not self.dir_remote:
+        if isinstance(self.dir_local, dict):
+            return self.dir_local.get(platform_key(platform))
+        return self.dir_local
+
+    def map_remote_path(self, remote_path: str, platform: Optional[str] = None) -> Optional[str]:
+        """Map a path as the server sees it (under ``dir_remote``) to this machine's
+        (under :meth:`local_dir`), for tools that get server-side paths.
+
+        Returns ``None`` without a mapping or for a path not under ``dir_remote``, which is
+        compared without case when it is a Windows path (a drive letter or a share). Every
+        component is checked: ``..`` or a drive letter inside raises UnsafePathError.
+        """
+        local = self.local_dir(platform)
+        if not local or not self.dir_remote:
             return None
         remote = self.dir_remote.replace("\\", "/").rstrip("/")
-        path = remote_path.replace("\\", "/")
-        if path != remote and not path.startswith(remote + "/"):
+        path = remote_path.replace("\\", "/").rstrip("/")
+        windows_server = bool(re.match(r"^([A-Za-z]:|//)", remote))
+        fold = str.casefold if windows_server else str
+        if fold(path) != fold(remote) and not fold(path).startswith(fold(remote) + "/"):
             return None
-        rest = path[len(remote):].lstrip("/")
-        return os.path.join(self.dir_local, *rest.split("/")) if rest else self.dir_local
+        parts = check_part(path[len(remote):].lstrip("/"), "path", allow_empty=True)
+        pathmod = ntpath if platform_key(platform) == "windows" else posixpath
+        return pathmod.join(local, *parts) if parts else local
+
+
+#: The keys of a per-OS ``dir_local``.
+PLATFORMS = ("windows", "macos", "linux")
+
+
+def platform_key(platform: Optional[str] = None) -> str:
+    """``windows``, ``macos`` or ``linux`` for a ``sys.platform`` value (this machine's by default)."""
+    plat = sys.platform if platform is None else platform
+    if plat.startswith(("win", "cygwin")):
+        return "windows"
+    if plat.startswith("darwin"):
+        return "macos"
+    return "linux"
 
 
 def _normalise_url(raw: str) -> Tuple[str, str, int]:

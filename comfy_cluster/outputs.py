@@ -37,11 +37,12 @@ def download_outputs(
     atomically) before its download, so two downloads at once never get the same path. A
     failed download leaves no empty claimed file behind.
     """
-    if server.dir_local:
+    local = server.local_dir()
+    if local:
         mapped = [map_shared_path(server, f) for f in files]
         if all(p is not None for p in mapped):
             return [p for p in mapped if p is not None]
-        log.warning("outputs of %s not found under dir_local %s; downloading", server.name, server.dir_local)
+        log.warning("outputs of %s not found under dir_local %s; downloading", server.name, local)
     targets = unique_targets(dest_dir, files, tag)
     done = 0
     try:
@@ -56,9 +57,10 @@ def download_outputs(
 
 def map_shared_path(server: ServerConfig, f: "OutputFile") -> Optional[str]:
     """The local path of an output on shared storage, or None if not mapped or not there."""
-    if not server.dir_local:
+    local = server.local_dir()
+    if not local:
         return None
-    root = os.path.join(server.dir_local, check_part(f.type, "type")[0] if f.type else "output")
+    root = os.path.join(local, check_part(f.type, "type")[0] if f.type else "output")
     path = safe_join(root, f.subfolder, f.filename)  # UnsafePathError for a name that escapes
     return path if os.path.isfile(path) else None
 

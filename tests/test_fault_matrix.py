@@ -145,7 +145,6 @@ def plates(tmp_path: Any, count: int, name: str = "ComfyUIClusterRun1.png") -> L
 # 1. A job renders another job's input.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 1")
 def test_same_named_inputs_of_two_pools_render_their_own_bytes(mock_comfy: MockComfyServer, tmp_path: Any) -> None:
     """Seen: job A read job B's plate (A's execution read B's sha256): B's upload overwrote
     A's file of the same name while A waited in the server's queue."""
@@ -164,7 +163,6 @@ def test_same_named_inputs_of_two_pools_render_their_own_bytes(mock_comfy: MockC
     assert read == {"a": [sha(bytes_a)], "b": [sha(bytes_b)]}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 1")
 def test_same_named_inputs_in_one_batch_render_their_own_bytes(mock_comfy: MockComfyServer, tmp_path: Any) -> None:
     """Seen: job b read job a's bytes (a's upload, made after b's, overwrote it)."""
     (path_a, bytes_a), (path_b, bytes_b) = plates(tmp_path, 2, name="plate.0001.png")
@@ -198,7 +196,6 @@ def test_same_bytes_under_one_name_may_share_an_upload(mock_comfy: MockComfyServ
 # 2. POST /prompt times out after the server accepted it.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 2")
 def test_accepted_then_stalled_post_leaves_no_second_run(mock_cluster_factory: Any) -> None:
     """Seen: the copy on s1 ran to the end ("success") after the job had moved to s2 and s1
     answered again: the attempt was recorded only after a successful POST."""
@@ -223,7 +220,6 @@ def test_accepted_then_stalled_post_leaves_no_second_run(mock_cluster_factory: A
 # 3. One 500 (or one timeout) reading /history after the job's end.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 3")
 @pytest.mark.parametrize("fault", ["500", "reset", "hang"])
 def test_one_failed_history_read_does_not_rerun_a_finished_job(mock_cluster_factory: Any, fault: str) -> None:
     """Seen: the job ran again on s2 (two executions, both "success") and s1 was marked offline."""
@@ -241,7 +237,6 @@ def test_one_failed_history_read_does_not_rerun_a_finished_job(mock_cluster_fact
 # 12. Cancel interrupts a job that already finished.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 12")
 def test_cancel_of_a_finished_job_never_interrupts_another_artists_job(mock_comfy: MockComfyServer) -> None:
     """Seen: the other artist's job ended "interrupted": /interrupt was sent because our job
     had once been seen started, and this (older) server stops whatever runs."""
@@ -304,7 +299,6 @@ def test_concurrent_downloads_into_one_folder_never_share_a_path(mock_cluster_fa
 # 4. A short outage fails queued jobs.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 4")
 def test_outage_clock_measures_only_the_current_outage(mock_comfy: MockComfyServer) -> None:
     """Seen: job B failed with NoServerAvailable at the first instant of the second, short
     outage: its "no server" clock had started in the first outage and was never reset while
@@ -356,7 +350,6 @@ def test_outage_clock_measures_only_the_current_outage(mock_comfy: MockComfyServ
 # 5. Jobs wait while a capable server is idle.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 5")
 def test_job_for_an_idle_servers_model_does_not_wait_behind_a_full_server() -> None:
     """Seen: Z (model only on the idle s2) never left the local queue while s1 was full: the
     dispatcher's "this kind must wait" memo is keyed by node types, and Y (s1's model, same
@@ -429,7 +422,6 @@ def test_fail_fast_cancels_jobs_added_after_the_failure() -> None:
 # 7. cancel() during a network blip.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 7")
 def test_cancel_during_a_network_blip_removes_the_job_once_reachable(mock_comfy: MockComfyServer) -> None:
     """Seen: the job was reported cancelled at once ("cancelled (server unreachable)") and its
     copy ran to the end ("success") once the server was reachable again: the delete and the
@@ -468,7 +460,6 @@ def test_close_during_a_short_network_blip_removes_the_job(mock_comfy: MockComfy
 # 8. map_async with a missing input file for job k.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 8")
 def test_map_async_checks_every_input_before_sending_anything(mock_comfy: MockComfyServer, tmp_path: Any) -> None:
     """Seen: map_async raised for job 2's missing file, and jobs 0 and 1 (already queued
     locally) were sent and ran, with no handle left to cancel them."""
@@ -489,7 +480,6 @@ def test_map_async_checks_every_input_before_sending_anything(mock_comfy: MockCo
 # 9. A server whose /object_info fails stalls everything.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 9")
 @pytest.mark.parametrize("fault", ["500", "reset"])
 def test_failing_object_info_is_cached_and_never_fetched_on_the_dispatch_path(mock_cluster_factory: Any, fault: str) -> None:
     """Seen: s1's /object_info was asked again by every submit and dispatcher pass (5 jobs:
@@ -511,7 +501,6 @@ def library_threads() -> List[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("comfy-cluster")]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 10")
 def test_close_with_a_server_hanging_in_post_is_bounded_and_final(mock_comfy: MockComfyServer) -> None:
     """Seen: close() returned (after its 15 s join deadline) with the runner thread
     comfy-cluster-job-mock still alive and the job unresolved ("queued")."""
@@ -529,7 +518,6 @@ def test_close_with_a_server_hanging_in_post_is_bounded_and_final(mock_comfy: Mo
 # 14. map(timeout=...) raises and leaves the batch running.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 14")
 def test_map_timeout_cancels_the_batch_or_gives_it_back(mock_comfy: MockComfyServer) -> None:
     """Seen: map raised TimeoutError without a batch attribute, and none of the jobs was ever
     cancelled (they sat on the server, and would have run to the end)."""
@@ -622,7 +610,6 @@ def test_job_events_survive_a_late_noticed_websocket_close(mock_comfy: MockComfy
         assert job.result(timeout=5).server == "mock"  # well before the next poll
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 suspected: SystemExit from a callback")
 def test_system_exit_from_a_callback_does_not_strand_the_job(mock_comfy: MockComfyServer) -> None:
     """Confirmed. Seen: SystemExit raised by on_event("succeeded") killed the runner thread
     before the job was marked finished: the job stayed "running" for ever although the server
@@ -640,7 +627,6 @@ def test_system_exit_from_a_callback_does_not_strand_the_job(mock_comfy: MockCom
         assert pool.submit(image_workflow(color=9, prefix="next")).result(timeout=20).server == "mock"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 suspected: a custom strategy's non-candidate")
 def test_custom_strategy_returning_a_non_candidate_cannot_bypass_the_online_check(mock_cluster_factory: Any) -> None:
     """Confirmed. Seen: the strategy's "s1" (offline, not a candidate) was used three times:
     the job failed after 3 attempts on s1 ("connection refused") instead of never going there."""

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _uploaded_names(cluster):
-    """The image names the LoadImage node (10) got in every prompt the servers accepted."""
-    return sorted(p["10"]["inputs"]["image"] for s in cluster for _, p, _ in s.received_prompts)
+    """The image names the LoadImage node (10) got in every prompt the servers accepted, by file
+    name (each is in a subfolder named by its content hash)."""
+    return sorted((p["10"]["inputs"]["image"] for s in cluster for _, p, _ in s.received_prompts), key=lambda n: n.rsplit("/", 1)[-1])
 
 
 def test_execute_renders_the_input_runs_every_frame_and_makes_a_read_node(fake_nuke, cluster_env, tmp_path):
@@ -321,10 +322,10 @@ def test_submit_on_the_gui_main_thread_refuses_at_once_and_start_returns_a_handl
 
     node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
     with pytest.raises(run_mod.RunError, match="would freeze Nuke"):
-        run_mod.submit(node)
+        fake_nuke.script_editor(lambda: run_mod.submit(node))
     assert all(s.received_prompts == [] for s in cluster_env) and fake_nuke.renders() == []
 
-    handle = run_mod.start(node)  # returns at once; the main loop keeps running
+    handle = fake_nuke.script_editor(lambda: run_mod.start(node))  # returns at once
     assert not handle.finished.is_set()
     fake_nuke.pump_until(handle.finished.is_set, timeout=10, what="the run started from a script")
     assert handle.error is None and len(handle.paths) == 2
@@ -385,25 +386,6 @@ def test_execute_without_gui_runs_to_the_end_and_prints_failures(fake_nuke, clus
     assert "node 2 (TestSleep), input 'steps'" in capsys.readouterr().out  # nuke.message prints in nuke -t
 
 
-def test_a_copied_node_gets_its_own_id_and_folder(fake_nuke, cluster_env, tmp_path):
-    fake_nuke.save_script(str(tmp_path / "shot010_comp_v003.nk"))
-    wf = write_json(tmp_path / "wf.json", empty_image_workflow())
-    first = make_run_node(fake_nuke, wf, "", last=1, with_input=False)
-    fake_nuke.press(first, "execute")
-    wait_run(fake_nuke, first)
-    copy = make_run_node(fake_nuke, wf, "", last=2, with_input=False)
-    # What copy and paste carries over: the original's hidden id and its owner.
-    copy["node_uid"].setValue(first["node_uid"].value())
-    copy["uid_owner"].setValue(first["uid_owner"].value())
-    fake_nuke.press(copy, "execute")
-    wait_run(fake_nuke, copy)
-    assert copy["node_uid"].value() != first["node_uid"].value()
-    reads = {r.fullName(): r for r in read_nodes()}
-    assert reads[f"{first.name()}.result"]["last"].value() == 1
-    assert reads[f"{copy.name()}.result"]["last"].value() == 2
-    assert os.path.dirname(reads[f"{first.name()}.result"]["file"].value()) != os.path.dirname(reads[f"{copy.name()}.result"]["file"].value())
-
-
 def test_two_nodes_run_at_once_into_the_same_folder(fake_nuke, cluster_env, tmp_path):
     out = tmp_path / "out"
     wf = write_json(tmp_path / "wf.json", load_image_workflow(0.1))
@@ -425,3 +407,12 @@ def test_two_nodes_run_at_once_into_the_same_folder(fake_nuke, cluster_env, tmp_
     files = sorted(f for v in ("v001", "v002") for f in os.listdir(out / v))
     assert files == sorted([f"{a.name()}_{f:04d}.png" for f in (1, 2, 3)] + [f"{b.name()}_{f:04d}.png" for f in (11, 12, 13)])
     assert len(read_nodes()) == 2
+
+
+def test_a_node_made_by_an_older_plugin_says_to_create_it_again(fake_nuke, tmp_path):
+    import comfy_cluster_nuke.node as node_mod
+
+    node = node_mod.create()
+    node["comfy_cluster_run"].setValue("1")
+    fake_nuke.press(node, "execute")
+    assert "made by an older comfy-cluster" in fake_nuke.messages()[-1]

@@ -68,7 +68,7 @@ def _key():
 def test_init_picks_the_folder_of_this_python_and_platform_and_appends_it(fake_nuke, saved_sys_path, monkeypatch, tmp_path):
     version = f"{sys.version_info[0]}{sys.version_info[1]}"
     ours = tmp_path / f"py{version}-{_key()}"
-    other = tmp_path / f"py39-{_key()}"
+    other = tmp_path / f"py30-{_key()}"  # another Python version (3.0: never this one)
     for folder in (ours, other):
         folder.mkdir()
         (folder / "cc_probe_shadow.py").write_text("WHO = 'libs'\n")
@@ -94,11 +94,15 @@ def test_a_wheel_that_is_found_but_does_not_load_is_reported(fake_nuke, saved_sy
     startup = _startup()
     assert importlib.util.find_spec("cc_broken_core") is not None
     monkeypatch.setattr(startup, "DEPENDENCIES", ("requests", "cc_broken_core"))
+    monkeypatch.setattr(startup, "COMPILED", ("cc_broken_core",))
     monkeypatch.setenv("COMFY_CLUSTER_LIBS", str(tmp_path / "libs"))
     assert startup.init() is False
     err = capsys.readouterr().err
     assert "cc_broken_core (ImportError: cannot import _pydantic_core: wrong ABI)" in err
     assert "nuke_setup.py" in err
+    monkeypatch.setattr(startup, "DEPENDENCIES", ("requests", "surely_not_installed_pkg"))
+    assert startup.init() is False
+    assert "surely_not_installed_pkg (not found)" in capsys.readouterr().err
     monkeypatch.setattr(startup, "DEPENDENCIES", ("requests",))
     assert startup.init() is True
     assert capsys.readouterr().err == ""
@@ -151,3 +155,17 @@ def test_menu_in_a_hiero_session_has_no_node_entries(fake_nuke, monkeypatch):
     assert nuke.menu("Nodes") is None
     assert nuke.menu("Nuke").findItem("ComfyUI Cluster/Servers...") is not None
     assert nuke.menu("Nuke").findItem("ComfyUI Cluster/ComfyUI Cluster Run") is None
+
+
+def test_under_nuke_t_init_arranges_the_cancel_at_exit(fake_nuke, saved_sys_path, monkeypatch, tmp_path):
+    """menu.py does not run under nuke -t (the farm): init.py registers the clean-up itself."""
+    import atexit
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: registered.append(fn) or fn)
+    monkeypatch.setenv("COMFY_CLUSTER_LIBS", str(tmp_path))
+    fake_nuke.set_gui(False)
+    assert _startup().init() is True
+    from comfy_cluster_nuke import lifecycle
+
+    assert lifecycle.at_exit in registered

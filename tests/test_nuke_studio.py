@@ -335,3 +335,25 @@ def test_failed_frames_show_as_checkerboard_and_rerun_completes_the_same_version
 
     node.setName("Hero_comfy")  # renaming cannot orphan the Read: it lives inside the node
     assert nuke.toNode("Hero_comfy.result")["file"].value() == read["file"].value()
+
+
+def test_status_knob_updates_are_throttled_but_the_last_word_always_lands(fake_nuke, tmp_path, monkeypatch):
+    import nuke
+
+    from comfy_cluster_nuke import node as node_mod
+    from comfy_cluster_nuke import runner
+    from comfy_cluster_nuke.settings import read_settings
+
+    node = node_mod.create()
+    node.setInput(0, nuke.nodes.Constant())
+    fake_nuke.user_set(node, "workflow", write_json(tmp_path / "wf.json", load_image_workflow()))
+    run = runner.Run(node, read_settings(node), interactive=False, dialogs=False)
+    shown = []
+    monkeypatch.setattr(node_mod, "set_status", lambda n, text: shown.append(text))
+    now = [100.0]
+    monkeypatch.setattr(runner, "_clock", lambda: now[0])
+    for i, step in enumerate((0.0, 0.1, 0.1, 0.1, 0.3)):  # polls every 0.1 s
+        now[0] += step
+        run._show(f"{i}/5 frames done", i * 20)
+    run._show("done", 100, force=True)
+    assert shown == ["0/5 frames done", "3/5 frames done", "4/5 frames done", "done"]

@@ -19,7 +19,7 @@ import tempfile
 from typing import Any, Dict, List
 
 import pytest
-from helpers import sleep_workflow, wait_until
+from helpers import sleep_workflow, symlink_dir, symlink_file, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_util import RawServer
@@ -28,7 +28,9 @@ from comfy_cluster import ComfyClusterError, NoServerAvailable, ServerError, Ser
 from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.events import ServerSocket, _decode
-from comfy_cluster.jobs import AttemptContext, Job, Outcome, _follow
+from comfy_cluster.attempt import Attempt
+from comfy_cluster.jobs import Job
+from comfy_cluster.runner import Outcome, RunnerContext, _Follower
 from comfy_cluster.paths import safe_join
 from comfy_cluster.status import StatusMonitor
 from comfy_cluster.testing import Fault, MockComfyServer
@@ -187,8 +189,8 @@ def test_safe_join_never_leads_outside(subfolder, filename):
         outside = os.path.join(sandbox, "outside")
         os.makedirs(root)
         os.makedirs(outside)
-        os.symlink(outside, os.path.join(root, "link"))  # a symlinked subfolder inside the target
-        os.symlink(os.path.join(outside, "f"), os.path.join(root, "a"))  # a symlinked file name
+        symlink_dir(outside, os.path.join(root, "link"))  # a symlinked subfolder inside the target
+        symlink_file(os.path.join(outside, "f"), os.path.join(root, "a"))  # a symlinked file name
         try:
             target = safe_join(root, subfolder, filename)
         except UnsafePathError:
@@ -347,10 +349,12 @@ def test_any_websocket_message_is_handled_or_ignored(messages):
             return [], []
 
     job = Job(sleep_workflow())
-    ctx = AttemptContext(client=History(), socket=sock, client_id="c", position=lambda: 0,  # type: ignore[arg-type]
-                         reconcile_interval=0.05, server_lost_after=0.2)
-    out = _follow(job, "ws", PID, routed, ctx)
-    assert isinstance(out, Outcome) and out.kind in ("succeeded", "failed", "cancelled", "retry")
+    attempt = Attempt(job, "ws", 1)
+    attempt.prompt_id = PID
+    ctx = RunnerContext(client=History(), socket=sock, client_id="c", position=lambda: 0,  # type: ignore[arg-type]
+                        uploads=lambda c: job.workflow, reconcile_interval=0.05, server_lost_after=0.2)
+    out = _Follower(attempt, ctx, routed).run()
+    assert isinstance(out, Outcome) and out.kind in ("succeeded", "failed", "cancelled", "move")
     if out.error is not None:
         assert isinstance(out.error, ComfyClusterError)
 

@@ -45,8 +45,8 @@ def parse_address(text: str) -> Tuple[str, int]:
         port = int(port_text)
     except ValueError:
         raise GatewayError(f"{ENV}={raw!r}: expected host:port, for example 127.0.0.1:8189") from None
-    if not 0 < port < 65536:
-        raise GatewayError(f"{ENV}={raw!r}: the port must be 1-65535")
+    if not 0 <= port < 65536:  # 0: a free port, which the Servers panel then shows
+        raise GatewayError(f"{ENV}={raw!r}: the port must be 0-65535")
     return host, port
 
 

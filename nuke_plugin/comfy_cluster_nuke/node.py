@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 NODE_LABEL = "ComfyUI Cluster Run"
 MARKER_KNOB = "comfy_cluster_run"  # a hidden knob that marks our groups (and their version)
+MARKER_VERSION = "2"  # the knobs and inner nodes of this version (1: before per-node folders)
 NONE_CHOICE = "(none)"
 DEFAULT_STRATEGY = "default"
 UID_KNOB = "node_uid"
@@ -123,7 +124,7 @@ def _add_knobs(group: nuke.Group) -> None:
 
     root = nuke.root()
     group.addKnob(nuke.Tab_Knob("comfy_cluster", "ComfyUI Cluster"))
-    _hidden(group, MARKER_KNOB, "2")
+    _hidden(group, MARKER_KNOB, MARKER_VERSION)
     _hidden(group, UID_KNOB, uuid.uuid4().hex[:8])
     _hidden(group, UID_OWNER_KNOB, group.fullName())
     _hidden(group, IDS_KNOB, json.dumps([None]))
@@ -172,6 +173,7 @@ def _add_knobs(group: nuke.Group) -> None:
     group.addKnob(nuke.Text_Knob("status", "status", "idle"))
     show = nuke.Enumeration_Knob("show", "output", SHOW_CHOICES)
     show.setTooltip("result: the frames ComfyUI made (a Read inside this node); input: the plate, passed through.")
+    show.setValue("input")  # nothing made yet; a run switches it to result
     group.addKnob(show)
 
 

@@ -123,7 +123,7 @@ def rerun_failed(node: nuke.Node) -> Optional[Run]:
     if not failed:
         node_mod.set_status(node, "no failed frame to run again")
         return None
-    return _button(node, frames=failed, reuse_version=str(node["last_version"].value()))
+    return _button(node, frames=failed, reuse_version=str(node["last_version"].value()))  # an absolute path
 
 
 def start(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None) -> Run:
@@ -139,8 +139,11 @@ def start(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None) -
     return run
 
 
-def submit(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None) -> List[str]:
+def submit(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None, version: str = "") -> List[str]:
     """Run ``node`` and wait (``nuke -t``, or a worker thread): returns the frame files in order.
+
+    ``frames`` overrides the node's range; ``version`` (``"v004"``, or a folder) writes into that
+    version folder instead of a new one: farm tasks of one node's range share a version.
 
     Raises :class:`RunError` (with ComfyUI's words) when frames failed, or
     :class:`RunCancelled`. Without a GUI the progress is printed to the terminal. Ctrl+C cancels
@@ -153,7 +156,7 @@ def submit(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None) 
             "start(node), which returns a handle at once (or call submit from a thread, or under nuke -t)."
         )
     target = mainthread.call(_as_node, node)
-    settings = mainthread.call(read_settings, target, frames=frames)
+    settings = mainthread.call(read_settings, target, frames=frames, reuse_version=version)
     run = _register(target, settings, interactive=bool(nuke.GUI), dialogs=False)
     try:
         return run.run()

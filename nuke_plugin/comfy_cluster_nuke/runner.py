@@ -39,6 +39,7 @@ STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr", ".bmp", ".gif")
 _INPUTS_DIR = ".inputs"
 _DOWNLOAD_DIR = ".download"
+_clock = time.monotonic  # the status throttle's clock (tests replace it)
 #: Extra keyword arguments for every run's ServerPool (for example ``{"server_lost_after": 5.0}``);
 #: set it from a studio's menu.py.
 pool_options: Dict[str, Any] = {}
@@ -129,7 +130,7 @@ class Run:
             self._last_percent = percent
         if not self.interactive:
             print(f"[{self.settings.node_name}] {text}", flush=True)
-        now = time.monotonic()
+        now = _clock()
         if force or now - self._last_status >= STATUS_INTERVAL:
             self._last_status = now
             mainthread.post(node_mod.set_status, self.node, text)
@@ -147,7 +148,11 @@ class Run:
             if self.interactive:
                 self._task = mainthread.call(_new_progress_task, f"{node_mod.NODE_LABEL}: {s.node_name}")
             try:
-                self.version_dir = s.reuse_version if s.reuse_version and os.path.isdir(s.reuse_version) else destinations.new_version(s.output_base)
+                if s.reuse_version:  # a re-run of failed frames, or a farm chunk of a given version
+                    self.version_dir = os.path.join(s.output_base, s.reuse_version)
+                    os.makedirs(self.version_dir, exist_ok=True)
+                else:
+                    self.version_dir = destinations.new_version(s.output_base)
             except OSError as exc:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
             inputs_dir = os.path.join(self.version_dir, _INPUTS_DIR)

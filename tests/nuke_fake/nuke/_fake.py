@@ -77,6 +77,9 @@ def reset() -> None:
     for registry in (_nuke.onCreates, _nuke.onScriptCloses, _nuke.beforeRenders, _nuke.afterRenders, _nuke.filenameFilters):
         registry.clear()
     _nuke.env.pop("hiero", None)
+    _nuke._script_editor[0] = False
+    _nuke._pending_knob_changed.clear()
+    _nuke._in_knob_changed.clear()
     set_gui(True)
 
 
@@ -123,6 +126,21 @@ def undo_steps() -> List[str]:
 def render_details() -> List[Dict[str, Any]]:
     """How each nuke.execute rendered: colorspace, channels, proxy, views, callbacks run."""
     return [dict(d) for d in _nuke._render_details]
+
+
+def script_editor(call: Callable[[], Any]) -> Any:
+    """Run ``call`` as the Script Editor does: on the main thread, with Nuke's event loop
+    blocked until it returns (a ProgressTask updated meanwhile is a frozen GUI: a violation)."""
+    _nuke._main_only("_fake.script_editor")
+    if not _nuke.GUI:
+        return call()
+    _nuke._script_editor[0] = True
+    try:
+        return call()
+    finally:
+        _nuke._script_editor[0] = False
+    _nuke._pending_knob_changed.clear()
+    _nuke._in_knob_changed.clear()
 
 
 def close_panel(panel: Any) -> None:
@@ -232,11 +250,12 @@ def press(node: "_nuke.Node", knob_name: str) -> None:
 
 
 def user_set(node: "_nuke.Node", knob_name: str, value: Any) -> None:
-    """The user edits a knob in the node's panel: the value is set, then ``knobChanged`` runs."""
+    """The user edits a knob in the node's panel: the value is set, then ``knobChanged`` runs
+    (by the setValue itself when the panel is open, as in Nuke)."""
     knob = node[knob_name]
     knob.setValue(value)
     code = node["knobChanged"].value()
-    if code:
+    if code and not getattr(node, "_panel_open", False):
         _nuke._run_script(code, node, knob)
 
 

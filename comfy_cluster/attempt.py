@@ -1,0 +1,172 @@
+"""Attempts and the Ledger: every copy of a job the pool ever put on a server, until its end
+there is confirmed.
+
+An :class:`Attempt` is one try of one job on one server, with a client-chosen ``prompt_id``
+made *before* ``POST /prompt``. It is reserved in the :class:`Ledger` before the POST (so a
+POST that times out after the server took the job still leaves a record), and released only
+once its end on that server is confirmed: it finished, or it was seen gone from the server's
+queue after a delete or an interrupt. An attempt whose server went out of reach is
+UNCONFIRMED: still counted there, and removed by :func:`remove_copies` once the server answers
+again. Every "move elsewhere" and every cancel goes through this record.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+
+from .errors import ComfyClusterError
+from .policy import FOLLOW_TIMEOUT
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import ComfyClient
+    from .jobs import Job
+    from .status import StatusMonitor
+
+__all__ = ["Attempt", "AttemptPhase", "Ledger", "remove_copies", "cancel_on_server"]
+
+log = logging.getLogger(__name__)
+
+#: An attempt lost while its POST was in flight is released only after this many seconds: the
+#: request may still be on its way into the server's queue.
+POST_GRACE = 2.0
+
+
+class AttemptPhase(str, enum.Enum):
+    RESERVED = "reserved"  # counted on its server; nothing sent yet
+    POSTED = "posted"  # POST /prompt sent (the server may hold it from now on)
+    RUNNING = "running"  # seen executing
+    ENDED = "ended"  # its end on the server is confirmed
+    UNCONFIRMED = "unconfirmed"  # out of reach; clean-up removes the copy when it answers
+
+
+class Attempt:
+    """One try of ``job`` on ``server``. ``phase`` is written by its runner (and by the ledger
+    on release); ``prompt_id`` is chosen here, before the POST."""
+
+    __slots__ = ("job", "server", "number", "prompt_id", "phase", "lost_at", "posted")
+
+    def __init__(self, job: "Job", server: str, number: int) -> None:
+        self.job = job
+        self.server = server
+        self.number = number
+        self.prompt_id = str(uuid.uuid4())
+        self.phase = AttemptPhase.RESERVED
+        self.lost_at: Optional[float] = None
+        self.posted = False
+
+    def __repr__(self) -> str:
+        return f"<Attempt {self.prompt_id[:8]} #{self.number} on {self.server} {self.phase.value}>"
+
+
+class Ledger:
+    """The attempts per server that are not confirmed ended. Thread-safe (one lock, no I/O
+    under it). ``reserve`` counts an attempt on its server before its POST; ``release``
+    uncounts it once its end is confirmed; ``on_release`` is called after each release."""
+
+    def __init__(self, servers: Sequence[str], monitor: "StatusMonitor", on_release: Callable[[], None]) -> None:
+        self._lock = threading.Lock()
+        self._by_server: Dict[str, Dict[int, Attempt]] = {s: {} for s in servers}
+        self._monitor = monitor
+        self._on_release = on_release
+
+    def reserve(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._by_server[attempt.server][id(attempt)] = attempt
+        self._monitor.job_reserved(attempt.server)
+
+    def release(self, attempt: Attempt, *, seconds: Optional[float] = None, ok: Optional[bool] = None) -> bool:
+        """Its end on the server is confirmed; False if it was released already."""
+        with self._lock:
+            gone = self._by_server[attempt.server].pop(id(attempt), None)
+            attempt.phase = AttemptPhase.ENDED
+        if gone is None:
+            return False
+        self._monitor.job_released(attempt.server, seconds=seconds, ok=ok)
+        self._on_release()
+        return True
+
+    def lose(self, attempt: Attempt, now: float) -> None:
+        """Its server is out of reach: keep it (counted) until clean-up confirms its end."""
+        with self._lock:
+            if id(attempt) in self._by_server[attempt.server]:
+                attempt.phase = AttemptPhase.UNCONFIRMED
+                attempt.lost_at = now
+
+    def unconfirmed(self, server: str) -> List[Attempt]:
+        with self._lock:
+            return [a for a in self._by_server[server].values() if a.phase is AttemptPhase.UNCONFIRMED]
+
+    def live(self, server: Optional[str] = None) -> List[Attempt]:
+        """Attempts not confirmed ended (on ``server``, or everywhere)."""
+        with self._lock:
+            names = [server] if server is not None else list(self._by_server)
+            return [a for n in names for a in self._by_server[n].values()]
+
+    def count(self, server: str) -> int:
+        with self._lock:
+            return len(self._by_server[server])
+
+
+def cancel_on_server(client: "ComfyClient", prompt_id: str) -> bool:
+    """Delete ``prompt_id`` from the pending queue, then interrupt it only if the queue shows it
+    running at that moment (a server that ignores the id in /interrupt would stop whatever
+    runs, another artist's job too). True when the queue no longer holds it.
+
+    Raises :class:`ServerError` when the server cannot be reached (the caller retries).
+    """
+    client.delete_pending([prompt_id], timeout=FOLLOW_TIMEOUT)
+    running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
+    if prompt_id in running:
+        client.interrupt(prompt_id, timeout=FOLLOW_TIMEOUT)
+        return False
+    return prompt_id not in pending
+
+
+def remove_copies(
+    client: "ComfyClient",
+    ledger: Ledger,
+    server: str,
+    clock: Callable[[], float],
+    *,
+    closed: Optional[threading.Event] = None,
+    patience: float = 10.0,
+) -> int:
+    """Remove the UNCONFIRMED attempts on ``server`` (delete, or interrupt if running now) and
+    release each one seen gone from its queue. Returns how many were released.
+
+    Runs on the probe executor, never on the dispatcher. Looks again for up to ``patience``
+    seconds (an interrupted job takes a moment to leave; a lost POST gets ``POST_GRACE``);
+    stops early when the server stops answering (the next time it is back, this runs again).
+    """
+    released = 0
+    deadline = time.monotonic() + patience
+    while True:
+        attempts = ledger.unconfirmed(server)
+        if not attempts:
+            return released
+        try:
+            client.delete_pending([a.prompt_id for a in attempts], timeout=FOLLOW_TIMEOUT)
+            running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
+            for a in attempts:
+                if a.prompt_id in running:
+                    client.interrupt(a.prompt_id, timeout=FOLLOW_TIMEOUT)
+            running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
+        except ComfyClusterError as exc:
+            log.debug("clean-up on %s: %s", server, exc)
+            return released
+        now = clock()
+        for a in attempts:
+            there = a.prompt_id in running or a.prompt_id in pending
+            young = a.posted and a.lost_at is not None and now - a.lost_at < POST_GRACE
+            if not there and not young and ledger.release(a):
+                released += 1
+                log.info("removed the copy %s of a moved or cancelled job from %s", a.prompt_id, server)
+        if time.monotonic() >= deadline or (closed is not None and closed.is_set()):
+            return released
+        if ledger.unconfirmed(server):
+            (closed or threading.Event()).wait(0.2)

@@ -1,0 +1,366 @@
+"""The runner: one attempt's I/O, from the websocket and uploads through ``POST /prompt`` to
+the job's end, on the runner thread the pool starts for it.
+
+:func:`run_attempt` never raises: every ending is an :class:`Outcome`, and every failure is
+judged by :func:`comfy_cluster.policy.decide`. The attempt's ``prompt_id`` is the one made
+before the POST, so a copy the server took while the POST failed is still ours to find.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
+
+from .attempt import Attempt, AttemptPhase, cancel_on_server
+from .client import ComfyClient, as_dict, as_list, iter_output_files
+from .errors import ComfyClusterError, JobFailed, ServerError, WorkflowError
+from .jobs import OutputFile
+from .policy import FOLLOW_TIMEOUT, Action, Decision, Phase, decide
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .events import ServerSocket
+    from .jobs import Job
+
+__all__ = ["Outcome", "RunnerContext", "run_attempt", "is_server_specific"]
+
+log = logging.getLogger(__name__)
+
+#: How long a finished job may be missing from /history before it is taken for lost.
+HISTORY_GRACE = 10.0
+
+
+@dataclass
+class Outcome:
+    """How an attempt ended. ``kind``: ``succeeded``, ``failed``, ``cancelled`` or ``move``
+    (back to the queue for another server). ``confirmed``: its end on the server is known
+    (else the ledger keeps it UNCONFIRMED for clean-up). ``decision``: the policy row behind
+    a move (mark the server down, exclude it for this job)."""
+
+    kind: str
+    reason: str = ""
+    error: Optional[BaseException] = None
+    outputs: Optional[Dict[str, List[OutputFile]]] = None
+    exec_seconds: Optional[float] = None
+    decision: Decision = field(default_factory=lambda: Decision(Action.MOVE))
+    confirmed: bool = True
+    raw: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class RunnerContext:
+    """What an attempt needs from the pool."""
+
+    client: ComfyClient
+    socket: "ServerSocket"
+    client_id: str
+    position: Callable[[], int]
+    uploads: Callable[[ComfyClient], Dict[str, Any]]
+    reconcile_interval: float = 5.0
+    server_lost_after: float = 15.0
+    clock: Callable[[], float] = time.monotonic
+
+
+def is_server_specific(err: WorkflowError) -> bool:
+    """A 400 that another server may not give: a missing node type or a missing model."""
+    if err.error_type in ("missing_node_type",):
+        return True
+    if err.error_type == "invalid_prompt" and "does not exist" in str(err):
+        return True
+    # A model (or input file) the server lacks: value_not_in_list, or LoadImage's own check.
+    return bool(err.node_errors) and all(
+        e.type == "value_not_in_list" or (e.type == "custom_validation_failed" and "Invalid image file" in e.message)
+        for e in err.node_errors
+    )
+
+
+def _strip(text: str, name: str) -> str:
+    return text[len(name) + 2:] if text.startswith(name + ": ") else text
+
+
+def _move(err: BaseException, decision: Decision, name: str, *, confirmed: bool, prefix: str = "") -> Outcome:
+    return Outcome("move", reason=prefix + _strip(str(err), name), error=err, decision=decision, confirmed=confirmed)
+
+
+def run_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
+    """Run ``attempt`` to its end; never raises."""
+    job = attempt.job
+    name = attempt.server
+    inbox: "queue.Queue[Dict[str, Any]]" = queue.Queue()
+    sock = ctx.socket
+    sock.register(attempt.prompt_id, inbox.put)
+    job._inbox = inbox
+    try:
+        if job.cancel_requested:
+            return Outcome("cancelled", reason="cancelled before submission")
+        try:
+            sock.ensure_connected()
+            workflow = ctx.uploads(ctx.client)
+        except ComfyClusterError as exc:
+            d = decide(Phase.UPLOAD, exc)
+            if d.action is Action.FAIL:
+                return Outcome("failed", error=exc)
+            return _move(exc, d, name, confirmed=True)
+        except OSError as exc:  # our input file vanished or became unreadable
+            return Outcome("failed", error=ComfyClusterError(f"input file unreadable: {exc.__class__.__name__}: {exc.filename}"))
+        if job.cancel_requested:
+            return Outcome("cancelled", reason="cancelled before submission")
+        position = ctx.position()
+        body = {"prompt": workflow, "client_id": ctx.client_id, "prompt_id": attempt.prompt_id}
+        attempt.posted = True
+        attempt.phase = AttemptPhase.POSTED
+        try:
+            answer = ctx.client.post_prompt(body)
+        except WorkflowError as exc:
+            d = decide(Phase.POST, exc, server_specific=is_server_specific(exc))
+            if d.action is Action.FAIL:
+                return Outcome("failed", error=exc)
+            return _move(exc, d, name, confirmed=True)
+        except ServerError as exc:
+            d = decide(Phase.POST, exc)
+            if d.action is Action.FAIL:
+                return Outcome("failed", error=exc)
+            if not d.maybe_there:
+                return _move(exc, d, name, confirmed=True)
+            # The server may have taken it before failing to answer: our id tells.
+            if not _taken(ctx.client, attempt.prompt_id):
+                return _move(exc, d, name, confirmed=False)
+            log.info("%s: POST /prompt failed (%s) but the server holds the job: following it", name, exc.fault)
+        else:
+            if answer.get("prompt_id") != attempt.prompt_id:
+                # An old server that ignores client-chosen ids: follow the id it gave.
+                sock.unregister(attempt.prompt_id)
+                attempt.prompt_id = str(answer["prompt_id"])
+                sock.register(attempt.prompt_id, inbox.put)
+        job._posted(attempt)
+        job._emit("submitted", name)
+        job._emit("queued", name, position=position)
+        return _Follower(attempt, ctx, inbox).run()
+    finally:
+        sock.unregister(attempt.prompt_id)
+        job._inbox = None
+
+
+def _taken(client: ComfyClient, prompt_id: str) -> bool:
+    """Whether the server holds ``prompt_id`` (queued, running or finished); False when it
+    cannot tell."""
+    try:
+        running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
+        if prompt_id in running or prompt_id in pending:
+            return True
+        return client.history(prompt_id, timeout=FOLLOW_TIMEOUT) is not None
+    except ComfyClusterError:
+        return False
+
+
+class _Follower:
+    """Follows a posted attempt to its end: websocket events, reconciled from /queue and
+    /history when the socket drops or goes quiet; cancel on request."""
+
+    def __init__(self, attempt: Attempt, ctx: RunnerContext, inbox: "queue.Queue[Dict[str, Any]]") -> None:
+        self.attempt = attempt
+        self.job = attempt.job
+        self.ctx = ctx
+        self.name = attempt.server
+        self.inbox = inbox
+        self.started: Optional[float] = None
+        self.posted_at = ctx.clock()
+        self.cancel_done = False  # delete/interrupt went through
+        self.success_raw: Optional[Dict[str, Any]] = None
+        self.success_seen = False
+        self.unreachable_since: Optional[float] = None
+        self.cancel_retry_at = 0.0
+
+    @property
+    def pid(self) -> str:
+        return self.attempt.prompt_id
+
+    def run(self) -> Outcome:
+        while True:
+            timeout = self.ctx.reconcile_interval
+            if self.success_seen:
+                timeout = 1.0  # the closing "executing: null" is due right after
+            if self.unreachable_since is not None:
+                timeout = min(timeout, 0.5)
+            if self.job.cancel_requested:
+                timeout = min(timeout, 0.25)  # watch the job leave the queue
+            reconcile = False
+            msg: Optional[Dict[str, Any]] = None
+            if self.job.cancel_requested and not self.cancel_done and time.monotonic() >= self.cancel_retry_at:
+                reconcile = True
+                try:
+                    cancel_on_server(self.ctx.client, self.pid)
+                    self.cancel_done = True
+                except ServerError as exc:
+                    out = self._lost(exc, Phase.CANCEL)
+                    if out is not None:
+                        return out
+                    self.cancel_retry_at = time.monotonic() + 0.25
+                    continue
+            else:
+                try:
+                    msg = self.inbox.get(timeout=timeout)
+                except queue.Empty:
+                    msg = None
+                kind = msg.get("type") if msg else None
+                reconcile = msg is None or kind in ("_disconnected", "_reconnected")
+            if reconcile:
+                out = self._reconcile()
+                if out is not None:
+                    return out
+                continue
+            assert msg is not None
+            out = self._on_message(msg)
+            if out is not None:
+                return out
+
+    def _lost(self, exc: ComfyClusterError, phase: Phase) -> Optional[Outcome]:
+        """Contact lost: None while within the loss window, else how the attempt ends."""
+        now = self.ctx.clock()
+        if self.unreachable_since is None:
+            self.unreachable_since = now
+        d = decide(phase, exc)
+        window = d.window if d.window is not None else self.ctx.server_lost_after
+        if now - self.unreachable_since < window:
+            return None
+        if self.job.cancel_requested:
+            # Reported cancelled; the copy stays in the ledger until the server answers.
+            return Outcome("cancelled", reason="cancelled (server unreachable: its copy is removed once it answers)", confirmed=False)
+        down = Decision(Action.MOVE, mark_down=True, maybe_there=True)
+        return _move(exc, down, self.name, confirmed=False, prefix="stopped answering: ")
+
+    def _reconcile(self) -> Optional[Outcome]:
+        client = self.ctx.client
+        try:
+            # The queue first, then the history: ComfyUI moves a finished job from one to the
+            # other at once, so a job in neither *after* the queue was read is lost.
+            running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
+            item = None
+            if self.pid not in running and self.pid not in pending:
+                item = client.history(self.pid, timeout=FOLLOW_TIMEOUT)
+        except ComfyClusterError as exc:
+            return self._lost(exc, Phase.FOLLOW)
+        self.unreachable_since = None
+        if item is not None:
+            return self._from_history(item)
+        if self.pid in running or self.pid in pending:
+            if self.pid in running and self.started is None:
+                self._mark_started()
+            return None
+        if self.job.cancel_requested and self.cancel_done:
+            return Outcome("cancelled", reason="cancelled")
+        if self.success_seen:
+            return None  # history not written yet; look again shortly
+        # In neither queue nor history: the server restarted and lost it.
+        return Outcome("move", reason="server restarted and lost the job", decision=Decision(Action.MOVE), confirmed=True)
+
+    def _mark_started(self) -> None:
+        self.started = self.ctx.clock()
+        self.attempt.phase = AttemptPhase.RUNNING
+        self.job._started(self.started)
+
+    def _on_message(self, msg: Dict[str, Any]) -> Optional[Outcome]:
+        kind = msg.get("type")
+        name = self.name
+        job = self.job
+        if kind == "_cancel":
+            return None  # handled at the top of the loop
+        if kind == "_binary":
+            frame = msg.get("data")
+            if isinstance(frame, bytes):
+                job._emit("preview", name, data=frame)
+            return None
+        data = msg.get("data")
+        data = data if isinstance(data, dict) else {}
+        if kind == "execution_start":
+            self._mark_started()
+            job._emit("started", name, raw=data)
+        elif kind == "execution_cached":
+            nodes = as_list(data.get("nodes"))
+            job._emit("cached", name, nodes=tuple(str(n) for n in nodes), raw=data)
+        elif kind == "executing":
+            node = data.get("node")
+            if node is None:
+                return self._finish_from_history()
+            job._emit("executing", name, node=str(node), raw=data)
+        elif kind == "progress":
+            v, m = data.get("value"), data.get("max")
+            if isinstance(v, (int, float)) and isinstance(m, (int, float)):
+                job._emit("progress", name, node=str(data.get("node")), value=float(v), max=float(m), raw=data)
+        elif kind == "executed":
+            node = str(data.get("node"))
+            files = tuple(
+                OutputFile(f["filename"], f["subfolder"], f["type"], node) for _, f in iter_output_files({node: data.get("output")})
+            )
+            job._emit("output", name, node=node, files=files, raw=data)
+        elif kind == "execution_success":
+            self.success_seen = True
+            self.success_raw = data
+        elif kind == "execution_error":
+            return Outcome("failed", error=_job_failed(data, self.pid, name), raw=data)
+        elif kind == "execution_interrupted":
+            reason = "cancelled" if job.cancel_requested else "interrupted on the server"
+            return Outcome("cancelled", reason=reason, raw=data)
+        return None
+
+    def _finish_from_history(self) -> Outcome:
+        """The job ended (``executing`` with node null): read its result. A failed read is
+        retried for the loss window like any other loss of contact (one 500 or one timeout
+        must not re-run a finished job)."""
+        grace_end = self.ctx.clock() + HISTORY_GRACE
+        delay = 0.05
+        while True:
+            try:
+                item = self.ctx.client.history(self.pid, timeout=FOLLOW_TIMEOUT)
+            except ComfyClusterError as exc:
+                out = self._lost(exc, Phase.HISTORY)
+                if out is not None:
+                    out.confirmed = True  # it ended there: nothing to remove
+                    return out
+                time.sleep(0.25)
+                continue
+            self.unreachable_since = None
+            if item is not None:
+                out = self._from_history(item)
+                out.raw = self.success_raw
+                return out
+            if self.ctx.clock() >= grace_end:
+                return Outcome("move", reason="finished job missing from history", decision=Decision(Action.MOVE))
+            time.sleep(delay)  # history is written just before the done signal; rarely needed
+            delay = min(delay * 2, 1.0)
+
+    def _from_history(self, item: Mapping[str, Any]) -> Outcome:
+        status = as_dict(item.get("status"))
+        messages = as_list(status.get("messages"))
+        if status.get("status_str") == "error":
+            for m in messages:
+                if isinstance(m, list) and len(m) == 2 and m[0] == "execution_error" and isinstance(m[1], dict):
+                    return Outcome("failed", error=_job_failed(m[1], self.pid, self.name))
+                if isinstance(m, list) and len(m) == 2 and m[0] == "execution_interrupted":
+                    return Outcome("cancelled", reason="cancelled" if self.job.cancel_requested else "interrupted on the server")
+            return Outcome("failed", error=JobFailed(f"{self.name}: job {self.pid} ended with an error", prompt_id=self.pid, server=self.name))
+        outputs: Dict[str, List[OutputFile]] = {}
+        for node, f in iter_output_files(item.get("outputs")):
+            outputs.setdefault(node, []).append(OutputFile(f["filename"], f["subfolder"], f["type"], node))
+        started = self.started if self.started is not None else self.posted_at
+        return Outcome("succeeded", outputs=outputs, exec_seconds=self.ctx.clock() - started)
+
+
+def _job_failed(data: Mapping[str, Any], prompt_id: str, server: str) -> JobFailed:
+    node_id = data.get("node_id")
+    node_type = data.get("node_type")
+    exc_type = str(data.get("exception_type") or "")
+    exc_msg = str(data.get("exception_message") or "").strip()
+    tb = as_list(data.get("traceback"))
+    return JobFailed(
+        f"{server}: node {node_id} ({node_type}) failed: {exc_type}: {exc_msg}",
+        prompt_id=prompt_id,
+        server=server,
+        node_id=str(node_id) if node_id is not None else None,
+        node_type=str(node_type) if node_type is not None else None,
+        exception_type=exc_type,
+        exception_message=exc_msg,
+        traceback=[str(t) for t in tb],
+    )
