@@ -1,8 +1,9 @@
 """Issue 11's fault matrix: each defect reproduced against the public API over real mock
 ComfyUI servers on loopback, asserting the behaviour the issue asks for.
 
-Tests still failing on main are ``xfail(strict=True)``; each was seen failing for the reason
-its docstring gives ("Seen: ..."), and its mark goes when the fix lands. The mock's faults
+Every test was seen failing on main before the attempt lifecycle was rebuilt, for the reason
+its docstring gives ("Seen: ..."); one still failing is ``xfail(strict=True)``, its mark to go
+when the fix lands. The mock's faults
 used here (route faults, accept-then-stall, refuse_for, interrupt_ignores_id, muted and
 late-noticed websockets, per-execution records with input hashes) are shown working in
 tests/test_mock_faults_injected.py.
@@ -21,11 +22,11 @@ Defect (issue 11) -> test (reproduced: all yes)
   9  /object_info failure stalls        test_failing_object_info_is_cached_and_never_fetched_on_the_dispatch_path[500|reset]
  10  close() blocks, thread left        test_close_with_a_server_hanging_in_post_is_bounded_and_final
  12  cancel interrupts a finished job   test_cancel_of_a_finished_job_never_interrupts_another_artists_job
- 13  concurrent downloads, one path     test_concurrent_downloads_into_one_folder_never_share_a_path (fixed on main)
+ 13  concurrent downloads, one path     test_concurrent_downloads_into_one_folder_never_share_a_path
  14  map(timeout) leaves batch running  test_map_timeout_cancels_the_batch_or_gives_it_back
  15  network split: both copies run     test_network_split_removes_the_old_copy_once_reachable[first-cleanup-fails]
-                                        ([clean-return] already passed on main)
-Suspected points, all three confirmed:
+                                        ([clean-return] passed before the rebuild too)
+Suspected points, all three confirmed (the first still xfail):
      ws reconnect loses registration    test_job_events_survive_a_late_noticed_websocket_close
      SystemExit from a callback         test_system_exit_from_a_callback_does_not_strand_the_job
      custom strategy's non-candidate    test_custom_strategy_returning_a_non_candidate_cannot_bypass_the_online_check,
@@ -388,7 +389,6 @@ class _SubmitGate(ServerPool):
         return super().submit(*args, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 6")
 def test_fail_fast_cancels_jobs_added_after_the_failure() -> None:
     """Seen: jobs 2-5, queued after job 0 had failed and fail_fast had cancelled job 1, all
     ran ("succeeded"): fail_fast cancels only the jobs the batch held at the failure."""
@@ -439,7 +439,6 @@ def test_cancel_during_a_network_blip_removes_the_job_once_reachable(mock_comfy:
     assert [r.outcome for _, r in runs([mock_comfy], "blip")] == ["interrupted"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 7")
 def test_close_during_a_short_network_blip_removes_the_job(mock_comfy: MockComfyServer) -> None:
     """close() takes cancel's path (Ctrl-C in the CLI calls close()). Seen: close() returned
     with the job "cancelled (server unreachable)" and its copy ran to the end ("success")
@@ -554,7 +553,7 @@ def test_map_timeout_cancels_the_batch_or_gives_it_back(mock_comfy: MockComfySer
     "cleanup_blip",
     [
         pytest.param(False, id="clean-return"),
-        pytest.param(True, id="first-cleanup-fails", marks=pytest.mark.xfail(strict=True, reason="issue 11 defect 15")),
+        pytest.param(True, id="first-cleanup-fails"),
     ],
 )
 def test_network_split_removes_the_old_copy_once_reachable(mock_cluster_factory: Any, cleanup_blip: bool) -> None:
@@ -643,7 +642,6 @@ def test_custom_strategy_returning_a_non_candidate_cannot_bypass_the_online_chec
     assert err is None or getattr(err, "server", None) != "s1", err
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 suspected: a custom strategy's non-candidate")
 def test_custom_strategy_returning_a_non_candidate_cannot_bypass_max_queue(mock_cluster_factory: Any) -> None:
     """Confirmed. Seen: s1 (max_queue 1, already holding our job) got the second job too."""
     cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
@@ -706,7 +704,6 @@ def chaos_step(rng: random.Random, servers: Sequence[MockComfyServer], log: List
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(strict=True, reason="issue 11 defects 1 and 3")
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_chaos_two_pools_same_named_inputs(mock_cluster_factory: Any, tmp_path: Any, seed: int) -> None:
     """Two pools (two artists, the Nuke node's default name on every plate) run batches over
