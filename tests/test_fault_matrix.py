@@ -204,7 +204,7 @@ def test_accepted_then_stalled_post_leaves_no_second_run(mock_cluster_factory: A
     slow = cluster.servers[0]
     slow.stall_prompt()  # s1 queues and runs the job, but its answer never comes ...
     slow.pause_jobs()
-    with pool_of(cluster.servers, strategy=first_of("s1")) as pool:
+    with pool_of(cluster.servers, strategy=first_of("s1"), request_timeout=(1.0, 1.0)) as pool:
         job = pool.submit(sleep_workflow(seconds=3, steps=6, prefix="once"))
         wait_until(lambda: slow.received_prompts, what="s1 accepted the prompt")
         slow.set_fault("hang")  # ... and then s1 stops answering anything for a while
