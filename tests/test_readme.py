@@ -190,6 +190,21 @@ def test_command_examples_run_against_the_mock(mock_comfy, workdir):
     assert (workdir / "renders" / "inverted.0001.png").is_file()
 
 
+def test_example_script_commands_run_as_its_docstring_says(mock_comfy, workdir):
+    import ast
+
+    script = os.path.join(ROOT, "examples", "submit_workflow.py")
+    doc = ast.get_docstring(ast.parse(open(script, encoding="utf-8").read())) or ""
+    # The runnable ones (the first is a synopsis for a real cluster): workflows from examples/.
+    commands = [line.strip() for line in doc.splitlines() if line.strip().startswith("python examples/submit_workflow.py examples/")]
+    assert len(commands) >= 2
+    for command in commands:
+        argv = shlex.split(command)
+        out = subprocess.run([sys.executable, *argv[1:]], cwd=workdir, env=_env(mock_comfy), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (command, out.stderr)
+        assert "done on mock" in out.stdout
+
+
 def test_try_it_installs_what_exists():
     """The install lines name extras and a command that pyproject.toml really has."""
     pyproject = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
