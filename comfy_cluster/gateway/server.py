@@ -170,14 +170,12 @@ class Gateway:
         self._helpers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="comfy-cluster-gateway-status")
         self.uploads = UploadStore(self._upload_dir, max_file_bytes=self._max_upload)
         self.info = ClusterInfo(self.pool.servers, self._online, ttl=self._info_ttl, argv=self._argv)
-        info = self.info
         self.book = JobBook(
             self.pool,
             self.relay,
             loop,
             self._submitter,
             capacity=self._capacity,
-            fetch_history=lambda server, pid: info.get(server, f"/history/{pid}"),
             release=self.uploads.release,
         )
         app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
