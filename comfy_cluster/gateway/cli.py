@@ -75,10 +75,6 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
     except (ComfyClusterError, ValueError) as exc:
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
-    # The gateway's process hands every job between threads (HTTP loop, dispatcher, runner,
-    # websocket reader, callbacks); a shorter GIL switch interval than the default 5 ms
-    # lets a woken thread run sooner (see BENCHMARKS.md, gateway latency).
-    sys.setswitchinterval(0.001)
     gateway = Gateway(pool, host=args.host, port=args.port, token=token, argv=extra)
     try:
         gateway.start()
