@@ -158,7 +158,7 @@ class Gateway:
                 loop.close()
         for ex in (self._submitter, self._helpers):
             if ex is not None:
-                ex.shutdown(wait=False, cancel_futures=True)
+                ex.shutdown(wait=True, cancel_futures=True)  # bounded: a probe has a timeout
         if self.uploads is not None:
             self.uploads.close()
         self._thread = None
