@@ -221,6 +221,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SetupError as exc:
         print(f"nuke_setup: {exc}", file=sys.stderr)
         return 2
+    if not args.dry_run and not _has_pip():
+        print(
+            f"nuke_setup: this Python ({sys.executable}) has no pip. Run it once with "
+            "'-m ensurepip --user', or use any other Python 3 with --nuke or --python-version "
+            "(and --platform for Nuke's machine).",
+            file=sys.stderr,
+        )
+        return 2
     if args.dry_run:
         for _, cmd in commands:
             print(" ".join(_quote(c) for c in cmd))
@@ -239,6 +247,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"Before starting Nuke, set {LIBS_ENV}={root}")
     print("Then add the nuke_plugin folder of comfy-cluster to NUKE_PATH; its init.py picks the folder of the running Nuke.")
     return 0
+
+
+def _has_pip() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pip") is not None
 
 
 def _quote(arg: str) -> str:

@@ -188,3 +188,13 @@ def test_module_form_runs_without_the_dependencies(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "--only-binary=:all:" in out.stdout and "pydantic" in out.stdout
+
+
+def test_a_python_without_pip_is_told_what_to_do(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(nuke_setup, "_has_pip", lambda: False)
+    called = []
+    monkeypatch.setattr(nuke_setup.subprocess, "call", lambda cmd: called.append(cmd) or 0)
+    assert nuke_setup.main(["--target", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has no pip" in err and "-m ensurepip --user" in err
+    assert called == []

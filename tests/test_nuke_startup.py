@@ -94,11 +94,15 @@ def test_a_wheel_that_is_found_but_does_not_load_is_reported(fake_nuke, saved_sy
     startup = _startup()
     assert importlib.util.find_spec("cc_broken_core") is not None
     monkeypatch.setattr(startup, "DEPENDENCIES", ("requests", "cc_broken_core"))
+    monkeypatch.setattr(startup, "COMPILED", ("cc_broken_core",))
     monkeypatch.setenv("COMFY_CLUSTER_LIBS", str(tmp_path / "libs"))
     assert startup.init() is False
     err = capsys.readouterr().err
     assert "cc_broken_core (ImportError: cannot import _pydantic_core: wrong ABI)" in err
     assert "nuke_setup.py" in err
+    monkeypatch.setattr(startup, "DEPENDENCIES", ("requests", "surely_not_installed_pkg"))
+    assert startup.init() is False
+    assert "surely_not_installed_pkg (not found)" in capsys.readouterr().err
     monkeypatch.setattr(startup, "DEPENDENCIES", ("requests",))
     assert startup.init() is True
     assert capsys.readouterr().err == ""

@@ -10,13 +10,14 @@ the studio, so those files only call :func:`init` and :func:`menus` and leave no
   (``py310-linux-x86_64``...). It is *appended* to ``sys.path``: a studio's own ``urllib3``,
   ``certifi`` or ``typing_extensions`` keep winning.
 * The check really imports ``pydantic_core`` (a wheel built for another Python or machine is
-  found but does not load) and, when something is missing, prints the exact command that
+  found but does not load; the pure-Python dependencies are only looked up) and, when something is missing, prints the exact command that
   installs it for this Nuke: its own Python, quoted, and its platform.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -27,8 +28,10 @@ __all__ = ["LIBS_ENV", "GATEWAY_ENV", "DEPENDENCIES", "plugin_dir", "libs_root",
 LIBS_ENV = "COMFY_CLUSTER_LIBS"
 GATEWAY_ENV = "NUKE_COMFYUI_GATEWAY"
 DEFAULT_LIBS = os.path.join("~", ".nuke", "comfy_cluster_libs")
-# Imported (not just found) by the check: pydantic_core is the compiled one.
-DEPENDENCIES = ("requests", "websocket", "pydantic_core", "pydantic")
+DEPENDENCIES = ("requests", "websocket", "pydantic", "pydantic_core")
+# Compiled ones are imported by the check (a wheel for another Python or machine is found but
+# does not load); the pure-Python ones are only looked up, which keeps Nuke's start-up fast.
+COMPILED = ("pydantic_core",)
 
 
 def plugin_dir() -> str:
@@ -76,7 +79,10 @@ def check_dependencies(names: Optional[Tuple[str, ...]] = None) -> List[Tuple[st
     missing: List[Tuple[str, str]] = []
     for name in DEPENDENCIES if names is None else names:
         try:
-            importlib.import_module(name)
+            if name in COMPILED:
+                importlib.import_module(name)
+            elif importlib.util.find_spec(name) is None:
+                missing.append((name, "not found"))
         except Exception as exc:  # ImportError, or a broken wheel's own error
             missing.append((name, f"{type(exc).__name__}: {exc}".splitlines()[0]))
     return missing
