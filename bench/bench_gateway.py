@@ -7,7 +7,7 @@ is the bare requests + websocket-client script every ComfyUI client is: POST /pr
 on its websocket for ``executing`` with ``node: null``, GET /history. Each job is timed on
 its own; direct and gateway rounds alternate. Goal: at most 5 ms added at the median.
 
-Run: python bench/bench_gateway.py [--runs 5] [--jobs 200]
+Run: python -m bench.bench_gateway [--runs 5] [--jobs 200]
 """
 
 from __future__ import annotations

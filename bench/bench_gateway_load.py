@@ -10,7 +10,7 @@ and appears in ``/history``. Reported: wall time, the gateway's queue at its lon
 gateway process's memory (RSS) before, at its peak, and after each of ``--rounds`` rounds
 (bounded: later rounds do not grow it further beyond the history it keeps).
 
-Run: python bench/bench_gateway_load.py [--clients 20] [--prompts 50] [--rounds 3]
+Run: python -m bench.bench_gateway_load [--clients 20] [--prompts 50] [--rounds 3] [--job-seconds 0.03]
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ from typing import Dict, List, Set
 
 import requests
 import websocket
-from bench_gateway import processes
 
 from comfy_cluster.cli import demo_workflow
+
+try:  # python -m bench.bench_gateway_load (from the repository folder)
+    from bench.bench_gateway import processes
+except ImportError:  # python bench/bench_gateway_load.py
+    from bench_gateway import processes  # type: ignore[no-redef]
 
 
 def rss_kib(pid: int) -> Dict[str, int]:
