@@ -330,18 +330,24 @@ class JobBook:
             gj.job.cancel()
 
     def interrupt(self, body: Any) -> None:
-        """``POST /interrupt``: a prompt id stops that job if it runs; a client id that
-        client's running jobs; nothing, every gateway job running now (never a job of
-        another client of the servers)."""
+        """``POST /interrupt``: the jobs it names stop if they run (``prompt_id``, or a
+        ``delete`` list as ComfyUI-for-Nuke sends); else a ``client_id``'s running jobs; with
+        neither, every gateway job running now (never a job of another client of the servers).
+        ComfyUI itself ignores such bodies and stops whatever runs."""
         body = body if isinstance(body, dict) else {}
-        pid = body.get("prompt_id")
+        named = set()
+        if isinstance(body.get("prompt_id"), str):
+            named.add(body["prompt_id"])
+        if isinstance(body.get("delete"), list):
+            named.update(p for p in body["delete"] if isinstance(p, str))
+        named_any = "prompt_id" in body or "delete" in body
         cid = body.get("client_id")
         for gj in list(self.active.values()):
             if gj.state != "running":
                 continue
-            if pid is not None and gj.prompt_id != pid:
+            if named_any and gj.prompt_id not in named:
                 continue
-            if pid is None and cid is not None and gj.client_id != cid:
+            if not named_any and cid is not None and gj.client_id != cid:
                 continue
             self.cancel(gj)
 
