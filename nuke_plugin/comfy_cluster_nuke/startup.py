@@ -158,7 +158,7 @@ def init(environ: Optional[Mapping[str, str]] = None) -> bool:
         return True
     names = ", ".join(f"{name} ({why})" for name, why in missing)
     sys.stderr.write(
-        f"comfy-cluster: the ComfyUI Cluster node cannot work: {names} did not import from {libs}.\n"
+        f"comfy-cluster: the ComfyUI Cluster node cannot work: {names} missing or not loading (looked in {libs} for this Nuke).\n"
         f"{install_hint(libs)}\n"
     )
     return False
