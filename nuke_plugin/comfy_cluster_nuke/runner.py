@@ -82,6 +82,7 @@ class Run:
     # -- control --------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Run in a worker thread of its own (daemon: Nuke never waits for it to quit)."""
         self.thread = threading.Thread(target=self._thread_main, name=f"comfy-cluster-nuke-{self.settings.node_name}", daemon=True)
         self.thread.start()
 

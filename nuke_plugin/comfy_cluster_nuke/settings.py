@@ -80,18 +80,22 @@ class Settings:
 
     @property
     def first(self) -> int:
+        """The first frame of the run."""
         return self.frames[0]
 
     @property
     def last(self) -> int:
+        """The last frame of the run."""
         return self.frames[-1]
 
     @property
     def needs_render(self) -> bool:
+        """Whether some input of the node is sent (and so rendered first)."""
         return bool(self.inputs)
 
     @property
     def load_image_node(self) -> Optional[str]:
+        """The LoadImage node id the plate goes to (None when not sent)."""
         return self.inputs[0].node_id if self.inputs else None
 
 

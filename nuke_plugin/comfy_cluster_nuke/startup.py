@@ -40,6 +40,7 @@ def plugin_dir() -> str:
 
 
 def libs_root(environ: Optional[Mapping[str, str]] = None) -> str:
+    """``COMFY_CLUSTER_LIBS`` or ``~/.nuke/comfy_cluster_libs``: the folder of the per-version folders."""
     env = os.environ if environ is None else environ
     return os.path.abspath(os.path.expanduser(os.path.expandvars(env.get(LIBS_ENV) or DEFAULT_LIBS)))
 
