@@ -19,6 +19,7 @@ from . import localfiles
 from .balance import STRATEGIES
 from .cli_format import Progress, job_json, status_json, status_table
 from .errors import ComfyClusterError
+from .paths import is_inside, windows_safe_name
 from .stopping import Stopped, StopSignals, wait_sliced
 from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, set_inputs
 
@@ -140,9 +141,13 @@ def build_workflows(args: argparse.Namespace) -> Tuple[List[Dict[str, Any]], Lis
         input_specs.append((node, path))
     if args.frames:
         frames = parse_frames(args.frames)
-        if not args.frame_input:
-            raise WorkflowInputError("--frames needs --frame-input NODE.INPUT (the input that gets the frame number)")
-        workflows = frame_workflows(base, frames, args.frame_input)
+        per_frame_input = any(_frame_path(p, 1) != _frame_path(p, 2) for _, p in input_specs)
+        if not args.frame_input and not per_frame_input:
+            raise WorkflowInputError(
+                "--frames needs --frame-input NODE.INPUT (the input that gets the frame number) "
+                "or an --input with #### or %04d in its file name"
+            )
+        workflows = frame_workflows(base, frames, args.frame_input) if args.frame_input else [base for _ in frames]
         inputs = [{n: _frame_path(p, f) for n, p in input_specs} or None for f in frames]
     else:
         workflows = [base for _ in range(args.count)]
@@ -169,7 +174,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             sys.stderr.write("\ncancelling the jobs on their servers...\n")
             sys.stderr.flush()
             batch.cancel()
-            wait_sliced(batch.wait, 15.0)
+            deadline = time.monotonic() + 15.0
+            for job in batch.jobs:  # each job, not only the batch's count: its end is what we report
+                wait_sliced(job.wait, max(0.0, deadline - time.monotonic()))
             progress.finish()
             if args.json:
                 for i, job in enumerate(batch.jobs):
@@ -187,7 +194,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             paths: List[str] = []
             if err is None and args.out:
                 try:
-                    paths = _with_frame_numbers(job.download(args.out), frame)
+                    names = [f.filename for f in job.result().files]
+                    paths = _with_frame_numbers(job.download(args.out), names, frame, args.out)
                 except ComfyClusterError as exc:
                     failed += 1
                     print(f"job {job.index}: download failed: {exc}", file=sys.stderr)
@@ -207,19 +215,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
 _COUNTER = re.compile(r"_\d{5}_$")  # ComfyUI's SaveImage counter: ComfyUI_00001_.png
 
 
-def _with_frame_numbers(paths: List[str], frame: Optional[int]) -> List[str]:
+def _with_frame_numbers(paths: List[str], server_names: List[str], frame: Optional[int], out_dir: str) -> List[str]:
     """Downloaded ``paths`` of one frame's job renamed to carry the frame number, as Nuke's
-    Read node expects (``ComfyUI_00001_.png`` -> ``ComfyUI.1001.png``; with several files,
-    ``ComfyUI_00001_.1001.png``). A name already taken keeps the server's name."""
-    if frame is None:
+    Read node expects: the server's ``ComfyUI_00001_.png`` becomes ``ComfyUI.1001.png`` (with
+    several files, ``ComfyUI_00001_.1001.png``). Files used in place on shared storage are
+    never renamed; a name already taken keeps the downloaded name."""
+    if frame is None or len(server_names) != len(paths):
         return paths
     out = []
-    for path in paths:
-        folder, name = os.path.split(path)
-        stem, ext = os.path.splitext(name)
+    root = os.path.realpath(out_dir)
+    for path, name in zip(paths, server_names):
+        if not is_inside(root, os.path.realpath(path)):
+            out.append(path)  # ComfyUI's own file on shared storage
+            continue
+        stem, ext = os.path.splitext(os.path.basename(path) if not name else windows_safe_name(name))
         if len(paths) == 1:
             stem = _COUNTER.sub("", stem) or stem
-        target = os.path.join(folder, f"{stem}.{frame:04d}{ext}")
+        target = os.path.join(os.path.dirname(path), f"{stem}.{frame:04d}{ext}")
         if localfiles.claim(target):
             localfiles.replace(path, target)
             out.append(target)
@@ -322,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_positive(int), default=1, help="run it N times (N >= 1)")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="set an input (value as JSON, else text)")
     p.add_argument("--frames", help="frame range, e.g. 1-100, 1-100x2, 1,5,10-20: one job per frame")
-    p.add_argument("--frame-input", metavar="NODE.INPUT", help="the input that receives the frame number")
+    p.add_argument("--frame-input", metavar="NODE.INPUT", help="the input that receives the frame number (optional with a per-frame --input)")
     p.add_argument("--input", action="append", metavar="NODE=FILE", help="upload FILE for LoadImage NODE (#### or %%04d: per frame)")
     p.add_argument("--strategy", choices=sorted(STRATEGIES), help="default: NUKE_COMFYUI_STRATEGY, else least_loaded")
     p.add_argument("--out", help="download the outputs into this folder")
@@ -377,6 +389,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except (ComfyClusterError, ValueError) as exc:
         print(f"comfy-cluster: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a local file: one line, never a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"comfy-cluster: {exc.strerror or exc.__class__.__name__}{where}", file=sys.stderr)
         return 2
     parser.print_help()
     return 2

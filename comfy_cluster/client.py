@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 from urllib.parse import urlsplit
 
 import requests
@@ -372,8 +372,8 @@ def classify(exc: BaseException) -> str:
     ``reason``, requests' wrapped exception), never by message text: Windows says
     ``[WinError 10061] ... actively refused it`` where Linux says ``Connection refused``.
     """
-    kinds = set()
-    seen = set()
+    kinds: Set[str] = set()
+    seen: Set[int] = set()
     stack = [exc]
     while stack:
         e = stack.pop()

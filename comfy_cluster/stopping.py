@@ -102,7 +102,7 @@ class StopSignals:
         import ctypes
         from ctypes import wintypes
 
-        routine = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)
+        routine = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)  # type: ignore[attr-defined]
         self._console_handler = routine(lambda ctrl: bool(self.on_console_event(int(ctrl))))
         ctypes.windll.kernel32.SetConsoleCtrlHandler(self._console_handler, True)  # type: ignore[attr-defined]
 

@@ -13,6 +13,7 @@ import websocket
 from gateway_util import NukeRemoteClient, ScriptClient, gateway_over, is_done, of_prompt, running_on
 
 from comfy_cluster.testing import MockCluster, wait_until
+from comfy_cluster.testing.png import png_bytes
 from comfy_cluster.testing.workflows import fail_workflow, image_workflow, sleep_workflow, txt2img_workflow
 
 pytestmark = pytest.mark.timeout(60)
@@ -186,7 +187,7 @@ def test_validation_errors_in_comfyui_shape_judged_by_capable_servers(mock_clust
 
 def test_queue_delete_and_clear_and_history_delete(mock_cluster_factory: Factory) -> None:
     cluster = mock_cluster_factory(speeds=(1.0,))
-    with gateway_over(cluster, gateway_kwargs={"max_in_pool": 1}) as gw:
+    with gateway_over(cluster, server_mock1={"max_queue": 1}) as gw:
         client = ScriptClient(gw.url)
         try:
             cluster[0].pause_jobs()
@@ -305,3 +306,27 @@ def test_stop_cancels_unfinished_jobs_and_frees_the_port(mock_cluster_factory: F
         with pytest.raises(requests.ConnectionError):
             requests.get(gw.url + "/queue", timeout=2)
         assert pid
+
+
+def test_binary_frames_reach_the_client_of_the_job(mock_cluster_factory: Factory) -> None:
+    # Stock SaveImageWebsocket sends its images only as binary frames; sampling sends previews.
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0))
+    with gateway_over(cluster) as gw:
+        client, bystander = ScriptClient(gw.url), ScriptClient(gw.url)
+        try:
+            prompt = {
+                "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 8, "batch_size": 2, "color": 0x336699}},
+                "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+            }
+            pid = client.run(prompt)
+            frames = client.socket.wait_for(is_done(pid))
+            images = [f for f in frames if isinstance(f, bytes)]
+            assert len(images) == 2
+            assert all(f[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x02" and f[8:] == png_bytes(16, 8, (0x33, 0x66, 0x99)) for f in images)
+            pid2 = client.run(txt2img_workflow(steps=3, seed=21))
+            frames = client.socket.wait_for(is_done(pid2))
+            assert sum(1 for f in frames if isinstance(f, bytes)) == 2 + 3  # a preview per step
+            assert not any(isinstance(f, bytes) for f in bystander.socket.frames)
+        finally:
+            client.close()
+            bystander.close()

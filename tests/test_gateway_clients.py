@@ -95,8 +95,10 @@ def test_uploads_are_sent_again_to_the_server_a_job_moves_to(mock_cluster_factor
             item = client.history(pid)
             assert item["status"]["status_str"] == "success"
             survivor = next(s for s in cluster if s is not victim)
-            uploaded = [n for n in os.listdir(survivor.input_dir) if n.endswith("frame.0001.png")]
-            assert len(uploaded) == 1  # under a content-unique name
+            uploaded = [os.path.join(d, n) for d, _, names in os.walk(survivor.input_dir) for n in names if n == "frame.0001.png"]
+            assert len(uploaded) == 1
+            with open(uploaded[0], "rb") as fh:
+                assert fh.read() == frame
             image = item["outputs"]["Save1"]["images"][0]
             assert png_rgb(client.view(image).content) == loaded_colour(frame)
         finally:
@@ -107,7 +109,7 @@ def test_uploads_are_sent_again_to_the_server_a_job_moves_to(mock_cluster_factor
 def test_two_clients_one_file_name_each_gets_its_own_upload(mock_cluster_factory: Factory) -> None:
     cluster = mock_cluster_factory(speeds=(1.0,))
     server = cluster[0]
-    with gateway_over(cluster, gateway_kwargs={"max_in_pool": 1}) as gw:
+    with gateway_over(cluster, server_mock1={"max_queue": 1}) as gw:
         blocker = ScriptClient(gw.url)
         a, b = NukeRemoteClient(gw.url, user="anna"), NukeRemoteClient(gw.url, user="bert")
         try:
@@ -133,7 +135,7 @@ def test_two_clients_one_file_name_each_gets_its_own_upload(mock_cluster_factory
 def test_fair_share_a_single_frame_is_not_starved_by_a_batch(mock_cluster_factory: Factory) -> None:
     cluster = mock_cluster_factory(speeds=(1.0,))
     server = cluster[0]
-    with gateway_over(cluster, gateway_kwargs={"max_in_pool": 1}) as gw:
+    with gateway_over(cluster, server_mock1={"max_queue": 1}) as gw:
         batch, single = ScriptClient(gw.url), ScriptClient(gw.url)
         try:
             server.pause_jobs()

@@ -273,7 +273,12 @@ def test_faulty_server_is_marked_offline_and_jobs_go_elsewhere(mock_cluster_fact
     cluster = mock_cluster_factory(speeds=(1, 1))
     bad, good = cluster.servers
     servers = [dict(s, priority=i) for i, s in enumerate(servers_of(cluster))]  # bad is preferred
-    with ServerPool(servers, strategy="priority", request_timeout=CALL_TIMEOUT, **FAST) as pool:
+    knobs = dict(FAST, request_timeout=CALL_TIMEOUT)
+    if fault is Fault.HUGE:
+        # Reading up to the 32 MiB cap must not race the read timeout on a loaded machine:
+        # with time to spare, the cap (not the clock) ends the read, whatever the load.
+        knobs.update(request_timeout=(0.5, 30.0), probe_timeout=(0.5, 30.0))
+    with ServerPool(servers, strategy="priority", **knobs) as pool:
         wf = sleep_workflow()
         pool.select(wf)  # status and node lists read while both are fine
         bad.set_fault(fault)

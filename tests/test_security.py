@@ -19,7 +19,7 @@ import tempfile
 from typing import Any, Dict, List
 
 import pytest
-from helpers import sleep_workflow, wait_until
+from helpers import sleep_workflow, symlink_dir, symlink_file, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_util import RawServer
@@ -189,8 +189,8 @@ def test_safe_join_never_leads_outside(subfolder, filename):
         outside = os.path.join(sandbox, "outside")
         os.makedirs(root)
         os.makedirs(outside)
-        os.symlink(outside, os.path.join(root, "link"))  # a symlinked subfolder inside the target
-        os.symlink(os.path.join(outside, "f"), os.path.join(root, "a"))  # a symlinked file name
+        symlink_dir(outside, os.path.join(root, "link"))  # a symlinked subfolder inside the target
+        symlink_file(os.path.join(outside, "f"), os.path.join(root, "a"))  # a symlinked file name
         try:
             target = safe_join(root, subfolder, filename)
         except UnsafePathError:

@@ -18,7 +18,7 @@ import concurrent.futures
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from ..jobs import Job, JobEvent
 from .messages import error_data, event_message, relabel, relabel_item, synthesized_history, terminal_message
@@ -71,7 +71,7 @@ class JobBook:
         executor: concurrent.futures.Executor,
         *,
         capacity: Callable[[], int],
-        fetch_history: Callable[[str, str], "asyncio.Future[Any]"],
+        fetch_history: Callable[[str, str], Awaitable[Any]],
         release: Callable[[List[Version]], None],
     ) -> None:
         self._pool = pool
@@ -91,8 +91,10 @@ class JobBook:
         self._in_pool = 0
         self._number = 0
         self._tasks: Set["asyncio.Task[None]"] = set()
-        # Wired in when the pool learns fair share itself (pool.submit(..., owner=...)).
-        self._pool_takes_owner = "owner" in inspect.signature(pool.submit).parameters
+        # A pool with fair share of its own (pool.submit(..., owner=...)) gets every job at
+        # once and orders them itself; an older pool gets at most ``capacity()`` at a time
+        # and the gateway does the fair share.
+        self.pool_takes_owner = "owner" in inspect.signature(pool.submit).parameters
 
     # -- posting ------------------------------------------------------------------------------
 
@@ -150,7 +152,7 @@ class JobBook:
         """On an executor thread: ``pool.submit`` may probe servers."""
         call = self._call
         kwargs: Dict[str, Any] = {}
-        if self._pool_takes_owner:
+        if self.pool_takes_owner:
             kwargs["owner"] = gj.client_id
         try:
             job = self._pool.submit(gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev), **kwargs)

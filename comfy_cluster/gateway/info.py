@@ -11,29 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import aiohttp
 
 from ..config import ServerConfig
+from ..tls import ssl_context
 
-__all__ = ["ClusterInfo", "merge_object_info"]
+__all__ = ["ClusterInfo", "merge_object_info", "ssl_for"]
 
 log = logging.getLogger(__name__)
 
 MAX_INFO_BYTES = 64 * 1024 * 1024
 
 
-def _ssl_for(server: ServerConfig) -> Any:
+def ssl_for(server: ServerConfig) -> Any:
+    """aiohttp's ``ssl=`` for a server: the library's one trust decision (``verify_tls``)."""
     if not server.url.startswith("https"):
         return None
-    if server.verify_tls is False:
-        return False
-    if isinstance(server.verify_tls, str):
-        return ssl.create_default_context(cafile=server.verify_tls)
-    return None  # aiohttp's default: verified
+    return ssl_context(server.verify_tls, server.name)
 
 
 def merge_object_info(infos: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -70,7 +67,7 @@ class ClusterInfo:
     def __init__(
         self,
         servers: Sequence[ServerConfig],
-        online: Callable[[], "asyncio.Future[List[str]]"],
+        online: Callable[[], Awaitable[List[str]]],
         *,
         ttl: float = 30.0,
         argv: Optional[List[str]] = None,
@@ -102,7 +99,7 @@ class ClusterInfo:
         """``GET path`` on ``server`` as JSON (raises on any failure)."""
         cfg = self._servers[server]
         async with self.session.get(
-            cfg.url + path, params=params, headers=cfg.headers, ssl=_ssl_for(cfg), timeout=self._timeout
+            cfg.url + path, params=params, headers=cfg.headers, ssl=ssl_for(cfg), timeout=self._timeout
         ) as resp:
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message=f"HTTP {resp.status}")

@@ -19,12 +19,12 @@ import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from aiohttp import WSMsgType, web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from .book import GatewayJob, JobBook
-from .info import ClusterInfo, _ssl_for
+from .files import receive_upload, serve_view
+from .info import ClusterInfo
 from .relay import Relay
-from .uploads import UploadError, UploadStore, split_reference
+from .uploads import UploadStore
 from .validate import error_body, validate_for_cluster
 
 __all__ = ["Gateway", "DEFAULT_MAX_UPLOAD"]
@@ -47,8 +47,9 @@ class Gateway:
     ``?token=<token>``, for websocket clients that cannot send headers). ``argv``: what
     ``/system_stats`` reports as ComfyUI's command line (clients such as ComfyUI-for-Nuke's
     shared mode derive the ComfyUI folder from ``argv[0]``). ``max_in_pool``: jobs handed to
-    the pool at once (default: the sum of the servers' ``max_queue``); the rest wait in the
-    gateway, where fair share between clients decides the order.
+    the pool at once (default: all of them; the pool's dispatcher gives each free server slot
+    to the client with the fewest jobs on the servers). With a limit, the rest wait in the
+    gateway, which then gives the next place to the client it has served least.
     """
 
     def __init__(
@@ -205,6 +206,8 @@ class Gateway:
     def _capacity(self) -> int:
         if self._max_in_pool is not None:
             return self._max_in_pool
+        if self.book is not None and self.book.pool_takes_owner:
+            return 1 << 30  # the pool queues them and does the fair share itself
         return sum(s.max_queue for s in self.pool.servers if s.enabled) or 1
 
     async def _online(self) -> List[str]:
@@ -391,69 +394,12 @@ class Gateway:
     # -- files --------------------------------------------------------------------------------
 
     async def _upload_image(self, request: web.Request) -> web.StreamResponse:
-        """``/upload/image`` and ``/upload/mask``: kept by the gateway (a mask is stored as
-        sent; the gateway does not composite it onto ``original_ref``)."""
         assert self.uploads is not None
-        try:
-            post = await request.post()
-        except HttpProcessingError as exc:  # a malformed multipart part (bad header bytes)
-            return web.Response(status=exc.code if 400 <= exc.code < 500 else 400, text=f"upload: {exc.message}")
-        image = post.get("image")
-        if not isinstance(image, web.FileField) or not image.filename:
-            return web.Response(status=400)
-        subfolder = post.get("subfolder", "")
-        kind = post.get("type") or "input"
-        try:
-            answer = self.uploads.put(
-                image.filename,
-                image.file.read(),
-                subfolder=subfolder if isinstance(subfolder, str) else "",
-                type_=kind if isinstance(kind, str) else "",
-                overwrite=post.get("overwrite") in ("true", "1"),
-            )
-        except UploadError as exc:
-            return web.Response(status=exc.status, text=str(exc))
-        return _json(answer)
+        return await receive_upload(request, self.uploads)
 
     async def _view(self, request: web.Request) -> web.StreamResponse:
-        """A file a job made, streamed from the server that made it; 404 for any other name."""
-        q = request.query
-        filename = q.get("filename", "")
-        kind = q.get("type", "output")
-        for suffix, annotated in ((" [input]", "input"), (" [output]", "output"), (" [temp]", "temp")):
-            if filename.endswith(suffix):
-                filename, kind = filename[: -len(suffix)], annotated
-        if not filename:
-            return web.Response(status=404)
-        if filename[0] == "/" or ".." in filename:
-            return web.Response(status=400)
-        subfolder = q.get("subfolder", "")
-        if kind == "input":
-            assert self.uploads is not None
-            key = split_reference(f"{subfolder}/{filename}" if subfolder else filename)
-            version = self.uploads.lookup(key) if key else None
-            if version is None:
-                return web.Response(status=404)
-            return web.FileResponse(version.path, headers={"Content-Disposition": f'filename="{filename}"'})
-        server = self._b.files.get((kind, subfolder, filename))
-        if server is None:
-            return web.Response(status=404)
-        assert self.info is not None
-        cfg = next(s for s in self.pool.servers if s.name == server)
-        params = dict(q, filename=filename, type=kind)
-        async with self.info.session.get(cfg.url + "/view", params=params, headers=cfg.headers, ssl=_ssl_for(cfg)) as resp:
-            if resp.status != 200:
-                return web.Response(status=resp.status)
-            out = web.StreamResponse(status=200)
-            out.content_type = resp.content_type
-            if resp.content_length is not None:
-                out.content_length = resp.content_length
-            out.headers["Content-Disposition"] = f'filename="{filename}"'
-            await out.prepare(request)
-            async for chunk in resp.content.iter_chunked(256 * 1024):
-                await out.write(chunk)
-            await out.write_eof()
-            return out
+        assert self.uploads is not None and self.info is not None
+        return await serve_view(request, self.uploads, self._b.files, {s.name: s for s in self.pool.servers}, self.info.session)
 
     # -- what the cluster offers --------------------------------------------------------------
 

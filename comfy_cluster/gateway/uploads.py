@@ -2,9 +2,9 @@
 
 ComfyUI stores an upload in its input folder and a later prompt names it (``LoadImage``'s
 ``image``: ``"name"`` or ``"subfolder/name"``). The gateway cannot know yet which server will
-run that prompt, so it keeps the file itself. Each upload is a *version* stored under a
-content-unique name (``<sha256 prefix>-<name>``); when a prompt is posted, the names it uses
-are bound to the versions current at that moment. Two clients uploading different files
+run that prompt, so it keeps the file itself. Each upload is a *version* in a folder of its
+own; when a prompt is posted, the names it uses are bound to the versions current at that
+moment. Two clients uploading different files
 under one name, each posting right after, therefore each run on their own file, and the
 library uploads that exact file to whichever server runs the job (again after a move).
 
@@ -92,6 +92,7 @@ class UploadStore:
         self.max_total_bytes = max_total_bytes
         self._current: Dict[Key, Version] = {}
         self._total = 0
+        self._seq = 0
 
     @property
     def total_bytes(self) -> int:
@@ -129,11 +130,12 @@ class UploadStore:
         if old is not None and old.digest == digest:
             return {"name": name, "subfolder": sub, "type": type_}
         self._make_room(len(data))
-        folder = os.path.join(self.root, digest[:2])
-        os.makedirs(folder, exist_ok=True)
-        # The content hash in the file name: the library uploads under the file's base name,
-        # so two versions of "frame.png" never overwrite each other on a server.
-        path = os.path.join(folder, f"{digest[:16]}-{name}")
+        # One folder per version: versions of "frame.png" never overwrite each other here
+        # (the pool uploads a file under its own name, in a subfolder named by its content).
+        self._seq += 1
+        folder = os.path.join(self.root, str(self._seq))
+        os.makedirs(folder)
+        path = os.path.join(folder, name)
         with open(path, "wb") as fh:
             fh.write(data)
         self._total += len(data)
@@ -185,8 +187,9 @@ class UploadStore:
             return
         try:
             os.remove(v.path)
+            os.rmdir(os.path.dirname(v.path))
         except OSError as exc:
-            log.debug("cannot remove upload %s: %s", v.path, exc)
+            log.debug("upload %s: %s", v.path, exc)
         self._total -= v.size
 
     def _make_room(self, size: int) -> None:
