@@ -170,11 +170,13 @@ def menus() -> None:
     from . import menu
 
     menu.add_menus()
-    try:
-        from . import gateway, lifecycle
-    except ImportError as exc:  # the dependencies are missing: init.py said what to run
-        sys.stderr.write(f"comfy-cluster: the ComfyUI Cluster menu cannot work yet ({exc})\n")
-        return
-    lifecycle.install()
+    from . import lifecycle
+
+    lifecycle.install()  # imports nothing of the library: start-up stays fast
     if os.environ.get(GATEWAY_ENV, "").strip():
+        try:
+            from . import gateway
+        except ImportError as exc:  # the dependencies are missing: init.py said what to run
+            sys.stderr.write(f"comfy-cluster: the gateway cannot start ({exc})\n")
+            return
         gateway.start_from_env()
