@@ -76,6 +76,7 @@ class Settings:
     output_base: str  # the version folders go here
     reuse_version: str  # "" for a new version; a re-run of failed frames reuses the last one
     colorspace: str
+    uid: str  # the node's id (destinations.node_uid)
     params: Dict[int, Dict[str, Any]] = field(default_factory=dict, repr=False)  # frame -> {"3.seed": 7}
 
     @property
@@ -189,5 +190,6 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
         output_base=destinations.output_base(node),
         reuse_version=reuse_version,
         colorspace=node_mod.input_colorspace(node),
+        uid=destinations.node_uid(node),
         params=params.values_per_frame(node, workflow, chosen_frames),
     )
