@@ -3,7 +3,7 @@
 60 jobs of cost 1 s (at speed 1) on three mock servers of speed 1, 2 and 4, against the
 optimal makespan for those speeds (best split of whole jobs).
 
-Run: python bench/bench_batch.py [--runs 3] [--jobs 60] [--cost 1.0]
+Run: python -m bench.bench_batch [--runs 3] [--jobs 60] [--cost 1.0]
 """
 
 from __future__ import annotations

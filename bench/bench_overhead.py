@@ -4,7 +4,7 @@ One instant mock server (jobs take no time). Both sides run the same jobs one af
 POST /prompt, wait on the websocket for the job's end, GET /history. Target: the library
 within 1.2x of the bare script.
 
-Run: python bench/bench_overhead.py [--runs 5] [--jobs 200]
+Run: python -m bench.bench_overhead [--runs 5] [--jobs 200]
 """
 
 from __future__ import annotations

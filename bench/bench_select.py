@@ -1,6 +1,6 @@
 """select() with a warm cache: median and p99 latency for 8 and 64 servers.
 
-Run: python bench/bench_select.py [--runs 5] [--calls 20000]
+Run: python -m bench.bench_select [--runs 5] [--calls 20000]
 No network: the servers' snapshots are set online in the pool's monitor, as after a probe.
 """
 

@@ -6,7 +6,7 @@ Every pool submits from its own thread at the same time, with max_queue high eno
 all jobs go to a server at once. Jobs are long, so queues only grow during the measurement;
 they are cancelled afterwards.
 
-Run: python bench/bench_spread.py [--runs 3]
+Run: python -m bench.bench_spread [--runs 3]
 """
 
 from __future__ import annotations

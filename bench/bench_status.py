@@ -6,7 +6,7 @@
 2. A pool with one server that accepts connections and never answers: the first refresh takes
    no longer than the probe timeout, and later ``select()`` calls are as fast as without it.
 
-Run: python bench/bench_status.py [--runs 5]
+Run: python -m bench.bench_status [--runs 5]
 """
 
 from __future__ import annotations

@@ -14,7 +14,12 @@ use (PEP 562), so that tools of this package that need only the standard library
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any, Dict, List
+
+# A library stays quiet until the application configures logging: without a handler of its
+# own, Python's last-resort handler would print the library's warnings to stderr.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
@@ -29,6 +34,7 @@ _EXPORTS: Dict[str, str] = {
     "JobEvent": "jobs",
     "JobFailed": "errors",
     "JobResult": "jobs",
+    "LocalFileError": "errors",
     "LeastLoaded": "balance",
     "NoServerAvailable": "errors",
     "NodeError": "errors",
@@ -62,6 +68,7 @@ __all__ = [
     "JobFailed",
     "JobResult",
     "LeastLoaded",
+    "LocalFileError",
     "NoServerAvailable",
     "NodeError",
     "OutputFile",
@@ -92,6 +99,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         ConfigError,
         JobCancelled,
         JobFailed,
+        LocalFileError,
         NodeError,
         NoServerAvailable,
         ServerError,

@@ -1,4 +1,4 @@
-"""The ``comfy-cluster`` command: ``status``, ``submit``, ``demo`` and ``mock-server``.
+"""The ``comfy-cluster`` command: ``status``, ``submit``, ``demo``, ``mock-server`` and ``gateway``.
 
 This is the one module of the library that prints: it is the user interface of a terminal.
 Progress goes to stderr, results (tables, ``--json`` lines) to stdout.
@@ -9,15 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
-import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .errors import ComfyClusterError, JobCancelled
-from .jobs import Job, JobEvent
-from .status import ServerStatus
+from . import localfiles
+from .balance import STRATEGIES
+from .cli_format import Progress, job_json, status_json, status_table
+from .errors import ComfyClusterError
+from .paths import is_inside, windows_safe_name
+from .stopping import Stopped, StopSignals, wait_sliced
 from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, set_inputs
 
 __all__ = ["main", "parse_frames", "ideal_makespan"]
@@ -81,126 +84,31 @@ def _value(text: str) -> Any:
 
 
 def _frame_path(pattern: str, frame: int) -> str:
-    """``plate.####.png`` / ``plate.%04d.png`` with the frame number put in."""
-    m = re.search(r"#+", pattern)
-    if m:
-        return pattern[: m.start()] + str(frame).zfill(len(m.group(0))) + pattern[m.end():]
-    if re.search(r"%0?\d*d", pattern):
-        return pattern % frame
-    return pattern
+    """``plate.####.png`` / ``plate.%04d.png`` with the frame number put in.
 
-
-class Progress:
-    """Live progress on stderr: one rewritten line on a terminal, event lines otherwise."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
-        self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.lock = threading.Lock()
-        self.done = 0
-        self.failed = 0
-        self.percent: Dict[int, Tuple[str, int]] = {}
-        self._last_draw = 0.0
-
-    def on_event(self, event: JobEvent) -> None:
-        idx = event.index if event.index is not None else 0
-        with self.lock:
-            if event.kind == "progress" and event.max:
-                self.percent[idx] = (event.server or "?", int(100 * (event.value or 0) / event.max))
-            elif event.kind in ("started", "queued"):
-                self.percent[idx] = (event.server or "?", 0)
-            elif event.kind == "succeeded":
-                self.done += 1
-                self.percent.pop(idx, None)
-            elif event.kind in ("failed", "cancelled"):
-                self.failed += 1
-                self.percent.pop(idx, None)
-            if self.tty:
-                now = time.monotonic()
-                if now - self._last_draw > 0.1 or event.kind in ("succeeded", "failed"):
-                    self._last_draw = now
-                    self._draw()
-            elif event.kind in ("submitted", "succeeded", "failed", "cancelled", "retrying"):
-                extra = ""
-                if event.kind == "retrying":
-                    extra = f" {event.from_server} -> {event.to_server}: {event.reason}"
-                elif event.reason:
-                    extra = f": {event.reason}"
-                self.stream.write(f"job {idx} {event.kind} on {event.server}{extra}  [{self.done}/{self.total} done, {self.failed} failed]\n")
-                self.stream.flush()
-
-    def _draw(self) -> None:
-        per: Dict[str, List[int]] = {}
-        for server, pct in self.percent.values():
-            per.setdefault(server, []).append(pct)
-        servers = "  ".join(f"{s}: {' '.join(f'{p}%' for p in sorted(v, reverse=True))}" for s, v in sorted(per.items()))
-        line = f"[{self.done}/{self.total} done, {self.failed} failed]  {servers}"
-        self.stream.write("\r" + line[:160].ljust(160))
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.tty:
-            with self.lock:
-                self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _job_json(job: Job) -> Dict[str, Any]:
-    err = job.exception()
-    if err is None:
-        res = job.result()
-        status = "success"
-        outputs = [{"filename": f.filename, "subfolder": f.subfolder, "type": f.type, "node": f.node} for f in res.files]
-        seconds: Optional[float] = round(res.seconds, 3)
-    else:
-        status = "cancelled" if isinstance(err, JobCancelled) else "error"
-        if isinstance(err, JobCancelled) and "interrupted on the server" in str(err):
-            status = "interrupted"
-        outputs = []
-        seconds = round(time.monotonic() - job.created, 3)
-    out: Dict[str, Any] = {
-        "prompt_id": job.prompt_id,
-        "server": job.server.name if job.server else None,
-        "status": status,
-        "outputs": outputs,
-        "attempts": job.attempts,
-        "seconds": seconds,
-    }
-    if err is not None:
-        out["error"] = str(err)
-    return out
+    Only the first ``####`` or ``%0Nd`` is a frame number; any other ``%`` is part of the name
+    (``pattern % frame`` failed with a traceback on ``plate_%s.%04d.png``).
+    """
+    m = re.search(r"#+|%0?(\d*)d", pattern)
+    if not m:
+        return pattern
+    width = len(m.group(0)) if m.group(0).startswith("#") else int(m.group(1) or 0)
+    number = str(frame).zfill(width) if frame >= 0 else "-" + str(-frame).zfill(max(width - 1, 0))
+    return pattern[: m.start()] + number + pattern[m.end():]
 
 
 # ---------------------------------------------------------------------------------------------
 # status
 
 
-def _fmt_bytes(n: Optional[int]) -> str:
-    return "-" if n is None else f"{n / 2**30:.1f}G"
-
-
-def status_table(statuses: Sequence[ServerStatus]) -> str:
-    rows = [["NAME", "URL", "ONLINE", "RUN", "PEND", "DEVICE", "VRAM FREE", "VERSION", "RTT", "ERROR"]]
-    for s in statuses:
-        rows.append([
-            s.name, s.url, "yes" if s.online else "no", str(s.queue_running), str(s.queue_pending),
-            (s.device_name or "-")[:28], _fmt_bytes(s.vram_free), s.comfyui_version or "-",
-            "-" if s.rtt_ms is None else f"{s.rtt_ms:.0f}ms", s.error or "",
-        ])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from .pool import ServerPool
 
-    with ServerPool.from_env(background_status=False) as pool:
+    with StopSignals(), ServerPool.from_env(background_status=False) as pool:
         while True:
             statuses = pool.status(refresh=True)
             if args.json:
-                print(json.dumps([s.to_dict() for s in statuses]), flush=True)
+                print(json.dumps([status_json(s) for s in statuses]), flush=True)
             else:
                 if args.watch and sys.stdout.isatty():
                     print("\033[2J\033[H", end="")
@@ -233,9 +141,13 @@ def build_workflows(args: argparse.Namespace) -> Tuple[List[Dict[str, Any]], Lis
         input_specs.append((node, path))
     if args.frames:
         frames = parse_frames(args.frames)
-        if not args.frame_input:
-            raise WorkflowInputError("--frames needs --frame-input NODE.INPUT (the input that gets the frame number)")
-        workflows = frame_workflows(base, frames, args.frame_input)
+        per_frame_input = any(_frame_path(p, 1) != _frame_path(p, 2) for _, p in input_specs)
+        if not args.frame_input and not per_frame_input:
+            raise WorkflowInputError(
+                "--frames needs --frame-input NODE.INPUT (the input that gets the frame number) "
+                "or an --input with #### or %04d in its file name"
+            )
+        workflows = frame_workflows(base, frames, args.frame_input) if args.frame_input else [base for _ in frames]
         inputs = [{n: _frame_path(p, f) for n, p in input_specs} or None for f in frames]
     else:
         workflows = [base for _ in range(args.count)]
@@ -247,44 +159,85 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from .pool import ServerPool
 
     workflows, inputs = build_workflows(args)
+    frames = parse_frames(args.frames) if args.frames else None
     kwargs: Dict[str, Any] = {}
     if args.strategy:
         kwargs["strategy"] = args.strategy
     progress = Progress(len(workflows))
-    with ServerPool.from_env(**kwargs) as pool:
+    with StopSignals(), ServerPool.from_env(**kwargs) as pool:
         batch = pool.map_async(workflows, inputs=inputs, on_event=progress.on_event, retries=args.retries)
         try:
-            while not batch.wait(0.2):
-                pass
-        except KeyboardInterrupt:
+            wait_sliced(batch.wait)
+        except Stopped as stop:
+            # Every way to stop (Ctrl-C, kill, a closed terminal, Ctrl-Break) cancels the jobs
+            # where they run; further signals are ignored until that is done.
             sys.stderr.write("\ncancelling the jobs on their servers...\n")
+            sys.stderr.flush()
             batch.cancel()
-            batch.wait(15)
+            deadline = time.monotonic() + 15.0
+            for job in batch.jobs:  # each job, not only the batch's count: its end is what we report
+                wait_sliced(job.wait, max(0.0, deadline - time.monotonic()))
             progress.finish()
-            return 130
+            if args.json:
+                for i, job in enumerate(batch.jobs):
+                    print(json.dumps(job_json(job, frames[i] if frames else None)), flush=True)
+            return stop.exit_code
         progress.finish()
         failed = 0
-        for job in batch.jobs:
+        for i, job in enumerate(batch.jobs):
+            frame = frames[i] if frames else None
             err = job.exception()
             if err is not None:
                 failed += 1
-            if args.json:
-                print(json.dumps(_job_json(job)), flush=True)
-            elif err is not None:
-                print(f"job {job.index} failed: {err}", file=sys.stderr)
+                if not args.json:
+                    print(f"job {job.index} failed: {err}", file=sys.stderr)
+            paths: List[str] = []
             if err is None and args.out:
                 try:
-                    paths = job.download(args.out)
+                    names = [f.filename for f in job.result().files]
+                    paths = _with_frame_numbers(job.download(args.out), names, frame, args.out)
                 except ComfyClusterError as exc:
                     failed += 1
                     print(f"job {job.index}: download failed: {exc}", file=sys.stderr)
-                    continue
-                if not args.json:
-                    for p in paths:
-                        print(p)
+            if args.json:
+                out = job_json(job, frame)
+                if args.out:
+                    out["paths"] = paths
+                print(json.dumps(out), flush=True)
+            else:
+                for p in paths:
+                    print(p)
         if not args.json:
             print(f"{len(batch.jobs) - failed} of {len(batch.jobs)} jobs succeeded", file=sys.stderr)
     return 1 if failed else 0
+
+
+_COUNTER = re.compile(r"_\d{5}_$")  # ComfyUI's SaveImage counter: ComfyUI_00001_.png
+
+
+def _with_frame_numbers(paths: List[str], server_names: List[str], frame: Optional[int], out_dir: str) -> List[str]:
+    """Downloaded ``paths`` of one frame's job renamed to carry the frame number, as Nuke's
+    Read node expects: the server's ``ComfyUI_00001_.png`` becomes ``ComfyUI.1001.png`` (with
+    several files, ``ComfyUI_00001_.1001.png``). Files used in place on shared storage are
+    never renamed; a name already taken keeps the downloaded name."""
+    if frame is None or len(server_names) != len(paths):
+        return paths
+    out = []
+    root = os.path.realpath(out_dir)
+    for path, name in zip(paths, server_names):
+        if not is_inside(root, os.path.realpath(path)):
+            out.append(path)  # ComfyUI's own file on shared storage
+            continue
+        stem, ext = os.path.splitext(os.path.basename(path) if not name else windows_safe_name(name))
+        if len(paths) == 1:
+            stem = _COUNTER.sub("", stem) or stem
+        target = os.path.join(os.path.dirname(path), f"{stem}.{frame:04d}{ext}")
+        if localfiles.claim(target):
+            localfiles.replace(path, target)
+            out.append(target)
+        else:
+            out.append(path)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,14 +267,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workflows = [demo_workflow(args.seconds, 5, seed) for seed in range(args.jobs)]
         progress = Progress(len(workflows))
         start = time.monotonic()
-        with ServerPool(servers) as pool:
+        with StopSignals(), ServerPool(servers) as pool:
             batch = pool.map_async(workflows, on_event=progress.on_event)
             try:
-                batch.wait()
-            except KeyboardInterrupt:
+                wait_sliced(batch.wait)
+            except Stopped as stop:
                 batch.cancel()
-                batch.wait(10)
-                return 130
+                wait_sliced(batch.wait, 10.0)
+                return stop.exit_code
             makespan = time.monotonic() - start
             progress.finish()
             per: Dict[str, int] = {s["name"]: 0 for s in servers}
@@ -343,6 +296,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _positive(kind: Callable[[str], Any], minimum: Optional[float] = None) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` above 0, or at least ``minimum`` when given."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if minimum is None and not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if minimum is not None and not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -357,26 +327,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show every server: online, queue, device, VRAM, errors", epilog=EXAMPLES["status"], formatter_class=fmt)
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+    p.add_argument("--interval", type=_positive(float), default=2.0, help="seconds between refreshes with --watch (default 2)")
 
     p = sub.add_parser("submit", help="run a workflow (or many) on the cluster", epilog=EXAMPLES["submit"], formatter_class=fmt)
     p.add_argument("workflow", help="API-format workflow JSON file")
-    p.add_argument("--count", type=int, default=1, help="run it N times")
+    p.add_argument("--count", type=_positive(int), default=1, help="run it N times (N >= 1)")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="set an input (value as JSON, else text)")
     p.add_argument("--frames", help="frame range, e.g. 1-100, 1-100x2, 1,5,10-20: one job per frame")
-    p.add_argument("--frame-input", metavar="NODE.INPUT", help="the input that receives the frame number")
+    p.add_argument("--frame-input", metavar="NODE.INPUT", help="the input that receives the frame number (optional with a per-frame --input)")
     p.add_argument("--input", action="append", metavar="NODE=FILE", help="upload FILE for LoadImage NODE (#### or %%04d: per frame)")
-    p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
+    p.add_argument("--strategy", choices=sorted(STRATEGIES), help="default: NUKE_COMFYUI_STRATEGY, else least_loaded")
     p.add_argument("--out", help="download the outputs into this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object per job")
-    p.add_argument("--retries", type=int, default=2, help="extra attempts on other servers (default 2)")
+    p.add_argument("--retries", type=_positive(int, minimum=0), default=2, help="extra attempts on other servers (default 2)")
 
     p = sub.add_parser("demo", help="run a batch on an embedded mock cluster of three servers", epilog=EXAMPLES["demo"], formatter_class=fmt)
-    p.add_argument("--jobs", type=int, default=30, help="number of jobs (default 30)")
+    p.add_argument("--jobs", type=_positive(int), default=30, help="number of jobs (default 30)")
     p.add_argument("--speeds", default="1,2,4", help="server speeds, comma-separated (default 1,2,4)")
-    p.add_argument("--seconds", type=float, default=1.0, help="cost of one job at speed 1 (default 1.0)")
+    p.add_argument("--seconds", type=_positive(float), default=1.0, help="cost of one job at speed 1 (default 1.0)")
 
     sub.add_parser("mock-server", help="run a mock ComfyUI server in the foreground", epilog=EXAMPLES["mock-server"], formatter_class=fmt, add_help=False)
+    sub.add_parser("gateway", help="serve the cluster as one ComfyUI URL (any ComfyUI client)", add_help=False)
     return parser
 
 
@@ -389,11 +360,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("the mock server needs aiohttp: pip install 'comfy-cluster[mock]'", file=sys.stderr)
             return 2
         return run_mock_server(args_list[1:])
+    _tolerant_output()
+    if args_list[:1] == ["gateway"]:
+        from .gateway.cli import run_gateway  # imports aiohttp only when asked to
+
+        return run_gateway(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     # The commands show servers' problems themselves; -v adds the library's own account.
     level = logging.ERROR if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose == 0:
+        # Configuration warnings (quotes removed from a variable ...) concern the user here.
+        logging.getLogger("comfy_cluster.config").setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return 2
@@ -404,13 +383,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_submit(args)
         if args.command == "demo":
             return cmd_demo(args)
+    except Stopped as stop:  # stopped before any job was sent
+        return stop.exit_code
     except KeyboardInterrupt:
         return 130
     except (ComfyClusterError, ValueError) as exc:
         print(f"comfy-cluster: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a local file: one line, never a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"comfy-cluster: {exc.strerror or exc.__class__.__name__}{where}", file=sys.stderr)
+        return 2
     parser.print_help()
     return 2
+
+
+def _tolerant_output() -> None:
+    """Never crash on a character the output cannot encode: redirected output on Windows is
+    cp1252 (``comfy-cluster status > file`` with a server named in Japanese); what cannot be
+    encoded is replaced."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="replace")
+            except (ValueError, OSError):  # a closed or unusual stream: leave it as it is
+                pass
 
 
 if __name__ == "__main__":  # pragma: no cover

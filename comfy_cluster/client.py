@@ -13,18 +13,20 @@ import mimetypes
 import os
 import socket
 import ssl
+import tempfile
 import threading
 import time
 import weakref
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 from urllib.parse import urlsplit
 
-import certifi  # requests' own CA bundle (a dependency of requests)
 import requests
 import urllib3
 
 from .config import ServerConfig
-from .errors import NodeError, ServerError, WorkflowError
+from . import localfiles
+from .errors import LocalFileError, NodeError, ServerError, WorkflowError
+from .tls import ssl_context
 
 __all__ = ["ComfyClient", "Timeouts", "parse_workflow_error"]
 
@@ -62,13 +64,16 @@ class ComfyClient:
         self.max_json_bytes = max_json_bytes
         self._session = requests.Session()
         self._session.headers.update(server.headers)
-        self._session.verify = server.verify_tls
+        # One trust decision for HTTPS and the websocket (tls.py): the adapter carries the
+        # context; verify=False only turns verification off (requests' cert_reqs).
+        self._session.verify = server.verify_tls is not False
+        self._ssl = ssl_context(server.verify_tls, server.name) if server.url.startswith("https://") else None
         # Proxies from the environment would route studio-internal servers through a
         # corporate proxy; ComfyUI servers are addressed directly.
         self._session.trust_env = False
         # Connections are tracked so close() can cut a request that hangs on a dead server.
         self._conns: "weakref.WeakSet[Any]" = weakref.WeakSet()
-        adapter = _TrackingAdapter(self._conns, pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
+        adapter = _TrackingAdapter(self._conns, self._ssl, pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._closed = False
@@ -182,13 +187,9 @@ class ComfyClient:
                 if self._probe is None:
                     host = self.server.host or "127.0.0.1"
                     kwargs: Dict[str, Any] = {"maxsize": 2, "headers": dict(self.server.headers), "retries": False}
-                    if self.server.url.startswith("https://"):
-                        verify = self.server.verify_tls
-                        if verify is False:
-                            kwargs["cert_reqs"] = "CERT_NONE"
-                        else:
-                            kwargs["cert_reqs"] = "CERT_REQUIRED"
-                            kwargs["ca_certs"] = verify if isinstance(verify, str) else certifi.where()
+                    if self._ssl is not None:
+                        kwargs["ssl_context"] = self._ssl
+                        kwargs["cert_reqs"] = "CERT_NONE" if self.server.verify_tls is False else "CERT_REQUIRED"
                         self._probe = urllib3.HTTPSConnectionPool(host, self.server.port, **kwargs)
                     else:
                         self._probe = urllib3.HTTPConnectionPool(host, self.server.port, **kwargs)
@@ -305,7 +306,8 @@ class ComfyClient:
         return f"{sub}/{answer['name']}" if sub else answer["name"]
 
     def download(self, filename: str, subfolder: str, type_: str, dest: str, *, max_bytes: int = MAX_FILE_BYTES) -> int:
-        """Stream ``/view`` into ``dest`` (written to a temporary name, then renamed)."""
+        """Stream ``/view`` into ``dest``: written to a temporary file beside it, then renamed
+        over it (``dest`` is complete or untouched). Local failures are LocalFileError."""
         params = {"filename": filename, "subfolder": subfolder, "type": type_}
         resp = self._request("GET", "/view", params=params)
         if resp.status_code != 200:
@@ -315,22 +317,29 @@ class ComfyClient:
                 server=self.server.name,
                 status=resp.status_code,
             )
-        tmp = dest + ".part"
+        tmp: Optional[str] = None
         total = 0
         try:
-            with open(tmp, "wb") as fh:
-                for chunk in resp.iter_content(_CHUNK):
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise ServerError(f"{self.server.name}: {filename!r} exceeds {max_bytes} bytes", server=self.server.name, fault="malformed")
-                    fh.write(chunk)
-            os.replace(tmp, dest)
-        except requests.exceptions.RequestException as exc:
-            raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {_short(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=os.path.dirname(dest) or ".")
+            except OSError as exc:
+                raise LocalFileError(f"cannot write in {os.path.dirname(dest)}: {exc.strerror or exc}", path=dest) from None
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    for chunk in resp.iter_content(_CHUNK):
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise ServerError(f"{self.server.name}: {filename!r} exceeds {max_bytes} bytes", server=self.server.name, fault="malformed")
+                        fh.write(chunk)
+            except requests.exceptions.RequestException as exc:
+                raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {_short(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
+            except OSError as exc:  # a full disk, a share gone away
+                raise LocalFileError(f"cannot write {dest}: {exc.strerror or exc}", path=dest) from None
+            localfiles.replace(tmp, dest)
+            tmp = None
         finally:
             resp.close()
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            localfiles.remove_quietly(tmp)  # never hides the error that got us here
         return total
 
     def close(self) -> None:
@@ -363,8 +372,8 @@ def classify(exc: BaseException) -> str:
     ``reason``, requests' wrapped exception), never by message text: Windows says
     ``[WinError 10061] ... actively refused it`` where Linux says ``Connection refused``.
     """
-    kinds = set()
-    seen = set()
+    kinds: Set[str] = set()
+    seen: Set[int] = set()
     stack = [exc]
     while stack:
         e = stack.pop()
@@ -408,14 +417,18 @@ def _failure_reason(exc: BaseException) -> str:
 
 
 class _TrackingAdapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter that remembers the connections it opens (weakly), so that the client can
-    shut them down while a request waits on one."""
+    """An HTTPAdapter whose connections use the given SSL context (see tls.py) and that
+    remembers the connections it opens (weakly), so that the client can shut them down while a
+    request waits on one."""
 
-    def __init__(self, conns: "weakref.WeakSet[Any]", **kwargs: Any) -> None:
+    def __init__(self, conns: "weakref.WeakSet[Any]", context: Optional[ssl.SSLContext], **kwargs: Any) -> None:
         self._conns = conns
+        self._context = context
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._context is not None:
+            kwargs["ssl_context"] = self._context
         super().init_poolmanager(*args, **kwargs)
         conns = self._conns
         new_pool = self.poolmanager._new_pool

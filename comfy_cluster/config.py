@@ -18,14 +18,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import ntpath
 import os
+import posixpath
 import re
+import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .paths import check_part
+from .textfiles import read_text
 
 __all__ = [
     "ServerConfig",
@@ -56,7 +61,8 @@ class ServerConfig(BaseModel):
     websocket handshake; their values are never shown in ``repr``, logs or errors.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # hide_input_in_errors: pydantic's own message would show the whole input, headers included.
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, hide_input_in_errors=True)
 
     name: str = ""
     host: Optional[str] = Field(default=None, alias="ip")
@@ -68,7 +74,7 @@ class ServerConfig(BaseModel):
     max_queue: int = 2
     headers: Dict[str, str] = Field(default_factory=dict, repr=False)
     verify_tls: Union[bool, str] = True
-    dir_local: Optional[str] = None
+    dir_local: Union[None, str, Dict[str, str]] = None
     dir_remote: Optional[str] = None
     tags: Tuple[str, ...] = ()
 
@@ -109,13 +115,28 @@ class ServerConfig(BaseModel):
                 raise ValueError(f"header {key!r} has an empty name or a line break")
         return v
 
+    @field_validator("dir_local")
+    @classmethod
+    def _dir_local_platforms(cls, v: Union[None, str, Dict[str, str]]) -> Union[None, str, Dict[str, str]]:
+        if isinstance(v, dict):
+            for key, path in v.items():
+                if key not in PLATFORMS:
+                    raise ValueError(f"unknown platform {key!r} (use {', '.join(PLATFORMS)})")
+                if not path.strip():
+                    raise ValueError(f"empty path for {key}")
+        return v
+
     @model_validator(mode="after")
     def _normalise(self) -> "ServerConfig":
         # Frozen model: fill derived fields with object.__setattr__ during validation only.
         if self.url:
             base, host, port = _normalise_url(self.url)
-            if self.host is not None and self.host != host:
-                raise ValueError("url: give either url or host/port, not both")
+            # Equal values are fine (a dumped config validates again); a different host or
+            # port beside a url was silently dropped before.
+            if self.host is not None and self.host.strip().strip("[]").lower() != host.lower():
+                raise ValueError(f"url: give either url or host/port, not both (host {self.host!r} is not the url's {host!r})")
+            if "port" in self.model_fields_set and self.port != port:
+                raise ValueError(f"url: give either url or host/port, not both (port {self.port} is not the url's {port})")
             object.__setattr__(self, "url", base)
             object.__setattr__(self, "host", host)
             object.__setattr__(self, "port", port)
@@ -151,20 +172,51 @@ class ServerConfig(BaseModel):
             # Header names are useful when debugging a proxy; values are secrets.
             yield "headers", {k: "***" for k in self.headers}
 
-    def map_remote_path(self, remote_path: str) -> Optional[str]:
-        """Map a path under ``dir_remote`` (as the server sees it) to ``dir_local``.
+    def local_dir(self, platform: Optional[str] = None) -> Optional[str]:
+        """The server's ComfyUI folder as seen from this machine (``dir_local``), or None.
 
-        Returns ``None`` when the server has no shared-storage mapping or the path is not
-        under ``dir_remote``.
+        ``dir_local`` is one path, or one per OS (``{"windows": "Z:\\ComfyUI", "macos":
+        "/Volumes/ComfyUI", "linux": "/mnt/ComfyUI"}``) so one studio config serves every
+        artist. ``platform`` is a ``sys.platform`` value (this machine's by default).
         """
-        if not self.dir_local or not self.dir_remote:
+        if isinstance(self.dir_local, dict):
+            return self.dir_local.get(platform_key(platform))
+        return self.dir_local
+
+    def map_remote_path(self, remote_path: str, platform: Optional[str] = None) -> Optional[str]:
+        """Map a path as the server sees it (under ``dir_remote``) to this machine's
+        (under :meth:`local_dir`), for tools that get server-side paths.
+
+        Returns ``None`` without a mapping or for a path not under ``dir_remote``, which is
+        compared without case when it is a Windows path (a drive letter or a share). Every
+        component is checked: ``..`` or a drive letter inside raises UnsafePathError.
+        """
+        local = self.local_dir(platform)
+        if not local or not self.dir_remote:
             return None
         remote = self.dir_remote.replace("\\", "/").rstrip("/")
-        path = remote_path.replace("\\", "/")
-        if path != remote and not path.startswith(remote + "/"):
+        path = remote_path.replace("\\", "/").rstrip("/")
+        windows_server = bool(re.match(r"^([A-Za-z]:|//)", remote))
+        fold = str.casefold if windows_server else str
+        if fold(path) != fold(remote) and not fold(path).startswith(fold(remote) + "/"):
             return None
-        rest = path[len(remote):].lstrip("/")
-        return os.path.join(self.dir_local, *rest.split("/")) if rest else self.dir_local
+        parts = check_part(path[len(remote):].lstrip("/"), "path", allow_empty=True)
+        pathmod = ntpath if platform_key(platform) == "windows" else posixpath
+        return pathmod.join(local, *parts) if parts else local
+
+
+#: The keys of a per-OS ``dir_local``.
+PLATFORMS = ("windows", "macos", "linux")
+
+
+def platform_key(platform: Optional[str] = None) -> str:
+    """``windows``, ``macos`` or ``linux`` for a ``sys.platform`` value (this machine's by default)."""
+    plat = sys.platform if platform is None else platform
+    if plat.startswith(("win", "cygwin")):
+        return "windows"
+    if plat.startswith("darwin"):
+        return "macos"
+    return "linux"
 
 
 def _normalise_url(raw: str) -> Tuple[str, str, int]:
@@ -195,13 +247,38 @@ def _normalise_url(raw: str) -> Tuple[str, str, int]:
 
 
 def _safe_url(text: str) -> str:
-    """A URL with any user:password part removed, for error messages."""
+    """A URL without its user:password part, query and fragment (tokens), for error messages."""
+    for mark in ("?", "#"):
+        if mark in text:
+            text = text.split(mark, 1)[0] + mark + "***"
     scheme, sep, rest = text.partition("://")
     if sep and "@" in rest:
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     if not sep and "@" in text:
         return "***@" + text.split("@", 1)[1]
     return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading environment variables as cmd.exe and PowerShell users set them.
+
+
+def unquote_env(name: str, value: str) -> str:
+    """``value`` stripped of blanks and of one matching pair of outer quotes.
+
+    cmd.exe keeps quotes in the value: ``set VAR='[...]'`` and ``set VAR="C:\\x.json"`` store
+    the quotes too. No valid value of ours starts and ends with the same quote, so one pair is
+    removed, and a warning says so.
+    """
+    text = value.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        log.warning("%s: removed the quotes around its value (cmd.exe keeps quotes as part of a value)", name)
+        text = text[1:-1].strip()
+    return text
+
+
+def _env(env: Mapping[str, str], name: str) -> str:
+    return unquote_env(name, env.get(name, ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +309,9 @@ def _format_validation(err: ValidationError, data: Mapping[str, Any]) -> str:
         return f"headers: {msg}" if "header" in msg else "headers: must be an object of string values"
     if "got" in msg:
         return f"{field}: {msg}"
+    if field == "url":
+        # The url's own errors (port out of range ...) are ours; its value may hold a token.
+        return msg if msg.startswith("url:") else f"url: {msg.lower()}"
     value = data.get(field, data.get("ip") if field == "host" else None)
     return f"{field}: {msg.lower()}, got {_describe(value)}"
 
@@ -281,19 +361,19 @@ def parse_servers_json(text: str, source: str = ENV_SERVERS) -> List[ServerConfi
     return servers
 
 
-def _from_servers_var(value: str) -> List[ServerConfig]:
-    text = value.strip()
+def _from_servers_var(text: str) -> List[ServerConfig]:
     if text[:1] in "[{\"" or text[:1].isdigit() or text in ("null", "true", "false"):
         return parse_servers_json(text)
     # Not JSON-looking: a path to a JSON file (studio-wide config).
     # A NUL byte makes expanduser and isfile raise ValueError: no such file either way.
     path = "" if "\x00" in text else os.path.expanduser(text)
     if not path or not os.path.isfile(path):
-        raise ConfigError(f"{ENV_SERVERS}: not a JSON array and no such file: {text!r}")
+        # The value is shown only when it looks like a path: JSON gone wrong may hold tokens.
+        shown = f": {text!r}" if len(text) <= 200 and not any(c in text for c in "{}[]\"'") else ""
+        raise ConfigError(f"{ENV_SERVERS}: not a JSON array and no such file{shown}")
     try:
-        with open(path, encoding="utf-8") as fh:
-            content = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
+        content = read_text(path)  # UTF-8, or UTF-16/BOM as PowerShell writes
+    except (OSError, UnicodeError) as exc:
         raise ConfigError(f"{ENV_SERVERS}: cannot read {text!r}: {exc.__class__.__name__}") from None
     return parse_servers_json(content, source=f"{ENV_SERVERS} ({text})")
 
@@ -303,7 +383,7 @@ def _from_numbered(env: Mapping[str, str]) -> List[ServerConfig]:
     for key, value in env.items():
         m = _NUMBERED.match(key)
         if m:
-            found.setdefault(int(m.group(2)), {})[m.group(1)] = value
+            found.setdefault(int(m.group(2)), {})[m.group(1)] = unquote_env(key, value)
     if not found:
         return []
     servers: List[ServerConfig] = []
@@ -348,8 +428,8 @@ def _legacy_entry(text: str, var: str) -> Dict[str, Any]:
 
 
 def _from_legacy(env: Mapping[str, str]) -> List[ServerConfig]:
-    var = "NUKE_COMFYUI_URL" if env.get("NUKE_COMFYUI_URL", "").strip() else "NUKE_COMFYUI_HOST"
-    raw = env.get(var, "").strip()
+    var = "NUKE_COMFYUI_URL" if _env(env, "NUKE_COMFYUI_URL") else "NUKE_COMFYUI_HOST"
+    raw = _env(env, var)
     entries: List[Dict[str, Any]] = []
     if raw:
         if raw.startswith("["):
@@ -362,20 +442,20 @@ def _from_legacy(env: Mapping[str, str]) -> List[ServerConfig]:
             entries = [_legacy_entry(i, f"{var}[{n}]") for n, i in enumerate(items)]
         else:
             entries = [_legacy_entry(raw, var)]
-    elif env.get("NUKE_COMFYUI_IP", "").strip():
+    elif _env(env, "NUKE_COMFYUI_IP"):
         var = "NUKE_COMFYUI_IP"
-        data: Dict[str, Any] = {"host": env["NUKE_COMFYUI_IP"].strip()}
-        port = env.get("NUKE_COMFYUI_PORT", "").strip()
+        data: Dict[str, Any] = {"host": _env(env, "NUKE_COMFYUI_IP")}
+        port = _env(env, "NUKE_COMFYUI_PORT")
         if port:
             if not port.isdigit():
                 raise ConfigError(f"NUKE_COMFYUI_PORT: port: must be a number, got {port!r}")
             data["port"] = int(port)
         entries = [data]
-    elif env.get("NUKE_COMFYUI_PORT", "").strip():
+    elif _env(env, "NUKE_COMFYUI_PORT"):
         raise ConfigError("NUKE_COMFYUI_PORT: set without NUKE_COMFYUI_IP")
     if not entries:
         return []
-    local_dir = env.get("NUKE_COMFYUI_DIR", "").strip()
+    local_dir = _env(env, "NUKE_COMFYUI_DIR")
     servers = []
     for n, data in enumerate(entries):
         if local_dir:
@@ -392,8 +472,8 @@ def servers_from_env(environ: Optional[Mapping[str, str]] = None) -> Tuple[List[
     Raises :class:`ConfigError` for bad configuration.
     """
     env = os.environ if environ is None else environ
-    value = env.get(ENV_SERVERS, "")
-    if value.strip():
+    value = _env(env, ENV_SERVERS)
+    if value:
         return _from_servers_var(value), ENV_SERVERS
     servers = _from_numbered(env)
     if servers:
@@ -407,14 +487,14 @@ def servers_from_env(environ: Optional[Mapping[str, str]] = None) -> Tuple[List[
 def strategy_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """``NUKE_COMFYUI_STRATEGY`` stripped, or None when unset."""
     env = os.environ if environ is None else environ
-    value = env.get(ENV_STRATEGY, "").strip()
+    value = _env(env, ENV_STRATEGY)
     return value or None
 
 
 def status_ttl_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[float]:
     """``NUKE_COMFYUI_STATUS_TTL`` in seconds, or None when unset."""
     env = os.environ if environ is None else environ
-    value = env.get(ENV_TTL, "").strip()
+    value = _env(env, ENV_TTL)
     if not value:
         return None
     try:

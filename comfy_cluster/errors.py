@@ -20,11 +20,26 @@ __all__ = [
     "JobFailed",
     "JobCancelled",
     "UnsafePathError",
+    "LocalFileError",
 ]
 
 
 class ComfyClusterError(Exception):
-    """Base class of every error raised by comfy-cluster."""
+    """Base class of every error raised by comfy-cluster.
+
+    The message is kept on one line: a server's words (an exception message, a traceback's
+    last line, validation details) may span lines, which would break a status line, a log
+    line or ``submit --json``. The full text stays on the error's own fields.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        if args and isinstance(args[0], str) and ("\n" in args[0] or "\r" in args[0]):
+            args = (_one_line(args[0]),) + args[1:]
+        super().__init__(*args)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 class ConfigError(ComfyClusterError, ValueError):
@@ -161,3 +176,12 @@ class JobCancelled(ComfyClusterError):
 
 class UnsafePathError(ComfyClusterError):
     """A file name or subfolder from a server would land outside the target folder."""
+
+
+class LocalFileError(ComfyClusterError, OSError):
+    """A local file could not be written, replaced or removed (a full disk, no permission, or
+    on Windows a file held open by another program past the retries). ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path

@@ -22,6 +22,7 @@ import websocket
 
 from .config import ServerConfig
 from .errors import ServerError
+from .tls import ssl_context
 
 __all__ = ["ServerSocket", "MAX_MESSAGE_BYTES"]
 
@@ -59,12 +60,11 @@ class _CappedWebSocket(websocket.WebSocket):
 
 
 def sslopt_for(server: ServerConfig) -> Dict[str, Any]:
-    """websocket-client TLS options matching ``verify_tls`` (same rules as requests)."""
-    if server.verify_tls is False:
-        return {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
-    if isinstance(server.verify_tls, str):
-        return {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": server.verify_tls}
-    return {"cert_reqs": ssl.CERT_REQUIRED}
+    """websocket-client TLS options: the very context HTTPS uses (tls.py), so both trust alike."""
+    if not server.url.startswith("https://"):
+        return {}
+    ctx = ssl_context(server.verify_tls, server.name)
+    return {"context": ctx, "cert_reqs": ctx.verify_mode, "check_hostname": ctx.check_hostname}
 
 
 class ServerSocket:

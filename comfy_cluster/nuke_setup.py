@@ -1,19 +1,26 @@
 """Install comfy-cluster's dependencies for Nuke's Python into a folder the Nuke plugin uses.
 
-Nuke ships its own Python, usually without pip access for artists, and ``pydantic-core`` is a
-compiled package: the wheel must match Nuke's Python version and the machine. This command runs
-with *any* Python 3 on the artist's machine and asks pip for wheels built for Nuke's Python::
+``pydantic-core`` is compiled: its wheel must match Nuke's Python version *and* the platform of
+the running Nuke (an x86_64 Nuke under Rosetta on an arm64 Mac needs x86_64 wheels). So the
+dependencies go into one subfolder per Python version and platform of the folder
+``COMFY_CLUSTER_LIBS`` (default ``~/.nuke/comfy_cluster_libs``), for example
+``py310-linux-x86_64`` or ``py311-macos-arm64``; ``nuke_plugin/init.py`` picks the one matching
+the running Nuke. Installing for Nuke 16 never touches Nuke 15's folder.
 
-    python comfy_cluster/nuke_setup.py --nuke 15                 # Nuke 15 = Python 3.10
-    python -m comfy_cluster.nuke_setup --python-version 3.11 --platform win_amd64 --target D:/libs
+First choice, with Nuke's own Python (version and platform are then right by construction)::
 
-It runs ``pip install --target DIR --python-version X.Y --only-binary=:all: --platform P
---implementation cp requests websocket-client pydantic``. ``nuke_plugin/init.py`` adds
-``COMFY_CLUSTER_LIBS`` (default ``~/.nuke/comfy_cluster_libs``) to ``sys.path``.
+    "/usr/local/Nuke15.1v3/python3" comfy_cluster/nuke_setup.py
+    "C:\\Program Files\\Nuke15.1v3\\python.exe" comfy_cluster\\nuke_setup.py
 
-Only the standard library is used here, so running the file by its path works on a Python
-that has none of comfy-cluster's dependencies (``python -m comfy_cluster.nuke_setup`` imports
-the package first, which needs pydantic).
+With any other Python 3, name Nuke's Python version (or release) and, when it differs from
+this machine's, the platform (repeat ``--platform`` for several; each gets its own folder)::
+
+    python3 comfy_cluster/nuke_setup.py --nuke 15
+    python3 comfy_cluster/nuke_setup.py --python-version 3.11 --platform win_amd64 --platform macosx_11_0_arm64
+
+``--gateway`` adds aiohttp, which the "Start gateway" menu entry needs. Only the standard
+library is used here, so running the file by its path works on a Python that has none of
+comfy-cluster's dependencies.
 """
 
 from __future__ import annotations
@@ -29,8 +36,12 @@ from typing import Dict, List, Optional, Sequence
 __all__ = [
     "NUKE_PYTHON",
     "REQUIREMENTS",
+    "GATEWAY_REQUIREMENTS",
     "DEFAULT_TARGET",
     "default_platforms",
+    "platform_key",
+    "platform_key_of_tag",
+    "libs_subdir",
     "python_for_nuke",
     "pip_command",
     "main",
@@ -38,29 +49,77 @@ __all__ = [
 
 # Nuke release -> its Python (Foundry's release notes; Nuke 13 is too old for comfy-cluster).
 NUKE_PYTHON: Dict[int, str] = {13: "3.7", 14: "3.9", 15: "3.10", 16: "3.11"}
-# Keep in step with pyproject.toml's dependencies.
+# Keep in step with pyproject.toml's dependencies (and the gateway extra).
 REQUIREMENTS = ("requests>=2.25", "websocket-client>=1.6", "pydantic>=2.5,<3")
+GATEWAY_REQUIREMENTS = ("aiohttp>=3.9",)
 DEFAULT_TARGET = os.path.join("~", ".nuke", "comfy_cluster_libs")
 LIBS_ENV = "COMFY_CLUSTER_LIBS"
 _VERSION = re.compile(r"^3\.(\d+)$")
+_MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "arm64": "arm64", "aarch64": "arm64"}
 
 
 class SetupError(Exception):
     """A wrong argument; the message says what to give instead."""
 
 
-def default_platforms(system: Optional[str] = None, machine: Optional[str] = None) -> List[str]:
-    """pip ``--platform`` tags for this machine (the one Nuke runs on, as a rule)."""
-    system = (system or sys.platform).lower()
-    machine = (machine or platform.machine()).lower()
-    arm = machine in ("arm64", "aarch64")
+def _system_name(system: str) -> str:
+    system = system.lower()
     if system.startswith("linux"):
-        return ["manylinux2014_aarch64" if arm else "manylinux2014_x86_64"]
+        return "linux"
     if system.startswith(("win", "cygwin")):
-        return ["win_arm64" if arm else "win_amd64"]
+        return "windows"
     if system.startswith("darwin"):
-        return ["macosx_11_0_arm64"] if arm else ["macosx_10_12_x86_64"]
-    raise SetupError(f"cannot tell the wheel platform of {system}/{machine}: give --platform")
+        return "macos"
+    raise SetupError(f"cannot tell the wheel platform of {system}: give --platform")
+
+
+def platform_key(system: Optional[str] = None, machine: Optional[str] = None) -> str:
+    """``linux-x86_64``, ``windows-x86_64``, ``macos-arm64``...: the platform of a running Python.
+
+    Run inside Nuke this is Nuke's own platform (under Rosetta an x86_64 Nuke says x86_64).
+    """
+    name = _system_name(system or sys.platform)
+    raw = (machine or platform.machine()).lower()
+    arch = _MACHINES.get(raw)
+    if arch is None:
+        raise SetupError(f"cannot tell the wheel platform of {name}/{raw}: give --platform")
+    return f"{name}-{arch}"
+
+
+def platform_key_of_tag(tag: str) -> str:
+    """The :func:`platform_key` a pip ``--platform`` tag installs for (``win_amd64`` -> ``windows-x86_64``)."""
+    low = tag.lower()
+    if low.startswith("win"):
+        system = "windows"
+    elif low.startswith("macosx"):
+        system = "macos"
+    elif "linux" in low:
+        system = "linux"
+    else:
+        raise SetupError(f"--platform {tag}: not a Linux, Windows or macOS wheel tag")
+    if low.endswith("universal2"):
+        raise SetupError(f"--platform {tag}: universal2 is two platforms; give the arm64 or x86_64 tag of Nuke's build")
+    arch = next((v for k, v in _MACHINES.items() if low.endswith("_" + k)), None)
+    if arch is None:
+        raise SetupError(f"--platform {tag}: cannot tell its machine (x86_64/amd64 or arm64/aarch64)")
+    return f"{system}-{arch}"
+
+
+def libs_subdir(root: str, python_version: str, key: str) -> str:
+    """The dependencies folder for one Python version and platform: ``<root>/py310-linux-x86_64``."""
+    major, minor = python_version.split(".")[:2]
+    return os.path.join(root, f"py{major}{minor}-{key}")
+
+
+def default_platforms(system: Optional[str] = None, machine: Optional[str] = None) -> List[str]:
+    """pip ``--platform`` tags for a running Python (by default this one)."""
+    name, arch = platform_key(system, machine).split("-", 1)
+    arm = arch == "arm64"
+    if name == "linux":
+        return ["manylinux2014_aarch64" if arm else "manylinux2014_x86_64"]
+    if name == "windows":
+        return ["win_arm64" if arm else "win_amd64"]
+    return ["macosx_11_0_arm64"] if arm else ["macosx_10_12_x86_64"]
 
 
 def python_for_nuke(major: int) -> str:
@@ -105,10 +164,11 @@ def pip_command(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nuke_setup",
-        description="Install requests, websocket-client and pydantic for Nuke's Python into a folder "
-        "that the comfy-cluster Nuke plugin adds to sys.path.",
+        description="Install requests, websocket-client and pydantic for Nuke's Python into the folder "
+        "of that Python version and platform, which the comfy-cluster Nuke plugin adds to sys.path. "
+        "Run it with Nuke's own Python and no option, or name Nuke's Python with --nuke/--python-version.",
     )
-    which = parser.add_mutually_exclusive_group(required=True)
+    which = parser.add_mutually_exclusive_group()
     which.add_argument("--python-version", help="Nuke's Python, for example 3.10 (Nuke 15) or 3.11 (Nuke 16)")
     which.add_argument("--nuke", type=int, metavar="MAJOR", help="Nuke's major version: 14, 15 or 16")
     parser.add_argument(
@@ -116,49 +176,83 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         dest="platforms",
         metavar="TAG",
-        help="wheel platform tag(s), e.g. manylinux2014_x86_64, win_amd64, macosx_11_0_arm64 "
-        "(default: this machine's; repeat for several)",
+        help="wheel platform tag of Nuke's build, e.g. manylinux2014_x86_64, win_amd64, macosx_11_0_arm64, "
+        "macosx_10_12_x86_64 (default: this Python's; repeat for several platforms, each gets its folder)",
     )
     parser.add_argument(
         "--target",
         default=os.environ.get(LIBS_ENV) or DEFAULT_TARGET,
-        help=f"the folder to install into (default: ${LIBS_ENV} or {DEFAULT_TARGET})",
+        help=f"the folder holding one subfolder per Python version and platform (default: ${LIBS_ENV} or {DEFAULT_TARGET})",
     )
-    parser.add_argument("--dry-run", action="store_true", help="print the pip command instead of running it")
+    parser.add_argument("--gateway", action="store_true", help="add aiohttp, for the gateway (ComfyUI Cluster > Start gateway)")
+    parser.add_argument("--dry-run", action="store_true", help="print the pip command(s) instead of running them")
     return parser
+
+
+def _plan(args: argparse.Namespace) -> "tuple[str, Dict[str, List[str]]]":
+    """(Python version, {platform key: [tags]}) for the arguments."""
+    if args.python_version or args.nuke is not None:
+        version = _check_version(args.python_version or python_for_nuke(args.nuke))
+    else:
+        version = _check_version(f"{sys.version_info[0]}.{sys.version_info[1]}")
+        print(f"for this Python {version} ({sys.executable}); if it is not Nuke's own, give --nuke or --python-version")
+    groups: Dict[str, List[str]] = {}
+    if args.platforms:
+        for tag in args.platforms:
+            groups.setdefault(platform_key_of_tag(tag), []).append(tag)
+    else:
+        groups[platform_key()] = default_platforms()
+        if args.python_version or args.nuke is not None:
+            print(f"platform: {', '.join(default_platforms())} (this Python's; use --platform for Nuke's if it differs)")
+    return version, groups
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    requirements = list(REQUIREMENTS) + (list(GATEWAY_REQUIREMENTS) if args.gateway else [])
     try:
-        version = args.python_version or python_for_nuke(args.nuke)
-        version = _check_version(version)
-        if args.platforms:
-            platforms = list(args.platforms)
-        else:
-            platforms = default_platforms()
-            print(f"platform: {', '.join(platforms)} (this machine; use --platform for another one)")
-        target = os.path.abspath(os.path.expanduser(os.path.expandvars(args.target)))
-        cmd = pip_command(version, target, platforms)
+        version, groups = _plan(args)
+        root = os.path.abspath(os.path.expanduser(os.path.expandvars(args.target)))
+        commands = [
+            (key, pip_command(version, libs_subdir(root, version, key), tags, requirements=requirements))
+            for key, tags in groups.items()
+        ]
     except SetupError as exc:
         print(f"nuke_setup: {exc}", file=sys.stderr)
         return 2
+    if not args.dry_run and not _has_pip():
+        print(
+            f"nuke_setup: this Python ({sys.executable}) has no pip. Run it once with "
+            "'-m ensurepip --user', or use any other Python 3 with --nuke or --python-version "
+            "(and --platform for Nuke's machine).",
+            file=sys.stderr,
+        )
+        return 2
     if args.dry_run:
-        print(" ".join(_quote(c) for c in cmd))
+        for _, cmd in commands:
+            print(" ".join(_quote(c) for c in cmd))
         return 0
-    print(f"installing for Python {version} ({', '.join(platforms)}) into {target}")
-    os.makedirs(target, exist_ok=True)
-    code = subprocess.call(cmd)
-    if code != 0:
-        print(f"nuke_setup: pip failed (exit status {code})", file=sys.stderr)
-        return code
+    for key, cmd in commands:
+        target = cmd[cmd.index("--target") + 1]
+        print(f"installing for Python {version} on {key} into {target}")
+        os.makedirs(target, exist_ok=True)
+        code = subprocess.call(cmd)
+        if code != 0:
+            print(f"nuke_setup: pip failed for {key} (exit status {code})", file=sys.stderr)
+            return code
     default = os.path.abspath(os.path.expanduser(DEFAULT_TARGET))
     print("done.")
-    if target != default:
-        print(f"Before starting Nuke, set {LIBS_ENV}={target}")
-    print("Then add the nuke_plugin folder of comfy-cluster to NUKE_PATH; its init.py puts this folder on sys.path.")
+    if root != default:
+        print(f"Before starting Nuke, set {LIBS_ENV}={root}")
+    print("Then add the nuke_plugin folder of comfy-cluster to NUKE_PATH; its init.py picks the folder of the running Nuke.")
     return 0
+
+
+def _has_pip() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pip") is not None
 
 
 def _quote(arg: str) -> str:

@@ -2,24 +2,60 @@
 
 A server chooses output file names and subfolders. Joined naively into a local path, a name
 such as ``../../.bashrc``, ``/etc/passwd``, ``C:\\x`` or one with a NUL byte would write outside
-the target folder. :func:`safe_join` refuses all of those, and checks the resolved path (so a
+the target folder: :func:`safe_join` refuses those, and checks the resolved path (so a
 symlinked subfolder inside the target cannot lead outside either).
+
+Names that are merely unusable on Windows (``CON.png``, ``nul``, ``a?.png``, a trailing dot or
+space) are escaped, not refused, and by Windows' rules on every OS: a folder written on Linux
+is often read from Windows over a share, and the same job must give the same names everywhere.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from types import ModuleType
+from typing import List
 
 from .errors import UnsafePathError
 
-__all__ = ["safe_join", "check_part"]
+__all__ = ["safe_join", "check_part", "windows_safe_name", "is_inside", "local_target"]
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# Characters Windows refuses in a name (besides the separators): <>:"|?* and controls 1..31.
+_BAD_CHARS = re.compile(r'[<>:"|?*\x01-\x1f]')
+# Device names Windows reserves, with any extension (CON.png) and trailing spaces (CON .png).
+# Python's ntpath.isreserved (3.13) lists the superscript digits too; COM0/LPT0 are reserved
+# by newer Windows versions.
+_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"{dev}{d}" for dev in ("COM", "LPT") for d in "0123456789\u00b9\u00b2\u00b3"}
+)
 
 
-def check_part(value: str, what: str, *, allow_empty: bool = False) -> list:
-    """The path components of a server-given ``value``; raises UnsafePathError if unsafe."""
+def windows_safe_name(name: str) -> str:
+    """``name`` (one path component) escaped so Windows can create it, on every OS.
+
+    Refused characters become ``_``; trailing dots and spaces (which Windows drops, so that
+    ``x.png.`` would become ``x.png`` and ``.. `` would become ``..``) become ``_``; a
+    reserved device name gets ``_`` after its base name (``CON.png`` -> ``CON_.png``).
+    """
+    out = _BAD_CHARS.sub("_", name)
+    stripped = out.rstrip(". ")
+    if stripped != out:
+        out = stripped + "_" * (len(out) - len(stripped))
+    base, dot, rest = out.partition(".")
+    if base.rstrip(" ").upper() in _RESERVED:
+        out = f"{base}_{dot}{rest}"
+    return out
+
+
+def check_part(value: str, what: str, *, allow_empty: bool = False) -> List[str]:
+    """The escaped path components of a server-given ``value``; UnsafePathError if it escapes.
+
+    Refused (never escaped): a NUL byte, an absolute path or drive, ``..``, and a drive letter
+    inside the value (``a/C:x``), which Windows would take as another drive.
+    """
     if not isinstance(value, str):
         raise UnsafePathError(f"{what}: not a string")
     if "\x00" in value:
@@ -34,24 +70,51 @@ def check_part(value: str, what: str, *, allow_empty: bool = False) -> list:
     for p in parts:
         if p == "..":
             raise UnsafePathError(f"{what}: '..' in {value!r}")
-        if _DRIVE.match(p) or ":" in p:
-            # A colon can name a drive or an NTFS stream on Windows.
-            raise UnsafePathError(f"{what}: ':' in {value!r}")
+        if _DRIVE.match(p):
+            raise UnsafePathError(f"{what}: drive letter in {value!r}")
     if not parts and not allow_empty:
         raise UnsafePathError(f"{what}: no file name in {value!r}")
-    return parts
+    return [windows_safe_name(p) for p in parts]
 
 
-def safe_join(root: str, subfolder: str, filename: str) -> str:
-    """``root/subfolder/filename``, guaranteed to stay inside ``root`` once resolved."""
+def is_inside(root: str, path: str, pathmod: ModuleType = os.path) -> bool:
+    """Whether ``path`` is ``root`` or below it (both absolute and normalised).
+
+    ``commonpath`` rather than a prefix test: a root that is a drive or share (``D:\\``,
+    ``\\\\server\\share\\``, ``/``) already ends in a separator. Case-insensitive where the OS
+    is (``normcase``).
+    """
+    drive, rest = pathmod.splitdrive(root)
+    if drive and not rest:  # a bare share or drive (\\server\share, D:) means its root
+        root = drive + pathmod.sep
+    r, p = pathmod.normcase(root), pathmod.normcase(path)
+    try:
+        return bool(pathmod.commonpath([r, p]) == pathmod.commonpath([r]))
+    except ValueError:  # different drives, or absolute mixed with relative
+        return False
+
+
+def local_target(root: str, subfolder: str, filename: str, pathmod: ModuleType = os.path) -> str:
+    """``root/subfolder/filename`` with every server-given part checked and escaped.
+
+    Pure (touches no file): ``pathmod`` may be ``ntpath`` to see what Windows would get.
+    """
     sub_parts = check_part(subfolder, "subfolder", allow_empty=True)
     name_parts = check_part(filename, "filename")
     if len(name_parts) != 1:
         raise UnsafePathError(f"filename: must be a plain name, got {filename!r}")
+    target = pathmod.join(root, *sub_parts, name_parts[0])
+    if not is_inside(root, target, pathmod):
+        raise UnsafePathError(f"subfolder {subfolder!r} leads outside {root}")
+    return target
+
+
+def safe_join(root: str, subfolder: str, filename: str) -> str:
+    """``root/subfolder/filename``, guaranteed to stay inside ``root`` once resolved."""
     root_real = os.path.realpath(root)
-    target = os.path.join(root_real, *sub_parts, name_parts[0])
+    target = local_target(root_real, subfolder, filename)
     parent_real = os.path.realpath(os.path.dirname(target))
-    if parent_real != root_real and not parent_real.startswith(root_real + os.sep):
+    if not is_inside(root_real, parent_real):
         raise UnsafePathError(f"subfolder {subfolder!r} leads outside {root}")
     if os.path.islink(target):
         raise UnsafePathError(f"{filename!r} is a symbolic link in {root}")

@@ -12,6 +12,7 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ComfyClusterError
+from .textfiles import read_text
 
 __all__ = [
     "WorkflowInputError",
@@ -40,8 +41,7 @@ def load_workflow(workflow: Union[Mapping[str, Any], str, "os.PathLike[str]"]) -
     if isinstance(workflow, (str, os.PathLike)):
         path = os.fspath(workflow)
         try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
+            data = json.loads(read_text(path))  # UTF-8, or UTF-16/BOM as PowerShell writes
         except FileNotFoundError:
             raise WorkflowInputError(f"workflow file not found: {path}") from None
         except (OSError, UnicodeDecodeError) as exc:

@@ -3,11 +3,13 @@
     export NUKE_COMFYUI_SERVERS='[{"name": "gpu1", "host": "192.168.1.187", "port": 8188}]'
     python examples/submit_workflow.py workflow_api.json renders/ [--input 10=plate.png]
 
-Without a cluster at hand, start one mock server in another terminal first:
+Without a cluster at hand, start one mock server in another terminal first (it listens on
+127.0.0.1:8188, where the library looks when NUKE_COMFYUI_SERVERS is not set), then, from the
+repository folder:
 
-    comfy-cluster mock-server --port 8188
-    NUKE_COMFYUI_SERVERS='[{"host": "127.0.0.1", "port": 8188}]' \\
-        python examples/submit_workflow.py examples/sleep_workflow_api.json /tmp/renders
+    comfy-cluster mock-server
+    python examples/submit_workflow.py examples/invert_workflow_api.json renders --input 10=examples/plate.0001.png
+    python examples/submit_workflow.py examples/sleep_workflow_api.json renders
 """
 
 import argparse

@@ -8,6 +8,8 @@ when no entry point did it (running from a source tree, or with plugin autoload 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import comfy_cluster.testing.pytest_plugin as _mock_plugin
@@ -16,3 +18,15 @@ import comfy_cluster.testing.pytest_plugin as _mock_plugin
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.is_registered(_mock_plugin):
         config.pluginmanager.register(_mock_plugin, "comfy_cluster.testing.pytest_plugin")
+    config.addinivalue_line("markers", "real_comfyui: needs real ComfyUI servers named in COMFY_REAL_SERVERS")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    # Real-server checks run only where real servers are named; elsewhere they are deselected
+    # (not skipped), so a run's summary shows exactly what ran.
+    if os.environ.get("COMFY_REAL_SERVERS"):
+        return
+    keep = [i for i in items if "real_comfyui" not in i.keywords]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if "real_comfyui" in i.keywords])
+        items[:] = keep

@@ -71,3 +71,38 @@ def kinds(events: List[Any]) -> List[str]:
 
 def servers_of(cluster: Any, **extra: Any) -> List[Dict[str, Any]]:
     return [dict({"name": s.name, "url": s.url}, **extra) for s in cluster.servers]
+
+
+def symlink_dir(target: Any, link: Any) -> None:
+    """A folder link leading to ``target``: a symbolic link, or on Windows without the
+    symlink privilege (the default for artists) a junction, which needs none."""
+    import os
+    import sys
+
+    try:
+        os.symlink(target, link, target_is_directory=True)
+    except OSError:
+        if sys.platform != "win32":
+            raise
+        import _winapi  # Windows only
+
+        _winapi.CreateJunction(str(target), str(link))
+
+
+def symlink_file(target: Any, link: Any) -> bool:
+    """A file symlink if this OS lets the user make one (False on Windows without the privilege)."""
+    import os
+    import sys
+
+    try:
+        os.symlink(target, link)
+        return True
+    except OSError:
+        if sys.platform != "win32":
+            raise
+        return False
+
+
+#: One tick of the coarsest monotonic clock a CI runner has (Windows: 15.6 ms). A wait of
+#: ``t`` seconds can measure up to one tick short there; lower bounds allow for it.
+CLOCK_TICK = 0.016

@@ -2,31 +2,62 @@
 
 from __future__ import annotations
 
+import gc
 import http.server
 import os
+import socket
 import socketserver
+import stat
+import subprocess
+import sys
 import threading
 from typing import Callable, Dict, List
 
 
 def rss_bytes() -> int:
-    """Resident memory of this process (VmRSS from /proc/self/status)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
+    """Resident memory of this process: /proc on Linux, the Win32 API on Windows, ``ps`` on
+    macOS (which has neither /proc nor a current-RSS call in the standard library)."""
+    if os.path.exists("/proc/self/status"):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS in /proc/self/status")
+    if sys.platform == "win32":  # pragma: no cover - Windows only
+        import ctypes
+        from ctypes import wintypes
+
+        class Counters(ctypes.Structure):
+            _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD)] + [
+                (n, ctypes.c_size_t) for n in ("PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
+                                               "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage", "QuotaNonPagedPoolUsage",
+                                               "PagefileUsage", "PeakPagefileUsage")]
+
+        counters = Counters()
+        counters.cb = ctypes.sizeof(counters)
+        handle = ctypes.windll.kernel32.GetCurrentProcess()
+        if not ctypes.windll.psapi.GetProcessMemoryInfo(handle, ctypes.byref(counters), counters.cb):
+            raise AssertionError("GetProcessMemoryInfo failed")
+        return int(counters.WorkingSetSize)
+    out = subprocess.run(["ps", "-o", "rss=", "-p", str(os.getpid())], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0]) * 1024
 
 
 def socket_fds() -> int:
-    """Open file descriptors of this process that are sockets."""
+    """Open sockets of this process: from the file descriptors where the OS lists them
+    (/proc/self/fd on Linux, /dev/fd on macOS), else (Windows: sockets are not file
+    descriptors) the socket objects still open."""
+    fd_dir = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd" if os.path.isdir("/dev/fd") else ""
+    if not fd_dir:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, socket.socket) and o.fileno() != -1)
     count = 0
-    for fd in os.listdir("/proc/self/fd"):
+    for fd in os.listdir(fd_dir):
         try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+            if stat.S_ISSOCK(os.fstat(int(fd)).st_mode):
                 count += 1
-        except OSError:
-            pass  # closed between listdir and readlink
+        except (OSError, ValueError):
+            pass  # closed between listdir and fstat
     return count
 
 

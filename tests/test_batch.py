@@ -192,19 +192,21 @@ def test_cli_ctrl_c_cancels_the_jobs_on_their_servers(mock_cluster_factory, tmp_
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(sleep_workflow(30.0, steps=30)))
     env = dict(os.environ, NUKE_COMFYUI_SERVERS=cluster.servers_json())
+    # No preexec_fn (POSIX only): the command installs its own SIGINT handler, so even a test
+    # run started in the background (SIGINT inherited as ignored) sees a terminal user's Ctrl-C.
+    # On Windows Ctrl-C cannot be sent to one process; Ctrl-Break to its own group can.
+    win = sys.platform == "win32"
     proc = subprocess.Popen([sys.executable, "-m", "comfy_cluster", "submit", str(wf), "--frames", "1-6", "--frame-input", "2.seed"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            # A test run started in the background inherits SIGINT ignored, and
-                            # Python keeps it so: give the child a terminal user's Ctrl-C.
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            **({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if win else {}))
     try:
         wait_until(lambda: all(s.queue_snapshot()[0] for s in cluster.servers), timeout=30, what="both servers running a job")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.CTRL_BREAK_EVENT if win else signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == (128 + 21 if win else 130), err
     assert "cancelling" in err
     for s in cluster.servers:
         assert s.queue_snapshot() == ([], [])

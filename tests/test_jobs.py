@@ -7,7 +7,7 @@ import os
 import threading
 
 import pytest
-from helpers import fail_workflow, kinds, load_image_workflow, servers_of, sleep_workflow, wait_until
+from helpers import fail_workflow, kinds, load_image_workflow, servers_of, sleep_workflow, symlink_dir, wait_until
 
 from comfy_cluster import (
     JobCancelled,
@@ -266,7 +266,7 @@ def test_download_refuses_symlinked_subfolder(mock_comfy, tmp_path):
     dest.mkdir()
     outside = tmp_path / "outside"
     outside.mkdir()
-    (dest / "link").symlink_to(outside)
+    symlink_dir(outside, dest / "link")  # a junction on Windows without the symlink privilege
     with ServerPool([{"name": "m", "url": mock_comfy.url}], **FAST) as pool:
         with pytest.raises(UnsafePathError, match="leads outside"):
             pool._download(pool.servers[0], [OutputFile("x.png", "link", "output", "3")], str(dest))

@@ -230,7 +230,7 @@ def test_cli_commands_for_the_new_faults(mock_comfy: MockComfyServer) -> None:
     apply_command(mock_comfy, "interrupt-ignores-id off")
     assert apply_command(mock_comfy, "mute-ws") == "websockets muted: all"
     assert apply_command(mock_comfy, "mute-ws off") == "websockets: unmuted"
-    assert apply_command(mock_comfy, "drop-ws-late").startswith("dropped 0 websocket(s)")
+    assert str(apply_command(mock_comfy, "drop-ws-late")).startswith("dropped 0 websocket(s)")
     assert mock_comfy.wait_idle()
     assert "success" in str(apply_command(mock_comfy, "executions"))
     assert apply_command(mock_comfy, "refuse-for 0.3") == "refusing for 0.3s"

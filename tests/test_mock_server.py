@@ -421,9 +421,10 @@ def test_txt2img_workflow_runs_with_sampler_progress(mock_comfy: MockComfyServer
     with WsListener(mock_comfy.url) as listener:
         pid = submit(mock_comfy, txt2img_workflow(steps=4), listener.client_id)["prompt_id"]
         messages = listener.until_done(pid)
-    progress = [m["data"]["value"] for m in messages if m["type"] == "progress"]
+    progress = [m["data"]["value"] for m in messages if m.get("type") == "progress"]
     assert progress == [1, 2, 3, 4]
-    executed = [m for m in messages if m["type"] == "executed"]
+    assert sum(1 for m in messages if m.get("binary")) == 4  # a latent preview per step
+    executed = [m for m in messages if m.get("type") == "executed"]
     assert executed[0]["data"]["node"] == "9" and executed[0]["data"]["output"]["images"][0]["filename"] == "txt2img_00001_.png"
 
 

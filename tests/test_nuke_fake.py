@@ -224,3 +224,54 @@ def test_groups_and_their_inputs(fake_nuke, tmp_path):
     group.setInput(0, nuke.nodes.Constant())
     nuke.execute(write, 1, 1)
     assert (tmp_path / "g.0001.png").is_file()
+
+
+def test_a_script_editor_call_that_blocks_while_showing_progress_is_a_frozen_gui(fake_nuke):
+    import nuke
+
+    def blocking_run():
+        task = nuke.ProgressTask("a blocking run")
+        task.setProgress(50)  # never redrawn: the event loop waits for this call to return
+
+    with pytest.raises(AssertionError, match="GUI is frozen"):
+        fake_nuke.script_editor(blocking_run)
+    assert len(fake_nuke.take_violations()) == 1
+    fake_nuke.set_gui(False)  # nuke -t: no GUI to freeze
+    fake_nuke.script_editor(blocking_run)
+
+
+def test_set_value_fires_knob_changed_when_the_panel_is_open(fake_nuke):
+    import nuke
+
+    seen = []
+    nuke.seen = seen  # type: ignore[attr-defined]  # reached from the knob script below
+    try:
+        node = nuke.nodes.Group()
+        node.addKnob(nuke.Int_Knob("a", "a"))
+        node["knobChanged"].setValue("nuke.seen.append((nuke.thisKnob().name(), nuke.thisKnob().value()))")
+        node["a"].setValue(1)  # panel closed: a Python change runs nothing
+        assert seen == []
+        node.showControlPanel()
+        node["a"].setValue(2)  # panel open: knobChanged runs after the value is stored
+        assert seen == [("a", 2)]
+    finally:
+        del nuke.seen  # type: ignore[attr-defined]
+
+
+def test_a_reopened_script_runs_the_nodes_oncreate_script_kept_as_text(fake_nuke, tmp_path):
+    import nuke
+
+    node = nuke.nodes.Group()
+    node["onCreate"].setValue("nuke.thisNode()['label'].setValue('loaded')")
+    node.addKnob(nuke.String_Knob("hidden_thing", "hidden"))
+    node["hidden_thing"].setValue("kept")
+    node["hidden_thing"].setFlag(nuke.INVISIBLE)
+    path = str(tmp_path / "a.nk")
+    name = node.name()
+    nuke.scriptSave(path)
+    nuke.scriptOpen(path)
+    with pytest.raises(ValueError):
+        node.name()  # the closed script's nodes are gone
+    loaded = nuke.toNode(name)
+    assert loaded["label"].value() == "loaded"
+    assert loaded["hidden_thing"].value() == "kept" and not loaded["hidden_thing"].visible()

@@ -20,56 +20,14 @@ PLUGIN = os.path.join(ROOT, "nuke_plugin")
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-def saved_sys_path():
-    saved = list(sys.path)
-    yield
-    sys.path[:] = saved
-
-
-def _load_init(name: str = "comfy_cluster_nuke_init"):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(PLUGIN, "init.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_init_puts_the_library_and_the_libs_folder_first_on_sys_path(saved_sys_path, monkeypatch, tmp_path, capsys):
-    libs = tmp_path / "libs"
-    libs.mkdir()
-    monkeypatch.setenv("COMFY_CLUSTER_LIBS", str(libs))
-    while ROOT in sys.path:
-        sys.path.remove(ROOT)
-    _load_init()
-    assert sys.path[0] == str(libs)
-    assert sys.path[1] == ROOT
-    assert capsys.readouterr().err == ""  # every dependency is found
-
-
-def test_init_skips_a_libs_folder_that_does_not_exist_and_names_missing_dependencies(saved_sys_path, monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("COMFY_CLUSTER_LIBS", str(tmp_path / "nope"))
-    module = _load_init()
-    assert str(tmp_path / "nope") not in sys.path
-    monkeypatch.setattr(module, "DEPENDENCIES", ("requests", "surely_not_installed_pkg"))
-    module.setup_paths()
-    err = capsys.readouterr().err
-    assert "missing surely_not_installed_pkg" in err
-    assert "nuke_setup.py" in err and "--python-version" in err
-
-
-def test_init_default_libs_folder(monkeypatch):
-    module = _load_init()
-    monkeypatch.delenv("COMFY_CLUSTER_LIBS", raising=False)
-    assert module.libs_dir({}) == os.path.abspath(os.path.expanduser("~/.nuke/comfy_cluster_libs"))
-
-
-def test_menu_adds_the_node_and_the_servers_panel(fake_nuke, cluster_env):
+def test_menu_adds_the_node_and_the_servers_panel(fake_nuke, cluster_env, monkeypatch):
+    import atexit
     import runpy
 
     import nuke
 
-    runpy.run_path(os.path.join(PLUGIN, "menu.py"))
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: fn)  # not this test process's exit
+    runpy.run_path(os.path.join(PLUGIN, "menu.py"), run_name="__main__")
     menu = nuke.menu("Nuke")
     item = menu.findItem("ComfyUI Cluster/ComfyUI Cluster Run")
     assert item is not None
@@ -79,7 +37,7 @@ def test_menu_adds_the_node_and_the_servers_panel(fake_nuke, cluster_env):
     assert len(groups) == 1 and groups[0].knob("comfy_cluster_run") is not None
 
     menu.findItem("ComfyUI Cluster/Servers...").invoke()
-    import nuke_plugin.panel as panel_mod
+    import comfy_cluster_nuke.panel as panel_mod
 
     panel = panel_mod._panel
     assert panel is not None and panel._shown
@@ -89,7 +47,7 @@ def test_menu_adds_the_node_and_the_servers_panel(fake_nuke, cluster_env):
 def test_created_node_has_the_knobs_a_user_needs(fake_nuke):
     import nuke
 
-    import nuke_plugin.node as node_mod
+    import comfy_cluster_nuke.node as node_mod
 
     fake_nuke.set_frame_range(1001, 1100)
     node = node_mod.create()
@@ -102,9 +60,17 @@ def test_created_node_has_the_knobs_a_user_needs(fake_nuke):
         "last": "Int_Knob",
         "strategy": "Enumeration_Knob",
         "output_dir": "File_Knob",
+        "mask_node": "Enumeration_Knob",
+        "ref_node": "Enumeration_Knob",
+        "send_alpha": "Boolean_Knob",
+        "colorspace": "String_Knob",
+        "extra_params": "String_Knob",
         "execute": "PyScript_Knob",
+        "execute_frame": "PyScript_Knob",
+        "rerun_failed": "PyScript_Knob",
         "cancel": "PyScript_Knob",
         "status": "Text_Knob",
+        "show": "Enumeration_Knob",
     }
     for name, cls in expected.items():
         knob = node.knob(name)
@@ -115,14 +81,17 @@ def test_created_node_has_the_knobs_a_user_needs(fake_nuke):
     assert node["strategy"].value() == "default"
     assert node["load_image_node"].values() == ["(none)"]
     assert node["status"].value() == "idle"
-    # The buttons' commands are one line each, importing the plugin and using thisNode().
-    assert node["execute"].command() == "import nuke_plugin.run; nuke_plugin.run.execute(nuke.thisNode())"
-    assert "nuke_plugin.run.cancel(nuke.thisNode())" in node["cancel"].command()
-    # The group passes its input through.
-    inner = {n.Class(): n for n in node.nodes()}
-    assert set(inner) == {"Input", "Output"}
-    assert inner["Output"].input(0) is inner["Input"]
-    assert node.maxInputs() == 1
+    # The buttons' commands are one line each, binding no name in Nuke's shared namespace.
+    assert node["execute"].command() == '__import__("comfy_cluster_nuke.run").run.execute(nuke.thisNode())'
+    assert 'run.cancel(nuke.thisNode())' in node["cancel"].command()
+    # Inside: plate, mask and ref inputs; the result Read; a Switch that passes the plate
+    # through until there is a result.
+    inner = {n.name(): n for n in node.nodes()}
+    assert {"plate", "mask", "ref", "result", "show_switch"} <= set(inner)
+    assert inner["show_switch"].input(0) is inner["plate"] and inner["show_switch"].input(1) is inner["result"]
+    assert node.maxInputs() == 3
+    assert nuke.allNodes("Output", group=node)[0].input(0) is inner["show_switch"]
+    assert inner["show_switch"]["which"].value() == 0
 
     second = node_mod.create()
     assert second.name() == "ComfyUIClusterRun2"
@@ -130,22 +99,22 @@ def test_created_node_has_the_knobs_a_user_needs(fake_nuke):
 
 
 def test_choosing_a_workflow_lists_its_load_image_nodes(fake_nuke, tmp_path):
-    import nuke_plugin.node as node_mod
+    import comfy_cluster_nuke.node as node_mod
 
     workflow = load_image_workflow()
     workflow["11"] = {"class_type": "LoadImage", "inputs": {"image": "b.png"}}
     node = node_mod.create()
     fake_nuke.user_set(node, "workflow", write_json(tmp_path / "wf.json", workflow))
     knob = node["load_image_node"]
-    assert knob.values() == ["(none)", "10: Plate", "11: LoadImage"]
-    assert knob.value() == "10: Plate"  # the first LoadImage is chosen
-    fake_nuke.user_set(node, "load_image_node", "11: LoadImage")
+    assert knob.values() == ["(none)", "Plate (node 10)", "LoadImage (node 11)"]
+    assert knob.value() == "Plate (node 10)"  # the first LoadImage is chosen
+    fake_nuke.user_set(node, "load_image_node", "LoadImage (node 11)")
 
     # Another workflow that still has node 11 keeps the choice; one without it falls back.
     del workflow["10"]
     workflow["2"]["inputs"]["image"] = ["11", 0]
     fake_nuke.user_set(node, "workflow", write_json(tmp_path / "wf2.json", workflow))
-    assert knob.value() == "11: LoadImage"
+    assert knob.value() == "LoadImage (node 11)"
     fake_nuke.user_set(node, "workflow", write_json(tmp_path / "wf3.json", {"1": {"class_type": "EmptyImage", "inputs": {}}}))
     assert knob.values() == ["(none)"] and knob.value() == "(none)"
 
@@ -157,8 +126,8 @@ def test_choosing_a_workflow_lists_its_load_image_nodes(fake_nuke, tmp_path):
 def test_read_settings_resolves_paths_and_the_default_strategy(fake_nuke, tmp_path, monkeypatch):
     import nuke
 
-    import nuke_plugin.node as node_mod
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.node as node_mod
+    import comfy_cluster_nuke.run as run_mod
 
     monkeypatch.setenv("WF_DIR", str(tmp_path))
     write_json(tmp_path / "wf.json", load_image_workflow())
@@ -169,7 +138,7 @@ def test_read_settings_resolves_paths_and_the_default_strategy(fake_nuke, tmp_pa
     assert settings.workflow_path == str(tmp_path / "wf.json")
     assert settings.load_image_node == "10" and settings.needs_render
     assert settings.strategy is None  # the environment's, or least_loaded
-    assert settings.output_dir.endswith(os.path.join("comfy_cluster", node.name()))
+    assert settings.output_base.startswith(os.path.expanduser("~"))  # an unsaved script
     run_mod.set_default_strategy("round_robin")
     try:
         assert run_mod.read_settings(node).strategy == "round_robin"
@@ -184,7 +153,7 @@ def test_read_settings_resolves_paths_and_the_default_strategy(fake_nuke, tmp_pa
 def test_describe_error_uses_comfyuis_words(fake_nuke):
     from comfy_cluster import JobFailed, NodeError, ServerError, WorkflowError
 
-    from nuke_plugin.run import _ranges, describe_error
+    from comfy_cluster_nuke.report import describe_error, ranges as _ranges
 
     refused = WorkflowError(
         "gpu1: Prompt outputs failed validation",
@@ -204,7 +173,7 @@ def test_describe_error_uses_comfyuis_words(fake_nuke):
 def test_created_node_connects_to_the_selected_node(fake_nuke):
     import nuke
 
-    import nuke_plugin.node as node_mod
+    import comfy_cluster_nuke.node as node_mod
 
     plate = nuke.createNode("Constant")
     node = node_mod.create()

@@ -19,7 +19,7 @@ def cluster(mock_cluster_factory, monkeypatch):
 
 
 def _open(fake):
-    import nuke_plugin.panel as panel_mod
+    import comfy_cluster_nuke.panel as panel_mod
 
     panel = panel_mod.show()
     fake.pump_until(lambda: not panel.refreshing and "online" in panel.summary_knob.value(), what="the refresh")
@@ -74,7 +74,7 @@ def test_rows_show_queues(fake_nuke, cluster):
 
 
 def test_refresh_button_and_strategy(fake_nuke, cluster):
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.run as run_mod
 
     panel = _open(fake_nuke)
     cluster[0].set_fault(Fault.REFUSE)
@@ -96,7 +96,7 @@ def test_refresh_button_and_strategy(fake_nuke, cluster):
 
 
 def test_a_configuration_error_is_shown_not_raised(fake_nuke, monkeypatch):
-    import nuke_plugin.panel as panel_mod
+    import comfy_cluster_nuke.panel as panel_mod
 
     monkeypatch.setenv("NUKE_COMFYUI_SERVERS", '[{"name": "gpu1", "host": "127.0.0.1", "port": 99999}]')
     panel = panel_mod.ServersPanel()
@@ -109,7 +109,7 @@ def test_a_configuration_error_is_shown_not_raised(fake_nuke, monkeypatch):
 def test_format_row_without_a_probe(fake_nuke):
     from comfy_cluster import ServerStatus
 
-    from nuke_plugin.panel import format_row
+    from comfy_cluster_nuke.panel import format_row
 
     row = format_row(ServerStatus(name="gpu1", url="http://127.0.0.1:1"))
     assert row.startswith("not checked")

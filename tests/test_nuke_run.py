@@ -38,19 +38,22 @@ def _uploaded_names(cluster):
 def test_execute_renders_the_input_runs_every_frame_and_makes_a_read_node(fake_nuke, cluster_env, tmp_path):
     import nuke
 
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.run as run_mod
 
     before = set(threading.enumerate())
     out = tmp_path / "out"
     node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow(0.1)), str(out), first=1001, last=1006)
     node.setXYpos(100, 200)
-    assert node["load_image_node"].value() == "10: Plate"
+    assert node["load_image_node"].value() == "Plate (node 10)"
 
     fake_nuke.press(node, "execute")
     # The click returned with the run going on in the background: Nuke stays responsive.
     run = run_mod.current(node)
     assert run is not None and not run.finished.is_set()
-    fake_nuke.pump_until(lambda: "working:" in node["status"].value(), what="progress on the status line")
+    # The bar gets every update; the status knob at most every STATUS_INTERVAL (throttled).
+    fake_nuke.pump_until(
+        lambda: any("working:" in m for t in fake_nuke.progress_tasks() for m in t._messages), what="progress on the bar"
+    )
     tasks = fake_nuke.progress_tasks()
     assert len(tasks) == 1 and tasks[0]._title.endswith(node.name())
     wait_run(fake_nuke, node)
@@ -58,22 +61,27 @@ def test_execute_renders_the_input_runs_every_frame_and_makes_a_read_node(fake_n
     # The input was rendered once, by a temporary Write inside the group, for the range.
     assert fake_nuke.renders() == [(f"{node.name()}.Write1", 1001, 1006)]
     assert nuke.allNodes("Write", group=node) == []
+    version = out / "v001"
     # Each frame's rendered file went to the LoadImage node of that frame's job.
     names = _uploaded_names(cluster_env)
-    assert len(names) == 6 and all(f"_input.{f:04d}" in n for f, n in zip(range(1001, 1007), names))
+    assert len(names) == 6 and all(f"_in0.{f:04d}" in n for f, n in zip(range(1001, 1007), names))
+    # Named after the node and its id: another artist's ComfyUIClusterRun1 sends other names.
+    assert all(f"{node.name()}_{node['node_uid'].value()}_in0." in n for n in names)
     assert sorted(p["2"]["inputs"]["seed"] for s in cluster_env for _, p, _ in s.received_prompts) == list(range(1001, 1007))
 
     reads = read_nodes()
     assert len(reads) == 1
     read = reads[0]
-    assert read["file"].value() == f"{out.as_posix()}/{node.name()}_####.png"
+    assert read.fullName() == f"{node.name()}.result"  # inside the node: renaming cannot orphan it
+    assert read["file"].value() == f"{version.as_posix()}/{node.name()}_####.png"
     assert (read["first"].value(), read["last"].value()) == (1001, 1006)
     assert (read["origfirst"].value(), read["origlast"].value()) == (1001, 1006)
-    assert (read.xpos(), read.ypos()) == (100, 260)  # next to the node
+    assert node["show"].value() == "result"  # the node outputs the result now
     for frame in range(1001, 1007):
-        path = out / f"{node.name()}_{frame:04d}.png"
+        path = version / f"{node.name()}_{frame:04d}.png"
         assert path.read_bytes().startswith(b"\x89PNG")
-    assert sorted(os.listdir(out)) == [f"{node.name()}_{f:04d}.png" for f in range(1001, 1007)]  # no leftovers
+    assert sorted(os.listdir(version)) == [f"{node.name()}_{f:04d}.png" for f in range(1001, 1007)]  # no leftovers
+    assert os.listdir(out) == ["v001"]
 
     assert node["status"].value().startswith("done: 6 frame(s)")
     assert fake_nuke.messages() == []
@@ -101,7 +109,9 @@ def test_execute_without_input_uses_an_empty_image_workflow_and_rerun_updates_th
     reads = read_nodes()
     assert len(reads) == 1, "a re-run updates its Read node"
     assert (reads[0]["first"].value(), reads[0]["last"].value()) == (1, 5)
-    assert len(list(out.glob("*.png"))) == 5
+    # A re-run never overwrites the previous result: a new version folder.
+    assert len(list((out / "v001").glob("*.png"))) == 3 and len(list((out / "v002").glob("*.png"))) == 5
+    assert "/v002/" in reads[0]["file"].value()
 
 
 def _start_long_run(fake_nuke, cluster, tmp_path, frames=6):
@@ -135,16 +145,16 @@ def test_cancel_stops_every_job_on_its_server(fake_nuke, cluster_env, tmp_path, 
 
 
 def test_cancel_without_a_run_says_so(fake_nuke, tmp_path):
-    import nuke_plugin.node
+    import comfy_cluster_nuke.node
 
-    node = nuke_plugin.node.create()
+    node = comfy_cluster_nuke.node.create()
     fake_nuke.press(node, "cancel")
     assert node["status"].value() == "nothing to cancel"
 
 
 @pytest.mark.parametrize("fault", ["restart", "refuse"])
 def test_a_server_failing_mid_batch_still_gives_every_frame(fake_nuke, cluster_env, tmp_path, fault):
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.run as run_mod
 
     run_mod.pool_options["server_lost_after"] = 1.0  # move frames off an unreachable server soon
     try:
@@ -210,14 +220,14 @@ def test_some_frames_failing_still_reads_the_others(fake_nuke, mock_cluster_fact
     text = fake_nuke.messages()[0]
     assert "1 of 3 frame(s) failed" in text and "frame went wrong" in text
     read = read_nodes()[0]
-    done = sorted(int(os.path.basename(p)[-8:-4]) for p in run.error.paths)
-    assert (read["first"].value(), read["last"].value()) == (done[0], done[-1])
+    # The Read covers the node's range: the failed frame shows as a checkerboard there.
+    assert (read["first"].value(), read["last"].value()) == (1, 3)
 
 
 def test_execute_refuses_bad_settings_with_a_clear_message(fake_nuke, cluster_env, tmp_path):
-    import nuke_plugin.node
+    import comfy_cluster_nuke.node
 
-    node = nuke_plugin.node.create()
+    node = comfy_cluster_nuke.node.create()
     fake_nuke.press(node, "execute")
     assert "choose a workflow file" in fake_nuke.messages()[-1]
 
@@ -228,7 +238,7 @@ def test_execute_refuses_bad_settings_with_a_clear_message(fake_nuke, cluster_en
 
     fake_nuke.user_set(node, "workflow", write_json(tmp_path / "wf.json", load_image_workflow()))
     fake_nuke.press(node, "execute")  # LoadImage chosen, nothing connected
-    assert "connect an input" in fake_nuke.messages()[-1]
+    assert "connect the plate input" in fake_nuke.messages()[-1]
 
     fake_nuke.user_set(node, "load_image_node", "(none)")
     fake_nuke.user_set(node, "frame_input", "9.seed")
@@ -267,20 +277,20 @@ def test_a_deleted_node_does_not_break_the_run(fake_nuke, cluster_env, tmp_path)
 
     node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", empty_image_workflow(0.2)), str(tmp_path / "out"), last=2, with_input=False)
     fake_nuke.press(node, "execute")
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.run as run_mod
 
     run = run_mod.current(node)
     nuke.delete(node)
     fake_nuke.pump_until(lambda: run.finished.is_set(), timeout=10)
     run.thread.join(5)
     fake_nuke.pump()
-    # The Read node cannot be placed next to a node that is gone: the run says so, no crash.
+    # The Read inside a node that is gone cannot be updated: the run says so, no crash.
     assert "was deleted" in str(run.error)
     assert len(run.error.paths) == 2 and all(os.path.isfile(p) for p in run.error.paths)
 
 
 def test_submit_without_gui_prints_progress_and_returns_the_files(fake_nuke, cluster_env, tmp_path, capsys):
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.run as run_mod
 
     fake_nuke.set_gui(False)  # nuke -t
     node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=3)
@@ -295,19 +305,37 @@ def test_submit_without_gui_prints_progress_and_returns_the_files(fake_nuke, clu
 
 
 def test_submit_raises_comfyuis_words_in_a_script(fake_nuke, cluster_env, tmp_path):
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.run as run_mod
 
+    fake_nuke.set_gui(False)  # nuke -t
     workflow = load_image_workflow()
     workflow["2"]["inputs"]["steps"] = "x"
     node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", workflow), str(tmp_path / "out"), last=2)
     with pytest.raises(run_mod.RunError, match=r"node 2 \(TestSleep\), input 'steps'") as info:
-        run_mod.submit(node)  # Script Editor: on the main thread, with a GUI
+        run_mod.submit(node)
     assert set(info.value.errors) <= {1, 2} and info.value.errors
     assert fake_nuke.messages() == []  # a script gets an exception, not a dialog
 
 
+def test_submit_on_the_gui_main_thread_refuses_at_once_and_start_returns_a_handle(fake_nuke, cluster_env, tmp_path):
+    """The Script Editor runs on the main thread, which the progress bar and every main-thread
+    call of the run need: blocking there freezes Nuke for the whole batch."""
+    import comfy_cluster_nuke.run as run_mod
+
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
+    with pytest.raises(run_mod.RunError, match="would freeze Nuke"):
+        fake_nuke.script_editor(lambda: run_mod.submit(node))
+    assert all(s.received_prompts == [] for s in cluster_env) and fake_nuke.renders() == []
+
+    handle = fake_nuke.script_editor(lambda: run_mod.start(node))  # returns at once
+    assert not handle.finished.is_set()
+    fake_nuke.pump_until(handle.finished.is_set, timeout=10, what="the run started from a script")
+    assert handle.error is None and len(handle.paths) == 2
+    assert handle.wait(0)
+
+
 def test_submit_from_a_worker_thread_goes_through_the_main_thread(fake_nuke, cluster_env, tmp_path):
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.run as run_mod
 
     node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
     box = {}
@@ -344,13 +372,12 @@ def test_a_node_inside_a_group_gets_its_read_node_in_that_group(fake_nuke, clust
     fake_nuke.press(node, "execute")
     run = wait_run(fake_nuke, node)
     assert run.error is None, run.error
-    assert nuke.allNodes("Read") == []
-    assert [n.name() for n in nuke.allNodes("Read", group=outer)] == [f"{node.name()}_Read1"]
+    assert [n.fullName() for n in read_nodes()] == [f"{outer.name()}.{node.name()}.result"]
     assert fake_nuke.renders() == [(f"{outer.name()}.{node.name()}.Write1", 1, 2)]
 
 
 def test_execute_without_gui_runs_to_the_end_and_prints_failures(fake_nuke, cluster_env, tmp_path, capsys):
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.run as run_mod
 
     fake_nuke.set_gui(False)
     workflow = load_image_workflow()
@@ -361,26 +388,12 @@ def test_execute_without_gui_runs_to_the_end_and_prints_failures(fake_nuke, clus
     assert "node 2 (TestSleep), input 'steps'" in capsys.readouterr().out  # nuke.message prints in nuke -t
 
 
-def test_a_copied_node_makes_its_own_read_node(fake_nuke, cluster_env, tmp_path):
-    wf = write_json(tmp_path / "wf.json", empty_image_workflow())
-    first = make_run_node(fake_nuke, wf, str(tmp_path / "out"), last=1, with_input=False)
-    fake_nuke.press(first, "execute")
-    wait_run(fake_nuke, first)
-    copy = make_run_node(fake_nuke, wf, str(tmp_path / "out"), last=2, with_input=False)
-    copy["read_node"].setValue(first["read_node"].value())  # what copy and paste carries over
-    fake_nuke.press(copy, "execute")
-    wait_run(fake_nuke, copy)
-    reads = {r.name(): r for r in read_nodes()}
-    assert set(reads) == {f"{first.name()}_Read1", f"{copy.name()}_Read1"}
-    assert reads[f"{first.name()}_Read1"]["last"].value() == 1
-
-
 def test_two_nodes_run_at_once_into_the_same_folder(fake_nuke, cluster_env, tmp_path):
     out = tmp_path / "out"
     wf = write_json(tmp_path / "wf.json", load_image_workflow(0.1))
     a = make_run_node(fake_nuke, wf, str(out), last=3)
     b = make_run_node(fake_nuke, wf, str(out), first=11, last=13)
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.run as run_mod
 
     fake_nuke.press(a, "execute")
     fake_nuke.press(b, "execute")
@@ -391,7 +404,17 @@ def test_two_nodes_run_at_once_into_the_same_folder(fake_nuke, cluster_env, tmp_
         r.thread.join(5)
     fake_nuke.pump()
     assert [r.error for r in runs] == [None, None]
-    assert sorted(os.listdir(out)) == sorted(
-        [f"{a.name()}_{f:04d}.png" for f in (1, 2, 3)] + [f"{b.name()}_{f:04d}.png" for f in (11, 12, 13)]
-    )
+    # One explicit folder for both: each run takes its own version folder.
+    assert sorted(os.listdir(out)) == ["v001", "v002"]
+    files = sorted(f for v in ("v001", "v002") for f in os.listdir(out / v))
+    assert files == sorted([f"{a.name()}_{f:04d}.png" for f in (1, 2, 3)] + [f"{b.name()}_{f:04d}.png" for f in (11, 12, 13)])
     assert len(read_nodes()) == 2
+
+
+def test_a_node_made_by_an_older_plugin_says_to_create_it_again(fake_nuke, tmp_path):
+    import comfy_cluster_nuke.node as node_mod
+
+    node = node_mod.create()
+    node["comfy_cluster_run"].setValue("1")
+    fake_nuke.press(node, "execute")
+    assert "made by an older comfy-cluster" in fake_nuke.messages()[-1]

@@ -71,12 +71,21 @@ def test_the_fake_type_checks() -> None:
     assert problems == ""
 
 
+def _fake_modules() -> List[str]:
+    """The fake ``nuke`` package's modules (its parts are re-exported by ``__init__``), without
+    ``_fake`` (the tests' controls, not Nuke's API)."""
+    folder = os.path.dirname(FAKE_NUKE)
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py") and n != "_fake.py")
+
+
 def _public_names_of_fake() -> List[str]:
     """``name`` for module-level names and ``Class.method`` for methods, all public."""
-    with open(FAKE_NUKE, encoding="utf-8") as fh:
-        tree = ast.parse(fh.read())
+    body: List[ast.stmt] = []
+    for path in _fake_modules():
+        with open(path, encoding="utf-8") as fh:
+            body.extend(ast.parse(fh.read()).body)
     names: List[str] = []
-    for stmt in tree.body:
+    for stmt in body:
         if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
             if stmt.name.startswith("_"):
                 continue
@@ -95,12 +104,21 @@ def _public_names_of_fake() -> List[str]:
 
 def test_the_fake_defines_what_the_plugin_needs() -> None:
     names = _public_names_of_fake()
-    for expected in ("executeInMainThread", "executeInMainThreadWithResult", "ProgressTask", "execute", "nodes", "GUI"):
+    for expected in ("executeInMainThread", "executeInMainThreadWithResult", "ProgressTask", "execute", "nodes", "GUI", "Int_Knob.setValue", "scriptSave"):
         assert expected in names
+    assert len(_fake_modules()) > 1  # the parts are checked, not only __init__
+
+
+# Names Foundry documents that the types-nuke stubs lack. Each with its reference page; the
+# plugin reaches them with getattr (mypy checks it against the stubs) and copes with their absence.
+DOCUMENTED_NOT_IN_STUBS = {
+    # https://learn.foundry.com/nuke/developers/160/pythondevguide/_autosummary/nuke.lastHitGroup.html
+    "lastHitGroup",
+}
 
 
 def test_every_public_name_of_the_fake_exists_in_the_nuke_stubs(tmp_path) -> None:
-    names = _public_names_of_fake()
+    names = [n for n in _public_names_of_fake() if n not in DOCUMENTED_NOT_IN_STUBS]
     lines = ["import nuke", ""]
     lines += [f"_{i} = nuke.{name}" for i, name in enumerate(names)]
     probe = tmp_path / "probe_names.py"

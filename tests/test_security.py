@@ -19,7 +19,7 @@ import tempfile
 from typing import Any, Dict, List
 
 import pytest
-from helpers import sleep_workflow, wait_until
+from helpers import sleep_workflow, symlink_dir, symlink_file, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_util import RawServer
@@ -113,20 +113,15 @@ def test_tokens_are_sent_but_never_printed_by_the_cli(mock_comfy):
 
 
 @pytest.fixture(scope="module")
-def self_signed(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = str(d / "cert.pem"), str(d / "key.pem")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
+def self_signed():
+    """(CA file, server certificate, key) from tests/data/tls: no openssl command needed."""
+    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tls")
+    return os.path.join(d, "ca.pem"), os.path.join(d, "server.pem"), os.path.join(d, "server.key")
 
 
 @pytest.fixture
 def https_mock(self_signed):
-    cert, key = self_signed
+    _, cert, key = self_signed
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     server = MockComfyServer(name="tls", ssl_context=ctx).start()
@@ -155,7 +150,7 @@ def test_tls_self_signed_is_refused_by_default(https_mock):
 
 
 def test_tls_accepted_with_verify_tls_pointing_to_the_certificate(https_mock, self_signed):
-    cert, _ = self_signed
+    cert, _, _ = self_signed
     cfg = ServerConfig(name="tls", url=https_mock.url, verify_tls=cert)
     with ServerPool([cfg], **FAST) as pool:
         job = pool.submit(sleep_workflow(0.2, steps=3))
@@ -168,7 +163,7 @@ def test_tls_accepted_with_verify_tls_pointing_to_the_certificate(https_mock, se
 
 
 def test_wss_uses_the_same_verification(https_mock, self_signed):
-    cert, _ = self_signed
+    cert, _, _ = self_signed
     ok = ServerSocket(ServerConfig(name="tls", url=https_mock.url, verify_tls=cert), "00000000-0000-4000-8000-00000000bbbb")
     try:
         ok.ensure_connected()
@@ -194,8 +189,8 @@ def test_safe_join_never_leads_outside(subfolder, filename):
         outside = os.path.join(sandbox, "outside")
         os.makedirs(root)
         os.makedirs(outside)
-        os.symlink(outside, os.path.join(root, "link"))  # a symlinked subfolder inside the target
-        os.symlink(os.path.join(outside, "f"), os.path.join(root, "a"))  # a symlinked file name
+        symlink_dir(outside, os.path.join(root, "link"))  # a symlinked subfolder inside the target
+        symlink_file(os.path.join(outside, "f"), os.path.join(root, "a"))  # a symlinked file name
         try:
             target = safe_join(root, subfolder, filename)
         except UnsafePathError:

@@ -58,6 +58,10 @@ class EventSink:
         """Send to the socket registered for ``sid``, or to every socket when sid is None."""
         raise NotImplementedError
 
+    def send_binary(self, frame: bytes, sid: str) -> None:
+        """Send a binary frame to the socket registered for ``sid`` (dropped without one)."""
+        raise NotImplementedError
+
 
 @dataclass
 class Execution:
@@ -124,6 +128,11 @@ class _JobContext(NodeContext):
         if record is not None:
             with self._engine.lock:
                 record.inputs[self.node_id] = (name, digest)
+
+    def send_binary(self, frame: bytes) -> None:
+        # ComfyUI sends previews to the running prompt's client only.
+        if self._job.client_id is not None:
+            self._engine.sink.send_binary(frame, self._job.client_id)
 
 
 class _Job:

@@ -18,10 +18,12 @@ import logging
 import os
 import random
 import string
+import struct
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .png import read_png_size, write_png
+from .png import png_bytes, read_png_size, write_png
 
 __all__ = [
     "MAX_RESOLUTION",
@@ -39,6 +41,9 @@ __all__ = [
     "BUILTIN_NODES",
     "builtin_node_names",
     "resolve_input_file",
+    "BINARY_PREVIEW_IMAGE",
+    "PREVIEW_FORMAT_PNG",
+    "preview_frame",
 ]
 
 logger = logging.getLogger(__name__)
@@ -158,6 +163,22 @@ class NodeContext:
 
     def record_input(self, name: str, digest: str) -> None:
         """Note that this node read input file ``name`` with these bytes (sha256 hex), for tests."""
+
+    def send_binary(self, frame: bytes) -> None:
+        """Send a binary websocket frame to the prompt's client (dropped without one)."""
+        raise NotImplementedError
+
+
+# ComfyUI's BinaryEventTypes.PREVIEW_IMAGE and its PNG format code.
+BINARY_PREVIEW_IMAGE = 1
+PREVIEW_FORMAT_PNG = 2
+#: Side of the latent preview a sampling node sends each step (real previews are small too).
+PREVIEW_SIZE = 8
+
+
+def preview_frame(image_bytes: bytes, image_format: int = PREVIEW_FORMAT_PNG) -> bytes:
+    """A binary preview frame as ComfyUI sends it: 4-byte type 1, 4-byte format, then the image."""
+    return struct.pack(">II", BINARY_PREVIEW_IMAGE, image_format) + image_bytes
 
 
 #: A node's return: its outputs (one per RETURN_TYPE) and its UI dict (output nodes) or None.
@@ -415,6 +436,9 @@ async def _ksampler(
     for step in range(1, steps + 1):
         await ctx.sleep(KSAMPLER_STEP_SECONDS)
         ctx.progress(step, steps)
+        # A latent preview after each step, as a server started with --preview-method sends.
+        shade = (int(seed) + step) & 0xFF
+        ctx.send_binary(preview_frame(png_bytes(PREVIEW_SIZE, PREVIEW_SIZE, (shade, shade, shade))))
     return (MockLatent(latent_image.width, latent_image.height, latent_image.batch, int(seed)),), None
 
 
@@ -432,6 +456,18 @@ async def _test_sleep(ctx: NodeContext, image: Any, seconds: float, steps: int, 
         await ctx.sleep(slice_seconds)
         ctx.progress(step, steps)
     return (image,), None
+
+
+async def _save_image_websocket(ctx: NodeContext, images: Any) -> NodeResult:
+    """ComfyUI's SaveImageWebsocket: each image goes to the client as a binary PNG frame,
+    after a ``progress`` update (its progress bar carries the image); nothing is written and
+    no ``executed`` event is sent (its UI dict is empty)."""
+    img = _image_arg(images, "images")
+    data = png_bytes(img.width, img.height, img.rgb)
+    for step in range(img.batch):
+        ctx.progress(step, img.batch)
+        ctx.send_binary(preview_frame(data))
+    return (), None
 
 
 async def _test_fail(ctx: NodeContext, image: Any, message: str) -> NodeResult:
@@ -617,6 +653,18 @@ BUILTIN_NODES: Dict[str, NodeDef] = {
             inputs=_spec({"samples": ["LATENT"], "vae": ["VAE"]}),
             outputs=("IMAGE",),
             run=_vae_decode,
+        ),
+        NodeDef(
+            name="SaveImageWebsocket",
+            display_name="SaveImageWebsocket",
+            category="api node/image/websocket",
+            python_module="custom_nodes.websocket_image_save",
+            inputs=_spec({"images": ["IMAGE"]}),
+            outputs=(),
+            output_node=True,
+            run=_save_image_websocket,
+            # IS_CHANGED returns the time in ComfyUI: never served from the cache.
+            is_changed=lambda env, inputs: uuid.uuid4().hex,
         ),
         NodeDef(
             name="TestSleep",

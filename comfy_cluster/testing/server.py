@@ -105,6 +105,9 @@ class _Sink(EventSink):
     def send(self, event: str, data: Dict[str, Any], sid: Optional[str]) -> None:
         self._server._send_ws(json.dumps({"type": event, "data": data}), sid)
 
+    def send_binary(self, frame: bytes, sid: str) -> None:
+        self._server._send_ws(frame, sid)
+
 
 class MockComfyServer(InjectedFaults):
     """One mock ComfyUI server on 127.0.0.1; see the module docstring.
@@ -183,6 +186,7 @@ class MockComfyServer(InjectedFaults):
         self._release: Optional[asyncio.Event] = None
         self._refuse_window: Optional["asyncio.Task[None]"] = None
         self._muted: Optional[Set[str]] = None  # client ids whose frames are lost ("*": all)
+        self._log_subscribers: Dict[str, bool] = {}  # PATCH /internal/logs/subscribe
 
     # --- properties ----------------------------------------------------------------------
 
@@ -729,6 +733,8 @@ class MockComfyServer(InjectedFaults):
             ("GET", "/embeddings", self._empty_list),
             ("GET", "/extensions", self._empty_list),
             ("POST", "/upload/image", self._upload_image),
+            ("POST", "/upload/mask", self._upload_mask),
+            ("PATCH", "/internal/logs/subscribe", self._logs_subscribe),
             ("GET", "/view", self._view),
         ]
         for prefix in ("", "/api"):
@@ -1011,3 +1017,69 @@ class MockComfyServer(InjectedFaults):
         response = web.Response(body=data, content_type=content_type)
         response.headers["Content-Disposition"] = f'filename="{filename}"'
         return response
+
+    # --- /upload/mask and /internal/logs/subscribe ---------------------------------------
+
+    @property
+    def log_subscribers(self) -> Dict[str, bool]:
+        """clientId -> enabled, as set by ``PATCH /internal/logs/subscribe``."""
+        with self._lock:
+            return dict(self._log_subscribers)
+
+    async def _logs_subscribe(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read_json(request)
+        # ComfyUI indexes both keys: a body without them is its plain 500.
+        client_id, enabled = body["clientId"], body["enabled"]
+        with self._lock:
+            self._log_subscribers[str(client_id)] = bool(enabled)
+        return web.Response(status=200)
+
+    async def _upload_mask(self, request: web.Request) -> web.StreamResponse:
+        """``POST /upload/mask``: ``image`` (the mask) and ``original_ref`` (JSON naming the
+        image it applies to). ComfyUI stores the original with the mask as its alpha under the
+        upload's name; the mock's images are solid colours, so it stores the original's bytes.
+        A missing original stores nothing but still answers the name, as ComfyUI does."""
+        env = self._env
+        assert env is not None
+        post = await request.post()
+        image = post.get("image")
+        if image is None or not isinstance(image, web.FileField) or not image.filename:
+            return web.Response(status=400)
+        ref = json.loads(str(post.get("original_ref")))  # raises: ComfyUI's plain 500
+        original = str(ref.get("filename") or "")
+        if not original:
+            return web.Response(status=400)
+        if original[0] == "/" or ".." in original:
+            return web.Response(status=400)
+        ref_dir = env.directory(str(ref.get("type") or "output"))
+        if ref_dir is None:
+            return web.Response(status=400)
+        ref_dir = os.path.abspath(ref_dir)
+        if ref.get("subfolder"):
+            full = os.path.abspath(os.path.join(ref_dir, str(ref["subfolder"])))
+            if os.path.commonpath((full, ref_dir)) != ref_dir:
+                return web.Response(status=403)
+            ref_dir = full
+        kind = post.get("type") or "input"
+        if not isinstance(kind, str) or env.directory(kind) is None:
+            raise ValueError(f"unknown upload type {kind!r}")
+        upload_dir = os.path.abspath(str(env.directory(kind)))
+        subfolder = post.get("subfolder", "")
+        subfolder = subfolder if isinstance(subfolder, str) else ""
+        folder = os.path.join(upload_dir, os.path.normpath(subfolder))
+        filename = image.filename
+        path = os.path.abspath(os.path.join(folder, filename))
+        if os.path.commonpath((upload_dir, path)) != upload_dir:
+            return web.Response(status=400)
+        os.makedirs(folder, exist_ok=True)
+        if post.get("overwrite") not in ("true", "1"):
+            stem, ext = os.path.splitext(filename)
+            counter = 1
+            while os.path.exists(path):
+                filename = f"{stem} ({counter}){ext}"
+                path = os.path.join(folder, filename)
+                counter += 1
+        source = os.path.join(ref_dir, os.path.basename(original))
+        if os.path.isfile(source):
+            shutil.copyfile(source, path)
+        return _json({"name": filename, "subfolder": subfolder, "type": kind})

@@ -17,7 +17,9 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 
 FAKE_DIR = os.path.dirname(os.path.abspath(__file__))
-_PURGE = ("nuke", "nukescripts", "nuke_plugin")
+ROOT = os.path.dirname(os.path.dirname(FAKE_DIR))
+PLUGIN_DIR = os.path.join(ROOT, "nuke_plugin")  # on NUKE_PATH: Nuke puts it on sys.path
+_PURGE = ("nuke", "nukescripts", "comfy_cluster_nuke")
 
 
 def _purge_modules() -> None:
@@ -31,20 +33,22 @@ def fake_nuke() -> Iterator[Any]:
     """The fake's test controls (``nuke._fake``); ``import nuke`` gives the fake meanwhile."""
     _purge_modules()
     sys.path.insert(0, FAKE_DIR)
+    sys.path.insert(1, PLUGIN_DIR)
     try:
         from nuke import _fake
 
         _fake.reset()
         yield _fake
         _fake.shutdown()  # release a worker still waiting on the main thread
-        if "nuke_plugin.run" in sys.modules:
-            assert sys.modules["nuke_plugin.run"]._wait_all(15.0), "a plugin run did not end"
+        if "comfy_cluster_nuke.run" in sys.modules:
+            assert sys.modules["comfy_cluster_nuke.run"]._wait_all(15.0), "a plugin run did not end"
         violations = _fake.violations()
         errors = _fake.errors()
         assert violations == [], "calls Nuke forbids:\n" + "\n".join(violations)
         assert errors == [], "main-thread calls raised:\n" + "\n".join(errors)
     finally:
         sys.path.remove(FAKE_DIR)
+        sys.path.remove(PLUGIN_DIR)
         _purge_modules()
 
 
@@ -101,9 +105,9 @@ def make_run_node(
     """A "ComfyUI Cluster Run" node set up as a user would, fed by a Constant when asked."""
     import nuke
 
-    import nuke_plugin.node
+    import comfy_cluster_nuke.node
 
-    node = nuke_plugin.node.create()
+    node = comfy_cluster_nuke.node.create()
     if with_input:
         source = nuke.nodes.Constant()
         node.setInput(0, source)
@@ -118,14 +122,15 @@ def make_run_node(
 
 
 def read_nodes() -> List[Any]:
+    """The result Reads that read something (inside the run nodes, anywhere in the script)."""
     import nuke
 
-    return nuke.allNodes("Read")
+    return [r for r in nuke.allNodes("Read", recurseGroups=True) if r["file"].value()]
 
 
 def wait_run(fake: Any, node: Any, timeout: float = 10.0) -> Any:
     """Pump Nuke's main loop until the node's run has ended; returns the finished run."""
-    import nuke_plugin.run as run_mod
+    import comfy_cluster_nuke.run as run_mod
 
     run = run_mod.current(node)
     assert run is not None, "no run in progress"

@@ -23,20 +23,21 @@ where a mistake would only show up inside Nuke:
 
 Test-side controls (pumping the main loop, simulating clicks on Cancel, reading recorded
 dialogs) live in :mod:`nuke._fake`; everything private here starts with an underscore.
+
+Parts, one concern each, all re-exported here: :mod:`._knobs`, :mod:`._nodes` (nodes, the
+classes' knobs, undo, the modified flag), :mod:`._ui` (ProgressTask, menus),
+:mod:`._callbacks` (global callbacks, Tcl), :mod:`._render` (``execute``), :mod:`._script`
+(saving, opening, copy and paste). They reach shared state through ``nuke._x`` at call time.
 """
 
 from __future__ import annotations
 
 import collections
-import os
 import re
-import struct
 import sys
 import threading
 import traceback
-import weakref
-import zlib
-from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Tuple
 
 # --- module constants that exist in Nuke ------------------------------------------------------
 
@@ -149,746 +150,30 @@ def _run_queued(item: _QueuedCall) -> None:
         item.done.set()
 
 
-# --- nodes ------------------------------------------------------------------------------------
 
-
-class Knob:
-    """Base of every knob: a name, a label, flags, and the node that owns it."""
-
-    _class_name = "Knob"
-
-    def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
-        _main_only(f"{type(self).__name__}()")
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"{type(self).__name__}: the name must be a non-empty string")
-        self._name = name
-        self._label = label if label is not None else name
-        self._flags = 0
-        self._tooltip = ""
-        self._enabled = True
-        self._owner: Optional[Node] = None
-        self._value: Any = None
-
-    def _check(self, what: str) -> None:
-        _main_only(f"{type(self).__name__}.{what}")
-        if self._owner is not None:
-            self._owner._check_alive()
-
-    def Class(self) -> str:
-        self._check("Class")
-        return self._class_name
-
-    def name(self) -> str:
-        self._check("name")
-        return self._name
-
-    def label(self) -> str:
-        self._check("label")
-        return self._label
-
-    def setLabel(self, label: str) -> None:
-        self._check("setLabel")
-        self._label = label
-
-    def tooltip(self) -> str:
-        self._check("tooltip")
-        return self._tooltip
-
-    def setTooltip(self, tooltip: str) -> None:
-        self._check("setTooltip")
-        self._tooltip = tooltip
-
-    def setFlag(self, flag: int) -> None:
-        self._check("setFlag")
-        self._flags |= flag
-
-    def clearFlag(self, flag: int) -> None:
-        self._check("clearFlag")
-        self._flags &= ~flag
-
-    def getFlag(self, flag: int) -> bool:
-        self._check("getFlag")
-        return bool(self._flags & flag)
-
-    def setVisible(self, visible: bool) -> None:
-        self._check("setVisible")
-        if visible:
-            self._flags &= ~INVISIBLE
-        else:
-            self._flags |= INVISIBLE
-
-    def visible(self) -> bool:
-        self._check("visible")
-        return not self._flags & INVISIBLE
-
-    def setEnabled(self, enabled: bool) -> None:
-        self._check("setEnabled")
-        self._enabled = bool(enabled)
-
-    def enabled(self) -> bool:
-        self._check("enabled")
-        return self._enabled
-
-    def node(self) -> Node:
-        self._check("node")
-        if self._owner is None:
-            raise ValueError(f"knob {self._name} belongs to no node")
-        return self._owner
-
-    def value(self) -> Any:
-        self._check("value")
-        return self._value
-
-    def getValue(self) -> Any:
-        self._check("getValue")
-        return self._value
-
-    def setValue(self, val: Any) -> bool:
-        self._check("setValue")
-        self._value = val
-        return True
-
-    def __repr__(self) -> str:
-        return f"<{self._class_name} {self._name}={self._value!r}>"
-
-
-def _require_str(knob: Knob, val: Any) -> str:
-    if not isinstance(val, str):
-        raise TypeError(f"{knob._class_name}.setValue() argument must be str, not {type(val).__name__}")
-    return val
-
-
-def _require_number(knob: Knob, val: Any) -> Union[int, float]:
-    if isinstance(val, (int, float)):
-        return val
-    raise TypeError(f"{knob._class_name}.setValue() argument must be a number, not {type(val).__name__}")
-
-
-class Array_Knob(Knob):
-    _class_name = "Array_Knob"
-
-    def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
-        super().__init__(name, label)
-        self._value = 0.0
-
-    def setValue(self, val: Any, *args: Any) -> bool:
-        self._check("setValue")
-        self._value = float(_require_number(self, val))
-        return True
-
-    def value(self, *args: Any) -> Any:
-        self._check("value")
-        return self._value
-
-
-class Int_Knob(Array_Knob):
-    """An integer: ``setValue`` truncates floats and refuses text, like Nuke's."""
-
-    _class_name = "Int_Knob"
-
-    def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
-        super().__init__(name, label)
-        self._value = 0
-
-    def setValue(self, val: Any) -> bool:
-        self._check("setValue")
-        self._value = int(_require_number(self, val))
-        return True
-
-    def value(self) -> int:
-        self._check("value")
-        return int(self._value)
-
-    def getValue(self) -> float:
-        self._check("getValue")
-        return float(self._value)
-
-
-class Boolean_Knob(Array_Knob):
-    _class_name = "Boolean_Knob"
-
-    def __init__(self, name: str, label: Optional[str] = None, value: bool = False) -> None:
-        super().__init__(name, label)
-        self._value = bool(value)
-
-    def setValue(self, val: Any) -> bool:
-        self._check("setValue")
-        self._value = bool(_require_number(self, val))
-        return True
-
-    def value(self) -> bool:
-        self._check("value")
-        return bool(self._value)
-
-
-class Unsigned_Knob(Array_Knob):
-    _class_name = "Unsigned_Knob"
-
-
-class Enumeration_Knob(Unsigned_Knob):
-    """A pulldown: ``value()`` is the chosen item's text, ``getValue()`` its index (a float).
-
-    ``setValue`` accepts an item's text or an index; anything else raises ``ValueError``.
-    """
-
-    _class_name = "Enumeration_Knob"
-
-    def __init__(self, name: str, label: Optional[str] = None, items: Sequence[str] = ()) -> None:
-        super().__init__(name, label)
-        self._items: List[str] = [str(i) for i in items]
-        self._value = 0
-
-    def value(self) -> str:
-        self._check("value")
-        return self._items[self._value] if self._items else ""
-
-    def getValue(self) -> float:
-        self._check("getValue")
-        return float(self._value)
-
-    def setValue(self, val: Any) -> bool:
-        self._check("setValue")
-        if isinstance(val, str):
-            if val not in self._items:
-                raise ValueError(f"Invalid value {val!r} for {self._name}: not one of {self._items}")
-            self._value = self._items.index(val)
-        elif isinstance(val, (int, float)) and not isinstance(val, bool):
-            index = int(val)
-            if not 0 <= index < len(self._items):
-                raise ValueError(f"Invalid index {val} for {self._name}")
-            self._value = index
-        else:
-            raise TypeError(f"Enumeration_Knob.setValue() takes an item or an index, not {type(val).__name__}")
-        return True
-
-    def values(self) -> List[str]:
-        self._check("values")
-        return list(self._items)
-
-    def setValues(self, items: Sequence[str]) -> None:
-        self._check("setValues")
-        self._items = [str(i) for i in items]
-        if self._value >= len(self._items):
-            self._value = 0
-
-    def numValues(self) -> int:
-        self._check("numValues")
-        return len(self._items)
-
-    def enumName(self, n: int) -> str:
-        self._check("enumName")
-        return self._items[n]
-
-
-class String_Knob(Knob):
-    """Text; ``setValue`` refuses anything but ``str``, like Nuke."""
-
-    _class_name = "String_Knob"
-
-    def __init__(self, name: str, label: Optional[str] = None, value: str = "") -> None:
-        super().__init__(name, label)
-        self._value = _require_str(self, value)
-
-    def value(self) -> str:
-        self._check("value")
-        return str(self._value)
-
-    def getValue(self) -> str:
-        self._check("getValue")
-        return str(self._value)
-
-    def getText(self) -> str:
-        self._check("getText")
-        return str(self._value)
-
-    def setValue(self, val: Any) -> None:  # type: ignore[override]
-        self._check("setValue")
-        self._value = _require_str(self, val)
-
-
-class EvalString_Knob(String_Knob):
-    _class_name = "EvalString_Knob"
-
-    def evaluate(self) -> str:
-        self._check("evaluate")
-        return str(self._value)
-
-
-class File_Knob(EvalString_Knob):
-    """A file path. ``fromUserText("path 1-10")`` sets the path and, on a Read, the range."""
-
-    _class_name = "File_Knob"
-
-    def __init__(self, name: str, label: Optional[str] = None) -> None:
-        super().__init__(name, label, "")
-
-    def getEvaluatedValue(self) -> str:
-        self._check("getEvaluatedValue")
-        return str(self._value)
-
-    def fromUserText(self, text: str) -> None:
-        self._check("fromUserText")
-        text = _require_str(self, text).strip()
-        match = re.match(r"^(.*?)\s+(-?\d+)-(-?\d+)$", text)
-        if match is None:
-            self._value = text
-            return
-        self._value = match.group(1)
-        owner = self._owner
-        if owner is not None:
-            first, last = int(match.group(2)), int(match.group(3))
-            for name, value in (("first", first), ("last", last), ("origfirst", first), ("origlast", last)):
-                knob = owner._knobs.get(name)
-                if isinstance(knob, Int_Knob):
-                    knob._value = value
-
-
-class Multiline_Eval_String_Knob(EvalString_Knob):
-    _class_name = "Multiline_Eval_String_Knob"
-
-
-class PythonKnob(String_Knob):
-    _class_name = "PythonKnob"
-
-
-class Script_Knob(String_Knob):
-    """A button; ``execute()`` runs the command as Nuke does for a click (see ``_fake.press``)."""
-
-    _class_name = "Script_Knob"
-
-    def __init__(self, name: str, label: Optional[str] = None, command: str = "") -> None:
-        super().__init__(name, label, command)
-
-    def command(self) -> str:
-        self._check("command")
-        return str(self._value)
-
-    def setCommand(self, cmd: str) -> None:
-        self._check("setCommand")
-        self._value = _require_str(self, cmd)
-
-    def execute(self) -> None:
-        self._check("execute")
-        if self._owner is None:
-            raise ValueError(f"knob {self._name} belongs to no node")
-        _run_script(str(self._value), self._owner, self)
-
-
-class PyScript_Knob(Script_Knob):
-    _class_name = "PyScript_Knob"
-
-
-class Text_Knob(Knob):
-    """A line of (HTML-capable) text."""
-
-    _class_name = "Text_Knob"
-
-    def __init__(self, name: str, label: Optional[str] = None, text: str = "") -> None:
-        super().__init__(name, label)
-        self._value = _require_str(self, text)
-
-    def value(self) -> str:
-        self._check("value")
-        return str(self._value)
-
-    def setValue(self, val: Any) -> bool:
-        self._check("setValue")
-        self._value = _require_str(self, val)
-        return True
-
-
-class Tab_Knob(Knob):
-    _class_name = "Tab_Knob"
-
-    def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
-        super().__init__(name, label)
-        self._value = 0
-
-
-# The knobs each node class has, besides the common ones. Only what the plugin touches.
-_COMMON_KNOBS: List[Tuple[str, Callable[[str], Knob]]] = [
-    ("name", lambda n: String_Knob(n)),
-    ("label", lambda n: Multiline_Eval_String_Knob(n)),
-    ("xpos", lambda n: Int_Knob(n)),
-    ("ypos", lambda n: Int_Knob(n)),
-    ("disable", lambda n: Boolean_Knob(n)),
-    ("knobChanged", lambda n: PythonKnob(n)),
-    ("onCreate", lambda n: PythonKnob(n)),
-]
-_FILE_TYPES = ["", "cin", "dpx", "exr", "jpeg", "mov", "png", "targa", "tiff"]
-_CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], Knob]]]] = {
-    "Read": [
-        ("file", lambda n: File_Knob(n)),
-        ("first", lambda n: Int_Knob(n)),
-        ("last", lambda n: Int_Knob(n)),
-        ("origfirst", lambda n: Int_Knob(n)),
-        ("origlast", lambda n: Int_Knob(n)),
-        ("on_error", lambda n: Enumeration_Knob(n, n, ["error", "black", "checkerboard", "nearest frame"])),
-        ("raw", lambda n: Boolean_Knob(n)),
-        ("reload", lambda n: Script_Knob(n, "Reload", "")),
-    ],
-    "Write": [
-        ("file", lambda n: File_Knob(n)),
-        ("file_type", lambda n: Enumeration_Knob(n, n, _FILE_TYPES)),
-        ("channels", lambda n: Enumeration_Knob(n, n, ["rgb", "rgba", "alpha", "all"])),
-        ("raw", lambda n: Boolean_Knob(n)),
-        ("create_directories", lambda n: Boolean_Knob(n)),
-    ],
-    "Input": [("number", lambda n: Int_Knob(n))],
-    "Constant": [("color", lambda n: Array_Knob(n))],
-    "Root": [("first_frame", lambda n: Int_Knob(n)), ("last_frame", lambda n: Int_Knob(n)), ("fps", lambda n: Array_Knob(n))],
-}
-_MAX_INPUTS = {"Read": 0, "Write": 1, "Input": 0, "Output": 1, "Constant": 0, "ColorBars": 0, "NoOp": 1, "Dot": 1, "Root": 0}
-_KNOWN_CLASSES = set(_MAX_INPUTS) | {"Group"}
-_SOURCE_CLASSES = {"Read", "Constant", "ColorBars"}
-
-
-class Node:
-    """A node in the DAG. Methods are main-thread only; a deleted node raises ValueError."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Real nodes come from nuke.nodes.X() / createNode(); direct construction is refused.
-        raise TypeError("nuke.Node cannot be created directly; use nuke.nodes.<Class>() or nuke.createNode()")
-
-    def _setup(self, cls: str, parent: Optional[Group]) -> None:
-        self._cls = cls
-        self._parent = parent
-        self._deleted = False
-        self._selected = False
-        self._inputs: List[Optional[Node]] = []
-        self._knobs: Dict[str, Knob] = {}
-        self._knob_order: List[str] = []
-        for name, make in _COMMON_KNOBS + _CLASS_KNOBS.get(cls, []):
-            self._attach(make(name))
-        self._knobs["knobChanged"].setFlag(INVISIBLE)
-        self._knobs["onCreate"].setFlag(INVISIBLE)
-
-    def _attach(self, knob: Knob) -> None:
-        knob._owner = self
-        self._knobs[knob._name] = knob
-        self._knob_order.append(knob._name)
-
-    def _check_alive(self) -> None:
-        if self._deleted:
-            raise ValueError("A PythonObject is not attached to a node")
-
-    def _check(self, what: str) -> None:
-        _main_only(f"{self._cls}.{what}")
-        self._check_alive()
-
-    # identity
-    def Class(self) -> str:
-        self._check("Class")
-        return self._cls
-
-    def name(self) -> str:
-        self._check("name")
-        return str(self._knobs["name"]._value)
-
-    def setName(self, name: str, uncollide: bool = True, updateExpressions: bool = False) -> None:
-        self._check("setName")
-        parent = self._parent
-        if parent is not None:
-            taken = {n._knobs["name"]._value for n in parent._children if n is not self}
-            if name in taken:
-                if not uncollide:
-                    raise ValueError(f"{name} already exists")
-                name = _unique_name(parent, re.sub(r"\d+$", "", name) or name)
-        self._knobs["name"]._value = name
-
-    def fullName(self) -> str:
-        self._check("fullName")
-        parts = [str(self._knobs["name"]._value)]
-        parent = self._parent
-        while parent is not None and parent._cls != "Root":
-            parts.append(str(parent._knobs["name"]._value))
-            parent = parent._parent
-        return ".".join(reversed(parts))
-
-    def parent(self) -> Group:
-        self._check("parent")
-        if self._parent is None:
-            raise ValueError("root has no parent")
-        return self._parent
-
-    # knobs
-    def knob(self, p: Union[str, int]) -> Optional[Knob]:
-        self._check("knob")
-        if isinstance(p, int):
-            return self._knobs[self._knob_order[p]] if 0 <= p < len(self._knob_order) else None
-        return self._knobs.get(p)
-
-    def knobs(self) -> Dict[str, Knob]:
-        self._check("knobs")
-        return dict(self._knobs)
-
-    def allKnobs(self) -> List[Knob]:
-        self._check("allKnobs")
-        return [self._knobs[n] for n in self._knob_order]
-
-    def addKnob(self, knob: Knob) -> None:
-        self._check("addKnob")
-        if not isinstance(knob, Knob):
-            raise TypeError("addKnob needs a Knob")
-        if knob._owner is not None:
-            raise ValueError(f"knob {knob._name} already belongs to a node")
-        if knob._name in self._knobs:
-            raise ValueError(f"{self.name()} already has a knob named {knob._name}")
-        self._attach(knob)
-
-    def removeKnob(self, knob: Knob) -> None:
-        self._check("removeKnob")
-        if self._knobs.get(knob._name) is not knob:
-            raise ValueError(f"knob {knob._name} is not on {self.name()}")
-        del self._knobs[knob._name]
-        self._knob_order.remove(knob._name)
-        knob._owner = None
-
-    def __getitem__(self, name: str) -> Knob:
-        self._check("__getitem__")
-        try:
-            return self._knobs[name]
-        except KeyError:
-            raise NameError(f"knob {name} does not exist") from None
-
-    # graph
-    def maxInputs(self) -> int:
-        self._check("maxInputs")
-        return self._max_inputs()
-
-    def _max_inputs(self) -> int:
-        return _MAX_INPUTS.get(self._cls, 1)
-
-    def inputs(self) -> int:
-        self._check("inputs")
-        while self._inputs and self._inputs[-1] is None:
-            self._inputs.pop()
-        return len(self._inputs)
-
-    def input(self, index: int) -> Optional[Node]:
-        self._check("input")
-        node = self._inputs[index] if 0 <= index < len(self._inputs) else None
-        return node if node is not None and not node._deleted else None
-
-    def setInput(self, i: int, node: Optional[Node]) -> bool:
-        self._check("setInput")
-        if node is not None:
-            node._check_alive()
-            if node._parent is not self._parent:
-                return False
-        if not 0 <= i < self._max_inputs():
-            return False
-        while len(self._inputs) <= i:
-            self._inputs.append(None)
-        self._inputs[i] = node
-        return True
-
-    def dependent(self, mask: int = 0, forceEvaluate: bool = True) -> List[Node]:
-        self._check("dependent")
-        parent = self._parent
-        return [n for n in (parent._children if parent else []) if self in n._inputs]
-
-    # position
-    def xpos(self) -> int:
-        self._check("xpos")
-        return int(self._knobs["xpos"]._value)
-
-    def ypos(self) -> int:
-        self._check("ypos")
-        return int(self._knobs["ypos"]._value)
-
-    def setXpos(self, x: int) -> None:
-        self._check("setXpos")
-        self._knobs["xpos"]._value = int(x)
-
-    def setYpos(self, y: int) -> None:
-        self._check("setYpos")
-        self._knobs["ypos"]._value = int(y)
-
-    def setXYpos(self, x: int, y: int) -> None:
-        self._check("setXYpos")
-        self._knobs["xpos"]._value = int(x)
-        self._knobs["ypos"]._value = int(y)
-
-    def screenWidth(self) -> int:
-        self._check("screenWidth")
-        return 80
-
-    def screenHeight(self) -> int:
-        self._check("screenHeight")
-        return 18
-
-    # frames
-    def firstFrame(self) -> int:
-        self._check("firstFrame")
-        knob = self._knobs.get("first") or self._knobs.get("first_frame")
-        return int(knob._value) if knob is not None else _root._knobs["first_frame"]._value
-
-    def lastFrame(self) -> int:
-        self._check("lastFrame")
-        knob = self._knobs.get("last") or self._knobs.get("last_frame")
-        return int(knob._value) if knob is not None else _root._knobs["last_frame"]._value
-
-    # panels
-    def showControlPanel(self, forceFloat: bool = False) -> None:
-        self._check("showControlPanel")
-
-    def hideControlPanel(self) -> None:
-        self._check("hideControlPanel")
-
-    def setSelected(self, selected: bool) -> None:
-        self._check("setSelected")
-        self._selected = bool(selected)
-
-    def isSelected(self) -> bool:
-        self._check("isSelected")
-        return self._selected
-
-    def __repr__(self) -> str:
-        state = " (deleted)" if self._deleted else ""
-        return f"<{self._cls} {self._knobs['name']._value}{state}>"
-
-
-class Group(Node):
-    """A node holding nodes; ``begin()``/``end()`` or ``with group:`` make it the context."""
-
-    def _setup(self, cls: str, parent: Optional[Group]) -> None:
-        super()._setup(cls, parent)
-        self._children: List[Node] = []
-
-    def _max_inputs(self) -> int:
-        numbers = [int(c._knobs["number"]._value) for c in self._children if c._cls == "Input" and not c._deleted]
-        return max(numbers) + 1 if numbers else 0
-
-    def begin(self) -> Group:
-        self._check("begin")
-        _context.append(self)
-        return self
-
-    def end(self) -> None:
-        self._check("end")
-        if len(_context) <= 1 or _context[-1] is not self:
-            raise RuntimeError("Group.end() without a matching begin()")
-        _context.pop()
-
-    def __enter__(self) -> Group:
-        return self.begin()
-
-    def __exit__(self, type: Any, value: Any, traceback: Any) -> None:
-        self.end()
-
-    def nodes(self) -> List[Node]:
-        self._check("nodes")
-        return [n for n in self._children if not n._deleted]
-
-    def node(self, s: str) -> Optional[Node]:
-        self._check("node")
-        return _find(self, s)
-
-    def numNodes(self) -> int:
-        self._check("numNodes")
-        return len(self.nodes())
-
-
-class Root(Group):
-    """The script's root group."""
-
-
-class ProgressTask:
-    """A progress bar. Any thread may update it (Nuke allows that); it disappears when released.
-
-    Tests read ``_fake.progress_tasks()`` and click its Cancel with ``_fake.cancel_progress``.
-    """
-
-    def __init__(self, title: str) -> None:
-        self._title = title
-        self._message = ""
-        self._progress = 0
-        self._cancelled = False
-        self._messages: List[str] = []
-        self._history: List[int] = []
-        self._threads: set = set()
-        with _state_lock:
-            _tasks.append(weakref.ref(self))
-
-    def setMessage(self, message: str) -> None:
-        if not isinstance(message, str):
-            raise TypeError("ProgressTask.setMessage() argument must be str")
-        self._threads.add(threading.current_thread().name)
-        self._message = message
-        self._messages.append(message)
-
-    def setProgress(self, progress: int) -> None:
-        if not isinstance(progress, int) or isinstance(progress, bool):
-            raise TypeError(f"ProgressTask.setProgress() argument must be int, not {type(progress).__name__}")
-        self._threads.add(threading.current_thread().name)
-        self._progress = max(0, min(100, progress))
-        self._history.append(self._progress)
-
-    def isCancelled(self) -> bool:
-        return self._cancelled
-
-
-_tasks: List["weakref.ref[ProgressTask]"] = []
-
-
-class Menu:
-    """A menu (``nuke.menu('Nuke')``, ``nuke.menu('Nodes')``) and its sub-menus and commands."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._items: Dict[str, Union[Menu, _MenuCommand]] = {}
-
-    def name(self) -> str:
-        _main_only("Menu.name")
-        return self._name
-
-    def addMenu(self, name: str, icon: str = "", index: int = -1) -> Menu:
-        _main_only("Menu.addMenu")
-        head, _, rest = name.partition("/")
-        item = self._items.get(head)
-        if not isinstance(item, Menu):
-            item = Menu(head)
-            self._items[head] = item
-        return item.addMenu(rest, icon) if rest else item
-
-    def addCommand(self, name: str, command: Union[str, Callable[[], Any]] = "", shortcut: str = "", icon: str = "", tooltip: str = "", index: int = -1) -> Any:
-        _main_only("Menu.addCommand")
-        path, _, leaf = name.rpartition("/")
-        menu = self.addMenu(path) if path else self
-        item = _MenuCommand(leaf, command)
-        menu._items[leaf] = item
-        return item
-
-    def findItem(self, name: str) -> Optional[Any]:
-        _main_only("Menu.findItem")
-        node: Any = self
-        for part in name.split("/"):
-            if not isinstance(node, Menu) or part not in node._items:
-                return None
-            node = node._items[part]
-        return node
-
-    def items(self) -> List[Any]:
-        _main_only("Menu.items")
-        return list(self._items.values())
-
-
-class _MenuCommand:
-    def __init__(self, name: str, command: Union[str, Callable[[], Any]]) -> None:
-        self._name = name
-        self._command = command
-
-    def name(self) -> str:
-        return self._name
-
-    def invoke(self) -> None:
-        _main_only("MenuItem.invoke")
-        if callable(self._command):
-            self._command()
-        else:
-            exec(compile(self._command, f"<menu {self._name}>", "exec"), _script_globals())
-
+# The fake in parts, one concern each; everything is reachable here as in Nuke.
+from ._knobs import (  # noqa: E402,F401
+    Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, EvalString_Knob, File_Knob,
+    Int_Knob, Knob, Multiline_Eval_String_Knob, PyScript_Knob, PythonKnob, Script_Knob,
+    String_Knob, Tab_Knob, Text_Knob, Unsigned_Knob, _flush_after, _install_knob_changed_hooks,
+    _require_number, _require_str,
+)
+from ._nodes import (  # noqa: E402,F401
+    Group, Node, Root, Undo, _CLASS_KNOBS, _COLORSPACES, _COMMON_KNOBS, _FILE_TYPES,
+    _KNOWN_CLASSES, _MAX_INPUTS, _SOURCE_CLASSES, _changed, _enum_default, _flush_knob_changed,
+    _in_knob_changed, _modified, _pending_knob_changed, _undo_state, _undo_steps,
+)
+from ._ui import (  # noqa: E402,F401
+    Menu, ProgressTask, _MenuCommand, _tasks,
+)
+from ._callbacks import (  # noqa: E402,F401
+    _add_callback, _fire, _tcl, addAfterRender, addBeforeRender, addFilenameFilter, addOnCreate,
+    addOnScriptClose, afterRenders, beforeRenders, filenameFilter, filenameFilters, onCreates,
+    onScriptCloses,
+)
+from ._render import (  # noqa: E402,F401
+    _frame_path, _png, _pump_during_render, _upstream_source, execute,
+)
 
 # --- module state -----------------------------------------------------------------------------
 
@@ -900,7 +185,7 @@ def _new_node(cls: str, parent: Optional[Group]) -> Node:
 
 
 _root: Root = _new_node("Root", None)  # type: ignore[assignment]
-_root._knobs["name"]._value = "root"
+_root._knobs["name"]._value = ""
 _root._knobs["first_frame"]._value = 1
 _root._knobs["last_frame"]._value = 100
 _context: List[Group] = [_root]
@@ -911,6 +196,44 @@ _renders: List[Tuple[str, int, int]] = []
 _render_cancel_after: Optional[int] = None  # the test makes the user press Cancel in a render
 _menus: Dict[str, Menu] = {}
 _plugin_paths: List[str] = []
+_views: List[str] = ["main"]
+_frame = [1]
+_last_hit: List[Optional[Group]] = [None]
+_executing = [False]
+_render_details: List[Dict[str, Any]] = []
+_hiero = [False]
+_script_editor = [False]  # a Script Editor call is running on the main thread
+
+def views() -> List[str]:
+    _main_only("views")
+    return list(_views)
+
+
+def frame(f: Optional[int] = None) -> int:
+    _main_only("frame")
+    if f is not None:
+        _frame[0] = int(f)
+    return _frame[0]
+
+
+def lastHitGroup() -> Group:
+    """The group whose node graph the user clicked last (the context group if none)."""
+    _main_only("lastHitGroup")
+    group = _last_hit[0]
+    return group if group is not None and not group._deleted else _context[-1]
+
+
+def scriptName() -> str:
+    _main_only("scriptName")
+    name = str(_root._knobs["name"]._value)
+    if not name:
+        raise RuntimeError("no script name (the script was never saved)")
+    return name
+
+
+def modified() -> bool:
+    _main_only("modified")
+    return _modified[0]
 
 
 def _unique_name(group: Group, base: str) -> str:
@@ -949,6 +272,10 @@ def _create(cls: str, knobs: Mapping[str, Any]) -> Node:
         if knob is None:
             raise ValueError(f"{cls} has no knob named {key}")
         knob.setValue(value)
+    _modified[0] = True
+    if not _undo_state["disabled"]:
+        _undo_steps.append(f"create {node._knobs['name']._value}")
+    _fire(onCreates, node)  # Nuke runs the studio's onCreate callbacks for every new node
     return node
 
 
@@ -1083,8 +410,11 @@ def warning(message: str) -> None:
     sys.stderr.write(f"Warning: {message}\n")
 
 
-def menu(name: str) -> Menu:
+def menu(name: str) -> Optional[Menu]:
+    """A menu; a Hiero session (``env['hiero']``) has no node graph, hence no "Nodes" toolbar."""
     _main_only("menu")
+    if name == "Nodes" and env.get("hiero"):
+        return None
     if name not in _menus:
         _menus[name] = Menu(name)
     return _menus[name]
@@ -1100,77 +430,6 @@ def pluginAddPath(args: str, addToSysPath: bool = True) -> None:
 
 def pluginPath() -> List[str]:
     return list(_plugin_paths)
-
-
-def execute(nameOrNode: Union[Node, str], start: int, end: int, incr: int = 1, views: Optional[List[str]] = None, continueOnError: bool = False) -> None:
-    """Render a Write node: a small real PNG per frame, at the path its ``file`` knob gives."""
-    _main_only("execute")
-    if _in_callback:
-        raise _violation("nuke: execute() inside a knob callback: Nuke fails with 'I'm already executing something else'")
-    node = toNode(nameOrNode) if isinstance(nameOrNode, str) else nameOrNode
-    if node is None:
-        raise ValueError(f"No such node {nameOrNode}")
-    node._check_alive()
-    if node._cls != "Write":
-        raise RuntimeError(f"{node.name()} cannot be executed")
-    if not isinstance(start, int) or not isinstance(end, int) or isinstance(start, bool):
-        raise TypeError("execute() frame numbers must be int")
-    if end < start:
-        raise RuntimeError(f"{node.name()}: bad frame range {start}-{end}")
-    source = _upstream_source(node)
-    if source is None:
-        raise RuntimeError(f"{node.name()}: nothing is connected to input 0")
-    pattern = str(node._knobs["file"]._value)
-    if not pattern:
-        raise RuntimeError(f"{node.name()}: no filename set")
-    file_type = node["file_type"].value() or os.path.splitext(pattern)[1].lstrip(".").lower()
-    _renders.append((node.fullName(), start, end))
-    for i, frame in enumerate(range(start, end + 1, incr)):
-        if _render_cancel_after is not None and i >= _render_cancel_after:
-            raise RuntimeError("Cancelled")
-        path = _frame_path(pattern, frame)
-        folder = os.path.dirname(path)
-        if folder and not os.path.isdir(folder) and not node._knobs["create_directories"]._value:
-            raise RuntimeError(f"{node.name()}: Can't write {path}: No such file or directory")
-        os.makedirs(folder or ".", exist_ok=True)
-        with open(path, "wb") as fh:
-            fh.write(_png(8, 8, ((frame * 37) % 256, 64, 128)) if file_type == "png" else b"fake " + file_type.encode())
-
-
-def _frame_path(pattern: str, frame: int) -> str:
-    pattern = re.sub(r"#+", lambda m: f"{frame:0{len(m.group(0))}d}", pattern)
-    return re.sub(r"%(0?\d*)d", lambda m: ("%" + m.group(1) + "d") % frame, pattern)
-
-
-def _upstream_source(node: Node) -> Optional[Node]:
-    """The node whose image reaches ``node``'s input 0 (through Dots, Inputs and Outputs)."""
-    seen = set()
-    current = node._inputs[0] if node._inputs else None
-    while current is not None and id(current) not in seen and not current._deleted:
-        seen.add(id(current))
-        if current._cls in _SOURCE_CLASSES:
-            return current
-        if current._cls == "Input":
-            group = current._parent
-            number = int(current._knobs["number"]._value)
-            if group is None or group is _root:
-                return None
-            current = group._inputs[number] if number < len(group._inputs) else None
-        elif isinstance(current, Group):
-            out = next((c for c in current._children if c._cls == "Output" and not c._deleted), None)
-            current = out
-        else:
-            current = current._inputs[0] if current._inputs else None
-    return None
-
-
-def _png(width: int, height: int, rgb: Tuple[int, int, int]) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
 def _script_globals() -> Dict[str, Any]:
@@ -1196,6 +455,17 @@ def __getattr__(name: str) -> Any:
     )
 
 
+def _delete_all_for_close() -> None:
+    """(fake only, private to _fake) the closed script's nodes are gone; a fresh empty root."""
+    _mark_deleted(_root)
+    fresh = _new_node("Root", None)
+    assert isinstance(fresh, Root)
+    fresh._knobs["name"]._value = ""
+    globals()["_root"] = fresh
+    _context[:] = [fresh]
+    _modified[0] = False
+
+
 def _iter_tasks() -> Iterator[ProgressTask]:
     with _state_lock:
         refs = list(_tasks)
@@ -1203,3 +473,7 @@ def _iter_tasks() -> Iterator[ProgressTask]:
         task = ref()
         if task is not None:
             yield task
+
+
+# Saving, opening, copy and paste live in their own module (re-exported: Nuke has them here).
+from ._script import nodeCopy, nodePaste, scriptOpen, scriptSave  # noqa: E402,F401

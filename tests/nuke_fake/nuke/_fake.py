@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import nuke as _nuke
 
@@ -54,7 +54,7 @@ def reset() -> None:
         _nuke._errors.clear()
         _nuke._tasks.clear()
     root = _nuke._new_node("Root", None)
-    root._knobs["name"]._value = "root"
+    root._knobs["name"]._value = ""
     root._knobs["first_frame"]._value = 1
     root._knobs["last_frame"]._value = 100
     _nuke._root = root  # type: ignore[assignment]
@@ -66,7 +66,86 @@ def reset() -> None:
     _nuke._render_cancel_after = None
     _nuke._menus.clear()
     _nuke._plugin_paths.clear()
+    _nuke._views[:] = ["main"]
+    _nuke._frame[0] = 1
+    _nuke._last_hit[0] = None
+    _nuke._executing[0] = False
+    _nuke._render_details.clear()
+    _nuke._modified[0] = False
+    _nuke._undo_state["disabled"] = 0
+    _nuke._undo_steps.clear()
+    for registry in (_nuke.onCreates, _nuke.onScriptCloses, _nuke.beforeRenders, _nuke.afterRenders, _nuke.filenameFilters):
+        registry.clear()
+    _nuke.env.pop("hiero", None)
+    _nuke._script_editor[0] = False
+    _nuke._pending_knob_changed.clear()
+    _nuke._in_knob_changed.clear()
     set_gui(True)
+
+
+def save_script(path: str) -> None:
+    """File > Save As: the script now has a path (root's ``name`` knob)."""
+    _nuke._root._knobs["name"]._value = path
+    _nuke._modified[0] = False
+
+
+def close_script() -> None:
+    """File > Close: the onScriptClose callbacks run, then the script is empty again."""
+    _nuke._main_only("_fake.close_script")
+    _nuke._fire(_nuke.onScriptCloses, _nuke._root)
+    _nuke._delete_all_for_close()
+
+
+def click_in_group(group: "_nuke.Group") -> None:
+    """The user clicks in the node graph of ``group`` (what nuke.lastHitGroup() returns)."""
+    _nuke._last_hit[0] = group
+
+
+def set_views(names: List[str]) -> None:
+    _nuke._views[:] = list(names)
+
+
+def set_frame(frame: int) -> None:
+    _nuke._frame[0] = frame
+
+
+def set_proxy(on: bool) -> None:
+    _nuke._root._knobs["proxy"]._value = bool(on)
+
+
+def set_hiero(on: bool) -> None:
+    """A Hiero / Nuke Studio timeline session (no node graph)."""
+    _nuke.env["hiero"] = on
+
+
+def undo_steps() -> List[str]:
+    """Knob changes and creations recorded on the undo stack."""
+    return list(_nuke._undo_steps)
+
+
+def render_details() -> List[Dict[str, Any]]:
+    """How each nuke.execute rendered: colorspace, channels, proxy, views, callbacks run."""
+    return [dict(d) for d in _nuke._render_details]
+
+
+def script_editor(call: Callable[[], Any]) -> Any:
+    """Run ``call`` as the Script Editor does: on the main thread, with Nuke's event loop
+    blocked until it returns (a ProgressTask updated meanwhile is a frozen GUI: a violation)."""
+    _nuke._main_only("_fake.script_editor")
+    if not _nuke.GUI:
+        return call()
+    _nuke._script_editor[0] = True
+    try:
+        return call()
+    finally:
+        _nuke._script_editor[0] = False
+    _nuke._pending_knob_changed.clear()
+    _nuke._in_knob_changed.clear()
+
+
+def close_panel(panel: Any) -> None:
+    """The user closes a PythonPanel: Nuke destroys it; the Python object then raises."""
+    panel._destroyed = True
 
 
 def shutdown() -> None:
@@ -171,11 +250,12 @@ def press(node: "_nuke.Node", knob_name: str) -> None:
 
 
 def user_set(node: "_nuke.Node", knob_name: str, value: Any) -> None:
-    """The user edits a knob in the node's panel: the value is set, then ``knobChanged`` runs."""
+    """The user edits a knob in the node's panel: the value is set, then ``knobChanged`` runs
+    (by the setValue itself when the panel is open, as in Nuke)."""
     knob = node[knob_name]
     knob.setValue(value)
     code = node["knobChanged"].value()
-    if code:
+    if code and not getattr(node, "_panel_open", False):
         _nuke._run_script(code, node, knob)
 
 

@@ -22,6 +22,7 @@ class PythonPanel:
         self._id = id
         self._panel_knobs: List[nuke.Knob] = []
         self._shown = False
+        self._destroyed = False  # closed by the user: Nuke deleted the panel under this object
 
     def addKnob(self, knob: nuke.Knob) -> None:
         nuke._main_only("PythonPanel.addKnob")
@@ -44,6 +45,8 @@ class PythonPanel:
 
     def show(self) -> None:
         nuke._main_only("PythonPanel.show")
+        if self._destroyed:
+            raise RuntimeError("Internal C++ object (PythonPanel) already deleted.")
         self._shown = True
 
     def showModalDialog(self) -> bool:

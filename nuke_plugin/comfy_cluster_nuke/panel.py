@@ -21,7 +21,8 @@ from comfy_cluster import STRATEGIES, ComfyClusterError, ServerPool, ServerStatu
 from comfy_cluster.config import servers_from_env, strategy_from_env
 
 from . import mainthread
-from . import run as run_mod
+from . import gateway
+from . import settings as run_mod
 
 __all__ = ["PANEL_ID", "ServersPanel", "show", "format_row"]
 
@@ -68,7 +69,9 @@ class ServersPanel(nukescripts.PythonPanel):
         self.strategy_knob.setTooltip("Used by nodes whose strategy is 'default'.")
         self.refresh_knob = nuke.PyScript_Knob("refresh", "Refresh")
         self.summary_knob = nuke.Text_Knob("summary", "", "")
+        self.gateway_knob = nuke.Text_Knob("gateway", "gateway", self._gateway_text())
         self.addKnob(self.strategy_knob)
+        self.addKnob(self.gateway_knob)
         self.addKnob(self.refresh_knob)
         self.addKnob(self.summary_knob)
         self.rows: List[nuke.Text_Knob] = []
@@ -83,6 +86,7 @@ class ServersPanel(nukescripts.PythonPanel):
     # -- Nuke callbacks (main thread) -----------------------------------------------------------
 
     def knobChanged(self, knob: nuke.Knob) -> None:
+        """Nuke calls this (main thread) for a click on Refresh or a new strategy."""
         name = knob.name()
         if name == "refresh":
             self.refresh()
@@ -93,6 +97,7 @@ class ServersPanel(nukescripts.PythonPanel):
 
     def refresh(self) -> None:
         """Probe every server in the background; the rows update when the answers arrive."""
+        self.gateway_knob.setValue(self._gateway_text())
         if self._thread is not None and self._thread.is_alive():
             return
         self.summary_knob.setValue("refreshing ...")
@@ -101,6 +106,7 @@ class ServersPanel(nukescripts.PythonPanel):
 
     @property
     def refreshing(self) -> bool:
+        """Whether a refresh is still probing the servers."""
         return self._thread is not None and self._thread.is_alive()
 
     # -- worker ---------------------------------------------------------------------------------
@@ -145,6 +151,11 @@ class ServersPanel(nukescripts.PythonPanel):
             self.addKnob(knob)
             self.rows.append(knob)
 
+    @staticmethod
+    def _gateway_text() -> str:
+        address = gateway.url()
+        return f"{address} (ComfyUI clients can use this URL)" if address else "not running (ComfyUI Cluster > Start gateway)"
+
     def _strategy_text(self) -> str:
         chosen = run_mod.default_strategy()
         if chosen:
@@ -157,10 +168,20 @@ _panel: Optional[ServersPanel] = None
 
 
 def show() -> ServersPanel:
-    """Open (or bring back) the servers panel and refresh it."""
+    """Open (or bring back) the servers panel and refresh it.
+
+    Once the user closed it, Nuke may have destroyed the panel under the Python object, which
+    then raises RuntimeError: a new panel is made.
+    """
     global _panel
+    if _panel is not None:
+        try:
+            _panel.show()
+        except RuntimeError:
+            log.info("the servers panel was closed; making a new one")
+            _panel = None
     if _panel is None:
         _panel = ServersPanel()
-    _panel.show()
+        _panel.show()
     _panel.refresh()
     return _panel

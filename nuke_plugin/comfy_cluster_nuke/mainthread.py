@@ -10,7 +10,7 @@ helpers here handle:
   directly too (as ComfyUI-for-Nuke does).
 
 ``...WithResult`` prints an exception raised by the call and returns ``None``; :func:`call`
-instead carries the exception back to the caller's thread and raises it there.
+instead carries the result or the exception back in a box and raises it on the caller's thread.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 
 def is_main_thread() -> bool:
+    """Whether this is Nuke's main thread (the one that runs init.py, menus and the GUI)."""
     return threading.current_thread() is threading.main_thread()
 
 
@@ -46,18 +47,19 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
     box: Dict[str, Any] = {}
 
-    def wrapper() -> bool:
+    def wrapper() -> None:
         try:
             box["result"] = fn(*args, **kwargs)
         except BaseException as exc:  # carried to the worker and raised there
             box["error"] = exc
-        return True
 
-    ran = nuke.executeInMainThreadWithResult(wrapper)
+    nuke.executeInMainThreadWithResult(wrapper)
+    # The box, not Nuke's return value, says whether the call ran: some Nuke versions return
+    # None for a call that did run.
     if "error" in box:
         raise box["error"]
-    if ran is not True or "result" not in box:
-        # Nuke returns None when it could not run the call (for example while quitting).
+    if "result" not in box:
+        # Nothing in the box: Nuke could not run the call (for example while quitting).
         raise RuntimeError(f"Nuke did not run {getattr(fn, '__name__', fn)!r} on the main thread")
     result: T = box["result"]
     return result

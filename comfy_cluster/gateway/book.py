@@ -1,0 +1,385 @@
+"""The gateway's jobs: its queue, its history, fair share, and the bridge to the pool.
+
+A posted prompt becomes a :class:`GatewayJob` at once (with the client's ``prompt_id``). It
+waits in the gateway until the pool has room, then is handed to ``pool.submit``; the pool
+does late binding, the capability filter and failover. When several clients have jobs
+waiting, the next slot goes to the client served least (fair share), not to the oldest job.
+
+All state here lives on the gateway's event loop; the pool's callbacks (on library threads)
+are marshalled onto it with ``call_soon_threadsafe``, so no lock is needed and events keep
+their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from ..jobs import Job, JobEvent
+from .messages import Record, error_data, event_message, relabel, synthesized_history, terminal_message
+from .relay import Relay
+from .uploads import Version
+
+__all__ = ["GatewayJob", "JobBook"]
+
+log = logging.getLogger(__name__)
+
+MAX_HISTORY = 10000
+FileKey = Tuple[str, str, str]  # (type, subfolder, filename)
+
+
+@dataclass(eq=False)
+class GatewayJob:
+    """One prompt posted to the gateway, whatever attempts the pool makes for it."""
+
+    prompt_id: str
+    number: float
+    client_id: str
+    prompt: Dict[str, Any]
+    extra_data: Dict[str, Any]
+    outputs: List[str]
+    inputs: Dict[str, str] = field(default_factory=dict)
+    held: List[Version] = field(default_factory=list)
+    state: str = "waiting"  # waiting (in the gateway), submitted (in the pool), running, done
+    job: Optional[Job] = None
+    started: bool = False
+    cached_sent: bool = False
+    deleted: bool = False
+    cancel_requested: bool = False
+    server: Optional[str] = None  # where its current attempt runs
+    backlog: Optional[List[JobEvent]] = None  # events held until the job before it has ended
+    blocked: List["GatewayJob"] = field(default_factory=list)  # jobs whose events wait for this one
+    deferred_end: Optional[Tuple[Any, ...]] = None
+    record: Record = field(default_factory=Record)
+
+    def queue_item(self) -> List[Any]:
+        return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
+
+
+class JobBook:
+    """Queue, history and fair share of the gateway (loop thread only)."""
+
+    def __init__(
+        self,
+        pool: Any,
+        relay: Relay,
+        loop: asyncio.AbstractEventLoop,
+        executor: concurrent.futures.Executor,
+        *,
+        capacity: Callable[[], int],
+        release: Callable[[List[Version]], None],
+    ) -> None:
+        self._pool = pool
+        self._relay = relay
+        self._loop = loop
+        self._executor = executor
+        self._capacity = capacity
+        self._release = release
+        self.active: Dict[str, GatewayJob] = {}
+        self.history: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
+        self.files: Dict[FileKey, str] = {}
+        self._files_of: Dict[str, List[FileKey]] = {}
+        self._waiting: Dict[str, Deque[GatewayJob]] = {}
+        self._served: Dict[str, int] = {}
+        self._owned: Dict[str, int] = {}  # unfinished jobs per client (fair share forgets idle ones)
+        self._in_pool = 0
+        self._number = 0
+        # A pool with fair share of its own (pool.submit(..., owner=...)) gets every job at
+        # once and orders them itself; an older pool gets at most ``capacity()`` at a time
+        # and the gateway does the fair share.
+        self.pool_takes_owner = "owner" in inspect.signature(pool.submit).parameters
+
+    # -- posting ------------------------------------------------------------------------------
+
+    def next_number(self, front: bool) -> int:
+        number = self._number
+        self._number += 1
+        return -number if front else number
+
+    def add(self, gj: GatewayJob) -> None:
+        self.active[gj.prompt_id] = gj
+        owner = gj.client_id
+        self._owned[owner] = self._owned.get(owner, 0) + 1
+        self._served.setdefault(owner, 0)
+        queue = self._waiting.setdefault(owner, collections.deque())
+        if gj.number < 0:
+            queue.appendleft(gj)
+        else:
+            queue.append(gj)
+        self.queue_changed()
+        self.pump()
+
+    @property
+    def remaining(self) -> int:
+        return len(self.active)
+
+    def status_data(self) -> Dict[str, Any]:
+        return {"status": {"exec_info": {"queue_remaining": self.remaining}}}
+
+    def queue_changed(self) -> None:
+        self._relay.broadcast("status", self.status_data())
+
+    # -- fair share and the pool --------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Hand waiting jobs to the pool while it has room; least-served client first."""
+        while self._in_pool < self._capacity():
+            owners = [o for o, q in self._waiting.items() if q]
+            if not owners:
+                return
+            owner = min(owners, key=lambda o: (self._served[o], self._waiting[o][0].number))
+            gj = self._waiting[owner].popleft()
+            self._served[owner] += 1
+            self._in_pool += 1
+            gj.state = "submitted"
+            self._executor.submit(self._submit, gj)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop (from a library thread); ignored once it has closed."""
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            log.debug("gateway stopped: %s dropped", getattr(fn, "__name__", fn))
+
+    def _submit(self, gj: GatewayJob) -> None:
+        """On an executor thread: ``pool.submit`` may probe servers."""
+        call = self._call
+        kwargs: Dict[str, Any] = {}
+        if self.pool_takes_owner:
+            kwargs["owner"] = gj.client_id
+        try:
+            job = self._pool.submit(gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - told to the client as the job's error
+            call(self._submit_failed, gj, exc)
+            return
+        call(self._submitted, gj, job)
+        job.add_done_callback(lambda j: call(self._on_done, gj, j))
+
+    def _submitted(self, gj: GatewayJob, job: Job) -> None:
+        gj.job = job
+        if gj.cancel_requested:
+            job.cancel()
+
+    def _submit_failed(self, gj: GatewayJob, exc: BaseException) -> None:
+        log.warning("prompt %s not accepted by the pool: %s", gj.prompt_id, exc)
+        self._in_pool -= 1
+        self._end(gj, "failed", None, exc)
+        self.pump()
+
+    def _on_event(self, gj: GatewayJob, event: JobEvent) -> None:
+        if gj.state == "done" or gj.deleted:
+            return
+        if gj.backlog is not None:
+            gj.backlog.append(event)
+            return
+        if event.kind == "retrying":
+            gj.server = event.to_server
+            gj.record.reset()
+            self._unblock(gj)
+            return
+        if event.kind == "started" and event.server:
+            # A server runs one job at a time: if another of our jobs still shows running
+            # there, its end is only not confirmed yet (an interrupt is reconciled from the
+            # server). Hold this job's events until that end is told, so that clients see
+            # jobs end and start in the order the server ran them.
+            before = next(
+                (o for o in self.active.values() if o is not gj and o.server == event.server and o.state == "running"),
+                None,
+            )
+            if before is not None:
+                gj.backlog = [event]
+                before.blocked.append(gj)
+                return
+            gj.server = event.server
+        gj.record.note(event, gj.prompt_id)
+        if event.kind == "preview":
+            data = getattr(event, "data", None)
+            if isinstance(data, (bytes, bytearray)):
+                self._relay.send_bytes(gj.client_id, bytes(data))
+            return
+        if event.kind == "started":
+            if gj.started:
+                return  # a later attempt after a move: the client sees one job
+            gj.started = True
+            gj.state = "running"
+            self.queue_changed()
+        elif event.kind == "cached":
+            if gj.cached_sent:
+                return
+            gj.cached_sent = True
+        elif event.kind == "output" and event.server:
+            self._note_files(gj.prompt_id, event.server, [(f.type, f.subfolder, f.filename) for f in event.files])
+        message = event_message(event, gj.prompt_id)
+        if message is not None:
+            self._relay.send(gj.client_id, *message)
+
+    def _on_done(self, gj: GatewayJob, job: Job) -> None:
+        self._in_pool -= 1
+        self.pump()
+        status = job.status
+        result = job.result(timeout=0) if status == "succeeded" else None
+        item = gj.record.item(gj.queue_item(), status)
+        server = job.server.name if job.server is not None else None
+        self._end(gj, status, item, job.exception(timeout=0), result=result, server=server)
+
+    def _unblock(self, gj: GatewayJob) -> None:
+        """Replay the held events of the jobs that waited for ``gj``'s end."""
+        waiting, gj.blocked = gj.blocked, []
+        for other in waiting:
+            events, other.backlog = other.backlog or [], None
+            for event in events:
+                self._on_event(other, event)
+            if other.deferred_end is not None and other.backlog is None:
+                args, other.deferred_end = other.deferred_end, None
+                self._end(*args[:4], result=args[4], server=args[5])
+
+    def _end(self, gj: GatewayJob, status: str, item: Optional[Dict[str, Any]], error: Optional[BaseException], *, result: Any = None, server: Optional[str] = None) -> None:
+        if gj.backlog is not None and not gj.deleted:
+            gj.deferred_end = (gj, status, item, error, result, server)
+            return
+        gj.state = "done"
+        self.active.pop(gj.prompt_id, None)
+        self._release(gj.held)
+        gj.held = []
+        owner = gj.client_id
+        self._owned[owner] -= 1
+        if self._owned[owner] <= 0 and not self._waiting.get(owner):
+            self._owned.pop(owner, None)
+            self._served.pop(owner, None)
+            self._waiting.pop(owner, None)
+        if gj.deleted:
+            # Deleted while pending: no history, no events (as ComfyUI); the delete itself
+            # told every socket the new queue length.
+            self._unblock(gj)
+            return
+        if item is None:
+            item = synthesized_history(gj.prompt_id, gj.queue_item(), status, result, error)
+        if server:
+            keys = [
+                (str(f.get("type", "output")), str(f.get("subfolder", "")), str(f["filename"]))
+                for out in item["outputs"].values() if isinstance(out, dict)
+                for files in out.values() if isinstance(files, list)
+                for f in files if isinstance(f, dict) and isinstance(f.get("filename"), str)
+            ]
+            self._note_files(gj.prompt_id, server, keys)
+        self.history[gj.prompt_id] = item
+        while len(self.history) > MAX_HISTORY:
+            old, _ = self.history.popitem(last=False)
+            self._forget_files(old)
+        end = terminal_message(item)
+        if end is None:
+            end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
+        self._relay.send(owner, end[0], relabel(end[1], gj.prompt_id))
+        self.queue_changed()
+        self._relay.send(owner, "executing", {"node": None, "prompt_id": gj.prompt_id})
+        self._unblock(gj)
+
+    def _note_files(self, prompt_id: str, server: str, keys: List[FileKey]) -> None:
+        mine = self._files_of.setdefault(prompt_id, [])
+        for key in keys:
+            self.files[key] = server
+            if key not in mine:
+                mine.append(key)
+
+    def _forget_files(self, prompt_id: str) -> None:
+        for key in self._files_of.pop(prompt_id, []):
+            self.files.pop(key, None)
+
+    # -- queue, interrupt, history ------------------------------------------------------------
+
+    def queue_json(self) -> Dict[str, Any]:
+        running = [gj.queue_item() for gj in self.active.values() if gj.state == "running"]
+        pending = sorted((gj for gj in self.active.values() if gj.state != "running"), key=lambda g: g.number)
+        return {"queue_running": running, "queue_pending": [gj.queue_item() for gj in pending]}
+
+    def delete_pending(self, ids: List[Any]) -> None:
+        """Drop jobs that have not started (running ones are left alone, as in ComfyUI)."""
+        changed = False
+        for pid in ids:
+            gj = self.active.get(pid) if isinstance(pid, str) else None
+            if gj is None or gj.state in ("running", "done"):
+                continue
+            changed = True
+            self._drop(gj)
+        if changed:
+            self.queue_changed()
+
+    def clear_pending(self) -> None:
+        for gj in [g for g in self.active.values() if g.state in ("waiting", "submitted")]:
+            self._drop(gj)
+        self.queue_changed()
+
+    def _drop(self, gj: GatewayJob) -> None:
+        gj.deleted = True
+        if gj.state == "waiting":
+            self._waiting[gj.client_id].remove(gj)
+            self._end(gj, "cancelled", None, None)
+        else:
+            # Out of the queue now; the pool confirms the cancel on its server later.
+            self.active.pop(gj.prompt_id, None)
+            self.cancel(gj)
+
+    def cancel(self, gj: GatewayJob) -> None:
+        gj.cancel_requested = True
+        if gj.job is not None:
+            gj.job.cancel()
+
+    def interrupt(self, body: Any) -> None:
+        """``POST /interrupt``: the jobs it names stop if they run (``prompt_id``, or a
+        ``delete`` list as ComfyUI-for-Nuke sends); else a ``client_id``'s running jobs; with
+        neither, every gateway job running now (never a job of another client of the servers).
+        ComfyUI itself ignores such bodies and stops whatever runs."""
+        body = body if isinstance(body, dict) else {}
+        named = set()
+        if isinstance(body.get("prompt_id"), str):
+            named.add(body["prompt_id"])
+        if isinstance(body.get("delete"), list):
+            named.update(p for p in body["delete"] if isinstance(p, str))
+        named_any = "prompt_id" in body or "delete" in body
+        cid = body.get("client_id")
+        for gj in list(self.active.values()):
+            if gj.state != "running":
+                continue
+            if named_any and gj.prompt_id not in named:
+                continue
+            if not named_any and cid is not None and gj.client_id != cid:
+                continue
+            self.cancel(gj)
+
+    def cancel_all(self) -> None:
+        """Cancel every unfinished job (the gateway is stopping)."""
+        for queue in self._waiting.values():
+            queue.clear()
+        for gj in list(self.active.values()):
+            if gj.state == "waiting":
+                self._end(gj, "cancelled", None, None)
+            else:
+                self.cancel(gj)
+
+    def history_json(self, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1) -> Dict[str, Any]:
+        if prompt_id is not None:
+            item = self.history.get(prompt_id)
+            return {prompt_id: item} if item is not None else {}
+        if offset < 0 and max_items is not None:
+            offset = len(self.history) - max_items
+        out: Dict[str, Any] = {}
+        for index, key in enumerate(self.history):
+            if index >= offset:
+                out[key] = self.history[key]
+                if max_items is not None and len(out) >= max_items:
+                    break
+        return out
+
+    def post_history(self, body: Dict[str, Any]) -> None:
+        if body.get("clear"):
+            for key in list(self.history):
+                self._forget_files(key)
+            self.history.clear()
+        for pid in body.get("delete") or []:
+            if isinstance(pid, str) and self.history.pop(pid, None) is not None:
+                self._forget_files(pid)

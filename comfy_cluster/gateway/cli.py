@@ -1,0 +1,104 @@
+"""``comfy-cluster gateway``: serve the cluster (``NUKE_COMFYUI_SERVERS``) as one ComfyUI URL.
+
+Prints one start-up line (address, servers, strategy) and serves until Ctrl-C or SIGTERM;
+then the gateway's unfinished jobs are cancelled on their servers and the pool is closed.
+This module prints: it is a terminal's user interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any, List, Optional, Sequence
+
+__all__ = ["run_gateway", "build_parser", "ENV_TOKEN"]
+
+ENV_TOKEN = "COMFY_CLUSTER_GATEWAY_TOKEN"
+EXAMPLE = (
+    "examples:\n"
+    "  NUKE_COMFYUI_SERVERS='[\"gpu1:8188\", \"gpu2:8188\"]' comfy-cluster gateway --port 8188\n"
+    "  comfy-cluster gateway --host 0.0.0.0 --token \"$SECRET\" --argv '[\"/mnt/comfyui/main.py\"]'\n"
+    "then point any ComfyUI client at http://HOST:PORT (ComfyUI-for-Nuke: NUKE_COMFYUI_URL)."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="comfy-cluster gateway",
+        description="Serve the cluster (NUKE_COMFYUI_SERVERS) as one ComfyUI server.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the network)")
+    p.add_argument("--port", type=int, default=8188, help="port (default 8188)")
+    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${ENV_TOKEN}, else none)")
+    p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
+    p.add_argument("--argv", help="JSON list reported as ComfyUI's argv in /system_stats (clients derive its folder from argv[0])")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    return p
+
+
+def _argv(text: Optional[str]) -> Optional[List[str]]:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"--argv: expected a JSON list of strings, got {text[:60]!r}")
+    return value
+
+
+def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threading.Event] = None) -> int:
+    """Run the command; ``stop`` (for tests) ends it like SIGTERM does."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from ..errors import ComfyClusterError
+        from ..pool import ServerPool
+        from . import Gateway
+    except ImportError as exc:
+        print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
+        return 2
+    token = args.token if args.token is not None else os.environ.get(ENV_TOKEN) or None
+    try:
+        extra = _argv(args.argv)
+        kwargs: Any = {"strategy": args.strategy} if args.strategy else {}
+        pool = ServerPool.from_env(**kwargs)
+    except (ComfyClusterError, ValueError) as exc:
+        print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
+        return 2
+    gateway = Gateway(pool, host=args.host, port=args.port, token=token, argv=extra)
+    try:
+        gateway.start()
+    except OSError as exc:
+        pool.close()
+        print(f"comfy-cluster gateway: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    done = stop or threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
+    names = ", ".join(s.name for s in pool.servers)
+    auth = ", token required" if token else ""
+    print(f"comfy-cluster gateway on {gateway.url} -> {len(pool.servers)} server(s): {names} (strategy {pool.strategy}{auth})", flush=True)
+    code = 0
+    try:
+        while not done.wait(0.5):  # wake up now and then so Ctrl-C is seen on every platform
+            pass
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        print("comfy-cluster gateway: stopping; cancelling unfinished jobs", file=sys.stderr, flush=True)
+        gateway.stop()
+        pool.close()
+    return code

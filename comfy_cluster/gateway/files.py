@@ -1,0 +1,96 @@
+"""The gateway's file routes: ``/upload/image`` (and ``/upload/mask``) kept by the gateway,
+and ``/view`` streamed from the server that made the file.
+
+The gateway knows which job made which file (from the jobs' ``executed`` events and history
+items), so ``/view`` goes to that job's server, and answers 404 for a name no job made, as
+ComfyUI does for a missing file (ComfyUI-for-Nuke probes names until a 404). Input files are
+the gateway's own uploads.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Mapping, Tuple
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from ..config import ServerConfig
+from .info import ssl_for
+from .uploads import UploadError, UploadStore, split_reference
+
+__all__ = ["receive_upload", "serve_view"]
+
+_ANNOTATIONS = ((" [input]", "input"), (" [output]", "output"), (" [temp]", "temp"))
+_CHUNK = 256 * 1024
+
+
+async def receive_upload(request: web.Request, store: UploadStore) -> web.StreamResponse:
+    """``/upload/image`` and ``/upload/mask``: kept by the gateway. A mask is stored as sent
+    (the gateway does not composite it onto ``original_ref`` as ComfyUI does)."""
+    try:
+        post = await request.post()
+    except HttpProcessingError as exc:  # a malformed multipart part (bad header bytes)
+        return web.Response(status=exc.code if 400 <= exc.code < 500 else 400, text=f"upload: {exc.message}")
+    image = post.get("image")
+    if not isinstance(image, web.FileField) or not image.filename:
+        return web.Response(status=400)
+    subfolder = post.get("subfolder", "")
+    kind = post.get("type") or "input"
+    try:
+        answer = store.put(
+            image.filename,
+            image.file.read(),
+            subfolder=subfolder if isinstance(subfolder, str) else "",
+            type_=kind if isinstance(kind, str) else "",
+            overwrite=post.get("overwrite") in ("true", "1"),
+        )
+    except UploadError as exc:
+        return web.Response(status=exc.status, text=str(exc))
+    return web.Response(text=json.dumps(answer), content_type="application/json")
+
+
+async def serve_view(
+    request: web.Request,
+    store: UploadStore,
+    files: Mapping[Tuple[str, str, str], str],
+    servers: Mapping[str, ServerConfig],
+    session: aiohttp.ClientSession,
+) -> web.StreamResponse:
+    """A file a job made, streamed from the server that made it; 404 for any other name."""
+    q = request.query
+    filename = q.get("filename", "")
+    kind = q.get("type", "output")
+    for suffix, annotated in _ANNOTATIONS:
+        if filename.endswith(suffix):
+            filename, kind = filename[: -len(suffix)], annotated
+    if not filename:
+        return web.Response(status=404)
+    if filename[0] == "/" or ".." in filename:
+        return web.Response(status=400)  # as ComfyUI: no paths
+    subfolder = q.get("subfolder", "")
+    if kind == "input":
+        key = split_reference(f"{subfolder}/{filename}" if subfolder else filename)
+        version = store.lookup(key) if key else None
+        if version is None:
+            return web.Response(status=404)
+        return web.FileResponse(version.path, headers={"Content-Disposition": f'filename="{filename}"'})
+    name = files.get((kind, subfolder, filename))
+    server = servers.get(name) if name else None
+    if server is None:
+        return web.Response(status=404)
+    params = dict(q, filename=filename, type=kind)  # preview=, channel= pass through
+    async with session.get(server.url + "/view", params=params, headers=server.headers, ssl=ssl_for(server)) as resp:
+        if resp.status != 200:
+            return web.Response(status=resp.status)
+        out = web.StreamResponse(status=200)
+        out.content_type = resp.content_type
+        if resp.content_length is not None:
+            out.content_length = resp.content_length
+        out.headers["Content-Disposition"] = f'filename="{filename}"'
+        await out.prepare(request)
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            await out.write(chunk)
+        await out.write_eof()
+        return out

@@ -1,0 +1,90 @@
+"""Where a node's results go: next to the script, per node, one version folder per run.
+
+With an empty "output folder" knob the results go to
+``<project directory or script folder>/comfyui/<script name>/<node name>_<node id>/vNNN/``:
+visible to the farm and to other artists, never purged by the OS, and never shared by two
+scripts or two nodes (every script's first node is ``ComfyUIClusterRun1``, hence the script
+name and the node's own id). An explicit output folder gets the same version folders. Each run
+makes a new ``vNNN`` folder (created atomically, so two sessions never take the same one); a
+re-run of the failed frames writes into the version it completes.
+
+The node id is a hidden knob, given at creation and renewed when the node turns out to be a
+copy (its recorded owner is another node's name), so a pasted node never writes into the
+original's folders.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import Optional
+
+import nuke
+
+from . import node as node_mod
+
+__all__ = ["UNTITLED_ROOT", "script_path", "project_dir", "node_uid", "output_base", "new_version", "VERSION_RE"]
+
+# An unsaved script has no folder: its results go under the user's home, by node id.
+UNTITLED_ROOT = os.path.join("~", "comfyui_renders", "untitled")
+VERSION_RE = re.compile(r"^v(\d{3,})$")
+
+
+def script_path() -> str:
+    """The script's file ('' when it was never saved)."""
+    value = nuke.root()["name"].value()
+    return str(value).strip() if value else ""
+
+
+def project_dir() -> str:
+    """The script's project directory, evaluated ('' when unset); else the script's folder."""
+    knob = nuke.root().knob("project_directory")
+    text = ""
+    if knob is not None and str(knob.value()).strip():
+        evaluate = getattr(knob, "evaluate", None)
+        text = str(evaluate() if callable(evaluate) else knob.value()).strip()
+    if text:
+        return os.path.normpath(os.path.expandvars(os.path.expanduser(text)))
+    script = script_path()
+    return os.path.dirname(os.path.abspath(script)) if script else ""
+
+
+def node_uid(node: nuke.Node) -> str:
+    """The node's id (8 hex digits), renewed for a copy of another node (main thread)."""
+    uid_knob, owner_knob = node[node_mod.UID_KNOB], node[node_mod.UID_OWNER_KNOB]
+    uid, owner = str(uid_knob.value()), str(owner_knob.value())
+    if not uid or owner != node.fullName():
+        uid = uuid.uuid4().hex[:8]
+        node_mod.quiet_set(uid_knob, uid)
+        node_mod.quiet_set(owner_knob, node.fullName())
+    return uid
+
+
+def output_base(node: nuke.Node, home: Optional[str] = None) -> str:
+    """The folder holding the node's version folders (main thread)."""
+    from .settings import evaluate_path
+
+    explicit = evaluate_path(node["output_dir"])
+    if explicit:
+        return explicit
+    folder = f"{node.name()}_{node_uid(node)}"
+    script = script_path()
+    if not script:
+        return os.path.join(os.path.expanduser(home or UNTITLED_ROOT), folder)
+    stem = os.path.splitext(os.path.basename(script))[0]
+    return os.path.join(project_dir(), "comfyui", stem, folder)
+
+
+def new_version(base: str) -> str:
+    """Create and return the next ``vNNN`` folder in ``base`` (never an existing one)."""
+    os.makedirs(base, exist_ok=True)
+    taken = [int(m.group(1)) for m in (VERSION_RE.match(n) for n in os.listdir(base)) if m]
+    number = max(taken, default=0) + 1
+    while True:
+        path = os.path.join(base, f"v{number:03d}")
+        try:
+            os.mkdir(path)  # atomic: another session creating the same version makes us take the next
+            return path
+        except FileExistsError:
+            number += 1

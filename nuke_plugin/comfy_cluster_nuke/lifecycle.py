@@ -1,0 +1,79 @@
+"""Stopping the plugin's work when the script closes or Nuke quits.
+
+Jobs run on the GPUs until they are cancelled: closing the script (File > Close, opening
+another script) or quitting Nuke must not leave them running, nor a gateway listening.
+
+* On script close (``nuke.addOnScriptClose``, main thread) every run is asked to cancel; its
+  worker cancels the jobs on their servers without needing the main thread.
+* At exit (``atexit``) Nuke's event loop is gone, so each run's batch is cancelled right there
+  and the runs are given a few seconds to end; the gateway is stopped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sys
+import time
+from typing import Any, List
+
+import nuke
+
+__all__ = ["install", "cancel_all", "at_exit", "EXIT_WAIT_SECONDS"]
+
+log = logging.getLogger(__name__)
+
+EXIT_WAIT_SECONDS = 5.0
+_installed = False
+
+
+def install() -> None:
+    """Register the callbacks once per session (main thread, from ``menu.py``/``init``)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    nuke.addOnScriptClose(_on_script_close)
+    atexit.register(at_exit)
+
+
+def _loaded(name: str) -> Any:
+    # Only what was used this session: a module never imported has no run and no gateway,
+    # and importing it here would cost Nuke's start-up (menu.py) the library's imports.
+    return sys.modules.get(f"{__package__}.{name}")
+
+
+def _runs() -> List[Any]:
+    run_mod = _loaded("run")
+    return run_mod.all_runs() if run_mod is not None else []
+
+
+def cancel_all(*, now: bool = False) -> int:
+    """Ask every run to cancel; with ``now`` cancel their jobs from this thread. How many."""
+    runs = _runs()
+    for run in runs:
+        run.cancel(now=now)
+    return len(runs)
+
+
+def _on_script_close() -> None:
+    count = cancel_all()
+    if count:
+        log.info("script closed: cancelling %d ComfyUI Cluster run(s)", count)
+
+
+def at_exit() -> None:
+    """Cancel every run's jobs on their servers and stop the gateway (Nuke is quitting)."""
+    try:
+        cancel_all(now=True)
+        deadline = time.monotonic() + EXIT_WAIT_SECONDS
+        for run in _runs():
+            run.finished.wait(max(0.0, deadline - time.monotonic()))
+    except Exception:  # never let a clean-up error hide Nuke's own exit
+        log.exception("cancelling runs at exit failed")
+    try:
+        gateway = _loaded("gateway")
+        if gateway is not None:
+            gateway.stop()
+    except Exception:
+        log.exception("stopping the gateway at exit failed")

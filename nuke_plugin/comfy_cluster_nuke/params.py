@@ -1,0 +1,142 @@
+"""The workflow's simple parameters as knobs on the node, sent with every job.
+
+When a workflow is chosen, its prompt texts (``CLIPTextEncode.text``) and sampler settings
+(``seed``/``noise_seed``, ``steps``, ``cfg``, ``denoise`` of ``KSampler``/``KSamplerAdvanced``)
+appear as knobs, plus any ``NODE.INPUT`` the artist lists in "also as knobs". A knob starts at
+the workflow's value; its value (an animated one evaluated at each frame) replaces the
+workflow's in that frame's job. Knobs of a previous workflow that the new one lacks are removed;
+the others keep the artist's values. The hidden ``param_map`` knob records which knob feeds
+which ``NODE.INPUT``, so a saved script knows them again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import nuke
+
+from comfy_cluster import ComfyClusterError, load_workflow
+
+__all__ = ["MAP_KNOB", "AUTO_INPUTS", "find_params", "refresh_knobs", "values_per_frame", "apply"]
+
+MAP_KNOB = "param_map"
+AUTO_INPUTS: Dict[str, Tuple[str, ...]] = {
+    "CLIPTextEncode": ("text",),
+    "KSampler": ("seed", "steps", "cfg", "denoise"),
+    "KSamplerAdvanced": ("noise_seed", "steps", "cfg"),
+}
+
+
+def _knob_name(node_id: str, name: str) -> str:
+    return "p_" + re.sub(r"[^A-Za-z0-9_]", "_", f"{node_id}_{name}")
+
+
+def find_params(workflow: Dict[str, Any], extra: str = "") -> List[Tuple[str, str, Any, str]]:
+    """``(node id, input, value, label)`` of every simple parameter: a literal str/int/float."""
+    wanted: List[Tuple[str, str]] = []
+    for node_id, spec in workflow.items():
+        for name in AUTO_INPUTS.get(str(spec.get("class_type")), ()):
+            wanted.append((str(node_id), name))
+    for entry in extra.split():
+        node_id, dot, name = entry.rpartition(".")
+        if dot and node_id and (node_id, name) not in wanted:
+            wanted.append((node_id, name))
+    out = []
+    for node_id, name in wanted:
+        spec = workflow.get(node_id)
+        if not isinstance(spec, dict):
+            continue
+        inputs = spec.get("inputs")
+        if not isinstance(inputs, dict) or name not in inputs:
+            continue
+        value = inputs[name]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            continue  # a link to another node, or not a simple value
+        meta = spec.get("_meta")
+        title = meta.get("title") if isinstance(meta, dict) else None
+        out.append((node_id, name, value, f"{title or spec.get('class_type')} {name}"))
+    return out
+
+
+def _map(node: nuke.Node) -> Dict[str, str]:
+    knob = node.knob(MAP_KNOB)
+    if knob is None:
+        return {}
+    try:
+        data = json.loads(str(knob.value()) or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _make_knob(name: str, label: str, value: Any) -> nuke.Knob:
+    knob: nuke.Knob
+    if isinstance(value, int):
+        knob = nuke.Int_Knob(name, label)
+    elif isinstance(value, float):
+        knob = nuke.Double_Knob(name, label)
+    else:
+        knob = nuke.Multiline_Eval_String_Knob(name, label)
+    knob.setValue(value)
+    return knob
+
+
+def refresh_knobs(node: nuke.Node, workflow_path: str) -> None:
+    """Make the parameter knobs match the workflow (main thread)."""
+    from .node import quiet_set
+
+    try:
+        workflow = load_workflow(workflow_path) if workflow_path else {}
+    except ComfyClusterError:
+        workflow = {}
+    found = find_params(workflow, str(node["extra_params"].value()))
+    old = _map(node)
+    new: Dict[str, str] = {}
+    for node_id, name, value, label in found:
+        knob_name = _knob_name(node_id, name)
+        new[knob_name] = f"{node_id}.{name}"
+        if node.knob(knob_name) is None:
+            node.addKnob(_make_knob(knob_name, label, value))
+    for knob_name in old:
+        existing = node.knob(knob_name)
+        if knob_name not in new and existing is not None:
+            node.removeKnob(existing)
+    if node.knob(MAP_KNOB) is None:
+        hidden = nuke.String_Knob(MAP_KNOB, MAP_KNOB)
+        hidden.setFlag(nuke.INVISIBLE)
+        node.addKnob(hidden)
+    quiet_set(node[MAP_KNOB], json.dumps(new))
+
+
+def _value_at(knob: nuke.Knob, frame: int) -> Any:
+    if isinstance(knob, nuke.Int_Knob):
+        return int(knob.getValueAt(frame)) if knob.isAnimated() else int(knob.value())
+    if isinstance(knob, nuke.Array_Knob):
+        return float(knob.getValueAt(frame)) if knob.isAnimated() else float(knob.value())
+    return str(knob.value())
+
+
+def values_per_frame(node: nuke.Node, workflow: Dict[str, Any], frames: Sequence[int]) -> Dict[int, Dict[str, Any]]:
+    """``{frame: {"3.seed": 7, ...}}`` from the parameter knobs (main thread)."""
+    out: Dict[int, Dict[str, Any]] = {f: {} for f in frames}
+    for knob_name, target in _map(node).items():
+        knob = node.knob(knob_name)
+        node_id, _, name = target.rpartition(".")
+        if knob is None or node_id not in workflow:
+            continue
+        for frame in frames:
+            out[frame][target] = _value_at(knob, frame)
+    return out
+
+
+def apply(workflow: Dict[str, Any], values: Dict[str, Any], skip: Optional[str] = None) -> None:
+    """Put ``values`` (``"NODE.INPUT": value``) into ``workflow`` in place, except ``skip``."""
+    for target, value in values.items():
+        if target == skip:
+            continue
+        node_id, _, name = target.rpartition(".")
+        spec = workflow.get(node_id)
+        if isinstance(spec, dict) and isinstance(spec.get("inputs"), dict):
+            spec["inputs"][name] = value

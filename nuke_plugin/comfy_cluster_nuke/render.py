@@ -1,0 +1,141 @@
+"""Rendering the node's inputs to image files for ComfyUI (main thread, one render at a time).
+
+A temporary Write inside the group renders each used input for the frames of the run. Nothing
+is left to the studio's defaults, which differ per show:
+
+* the colorspace is set explicitly (the node's "file colorspace"; the result Read uses the same);
+* ``rgb`` unless the input is a mask or the plate's alpha is asked for: ComfyUI's LoadImage turns
+  an alpha of 0 into a full mask;
+* full resolution even in proxy mode (the script's proxy switch is turned off for the render);
+* the main view only (a stereo script would write every view to the same file);
+* the studio's Write callbacks (``onCreate``, ``beforeRender``...) do not run, the Write has
+  none of its own, and nothing lands on the undo stack or marks the script modified.
+
+Nuke runs queued main-thread calls while it renders, so a second run's render could start
+inside the first one's (Nuke: "already executing"): :func:`render_inputs` serialises them with a
+lock held by the calling worker thread, never by the main thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+import nuke
+
+from .settings import InputMap, RunError
+
+__all__ = ["render_inputs", "input_pattern", "input_file", "frame_segments", "WRITE_CALLBACK_KNOBS"]
+
+WRITE_CALLBACK_KNOBS = ("beforeRender", "beforeFrameRender", "afterFrameRender", "afterRender")
+# nuke.callbacks' registries of global callbacks that would fire for our temporary Write.
+_GLOBAL_CALLBACKS = ("onCreates", "onUserCreates", "beforeRenders", "beforeFrameRenders", "afterFrameRenders", "afterRenders", "renderProgresses")
+_render_lock = threading.Lock()
+
+
+def input_pattern(folder: str, stem: str, number: int) -> str:
+    """``<folder>/<stem>_in<number>.####.png`` with forward slashes (Nuke's file knobs).
+
+    ``stem`` is the node's name and id: the files keep these names when uploaded, and two
+    artists' ``ComfyUIClusterRun1`` must not send same-named plates to one server.
+    """
+    return os.path.join(folder, f"{stem}_in{number}.####.png").replace("\\", "/")
+
+
+def input_file(folder: str, stem: str, number: int, frame: int) -> str:
+    """The file :func:`input_pattern` gives for ``frame``."""
+    return os.path.join(folder, f"{stem}_in{number}.{frame:04d}.png")
+
+
+def frame_segments(frames: Sequence[int]) -> List[Tuple[int, int]]:
+    """``[1, 2, 3, 7]`` -> ``[(1, 3), (7, 7)]``: contiguous ranges for ``nuke.execute``."""
+    out: List[Tuple[int, int]] = []
+    for f in sorted(frames):
+        if out and f == out[-1][1] + 1:
+            out[-1] = (out[-1][0], f)
+        else:
+            out.append((f, f))
+    return out
+
+
+@contextlib.contextmanager
+def _no_studio_callbacks() -> Iterator[None]:
+    """Suspend the global callbacks registered for every node or for Write nodes."""
+    saved: List[Tuple[Dict[str, list], str, list]] = []
+    for attr in _GLOBAL_CALLBACKS:
+        registry = getattr(nuke, attr, None)
+        if not isinstance(registry, dict):
+            continue
+        for key in ("*", "Write"):
+            if key in registry:
+                saved.append((registry, key, registry.pop(key)))
+    try:
+        yield
+    finally:
+        for registry, key, value in saved:
+            registry[key] = value
+
+
+@contextlib.contextmanager
+def _quiet_script() -> Iterator[None]:
+    """No undo steps, full resolution, and the script's modified flag as it was."""
+    root = nuke.root()
+    was_modified = root.modified()
+    undo_was_disabled = bool(nuke.Undo.disabled())
+    if not undo_was_disabled:
+        nuke.Undo.disable()
+    proxy = root.knob("proxy")
+    was_proxy = bool(proxy.value()) if proxy is not None else False
+    try:
+        if was_proxy and proxy is not None:
+            proxy.setValue(False)
+        yield
+    finally:
+        if was_proxy and proxy is not None:
+            proxy.setValue(True)
+        if not undo_was_disabled:
+            nuke.Undo.enable()
+        if not was_modified:
+            root.setModified(False)
+
+
+def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], colorspace: str) -> None:
+    assert isinstance(node, nuke.Group)
+    views = nuke.views()
+    main_view = views[:1]
+    with _quiet_script(), _no_studio_callbacks(), node:
+        sources = {int(n["number"].value()): n for n in nuke.allNodes("Input")}
+        for mapping, pattern in jobs:
+            source = sources.get(mapping.number)
+            if source is None:
+                raise RunError(f"{node.name()}: its Input node {mapping.number} is missing")
+            write = nuke.nodes.Write()
+            try:
+                write.setInput(0, source)
+                for name in WRITE_CALLBACK_KNOBS:
+                    knob = write.knob(name)
+                    if knob is not None:
+                        knob.setValue("")
+                write["file"].setValue(pattern)
+                write["file_type"].setValue("png")
+                write["channels"].setValue("rgba" if mapping.alpha else "rgb")
+                try:
+                    write["colorspace"].setValue(colorspace)
+                except ValueError:
+                    raise RunError(
+                        f"{node.name()}: colorspace {colorspace!r} is not one of this script's; set 'file colorspace'"
+                    ) from None
+                for first, last in frame_segments(frames):
+                    nuke.execute(write, first, last, 1, main_view)
+            finally:
+                nuke.delete(write)
+
+
+def render_inputs(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], colorspace: str) -> None:
+    """Render each ``(input, pattern)`` for ``frames``; any thread. One render at a time."""
+    from . import mainthread
+
+    with _render_lock:
+        mainthread.call(_render_on_main, node, jobs, frames, colorspace)

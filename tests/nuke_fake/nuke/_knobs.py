@@ -1,0 +1,435 @@
+"""Part of the fake ``nuke`` (see its ``__init__``): knobs, and the hook that runs knobChanged after a setValue."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import nuke as _n
+
+# --- nodes ------------------------------------------------------------------------------------
+
+
+class Knob:
+    """Base of every knob: a name, a label, flags, and the node that owns it."""
+
+    _class_name = "Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
+        _n._main_only(f"{type(self).__name__}()")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{type(self).__name__}: the name must be a non-empty string")
+        self._name = name
+        self._label = label if label is not None else name
+        self._flags = 0
+        self._tooltip = ""
+        self._enabled = True
+        self._owner: Optional[_n.Node] = None
+        self._value: Any = None
+
+    def _check(self, what: str) -> None:
+        _n._main_only(f"{type(self).__name__}.{what}")
+        if self._owner is not None:
+            self._owner._check_alive()
+
+    def Class(self) -> str:
+        self._check("Class")
+        return self._class_name
+
+    def name(self) -> str:
+        self._check("name")
+        return self._name
+
+    def label(self) -> str:
+        self._check("label")
+        return self._label
+
+    def setLabel(self, label: str) -> None:
+        self._check("setLabel")
+        self._label = label
+
+    def tooltip(self) -> str:
+        self._check("tooltip")
+        return self._tooltip
+
+    def setTooltip(self, tooltip: str) -> None:
+        self._check("setTooltip")
+        self._tooltip = tooltip
+
+    def setFlag(self, flag: int) -> None:
+        self._check("setFlag")
+        self._flags |= flag
+
+    def clearFlag(self, flag: int) -> None:
+        self._check("clearFlag")
+        self._flags &= ~flag
+
+    def getFlag(self, flag: int) -> bool:
+        self._check("getFlag")
+        return bool(self._flags & flag)
+
+    def setVisible(self, visible: bool) -> None:
+        self._check("setVisible")
+        if visible:
+            self._flags &= ~_n.INVISIBLE
+        else:
+            self._flags |= _n.INVISIBLE
+
+    def visible(self) -> bool:
+        self._check("visible")
+        return not self._flags & _n.INVISIBLE
+
+    def setEnabled(self, enabled: bool) -> None:
+        self._check("setEnabled")
+        self._enabled = bool(enabled)
+
+    def enabled(self) -> bool:
+        self._check("enabled")
+        return self._enabled
+
+    def node(self) -> _n.Node:
+        self._check("node")
+        if self._owner is None:
+            raise ValueError(f"knob {self._name} belongs to no node")
+        return self._owner
+
+    def value(self) -> Any:
+        self._check("value")
+        return self._value
+
+    def getValue(self) -> Any:
+        self._check("getValue")
+        return self._value
+
+    def setValue(self, val: Any) -> bool:
+        self._check("setValue")
+        _n._changed(self)
+        self._value = val
+        return True
+
+    def __repr__(self) -> str:
+        return f"<{self._class_name} {self._name}={self._value!r}>"
+
+
+def _require_str(knob: Knob, val: Any) -> str:
+    if not isinstance(val, str):
+        raise TypeError(f"{knob._class_name}.setValue() argument must be str, not {type(val).__name__}")
+    return val
+
+
+def _require_number(knob: Knob, val: Any) -> Union[int, float]:
+    if isinstance(val, (int, float)):
+        return val
+    raise TypeError(f"{knob._class_name}.setValue() argument must be a number, not {type(val).__name__}")
+
+
+class Array_Knob(Knob):
+    _class_name = "Array_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
+        super().__init__(name, label)
+        self._value = 0.0
+        self._keys: Dict[float, float] = {}  # an animation curve: frame -> value (linear between)
+
+    def isAnimated(self, channel: int = -1) -> bool:
+        self._check("isAnimated")
+        return bool(self._keys)
+
+    def setAnimated(self, channel: int = -1) -> bool:
+        self._check("setAnimated")
+        return True
+
+    def setValueAt(self, val: Any, time: float, index: int = 0, view: Optional[str] = None) -> bool:
+        self._check("setValueAt")
+        _n._changed(self)
+        self._keys[float(time)] = float(_require_number(self, val))
+        return True
+
+    def getValueAt(self, frame: float, index: int = 0, view: Optional[str] = None) -> Any:
+        self._check("getValueAt")
+        if not self._keys:
+            return self._value
+        times = sorted(self._keys)
+        if frame <= times[0]:
+            return self._keys[times[0]]
+        if frame >= times[-1]:
+            return self._keys[times[-1]]
+        for a, b in zip(times, times[1:]):
+            if a <= frame <= b:
+                t = (frame - a) / (b - a)
+                return self._keys[a] + t * (self._keys[b] - self._keys[a])
+        return self._value
+
+    def setValue(self, val: Any, *args: Any) -> bool:
+        self._check("setValue")
+        _n._changed(self)
+        self._value = float(_require_number(self, val))
+        return True
+
+    def value(self, *args: Any) -> Any:
+        self._check("value")
+        return self._value
+
+
+class Int_Knob(Array_Knob):
+    """An integer: ``setValue`` truncates floats and refuses text, like Nuke's."""
+
+    _class_name = "Int_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
+        super().__init__(name, label)
+        self._value = 0
+
+    def setValue(self, val: Any) -> bool:
+        self._check("setValue")
+        _n._changed(self)
+        self._value = int(_require_number(self, val))
+        return True
+
+    def value(self) -> int:
+        self._check("value")
+        return int(self._value)
+
+    def getValue(self) -> float:
+        self._check("getValue")
+        return float(self._value)
+
+
+class Double_Knob(Array_Knob):
+    _class_name = "Double_Knob"
+
+
+class Boolean_Knob(Array_Knob):
+    _class_name = "Boolean_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, value: bool = False) -> None:
+        super().__init__(name, label)
+        self._value = bool(value)
+
+    def setValue(self, val: Any) -> bool:
+        self._check("setValue")
+        _n._changed(self)
+        self._value = bool(_require_number(self, val))
+        return True
+
+    def value(self) -> bool:
+        self._check("value")
+        return bool(self._value)
+
+
+class Unsigned_Knob(Array_Knob):
+    _class_name = "Unsigned_Knob"
+
+
+class Enumeration_Knob(Unsigned_Knob):
+    """A pulldown: ``value()`` is the chosen item's text, ``getValue()`` its index (a float).
+
+    ``setValue`` accepts an item's text or an index; anything else raises ``ValueError``.
+    """
+
+    _class_name = "Enumeration_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, items: Sequence[str] = ()) -> None:
+        super().__init__(name, label)
+        self._items: List[str] = [str(i) for i in items]
+        self._value = 0
+
+    def value(self) -> str:
+        self._check("value")
+        return self._items[self._value] if self._items else ""
+
+    def getValue(self) -> float:
+        self._check("getValue")
+        return float(self._value)
+
+    def setValue(self, val: Any) -> bool:
+        self._check("setValue")
+        _n._changed(self)
+        if isinstance(val, str):
+            if val not in self._items:
+                raise ValueError(f"Invalid value {val!r} for {self._name}: not one of {self._items}")
+            self._value = self._items.index(val)
+        elif isinstance(val, (int, float)) and not isinstance(val, bool):
+            index = int(val)
+            if not 0 <= index < len(self._items):
+                raise ValueError(f"Invalid index {val} for {self._name}")
+            self._value = index
+        else:
+            raise TypeError(f"Enumeration_Knob.setValue() takes an item or an index, not {type(val).__name__}")
+        return True
+
+    def values(self) -> List[str]:
+        self._check("values")
+        return list(self._items)
+
+    def setValues(self, items: Sequence[str]) -> None:
+        self._check("setValues")
+        _n._changed(self)
+        self._items = [str(i) for i in items]
+        if self._value >= len(self._items):
+            self._value = 0
+
+    def numValues(self) -> int:
+        self._check("numValues")
+        return len(self._items)
+
+    def enumName(self, n: int) -> str:
+        self._check("enumName")
+        return self._items[n]
+
+
+class String_Knob(Knob):
+    """Text; ``setValue`` refuses anything but ``str``, like Nuke."""
+
+    _class_name = "String_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, value: str = "") -> None:
+        super().__init__(name, label)
+        self._value = _require_str(self, value)
+
+    def value(self) -> str:
+        self._check("value")
+        return str(self._value)
+
+    def getValue(self) -> str:
+        self._check("getValue")
+        return str(self._value)
+
+    def getText(self) -> str:
+        self._check("getText")
+        return str(self._value)
+
+    def setValue(self, val: Any) -> None:  # type: ignore[override]
+        self._check("setValue")
+        _n._changed(self)
+        self._value = _require_str(self, val)
+
+
+class EvalString_Knob(String_Knob):
+    """``value()`` is the text as typed; ``evaluate()`` runs its Tcl (a subset, see :func:`_tcl`)."""
+
+    _class_name = "EvalString_Knob"
+
+    def evaluate(self, *args: Any) -> str:
+        self._check("evaluate")
+        return _n._tcl(str(self._value))
+
+
+class File_Knob(EvalString_Knob):
+    """A file path. ``fromUserText("path 1-10")`` sets the path and, on a Read, the range."""
+
+    _class_name = "File_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None) -> None:
+        super().__init__(name, label, "")
+
+    def getEvaluatedValue(self) -> str:
+        self._check("getEvaluatedValue")
+        return _n._tcl(str(self._value))
+
+    def fromUserText(self, text: str) -> None:
+        self._check("fromUserText")
+        text = _require_str(self, text).strip()
+        match = re.match(r"^(.*?)\s+(-?\d+)-(-?\d+)$", text)
+        if match is None:
+            self._value = text
+            return
+        self._value = match.group(1)
+        owner = self._owner
+        if owner is not None:
+            first, last = int(match.group(2)), int(match.group(3))
+            for name, value in (("first", first), ("last", last), ("origfirst", first), ("origlast", last)):
+                knob = owner._knobs.get(name)
+                if isinstance(knob, Int_Knob):
+                    knob._value = value
+
+
+class Multiline_Eval_String_Knob(EvalString_Knob):
+    _class_name = "Multiline_Eval_String_Knob"
+
+
+class PythonKnob(String_Knob):
+    _class_name = "PythonKnob"
+
+
+class Script_Knob(String_Knob):
+    """A button; ``execute()`` runs the command as Nuke does for a click (see ``_fake.press``)."""
+
+    _class_name = "Script_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, command: str = "") -> None:
+        super().__init__(name, label, command)
+
+    def command(self) -> str:
+        self._check("command")
+        return str(self._value)
+
+    def setCommand(self, cmd: str) -> None:
+        self._check("setCommand")
+        self._value = _require_str(self, cmd)
+
+    def execute(self) -> None:
+        self._check("execute")
+        if self._owner is None:
+            raise ValueError(f"knob {self._name} belongs to no node")
+        _n._run_script(str(self._value), self._owner, self)
+
+
+class PyScript_Knob(Script_Knob):
+    _class_name = "PyScript_Knob"
+
+
+class Text_Knob(Knob):
+    """A line of (HTML-capable) text."""
+
+    _class_name = "Text_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, text: str = "") -> None:
+        super().__init__(name, label)
+        self._value = _require_str(self, text)
+
+    def value(self) -> str:
+        self._check("value")
+        return str(self._value)
+
+    def setValue(self, val: Any) -> bool:
+        self._check("setValue")
+        _n._changed(self)
+        self._value = _require_str(self, val)
+        return True
+
+
+class Tab_Knob(Knob):
+    _class_name = "Tab_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
+        super().__init__(name, label)
+        self._value = 0
+
+
+
+def _flush_after(method: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = method(self, *args, **kwargs)
+        _n._flush_knob_changed()
+        return result
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+def _install_knob_changed_hooks() -> None:
+    # The value is stored first, then knobChanged runs (it reads the new value).
+    pending = [Knob]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        for name in ("setValue", "setValues", "setValueAt"):
+            if name in cls.__dict__:
+                setattr(cls, name, _flush_after(cls.__dict__[name]))
+
+
+_install_knob_changed_hooks()
+
+

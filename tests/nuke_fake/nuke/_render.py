@@ -1,0 +1,130 @@
+"""Part of the fake ``nuke`` (see its ``__init__``): execute(): rendering a Write node."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from typing import List, Optional, Tuple, Union
+
+import nuke as _n
+
+def execute(nameOrNode: Union[_n.Node, str], start: int, end: int, incr: int = 1, views: Optional[List[str]] = None, continueOnError: bool = False) -> None:
+    """Render a Write node: a small real PNG per frame, at the path its ``file`` knob gives.
+
+    Strict like Nuke: a render inside a knob callback or inside another render fails; Nuke's
+    event loop runs queued main-thread calls between frames; the Write's own callback knobs and
+    the global before/after render callbacks run; every view is rendered unless ``views`` says
+    otherwise; proxy mode renders at proxy size. What was rendered how is recorded.
+    """
+    _n._main_only("execute")
+    if _n._in_callback:
+        raise _n._violation("nuke: execute() inside a knob callback: Nuke fails with 'I'm already executing something else'")
+    if _n._executing[0]:
+        raise _n._violation("nuke: execute() inside another execute(): Nuke fails with 'I'm already executing something else'")
+    node = _n.toNode(nameOrNode) if isinstance(nameOrNode, str) else nameOrNode
+    if node is None:
+        raise ValueError(f"No such node {nameOrNode}")
+    node._check_alive()
+    if node._cls != "Write":
+        raise RuntimeError(f"{node.name()} cannot be executed")
+    if not isinstance(start, int) or not isinstance(end, int) or isinstance(start, bool):
+        raise TypeError("execute() frame numbers must be int")
+    if end < start:
+        raise RuntimeError(f"{node.name()}: bad frame range {start}-{end}")
+    source = _upstream_source(node)
+    if source is None:
+        raise RuntimeError(f"{node.name()}: nothing is connected to input 0")
+    pattern = str(node._knobs["file"]._value)
+    if not pattern:
+        raise RuntimeError(f"{node.name()}: no filename set")
+    file_type = node["file_type"].value() or os.path.splitext(pattern)[1].lstrip(".").lower()
+    channels = str(node["channels"].value())
+    rendered_views = list(views) if views is not None else list(_n._views)
+    callbacks_run: List[str] = []
+    for knob_name in ("beforeRender", "afterRender"):
+        if str(node._knobs[knob_name]._value).strip():
+            callbacks_run.append(knob_name)
+    callbacks_run += ["global beforeRender"] * len(_n._fire(_n.beforeRenders, node))
+    _n._render_details.append(
+        {
+            "node": node.fullName(),
+            "colorspace": str(node["colorspace"].value()),
+            "channels": channels,
+            "proxy": bool(_n._root._knobs["proxy"]._value),
+            "views": rendered_views,
+            "callbacks": callbacks_run,
+            "undo_disabled": _n._undo_state["disabled"] > 0,
+        }
+    )
+    _n._renders.append((node.fullName(), start, end))
+    _n._executing[0] = True
+    try:
+        for i, frame_number in enumerate(range(start, end + 1, incr)):
+            if _n._render_cancel_after is not None and i >= _n._render_cancel_after:
+                raise RuntimeError("Cancelled")
+            path = _frame_path(pattern, frame_number)
+            folder = os.path.dirname(path)
+            if folder and not os.path.isdir(folder) and not node._knobs["create_directories"]._value:
+                raise RuntimeError(f"{node.name()}: Can't write {path}: No such file or directory")
+            os.makedirs(folder or ".", exist_ok=True)
+            with open(path, "wb") as fh:
+                rgb = ((frame_number * 37) % 256, 64, 128)
+                fh.write(_png(8, 8, rgb, alpha=channels != "rgb") if file_type == "png" else b"fake " + file_type.encode())
+            _pump_during_render()
+    finally:
+        _n._executing[0] = False
+    _n._fire(_n.afterRenders, node)
+
+
+def _pump_during_render() -> None:
+    # Nuke keeps its event loop going while it renders: queued main-thread calls run here.
+    while True:
+        with _n._queue_cond:
+            if not _n._queue:
+                return
+            item = _n._queue.popleft()
+        _n._run_queued(item)
+
+
+def _frame_path(pattern: str, frame: int) -> str:
+    pattern = re.sub(r"#+", lambda m: f"{frame:0{len(m.group(0))}d}", pattern)
+    return re.sub(r"%(0?\d*)d", lambda m: ("%" + m.group(1) + "d") % frame, pattern)
+
+
+def _upstream_source(node: _n.Node) -> Optional[_n.Node]:
+    """The node whose image reaches ``node``'s input 0 (through Dots, Inputs and Outputs)."""
+    seen = set()
+    current = node._inputs[0] if node._inputs else None
+    while current is not None and id(current) not in seen and not current._deleted:
+        seen.add(id(current))
+        if current._cls in _n._SOURCE_CLASSES:
+            return current
+        if current._cls == "Input":
+            group = current._parent
+            number = int(current._knobs["number"]._value)
+            if group is None or group is _n._root:
+                return None
+            current = group._inputs[number] if number < len(group._inputs) else None
+        elif current._cls == "Switch":
+            which = int(current._knobs["which"]._value)
+            current = current._inputs[which] if which < len(current._inputs) else None
+        elif isinstance(current, _n.Group):
+            out = next((c for c in current._children if c._cls == "Output" and not c._deleted), None)
+            current = out
+        else:
+            current = current._inputs[0] if current._inputs else None
+    return None
+
+
+def _png(width: int, height: int, rgb: Tuple[int, int, int], alpha: bool = False) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    pixel = bytes(rgb) + (b"\xff" if alpha else b"")
+    raw = b"".join(b"\x00" + pixel * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 6 if alpha else 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+

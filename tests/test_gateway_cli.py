@@ -1,0 +1,72 @@
+"""``comfy-cluster gateway``: start-up line, and SIGTERM / Ctrl-C cancel unfinished jobs on
+their servers before it exits."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from typing import Callable, List
+
+import pytest
+import requests
+
+from comfy_cluster.testing import MockCluster, wait_until
+from comfy_cluster.testing.workflows import sleep_workflow
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _start(cluster: MockCluster, *args: str) -> "subprocess.Popen[str]":
+    env = dict(os.environ, NUKE_COMFYUI_SERVERS=cluster.servers_json())
+    env.pop("COMFY_CLUSTER_GATEWAY_TOKEN", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "comfy_cluster", "gateway", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # A test run started in the background inherits SIGINT ignored: restore Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_gateway_command_serves_and_cancels_on_shutdown(mock_cluster_factory: Callable[..., MockCluster], sig: int, code: int) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0))
+    proc = _start(cluster, "--strategy", "round_robin", "--token", "t0ken")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.match(r"comfy-cluster gateway on (http://127\.0\.0\.1:\d+) -> 2 server\(s\): mock1, mock2 \(strategy round_robin, token required\)", line)
+        assert match, line
+        url = match.group(1)
+        auth = {"Authorization": "Bearer t0ken"}
+        ids: List[str] = []
+        for seed in (1, 2):
+            r = requests.post(url + "/prompt", json={"prompt": sleep_workflow(seconds=30.0, steps=30, seed=seed)}, headers=auth, timeout=10)
+            assert r.status_code == 200
+            ids.append(r.json()["prompt_id"])
+        wait_until(lambda: all(s.queue_snapshot()[0] for s in cluster), timeout=20, message="a job running on each server")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    assert "t0ken" not in err
+    assert "cancelling unfinished jobs" in err
+    for s in cluster:
+        assert s.queue_snapshot() == ([], [])
+        assert s.interrupt_requests and all(r.get("prompt_id") for r in s.interrupt_requests)
+        assert s.executed_prompt_ids == []
+
+
+def test_gateway_command_reports_bad_configuration_in_one_line(mock_cluster_factory: Callable[..., MockCluster]) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    proc = _start(cluster, "--argv", "not json")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == ["comfy-cluster gateway: --argv: expected a JSON list of strings, got 'not json'"]

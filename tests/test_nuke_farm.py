@@ -1,0 +1,74 @@
+"""``examples/nuke_farm_render.py``: a node's frames run under ``nuke -t`` on a farm task."""
+
+from __future__ import annotations
+
+import os
+import runpy
+
+import pytest
+from nuke_fake.support import ROOT, cluster_env, fake_nuke, load_image_workflow, make_run_node, write_json  # noqa: F401
+
+pytestmark = pytest.mark.timeout(60)
+
+EXAMPLE = os.path.join(ROOT, "examples", "nuke_farm_render.py")
+
+
+def _main():
+    return runpy.run_path(EXAMPLE, run_name="farm_example")["main"]
+
+
+def test_farm_tasks_of_one_job_fill_one_version(fake_nuke, cluster_env, tmp_path, capsys):
+    fake_nuke.set_gui(False)  # nuke -t
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), first=1, last=100)
+    opened = []
+    main = _main()
+    assert main(["sh010.nk", node.name(), "1001", "1002", "--version", "v004"], open_script=opened.append) == 0
+    assert main(["sh010.nk", node.name(), "1003", "1003", "--version", "v004"], open_script=opened.append) == 0
+    assert opened == ["sh010.nk", "sh010.nk"]
+    assert sorted(os.listdir(out / "v004")) == [f"{node.name()}_{f:04d}.png" for f in (1001, 1002, 1003)]
+    assert "1 frame(s) done" in capsys.readouterr().out
+    seeds = sorted(p["2"]["inputs"]["seed"] for s in cluster_env for _, p, _ in s.received_prompts)
+    assert seeds == [1001, 1002, 1003]
+
+
+def test_farm_exit_status_says_what_went_wrong(fake_nuke, cluster_env, tmp_path, capsys):
+    fake_nuke.set_gui(False)
+    workflow = load_image_workflow()
+    workflow["2"]["inputs"]["steps"] = "x"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", workflow), str(tmp_path / "out"), last=2)
+    main = _main()
+    assert main(["sh010.nk", node.name()], open_script=lambda path: None) == 1
+    assert "input 'steps'" in capsys.readouterr().err
+    assert main(["sh010.nk", "NoSuchNode"], open_script=lambda path: None) == 2
+    assert main(["sh010.nk", node.name(), "5", "1"], open_script=lambda path: None) == 2
+
+
+def test_sigterm_from_the_farm_cancels_the_jobs_on_their_servers(fake_nuke, cluster_env, tmp_path):
+    import signal
+    import threading
+
+    fake_nuke.set_gui(False)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow(5.0, steps=50)), str(tmp_path / "out"), last=4)
+    before = signal.getsignal(signal.SIGTERM)
+    started = threading.Event()
+
+    def terminate_when_running():
+        # The farm manager stops the task once its jobs run (an event, not a sleep).
+        for server in cluster_env:
+            while not server.queue_snapshot()[0]:
+                if started.wait(0.01):
+                    return
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_when_running)
+    killer.start()
+    try:
+        assert _main()(["sh010.nk", node.name()], open_script=lambda path: None) == 130
+    finally:
+        started.set()
+        killer.join()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    for server in cluster_env:
+        assert server.wait_idle(5.0)
+        assert server.interrupt_requests and server.executed_prompt_ids == []

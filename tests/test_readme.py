@@ -1,0 +1,274 @@
+"""README.md, examples/ and BENCHMARKS.md followed to the letter, against the mock: every
+Python snippet outside the Nuke section runs, every configuration example parses (bash,
+cmd.exe and PowerShell forms), the command examples run, quoted messages are the real ones,
+and BENCHMARKS.md's commands exist with their options. A change to either side that breaks
+the other fails here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Dict, List, Tuple
+
+import pytest
+from helpers import fail_workflow, sleep_workflow, wait_until
+
+from comfy_cluster import JobFailed, NoServerAvailable, ServerPool
+from comfy_cluster.config import servers_from_env, strategy_from_env
+from comfy_cluster.errors import ConfigError
+from comfy_cluster.testing import MockComfyServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+
+
+def blocks(path: str = README) -> List[Tuple[str, str, str]]:
+    """``(language, code, "## section")`` for every fenced block."""
+    out = []
+    section = ""
+    lang = None
+    lines: List[str] = []
+    for line in open(path, encoding="utf-8").read().splitlines():
+        if lang is None:
+            if line.startswith("## "):
+                section = line
+            m = re.match(r"^\s*```(\w*)\s*$", line)
+            if m:
+                lang, lines = m.group(1), []
+        elif line.strip() == "```":
+            out.append((lang, "\n".join(lines), section))
+            lang = None
+        else:
+            lines.append(line)
+    assert lang is None, "unclosed code block"
+    return out
+
+
+def section_blocks(section: str, *langs: str) -> List[str]:
+    return [code for lang, code, sec in blocks() if sec == section and lang in langs]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A folder holding a copy of examples/, as a fresh clone's folder would."""
+    shutil.copytree(os.path.join(ROOT, "examples"), tmp_path / "examples")
+    return tmp_path
+
+
+def _env(mock, **extra):
+    env = dict(os.environ, NUKE_COMFYUI_SERVERS=json.dumps([{"name": "mock", "url": mock.url}]), **extra)
+    env.pop("NUKE_COMFYUI_STRATEGY", None)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Python snippets
+
+
+def test_python_snippets_run_in_order_against_the_mock(mock_comfy, workdir):
+    snippets = [(code, sec) for lang, code, sec in blocks() if lang == "python" and not sec.startswith("## Nuke")]
+    assert len(snippets) >= 3
+    first, *rest = [code for code, _ in snippets]
+    # The first snippet stands alone; the later ones continue with a pool "as above".
+    script = first + "\n\nimport comfy_cluster\npool = comfy_cluster.ServerPool.from_env()\n"
+    script += "\n".join(rest) + "\npool.close()\nprint('README-SNIPPETS-OK')\n"
+    out = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=_env(mock_comfy), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "README-SNIPPETS-OK" in out.stdout
+    assert out.stderr == ""  # the library prints nothing of its own
+    first_line = next(line for line in out.stdout.splitlines() if "renders" in line)
+    assert first_line.startswith("mock ") and "inverted_00001_.png" in first_line
+    assert (workdir / "renders" / "inverted_00001_.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration examples in every shell
+
+
+def _bash_env(code: str) -> Dict[str, str]:
+    lexer = shlex.shlex(code, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    env = {}
+    for token in lexer:
+        if "=" in token and re.match(r"^[A-Z_0-9]+=", token):
+            name, _, value = token.partition("=")
+            env[name] = value
+    return env
+
+
+def _cmd_env(code: str) -> Dict[str, str]:
+    env = {}
+    for line in code.splitlines():
+        m = re.match(r"^set ([A-Z_0-9]+)=(.*)$", line)  # cmd.exe keeps everything after '='
+        if m:
+            env[m.group(1)] = m.group(2)
+    return env
+
+
+def _powershell_env(code: str) -> Dict[str, str]:
+    env = {}
+    for m in re.finditer(r"^\$env:([A-Z_0-9]+) = '((?:[^']|'')*)'$", code, flags=re.M):
+        env[m.group(1)] = m.group(2).replace("''", "'")
+    return env
+
+
+def test_configuration_examples_parse_in_bash_cmd_and_powershell():
+    parsers = {"bash": _bash_env, "bat": _cmd_env, "powershell": _powershell_env}
+    seen = set()
+    for lang, code, sec in blocks():
+        if sec != "## Configuration":
+            continue
+        env = parsers[lang](code)
+        assert env, f"no variable set in the {lang} block"
+        servers, _ = servers_from_env(env)
+        assert servers
+        if "NUKE_COMFYUI_STRATEGY" in env:
+            assert strategy_from_env(env) == "least_loaded"
+        seen.add(lang)
+    assert seen == {"bash", "bat", "powershell"}
+
+
+def test_documented_config_error_is_the_real_one():
+    text = open(README, encoding="utf-8").read()
+    quoted = re.search(r"`(NUKE_COMFYUI_SERVERS\[2\] \(gpu3\): [^`]+)`", text).group(1)
+    env = {"NUKE_COMFYUI_SERVERS": json.dumps([{"name": "gpu1", "host": "a"}, {"name": "gpu2", "host": "b"},
+                                               {"name": "gpu3", "host": "c", "port": 99999}])}
+    with pytest.raises(ConfigError) as info:
+        servers_from_env(env)
+    assert str(info.value) == quoted
+
+
+def test_documented_no_server_message_is_the_real_one():
+    text = open(README, encoding="utf-8").read()
+    quoted = re.search(r"`(no server can take the job \([^`]+)`", text).group(1)
+    gpu2 = MockComfyServer(name="gpu2").start()
+    gpu3 = MockComfyServer(name="gpu3", node_types=["EmptyImage", "SaveImage", "LoadImage"]).start()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: refused
+    try:
+        servers = [{"name": "gpu1", "host": "127.0.0.1", "port": port}, {"name": "gpu2", "url": gpu2.url, "max_queue": 1},
+                   {"name": "gpu3", "url": gpu3.url}]
+        with ServerPool(servers, background_status=False) as pool:
+            job = pool.submit(sleep_workflow(30.0, steps=30))
+            wait_until(lambda: job.prompt_id is not None, what="the job on gpu2")
+            with pytest.raises(NoServerAvailable) as info:
+                pool.select(sleep_workflow())
+            job.cancel()
+        assert str(info.value) == quoted
+    finally:
+        gpu2.stop()
+        gpu3.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command examples
+
+
+def test_command_examples_run_against_the_mock(mock_comfy, workdir):
+    (code,) = [c for c in section_blocks("## Command line", "bash")]
+    lines = [line for line in code.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(lines) >= 3
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == "comfy-cluster"
+        out = subprocess.run([sys.executable, "-m", "comfy_cluster", *argv[1:]], cwd=workdir, env=_env(mock_comfy),
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (line, out.stderr)
+        if "--json" in argv:
+            rows = [json.loads(r) for r in out.stdout.splitlines()]
+            assert [r["frame"] for r in rows] == [1, 2] and all(r["status"] == "success" for r in rows)
+            assert [os.path.basename(r["paths"][0]) for r in rows] == ["inverted.0001.png", "inverted.0002.png"]
+    assert (workdir / "renders" / "inverted.0001.png").is_file()
+
+
+def test_example_script_commands_run_as_its_docstring_says(mock_comfy, workdir):
+    import ast
+
+    script = os.path.join(ROOT, "examples", "submit_workflow.py")
+    doc = ast.get_docstring(ast.parse(open(script, encoding="utf-8").read())) or ""
+    # The runnable ones (the first is a synopsis for a real cluster): workflows from examples/.
+    commands = [line.strip() for line in doc.splitlines() if line.strip().startswith("python examples/submit_workflow.py examples/")]
+    assert len(commands) >= 2
+    for command in commands:
+        argv = shlex.split(command)
+        out = subprocess.run([sys.executable, *argv[1:]], cwd=workdir, env=_env(mock_comfy), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (command, out.stderr)
+        assert "done on mock" in out.stdout
+
+
+def test_try_it_installs_what_exists():
+    """The install lines name extras and a command that pyproject.toml really has."""
+    pyproject = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
+    for lang, code, sec in blocks():
+        for extra in re.findall(r'pip install -e "\.\[(\w+)\]"', code):
+            assert re.search(rf"^{extra} = \[", pyproject, flags=re.M), extra
+    assert 'comfy-cluster = "comfy_cluster.cli:main"' in pyproject
+    assert "pip install comfy-cluster[" not in open(README, encoding="utf-8").read()  # not on an index
+
+
+def test_examples_named_in_readme_exist():
+    text = open(README, encoding="utf-8").read()
+    names = set(re.findall(r"examples/[\w.#{}:]+", text))
+    assert "examples/invert_workflow_api.json" in names
+    for name in names:
+        name = name.replace("####", "0001").replace("{f:04d}", "0001").rstrip(".")
+        assert os.path.isfile(os.path.join(ROOT, name)), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Promises in prose
+
+
+def test_deleting_a_job_in_comfyuis_own_queue_sends_it_again(mock_comfy):
+    import requests
+
+    with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 2}]) as pool:
+        mock_comfy.pause_jobs()  # the running job holds the GPU, whatever the machine's load
+        jobs = [pool.submit(sleep_workflow(0.2, steps=2)) for _ in range(2)]
+
+        def pending():  # either job: two jobs to one server may start in either order
+            queued = mock_comfy.queue_snapshot()[1]
+            return next((j for j in jobs if j.prompt_id is not None and j.prompt_id in queued), None)
+
+        victim = wait_until(pending, timeout=30, what="a job pending on the server")
+        deleted = victim.prompt_id
+        requests.post(mock_comfy.url + "/queue", json={"delete": [deleted]}, timeout=5)
+        wait_until(lambda: victim.attempts == 2, timeout=30, what="the deleted job sent again")
+        mock_comfy.resume_jobs()
+        results = [j.result(timeout=30) for j in jobs]
+    result = results[jobs.index(victim)]
+    assert result.prompt_id != deleted and result.attempts == 2
+
+
+def test_error_messages_are_one_line(mock_comfy):
+    with ServerPool([{"name": "m", "url": mock_comfy.url}]) as pool:
+        job = pool.submit(fail_workflow("first line\nsecond line\n  third"))
+        with pytest.raises(JobFailed) as info:
+            job.result(timeout=20)
+    assert "\n" not in str(info.value) and "first line second line third" in str(info.value)
+    assert "\n" in info.value.exception_message
+
+
+# ---------------------------------------------------------------------------------------------
+# BENCHMARKS.md
+
+
+def test_benchmark_commands_exist_with_their_options():
+    text = open(os.path.join(ROOT, "BENCHMARKS.md"), encoding="utf-8").read()
+    commands = re.findall(r"`python -m (bench\.bench_\w+)([^`]*)`", text)
+    assert len(commands) >= 5
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for module, args in commands:
+        out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (module, out.stderr)
+        for option in re.findall(r"--[\w-]+", args):
+            assert option in out.stdout, (module, option)
