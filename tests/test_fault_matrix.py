@@ -411,8 +411,11 @@ def test_fail_fast_cancels_jobs_added_after_the_failure() -> None:
             # map_async queues the whole batch at once (no job is dispatched before the last is
             # queued), so the gate in submit() may never be reached: hold s2 until the failure.
             assert gate.wait(20), "the batch's first failure never cancelled job 1"
-            s2.resume_jobs()
             results = batch.results(timeout=30, return_exceptions=True)
+            # s2 is held until the cancels have reached it (interrupts work while paused): a
+            # copy left there would run once resumed, whatever the machine's load.
+            wait_until(lambda: s2.queue_snapshot() == ([], []), timeout=30, what="s2 rid of the batch's jobs")
+            s2.resume_jobs()
         statuses = [job.status for job in batch.jobs]
         assert statuses[0] == "failed" and statuses[1:] == ["cancelled"] * 5, statuses
         # Only the job s2 was running when job 0 failed ran at all (interrupted): which of jobs
