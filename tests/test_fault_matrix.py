@@ -311,8 +311,10 @@ def test_outage_clock_measures_only_the_current_outage(mock_comfy: MockComfyServ
     clock = FakeClock()
     wait_for_server = 5.0
     mock_comfy.pause_jobs()
+    # The outages here are refusals, never hangs: generous probe/request timeouts keep a loaded
+    # machine's slow answer from looking like a third outage.
     with pool_of([mock_comfy], extra={"max_queue": 1}, background_status=False, status_ttl=3600.0, clock=clock,
-                 wait_for_server=wait_for_server) as pool:
+                 wait_for_server=wait_for_server, probe_timeout=(10.0, 10.0), request_timeout=(10.0, 10.0)) as pool:
         a = pool.submit(sleep_workflow(seconds=0.2, steps=2, prefix="a"))
         wait_until(lambda: mock_comfy.queue_snapshot()[0], what="A runs (the server is full)")
         canaries = [pool.submit(sleep_workflow(seconds=0.1, steps=1, prefix=f"c{i}")) for i in range(3)]
