@@ -210,7 +210,9 @@ def test_accepted_then_stalled_post_leaves_no_second_run(mock_cluster_factory: A
         slow.set_fault("hang")  # ... and then s1 stops answering anything for a while
         result = job.result(timeout=30)
         assert result.server == "s2"
-        slow.clear_faults()  # s1 answers again while its copy still runs
+        slow.clear_faults()  # s1 answers again while its copy still runs (held paused, so it
+        # cannot finish before the pool removes it, however slowly a loaded machine goes)
+        wait_until(lambda: slow.queue_snapshot() == ([], []), timeout=30, what="the copy on s1 removed")
         slow.resume_jobs()
         wait_until(lambda: all(r.outcome for _, r in runs(cluster.servers, "once")), timeout=20, what="the copy on s1 ended")
     ends = sorted((name, r.outcome) for name, r in runs(cluster.servers, "once"))
@@ -442,7 +444,8 @@ def test_cancel_during_a_network_blip_removes_the_job_once_reachable(mock_comfy:
         mock_comfy.set_fault("refuse")  # a network blip
         job.cancel()
         assert job.wait(20) and job.status == "cancelled"
-        mock_comfy.set_fault(None)
+        mock_comfy.set_fault(None)  # the copy is held paused until the pool has removed it
+        wait_until(lambda: mock_comfy.queue_snapshot() == ([], []), timeout=30, what="the copy removed once reachable")
         mock_comfy.resume_jobs()
         wait_until(lambda: all(r.outcome for _, r in runs([mock_comfy], "blip")), timeout=20, what="the copy ended")
     assert [r.outcome for _, r in runs([mock_comfy], "blip")] == ["interrupted"]
@@ -459,6 +462,7 @@ def test_close_during_a_short_network_blip_removes_the_job(mock_comfy: MockComfy
     mock_comfy.refuse_for(0.5)
     pool.close()
     assert job.done and job.status == "cancelled"
+    wait_until(lambda: mock_comfy.queue_snapshot() == ([], []), timeout=30, what="the copy removed by close()")
     mock_comfy.resume_jobs()
     wait_until(lambda: all(r.outcome for _, r in runs([mock_comfy], "closeblip")), timeout=20, what="the copy ended")
     assert [r.outcome for _, r in runs([mock_comfy], "closeblip")] == ["interrupted"]
@@ -573,8 +577,8 @@ def test_network_split_removes_the_old_copy_once_reachable(mock_cluster_factory:
     cluster = mock_cluster_factory(speeds=(1, 6), names=("s1", "s2"))
     s1 = cluster.servers[0]
     s1.pause_jobs()
-    # The copy left on s1 needs 6 s once resumed: time for a clean-up retried on the next
-    # probe (status_ttl 1 s), not only on the next offline-to-online change.
+    # The copy left on s1 is held paused until the pool removes it: by a clean-up retried on the
+    # next probe (status_ttl 1 s), not only on the next offline-to-online change.
     with pool_of(cluster.servers, strategy=first_of("s1"), status_ttl=1.0) as pool:
         job = pool.submit(sleep_workflow(seconds=6, steps=12, prefix="split"))
         wait_until(lambda: s1.queue_snapshot()[0], what="the job runs on s1")
@@ -584,6 +588,8 @@ def test_network_split_removes_the_old_copy_once_reachable(mock_cluster_factory:
         s1.refuse_for(3.0)  # longer than server_lost_after: the job moves
         assert job.result(timeout=30).server == "s2"
         wait_until(lambda: requests_ok(s1), what="s1 back")
+        # s1's copy stays paused until the pool removes it: it cannot finish first on a slow machine.
+        wait_until(lambda: s1.queue_snapshot() == ([], []), timeout=30, what="the old copy removed from s1")
         s1.resume_jobs()
         wait_until(lambda: all(r.outcome for _, r in runs(cluster.servers, "split")), timeout=20, what="every copy ended")
     ends = sorted((name, r.outcome) for name, r in runs(cluster.servers, "split"))
