@@ -83,11 +83,13 @@ def test_a_server_killed_mid_job_the_client_sees_one_job_finishing(mock_cluster_
     with gateway_over(cluster) as gw:
         client = ScriptClient(gw.url)
         try:
+            for server in cluster:  # the job cannot end before the victim stops, whatever the load
+                server.pause_jobs()
             pid = client.run(sleep_workflow(seconds=0.5, steps=10, seed=7))
             victim = running_on(cluster)
-            victim.pause_jobs()  # mid-job, whatever the machine's load
             client.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "executing")
             victim.stop()
+            next(s for s in cluster if s is not victim).resume_jobs()
             msgs = client.follow(pid, timeout=30)
             assert kinds(msgs).count("execution_start") == 1
             assert kinds(msgs)[-2:] == ["execution_success", "executing"]
