@@ -112,8 +112,12 @@ def test_interrupt_with_an_id_stops_that_job_only(mock_cluster_factory: Factory)
             pb = b.run(sleep_workflow(seconds=0.6, steps=6, seed=2))
             for c in (a, b):
                 c.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress")
+            for s in cluster:  # both jobs held mid-run (interrupts still work), whatever the load
+                s.pause_jobs()
             assert requests.post(gw.url + "/interrupt", json={"prompt_id": pa}, timeout=5).status_code == 200
             assert kinds(a.follow(pa))[-2:] == ["execution_interrupted", "executing"]
+            for s in cluster:
+                s.resume_jobs()
             assert kinds(b.follow(pb))[-2:] == ["execution_success", "executing"]
             assert a.history(pa)["status"]["status_str"] == "error"
             assert b.history(pb)["status"]["status_str"] == "success"

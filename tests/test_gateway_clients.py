@@ -68,9 +68,13 @@ def test_comfyui_for_nuke_cancel_interrupts_only_its_run(mock_cluster_factory: F
             assert nuke.socket is not None
             nuke.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress")
             other.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress")
+            for server in cluster:  # both jobs held mid-run (interrupts still work), whatever the load
+                server.pause_jobs()
             nuke.cancel()
             frames = nuke.wait_done(mine)
             assert [m["type"] for m in of_prompt(frames, mine)][-2:] == ["execution_interrupted", "executing"]
+            for server in cluster:
+                server.resume_jobs()
             assert [m["type"] for m in other.follow(theirs)][-2:] == ["execution_success", "executing"]
         finally:
             nuke.close()
