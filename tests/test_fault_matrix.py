@@ -433,13 +433,17 @@ def test_fail_fast_cancels_jobs_added_after_the_failure() -> None:
         with pool:
             workflows = [fail_workflow("first one fails")] + [sleep_workflow(seconds=0.2, steps=2, seed=i, prefix=f"j{i}") for i in range(1, 6)]
             batch = pool.map_async(workflows, fail_fast=True, on_event=on_event)
+            # map_async queues the whole batch at once (no job is dispatched before the last is
+            # queued), so the gate in submit() may never be reached: hold s2 until the failure.
+            assert gate.wait(20), "the batch's first failure never cancelled job 1"
             s2.resume_jobs()
             results = batch.results(timeout=30, return_exceptions=True)
         statuses = [job.status for job in batch.jobs]
         assert statuses[0] == "failed" and statuses[1:] == ["cancelled"] * 5, statuses
-        # A job may have started before the failure was known (then it is interrupted); none
-        # may run to the end.
-        assert [(p, r.outcome) for i in range(1, 6) for p, r in runs([s2], f"j{i}") if r.outcome == "success"] == []
+        # Only the job s2 was running when job 0 failed ran at all (interrupted): which of jobs
+        # 1-5 that is depends on which runner's POST reached s2 first.
+        ran = [r for i in range(1, 6) for _, r in runs([s2], f"j{i}")]
+        assert len(ran) <= 1 and all(r.outcome == "interrupted" for r in ran), ran
         assert len(results) == 6
 
 
@@ -640,7 +644,6 @@ def requests_ok(server: MockComfyServer) -> bool:
 # Suspected points.
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 suspected: websocket re-registration after a reconnect")
 def test_job_events_survive_a_late_noticed_websocket_close(mock_comfy: MockComfyServer) -> None:
     """Confirmed. Seen: after the reconnect the server dropped the new socket's registration
     when it noticed the old socket's close (same clientId, as ComfyUI does); the pool got no
@@ -697,7 +700,8 @@ def test_custom_strategy_returning_a_non_candidate_cannot_bypass_max_queue(mock_
     s1.pause_jobs()
     try:
         with pool_of(cluster.servers, extra={"max_queue": 1}, strategy=lambda candidates, workflow: "s1") as pool:
-            first = pool.submit(sleep_workflow(seconds=0.2, steps=2, prefix="q1"))  # held: s1 is paused
+            # A sleeping job, so that pause_jobs() keeps it (and s1's only slot) busy.
+            first = pool.submit(sleep_workflow(seconds=1.0, steps=2, seed=5, prefix="q1"))
             wait_until(lambda: len(s1.received_prompts) == 1, what="first job on s1")
             second = pool.submit(image_workflow(color=6, prefix="q2"))
             # The second job goes elsewhere, fails, or waits; s1 must not get it.
