@@ -2,8 +2,8 @@
 ComfyUI servers on loopback, asserting the behaviour the issue asks for.
 
 Every test was seen failing on main before the attempt lifecycle was rebuilt, for the reason
-its docstring gives ("Seen: ..."); those still failing are ``xfail(strict=True)``, their marks
-to go when the fixes land. The mock's faults
+its docstring gives ("Seen: "); all pass on main now. A new defect's test goes in as
+``xfail(strict=True)`` until its fix lands. The mock's faults
 used here (route faults, accept-then-stall, refuse_for, interrupt_ignores_id, muted and
 late-noticed websockets, per-execution records with input hashes) are shown working in
 tests/test_mock_faults_injected.py.
@@ -21,14 +21,14 @@ Defect (issue 11) -> test (reproduced: all yes)
   8  map_async sends before checking    test_map_async_checks_every_input_before_sending_anything
   9  /object_info failure stalls        test_failing_object_info_is_cached_and_never_fetched_on_the_dispatch_path[500|reset]
                                         test_a_failed_node_list_read_is_retried_for_a_waiting_job
-                                        (xfail: a regression of the rebuilt pool, found under load)
+                                        (a regression of the first rebuild, found under load)
  10  close() blocks, thread left        test_close_with_a_server_hanging_in_post_is_bounded_and_final
  12  cancel interrupts a finished job   test_cancel_of_a_finished_job_never_interrupts_another_artists_job
  13  concurrent downloads, one path     test_concurrent_downloads_into_one_folder_never_share_a_path
  14  map(timeout) leaves batch running  test_map_timeout_cancels_the_batch_or_gives_it_back
  15  network split: both copies run     test_network_split_removes_the_old_copy_once_reachable[first-cleanup-fails]
                                         ([clean-return] passed before the rebuild too)
-Suspected points, all three confirmed (the first still xfail):
+Suspected points, all three confirmed:
      ws reconnect loses registration    test_job_events_survive_a_late_noticed_websocket_close
      SystemExit from a callback         test_system_exit_from_a_callback_does_not_strand_the_job
      custom strategy's non-candidate    test_custom_strategy_returning_a_non_candidate_cannot_bypass_the_online_check,
@@ -521,7 +521,6 @@ def test_failing_object_info_is_cached_and_never_fetched_on_the_dispatch_path(mo
     assert s1.route_faults()[0].hits <= 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 9 (the cached failure is never read again for a waiting job)")
 def test_a_failed_node_list_read_is_retried_for_a_waiting_job(mock_comfy: MockComfyServer) -> None:
     """Found under load in the rebuilt pool (2a3daf0): a queued job whose server's node list
     could not be read once (here a 500 right after the server came back) keeps that answer
