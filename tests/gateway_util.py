@@ -209,10 +209,20 @@ class NukeRemoteClient:
             out.append(r.content)
             counter += 1
 
-    def cancel(self, prompt_id: str) -> None:
-        """Its cancel: a bodied ``/interrupt`` and a ``/queue`` delete for a pending run."""
-        self.http.post(self.url + "/interrupt", json={"client_id": self.client_id}, timeout=10)
-        self.http.post(self.url + "/queue", json={"delete": [prompt_id]}, timeout=10)
+    def cancel(self) -> None:
+        """Its cancel (also sent when a run ends): find its own prompt in ``/queue`` by the
+        ``client_id`` in each item's extra data; ``/interrupt`` with ``{"delete": [id]}`` if
+        it runs, else ``/queue`` with the same body if it waits."""
+        queue = self.http.get(self.url + "/queue", timeout=10).json()
+
+        def find(items: List[Any]) -> Optional[str]:
+            return next((item[1] for item in items if item[3].get("client_id") == self.client_id), None)
+
+        running = find(queue["queue_running"])
+        target = running or find(queue["queue_pending"])
+        if target:
+            endpoint = "/interrupt" if running else "/queue"
+            self.http.post(self.url + endpoint, json={"delete": [target]}, timeout=10)
 
     def close(self) -> None:
         if self.socket is not None:

@@ -330,3 +330,37 @@ def test_binary_frames_reach_the_client_of_the_job(mock_cluster_factory: Factory
         finally:
             client.close()
             bystander.close()
+
+
+def test_a_prompt_no_server_can_take_ends_with_execution_error(mock_cluster_factory: Factory) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with gateway_over(cluster) as gw:
+        client = ScriptClient(gw.url)
+        try:
+            cluster[0].stop()
+            wait_until(lambda: not gw.pool.status(refresh=True)[0].online, message="the server seen offline")
+            pid = client.run(image_workflow(color=5))  # nothing to judge it by: accepted, as queued
+            msgs = client.follow(pid)
+            assert kinds(msgs) == ["execution_error", "executing"]
+            assert "no server" in msgs[0]["data"]["exception_message"]
+            assert client.history(pid)["status"]["status_str"] == "error"
+        finally:
+            client.close()
+
+
+def test_stop_leaves_no_thread_and_no_socket(mock_cluster_factory: Factory) -> None:
+    import threading as _threading
+
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    before = {t.name for t in _threading.enumerate()}
+    with gateway_over(cluster) as gw:
+        client = ScriptClient(gw.url)
+        client.follow(client.run(image_workflow(color=6)))
+        client.close()
+        gw.stop()
+        left = [t.name for t in _threading.enumerate() if t.name.startswith("comfy-cluster-gateway") and t.name not in before]
+        assert left == []
+        assert gw.running is False
+        with pytest.raises(requests.ConnectionError):
+            requests.get(gw.url + "/prompt", timeout=2)
+        gw.stop()  # twice is fine

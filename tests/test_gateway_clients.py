@@ -46,6 +46,7 @@ def test_comfyui_for_nuke_remote_mode_round_trip(mock_cluster_factory: Factory) 
             mine = of_prompt(got, pid)
             assert [m["type"] for m in mine if m["type"] in ("execution_start", "execution_success")] == ["execution_start", "execution_success"]
             assert any(m["type"] == "executing" and m["data"]["node"] == "Save1" for m in mine)  # Nuke node names shown
+            nuke.cancel()  # it always does this once a run ends: nothing of its own runs now
             outputs = nuke.collect("ComfyUI", stamp)  # probes names until the 404
             assert sorted(png_rgb(o) for o in outputs) == sorted(loaded_colour(f) for f in frames)
             # Uploads are readable back as ComfyUI serves its input folder.
@@ -64,11 +65,10 @@ def test_comfyui_for_nuke_cancel_interrupts_only_its_run(mock_cluster_factory: F
         try:
             mine = nuke.run(sleep_workflow(seconds=5.0, steps=50, seed=11))
             theirs = other.run(sleep_workflow(seconds=0.8, steps=8, seed=12))
-            nuke.wait_done  # noqa: B018 - (documenting: Nuke ignores execution_interrupted)
             assert nuke.socket is not None
             nuke.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress")
             other.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress")
-            nuke.cancel(mine)
+            nuke.cancel()
             frames = nuke.wait_done(mine)
             assert [m["type"] for m in of_prompt(frames, mine)][-2:] == ["execution_interrupted", "executing"]
             assert [m["type"] for m in other.follow(theirs)][-2:] == ["execution_success", "executing"]
@@ -177,3 +177,32 @@ def test_uploads_are_size_capped_and_renamed_like_comfyui(mock_cluster_factory: 
         assert nested == {"name": "b.png", "subfolder": "x/sub", "type": "input"}
         mask = requests.post(gw.url + "/api/upload/mask", files={"image": ("m.png", b"mask", "image/png")}, data={"original_ref": "{}"}, timeout=5)
         assert mask.status_code == 200 and mask.json()["name"] == "m.png"
+
+
+def test_events_kept_for_an_absent_client_are_bounded_and_a_new_socket_takes_over(mock_cluster_factory: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import comfy_cluster.gateway.relay as relay
+
+    monkeypatch.setattr(relay, "MAX_KEPT_FRAMES", 3)
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with gateway_over(cluster) as gw:
+        late = NukeRemoteClient(gw.url, n=3)
+        gate = threading.Event()
+        try:
+            pid = late.run(sleep_workflow(seconds=0.05, steps=5, seed=31), socket_gate=gate)
+            wait_until(lambda: requests.get(f"{gw.url}/history/{pid}", timeout=5).json(), message="the job done")
+            gate.set()
+            frames = late.wait_done(pid)
+            # The first status frame, then only the newest 3 kept (status frames go to open
+            # sockets only): the job's last messages.
+            assert [f["type"] for f in frames if isinstance(f, dict)] == ["status", "executed", "execution_success", "executing"]
+            # The same clientId on a second socket: the newer one gets the events.
+            second = NukeRemoteClient(gw.url, n=3)
+            try:
+                pid2 = second.run(sleep_workflow(seconds=0.05, steps=1, seed=32))
+                assert [m["type"] for m in of_prompt(second.wait_done(pid2), pid2)][-2:] == ["execution_success", "executing"]
+            finally:
+                second.close()
+        finally:
+            late.close()

@@ -86,3 +86,35 @@ def test_merged_node_definitions_join_choice_lists() -> None:
     assert merged["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["a.ckpt", "b.ckpt", "c.ckpt"]
     assert "Only" in merged
     assert a["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["a.ckpt", "b.ckpt"]  # inputs untouched
+
+
+def test_the_gateway_reaches_https_servers_with_the_librarys_trust(tmp_path: Any) -> None:
+    # object_info, system_stats and /view go over aiohttp: the same verify_tls as the pool.
+    import ssl
+
+    import requests
+
+    from comfy_cluster import ServerPool
+    from comfy_cluster.gateway import Gateway
+    from comfy_cluster.testing import MockComfyServer, wait_until
+    from comfy_cluster.testing.workflows import image_workflow
+
+    tls_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tls")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(os.path.join(tls_dir, "server.pem"), os.path.join(tls_dir, "server.key"))
+    with MockComfyServer(name="tls", ssl_context=ctx) as server:
+        for verify, reachable in ((os.path.join(tls_dir, "ca.pem"), True), (True, False)):
+            pool = ServerPool([{"name": "tls", "url": server.url, "verify_tls": verify}], background_status=False)
+            gw = Gateway(pool, port=0).start()
+            try:
+                devices = requests.get(gw.url + "/system_stats", timeout=10).json()["devices"]
+                assert (devices != []) is reachable
+                if reachable:
+                    r = requests.post(gw.url + "/prompt", json={"prompt": image_workflow(color=3)}, timeout=10)
+                    pid = r.json()["prompt_id"]
+                    done = wait_until(lambda: requests.get(f"{gw.url}/history/{pid}", timeout=5).json(), 20, message="the job done")
+                    image = done[pid]["outputs"]["3"]["images"][0]
+                    assert requests.get(gw.url + "/view", params=image, timeout=10).content[:4] == b"\x89PNG"
+            finally:
+                gw.stop()
+                pool.close()

@@ -18,10 +18,10 @@ import concurrent.futures
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..jobs import Job, JobEvent
-from .messages import error_data, event_message, relabel, relabel_item, synthesized_history, terminal_message
+from .messages import Record, error_data, event_message, relabel, synthesized_history, terminal_message
 from .relay import Relay
 from .uploads import Version
 
@@ -55,6 +55,7 @@ class GatewayJob:
     backlog: Optional[List[JobEvent]] = None  # events held until the job before it has ended
     blocked: List["GatewayJob"] = field(default_factory=list)  # jobs whose events wait for this one
     deferred_end: Optional[Tuple[Any, ...]] = None
+    record: Record = field(default_factory=Record)
 
     def queue_item(self) -> List[Any]:
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
@@ -71,7 +72,6 @@ class JobBook:
         executor: concurrent.futures.Executor,
         *,
         capacity: Callable[[], int],
-        fetch_history: Callable[[str, str], Awaitable[Any]],
         release: Callable[[List[Version]], None],
     ) -> None:
         self._pool = pool
@@ -79,7 +79,6 @@ class JobBook:
         self._loop = loop
         self._executor = executor
         self._capacity = capacity
-        self._fetch_history = fetch_history
         self._release = release
         self.active: Dict[str, GatewayJob] = {}
         self.history: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
@@ -90,7 +89,6 @@ class JobBook:
         self._owned: Dict[str, int] = {}  # unfinished jobs per client (fair share forgets idle ones)
         self._in_pool = 0
         self._number = 0
-        self._tasks: Set["asyncio.Task[None]"] = set()
         # A pool with fair share of its own (pool.submit(..., owner=...)) gets every job at
         # once and orders them itself; an older pool gets at most ``capacity()`` at a time
         # and the gateway does the fair share.
@@ -181,6 +179,7 @@ class JobBook:
             return
         if event.kind == "retrying":
             gj.server = event.to_server
+            gj.record.reset()
             self._unblock(gj)
             return
         if event.kind == "started" and event.server:
@@ -197,6 +196,7 @@ class JobBook:
                 before.blocked.append(gj)
                 return
             gj.server = event.server
+        gj.record.note(event, gj.prompt_id)
         if event.kind == "preview":
             data = getattr(event, "data", None)
             if isinstance(data, (bytes, bytearray)):
@@ -221,25 +221,11 @@ class JobBook:
     def _on_done(self, gj: GatewayJob, job: Job) -> None:
         self._in_pool -= 1
         self.pump()
-        task = self._loop.create_task(self._finish(gj, job))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _finish(self, gj: GatewayJob, job: Job) -> None:
         status = job.status
-        error = job.exception(timeout=0)
         result = job.result(timeout=0) if status == "succeeded" else None
-        item: Optional[Dict[str, Any]] = None
+        item = gj.record.item(gj.queue_item(), status)
         server = job.server.name if job.server is not None else None
-        if server and job.prompt_id and not gj.deleted:
-            try:
-                answer = await self._fetch_history(server, job.prompt_id)
-                found = answer.get(job.prompt_id) if isinstance(answer, dict) else None
-                if isinstance(found, dict) and isinstance(found.get("status"), dict):
-                    item = relabel_item(found, gj.prompt_id, gj.queue_item())
-            except Exception as exc:  # noqa: BLE001 - fall back to what the pool knows
-                log.debug("history of %s on %s unreadable: %s", job.prompt_id, server, exc)
-        self._end(gj, status, item, error, result=result, server=server)
+        self._end(gj, status, item, job.exception(timeout=0), result=result, server=server)
 
     def _unblock(self, gj: GatewayJob) -> None:
         """Replay the held events of the jobs that waited for ``gj``'s end."""
@@ -344,18 +330,24 @@ class JobBook:
             gj.job.cancel()
 
     def interrupt(self, body: Any) -> None:
-        """``POST /interrupt``: a prompt id stops that job if it runs; a client id that
-        client's running jobs; nothing, every gateway job running now (never a job of
-        another client of the servers)."""
+        """``POST /interrupt``: the jobs it names stop if they run (``prompt_id``, or a
+        ``delete`` list as ComfyUI-for-Nuke sends); else a ``client_id``'s running jobs; with
+        neither, every gateway job running now (never a job of another client of the servers).
+        ComfyUI itself ignores such bodies and stops whatever runs."""
         body = body if isinstance(body, dict) else {}
-        pid = body.get("prompt_id")
+        named = set()
+        if isinstance(body.get("prompt_id"), str):
+            named.add(body["prompt_id"])
+        if isinstance(body.get("delete"), list):
+            named.update(p for p in body["delete"] if isinstance(p, str))
+        named_any = "prompt_id" in body or "delete" in body
         cid = body.get("client_id")
         for gj in list(self.active.values()):
             if gj.state != "running":
                 continue
-            if pid is not None and gj.prompt_id != pid:
+            if named_any and gj.prompt_id not in named:
                 continue
-            if pid is None and cid is not None and gj.client_id != cid:
+            if not named_any and cid is not None and gj.client_id != cid:
                 continue
             self.cancel(gj)
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..jobs import JobEvent, JobResult, OutputFile
 
-__all__ = ["event_message", "relabel", "synthesized_history", "terminal_message", "TERMINAL"]
+__all__ = ["event_message", "relabel", "synthesized_history", "terminal_message", "TERMINAL", "Record"]
 
 TERMINAL = ("execution_success", "execution_error", "execution_interrupted")
 
@@ -64,15 +64,50 @@ def event_message(event: JobEvent, prompt_id: str) -> Optional[Tuple[str, Dict[s
     return None
 
 
-def relabel_item(item: Mapping[str, Any], prompt_id: str, queue_item: List[Any]) -> Dict[str, Any]:
-    """A server's history item as the gateway's: its prompt entry and ids replaced."""
-    status = dict(item.get("status") or {})
-    messages = []
-    for m in status.get("messages") or []:
-        if isinstance(m, list) and len(m) == 2 and isinstance(m[1], Mapping):
-            messages.append([m[0], relabel(m[1], prompt_id)])
-    status["messages"] = messages
-    return {"prompt": queue_item, "outputs": item.get("outputs") or {}, "status": status, "meta": item.get("meta") or {}}
+class Record:
+    """What a job's current attempt told, kept to write its history item as the server did:
+    the ``execution_start``/``execution_cached`` messages, each output node's UI dict, and
+    the closing message (a move to another server starts a new record)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages: List[List[Any]] = []
+        self.outputs: Dict[str, Any] = {}
+        self.meta: Dict[str, Any] = {}
+        self.end: Optional[List[Any]] = None
+
+    def note(self, event: JobEvent, prompt_id: str) -> None:
+        raw = event.raw if isinstance(event.raw, Mapping) else None
+        kind = event.kind
+        if kind in ("started", "cached"):
+            message = event_message(event, prompt_id)
+            if message is not None:
+                self.messages.append(list(message))
+        elif kind == "output" and event.node is not None:
+            output = raw.get("output") if raw is not None else None
+            self.outputs[event.node] = output if isinstance(output, Mapping) else _files(event.files)
+            display = raw.get("display_node", event.node) if raw is not None else event.node
+            self.meta[event.node] = {"node_id": event.node, "display_node": display, "parent_node": None, "real_node_id": event.node}
+        elif raw is not None and kind in _ENDS:
+            if kind != "failed" or "exception_message" in raw:  # a server's execution_error
+                self.end = [_ENDS[kind], relabel(raw, prompt_id)]
+
+    def item(self, queue_item: List[Any], status: str) -> Optional[Dict[str, Any]]:
+        """The history item, or None when the server's closing message was not seen."""
+        if self.end is None:
+            return None
+        ok = status == "succeeded"
+        return {
+            "prompt": queue_item,
+            "outputs": dict(self.outputs),
+            "status": {"status_str": "success" if ok else "error", "completed": ok, "messages": self.messages + [self.end]},
+            "meta": dict(self.meta),
+        }
+
+
+_ENDS = {"succeeded": "execution_success", "failed": "execution_error", "cancelled": "execution_interrupted"}
 
 
 def error_data(prompt_id: str, error: BaseException) -> Dict[str, Any]:
@@ -94,7 +129,8 @@ def error_data(prompt_id: str, error: BaseException) -> Dict[str, Any]:
 def synthesized_history(
     prompt_id: str, queue_item: List[Any], status: str, result: Optional[JobResult], error: Optional[BaseException]
 ) -> Dict[str, Any]:
-    """A history item built from what the pool knows (the server's own item was not read)."""
+    """A history item built from what the pool knows (the job ended without the server's
+    closing message: it failed or was cancelled before or between attempts)."""
     now = _ms(time.time())
     messages: List[List[Any]] = []
     outputs: Dict[str, Any] = {}

@@ -79,7 +79,8 @@ class Gateway:
         self._runner: Optional[web.AppRunner] = None
         self._submitter: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._helpers: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._online_cache: Tuple[float, List[str]] = (-1e9, [])
+        self._online_cache: Tuple[float, List[str]] = (-1.0, [])
+        self._online_task: "Optional[asyncio.Task[List[str]]]" = None
         self.relay = Relay()
         self.uploads: Optional[UploadStore] = None
         self.info: Optional[ClusterInfo] = None
@@ -158,7 +159,7 @@ class Gateway:
                 loop.close()
         for ex in (self._submitter, self._helpers):
             if ex is not None:
-                ex.shutdown(wait=False, cancel_futures=True)
+                ex.shutdown(wait=True, cancel_futures=True)  # bounded: a probe has a timeout
         if self.uploads is not None:
             self.uploads.close()
         self._thread = None
@@ -170,14 +171,12 @@ class Gateway:
         self._helpers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="comfy-cluster-gateway-status")
         self.uploads = UploadStore(self._upload_dir, max_file_bytes=self._max_upload)
         self.info = ClusterInfo(self.pool.servers, self._online, ttl=self._info_ttl, argv=self._argv)
-        info = self.info
         self.book = JobBook(
             self.pool,
             self.relay,
             loop,
             self._submitter,
             capacity=self._capacity,
-            fetch_history=lambda server, pid: info.get(server, f"/history/{pid}"),
             release=self.uploads.release,
         )
         app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
@@ -195,6 +194,8 @@ class Gateway:
             self._port = server.sockets[0].getsockname()[1]
 
     async def _astop(self) -> None:
+        if self._online_task is not None:
+            self._online_task.cancel()
         if self.book is not None:
             self.book.cancel_all()
         await self.relay.close()
@@ -211,15 +212,19 @@ class Gateway:
         return sum(s.max_queue for s in self.pool.servers if s.enabled) or 1
 
     async def _online(self) -> List[str]:
-        """Names of online servers (the pool's cached status, re-read at most every second)."""
+        """Names of online servers, from the pool's status. Re-read in the background at most
+        every second: a request never waits on a probe, except for the very first reading."""
         at, names = self._online_cache
-        now = time.monotonic()
-        if now - at < 1.0:
-            return names
-        loop = asyncio.get_running_loop()
-        statuses = await loop.run_in_executor(self._helpers, self.pool.status)
+        if at < 0:
+            return await self._read_online()
+        if time.monotonic() - at >= 1.0 and (self._online_task is None or self._online_task.done()):
+            self._online_task = asyncio.get_running_loop().create_task(self._read_online())
+        return names
+
+    async def _read_online(self) -> List[str]:
+        statuses = await asyncio.get_running_loop().run_in_executor(self._helpers, self.pool.status)
         names = [s.name for s in statuses if s.online]
-        self._online_cache = (now, names)
+        self._online_cache = (time.monotonic(), names)
         return names
 
     # -- plumbing -----------------------------------------------------------------------------
