@@ -231,7 +231,7 @@ def test_examples_named_in_readme_exist():
 def test_deleting_a_job_in_comfyuis_own_queue_sends_it_again(mock_comfy):
     import requests
 
-    with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 2}]) as pool:
+    with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 2}], reconcile_interval=0.5) as pool:
         mock_comfy.pause_jobs()  # the running job holds the GPU, whatever the machine's load
         jobs = [pool.submit(sleep_workflow(0.2, steps=2)) for _ in range(2)]
 
