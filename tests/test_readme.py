@@ -272,3 +272,14 @@ def test_benchmark_commands_exist_with_their_options():
         assert out.returncode == 0, (module, out.stderr)
         for option in re.findall(r"--[\w-]+", args):
             assert option in out.stdout, (module, option)
+
+
+def test_every_documented_error_class_exists_and_is_a_library_error():
+    import comfy_cluster
+
+    text = open(README, encoding="utf-8").read()
+    listed = re.search(r"\* Errors: `ComfyClusterError` > (.+?)\.\n\*", text, flags=re.S).group(1)
+    names = [n for n in re.findall(r"`(\w+)`", listed) if n != "OSError"]
+    assert "LocalFileError" in names and len(names) >= 8
+    for name in names:
+        assert issubclass(getattr(comfy_cluster, name), comfy_cluster.ComfyClusterError), name
