@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 import requests
-from gateway_util import NukeRemoteClient, ScriptClient, gateway_over, loaded_colour, of_prompt, png_rgb, running_on
+from gateway_util import NukeRemoteClient, ScriptClient, folder_colour, gateway_over, loaded_colour, of_prompt, png_rgb, running_on
 
 from comfy_cluster.testing import MockCluster, wait_until
 from comfy_cluster.testing.png import png_bytes
@@ -31,6 +31,63 @@ def frames_prompt(names: List[str], out_folder: str, seconds: float = 0.0) -> Di
             src = f"Sleep{i}"
         prompt[f"Save{i}"] = {"class_type": "SaveImage", "inputs": {"images": [src, 0], "filename_prefix": f"{out_folder}/ComfyUI"}}
     return prompt
+
+
+def sequence_prompt(directory: str, out_folder: str, seconds: float = 0.0) -> Dict[str, Any]:
+    """ComfyUI-for-Nuke's prompt for a frame range: a folder loader (with its extra
+    ``frame_range`` key and ``id`` input) feeding a SaveImage, node ids as Nuke names."""
+    prompt: Dict[str, Any] = {
+        "Read1": {
+            "frame_range": [1, 3],
+            "inputs": {"directory": directory, "skip_first_images": 0, "select_every_nth": 1, "image_load_cap": 0, "id": 4711},
+            "class_type": "VHS_LoadImagesPath",
+        },
+    }
+    src = "Read1"
+    if seconds:
+        prompt["Sleep1"] = {"class_type": "TestSleep", "inputs": {"image": [src, 0], "seconds": seconds, "steps": 10, "seed": 3}}
+        src = "Sleep1"
+    prompt["SaveImage1"] = {"class_type": "SaveImage", "inputs": {"images": [src, 0], "filename_prefix": f"{out_folder}/ComfyUI"}}
+    return prompt
+
+
+def test_comfyui_for_nuke_remote_mode_frame_range_through_a_folder_loader(mock_cluster_factory: Factory) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0))
+    frames = [png_bytes(8, 8, (i, 5, 9)) for i in range(1, 4)]
+    with gateway_over(cluster) as gw:
+        nuke = NukeRemoteClient(gw.url, n=2)
+        try:
+            directory = nuke.upload_sequence(frames, "a3f9c2d1e0b4")
+            pid = nuke.run(sequence_prompt(directory, "20261201_0200"))
+            nuke.wait_done(pid)
+            nuke.cancel()
+            outputs = nuke.collect("ComfyUI", "20261201_0200")
+            assert [png_rgb(o) for o in outputs] == [folder_colour(frames)] * 3  # the batch of 3 frames
+            # The client's prompt is shown as posted; the servers ran a copy of the folder.
+            item = requests.get(f"{gw.url}/history/{pid}", timeout=5).json()[pid]
+            assert item["prompt"][2]["Read1"]["inputs"]["directory"] == directory
+            ran = [p for s in cluster for _, p, _ in s.received_prompts]
+            assert len(ran) == 1 and ran[0]["Read1"]["inputs"]["directory"].startswith(os.path.join("input", "cc-"))
+        finally:
+            nuke.close()
+
+
+def test_a_folder_loader_job_moves_with_its_frames(mock_cluster_factory: Factory) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0))
+    frames = [png_bytes(8, 8, (7, i, 7)) for i in range(1, 4)]
+    with gateway_over(cluster) as gw:
+        nuke = NukeRemoteClient(gw.url, n=3)
+        try:
+            pid = nuke.run(sequence_prompt(nuke.upload_sequence(frames, "0badc0de"), "moved", seconds=0.5))
+            victim = running_on(cluster)
+            victim.pause_jobs()
+            assert nuke.socket is not None
+            nuke.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "executing")
+            victim.stop()
+            nuke.wait_done(pid, timeout=30)
+            assert [png_rgb(o) for o in nuke.collect("ComfyUI", "moved")] == [folder_colour(frames)] * 3
+        finally:
+            nuke.close()
 
 
 def test_comfyui_for_nuke_remote_mode_round_trip(mock_cluster_factory: Factory) -> None:

@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 
 from .book import GatewayJob, JobBook
 from .files import receive_upload, serve_view
+from .folders import with_folders_copied
 from .info import ClusterInfo
 from .relay import Relay
 from .uploads import UploadStore
@@ -344,6 +345,11 @@ class Gateway:
         ok, error, outputs, node_errors = validate_for_cluster(prompt, list(infos.values()), {n: {"image"} for n in inputs})
         if not ok:
             return _json({"error": error, "node_errors": node_errors}, 400)
+        workflow = None
+        if isinstance(prompt, dict):  # a loader naming an upload folder: copied to the servers
+            online = set(await self._online())
+            servers = [s for s in self.pool.servers if s.name in online]
+            workflow = await with_folders_copied(prompt, self.uploads, self.info.session, servers)
         self.uploads.hold(versions)
         number: Any = float(body["number"]) if "number" in body else book.next_number(bool(body.get("front")))
         gj = GatewayJob(
@@ -355,6 +361,7 @@ class Gateway:
             outputs=outputs,
             inputs=inputs,
             held=versions,
+            workflow=workflow,
         )
         book.add(gj)
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})

@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 __all__ = ["UploadStore", "UploadError", "Version", "split_reference"]
 
@@ -170,6 +170,15 @@ class UploadStore:
             held.append(version)
             inputs[str(node_id)] = version.path
         return inputs, held
+
+    def subfolders(self) -> Set[str]:
+        """Every non-empty subfolder holding input uploads."""
+        return {sub for (kind, sub, _) in self._current if kind == "input" and sub}
+
+    def files_in(self, subfolder: str) -> List[Tuple[str, Version]]:
+        """``(name, version)`` of the input uploads in ``subfolder`` now, by name."""
+        files = [(name, v) for (kind, sub, name), v in self._current.items() if kind == "input" and sub == subfolder]
+        return sorted(files, key=lambda f: f[0])
 
     def hold(self, versions: List[Version]) -> None:
         """Keep ``versions`` (bound to an accepted prompt) until :meth:`release`."""
