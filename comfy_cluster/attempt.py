@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .jobs import Job
     from .status import StatusMonitor
 
-__all__ = ["Attempt", "AttemptPhase", "Ledger", "remove_copies", "cancel_on_server"]
+__all__ = ["Attempt", "AttemptPhase", "Ledger", "PostGate", "remove_copies", "cancel_on_server"]
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,43 @@ class Ledger:
             return len(self._by_server[server])
 
 
-def cancel_on_server(client: "ComfyClient", prompt_id: str) -> bool:
-    """Delete ``prompt_id`` from the pending queue, then interrupt it only if the queue shows it
-    running at that moment (a server that ignores the id in /interrupt would stop whatever
-    runs, another artist's job too). True when the queue no longer holds it.
+class PostGate:
+    """Lets a batch cancel wait (briefly) for POSTs in flight: once every job is flagged and
+    no POST is on its way, a runner deleting its cancelled siblings before an interrupt finds
+    them all queued, so none starts in between. POSTs share the gate; a cancel waits at most
+    ``patience`` seconds for them (cancel stays non-blocking in practice)."""
+
+    def __init__(self, patience: float = 0.5) -> None:
+        self._cond = threading.Condition()
+        self._posting = 0
+        self._patience = patience
+
+    def __enter__(self) -> "PostGate":
+        with self._cond:
+            self._posting += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._posting -= 1
+            if not self._posting:
+                self._cond.notify_all()
+
+    def quiet(self) -> None:
+        """Wait until no POST is in flight (at most ``patience`` seconds)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._posting, timeout=self._patience)
+
+
+def cancel_on_server(client: "ComfyClient", prompt_id: str, also_delete: Sequence[str] = ()) -> bool:
+    """Delete ``prompt_id`` (and ``also_delete``: other cancelled jobs of ours there) from the
+    pending queue, then interrupt it only if the queue shows it running at that moment (a
+    server that ignores the id in /interrupt would stop whatever runs, another artist's job
+    too). True when the queue no longer holds it.
 
     Raises :class:`ServerError` when the server cannot be reached (the caller retries).
     """
-    client.delete_pending([prompt_id], timeout=FOLLOW_TIMEOUT)
+    client.delete_pending(list(dict.fromkeys([prompt_id, *also_delete])), timeout=FOLLOW_TIMEOUT)
     running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
     if prompt_id in running:
         client.interrupt(prompt_id, timeout=FOLLOW_TIMEOUT)
@@ -139,12 +168,15 @@ def remove_copies(
     """Remove the UNCONFIRMED attempts on ``server`` (delete, or interrupt if running now) and
     release each one seen gone from its queue. Returns how many were released.
 
-    Runs on the probe executor, never on the dispatcher. Looks again for up to ``patience``
-    seconds (an interrupted job takes a moment to leave; a lost POST gets ``POST_GRACE``);
-    stops early when the server stops answering (the next time it is back, this runs again).
+    Runs on the probe executor, never on the dispatcher. Keeps trying for ``patience``
+    seconds: a failed request (a 500, a reset, no answer) is retried after a moment, and an
+    interrupted job takes a moment to leave; a lost POST gets ``POST_GRACE``. Whatever is
+    still unconfirmed then stays in the ledger: the next probe that finds the server online
+    runs this again.
     """
     released = 0
     deadline = time.monotonic() + patience
+    pause = closed or threading.Event()
     while True:
         attempts = ledger.unconfirmed(server)
         if not attempts:
@@ -158,7 +190,9 @@ def remove_copies(
             running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
         except ComfyClusterError as exc:
             log.debug("clean-up on %s: %s", server, exc)
-            return released
+            if time.monotonic() >= deadline or pause.wait(0.25):
+                return released
+            continue
         now = clock()
         for a in attempts:
             there = a.prompt_id in running or a.prompt_id in pending
@@ -166,7 +200,5 @@ def remove_copies(
             if not there and not young and ledger.release(a):
                 released += 1
                 log.info("removed the copy %s of a moved or cancelled job from %s", a.prompt_id, server)
-        if time.monotonic() >= deadline or (closed is not None and closed.is_set()):
+        if not ledger.unconfirmed(server) or time.monotonic() >= deadline or pause.wait(0.2):
             return released
-        if ledger.unconfirmed(server):
-            (closed or threading.Event()).wait(0.2)

@@ -226,16 +226,26 @@ class Job:
         :class:`JobCancelled` once the copy on the server is gone (or, if the server cannot
         be reached, after the loss window; the copy is then removed when it answers again).
         """
+        if not self._mark_cancel():
+            return False
+        self._notify_cancel()
+        return True
+
+    def _mark_cancel(self) -> bool:
+        """Batch cancel, phase one: flag the job (so its siblings' runners see it too)."""
         with self._cond:
             if self._final:
                 return False
             self._cancel_requested.set()
+            return True
+
+    def _notify_cancel(self) -> None:
+        """Batch cancel, phase two: wake whoever holds the job."""
         inbox = self._inbox
         if inbox is not None:
             inbox.put({"type": "_cancel", "data": {}})
         if self._pool is not None:
             self._pool._job_cancel_requested(self)
-        return True
 
     def add_done_callback(self, fn: Callable[["Job"], None]) -> None:
         """Call ``fn(job)`` on the pool's callback thread once the job has ended (at once if

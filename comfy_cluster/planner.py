@@ -181,8 +181,12 @@ class Batch:
     def cancel(self) -> None:
         """Cancel every job of the batch where it is (local queue, server queue, or running)."""
         self._cancelled = True
-        for job in list(self.jobs):
-            job.cancel()
+        # Every job is flagged before any is woken: a runner interrupting its job deletes the
+        # batch's other cancelled jobs there first, so none of them starts in between.
+        marked = [job for job in list(self.jobs) if job._mark_cancel()]
+        self._pool._post_gate.quiet()
+        for job in marked:
+            job._notify_cancel()
 
     def results_or_cancel(self, timeout: Optional[float], *, return_exceptions: bool = False) -> List[Any]:
         """:meth:`results`, but on timeout the batch is cancelled before TimeoutError is raised

@@ -14,7 +14,7 @@ thread, one websocket reader per server in use, and one runner per job on a serv
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import itertools
 import logging
 import math
@@ -25,21 +25,22 @@ import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .attempt import Attempt, Ledger, remove_copies
-from .balance import Candidate, StrategyLike, get_strategy, strategy_name
+from .attempt import Ledger, PostGate, remove_copies
+from .balance import StrategyLike, get_strategy, strategy_name
 from .callbacks import CallbackExecutor
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
 from .config import ServerConfig, _check_unique, _make_server, servers_from_env, status_ttl_from_env, strategy_from_env
-from .dispatcher import Choice, Dispatcher, Verdict
-from .errors import ComfyClusterError, ConfigError, JobCancelled, JobFailed, NoServerAvailable, ServerError, WorkflowError
+from .dispatcher import Dispatcher
+from .errors import ComfyClusterError, ConfigError
 from .events import ServerSocket
-from .jobs import Job, JobEvent, JobResult, OutputFile
+from .jobs import Job, JobEvent, OutputFile
 from .outputs import download_outputs
 from .planner import Batch
-from .runner import Outcome, RunnerContext, run_attempt
-from .selection import UNKNOWN, Capabilities, View, capable, evaluate, no_server, pick
+from . import scheduling
+from .lifecycle import finish_cancelled
+from .selection import Capabilities, View, capable, evaluate, no_server, pick
 from .status import ServerStatus, StatusMonitor
-from .workflow import WorkflowInputError, load_workflow, set_inputs
+from .workflow import WorkflowInputError, load_workflow
 
 __all__ = ["ServerPool"]
 
@@ -111,10 +112,13 @@ class ServerPool:
         self._server_lost_after = server_lost_after
         self._callbacks = CallbackExecutor()
         self._dispatcher = Dispatcher(
-            self._choose, self._start_attempt, self._end_unplaced, clock=clock, wait_for_server=wait_for_server,
-            tick=self._tick, key_of=self._key_of,
+            functools.partial(scheduling.choose, self), functools.partial(scheduling.start_attempt, self),
+            functools.partial(scheduling.end_unplaced, self), clock=clock, wait_for_server=wait_for_server,
+            tick=functools.partial(scheduling.tick, self), key_of=functools.partial(scheduling.key_of, self),
         )
-        self._caps = Capabilities(self._clients, self._monitor.submit, clock, on_change=self._dispatcher.wake)
+        # Real time, not the injected clock: a failed node-list read is retried after seconds
+        # that pass, whatever a test's clock says.
+        self._caps = Capabilities(self._clients, self._monitor.submit, time.monotonic, on_change=self._dispatcher.wake)
         self._ledger = Ledger([s.name for s in configs], self._monitor, on_release=self._dispatcher.wake)
         self._view_cache: Optional[View] = None
         self._lock = threading.Lock()
@@ -122,6 +126,7 @@ class ServerPool:
         self._cleaning: Set[str] = set()
         self._hashes: Dict[Tuple[str, int, int], str] = {}
         self._seq = itertools.count()
+        self._post_gate = PostGate()
         self._closed = threading.Event()
         self._monitor.add_listener(self._on_status_change)
         log.debug("pool of %d servers, strategy %s", len(configs), self.strategy)
@@ -256,9 +261,10 @@ class ServerPool:
                 if version != self._caps.version:
                     cache = {}
                     job._caps = (self._caps.version, cache)
-                todo = [n for n in names if n not in cache or cache[n] == UNKNOWN]
+                todo = [n for n in names if n not in cache or (cache[n] is not None and n not in self._caps.info)]
                 if todo:
-                    self._caps.fetch(todo, wait=False)  # on the probe executor; never waited for
+                    # Unknown or failed: (re)fetched on the probe executor once due; never waited for.
+                    self._caps.fetch(todo, wait=False)
                     cache.update(capable(self._caps, workflow, todo, skip))
                 return cache
             self._caps.fetch(names, wait=wait)
@@ -385,196 +391,10 @@ class ServerPool:
         Every workflow and input is checked before any job is sent."""
         return Batch.start(self, list(workflows), inputs=inputs, on_event=on_event, retries=retries, fail_fast=fail_fast, owner=owner)
 
-    # -- the dispatcher's side (its thread; no I/O) ---------------------------------------------
-
-    def _tick(self) -> Optional[float]:
-        """Without the background monitor, start (never wait for) re-probes of offline
-        servers whose backoff is over; seconds until the next one is due."""
-        if self._monitor.background:
-            return None
-        view = self._view(probe=False)
-        now = self._clock()
-        if now >= view.next_retry:
-            self._retry_offline(view, now)
-        return None if math.isinf(view.next_retry) else max(0.05, min(1.0, view.next_retry - now))
-
-    def _key_of(self, job: Job) -> Optional[Tuple[Any, ...]]:
-        """Jobs alike get the same WAIT: same batch, same servers able to run them (node types,
-        models and inputs alike), never tried, nothing excluded. None: ask for this job."""
-        version, cache = job._caps
-        if job.incapable or version != self._caps.version or not cache or job.attempts:
-            return None
-        return (id(job.batch), frozenset(n for n, why in cache.items() if why is None))
-
-    def _choose(self, job: Job) -> Choice:
-        exclude = set(job.incapable)
-        view = self._view(probe=False)
-        can = self._can(job.workflow, job.inputs, wait=False, job=job)
-        tried = job.tried
-        if tried:
-            untried, _, _, _ = evaluate(view, self._servers, can, exclude | set(tried), ignore_full=True, reasons_wanted=False)
-            if untried:
-                exclude |= set(tried)  # another attempt goes to a server not tried yet
-        cands, reasons, full, unknown = evaluate(view, self._servers, can, exclude)
-        if not cands:
-            if full or unknown:
-                return Choice(Verdict.WAIT)
-            if job.incapable and not any(r.startswith("offline") for r in reasons.values()):
-                return Choice(Verdict.FAIL, error=job.last_error or no_server(reasons))
-            return Choice(Verdict.NONE, error=no_server(reasons))
-        try:
-            if isinstance(job.batch, Batch):
-                state = self._plan_state(view, can, exclude)
-                server = job.batch.plan_pick(cands, state, self._dispatcher.pending(job.batch))
-                return Choice(Verdict.GO, server) if server is not None else Choice(Verdict.WAIT)
-            return Choice(Verdict.GO, pick(self._strategy, self.strategy, cands, job.workflow))
-        except ComfyClusterError as exc:  # a custom strategy's bad answer fails the job, loudly
-            return Choice(Verdict.FAIL, error=exc)
-
-    def _plan_state(self, view: View, can: Callable[[List[str]], Dict[str, Optional[str]]], exclude: Set[str]) -> List[Tuple[ServerConfig, float, float]]:
-        """``(server, seconds until its current backlog is done, seconds per job)`` for every
-        server able to take the job, full or not: the batch planner's view of the cluster."""
-        eligible, _, _, _ = evaluate(view, self._servers, can, exclude, ignore_full=True, reasons_wanted=False)
-        now = self._clock()
-        out = []
-        for c in eligible:
-            d = c.expected_seconds
-            backlog = max(c.status.load, c.status.in_flight) * d
-            starts = [a.job._last_exec_start for a in self._ledger.live(c.name) if a.job._last_exec_start is not None]
-            if starts and backlog > 0:
-                backlog -= min(d, max(0.0, now - max(starts)))
-            out.append((c.server, max(0.0, backlog), d))
-        return out
-
-    def _start_attempt(self, job: Job, server: ServerConfig) -> bool:
-        attempt = Attempt(job, server.name, job.attempts + 1)
-        if not job._claim(attempt, server):
-            return False
-        self._ledger.reserve(attempt)  # counted on the server before anything is sent
-        previous = job.failures[-1] if job.failures else None
-        if previous is not None:
-            job._emit("retrying", server.name, from_server=previous[0], to_server=server.name, reason=previous[1])
-        thread = threading.Thread(target=self._run, args=(attempt,), name=f"comfy-cluster-job-{server.name}", daemon=True)
-        with self._lock:
-            self._runners.add(thread)
-        thread.start()
-        return True
-
-    def _end_unplaced(self, job: Job, error: Optional[ComfyClusterError]) -> None:
-        """A job leaves the local queue without a server: cancelled (``error`` None) or failed."""
-        if error is None:
-            self._finish_cancelled(job, None, "cancelled before it reached a server")
-        else:
-            job._emit("failed", None, reason=str(error))
-            job._finish("failed", error=error)
-
-    # -- runners ------------------------------------------------------------------------------
-
-    def _run(self, attempt: Attempt) -> None:
-        name = attempt.server
-        job = attempt.job
-        try:
-            ctx = RunnerContext(
-                client=self._clients[name], socket=self._sockets[name], client_id=self.client_id,
-                # The job itself is already counted in the load: the ones ahead of it.
-                position=lambda: max(0, self._monitor.snapshot(name).load - 1),
-                uploads=lambda client: self._uploaded_workflow(job, client),
-                reconcile_interval=self._reconcile_interval, server_lost_after=self._server_lost_after, clock=self._clock,
-            )
-            outcome = run_attempt(attempt, ctx)
-        except Exception as exc:  # never lose a job to a bug: fail it with the reason
-            log.exception("job attempt on %s crashed", name)
-            outcome = Outcome("failed", error=ServerError(f"{name}: internal error: {exc!r}", server=name), confirmed=False)
-        try:
-            self._attempt_done(attempt, outcome)
-        finally:
-            with self._lock:
-                self._runners.discard(threading.current_thread())
-
-    def _uploaded_workflow(self, job: Job, client: ComfyClient) -> Dict[str, Any]:
-        """The workflow with each input uploaded into a subfolder named by the file's content
-        hash: two different files never share a name on a server (two artists' plates of the
-        same name, or two jobs of one batch), and the same bytes are reused."""
-        if not job.inputs:
-            return job.workflow
-        values = {node: {"image": client.upload_image(path, subfolder=f"cc-{self._content_hash(path)}")} for node, path in job.inputs.items()}
-        return set_inputs(job.workflow, values)
-
-    def _content_hash(self, path: str) -> str:
-        st = os.stat(path)
-        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-        digest = self._hashes.get(key)
-        if digest is None:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            digest = h.hexdigest()[:32]
-            self._hashes[key] = digest
-        return digest
-
-    def _attempt_done(self, attempt: Attempt, outcome: Outcome) -> None:
-        """Record how ``attempt`` ended and move the job on: final, or back to the queue."""
-        job, name = attempt.job, attempt.server
-        ok = True if outcome.kind == "succeeded" else False if outcome.kind == "failed" else None
-        if outcome.confirmed:
-            self._ledger.release(attempt, seconds=outcome.exec_seconds, ok=ok)
-        else:
-            self._ledger.lose(attempt, self._clock())
-        moving = outcome.kind == "move"
-        job._attempt_ended(attempt, (name, outcome.reason) if moving else None)
-        self._dispatcher.attempt_ended(job)
-        if moving and outcome.decision.mark_down:
-            self._monitor.mark_failed(name, outcome.reason)
-        if not outcome.confirmed:
-            self._schedule_cleanup(name)
-        if outcome.kind == "succeeded":
-            result = JobResult(prompt_id=attempt.prompt_id, server=name, outputs=outcome.outputs or {},
-                               attempts=job.attempts, seconds=time.monotonic() - job.created)
-            job._emit("succeeded", name, raw=outcome.raw)
-            job._finish("succeeded", result=result)
-        elif outcome.kind == "failed":
-            err = outcome.error or JobFailed(f"{name}: job failed", server=name)
-            if isinstance(err, (JobFailed, ServerError)) and job.failures:
-                err.attempts = job.failures + [(name, str(err))]
-            job._emit("failed", name, reason=str(err), raw=outcome.raw)
-            job._finish("failed", error=err)
-        elif outcome.kind == "cancelled":
-            self._finish_cancelled(job, name, outcome.reason or "cancelled", raw=outcome.raw)
-        else:
-            self._move(job, name, outcome)
-
-    def _move(self, job: Job, name: str, outcome: Outcome) -> None:
-        log.warning("job %s left %s: %s", job.prompt_id, name, outcome.reason)
-        if outcome.decision.exclude:
-            job.incapable.add(name)
-            job.last_error = outcome.error if isinstance(outcome.error, ComfyClusterError) else None
-        if job.cancel_requested:
-            self._finish_cancelled(job, name, "cancelled")
-        elif job.attempts > job.retries:
-            if outcome.decision.exclude and isinstance(outcome.error, WorkflowError):
-                err: ComfyClusterError = outcome.error
-            else:
-                failures = job.failures
-                tried = "; ".join(f"{s}: {r}" for s, r in failures)
-                err = ServerError(f"job failed after {job.attempts} attempt(s): {tried}", server=name, attempts=failures)
-            job._emit("failed", name, reason=str(err))
-            job._finish("failed", error=err)
-        else:
-            try:
-                self._dispatcher.add([job], front=True)
-            except ComfyClusterError:
-                self._finish_cancelled(job, name, "pool closed")
-
-    def _finish_cancelled(self, job: Job, server: Optional[str], reason: str, raw: Optional[Dict[str, Any]] = None) -> None:
-        job._emit("cancelled", server, reason=reason, raw=raw)
-        job._finish("cancelled", error=JobCancelled(f"job {job.prompt_id or '(not submitted)'} {reason}", prompt_id=job.prompt_id or "", server=server))
-
     def _job_cancel_requested(self, job: Job) -> None:
-        """From ``job.cancel()``: a job still in the local queue ends now; a runner sees the
-        request itself."""
-        if self._dispatcher.remove(job):
-            self._finish_cancelled(job, None, "cancelled before it reached a server")
+        """From ``job.cancel()``: the dispatcher ends a job still in the local queue on its
+        next pass (at once: it is woken); a runner sees the request itself."""
+        self._dispatcher.wake()
 
     # -- outputs ------------------------------------------------------------------------------
 
@@ -598,7 +418,7 @@ class ServerPool:
             return
         self._closed.set()
         for job in self._dispatcher.close():
-            self._finish_cancelled(job, None, "cancelled: pool closed")
+            finish_cancelled(job, None, "cancelled: pool closed")
         running = [a for a in self._ledger.live() if a.job is not None]
         for a in running:
             a.job.cancel()
@@ -611,7 +431,7 @@ class ServerPool:
         self._join_runners(time.monotonic() + CLOSE_GRACE)
         for a in running:
             if not a.job._final:
-                self._finish_cancelled(a.job, a.server, "cancelled: pool closed")
+                finish_cancelled(a.job, a.server, "cancelled: pool closed")
         left = self._ledger.live()
         if left:
             log.warning("pool closed with %d job copies not confirmed removed: %s", len(left),

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
-from .attempt import Attempt, AttemptPhase, cancel_on_server
+from .attempt import Attempt, AttemptPhase, PostGate, cancel_on_server
 from .client import ComfyClient, as_dict, as_list, iter_output_files
 from .errors import ComfyClusterError, JobFailed, ServerError, WorkflowError
 from .jobs import OutputFile
@@ -22,7 +22,6 @@ from .policy import FOLLOW_TIMEOUT, Action, Decision, Phase, decide
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import ServerSocket
-    from .jobs import Job
 
 __all__ = ["Outcome", "RunnerContext", "run_attempt", "is_server_specific"]
 
@@ -30,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: How long a finished job may be missing from /history before it is taken for lost.
 HISTORY_GRACE = 10.0
+#: Seconds between /queue + /history reads while the websocket may be deaf (see _Follower).
+SUSPECT_INTERVAL = 1.0
 
 
 @dataclass
@@ -58,6 +59,10 @@ class RunnerContext:
     client_id: str
     position: Callable[[], int]
     uploads: Callable[[ComfyClient], Dict[str, Any]]
+    #: prompt_ids of this pool's cancelled attempts on the server: deleted together before an
+    #: interrupt, so a cancelled batch's next job never starts in between.
+    cancelled_here: Callable[[], List[str]] = list
+    post_gate: PostGate = field(default_factory=PostGate)
     reconcile_interval: float = 5.0
     server_lost_after: float = 15.0
     clock: Callable[[], float] = time.monotonic
@@ -105,14 +110,15 @@ def run_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
             return _move(exc, d, name, confirmed=True)
         except OSError as exc:  # our input file vanished or became unreadable
             return Outcome("failed", error=ComfyClusterError(f"input file unreadable: {exc.__class__.__name__}: {exc.filename}"))
-        if job.cancel_requested:
-            return Outcome("cancelled", reason="cancelled before submission")
         position = ctx.position()
         body = {"prompt": workflow, "client_id": ctx.client_id, "prompt_id": attempt.prompt_id}
-        attempt.posted = True
-        attempt.phase = AttemptPhase.POSTED
         try:
-            answer = ctx.client.post_prompt(body)
+            with ctx.post_gate:
+                if job.cancel_requested:
+                    return Outcome("cancelled", reason="cancelled before submission")
+                attempt.posted = True
+                attempt.phase = AttemptPhase.POSTED
+                answer = ctx.client.post_prompt(body)
         except WorkflowError as exc:
             d = decide(Phase.POST, exc, server_specific=is_server_specific(exc))
             if d.action is Action.FAIL:
@@ -172,6 +178,9 @@ class _Follower:
         self.success_seen = False
         self.unreachable_since: Optional[float] = None
         self.cancel_retry_at = 0.0
+        # After a reconnect, ComfyUI may drop the new socket's registration when it notices the
+        # old socket's close (same clientId): until an event proves otherwise, look often.
+        self.deaf_maybe = False
 
     @property
     def pid(self) -> str:
@@ -186,12 +195,14 @@ class _Follower:
                 timeout = min(timeout, 0.5)
             if self.job.cancel_requested:
                 timeout = min(timeout, 0.25)  # watch the job leave the queue
+            if self.deaf_maybe:
+                timeout = min(timeout, SUSPECT_INTERVAL)
             reconcile = False
             msg: Optional[Dict[str, Any]] = None
             if self.job.cancel_requested and not self.cancel_done and time.monotonic() >= self.cancel_retry_at:
                 reconcile = True
                 try:
-                    cancel_on_server(self.ctx.client, self.pid)
+                    cancel_on_server(self.ctx.client, self.pid, also_delete=self.ctx.cancelled_here())
                     self.cancel_done = True
                 except ServerError as exc:
                     out = self._lost(exc, Phase.CANCEL)
@@ -206,6 +217,10 @@ class _Follower:
                     msg = None
                 kind = msg.get("type") if msg else None
                 reconcile = msg is None or kind in ("_disconnected", "_reconnected")
+                if kind == "_reconnected":
+                    self.deaf_maybe = True
+                elif isinstance(kind, str) and not kind.startswith("_"):
+                    self.deaf_maybe = False  # the server still routes our events to us
             if reconcile:
                 out = self._reconcile()
                 if out is not None:

@@ -256,3 +256,22 @@ def test_set_value_fires_knob_changed_when_the_panel_is_open(fake_nuke):
         assert seen == [("a", 2)]
     finally:
         del nuke.seen  # type: ignore[attr-defined]
+
+
+def test_a_reopened_script_runs_the_nodes_oncreate_script_kept_as_text(fake_nuke, tmp_path):
+    import nuke
+
+    node = nuke.nodes.Group()
+    node["onCreate"].setValue("nuke.thisNode()['label'].setValue('loaded')")
+    node.addKnob(nuke.String_Knob("hidden_thing", "hidden"))
+    node["hidden_thing"].setValue("kept")
+    node["hidden_thing"].setFlag(nuke.INVISIBLE)
+    path = str(tmp_path / "a.nk")
+    name = node.name()
+    nuke.scriptSave(path)
+    nuke.scriptOpen(path)
+    with pytest.raises(ValueError):
+        node.name()  # the closed script's nodes are gone
+    loaded = nuke.toNode(name)
+    assert loaded["label"].value() == "loaded"
+    assert loaded["hidden_thing"].value() == "kept" and not loaded["hidden_thing"].visible()

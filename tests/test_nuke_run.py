@@ -65,6 +65,8 @@ def test_execute_renders_the_input_runs_every_frame_and_makes_a_read_node(fake_n
     # Each frame's rendered file went to the LoadImage node of that frame's job.
     names = _uploaded_names(cluster_env)
     assert len(names) == 6 and all(f"_in0.{f:04d}" in n for f, n in zip(range(1001, 1007), names))
+    # Named after the node and its id: another artist's ComfyUIClusterRun1 sends other names.
+    assert all(f"{node.name()}_{node['node_uid'].value()}_in0." in n for n in names)
     assert sorted(p["2"]["inputs"]["seed"] for s in cluster_env for _, p, _ in s.received_prompts) == list(range(1001, 1007))
 
     reads = read_nodes()

@@ -173,6 +173,30 @@ def test_real_install_for_nuke_15_on_linux(tmp_path):
     for package in ("requests", "websocket", "pydantic"):
         assert (target / package / "__init__.py").is_file()
 
+    # A Python 3.10 without site-packages, as Nuke 15's: init.py picks this folder and the
+    # plugin imports; Python 3.11's (Nuke 16) finds nothing there and prints what to run.
+    pythons = {v: _pyenv_python(v) for v in ("3.10", "3.11")}
+    probe = (
+        "import sys; sys.path[:0] = [{fake!r}, {plugin!r}]; "
+        "exec(compile(open({init!r}).read(), 'init.py', 'exec'), {{'__name__': '__main__'}}); "
+        "import comfy_cluster_nuke.run, pydantic; print(pydantic.__file__)"
+    ).format(fake=os.path.join(ROOT, "tests", "nuke_fake"), plugin=os.path.join(ROOT, "nuke_plugin"), init=os.path.join(ROOT, "nuke_plugin", "init.py"))
+    env = dict(os.environ, COMFY_CLUSTER_LIBS=str(tmp_path / "libs"))
+    nuke15 = subprocess.run([pythons["3.10"], "-S", "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert nuke15.returncode == 0 and nuke15.stderr == "", nuke15.stderr
+    assert nuke15.stdout.strip().startswith(str(target))
+    nuke16 = subprocess.run([pythons["3.11"], "-S", "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert nuke16.returncode != 0
+    assert "Python 3.11, linux-x86_64" in nuke16.stderr and "--python-version 3.11" in nuke16.stderr
+
+
+def _pyenv_python(version: str) -> str:
+    """An interpreter of that version (as .ci/run finds them), or the test fails saying so."""
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    found = sorted(glob.glob(os.path.join(root, "versions", version + ".*", "bin", "python")))
+    assert found, f"Python {version} is needed for this test (as for .ci/run): not found under {root}/versions"
+    return found[-1]
+
 
 def test_module_form_runs_without_the_dependencies(tmp_path):
     """``python -m comfy_cluster.nuke_setup`` on a Python without pydantic (the artist's)."""

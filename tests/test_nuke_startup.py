@@ -48,6 +48,8 @@ def test_init_and_menu_leave_no_name_in_nukes_shared_namespace(fake_nuke, saved_
     _exec_like_nuke("menu.py", namespace)
     assert set(namespace) == {"__name__", "nuke", "studio_name", "__builtins__"}
     assert nuke.menu("Nuke").findItem("ComfyUI Cluster/Servers...") is not None
+    # Start-up imports none of the node's machinery (it comes with the first use).
+    assert not {"comfy_cluster_nuke.run", "comfy_cluster_nuke.node", "comfy_cluster_nuke.gateway"} & set(sys.modules)
 
 
 def test_the_plugin_folder_adds_one_top_level_name(fake_nuke):

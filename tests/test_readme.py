@@ -190,6 +190,21 @@ def test_command_examples_run_against_the_mock(mock_comfy, workdir):
     assert (workdir / "renders" / "inverted.0001.png").is_file()
 
 
+def test_example_script_commands_run_as_its_docstring_says(mock_comfy, workdir):
+    import ast
+
+    script = os.path.join(ROOT, "examples", "submit_workflow.py")
+    doc = ast.get_docstring(ast.parse(open(script, encoding="utf-8").read())) or ""
+    # The runnable ones (the first is a synopsis for a real cluster): workflows from examples/.
+    commands = [line.strip() for line in doc.splitlines() if line.strip().startswith("python examples/submit_workflow.py examples/")]
+    assert len(commands) >= 2
+    for command in commands:
+        argv = shlex.split(command)
+        out = subprocess.run([sys.executable, *argv[1:]], cwd=workdir, env=_env(mock_comfy), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (command, out.stderr)
+        assert "done on mock" in out.stdout
+
+
 def test_try_it_installs_what_exists():
     """The install lines name extras and a command that pyproject.toml really has."""
     pyproject = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
@@ -216,19 +231,26 @@ def test_examples_named_in_readme_exist():
 def test_deleting_a_job_in_comfyuis_own_queue_sends_it_again(mock_comfy):
     import requests
 
-    with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 2}], background_status=False) as pool:
-        first = pool.submit(sleep_workflow(1.0, steps=4))
-        second = pool.submit(sleep_workflow(0.05))
-        wait_until(lambda: second.prompt_id is not None and second.prompt_id in mock_comfy.queue_snapshot()[1], what="second pending")
-        deleted = second.prompt_id
+    with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 2}]) as pool:
+        mock_comfy.pause_jobs()  # the running job holds the GPU, whatever the machine's load
+        jobs = [pool.submit(sleep_workflow(0.2, steps=2)) for _ in range(2)]
+
+        def pending():  # either job: two jobs to one server may start in either order
+            queued = mock_comfy.queue_snapshot()[1]
+            return next((j for j in jobs if j.prompt_id is not None and j.prompt_id in queued), None)
+
+        victim = wait_until(pending, timeout=30, what="a job pending on the server")
+        deleted = victim.prompt_id
         requests.post(mock_comfy.url + "/queue", json={"delete": [deleted]}, timeout=5)
-        result = second.result(timeout=30)
-        first.result(timeout=30)
+        wait_until(lambda: victim.attempts == 2, timeout=30, what="the deleted job sent again")
+        mock_comfy.resume_jobs()
+        results = [j.result(timeout=30) for j in jobs]
+    result = results[jobs.index(victim)]
     assert result.prompt_id != deleted and result.attempts == 2
 
 
 def test_error_messages_are_one_line(mock_comfy):
-    with ServerPool([{"name": "m", "url": mock_comfy.url}], background_status=False) as pool:
+    with ServerPool([{"name": "m", "url": mock_comfy.url}]) as pool:
         job = pool.submit(fail_workflow("first line\nsecond line\n  third"))
         with pytest.raises(JobFailed) as info:
             job.result(timeout=20)

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import time
+from typing import Any, List
 
 import nuke
-
-from . import gateway
-from . import run as run_mod
 
 __all__ = ["install", "cancel_all", "at_exit", "EXIT_WAIT_SECONDS"]
 
@@ -38,9 +37,20 @@ def install() -> None:
     atexit.register(at_exit)
 
 
+def _loaded(name: str) -> Any:
+    # Only what was used this session: a module never imported has no run and no gateway,
+    # and importing it here would cost Nuke's start-up (menu.py) the library's imports.
+    return sys.modules.get(f"{__package__}.{name}")
+
+
+def _runs() -> List[Any]:
+    run_mod = _loaded("run")
+    return run_mod.all_runs() if run_mod is not None else []
+
+
 def cancel_all(*, now: bool = False) -> int:
     """Ask every run to cancel; with ``now`` cancel their jobs from this thread. How many."""
-    runs = run_mod.all_runs()
+    runs = _runs()
     for run in runs:
         run.cancel(now=now)
     return len(runs)
@@ -57,11 +67,13 @@ def at_exit() -> None:
     try:
         cancel_all(now=True)
         deadline = time.monotonic() + EXIT_WAIT_SECONDS
-        for run in run_mod.all_runs():
+        for run in _runs():
             run.finished.wait(max(0.0, deadline - time.monotonic()))
     except Exception:  # never let a clean-up error hide Nuke's own exit
         log.exception("cancelling runs at exit failed")
     try:
-        gateway.stop()
+        gateway = _loaded("gateway")
+        if gateway is not None:
+            gateway.stop()
     except Exception:
         log.exception("stopping the gateway at exit failed")

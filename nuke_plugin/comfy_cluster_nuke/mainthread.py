@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 
 def is_main_thread() -> bool:
+    """Whether this is Nuke's main thread (the one that runs init.py, menus and the GUI)."""
     return threading.current_thread() is threading.main_thread()
 
 

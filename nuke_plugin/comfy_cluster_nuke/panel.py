@@ -86,6 +86,7 @@ class ServersPanel(nukescripts.PythonPanel):
     # -- Nuke callbacks (main thread) -----------------------------------------------------------
 
     def knobChanged(self, knob: nuke.Knob) -> None:
+        """Nuke calls this (main thread) for a click on Refresh or a new strategy."""
         name = knob.name()
         if name == "refresh":
             self.refresh()
@@ -105,6 +106,7 @@ class ServersPanel(nukescripts.PythonPanel):
 
     @property
     def refreshing(self) -> bool:
+        """Whether a refresh is still probing the servers."""
         return self._thread is not None and self._thread.is_alive()
 
     # -- worker ---------------------------------------------------------------------------------

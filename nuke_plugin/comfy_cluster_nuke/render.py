@@ -27,7 +27,7 @@ import nuke
 
 from .settings import InputMap, RunError
 
-__all__ = ["render_inputs", "input_pattern", "frame_segments", "WRITE_CALLBACK_KNOBS"]
+__all__ = ["render_inputs", "input_pattern", "input_file", "frame_segments", "WRITE_CALLBACK_KNOBS"]
 
 WRITE_CALLBACK_KNOBS = ("beforeRender", "beforeFrameRender", "afterFrameRender", "afterRender")
 # nuke.callbacks' registries of global callbacks that would fire for our temporary Write.
@@ -35,9 +35,18 @@ _GLOBAL_CALLBACKS = ("onCreates", "onUserCreates", "beforeRenders", "beforeFrame
 _render_lock = threading.Lock()
 
 
-def input_pattern(folder: str, node_name: str, number: int) -> str:
-    """``<folder>/<node>_in<number>.####.png`` with forward slashes (Nuke's file knobs)."""
-    return os.path.join(folder, f"{node_name}_in{number}.####.png").replace("\\", "/")
+def input_pattern(folder: str, stem: str, number: int) -> str:
+    """``<folder>/<stem>_in<number>.####.png`` with forward slashes (Nuke's file knobs).
+
+    ``stem`` is the node's name and id: the files keep these names when uploaded, and two
+    artists' ``ComfyUIClusterRun1`` must not send same-named plates to one server.
+    """
+    return os.path.join(folder, f"{stem}_in{number}.####.png").replace("\\", "/")
+
+
+def input_file(folder: str, stem: str, number: int, frame: int) -> str:
+    """The file :func:`input_pattern` gives for ``frame``."""
+    return os.path.join(folder, f"{stem}_in{number}.{frame:04d}.png")
 
 
 def frame_segments(frames: Sequence[int]) -> List[Tuple[int, int]]:

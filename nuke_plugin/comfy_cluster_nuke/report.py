@@ -50,6 +50,7 @@ def describe_error(err: BaseException) -> str:
 
 
 def failure_text(name: str, frames: Sequence[int], errors: Mapping[int, BaseException], cancelled: Sequence[int]) -> str:
+    """The dialog for a run with failed frames: how many, then each distinct error once with its frames."""
     parts = [f"{name}: {len(errors)} of {len(frames)} frame(s) failed."]
     if cancelled:
         parts[0] += f" Frame(s) {ranges(cancelled)} were not run."

@@ -183,6 +183,7 @@ def current(node: nuke.Node) -> Optional[Run]:
 
 
 def is_running(node: nuke.Node) -> bool:
+    """Whether ``node`` has a run in progress (main thread)."""
     return current(node) is not None
 
 

@@ -82,6 +82,7 @@ class Run:
     # -- control --------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Run in a worker thread of its own (daemon: Nuke never waits for it to quit)."""
         self.thread = threading.Thread(target=self._thread_main, name=f"comfy-cluster-nuke-{self.settings.node_name}", daemon=True)
         self.thread.start()
 
@@ -181,7 +182,8 @@ class Run:
         if not s.needs_render:
             return {}
         os.makedirs(inputs_dir, exist_ok=True)
-        jobs = [(m, render.input_pattern(inputs_dir, s.node_name, m.number)) for m in s.inputs]
+        stem = f"{s.node_name}_{s.uid}"
+        jobs = [(m, render.input_pattern(inputs_dir, stem, m.number)) for m in s.inputs]
         self._show(f"rendering the input, frames {ranges(s.frames)}", 0, force=True)
         try:
             render.render_inputs(self.node, jobs, s.frames, s.colorspace)
@@ -194,7 +196,7 @@ class Run:
         out: Dict[int, Dict[str, str]] = {}
         missing: List[int] = []
         for frame in s.frames:
-            files = {m.node_id: os.path.join(inputs_dir, f"{s.node_name}_in{m.number}.{frame:04d}.png") for m in s.inputs}
+            files = {m.node_id: render.input_file(inputs_dir, stem, m.number, frame) for m in s.inputs}
             if not all(os.path.isfile(p) for p in files.values()):
                 missing.append(frame)
             out[frame] = files

@@ -76,22 +76,27 @@ class Settings:
     output_base: str  # the version folders go here
     reuse_version: str  # "" for a new version; a re-run of failed frames reuses the last one
     colorspace: str
+    uid: str  # the node's id (destinations.node_uid)
     params: Dict[int, Dict[str, Any]] = field(default_factory=dict, repr=False)  # frame -> {"3.seed": 7}
 
     @property
     def first(self) -> int:
+        """The first frame of the run."""
         return self.frames[0]
 
     @property
     def last(self) -> int:
+        """The last frame of the run."""
         return self.frames[-1]
 
     @property
     def needs_render(self) -> bool:
+        """Whether some input of the node is sent (and so rendered first)."""
         return bool(self.inputs)
 
     @property
     def load_image_node(self) -> Optional[str]:
+        """The LoadImage node id the plate goes to (None when not sent)."""
         return self.inputs[0].node_id if self.inputs else None
 
 
@@ -185,5 +190,6 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
         output_base=destinations.output_base(node),
         reuse_version=reuse_version,
         colorspace=node_mod.input_colorspace(node),
+        uid=destinations.node_uid(node),
         params=params.values_per_frame(node, workflow, chosen_frames),
     )

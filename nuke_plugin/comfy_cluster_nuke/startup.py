@@ -40,6 +40,7 @@ def plugin_dir() -> str:
 
 
 def libs_root(environ: Optional[Mapping[str, str]] = None) -> str:
+    """``COMFY_CLUSTER_LIBS`` or ``~/.nuke/comfy_cluster_libs``: the folder of the per-version folders."""
     env = os.environ if environ is None else environ
     return os.path.abspath(os.path.expanduser(os.path.expandvars(env.get(LIBS_ENV) or DEFAULT_LIBS)))
 
@@ -158,7 +159,7 @@ def init(environ: Optional[Mapping[str, str]] = None) -> bool:
         return True
     names = ", ".join(f"{name} ({why})" for name, why in missing)
     sys.stderr.write(
-        f"comfy-cluster: the ComfyUI Cluster node cannot work: {names} did not import from {libs}.\n"
+        f"comfy-cluster: the ComfyUI Cluster node cannot work: {names} missing or not loading (looked in {libs} for this Nuke).\n"
         f"{install_hint(libs)}\n"
     )
     return False
@@ -169,11 +170,13 @@ def menus() -> None:
     from . import menu
 
     menu.add_menus()
-    try:
-        from . import gateway, lifecycle
-    except ImportError as exc:  # the dependencies are missing: init.py said what to run
-        sys.stderr.write(f"comfy-cluster: the ComfyUI Cluster menu cannot work yet ({exc})\n")
-        return
-    lifecycle.install()
+    from . import lifecycle
+
+    lifecycle.install()  # imports nothing of the library: start-up stays fast
     if os.environ.get(GATEWAY_ENV, "").strip():
+        try:
+            from . import gateway
+        except ImportError as exc:  # the dependencies are missing: init.py said what to run
+            sys.stderr.write(f"comfy-cluster: the gateway cannot start ({exc})\n")
+            return
         gateway.start_from_env()

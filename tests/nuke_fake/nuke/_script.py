@@ -86,6 +86,11 @@ def _connect(group: Any, children: List[Dict[str, Any]]) -> None:
 
 
 def _fire_on_create(node: Any) -> None:
+    # Nuke runs the node's own onCreate script (kept as text) and the global onCreate
+    # callbacks for every node it loads or pastes.
+    code = str(node._knobs["onCreate"]._value) if "onCreate" in node._knobs else ""
+    if code.strip():
+        _n._run_script(code, node, None)
     _n._fire(_n.onCreates, node)
     if isinstance(node, _n.Group):
         for child in node._children:
