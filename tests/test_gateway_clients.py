@@ -263,3 +263,29 @@ def test_events_kept_for_an_absent_client_are_bounded_and_a_new_socket_takes_ove
                 second.close()
         finally:
             late.close()
+
+
+def test_frames_kept_in_all_are_bounded_oldest_client_first(mock_cluster_factory: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import comfy_cluster.gateway.relay as relay
+
+    monkeypatch.setattr(relay, "MAX_KEPT_TOTAL", 5)
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with gateway_over(cluster) as gw:
+        first, second = NukeRemoteClient(gw.url, n=4), NukeRemoteClient(gw.url, n=5)
+        gates = threading.Event(), threading.Event()
+        try:
+            p1 = first.run(sleep_workflow(seconds=0.01, steps=1, seed=41), socket_gate=gates[0])
+            wait_until(lambda: requests.get(f"{gw.url}/history/{p1}", timeout=5).json(), message="the first job done")
+            p2 = second.run(sleep_workflow(seconds=0.01, steps=1, seed=42), socket_gate=gates[1])
+            wait_until(lambda: requests.get(f"{gw.url}/history/{p2}", timeout=5).json(), message="the second job done")
+            gates[1].set()
+            assert [m["type"] for m in of_prompt(second.wait_done(p2), p2)][-2:] == ["execution_success", "executing"]
+            gates[0].set()  # the oldest client's frames were dropped to stay within the total
+            p3 = first.run(sleep_workflow(seconds=0.01, steps=1, seed=43))
+            frames = first.wait_done(p3)
+            assert of_prompt(frames, p1) == []
+        finally:
+            first.close()
+            second.close()
