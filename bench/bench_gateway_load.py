@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--job-seconds", type=float, default=0.03, help="time each job takes on its server (default 0.03)")
     args = ap.parse_args()
     total = args.clients * args.prompts
-    print(f"| round | prompts | errors | wall s | longest queue | RSS before MiB | RSS after MiB | peak RSS MiB |")
+    print("| round | prompts | errors | wall s | longest queue | RSS before MiB | RSS after MiB | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|")
     with processes(mocks=3, speed=1.0) as env:
         url, pid = str(env["gateway"]), int(env["gateway_pid"])  # type: ignore[arg-type]

@@ -118,5 +118,10 @@ async def with_folders_copied(
         target = folder_name(files)
         folders[target] = files
         workflow[node_id]["inputs"][name] = head + target
-    await copy_folders(session, servers, folders)
+    held = [v for files in folders.values() for _, v in files]
+    store.hold(held)  # a frame uploaded again meanwhile must not vanish under the copy
+    try:
+        await copy_folders(session, servers, folders)
+    finally:
+        store.release(held)
     return workflow
