@@ -216,7 +216,7 @@ class NukeRemoteClient:
 
     def collect(self, prefix: str, subfolder: str, ext: str = "png") -> List[bytes]:
         """Outputs by predicted names: ``<prefix>_00001_.<ext>``, counting up until not 200."""
-        out = []
+        out: List[bytes] = []
         counter = 1
         while True:
             r = self.http.get(

@@ -152,6 +152,7 @@ def test_uploads_are_sent_again_to_the_server_a_job_moves_to(mock_cluster_factor
             item = client.history(pid)
             assert item["status"]["status_str"] == "success"
             survivor = next(s for s in cluster if s is not victim)
+            assert survivor.input_dir is not None
             uploaded = [os.path.join(d, n) for d, _, names in os.walk(survivor.input_dir) for n in names if n == "frame.0001.png"]
             assert len(uploaded) == 1
             with open(uploaded[0], "rb") as fh:
