@@ -330,8 +330,10 @@ def test_outage_clock_measures_only_the_current_outage(mock_comfy: MockComfyServ
     clock = ThawableClock()
     wait_for_server = 60.0  # fake seconds; once the clock runs, ample time for every retry
     mock_comfy.pause_jobs()
+    # The outages here are refusals, never hangs: generous probe/request timeouts keep a loaded
+    # machine's slow answer from looking like a third outage.
     with pool_of([mock_comfy], extra={"max_queue": 1}, background_status=False, status_ttl=3600.0, clock=clock,
-                 wait_for_server=wait_for_server) as pool:
+                 wait_for_server=wait_for_server, probe_timeout=(10.0, 10.0), request_timeout=(10.0, 10.0)) as pool:
         a = pool.submit(sleep_workflow(seconds=0.2, steps=2, prefix="a"))
         wait_until(lambda: mock_comfy.queue_snapshot()[0], what="A runs (the server is full)")
         canaries = [pool.submit(sleep_workflow(seconds=0.1, steps=1, prefix=f"c{i}")) for i in range(3)]
@@ -436,8 +438,11 @@ def test_fail_fast_cancels_jobs_added_after_the_failure() -> None:
             # map_async queues the whole batch at once (no job is dispatched before the last is
             # queued), so the gate in submit() may never be reached: hold s2 until the failure.
             assert gate.wait(20), "the batch's first failure never cancelled job 1"
-            s2.resume_jobs()
             results = batch.results(timeout=30, return_exceptions=True)
+            # s2 is held until the cancels have reached it (interrupts work while paused): a
+            # copy left there would run once resumed, whatever the machine's load.
+            wait_until(lambda: s2.queue_snapshot() == ([], []), timeout=30, what="s2 rid of the batch's jobs")
+            s2.resume_jobs()
         statuses = [job.status for job in batch.jobs]
         assert statuses[0] == "failed" and statuses[1:] == ["cancelled"] * 5, statuses
         # Only the job s2 was running when job 0 failed ran at all (interrupted): which of jobs

@@ -142,16 +142,18 @@ def test_uploads_are_sent_again_to_the_server_a_job_moves_to(mock_cluster_factor
         nuke = NukeRemoteClient(gw.url)
         try:
             names = nuke.upload_frames([frame], subfolder="plates")
+            for server in cluster:  # the job cannot end before the victim stops, whatever the load
+                server.pause_jobs()
             pid = client.run(frames_prompt(names, "moved", seconds=0.5))
             victim = running_on(cluster)
-            victim.pause_jobs()  # mid-job, whatever the machine's load
             client.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "executing")
             victim.stop()
+            survivor = next(s for s in cluster if s is not victim)
+            survivor.resume_jobs()
             msgs = client.follow(pid, timeout=30)
             assert [m["type"] for m in msgs].count("execution_start") == 1
             item = client.history(pid)
             assert item["status"]["status_str"] == "success"
-            survivor = next(s for s in cluster if s is not victim)
             assert survivor.input_dir is not None
             uploaded = [os.path.join(d, n) for d, _, names in os.walk(survivor.input_dir) for n in names if n == "frame.0001.png"]
             assert len(uploaded) == 1
