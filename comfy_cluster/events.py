@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 from typing import Any, Callable, Dict, Optional
 
 import websocket
 
+from .client import classify
 from .config import ServerConfig
 from .errors import ServerError
 from .tls import ssl_context
@@ -359,11 +359,16 @@ def _binary_prompt_id(frame: bytes) -> Optional[str]:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
-    if isinstance(exc, ConnectionRefusedError) or "Connection refused" in text:
+    """Why a websocket failed, in a few words, decided by the exception's type (its text
+    differs between Windows, macOS and Linux)."""
+    fault = classify(exc)
+    if isinstance(exc, websocket.WebSocketTimeoutException):
+        fault = fault or "read_timeout"
+    if fault == "refused":
         return "connection refused"
-    if isinstance(exc, (TimeoutError, websocket.WebSocketTimeoutException)) or "timed out" in text:
+    if fault in ("connect_timeout", "read_timeout"):
         return "timed out"
-    if isinstance(exc, ssl.SSLError):
+    text = str(exc) or exc.__class__.__name__
+    if fault == "tls":
         return f"TLS error: {text[:100]}"
     return text if len(text) <= 120 else text[:117] + "..."

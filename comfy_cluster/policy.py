@@ -123,3 +123,16 @@ def decide(phase: Phase, error: BaseException, *, server_specific: bool = False)
     if fault == "workflow" and server_specific:
         fault = "workflow_here"
     return TABLE.get((phase, fault)) or TABLE[(phase, _ANY)]
+
+
+def render_table() -> str:
+    """:data:`TABLE` as the markdown table docs/RELIABILITY.md shows (a test keeps them equal)."""
+    rows = ["| phase | fault | action | server marked offline | copy may be left (kept until removed) | retried for |", "|---|---|---|---|---|---|"]
+    for (phase, fault), d in TABLE.items():
+        window = "" if d.action is not Action.WAIT else (f"{d.window:g} s" if d.window is not None else "`server_lost_after`")
+        fault_text = "any other" if fault == _ANY and len([k for k in TABLE if k[0] is phase]) > 1 else "any" if fault == _ANY else f"`{fault}`"
+        rows.append(
+            f"| {phase.value} | {fault_text} | {d.action.value}{' (exclude this server)' if d.exclude else ''} | "
+            f"{'yes' if d.mark_down else ''} | {'yes' if d.maybe_there else ''} | {window} |"
+        )
+    return "\n".join(rows)

@@ -176,6 +176,9 @@ class _Follower:
         self.cancel_done = False  # delete/interrupt went through
         self.success_raw: Optional[Dict[str, Any]] = None
         self.success_seen = False
+        # Outputs as the websocket announced them: the result when the server signalled
+        # success and then lost its history (a restart) before we read it.
+        self.ws_outputs: Dict[str, List[OutputFile]] = {}
         self.unreachable_since: Optional[float] = None
         self.cancel_retry_at = 0.0
         # After a reconnect, ComfyUI may drop the new socket's registration when it notices the
@@ -267,7 +270,7 @@ class _Follower:
         if self.job.cancel_requested and self.cancel_done:
             return Outcome("cancelled", reason="cancelled")
         if self.success_seen:
-            return None  # history not written yet; look again shortly
+            return self._from_events()  # it finished; its history went with a restart
         # In neither queue nor history: the server restarted and lost it.
         return Outcome("move", reason="server restarted and lost the job", decision=Decision(Action.MOVE), confirmed=True)
 
@@ -309,6 +312,7 @@ class _Follower:
             files = tuple(
                 OutputFile(f["filename"], f["subfolder"], f["type"], node) for _, f in iter_output_files({node: data.get("output")})
             )
+            self.ws_outputs.setdefault(node, []).extend(files)
             job._emit("output", name, node=node, files=files, raw=data)
         elif kind == "execution_success":
             self.success_seen = True
@@ -330,10 +334,8 @@ class _Follower:
             try:
                 item = self.ctx.client.history(self.pid, timeout=FOLLOW_TIMEOUT)
             except ComfyClusterError as exc:
-                out = self._lost(exc, Phase.HISTORY)
-                if out is not None:
-                    out.confirmed = True  # it ended there: nothing to remove
-                    return out
+                if self._lost(exc, Phase.HISTORY) is not None:
+                    return self._from_events()  # it ended there: nothing to remove
                 time.sleep(0.25)
                 continue
             self.unreachable_since = None
@@ -342,9 +344,17 @@ class _Follower:
                 out.raw = self.success_raw
                 return out
             if self.ctx.clock() >= grace_end:
-                return Outcome("move", reason="finished job missing from history", decision=Decision(Action.MOVE))
+                return self._from_events()
             time.sleep(delay)  # history is written just before the done signal; rarely needed
             delay = min(delay * 2, 1.0)
+
+    def _from_events(self) -> Outcome:
+        """The job signalled success, but its history item cannot be had (the server lost it
+        in a restart, or stays out of reach): the result from the websocket's ``executed``
+        events, whose files are on the server's disk. Running it again would run it twice."""
+        log.warning("%s: history of %s unavailable after its success; result taken from its events", self.name, self.pid)
+        started = self.started if self.started is not None else self.posted_at
+        return Outcome("succeeded", outputs=dict(self.ws_outputs), exec_seconds=self.ctx.clock() - started, raw=self.success_raw)
 
     def _from_history(self, item: Mapping[str, Any]) -> Outcome:
         status = as_dict(item.get("status"))

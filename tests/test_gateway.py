@@ -242,7 +242,8 @@ def test_events_posted_before_the_socket_connects_are_delivered(mock_cluster_fac
             wait_until(lambda: requests.get(f"{gw.url}/history/{pid}", timeout=5).json(), message="the job done")
             gate.set()  # the socket connects only now
             frames = nuke.wait_done(pid)
-            assert frames[0]["type"] == "status"  # type: ignore[index]
+            first = frames[0]
+            assert isinstance(first, dict) and first["type"] == "status"
             assert kinds(of_prompt(frames, pid))[0] == "execution_start"
             assert kinds(of_prompt(frames, pid))[-2:] == ["execution_success", "executing"]
         finally:
