@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Dict, Iterator, List, Sequence
+from typing import Iterator, List, NamedTuple, Sequence
 
 import requests
 import websocket
@@ -50,8 +50,14 @@ def wait_listening(url: str, proc: "subprocess.Popen[bytes]", timeout: float = 3
     raise RuntimeError(f"{url} did not start")
 
 
+class Procs(NamedTuple):
+    mocks: List[str]  # the mock servers' URLs
+    gateway: str  # the gateway's URL
+    gateway_pid: int
+
+
 @contextlib.contextmanager
-def processes(mocks: int = 1, speed: float = 1000.0) -> Iterator[Dict[str, object]]:
+def processes(mocks: int = 1, speed: float = 1000.0) -> Iterator[Procs]:
     """``mocks`` mock servers and one gateway over them, each a process of its own."""
     procs: List["subprocess.Popen[bytes]"] = []
     try:
@@ -71,7 +77,7 @@ def processes(mocks: int = 1, speed: float = 1000.0) -> Iterator[Dict[str, objec
         procs.append(g)
         gurl = f"http://127.0.0.1:{gport}"
         wait_listening(gurl, g)
-        yield {"mocks": urls, "gateway": gurl, "gateway_pid": g.pid}
+        yield Procs(urls, gurl, g.pid)
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -120,7 +126,7 @@ def main() -> None:
     args = ap.parse_args()
     direct_medians, gateway_medians, direct_all, gateway_all = [], [], [], []
     with processes(mocks=1) as env:
-        mock, gw = str(env["mocks"][0]), str(env["gateway"])  # type: ignore[index]
+        mock, gw = env.mocks[0], env.gateway
         client_jobs(mock, 20, 1)  # warm up both paths (sockets, node lists)
         client_jobs(gw, 20, 1000)
         seed = 10_000

@@ -30,7 +30,7 @@ from comfy_cluster.cli import demo_workflow
 try:  # python -m bench.bench_gateway_load (from the repository folder)
     from bench.bench_gateway import processes
 except ImportError:  # python bench/bench_gateway_load.py
-    from bench_gateway import processes  # type: ignore[no-redef]
+    from bench_gateway import processes  # type: ignore[import-not-found,no-redef]
 
 
 def rss_kib(pid: int) -> Dict[str, int]:
@@ -92,10 +92,10 @@ def main() -> None:
     ap.add_argument("--job-seconds", type=float, default=0.03, help="time each job takes on its server (default 0.03)")
     args = ap.parse_args()
     total = args.clients * args.prompts
-    print(f"| round | prompts | errors | wall s | longest queue | RSS before MiB | RSS after MiB | peak RSS MiB |")
+    print("| round | prompts | errors | wall s | longest queue | RSS before MiB | RSS after MiB | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|")
     with processes(mocks=3, speed=1.0) as env:
-        url, pid = str(env["gateway"]), int(env["gateway_pid"])  # type: ignore[arg-type]
+        url, pid = env.gateway, env.gateway_pid
         for rnd in range(1, args.rounds + 1):
             before = rss_kib(pid)
             start = threading.Event()

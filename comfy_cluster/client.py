@@ -17,18 +17,22 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
 
-from .config import ServerConfig
 from . import localfiles
-from .errors import LocalFileError, NodeError, ServerError, WorkflowError
+from .answers import as_dict, as_list, iter_output_files, parse_workflow_error, queue_items
+from .config import ServerConfig
+from .errors import LocalFileError, ServerError
+from .reasons import classify, failure_reason, short_reason
 from .tls import ssl_context
 
-__all__ = ["ComfyClient", "Timeouts", "parse_workflow_error"]
+# classify (reasons.py) and as_dict, as_list, iter_output_files, parse_workflow_error
+# (answers.py) are imported from here by the rest of the library too.
+__all__ = ["ComfyClient", "Timeouts", "classify", "parse_workflow_error", "as_dict", "as_list", "iter_output_files"]
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,7 @@ class ComfyClient:
         try:
             return self._session.request(method, url, timeout=timeout or self.timeout, stream=True, **kwargs)
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerError(f"{self.server.name}: {_failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
+            raise ServerError(f"{self.server.name}: {failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
 
     def _read_capped(self, resp: requests.Response, cap: int, read_timeout: Optional[float] = None) -> bytes:
         """The body of a streamed requests response: see :meth:`_read_raw`."""
@@ -142,7 +146,7 @@ class ComfyClient:
         except urllib3.exceptions.ReadTimeoutError:
             raise ServerError(f"{self.server.name}: no answer (read timed out)", server=self.server.name, fault="read_timeout") from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerError(f"{self.server.name}: answer cut short: {_short(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
+            raise ServerError(f"{self.server.name}: answer cut short: {short_reason(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
         return b"".join(chunks)
 
     def _json(self, resp: requests.Response, timeout: Optional[Timeouts] = None) -> Any:
@@ -207,7 +211,7 @@ class ComfyClient:
                 preload_content=False, redirect=False, retries=False,
             )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerError(f"{self.server.name}: {_failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
+            raise ServerError(f"{self.server.name}: {failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
         try:
             body = self._read_raw(resp, resp.headers.get("Content-Length"), self.max_json_bytes, timeout[1])
         except BaseException:
@@ -233,8 +237,8 @@ class ComfyClient:
             data = self.get_json("/queue", timeout=timeout)
         if not isinstance(data, dict):
             raise ServerError(f"{self.server.name}: /queue answered {type(data).__name__}, not an object", server=self.server.name, fault="malformed")
-        running = _queue_items(data.get("queue_running"), self.server.name)
-        pending = _queue_items(data.get("queue_pending"), self.server.name)
+        running = queue_items(data.get("queue_running"), self.server.name)
+        pending = queue_items(data.get("queue_pending"), self.server.name)
         # The server's pending list is a heap array, not sorted: order by number.
         pending.sort(key=lambda item: item[0])
         return [pid for _, pid in running], [pid for _, pid in pending]
@@ -332,7 +336,7 @@ class ComfyClient:
                             raise ServerError(f"{self.server.name}: {filename!r} exceeds {max_bytes} bytes", server=self.server.name, fault="malformed")
                         fh.write(chunk)
             except requests.exceptions.RequestException as exc:
-                raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {_short(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
+                raise ServerError(f"{self.server.name}: download of {filename!r} cut short: {short_reason(exc)}", server=self.server.name, fault=classify(exc) or "connect") from None
             except OSError as exc:  # a full disk, a share gone away
                 raise LocalFileError(f"cannot write {dest}: {exc.strerror or exc}", path=dest) from None
             localfiles.replace(tmp, dest)
@@ -363,57 +367,6 @@ class ComfyClient:
                         pass
                 if self._probe is not None:
                     self._probe.close()
-
-
-def classify(exc: BaseException) -> str:
-    """The :data:`~comfy_cluster.errors.FAULTS` kind of a requests/urllib3/socket exception.
-
-    Decided by exception type along the whole chain (``__cause__``, ``__context__``, urllib3's
-    ``reason``, requests' wrapped exception), never by message text: Windows says
-    ``[WinError 10061] ... actively refused it`` where Linux says ``Connection refused``.
-    """
-    kinds: Set[str] = set()
-    seen: Set[int] = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if id(e) in seen or len(seen) > 50:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ConnectionRefusedError):
-            return "refused"  # nothing listens there, whatever else the chain says
-        if isinstance(e, (ssl.SSLError, requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
-            kinds.add("tls")
-        elif isinstance(e, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
-            kinds.add("connect")
-        elif isinstance(e, (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
-            kinds.add("connect_timeout")
-        elif isinstance(e, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
-            kinds.add("read_timeout")
-        elif isinstance(e, (requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError, OSError)):
-            kinds.add("connect")
-        nxt = [e.__cause__, e.__context__, getattr(e, "reason", None), *getattr(e, "args", ())]
-        stack.extend(x for x in nxt if isinstance(x, BaseException))
-    for kind in ("tls", "connect_timeout", "read_timeout", "connect"):
-        if kind in kinds:
-            return kind
-    return ""
-
-
-def _failure_reason(exc: BaseException) -> str:
-    """Why a request failed, in a few words, for requests' and urllib3's exceptions alike."""
-    fault = classify(exc)
-    if fault == "refused":
-        return "connection refused"
-    if fault == "tls":
-        return f"TLS error: {_short(exc)}"
-    if fault == "connect_timeout":
-        return "connect timed out"
-    if fault == "read_timeout":
-        return "no answer (read timed out)"
-    if fault == "connect":
-        return f"cannot connect: {_short(exc)}"
-    return f"request failed: {_short(exc)}"
 
 
 class _TrackingAdapter(requests.adapters.HTTPAdapter):
@@ -468,103 +421,5 @@ def _body_chunks(raw: Any, deadline: Optional[float]) -> Iterable[bytes]:
         yield data
 
 
-def parse_workflow_error(data: Mapping[str, Any], server: Optional[str] = None) -> WorkflowError:
-    """Turn ComfyUI's 400 answer into a WorkflowError with readable node errors."""
-    err = data.get("error")
-    err = err if isinstance(err, dict) else {}
-    message = str(err.get("message") or "workflow refused")
-    details = err.get("details")
-    if details and isinstance(details, str) and details not in message:
-        message = f"{message} ({details})"
-    node_errors: List[NodeError] = []
-    raw_nodes = data.get("node_errors")
-    if isinstance(raw_nodes, dict):
-        for node_id, entry in raw_nodes.items():
-            if not isinstance(entry, dict):
-                continue
-            class_type = str(entry.get("class_type", "?"))
-            errors = as_list(entry.get("errors"))
-            for e in errors:
-                if not isinstance(e, dict):
-                    continue
-                info = as_dict(e.get("extra_info"))
-                input_name = info.get("input_name")
-                text = str(e.get("details") or e.get("message") or "invalid")
-                node_errors.append(
-                    NodeError(str(node_id), class_type, str(input_name) if input_name else None, text, str(e.get("type", "")))
-                )
-    where = f"{server}: " if server else ""
-    return WorkflowError(
-        f"{where}{message}",
-        error_type=str(err.get("type", "")),
-        node_errors=node_errors,
-        server=server,
-        raw=dict(data),
-    )
-
-
-def as_dict(value: Any) -> Dict[str, Any]:
-    """``value`` if it is a dict, else an empty one (for JSON of unknown shape)."""
-    return value if isinstance(value, dict) else {}
-
-
-def as_list(value: Any) -> List[Any]:
-    """``value`` if it is a list, else an empty one (for JSON of unknown shape)."""
-    return value if isinstance(value, list) else []
-
-
-def _queue_items(items: Any, server: str) -> List[Tuple[float, str]]:
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        raise ServerError(f"{server}: /queue entries are not lists", server=server, fault="malformed")
-    out: List[Tuple[float, str]] = []
-    for item in items:
-        if (
-            not isinstance(item, list)
-            or len(item) < 2
-            or not isinstance(item[1], str)
-            or isinstance(item[0], bool)
-            or not isinstance(item[0], (int, float))
-        ):
-            raise ServerError(f"{server}: malformed /queue item", server=server, fault="malformed")
-        try:
-            number = float(item[0])
-        except OverflowError:  # a JSON integer too large for a float
-            raise ServerError(f"{server}: malformed /queue item", server=server, fault="malformed") from None
-        out.append((number, item[1]))
-    return out
-
-
 def _path(resp: requests.Response) -> str:
     return urlsplit(resp.url).path or "/"
-
-
-def _short(exc: BaseException) -> str:
-    """A short reason from a requests exception (its text can be a long nested repr)."""
-    text = str(exc)
-    for marker in ("Connection refused", "timed out", "Name or service not known", "certificate verify failed",
-                   "Connection reset", "Connection aborted", "IncompleteRead", "RemoteDisconnected"):
-        if marker in text:
-            return marker.lower() if marker != "IncompleteRead" else "incomplete read"
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def iter_output_files(outputs: Any) -> Iterable[Tuple[str, Dict[str, str]]]:
-    """Yield ``(node_id, file)`` for every file in a history ``outputs`` mapping."""
-    if not isinstance(outputs, dict):
-        return
-    for node_id, node_out in outputs.items():
-        if not isinstance(node_out, dict):
-            continue
-        for value in node_out.values():
-            if not isinstance(value, list):
-                continue
-            for f in value:
-                if isinstance(f, dict) and isinstance(f.get("filename"), str):
-                    yield str(node_id), {
-                        "filename": f["filename"],
-                        "subfolder": str(f.get("subfolder") or ""),
-                        "type": str(f.get("type") or "output"),
-                    }
-

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import struct
 import threading
 import uuid
@@ -58,6 +59,12 @@ def png_rgb(data: bytes) -> Tuple[int, int, int]:
         pos += 12 + length
     raw = zlib.decompressobj().decompress(idat, 4)
     return raw[1], raw[2], raw[3]
+
+
+def folder_colour(files: Sequence[bytes]) -> Tuple[int, int, int]:
+    """The colour the mock's VHS_LoadImagesPath gives a folder (hash of its files, by name)."""
+    d = hashlib.sha256(b"".join(files)).digest()
+    return d[0], d[1], d[2]
 
 
 def loaded_colour(file_bytes: bytes) -> Tuple[int, int, int]:
@@ -184,6 +191,17 @@ class NukeRemoteClient:
             names.append(f"{answer['subfolder']}/{answer['name']}")
         return names
 
+    def upload_sequence(self, frames: Sequence[bytes], code: str) -> str:
+        """Its remote mode: the rendered frames ``<code>_00001.png``... into subfolder
+        ``code`` (the request names no type); the folder its loader then reads, derived from
+        the server's ``argv[0]`` in ``/system_stats`` as ``<ComfyUI folder>/input/<code>``."""
+        for i, data in enumerate(frames, start=1):
+            r = self.http.post(self.url + "/upload/image", files={"image": (f"{code}_{i:05d}.png", data)},
+                               data={"subfolder": code, "overwrite": "true"}, timeout=10)
+            assert r.status_code == 200, r.text
+        argv = self.http.get(self.url + "/system_stats", timeout=10).json()["system"]["argv"]
+        return os.path.join(os.path.dirname(argv[0]), "input", code)
+
     def run(self, prompt: Dict[str, Any], socket_gate: Optional[threading.Event] = None) -> str:
         """Start the socket in a thread and post at once, without waiting for it."""
         if self.socket is None:
@@ -198,7 +216,7 @@ class NukeRemoteClient:
 
     def collect(self, prefix: str, subfolder: str, ext: str = "png") -> List[bytes]:
         """Outputs by predicted names: ``<prefix>_00001_.<ext>``, counting up until not 200."""
-        out = []
+        out: List[bytes] = []
         counter = 1
         while True:
             r = self.http.get(

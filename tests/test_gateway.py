@@ -83,11 +83,13 @@ def test_a_server_killed_mid_job_the_client_sees_one_job_finishing(mock_cluster_
     with gateway_over(cluster) as gw:
         client = ScriptClient(gw.url)
         try:
+            for server in cluster:  # the job cannot end before the victim stops, whatever the load
+                server.pause_jobs()
             pid = client.run(sleep_workflow(seconds=0.5, steps=10, seed=7))
             victim = running_on(cluster)
-            victim.pause_jobs()  # mid-job, whatever the machine's load
             client.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "executing")
             victim.stop()
+            next(s for s in cluster if s is not victim).resume_jobs()
             msgs = client.follow(pid, timeout=30)
             assert kinds(msgs).count("execution_start") == 1
             assert kinds(msgs)[-2:] == ["execution_success", "executing"]
@@ -110,8 +112,12 @@ def test_interrupt_with_an_id_stops_that_job_only(mock_cluster_factory: Factory)
             pb = b.run(sleep_workflow(seconds=0.6, steps=6, seed=2))
             for c in (a, b):
                 c.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress")
+            for s in cluster:  # both jobs held mid-run (interrupts still work), whatever the load
+                s.pause_jobs()
             assert requests.post(gw.url + "/interrupt", json={"prompt_id": pa}, timeout=5).status_code == 200
             assert kinds(a.follow(pa))[-2:] == ["execution_interrupted", "executing"]
+            for s in cluster:
+                s.resume_jobs()
             assert kinds(b.follow(pb))[-2:] == ["execution_success", "executing"]
             assert a.history(pa)["status"]["status_str"] == "error"
             assert b.history(pb)["status"]["status_str"] == "success"
@@ -236,7 +242,8 @@ def test_events_posted_before_the_socket_connects_are_delivered(mock_cluster_fac
             wait_until(lambda: requests.get(f"{gw.url}/history/{pid}", timeout=5).json(), message="the job done")
             gate.set()  # the socket connects only now
             frames = nuke.wait_done(pid)
-            assert frames[0]["type"] == "status"  # type: ignore[index]
+            first = frames[0]
+            assert isinstance(first, dict) and first["type"] == "status"
             assert kinds(of_prompt(frames, pid))[0] == "execution_start"
             assert kinds(of_prompt(frames, pid))[-2:] == ["execution_success", "executing"]
         finally:

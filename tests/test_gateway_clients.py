@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 import requests
-from gateway_util import NukeRemoteClient, ScriptClient, gateway_over, loaded_colour, of_prompt, png_rgb, running_on
+from gateway_util import NukeRemoteClient, ScriptClient, folder_colour, gateway_over, loaded_colour, of_prompt, png_rgb, running_on
 
 from comfy_cluster.testing import MockCluster, wait_until
 from comfy_cluster.testing.png import png_bytes
@@ -31,6 +31,66 @@ def frames_prompt(names: List[str], out_folder: str, seconds: float = 0.0) -> Di
             src = f"Sleep{i}"
         prompt[f"Save{i}"] = {"class_type": "SaveImage", "inputs": {"images": [src, 0], "filename_prefix": f"{out_folder}/ComfyUI"}}
     return prompt
+
+
+def sequence_prompt(directory: str, out_folder: str, seconds: float = 0.0) -> Dict[str, Any]:
+    """ComfyUI-for-Nuke's prompt for a frame range: a folder loader (with its extra
+    ``frame_range`` key and ``id`` input) feeding a SaveImage, node ids as Nuke names."""
+    prompt: Dict[str, Any] = {
+        "Read1": {
+            "frame_range": [1, 3],
+            "inputs": {"directory": directory, "skip_first_images": 0, "select_every_nth": 1, "image_load_cap": 0, "id": 4711},
+            "class_type": "VHS_LoadImagesPath",
+        },
+    }
+    src = "Read1"
+    if seconds:
+        prompt["Sleep1"] = {"class_type": "TestSleep", "inputs": {"image": [src, 0], "seconds": seconds, "steps": 10, "seed": 3}}
+        src = "Sleep1"
+    prompt["SaveImage1"] = {"class_type": "SaveImage", "inputs": {"images": [src, 0], "filename_prefix": f"{out_folder}/ComfyUI"}}
+    return prompt
+
+
+def test_comfyui_for_nuke_remote_mode_frame_range_through_a_folder_loader(mock_cluster_factory: Factory) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0))
+    frames = [png_bytes(8, 8, (i, 5, 9)) for i in range(1, 4)]
+    with gateway_over(cluster) as gw:
+        nuke = NukeRemoteClient(gw.url, n=2)
+        try:
+            directory = nuke.upload_sequence(frames, "a3f9c2d1e0b4")
+            pid = nuke.run(sequence_prompt(directory, "20261201_0200"))
+            nuke.wait_done(pid)
+            nuke.cancel()
+            outputs = nuke.collect("ComfyUI", "20261201_0200")
+            assert [png_rgb(o) for o in outputs] == [folder_colour(frames)] * 3  # the batch of 3 frames
+            # The client's prompt is shown as posted; the servers ran a copy of the folder.
+            item = requests.get(f"{gw.url}/history/{pid}", timeout=5).json()[pid]
+            assert item["prompt"][2]["Read1"]["inputs"]["directory"] == directory
+            ran = [p for s in cluster for _, p, _ in s.received_prompts]
+            assert len(ran) == 1 and ran[0]["Read1"]["inputs"]["directory"].startswith(os.path.join("input", "cc-"))
+        finally:
+            nuke.close()
+
+
+def test_a_folder_loader_job_moves_with_its_frames(mock_cluster_factory: Factory) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0))
+    frames = [png_bytes(8, 8, (7, i, 7)) for i in range(1, 4)]
+    with gateway_over(cluster) as gw:
+        nuke = NukeRemoteClient(gw.url, n=3)
+        try:
+            directory = nuke.upload_sequence(frames, "0badc0de")
+            for server in cluster:  # the job cannot end before the victim stops, whatever the load
+                server.pause_jobs()
+            pid = nuke.run(sequence_prompt(directory, "moved", seconds=0.5))
+            victim = running_on(cluster)
+            assert nuke.socket is not None
+            nuke.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "executing")
+            victim.stop()
+            next(s for s in cluster if s is not victim).resume_jobs()
+            nuke.wait_done(pid, timeout=30)
+            assert [png_rgb(o) for o in nuke.collect("ComfyUI", "moved")] == [folder_colour(frames)] * 3
+        finally:
+            nuke.close()
 
 
 def test_comfyui_for_nuke_remote_mode_round_trip(mock_cluster_factory: Factory) -> None:
@@ -68,9 +128,13 @@ def test_comfyui_for_nuke_cancel_interrupts_only_its_run(mock_cluster_factory: F
             assert nuke.socket is not None
             nuke.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress")
             other.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress")
+            for server in cluster:  # both jobs held mid-run (interrupts still work), whatever the load
+                server.pause_jobs()
             nuke.cancel()
             frames = nuke.wait_done(mine)
             assert [m["type"] for m in of_prompt(frames, mine)][-2:] == ["execution_interrupted", "executing"]
+            for server in cluster:
+                server.resume_jobs()
             assert [m["type"] for m in other.follow(theirs)][-2:] == ["execution_success", "executing"]
         finally:
             nuke.close()
@@ -85,16 +149,19 @@ def test_uploads_are_sent_again_to_the_server_a_job_moves_to(mock_cluster_factor
         nuke = NukeRemoteClient(gw.url)
         try:
             names = nuke.upload_frames([frame], subfolder="plates")
+            for server in cluster:  # the job cannot end before the victim stops, whatever the load
+                server.pause_jobs()
             pid = client.run(frames_prompt(names, "moved", seconds=0.5))
             victim = running_on(cluster)
-            victim.pause_jobs()  # mid-job, whatever the machine's load
             client.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "executing")
             victim.stop()
+            survivor = next(s for s in cluster if s is not victim)
+            survivor.resume_jobs()
             msgs = client.follow(pid, timeout=30)
             assert [m["type"] for m in msgs].count("execution_start") == 1
             item = client.history(pid)
             assert item["status"]["status_str"] == "success"
-            survivor = next(s for s in cluster if s is not victim)
+            assert survivor.input_dir is not None
             uploaded = [os.path.join(d, n) for d, _, names in os.walk(survivor.input_dir) for n in names if n == "frame.0001.png"]
             assert len(uploaded) == 1
             with open(uploaded[0], "rb") as fh:
@@ -206,3 +273,29 @@ def test_events_kept_for_an_absent_client_are_bounded_and_a_new_socket_takes_ove
                 second.close()
         finally:
             late.close()
+
+
+def test_frames_kept_in_all_are_bounded_oldest_client_first(mock_cluster_factory: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import comfy_cluster.gateway.relay as relay
+
+    monkeypatch.setattr(relay, "MAX_KEPT_TOTAL", 5)
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with gateway_over(cluster) as gw:
+        first, second = NukeRemoteClient(gw.url, n=4), NukeRemoteClient(gw.url, n=5)
+        gates = threading.Event(), threading.Event()
+        try:
+            p1 = first.run(sleep_workflow(seconds=0.01, steps=1, seed=41), socket_gate=gates[0])
+            wait_until(lambda: requests.get(f"{gw.url}/history/{p1}", timeout=5).json(), message="the first job done")
+            p2 = second.run(sleep_workflow(seconds=0.01, steps=1, seed=42), socket_gate=gates[1])
+            wait_until(lambda: requests.get(f"{gw.url}/history/{p2}", timeout=5).json(), message="the second job done")
+            gates[1].set()
+            assert [m["type"] for m in of_prompt(second.wait_done(p2), p2)][-2:] == ["execution_success", "executing"]
+            gates[0].set()  # the oldest client's frames were dropped to stay within the total
+            p3 = first.run(sleep_workflow(seconds=0.01, steps=1, seed=43))
+            frames = first.wait_done(p3)
+            assert of_prompt(frames, p1) == []
+        finally:
+            first.close()
+            second.close()

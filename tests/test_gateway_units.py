@@ -118,3 +118,26 @@ def test_the_gateway_reaches_https_servers_with_the_librarys_trust(tmp_path: Any
             finally:
                 gw.stop()
                 pool.close()
+
+
+def test_folder_references_are_paths_into_an_input_folder(tmp_path: Any) -> None:
+    from comfy_cluster.gateway.folders import find_folder_refs, folder_name
+
+    store = UploadStore(str(tmp_path))
+    store.put("f_00001.png", b"1", subfolder="plates")
+    store.put("f_00002.png", b"2", subfolder="plates")
+    prompt = {
+        "Read1": {"class_type": "VHS_LoadImagesPath", "inputs": {"directory": "/opt/ComfyUI/input/plates"}},
+        "Read2": {"class_type": "LoadEXR", "inputs": {"filepath": "input\\plates\\"}},
+        "Text": {"class_type": "CLIPTextEncode", "inputs": {"text": "plates"}},  # a word, not a path
+        "Other": {"class_type": "X", "inputs": {"directory": "/data/plates"}},  # not an input folder
+    }
+    assert find_folder_refs(prompt, store) == [
+        ("Read1", "directory", "/opt/ComfyUI/input/", "plates"),
+        ("Read2", "filepath", "input/", "plates"),
+    ]
+    files = store.files_in("plates")
+    assert [n for n, _ in files] == ["f_00001.png", "f_00002.png"]
+    name = folder_name(files)
+    store.put("f_00002.png", b"changed", subfolder="plates", overwrite=True)
+    assert folder_name(store.files_in("plates")) != name  # new content, new folder on the servers

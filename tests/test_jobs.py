@@ -350,8 +350,10 @@ def test_refused_mid_job_moves_soon_and_the_copy_is_removed_when_back(mock_clust
         wait_until(lambda: job.status == "running", what="job running")
         first = next(s for s in cluster.servers if s.name == job.server.name)
         old_id = job.prompt_id
+        first.pause_jobs()  # the copy cannot finish before it is removed, however loaded the machine
         first.set_fault(Fault.REFUSE)  # the machine unreachable; its ComfyUI goes on running
-        wait_until(lambda: "retrying" in kinds(job.events), timeout=8, what="job moved")
+        # "soon": well before server_lost_after (60 s), with room for a loaded machine
+        wait_until(lambda: "retrying" in kinds(job.events), timeout=20, what="job moved")
         first.set_fault(None)
         pool.status(refresh=True)
         wait_until(lambda: {"prompt_id": old_id} in first.interrupt_requests, what="old copy interrupted")

@@ -69,6 +69,16 @@ def test_route_hang_times_out_until_cleared(mock_comfy: MockComfyServer) -> None
     works(mock_comfy)
 
 
+def test_answered_counts_requests_per_route(mock_comfy: MockComfyServer) -> None:
+    before = mock_comfy.answered("/object_info")
+    requests.get(mock_comfy.url + "/object_info", timeout=5)
+    requests.get(mock_comfy.url + "/api/object_info", timeout=5)
+    mock_comfy.fail_route("/object_info", "500", count=1)
+    requests.get(mock_comfy.url + "/object_info", timeout=5)  # not answered by its handler
+    assert mock_comfy.answered("/object_info") == before + 2
+    assert mock_comfy.answered("/history") == 0
+
+
 def test_route_reset_cuts_the_connection(mock_comfy: MockComfyServer) -> None:
     mock_comfy.fail_route("/history", "reset", count=1, method="GET")
     with pytest.raises(requests.ConnectionError):

@@ -231,7 +231,7 @@ def test_examples_named_in_readme_exist():
 def test_deleting_a_job_in_comfyuis_own_queue_sends_it_again(mock_comfy):
     import requests
 
-    with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 2}]) as pool:
+    with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 2}], reconcile_interval=0.5) as pool:
         mock_comfy.pause_jobs()  # the running job holds the GPU, whatever the machine's load
         jobs = [pool.submit(sleep_workflow(0.2, steps=2)) for _ in range(2)]
 
@@ -272,3 +272,14 @@ def test_benchmark_commands_exist_with_their_options():
         assert out.returncode == 0, (module, out.stderr)
         for option in re.findall(r"--[\w-]+", args):
             assert option in out.stdout, (module, option)
+
+
+def test_every_documented_error_class_exists_and_is_a_library_error():
+    import comfy_cluster
+
+    text = open(README, encoding="utf-8").read()
+    listed = re.search(r"\* Errors: `ComfyClusterError` > (.+?)\.\n\*", text, flags=re.S).group(1)
+    names = [n for n in re.findall(r"`(\w+)`", listed) if n != "OSError"]
+    assert "LocalFileError" in names and len(names) >= 8
+    for name in names:
+        assert issubclass(getattr(comfy_cluster, name), comfy_cluster.ComfyClusterError), name

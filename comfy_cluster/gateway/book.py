@@ -44,6 +44,7 @@ class GatewayJob:
     extra_data: Dict[str, Any]
     outputs: List[str]
     inputs: Dict[str, str] = field(default_factory=dict)
+    workflow: Optional[Dict[str, Any]] = None  # what the servers run, when it differs from prompt
     held: List[Version] = field(default_factory=list)
     state: str = "waiting"  # waiting (in the gateway), submitted (in the pool), running, done
     job: Optional[Job] = None
@@ -153,7 +154,7 @@ class JobBook:
         if self.pool_takes_owner:
             kwargs["owner"] = gj.client_id
         try:
-            job = self._pool.submit(gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev), **kwargs)
+            job = self._pool.submit(gj.workflow or gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev), **kwargs)
         except Exception as exc:  # noqa: BLE001 - told to the client as the job's error
             call(self._submit_failed, gj, exc)
             return

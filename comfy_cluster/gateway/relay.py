@@ -21,9 +21,12 @@ __all__ = ["Relay"]
 log = logging.getLogger(__name__)
 
 Frame = Union[str, bytes]
-#: Frames kept for one client without a socket, and clients kept at most.
+#: Frames kept for one client without a socket, clients kept at most, and frames in all (the
+#: oldest clients' frames go first): a script that posts without ever opening a socket costs
+#: bounded memory.
 MAX_KEPT_FRAMES = 5000
 MAX_KEPT_CLIENTS = 1000
+MAX_KEPT_TOTAL = 100_000
 #: Frames queued for one slow socket before it is dropped (it reconnects and reconciles).
 MAX_QUEUED_FRAMES = 20000
 
@@ -62,6 +65,7 @@ class Relay:
     def __init__(self) -> None:
         self._clients: Dict[str, _Client] = {}
         self._kept: "collections.OrderedDict[str, Deque[Frame]]" = collections.OrderedDict()
+        self._kept_total = 0
 
     @property
     def connected(self) -> int:
@@ -79,7 +83,9 @@ class Relay:
         client = _Client(sid, ws)
         self._clients[sid] = client
         client.put(json.dumps(first))
-        for frame in self._kept.pop(sid, ()):
+        kept = self._kept.pop(sid, ())
+        self._kept_total -= len(kept)
+        for frame in kept:
             client.put(frame)
         client.writer = asyncio.get_running_loop().create_task(client.write())
         return client
@@ -107,9 +113,12 @@ class Relay:
         kept = self._kept.get(sid)
         if kept is None:
             kept = self._kept[sid] = collections.deque(maxlen=MAX_KEPT_FRAMES)
-            while len(self._kept) > MAX_KEPT_CLIENTS:
-                self._kept.popitem(last=False)
+        if len(kept) < MAX_KEPT_FRAMES:
+            self._kept_total += 1  # (a full deque drops its oldest frame: the total stays)
         kept.append(frame)
+        while len(self._kept) > 1 and (len(self._kept) > MAX_KEPT_CLIENTS or self._kept_total > MAX_KEPT_TOTAL):
+            _, dropped = self._kept.popitem(last=False)
+            self._kept_total -= len(dropped)
 
     def broadcast(self, kind: str, data: Dict[str, Any]) -> None:
         """A JSON event for every open socket (status frames)."""
@@ -117,9 +126,10 @@ class Relay:
         for client in list(self._clients.values()):
             client.put(frame)
 
-    def forget(self, sid: str) -> None:
-        """Drop frames kept for ``sid`` (its jobs are gone and it never connected)."""
-        self._kept.pop(sid, None)
+    @property
+    def kept_frames(self) -> int:
+        """Frames kept for clients without a socket, in all."""
+        return self._kept_total
 
     async def close(self) -> None:
         for client in list(self._clients.values()):
@@ -127,3 +137,4 @@ class Relay:
             await client.ws.close()
         self._clients.clear()
         self._kept.clear()
+        self._kept_total = 0

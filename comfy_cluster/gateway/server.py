@@ -22,7 +22,9 @@ from aiohttp import WSMsgType, web
 
 from .book import GatewayJob, JobBook
 from .files import receive_upload, serve_view
+from .folders import with_folders_copied
 from .info import ClusterInfo
+from .info_routes import index_page, info_routes
 from .relay import Relay
 from .uploads import UploadStore
 from .validate import error_body, validate_for_cluster
@@ -230,6 +232,7 @@ class Gateway:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _add_routes(self, app: web.Application) -> None:
+        assert self.info is not None
         routes: List[Tuple[str, str, Handler]] = [
             ("GET", "/ws", self._ws),
             ("GET", "/prompt", self._get_prompt),
@@ -243,18 +246,8 @@ class Gateway:
             ("POST", "/upload/image", self._upload_image),
             ("POST", "/upload/mask", self._upload_image),
             ("GET", "/view", self._view),
-            ("GET", "/object_info", self._object_info),
-            ("GET", "/object_info/{node_class}", self._object_info_one),
-            ("GET", "/embeddings", self._union("/embeddings")),
-            ("GET", "/extensions", self._empty_list),
-            ("GET", "/models", self._union("/models")),
-            ("GET", "/models/{folder}", self._models_folder),
-            ("GET", "/system_stats", self._system_stats),
-            ("GET", "/features", self._features),
-            ("POST", "/free", self._ok),
-            ("PATCH", "/internal/logs/subscribe", self._ok),
-        ]
-        app.router.add_route("GET", "/", self._index)
+        ] + info_routes(self.info, self._max_upload)
+        app.router.add_route("GET", "/", index_page([s.name for s in self.pool.servers]))
         for prefix in ("", "/api"):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
@@ -340,11 +333,23 @@ class Gateway:
             extra_data["client_id"] = client_id
         assert self.uploads is not None and self.info is not None
         inputs, versions = self.uploads.bind(prompt) if isinstance(prompt, dict) else ({}, [])
+        # Held at once: an upload under the same name while this request awaits must not
+        # delete the file this prompt was bound to.
+        self.uploads.hold(versions)
         infos = await self.info.object_infos()
         ok, error, outputs, node_errors = validate_for_cluster(prompt, list(infos.values()), {n: {"image"} for n in inputs})
         if not ok:
+            self.uploads.release(versions)
             return _json({"error": error, "node_errors": node_errors}, 400)
-        self.uploads.hold(versions)
+        workflow = None
+        if isinstance(prompt, dict):  # a loader naming an upload folder: copied to the servers
+            online = set(await self._online())
+            servers = [s for s in self.pool.servers if s.name in online]
+            try:
+                workflow = await with_folders_copied(prompt, self.uploads, self.info.session, servers)
+            except BaseException:
+                self.uploads.release(versions)
+                raise
         number: Any = float(body["number"]) if "number" in body else book.next_number(bool(body.get("front")))
         gj = GatewayJob(
             prompt_id=given or str(uuid.uuid4()),
@@ -355,6 +360,7 @@ class Gateway:
             outputs=outputs,
             inputs=inputs,
             held=versions,
+            workflow=workflow,
         )
         book.add(gj)
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})
@@ -406,51 +412,6 @@ class Gateway:
         assert self.uploads is not None and self.info is not None
         return await serve_view(request, self.uploads, self._b.files, {s.name: s for s in self.pool.servers}, self.info.session)
 
-    # -- what the cluster offers --------------------------------------------------------------
-
-    async def _index(self, request: web.Request) -> web.StreamResponse:
-        names = ", ".join(s.name for s in self.pool.servers)
-        html = f"<!doctype html><title>comfy-cluster gateway</title><p>comfy-cluster gateway for {len(self.pool.servers)} ComfyUI server(s): {names}</p>"
-        return web.Response(text=html, content_type="text/html")
-
-    async def _object_info(self, request: web.Request) -> web.StreamResponse:
-        assert self.info is not None
-        return _json(await self.info.object_info())
-
-    async def _object_info_one(self, request: web.Request) -> web.StreamResponse:
-        assert self.info is not None
-        name = request.match_info["node_class"]
-        merged = await self.info.object_info()
-        return _json({name: merged[name]} if name in merged else {})
-
-    def _union(self, path: str) -> Handler:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            assert self.info is not None
-            return _json(await self.info.union_list(path))
-
-        return handler
-
-    async def _models_folder(self, request: web.Request) -> web.StreamResponse:
-        assert self.info is not None
-        folder = request.match_info["folder"]
-        if folder not in await self.info.union_list("/models"):
-            return web.Response(status=404)
-        return _json(await self.info.union_list(f"/models/{folder}"))
-
-    async def _system_stats(self, request: web.Request) -> web.StreamResponse:
-        assert self.info is not None
-        return _json(await self.info.system_stats())
-
     async def _feature_dict(self) -> Dict[str, Any]:
         assert self.info is not None
         return await self.info.features(self._max_upload)
-
-    async def _features(self, request: web.Request) -> web.StreamResponse:
-        return _json(await self._feature_dict())
-
-    async def _empty_list(self, request: web.Request) -> web.StreamResponse:
-        return _json([])
-
-    async def _ok(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
-        return web.Response(status=200)

@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 __all__ = ["UploadStore", "UploadError", "Version", "split_reference"]
 
@@ -93,6 +93,7 @@ class UploadStore:
         self._current: Dict[Key, Version] = {}
         self._total = 0
         self._seq = 0
+        self._subfolders: Dict[str, int] = {}  # input subfolder -> uploads in it
 
     @property
     def total_bytes(self) -> int:
@@ -139,6 +140,8 @@ class UploadStore:
         with open(path, "wb") as fh:
             fh.write(data)
         self._total += len(data)
+        if key not in self._current and type_ == "input" and sub:
+            self._subfolders[sub] = self._subfolders.get(sub, 0) + 1
         self._current[key] = Version(path, len(data), digest)
         if old is not None:
             old.current = False
@@ -171,6 +174,22 @@ class UploadStore:
             inputs[str(node_id)] = version.path
         return inputs, held
 
+    def subfolders(self) -> Set[str]:
+        """Every non-empty subfolder holding input uploads (kept up to date: asked per prompt)."""
+        return set(self._subfolders)
+
+    def _forget_subfolder(self, key: Key) -> None:
+        kind, sub, _ = key
+        if kind == "input" and sub:
+            self._subfolders[sub] -= 1
+            if self._subfolders[sub] <= 0:
+                del self._subfolders[sub]
+
+    def files_in(self, subfolder: str) -> List[Tuple[str, Version]]:
+        """``(name, version)`` of the input uploads in ``subfolder`` now, by name."""
+        files = [(name, v) for (kind, sub, name), v in self._current.items() if kind == "input" and sub == subfolder]
+        return sorted(files, key=lambda f: f[0])
+
     def hold(self, versions: List[Version]) -> None:
         """Keep ``versions`` (bound to an accepted prompt) until :meth:`release`."""
         for v in versions:
@@ -201,6 +220,7 @@ class UploadStore:
                 break
             if v.holders == 0:
                 del self._current[key]
+                self._forget_subfolder(key)
                 v.current = False
                 self._drop_if_unused(v)
         if self._total + size > self.max_total_bytes:
@@ -209,6 +229,7 @@ class UploadStore:
     def close(self) -> None:
         """Delete every stored file (the gateway is stopping)."""
         self._current.clear()
+        self._subfolders.clear()
         self._total = 0
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)

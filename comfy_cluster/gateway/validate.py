@@ -201,7 +201,12 @@ def validate_for_cluster(prompt: Any, infos: Sequence[ObjectInfo], bound: Mappin
     if not infos:
         outputs = [str(k) for k, n in prompt.items() if isinstance(n, Mapping)]
         return True, None, outputs, {}
-    verdicts = [_validate_one(prompt, info, bound) for info in infos]
+    verdicts = []
+    for info in infos:
+        verdict = _validate_one(prompt, info, bound)
+        if verdict[0] and not verdict[3]:
+            return verdict  # a server runs all of it: no need to ask the others
+        verdicts.append(verdict)
     accepted = [v for v in verdicts if v[0]]
     if accepted:
         return min(accepted, key=lambda v: len(v[3]))

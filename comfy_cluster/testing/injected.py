@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .engine import Engine, Execution
 from .faults import Fault, RouteFault, parse_route_fault
-from .route_faults import RouteRule, RouteRules
+from .route_faults import RouteRule, RouteRules, route_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import _WsClient
@@ -46,6 +46,7 @@ class InjectedFaults:
     _release: Optional[asyncio.Event]
     _refuse_window: Optional["asyncio.Task[None]"]
     _muted: Optional[Set[str]]
+    _answered: Dict[str, int]
     _sockets: Dict[str, "_WsClient"]
     _all_ws: Set["_WsClient"]
 
@@ -249,3 +250,14 @@ class InjectedFaults:
         for record in self.executions:
             counts[record.prompt_id] = counts.get(record.prompt_id, 0) + 1
         return counts
+
+    def answered(self, path: str) -> int:
+        """How many requests to ``path`` (``/api`` prefix ignored) its handler has answered,
+        e.g. to know that a client has read ``/object_info`` again."""
+        with self._lock:
+            return self._answered.get(route_key(path), 0)
+
+    def _note_answered(self, path: str) -> None:
+        key = route_key(path)
+        with self._lock:
+            self._answered[key] = self._answered.get(key, 0) + 1

@@ -470,6 +470,48 @@ async def _save_image_websocket(ctx: NodeContext, images: Any) -> NodeResult:
     return (), None
 
 
+def _folder_state(env: NodeEnv, directory: str) -> str:
+    folder = _sequence_dir(env, directory)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return ""
+    return ",".join(f"{n}:{os.path.getmtime(os.path.join(folder, n))}" for n in names)
+
+
+def _sequence_dir(env: NodeEnv, directory: str) -> str:
+    """A folder loader's ``directory``: absolute, or relative to the ComfyUI folder (the
+    server's working directory, the parent of its input folder)."""
+    path = directory if os.path.isabs(directory) else os.path.join(os.path.dirname(env.input_dir), directory)
+    return os.path.normpath(path)
+
+
+async def _load_images_path(
+    ctx: NodeContext, directory: str, image_load_cap: int = 0, skip_first_images: int = 0, select_every_nth: int = 1
+) -> NodeResult:
+    """VideoHelperSuite's VHS_LoadImagesPath: every image of a folder, in name order, as one
+    batch. The mock's image is the size of the first file and a colour from the hash of all
+    the files' bytes (so a test can tell which files were loaded)."""
+    folder = _sequence_dir(ctx.env, str(directory))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Directory '{directory}' cannot be found.")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(_IMAGE_EXTENSIONS))
+    names = names[int(skip_first_images) :: max(1, int(select_every_nth))]
+    if int(image_load_cap) > 0:
+        names = names[: int(image_load_cap)]
+    if not names:
+        raise FileNotFoundError(f"No files in directory '{directory}'.")
+    digest = hashlib.sha256()
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as handle:
+            digest.update(handle.read())
+    with open(os.path.join(folder, names[0]), "rb") as handle:
+        size = read_png_size(handle)
+    width, height = size if size else (64, 64)
+    d = digest.digest()
+    return (MockImage(width, height, len(names), (d[0], d[1], d[2])), MockMask(width, height), len(names)), None
+
+
 async def _test_fail(ctx: NodeContext, image: Any, message: str) -> NodeResult:
     raise RuntimeError(message)
 
@@ -665,6 +707,25 @@ BUILTIN_NODES: Dict[str, NodeDef] = {
             run=_save_image_websocket,
             # IS_CHANGED returns the time in ComfyUI: never served from the cache.
             is_changed=lambda env, inputs: uuid.uuid4().hex,
+        ),
+        NodeDef(
+            name="VHS_LoadImagesPath",
+            display_name="Load Images (Path) 🎥🅥🅗🅢",
+            category="Video Helper Suite 🎥🅥🅗🅢",
+            python_module="custom_nodes.ComfyUI-VideoHelperSuite",
+            inputs=lambda env: {
+                "required": {"directory": ["STRING", {"placeholder": "X://path/to/images"}]},
+                "optional": {
+                    "image_load_cap": _int(0, 0, 16384),
+                    "skip_first_images": _int(0, 0, 16384),
+                    "select_every_nth": _int(1, 1, 16384),
+                },
+            },
+            outputs=("IMAGE", "MASK", "INT"),
+            output_names=("IMAGE", "MASK", "frame_count"),
+            run=_load_images_path,
+            # Its IS_CHANGED hashes the folder: a changed folder is loaded again.
+            is_changed=lambda env, inputs: _folder_state(env, str(inputs.get("directory", ""))),
         ),
         NodeDef(
             name="TestSleep",

@@ -186,6 +186,7 @@ class MockComfyServer(InjectedFaults):
         self._release: Optional[asyncio.Event] = None
         self._refuse_window: Optional["asyncio.Task[None]"] = None
         self._muted: Optional[Set[str]] = None  # client ids whose frames are lost ("*": all)
+        self._answered: Dict[str, int] = {}  # route (without /api) -> requests its handler answered
         self._log_subscribers: Dict[str, bool] = {}  # PATCH /internal/logs/subscribe
 
     # --- properties ----------------------------------------------------------------------
@@ -771,6 +772,7 @@ class MockComfyServer(InjectedFaults):
             return web.Response(status=500)
         try:
             response = await handler(request)
+            self._note_answered(request.path)
         except web.HTTPException:
             raise
         except (asyncio.CancelledError, ConnectionError):
