@@ -20,7 +20,7 @@ import uuid
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from .errors import ComfyClusterError
-from .policy import FOLLOW_TIMEOUT
+from .policy import follow_timeout
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import ComfyClient
@@ -148,10 +148,10 @@ def cancel_on_server(client: "ComfyClient", prompt_id: str, also_delete: Sequenc
 
     Raises :class:`ServerError` when the server cannot be reached (the caller retries).
     """
-    client.delete_pending(list(dict.fromkeys([prompt_id, *also_delete])), timeout=FOLLOW_TIMEOUT)
-    running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
+    client.delete_pending(list(dict.fromkeys([prompt_id, *also_delete])), timeout=follow_timeout(client.timeout[1]))
+    running, pending = client.queue(timeout=follow_timeout(client.timeout[1]))
     if prompt_id in running:
-        client.interrupt(prompt_id, timeout=FOLLOW_TIMEOUT)
+        client.interrupt(prompt_id, timeout=follow_timeout(client.timeout[1]))
         return False
     return prompt_id not in pending
 
@@ -182,12 +182,12 @@ def remove_copies(
         if not attempts:
             return released
         try:
-            client.delete_pending([a.prompt_id for a in attempts], timeout=FOLLOW_TIMEOUT)
-            running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
+            client.delete_pending([a.prompt_id for a in attempts], timeout=follow_timeout(client.timeout[1]))
+            running, pending = client.queue(timeout=follow_timeout(client.timeout[1]))
             for a in attempts:
                 if a.prompt_id in running:
-                    client.interrupt(a.prompt_id, timeout=FOLLOW_TIMEOUT)
-            running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
+                    client.interrupt(a.prompt_id, timeout=follow_timeout(client.timeout[1]))
+            running, pending = client.queue(timeout=follow_timeout(client.timeout[1]))
         except ComfyClusterError as exc:
             log.debug("clean-up on %s: %s", server, exc)
             if time.monotonic() >= deadline or pause.wait(0.25):

@@ -21,7 +21,7 @@ from typing import Dict, Optional, Tuple
 
 from .errors import ServerError, WorkflowError
 
-__all__ = ["Phase", "Action", "Decision", "decide", "fault_of", "TABLE", "REFUSED_LOST_AFTER", "FOLLOW_TIMEOUT"]
+__all__ = ["Phase", "Action", "Decision", "decide", "fault_of", "TABLE", "REFUSED_LOST_AFTER", "FOLLOW_TIMEOUT", "follow_timeout"]
 
 #: Seconds of refused connections after which a job's server is taken for gone: refused means
 #: ComfyUI is not running there, and its queue lived in memory.
@@ -29,6 +29,12 @@ REFUSED_LOST_AFTER = 2.0
 #: (connect, read) timeouts of the reads that follow a job and of clean-up requests: the
 #: connect timeout is above the ~2 s a Windows refusal takes to arrive.
 FOLLOW_TIMEOUT = (3.05, 5.0)
+
+
+def follow_timeout(read_cap: float) -> Tuple[float, float]:
+    """:data:`FOLLOW_TIMEOUT` with its read part no longer than ``read_cap`` (the pool's own
+    ``request_timeout`` read: a pool tuned for quick failover keeps it in these reads too)."""
+    return FOLLOW_TIMEOUT[0], min(FOLLOW_TIMEOUT[1], read_cap)
 
 
 class Phase(str, enum.Enum):

@@ -18,7 +18,7 @@ from .attempt import Attempt, AttemptPhase, PostGate, cancel_on_server
 from .client import ComfyClient, as_dict, as_list, iter_output_files
 from .errors import ComfyClusterError, JobFailed, ServerError, WorkflowError
 from .jobs import OutputFile
-from .policy import FOLLOW_TIMEOUT, Action, Decision, Phase, decide
+from .policy import Action, Decision, Phase, decide, follow_timeout
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import ServerSocket
@@ -153,10 +153,10 @@ def _taken(client: ComfyClient, prompt_id: str) -> bool:
     """Whether the server holds ``prompt_id`` (queued, running or finished); False when it
     cannot tell."""
     try:
-        running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
+        running, pending = client.queue(timeout=follow_timeout(client.timeout[1]))
         if prompt_id in running or prompt_id in pending:
             return True
-        return client.history(prompt_id, timeout=FOLLOW_TIMEOUT) is not None
+        return client.history(prompt_id, timeout=follow_timeout(client.timeout[1])) is not None
     except ComfyClusterError:
         return False
 
@@ -254,10 +254,10 @@ class _Follower:
         try:
             # The queue first, then the history: ComfyUI moves a finished job from one to the
             # other at once, so a job in neither *after* the queue was read is lost.
-            running, pending = client.queue(timeout=FOLLOW_TIMEOUT)
+            running, pending = client.queue(timeout=follow_timeout(client.timeout[1]))
             item = None
             if self.pid not in running and self.pid not in pending:
-                item = client.history(self.pid, timeout=FOLLOW_TIMEOUT)
+                item = client.history(self.pid, timeout=follow_timeout(client.timeout[1]))
         except ComfyClusterError as exc:
             return self._lost(exc, Phase.FOLLOW)
         self.unreachable_since = None
@@ -332,7 +332,7 @@ class _Follower:
         delay = 0.05
         while True:
             try:
-                item = self.ctx.client.history(self.pid, timeout=FOLLOW_TIMEOUT)
+                item = self.ctx.client.history(self.pid, timeout=follow_timeout(self.ctx.client.timeout[1]))
             except ComfyClusterError as exc:
                 if self._lost(exc, Phase.HISTORY) is not None:
                     return self._from_events()  # it ended there: nothing to remove

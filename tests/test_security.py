@@ -341,6 +341,7 @@ def test_any_websocket_message_is_handled_or_ignored(messages):
 
     class History:
         server = ServerConfig(name="ws", url="http://127.0.0.1:9")
+        timeout = (1.0, 1.0)
 
         def history(self, pid, timeout=None):
             return {"status": {"status_str": "success"}, "outputs": {}}
