@@ -173,7 +173,11 @@ def test_chaos_batch_every_job_succeeds_exactly_once(mock_cluster_factory, seed)
 def _ws_drop_run(cluster, jobs, seconds, drop_schedule):
     done_at: Dict[str, float] = {}
     with HistoryWatch(cluster.servers) as watch:
-        with ServerPool(servers_of(cluster), ws_connect_timeout=1.0) as pool:  # default reconcile interval (5 s)
+        # The periodic reconcile never comes during the test (1 h): only the drop's own handling
+        # (a reconcile on the drop, polling while the new socket may be deaf) can end the jobs,
+        # however slow the machine. The servers live: ws_connect_timeout only bounds a hang (at
+        # 1 s a loaded machine's slow reconnect marked a server offline and moved its job).
+        with ServerPool(servers_of(cluster), ws_connect_timeout=10.0, reconcile_interval=3600.0) as pool:
             js = [pool.submit(sleep_workflow(seconds, steps=10)) for _ in range(jobs)]
             for j in js:
                 j.add_done_callback(lambda job: done_at.__setitem__(job.prompt_id, time.monotonic()))
@@ -197,7 +201,9 @@ def test_websocket_dropped_mid_job_every_job_completes_promptly(mock_cluster_fac
     executed = [pid for s in cluster.servers for pid in s.executed_prompt_ids]
     assert sorted(executed) == sorted(r.prompt_id for r in results)  # each ran exactly once
     report(test="ws_drop_once", jobs=len(js), drops=drops, max_lag_s=round(max(lags), 2))
-    assert max(lags) < 3.0, lags  # the client noticed within a few seconds of the server
+    # Noticed without the periodic reconcile (see _ws_drop_run), within a bound that only
+    # a hang (or polling far slower than the deaf-socket interval, 1 s) exceeds.
+    assert max(lags) < 10.0, lags
 
 
 @pytest.mark.slow
@@ -217,7 +223,7 @@ def test_websocket_drop_storm_every_job_completes_promptly(mock_cluster_factory)
     assert drops >= 10
     assert all(j.attempts == 1 for j in js)
     report(test="ws_drop_storm", jobs=len(js), drops=drops, max_lag_s=round(max(lags), 2))
-    assert max(lags) < 3.0, lags
+    assert max(lags) < 10.0, lags  # as in test_websocket_dropped_mid_job_every_job_completes_promptly
 
 
 # ---------------------------------------------------------------------------------------------
