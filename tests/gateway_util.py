@@ -28,7 +28,7 @@ from comfy_cluster import ServerPool
 from comfy_cluster.gateway import Gateway
 from comfy_cluster.testing import MockCluster, wait_until
 
-FAST_POOL = dict(ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5, server_lost_after=2.0, status_ttl=0.5)
+FAST_POOL = dict(ws_connect_timeout=5.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5, server_lost_after=2.0, status_ttl=0.5)
 Frame = Union[Dict[str, Any], bytes]
 
 

@@ -62,7 +62,7 @@ pytestmark = pytest.mark.timeout(60)
 
 #: Short knobs so a fault shows within seconds (the defaults are tuned for real networks).
 FAST: Dict[str, Any] = dict(
-    ws_connect_timeout=1.0,
+    ws_connect_timeout=5.0,
     probe_timeout=(0.5, 1.0),
     request_timeout=(1.0, 2.0),
     reconcile_interval=0.5,

@@ -21,7 +21,7 @@ from comfy_cluster import (
 )
 from comfy_cluster.testing import Fault
 
-FAST = dict(background_status=False, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5, server_lost_after=2.0)
+FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5, server_lost_after=2.0)
 
 
 def test_success_events_outputs_and_download(mock_comfy, tmp_path):
@@ -145,7 +145,8 @@ def test_post_failure_moves_the_job(mock_cluster_factory, fault):
     cluster = mock_cluster_factory(speeds=(1, 1))
     bad, good = cluster.servers
     servers = [dict(s, priority=i) for i, s in enumerate(servers_of(cluster))]  # bad is preferred
-    with ServerPool(servers, strategy="priority", request_timeout=(0.5, 1.0), **FAST) as pool:
+    knobs = dict(FAST, ws_connect_timeout=1.0)  # the hung server's socket costs this long
+    with ServerPool(servers, strategy="priority", request_timeout=(0.5, 1.0), **knobs) as pool:
         wf = sleep_workflow()
         pool.select(wf)  # status and node lists read while both are fine
         bad.set_fault(fault)
@@ -308,7 +309,7 @@ def test_many_jobs_from_many_threads(mock_cluster_factory):
 
 def test_close_cancels_and_leaves_no_threads(mock_comfy):
     before = set(threading.enumerate())
-    pool = ServerPool([{"name": "m", "url": mock_comfy.url}], ws_connect_timeout=1.0)
+    pool = ServerPool([{"name": "m", "url": mock_comfy.url}], ws_connect_timeout=5.0)
     job = pool.submit(sleep_workflow(5.0, steps=50))
     wait_until(lambda: job.status == "running", what="running")
     pool.close()
