@@ -161,11 +161,15 @@ def test_post_failure_moves_the_job(mock_cluster_factory, fault):
 def test_restart_mid_job_resubmits_elsewhere(mock_cluster_factory):
     cluster = mock_cluster_factory(speeds=(1, 1))
     with ServerPool(servers_of(cluster), **FAST) as pool:
+        for s in cluster.servers:  # the job cannot end before the restart, however loaded the machine
+            s.pause_jobs()
         job = pool.submit(sleep_workflow(1.0, steps=10))
         wait_until(lambda: job.status == "running", what="job running")
         first = job.server.name
         victim = next(s for s in cluster.servers if s.name == first)
         victim.restart()
+        for s in cluster.servers:
+            s.resume_jobs()
         res = job.result(timeout=20)
         assert res.server != first and res.attempts == 2
         assert "retrying" in kinds(job.events)
