@@ -14,7 +14,7 @@ from comfy_cluster import JobCancelled, JobFailed, JobResult, ServerPool, frame_
 from comfy_cluster.cli import ideal_makespan, parse_frames
 from comfy_cluster.workflow import WorkflowInputError
 
-FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5, server_lost_after=2.0)
+FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(5.0, 5.0), reconcile_interval=0.5, server_lost_after=2.0)
 
 
 def test_map_returns_results_in_input_order_and_fast_servers_take_more(mock_cluster_factory):

@@ -21,7 +21,7 @@ from comfy_cluster import (
 )
 from comfy_cluster.testing import Fault
 
-FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5, server_lost_after=2.0)
+FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(5.0, 5.0), reconcile_interval=0.5, server_lost_after=2.0)
 
 
 def test_success_events_outputs_and_download(mock_comfy, tmp_path):
@@ -145,7 +145,7 @@ def test_post_failure_moves_the_job(mock_cluster_factory, fault):
     cluster = mock_cluster_factory(speeds=(1, 1))
     bad, good = cluster.servers
     servers = [dict(s, priority=i) for i, s in enumerate(servers_of(cluster))]  # bad is preferred
-    knobs = dict(FAST, ws_connect_timeout=1.0)  # the hung server's socket costs this long
+    knobs = dict(FAST, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5))  # the hung server costs this long
     with ServerPool(servers, strategy="priority", request_timeout=(0.5, 1.0), **knobs) as pool:
         wf = sleep_workflow()
         pool.select(wf)  # status and node lists read while both are fine
