@@ -78,12 +78,15 @@ def test_a_folder_loader_job_moves_with_its_frames(mock_cluster_factory: Factory
     with gateway_over(cluster) as gw:
         nuke = NukeRemoteClient(gw.url, n=3)
         try:
-            pid = nuke.run(sequence_prompt(nuke.upload_sequence(frames, "0badc0de"), "moved", seconds=0.5))
+            directory = nuke.upload_sequence(frames, "0badc0de")
+            for server in cluster:  # the job cannot end before the victim stops, whatever the load
+                server.pause_jobs()
+            pid = nuke.run(sequence_prompt(directory, "moved", seconds=0.5))
             victim = running_on(cluster)
-            victim.pause_jobs()
             assert nuke.socket is not None
             nuke.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "executing")
             victim.stop()
+            next(s for s in cluster if s is not victim).resume_jobs()
             nuke.wait_done(pid, timeout=30)
             assert [png_rgb(o) for o in nuke.collect("ComfyUI", "moved")] == [folder_colour(frames)] * 3
         finally:

@@ -6,6 +6,7 @@ the other fails here."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -133,6 +134,32 @@ def test_configuration_examples_parse_in_bash_cmd_and_powershell():
             assert strategy_from_env(env) == "least_loaded"
         seen.add(lang)
     assert seen == {"bash", "bat", "powershell"}
+
+
+def test_every_servers_value_shown_anywhere_parses():
+    """Beyond the Configuration section: every NUKE_COMFYUI_SERVERS a bash block of README sets
+    (gateway and Nuke sections included) and every one in a command's --help examples is a
+    valid server list (a list of host:port strings is not, and once slipped into both)."""
+    from comfy_cluster.cli import build_parser
+
+    values = []
+    for lang, code, _ in blocks():
+        if lang == "bash":
+            env = _bash_env(code)
+            if "NUKE_COMFYUI_SERVERS" in env:
+                values.append(env["NUKE_COMFYUI_SERVERS"])
+    parser = build_parser()
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in subparsers:
+        for sub in action.choices.values():
+            text = sub.format_help()
+            for line in text.splitlines():
+                if "NUKE_COMFYUI_SERVERS=" in line:
+                    values.append(_bash_env(line)["NUKE_COMFYUI_SERVERS"])
+    assert len(values) >= 4, values
+    for value in values:
+        servers, _ = servers_from_env({"NUKE_COMFYUI_SERVERS": value})
+        assert servers, value
 
 
 def test_documented_config_error_is_the_real_one():

@@ -21,7 +21,7 @@ __all__ = ["run_gateway", "build_parser", "ENV_TOKEN"]
 ENV_TOKEN = "COMFY_CLUSTER_GATEWAY_TOKEN"
 EXAMPLE = (
     "examples:\n"
-    "  NUKE_COMFYUI_SERVERS='[\"gpu1:8188\", \"gpu2:8188\"]' comfy-cluster gateway --port 8188\n"
+    "  NUKE_COMFYUI_SERVERS='[{\"name\": \"gpu1\", \"host\": \"gpu1\", \"port\": 8188}]' comfy-cluster gateway --port 8188\n"
     "  comfy-cluster gateway --host 0.0.0.0 --token \"$SECRET\" --argv '[\"/mnt/comfyui/main.py\"]'\n"
     "then point any ComfyUI client at http://HOST:PORT (ComfyUI-for-Nuke: NUKE_COMFYUI_URL)."
 )
