@@ -11,8 +11,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import comfy_cluster.testing.pytest_plugin as _mock_plugin
+
+# Property tests check values, never speed: on a loaded CI machine generating examples can be
+# slow by seconds, which Hypothesis would otherwise report as a failure (too_slow, deadline).
+settings.register_profile("comfy-cluster", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("comfy-cluster")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -39,8 +39,9 @@ def load_image_workflow(seconds: float = 0.05) -> Dict[str, Any]:
     }
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it is truthy (for states no event announces, e.g. a mock's queue)."""
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it is truthy (for states no event announces, e.g. a mock's queue).
+    The timeout only bounds a hang, generously: a loaded CI machine can be slow by seconds."""
     deadline = time.monotonic() + timeout
     ev = threading.Event()
     while True:

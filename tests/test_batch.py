@@ -14,7 +14,7 @@ from comfy_cluster import JobCancelled, JobFailed, JobResult, ServerPool, frame_
 from comfy_cluster.cli import ideal_makespan, parse_frames
 from comfy_cluster.workflow import WorkflowInputError
 
-FAST = dict(background_status=False, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5, server_lost_after=2.0)
+FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(5.0, 5.0), reconcile_interval=0.5, server_lost_after=2.0)
 
 
 def test_map_returns_results_in_input_order_and_fast_servers_take_more(mock_cluster_factory):
@@ -74,6 +74,8 @@ def test_fail_fast_cancels_the_rest(mock_cluster_factory):
 def test_batch_cancel_cancels_every_job_on_its_server(mock_cluster_factory):
     cluster = mock_cluster_factory(speeds=(1, 1))
     with ServerPool(servers_of(cluster, max_queue=2), **FAST) as pool:
+        for s in cluster.servers:  # nothing ends before the cancel, however loaded the machine
+            s.pause_jobs()
         batch = pool.map_async([sleep_workflow(5.0, steps=50) for _ in range(8)])
         wait_until(lambda: sum(1 for j in batch.jobs if j.status == "running") == 2, what="both servers running")
         assert set(batch.servers_working()) == {s.name for s in cluster.servers}

@@ -83,7 +83,7 @@ def test_two_pools_same_named_inputs_each_job_renders_its_own_plate(mock_cluster
     done = threading.Event()
     busy: set = set()
     busy_lock = threading.Lock()
-    knobs = dict(status_ttl=0.5, backoff_cap=1.0, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5,
+    knobs = dict(status_ttl=0.5, backoff_cap=1.0, ws_connect_timeout=5.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5,
                  server_lost_after=2.0, wait_for_server=60.0, request_timeout=(1.0, 5.0))
     started = time.monotonic()
     with ServerPool(servers_of(cluster), **knobs) as pa, ServerPool(servers_of(cluster), **knobs) as pb:

@@ -208,6 +208,11 @@ def test_fair_share_a_single_frame_is_not_starved_by_a_batch(mock_cluster_factor
             server.pause_jobs()
             many = [batch.run(sleep_workflow(seconds=0.02, steps=1, seed=i)) for i in range(6)]
             one = single.run(sleep_workflow(seconds=0.02, steps=1, seed=100))
+            # The gateway hands prompts to the pool on a thread of its own: all seven are in the
+            # pool before the GPU frees its slot, however slowly that thread runs.
+            book = gw.book
+            assert book is not None
+            wait_until(lambda: len(book.active) == 7 and all(gj.job is not None for gj in list(book.active.values())), message="all seven in the pool")
             server.resume_jobs()
             single.follow(one)
             for pid in many:

@@ -60,7 +60,7 @@ def history(server: MockComfyServer, prompt_id: str) -> Dict[str, Any]:
 # --- lifecycle ---------------------------------------------------------------------------
 
 
-def test_cluster_of_four_starts_and_stops_well_under_a_second() -> None:
+def test_cluster_of_four_starts_and_stops_without_waiting_on_its_connections() -> None:
     started = time.perf_counter()
     cluster = MockCluster(speeds=(1, 2, 3, 4)).start()
     try:
@@ -71,7 +71,9 @@ def test_cluster_of_four_starts_and_stops_well_under_a_second() -> None:
         before_stop = time.perf_counter()
         cluster.stop()
     down = time.perf_counter() - before_stop
-    assert up + down < 0.8, (up, down)
+    # Stopping must not wait for open connections (aiohttp's default: up to 60 s); the bound only
+    # catches that, since a loaded CI machine is slow by seconds.
+    assert up + down < 10.0, (up, down)
     with pytest.raises(requests.ConnectionError):
         requests.get(cluster[0].url + "/prompt", timeout=2)
     assert not any(t.name.startswith("mock-comfy-mock") for t in threading.enumerate())
@@ -324,15 +326,15 @@ def test_identical_resubmission_is_cached(mock_comfy: MockComfyServer) -> None:
 
 def test_interrupt_only_hits_the_running_prompt(mock_comfy: MockComfyServer) -> None:
     with WsListener(mock_comfy.url) as listener:
-        running = submit(mock_comfy, sleep_workflow(seconds=10, steps=100, seed=1), listener.client_id)["prompt_id"]
+        running = submit(mock_comfy, sleep_workflow(seconds=20, steps=1, seed=1), listener.client_id)["prompt_id"]
         pending = submit(mock_comfy, sleep_workflow(seconds=0.02, steps=1, seed=2), listener.client_id)["prompt_id"]
-        listener.until(lambda m: m["type"] == "progress")
+        listener.until(lambda m: m["type"] == "executing" and m["data"]["node"] == "2")
         requests.post(mock_comfy.url + "/interrupt", json={"prompt_id": pending}, timeout=2)
         assert mock_comfy.queue_snapshot() == ([running], [pending])
         started = time.monotonic()
         requests.post(mock_comfy.url + "/interrupt", json={"prompt_id": running}, timeout=2)
         messages = listener.until_event(running)
-        assert time.monotonic() - started < 0.5  # promptly, not at the end of a 0.1 s step
+        assert time.monotonic() - started < 10.0  # promptly, not at the end of the 20 s step
         end = messages[-1]
         assert end["type"] == "execution_interrupted"
         assert sorted(end["data"]) == ["executed", "node_id", "node_type", "prompt_id", "timestamp"]
@@ -410,9 +412,9 @@ def test_speed_factor_divides_sleep_time() -> None:
         fast_server.speed = 100.0
         with WsListener(fast_server.url) as listener:
             started = time.monotonic()
-            pid = submit(fast_server, sleep_workflow(seconds=5, steps=10, seed=9), listener.client_id)["prompt_id"]
-            listener.until_done(pid)
-            assert time.monotonic() - started < 1.0
+            pid = submit(fast_server, sleep_workflow(seconds=50, steps=10, seed=9), listener.client_id)["prompt_id"]
+            listener.until_done(pid, timeout=15)
+            assert time.monotonic() - started < 10.0  # 0.5 s at speed 100; 12.5 s at the old speed
         with pytest.raises(ValueError):
             fast_server.speed = 0
 

@@ -61,6 +61,7 @@ def test_rows_show_queues(fake_nuke, cluster):
         "2": {"class_type": "TestSleep", "inputs": {"image": ["1", 0], "seconds": 5.0, "steps": 50, "seed": 0}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "p"}},
     }
+    cluster[0].pause_jobs()  # the queue stays as it is while the panel reads it
     pool = ServerPool([{"name": "only", "url": cluster[0].url, "max_queue": 3}])
     try:
         jobs = [pool.submit(dict(workflow, **{"2": {**workflow["2"], "inputs": {**workflow["2"]["inputs"], "seed": i}}})) for i in range(3)]

@@ -27,7 +27,7 @@ from comfy_cluster.paths import is_inside, local_target, windows_safe_name
 
 from helpers import servers_of
 
-FAST = dict(background_status=False, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5, server_lost_after=2.0)
+FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(5.0, 5.0), reconcile_interval=0.5, server_lost_after=2.0)
 
 
 def windows_reserved(name: str) -> bool:

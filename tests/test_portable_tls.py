@@ -16,7 +16,7 @@ from comfy_cluster.testing import MockComfyServer
 
 TLS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tls")
 CA = os.path.join(TLS_DIR, "ca.pem")
-FAST = dict(background_status=False, ws_connect_timeout=2.0, probe_timeout=(1.0, 2.0), reconcile_interval=0.5, server_lost_after=3.0)
+FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(5.0, 5.0), reconcile_interval=0.5, server_lost_after=3.0)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from comfy_cluster.config import ServerConfig
 from comfy_cluster.events import ServerSocket
 from comfy_cluster.testing import Fault
 
-FAST = dict(background_status=False, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5, server_lost_after=2.0)
+FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(5.0, 5.0), reconcile_interval=0.5, server_lost_after=2.0)
 MiB = 1024 * 1024
 
 
@@ -128,7 +128,7 @@ def test_chaos_batch_every_job_succeeds_exactly_once(mock_cluster_factory, seed)
 
     started = time.monotonic()
     with ServerPool(
-        servers_of(cluster), status_ttl=0.5, backoff_cap=1.0, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5),
+        servers_of(cluster), status_ttl=0.5, backoff_cap=1.0, ws_connect_timeout=5.0, probe_timeout=(0.5, 0.5),
         reconcile_interval=0.5, server_lost_after=2.0, wait_for_server=60.0, request_timeout=(1.0, 5.0),
     ) as pool:
         batch = pool.map_async(workflows, on_event=on_event, retries=10)
@@ -173,7 +173,11 @@ def test_chaos_batch_every_job_succeeds_exactly_once(mock_cluster_factory, seed)
 def _ws_drop_run(cluster, jobs, seconds, drop_schedule):
     done_at: Dict[str, float] = {}
     with HistoryWatch(cluster.servers) as watch:
-        with ServerPool(servers_of(cluster), ws_connect_timeout=1.0) as pool:  # default reconcile interval (5 s)
+        # The periodic reconcile never comes during the test (1 h): only the drop's own handling
+        # (a reconcile on the drop, polling while the new socket may be deaf) can end the jobs,
+        # however slow the machine. The servers live: ws_connect_timeout only bounds a hang (at
+        # 1 s a loaded machine's slow reconnect marked a server offline and moved its job).
+        with ServerPool(servers_of(cluster), ws_connect_timeout=10.0, reconcile_interval=3600.0) as pool:
             js = [pool.submit(sleep_workflow(seconds, steps=10)) for _ in range(jobs)]
             for j in js:
                 j.add_done_callback(lambda job: done_at.__setitem__(job.prompt_id, time.monotonic()))
@@ -197,7 +201,9 @@ def test_websocket_dropped_mid_job_every_job_completes_promptly(mock_cluster_fac
     executed = [pid for s in cluster.servers for pid in s.executed_prompt_ids]
     assert sorted(executed) == sorted(r.prompt_id for r in results)  # each ran exactly once
     report(test="ws_drop_once", jobs=len(js), drops=drops, max_lag_s=round(max(lags), 2))
-    assert max(lags) < 3.0, lags  # the client noticed within a few seconds of the server
+    # Noticed without the periodic reconcile (see _ws_drop_run), within a bound that only
+    # a hang (or polling far slower than the deaf-socket interval, 1 s) exceeds.
+    assert max(lags) < 10.0, lags
 
 
 @pytest.mark.slow
@@ -217,7 +223,7 @@ def test_websocket_drop_storm_every_job_completes_promptly(mock_cluster_factory)
     assert drops >= 10
     assert all(j.attempts == 1 for j in js)
     report(test="ws_drop_storm", jobs=len(js), drops=drops, max_lag_s=round(max(lags), 2))
-    assert max(lags) < 3.0, lags
+    assert max(lags) < 10.0, lags  # as in test_websocket_dropped_mid_job_every_job_completes_promptly
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +280,8 @@ def test_faulty_server_is_marked_offline_and_jobs_go_elsewhere(mock_cluster_fact
     bad, good = cluster.servers
     servers = [dict(s, priority=i) for i, s in enumerate(servers_of(cluster))]  # bad is preferred
     knobs: Dict[str, Any] = dict(FAST, request_timeout=CALL_TIMEOUT)
+    if fault is Fault.HANG:
+        knobs.update(ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5))  # the hung server costs this long
     if fault is Fault.HUGE:
         # Only the size cap may stop an endless body: with the usual sub-second read timeouts a
         # loaded machine reads less than the 32 MiB cap in time, and the reason becomes a
@@ -391,7 +399,7 @@ def _huge_ws(url):
 
 def test_every_server_down_is_immediate_and_recovery_runs_new_jobs(mock_cluster_factory):
     cluster = mock_cluster_factory(speeds=(1, 1, 1))
-    with ServerPool(servers_of(cluster), status_ttl=0.5, backoff_cap=1.0, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5)) as pool:
+    with ServerPool(servers_of(cluster), status_ttl=0.5, backoff_cap=1.0, ws_connect_timeout=5.0, probe_timeout=(5.0, 5.0)) as pool:
         pool.submit(sleep_workflow()).result(timeout=10)
         for s in cluster.servers:
             s.set_fault(Fault.REFUSE)
@@ -400,7 +408,7 @@ def test_every_server_down_is_immediate_and_recovery_runs_new_jobs(mock_cluster_
         with pytest.raises(NoServerAvailable) as info:
             pool.submit(sleep_workflow())
         took = time.monotonic() - t0
-        assert took < 2.0  # at once, not after a wait
+        assert took < 10.0  # at once, not after wait_for_server (30 s)
         assert set(info.value.reasons) == {s.name for s in cluster.servers}
         assert all(r.startswith("offline:") and "refused" in r for r in info.value.reasons.values())
         back = cluster.servers[1]
@@ -424,7 +432,7 @@ def test_every_server_down_is_immediate_and_recovery_runs_new_jobs(mock_cluster_
 def test_servers_going_down_under_queued_jobs_then_back(mock_cluster_factory):
     """Jobs waiting in the pool when every server dies are kept, and run once one returns."""
     cluster = mock_cluster_factory(speeds=(1, 1))
-    with ServerPool(servers_of(cluster), status_ttl=0.5, backoff_cap=1.0, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5),
+    with ServerPool(servers_of(cluster), status_ttl=0.5, backoff_cap=1.0, ws_connect_timeout=5.0, probe_timeout=(0.5, 0.5),
                     reconcile_interval=0.5, server_lost_after=2.0, wait_for_server=30.0, request_timeout=(0.5, 2.0)) as pool:
         jobs = [pool.submit(sleep_workflow(0.3, steps=3)) for _ in range(6)]
         wait_until(lambda: any(j.status == "running" for j in jobs), timeout=10, what="a job running")
@@ -505,7 +513,7 @@ def test_offline_server_comes_back_without_the_background_thread(mock_comfy):
     ``submit``/``select`` without waiting for it, so new jobs run once it is back (this failed
     before: only an explicit ``pool.status()`` revived it)."""
     with ServerPool([{"name": "m", "url": mock_comfy.url}], background_status=False, status_ttl=0.2,
-                    backoff_cap=1.0, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5)) as pool:
+                    backoff_cap=1.0, ws_connect_timeout=5.0, probe_timeout=(5.0, 5.0)) as pool:
         pool.submit(sleep_workflow()).result(timeout=10)
         mock_comfy.set_fault(Fault.REFUSE)
         wait_until(lambda: not pool.status(refresh=True)[0].online, what="offline")

@@ -37,7 +37,7 @@ from comfy_cluster.testing import Fault, MockComfyServer
 
 SECRET = "s3cr3t-T0KEN-do-not-print"
 HEADERS = {"Authorization": f"Bearer {SECRET}", "X-Api-Key": SECRET + "-2"}
-FAST = dict(background_status=False, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5), reconcile_interval=0.5, server_lost_after=2.0)
+FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(5.0, 5.0), reconcile_interval=0.5, server_lost_after=2.0)
 
 
 # ---------------------------------------------------------------------------------------------

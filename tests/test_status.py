@@ -136,6 +136,7 @@ def test_two_submissions_in_one_ttl_go_to_different_servers(mock_cluster_factory
 
 def test_websocket_status_frames_update_load_without_polling(mock_comfy):
     clock = FakeClock()
+    mock_comfy.pause_jobs()  # the queue stays as filled, however loaded the machine
     with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 5}], background_status=False, clock=clock, status_ttl=3600) as pool:
         job = pool.submit(sleep_workflow(1.0))
         wait_until(lambda: job.prompt_id is not None and job.status in ("queued", "running"), what="job posted")
@@ -181,6 +182,7 @@ def test_object_info_fetched_once_per_server(mock_comfy):
 
 
 def test_full_servers_are_reported(mock_comfy):
+    mock_comfy.pause_jobs()  # the job holds its slot, however loaded the machine
     with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 1}], background_status=False) as pool:
         job = pool.submit(sleep_workflow(1.0))
         wait_until(lambda: pool.status()[0].in_flight == 1, what="slot taken")

@@ -12,14 +12,15 @@ _T = TypeVar("_T")
 
 def wait_until(
     predicate: Callable[[], Optional[_T]],
-    timeout: float = 5.0,
+    timeout: float = 30.0,
     interval: float = 0.005,
     message: str = "condition",
 ) -> _T:
     """Call ``predicate`` until it returns something truthy and return that.
 
-    Raises ``TimeoutError`` naming ``message`` after ``timeout`` seconds. The interval is
-    short because the mock answers in microseconds; polling costs nothing noticeable.
+    Raises ``TimeoutError`` naming ``message`` after ``timeout`` seconds. The timeout only
+    bounds a hang (a loaded CI machine can be slow by seconds), so it is generous. The interval
+    is short because the mock answers in microseconds; polling costs nothing noticeable.
     """
     deadline = time.monotonic() + timeout
     while True:

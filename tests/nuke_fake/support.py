@@ -128,7 +128,7 @@ def read_nodes() -> List[Any]:
     return [r for r in nuke.allNodes("Read", recurseGroups=True) if r["file"].value()]
 
 
-def wait_run(fake: Any, node: Any, timeout: float = 10.0) -> Any:
+def wait_run(fake: Any, node: Any, timeout: float = 30.0) -> Any:
     """Pump Nuke's main loop until the node's run has ended; returns the finished run."""
     import comfy_cluster_nuke.run as run_mod
 

@@ -221,11 +221,11 @@ def pump(max_calls: Optional[int] = None) -> int:
     return ran
 
 
-def pump_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
+def pump_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> None:
     """Run the main loop until ``predicate()`` is true (then drain the queue once more).
 
-    Raises AssertionError on timeout. ``predicate`` runs on the main thread, so it may read
-    knobs.
+    Raises AssertionError on timeout (a bound on a hang, generous for a loaded CI machine).
+    ``predicate`` runs on the main thread, so it may read knobs.
     """
     _nuke._main_only("_fake.pump_until")
     deadline = time.monotonic() + timeout
