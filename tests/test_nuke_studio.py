@@ -290,7 +290,7 @@ def test_jobs_are_cancelled_when_the_script_closes_or_nuke_quits(fake_nuke, clus
     run = _long_run(fake_nuke, cluster_env, tmp_path)
     if how == "script_close":
         fake_nuke.close_script()
-        fake_nuke.pump_until(run.finished.is_set, timeout=10, what="the run to end")
+        fake_nuke.pump_until(run.finished.is_set, timeout=30, what="the run to end")
     else:
         assert registered == [lifecycle.at_exit]
         registered[0]()  # Nuke quitting: no main loop runs any more
