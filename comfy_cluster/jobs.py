@@ -148,6 +148,7 @@ class Job:
         # The dispatcher's: since when no server could take it, and its capability cache.
         self.no_server_since: Optional[float] = None
         self._caps: Tuple[int, Dict[str, Optional[str]]] = (-1, {})
+        self._key_memo: Optional[Tuple[Any, Any]] = None
 
     def __repr__(self) -> str:
         with self._cond:

@@ -41,7 +41,13 @@ def key_of(pool: "ServerPool", job: Job) -> Optional[Tuple[Any, ...]]:
     version, cache = job._caps
     if job.incapable or version != pool._caps.version or not cache or job.attempts:
         return None
-    return (id(job.batch), frozenset(n for n, why in cache.items() if why is None))
+    stamp = (version, len(cache))  # a cache only grows within one version
+    memo = job._key_memo
+    if memo is None or memo[0] != stamp:
+        memo = (stamp, (id(job.batch), frozenset(n for n, why in cache.items() if why is None)))
+        job._key_memo = memo
+    return memo[1]
+
 
 def choose(pool: "ServerPool", job: Job) -> Choice:
     exclude = set(job.incapable)
