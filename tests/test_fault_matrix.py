@@ -232,7 +232,8 @@ def test_one_failed_history_read_does_not_rerun_a_finished_job(mock_cluster_fact
     cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
     first = cluster.servers[0]
     first.fail_route("/history", fault, count=1, method="GET")
-    with pool_of(cluster.servers, strategy=first_of("s1")) as pool:
+    # Only /history fails; probes time out late so a loaded machine's slow probe is no outage.
+    with pool_of(cluster.servers, strategy=first_of("s1"), probe_timeout=(10.0, 10.0)) as pool:
         result = pool.submit(sleep_workflow(seconds=0.1, steps=2, prefix="read")).result(timeout=30)
         online = {s.name: s.online for s in pool.status()}
     assert [(name, r.outcome) for name, r in runs(cluster.servers, "read")] == [("s1", "success")]
@@ -693,7 +694,8 @@ def test_custom_strategy_returning_a_non_candidate_cannot_bypass_the_online_chec
     the job failed after 3 attempts on s1 ("connection refused") instead of never going there."""
     cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
     s1 = cluster.servers[0]
-    with pool_of(cluster.servers, strategy=lambda candidates, workflow: "s1") as pool:
+    # The outage is a refusal: probes time out late so a slow probe on a loaded machine is none.
+    with pool_of(cluster.servers, strategy=lambda candidates, workflow: "s1", probe_timeout=(10.0, 10.0)) as pool:
         assert [s.online for s in pool.status(refresh=True)] == [True, True]
         s1.set_fault("refuse")
         assert [s.online for s in pool.status(refresh=True)] == [False, True]

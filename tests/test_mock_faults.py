@@ -233,13 +233,13 @@ def test_restart_mid_job_comes_back_empty(mock_comfy: MockComfyServer) -> None:
     lost = submit(mock_comfy, sleep_workflow(seconds=10, steps=100), listener.client_id)
     lost_pending = submit(mock_comfy, image_workflow(color=2), listener.client_id)
     listener.until(lambda m: m["type"] == "progress")
-    mock_comfy.restart(down_for=0.3, wait=False)
+    mock_comfy.restart(down_for=2.0, wait=False)  # long enough to be seen down on a loaded machine
     with pytest.raises(requests.ConnectionError):
         requests.get(mock_comfy.url + "/prompt", timeout=1)
     with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
         listener.expect_silence(1.0)
     assert not [m for m in listener.messages if m.get("data", {}).get("prompt_id") == lost and m["type"].startswith("execution_") and m["type"] not in ("execution_start", "execution_cached")]
-    wait_until(lambda: not refused(mock_comfy), timeout=3, message="server back")
+    wait_until(lambda: not refused(mock_comfy), timeout=30, message="server back")
     assert mock_comfy.port == port
     assert requests.get(mock_comfy.url + "/queue", timeout=2).json() == {"queue_running": [], "queue_pending": []}
     assert requests.get(mock_comfy.url + "/history", timeout=2).json() == {}

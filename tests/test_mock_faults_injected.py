@@ -121,7 +121,7 @@ def test_refuse_for_a_while_keeps_queue_and_running_job(mock_comfy: MockComfySer
     with WsListener(mock_comfy.url) as listener:
         running = submit(mock_comfy, sleep_workflow(seconds=0.3, steps=3), listener.client_id)
         listener.until(lambda m: m["type"] == "progress")
-        mock_comfy.refuse_for(0.5)
+        mock_comfy.refuse_for(2.0)  # long enough to be seen refusing on a loaded machine
         with pytest.raises(requests.ConnectionError):
             requests.get(mock_comfy.url + "/queue", timeout=1)
         with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):

@@ -119,7 +119,7 @@ def test_execute_in_main_thread_with_result(fake_nuke):
 
     t = threading.Thread(target=worker)
     t.start()
-    fake_nuke.pump_until(lambda: not t.is_alive(), timeout=5)
+    fake_nuke.pump_until(lambda: not t.is_alive(), timeout=30)
     assert result == {"ok": 5, "failed": None}  # Nuke prints the error and returns None
     errors = fake_nuke.take_errors()
     assert len(errors) == 1 and "ZeroDivisionError" in errors[0]

@@ -283,7 +283,7 @@ def test_a_deleted_node_does_not_break_the_run(fake_nuke, cluster_env, tmp_path)
 
     run = run_mod.current(node)
     nuke.delete(node)
-    fake_nuke.pump_until(lambda: run.finished.is_set(), timeout=10)
+    fake_nuke.pump_until(lambda: run.finished.is_set(), timeout=30)
     run.thread.join(5)
     fake_nuke.pump()
     # The Read inside a node that is gone cannot be updated: the run says so, no crash.
@@ -331,7 +331,7 @@ def test_submit_on_the_gui_main_thread_refuses_at_once_and_start_returns_a_handl
 
     handle = fake_nuke.script_editor(lambda: run_mod.start(node))  # returns at once
     assert not handle.finished.is_set()
-    fake_nuke.pump_until(handle.finished.is_set, timeout=10, what="the run started from a script")
+    fake_nuke.pump_until(handle.finished.is_set, timeout=30, what="the run started from a script")
     assert handle.error is None and len(handle.paths) == 2
     assert handle.wait(0)
 
@@ -343,7 +343,7 @@ def test_submit_from_a_worker_thread_goes_through_the_main_thread(fake_nuke, clu
     box = {}
     worker = threading.Thread(target=lambda: box.setdefault("paths", run_mod.submit(node)), name="pipeline-thread")
     worker.start()
-    fake_nuke.pump_until(lambda: not worker.is_alive(), timeout=10)
+    fake_nuke.pump_until(lambda: not worker.is_alive(), timeout=30)
     assert len(box["paths"]) == 2
 
 
@@ -401,7 +401,7 @@ def test_two_nodes_run_at_once_into_the_same_folder(fake_nuke, cluster_env, tmp_
     fake_nuke.press(b, "execute")
     runs = [run_mod.current(a), run_mod.current(b)]
     assert None not in runs and runs[0] is not runs[1]
-    fake_nuke.pump_until(lambda: all(r.finished.is_set() for r in runs), timeout=10)
+    fake_nuke.pump_until(lambda: all(r.finished.is_set() for r in runs), timeout=30)
     for r in runs:
         r.thread.join(5)
     fake_nuke.pump()

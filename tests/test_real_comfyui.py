@@ -15,13 +15,14 @@ import struct
 import time
 import uuid
 import zlib
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 import requests
 import websocket
 
 from comfy_cluster import ServerPool
+from comfy_cluster.testing import wait_until
 from comfy_cluster.testing.png import write_png
 from comfy_cluster.testing.workflows import sleep_workflow
 
@@ -55,16 +56,20 @@ def _first_pixel(png: bytes) -> Tuple[int, ...]:
     return tuple(raw[1:1 + channels])
 
 
-def _deaf_after_old_socket_closes(http_base: str, ws_base: str) -> List[str]:
+def _deaf_after_old_socket_closes(http_base: str, ws_base: str, cleaned_up: Optional[Callable[[str], None]] = None) -> List[str]:
     """Open two sockets with one clientId, close the older, run a job for that clientId: the
-    kinds of message the newer socket still gets."""
+    kinds of message the newer socket still gets. ``cleaned_up(client_id)`` waits for the
+    server's clean-up of the old socket where it can be seen (the mock)."""
     cid = str(uuid.uuid4())
     ws1 = websocket.create_connection(f"{ws_base}/ws?clientId={cid}", timeout=5)
     ws1.recv()
     ws2 = websocket.create_connection(f"{ws_base}/ws?clientId={cid}", timeout=5)
     ws2.recv()
     ws1.close()
-    time.sleep(0.5)  # let the server run the old socket's clean-up (nothing to await from here)
+    if cleaned_up is not None:
+        cleaned_up(cid)
+    else:
+        time.sleep(0.5)  # let the real server run the old socket's clean-up (nothing to await)
     body = {"prompt": sleep_workflow(0.2, 2, seed=uuid.uuid4().int % 2**31), "client_id": cid, "prompt_id": str(uuid.uuid4())}
     assert requests.post(f"{http_base}/prompt", json=body, timeout=10).status_code == 200
     ws2.settimeout(3)
@@ -86,7 +91,10 @@ def test_mock_models_the_deaf_reconnect_of_real_comfyui(mock_comfy):
     even if a newer socket with the same clientId holds it: the newer socket goes deaf. The
     real-server twin below shows the same on real ComfyUI; the library must not rely on a
     reconnected socket under the same clientId."""
-    assert _deaf_after_old_socket_closes(mock_comfy.url, mock_comfy.ws_url.rsplit("/ws", 1)[0]) == []
+    def cleaned_up(cid: str) -> None:
+        wait_until(lambda: cid not in mock_comfy.connected_clients(), message="the old socket's clean-up")
+
+    assert _deaf_after_old_socket_closes(mock_comfy.url, mock_comfy.ws_url.rsplit("/ws", 1)[0], cleaned_up) == []
 
 
 @pytest.mark.real_comfyui

@@ -103,9 +103,13 @@ def test_select_never_waits_on_an_offline_server(mock_cluster_factory):
     cluster = mock_cluster_factory(speeds=(1, 1))
     hang, good = cluster.servers
     clock = FakeClock()
-    with ServerPool(servers_of(cluster), background_status=False, clock=clock, probe_timeout=(0.3, 0.3)) as pool:
-        hang.set_fault(Fault.HANG)
+    # Marked offline by a refusal (at once), then hung: a probe waited on would take the whole
+    # timeout, which is long enough for the good server to answer on a loaded machine.
+    with ServerPool(servers_of(cluster), background_status=False, clock=clock, probe_timeout=(2.0, 2.0)) as pool:
+        hang.set_fault(Fault.REFUSE)
         pool.status(refresh=True)
+        assert [s.online for s in pool.status()] == [False, True]
+        hang.set_fault(Fault.HANG)
         waited = []
         real = pool._monitor.probe
 

@@ -20,9 +20,10 @@ Message = Dict[str, Any]
 
 
 class WsListener:
-    """``GET /ws?clientId=...`` on ``base_url``; reads the first status frame on connect."""
+    """``GET /ws?clientId=...`` on ``base_url``; reads the first status frame on connect.
+    ``timeout`` bounds the connect and each read (a hang), generously for a loaded machine."""
 
-    def __init__(self, base_url: str, client_id: Optional[str] = None, timeout: float = 5.0, read_first: bool = True) -> None:
+    def __init__(self, base_url: str, client_id: Optional[str] = None, timeout: float = 30.0, read_first: bool = True) -> None:
         self.client_id = client_id if client_id is not None else str(uuid.uuid4())
         ws_base = "ws" + base_url.rstrip("/")[len("http") :]
         query = f"?clientId={self.client_id}" if self.client_id else ""
@@ -67,12 +68,16 @@ class WsListener:
     def expect_silence(self, seconds: float) -> List[Message]:
         """Read for ``seconds``; returns whatever arrived (a test usually wants nothing)."""
         got: List[Message] = []
+        before = self.ws.gettimeout()
         self.ws.settimeout(seconds)
         try:
             while True:
                 got.append(self.recv())
         except websocket.WebSocketTimeoutException:
             return got
+        finally:
+            if self.ws.connected:
+                self.ws.settimeout(before)  # later reads keep the listener's own bound
 
     def close(self) -> None:
         try:

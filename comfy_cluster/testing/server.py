@@ -613,7 +613,7 @@ class MockComfyServer(InjectedFaults):
     def jobs_paused(self) -> bool:
         return bool(self._engine and self._engine.paused)
 
-    def wait_idle(self, timeout: float = 10.0) -> bool:
+    def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until nothing runs or is pending; True if it became idle in time."""
         deadline = time.monotonic() + timeout
         while True:

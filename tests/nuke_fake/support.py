@@ -142,7 +142,7 @@ def wait_run(fake: Any, node: Any, timeout: float = 30.0) -> Any:
     return run
 
 
-def settle_threads(before: "set[threading.Thread]", timeout: float = 5.0) -> List[threading.Thread]:
+def settle_threads(before: "set[threading.Thread]", timeout: float = 30.0) -> List[threading.Thread]:
     """Library and plugin threads (named ``comfy-cluster...``) started since ``before`` that
     are still alive after ``timeout``.
 
