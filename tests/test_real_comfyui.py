@@ -56,10 +56,12 @@ def _first_pixel(png: bytes) -> Tuple[int, ...]:
     return tuple(raw[1:1 + channels])
 
 
-def _deaf_after_old_socket_closes(http_base: str, ws_base: str, cleaned_up: Optional[Callable[[str], None]] = None) -> List[str]:
+def _deaf_after_old_socket_closes(http_base: str, ws_base: str, cleaned_up: Optional[Callable[[str], None]] = None,
+                                  ended: Optional[Callable[[str], None]] = None) -> List[str]:
     """Open two sockets with one clientId, close the older, run a job for that clientId: the
-    kinds of message the newer socket still gets. ``cleaned_up(client_id)`` waits for the
-    server's clean-up of the old socket where it can be seen (the mock)."""
+    kinds of message the newer socket still gets. Where the server can be watched (the mock),
+    ``cleaned_up(client_id)`` waits for its clean-up of the old socket and ``ended(prompt_id)``
+    for the job's end, after which every frame for it has been sent."""
     cid = str(uuid.uuid4())
     ws1 = websocket.create_connection(f"{ws_base}/ws?clientId={cid}", timeout=5)
     ws1.recv()
@@ -70,9 +72,12 @@ def _deaf_after_old_socket_closes(http_base: str, ws_base: str, cleaned_up: Opti
         cleaned_up(cid)
     else:
         time.sleep(0.5)  # let the real server run the old socket's clean-up (nothing to await)
-    body = {"prompt": sleep_workflow(0.2, 2, seed=uuid.uuid4().int % 2**31), "client_id": cid, "prompt_id": str(uuid.uuid4())}
+    prompt_id = str(uuid.uuid4())
+    body = {"prompt": sleep_workflow(0.2, 2, seed=uuid.uuid4().int % 2**31), "client_id": cid, "prompt_id": prompt_id}
     assert requests.post(f"{http_base}/prompt", json=body, timeout=10).status_code == 200
-    ws2.settimeout(3)
+    if ended is not None:
+        ended(prompt_id)
+    ws2.settimeout(0.5 if ended is not None else 3)  # frames already sent, or the job's time and more
     kinds: List[str] = []
     try:
         while True:
@@ -94,7 +99,10 @@ def test_mock_models_the_deaf_reconnect_of_real_comfyui(mock_comfy):
     def cleaned_up(cid: str) -> None:
         wait_until(lambda: cid not in mock_comfy.connected_clients(), message="the old socket's clean-up")
 
-    assert _deaf_after_old_socket_closes(mock_comfy.url, mock_comfy.ws_url.rsplit("/ws", 1)[0], cleaned_up) == []
+    def ended(prompt_id: str) -> None:
+        wait_until(lambda: prompt_id in mock_comfy.executed_prompt_ids, message="the job's end")
+
+    assert _deaf_after_old_socket_closes(mock_comfy.url, mock_comfy.ws_url.rsplit("/ws", 1)[0], cleaned_up, ended) == []
 
 
 @pytest.mark.real_comfyui
