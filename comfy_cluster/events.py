@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional
 
 import websocket
 
-from .client import classify
+from .reasons import classify, failure_reason
 from .config import ServerConfig
 from .errors import ServerError
 from .tls import ssl_context
@@ -359,16 +359,9 @@ def _binary_prompt_id(frame: bytes) -> Optional[str]:
 
 
 def _describe(exc: BaseException) -> str:
-    """Why a websocket failed, in a few words, decided by the exception's type (its text
-    differs between Windows, macOS and Linux)."""
-    fault = classify(exc)
-    if isinstance(exc, websocket.WebSocketTimeoutException):
-        fault = fault or "read_timeout"
-    if fault == "refused":
-        return "connection refused"
-    if fault in ("connect_timeout", "read_timeout"):
+    """Why a websocket failed, in a few words: the HTTP side's reason (decided by exception
+    type, as the text differs between Windows, macOS and Linux), with websocket-client's own
+    time-out, which carries no socket exception, named as one."""
+    if isinstance(exc, websocket.WebSocketTimeoutException) and not classify(exc):
         return "timed out"
-    text = str(exc) or exc.__class__.__name__
-    if fault == "tls":
-        return f"TLS error: {text[:100]}"
-    return text if len(text) <= 120 else text[:117] + "..."
+    return failure_reason(exc)
