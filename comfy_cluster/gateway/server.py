@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hmac
 import json
 import logging
 import threading
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 from aiohttp import WSMsgType, web
 
+from .auth import Authenticator, UsersFile, request_user, set_request_user
 from .book import GatewayJob, JobBook
 from .files import receive_upload, serve_view
 from .folders import with_folders_copied
+from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
-from .relay import Relay
+from .network import cors_headers, listens_beyond_loopback, origin_refused, self_loop_servers
+from .relay import DEFAULT_QUEUE_BYTES, Relay
 from .uploads import UploadStore
 from .validate import error_body, validate_for_cluster
 
@@ -34,6 +36,8 @@ __all__ = ["Gateway", "DEFAULT_MAX_UPLOAD"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD = 100 * 1024 * 1024
+#: Seconds a stopping gateway waits for the servers to confirm its jobs' cancels.
+STOP_GRACE = 10.0
 _PLAIN_500 = "500 Internal Server Error\n\nServer got itself in trouble"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,8 +49,15 @@ def _json(data: Any, status: int = 200) -> web.Response:
 class Gateway:
     """Serve ``pool`` as one ComfyUI server on ``host:port`` (``port=0``: a free port).
 
-    ``token``: when set, every request must carry ``Authorization: Bearer <token>`` (or
-    ``?token=<token>``, for websocket clients that cannot send headers). ``argv``: what
+    Who may ask (see :mod:`.auth`): ``token`` is the admin token (sees and manages every job);
+    ``users``, a users file path, gives each user a token of their own;
+    ``trust_user_header`` takes ComfyUI's ``comfy-user`` header as the user (a trusted
+    network). With a token or users, every request must carry ``Authorization: Bearer
+    <token>`` (or ``?token=<token>``, for websocket clients that cannot send headers).
+    ``allow_origins``: web origins allowed besides the gateway's own (``"*"``: any); others get
+    403, as ComfyUI. ``ws_queue_bytes``: bytes queued per client socket before previews are
+    dropped and then the socket is closed; ``history_items``/``history_bytes`` bound the
+    history. ``max_upload_size``: bytes per request body and per uploaded file. ``argv``: what
     ``/system_stats`` reports as ComfyUI's command line (clients such as ComfyUI-for-Nuke's
     shared mode derive the ComfyUI folder from ``argv[0]``). ``max_in_pool``: jobs handed to
     the pool at once (default: all of them; the pool's dispatcher gives each free server slot
@@ -61,16 +72,24 @@ class Gateway:
         port: int = 8188,
         token: Optional[str] = None,
         *,
+        users: Optional[str] = None,
+        trust_user_header: bool = False,
+        allow_origins: Sequence[str] = (),
         argv: Optional[List[str]] = None,
         max_upload_size: int = DEFAULT_MAX_UPLOAD,
         upload_dir: Optional[str] = None,
         info_ttl: float = 30.0,
         max_in_pool: Optional[int] = None,
+        ws_queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        history_items: int = DEFAULT_HISTORY_ITEMS,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
         self.pool = pool
         self.host = host
         self._port = port
-        self._token = token
+        self.auth = Authenticator(token, UsersFile(users) if users else None, trust_user_header=trust_user_header)
+        self._allow_origins = tuple(o.rstrip("/") for o in allow_origins)
+        self._history_bounds = (history_items, history_bytes)
         self._argv = argv
         self._max_upload = max_upload_size
         self._upload_dir = upload_dir
@@ -83,7 +102,10 @@ class Gateway:
         self._helpers: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._online_cache: Tuple[float, List[str]] = (-1.0, [])
         self._online_task: "Optional[asyncio.Task[List[str]]]" = None
-        self.relay = Relay()
+        self.relay = Relay(ws_queue_bytes)
+        # ComfyUI's page opens its socket without the user header: on a trusted network an
+        # anonymous socket gets the events of the user who posts with its clientId.
+        self.relay.anonymous_sees_named = trust_user_header and not self.auth.required
         self.uploads: Optional[UploadStore] = None
         self.info: Optional[ClusterInfo] = None
         self.book: Optional[JobBook] = None
@@ -110,10 +132,17 @@ class Gateway:
     def start(self) -> "Gateway":
         """Start serving on a thread of its own; returns once the port is listening.
 
-        Raises :class:`OSError` (for instance, the port is taken) with the address in it.
+        Raises :class:`OSError` (for instance, the port is taken) with the address in it,
+        and :class:`ValueError` when the cluster names the gateway's own address.
         """
         if self._thread is not None:
             raise RuntimeError("the gateway is already started")
+        loops = self_loop_servers(self.host, self._port, self.pool.servers)
+        if loops:
+            raise ValueError(
+                f"the cluster contains the gateway itself ({', '.join(loops)} is {self.host}:{self._port}): "
+                "set NUKE_COMFYUI_SERVERS to the ComfyUI servers, and point clients (NUKE_COMFYUI_URL) at the gateway"
+            )
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._thread = threading.Thread(target=self._run_loop, args=(loop,), name="comfy-cluster-gateway", daemon=True)
@@ -124,7 +153,19 @@ class Gateway:
             self._shutdown_loop()
             raise
         log.info("gateway listening on %s", self.url)
+        if listens_beyond_loopback(self.host) and not self.auth.required:
+            log.warning("%s", self.exposure_warning)
         return self
+
+    @property
+    def exposure_warning(self) -> Optional[str]:
+        """The warning for a gateway reachable from other machines without a token or users."""
+        if not listens_beyond_loopback(self.host) or self.auth.required:
+            return None
+        return (
+            f"the gateway listens on {self.host} (beyond this machine) with no token or users: anyone on the "
+            "network can run, see and cancel jobs; give --token or --users"
+        )
 
     def stop(self) -> None:
         """Cancel the gateway's unfinished jobs, close every client socket, stop listening.
@@ -180,6 +221,8 @@ class Gateway:
             self._submitter,
             capacity=self._capacity,
             release=self.uploads.release,
+            history_items=self._history_bounds[0],
+            history_bytes=self._history_bounds[1],
         )
         app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
         self._add_routes(app)
@@ -199,12 +242,35 @@ class Gateway:
         if self._online_task is not None:
             self._online_task.cancel()
         if self.book is not None:
-            self.book.cancel_all()
+            # Each waiting client first hears that its prompts ended (the gateway stopped),
+            # then the jobs are cancelled on their servers.
+            self.book.stop_all("the comfy-cluster gateway stopped; the prompt was cancelled")
+            await self._wait_cancelled(STOP_GRACE)
+        await self.relay.flush(timeout=2.0)
         await self.relay.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.info is not None:
             await self.info.close()
+
+    async def _wait_cancelled(self, timeout: float) -> None:
+        """Wait (bounded) until the pool has confirmed the end of every cancelled job."""
+        book = self.book
+        if book is None:
+            return
+        jobs = [gj.job for gj in list(book.active.values()) if gj.job is not None]
+        if not jobs:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def all_done() -> bool:
+            return all(j.wait(max(0.0, deadline - time.monotonic())) for j in jobs)
+
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._helpers, all_done), timeout + 1.0)
+        except asyncio.TimeoutError:
+            log.warning("gateway stopping: %d job(s) not confirmed cancelled within %.0f s", len(jobs), timeout)
 
     def _capacity(self) -> int:
         if self._max_in_pool is not None:
@@ -254,26 +320,29 @@ class Gateway:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._token is not None and not self._authorized(request):
-            return web.Response(status=401, text="401: Unauthorized (comfy-cluster gateway token)")
+        refused = origin_refused(request, self._allow_origins)
+        if refused is not None:
+            log.warning("gateway: %s %s refused (403): %s", request.method, request.path, refused)
+            return web.Response(status=403, text=f"403: Forbidden ({refused})")
+        extra = cors_headers(request, self._allow_origins)
+        if request.method == "OPTIONS" and extra:
+            return web.Response(headers=extra)  # a browser's preflight carries no credentials
+        user = self.auth.identify(request.headers, request.query, request.remote)
+        if user is None:
+            return web.Response(status=401, text="401: Unauthorized (comfy-cluster gateway token or user)", headers=extra)
+        set_request_user(request, user)
         try:
-            return await handler(request)
+            response = await handler(request)
         except web.HTTPException:
             raise
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:  # noqa: BLE001 - ComfyUI answers its plain-text 500
             log.debug("gateway: %s %s raised", request.method, request.path, exc_info=True)
-            return web.Response(status=500, text=_PLAIN_500, content_type="text/plain")
-
-    def _authorized(self, request: web.Request) -> bool:
-        assert self._token is not None
-        expected = self._token.encode()
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), expected):
-            return True
-        given = request.query.get("token")
-        return given is not None and hmac.compare_digest(given.encode(), expected)
+            response = web.Response(status=500, text=_PLAIN_500, content_type="text/plain")
+        if extra and not response.prepared:
+            response.headers.update(extra)
+        return response
 
     @property
     def _b(self) -> JobBook:
@@ -288,9 +357,11 @@ class Gateway:
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         sid = request.query.get("clientId") or uuid.uuid4().hex
+        key = (request_user(request).name, sid)
         ws = web.WebSocketResponse(max_msg_size=self._max_upload, heartbeat=None)
         await ws.prepare(request)
-        client = self.relay.attach(sid, ws, {"type": "status", "data": dict(self._b.status_data(), sid=sid)})
+        client = self.relay.attach(key, ws, {"type": "status", "data": dict(self._b.status_data(), sid=sid)}, request.transport)
+        self._b.socket_opened(key)
         try:
             first = True
             async for msg in ws:
@@ -300,7 +371,7 @@ class Gateway:
                     except ValueError:
                         data = None
                     if isinstance(data, dict) and data.get("type") == "feature_flags":
-                        self.relay.send(sid, "feature_flags", await self._feature_dict())
+                        self.relay.send(key, "feature_flags", await self._feature_dict())
                 first = False
         finally:
             self.relay.detach(client)
@@ -351,10 +422,15 @@ class Gateway:
                 self.uploads.release(versions)
                 raise
         number: Any = float(body["number"]) if "number" in body else book.next_number(bool(body.get("front")))
+        user = request_user(request)
+        cid = str(client_id or "")
         gj = GatewayJob(
             prompt_id=given or str(uuid.uuid4()),
             number=number,
-            client_id=str(client_id or ""),
+            client_id=cid,
+            user=user.name,
+            owner=user.owner,
+            keep=not self.relay.is_connected((user.name, cid)),
             prompt=prompt,
             extra_data=extra_data,
             outputs=outputs,
@@ -366,16 +442,17 @@ class Gateway:
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})
 
     async def _get_queue(self, request: web.Request) -> web.StreamResponse:
-        return _json(self._b.queue_json())
+        return _json(self._b.queue_json(request_user(request)))
 
     async def _post_queue(self, request: web.Request) -> web.StreamResponse:
         body = await self._read_json(request)
         if not isinstance(body, dict):
             raise TypeError("queue request must be an object")
+        viewer = request_user(request)
         if body.get("clear"):
-            self._b.clear_pending()
+            self._b.clear_pending(viewer)
         if isinstance(body.get("delete"), list):
-            self._b.delete_pending(body["delete"])
+            self._b.delete_pending(body["delete"], viewer)
         return web.Response(status=200)
 
     async def _interrupt(self, request: web.Request) -> web.StreamResponse:
@@ -383,23 +460,23 @@ class Gateway:
             body = await self._read_json(request)
         except ValueError:
             body = {}
-        self._b.interrupt(body)
+        self._b.interrupt(body, request_user(request))
         return web.Response(status=200)
 
     async def _get_history(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         max_items = int(q["max_items"]) if "max_items" in q else None
         offset = int(q["offset"]) if "offset" in q else -1
-        return _json(self._b.history_json(max_items=max_items, offset=offset))
+        return _json(self._b.history_json(request_user(request), max_items=max_items, offset=offset))
 
     async def _get_history_item(self, request: web.Request) -> web.StreamResponse:
-        return _json(self._b.history_json(prompt_id=request.match_info["prompt_id"]))
+        return _json(self._b.history_json(request_user(request), prompt_id=request.match_info["prompt_id"]))
 
     async def _post_history(self, request: web.Request) -> web.StreamResponse:
         body = await self._read_json(request)
         if not isinstance(body, dict):
             raise TypeError("history request must be an object")
-        self._b.post_history(body)
+        self._b.post_history(body, request_user(request))
         return web.Response(status=200)
 
     # -- files --------------------------------------------------------------------------------
