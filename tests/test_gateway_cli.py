@@ -42,7 +42,7 @@ def test_gateway_command_tells_clients_and_cancels_on_every_stop(mock_cluster_fa
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        match = re.match(r"comfy-cluster gateway on (http://127\.0\.0\.1:\d+) -> 2 server\(s\): mock1, mock2 \(strategy round_robin, admin token\)", line)
+        match = re.match(r"comfy-cluster gateway on (http://127\.0\.0\.1:\d+) -> 2 server\(s\): mock1, mock2 \(strategy round_robin, (?:admin token|token required)\)", line)
         assert match, line
         url = match.group(1)
         client = ScriptClient(url, token="t0ken")
