@@ -11,22 +11,61 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
 import urllib.parse
-from typing import Iterable, List, Optional, Sequence, Set
+from typing import Awaitable, Callable, Iterable, List, Optional, Sequence, Set
 
 from aiohttp import web
 
 from ..config import ServerConfig
+from .auth import Authenticator, set_request_user
 
-__all__ = ["origin_refused", "cors_headers", "is_loopback", "listens_beyond_loopback", "self_loop_servers"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_PLAIN_500 = "500 Internal Server Error\n\nServer got itself in trouble"
+
+__all__ = ["guard", "origin_refused", "cors_headers", "is_loopback", "listens_beyond_loopback", "self_loop_servers"]
 
 log = logging.getLogger(__name__)
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 _ANY = {"0.0.0.0", "::", ""}
+
+
+def guard(auth: Authenticator, allowed: Sequence[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The gateway's middleware: the Origin check (403), CORS for ``allowed`` origins, who is
+    asking (401 when nobody may be; else :func:`.auth.request_user` gives the user), and
+    ComfyUI's plain-text 500 for a handler that raises."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = origin_refused(request, allowed)
+        if refused is not None:
+            log.warning("gateway: %s %s refused (403): %s", request.method, request.path, refused)
+            return web.Response(status=403, text=f"403: Forbidden ({refused})")
+        extra = cors_headers(request, allowed)
+        if request.method == "OPTIONS" and extra:
+            return web.Response(headers=extra)  # a browser's preflight carries no credentials
+        user = auth.identify(request.headers, request.query, request.remote)
+        if user is None:
+            return web.Response(status=401, text="401: Unauthorized (comfy-cluster gateway token or user)", headers=extra)
+        set_request_user(request, user)
+        try:
+            response = await handler(request)
+        except web.HTTPException:
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:  # noqa: BLE001 - ComfyUI answers its plain-text 500
+            log.debug("gateway: %s %s raised", request.method, request.path, exc_info=True)
+            response = web.Response(status=500, text=_PLAIN_500, content_type="text/plain")
+        if extra and not response.prepared:
+            response.headers.update(extra)
+        return response
+
+    return middleware
 
 
 def is_loopback(host: Optional[str]) -> bool:

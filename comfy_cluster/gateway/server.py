@@ -19,14 +19,15 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tup
 
 from aiohttp import WSMsgType, web
 
-from .auth import Authenticator, UsersFile, request_user, set_request_user
+from .auth import Authenticator, UsersFile, request_user
 from .book import GatewayJob, JobBook
 from .files import receive_upload, serve_view
 from .folders import with_folders_copied
 from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
-from .network import cors_headers, listens_beyond_loopback, origin_refused, self_loop_servers
+from .network import guard, listens_beyond_loopback, self_loop_servers
+from .queue_routes import queue_routes, read_json
 from .relay import DEFAULT_QUEUE_BYTES, Relay
 from .uploads import UploadStore
 from .validate import error_body, validate_for_cluster
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD = 100 * 1024 * 1024
 #: Seconds a stopping gateway waits for the servers to confirm its jobs' cancels.
 STOP_GRACE = 10.0
-_PLAIN_500 = "500 Internal Server Error\n\nServer got itself in trouble"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -224,7 +224,7 @@ class Gateway:
             history_items=self._history_bounds[0],
             history_bytes=self._history_bounds[1],
         )
-        app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
+        app = web.Application(client_max_size=self._max_upload, middlewares=[guard(self.auth, self._allow_origins)])
         self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -303,55 +303,19 @@ class Gateway:
             ("GET", "/ws", self._ws),
             ("GET", "/prompt", self._get_prompt),
             ("POST", "/prompt", self._post_prompt),
-            ("GET", "/queue", self._get_queue),
-            ("POST", "/queue", self._post_queue),
-            ("POST", "/interrupt", self._interrupt),
-            ("GET", "/history", self._get_history),
-            ("GET", "/history/{prompt_id}", self._get_history_item),
-            ("POST", "/history", self._post_history),
             ("POST", "/upload/image", self._upload_image),
             ("POST", "/upload/mask", self._upload_image),
             ("GET", "/view", self._view),
-        ] + info_routes(self.info, self._max_upload)
+        ] + queue_routes(self._b) + info_routes(self.info, self._max_upload)
         app.router.add_route("GET", "/", index_page([s.name for s in self.pool.servers]))
         for prefix in ("", "/api"):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        refused = origin_refused(request, self._allow_origins)
-        if refused is not None:
-            log.warning("gateway: %s %s refused (403): %s", request.method, request.path, refused)
-            return web.Response(status=403, text=f"403: Forbidden ({refused})")
-        extra = cors_headers(request, self._allow_origins)
-        if request.method == "OPTIONS" and extra:
-            return web.Response(headers=extra)  # a browser's preflight carries no credentials
-        user = self.auth.identify(request.headers, request.query, request.remote)
-        if user is None:
-            return web.Response(status=401, text="401: Unauthorized (comfy-cluster gateway token or user)", headers=extra)
-        set_request_user(request, user)
-        try:
-            response = await handler(request)
-        except web.HTTPException:
-            raise
-        except (asyncio.CancelledError, ConnectionError):
-            raise
-        except Exception:  # noqa: BLE001 - ComfyUI answers its plain-text 500
-            log.debug("gateway: %s %s raised", request.method, request.path, exc_info=True)
-            response = web.Response(status=500, text=_PLAIN_500, content_type="text/plain")
-        if extra and not response.prepared:
-            response.headers.update(extra)
-        return response
-
     @property
     def _b(self) -> JobBook:
         assert self.book is not None
         return self.book
-
-    @staticmethod
-    async def _read_json(request: web.Request) -> Any:
-        return json.loads((await request.read()).decode("utf-8"))  # raises: plain 500
 
     # -- the websocket ------------------------------------------------------------------------
 
@@ -383,7 +347,7 @@ class Gateway:
         return _json(self._b.status_data()["status"])
 
     async def _post_prompt(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read_json(request)
+        body = await read_json(request)
         if not isinstance(body, dict):
             if isinstance(body, (list, str)):
                 return _json(error_body("no_prompt", "No prompt provided", "No prompt provided"), 400)
@@ -440,44 +404,6 @@ class Gateway:
         )
         book.add(gj)
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})
-
-    async def _get_queue(self, request: web.Request) -> web.StreamResponse:
-        return _json(self._b.queue_json(request_user(request)))
-
-    async def _post_queue(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read_json(request)
-        if not isinstance(body, dict):
-            raise TypeError("queue request must be an object")
-        viewer = request_user(request)
-        if body.get("clear"):
-            self._b.clear_pending(viewer)
-        if isinstance(body.get("delete"), list):
-            self._b.delete_pending(body["delete"], viewer)
-        return web.Response(status=200)
-
-    async def _interrupt(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await self._read_json(request)
-        except ValueError:
-            body = {}
-        self._b.interrupt(body, request_user(request))
-        return web.Response(status=200)
-
-    async def _get_history(self, request: web.Request) -> web.StreamResponse:
-        q = request.query
-        max_items = int(q["max_items"]) if "max_items" in q else None
-        offset = int(q["offset"]) if "offset" in q else -1
-        return _json(self._b.history_json(request_user(request), max_items=max_items, offset=offset))
-
-    async def _get_history_item(self, request: web.Request) -> web.StreamResponse:
-        return _json(self._b.history_json(request_user(request), prompt_id=request.match_info["prompt_id"]))
-
-    async def _post_history(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read_json(request)
-        if not isinstance(body, dict):
-            raise TypeError("history request must be an object")
-        self._b.post_history(body, request_user(request))
-        return web.Response(status=200)
 
     # -- files --------------------------------------------------------------------------------
 
