@@ -172,6 +172,15 @@ class ServerPool:
         """The strategy's name."""
         return strategy_name(self._strategy)
 
+    def use_cache_affinity(self) -> None:
+        """From now on an identical workflow goes to the server that was given it last, when
+        that server can take it (ComfyUI's cache there makes the rerun nearly free); otherwise
+        the strategy chooses. The gateway turns this on. Idempotent."""
+        from .affinity import CacheAffinity
+
+        if not isinstance(self._strategy, CacheAffinity):
+            self._strategy = CacheAffinity(self._strategy)
+
     @property
     def _object_info(self) -> Dict[str, Dict[str, Any]]:
         return self._caps.info

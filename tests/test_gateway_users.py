@@ -193,3 +193,25 @@ def test_the_comfy_user_header_names_the_user_on_a_trusted_network_only(mock_clu
     with gateway_over(cluster) as gw:  # not opted in: the header names nobody, all is shared
         pid = requests.post(gw.url + "/prompt", json={"prompt": image_workflow(color=1)}, headers={"comfy-user": "alice"}, timeout=5).json()["prompt_id"]
         wait_until(lambda: requests.get(f"{gw.url}/history/{pid}", headers={"comfy-user": "bob"}, timeout=5).json(), message="visible to all")
+
+
+def test_an_identical_prompt_goes_to_the_server_that_has_it_cached(mock_cluster_factory: Factory) -> None:
+    # round_robin would send the rerun to the next server, which has nothing cached.
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0, 1.0))
+    with gateway_over(cluster, strategy="round_robin") as gw:
+        client = ScriptClient(gw.url)
+        try:
+            prompt = sleep_workflow(seconds=0.3, steps=3, seed=42)
+            first = client.run(prompt)
+            client.follow(first)
+            other = client.run(sleep_workflow(seconds=0.01, steps=1, seed=7))  # another prompt moves the turn on
+            client.follow(other)
+            again = client.run(prompt)
+            frames = client.follow(again)
+            assert [f["type"] for f in frames if f["type"] == "progress"] == []
+            cached = [f for f in frames if f["type"] == "execution_cached"]
+            assert cached and sorted(cached[0]["data"]["nodes"]) == sorted(prompt)
+            ran = [s.name for s in cluster if len(s.executed_prompt_ids) >= 2]
+            assert len(ran) == 1, [s.executed_prompt_ids for s in cluster]
+        finally:
+            client.close()

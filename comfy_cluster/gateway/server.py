@@ -85,6 +85,8 @@ class Gateway:
         history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
         self.pool = pool
+        if hasattr(pool, "use_cache_affinity"):
+            pool.use_cache_affinity()  # an identical prompt goes where ComfyUI has it cached
         self.host = host
         self._port = port
         self.auth = Authenticator(token, UsersFile(users) if users else None, trust_user_header=trust_user_header)
