@@ -190,6 +190,15 @@ def test_the_comfy_user_header_names_the_user_on_a_trusted_network_only(mock_clu
         pid = requests.post(gw.url + "/prompt", json={"prompt": image_workflow(color=1)}, headers={"comfy-user": "alice"}, timeout=5).json()["prompt_id"]
         wait_until(lambda: requests.get(f"{gw.url}/history/{pid}", headers={"comfy-user": "alice"}, timeout=5).json(), message="alice's prompt done")
         assert requests.get(f"{gw.url}/history/{pid}", headers={"comfy-user": "bob"}, timeout=5).json() == {}
+        # ComfyUI's page opens its socket without the header: it gets the events of the user who
+        # posts with its clientId (a trusted network).
+        page = _Socket(gw.url, "page-1")
+        try:
+            page.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "status")
+            pid = requests.post(gw.url + "/prompt", json={"prompt": image_workflow(color=2), "client_id": "page-1"}, headers={"comfy-user": "alice"}, timeout=5).json()["prompt_id"]
+            page.wait_for(is_done(pid))
+        finally:
+            page.close()
     with gateway_over(cluster) as gw:  # not opted in: the header names nobody, all is shared
         pid = requests.post(gw.url + "/prompt", json={"prompt": image_workflow(color=1)}, headers={"comfy-user": "alice"}, timeout=5).json()["prompt_id"]
         wait_until(lambda: requests.get(f"{gw.url}/history/{pid}", headers={"comfy-user": "bob"}, timeout=5).json(), message="visible to all")
