@@ -52,8 +52,7 @@ def test_a_stalled_client_stays_within_the_bound_then_is_closed(mock_cluster_fac
                 def step() -> Any:
                     gw.relay.send_bytes(key, preview)
                     gw.relay.send(key, "progress", progress)
-                    client = gw.relay._clients.get(key)
-                    return gw.relay.queued_bytes, (client.dropped_previews if client is not None else None)
+                    return gw.relay.queued_bytes, gw.relay.dropped_previews(key)
 
                 queued, seen = _on_loop(gw, step)
                 peak = max(peak, queued)

@@ -244,6 +244,11 @@ class Relay:
         """Frames kept for clients without a socket, in all."""
         return self._kept_total
 
+    def dropped_previews(self, key: Key) -> Optional[int]:
+        """Preview frames dropped for ``key``'s open socket so far (None when none is open)."""
+        client = self._clients.get(key)
+        return client.dropped_previews if client is not None else None
+
     @property
     def queued_bytes(self) -> int:
         """Bytes queued for open sockets, in all."""
