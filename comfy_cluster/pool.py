@@ -29,7 +29,8 @@ from .attempt import Ledger, PostGate, remove_copies
 from .balance import StrategyLike, get_strategy, strategy_name
 from .callbacks import CallbackExecutor
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
-from .config import ServerConfig, _check_unique, _make_server, servers_from_env, status_ttl_from_env, strategy_from_env
+from .config import servers_from_env, status_ttl_from_env, strategy_from_env
+from .server_config import ServerConfig, check_unique, make_server
 from .dispatcher import Dispatcher
 from .errors import ComfyClusterError, ConfigError
 from .events import ServerSocket
@@ -86,12 +87,12 @@ class ServerPool:
             if isinstance(s, ServerConfig):
                 configs.append(s)
             elif isinstance(s, Mapping):
-                configs.append(_make_server(dict(s), f"servers[{i}]"))
+                configs.append(make_server(dict(s), f"servers[{i}]"))
             else:
                 raise ConfigError(f"servers[{i}]: must be a ServerConfig or a dict, got {type(s).__name__}")
         if not configs:
             raise ConfigError("servers: give at least one server")
-        _check_unique(configs, "servers")
+        check_unique(configs, "servers")
         if not (status_ttl >= 0) or math.isinf(status_ttl):
             raise ConfigError(f"status_ttl: must be >= 0 seconds, got {status_ttl!r}")
         self._servers: Tuple[ServerConfig, ...] = tuple(configs)
