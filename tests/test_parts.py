@@ -127,8 +127,9 @@ def _runners(monitor: FakeMonitor, ledger: Ledger, jobs: FakeQueue, cleaned: Lis
 
 
 def test_runners_settle_a_move_and_a_success_without_a_server():
-    monitor, jobs, cleaned = FakeMonitor(), FakeQueue(), []  # type: ignore[var-annotated]
-    ledger = Ledger([s.name for s in SERVERS], monitor, on_release=lambda: None)  # type: ignore[arg-type]
+    monitor, jobs = FakeMonitor(), FakeQueue()
+    cleaned: List[str] = []
+    ledger = Ledger([s.name for s in SERVERS], monitor, on_release=lambda: None)
     runners = _runners(monitor, ledger, jobs, cleaned)
     control = JobControl(Job(sleep_workflow()))
     first = Attempt(control, "a", 1)
