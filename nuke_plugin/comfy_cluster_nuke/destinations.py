@@ -22,13 +22,18 @@ from typing import Optional
 
 import nuke
 
-from . import node as node_mod
+from .quiet import quiet_set
 
-__all__ = ["UNTITLED_ROOT", "script_path", "project_dir", "node_uid", "output_base", "new_version", "VERSION_RE"]
+__all__ = [
+    "UNTITLED_ROOT", "UID_KNOB", "UID_OWNER_KNOB", "script_path", "project_dir", "evaluate_path", "node_uid", "output_base",
+    "new_version", "VERSION_RE",
+]
 
 # An unsaved script has no folder: its results go under the user's home, by node id.
 UNTITLED_ROOT = os.path.join("~", "comfyui_renders", "untitled")
 VERSION_RE = re.compile(r"^v(\d{3,})$")
+UID_KNOB = "node_uid"  # hidden knobs of the node: its id, and (until marker 3) the name it was given to
+UID_OWNER_KNOB = "uid_owner"
 
 
 def script_path() -> str:
@@ -50,21 +55,34 @@ def project_dir() -> str:
     return os.path.dirname(os.path.abspath(script)) if script else ""
 
 
+def evaluate_path(knob: nuke.Knob) -> str:
+    """A file knob's path as Nuke would open it: Tcl evaluated, filename filters applied,
+    relative to the project directory (else the script's folder); '' when empty."""
+    raw = knob.value()
+    if not str(raw).strip():
+        return ""
+    evaluate = getattr(knob, "evaluate", None)
+    path = str(evaluate() if callable(evaluate) else raw).strip()
+    path = str(nuke.filenameFilter(path))
+    path = os.path.expandvars(os.path.expanduser(path))
+    if not os.path.isabs(path):
+        path = os.path.join(project_dir() or os.getcwd(), path)
+    return os.path.normpath(path)
+
+
 def node_uid(node: nuke.Node) -> str:
     """The node's id (8 hex digits), renewed for a copy of another node (main thread)."""
-    uid_knob, owner_knob = node[node_mod.UID_KNOB], node[node_mod.UID_OWNER_KNOB]
+    uid_knob, owner_knob = node[UID_KNOB], node[UID_OWNER_KNOB]
     uid, owner = str(uid_knob.value()), str(owner_knob.value())
     if not uid or owner != node.fullName():
         uid = uuid.uuid4().hex[:8]
-        node_mod.quiet_set(uid_knob, uid)
-        node_mod.quiet_set(owner_knob, node.fullName())
+        quiet_set(uid_knob, uid)
+        quiet_set(owner_knob, node.fullName())
     return uid
 
 
 def output_base(node: nuke.Node, home: Optional[str] = None) -> str:
     """The folder holding the node's version folders (main thread)."""
-    from .settings import evaluate_path
-
     explicit = evaluate_path(node["output_dir"])
     if explicit:
         return explicit

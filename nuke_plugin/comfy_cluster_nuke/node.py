@@ -18,14 +18,15 @@ Every function here is main-thread only.
 
 from __future__ import annotations
 
-import html
 import json
-import logging
 from typing import Any, List, Optional, Tuple
 
 import nuke
 
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
+
+from .destinations import UID_KNOB, UID_OWNER_KNOB, evaluate_path
+from .quiet import quiet_set, set_status
 
 __all__ = [
     "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB", "UID_OWNER_KNOB",
@@ -33,15 +34,11 @@ __all__ = [
     "chosen_load_image", "set_status", "quiet_set", "update_read_node", "input_colorspace", "show_result",
 ]
 
-log = logging.getLogger(__name__)
-
 NODE_LABEL = "ComfyUI Cluster Run"
 MARKER_KNOB = "comfy_cluster_run"  # a hidden knob that marks our groups (and their version)
 MARKER_VERSION = "2"  # the knobs and inner nodes of this version (1: before per-node folders)
 NONE_CHOICE = "(none)"
 DEFAULT_STRATEGY = "default"
-UID_KNOB = "node_uid"
-UID_OWNER_KNOB = "uid_owner"
 IDS_KNOB = "load_image_ids"
 INPUT_NAMES = ("plate", "mask", "ref")
 # (group input, enumeration knob, what the user calls it)
@@ -236,8 +233,7 @@ def refresh_load_image_choices(node: nuke.Node) -> Optional[str]:
     Each input keeps its choice when the new workflow still has that node; otherwise the plate
     gets the first LoadImage node and the other inputs ``(none)``.
     """
-    from . import params
-    from .settings import evaluate_path
+    from . import params  # the parameter knobs: imported on first use (start-up stays fast)
 
     path = evaluate_path(node["workflow"])
     labels, ids, error = load_image_choices(path)
@@ -257,32 +253,6 @@ def refresh_load_image_choices(node: nuke.Node) -> Optional[str]:
     else:
         params.refresh_knobs(node, path)
     return error
-
-
-def quiet_set(knob: nuke.Knob, value: Any) -> None:
-    """Set a knob without an undo step and without marking the script modified."""
-    root = nuke.root()
-    was_modified = root.modified()
-    undo_was_disabled = bool(nuke.Undo.disabled())
-    if not undo_was_disabled:
-        nuke.Undo.disable()
-    try:
-        knob.setValue(value)
-    finally:
-        if not undo_was_disabled:
-            nuke.Undo.enable()
-        if not was_modified:
-            root.setModified(False)
-
-
-def set_status(node: nuke.Node, text: str) -> None:
-    """Show ``text`` on the node's status line, as plain text (Text_Knob renders HTML, so
-    ComfyUI's ``<class 'torch...'>`` would vanish); no undo step, script not marked modified.
-    Ignored when the node has been deleted."""
-    try:
-        quiet_set(node["status"], html.escape(text, quote=False))
-    except ValueError:  # the user deleted the node while a run went on
-        log.info("status of a deleted node: %s", text)
 
 
 def input_colorspace(node: nuke.Node) -> str:
