@@ -32,6 +32,25 @@ def test_farm_tasks_of_one_job_fill_one_version(fake_nuke, cluster_env, tmp_path
     assert seeds == [1001, 1002, 1003]
 
 
+def test_farm_tasks_of_a_renamed_node_share_one_folder(fake_nuke, cluster_env, tmp_path):
+    """Issue 19 item 1: a node renamed (or pasted) and saved without a run drew a new id in
+    every farm task, which never saves: two tasks of one job wrote into two folders."""
+    import nuke
+
+    script = str(tmp_path / "sh010.nk")
+    fake_nuke.save_script(script)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), "", first=1, last=4)
+    node.setName("Hero")
+    nuke.scriptSave(script)
+    fake_nuke.set_gui(False)  # nuke -t: each task opens the saved script
+    main = _main()
+    assert main([script, "Hero", "1", "2", "--version", "v001"]) == 0
+    assert main([script, "Hero", "3", "4", "--version", "v001"]) == 0
+    versions = list((tmp_path / "comfyui" / "sh010").glob("*/v001"))
+    assert len(versions) == 1, versions
+    assert sorted(os.listdir(versions[0])) == [f"Hero_{f:04d}.png" for f in (1, 2, 3, 4)]
+
+
 def test_farm_exit_status_says_what_went_wrong(fake_nuke, cluster_env, tmp_path, capsys):
     fake_nuke.set_gui(False)
     workflow = load_image_workflow()

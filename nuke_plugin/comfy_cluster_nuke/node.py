@@ -10,7 +10,7 @@ Knobs (tab "ComfyUI Cluster"): ``workflow``; ``load_image_node``/``mask_node``/`
 ``load_image_ids``, as subgraph ids such as ``75:12`` contain ``:``); ``send_alpha``;
 ``frame_input``; ``first``/``last``; ``strategy``; ``output_dir``; ``colorspace``; the
 workflow parameters (:mod:`.params`); buttons Execute, Current frame, Re-run failed, Cancel;
-``status``; ``show``; hidden ``node_uid``/``uid_owner`` (:mod:`.destinations`),
+``status``; ``show``; hidden ``node_uid`` (:mod:`.destinations`),
 ``last_version`` and ``failed_frames``.
 
 Every function here is main-thread only.
@@ -25,11 +25,11 @@ import nuke
 
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 
-from .destinations import UID_KNOB, UID_OWNER_KNOB, evaluate_path
+from .destinations import UID_KNOB, evaluate_path
 from .quiet import quiet_set, set_status
 
 __all__ = [
-    "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB", "UID_OWNER_KNOB",
+    "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB",
     "create", "is_run_node", "knob_changed", "load_image_choices", "refresh_load_image_choices",
     "chosen_load_image", "set_status", "quiet_set", "update_read_node", "input_colorspace", "show_result",
 ]
@@ -123,7 +123,6 @@ def _add_knobs(group: nuke.Group) -> None:
     group.addKnob(nuke.Tab_Knob("comfy_cluster", "ComfyUI Cluster"))
     _hidden(group, MARKER_KNOB, MARKER_VERSION)
     _hidden(group, UID_KNOB, uuid.uuid4().hex[:8])
-    _hidden(group, UID_OWNER_KNOB, group.fullName())
     _hidden(group, IDS_KNOB, json.dumps([None]))
     _hidden(group, "last_version")
     _hidden(group, "failed_frames")
