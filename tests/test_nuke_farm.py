@@ -51,6 +51,31 @@ def test_farm_tasks_of_a_renamed_node_share_one_folder(fake_nuke, cluster_env, t
     assert sorted(os.listdir(versions[0])) == [f"Hero_{f:04d}.png" for f in (1, 2, 3, 4)]
 
 
+def test_nuke_t_strips_a_trailing_frame_range_and_the_farm_script_still_gets_its_frames(fake_nuke, cluster_env, tmp_path):
+    """Issue 19 item 3: ``nuke -t`` removes a last argument that is a number or a frame range
+    (Foundry, "Using the Command-line"): ``... NODE FIRST LAST`` exited 2 in every task."""
+    import nuke
+
+    script = str(tmp_path / "sh010.nk")
+    fake_nuke.save_script(script)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), first=1, last=100)
+    name = node.name()
+    nuke.scriptSave(script)
+    assert fake_nuke.strip_frame_range([script, name, "1", "2"]) == [script, name, "1"]  # what Nuke does
+    commands = [
+        [script, name, "--version=v001", "1", "2"],  # a CommandLine job ending in <STARTFRAME> <ENDFRAME>
+        [script, name, "--version=v001", "3-4"],
+        [script, name, "--frames=5-6", "--version=v001"],
+        [script, name, "--version=v001", "--frames=7-7"],
+    ]
+    statuses = [fake_nuke.run_nuke_t(EXAMPLE, c) for c in commands]
+    assert statuses == [0, 0, 0, 0]
+    assert sorted(os.listdir(tmp_path / "out" / "v001")) == [f"{name}_{f:04d}.png" for f in range(1, 8)]
+    # A lone FIRST that lost its LAST (no nuke.rawArgs to take it back from) is refused, not run.
+    fake_nuke.set_gui(False)
+    assert _main()([script, name, "1001"], open_script=lambda path: None) == 2
+
+
 def test_farm_exit_status_says_what_went_wrong(fake_nuke, cluster_env, tmp_path, capsys):
     fake_nuke.set_gui(False)
     workflow = load_image_workflow()
