@@ -76,6 +76,41 @@ def test_nuke_t_strips_a_trailing_frame_range_and_the_farm_script_still_gets_its
     assert _main()([script, name, "1001"], open_script=lambda path: None) == 2
 
 
+def test_a_missing_plate_frame_fails_that_frame_by_name_and_the_task_exits_1(fake_nuke, cluster_env, tmp_path, capsys):
+    """Issue 19 item 4: the input render stopped at the first missing plate frame (Nuke's
+    ``execute`` without ``continueOnError``) and failed the whole task; the result Read then
+    showed failed frames as a checkerboard, which a render through the node delivers."""
+    import shutil
+
+    import nuke
+
+    plates = tmp_path / "plates"
+    plates.mkdir()
+    for frame in (1, 2, 4):  # frame 3 never arrived
+        shutil.copyfile(os.path.join(ROOT, "examples", "plate.0001.png"), plates / f"plate.{frame:04d}.png")
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), first=1, last=4, with_input=False)
+    plate = nuke.nodes.Read()
+    plate["file"].fromUserText(f"{plates.as_posix()}/plate.####.png 1-4")
+    node.setInput(0, plate)
+    fake_nuke.set_gui(False)
+    assert _main()(["sh010.nk", node.name(), "--frames=1-4", "--version=v001"], open_script=lambda path: None) == 1
+    err = capsys.readouterr().err
+    assert "1 of 4 frame(s) failed" in err and "plate.0003.png" in err
+    assert sorted(os.listdir(out / "v001")) == [f"{node.name()}_{f:04d}.png" for f in (1, 2, 4)]
+    assert node["failed_frames"].value() == "3"
+    seeds = sorted(p["2"]["inputs"]["seed"] for s in cluster_env for _, p, _ in s.received_prompts)
+    assert seeds == [1, 2, 4]
+    # A render through the node (nuke -x, a farm comp) stops at the failed frame: no placeholder.
+    result = nuke.toNode(f"{node.name()}.result")
+    assert fake_nuke.read_frame(result, 2)[0] == "file"
+    comp = nuke.nodes.Write(file=str(tmp_path / "comp.####.png"), file_type="png")
+    comp.setInput(0, node)
+    nuke.execute(comp, 1, 2)
+    with pytest.raises(RuntimeError, match="v001/.*_0003.png"):
+        nuke.execute(comp, 3, 3)
+
+
 def test_farm_exit_status_says_what_went_wrong(fake_nuke, cluster_env, tmp_path, capsys):
     fake_nuke.set_gui(False)
     workflow = load_image_workflow()

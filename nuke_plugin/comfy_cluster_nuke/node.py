@@ -285,7 +285,9 @@ def show_result(node: nuke.Node) -> None:
 def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str) -> nuke.Node:
     """Point the ``result`` Read inside the node at ``pattern`` over first-last and output it.
 
-    Missing frames (failed ones) show as a checkerboard rather than a silent hold or black.
+    A failed frame (missing in the version) is a Read error, not a checkerboard, black or a
+    held neighbour: a render through the node (``nuke -x``, the farm) stops on it instead of
+    delivering a placeholder, and the Viewer names the missing file.
     """
     assert isinstance(node, nuke.Group)
     read = _inner(node, RESULT_READ)
@@ -301,7 +303,7 @@ def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, color
     # One call sets the path and the frame range (first/last and origfirst/origlast).
     file_knob.fromUserText(f"{pattern} {first}-{last}")
     read["colorspace"].setValue(colorspace)
-    read["on_error"].setValue("checkerboard")
+    read["on_error"].setValue("error")
     reload_knob = read.knob("reload")
     if isinstance(reload_knob, nuke.Script_Knob):
         reload_knob.execute()  # new files under the same name: drop Nuke's cached frames

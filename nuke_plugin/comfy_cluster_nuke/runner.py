@@ -7,7 +7,8 @@ frame (the frame's files to their LoadImage nodes, the parameter knobs' values o
 the frame number to ``frame_input``) sent as one batch (``pool.map_async``); the batch polled
 every 0.1 s for progress and Cancel; each frame's image moved into ``<node>_####.<ext>`` in the
 version folder, and the ``result`` Read inside the node pointed at it. Failed frames are
-recorded on the node (Re-run failed) and show as a checkerboard in the Read.
+recorded on the node (Re-run failed) and are Read errors in the result (never a placeholder
+image); a frame whose input could not be rendered (a missing plate frame) fails alone.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class Run:
         self._last_text: Optional[str] = None
         self._last_percent = -1
         self._last_status = 0.0
+        self.sent_frames: Tuple[int, ...] = settings.frames  # less the frames whose input failed to render
+        self._render_errors: Dict[int, BaseException] = {}
 
     # -- control --------------------------------------------------------------------------------
 
@@ -186,7 +189,7 @@ class Run:
         jobs = [(m, render.input_pattern(inputs_dir, stem, m.number)) for m in s.inputs]
         self._show(f"rendering the input, frames {ranges(s.frames)}", 0, force=True)
         try:
-            render.render_inputs(self.node, jobs, s.frames, s.colorspace)
+            failed = render.render_inputs(self.node, jobs, s.frames, s.colorspace)
         except RunError:
             raise
         except Exception as exc:
@@ -194,25 +197,31 @@ class Run:
                 raise RunCancelled(f"{s.node_name}: the render of the input was cancelled") from None
             raise RunError(f"{s.node_name}: rendering the input failed: {exc}") from exc
         out: Dict[int, Dict[str, str]] = {}
-        missing: List[int] = []
         for frame in s.frames:
             files = {m.node_id: render.input_file(inputs_dir, stem, m.number, frame) for m in s.inputs}
-            if not all(os.path.isfile(p) for p in files.values()):
-                missing.append(frame)
-            out[frame] = files
-        if missing:
-            raise RunError(f"{s.node_name}: the render of the input wrote no file for frame(s) {ranges(missing)}")
+            if frame not in failed and not all(os.path.isfile(p) for p in files.values()):
+                failed[frame] = "Nuke wrote no file"
+            if frame in failed:
+                # That frame fails alone, named; the others go on (a farm task then exits 1).
+                self._render_errors[frame] = RunError(f"frame {frame}: the input could not be rendered: {failed[frame]}")
+            else:
+                out[frame] = files
+        self.sent_frames = tuple(f for f in s.frames if f in out)
+        if not self.sent_frames:
+            raise RunError(
+                failure_text(s.node_name, s.frames, self._render_errors, []), errors=dict(self._render_errors)
+            )
         return out
 
     def _workflows(self) -> List[Dict[str, Any]]:
         s = self.settings
         workflows = []
-        for frame in s.frames:
+        for frame in self.sent_frames:
             wf = copy.deepcopy(s.workflow)
             params.apply(wf, s.params.get(frame, {}), skip=s.frame_input)
             workflows.append(wf)
         if s.frame_input:
-            workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, f in zip(workflows, s.frames)]
+            workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, f in zip(workflows, self.sent_frames)]
         return workflows
 
     def _run_batch(self, per_frame_inputs: Mapping[int, Dict[str, str]]) -> List[str]:
@@ -226,7 +235,7 @@ class Run:
         except ComfyClusterError as exc:
             raise RunError(f"{s.node_name}: {exc}") from exc
         try:
-            inputs = [per_frame_inputs[f] for f in s.frames] if per_frame_inputs else None
+            inputs = [per_frame_inputs[f] for f in self.sent_frames] if per_frame_inputs else None
             try:
                 batch = pool.map_async(workflows, inputs=inputs, retries=2)
             except ComfyClusterError as exc:
@@ -271,10 +280,10 @@ class Run:
     def _collect(self, batch: Batch, stopped_by: Optional[str]) -> List[str]:
         """Move each frame's image into the version folder; point the Read at the sequence."""
         s = self.settings
-        errors: Dict[int, BaseException] = {}
+        errors: Dict[int, BaseException] = dict(self._render_errors)
         cancelled: List[int] = []
         ok: List[Tuple[Any, int]] = []
-        for job, frame in zip(batch.jobs, s.frames):
+        for job, frame in zip(batch.jobs, self.sent_frames):
             err = job.exception()
             if isinstance(err, JobCancelled):
                 cancelled.append(frame)
@@ -304,7 +313,7 @@ class Run:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
                 pattern = os.path.join(self.version_dir, f"{s.node_name}_####{ext}").replace("\\", "/")
                 # The node's frames and those already in the version (a re-run completes it):
-                # failed frames inside the range show as the Read's checkerboard.
+                # failed frames inside the range are Read errors (a render through the node stops on them).
                 present = set(_frames_present(self.version_dir, s.node_name, ext)) | set(s.frames)
                 first, last = min(present), max(present)
                 read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace)

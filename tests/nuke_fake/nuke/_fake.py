@@ -43,6 +43,7 @@ __all__ = [
     "set_frame_range",
     "queued",
     "run_nuke_t",
+    "read_frame",
     "strip_frame_range",
 ]
 
@@ -310,6 +311,13 @@ def cancel_progress(task: Optional["_nuke.ProgressTask"] = None) -> None:
 def cancel_render_after(frames: Optional[int]) -> None:
     """The user cancels Nuke's own render progress after ``frames`` frames (None: never)."""
     _nuke._render_cancel_after = frames
+
+
+def read_frame(read: "_nuke.Node", frame: int) -> Tuple[str, str]:
+    """What the artist sees of Read ``read`` at ``frame`` (see ``nuke._render._read_frame``)."""
+    from nuke._render import _read_frame
+
+    return _read_frame(read, frame)
 
 
 def strip_frame_range(args: List[str]) -> List[str]:
