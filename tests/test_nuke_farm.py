@@ -11,6 +11,7 @@ from nuke_fake.support import ROOT, cluster_env, fake_nuke, load_image_workflow,
 pytestmark = pytest.mark.timeout(60)
 
 EXAMPLE = os.path.join(ROOT, "examples", "nuke_farm_render.py")
+NUKE_T = os.path.join(ROOT, "tests", "nuke_fake", "nuke_t.py")  # ``nuke -t`` in a process of its own
 
 
 def _main():
@@ -109,6 +110,67 @@ def test_a_missing_plate_frame_fails_that_frame_by_name_and_the_task_exits_1(fak
     nuke.execute(comp, 1, 2)
     with pytest.raises(RuntimeError, match="v001/.*_0003.png"):
         nuke.execute(comp, 3, 3)
+
+
+def _plates(folder, frames):
+    import shutil
+
+    folder.mkdir(exist_ok=True)
+    for frame in frames:
+        shutil.copyfile(os.path.join(ROOT, "examples", "plate.0001.png"), folder / f"plate.{frame:04d}.png")
+    return f"{folder.as_posix()}/plate.####.png"
+
+
+def _queued(cluster):
+    return sum(len(running) + len(pending) for running, pending in (s.queue_snapshot() for s in cluster))
+
+
+def test_farm_tasks_sharing_a_version_keep_their_working_files_apart(fake_nuke, cluster_env, tmp_path):
+    """Issue 19 item 2: a task that ended removed the version's whole ``.inputs`` folder, and
+    with it the plates another task of the job had not uploaded yet (it failed with
+    FileNotFoundError and the version lacked its frames). Two real processes, as on a farm."""
+    import subprocess
+    import sys
+
+    import nuke
+
+    from comfy_cluster.testing.waiting import wait_until
+
+    script = str(tmp_path / "sh010.nk")
+    fake_nuke.save_script(script)
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), first=1, last=8, with_input=False)
+    plate = nuke.nodes.Read()
+    plate["file"].fromUserText(_plates(tmp_path / "plates", range(1, 7)) + " 1-8")  # 7 and 8 missing
+    node.setInput(0, plate)
+    name = node.name()
+    nuke.scriptSave(script)
+    for server in cluster_env:  # task B's first jobs wait on the servers, the rest in B itself
+        server.pause_jobs()
+    env = dict(os.environ, NUKE_PATH=os.path.join(ROOT, "nuke_plugin"), PYTHONPATH=ROOT)
+    log_path = tmp_path / "task_b.log"
+    with open(log_path, "wb") as log:
+        task_b = subprocess.Popen(
+            [sys.executable, NUKE_T, "-t", EXAMPLE, script, name, "--frames=1-6", "--version=v001"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        try:
+            # 2 servers x max_queue 2: jobs 5 and 6 are not sent yet (their plates not uploaded).
+            wait_until(lambda: _queued(cluster_env) >= 4 or task_b.poll() is not None, 40, message="task B's jobs")
+            assert task_b.poll() is None, log_path.read_text()
+            # Task A of the same job ends meanwhile (its plate frames are missing: it fails).
+            fake_nuke.set_gui(False)
+            assert fake_nuke.run_nuke_t(EXAMPLE, [script, name, "--frames=7-8", "--version=v001"]) == 1
+            for server in cluster_env:
+                server.resume_jobs()
+            status = task_b.wait(60)
+        finally:
+            if task_b.poll() is None:
+                task_b.kill()
+                task_b.wait()
+    assert status == 0, log_path.read_text()
+    assert sorted(f for f in os.listdir(out / "v001") if not f.startswith(".")) == [f"{name}_{f:04d}.png" for f in range(1, 7)]
+    assert [f for f in os.listdir(out / "v001") if f.startswith(".")] == []  # each task cleaned up its own
 
 
 def test_farm_exit_status_says_what_went_wrong(fake_nuke, cluster_env, tmp_path, capsys):

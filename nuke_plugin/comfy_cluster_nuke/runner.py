@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -38,8 +39,10 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar at every poll)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr", ".bmp", ".gif")
-_INPUTS_DIR = ".inputs"
-_DOWNLOAD_DIR = ".download"
+# Each run's working folders inside the version folder: ``.inputs-<random>``, ``.download-<random>``.
+# Farm tasks of one job share the version folder; each removes only its own when it ends.
+_INPUTS_DIR = ".inputs-"
+_DOWNLOAD_DIR = ".download-"
 _clock = time.monotonic  # the status throttle's clock (tests replace it)
 #: Extra keyword arguments for every run's ServerPool (for example ``{"server_lost_after": 5.0}``);
 #: set it from a studio's menu.py.
@@ -159,7 +162,7 @@ class Run:
                     self.version_dir = destinations.new_version(s.output_base)
             except OSError as exc:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
-            inputs_dir = os.path.join(self.version_dir, _INPUTS_DIR)
+            inputs_dir = _working_dir(self.version_dir, _INPUTS_DIR)
             self._show(f"starting {len(s.frames)} frame(s) into {self.version_dir}", 0, force=True)
             per_frame_inputs = self._render(inputs_dir)
             if self._cancelled():
@@ -203,7 +206,7 @@ class Run:
                 failed[frame] = "Nuke wrote no file"
             if frame in failed:
                 # That frame fails alone, named; the others go on (a farm task then exits 1).
-                self._render_errors[frame] = RunError(f"frame {frame}: the input could not be rendered: {failed[frame]}")
+                self._render_errors[frame] = RunError(f"the input could not be rendered: {failed[frame]}")
             else:
                 out[frame] = files
         self.sent_frames = tuple(f for f in s.frames if f in out)
@@ -293,7 +296,7 @@ class Run:
                 ok.append((job, frame))
         if stopped_by == "cancel":
             raise RunCancelled(f"{s.node_name}: cancelled ({len(ok)} of {len(s.frames)} frames were done)")
-        download_root = os.path.join(self.version_dir, _DOWNLOAD_DIR)
+        download_root = _working_dir(self.version_dir, _DOWNLOAD_DIR)
         paths: Dict[int, str] = {}
         try:
             for i, (job, frame) in enumerate(ok):
@@ -370,6 +373,14 @@ class Run:
         self._show(f"failed - {first_line.replace(f'{name}: ', '')}", force=True)
         if self.dialogs:
             mainthread.post(nuke.message, text)
+
+
+def _working_dir(version_dir: str, prefix: str) -> str:
+    """A new folder of this run's own in the version folder (never another task's)."""
+    try:
+        return tempfile.mkdtemp(prefix=prefix, dir=version_dir)
+    except OSError as exc:
+        raise RunError(f"cannot create a working folder in {version_dir}: {exc}") from None
 
 
 def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str) -> str:
