@@ -21,7 +21,7 @@ from .cli_format import Progress, job_json, status_json, status_table
 from .errors import ComfyClusterError
 from .paths import is_inside, windows_safe_name
 from .stopping import Stopped, StopSignals, wait_sliced
-from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, set_inputs
+from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, seeded_copies, set_inputs
 
 __all__ = ["main", "parse_frames", "ideal_makespan"]
 
@@ -150,7 +150,10 @@ def build_workflows(args: argparse.Namespace) -> Tuple[List[Dict[str, Any]], Lis
         workflows = frame_workflows(base, frames, args.frame_input) if args.frame_input else [base for _ in frames]
         inputs = [{n: _frame_path(p, f) for n, p in input_specs} or None for f in frames]
     else:
-        workflows = [base for _ in range(args.count)]
+        workflows, seeds = seeded_copies(base, args.count)
+        if args.count > 1 and not seeds:
+            print(f"comfy-cluster: warning: --count {args.count}: the workflow has no seed input, so ComfyUI answers "
+                  "the copies from its cache (the same images)", file=sys.stderr)
         inputs = [{n: p for n, p in input_specs} or None for _ in range(args.count)]
     return workflows, inputs
 
@@ -331,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="run a workflow (or many) on the cluster", epilog=EXAMPLES["submit"], formatter_class=fmt)
     p.add_argument("workflow", help="API-format workflow JSON file")
-    p.add_argument("--count", type=_positive(int), default=1, help="run it N times (N >= 1)")
+    p.add_argument("--count", type=_positive(int), default=1, help="run it N times (N >= 1), each with its seed inputs + 0..N-1")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="set an input (value as JSON, else text)")
     p.add_argument("--frames", help="frame range, e.g. 1-100, 1-100x2, 1,5,10-20: one job per frame")
     p.add_argument("--frame-input", metavar="NODE.INPUT", help="the input that receives the frame number (optional with a per-frame --input)")

@@ -21,6 +21,7 @@ __all__ = [
     "missing_capabilities",
     "set_inputs",
     "frame_workflows",
+    "seeded_copies",
     "MODEL_EXTENSIONS",
 ]
 
@@ -187,6 +188,30 @@ def frame_workflows(
             values.setdefault(str(node_id), {}).update(inputs)
         out.append(set_inputs(base, values))
     return out
+
+
+SEED_INPUTS = ("seed", "noise_seed")
+_SEED_MAX = 2**64  # ComfyUI's seeds are 0 .. 0xffffffffffffffff
+
+
+def seeded_copies(template: Mapping[str, Any], count: int) -> Tuple[List[Workflow], int]:
+    """``count`` copies of ``template``, copy ``i`` with every literal ``seed``/``noise_seed``
+    input increased by ``i``, and how many such inputs there are.
+
+    ComfyUI answers a prompt identical to its previous one from its cache (no new image, in
+    a second), so N identical copies would give N times one image; with no seed input (0) they
+    stay identical and the caller should say so.
+    """
+    base = load_workflow(template)
+    seeds = [(node_id, name) for node_id, node in base.items() for name, value in node.get("inputs", {}).items()
+             if name in SEED_INPUTS and isinstance(value, int) and not isinstance(value, bool)]
+    out = []
+    for i in range(count):
+        values: Dict[str, Dict[str, Any]] = {}
+        for node_id, name in seeds:
+            values.setdefault(node_id, {})[name] = (base[node_id]["inputs"][name] + i) % _SEED_MAX
+        out.append(set_inputs(base, values))
+    return out, len(seeds)
 
 
 __all__.append("parse_node_input")
