@@ -12,7 +12,7 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ComfyClusterError
-from .textfiles import read_text
+from .textfiles import UnreadableText, loads_json, read_text
 
 __all__ = [
     "WorkflowInputError",
@@ -42,13 +42,15 @@ def load_workflow(workflow: Union[Mapping[str, Any], str, "os.PathLike[str]"]) -
     if isinstance(workflow, (str, os.PathLike)):
         path = os.fspath(workflow)
         try:
-            data = json.loads(read_text(path))  # UTF-8, or UTF-16/BOM as PowerShell writes
+            data = loads_json(read_text(path), f"workflow file {path}")  # UTF-8, or UTF-16/BOM as PowerShell writes
         except FileNotFoundError:
             raise WorkflowInputError(f"workflow file not found: {path}") from None
+        except UnreadableText as exc:  # cp1252 ("ANSI"): say so and how to save it
+            raise WorkflowInputError(f"cannot read workflow file {path}: {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise WorkflowInputError(f"cannot read workflow file {path}: {exc.__class__.__name__}") from None
         except ValueError as exc:
-            raise WorkflowInputError(f"workflow file {path} is not valid JSON: {getattr(exc, 'msg', exc)}") from None
+            raise WorkflowInputError(str(exc)) from None
         where = path
     else:
         data = workflow
