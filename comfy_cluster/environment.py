@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .server_config import DEFAULT_PORT, ENV_SERVERS, ENV_STRATEGY, ENV_TTL, ServerConfig, check_unique, make_server, parse_servers_json
 from .errors import ConfigError
-from .textfiles import read_text
+from .textfiles import UnreadableText, read_text
 
 __all__ = ["servers_from_env", "strategy_from_env", "status_ttl_from_env", "unquote_env"]
 
@@ -66,6 +66,8 @@ def _from_servers_var(text: str) -> List[ServerConfig]:
         raise ConfigError(f"{ENV_SERVERS}: not a JSON array and no such file{shown}")
     try:
         content = read_text(path)  # UTF-8, or UTF-16/BOM as PowerShell writes
+    except UnreadableText as exc:  # cp1252 ("ANSI"): say so and how to save it
+        raise ConfigError(f"{ENV_SERVERS}: cannot read {text!r}: {exc}") from None
     except (OSError, UnicodeError) as exc:
         raise ConfigError(f"{ENV_SERVERS}: cannot read {text!r}: {exc.__class__.__name__}") from None
     return parse_servers_json(content, source=f"{ENV_SERVERS} ({text})")

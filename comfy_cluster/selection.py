@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 #: A capability answer meaning "node list not read yet".
 UNKNOWN = "node list not read yet"
-OBJECT_INFO_TIMEOUT = (PROBE_TIMEOUT[0] * 3.05, 10.0)
+OBJECT_INFO_TIMEOUT = (PROBE_TIMEOUT[0], 10.0)
 
 
 class Capabilities:

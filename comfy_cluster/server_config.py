@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .paths import check_part
+from .textfiles import loads_json, path_problem
 
 __all__ = ["ServerConfig", "parse_servers_json", "make_server", "check_unique", "platform_key", "DEFAULT_PORT"]
 
@@ -103,6 +104,17 @@ class ServerConfig(BaseModel):
                     raise ValueError(f"unknown platform {key!r} (use {', '.join(PLATFORMS)})")
                 if not path.strip():
                     raise ValueError(f"empty path for {key}")
+        return v
+
+    @field_validator("dir_local", "dir_remote", "verify_tls")
+    @classmethod
+    def _no_control_characters(cls, v: Any) -> Any:
+        # "Z:\renders" typed with one backslash in JSON is Z: + CR + "enders": refused, never
+        # used silently as a path that matches nothing.
+        for path in (v.values() if isinstance(v, dict) else [v]):
+            problem = path_problem(path) if isinstance(path, str) else None
+            if problem:
+                raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -264,7 +276,7 @@ def _format_validation(err: ValidationError, data: Mapping[str, Any]) -> str:
         return msg
     if field == "headers":
         return f"headers: {msg}" if "header" in msg else "headers: must be an object of string values"
-    if "got" in msg:
+    if "got" in msg or "backslash" in msg:  # messages that show the value themselves
         return f"{field}: {msg}"
     if field == "url":
         # The url's own errors (port out of range ...) are ours; its value may hold a token.
@@ -302,13 +314,9 @@ def check_unique(servers: Sequence[ServerConfig], source: str) -> None:
 def parse_servers_json(text: str, source: str = ENV_SERVERS) -> List[ServerConfig]:
     """Parse a JSON array of server objects (the ``NUKE_COMFYUI_SERVERS`` format)."""
     try:
-        data = json.loads(text)
+        data = loads_json(text, source)  # the message names no part of the text: it may hold tokens
     except ValueError as exc:
-        # exc.msg and the position only: the text itself may hold tokens.
-        msg = getattr(exc, "msg", "invalid JSON")
-        pos = getattr(exc, "pos", None)
-        at = f" at character {pos}" if pos is not None else ""
-        raise ConfigError(f"{source}: not valid JSON: {msg}{at}") from None
+        raise ConfigError(str(exc)) from None
     if not isinstance(data, list):
         raise ConfigError(f"{source}: must be a JSON array of server objects, got {type(data).__name__}")
     if not data:
