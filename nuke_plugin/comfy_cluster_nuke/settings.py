@@ -178,6 +178,10 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
     chosen = default_strategy() if strategy == node_mod.DEFAULT_STRATEGY else strategy
     from . import params
 
+    try:
+        values = params.values_per_frame(node, workflow, chosen_frames)
+    except ValueError as exc:
+        raise RunError(f"{name}: {exc}") from None
     return Settings(
         node_name=name,
         full_name=node.fullName(),
@@ -191,5 +195,5 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
         reuse_version=reuse_version,
         colorspace=node_mod.input_colorspace(node),
         uid=destinations.node_uid(node),
-        params=params.values_per_frame(node, workflow, chosen_frames),
+        params=values,
     )

@@ -171,8 +171,22 @@ class Array_Knob(Knob):
         return self._value
 
 
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+
+
+def _require_int32(knob: Knob, val: Any) -> int:
+    number = int(_require_number(knob, val))
+    if not INT_MIN <= number <= INT_MAX:
+        # Nuke's Int_Knob holds a C int (NDK Int_knob: ``int*``): Python's conversion of a
+        # larger number fails rather than store it.
+        raise OverflowError(f"{knob._class_name}.setValue(): {number} does not fit in a 32-bit int")
+    return number
+
+
 class Int_Knob(Array_Knob):
-    """An integer: ``setValue`` truncates floats and refuses text, like Nuke's."""
+    """A 32-bit integer: ``setValue`` truncates floats, refuses text and refuses values outside
+    a C ``int`` (Foundry NDK reference, ``Int_knob(Knob_Callback, int*, ...)``: the knob stores
+    an ``int``), as the seeds of exported workflows (up to 2**64-1) would need."""
 
     _class_name = "Int_Knob"
 
@@ -182,9 +196,14 @@ class Int_Knob(Array_Knob):
 
     def setValue(self, val: Any) -> bool:
         self._check("setValue")
+        number = _require_int32(self, val)
         _n._changed(self)
-        self._value = int(_require_number(self, val))
+        self._value = number
         return True
+
+    def setValueAt(self, val: Any, time: float, index: int = 0, view: Optional[str] = None) -> bool:
+        _require_int32(self, val)
+        return super().setValueAt(val, time, index, view)
 
     def value(self) -> int:
         self._check("value")
