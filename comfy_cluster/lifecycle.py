@@ -16,6 +16,7 @@ from .attempt import Attempt
 from .client import ComfyClient
 from .errors import ComfyClusterError, JobCancelled, JobFailed, ServerError, WorkflowError
 from .jobs import Job, JobResult
+from .loaders import PATH_INPUTS, input_directory, input_for, server_path
 from .runner import Outcome, RunnerContext, run_attempt
 from .workflow import set_inputs
 
@@ -53,10 +54,21 @@ def run(pool: "ServerPool", attempt: Attempt) -> None:
 def uploaded_workflow(pool: "ServerPool", job: Job, client: ComfyClient) -> Dict[str, Any]:
     """The workflow with each input uploaded into a subfolder named by the file's content
     hash: two different files never share a name on a server (two artists' plates of the
-    same name, or two jobs of one batch), and the same bytes are reused."""
+    same name, or two jobs of one batch), and the same bytes are reused. Path loaders
+    (LoadEXR) get the uploaded file's path on the server (:mod:`.loaders`)."""
     if not job.inputs:
         return job.workflow
-    values = {node: {"image": client.upload_image(path, subfolder=f"cc-{content_hash(pool, path)}")} for node, path in job.inputs.items()}
+    folder: Optional[str] = None
+    values: Dict[str, Dict[str, Any]] = {}
+    for node, path in job.inputs.items():
+        name = client.upload_image(path, subfolder=f"cc-{content_hash(pool, path)}")
+        key = input_for(job.workflow[node]) or "image"
+        if key in PATH_INPUTS.values():  # a path on the server (LoadEXR), not an uploaded name
+            if folder is None:
+                folder = input_directory(client.system_stats())
+            values[node] = {key: server_path(folder, name)}
+        else:
+            values[node] = {key: name}
     return set_inputs(job.workflow, values)
 
 def content_hash(pool: "ServerPool", path: str) -> str:

@@ -34,6 +34,7 @@ from .dispatcher import Dispatcher
 from .errors import ComfyClusterError, ConfigError
 from .events import ServerSocket
 from .jobs import Job, JobEvent, OutputFile
+from .loaders import check_inputs
 from .outputs import download_outputs
 from .planner import Batch
 from . import scheduling
@@ -287,6 +288,14 @@ class ServerPool:
             raise no_server(reasons)
         return pick(self._strategy, self.strategy, cands, wf)
 
+    def capabilities(self, workflow: WorkflowLike) -> Dict[str, Optional[str]]:
+        """Per online server: None when it offers every node type and model file ``workflow``
+        names, else why not. Node lists are read once per server and cached; offline servers
+        are left out. Waits for servers never probed (callers' threads only)."""
+        self._check_open()
+        wf = load_workflow(workflow)
+        return self._can(wf, (), wait=True)([c.name for c in self._view(probe=True).online])
+
     # -- submitting ---------------------------------------------------------------------------
 
     def submit(
@@ -329,7 +338,7 @@ class ServerPool:
             where = f"workflows[{i}]: " if batch is not None else ""
             try:
                 wf = load_workflow(workflow)
-                checked = _check_inputs(wf, job_inputs or {})
+                checked = check_inputs(wf, job_inputs or {})
             except WorkflowInputError as exc:
                 raise WorkflowInputError(f"{where}{exc}") from None
             job = Job(wf, inputs=checked, on_event=on_event, retries=retries, index=i if batch is not None else None, owner=owner)
@@ -448,19 +457,3 @@ class ServerPool:
             if not runners or time.monotonic() >= deadline:
                 return
             runners[0].join(timeout=max(0.0, deadline - time.monotonic()))
-
-
-def _check_inputs(workflow: Mapping[str, Any], inputs: Mapping[str, str]) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    for node_id, path in inputs.items():
-        node_id = str(node_id)
-        node = workflow.get(node_id)
-        if not isinstance(node, Mapping):
-            raise WorkflowInputError(f"inputs: node {node_id} is not in the workflow")
-        if "image" not in (node.get("inputs") or {}) and node.get("class_type") != "LoadImage":
-            raise WorkflowInputError(f"inputs: node {node_id} ({node.get('class_type')}) has no image input")
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise WorkflowInputError(f"inputs: node {node_id}: file not found: {path}")
-        out[node_id] = path
-    return out
