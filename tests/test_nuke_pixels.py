@@ -7,6 +7,8 @@ servers (the EXR and mask round trips also against real ComfyUI: tests/test_real
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from comfy_cluster.testing.workflows import txt2img_workflow
 from nuke_fake.support import (  # noqa: F401 - fixtures
@@ -67,3 +69,81 @@ def test_the_fake_int_knob_is_32_bit_like_nukes(fake_nuke):
     with pytest.raises(OverflowError):
         knob.setValueAt(-(2**31) - 1, 1)
     assert knob.value() == 2**31 - 1
+
+
+# --- linear pixels end to end --------------------------------------------------------------------
+
+
+def _plate(node, rgba):
+    import nuke
+
+    constant = nuke.nodes.Constant()
+    constant["color"].setValue(list(rgba))
+    node.setInput(0, constant)
+    return constant
+
+
+def _prompts(cluster):
+    return [p for s in cluster for _, p, _ in s.received_prompts]
+
+
+def test_exr_round_trip_keeps_values_outside_0_1_and_goes_only_where_the_exr_nodes_are(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
+    import nuke
+    from comfy_cluster.testing.pixels import HQ_IMAGE_SAVE, read_exr_first_pixel
+    from nuke_fake.support import load_image_workflow, use_cluster
+
+    import comfy_cluster_nuke.exchange as exchange
+
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0), per_server=[{}, {"node_packs": [HQ_IMAGE_SAVE]}])
+    use_cluster(cluster, monkeypatch)
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), first=1, last=3, frame_input="")
+    _plate(node, (4.0, -0.5, 0.25, 1.0))
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+
+    detail = fake_nuke.render_details()[0]
+    assert (detail["file_type"], detail["raw"], detail["channels"]) == ("exr", True, "rgb")
+    assert _prompts([cluster[0]]) == []  # the server without LoadEXR/SaveEXR got nothing
+    prompts = _prompts([cluster[1]])
+    assert len(prompts) == 3
+    for prompt in prompts:
+        assert prompt["10"]["class_type"] == "LoadEXR" and prompt["10"]["inputs"]["tonemap"] == "linear"
+        assert prompt["10"]["inputs"]["filepath"].startswith(cluster[1].input_dir)
+        assert prompt["3"]["class_type"] == "SaveEXR" and prompt["3"]["inputs"]["tonemap"] == "linear"
+    assert len({p["3"]["inputs"]["filename_prefix"] for p in prompts}) == 3  # one folder per job
+
+    version = out / "v001"
+    assert sorted(os.listdir(version)) == [f"{node.name()}_{f:04d}.exr" for f in (1, 2, 3)]
+    for path in run.paths:
+        values, _ = read_exr_first_pixel(path)
+        assert (values["R"], values["G"], values["B"]) == (4.0, -0.5, 0.25)  # exact in half float
+    read = nuke.toNode(f"{node.name()}.result")
+    assert read["file"].value().endswith(f"{node.name()}_####.exr") and read["raw"].value() is True
+    assert node["pixels_note"].value() == exchange.EXR_NOTE
+
+
+def test_where_only_png_is_possible_the_node_says_so_and_exr_asked_for_is_refused(fake_nuke, cluster_env, tmp_path):
+    from nuke_fake.support import load_image_workflow
+
+    import comfy_cluster_nuke.exchange as exchange
+
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=1, frame_input="")
+    _plate(node, (4.0, -0.5, 0.25, 1.0))
+    fake_nuke.user_set(node, "pixels", "png")
+    assert node["pixels_note"].value() == exchange.PNG_NOTE  # on its face before any run
+    fake_nuke.user_set(node, "pixels", "auto")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert node["pixels_note"].value() == exchange.PNG_NOTE  # no server has the EXR nodes
+    assert fake_nuke.render_details()[0]["file_type"] == "png"
+    assert run.paths[0].endswith(".png")
+
+    fake_nuke.user_set(node, "pixels", "exr")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is not None and "LoadEXR and SaveEXR" in str(run.error)
+    assert len(_prompts(cluster_env)) == 1  # refused before any job
+    assert len(fake_nuke.render_details()) == 1  # and before rendering

@@ -1,8 +1,9 @@
 """Mock nodes whose pixel values matter: masks (core ComfyUI) and float EXR (a node pack).
 
-* ``LoadImageMask`` and ``MaskToImage`` as in ComfyUI 0.3.64 (``nodes.py``,
+* ``LoadImageMask``, ``InvertMask`` and ``MaskToImage`` as in ComfyUI 0.3.64 (``nodes.py``,
   ``comfy_extras/nodes_mask.py``): a mask from one channel of an image file (``alpha`` gives
-  ``1 - alpha``, the other channels their value), and a mask shown as a grey image. Offered by
+  ``1 - alpha``, the other channels their value), ``1 - mask``, and a mask shown as a grey
+  image. Offered by
   every mock server, like the other core nodes.
 * ``LoadEXR`` and ``SaveEXR`` of ComfyUI-HQ-Image-Save (``nodes.py`` of that pack), offered only
   by servers started with ``node_packs=("ComfyUI-HQ-Image-Save",)``. ``LoadEXR.filepath`` is a
@@ -113,9 +114,19 @@ def _load_mask_validate(env: NodeEnv, inputs: Dict[str, Any]) -> Any:
     return True
 
 
-async def _mask_to_image(ctx: NodeContext, mask: Any) -> NodeResult:
+def _mask_arg(mask: Any) -> MockMask:
     if not isinstance(mask, MockMask):
         raise AttributeError(f"'{type(mask).__name__}' object has no attribute 'reshape'")
+    return mask
+
+
+async def _invert_mask(ctx: NodeContext, mask: Any) -> NodeResult:
+    m = _mask_arg(mask)
+    return (MockMask(m.width, m.height, None if m.value is None else 1.0 - m.value),), None
+
+
+async def _mask_to_image(ctx: NodeContext, mask: Any) -> NodeResult:
+    mask = _mask_arg(mask)
     v = 0.0 if mask.value is None else float(mask.value)
     return (MockImage(mask.width, mask.height, 1, (_to_byte(v),) * 3, (v, v, v)),), None  # type: ignore[arg-type]
 
@@ -203,6 +214,15 @@ CORE_PIXEL_NODES: Dict[str, NodeDef] = {
             validate=_load_mask_validate,
             validate_inputs=("image",),
             is_changed=lambda env, inputs: file_hash(resolve_input_file(env, str(inputs.get("image", ""))) or os.devnull),
+        ),
+        NodeDef(
+            name="InvertMask",
+            display_name="InvertMask",
+            category="mask",
+            python_module="comfy_extras.nodes_mask",
+            inputs=_spec({"mask": ["MASK"]}),
+            outputs=("MASK",),
+            run=_invert_mask,
         ),
         NodeDef(
             name="MaskToImage",

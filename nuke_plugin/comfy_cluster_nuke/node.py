@@ -27,10 +27,12 @@ import nuke
 
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 
+from . import exchange
+
 __all__ = [
     "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB", "UID_OWNER_KNOB",
     "create", "is_run_node", "knob_changed", "load_image_choices", "refresh_load_image_choices",
-    "chosen_load_image", "set_status", "quiet_set", "update_read_node", "input_colorspace", "show_result",
+    "chosen_load_image", "choice", "set_pixels_note", "set_status", "LOADER_TYPES", "MASK_CHANNELS", "quiet_set", "update_read_node", "input_colorspace", "show_result",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ INPUT_NAMES = ("plate", "mask", "ref")
 # (group input, enumeration knob, what the user calls it)
 INPUT_KNOBS: Tuple[Tuple[int, str, str], ...] = ((0, "load_image_node", "plate"), (1, "mask_node", "mask"), (2, "ref_node", "reference"))
 SHOW_CHOICES = ["result", "input"]
+#: The workflow nodes an input can go to (LoadImageMask: the mask, with its channel).
+LOADER_TYPES = ("LoadImage", "LoadImageMask")
+MASK_CHANNELS = ["alpha", "red", "green", "blue"]
 RESULT_READ = "result"
 SWITCH = "show_switch"
 
@@ -141,6 +146,21 @@ def _add_knobs(group: nuke.Group) -> None:
     alpha = nuke.Boolean_Knob("send_alpha", "send the plate's alpha")
     alpha.setTooltip("Off: the plate is sent as RGB (LoadImage turns a missing or zero alpha into a full mask).")
     group.addKnob(alpha)
+    matte = nuke.Enumeration_Knob("mask_channel", "mask matte in", MASK_CHANNELS)
+    matte.setTooltip("The channel of the mask input holding the matte. It reaches ComfyUI as a mask that is 1 where the matte is 1 (LoadImage's MASK, LoadImageMask with any channel).")
+    matte.clearFlag(nuke.STARTLINE)
+    group.addKnob(matte)
+    pixels = nuke.Enumeration_Knob("pixels", "pixels", exchange.FORMATS)
+    pixels.setTooltip(
+        "auto: linear float EXR when the servers have LoadEXR/SaveEXR (ComfyUI-HQ-Image-Save), else 8-bit PNG. "
+        "exr: always EXR (fails where no server has them). png: 8-bit PNG (values outside 0-1 are clipped)."
+    )
+    group.addKnob(pixels)
+    datatype = nuke.Enumeration_Knob("exr_datatype", "", exchange.DATATYPES)
+    datatype.setTooltip("Precision of the EXR files sent to ComfyUI.")
+    datatype.clearFlag(nuke.STARTLINE)
+    group.addKnob(datatype)
+    group.addKnob(nuke.Text_Knob("pixels_note", "", exchange.note_for(exchange.AUTO)))
 
     frame_input = nuke.String_Knob("frame_input", "frame number to")
     frame_input.setTooltip("Optional NODE.INPUT that receives the frame number, for example 3.seed.")
@@ -191,6 +211,8 @@ def knob_changed(node: nuke.Node, knob: Optional[nuke.Knob]) -> None:
         refresh_load_image_choices(node)
     elif name == "show":
         _apply_show(node)
+    elif name == "pixels":
+        set_pixels_note(node, exchange.note_for(str(knob.value())))
 
 
 def load_image_choices(workflow_path: str) -> Tuple[List[str], List[Optional[str]], Optional[str]]:
@@ -205,10 +227,10 @@ def load_image_choices(workflow_path: str) -> Tuple[List[str], List[Optional[str
     except ComfyClusterError as exc:
         return labels, ids, str(exc)
     for node_id, spec in workflow.items():
-        if spec.get("class_type") == "LoadImage":
+        if spec.get("class_type") in LOADER_TYPES:
             meta = spec.get("_meta")
             title = meta.get("title") if isinstance(meta, dict) else None
-            labels.append(f"{title or 'LoadImage'} (node {node_id})")
+            labels.append(f"{title or spec.get('class_type')} (node {node_id})")
             ids.append(str(node_id))
     return labels, ids, None
 
@@ -275,6 +297,23 @@ def quiet_set(knob: nuke.Knob, value: Any) -> None:
             root.setModified(False)
 
 
+def choice(node: nuke.Node, knob_name: str, default: str) -> str:
+    """An enumeration knob's value, or ``default`` on a node made before the knob existed."""
+    knob = node.knob(knob_name)
+    return str(knob.value()) if knob is not None else default
+
+
+def set_pixels_note(node: nuke.Node, text: str) -> None:
+    """Say on the node how its pixels travel (8-bit PNG or linear EXR); ignored when the node
+    is gone or was made before the note existed."""
+    try:
+        knob = node.knob("pixels_note")
+        if knob is not None:
+            quiet_set(knob, html.escape(text, quote=False))
+    except ValueError:
+        log.info("pixels note of a deleted node: %s", text)
+
+
 def set_status(node: nuke.Node, text: str) -> None:
     """Show ``text`` on the node's status line, as plain text (Text_Knob renders HTML, so
     ComfyUI's ``<class 'torch...'>`` would vanish); no undo step, script not marked modified.
@@ -313,9 +352,10 @@ def show_result(node: nuke.Node) -> None:
     _apply_show(node)
 
 
-def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str) -> nuke.Node:
+def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool = False) -> nuke.Node:
     """Point the ``result`` Read inside the node at ``pattern`` over first-last and output it.
 
+    ``raw``: the files hold the script's linear values (EXR): no colorspace conversion.
     Missing frames (failed ones) show as a checkerboard rather than a silent hold or black.
     """
     assert isinstance(node, nuke.Group)
@@ -331,7 +371,9 @@ def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, color
     assert isinstance(file_knob, nuke.File_Knob)
     # One call sets the path and the frame range (first/last and origfirst/origlast).
     file_knob.fromUserText(f"{pattern} {first}-{last}")
-    read["colorspace"].setValue(colorspace)
+    read["raw"].setValue(raw)
+    if not raw:
+        read["colorspace"].setValue(colorspace)
     read["on_error"].setValue("checkerboard")
     reload_knob = read.knob("reload")
     if isinstance(reload_knob, nuke.Script_Knob):

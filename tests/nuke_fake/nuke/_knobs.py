@@ -218,6 +218,40 @@ class Double_Knob(Array_Knob):
     _class_name = "Double_Knob"
 
 
+class AColor_Knob(Array_Knob):
+    """An RGBA colour (a Constant's ``color``): ``setValue(v)`` sets all four, ``setValue(v, i)``
+    one, ``setValue([r, g, b, a])`` each; ``value()`` is one float when all four are equal,
+    else the list (Foundry Python reference, ``nuke.AColor_Knob``/``Array_Knob.value``)."""
+
+    _class_name = "AColor_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
+        super().__init__(name, label)
+        self._values = [0.0, 0.0, 0.0, 0.0]
+        self._touched = False  # never set: the fake's Write renders its test pattern
+
+    def setValue(self, val: Any, *args: Any) -> bool:
+        self._check("setValue")
+        _n._changed(self)
+        if isinstance(val, (list, tuple)):
+            if len(val) != 4:
+                raise ValueError(f"{self._name}: expected 4 values, got {len(val)}")
+            self._values = [float(_require_number(self, v)) for v in val]
+        elif args:
+            self._values[int(args[0])] = float(_require_number(self, val))
+        else:
+            self._values = [float(_require_number(self, val))] * 4
+        self._touched = True
+        self._value = self._values[0]
+        return True
+
+    def value(self, *args: Any) -> Any:
+        self._check("value")
+        if args:
+            return self._values[int(args[0])]
+        return self._values[0] if len(set(self._values)) == 1 else list(self._values)
+
+
 class Boolean_Knob(Array_Knob):
     _class_name = "Boolean_Knob"
 
