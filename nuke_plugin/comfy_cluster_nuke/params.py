@@ -21,6 +21,8 @@ import nuke
 
 from comfy_cluster import ComfyClusterError, load_workflow
 
+from .quiet import quiet_set
+
 __all__ = ["MAP_KNOB", "AUTO_INPUTS", "SEED_INPUTS", "find_params", "refresh_knobs", "values_per_frame", "apply"]
 
 MAP_KNOB = "param_map"
@@ -103,8 +105,6 @@ def _make_knob(name: str, label: str, value: Any, input_name: str = "") -> nuke.
 
 def refresh_knobs(node: nuke.Node, workflow_path: str) -> None:
     """Make the parameter knobs match the workflow (main thread)."""
-    from .node import quiet_set
-
     try:
         workflow = load_workflow(workflow_path) if workflow_path else {}
     except ComfyClusterError:
