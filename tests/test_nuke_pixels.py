@@ -147,3 +147,79 @@ def test_where_only_png_is_possible_the_node_says_so_and_exr_asked_for_is_refuse
     assert run.error is not None and "LoadEXR and SaveEXR" in str(run.error)
     assert len(_prompts(cluster_env)) == 1  # refused before any job
     assert len(fake_nuke.render_details()) == 1  # and before rendering
+
+
+# --- masks -------------------------------------------------------------------------------------------
+
+
+def mask_workflow(loader: str = "LoadImage", channel: str = "alpha") -> dict:
+    """The mask's loader (20) -> MaskToImage (21) -> SaveImage (3): the mask the workflow got, as an image."""
+    load = {"class_type": loader, "inputs": {"image": "placeholder.png"}, "_meta": {"title": "Mask"}}
+    if loader == "LoadImageMask":
+        load["inputs"]["channel"] = channel
+    slot = 1 if loader == "LoadImage" else 0
+    return {
+        "20": load,
+        "21": {"class_type": "MaskToImage", "inputs": {"mask": ["20", slot]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "mask"}},
+    }
+
+
+def _mask_node(fake_nuke, tmp_path, workflow, matte_rgba, channel="alpha"):
+    import nuke
+
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", workflow), str(tmp_path / "out"), last=1,
+                         frame_input="", with_input=False)
+    roto = nuke.nodes.Constant()
+    roto["color"].setValue(list(matte_rgba))
+    node.setInput(1, roto)
+    fake_nuke.user_set(node, "load_image_node", "(none)")
+    fake_nuke.user_set(node, "mask_node", "Mask (node 20)")
+    fake_nuke.user_set(node, "mask_channel", channel)
+    return node
+
+
+def _first_value(path):
+    from comfy_cluster.testing.png import read_png_first_pixel
+
+    with open(path, "rb") as fh:
+        return read_png_first_pixel(fh.read())[0][0]
+
+
+@pytest.mark.parametrize("loader, channel", [("LoadImage", "alpha"), ("LoadImageMask", "alpha"), ("LoadImageMask", "red")])
+def test_a_mask_reaches_the_workflow_with_comfyuis_polarity(fake_nuke, cluster_env, tmp_path, loader, channel):
+    """A roto of 1 inside reaches ComfyUI as a mask of 1 inside (ComfyUI computes 1 - alpha)."""
+    node = _mask_node(fake_nuke, tmp_path, mask_workflow(loader, channel), (0.0, 0.0, 0.0, 1.0))
+    assert node["mask_node"].value() == "Mask (node 20)"  # LoadImageMask is offered too
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert _first_value(run.paths[0]) == 255  # the inside is white: inpainting redraws the roto
+
+    detail = fake_nuke.render_details()[0]
+    assert (detail["channels"], detail["raw"]) == ("rgba", True)  # a matte is data: no colorspace
+
+
+def test_the_matte_channel_of_the_mask_input_is_chosen_and_soft_values_kept(fake_nuke, cluster_env, tmp_path):
+    node = _mask_node(fake_nuke, tmp_path, mask_workflow(), (0.5, 0.0, 0.0, 0.0), channel="red")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert _first_value(run.paths[0]) in (127, 128)  # 0.5 from the red channel, not the empty alpha
+
+
+def test_a_mask_sent_as_exr_keeps_comfyuis_polarity(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
+    from comfy_cluster.testing.pixels import HQ_IMAGE_SAVE, read_exr_first_pixel
+    from nuke_fake.support import use_cluster
+
+    cluster = mock_cluster_factory(speeds=(1.0,), node_packs=[HQ_IMAGE_SAVE])
+    use_cluster(cluster, monkeypatch)
+    node = _mask_node(fake_nuke, tmp_path, mask_workflow("LoadImageMask", "alpha"), (0.0, 0.0, 0.0, 0.25))
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert fake_nuke.render_details()[0]["file_type"] == "exr"
+    (prompt,) = [p for s in cluster for _, p, _ in s.received_prompts]
+    assert prompt["20"]["class_type"] == "LoadEXR" and prompt["21"]["inputs"]["mask"] == ["20_cc_mask", 0]
+    values, _ = read_exr_first_pixel(run.paths[0])
+    assert values["R"] == 0.25  # the matte, not 1 - matte
