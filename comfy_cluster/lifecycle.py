@@ -15,12 +15,13 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Set, Tuple
 
 from .attempt import Attempt, Ledger, PostGate
 from .client import ComfyClient
 from .errors import ComfyClusterError, JobFailed, ServerError, WorkflowError
 from .jobs import JobControl, JobResult
+from .loaders import PATH_INPUTS, input_directory, input_for, server_path
 from .runner import Outcome, RunnerContext, run_attempt
 from .status import StatusMonitor
 from .workflow import set_inputs
@@ -145,10 +146,21 @@ class Runners:
     def _uploaded_workflow(self, workflow: Dict[str, Any], inputs: Mapping[str, str], client: ComfyClient) -> Dict[str, Any]:
         """The workflow with each input uploaded into a subfolder named by the file's content
         hash: two different files never share a name on a server (two artists' plates of the
-        same name, or two jobs of one batch), and the same bytes are reused."""
+        same name, or two jobs of one batch), and the same bytes are reused. Path loaders
+        (LoadEXR) get the uploaded file's path on the server (:mod:`.loaders`)."""
         if not inputs:
             return workflow
-        values = {node: {"image": client.upload_image(path, subfolder=f"cc-{self._hashes.of(path)}")} for node, path in inputs.items()}
+        folder: Optional[str] = None
+        values: Dict[str, Dict[str, Any]] = {}
+        for node, path in inputs.items():
+            name = client.upload_image(path, subfolder=f"cc-{self._hashes.of(path)}")
+            key = input_for(workflow[node]) or "image"
+            if key in PATH_INPUTS.values():  # a path on the server (LoadEXR), not an uploaded name
+                if folder is None:
+                    folder = input_directory(client.system_stats())
+                values[node] = {key: server_path(folder, name)}
+            else:
+                values[node] = {key: name}
         return set_inputs(workflow, values)
 
     def attempt_done(self, attempt: Attempt, outcome: Outcome) -> None:

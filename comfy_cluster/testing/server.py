@@ -39,6 +39,7 @@ from .faults import Fault, parse_fault
 from .injected import InjectedFaults
 from .wsclient import WsClient
 from .nodes import BUILTIN_NODES, NodeDef, NodeEnv
+from .pixels import CORE_PIXEL_NODES, NODE_PACKS
 from .route_faults import RouteRules
 
 __all__ = ["MockComfyServer", "DEFAULT_MODELS", "MODEL_FOLDERS", "HUGE_HTTP_BYTES", "HUGE_WS_BYTES", "MAX_UPLOAD_SIZE"]
@@ -91,7 +92,9 @@ class MockComfyServer(InjectedFaults):
     """One mock ComfyUI server on 127.0.0.1; see the module docstring.
 
     ``models`` is the checkpoint list (or a mapping of model folder to file names),
-    ``node_types`` the class_type names offered (None: all of :data:`.nodes.BUILTIN_NODES`),
+    ``node_types`` the class_type names offered (None: all of :data:`.nodes.BUILTIN_NODES`
+    and the mask nodes of :mod:`.pixels`), ``node_packs`` custom node packs installed besides
+    (``"ComfyUI-HQ-Image-Save"``: LoadEXR and SaveEXR),
     ``speed`` divides the time TestSleep and KSampler take.
     """
 
@@ -102,6 +105,7 @@ class MockComfyServer(InjectedFaults):
         speed: float = 1.0,
         models: Union[Iterable[str], Mapping[str, Iterable[str]]] = DEFAULT_MODELS,
         node_types: Optional[Iterable[str]] = None,
+        node_packs: Iterable[str] = (),
         version: str = "0.3.64",
         device_name: str = "cpu",
         vram_total: Optional[int] = None,
@@ -114,14 +118,23 @@ class MockComfyServer(InjectedFaults):
             self._model_folders: Dict[str, List[str]] = {str(k): [str(m) for m in v] for k, v in models.items()}
         else:
             self._model_folders = {"checkpoints": [str(m) for m in models]}
+        packs = list(node_packs)
+        unknown_packs = [p for p in packs if p not in NODE_PACKS]
+        if unknown_packs:
+            raise ValueError(f"unknown node packs {unknown_packs}; known: {sorted(NODE_PACKS)}")
+        known = {**BUILTIN_NODES, **CORE_PIXEL_NODES}
+        for pack in NODE_PACKS.values():
+            known.update(pack)
         if node_types is None:
-            registry = dict(BUILTIN_NODES)
+            registry = {**BUILTIN_NODES, **CORE_PIXEL_NODES}
         else:
             names = list(node_types)
-            unknown = [n for n in names if n not in BUILTIN_NODES]
+            unknown = [n for n in names if n not in known]
             if unknown:
-                raise ValueError(f"unknown node types {unknown}; known: {sorted(BUILTIN_NODES)}")
-            registry = {n: BUILTIN_NODES[n] for n in names}
+                raise ValueError(f"unknown node types {unknown}; known: {sorted(known)}")
+            registry = {n: known[n] for n in names}
+        for pack in packs:
+            registry.update(NODE_PACKS[pack])
         self._registry: Dict[str, NodeDef] = registry
         self._name = name
         self.speed = speed
@@ -881,7 +894,10 @@ class MockComfyServer(InjectedFaults):
                     "python_version": sys.version,
                     "pytorch_version": "mock",
                     "embedded_python": False,
-                    "argv": ["main.py", "--listen", self._host, "--port", str(self._port)],
+                    # As the servers of ../shared/real-comfyui are started: clients (LoadEXR
+                    # paths) find the input folder here.
+                    "argv": ["main.py", "--listen", self._host, "--port", str(self._port)]
+                    + (["--input-directory", self._env.input_dir] if self._env is not None else []),
                 },
                 "devices": [
                     {
