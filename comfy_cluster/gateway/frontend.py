@@ -22,7 +22,7 @@ from ..config import ServerConfig
 from .info import ClusterInfo
 from .proxy import Online, stream_first
 
-__all__ = ["Frontend", "package_dir"]
+__all__ = ["Frontend", "package_dir", "check_front_end_root"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,6 +36,13 @@ def package_dir(module: str, sub: str) -> Optional[str]:
         return None
     where = os.path.join(os.path.dirname(os.path.abspath(mod.__file__ or "")), sub)
     return where if os.path.isdir(where) else None
+
+
+def check_front_end_root(folder: str) -> str:
+    """``folder`` made absolute if it holds a frontend build; ValueError naming it otherwise."""
+    if not os.path.isfile(os.path.join(folder, "index.html")):
+        raise ValueError(f"--front-end-root {folder!r}: no index.html there (expected a ComfyUI frontend build)")
+    return os.path.abspath(folder)
 
 
 class Frontend:
@@ -52,9 +59,7 @@ class Frontend:
         online: Online,
         front_end_root: Optional[str] = None,
     ) -> None:
-        if front_end_root is not None and not os.path.isfile(os.path.join(front_end_root, "index.html")):
-            raise ValueError(f"front_end_root {front_end_root!r} holds no index.html (a ComfyUI frontend build)")
-        self.web_root = os.path.abspath(front_end_root) if front_end_root else package_dir("comfyui_frontend_package", "static")
+        self.web_root = check_front_end_root(front_end_root) if front_end_root else package_dir("comfyui_frontend_package", "static")
         self.templates = package_dir("comfyui_workflow_templates", "templates")
         self.docs = package_dir("comfyui_embedded_docs", "docs")
         self._info = info

@@ -23,7 +23,7 @@ from aiohttp import WSMsgType, web
 from .book import GatewayJob, JobBook
 from .files import receive_upload, serve_view
 from .folders import with_folders_copied
-from .frontend import Frontend
+from .frontend import Frontend, check_front_end_root
 from .identity import MULTI_USER
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
@@ -90,7 +90,7 @@ class Gateway:
         self._upload_dir = upload_dir
         self._info_ttl = info_ttl
         self._max_in_pool = max_in_pool
-        self._front_end_root = front_end_root
+        self._front_end_root = check_front_end_root(front_end_root) if front_end_root else None
         self._multi_user = multi_user
         self.user_store = user_store if user_store is not None else FileUserStore(user_dir or default_user_dir())
         self._loop: Optional[asyncio.AbstractEventLoop] = None
