@@ -78,17 +78,17 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
     except (ComfyClusterError, ValueError) as exc:
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
-    gateway = Gateway(
-        pool,
-        host=args.host,
-        port=args.port,
-        token=token,
-        argv=extra,
-        front_end_root=args.front_end_root,
-        multi_user=args.multi_user,
-        user_dir=args.user_directory,
-    )
     try:
+        gateway = Gateway(
+            pool,
+            host=args.host,
+            port=args.port,
+            token=token,
+            argv=extra,
+            front_end_root=args.front_end_root,
+            multi_user=args.multi_user,
+            user_dir=args.user_directory,
+        )
         gateway.start()
     except (OSError, ValueError) as exc:
         pool.close()
