@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from .attempt import Attempt
 from .client import ComfyClient
-from .errors import ComfyClusterError, JobCancelled, JobFailed, ServerError, WorkflowError
+from .errors import ComfyClusterError, JobFailed, ServerError, WorkflowError
 from .jobs import Job, JobResult
 from .runner import Outcome, RunnerContext, run_attempt
 from .workflow import set_inputs
@@ -39,6 +38,7 @@ def run(pool: "ServerPool", attempt: Attempt) -> None:
             post_gate=pool._post_gate,
             cancelled_here=lambda: [a.prompt_id for a in pool._ledger.live(name) if a.posted and a.job.cancel_requested],
             reconcile_interval=pool._reconcile_interval, server_lost_after=pool._server_lost_after, clock=pool._clock,
+            cut=pool._cut,
         )
         outcome = run_attempt(attempt, ctx)
     except Exception as exc:  # never lose a job to a bug: fail it with the reason
@@ -51,26 +51,20 @@ def run(pool: "ServerPool", attempt: Attempt) -> None:
             pool._runners.discard(threading.current_thread())
 
 def uploaded_workflow(pool: "ServerPool", job: Job, client: ComfyClient) -> Dict[str, Any]:
-    """The workflow with each input uploaded into a subfolder named by the file's content
-    hash: two different files never share a name on a server (two artists' plates of the
-    same name, or two jobs of one batch), and the same bytes are reused."""
+    """The workflow with each input uploaded into a subfolder named by the hash of the bytes
+    sent: two different files never share a name on a server (two artists' plates of the
+    same name, two jobs of one batch, or a plate replaced by a file of the same size and
+    time stamp), and the same bytes are reused. The file is read once per upload and exactly
+    the bytes hashed are sent (no cache keyed on size and mtime can go stale)."""
     if not job.inputs:
         return job.workflow
-    values = {node: {"image": client.upload_image(path, subfolder=f"cc-{content_hash(pool, path)}")} for node, path in job.inputs.items()}
-    return set_inputs(job.workflow, values)
-
-def content_hash(pool: "ServerPool", path: str) -> str:
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    digest = pool._hashes.get(key)
-    if digest is None:
-        h = hashlib.sha256()
+    values = {}
+    for node, path in job.inputs.items():
         with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()[:32]
-        pool._hashes[key] = digest
-    return digest
+            content = fh.read()
+        digest = hashlib.sha256(content).hexdigest()[:32]
+        values[node] = {"image": client.upload_image(path, subfolder=f"cc-{digest}", content=content)}
+    return set_inputs(job.workflow, values)
 
 def attempt_done(pool: "ServerPool", attempt: Attempt, outcome: Outcome) -> None:
     """Record how ``attempt`` ended and move the job on: final, or back to the queue."""
@@ -90,14 +84,12 @@ def attempt_done(pool: "ServerPool", attempt: Attempt, outcome: Outcome) -> None
     if outcome.kind == "succeeded":
         result = JobResult(prompt_id=attempt.prompt_id, server=name, outputs=outcome.outputs or {},
                            attempts=job.attempts, seconds=time.monotonic() - job.created)
-        job._emit("succeeded", name, raw=outcome.raw)
-        job._finish("succeeded", result=result)
+        job._finish("succeeded", name, result=result, raw=outcome.raw)
     elif outcome.kind == "failed":
         err = outcome.error or JobFailed(f"{name}: job failed", server=name)
         if isinstance(err, (JobFailed, ServerError)) and job.failures:
             err.attempts = job.failures + [(name, str(err))]
-        job._emit("failed", name, reason=str(err), raw=outcome.raw)
-        job._finish("failed", error=err)
+        job._finish("failed", name, error=err, raw=outcome.raw)
     elif outcome.kind == "cancelled":
         finish_cancelled(job, name, outcome.reason or "cancelled", raw=outcome.raw)
     else:
@@ -117,8 +109,7 @@ def move(pool: "ServerPool", job: Job, name: str, outcome: Outcome) -> None:
             failures = job.failures
             tried = "; ".join(f"{s}: {r}" for s, r in failures)
             err = ServerError(f"job failed after {job.attempts} attempt(s): {tried}", server=name, attempts=failures)
-        job._emit("failed", name, reason=str(err))
-        job._finish("failed", error=err)
+        job._finish("failed", name, error=err)
     else:
         try:
             pool._dispatcher.add([job], front=True)
@@ -126,5 +117,4 @@ def move(pool: "ServerPool", job: Job, name: str, outcome: Outcome) -> None:
             finish_cancelled(job, name, "pool closed")
 
 def finish_cancelled(job: Job, server: Optional[str], reason: str, raw: Optional[Dict[str, Any]] = None) -> None:
-    job._emit("cancelled", server, reason=reason, raw=raw)
-    job._finish("cancelled", error=JobCancelled(f"job {job.prompt_id or '(not submitted)'} {reason}", prompt_id=job.prompt_id or "", server=server))
+    job._finish("cancelled", server, reason=reason, raw=raw)

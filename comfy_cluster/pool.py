@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 WorkflowLike = Union[Mapping[str, Any], str, "os.PathLike[str]"]
 #: How long close() lets runners end their jobs on the servers before cutting connections.
 CLOSE_GRACE = 2.0
+#: How long close() waits for runners once every connection is cut (they end in moments).
+RUNNER_JOIN_CAP = 10.0
 
 
 class ServerPool:
@@ -124,10 +126,10 @@ class ServerPool:
         self._lock = threading.Lock()
         self._runners: Set[threading.Thread] = set()
         self._cleaning: Set[str] = set()
-        self._hashes: Dict[Tuple[str, int, int], str] = {}
         self._seq = itertools.count()
         self._post_gate = PostGate()
         self._closed = threading.Event()
+        self._cut = threading.Event()  # close(): connections cut, runners give up at once
         self._monitor.add_listener(self._on_status_change)
         log.debug("pool of %d servers, strategy %s", len(configs), self.strategy)
 
@@ -410,9 +412,14 @@ class ServerPool:
     def close(self) -> None:
         """Cancel unfinished jobs (on their servers too), stop every thread, close every socket.
 
-        Bounded: runners get ``CLOSE_GRACE`` seconds to remove their jobs from the servers;
-        then every connection is cut, and a job still without an end is reported cancelled
-        (a copy that could not be removed is logged with its server and prompt_id).
+        Bounded whatever servers and user code do: runners get ``CLOSE_GRACE`` seconds to
+        remove their jobs from the servers (a server that does not answer is not waited for);
+        then every connection is cut, and a job still without an end is reported cancelled (a
+        copy that could not be removed is logged with its server and prompt_id). When it
+        returns, every job is done with exactly one terminal event, and no thread of the pool
+        is alive except the callback thread while a callback that has not returned holds it
+        (it then runs the terminal events and done-callbacks queued behind that callback, and
+        ends; progress events still queued are dropped).
         """
         if self._closed.is_set():
             return
@@ -424,22 +431,25 @@ class ServerPool:
             a.job.cancel()
         deadline = time.monotonic() + CLOSE_GRACE
         self._join_runners(deadline)
+        self._cut.set()
         for client in self._clients.values():
             client.close()  # cuts requests still hanging (a server that never answers)
         for sock in self._sockets.values():
             sock.close()
-        self._join_runners(time.monotonic() + CLOSE_GRACE)
+        # Every request now fails at once and a runner gives up on a server that does not
+        # answer as soon as the pool is closing: this join returns in moments (the bound only
+        # rules out a hang), so no runner outlives close() to report its job a second time.
+        self._join_runners(time.monotonic() + RUNNER_JOIN_CAP)
         for a in running:
-            if not a.job._final:
-                finish_cancelled(a.job, a.server, "cancelled: pool closed")
+            finish_cancelled(a.job, a.server, "cancelled: pool closed")  # no-op for a final job
         left = self._ledger.live()
         if left:
             log.warning("pool closed with %d job copies not confirmed removed: %s", len(left),
                         ", ".join(f"{a.prompt_id} on {a.server}" for a in left))
         self._monitor.close()
-        self._callbacks.close()
-        for a in running:
-            a.job._force_done()
+        # Every job is done already (set by the thread that ended it); the callback thread gets
+        # CLOSE_GRACE to deliver what is queued, then close returns whatever user code does.
+        self._callbacks.close(CLOSE_GRACE)
 
     def _join_runners(self, deadline: float) -> None:
         while True:

@@ -108,5 +108,4 @@ def end_unplaced(pool: "ServerPool", job: Job, error: Optional[ComfyClusterError
     if error is None:
         finish_cancelled(job, None, "cancelled before it reached a server")
     else:
-        job._emit("failed", None, reason=str(error))
-        job._finish("failed", error=error)
+        job._finish("failed", None, error=error)
