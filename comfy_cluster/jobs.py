@@ -21,14 +21,24 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from .config import ServerConfig
 from .errors import ComfyClusterError, JobCancelled
+from .server_config import ServerConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .attempt import Attempt
+    from typing import Protocol
+
     from .callbacks import CallbackExecutor
 
-__all__ = ["Job", "JobEvent", "JobResult", "OutputFile", "JOB_STATES", "TERMINAL_KINDS"]
+    class Attempt(Protocol):
+        """What a job reads of an attempt (:class:`comfy_cluster.attempt.Attempt`)."""
+
+        server: str
+        prompt_id: str
+
+__all__ = ["Job", "JobControl", "JobEvent", "JobResult", "OutputFile", "JOB_STATES", "TERMINAL_KINDS"]
+
+#: ``download(server name, files, dest_dir, tag)``: the pool's way of fetching a job's outputs.
+Downloader = Callable[[str, Sequence["OutputFile"], str, str], List[str]]
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +155,12 @@ class Job:
         self._done = threading.Event()
         self._last_preview: Optional[JobEvent] = None
         self._cancel_requested = threading.Event()
-        self.incapable: Set[str] = set()  # servers lacking a node type or model it needs
-        self.last_error: Optional[ComfyClusterError] = None
         self._inbox: "Optional[queue.Queue[Dict[str, Any]]]" = None
-        self._pool: Any = None
+        # Set by the JobControl the pool makes with the job (None: a job outside a pool).
         self._executor: "Optional[CallbackExecutor]" = None
+        self._on_cancel: Optional[Callable[[], None]] = None
+        self._downloader: Optional[Downloader] = None
         self._last_exec_start: Optional[float] = None
-        self._seq = 0  # submission order in its pool
-        # The dispatcher's: since when no server could take it, and its capability cache.
-        self.no_server_since: Optional[float] = None
-        self._caps: Tuple[int, Dict[str, Optional[str]]] = (-1, {})
-        self._key_memo: Optional[Tuple[Any, Any]] = None
 
     def __repr__(self) -> str:
         with self._cond:
@@ -257,8 +262,8 @@ class Job:
         inbox = self._inbox
         if inbox is not None:
             inbox.put({"type": "_cancel", "data": {}})
-        if self._pool is not None:
-            self._pool._job_cancel_requested(self)
+        if self._on_cancel is not None:
+            self._on_cancel()
 
     def add_done_callback(self, fn: Callable[["Job"], None]) -> None:
         """Call ``fn(job)`` on the pool's callback thread once the job has ended (queued at
@@ -284,11 +289,10 @@ class Job:
         :class:`UnsafePathError` before anything is written.
         """
         result = self.result()
-        server = self._pool._server_by_name(result.server) if self._pool else self._server
-        if server is None:
-            raise ComfyClusterError(f"unknown server {result.server}")
+        if self._downloader is None:
+            raise ComfyClusterError(f"job {result.prompt_id} belongs to no pool: nothing to download with")
         files = [f for f in result.files if types is None or f.type in types]
-        return self._pool._download(server, files, dest_dir, tag=result.prompt_id[:8])
+        return self._downloader(result.server, files, dest_dir, result.prompt_id[:8])
 
     # -- used by the pool (the dispatcher, runners and the pool's bookkeeping) -----------------
 
@@ -413,6 +417,119 @@ class Job:
                 log.exception("end listener failed for job %s", self._prompt_id)
         _run_inline(inline)
         return True
+
+
+class JobControl:
+    """The library's side of one :class:`Job`, as ``Future.set_result`` is an executor's.
+
+    The pool makes it with the job; the scheduler queues it, each attempt and the batch hold
+    it, and every change of the job's state goes through it. The caller holds only the
+    :class:`Job`. Each method says which part may call it. The scheduler's own per-job state
+    (servers found unable to run it, its outage clock, its memo of capability answers) lives
+    here too, not on the caller's object.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        seq: int = 0,
+        executor: "Optional[CallbackExecutor]" = None,
+        on_cancel: Optional[Callable[[], None]] = None,
+        download: Optional[Downloader] = None,
+    ) -> None:
+        self.job = job
+        self.seq = seq  # submission order in its pool (fair share breaks ties by it)
+        job._executor = executor
+        job._on_cancel = on_cancel
+        job._downloader = download
+        self.incapable: Set[str] = set()  # servers lacking a node type or model it needs
+        self.last_error: Optional[ComfyClusterError] = None
+        # The scheduler's: since when no server could take it, its capability answers
+        # (capabilities version, answers) and its dispatch key memo.
+        self.no_server_since: Optional[float] = None
+        self.caps: Tuple[int, Dict[str, Optional[str]]] = (-1, {})
+        self.key_memo: Optional[Tuple[Any, Any]] = None
+
+    def __repr__(self) -> str:
+        return f"<JobControl {self.job!r}>"
+
+    # -- read by the scheduler and the runners -------------------------------------------------
+
+    @property
+    def owner(self) -> Optional[str]:
+        return self.job.owner
+
+    @property
+    def batch(self) -> Any:
+        return self.job.batch
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.job.cancel_requested
+
+    @property
+    def final(self) -> bool:
+        """Whether the job's end is decided (and its waiters woken: the same step)."""
+        return self.job._final
+
+    @property
+    def last_exec_start(self) -> Optional[float]:
+        """When an attempt of it was last seen starting to execute (the runner's clock)."""
+        return self.job._last_exec_start
+
+    # -- state changes -------------------------------------------------------------------------
+
+    def claim(self, attempt: "Attempt", server: ServerConfig) -> bool:
+        """Scheduler only: see :meth:`Job._claim`."""
+        return self.job._claim(attempt, server)
+
+    def posted(self, attempt: "Attempt") -> None:
+        """Runner only: the server took ``attempt``."""
+        self.job._posted(attempt)
+
+    def started(self, at: float) -> None:
+        """Runner only: the job runs on its server now."""
+        self.job._started(at)
+
+    def attach_inbox(self, inbox: "Optional[queue.Queue[Dict[str, Any]]]") -> None:
+        """Runner only: where a cancel request is posted while the runner follows the job."""
+        self.job._inbox = inbox
+
+    def attempt_ended(self, attempt: "Attempt", failure: Optional[Tuple[str, str]] = None) -> None:
+        """Runners only: see :meth:`Job._attempt_ended`."""
+        self.job._attempt_ended(attempt, failure)
+
+    def emit(self, kind: str, server: Optional[str], **fields: Any) -> None:
+        """Record an event and queue it for the caller's ``on_event``."""
+        self.job._emit(kind, server, **fields)
+
+    # One terminal event per job: each of these is a no-op (no event) for a job already final,
+    # so a late runner or close() cannot report a job twice (see Job._finish).
+
+    def succeed(self, server: str, result: JobResult, raw: Optional[Dict[str, Any]] = None) -> bool:
+        """The runner that saw the job succeed: its end and last event."""
+        return self.job._finish("succeeded", server, result=result, raw=raw)
+
+    def fail(self, server: Optional[str], error: BaseException, raw: Optional[Dict[str, Any]] = None) -> bool:
+        """The part that decided the job cannot succeed: its end and last event."""
+        return self.job._finish("failed", server, error=error, raw=raw)
+
+    def cancelled(self, server: Optional[str], reason: str, raw: Optional[Dict[str, Any]] = None) -> bool:
+        """The part that saw the job's cancel through (or the pool closing)."""
+        return self.job._finish("cancelled", server, reason=reason, raw=raw)
+
+    def add_end_listener(self, fn: Callable[[Job], None]) -> None:
+        """Library code (a batch's bookkeeping): see :meth:`Job._add_end_listener`."""
+        self.job._add_end_listener(fn)
+
+    def mark_cancel(self) -> bool:
+        """Batch cancel, phase one: see :meth:`Job._mark_cancel`."""
+        return self.job._mark_cancel()
+
+    def notify_cancel(self) -> None:
+        """Batch cancel, phase two: see :meth:`Job._notify_cancel`."""
+        self.job._notify_cancel()
 
 
 def _run_inline(calls: List[Tuple[Callable[..., Any], Any]]) -> None:

@@ -397,9 +397,9 @@ def test_the_dispatcher_keeps_nothing_per_batch_once_its_jobs_left() -> None:
     import time
     import tracemalloc
 
-    from comfy_cluster.config import ServerConfig
+    from comfy_cluster.server_config import ServerConfig
     from comfy_cluster.dispatcher import Choice, Dispatcher, Verdict
-    from comfy_cluster.jobs import Job
+    from comfy_cluster.jobs import Job, JobControl
 
     server = ServerConfig(name="a", host="127.0.0.1")
     started = [0]
@@ -419,7 +419,7 @@ def test_the_dispatcher_keeps_nothing_per_batch_once_its_jobs_left() -> None:
                     job = Job(image_workflow())
                     job.batch = object()
                     kept.append(job.batch)
-                    jobs.append(job)
+                    jobs.append(JobControl(job))
                 dispatcher.add(jobs)
                 wait_until(lambda: dispatcher.pending() == 0, what="every job dispatched")
 

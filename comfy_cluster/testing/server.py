@@ -30,7 +30,6 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, TypeVar, Union
 
 from aiohttp import WSMsgType, web
@@ -38,6 +37,7 @@ from aiohttp import WSMsgType, web
 from .engine import Engine, EventSink
 from .faults import Fault, parse_fault
 from .injected import InjectedFaults
+from .wsclient import WsClient
 from .nodes import BUILTIN_NODES, NodeDef, NodeEnv
 from .route_faults import RouteRules
 
@@ -74,28 +74,6 @@ def _plain_500() -> web.Response:
 def _json(data: Any, status: int = 200) -> web.Response:
     # json.dumps with default separators, like ComfyUI (web.json_response).
     return web.Response(status=status, text=json.dumps(data), content_type="application/json")
-
-
-@dataclass(eq=False)
-class _WsClient:
-    """One open websocket; events are queued and written by its own task, in order."""
-
-    sid: str
-    ws: web.WebSocketResponse
-    generation: int
-    transport: Optional[asyncio.Transport]
-    queue: "asyncio.Queue[Union[str, bytes]]" = field(default_factory=asyncio.Queue)
-    writer: Optional["asyncio.Task[None]"] = None
-    #: Cut by ``drop_websockets_late()``: the server notices the close only once a
-    #: newer socket took the same clientId (then drops that one's registration, as ComfyUI does).
-    late: bool = False
-
-    def abort(self) -> None:
-        """Cut the connection at once, as a dying process or a lost network would."""
-        if self.writer is not None:
-            self.writer.cancel()
-        if self.transport is not None:
-            self.transport.abort()
 
 
 class _Sink(EventSink):
@@ -169,8 +147,8 @@ class MockComfyServer(InjectedFaults):
         self._engine: Optional[Engine] = None
         self._runner: Optional[web.AppRunner] = None
         self._listener: Optional[asyncio.AbstractServer] = None
-        self._sockets: Dict[str, _WsClient] = {}  # ComfyUI's ``sockets[sid]``
-        self._all_ws: Set[_WsClient] = set()  # every open socket, replaced ones included
+        self._sockets: Dict[str, WsClient] = {}  # ComfyUI's ``sockets[sid]``
+        self._all_ws: Set[WsClient] = set()  # every open socket, replaced ones included
         self._generation = 0  # bumped whenever every connection is cut
         self._hung: Set["asyncio.Task[Any]"] = set()
         self._unhang: Optional[asyncio.Event] = None
@@ -645,7 +623,7 @@ class MockComfyServer(InjectedFaults):
         return '{"type": "mock_huge", "data": {"padding": "' + padding + '"}}'
 
     @staticmethod
-    async def _ws_writer(client: _WsClient) -> None:
+    async def _ws_writer(client: WsClient) -> None:
         try:
             while True:
                 message = await client.queue.get()
@@ -670,7 +648,7 @@ class MockComfyServer(InjectedFaults):
                 self._sockets.pop(sid, None)  # reusing a session: the older socket goes deaf
             else:
                 sid = uuid.uuid4().hex
-            client = _WsClient(sid=sid, ws=ws, generation=self._generation, transport=request.transport)
+            client = WsClient(sid=sid, ws=ws, generation=self._generation, transport=request.transport)
             # Registered (and the first frame queued) before the handshake answer, so no
             # status frame can slip past between the 101 and the registration.
             self._sockets[sid] = client

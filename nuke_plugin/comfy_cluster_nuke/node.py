@@ -10,7 +10,7 @@ Knobs (tab "ComfyUI Cluster"): ``workflow``; ``load_image_node``/``mask_node``/`
 ``load_image_ids``, as subgraph ids such as ``75:12`` contain ``:``); ``send_alpha``;
 ``frame_input``; ``first``/``last``; ``strategy``; ``output_dir``; ``colorspace``; the
 workflow parameters (:mod:`.params`); buttons Execute, Current frame, Re-run failed, Cancel;
-``status``; ``show``; hidden ``node_uid``/``uid_owner`` (:mod:`.destinations`),
+``status``; ``show``; hidden ``node_uid`` (:mod:`.destinations`),
 ``last_version`` and ``failed_frames``.
 
 Every function here is main-thread only.
@@ -18,30 +18,27 @@ Every function here is main-thread only.
 
 from __future__ import annotations
 
-import html
 import json
-import logging
 from typing import Any, List, Optional, Tuple
 
 import nuke
 
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 
+from .destinations import UID_KNOB, evaluate_path
+from .quiet import quiet_set, set_status
+
 __all__ = [
-    "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB", "UID_OWNER_KNOB",
+    "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB",
     "create", "is_run_node", "knob_changed", "load_image_choices", "refresh_load_image_choices",
     "chosen_load_image", "set_status", "quiet_set", "update_read_node", "input_colorspace", "show_result",
 ]
-
-log = logging.getLogger(__name__)
 
 NODE_LABEL = "ComfyUI Cluster Run"
 MARKER_KNOB = "comfy_cluster_run"  # a hidden knob that marks our groups (and their version)
 MARKER_VERSION = "2"  # the knobs and inner nodes of this version (1: before per-node folders)
 NONE_CHOICE = "(none)"
 DEFAULT_STRATEGY = "default"
-UID_KNOB = "node_uid"
-UID_OWNER_KNOB = "uid_owner"
 IDS_KNOB = "load_image_ids"
 INPUT_NAMES = ("plate", "mask", "ref")
 # (group input, enumeration knob, what the user calls it)
@@ -126,7 +123,6 @@ def _add_knobs(group: nuke.Group) -> None:
     group.addKnob(nuke.Tab_Knob("comfy_cluster", "ComfyUI Cluster"))
     _hidden(group, MARKER_KNOB, MARKER_VERSION)
     _hidden(group, UID_KNOB, uuid.uuid4().hex[:8])
-    _hidden(group, UID_OWNER_KNOB, group.fullName())
     _hidden(group, IDS_KNOB, json.dumps([None]))
     _hidden(group, "last_version")
     _hidden(group, "failed_frames")
@@ -236,8 +232,7 @@ def refresh_load_image_choices(node: nuke.Node) -> Optional[str]:
     Each input keeps its choice when the new workflow still has that node; otherwise the plate
     gets the first LoadImage node and the other inputs ``(none)``.
     """
-    from . import params
-    from .settings import evaluate_path
+    from . import params  # the parameter knobs: imported on first use (start-up stays fast)
 
     path = evaluate_path(node["workflow"])
     labels, ids, error = load_image_choices(path)
@@ -257,32 +252,6 @@ def refresh_load_image_choices(node: nuke.Node) -> Optional[str]:
     else:
         params.refresh_knobs(node, path)
     return error
-
-
-def quiet_set(knob: nuke.Knob, value: Any) -> None:
-    """Set a knob without an undo step and without marking the script modified."""
-    root = nuke.root()
-    was_modified = root.modified()
-    undo_was_disabled = bool(nuke.Undo.disabled())
-    if not undo_was_disabled:
-        nuke.Undo.disable()
-    try:
-        knob.setValue(value)
-    finally:
-        if not undo_was_disabled:
-            nuke.Undo.enable()
-        if not was_modified:
-            root.setModified(False)
-
-
-def set_status(node: nuke.Node, text: str) -> None:
-    """Show ``text`` on the node's status line, as plain text (Text_Knob renders HTML, so
-    ComfyUI's ``<class 'torch...'>`` would vanish); no undo step, script not marked modified.
-    Ignored when the node has been deleted."""
-    try:
-        quiet_set(node["status"], html.escape(text, quote=False))
-    except ValueError:  # the user deleted the node while a run went on
-        log.info("status of a deleted node: %s", text)
 
 
 def input_colorspace(node: nuke.Node) -> str:
@@ -316,7 +285,9 @@ def show_result(node: nuke.Node) -> None:
 def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str) -> nuke.Node:
     """Point the ``result`` Read inside the node at ``pattern`` over first-last and output it.
 
-    Missing frames (failed ones) show as a checkerboard rather than a silent hold or black.
+    A failed frame (missing in the version) is a Read error, not a checkerboard, black or a
+    held neighbour: a render through the node (``nuke -x``, the farm) stops on it instead of
+    delivering a placeholder, and the Viewer names the missing file.
     """
     assert isinstance(node, nuke.Group)
     read = _inner(node, RESULT_READ)
@@ -332,7 +303,7 @@ def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, color
     # One call sets the path and the frame range (first/last and origfirst/origlast).
     file_knob.fromUserText(f"{pattern} {first}-{last}")
     read["colorspace"].setValue(colorspace)
-    read["on_error"].setValue("checkerboard")
+    read["on_error"].setValue("error")
     reload_knob = read.knob("reload")
     if isinstance(reload_knob, nuke.Script_Knob):
         reload_knob.execute()  # new files under the same name: drop Nuke's cached frames

@@ -19,6 +19,8 @@ import nuke
 
 from comfy_cluster import ComfyClusterError, load_workflow
 
+from .quiet import quiet_set
+
 __all__ = ["MAP_KNOB", "AUTO_INPUTS", "find_params", "refresh_knobs", "values_per_frame", "apply"]
 
 MAP_KNOB = "param_map"
@@ -85,8 +87,6 @@ def _make_knob(name: str, label: str, value: Any) -> nuke.Knob:
 
 def refresh_knobs(node: nuke.Node, workflow_path: str) -> None:
     """Make the parameter knobs match the workflow (main thread)."""
-    from .node import quiet_set
-
     try:
         workflow = load_workflow(workflow_path) if workflow_path else {}
     except ComfyClusterError:

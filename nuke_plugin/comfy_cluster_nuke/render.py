@@ -8,6 +8,8 @@ is left to the studio's defaults, which differ per show:
   an alpha of 0 into a full mask;
 * full resolution even in proxy mode (the script's proxy switch is turned off for the render);
 * the main view only (a stereo script would write every view to the same file);
+* a frame that fails (a plate frame missing upstream) fails alone, with Nuke's words naming
+  the file; the other frames are rendered and run (``continueOnError``);
 * the studio's Write callbacks (``onCreate``, ``beforeRender``...) do not run, the Write has
   none of its own, and nothing lands on the undo stack or marks the script modified.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from typing import Dict, Iterator, List, Sequence, Tuple
 
@@ -27,7 +30,7 @@ import nuke
 
 from .settings import InputMap, RunError
 
-__all__ = ["render_inputs", "input_pattern", "input_file", "frame_segments", "WRITE_CALLBACK_KNOBS"]
+__all__ = ["render_inputs", "input_pattern", "input_file", "frame_file", "frame_segments", "WRITE_CALLBACK_KNOBS"]
 
 WRITE_CALLBACK_KNOBS = ("beforeRender", "beforeFrameRender", "afterFrameRender", "afterRender")
 # nuke.callbacks' registries of global callbacks that would fire for our temporary Write.
@@ -101,10 +104,39 @@ def _quiet_script() -> Iterator[None]:
             root.setModified(False)
 
 
-def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], colorspace: str) -> None:
+def _execute(write: nuke.Node, pattern: str, frames: Sequence[int], views: List[str]) -> Dict[int, str]:
+    """Render ``frames``; a frame that cannot render (a plate frame missing upstream) does not
+    stop the others. Returns frame -> Nuke's error, which names the missing file: the frames
+    that wrote nothing are rendered once more alone, without ``continueOnError``, to get it."""
+    for first, last in frame_segments(frames):
+        nuke.execute(write, first, last, 1, views, continueOnError=True)
+    failed: Dict[int, str] = {}
+    for frame in frames:
+        path = frame_file(pattern, frame)
+        if os.path.isfile(path):
+            continue
+        try:
+            nuke.execute(write, frame, frame, 1, views)
+        except RuntimeError as exc:
+            if "cancel" in str(exc).lower():
+                raise
+            failed[frame] = str(exc).strip() or f"no image for frame {frame}"
+        else:
+            if not os.path.isfile(path):
+                failed[frame] = f"Nuke wrote no file for frame {frame}"
+    return failed
+
+
+def frame_file(pattern: str, frame: int) -> str:
+    """The file of ``frame`` in a ``####`` pattern."""
+    return re.sub(r"#+", lambda m: f"{frame:0{len(m.group(0))}d}", pattern)
+
+
+def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], colorspace: str) -> Dict[int, str]:
     assert isinstance(node, nuke.Group)
     views = nuke.views()
     main_view = views[:1]
+    failed: Dict[int, str] = {}
     with _quiet_script(), _no_studio_callbacks(), node:
         sources = {int(n["number"].value()): n for n in nuke.allNodes("Input")}
         for mapping, pattern in jobs:
@@ -127,15 +159,17 @@ def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frame
                     raise RunError(
                         f"{node.name()}: colorspace {colorspace!r} is not one of this script's; set 'file colorspace'"
                     ) from None
-                for first, last in frame_segments(frames):
-                    nuke.execute(write, first, last, 1, main_view)
+                for frame, error in _execute(write, pattern, frames, main_view).items():
+                    failed.setdefault(frame, error)
             finally:
                 nuke.delete(write)
+    return failed
 
 
-def render_inputs(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], colorspace: str) -> None:
-    """Render each ``(input, pattern)`` for ``frames``; any thread. One render at a time."""
+def render_inputs(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], colorspace: str) -> Dict[int, str]:
+    """Render each ``(input, pattern)`` for ``frames``; any thread. One render at a time.
+    Returns the frames that could not be rendered, with Nuke's reason."""
     from . import mainthread
 
     with _render_lock:
-        mainthread.call(_render_on_main, node, jobs, frames, colorspace)
+        return dict(mainthread.call(_render_on_main, node, jobs, frames, colorspace) or {})

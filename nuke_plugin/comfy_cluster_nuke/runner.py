@@ -7,7 +7,8 @@ frame (the frame's files to their LoadImage nodes, the parameter knobs' values o
 the frame number to ``frame_input``) sent as one batch (``pool.map_async``); the batch polled
 every 0.1 s for progress and Cancel; each frame's image moved into ``<node>_####.<ext>`` in the
 version folder, and the ``result`` Read inside the node pointed at it. Failed frames are
-recorded on the node (Re-run failed) and show as a checkerboard in the Read.
+recorded on the node (Re-run failed) and are Read errors in the result (never a placeholder
+image); a frame whose input could not be rendered (a missing plate frame) fails alone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -37,8 +39,10 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar at every poll)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr", ".bmp", ".gif")
-_INPUTS_DIR = ".inputs"
-_DOWNLOAD_DIR = ".download"
+# Each run's working folders inside the version folder: ``.inputs-<random>``, ``.download-<random>``.
+# Farm tasks of one job share the version folder; each removes only its own when it ends.
+_INPUTS_DIR = ".inputs-"
+_DOWNLOAD_DIR = ".download-"
 _clock = time.monotonic  # the status throttle's clock (tests replace it)
 #: Extra keyword arguments for every run's ServerPool (for example ``{"server_lost_after": 5.0}``);
 #: set it from a studio's menu.py.
@@ -78,6 +82,8 @@ class Run:
         self._last_text: Optional[str] = None
         self._last_percent = -1
         self._last_status = 0.0
+        self.sent_frames: Tuple[int, ...] = settings.frames  # less the frames whose input failed to render
+        self._render_errors: Dict[int, BaseException] = {}
 
     # -- control --------------------------------------------------------------------------------
 
@@ -156,7 +162,7 @@ class Run:
                     self.version_dir = destinations.new_version(s.output_base)
             except OSError as exc:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
-            inputs_dir = os.path.join(self.version_dir, _INPUTS_DIR)
+            inputs_dir = _working_dir(self.version_dir, _INPUTS_DIR)
             self._show(f"starting {len(s.frames)} frame(s) into {self.version_dir}", 0, force=True)
             per_frame_inputs = self._render(inputs_dir)
             if self._cancelled():
@@ -186,7 +192,7 @@ class Run:
         jobs = [(m, render.input_pattern(inputs_dir, stem, m.number)) for m in s.inputs]
         self._show(f"rendering the input, frames {ranges(s.frames)}", 0, force=True)
         try:
-            render.render_inputs(self.node, jobs, s.frames, s.colorspace)
+            failed = render.render_inputs(self.node, jobs, s.frames, s.colorspace)
         except RunError:
             raise
         except Exception as exc:
@@ -194,25 +200,31 @@ class Run:
                 raise RunCancelled(f"{s.node_name}: the render of the input was cancelled") from None
             raise RunError(f"{s.node_name}: rendering the input failed: {exc}") from exc
         out: Dict[int, Dict[str, str]] = {}
-        missing: List[int] = []
         for frame in s.frames:
             files = {m.node_id: render.input_file(inputs_dir, stem, m.number, frame) for m in s.inputs}
-            if not all(os.path.isfile(p) for p in files.values()):
-                missing.append(frame)
-            out[frame] = files
-        if missing:
-            raise RunError(f"{s.node_name}: the render of the input wrote no file for frame(s) {ranges(missing)}")
+            if frame not in failed and not all(os.path.isfile(p) for p in files.values()):
+                failed[frame] = "Nuke wrote no file"
+            if frame in failed:
+                # That frame fails alone, named; the others go on (a farm task then exits 1).
+                self._render_errors[frame] = RunError(f"the input could not be rendered: {failed[frame]}")
+            else:
+                out[frame] = files
+        self.sent_frames = tuple(f for f in s.frames if f in out)
+        if not self.sent_frames:
+            raise RunError(
+                failure_text(s.node_name, s.frames, self._render_errors, []), errors=dict(self._render_errors)
+            )
         return out
 
     def _workflows(self) -> List[Dict[str, Any]]:
         s = self.settings
         workflows = []
-        for frame in s.frames:
+        for frame in self.sent_frames:
             wf = copy.deepcopy(s.workflow)
             params.apply(wf, s.params.get(frame, {}), skip=s.frame_input)
             workflows.append(wf)
         if s.frame_input:
-            workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, f in zip(workflows, s.frames)]
+            workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, f in zip(workflows, self.sent_frames)]
         return workflows
 
     def _run_batch(self, per_frame_inputs: Mapping[int, Dict[str, str]]) -> List[str]:
@@ -226,7 +238,7 @@ class Run:
         except ComfyClusterError as exc:
             raise RunError(f"{s.node_name}: {exc}") from exc
         try:
-            inputs = [per_frame_inputs[f] for f in s.frames] if per_frame_inputs else None
+            inputs = [per_frame_inputs[f] for f in self.sent_frames] if per_frame_inputs else None
             try:
                 batch = pool.map_async(workflows, inputs=inputs, retries=2)
             except ComfyClusterError as exc:
@@ -271,10 +283,10 @@ class Run:
     def _collect(self, batch: Batch, stopped_by: Optional[str]) -> List[str]:
         """Move each frame's image into the version folder; point the Read at the sequence."""
         s = self.settings
-        errors: Dict[int, BaseException] = {}
+        errors: Dict[int, BaseException] = dict(self._render_errors)
         cancelled: List[int] = []
         ok: List[Tuple[Any, int]] = []
-        for job, frame in zip(batch.jobs, s.frames):
+        for job, frame in zip(batch.jobs, self.sent_frames):
             err = job.exception()
             if isinstance(err, JobCancelled):
                 cancelled.append(frame)
@@ -284,7 +296,7 @@ class Run:
                 ok.append((job, frame))
         if stopped_by == "cancel":
             raise RunCancelled(f"{s.node_name}: cancelled ({len(ok)} of {len(s.frames)} frames were done)")
-        download_root = os.path.join(self.version_dir, _DOWNLOAD_DIR)
+        download_root = _working_dir(self.version_dir, _DOWNLOAD_DIR)
         paths: Dict[int, str] = {}
         try:
             for i, (job, frame) in enumerate(ok):
@@ -304,7 +316,7 @@ class Run:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
                 pattern = os.path.join(self.version_dir, f"{s.node_name}_####{ext}").replace("\\", "/")
                 # The node's frames and those already in the version (a re-run completes it):
-                # failed frames inside the range show as the Read's checkerboard.
+                # failed frames inside the range are Read errors (a render through the node stops on them).
                 present = set(_frames_present(self.version_dir, s.node_name, ext)) | set(s.frames)
                 first, last = min(present), max(present)
                 read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace)
@@ -361,6 +373,14 @@ class Run:
         self._show(f"failed - {first_line.replace(f'{name}: ', '')}", force=True)
         if self.dialogs:
             mainthread.post(nuke.message, text)
+
+
+def _working_dir(version_dir: str, prefix: str) -> str:
+    """A new folder of this run's own in the version folder (never another task's)."""
+    try:
+        return tempfile.mkdtemp(prefix=prefix, dir=version_dir)
+    except OSError as exc:
+        raise RunError(f"cannot create a working folder in {version_dir}: {exc}") from None
 
 
 def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str) -> str:

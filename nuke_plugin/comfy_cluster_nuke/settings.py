@@ -19,6 +19,8 @@ from comfy_cluster.workflow import parse_node_input
 
 from . import destinations
 from . import node as node_mod
+from . import params
+from .destinations import evaluate_path
 
 __all__ = ["RunError", "InputMap", "Settings", "read_settings", "evaluate_path", "default_strategy", "set_default_strategy"]
 
@@ -100,21 +102,6 @@ class Settings:
         return self.inputs[0].node_id if self.inputs else None
 
 
-def evaluate_path(knob: nuke.Knob) -> str:
-    """A file knob's path as Nuke would open it: Tcl evaluated, filename filters applied,
-    relative to the project directory (else the script's folder); '' when empty."""
-    raw = knob.value()
-    if not str(raw).strip():
-        return ""
-    evaluate = getattr(knob, "evaluate", None)
-    path = str(evaluate() if callable(evaluate) else raw).strip()
-    path = str(nuke.filenameFilter(path))
-    path = os.path.expandvars(os.path.expanduser(path))
-    if not os.path.isabs(path):
-        path = os.path.join(destinations.project_dir() or os.getcwd(), path)
-    return os.path.normpath(path)
-
-
 def _inputs(node: nuke.Node, name: str, workflow: Dict[str, Any]) -> Tuple[InputMap, ...]:
     out: List[InputMap] = []
     for number, knob_name, label in node_mod.INPUT_KNOBS:
@@ -176,8 +163,6 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
 
     strategy = str(node["strategy"].value())
     chosen = default_strategy() if strategy == node_mod.DEFAULT_STRATEGY else strategy
-    from . import params
-
     return Settings(
         node_name=name,
         full_name=node.fullName(),

@@ -27,6 +27,10 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         ("last", lambda n: _n.Int_Knob(n)),
         ("origfirst", lambda n: _n.Int_Knob(n)),
         ("origlast", lambda n: _n.Int_Knob(n)),
+        # Outside first-last: hold the first/last frame (Nuke's default), or loop, bounce, black.
+        ("before", lambda n: _n.Enumeration_Knob(n, n, ["hold", "loop", "bounce", "black"])),
+        ("after", lambda n: _n.Enumeration_Knob(n, n, ["hold", "loop", "bounce", "black"])),
+        # A missing or unreadable frame: an error (the default: a render stops), or an image.
         ("on_error", lambda n: _n.Enumeration_Knob(n, n, ["error", "black", "checkerboard", "nearest frame"])),
         ("raw", lambda n: _n.Boolean_Knob(n)),
         ("colorspace", lambda n: _n.Enumeration_Knob(n, n, _COLORSPACES)),

@@ -17,6 +17,12 @@ def execute(nameOrNode: Union[_n.Node, str], start: int, end: int, incr: int = 1
     event loop runs queued main-thread calls between frames; the Write's own callback knobs and
     the global before/after render callbacks run; every view is rendered unless ``views`` says
     otherwise; proxy mode renders at proxy size. What was rendered how is recorded.
+
+    A Read upstream that cannot read its frame (:func:`_read_frame`: a missing file with
+    ``on_error`` = error, Nuke's default) stops the render with Nuke's error naming the file,
+    unless ``continueOnError`` (Foundry, Python API reference, ``nuke.execute(nameOrNode,
+    start, end, incr, views, continueOnError=False)``): then that frame writes nothing and the
+    others go on.
     """
     _n._main_only("execute")
     if _n._in_callback:
@@ -65,6 +71,13 @@ def execute(nameOrNode: Union[_n.Node, str], start: int, end: int, incr: int = 1
             if _n._render_cancel_after is not None and i >= _n._render_cancel_after:
                 raise RuntimeError("Cancelled")
             path = _frame_path(pattern, frame_number)
+            if source._cls == "Read":
+                try:
+                    _read_frame(source, frame_number)
+                except RuntimeError:
+                    if continueOnError:
+                        continue
+                    raise
             folder = os.path.dirname(path)
             if folder and not os.path.isdir(folder) and not node._knobs["create_directories"]._value:
                 raise RuntimeError(f"{node.name()}: Can't write {path}: No such file or directory")
@@ -76,6 +89,49 @@ def execute(nameOrNode: Union[_n.Node, str], start: int, end: int, incr: int = 1
     finally:
         _n._executing[0] = False
     _n._fire(_n.afterRenders, node)
+
+
+def _read_frame(read: _n.Node, frame: int) -> Tuple[str, str]:
+    """What a Read node gives at ``frame``: ``("file", path)``, ``("black", "")`` or
+    ``("checkerboard", "")``; raises RuntimeError (Nuke's "Read error") for a frame it cannot
+    read when its ``on_error`` is ``error``.
+
+    Foundry, Nuke Reference Guide, "Read": outside first-last the ``before``/``after`` knobs
+    choose (default ``hold``: the nearest frame of the range is shown, so a Read of one frame
+    shows it over the whole timeline); ``missing frames`` (``on_error``): error, black,
+    checkerboard, or nearest frame.
+    """
+    pattern = str(read._knobs["file"]._value)
+    first, last = int(read._knobs["first"]._value), int(read._knobs["last"]._value)
+    wanted = frame
+    if frame < first or frame > last:
+        mode = str(read["before" if frame < first else "after"].value())
+        if mode == "black":
+            return ("black", "")
+        span = last - first + 1
+        if mode == "hold" or span <= 1:
+            wanted = first if frame < first else last
+        elif mode == "loop":
+            wanted = first + (frame - first) % span
+        else:  # bounce
+            period = 2 * (span - 1)
+            offset = (frame - first) % period
+            wanted = first + (offset if offset < span else period - offset)
+    path = _frame_path(pattern, wanted)
+    if pattern and os.path.isfile(path):
+        return ("file", path)
+    on_error = str(read["on_error"].value())
+    if on_error == "black":
+        return ("black", "")
+    if on_error == "checkerboard":
+        return ("checkerboard", "")
+    if on_error == "nearest frame":
+        for distance in range(1, last - first + 1):
+            for candidate in (wanted - distance, wanted + distance):
+                near = _frame_path(pattern, candidate)
+                if first <= candidate <= last and os.path.isfile(near):
+                    return ("file", near)
+    raise RuntimeError(f"{read.fullName()}: Read error: {path}: No such file or directory")
 
 
 def _pump_during_render() -> None:
