@@ -470,3 +470,30 @@ def test_a_name_look_up_is_bounded_by_the_probe_timeout(mock_comfy: MockComfySer
     finally:
         release.set()
         pool.close()
+
+
+def test_close_from_a_done_callback_returns_and_leaves_no_thread(mock_comfy: MockComfyServer) -> None:
+    """close() called on the callback thread itself (a script ending its pool when its last
+    job is done) must not wait for that thread: it returns, every other job ends once, and
+    the callback thread ends after the callback."""
+    before = set(library_threads())
+    closed = threading.Event()
+    mock_comfy.pause_jobs()
+    pool = pool_of([mock_comfy])
+    try:
+        other = pool.submit(sleep_workflow(seconds=1, steps=2, prefix="other"))
+        wait_until(lambda: mock_comfy.queue_snapshot()[0], what="the other job runs")
+        mock_comfy.resume_jobs()
+        first = pool.submit(image_workflow(color=4, prefix="first"))
+
+        def close_pool(job: Any) -> None:
+            pool.close()
+            closed.set()
+
+        first.add_done_callback(close_pool)
+        assert closed.wait(40), "close() from a done-callback never returned"
+        assert first.status == "succeeded" and other.wait(0) and terminal_events(other) in (["cancelled"], ["succeeded"])
+        wait_until(lambda: set(library_threads()) <= before, what="every library thread ends")
+    finally:
+        mock_comfy.resume_jobs()
+        pool.close()
