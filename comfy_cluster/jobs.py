@@ -278,20 +278,25 @@ class Job:
             self._queue_user(fn, self, inline)
         _run_inline(inline)
 
-    def download(self, dest_dir: str, *, types: Optional[Sequence[str]] = None) -> List[str]:
+    def download(
+        self, dest_dir: str, *, types: Optional[Sequence[str]] = None, files: Optional[Sequence[OutputFile]] = None
+    ) -> List[str]:
         """The job's output files as local paths, in the order of ``result().files`` (waits for
         the job; raises its error).
 
         ``types`` keeps only files of those types (``("output",)`` leaves out the ``temp``
-        files of PreviewImage nodes); all by default. Servers on shared storage (``dir_local``
-        set) give mapped local paths without copying; others are fetched with ``/view`` into
-        ``dest_dir``. A server-given name that would land outside ``dest_dir`` raises
-        :class:`UnsafePathError` before anything is written.
+        files of PreviewImage nodes); all by default. ``files`` names the files instead, from
+        the server that ran the job: for nodes that write files without reporting them
+        (ComfyUI-HQ-Image-Save's SaveEXR), whose names the caller chose. Servers on shared
+        storage (``dir_local`` set) give mapped local paths without copying; others are
+        fetched with ``/view`` into ``dest_dir``. A name that would land outside ``dest_dir``
+        raises :class:`UnsafePathError` before anything is written.
         """
         result = self.result()
         if self._downloader is None:
             raise ComfyClusterError(f"job {result.prompt_id} belongs to no pool: nothing to download with")
-        files = [f for f in result.files if types is None or f.type in types]
+        chosen = result.files if files is None else list(files)
+        files = [f for f in chosen if types is None or f.type in types]
         return self._downloader(result.server, files, dest_dir, result.prompt_id[:8])
 
     # -- used by the pool (the dispatcher, runners and the pool's bookkeeping) -----------------

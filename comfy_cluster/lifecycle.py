@@ -20,6 +20,7 @@ from .attempt import Attempt, Ledger, PostGate
 from .client import ComfyClient
 from .errors import ComfyClusterError, JobFailed, ServerError, WorkflowError
 from .jobs import JobControl, JobResult
+from .loaders import PATH_INPUTS, input_directory, input_for, server_path
 from .runner import Outcome, RunnerContext, run_attempt
 from .status import StatusMonitor
 from .workflow import set_inputs
@@ -125,15 +126,24 @@ class Runners:
         sent: two different files never share a name on a server (two artists' plates of the
         same name, two jobs of one batch, or a plate replaced by one of the same size and time
         stamp), and the same bytes are reused. Each upload reads the file once and sends exactly
-        the bytes it hashed: no cache keyed on (path, size, mtime) can go stale."""
+        the bytes it hashed: no cache keyed on (path, size, mtime) can go stale. Path loaders
+        (LoadEXR) get the uploaded file's path on the server (:mod:`.loaders`)."""
         if not inputs:
             return workflow
-        values = {}
+        folder: Optional[str] = None
+        values: Dict[str, Dict[str, Any]] = {}
         for node, path in inputs.items():
             with open(path, "rb") as fh:
                 content = fh.read()
             digest = hashlib.sha256(content).hexdigest()[:32]
-            values[node] = {"image": client.upload_image(path, subfolder=f"cc-{digest}", content=content)}
+            name = client.upload_image(path, subfolder=f"cc-{digest}", content=content)
+            key = input_for(workflow[node]) or "image"
+            if key in PATH_INPUTS.values():  # a path on the server (LoadEXR), not an uploaded name
+                if folder is None:
+                    folder = input_directory(client.system_stats())
+                values[node] = {key: server_path(folder, name)}
+            else:
+                values[node] = {key: name}
         return set_inputs(workflow, values)
 
     def attempt_done(self, attempt: Attempt, outcome: Outcome) -> None:
