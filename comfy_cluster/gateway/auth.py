@@ -46,7 +46,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 USER_HEADER = "comfy-user"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 
 try:  # aiohttp >= 3.10 wants typed keys for request storage
     from aiohttp.web import RequestKey
@@ -162,7 +162,7 @@ def add_user(path: str, name: str, *, admin: bool = False) -> str:
     whoever can write it can add users).
     """
     if not _NAME.match(name):
-        raise ValueError(f"user name {name[:64]!r}: use letters, digits and _.@- (at most 64, starting with a letter or digit)")
+        raise ValueError(f"user name {name[:64]!r}: use letters, digits and _.@- (at most 128, starting with a letter or digit)")
     users = _read_users(path) if os.path.exists(path) else {}
     token = secrets.token_urlsafe(32)
     users[name] = {"token_sha256": token_hash(token), "admin": admin}

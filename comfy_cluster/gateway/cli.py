@@ -32,7 +32,7 @@ EXAMPLE = (
     "examples:\n"
     "  NUKE_COMFYUI_SERVERS='[{\"name\": \"gpu1\", \"host\": \"gpu1\", \"port\": 8188}]' comfy-cluster gateway --port 8188\n"
     "  comfy-cluster gateway add-user alice --users /etc/comfy-cluster/users.json   # prints alice's token\n"
-    "  comfy-cluster gateway --host 0.0.0.0 --users /etc/comfy-cluster/users.json --argv '[\"/mnt/comfyui/main.py\"]'\n"
+    "  comfy-cluster gateway --host 0.0.0.0 --users /etc/comfy-cluster/users.json --argv /mnt/comfyui/main.py\n"
     "then point any ComfyUI client at http://HOST:PORT (ComfyUI-for-Nuke: NUKE_COMFYUI_URL)."
 )
 
@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history-items", type=int, default=10000, help="history items kept (default 10000, as ComfyUI)")
     p.add_argument("--history-size", type=float, default=256, metavar="MB", help="MB of history kept (default 256)")
     p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
-    p.add_argument("--argv", help="JSON list reported as ComfyUI's argv in /system_stats (clients derive its folder from argv[0])")
+    p.add_argument("--argv", help="ComfyUI's main.py path (or a JSON list) reported as argv in /system_stats (clients derive its folder from argv[0])")
+    p.add_argument("--front-end-root", metavar="DIR", help="serve this ComfyUI frontend build (default: the installed comfyui-frontend-package)")
+    p.add_argument("--multi-user", action="store_true", help="ComfyUI's multi-user mode: users pick a profile; settings and workflows per user")
+    p.add_argument("--user-directory", metavar="DIR", help="where the web UI's users, settings and workflows are kept (default ~/.comfy-cluster/gateway-user)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     return p
 
@@ -69,14 +72,34 @@ def _users_parser() -> argparse.ArgumentParser:
 
 
 def _argv(text: Optional[str]) -> Optional[List[str]]:
+    """``--argv``: one path (``/mnt/comfyui/main.py``: the same in every shell) or a JSON list.
+
+    cmd.exe passes single quotes on and drops the double quotes inside them (``'[main.py]'``),
+    as Windows PowerShell 5.1 does with ``'["main.py"]'``: one pair of outer quotes is removed,
+    and a list that lost its inner quotes is refused with the form that works everywhere.
+    """
     if text is None:
         return None
+    from ..environment import unquote_env
+    from ..textfiles import loads_json, path_problem
+
+    raw = unquote_env("--argv", text)
+    if not raw.startswith("["):
+        problem = path_problem(raw)
+        if problem or not raw:
+            raise ValueError(f"--argv: {problem or 'empty'}")
+        return [raw]
     try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
+        value = loads_json(raw, "--argv")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or give the path alone, which every shell passes as it is: --argv /mnt/comfyui/main.py "
+                         "(cmd.exe and PowerShell 5.1 drop the double quotes inside a JSON list)") from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"--argv: expected a JSON list of strings, got {text[:60]!r}")
+        raise ValueError("--argv: expected one path or a JSON list of strings")
+    for item in value:
+        problem = path_problem(item)
+        if problem:
+            raise ValueError(f"--argv: {problem}")
     return value
 
 
@@ -136,6 +159,7 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
             token=token, users=users, trust_user_header=args.trust_user_header, allow_origins=args.allow_origin, argv=extra,
             max_upload_size=int(args.max_upload_size * MB), ws_queue_bytes=int(args.ws_queue_size * MB),
             history_items=args.history_items, history_bytes=int(args.history_size * MB),
+            front_end_root=args.front_end_root, multi_user=args.multi_user, user_dir=args.user_directory,
         )
         kwargs: Any = {"strategy": args.strategy} if args.strategy else {}
         pool = ServerPool.from_env(**kwargs)
