@@ -34,16 +34,20 @@ class CacheAffinity:
     """A strategy: the server last given the same workflow, else ``inner``'s choice.
 
     Thread-safe (the pool selects from its dispatcher and from callers). Its ``name`` is the
-    wrapped strategy's, so the pool still reports the strategy the user chose.
+    wrapped strategy's, so the pool still reports the strategy the user chose. While not
+    ``enabled`` it only passes the choice on (no fingerprint is computed).
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, enabled: bool = True) -> None:
         self.inner = inner
+        self.enabled = enabled
         self.name = strategy_name(inner)
         self._lock = threading.Lock()
         self._last: Dict[str, str] = {}  # server name -> fingerprint of the last workflow given
 
     def select(self, candidates: Sequence[Candidate], workflow: Optional[Mapping[str, Any]] = None) -> Any:
+        if not self.enabled:
+            return self.inner.select(candidates, workflow)
         digest = fingerprint(workflow)
         with self._lock:
             cached = next((c for c in candidates if digest is not None and self._last.get(c.name) == digest), None)
