@@ -98,7 +98,7 @@ def test_close_never_drops_done_behind_a_slow_done_callback(mock_comfy: MockComf
         held.set()
         release.wait(60)
 
-    pool = pool_of([mock_comfy])
+    pool = pool_of([mock_comfy], extra={"max_queue": 1})  # one job on the server, the next waits here
     try:
         first = pool.submit(image_workflow(color=1, prefix="first"), on_event=record)
         first.add_done_callback(slow)
@@ -109,7 +109,9 @@ def test_close_never_drops_done_behind_a_slow_done_callback(mock_comfy: MockComf
         mock_comfy.pause_jobs()
         third = pool.submit(sleep_workflow(seconds=2, steps=2, prefix="third"), on_event=record)
         wait_until(lambda: mock_comfy.queue_snapshot()[0], what="the third job runs")
+        fourth = pool.submit(image_workflow(color=4, prefix="fourth"), on_event=record)  # waits locally
         pool.close()
+        assert fourth.wait(0) and fourth.status == "cancelled"
         assert third.wait(0) and third.status == "cancelled"
         with pytest.raises(JobCancelled):
             third.result(timeout=0)
@@ -119,8 +121,8 @@ def test_close_never_drops_done_behind_a_slow_done_callback(mock_comfy: MockComf
         mock_comfy.resume_jobs()
         pool.close()
     # Terminal events queued behind the slow callback are delivered once it returns.
-    assert record.wait_for(lambda r: len(r.terminal()) == 3), record.seen
-    assert sorted(k for _, k in record.terminal()) == ["cancelled", "succeeded", "succeeded"]
+    assert record.wait_for(lambda r: len(r.terminal()) == 4), record.seen
+    assert sorted(k for _, k in record.terminal()) == ["cancelled", "cancelled", "succeeded", "succeeded"]
     wait_until(lambda: not [n for n in library_threads() if "callbacks" in n], what="the callback thread ends")
 
 
