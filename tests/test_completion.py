@@ -41,7 +41,7 @@ class Recorder:
 
     def __call__(self, event: Any) -> None:
         with self.changed:
-            self.seen.append((event.prompt_id, event.kind))
+            self.seen.append((event.index if event.index is not None else event.prompt_id, event.kind))
             self.changed.notify_all()
 
     def terminal(self) -> List[Tuple[Any, str]]:
@@ -508,4 +508,34 @@ def test_close_from_a_done_callback_returns_and_leaves_no_thread(mock_comfy: Moc
         wait_until(lambda: set(library_threads()) <= before, what="every library thread ends")
     finally:
         mock_comfy.resume_jobs()
+        pool.close()
+
+
+def test_close_mid_batch_ends_every_job_exactly_once(mock_cluster_factory: Any) -> None:
+    """close() in the middle of a batch (jobs running, queued on servers, waiting locally,
+    moving away from a server that just started refusing): when it returns every job is done
+    with exactly one terminal event, its last; on_event gets exactly one per job, and no
+    library thread is left."""
+    before = set(library_threads())
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    s1, s2 = cluster.servers
+    record = Recorder()
+    pool = pool_of(cluster.servers, server_lost_after=15.0)
+    try:
+        batch = pool.map_async([sleep_workflow(seconds=0.3, steps=2, prefix=f"b{i}") for i in range(24)], on_event=record)
+        wait_until(lambda: batch.counts()[0] >= 4, what="a few jobs done")
+        s1.set_fault("refuse")  # its jobs start moving (or wait out the loss window)
+        pool.close()
+        left = set(library_threads()) - before
+        assert left == set(), f"library threads alive after close(): {sorted(left)}"
+        for job in batch.jobs:
+            ends = terminal_events(job)
+            assert job.done and len(ends) == 1 and job.events[-1].kind == ends[0], (job, job.events[-3:])
+        assert record.wait_for(lambda r: len(r.terminal()) >= 24), record.terminal()
+        per_job: Dict[Any, int] = {}
+        for index, _ in record.terminal():
+            per_job[index] = per_job.get(index, 0) + 1
+        assert per_job == {i: 1 for i in range(24)}, per_job
+    finally:
+        s1.set_fault(None)
         pool.close()
