@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import localfiles
 from .balance import STRATEGIES
+from .consoles import encoding_note, tolerant_output, unquote, unshowable_encoding
 from .cli_format import CLEAR_SCREEN, Progress, ansi_ok, job_json, status_json, status_table, terminal_width
 from .errors import ComfyClusterError, NoServerAvailable
 from .paths import is_inside, windows_safe_name
@@ -198,6 +199,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return stop.exit_code
         progress.finish()
         failed = 0
+        noted = False
         for i, job in enumerate(batch.jobs):
             frame = frames[i] if frames else None
             err = job.exception()
@@ -221,6 +223,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             else:
                 for p in paths:
                     print(p)
+                    encoding = unshowable_encoding(p, sys.stdout)
+                    if encoding and not noted:
+                        noted = True  # said once, naming the encoding: a path with ? does not exist
+                        print(encoding_note(encoding, f"the path {p.encode(encoding, 'replace').decode(encoding)}"), file=sys.stderr)
         if not args.json:
             print(f"{len(batch.jobs) - failed} of {len(batch.jobs)} jobs succeeded", file=sys.stderr)
     errors = [job.exception() for job in batch.jobs]
@@ -370,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    tolerant_output()  # a cp1252 console never ends a command in UnicodeEncodeError
     if args_list[:1] == ["mock-server"]:
         try:
             from .testing.cli import run_mock_server
@@ -377,7 +384,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("the mock server needs aiohttp: pip install 'comfy-cluster[mock]'", file=sys.stderr)
             return EXIT_USAGE
         return run_mock_server(args_list[1:])
-    _tolerant_output()
     if args_list[:1] == ["gateway"]:
         from .gateway.cli import run_gateway  # imports aiohttp only when asked to
 
@@ -393,6 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    _unquote_options(args)
     try:
         if args.command == "status":
             return cmd_status(args)
@@ -418,17 +425,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return EXIT_USAGE
 
 
-def _tolerant_output() -> None:
-    """Never crash on a character the output cannot encode: redirected output on Windows is
-    cp1252 (``comfy-cluster status > file`` with a server named in Japanese); what cannot be
-    encoded is replaced."""
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            try:
-                reconfigure(errors="replace")
-            except (ValueError, OSError):  # a closed or unusual stream: leave it as it is
-                pass
+def _unquote_options(args: argparse.Namespace) -> None:
+    """Remove one pair of outer quotes from file and value options: cmd.exe passes single
+    quotes on (``--out 'C:\\renders'`` arrives with its quotes), as bash examples write them."""
+    def strip(option: str, value: str) -> str:
+        plain = unquote(value)
+        if plain != value.strip():
+            print(f"comfy-cluster: {option}: removed the quotes around {plain!r} (cmd.exe passes single quotes on)", file=sys.stderr)
+        return plain
+
+    for name, option in (("workflow", "WORKFLOW"), ("out", "--out"), ("frames", "--frames"), ("frame_input", "--frame-input")):
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, strip(option, getattr(args, name)))
+    for name, option in (("input", "--input"), ("set", "--set")):
+        items = getattr(args, name, None)
+        if items:
+            pairs = [strip(option, item).partition("=") for item in items]
+            setattr(args, name, [key + sep + (strip(option, value) if sep else "") for key, sep, value in pairs])
 
 
 if __name__ == "__main__":  # pragma: no cover
