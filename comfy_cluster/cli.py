@@ -189,7 +189,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             sys.stderr.write("\ncancelling the jobs on their servers...\n")
             sys.stderr.flush()
             batch.cancel()
-            deadline = time.monotonic() + 15.0
+            deadline = stop.deadline  # 15 s, or what a closing Windows console leaves
             for job in batch.jobs:  # each job, not only the batch's count: its end is what we report
                 wait_sliced(job.wait, max(0.0, deadline - time.monotonic()))
             progress.finish()
@@ -296,7 +296,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 wait_sliced(batch.wait)
             except Stopped as stop:
                 batch.cancel()
-                wait_sliced(batch.wait, 10.0)
+                wait_sliced(batch.wait, max(0.0, stop.deadline - time.monotonic()))
                 return stop.exit_code
             makespan = time.monotonic() - start
             progress.finish()
