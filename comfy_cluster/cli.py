@@ -20,7 +20,7 @@ from .balance import STRATEGIES
 from .consoles import encoding_note, tolerant_output, unquote, unshowable_encoding
 from .cli_format import CLEAR_SCREEN, Progress, ansi_ok, job_json, status_json, status_table, terminal_width
 from .errors import ComfyClusterError, NoServerAvailable
-from .paths import is_inside, windows_safe_name
+from .paths import fit_name, is_inside, windows_safe_name
 from .stopping import Stopped, StopSignals, wait_sliced
 from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, seeded_copies, set_inputs
 
@@ -254,7 +254,7 @@ def _with_frame_numbers(paths: List[str], server_names: List[str], frame: Option
         stem, ext = os.path.splitext(os.path.basename(path) if not name else windows_safe_name(name))
         if len(paths) == 1:
             stem = _COUNTER.sub("", stem) or stem
-        target = os.path.join(os.path.dirname(path), f"{stem}.{frame:04d}{ext}")
+        target = os.path.join(os.path.dirname(path), fit_name(f"{stem}.{frame:04d}{ext}"))
         if localfiles.claim(target):
             localfiles.replace(path, target)
             out.append(target)
