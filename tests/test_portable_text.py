@@ -90,7 +90,7 @@ def test_cp1252_servers_file_names_the_encoding(tmp_path):
         servers_from_env({"NUKE_COMFYUI_SERVERS": str(path)})
 
 
-def test_nuke_setup_under_a_cp1252_console_names_the_encoding(tmp_path):
+def test_installer_under_a_cp1252_console_names_the_encoding(tmp_path):
     libs = tmp_path / "Łukasz" / "comfy_libs"
     env = dict(os.environ, PYTHONIOENCODING="cp1252", COMFY_CLUSTER_LIBS=str(libs))
     out = subprocess.run([sys.executable, os.path.join(ROOT, "comfy_cluster", "nuke_setup.py"), "--nuke", "15", "--dry-run"],
