@@ -23,7 +23,7 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import DEFAULT_PORT, ENV_SERVERS, ENV_STRATEGY, ENV_TTL, ServerConfig, _check_unique, _make_server, parse_servers_json
+from .server_config import DEFAULT_PORT, ENV_SERVERS, ENV_STRATEGY, ENV_TTL, ServerConfig, check_unique, make_server, parse_servers_json
 from .consoles import unquote
 from .errors import ConfigError
 from .textfiles import UnreadableText, read_text
@@ -105,8 +105,8 @@ def _from_numbered(env: Mapping[str, str]) -> List[ServerConfig]:
                     ) from None
         if "NAME" in fields and fields["NAME"].strip():
             data["name"] = fields["NAME"].strip()
-        servers.append(_make_server(data, f"NUKE_COMFYUI_IP_{index}"))
-    _check_unique(servers, "NUKE_COMFYUI_IP")
+        servers.append(make_server(data, f"NUKE_COMFYUI_IP_{index}"))
+    check_unique(servers, "NUKE_COMFYUI_IP")
     return servers
 
 
@@ -156,8 +156,8 @@ def _from_legacy(env: Mapping[str, str]) -> List[ServerConfig]:
         if local_dir:
             data["dir_local"] = local_dir
         where = var if len(entries) == 1 else f"{var}[{n}]"
-        servers.append(_make_server(data, where))
-    _check_unique(servers, var)
+        servers.append(make_server(data, where))
+    check_unique(servers, var)
     return servers
 
 

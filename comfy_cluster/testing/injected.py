@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Set, TypeVar, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, TypeVar, Union
 
 from aiohttp import web
 
 from .engine import Engine, Execution
 from .faults import Fault, RouteFault, parse_route_fault
 from .route_faults import RouteRule, RouteRules, route_key
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import _WsClient
+from .wsclient import WsClient
 
 __all__ = ["InjectedFaults"]
 
@@ -47,8 +46,8 @@ class InjectedFaults:
     _refuse_window: Optional["asyncio.Task[None]"]
     _muted: Optional[Set[str]]
     _answered: Dict[str, int]
-    _sockets: Dict[str, "_WsClient"]
-    _all_ws: Set["_WsClient"]
+    _sockets: Dict[str, WsClient]
+    _all_ws: Set[WsClient]
 
     @property
     def running(self) -> bool:  # pragma: no cover - overridden by the server
@@ -72,17 +71,18 @@ class InjectedFaults:
         delay: Optional[float] = None,
     ) -> None:
         """Make the next ``count`` requests to ``path`` (None: all, until cleared) show ``kind``:
-        ``500``, ``hang`` (unanswered, the handler does not run), ``reset`` (connection cut) or
+        ``500``, another HTTP error status such as ``"429"`` (a proxy's answer), ``hang`` (unanswered, the handler does not run), ``reset`` (connection cut) or
         ``stall`` (the handler runs, then the answer is held). Held requests wait ``delay``
         seconds, or until :meth:`release_held` / :meth:`clear_route_faults` when None.
         ``path`` also takes the routes below it (``/history`` takes ``/history/<id>``); the
         ``/api`` prefix is ignored. Rules are tried in the order they were added."""
         parsed = parse_route_fault(kind)
+        status = int(kind) if parsed is RouteFault.STATUS and isinstance(kind, str) else 500
         if count is not None and count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
         if delay is not None and delay < 0:
             raise ValueError("delay must not be negative")
-        self._route_rules.add(RouteRule(path=path, kind=parsed, method=method, remaining=count, delay=delay))
+        self._route_rules.add(RouteRule(path=path, kind=parsed, method=method, remaining=count, delay=delay, status=status))
         logger.info("mock %s: %s %s -> %s (%s)", self._name, method or "*", path, parsed.value, count or "until cleared")
 
     def stall_prompt(self, delay: Optional[float] = None, count: Optional[int] = None) -> None:
@@ -123,6 +123,9 @@ class InjectedFaults:
     ) -> web.StreamResponse:
         if rule.kind is RouteFault.ERROR_500:
             return web.Response(status=500, text=_PLAIN_500, content_type="text/plain")
+        if rule.kind is RouteFault.STATUS:  # what a proxy in front of ComfyUI answers
+            phrase = next((h.phrase for h in http.HTTPStatus if h.value == rule.status), "Error")
+            return web.Response(status=rule.status, text=f"{rule.status} {phrase}", content_type="text/plain")
         if rule.kind is RouteFault.RESET:
             if request.transport is not None:
                 request.transport.abort()
@@ -227,7 +230,7 @@ class InjectedFaults:
 
         return self._call(drop)
 
-    async def _notice_late(self, client: _WsClient) -> None:
+    async def _notice_late(self, client: WsClient) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CALL_TIMEOUT
         while loop.time() < deadline and self.running:
