@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence
 try:
     from .consoles import encoding_note, tolerant_output, unquote, unshowable_encoding
 except ImportError:  # run as a file (python comfy_cluster/nuke_setup.py): its folder is on sys.path
-    from consoles import encoding_note, tolerant_output, unquote, unshowable_encoding  # type: ignore[no-redef]
+    from consoles import encoding_note, tolerant_output, unquote, unshowable_encoding  # type: ignore[no-redef,import-not-found]
 
 __all__ = [
     "NUKE_PYTHON",

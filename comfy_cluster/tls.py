@@ -69,7 +69,9 @@ def _make(verify: Union[bool, str], server: str) -> ssl.SSLContext:
     if verify == SYSTEM:
         return ssl.create_default_context()
     path = verify
-    return _load(lambda: ssl.create_default_context(**{"capath" if os.path.isdir(path) else "cafile": path}), path, server)
+    if os.path.isdir(path):
+        return _load(lambda: ssl.create_default_context(capath=path), path, server)
+    return _load(lambda: ssl.create_default_context(cafile=path), path, server)
 
 
 def _bundles() -> List[str]:
