@@ -266,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfy-cluster",
         description="Run ComfyUI workflows on a cluster of ComfyUI servers (configured by NUKE_COMFYUI_SERVERS).",
-        epilog="examples:\n  comfy-cluster demo\n  comfy-cluster status\n  comfy-cluster submit workflow_api.json --out renders/",
+        epilog=("examples:\n  comfy-cluster demo\n  comfy-cluster status\n  comfy-cluster submit workflow_api.json --out renders/\n"
+                "exit status: 0 done (status: an enabled server online), 1 a job failed (status: none online),\n"
+                "  2 bad arguments or configuration, 3 no server could take the job, 130 Ctrl-C, 128+N signal N"),
         formatter_class=fmt,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")

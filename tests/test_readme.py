@@ -480,3 +480,13 @@ def test_example_docstring_sets_the_servers_in_every_shell():
     values = {shell: env["NUKE_COMFYUI_SERVERS"] for shell, env in forms.items()}
     assert len(set(values.values())) == 1, values
     servers_from_env({"NUKE_COMFYUI_SERVERS": values["cmd"]})
+
+
+def test_command_line_examples_read_the_same_in_every_shell():
+    """The Command line examples carry no quotes, ``$`` or globs, so cmd.exe and PowerShell
+    pass them exactly as bash does (and need no forms of their own)."""
+    (code,) = section_blocks("## Command line", "bash")
+    for line in code.splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert shlex.split(line) == windows_argv(line), line
+            assert not re.search(r"[$'\"*?`]", line), line
