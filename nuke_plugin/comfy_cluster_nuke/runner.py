@@ -311,6 +311,8 @@ class Run:
         done_frames = sorted(paths)
         read_name = ""
         try:
+            # Moved into a group while it ran (a cut and paste): the same id, another node object.
+            self.node = mainthread.call(_alive, self.node, s.uid)
             mainthread.call(_record, self.node, self.version_dir, " ".join(map(str, failed)))
             if done_frames:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
@@ -373,6 +375,18 @@ class Run:
         self._show(f"failed - {first_line.replace(f'{name}: ', '')}", force=True)
         if self.dialogs:
             mainthread.post(nuke.message, text)
+
+
+def _alive(node: nuke.Node, uid: str) -> nuke.Node:
+    """``node``, or the node of the script that now has its id; ValueError when none has."""
+    try:
+        node.name()
+        return node
+    except ValueError:
+        found = destinations.find_node(uid)
+        if found is None:
+            raise
+        return found
 
 
 def _working_dir(version_dir: str, prefix: str) -> str:
