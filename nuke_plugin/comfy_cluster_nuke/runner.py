@@ -37,7 +37,8 @@ __all__ = ["Run", "RunCancelled", "POLL_SECONDS", "STATUS_INTERVAL", "pool_optio
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
-STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar at every poll)
+STATUS_INTERVAL = 0.25
+NUKE_BUSY_WAIT = 0.25  # how often a run asks whether the artist's render is over  # the status knob is updated at most this often (the bar at every poll)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr", ".bmp", ".gif")
 # Each run's working folders inside the version folder: ``.inputs-<random>``, ``.download-<random>``.
 # Farm tasks of one job share the version folder; each removes only its own when it ends.
@@ -192,7 +193,7 @@ class Run:
         jobs = [(m, render.input_pattern(inputs_dir, stem, m.number)) for m in s.inputs]
         self._show(f"rendering the input, frames {ranges(s.frames)}", 0, force=True)
         try:
-            failed = render.render_inputs(self.node, jobs, s.frames, s.colorspace)
+            failed = render.render_inputs(self.node, jobs, s.frames, s.colorspace, busy=self._wait_for_nuke)
         except RunError:
             raise
         except Exception as exc:
@@ -215,6 +216,13 @@ class Run:
                 failure_text(s.node_name, s.frames, self._render_errors, []), errors=dict(self._render_errors)
             )
         return out
+
+    def _wait_for_nuke(self) -> bool:
+        """Nuke is rendering something else: say so, wait a little; True when cancelled."""
+        self._show("waiting for Nuke's render to end before rendering the input", 0, force=True)
+        if self.cancel_requested.wait(NUKE_BUSY_WAIT) or self._cancelled():
+            raise RunCancelled(f"{self.settings.node_name}: cancelled while waiting for Nuke's render")
+        return False
 
     def _workflows(self) -> List[Dict[str, Any]]:
         s = self.settings

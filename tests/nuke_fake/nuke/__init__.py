@@ -205,6 +205,7 @@ _frame = [1]
 _last_hit: List[Optional[Group]] = [None]
 _executing = [False]
 _render_details: List[Dict[str, Any]] = []
+_render_frame_hooks: List[Callable[[str, int], None]] = []  # the test acts between a render's frames
 _hiero = [False]
 _script_editor = [False]  # a Script Editor call is running on the main thread
 

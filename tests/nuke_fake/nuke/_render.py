@@ -86,6 +86,8 @@ def execute(nameOrNode: Union[_n.Node, str], start: int, end: int, incr: int = 1
                 rgb = ((frame_number * 37) % 256, 64, 128)
                 fh.write(_png(8, 8, rgb, alpha=channels != "rgb") if file_type == "png" else b"fake " + file_type.encode())
             _pump_during_render()
+            for hook in list(_n._render_frame_hooks):
+                hook(node.fullName(), frame_number)
     finally:
         _n._executing[0] = False
     _n._fire(_n.afterRenders, node)
