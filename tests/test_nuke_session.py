@@ -44,3 +44,37 @@ def test_execute_during_the_artists_own_render_waits_for_it(fake_nuke, cluster_e
     run = wait_run(fake_nuke, node)
     assert run.error is None, run.error
     assert [r[0] for r in fake_nuke.renders()] == [artist_write.fullName(), f"{node.name()}.Write1"]
+
+
+def test_the_colorspace_is_a_pulldown_of_the_scripts_config_checked_before_any_gpu_work(fake_nuke, cluster_env, tmp_path):
+    """Item 11: "file colorspace" was free text checked only when the result was read back,
+    after the GPU work, and reported as "the node was deleted while it ran"; OCIO roles and the
+    names of another config (Nuke 14's ACES 1.2 against Nuke 16's studio config) were not
+    offered or caught."""
+    import nuke
+
+    from comfy_cluster_nuke import colorspace
+
+    fake_nuke.set_ocio_config("aces_1.2")  # Nuke 14: the 8-bit default is the role matte_paint
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=1)
+    choices = node["colorspace"].values()
+    assert choices[0] == "default" and {"ACES - ACEScg", "scene_linear", "matte_paint"} <= set(choices)
+    assert colorspace.resolve(node) == "matte_paint"
+    fake_nuke.user_set(node, "colorspace", "scene_linear")  # a role: survives a config change
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert fake_nuke.render_details()[-1]["colorspace"] == "scene_linear"
+
+    fake_nuke.user_set(node, "colorspace", "ACES - ACEScg")
+    fake_nuke.set_ocio_config("aces_studio_2.1")  # the show moves to Nuke 16: ACEScg now
+    sent = sum(len(s.received_prompts) for s in cluster_env)
+    fake_nuke.press(node, "execute")
+    assert "'ACES - ACEScg' is not a colorspace of this script's OCIO config" in fake_nuke.messages()[-1]
+    assert "ACEScg" in fake_nuke.messages()[-1]
+    assert sum(len(s.received_prompts) for s in cluster_env) == sent  # no GPU work
+    colorspace.refresh(node)
+    assert "ACEScg" in node["colorspace"].values()
+    fake_nuke.user_set(node, "colorspace", "default")  # Nuke 16: "default (matte_paint)"
+    assert colorspace.resolve(node) == "matte_paint"
+    assert nuke.root()["int8Lut"].value() == "default (matte_paint)"

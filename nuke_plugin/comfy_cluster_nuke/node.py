@@ -25,6 +25,7 @@ import nuke
 
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 
+from . import colorspace
 from .destinations import UID_KNOB, evaluate_path
 from .quiet import quiet_set, set_status
 
@@ -155,9 +156,7 @@ def _add_knobs(group: nuke.Group) -> None:
     output_dir = nuke.File_Knob("output_dir", "output folder")
     output_dir.setTooltip("Empty: <script folder>/comfyui/<script>/<node>_<id>/. Each run writes a new vNNN folder inside.")
     group.addKnob(output_dir)
-    colorspace = nuke.String_Knob("colorspace", "file colorspace")
-    colorspace.setTooltip("Colorspace of the images sent to and read back from ComfyUI. Empty: the script's 8-bit default (sRGB).")
-    group.addKnob(colorspace)
+    group.addKnob(colorspace.make_knob(colorspace.script_colorspaces(group)))
     extra = nuke.String_Knob("extra_params", "parameters as knobs")
     extra.setTooltip("Besides prompts and sampler settings, more NODE.INPUT entries to show as knobs (for example 6.text 3.cfg).")
     group.addKnob(extra)
@@ -255,14 +254,9 @@ def refresh_load_image_choices(node: nuke.Node) -> Optional[str]:
 
 
 def input_colorspace(node: nuke.Node) -> str:
-    """The colorspace of the files exchanged with ComfyUI: the node's knob, else the script's
-    8-bit default, else sRGB (what ComfyUI's PNGs are)."""
-    own = str(node["colorspace"].value()).strip()
-    if own:
-        return own
-    default = nuke.root().knob("int8Lut")
-    value = str(default.value()).strip() if default is not None else ""
-    return value or "sRGB"
+    """The colorspace of the files exchanged with ComfyUI: the node's choice, or the script's
+    8-bit default; ValueError when the script's OCIO config lacks it (:mod:`.colorspace`)."""
+    return colorspace.resolve(node)
 
 
 def _inner(node: nuke.Node, name: str) -> Optional[nuke.Node]:

@@ -161,6 +161,11 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
     if not chosen_frames:
         raise RunError(f"{name}: no frame to run.")
 
+    try:  # before any GPU work: a wrong name used to surface only when the result was read back
+        file_colorspace = node_mod.input_colorspace(node)
+    except ValueError as exc:
+        raise RunError(f"{name}: {exc}") from None
+
     strategy = str(node["strategy"].value())
     chosen = default_strategy() if strategy == node_mod.DEFAULT_STRATEGY else strategy
     return Settings(
@@ -174,7 +179,7 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
         strategy=chosen,
         output_base=destinations.output_base(node),
         reuse_version=reuse_version,
-        colorspace=node_mod.input_colorspace(node),
+        colorspace=file_colorspace,
         uid=destinations.node_uid(node),
         params=params.values_per_frame(node, workflow, chosen_frames),
     )
