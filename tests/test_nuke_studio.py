@@ -114,6 +114,8 @@ def test_the_input_render_is_fully_specified(fake_nuke, cluster_env, tmp_path):
         "node": f"{node.name()}.Write1",
         "colorspace": "sRGB",  # explicit: the script's 8-bit default, not the Write's studio default
         "channels": "rgb",  # ComfyUI's LoadImage would turn alpha 0 into a full mask
+        "file_type": "png",  # no server has LoadEXR/SaveEXR
+        "raw": False,  # converted to the colorspace above
         "proxy": False,  # full resolution even in proxy mode
         "views": ["left"],  # the main view only
         "callbacks": [],  # no studio callback ran for our temporary Write

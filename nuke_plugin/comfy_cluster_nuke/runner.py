@@ -2,8 +2,9 @@
 
 :class:`Run` works on any thread; every ``nuke`` call goes through :mod:`.mainthread` except
 ``ProgressTask`` updates, which Nuke allows from any thread. A run: a new version folder
-(:mod:`.destinations`); the used inputs rendered to PNG (:mod:`.render`); one workflow per
-frame (the frame's files to their LoadImage nodes, the parameter knobs' values of that frame,
+(:mod:`.destinations`); the pool opened and the file format chosen (linear EXR where the
+servers have LoadEXR/SaveEXR, else 8-bit PNG: :mod:`.exchange`); the used inputs rendered
+(:mod:`.render`); one workflow per frame (the frame's files to their loader nodes, the parameter knobs' values of that frame,
 the frame number to ``frame_input``) sent as one batch (``pool.map_async``); the batch polled
 every 0.1 s for progress and Cancel; each frame's image moved into ``<node>_####.<ext>`` in the
 version folder, and the ``result`` Read inside the node pointed at it. Failed frames are
@@ -21,13 +22,14 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import nuke
 
-from comfy_cluster import Batch, ComfyClusterError, JobCancelled, ServerPool, WorkflowError, frame_workflows
+from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, ServerPool, WorkflowError, frame_workflows
 
-from . import destinations, mainthread, params, render
+from . import destinations, exchange, mainthread, params, render
 from . import node as node_mod
 from .report import failure_text, ranges
 from .settings import RunError, Settings
@@ -85,6 +87,8 @@ class Run:
         self._last_status = 0.0
         self.sent_frames: Tuple[int, ...] = settings.frames  # less the frames whose input failed to render
         self._render_errors: Dict[int, BaseException] = {}
+        self._format = render.FileFormat(exchange.PNG, settings.colorspace)
+        self._expected: Dict[int, Tuple[Tuple[str, str], ...]] = {}  # frame -> SaveEXR files (subfolder, name)
 
     # -- control --------------------------------------------------------------------------------
 
@@ -165,10 +169,15 @@ class Run:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
             inputs_dir = _working_dir(self.version_dir, _INPUTS_DIR)
             self._show(f"starting {len(s.frames)} frame(s) into {self.version_dir}", 0, force=True)
-            per_frame_inputs = self._render(inputs_dir)
-            if self._cancelled():
-                raise RunCancelled(f"{s.node_name}: cancelled before any frame was sent")
-            self.paths = self._run_batch(per_frame_inputs)
+            pool = self._open_pool()
+            try:
+                self._format = self._choose_format(pool)
+                per_frame_inputs = self._render(inputs_dir)
+                if self._cancelled():
+                    raise RunCancelled(f"{s.node_name}: cancelled before any frame was sent")
+                self.paths = self._run_batch(pool, per_frame_inputs)
+            finally:
+                pool.close()
             return self.paths
         except BaseException as exc:
             self.error = exc
@@ -190,10 +199,11 @@ class Run:
             return {}
         os.makedirs(inputs_dir, exist_ok=True)
         stem = f"{s.node_name}_{s.uid}"
-        jobs = [(m, render.input_pattern(inputs_dir, stem, m.number)) for m in s.inputs]
+        ext = self._format.kind
+        jobs = [(m, render.input_pattern(inputs_dir, stem, m.number, ext)) for m in s.inputs]
         self._show(f"rendering the input, frames {ranges(s.frames)}", 0, force=True)
         try:
-            failed = render.render_inputs(self.node, jobs, s.frames, s.colorspace, busy=self._wait_for_nuke)
+            failed = render.render_inputs(self.node, jobs, s.frames, self._format, busy=self._wait_for_nuke)
         except RunError:
             raise
         except Exception as exc:
@@ -202,7 +212,7 @@ class Run:
             raise RunError(f"{s.node_name}: rendering the input failed: {exc}") from exc
         out: Dict[int, Dict[str, str]] = {}
         for frame in s.frames:
-            files = {m.node_id: render.input_file(inputs_dir, stem, m.number, frame) for m in s.inputs}
+            files = {m.node_id: render.input_file(inputs_dir, stem, m.number, frame, ext) for m in s.inputs}
             if frame not in failed and not all(os.path.isfile(p) for p in files.values()):
                 failed[frame] = "Nuke wrote no file"
             if frame in failed:
@@ -233,31 +243,65 @@ class Run:
             workflows.append(wf)
         if s.frame_input:
             workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, f in zip(workflows, self.sent_frames)]
+        if self._format.kind == exchange.EXR:
+            loaders = [m.node_id for m in s.inputs]
+            converted = []
+            for wf, frame in zip(workflows, self.sent_frames):
+                # One output folder per job: SaveEXR names its files without telling (exchange).
+                done = exchange.to_exr(wf, loaders, f"{s.uid}_{frame}_{uuid.uuid4().hex[:12]}")
+                self._expected[frame] = done.outputs
+                converted.append(done.workflow)
+            workflows = converted
         return workflows
 
-    def _run_batch(self, per_frame_inputs: Mapping[int, Dict[str, str]]) -> List[str]:
+    def _open_pool(self) -> ServerPool:
         s = self.settings
         try:
-            workflows = self._workflows()
             options = dict(pool_options)
             if s.strategy:
                 options["strategy"] = s.strategy
-            pool = ServerPool.from_env(**options)
+            return ServerPool.from_env(**options)
         except ComfyClusterError as exc:
             raise RunError(f"{s.node_name}: {exc}") from exc
-        try:
-            inputs = [per_frame_inputs[f] for f in self.sent_frames] if per_frame_inputs else None
+
+    def _choose_format(self, pool: ServerPool) -> render.FileFormat:
+        """EXR when asked or possible (some server that can run the job has LoadEXR/SaveEXR:
+        capability routing then sends the jobs there), else PNG; said on the node."""
+        s = self.settings
+        kind = exchange.PNG
+        if s.pixels != exchange.PNG:
+            probe = exchange.to_exr(s.workflow, [m.node_id for m in s.inputs], "probe").workflow
             try:
-                batch = pool.map_async(workflows, inputs=inputs, retries=2)
+                able = pool.capabilities(probe)
             except ComfyClusterError as exc:
                 raise RunError(f"{s.node_name}: {exc}") from exc
-            self._batch = batch
-            if self.cancel_requested.is_set():
-                batch.cancel()  # a cancel that came while the batch was being created
-            stopped_by = self._follow(batch)
-            return self._collect(batch, stopped_by)
-        finally:
-            pool.close()
+            if any(why is None for why in able.values()):
+                kind = exchange.EXR
+            elif s.pixels == exchange.EXR:
+                why = "; ".join(f"{name}: {reason}" for name, reason in sorted(able.items())) or "no server online"
+                raise RunError(f"{s.node_name}: no server can run the workflow with LoadEXR and SaveEXR "
+                               f"(ComfyUI-HQ-Image-Save) - {why}. Set 'pixels' to auto or png.")
+        note = exchange.EXR_NOTE if kind == exchange.EXR else exchange.PNG_NOTE
+        mainthread.post(node_mod.set_pixels_note, self.node, note)
+        self._show(note, force=True)
+        return render.FileFormat(kind, s.colorspace, s.exr_datatype, s.mask_channel)
+
+    def _run_batch(self, pool: ServerPool, per_frame_inputs: Mapping[int, Dict[str, str]]) -> List[str]:
+        s = self.settings
+        try:
+            workflows = self._workflows()
+        except ComfyClusterError as exc:
+            raise RunError(f"{s.node_name}: {exc}") from exc
+        inputs = [per_frame_inputs[f] for f in self.sent_frames] if per_frame_inputs else None
+        try:
+            batch = pool.map_async(workflows, inputs=inputs, retries=2)
+        except ComfyClusterError as exc:
+            raise RunError(f"{s.node_name}: {exc}") from exc
+        self._batch = batch
+        if self.cancel_requested.is_set():
+            batch.cancel()  # a cancel that came while the batch was being created
+        stopped_by = self._follow(batch)
+        return self._collect(batch, stopped_by)
 
     def _follow(self, batch: Batch) -> Optional[str]:
         """Poll the batch until every job ended; cancel it on request or on a refused workflow."""
@@ -329,7 +373,8 @@ class Run:
                 # failed frames inside the range are Read errors (a render through the node stops on them).
                 present = set(_frames_present(self.version_dir, s.node_name, ext)) | set(s.frames)
                 first, last = min(present), max(present)
-                read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace)
+                raw = self._format.kind == exchange.EXR
+                read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace, raw)
         except ValueError:  # Nuke's answer for a node deleted while the frames ran
             raise RunError(
                 f"{s.node_name} was deleted while it ran; the frames are in {self.version_dir}",
@@ -344,8 +389,13 @@ class Run:
 
     def _take_output(self, job: Any, frame: int, dest_dir: str) -> str:
         """The frame's image as ``<version folder>/<node>_<frame>.<ext>``."""
-        files = job.result().files
-        local = job.download(dest_dir)
+        expected = self._expected.get(frame)
+        if expected:  # SaveEXR reports nothing: its first file, named by us (exchange)
+            files = [OutputFile(expected[0][1], expected[0][0], "output")]
+            local = job.download(dest_dir, files=files)
+        else:
+            files = job.result().files
+            local = job.download(dest_dir)
         if len(local) != len(files):
             raise ComfyClusterError(f"frame {frame}: expected {len(files)} file(s), got {len(local)}")
         chosen = _pick_image(files)
@@ -405,8 +455,8 @@ def _working_dir(version_dir: str, prefix: str) -> str:
         raise RunError(f"cannot create a working folder in {version_dir}: {exc}") from None
 
 
-def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str) -> str:
-    return node_mod.update_read_node(node, pattern, first, last, colorspace).fullName()
+def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool) -> str:
+    return node_mod.update_read_node(node, pattern, first, last, colorspace, raw).fullName()
 
 
 def _frames_present(folder: str, node_name: str, ext: str) -> List[int]:

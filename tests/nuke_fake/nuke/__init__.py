@@ -158,7 +158,7 @@ def _run_queued(item: _QueuedCall) -> None:
 
 # The fake in parts, one concern each; everything is reachable here as in Nuke.
 from ._knobs import (  # noqa: E402,F401
-    Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, EvalString_Knob, File_Knob,
+    AColor_Knob, Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, EvalString_Knob, File_Knob,
     Int_Knob, Knob, Multiline_Eval_String_Knob, PyScript_Knob, PythonKnob, Script_Knob,
     String_Knob, Tab_Knob, Text_Knob, Unsigned_Knob, _flush_after, _install_knob_changed_hooks,
     _require_number, _require_str,

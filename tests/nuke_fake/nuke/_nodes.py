@@ -43,6 +43,8 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         ("colorspace", lambda n: _n._ColorspaceKnob(n)),  # from the OCIO config (_ocio)
         ("views", lambda n: _n.String_Knob(n)),
         ("raw", lambda n: _n.Boolean_Knob(n)),
+        # The per-format knob: png "8 bit"/"16 bit", exr "16 bit half"/"32 bit float".
+        ("datatype", lambda n: _n.Enumeration_Knob(n, n, ["8 bit", "16 bit", "16 bit half", "32 bit float"])),
         ("create_directories", lambda n: _n.Boolean_Knob(n)),
         ("beforeRender", lambda n: _n.PythonKnob(n)),
         ("beforeFrameRender", lambda n: _n.PythonKnob(n)),
@@ -51,7 +53,9 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
     ],
     "Input": [("number", lambda n: _n.Int_Knob(n))],
     "Switch": [("which", lambda n: _n.Int_Knob(n))],
-    "Constant": [("color", lambda n: _n.Array_Knob(n))],
+    "Constant": [("color", lambda n: _n.AColor_Knob(n))],
+    # Nuke's Expression node: expr0..expr3 write red, green, blue and alpha (empty: unchanged).
+    "Expression": [(f"expr{i}", lambda n: _n.String_Knob(n)) for i in range(4)],
     "Root": [
         ("first_frame", lambda n: _n.Int_Knob(n)),
         ("last_frame", lambda n: _n.Int_Knob(n)),
@@ -61,7 +65,7 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         ("int8Lut", lambda n: _n._ColorspaceKnob(n, n, root=True)),  # the 8-bit default, per config
     ],
 }
-_MAX_INPUTS = {"Read": 0, "Write": 1, "Input": 0, "Output": 1, "Constant": 0, "ColorBars": 0, "NoOp": 1, "Dot": 1, "Root": 0, "Switch": 10}
+_MAX_INPUTS = {"Read": 0, "Write": 1, "Input": 0, "Output": 1, "Constant": 0, "ColorBars": 0, "NoOp": 1, "Dot": 1, "Root": 0, "Switch": 10, "Expression": 1}
 _KNOWN_CLASSES = set(_MAX_INPUTS) | {"Group"}
 _SOURCE_CLASSES = {"Read", "Constant", "ColorBars"}
 
