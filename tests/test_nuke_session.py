@@ -78,3 +78,19 @@ def test_the_colorspace_is_a_pulldown_of_the_scripts_config_checked_before_any_g
     fake_nuke.user_set(node, "colorspace", "default")  # Nuke 16: "default (matte_paint)"
     assert colorspace.resolve(node) == "matte_paint"
     assert nuke.root()["int8Lut"].value() == "default (matte_paint)"
+
+
+def test_a_run_leaves_no_undo_step_but_marks_the_script_modified(fake_nuke, cluster_env, tmp_path):
+    """Item 12: the run set the hidden result Read (file, colorspace, on_error) with undo
+    recording on, so the artist's next Ctrl+Z reverted the result."""
+    import nuke
+
+    fake_nuke.save_script(str(tmp_path / "sh010.nk"))
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
+    nuke.scriptSave()
+    before = fake_nuke.undo_steps()
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert fake_nuke.undo_steps() == before
+    assert nuke.root().modified()  # the result is part of the script: saving keeps it in view

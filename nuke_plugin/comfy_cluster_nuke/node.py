@@ -27,7 +27,7 @@ from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 
 from . import colorspace, exchange
 from .destinations import UID_KNOB, evaluate_path
-from .quiet import quiet_set, set_pixels_note, set_status
+from .quiet import no_undo, quiet_set, set_pixels_note, set_status
 
 __all__ = [
     "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB",
@@ -310,25 +310,28 @@ def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, color
     held neighbour: a render through the node (``nuke -x``, the farm) stops on it instead of
     delivering a placeholder, and the Viewer names the missing file.
     """
-    assert isinstance(node, nuke.Group)
-    read = _inner(node, RESULT_READ)
-    if read is None:  # an artist deleted it: make it again
-        with node:
-            read = nuke.nodes.Read()
-            read.setName(RESULT_READ)
-            switch = _inner(node, SWITCH)
-            if switch is not None:
-                switch.setInput(1, read)
-    file_knob = read["file"]
-    assert isinstance(file_knob, nuke.File_Knob)
-    # One call sets the path and the frame range (first/last and origfirst/origlast).
-    file_knob.fromUserText(f"{pattern} {first}-{last}")
-    read["raw"].setValue(raw)
-    if not raw:
-        read["colorspace"].setValue(colorspace)
-    read["on_error"].setValue("error")
-    reload_knob = read.knob("reload")
-    if isinstance(reload_knob, nuke.Script_Knob):
-        reload_knob.execute()  # new files under the same name: drop Nuke's cached frames
+    # A run's bookkeeping is no edit of the artist's: no undo step (Ctrl+Z after a run must not
+    # revert the Read), but the script is modified (saving it keeps the result in view).
+    with no_undo(keep_modified=False):
+        assert isinstance(node, nuke.Group)
+        read = _inner(node, RESULT_READ)
+        if read is None:  # an artist deleted it: make it again
+            with node:
+                read = nuke.nodes.Read()
+                read.setName(RESULT_READ)
+                switch = _inner(node, SWITCH)
+                if switch is not None:
+                    switch.setInput(1, read)
+        file_knob = read["file"]
+        assert isinstance(file_knob, nuke.File_Knob)
+        # One call sets the path and the frame range (first/last and origfirst/origlast).
+        file_knob.fromUserText(f"{pattern} {first}-{last}")
+        read["raw"].setValue(raw)
+        if not raw:
+            read["colorspace"].setValue(colorspace)
+        read["on_error"].setValue("error")
+        reload_knob = read.knob("reload")
+        if isinstance(reload_knob, nuke.Script_Knob):
+            reload_knob.execute()  # new files under the same name: drop Nuke's cached frames
     show_result(node)
     return read
