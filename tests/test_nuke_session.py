@@ -94,3 +94,57 @@ def test_a_run_leaves_no_undo_step_but_marks_the_script_modified(fake_nuke, clus
     assert run.error is None, run.error
     assert fake_nuke.undo_steps() == before
     assert nuke.root().modified()  # the result is part of the script: saving keeps it in view
+
+
+def test_current_frame_keeps_the_last_full_run_in_view(fake_nuke, cluster_env, tmp_path):
+    """Item 13: "Current frame" made a version of one frame and pointed the Read at it; the
+    Read's hold then showed that frame over the whole range, hiding the last full run."""
+    import os
+
+    import nuke
+
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), first=1, last=3)
+    name = node.name()
+    fake_nuke.press(node, "execute")
+    full = wait_run(fake_nuke, node)
+    assert full.error is None, full.error
+    fake_nuke.set_frame(2)
+    fake_nuke.press(node, "execute_frame")
+    quick = wait_run(fake_nuke, node)
+    assert quick.error is None, quick.error
+    assert os.path.basename(quick.version_dir) == "v002" and len(quick.paths) == 1
+    read = nuke.toNode(f"{name}.result")
+    assert (read["first"].value(), read["last"].value()) == (1, 3)
+    for frame in (1, 3):  # the full run's frames, shown around the new one (linked, not copied)
+        kind, path = fake_nuke.read_frame(read, frame)
+        assert kind == "file" and path.endswith(f"v002/{name}_{frame:04d}.png")
+        assert os.path.samefile(path, os.path.join(full.version_dir, f"{name}_{frame:04d}.png"))
+    assert fake_nuke.read_frame(read, 2) == ("file", quick.paths[0].replace(os.sep, "/"))
+    assert sorted(os.listdir(full.version_dir)) == [f"{name}_{f:04d}.png" for f in (1, 2, 3)]  # left as it was
+
+
+def test_a_frame_held_a_moment_by_another_program_is_placed_after_a_retry(fake_nuke, cluster_env, tmp_path, monkeypatch):
+    """Item 14: the plugin moved frames into the version folder with bare os.replace; on
+    Windows a Viewer or antivirus holding the file for a moment failed the frame. A sharing
+    violation cannot be made on Linux: os.replace raises it once, as Windows does."""
+    import os
+
+    from comfy_cluster import localfiles
+
+    real_replace = os.replace
+    held = []
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith("_0001.png") and not held:
+            held.append(dst)
+            raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(localfiles, "_sleep", lambda seconds: None)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), first=1, last=2)
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert held, "the frame was not moved with os.replace"
+    assert run.error is None, run.error
+    assert sorted(os.path.basename(p) for p in run.paths) == [f"{node.name()}_0001.png", f"{node.name()}_0002.png"]

@@ -90,9 +90,9 @@ def _failed_frames(node: nuke.Node) -> List[int]:
     return [int(t) for t in text if t.lstrip("-").isdigit()]
 
 
-def _button(node: nuke.Node, frames: Optional[Sequence[int]] = None, reuse_version: str = "") -> Optional[Run]:
+def _button(node: nuke.Node, frames: Optional[Sequence[int]] = None, reuse_version: str = "", carry_from: str = "") -> Optional[Run]:
     try:
-        settings = read_settings(node, frames=frames, reuse_version=reuse_version)
+        settings = read_settings(node, frames=frames, reuse_version=reuse_version, carry_from=carry_from)
         run = _register(node, settings, interactive=bool(nuke.GUI), dialogs=True)
     except RunError as exc:
         node_mod.set_status(node, f"not started - {exc}")
@@ -116,8 +116,10 @@ def execute(node: nuke.Node) -> Optional[Run]:
 
 
 def execute_current_frame(node: nuke.Node) -> Optional[Run]:
-    """The Current frame button: only the frame the Viewer shows, for a quick look."""
-    return _button(node, frames=[int(nuke.frame())])
+    """The Current frame button: only the frame the Viewer shows, for a quick look. Its new
+    version also holds the other frames of the last run (linked), so the Read keeps showing
+    that run around the new frame instead of holding the one new frame over the range."""
+    return _button(node, frames=[int(nuke.frame())], carry_from=str(node["last_version"].value()))
 
 
 def rerun_failed(node: nuke.Node) -> Optional[Run]:
