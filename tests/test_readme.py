@@ -276,7 +276,7 @@ def test_try_it_installs_what_exists():
 
 def test_examples_named_in_readme_exist():
     text = open(README, encoding="utf-8").read()
-    names = set(re.findall(r"examples/[\w.#{}:]+", text))
+    names = set(re.findall(r"examples/[\w.#{}:/]+", text))
     assert "examples/invert_workflow_api.json" in names
     for name in names:
         name = name.replace("####", "0001").replace("{f:04d}", "0001").rstrip(".")
