@@ -285,3 +285,22 @@ def test_cli_refuses_a_front_end_root_without_a_build(cluster: MockCluster, tmp_
     code = run_gateway(["--port", "0", "--front-end-root", str(tmp_path)], stop=threading.Event())
     assert code == 2
     assert "--front-end-root" in capsys.readouterr().err
+
+
+@pytest.mark.real_comfyui
+def test_real_loader_nodes_match_the_mocks(mock_comfy: MockComfyServer) -> None:
+    from comfy_cluster.testing.loader_nodes import LOADER_NODES
+
+    real = requests.get(f"http://{REAL[0]}/object_info", timeout=60).json()
+    ours = requests.get(mock_comfy.url + "/object_info", timeout=30).json()
+    for name in LOADER_NODES:
+        theirs, mine = dict(real[name]), dict(ours[name])
+        if theirs.get("output_tooltips") != [None] * len(theirs["output"]):
+            theirs.pop("output_tooltips", None)  # the mock's nodes carry no tooltip text
+        # Choice lists are the servers' model files.
+        for spec in (theirs, mine):
+            for inputs in spec["input"].values():
+                for key, value in inputs.items():
+                    if isinstance(value[0], list):
+                        inputs[key] = [["..."]] + value[1:]
+        assert mine == theirs, name
