@@ -91,12 +91,12 @@ def _move(err: BaseException, decision: Decision, name: str, *, confirmed: bool,
 
 def run_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
     """Run ``attempt`` to its end; never raises."""
-    job = attempt.job
+    job = attempt.control
     name = attempt.server
     inbox: "queue.Queue[Dict[str, Any]]" = queue.Queue()
     sock = ctx.socket
     sock.register(attempt.prompt_id, inbox.put)
-    job._inbox = inbox
+    job.attach_inbox(inbox)
     try:
         if job.cancel_requested:
             return Outcome("cancelled", reason="cancelled before submission")
@@ -140,13 +140,13 @@ def run_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
                 sock.unregister(attempt.prompt_id)
                 attempt.prompt_id = str(answer["prompt_id"])
                 sock.register(attempt.prompt_id, inbox.put)
-        job._posted(attempt)
-        job._emit("submitted", name)
-        job._emit("queued", name, position=position)
+        job.posted(attempt)
+        job.emit("submitted", name)
+        job.emit("queued", name, position=position)
         return _Follower(attempt, ctx, inbox).run()
     finally:
         sock.unregister(attempt.prompt_id)
-        job._inbox = None
+        job.attach_inbox(None)
 
 
 def _taken(client: ComfyClient, prompt_id: str) -> bool:
@@ -167,7 +167,7 @@ class _Follower:
 
     def __init__(self, attempt: Attempt, ctx: RunnerContext, inbox: "queue.Queue[Dict[str, Any]]") -> None:
         self.attempt = attempt
-        self.job = attempt.job
+        self.job = attempt.control
         self.ctx = ctx
         self.name = attempt.server
         self.inbox = inbox
@@ -277,7 +277,7 @@ class _Follower:
     def _mark_started(self) -> None:
         self.started = self.ctx.clock()
         self.attempt.phase = AttemptPhase.RUNNING
-        self.job._started(self.started)
+        self.job.started(self.started)
 
     def _on_message(self, msg: Dict[str, Any]) -> Optional[Outcome]:
         kind = msg.get("type")
@@ -288,32 +288,32 @@ class _Follower:
         if kind == "_binary":
             frame = msg.get("data")
             if isinstance(frame, bytes):
-                job._emit("preview", name, data=frame)
+                job.emit("preview", name, data=frame)
             return None
         data = msg.get("data")
         data = data if isinstance(data, dict) else {}
         if kind == "execution_start":
             self._mark_started()
-            job._emit("started", name, raw=data)
+            job.emit("started", name, raw=data)
         elif kind == "execution_cached":
             nodes = as_list(data.get("nodes"))
-            job._emit("cached", name, nodes=tuple(str(n) for n in nodes), raw=data)
+            job.emit("cached", name, nodes=tuple(str(n) for n in nodes), raw=data)
         elif kind == "executing":
             node = data.get("node")
             if node is None:
                 return self._finish_from_history()
-            job._emit("executing", name, node=str(node), raw=data)
+            job.emit("executing", name, node=str(node), raw=data)
         elif kind == "progress":
             v, m = data.get("value"), data.get("max")
             if isinstance(v, (int, float)) and isinstance(m, (int, float)):
-                job._emit("progress", name, node=str(data.get("node")), value=float(v), max=float(m), raw=data)
+                job.emit("progress", name, node=str(data.get("node")), value=float(v), max=float(m), raw=data)
         elif kind == "executed":
             node = str(data.get("node"))
             files = tuple(
                 OutputFile(f["filename"], f["subfolder"], f["type"], node) for _, f in iter_output_files({node: data.get("output")})
             )
             self.ws_outputs.setdefault(node, []).extend(files)
-            job._emit("output", name, node=node, files=files, raw=data)
+            job.emit("output", name, node=node, files=files, raw=data)
         elif kind == "execution_success":
             self.success_seen = True
             self.success_raw = data

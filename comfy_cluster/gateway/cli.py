@@ -22,7 +22,7 @@ ENV_TOKEN = "COMFY_CLUSTER_GATEWAY_TOKEN"
 EXAMPLE = (
     "examples:\n"
     "  NUKE_COMFYUI_SERVERS='[{\"name\": \"gpu1\", \"host\": \"gpu1\", \"port\": 8188}]' comfy-cluster gateway --port 8188\n"
-    "  comfy-cluster gateway --host 0.0.0.0 --token \"$SECRET\" --argv '[\"/mnt/comfyui/main.py\"]'\n"
+    "  comfy-cluster gateway --host 0.0.0.0 --token \"$SECRET\" --argv /mnt/comfyui/main.py\n"
     "then point any ComfyUI client at http://HOST:PORT (ComfyUI-for-Nuke: NUKE_COMFYUI_URL)."
 )
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8188, help="port (default 8188)")
     p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${ENV_TOKEN}, else none)")
     p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
-    p.add_argument("--argv", help="JSON list reported as ComfyUI's argv in /system_stats (clients derive its folder from argv[0])")
+    p.add_argument("--argv", help="ComfyUI's main.py path (or a JSON list) reported as argv in /system_stats (clients derive its folder from argv[0])")
     p.add_argument("--front-end-root", metavar="DIR", help="serve this ComfyUI frontend build (default: the installed comfyui-frontend-package)")
     p.add_argument("--multi-user", action="store_true", help="ComfyUI's multi-user mode: users pick a profile; settings and workflows per user")
     p.add_argument("--user-directory", metavar="DIR", help="where the web UI's users, settings and workflows are kept (default ~/.comfy-cluster/gateway-user)")
@@ -47,14 +47,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _argv(text: Optional[str]) -> Optional[List[str]]:
+    """``--argv``: one path (``/mnt/comfyui/main.py``: the same in every shell) or a JSON list.
+
+    cmd.exe passes single quotes on and drops the double quotes inside them (``'[main.py]'``),
+    as Windows PowerShell 5.1 does with ``'["main.py"]'``: one pair of outer quotes is removed,
+    and a list that lost its inner quotes is refused with the form that works everywhere.
+    """
     if text is None:
         return None
+    from ..environment import unquote_env
+    from ..textfiles import loads_json, path_problem
+
+    raw = unquote_env("--argv", text)
+    if not raw.startswith("["):
+        problem = path_problem(raw)
+        if problem or not raw:
+            raise ValueError(f"--argv: {problem or 'empty'}")
+        return [raw]
     try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
+        value = loads_json(raw, "--argv")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or give the path alone, which every shell passes as it is: --argv /mnt/comfyui/main.py "
+                         "(cmd.exe and PowerShell 5.1 drop the double quotes inside a JSON list)") from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"--argv: expected a JSON list of strings, got {text[:60]!r}")
+        raise ValueError("--argv: expected one path or a JSON list of strings")
+    for item in value:
+        problem = path_problem(item)
+        if problem:
+            raise ValueError(f"--argv: {problem}")
     return value
 
 
