@@ -41,6 +41,10 @@ HOOK = """
 window.__ev = []; window.__titles = [];
 for (const t of ['progress', 'execution_start', 'executed', 'execution_success', 'execution_interrupted', 'b_preview'])
   comfyAPI.api.api.addEventListener(t, e => window.__ev.push([t, (e.detail && e.detail.prompt_id) || null]));
+// Which node shows the sampling preview (the page files it under the node that runs).
+window.__previewNodes = [];
+comfyAPI.api.api.addEventListener('b_preview', () => setTimeout(() =>
+  window.__previewNodes.push(...Object.keys(app.nodePreviewImages || {})), 0));
 new MutationObserver(() => window.__titles.push(document.title))
   .observe(document.querySelector('title'), {childList: true, subtree: true, characterData: true});
 """
@@ -131,6 +135,8 @@ def test_page_runs_a_graph_on_the_cluster(browser: Any, servers: List[MockComfyS
         assert sum(len(s.executed_prompt_ids) for s in servers) == 1, "the graph ran on one cluster server"
         assert _events(browser, "progress") and _events(browser, "b_preview"), "progress and sampling previews reached the page"
         assert any("%]" in t for t in browser.execute_script("return window.__titles")), "the page showed the progress"
+        sampler = browser.execute_script("return String(app.graph.nodes.find(n => n.type === 'KSampler').id)")
+        assert set(browser.execute_script("return window.__previewNodes")) == {sampler}, "previews shown on the sampler"
         # The Save node shows the image the server made (loaded through the gateway's /view).
         width = _wait(browser, "(app.graph.nodes.find(n => n.type === 'SaveImage').imgs || []).map(i => i.naturalWidth)[0]", "the result image")
         assert width == 512

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import requests
@@ -304,3 +304,54 @@ def test_real_loader_nodes_match_the_mocks(mock_comfy: MockComfyServer) -> None:
                     if isinstance(value[0], list):
                         inputs[key] = [["..."]] + value[1:]
         assert mine == theirs, name
+
+
+def _previews(url: str, flags: Optional[Dict[str, Any]], seed: int) -> Tuple[str, List[bytes]]:
+    """Binary frames a client gets for a 3-step txt2img run, after sending ``flags`` (if any)
+    as its first message, as ComfyUI's page does."""
+    import uuid
+
+    import websocket
+
+    from comfy_cluster.testing.workflows import txt2img_workflow
+
+    sid = uuid.uuid4().hex
+    ws = websocket.create_connection("ws" + url[len("http"):] + f"/ws?clientId={sid}", timeout=30)
+    try:
+        assert json.loads(ws.recv())["type"] == "status"
+        if flags is not None:
+            ws.send(json.dumps({"type": "feature_flags", "data": flags}))
+            assert json.loads(ws.recv())["type"] == "feature_flags"
+        pid = requests.post(url + "/prompt", json={"prompt": txt2img_workflow(steps=3, seed=seed), "client_id": sid}, timeout=30).json()["prompt_id"]
+        frames: List[bytes] = []
+        while True:
+            raw = ws.recv()
+            if isinstance(raw, bytes):
+                frames.append(raw)
+                continue
+            msg = json.loads(raw)
+            if msg["type"] == "executing" and msg["data"].get("node") is None and msg["data"].get("prompt_id") == pid:
+                return pid, frames
+    finally:
+        ws.close()
+
+
+def test_previews_carry_their_node_for_a_client_that_asks_as_comfyuis_page_does(cluster: MockCluster, tmp_path: Any) -> None:
+    import struct
+
+    with gateway_over(cluster, gateway_kwargs={"user_dir": str(tmp_path)}) as gw:
+        features = _get(gw, "/api/features").json()
+        assert features["supports_preview_metadata"] is True
+        _, plain = _previews(gw.url, None, seed=5)
+        assert len(plain) == 3 and all(struct.unpack(">I", f[:4])[0] == 1 for f in plain)  # PREVIEW_IMAGE
+        pid, rich = _previews(gw.url, {"supports_preview_metadata": True}, seed=6)
+        assert len(rich) == 3
+        for frame in rich:
+            kind, size = struct.unpack(">II", frame[:8])
+            assert kind == 4  # PREVIEW_IMAGE_WITH_METADATA, as ComfyUI sends it to this client
+            meta = json.loads(frame[8 : 8 + size])
+            assert meta["node_id"] == meta["display_node_id"] == meta["real_node_id"] == "3"  # the KSampler
+            assert meta["parent_node_id"] is None and meta["image_type"] == "image/png"
+            assert frame[8 + size : 8 + size + 8] == b"\x89PNG\r\n\x1a\n"
+        prompt_ids = {json.loads(f[8 : 8 + struct.unpack(">I", f[4:8])[0]])["prompt_id"] for f in rich}
+        assert prompt_ids == {pid}  # the gateway's prompt_id, as in its other events

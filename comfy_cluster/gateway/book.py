@@ -53,6 +53,7 @@ class GatewayJob:
     deleted: bool = False
     cancel_requested: bool = False
     server: Optional[str] = None  # where its current attempt runs
+    node: Optional[str] = None  # the node running now (what a preview is of)
     backlog: Optional[List[JobEvent]] = None  # events held until the job before it has ended
     blocked: List["GatewayJob"] = field(default_factory=list)  # jobs whose events wait for this one
     deferred_end: Optional[Tuple[Any, ...]] = None
@@ -198,10 +199,12 @@ class JobBook:
                 return
             gj.server = event.server
         gj.record.note(event, gj.prompt_id)
+        if event.kind in ("executing", "progress"):
+            gj.node = event.node
         if event.kind == "preview":
             data = getattr(event, "data", None)
             if isinstance(data, (bytes, bytearray)):
-                self._relay.send_bytes(gj.client_id, bytes(data))
+                self._relay.send_preview(gj.client_id, bytes(data), gj.prompt_id, gj.node)
             return
         if event.kind == "started":
             if gj.started:
