@@ -4,13 +4,15 @@ A gateway over two mock servers serves the page from ``comfyui-frontend-package`
 shows the graph editor, loads a custom node's web extension that only one server has, runs
 the "Image Generation" template on the cluster (progress and sampling previews reach the
 page, the result shows on the Save node), Cancel stops the page's job and not another
-client's, and after a reload the queue panel shows the jobs. Needs Debian's ``chromium`` and
+client's, and after a reload the queue panel shows the jobs; in multi-user mode the page asks
+who you are and saves that user's settings in their folder. Needs Debian's ``chromium`` and
 ``chromium-driver`` (``.ci/run`` installs them); marked ``browser``, run by ``.ci/run``.
 Set ``COMFY_CLUSTER_SCREENSHOT_DIR`` to keep the screenshot (README's comes from here).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any, Iterator, List
@@ -179,3 +181,23 @@ def test_cancel_stops_the_pages_job_only_and_panels_show_jobs_after_reload(brows
         shown = browser.execute_script("return Array.from(document.querySelectorAll('.task-item')).length")
         assert shown == 2
         assert _failed_resources(browser, gw.url) == []
+
+
+def test_multi_user_page_asks_who_you_are_and_keeps_your_settings(browser: Any, servers: List[MockComfyServer], tmp_path: Any) -> None:
+    user_dir = tmp_path / "user"
+    with gateway_over(servers, gateway_kwargs={"user_dir": str(user_dir), "multi_user": True}) as gw:
+        browser.get(gw.url + "/")
+        name = WebDriverWait(browser, 60).until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "input#new-user-input"))[0]
+        assert browser.current_url.endswith("/user-select")
+        name.send_keys("Alice")
+        browser.find_element(By.XPATH, "//button[normalize-space(.)='Next']").click()
+        _wait(browser, "!!(window.app && window.app.graph && window.__ccHello)", "the editor for the new user")
+        user_id = browser.execute_script("return localStorage['Comfy.userId']")
+        assert json.loads((user_dir / "users.json").read_text()) == {user_id: "Alice"}
+        # The page saves its settings as that user (ComfyUI's comfy-user header), in her folder.
+        settings = user_dir / user_id / "comfy.settings.json"
+        wait_until(lambda: settings.exists() and "Comfy.InstalledVersion" in json.loads(settings.read_text()), 60, message="Alice's settings")
+        mine = requests.get(gw.url + "/api/settings", headers={"comfy-user": user_id}, timeout=30).json()
+        assert mine["Comfy.InstalledVersion"] == "1.27.10"
+        assert not (user_dir / "default").exists()
+        assert requests.get(gw.url + "/api/settings", timeout=30).status_code == 401  # no user named
