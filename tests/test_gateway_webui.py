@@ -46,7 +46,8 @@ def test_the_page_and_its_files_are_comfyuis_frontend(cluster: MockCluster, tmp_
         for path in ("/materialdesignicons.min.css", "/extensions/core/clipspace.js", "/templates/index.json", "/docs/KSampler/en.md"):
             assert _get(gw, path).status_code == 200, path
         assets = [n for n in os.listdir(os.path.join(STATIC, "assets")) if n.endswith(".js")]
-        assert _get(gw, "/assets/" + assets[0]).status_code == 200
+        script = _get(gw, "/assets/" + assets[0])
+        assert script.status_code == 200 and script.headers["Cache-Control"] == "no-cache"  # as ComfyUI
         assert isinstance(_get(gw, "/templates/index.json").json(), list)
         assert _get(gw, "/no-such-file.js").status_code == 404
         assert _get(gw, "/assets/..%2F..%2F..%2Fetc%2Fpasswd").status_code in (403, 404)
