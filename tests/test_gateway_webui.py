@@ -356,3 +356,33 @@ def test_previews_carry_their_node_for_a_client_that_asks_as_comfyuis_page_does(
             assert frame[8 + size : 8 + size + 8] == b"\x89PNG\r\n\x1a\n"
         prompt_ids = {json.loads(f[8 : 8 + struct.unpack(">I", f[4:8])[0]])["prompt_id"] for f in rich}
         assert prompt_ids == {pid}  # the gateway's prompt_id, as in its other events
+
+
+def _node_story(base: str, prompt: Dict[str, Any]) -> List[Any]:
+    """What one job tells its client about its nodes: progress_state (each node's state),
+    executing, progress, executed, in order, with ids made comparable."""
+    from comfy_cluster.testing.listener import WsListener
+
+    with WsListener(base) as listener:
+        pid = requests.post(base + "/prompt", json={"prompt": prompt, "client_id": listener.client_id}, timeout=30).json()["prompt_id"]
+        story = []
+        for m in listener.until_done(pid):
+            kind, data = m.get("type"), m.get("data") or {}
+            if kind == "progress_state":
+                assert data["prompt_id"] == pid
+                story.append((kind, {n: (s["state"], s["value"], s["max"], s["prompt_id"] == pid, s["display_node_id"]) for n, s in data["nodes"].items()}))
+            elif kind in ("executing", "progress", "executed", "execution_success", "execution_cached"):
+                story.append((kind, data.get("node"), data.get("value")))
+        return story
+
+
+def test_node_progress_states_reach_the_client_as_from_a_server(cluster: MockCluster, mock_comfy: MockComfyServer, tmp_path: Any) -> None:
+    # ComfyUI's page (1.27) takes the running node, its outline and its progress bar from
+    # progress_state, not from executing/progress.
+    from comfy_cluster.testing.workflows import txt2img_workflow
+
+    direct = _node_story(mock_comfy.url, txt2img_workflow(steps=2, seed=3))
+    with gateway_over(cluster, gateway_kwargs={"user_dir": str(tmp_path)}) as gw:
+        through = _node_story(gw.url, txt2img_workflow(steps=2, seed=3))
+    assert through == direct
+    assert ("progress_state", {}) not in through and sum(1 for s in through if s[0] == "progress_state") > 8

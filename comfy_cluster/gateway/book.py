@@ -22,6 +22,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..jobs import Job, JobEvent
 from .messages import Record, error_data, event_message, relabel, synthesized_history, terminal_message
+from .progress import NodeStates
 from .relay import Relay
 from .uploads import Version
 
@@ -58,6 +59,10 @@ class GatewayJob:
     blocked: List["GatewayJob"] = field(default_factory=list)  # jobs whose events wait for this one
     deferred_end: Optional[Tuple[Any, ...]] = None
     record: Record = field(default_factory=Record)
+    nodes: Optional[NodeStates] = None  # progress_state, rebuilt (made with the job)
+
+    def __post_init__(self) -> None:
+        self.nodes = NodeStates(self.prompt_id)
 
     def queue_item(self) -> List[Any]:
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
@@ -182,6 +187,8 @@ class JobBook:
         if event.kind == "retrying":
             gj.server = event.to_server
             gj.record.reset()
+            assert gj.nodes is not None
+            gj.nodes.reset()
             self._unblock(gj)
             return
         if event.kind == "started" and event.server:
@@ -220,6 +227,9 @@ class JobBook:
             self._note_files(gj.prompt_id, event.server, [(f.type, f.subfolder, f.filename) for f in event.files])
         message = event_message(event, gj.prompt_id)
         if message is not None:
+            assert gj.nodes is not None
+            for state in gj.nodes.before(event):
+                self._relay.send(gj.client_id, "progress_state", state)
             self._relay.send(gj.client_id, *message)
 
     def _on_done(self, gj: GatewayJob, job: Job) -> None:
@@ -278,6 +288,9 @@ class JobBook:
         end = terminal_message(item)
         if end is None:
             end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
+        if end[0] == "execution_success" and gj.nodes is not None:
+            for state in gj.nodes.succeeded():
+                self._relay.send(owner, "progress_state", state)
         self._relay.send(owner, end[0], relabel(end[1], gj.prompt_id))
         self.queue_changed()
         self._relay.send(owner, "executing", {"node": None, "prompt_id": gj.prompt_id})
