@@ -386,3 +386,16 @@ def test_node_progress_states_reach_the_client_as_from_a_server(cluster: MockClu
         through = _node_story(gw.url, txt2img_workflow(steps=2, seed=3))
     assert through == direct
     assert ("progress_state", {}) not in through and sum(1 for s in through if s[0] == "progress_state") > 8
+
+
+def test_settings_posted_at_once_are_all_kept(cluster: MockCluster, tmp_path: Any) -> None:
+    # The page posts several settings right after each other (on its first load, two at once).
+    import concurrent.futures
+
+    with gateway_over(cluster, gateway_kwargs={"user_dir": str(tmp_path)}) as gw:
+        def post(i: int) -> int:
+            return requests.post(gw.url + f"/api/settings/CC.Key{i}", json=i, timeout=30).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(16) as ex:
+            assert set(ex.map(post, range(40))) == {200}
+        assert _get(gw, "/api/settings").json() == {f"CC.Key{i}": i for i in range(40)}
