@@ -399,3 +399,27 @@ def test_settings_posted_at_once_are_all_kept(cluster: MockCluster, tmp_path: An
         with concurrent.futures.ThreadPoolExecutor(16) as ex:
             assert set(ex.map(post, range(40))) == {200}
         assert _get(gw, "/api/settings").json() == {f"CC.Key{i}": i for i in range(40)}
+
+
+@pytest.mark.real_comfyui
+def test_real_page_reads_through_the_gateway_match_the_servers_own(tmp_path: Any) -> None:
+    """Over one real ComfyUI, the gateway answers the page's reads as that server does."""
+    base = "http://" + REAL[0]
+    pool = ServerPool([{"url": base, "name": "real0"}])
+    gw = Gateway(pool, port=0, user_dir=str(tmp_path)).start()
+    try:
+        for path in ("/api/extensions", "/api/i18n", "/api/workflow_templates", "/api/experiment/models",
+                     "/api/experiment/models/checkpoints", "/api/embeddings", "/internal/folder_paths"):
+            theirs, ours = requests.get(base + path, timeout=60), requests.get(gw.url + path, timeout=60)
+            a, b = ours.json(), theirs.json()
+            if path == "/api/extensions":  # ComfyUI lists in file system order; the gateway sorts
+                a, b = sorted(a), sorted(b)
+            assert (ours.status_code, a) == (theirs.status_code, b), path
+        for path in ("/", "/materialdesignicons.min.css", "/templates/index.json", "/extensions/core/clipspace.js"):
+            theirs, ours = requests.get(base + path, timeout=60), requests.get(gw.url + path, timeout=60)
+            assert (ours.status_code, ours.content) == (theirs.status_code, theirs.content), path
+        for path in ("/api/experiment/models/nope", "/api/view_metadata/checkpoints?filename=x.safetensors", "/internal/files/bogus"):
+            assert requests.get(gw.url + path, timeout=60).status_code == requests.get(base + path, timeout=60).status_code, path
+    finally:
+        gw.stop()
+        pool.close()
