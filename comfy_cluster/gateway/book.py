@@ -59,7 +59,7 @@ class GatewayJob:
     blocked: List["GatewayJob"] = field(default_factory=list)  # jobs whose events wait for this one
     deferred_end: Optional[Tuple[Any, ...]] = None
     record: Record = field(default_factory=Record)
-    nodes: Optional[NodeStates] = None  # progress_state, rebuilt (made with the job)
+    nodes: NodeStates = field(init=False)  # its progress_state, rebuilt from its events
 
     def __post_init__(self) -> None:
         self.nodes = NodeStates(self.prompt_id)
@@ -187,7 +187,6 @@ class JobBook:
         if event.kind == "retrying":
             gj.server = event.to_server
             gj.record.reset()
-            assert gj.nodes is not None
             gj.nodes.reset()
             self._unblock(gj)
             return
@@ -227,7 +226,6 @@ class JobBook:
             self._note_files(gj.prompt_id, event.server, [(f.type, f.subfolder, f.filename) for f in event.files])
         message = event_message(event, gj.prompt_id)
         if message is not None:
-            assert gj.nodes is not None
             for state in gj.nodes.before(event):
                 self._relay.send(gj.client_id, "progress_state", state)
             self._relay.send(gj.client_id, *message)
@@ -288,7 +286,7 @@ class JobBook:
         end = terminal_message(item)
         if end is None:
             end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
-        if end[0] == "execution_success" and gj.nodes is not None:
+        if end[0] == "execution_success":
             for state in gj.nodes.succeeded():
                 self._relay.send(owner, "progress_state", state)
         self._relay.send(owner, end[0], relabel(end[1], gj.prompt_id))
