@@ -24,6 +24,7 @@ from ..jobs import Job, JobEvent
 from .auth import User
 from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS, FileKey, History
 from .messages import Record, error_data, event_message, relabel, synthesized_history, terminal_message
+from .progress import NodeStates
 from .relay import Key, Relay
 from .uploads import Version
 
@@ -58,10 +59,15 @@ class GatewayJob:
     deleted: bool = False
     cancel_requested: bool = False
     server: Optional[str] = None  # where its current attempt runs
+    node: Optional[str] = None  # the node running now (what a preview is of)
     backlog: Optional[List[JobEvent]] = None  # events held until the job before it has ended
     blocked: List["GatewayJob"] = field(default_factory=list)  # jobs whose events wait for this one
     deferred_end: Optional[Tuple[Any, ...]] = None
     record: Record = field(default_factory=Record)
+    nodes: NodeStates = field(init=False)  # its progress_state, rebuilt from its events
+
+    def __post_init__(self) -> None:
+        self.nodes = NodeStates(self.prompt_id)
 
     @property
     def key(self) -> Key:
@@ -207,6 +213,7 @@ class JobBook:
         if event.kind == "retrying":
             gj.server = event.to_server
             gj.record.reset()
+            gj.nodes.reset()
             self._unblock(gj)
             return
         if event.kind == "started" and event.server:
@@ -224,10 +231,12 @@ class JobBook:
                 return
             gj.server = event.server
         gj.record.note(event, gj.prompt_id)
+        if event.kind in ("executing", "progress"):
+            gj.node = event.node
         if event.kind == "preview":
             data = getattr(event, "data", None)
             if isinstance(data, (bytes, bytearray)):
-                self._relay.send_bytes(gj.key, bytes(data))
+                self._relay.send_preview(gj.key, bytes(data), gj.prompt_id, gj.node)
             return
         if event.kind == "started":
             if gj.started:
@@ -243,6 +252,8 @@ class JobBook:
             self.history.note_files(gj.prompt_id, event.server, [(f.type, f.subfolder, f.filename) for f in event.files])
         message = event_message(event, gj.prompt_id)
         if message is not None:
+            for state in gj.nodes.before(event):
+                self._send(gj, "progress_state", state)
             self._send(gj, *message)
 
     def _on_done(self, gj: GatewayJob, job: Job) -> None:
@@ -301,6 +312,9 @@ class JobBook:
             end = terminal_message(item)
             if end is None:
                 end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
+            if end[0] == "execution_success":
+                for state in gj.nodes.succeeded():
+                    self._send(gj, "progress_state", state)
             self._send(gj, end[0], relabel(end[1], gj.prompt_id))
             self.queue_changed()
             self._send(gj, "executing", {"node": None, "prompt_id": gj.prompt_id})

@@ -23,9 +23,11 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Deque, Dict, Optional, Tuple, Union
+from typing import Any, Deque, Dict, Optional, Set, Tuple, Union
 
 from aiohttp import web
+
+from .previews import with_metadata
 
 __all__ = ["Relay", "Key", "DEFAULT_QUEUE_BYTES", "CLOSE_TOO_SLOW"]
 
@@ -157,6 +159,7 @@ class Relay:
         self._kept: "collections.OrderedDict[Key, _Kept]" = collections.OrderedDict()
         self._kept_total = 0
         self._kept_bytes = 0
+        self._with_metadata: Set[Key] = set()  # clients that asked for previews with metadata
 
     @property
     def connected(self) -> int:
@@ -182,6 +185,7 @@ class Relay:
     def detach(self, client: _Client) -> None:
         if self._clients.get(client.key) is client:
             del self._clients[client.key]
+            self._with_metadata.discard(client.key)
         client.finish()
 
     def _client_for(self, key: Key) -> Optional[_Client]:
@@ -205,6 +209,18 @@ class Relay:
         client = self._client_for(key)
         if client is not None:
             client.put(frame)
+
+    def want_metadata(self, key: Key) -> None:
+        """``key``'s socket said ``supports_preview_metadata`` (ComfyUI's page does): its
+        previews come as ComfyUI's PREVIEW_IMAGE_WITH_METADATA frames, until it closes."""
+        if key in self._clients:
+            self._with_metadata.add(key)
+
+    def send_preview(self, key: Key, frame: bytes, prompt_id: str, node: Optional[str]) -> None:
+        """A preview frame of ``node`` of ``prompt_id`` for one client, in the form it asked for."""
+        client = self._client_for(key)
+        if client is not None:
+            client.put(with_metadata(frame, prompt_id, node) if client.key in self._with_metadata else frame)
 
     def _keep(self, key: Key, frame: str) -> None:
         kept = self._kept.get(key)

@@ -18,7 +18,8 @@ is left to the studio's defaults, which differ per show:
 
 Nuke runs queued main-thread calls while it renders, so a second run's render could start
 inside the first one's (Nuke: "already executing"): :func:`render_inputs` serialises them with a
-lock held by the calling worker thread, never by the main thread.
+lock held by the calling worker thread, never by the main thread, and waits while
+``nuke.executing()`` says Nuke renders something else (the artist's F7).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import nuke
 
@@ -162,8 +163,10 @@ def frame_file(pattern: str, frame: int) -> str:
     return re.sub(r"#+", lambda m: f"{frame:0{len(m.group(0))}d}", pattern)
 
 
-def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], fmt: FileFormat) -> Dict[int, str]:
+def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], fmt: FileFormat) -> Optional[Dict[int, str]]:
     assert isinstance(node, nuke.Group)
+    if nuke.executing():  # the artist's own render (F7) runs queued calls between its frames
+        return None
     views = nuke.views()
     main_view = views[:1]
     failed: Dict[int, str] = {}
@@ -208,10 +211,26 @@ def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frame
     return failed
 
 
-def render_inputs(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], fmt: FileFormat) -> Dict[int, str]:
-    """Render each ``(input, pattern)`` for ``frames``; any thread. One render at a time.
-    Returns the frames that could not be rendered, with Nuke's reason."""
+def render_inputs(
+    node: nuke.Node,
+    jobs: Sequence[Tuple[InputMap, str]],
+    frames: Sequence[int],
+    fmt: FileFormat,
+    busy: Optional[Callable[[], bool]] = None,
+) -> Dict[int, str]:
+    """Render each ``(input, pattern)`` for ``frames``; any thread but Nuke's main thread. One
+    render at a time. Returns the frames that could not be rendered, with Nuke's reason.
+
+    While Nuke renders something else (the artist's F7, which runs queued main-thread calls
+    between its frames: a render started there fails with "already executing") it waits:
+    ``busy()`` is called each time, waits a little and returns True to give up (a cancel).
+    """
     from . import mainthread
 
     with _render_lock:
-        return dict(mainthread.call(_render_on_main, node, jobs, frames, fmt) or {})
+        while True:
+            failed = mainthread.call(_render_on_main, node, jobs, frames, fmt)
+            if failed is not None:
+                return dict(failed)
+            if busy is None or busy():
+                raise RunError(f"{node.name()}: Nuke is rendering; run it again when the render is over")

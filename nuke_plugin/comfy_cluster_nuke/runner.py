@@ -17,19 +17,17 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import re
 import shutil
-import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import nuke
 
 from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, ServerPool, WorkflowError, frame_workflows
 
-from . import destinations, exchange, mainthread, params, render
+from . import destinations, exchange, frames, mainthread, params, render
 from . import node as node_mod
 from .report import failure_text, ranges
 from .settings import RunError, Settings
@@ -39,8 +37,8 @@ __all__ = ["Run", "RunCancelled", "POLL_SECONDS", "STATUS_INTERVAL", "pool_optio
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
-STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar at every poll)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr", ".bmp", ".gif")
+STATUS_INTERVAL = 0.25
+NUKE_BUSY_WAIT = 0.25  # how often a run asks whether the artist's render is over  # the status knob is updated at most this often (the bar at every poll)
 # Each run's working folders inside the version folder: ``.inputs-<random>``, ``.download-<random>``.
 # Farm tasks of one job share the version folder; each removes only its own when it ends.
 _INPUTS_DIR = ".inputs-"
@@ -166,7 +164,9 @@ class Run:
                     self.version_dir = destinations.new_version(s.output_base)
             except OSError as exc:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
-            inputs_dir = _working_dir(self.version_dir, _INPUTS_DIR)
+            inputs_dir = self._working_dir(_INPUTS_DIR)
+            if s.carry_from:  # "Current frame": the last full run stays in view around it
+                frames.carry_forward(s.carry_from, self.version_dir, s.node_name, s.frames)
             self._show(f"starting {len(s.frames)} frame(s) into {self.version_dir}", 0, force=True)
             pool = self._open_pool()
             try:
@@ -202,7 +202,7 @@ class Run:
         jobs = [(m, render.input_pattern(inputs_dir, stem, m.number, ext)) for m in s.inputs]
         self._show(f"rendering the input, frames {ranges(s.frames)}", 0, force=True)
         try:
-            failed = render.render_inputs(self.node, jobs, s.frames, self._format)
+            failed = render.render_inputs(self.node, jobs, s.frames, self._format, busy=self._wait_for_nuke)
         except RunError:
             raise
         except Exception as exc:
@@ -225,6 +225,19 @@ class Run:
                 failure_text(s.node_name, s.frames, self._render_errors, []), errors=dict(self._render_errors)
             )
         return out
+
+    def _working_dir(self, prefix: str) -> str:
+        try:
+            return frames.working_dir(self.version_dir, prefix)
+        except OSError as exc:
+            raise RunError(f"{self.settings.node_name}: cannot create a working folder in {self.version_dir}: {exc}") from None
+
+    def _wait_for_nuke(self) -> bool:
+        """Nuke is rendering something else: say so, wait a little; True when cancelled."""
+        self._show("waiting for Nuke's render to end before rendering the input", 0, force=True)
+        if self.cancel_requested.wait(NUKE_BUSY_WAIT) or self._cancelled():
+            raise RunCancelled(f"{self.settings.node_name}: cancelled while waiting for Nuke's render")
+        return False
 
     def _workflows(self) -> List[Dict[str, Any]]:
         s = self.settings
@@ -340,7 +353,7 @@ class Run:
                 ok.append((job, frame))
         if stopped_by == "cancel":
             raise RunCancelled(f"{s.node_name}: cancelled ({len(ok)} of {len(s.frames)} frames were done)")
-        download_root = _working_dir(self.version_dir, _DOWNLOAD_DIR)
+        download_root = self._working_dir(_DOWNLOAD_DIR)
         paths: Dict[int, str] = {}
         try:
             for i, (job, frame) in enumerate(ok):
@@ -355,13 +368,15 @@ class Run:
         done_frames = sorted(paths)
         read_name = ""
         try:
+            # Moved into a group while it ran (a cut and paste): the same id, another node object.
+            self.node = mainthread.call(_alive, self.node, s.uid)
             mainthread.call(_record, self.node, self.version_dir, " ".join(map(str, failed)))
             if done_frames:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
                 pattern = os.path.join(self.version_dir, f"{s.node_name}_####{ext}").replace("\\", "/")
                 # The node's frames and those already in the version (a re-run completes it):
                 # failed frames inside the range are Read errors (a render through the node stops on them).
-                present = set(_frames_present(self.version_dir, s.node_name, ext)) | set(s.frames)
+                present = set(frames.present(self.version_dir, s.node_name, ext)) | set(s.frames)
                 first, last = min(present), max(present)
                 raw = self._format.kind == exchange.EXR
                 read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace, raw)
@@ -388,22 +403,14 @@ class Run:
             local = job.download(dest_dir)
         if len(local) != len(files):
             raise ComfyClusterError(f"frame {frame}: expected {len(files)} file(s), got {len(local)}")
-        chosen = _pick_image(files)
+        chosen = frames.pick_image(files)
         if chosen is None:
             raise ComfyClusterError(f"frame {frame}: the workflow produced no image (add a SaveImage node)")
         source = local[chosen]
         ext = os.path.splitext(source)[1].lower() or ".png"
-        target = os.path.join(self.version_dir, f"{self.settings.node_name}_{frame:04d}{ext}")
-        if _inside(source, dest_dir):
-            os.replace(source, target)
-        else:
-            # A mapped path on shared storage: leave ComfyUI's file where it is, link or copy.
-            if os.path.lexists(target):
-                os.remove(target)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copyfile(source, target)
+        target = os.path.join(self.version_dir, frames.frame_name(self.settings.node_name, frame, ext))
+        # Our download is moved; a file on shared storage that ComfyUI wrote is linked or copied.
+        frames.place(source, target, owned=frames.inside(source, dest_dir))
         return target
 
     def _report(self, exc: BaseException) -> None:
@@ -425,39 +432,17 @@ class Run:
             mainthread.post(nuke.message, text)
 
 
-def _working_dir(version_dir: str, prefix: str) -> str:
-    """A new folder of this run's own in the version folder (never another task's)."""
+def _alive(node: nuke.Node, uid: str) -> nuke.Node:
+    """``node``, or the node of the script that now has its id; ValueError when none has."""
     try:
-        return tempfile.mkdtemp(prefix=prefix, dir=version_dir)
-    except OSError as exc:
-        raise RunError(f"cannot create a working folder in {version_dir}: {exc}") from None
+        node.name()
+        return node
+    except ValueError:
+        found = destinations.find_node(uid)
+        if found is None:
+            raise
+        return found
 
 
 def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool) -> str:
     return node_mod.update_read_node(node, pattern, first, last, colorspace, raw).fullName()
-
-
-def _frames_present(folder: str, node_name: str, ext: str) -> List[int]:
-    """Frame numbers of ``<node>_NNNN<ext>`` in ``folder`` (a re-run completes a version)."""
-    pattern = re.compile(re.escape(node_name) + r"_(\d+)" + re.escape(ext) + "$")
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    return sorted(int(m.group(1)) for m in (pattern.match(n) for n in names) if m)
-
-
-def _pick_image(files: Sequence[Any]) -> Optional[int]:
-    """Index of the frame's image: the first saved ("output") image, else the first image."""
-    images = [i for i, f in enumerate(files) if os.path.splitext(f.filename)[1].lower() in IMAGE_EXTENSIONS]
-    saved = [i for i in images if files[i].type == "output"]
-    if saved:
-        return saved[0]
-    return images[0] if images else None
-
-
-def _inside(path: str, folder: str) -> bool:
-    try:
-        return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
-    except ValueError:  # different drives on Windows
-        return False

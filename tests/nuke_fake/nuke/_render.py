@@ -93,6 +93,8 @@ def execute(nameOrNode: Union[_n.Node, str], start: int, end: int, incr: int = 1
             os.makedirs(folder or ".", exist_ok=True)
             _write_frame(node, path, file_type, channels, _colour(source, expressions, frame_number))
             _pump_during_render()
+            for hook in list(_n._render_frame_hooks):
+                hook(node.fullName(), frame_number)
     finally:
         _n._executing[0] = False
     _n._fire(_n.afterRenders, node)
