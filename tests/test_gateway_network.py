@@ -72,10 +72,13 @@ def test_the_token_never_reaches_a_server_nor_a_log(mock_cluster_factory: Factor
             image = client.history(pid)["outputs"]["3"]["images"][0]
             r = requests.get(gw.url + "/api/view", params=dict(image, token="s3cret-t0ken"), timeout=5)
             assert r.status_code == 200
+            # and the routes the web page reads from a server, query and all
+            requests.get(gw.url + "/api/view_metadata/checkpoints", params={"filename": "x.safetensors", "token": "s3cret-t0ken"}, timeout=5)
         finally:
             client.close()
-    queries = cluster[0].view_queries
-    assert queries and all("token" not in q and "s3cret-t0ken" not in str(q) for q in queries)
+    queries = cluster[0].request_queries
+    assert any(path == "/view" for path, _ in queries) and any(path.startswith("/view_metadata") for path, _ in queries)
+    assert all("token" not in q and "s3cret-t0ken" not in str(q) for _, q in queries)
     # (the test's own requests log its URLs; the gateway, the library and aiohttp never do)
     assert not [r for r in caplog.records if r.name.split(".")[0] in ("comfy_cluster", "aiohttp") and "s3cret-t0ken" in r.getMessage()]
 

@@ -37,6 +37,7 @@ __all__ = [
     "UsersFile",
     "add_user",
     "check_token",
+    "server_query",
     "request_user",
     "token_hash",
     "USER_HEADER",
@@ -227,6 +228,12 @@ class Authenticator:
             self._users.reload()
             return self._users.by_name(name)
         return User(name, owner=name) if _NAME.match(name) else None
+
+
+def server_query(query: Any) -> Dict[str, str]:
+    """A client's query as it may go on to a server: without the gateway's ``token``. Every
+    request the gateway makes on a client's behalf takes its query from here."""
+    return {k: v for k, v in query.items() if k != "token"}
 
 
 def request_user(request: Any) -> User:

@@ -17,6 +17,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import ServerConfig
+from .auth import server_query
 from .info import ssl_for
 from .uploads import UploadError, UploadStore, split_reference
 
@@ -108,7 +109,7 @@ async def serve_view(
     if server is None:
         return web.Response(status=404)
     # preview=, channel= pass through; the gateway's own token never goes to a server
-    params = {k: v for k, v in q.items() if k != "token"}
+    params = server_query(q)
     params.update(filename=filename, type=kind)
     async with session.get(server.url + "/view", params=params, headers=server.headers, ssl=ssl_for(server)) as resp:
         if resp.status != 200:

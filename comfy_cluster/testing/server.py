@@ -16,6 +16,7 @@ The listening socket is managed here rather than by an aiohttp site, so that "re
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import hashlib
 import json
@@ -155,7 +156,7 @@ class MockComfyServer(InjectedFaults):
             logger.warning("mock server %s listens on %s: it has no authentication", name, host)
 
         self._lock = threading.RLock()
-        self._view_queries: List[Dict[str, str]] = []
+        self._queries: "collections.deque[Tuple[str, Dict[str, str]]]" = collections.deque(maxlen=10000)  # the newest
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._started = False
@@ -291,10 +292,15 @@ class MockComfyServer(InjectedFaults):
             return list(self._engine.interrupt_requests) if self._engine else []
 
     @property
-    def view_queries(self) -> List[Dict[str, str]]:
-        """The query of every GET /view, in order (what a client or gateway sent)."""
+    def request_queries(self) -> List[Tuple[str, Dict[str, str]]]:
+        """``(path, query)`` of every request, in order (what a client or gateway sent)."""
         with self._lock:
-            return list(self._view_queries)
+            return list(self._queries)
+
+    @property
+    def view_queries(self) -> List[Dict[str, str]]:
+        """The query of every GET /view, in order."""
+        return [q for path, q in self.request_queries if path in ("/view", "/api/view")]
 
     @property
     def queue_delete_requests(self) -> List[Any]:
@@ -764,6 +770,7 @@ class MockComfyServer(InjectedFaults):
         fault = self._fault
         with self._lock:
             self._request_count += 1
+            self._queries.append((request.path, dict(request.query)))
         rule = self._route_rules.take(request.method, request.path)
         if rule is not None:
             return await self._route_fault(rule, request, handler)
@@ -995,8 +1002,6 @@ class MockComfyServer(InjectedFaults):
         env = self._env
         assert env is not None
         query = request.query
-        with self._lock:
-            self._view_queries.append(dict(query))
         if "filename" not in query:
             return web.Response(status=404)
         filename = query["filename"]
