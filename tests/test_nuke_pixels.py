@@ -223,3 +223,46 @@ def test_a_mask_sent_as_exr_keeps_comfyuis_polarity(fake_nuke, mock_cluster_fact
     assert prompt["20"]["class_type"] == "LoadEXR" and prompt["21"]["inputs"]["mask"] == ["20_cc_mask", 0]
     values, _ = read_exr_first_pixel(run.paths[0])
     assert values["R"] == 0.25  # the matte, not 1 - matte
+
+
+# --- views ---------------------------------------------------------------------------------------------
+
+
+def test_every_view_is_rendered_and_run_and_the_read_uses_percent_v(fake_nuke, cluster_env, tmp_path):
+    import nuke
+    from nuke_fake.support import load_image_workflow
+
+    fake_nuke.set_views(["left", "right"])
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), first=1, last=2, frame_input="")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert fake_nuke.render_details()[0]["views"] == ["left", "right"]
+    names = sorted(p["10"]["inputs"]["image"].rsplit("/", 1)[-1] for s in cluster_env for _, p, _ in s.received_prompts)
+    stem = f"{node.name()}_{node['node_uid'].value()}_in0"
+    assert names == sorted(f"{stem}_{v}.{f:04d}.png" for f in (1, 2) for v in ("left", "right"))  # one job per view
+
+    version = out / "v001"
+    expected = sorted(f"{node.name()}_{v}_{f:04d}.png" for f in (1, 2) for v in ("left", "right"))
+    assert sorted(os.listdir(version)) == expected
+    read = nuke.toNode(f"{node.name()}.result")
+    assert read["file"].value() == f"{version.as_posix()}/{node.name()}_%V_####.png"
+    for frame in (1, 2):
+        left = fake_nuke.read_frame(read, frame, "left")
+        right = fake_nuke.read_frame(read, frame, "right")
+        assert left[1].endswith(f"_left_{frame:04d}.png") and right[1].endswith(f"_right_{frame:04d}.png")
+        # Each eye shows its own result (the mock's image comes from the file it loaded).
+        assert (version / os.path.basename(left[1])).read_bytes() != (version / os.path.basename(right[1])).read_bytes()
+
+
+def test_a_single_view_script_keeps_names_without_a_view(fake_nuke, cluster_env, tmp_path):
+    from nuke_fake.support import load_image_workflow
+
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), last=1, frame_input="")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert fake_nuke.render_details()[0]["views"] == ["main"]
+    assert os.listdir(out / "v001") == [f"{node.name()}_0001.png"]

@@ -17,13 +17,12 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import nuke
 
@@ -32,6 +31,7 @@ from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, Se
 from . import destinations, exchange, mainthread, params, render
 from . import node as node_mod
 from .report import failure_text, ranges
+from .results import Unit, frames_present, inside, pick_image, result_name, unit_text
 from .settings import RunError, Settings
 
 __all__ = ["Run", "RunCancelled", "POLL_SECONDS", "STATUS_INTERVAL", "pool_options"]
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
 STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar at every poll)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr", ".bmp", ".gif")
 # Each run's working folders inside the version folder: ``.inputs-<random>``, ``.download-<random>``.
 # Farm tasks of one job share the version folder; each removes only its own when it ends.
 _INPUTS_DIR = ".inputs-"
@@ -85,9 +84,11 @@ class Run:
         self._last_percent = -1
         self._last_status = 0.0
         self.sent_frames: Tuple[int, ...] = settings.frames  # less the frames whose input failed to render
+        # One job per frame and view: (frame, view), view "" in a single-view script.
+        self.sent_units: Tuple[Unit, ...] = tuple((f, v) for f in settings.frames for v in settings.views or ("",))
         self._render_errors: Dict[int, BaseException] = {}
         self._format = render.FileFormat(exchange.PNG, settings.colorspace)
-        self._expected: Dict[int, Tuple[Tuple[str, str], ...]] = {}  # frame -> SaveEXR files (subfolder, name)
+        self._expected: Dict[Unit, Tuple[Tuple[str, str], ...]] = {}  # SaveEXR files (subfolder, name)
 
     # -- control --------------------------------------------------------------------------------
 
@@ -191,35 +192,37 @@ class Run:
                 self._on_end(self)
             self.finished.set()
 
-    def _render(self, inputs_dir: str) -> Dict[int, Dict[str, str]]:
-        """Render the used inputs for every frame; frame -> {LoadImage id: file}."""
+    def _render(self, inputs_dir: str) -> Dict[Unit, Dict[str, str]]:
+        """Render the used inputs for every frame and view; (frame, view) -> {loader id: file}."""
         s = self.settings
         if not s.needs_render:
             return {}
         os.makedirs(inputs_dir, exist_ok=True)
         stem = f"{s.node_name}_{s.uid}"
         ext = self._format.kind
-        jobs = [(m, render.input_pattern(inputs_dir, stem, m.number, ext)) for m in s.inputs]
+        jobs = [(m, render.input_pattern(inputs_dir, stem, m.number, ext, bool(s.views))) for m in s.inputs]
         self._show(f"rendering the input, frames {ranges(s.frames)}", 0, force=True)
         try:
-            failed = render.render_inputs(self.node, jobs, s.frames, self._format)
+            failed = render.render_inputs(self.node, jobs, s.frames, self._format, s.views)
         except RunError:
             raise
         except Exception as exc:
             if "cancel" in str(exc).lower():
                 raise RunCancelled(f"{s.node_name}: the render of the input was cancelled") from None
             raise RunError(f"{s.node_name}: rendering the input failed: {exc}") from exc
-        out: Dict[int, Dict[str, str]] = {}
+        out: Dict[Unit, Dict[str, str]] = {}
         for frame in s.frames:
-            files = {m.node_id: render.input_file(inputs_dir, stem, m.number, frame, ext) for m in s.inputs}
-            if frame not in failed and not all(os.path.isfile(p) for p in files.values()):
+            views = s.views or ("",)
+            files = {v: {m.node_id: render.input_file(inputs_dir, stem, m.number, frame, ext, v) for m in s.inputs} for v in views}
+            if frame not in failed and not all(os.path.isfile(p) for f in files.values() for p in f.values()):
                 failed[frame] = "Nuke wrote no file"
             if frame in failed:
                 # That frame fails alone, named; the others go on (a farm task then exits 1).
                 self._render_errors[frame] = RunError(f"the input could not be rendered: {failed[frame]}")
             else:
-                out[frame] = files
-        self.sent_frames = tuple(f for f in s.frames if f in out)
+                out.update({(frame, v): f for v, f in files.items()})
+        self.sent_frames = tuple(f for f in s.frames if (f, (s.views or ("",))[0]) in out)
+        self.sent_units = tuple(u for u in self.sent_units if u in out)
         if not self.sent_frames:
             raise RunError(
                 failure_text(s.node_name, s.frames, self._render_errors, []), errors=dict(self._render_errors)
@@ -229,19 +232,19 @@ class Run:
     def _workflows(self) -> List[Dict[str, Any]]:
         s = self.settings
         workflows = []
-        for frame in self.sent_frames:
+        for frame, _ in self.sent_units:
             wf = copy.deepcopy(s.workflow)
             params.apply(wf, s.params.get(frame, {}), skip=s.frame_input)
             workflows.append(wf)
         if s.frame_input:
-            workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, f in zip(workflows, self.sent_frames)]
+            workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, (f, _) in zip(workflows, self.sent_units)]
         if self._format.kind == exchange.EXR:
             loaders = [m.node_id for m in s.inputs]
             converted = []
-            for wf, frame in zip(workflows, self.sent_frames):
+            for wf, unit in zip(workflows, self.sent_units):
                 # One output folder per job: SaveEXR names its files without telling (exchange).
-                done = exchange.to_exr(wf, loaders, f"{s.uid}_{frame}_{uuid.uuid4().hex[:12]}")
-                self._expected[frame] = done.outputs
+                done = exchange.to_exr(wf, loaders, f"{s.uid}_{unit[0]}{unit[1]}_{uuid.uuid4().hex[:12]}")
+                self._expected[unit] = done.outputs
                 converted.append(done.workflow)
             workflows = converted
         return workflows
@@ -278,13 +281,13 @@ class Run:
         self._show(note, force=True)
         return render.FileFormat(kind, s.colorspace, s.exr_datatype, s.mask_channel)
 
-    def _run_batch(self, pool: ServerPool, per_frame_inputs: Mapping[int, Dict[str, str]]) -> List[str]:
+    def _run_batch(self, pool: ServerPool, per_frame_inputs: Mapping[Unit, Dict[str, str]]) -> List[str]:
         s = self.settings
         try:
             workflows = self._workflows()
         except ComfyClusterError as exc:
             raise RunError(f"{s.node_name}: {exc}") from exc
-        inputs = [per_frame_inputs[f] for f in self.sent_frames] if per_frame_inputs else None
+        inputs = [per_frame_inputs[u] for u in self.sent_units] if per_frame_inputs else None
         try:
             batch = pool.map_async(workflows, inputs=inputs, retries=2)
         except ComfyClusterError as exc:
@@ -327,41 +330,44 @@ class Run:
     def _collect(self, batch: Batch, stopped_by: Optional[str]) -> List[str]:
         """Move each frame's image into the version folder; point the Read at the sequence."""
         s = self.settings
-        errors: Dict[int, BaseException] = dict(self._render_errors)
+        errors: Dict[int, BaseException] = dict(self._render_errors)  # by frame: any of its views
         cancelled: List[int] = []
-        ok: List[Tuple[Any, int]] = []
-        for job, frame in zip(batch.jobs, self.sent_frames):
+        ok: List[Tuple[Any, Unit]] = []
+        for job, unit in zip(batch.jobs, self.sent_units):
             err = job.exception()
             if isinstance(err, JobCancelled):
-                cancelled.append(frame)
+                cancelled.append(unit[0])
             elif err is not None:
-                errors[frame] = err
+                errors.setdefault(unit[0], err)
             else:
-                ok.append((job, frame))
+                ok.append((job, unit))
         if stopped_by == "cancel":
-            raise RunCancelled(f"{s.node_name}: cancelled ({len(ok)} of {len(s.frames)} frames were done)")
+            raise RunCancelled(f"{s.node_name}: cancelled ({len(ok)} of {len(self.sent_units)} frames were done)")
         download_root = _working_dir(self.version_dir, _DOWNLOAD_DIR)
-        paths: Dict[int, str] = {}
+        by_unit: Dict[Unit, str] = {}
         try:
-            for i, (job, frame) in enumerate(ok):
-                self._show(f"downloading frame {frame} ({i + 1}/{len(ok)})")
+            for i, (job, unit) in enumerate(ok):
+                self._show(f"downloading frame {unit_text(unit)} ({i + 1}/{len(ok)})")
                 try:
-                    paths[frame] = self._take_output(job, frame, os.path.join(download_root, str(frame)))
+                    by_unit[unit] = self._take_output(job, unit, os.path.join(download_root, f"{unit[0]}{unit[1]}"))
                 except (ComfyClusterError, OSError) as exc:
-                    errors[frame] = exc
+                    errors.setdefault(unit[0], exc)
         finally:
             shutil.rmtree(download_root, ignore_errors=True)
+        cancelled = sorted(set(cancelled) - set(errors))
         failed = sorted(set(errors) | set(cancelled))
-        done_frames = sorted(paths)
+        # A frame is done when every view of it is.
+        done_frames = sorted({f for f, _ in by_unit} - set(failed))
+        paths = {f: by_unit[(f, v)] for f, v in by_unit if f in done_frames and v == (s.views or ("",))[0]}
         read_name = ""
         try:
             mainthread.call(_record, self.node, self.version_dir, " ".join(map(str, failed)))
             if done_frames:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
-                pattern = os.path.join(self.version_dir, f"{s.node_name}_####{ext}").replace("\\", "/")
+                pattern = os.path.join(self.version_dir, result_name(s.node_name, "####", "%V" if s.views else "", ext)).replace("\\", "/")
                 # The node's frames and those already in the version (a re-run completes it):
                 # failed frames inside the range are Read errors (a render through the node stops on them).
-                present = set(_frames_present(self.version_dir, s.node_name, ext)) | set(s.frames)
+                present = set(frames_present(self.version_dir, s.node_name, ext, s.views)) | set(s.frames)
                 first, last = min(present), max(present)
                 raw = self._format.kind == exchange.EXR
                 read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace, raw)
@@ -369,17 +375,19 @@ class Run:
             raise RunError(
                 f"{s.node_name} was deleted while it ran; the frames are in {self.version_dir}",
                 errors=errors,
-                paths=[paths[f] for f in done_frames],
+                paths=[by_unit[u] for u in sorted(by_unit)],
             ) from None
-        ordered = [paths[f] for f in done_frames]
+        ordered = [by_unit[u] for u in self.sent_units if u in by_unit and u[0] in done_frames]
         if errors:
             raise RunError(failure_text(s.node_name, s.frames, errors, cancelled), errors=errors, paths=ordered)
         self._show(f"done: {len(done_frames)} frame(s) in {self.version_dir} - {read_name}", 100, force=True)
         return ordered
 
-    def _take_output(self, job: Any, frame: int, dest_dir: str) -> str:
-        """The frame's image as ``<version folder>/<node>_<frame>.<ext>``."""
-        expected = self._expected.get(frame)
+    def _take_output(self, job: Any, unit: Unit, dest_dir: str) -> str:
+        """The frame's image as ``<version folder>/<node>_<frame>.<ext>`` (``<node>_<view>_<frame>``
+        with views)."""
+        frame = unit_text(unit)
+        expected = self._expected.get(unit)
         if expected:  # SaveEXR reports nothing: its first file, named by us (exchange)
             files = [OutputFile(expected[0][1], expected[0][0], "output")]
             local = job.download(dest_dir, files=files)
@@ -388,13 +396,13 @@ class Run:
             local = job.download(dest_dir)
         if len(local) != len(files):
             raise ComfyClusterError(f"frame {frame}: expected {len(files)} file(s), got {len(local)}")
-        chosen = _pick_image(files)
+        chosen = pick_image(files)
         if chosen is None:
             raise ComfyClusterError(f"frame {frame}: the workflow produced no image (add a SaveImage node)")
         source = local[chosen]
         ext = os.path.splitext(source)[1].lower() or ".png"
-        target = os.path.join(self.version_dir, f"{self.settings.node_name}_{frame:04d}{ext}")
-        if _inside(source, dest_dir):
+        target = os.path.join(self.version_dir, result_name(self.settings.node_name, f"{unit[0]:04d}", unit[1], ext))
+        if inside(source, dest_dir):
             os.replace(source, target)
         else:
             # A mapped path on shared storage: leave ComfyUI's file where it is, link or copy.
@@ -435,29 +443,3 @@ def _working_dir(version_dir: str, prefix: str) -> str:
 
 def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool) -> str:
     return node_mod.update_read_node(node, pattern, first, last, colorspace, raw).fullName()
-
-
-def _frames_present(folder: str, node_name: str, ext: str) -> List[int]:
-    """Frame numbers of ``<node>_NNNN<ext>`` in ``folder`` (a re-run completes a version)."""
-    pattern = re.compile(re.escape(node_name) + r"_(\d+)" + re.escape(ext) + "$")
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    return sorted(int(m.group(1)) for m in (pattern.match(n) for n in names) if m)
-
-
-def _pick_image(files: Sequence[Any]) -> Optional[int]:
-    """Index of the frame's image: the first saved ("output") image, else the first image."""
-    images = [i for i, f in enumerate(files) if os.path.splitext(f.filename)[1].lower() in IMAGE_EXTENSIONS]
-    saved = [i for i in images if files[i].type == "output"]
-    if saved:
-        return saved[0]
-    return images[0] if images else None
-
-
-def _inside(path: str, folder: str) -> bool:
-    try:
-        return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
-    except ValueError:  # different drives on Windows
-        return False

@@ -87,6 +87,7 @@ class Settings:
     pixels: str = "auto"  # exchange.AUTO/EXR/PNG: how pixels travel (exchange)
     exr_datatype: str = "16 bit half"
     mask_channel: str = "alpha"  # the mask input's channel holding the matte
+    views: Tuple[str, ...] = ()  # a stereo/multi-view script's views, each run; () for one view
     params: Dict[int, Dict[str, Any]] = field(default_factory=dict, repr=False)  # frame -> {"3.seed": 7}
 
     @property
@@ -132,6 +133,12 @@ def _inputs(node: nuke.Node, name: str, workflow: Dict[str, Any]) -> Tuple[Input
     if len(set(ids)) != len(ids):
         raise RunError(f"{name}: two inputs go to the same LoadImage node; pick another one.")
     return tuple(out)
+
+
+def _views() -> Tuple[str, ...]:
+    """Every view of a multi-view script (each is rendered and run); () with one view."""
+    views = tuple(str(v) for v in nuke.views())
+    return views if len(views) > 1 else ()
 
 
 def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, reuse_version: str = "") -> Settings:
@@ -191,5 +198,6 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
         pixels=node_mod.choice(node, "pixels", exchange.AUTO),
         exr_datatype=node_mod.choice(node, "exr_datatype", exchange.DATATYPES[0]),
         mask_channel=node_mod.choice(node, "mask_channel", "alpha"),
+        views=_views(),
         params=values,
     )

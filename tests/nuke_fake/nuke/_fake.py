@@ -313,11 +313,12 @@ def cancel_render_after(frames: Optional[int]) -> None:
     _nuke._render_cancel_after = frames
 
 
-def read_frame(read: "_nuke.Node", frame: int) -> Tuple[str, str]:
-    """What the artist sees of Read ``read`` at ``frame`` (see ``nuke._render._read_frame``)."""
+def read_frame(read: "_nuke.Node", frame: int, view: str = "") -> Tuple[str, str]:
+    """What the artist sees of Read ``read`` at ``frame`` in ``view`` (default: the main view;
+    see ``nuke._render._read_frame``)."""
     from nuke._render import _read_frame
 
-    return _read_frame(read, frame)
+    return _read_frame(read, frame, view)
 
 
 def strip_frame_range(args: List[str]) -> List[str]:
