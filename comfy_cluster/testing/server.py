@@ -37,10 +37,12 @@ from aiohttp import WSMsgType, web
 from .engine import Engine, EventSink
 from .faults import Fault, parse_fault
 from .injected import InjectedFaults
+from .loader_nodes import LOADER_NODES
 from .wsclient import WsClient
 from .nodes import BUILTIN_NODES, NodeDef, NodeEnv
 from .pixels import CORE_PIXEL_NODES, NODE_PACKS
 from .route_faults import RouteRules
+from .webroutes import MockWeb
 
 __all__ = ["MockComfyServer", "DEFAULT_MODELS", "MODEL_FOLDERS", "HUGE_HTTP_BYTES", "HUGE_WS_BYTES", "MAX_UPLOAD_SIZE"]
 
@@ -92,10 +94,11 @@ class MockComfyServer(InjectedFaults):
     """One mock ComfyUI server on 127.0.0.1; see the module docstring.
 
     ``models`` is the checkpoint list (or a mapping of model folder to file names),
-    ``node_types`` the class_type names offered (None: all of :data:`.nodes.BUILTIN_NODES`
-    and the mask nodes of :mod:`.pixels`), ``node_packs`` custom node packs installed besides
-    (``"ComfyUI-HQ-Image-Save"``: LoadEXR and SaveEXR),
-    ``speed`` divides the time TestSleep and KSampler take.
+    ``node_types`` the class_type names offered (None: all of :data:`.nodes.BUILTIN_NODES`,
+    :data:`.loader_nodes.LOADER_NODES` and the mask nodes of :mod:`.pixels`), ``node_packs``
+    custom node packs installed besides (``"ComfyUI-HQ-Image-Save"``: LoadEXR and SaveEXR),
+    ``speed`` divides the time TestSleep and KSampler take, ``web_extensions`` stands for
+    custom node packs' web folders (see :mod:`.webroutes`).
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class MockComfyServer(InjectedFaults):
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: Optional["ssl.SSLContext"] = None,
+        web_extensions: Optional[Mapping[str, Mapping[str, Union[str, bytes]]]] = None,
     ) -> None:
         if isinstance(models, Mapping):
             self._model_folders: Dict[str, List[str]] = {str(k): [str(m) for m in v] for k, v in models.items()}
@@ -122,11 +126,11 @@ class MockComfyServer(InjectedFaults):
         unknown_packs = [p for p in packs if p not in NODE_PACKS]
         if unknown_packs:
             raise ValueError(f"unknown node packs {unknown_packs}; known: {sorted(NODE_PACKS)}")
-        known = {**BUILTIN_NODES, **CORE_PIXEL_NODES}
+        known = {**BUILTIN_NODES, **LOADER_NODES, **CORE_PIXEL_NODES}
         for pack in NODE_PACKS.values():
             known.update(pack)
         if node_types is None:
-            registry = {**BUILTIN_NODES, **CORE_PIXEL_NODES}
+            registry = {**BUILTIN_NODES, **LOADER_NODES, **CORE_PIXEL_NODES}
         else:
             names = list(node_types)
             unknown = [n for n in names if n not in known]
@@ -179,6 +183,7 @@ class MockComfyServer(InjectedFaults):
         self._muted: Optional[Set[str]] = None  # client ids whose frames are lost ("*": all)
         self._answered: Dict[str, int] = {}  # route (without /api) -> requests its handler answered
         self._log_subscribers: Dict[str, bool] = {}  # PATCH /internal/logs/subscribe
+        self.web = MockWeb(name, self._all_model_folders, lambda: self._env, web_extensions)
 
     # --- properties ----------------------------------------------------------------------
 
@@ -723,15 +728,16 @@ class MockComfyServer(InjectedFaults):
             ("GET", "/models", self._models),
             ("GET", "/models/{folder}", self._models_folder),
             ("GET", "/embeddings", self._empty_list),
-            ("GET", "/extensions", self._empty_list),
             ("POST", "/upload/image", self._upload_image),
             ("POST", "/upload/mask", self._upload_mask),
             ("PATCH", "/internal/logs/subscribe", self._logs_subscribe),
             ("GET", "/view", self._view),
-        ]
+        ] + self.web.api_routes()
         for prefix in ("", "/api"):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path if path != "/" or not prefix else prefix + "/", handler)
+        for method, path, handler in self.web.plain_routes():
+            app.router.add_route(method, path, handler)
         return app
 
     @web.middleware
@@ -922,9 +928,12 @@ class MockComfyServer(InjectedFaults):
     async def _object_info_one(self, request: web.Request) -> web.StreamResponse:
         return _json(self._eng.object_info(request.match_info["node_class"]))
 
+    def _all_model_folders(self) -> Dict[str, List[str]]:
+        names = list(MODEL_FOLDERS) + [f for f in self._model_folders if f not in MODEL_FOLDERS]
+        return {f: list(self._model_folders.get(f, [])) for f in names}
+
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        folders = list(MODEL_FOLDERS) + [f for f in self._model_folders if f not in MODEL_FOLDERS]
-        return _json(folders)
+        return _json(list(self._all_model_folders()))
 
     async def _models_folder(self, request: web.Request) -> web.StreamResponse:
         folder = request.match_info["folder"]
