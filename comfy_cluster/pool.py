@@ -219,6 +219,14 @@ class ServerPool:
         wf = load_workflow(workflow)
         return self._caps.checker(wf, wait=True)([c.name for c in self._view.current(probe=True).online])
 
+    def node_info(self) -> Dict[str, Dict[str, Any]]:
+        """``/object_info`` of every online server whose node list could be read (server name
+        -> node type -> definition); read once per server and cached, as for capabilities."""
+        self._check_open()
+        names = [c.name for c in self._view.current(probe=True).online]
+        self._caps.fetch(names, wait=True)
+        return {n: info for n in names for info, _ in [self._caps.get(n)] if info is not None}
+
     def select(self, workflow: Optional[WorkflowLike] = None, exclude: Iterable[str] = ()) -> ServerConfig:
         """The server the strategy picks now among those passing the filters.
 

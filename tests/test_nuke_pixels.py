@@ -266,3 +266,54 @@ def test_a_single_view_script_keeps_names_without_a_view(fake_nuke, cluster_env,
     assert run.error is None, run.error
     assert fake_nuke.render_details()[0]["views"] == ["main"]
     assert os.listdir(out / "v001") == [f"{node.name()}_0001.png"]
+
+
+# --- before any run: what the servers offer -----------------------------------------------------------
+
+
+def _await_server_answer(fake_nuke, node):
+    import comfy_cluster_nuke.serverinfo as serverinfo
+
+    thread = serverinfo.last_thread(node)
+    assert thread is not None, "no question to the servers"
+    fake_nuke.pump_until(lambda: not thread.is_alive(), what="the servers' answer")
+    fake_nuke.pump()
+
+
+@pytest.mark.parametrize("packs, expected", [((), "PNG_NOTE"), (("ComfyUI-HQ-Image-Save",), "EXR_NOTE")])
+def test_choosing_a_workflow_says_how_pixels_will_travel_before_any_run(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path, packs, expected):
+    from nuke_fake.support import load_image_workflow, use_cluster
+
+    import comfy_cluster_nuke.exchange as exchange
+
+    cluster = mock_cluster_factory(speeds=(1.0,), node_packs=list(packs))
+    use_cluster(cluster, monkeypatch)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=1)
+    _await_server_answer(fake_nuke, node)
+    assert node["pixels_note"].value() == getattr(exchange, expected)
+    assert [p for s in cluster for p in s.received_prompts] == []  # nothing was run
+
+
+def test_model_and_sampler_knobs_are_pickers_of_what_every_server_has(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
+    import nuke
+    from nuke_fake.support import use_cluster
+
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0), per_server=[{"models": ["a.safetensors", "b.safetensors"]},
+                                                                    {"models": ["b.safetensors", "c.safetensors"]}])
+    use_cluster(cluster, monkeypatch)
+    wf = txt2img_workflow(ckpt_name="a.safetensors", steps=2)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", wf), str(tmp_path / "out"), last=1, frame_input="", with_input=False)
+    _await_server_answer(fake_nuke, node)
+    ckpt, sampler = node["p_4_ckpt_name"], node["p_3_sampler_name"]
+    assert isinstance(ckpt, nuke.Enumeration_Knob) and isinstance(sampler, nuke.Enumeration_Knob)
+    # b is on every server; a (the workflow's) only on one: kept first, and said.
+    assert ckpt.values() == ["a.safetensors", "b.safetensors"] and ckpt.value() == "a.safetensors"
+    assert "a.safetensors is not on every server" in node["status"].value()
+    assert "euler" in sampler.values() and sampler.value() == "euler"
+    fake_nuke.user_set(node, "p_4_ckpt_name", "b.safetensors")
+    fake_nuke.user_set(node, "p_3_sampler_name", "dpmpp_2m")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    (prompt,) = [p for s in cluster for _, p, _ in s.received_prompts]
+    assert prompt["4"]["inputs"]["ckpt_name"] == "b.safetensors" and prompt["3"]["inputs"]["sampler_name"] == "dpmpp_2m"

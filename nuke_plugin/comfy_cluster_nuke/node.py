@@ -61,7 +61,8 @@ _EXECUTE_CMD = _cmd("run", "execute(nuke.thisNode())")
 _EXECUTE_FRAME_CMD = _cmd("run", "execute_current_frame(nuke.thisNode())")
 _RERUN_CMD = _cmd("run", "rerun_failed(nuke.thisNode())")
 _CANCEL_CMD = _cmd("run", "cancel(nuke.thisNode())")
-_KNOB_CHANGED_CMD = _cmd("node", "knob_changed(nuke.thisNode(), nuke.thisKnob())")
+# serverinfo.knob_changed runs knob_changed below, then asks the servers in the background.
+_KNOB_CHANGED_CMD = _cmd("serverinfo", "knob_changed(nuke.thisNode(), nuke.thisKnob())")
 
 
 def _target_group() -> nuke.Group:

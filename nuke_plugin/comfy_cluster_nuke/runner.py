@@ -32,7 +32,7 @@ from . import destinations, exchange, mainthread, params, render
 from . import node as node_mod
 from .report import failure_text, ranges
 from .results import Unit, frames_present, inside, pick_image, result_name, unit_text
-from .settings import RunError, Settings
+from .settings import RunError, Settings, pool_options
 
 __all__ = ["Run", "RunCancelled", "POLL_SECONDS", "STATUS_INTERVAL", "pool_options"]
 
@@ -45,9 +45,6 @@ STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar
 _INPUTS_DIR = ".inputs-"
 _DOWNLOAD_DIR = ".download-"
 _clock = time.monotonic  # the status throttle's clock (tests replace it)
-#: Extra keyword arguments for every run's ServerPool (for example ``{"server_lost_after": 5.0}``);
-#: set it from a studio's menu.py.
-pool_options: Dict[str, Any] = {}
 
 
 class RunCancelled(JobCancelled):

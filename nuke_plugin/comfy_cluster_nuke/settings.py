@@ -22,7 +22,7 @@ from . import node as node_mod
 from . import params
 from .destinations import evaluate_path
 
-__all__ = ["RunError", "InputMap", "Settings", "read_settings", "evaluate_path", "default_strategy", "set_default_strategy"]
+__all__ = ["pool_options", "RunError", "InputMap", "Settings", "read_settings", "evaluate_path", "default_strategy", "set_default_strategy"]
 
 
 class RunError(ComfyClusterError):
@@ -37,6 +37,10 @@ class RunError(ComfyClusterError):
         self.errors: Dict[int, BaseException] = dict(errors or {})
         self.paths: List[str] = list(paths)
 
+
+#: Extra keyword arguments for every ServerPool of the plugin (for example
+#: ``{"server_lost_after": 5.0}``); set it from a studio's menu.py.
+pool_options: Dict[str, Any] = {}
 
 _default_strategy: Optional[str] = None
 
