@@ -7,7 +7,7 @@ import os
 import threading
 
 import pytest
-from helpers import fail_workflow, kinds, load_image_workflow, servers_of, sleep_workflow, symlink_dir, wait_until
+from helpers import callbacks_delivered, fail_workflow, kinds, load_image_workflow, servers_of, sleep_workflow, symlink_dir, wait_until
 
 from comfy_cluster import (
     JobCancelled,
