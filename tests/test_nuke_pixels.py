@@ -317,3 +317,35 @@ def test_model_and_sampler_knobs_are_pickers_of_what_every_server_has(fake_nuke,
     assert run.error is None, run.error
     (prompt,) = [p for s in cluster for _, p, _ in s.received_prompts]
     assert prompt["4"]["inputs"]["ckpt_name"] == "b.safetensors" and prompt["3"]["inputs"]["sampler_name"] == "dpmpp_2m"
+
+
+# --- live preview of sampling ----------------------------------------------------------------------------
+
+
+def test_sampling_previews_show_on_the_node_while_it_runs(fake_nuke, cluster_env, tmp_path):
+    import nuke
+    from comfy_cluster.testing.png import read_png_first_pixel
+
+    import comfy_cluster_nuke.run as run_mod
+
+    out = tmp_path / "out"
+    # 300 steps of 0.01 s: a preview per step for about 3 s (1.5 s on the fast server).
+    wf = txt2img_workflow(steps=300)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", wf), str(out), last=1, frame_input="", with_input=False)
+    fake_nuke.press(node, "execute")
+    run = run_mod.current(node)
+    fake_nuke.user_set(node, "show", "preview")
+    read = lambda: nuke.toNode(f"{node.name()}.preview")  # noqa: E731
+    fake_nuke.pump_until(lambda: read() is not None and read()["file"].value(), what="a preview on the node")
+    shown = read()["file"].value()
+    assert "/.preview-" in shown and shown.endswith(".png")
+    with open(shown, "rb") as fh:  # the image the sampler sent (the mock's 8x8 latent preview)
+        assert read_png_first_pixel(fh.read()) is not None
+    switch = nuke.toNode(f"{node.name()}.show_switch")
+    assert switch["which"].value() == 2  # the node outputs the preview
+    wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert run.preview is not None and run.preview.count >= 1
+    assert read()["file"].value() == ""  # the run's end empties it and removes the files
+    assert [n for n in os.listdir(out / "v001") if n.startswith(".preview")] == []
+    assert node["show"].value() == "result"

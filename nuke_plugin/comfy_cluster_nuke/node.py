@@ -44,7 +44,8 @@ IDS_KNOB = "load_image_ids"
 INPUT_NAMES = ("plate", "mask", "ref")
 # (group input, enumeration knob, what the user calls it)
 INPUT_KNOBS: Tuple[Tuple[int, str, str], ...] = ((0, "load_image_node", "plate"), (1, "mask_node", "mask"), (2, "ref_node", "reference"))
-SHOW_CHOICES = ["result", "input"]
+SHOW_CHOICES = ["result", "input", "preview"]  # preview: sampling as it runs (.preview)
+_SWITCH_INPUT = {"input": 0, "result": 1, "preview": 2}
 #: The workflow nodes an input can go to (LoadImageMask: the mask, with its channel).
 LOADER_TYPES = ("LoadImage", "LoadImageMask")
 MASK_CHANNELS = ["alpha", "red", "green", "blue"]
@@ -188,7 +189,10 @@ def _add_knobs(group: nuke.Group) -> None:
     _button(group, "cancel", "Cancel", _CANCEL_CMD, False)
     group.addKnob(nuke.Text_Knob("status", "status", "idle"))
     show = nuke.Enumeration_Knob("show", "output", SHOW_CHOICES)
-    show.setTooltip("result: the frames ComfyUI made (a Read inside this node); input: the plate, passed through.")
+    show.setTooltip(
+        "result: the frames ComfyUI made (a Read inside this node); input: the plate, passed through; "
+        "preview: the latest sampling preview of a run going on."
+    )
     show.setValue("input")  # nothing made yet; a run switches it to result
     group.addKnob(show)
 
@@ -301,7 +305,7 @@ def _inner(node: nuke.Node, name: str) -> Optional[nuke.Node]:
 def _apply_show(node: nuke.Node) -> None:
     switch = _inner(node, SWITCH)
     if switch is not None:
-        quiet_set(switch["which"], 1 if str(node["show"].value()) == "result" else 0)
+        quiet_set(switch["which"], _SWITCH_INPUT.get(str(node["show"].value()), 0))
 
 
 def show_result(node: nuke.Node) -> None:

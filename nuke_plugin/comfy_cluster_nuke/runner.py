@@ -30,6 +30,7 @@ from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, Se
 
 from . import destinations, exchange, mainthread, params, render
 from . import node as node_mod
+from .preview import Preview
 from .report import failure_text, ranges
 from .results import Unit, frames_present, inside, pick_image, result_name, unit_text
 from .settings import RunError, Settings, pool_options
@@ -44,6 +45,7 @@ STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar
 # Farm tasks of one job share the version folder; each removes only its own when it ends.
 _INPUTS_DIR = ".inputs-"
 _DOWNLOAD_DIR = ".download-"
+_PREVIEW_DIR = ".preview-"
 _clock = time.monotonic  # the status throttle's clock (tests replace it)
 
 
@@ -84,6 +86,7 @@ class Run:
         # One job per frame and view: (frame, view), view "" in a single-view script.
         self.sent_units: Tuple[Unit, ...] = tuple((f, v) for f in settings.frames for v in settings.views or ("",))
         self._render_errors: Dict[int, BaseException] = {}
+        self.preview: Optional[Preview] = None  # the live sampling preview (interactive runs)
         self._format = render.FileFormat(exchange.PNG, settings.colorspace)
         self._expected: Dict[Unit, Tuple[Tuple[str, str], ...]] = {}  # SaveEXR files (subfolder, name)
 
@@ -183,6 +186,8 @@ class Run:
         finally:
             if inputs_dir:
                 shutil.rmtree(inputs_dir, ignore_errors=True)
+            if self.preview is not None:
+                self.preview.close()
             self._task = None  # releasing the last reference removes the bar from Nuke's screen
             self._batch = None
             if self._on_end is not None:
@@ -285,8 +290,10 @@ class Run:
         except ComfyClusterError as exc:
             raise RunError(f"{s.node_name}: {exc}") from exc
         inputs = [per_frame_inputs[u] for u in self.sent_units] if per_frame_inputs else None
+        if self.interactive:  # a live look at sampling; nobody looks without a GUI
+            self.preview = Preview(self.node, _working_dir(self.version_dir, _PREVIEW_DIR), s.node_name)
         try:
-            batch = pool.map_async(workflows, inputs=inputs, retries=2)
+            batch = pool.map_async(workflows, inputs=inputs, retries=2, on_event=self.preview.on_event if self.preview else None)
         except ComfyClusterError as exc:
             raise RunError(f"{s.node_name}: {exc}") from exc
         self._batch = batch
