@@ -349,3 +349,22 @@ def test_sampling_previews_show_on_the_node_while_it_runs(fake_nuke, cluster_env
     assert read()["file"].value() == ""  # the run's end empties it and removes the files
     assert [n for n in os.listdir(out / "v001") if n.startswith(".preview")] == []
     assert node["show"].value() == "result"
+
+
+def test_the_workflow_can_see_srgb_over_exr_for_image_models(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
+    from comfy_cluster.testing.pixels import HQ_IMAGE_SAVE, read_exr_first_pixel
+    from nuke_fake.support import load_image_workflow, use_cluster
+
+    cluster = mock_cluster_factory(speeds=(1.0,), node_packs=[HQ_IMAGE_SAVE])
+    use_cluster(cluster, monkeypatch)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=1, frame_input="")
+    _plate(node, (0.18, 4.0, -0.5, 1.0))
+    fake_nuke.user_set(node, "exr_tonemap", "sRGB")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    (prompt,) = [p for s in cluster for _, p, _ in s.received_prompts]
+    assert prompt["10"]["inputs"]["tonemap"] == "sRGB" and prompt["3"]["inputs"]["tonemap"] == "sRGB"
+    values, _ = read_exr_first_pixel(run.paths[0])
+    # 18% grey comes back (through sRGB and back, in half float); the rest is clipped to 0-1.
+    assert values["R"] == pytest.approx(0.18, abs=2e-3) and values["G"] == pytest.approx(1.0) and values["B"] == 0.0

@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 __all__ = [
-    "FORMATS", "AUTO", "EXR", "PNG", "EXR_NODES", "PNG_NOTE", "EXR_NOTE", "AUTO_NOTE", "DATATYPES",
+    "FORMATS", "AUTO", "EXR", "PNG", "EXR_NODES", "PNG_NOTE", "EXR_NOTE", "AUTO_NOTE", "DATATYPES", "TONEMAPS",
     "Converted", "to_exr", "note_for",
 ]
 
 AUTO, EXR, PNG = "auto", "exr", "png"
 FORMATS = [AUTO, EXR, PNG]
 DATATYPES = ["16 bit half", "32 bit float"]  # Nuke's Write ``datatype`` for exr
+TONEMAPS = ["linear", "sRGB"]  # what the workflow works in (LoadEXR/SaveEXR ``tonemap``)
 EXR_NODES = ("LoadEXR", "SaveEXR")
 PNG_NOTE = "8-bit round trip: values outside 0-1 are clipped"
 EXR_NOTE = "linear EXR round trip: values outside 0-1 kept"
@@ -76,9 +77,13 @@ def _relink(workflow: Dict[str, Any], mapping: Mapping[Tuple[str, int], Tuple[st
                     inputs[name] = [new[0], new[1]]
 
 
-def to_exr(workflow: Mapping[str, Any], loaders: Sequence[str], token: str) -> Converted:
+def to_exr(workflow: Mapping[str, Any], loaders: Sequence[str], token: str, tonemap: str = "linear") -> Converted:
     """``workflow`` with the ``loaders`` (the node ids the node's inputs go to) reading EXR and
-    every ``SaveImage``/``SaveEXR`` writing linear EXR under ``comfy_cluster/<token>/``."""
+    every ``SaveImage``/``SaveEXR`` writing EXR under ``comfy_cluster/<token>/``.
+
+    ``tonemap`` is what the workflow works in: ``linear`` (the script's values as they are,
+    outside 0-1 too) or ``sRGB`` (the pack converts linear to sRGB on load, clipped to 0-1, and
+    back on save: what image models expect)."""
     wf: Dict[str, Any] = copy.deepcopy(dict(workflow))
     mapping: Dict[Tuple[str, int], Tuple[str, int]] = {}
     inverts: Dict[str, Any] = {}
@@ -90,7 +95,7 @@ def to_exr(workflow: Mapping[str, Any], loaders: Sequence[str], token: str) -> C
         meta = spec.get("_meta")
         wf[node_id] = {
             "class_type": "LoadEXR",
-            "inputs": {"filepath": "", "tonemap": "linear", "image_load_cap": 0, "skip_first_images": 0, "select_every_nth": 1},
+            "inputs": {"filepath": "", "tonemap": tonemap, "image_load_cap": 0, "skip_first_images": 0, "select_every_nth": 1},
         }
         if isinstance(meta, dict):
             wf[node_id]["_meta"] = meta
@@ -106,12 +111,12 @@ def to_exr(workflow: Mapping[str, Any], loaders: Sequence[str], token: str) -> C
             continue
         found = spec.get("inputs")
         inputs: Dict[str, Any] = found if isinstance(found, dict) else {}
-        # An artist's own SaveEXR keeps its tonemap; a converted SaveImage writes linear.
-        tonemap = inputs.get("tonemap", "linear") if spec["class_type"] == "SaveEXR" else "linear"
+        # An artist's own SaveEXR keeps its tonemap; a converted SaveImage uses the node's.
+        save_tonemap = inputs.get("tonemap", tonemap) if spec["class_type"] == "SaveEXR" else tonemap
         base = _safe(node_id)
         spec["class_type"] = "SaveEXR"
         spec["inputs"] = {
-            "images": inputs.get("images"), "filename_prefix": f"{folder}/{base}", "tonemap": tonemap,
+            "images": inputs.get("images"), "filename_prefix": f"{folder}/{base}", "tonemap": save_tonemap,
             "version": -1, "start_frame": 1, "frame_pad": 4, "save_workflow": "none",
         }
         outputs.append((folder, f"{base}_00001_.exr"))

@@ -157,6 +157,13 @@ def _add_knobs(group: nuke.Group) -> None:
     datatype.setTooltip("Precision of the EXR files sent to ComfyUI.")
     datatype.clearFlag(nuke.STARTLINE)
     group.addKnob(datatype)
+    space = nuke.Enumeration_Knob("exr_tonemap", "workflow sees", exchange.TONEMAPS)
+    space.setTooltip(
+        "EXR only. linear: the script's values as they are (outside 0-1 kept); "
+        "sRGB: converted to sRGB 0-1 on load and back to linear on save (what image models expect; values outside 0-1 clipped)."
+    )
+    space.clearFlag(nuke.STARTLINE)
+    group.addKnob(space)
     group.addKnob(nuke.Text_Knob("pixels_note", "", exchange.note_for(exchange.AUTO)))
 
     frame_input = nuke.String_Knob("frame_input", "frame number to")

@@ -245,7 +245,7 @@ class Run:
             converted = []
             for wf, unit in zip(workflows, self.sent_units):
                 # One output folder per job: SaveEXR names its files without telling (exchange).
-                done = exchange.to_exr(wf, loaders, f"{s.uid}_{unit[0]}{unit[1]}_{uuid.uuid4().hex[:12]}")
+                done = exchange.to_exr(wf, loaders, f"{s.uid}_{unit[0]}{unit[1]}_{uuid.uuid4().hex[:12]}", s.exr_tonemap)
                 self._expected[unit] = done.outputs
                 converted.append(done.workflow)
             workflows = converted

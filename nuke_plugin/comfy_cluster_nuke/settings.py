@@ -90,6 +90,7 @@ class Settings:
     uid: str  # the node's id (destinations.node_uid)
     pixels: str = "auto"  # exchange.AUTO/EXR/PNG: how pixels travel (exchange)
     exr_datatype: str = "16 bit half"
+    exr_tonemap: str = "linear"  # what the workflow works in over EXR (exchange.TONEMAPS)
     mask_channel: str = "alpha"  # the mask input's channel holding the matte
     views: Tuple[str, ...] = ()  # a stereo/multi-view script's views, each run; () for one view
     params: Dict[int, Dict[str, Any]] = field(default_factory=dict, repr=False)  # frame -> {"3.seed": 7}
@@ -201,6 +202,7 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
         uid=destinations.node_uid(node),
         pixels=node_mod.choice(node, "pixels", exchange.AUTO),
         exr_datatype=node_mod.choice(node, "exr_datatype", exchange.DATATYPES[0]),
+        exr_tonemap=node_mod.choice(node, "exr_tonemap", exchange.TONEMAPS[0]),
         mask_channel=node_mod.choice(node, "mask_channel", "alpha"),
         views=_views(),
         params=values,
