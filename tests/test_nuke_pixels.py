@@ -365,6 +365,7 @@ def test_the_workflow_can_see_srgb_over_exr_for_image_models(fake_nuke, mock_clu
     assert run.error is None, run.error
     (prompt,) = [p for s in cluster for _, p, _ in s.received_prompts]
     assert prompt["10"]["inputs"]["tonemap"] == "sRGB" and prompt["3"]["inputs"]["tonemap"] == "sRGB"
+    assert node["pixels_note"].value() == "EXR, the workflow sees sRGB: values outside 0-1 are clipped"
     values, _ = read_exr_first_pixel(run.paths[0])
     # 18% grey comes back (through sRGB and back, in half float); the rest is clipped to 0-1.
     assert values["R"] == pytest.approx(0.18, abs=2e-3) and values["G"] == pytest.approx(1.0) and values["B"] == 0.0

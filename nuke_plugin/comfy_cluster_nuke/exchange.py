@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 __all__ = [
-    "FORMATS", "AUTO", "EXR", "PNG", "EXR_NODES", "PNG_NOTE", "EXR_NOTE", "AUTO_NOTE", "DATATYPES", "TONEMAPS",
+    "FORMATS", "AUTO", "EXR", "PNG", "EXR_NODES", "PNG_NOTE", "EXR_NOTE", "EXR_SRGB_NOTE", "exr_note", "AUTO_NOTE", "DATATYPES", "TONEMAPS",
     "Converted", "to_exr", "note_for",
 ]
 
@@ -41,6 +41,7 @@ TONEMAPS = ["linear", "sRGB"]  # what the workflow works in (LoadEXR/SaveEXR ``t
 EXR_NODES = ("LoadEXR", "SaveEXR")
 PNG_NOTE = "8-bit round trip: values outside 0-1 are clipped"
 EXR_NOTE = "linear EXR round trip: values outside 0-1 kept"
+EXR_SRGB_NOTE = "EXR, the workflow sees sRGB: values outside 0-1 are clipped"
 AUTO_NOTE = "EXR where the servers have LoadEXR/SaveEXR (ComfyUI-HQ-Image-Save); else " + PNG_NOTE
 _LOADERS = ("LoadImage", "LoadImageMask")
 _SAVERS = ("SaveImage", "SaveEXR")
@@ -49,6 +50,11 @@ _SAVERS = ("SaveImage", "SaveEXR")
 def note_for(choice: str) -> str:
     """What the node's face says before a run, for its "pixels" choice."""
     return {EXR: EXR_NOTE, PNG: PNG_NOTE}.get(choice, AUTO_NOTE)
+
+
+def exr_note(tonemap: str) -> str:
+    """What the node's face says of an EXR round trip in which the workflow sees ``tonemap``."""
+    return EXR_SRGB_NOTE if tonemap == "sRGB" else EXR_NOTE
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,7 @@ class Run:
                 why = "; ".join(f"{name}: {reason}" for name, reason in sorted(able.items())) or "no server online"
                 raise RunError(f"{s.node_name}: no server can run the workflow with LoadEXR and SaveEXR "
                                f"(ComfyUI-HQ-Image-Save) - {why}. Set 'pixels' to auto or png.")
-        note = exchange.EXR_NOTE if kind == exchange.EXR else exchange.PNG_NOTE
+        note = exchange.exr_note(s.exr_tonemap) if kind == exchange.EXR else exchange.PNG_NOTE
         mainthread.post(node_mod.set_pixels_note, self.node, note)
         self._show(note, force=True)
         return render.FileFormat(kind, s.colorspace, s.exr_datatype, s.mask_channel)

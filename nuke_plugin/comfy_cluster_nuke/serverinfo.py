@@ -36,7 +36,7 @@ __all__ = ["knob_changed", "refresh", "last_thread", "started", "WATCHED_KNOBS"]
 log = logging.getLogger(__name__)
 
 #: Knob changes that make the node ask the servers again.
-WATCHED_KNOBS = ("workflow", "extra_params", "pixels", "load_image_node", "mask_node", "ref_node")
+WATCHED_KNOBS = ("workflow", "extra_params", "pixels", "exr_tonemap", "load_image_node", "mask_node", "ref_node")
 _last: Dict[str, threading.Thread] = {}  # the latest check per node (tests wait for it)
 
 
@@ -70,9 +70,10 @@ def refresh(node: nuke.Node) -> Optional[threading.Thread]:
     except ComfyClusterError:
         return None  # the node already says what is wrong with the file
     choice = node_mod.choice(node, "pixels", exchange.AUTO)
+    exr_note = exchange.exr_note(node_mod.choice(node, "exr_tonemap", exchange.TONEMAPS[0]))
     loaders = [i for i in (node_mod.chosen_load_image(node, k) for _, k, _ in node_mod.INPUT_KNOBS) if i is not None]
     thread = threading.Thread(
-        target=_ask, args=(node, node.name(), workflow, loaders, choice, dict(pool_options)),
+        target=_ask, args=(node, node.name(), workflow, loaders, choice, exr_note, dict(pool_options)),
         name=f"comfy-cluster-nuke-info-{node.name()}", daemon=True,
     )
     _last[node.fullName()] = thread
@@ -80,7 +81,9 @@ def refresh(node: nuke.Node) -> Optional[threading.Thread]:
     return thread
 
 
-def _ask(node: nuke.Node, name: str, workflow: Dict[str, Any], loaders: Sequence[str], choice: str, options: Dict[str, Any]) -> None:
+def _ask(
+    node: nuke.Node, name: str, workflow: Dict[str, Any], loaders: Sequence[str], choice: str, exr_note: str, options: Dict[str, Any]
+) -> None:
     note: Optional[str] = None
     choices: Dict[Tuple[str, str], List[Any]] = {}
     try:
@@ -88,7 +91,7 @@ def _ask(node: nuke.Node, name: str, workflow: Dict[str, Any], loaders: Sequence
             if choice != exchange.PNG:
                 able = pool.capabilities(exchange.to_exr(workflow, loaders, "probe").workflow)
                 if any(why is None for why in able.values()):
-                    note = exchange.EXR_NOTE
+                    note = exr_note
                 elif able or choice == exchange.EXR:
                     note = exchange.PNG_NOTE if choice == exchange.AUTO else "no server has LoadEXR/SaveEXR: Execute will refuse (set pixels to auto or png)"
             choices = shared_choices(workflow, pool.node_info())
