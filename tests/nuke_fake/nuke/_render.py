@@ -86,8 +86,10 @@ def execute(nameOrNode: Union[_n.Node, str], start: int, end: int, incr: int = 1
                     if continueOnError:
                         continue
                     raise
-            # Every view is written to its own path only when the path says %V (or %v); else
-            # each view overwrites the one before (Foundry, Write: "%V ... replaced by the view").
+            # Every view is written to its own path only when the path says %V (or %v): Foundry,
+            # Nuke User Guide, "Stereoscopic Scripts > Rendering Stereoscopic Images": %V in the
+            # Write's file name is replaced by the view's name, %v by its initial; else each
+            # view overwrites the one before.
             for view in rendered_views:
                 path = _frame_path(pattern, frame_number, view)
                 folder = os.path.dirname(path)
