@@ -345,11 +345,13 @@ class Job:
                 return
             event = JobEvent(kind=kind, server=server, prompt_id=self._prompt_id, index=self.index, **fields)
             if kind == "preview":
-                if self._last_preview is not None:
-                    try:
-                        self.events.remove(self._last_preview)
-                    except ValueError:  # the caller cleared the list
-                        pass
+                old = self._last_preview
+                # By identity, from the end (it is usually among the last few): list.remove
+                # would compare every event field by field, frame bytes included.
+                for i in range(len(self.events) - 1, -1, -1):
+                    if self.events[i] is old:
+                        del self.events[i]
+                        break
                 self._last_preview = event
             self.events.append(event)
             if self._on_event is not None:

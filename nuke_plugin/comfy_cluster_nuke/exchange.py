@@ -29,9 +29,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+from comfy_cluster import ComfyClusterError
+
 __all__ = [
     "FORMATS", "AUTO", "EXR", "PNG", "EXR_NODES", "PNG_NOTE", "EXR_NOTE", "EXR_SRGB_NOTE", "exr_note", "AUTO_NOTE", "DATATYPES", "TONEMAPS",
-    "Converted", "to_exr", "note_for",
+    "Converted", "to_exr", "choose", "note_for",
 ]
 
 AUTO, EXR, PNG = "auto", "exr", "png"
@@ -50,6 +52,24 @@ _SAVERS = ("SaveImage", "SaveEXR")
 def note_for(choice: str) -> str:
     """What the node's face says before a run, for its "pixels" choice."""
     return {EXR: EXR_NOTE, PNG: PNG_NOTE}.get(choice, AUTO_NOTE)
+
+
+def choose(pool: Any, workflow: Mapping[str, Any], loaders: Sequence[str], pixels: str) -> str:
+    """:data:`EXR` or :data:`PNG` for a run with the ``pixels`` choice: EXR when asked or
+    possible (a server that can run the job has LoadEXR/SaveEXR: capability routing then sends
+    the jobs there). ``exr`` where no server can: ComfyClusterError naming each server's reason.
+    ``pool`` is a :class:`~comfy_cluster.ServerPool` (its ``capabilities``)."""
+    if pixels == PNG:
+        return PNG
+    able = pool.capabilities(to_exr(workflow, loaders, "probe").workflow)
+    if any(why is None for why in able.values()):
+        return EXR
+    if pixels == EXR:
+        why = "; ".join(f"{name}: {reason}" for name, reason in sorted(able.items())) or "no server online"
+        raise ComfyClusterError(
+            f"no server can run the workflow with LoadEXR and SaveEXR (ComfyUI-HQ-Image-Save) - {why}. Set 'pixels' to auto or png."
+        )
+    return PNG
 
 
 def exr_note(tonemap: str) -> str:

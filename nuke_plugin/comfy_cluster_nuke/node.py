@@ -25,9 +25,9 @@ import nuke
 
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 
-from . import exchange
+from . import colorspace, exchange
 from .destinations import UID_KNOB, evaluate_path
-from .quiet import quiet_set, set_pixels_note, set_status
+from .quiet import no_undo, quiet_set, set_pixels_note, set_status
 
 __all__ = [
     "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB",
@@ -183,9 +183,7 @@ def _add_knobs(group: nuke.Group) -> None:
     output_dir = nuke.File_Knob("output_dir", "output folder")
     output_dir.setTooltip("Empty: <script folder>/comfyui/<script>/<node>_<id>/. Each run writes a new vNNN folder inside.")
     group.addKnob(output_dir)
-    colorspace = nuke.String_Knob("colorspace", "file colorspace")
-    colorspace.setTooltip("Colorspace of the images sent to and read back from ComfyUI. Empty: the script's 8-bit default (sRGB).")
-    group.addKnob(colorspace)
+    group.addKnob(colorspace.make_knob(colorspace.script_colorspaces(group)))
     extra = nuke.String_Knob("extra_params", "parameters as knobs")
     extra.setTooltip("Besides prompts and sampler settings, more NODE.INPUT entries to show as knobs (for example 6.text 3.cfg).")
     group.addKnob(extra)
@@ -294,14 +292,9 @@ def choice(node: nuke.Node, knob_name: str, default: str) -> str:
 
 
 def input_colorspace(node: nuke.Node) -> str:
-    """The colorspace of the files exchanged with ComfyUI: the node's knob, else the script's
-    8-bit default, else sRGB (what ComfyUI's PNGs are)."""
-    own = str(node["colorspace"].value()).strip()
-    if own:
-        return own
-    default = nuke.root().knob("int8Lut")
-    value = str(default.value()).strip() if default is not None else ""
-    return value or "sRGB"
+    """The colorspace of the files exchanged with ComfyUI: the node's choice, or the script's
+    8-bit default; ValueError when the script's OCIO config lacks it (:mod:`.colorspace`)."""
+    return colorspace.resolve(node)
 
 
 def _inner(node: nuke.Node, name: str) -> Optional[nuke.Node]:
@@ -329,25 +322,28 @@ def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, color
     held neighbour: a render through the node (``nuke -x``, the farm) stops on it instead of
     delivering a placeholder, and the Viewer names the missing file.
     """
-    assert isinstance(node, nuke.Group)
-    read = _inner(node, RESULT_READ)
-    if read is None:  # an artist deleted it: make it again
-        with node:
-            read = nuke.nodes.Read()
-            read.setName(RESULT_READ)
-            switch = _inner(node, SWITCH)
-            if switch is not None:
-                switch.setInput(1, read)
-    file_knob = read["file"]
-    assert isinstance(file_knob, nuke.File_Knob)
-    # One call sets the path and the frame range (first/last and origfirst/origlast).
-    file_knob.fromUserText(f"{pattern} {first}-{last}")
-    read["raw"].setValue(raw)
-    if not raw:
-        read["colorspace"].setValue(colorspace)
-    read["on_error"].setValue("error")
-    reload_knob = read.knob("reload")
-    if isinstance(reload_knob, nuke.Script_Knob):
-        reload_knob.execute()  # new files under the same name: drop Nuke's cached frames
+    # A run's bookkeeping is no edit of the artist's: no undo step (Ctrl+Z after a run must not
+    # revert the Read), but the script is modified (saving it keeps the result in view).
+    with no_undo(keep_modified=False):
+        assert isinstance(node, nuke.Group)
+        read = _inner(node, RESULT_READ)
+        if read is None:  # an artist deleted it: make it again
+            with node:
+                read = nuke.nodes.Read()
+                read.setName(RESULT_READ)
+                switch = _inner(node, SWITCH)
+                if switch is not None:
+                    switch.setInput(1, read)
+        file_knob = read["file"]
+        assert isinstance(file_knob, nuke.File_Knob)
+        # One call sets the path and the frame range (first/last and origfirst/origlast).
+        file_knob.fromUserText(f"{pattern} {first}-{last}")
+        read["raw"].setValue(raw)
+        if not raw:
+            read["colorspace"].setValue(colorspace)
+        read["on_error"].setValue("error")
+        reload_knob = read.knob("reload")
+        if isinstance(reload_knob, nuke.Script_Knob):
+            reload_knob.execute()  # new files under the same name: drop Nuke's cached frames
     show_result(node)
     return read

@@ -19,7 +19,8 @@ is left to the studio's defaults, which differ per show:
 
 Nuke runs queued main-thread calls while it renders, so a second run's render could start
 inside the first one's (Nuke: "already executing"): :func:`render_inputs` serialises them with a
-lock held by the calling worker thread, never by the main thread.
+lock held by the calling worker thread, never by the main thread, and waits while
+``nuke.executing()`` says Nuke renders something else (the artist's F7).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import nuke
 
@@ -169,8 +170,10 @@ def frame_file(pattern: str, frame: int, view: str = "") -> str:
 
 def _render_on_main(
     node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], fmt: FileFormat, views: Sequence[str]
-) -> Dict[int, str]:
+) -> Optional[Dict[int, str]]:
     assert isinstance(node, nuke.Group)
+    if nuke.executing():  # the artist's own render (F7) runs queued calls between its frames
+        return None
     render_views = list(views) or nuke.views()[:1]
     failed: Dict[int, str] = {}
     with _quiet_script(), _no_studio_callbacks(), node:
@@ -215,12 +218,27 @@ def _render_on_main(
 
 
 def render_inputs(
-    node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], fmt: FileFormat, views: Sequence[str] = ()
+    node: nuke.Node,
+    jobs: Sequence[Tuple[InputMap, str]],
+    frames: Sequence[int],
+    fmt: FileFormat,
+    busy: Optional[Callable[[], bool]] = None,
+    views: Sequence[str] = (),
 ) -> Dict[int, str]:
     """Render each ``(input, pattern)`` for ``frames`` in every one of ``views`` (the patterns
-    then hold ``%V``; none: the main view); any thread. One render at a time. Returns the
-    frames that could not be rendered (in some view), with Nuke's reason."""
+    then hold ``%V``; none: the main view); any thread but Nuke's main thread. One render at a
+    time. Returns the frames that could not be rendered (in some view), with Nuke's reason.
+
+    While Nuke renders something else (the artist's F7, which runs queued main-thread calls
+    between its frames: a render started there fails with "already executing") it waits:
+    ``busy()`` is called each time, waits a little and returns True to give up (a cancel).
+    """
     from . import mainthread
 
     with _render_lock:
-        return dict(mainthread.call(_render_on_main, node, jobs, frames, fmt, views) or {})
+        while True:
+            failed = mainthread.call(_render_on_main, node, jobs, frames, fmt, views)
+            if failed is not None:
+                return dict(failed)
+            if busy is None or busy():
+                raise RunError(f"{node.name()}: Nuke is rendering; run it again when the render is over")

@@ -18,7 +18,6 @@ import copy
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -28,11 +27,11 @@ import nuke
 
 from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, ServerPool, WorkflowError, frame_workflows
 
-from . import destinations, exchange, mainthread, params, render
+from . import destinations, exchange, frames, mainthread, params, render
 from . import node as node_mod
 from .preview import Preview
 from .report import failure_text, ranges
-from .results import Unit, frames_present, inside, pick_image, result_name, unit_text
+from .frames import Unit, unit_text
 from .settings import RunError, Settings, pool_options
 
 __all__ = ["Run", "RunCancelled", "POLL_SECONDS", "STATUS_INTERVAL", "pool_options"]
@@ -41,6 +40,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
 STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar at every poll)
+NUKE_BUSY_WAIT = 0.25  # how often a run asks whether the artist's render is over
 # Each run's working folders inside the version folder: ``.inputs-<random>``, ``.download-<random>``.
 # Farm tasks of one job share the version folder; each removes only its own when it ends.
 _INPUTS_DIR = ".inputs-"
@@ -167,7 +167,9 @@ class Run:
                     self.version_dir = destinations.new_version(s.output_base)
             except OSError as exc:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
-            inputs_dir = _working_dir(self.version_dir, _INPUTS_DIR)
+            inputs_dir = self._working_dir(_INPUTS_DIR)
+            if s.carry_from:  # "Current frame": the last full run stays in view around it
+                frames.carry_forward(s.carry_from, self.version_dir, s.node_name, s.frames, s.views)
             self._show(f"starting {len(s.frames)} frame(s) into {self.version_dir}", 0, force=True)
             pool = self._open_pool()
             try:
@@ -205,7 +207,7 @@ class Run:
         jobs = [(m, render.input_pattern(inputs_dir, stem, m.number, ext, bool(s.views))) for m in s.inputs]
         self._show(f"rendering the input, frames {ranges(s.frames)}", 0, force=True)
         try:
-            failed = render.render_inputs(self.node, jobs, s.frames, self._format, s.views)
+            failed = render.render_inputs(self.node, jobs, s.frames, self._format, busy=self._wait_for_nuke, views=s.views)
         except RunError:
             raise
         except Exception as exc:
@@ -231,6 +233,19 @@ class Run:
             )
         return out
 
+    def _working_dir(self, prefix: str) -> str:
+        try:
+            return frames.working_dir(self.version_dir, prefix)
+        except OSError as exc:
+            raise RunError(f"{self.settings.node_name}: cannot create a working folder in {self.version_dir}: {exc}") from None
+
+    def _wait_for_nuke(self) -> bool:
+        """Nuke is rendering something else: say so, wait a little; True when cancelled."""
+        self._show("waiting for Nuke's render to end before rendering the input", 0, force=True)
+        if self.cancel_requested.wait(NUKE_BUSY_WAIT) or self._cancelled():
+            raise RunCancelled(f"{self.settings.node_name}: cancelled while waiting for Nuke's render")
+        return False
+
     def _workflows(self) -> List[Dict[str, Any]]:
         s = self.settings
         workflows = []
@@ -241,14 +256,11 @@ class Run:
         if s.frame_input:
             workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, (f, _) in zip(workflows, self.sent_units)]
         if self._format.kind == exchange.EXR:
-            loaders = [m.node_id for m in s.inputs]
-            converted = []
-            for wf, unit in zip(workflows, self.sent_units):
-                # One output folder per job: SaveEXR names its files without telling (exchange).
-                done = exchange.to_exr(wf, loaders, f"{s.uid}_{unit[0]}{unit[1]}_{uuid.uuid4().hex[:12]}", s.exr_tonemap)
-                self._expected[unit] = done.outputs
-                converted.append(done.workflow)
-            workflows = converted
+            # One output folder per job: SaveEXR names its files without telling (exchange).
+            tokens = [f"{s.uid}_{f}{v}_{uuid.uuid4().hex[:12]}" for f, v in self.sent_units]
+            done = [exchange.to_exr(wf, [m.node_id for m in s.inputs], t, s.exr_tonemap) for wf, t in zip(workflows, tokens)]
+            self._expected = {u: d.outputs for u, d in zip(self.sent_units, done)}
+            workflows = [d.workflow for d in done]
         return workflows
 
     def _open_pool(self) -> ServerPool:
@@ -265,19 +277,10 @@ class Run:
         """EXR when asked or possible (some server that can run the job has LoadEXR/SaveEXR:
         capability routing then sends the jobs there), else PNG; said on the node."""
         s = self.settings
-        kind = exchange.PNG
-        if s.pixels != exchange.PNG:
-            probe = exchange.to_exr(s.workflow, [m.node_id for m in s.inputs], "probe").workflow
-            try:
-                able = pool.capabilities(probe)
-            except ComfyClusterError as exc:
-                raise RunError(f"{s.node_name}: {exc}") from exc
-            if any(why is None for why in able.values()):
-                kind = exchange.EXR
-            elif s.pixels == exchange.EXR:
-                why = "; ".join(f"{name}: {reason}" for name, reason in sorted(able.items())) or "no server online"
-                raise RunError(f"{s.node_name}: no server can run the workflow with LoadEXR and SaveEXR "
-                               f"(ComfyUI-HQ-Image-Save) - {why}. Set 'pixels' to auto or png.")
+        try:
+            kind = exchange.choose(pool, s.workflow, [m.node_id for m in s.inputs], s.pixels)
+        except ComfyClusterError as exc:
+            raise RunError(f"{s.node_name}: {exc}") from exc
         note = exchange.exr_note(s.exr_tonemap) if kind == exchange.EXR else exchange.PNG_NOTE
         mainthread.post(node_mod.set_pixels_note, self.node, note)
         self._show(note, force=True)
@@ -291,7 +294,7 @@ class Run:
             raise RunError(f"{s.node_name}: {exc}") from exc
         inputs = [per_frame_inputs[u] for u in self.sent_units] if per_frame_inputs else None
         if self.interactive:  # a live look at sampling; nobody looks without a GUI
-            self.preview = Preview(self.node, _working_dir(self.version_dir, _PREVIEW_DIR), s.node_name)
+            self.preview = Preview(self.node, self._working_dir(_PREVIEW_DIR), s.node_name)
         try:
             batch = pool.map_async(workflows, inputs=inputs, retries=2, on_event=self.preview.on_event if self.preview else None)
         except ComfyClusterError as exc:
@@ -347,7 +350,7 @@ class Run:
                 ok.append((job, unit))
         if stopped_by == "cancel":
             raise RunCancelled(f"{s.node_name}: cancelled ({len(ok)} of {len(self.sent_units)} frames were done)")
-        download_root = _working_dir(self.version_dir, _DOWNLOAD_DIR)
+        download_root = self._working_dir(_DOWNLOAD_DIR)
         by_unit: Dict[Unit, str] = {}
         try:
             for i, (job, unit) in enumerate(ok):
@@ -365,13 +368,15 @@ class Run:
         paths = {f: by_unit[(f, v)] for f, v in by_unit if f in done_frames and v == (s.views or ("",))[0]}
         read_name = ""
         try:
+            # Moved into a group while it ran (a cut and paste): the same id, another node object.
+            self.node = mainthread.call(_alive, self.node, s.uid)
             mainthread.call(_record, self.node, self.version_dir, " ".join(map(str, failed)))
             if done_frames:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
-                pattern = os.path.join(self.version_dir, result_name(s.node_name, "####", "%V" if s.views else "", ext)).replace("\\", "/")
+                pattern = os.path.join(self.version_dir, frames.read_pattern(s.node_name, ext, bool(s.views))).replace("\\", "/")
                 # The node's frames and those already in the version (a re-run completes it):
                 # failed frames inside the range are Read errors (a render through the node stops on them).
-                present = set(frames_present(self.version_dir, s.node_name, ext, s.views)) | set(s.frames)
+                present = set(frames.present(self.version_dir, s.node_name, ext, (s.views or ("",))[0])) | set(s.frames)
                 first, last = min(present), max(present)
                 raw = self._format.kind == exchange.EXR
                 read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace, raw)
@@ -400,22 +405,14 @@ class Run:
             local = job.download(dest_dir)
         if len(local) != len(files):
             raise ComfyClusterError(f"frame {frame}: expected {len(files)} file(s), got {len(local)}")
-        chosen = pick_image(files)
+        chosen = frames.pick_image(files)
         if chosen is None:
             raise ComfyClusterError(f"frame {frame}: the workflow produced no image (add a SaveImage node)")
         source = local[chosen]
         ext = os.path.splitext(source)[1].lower() or ".png"
-        target = os.path.join(self.version_dir, result_name(self.settings.node_name, f"{unit[0]:04d}", unit[1], ext))
-        if inside(source, dest_dir):
-            os.replace(source, target)
-        else:
-            # A mapped path on shared storage: leave ComfyUI's file where it is, link or copy.
-            if os.path.lexists(target):
-                os.remove(target)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copyfile(source, target)
+        target = os.path.join(self.version_dir, frames.frame_name(self.settings.node_name, unit[0], ext, unit[1]))
+        # Our download is moved; a file on shared storage that ComfyUI wrote is linked or copied.
+        frames.place(source, target, owned=frames.inside(source, dest_dir))
         return target
 
     def _report(self, exc: BaseException) -> None:
@@ -437,12 +434,16 @@ class Run:
             mainthread.post(nuke.message, text)
 
 
-def _working_dir(version_dir: str, prefix: str) -> str:
-    """A new folder of this run's own in the version folder (never another task's)."""
+def _alive(node: nuke.Node, uid: str) -> nuke.Node:
+    """``node``, or the node of the script that now has its id; ValueError when none has."""
     try:
-        return tempfile.mkdtemp(prefix=prefix, dir=version_dir)
-    except OSError as exc:
-        raise RunError(f"cannot create a working folder in {version_dir}: {exc}") from None
+        node.name()
+        return node
+    except ValueError:
+        found = destinations.find_node(uid)
+        if found is None:
+            raise
+        return found
 
 
 def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool) -> str:

@@ -88,6 +88,7 @@ class Settings:
     reuse_version: str  # "" for a new version; a re-run of failed frames reuses the last one
     colorspace: str
     uid: str  # the node's id (destinations.node_uid)
+    carry_from: str = ""  # "Current frame": the version whose other frames the new one keeps
     pixels: str = "auto"  # exchange.AUTO/EXR/PNG: how pixels travel (exchange)
     exr_datatype: str = "16 bit half"
     exr_tonemap: str = "linear"  # what the workflow works in over EXR (exchange.TONEMAPS)
@@ -146,7 +147,9 @@ def _views() -> Tuple[str, ...]:
     return views if len(views) > 1 else ()
 
 
-def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, reuse_version: str = "") -> Settings:
+def read_settings(
+    node: nuke.Node, *, frames: Optional[Sequence[int]] = None, reuse_version: str = "", carry_from: str = ""
+) -> Settings:
     """Read and check the knobs of ``node`` (main thread); raises :class:`RunError` with a
     message meant for the user. ``frames`` overrides the node's range (current frame, re-run)."""
     if not node_mod.is_run_node(node):
@@ -181,6 +184,11 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
     if not chosen_frames:
         raise RunError(f"{name}: no frame to run.")
 
+    try:  # before any GPU work: a wrong name used to surface only when the result was read back
+        file_colorspace = node_mod.input_colorspace(node)
+    except ValueError as exc:
+        raise RunError(f"{name}: {exc}") from None
+
     strategy = str(node["strategy"].value())
     chosen = default_strategy() if strategy == node_mod.DEFAULT_STRATEGY else strategy
     try:
@@ -198,7 +206,8 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
         strategy=chosen,
         output_base=destinations.output_base(node),
         reuse_version=reuse_version,
-        colorspace=node_mod.input_colorspace(node),
+        carry_from=carry_from,
+        colorspace=file_colorspace,
         uid=destinations.node_uid(node),
         pixels=node_mod.choice(node, "pixels", exchange.AUTO),
         exr_datatype=node_mod.choice(node, "exr_datatype", exchange.DATATYPES[0]),

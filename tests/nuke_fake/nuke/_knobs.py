@@ -381,8 +381,12 @@ class File_Knob(EvalString_Knob):
         return _n._tcl(str(self._value))
 
     def fromUserText(self, text: str) -> None:
+        """Set the path (and on a Read its range) as if typed: one undo step, like any change
+        of a knob made from Python (Foundry, Python API reference, ``nuke.Undo``: knob
+        changes are recorded unless ``Undo.disable()`` is in force)."""
         self._check("fromUserText")
         text = _require_str(self, text).strip()
+        _n._changed(self)
         match = re.match(r"^(.*?)\s+(-?\d+)-(-?\d+)$", text)
         if match is None:
             self._value = text

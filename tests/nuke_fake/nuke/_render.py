@@ -99,6 +99,8 @@ def execute(nameOrNode: Union[_n.Node, str], start: int, end: int, incr: int = 1
                 view_index = list(_n._views).index(view) if view in _n._views else 0
                 _write_frame(node, path, file_type, channels, _colour(source, expressions, frame_number, view_index))
             _pump_during_render()
+            for hook in list(_n._render_frame_hooks):
+                hook(node.fullName(), frame_number)
     finally:
         _n._executing[0] = False
     _n._fire(_n.afterRenders, node)
