@@ -369,3 +369,19 @@ def test_the_workflow_can_see_srgb_over_exr_for_image_models(fake_nuke, mock_clu
     values, _ = read_exr_first_pixel(run.paths[0])
     # 18% grey comes back (through sRGB and back, in half float); the rest is clipped to 0-1.
     assert values["R"] == pytest.approx(0.18, abs=2e-3) and values["G"] == pytest.approx(1.0) and values["B"] == 0.0
+
+
+def test_current_frame_in_a_stereo_script_keeps_both_eyes_of_the_last_run(fake_nuke, cluster_env, tmp_path):
+    from nuke_fake.support import load_image_workflow
+
+    fake_nuke.set_views(["left", "right"])
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), first=1, last=3, frame_input="")
+    fake_nuke.press(node, "execute")
+    assert wait_run(fake_nuke, node).error is None
+    fake_nuke.set_frame(2)
+    fake_nuke.press(node, "execute_frame")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    expected = sorted(f"{node.name()}_{v}_{f:04d}.png" for f in (1, 2, 3) for v in ("left", "right"))
+    assert sorted(os.listdir(out / "v002")) == expected  # frames 1 and 3 of both eyes carried, 2 new
