@@ -28,6 +28,7 @@ import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .attempt import Attempt, CopyRemover, Ledger, PostGate
+from .affinity import CacheAffinity
 from .balance import StrategyLike, get_strategy, strategy_name
 from .callbacks import CallbackExecutor
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
@@ -101,7 +102,9 @@ class ServerPool:
             raise ConfigError(f"status_ttl: must be >= 0 seconds, got {status_ttl!r}")
         self._servers: Tuple[ServerConfig, ...] = tuple(configs)
         self._by_name: Dict[str, ServerConfig] = {s.name: s for s in configs}
-        self._strategy = get_strategy(strategy, rng)
+        # Wrapped once, so the scheduler and select() share it: use_cache_affinity() turns the
+        # affinity on later without replacing the object they hold.
+        self._strategy = CacheAffinity(get_strategy(strategy, rng), enabled=False)
         self._clock = clock
         self.client_id = str(uuid.uuid4())
         self._clients: Dict[str, ComfyClient] = {s.name: ComfyClient(s, timeout=request_timeout) for s in configs}
@@ -183,6 +186,12 @@ class ServerPool:
     def strategy(self) -> str:
         """The strategy's name."""
         return strategy_name(self._strategy)
+
+    def use_cache_affinity(self) -> None:
+        """From now on an identical workflow goes to the server that was given it last, when
+        that server can take it (ComfyUI's cache there makes the rerun nearly free); otherwise
+        the strategy chooses. The gateway turns this on. Idempotent."""
+        self._strategy.enabled = True
 
     @property
     def _object_info(self) -> Dict[str, Dict[str, Any]]:

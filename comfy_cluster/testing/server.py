@@ -155,6 +155,7 @@ class MockComfyServer(InjectedFaults):
             logger.warning("mock server %s listens on %s: it has no authentication", name, host)
 
         self._lock = threading.RLock()
+        self._view_queries: List[Dict[str, str]] = []
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._started = False
@@ -288,6 +289,12 @@ class MockComfyServer(InjectedFaults):
         """Bodies posted to /interrupt ({} when there was none)."""
         with self._lock:
             return list(self._engine.interrupt_requests) if self._engine else []
+
+    @property
+    def view_queries(self) -> List[Dict[str, str]]:
+        """The query of every GET /view, in order (what a client or gateway sent)."""
+        with self._lock:
+            return list(self._view_queries)
 
     @property
     def queue_delete_requests(self) -> List[Any]:
@@ -988,6 +995,8 @@ class MockComfyServer(InjectedFaults):
         env = self._env
         assert env is not None
         query = request.query
+        with self._lock:
+            self._view_queries.append(dict(query))
         if "filename" not in query:
             return web.Response(status=404)
         filename = query["filename"]
