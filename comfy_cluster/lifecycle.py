@@ -4,7 +4,7 @@ the ledger, finish the job or queue it again).
 :class:`Runners` is handed what it reads and acts on: the clients and sockets per server, the
 status monitor (a server's queue position, marking it down), the ledger, the gate POSTs
 share, the job queue (``add`` and ``attempt_ended``: the scheduler), ``cleanup(server)`` for
-copies left unconfirmed, and the clock. It hands each attempt a
+copies left unconfirmed, the clock, and ``cut`` (set by close once connections are cut). It hands each attempt a
 :class:`~comfy_cluster.runner.RunnerContext`.
 """
 
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Sequence, Set
 
 from .attempt import Attempt, Ledger, PostGate
 from .client import ComfyClient
@@ -37,32 +36,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
         def attempt_ended(self, control: JobControl) -> None: ...
 
-__all__ = ["Runners", "InputHashes"]
+__all__ = ["Runners", "uploaded_workflow"]
 
 log = logging.getLogger("comfy_cluster.pool")
 
 
-class InputHashes:
-    """Content hashes of input files, cached by (path, size, mtime). Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._known: Dict[Tuple[str, int, int], str] = {}
-
-    def of(self, path: str) -> str:
-        st = os.stat(path)
-        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-        with self._lock:
-            digest = self._known.get(key)
-        if digest is None:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            digest = h.hexdigest()[:32]
-            with self._lock:
-                self._known[key] = digest
-        return digest
+def uploaded_workflow(workflow: Dict[str, Any], inputs: Mapping[str, str], client: ComfyClient) -> Dict[str, Any]:
+    """The workflow with each input uploaded into a subfolder named by the hash of the bytes
+    sent: two different files never share a name on a server (two artists' plates of the
+    same name, two jobs of one batch, or a plate replaced by a file of the same size and
+    time stamp), and the same bytes are reused. The file is read once per upload and exactly
+    the bytes hashed are sent (no cache keyed on size and mtime can go stale)."""
+    if not inputs:
+        return workflow
+    values = {}
+    for node, path in inputs.items():
+        with open(path, "rb") as fh:
+            content = fh.read()
+        digest = hashlib.sha256(content).hexdigest()[:32]
+        values[node] = {"image": client.upload_image(path, subfolder=f"cc-{digest}", content=content)}
+    return set_inputs(workflow, values)
 
 
 class Runners:
@@ -82,6 +75,7 @@ class Runners:
         clock: Callable[[], float],
         reconcile_interval: float,
         server_lost_after: float,
+        cut: threading.Event,
     ) -> None:
         self._clients = clients
         self._sockets = sockets
@@ -94,7 +88,7 @@ class Runners:
         self._clock = clock
         self._reconcile_interval = reconcile_interval
         self._server_lost_after = server_lost_after
-        self._hashes = InputHashes()
+        self._cut = cut
         self._lock = threading.Lock()
         self._threads: Set[threading.Thread] = set()
 
@@ -123,10 +117,11 @@ class Runners:
             client=self._clients[name], socket=self._sockets[name], client_id=self._client_id,
             # The job itself is already counted in the load: the ones ahead of it.
             position=lambda: max(0, monitor.snapshot(name).load - 1),
-            uploads=lambda client: self._uploaded_workflow(job.workflow, job.inputs, client),
+            uploads=lambda client: uploaded_workflow(job.workflow, job.inputs, client),
             post_gate=self._post_gate,
             cancelled_here=lambda: [a.prompt_id for a in ledger.live(name) if a.posted and a.job.cancel_requested],
             reconcile_interval=self._reconcile_interval, server_lost_after=self._server_lost_after, clock=self._clock,
+            cut=self._cut,
         )
 
     def _run(self, attempt: Attempt) -> None:
@@ -141,15 +136,6 @@ class Runners:
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
-
-    def _uploaded_workflow(self, workflow: Dict[str, Any], inputs: Mapping[str, str], client: ComfyClient) -> Dict[str, Any]:
-        """The workflow with each input uploaded into a subfolder named by the file's content
-        hash: two different files never share a name on a server (two artists' plates of the
-        same name, or two jobs of one batch), and the same bytes are reused."""
-        if not inputs:
-            return workflow
-        values = {node: {"image": client.upload_image(path, subfolder=f"cc-{self._hashes.of(path)}")} for node, path in inputs.items()}
-        return set_inputs(workflow, values)
 
     def attempt_done(self, attempt: Attempt, outcome: Outcome) -> None:
         """Record how ``attempt`` ended and move the job on: final, or back to the queue."""

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 WorkflowLike = Union[Mapping[str, Any], str, "os.PathLike[str]"]
 #: How long close() lets runners end their jobs on the servers before cutting connections.
 CLOSE_GRACE = 2.0
+#: How long close() waits for runners once every connection is cut (they end in moments).
+RUNNER_JOIN_CAP = 10.0
 
 
 class ServerPool:
@@ -124,10 +126,11 @@ class ServerPool:
             configs, self._view, self._caps, self._ledger, self._strategy,
             launch=self._launch, clock=clock, wait_for_server=wait_for_server,
         )
+        self._cut = threading.Event()  # close(): connections cut, runners give up at once
         self._runners = Runners(
             clients=self._clients, sockets=self._sockets, client_id=self.client_id, monitor=self._monitor,
             ledger=self._ledger, post_gate=self._post_gate, queue=self._scheduler, cleanup=self._cleanup.schedule,
-            clock=clock, reconcile_interval=reconcile_interval, server_lost_after=server_lost_after,
+            clock=clock, reconcile_interval=reconcile_interval, server_lost_after=server_lost_after, cut=self._cut,
         )
         self._seq = itertools.count()
         self._monitor.add_listener(self._on_status_change)
@@ -357,9 +360,14 @@ class ServerPool:
     def close(self) -> None:
         """Cancel unfinished jobs (on their servers too), stop every thread, close every socket.
 
-        Bounded: runners get ``CLOSE_GRACE`` seconds to remove their jobs from the servers;
-        then every connection is cut, and a job still without an end is reported cancelled
-        (a copy that could not be removed is logged with its server and prompt_id).
+        Bounded whatever servers and user code do: runners get ``CLOSE_GRACE`` seconds to
+        remove their jobs from the servers (a server that does not answer is not waited for);
+        then every connection is cut, and a job still without an end is reported cancelled (a
+        copy that could not be removed is logged with its server and prompt_id). When it
+        returns, every job is done with exactly one terminal event, and no thread of the pool
+        is alive except the callback thread while a callback that has not returned holds it
+        (it then runs the terminal events and done-callbacks queued behind that callback, and
+        ends; progress events still queued are dropped).
         """
         if self._closed.is_set():
             return
@@ -371,22 +379,25 @@ class ServerPool:
             a.job.cancel()
         deadline = time.monotonic() + CLOSE_GRACE
         self._runners.join(deadline)
+        self._cut.set()
         for client in self._clients.values():
             client.close()  # cuts requests still hanging (a server that never answers)
         for sock in self._sockets.values():
             sock.close()
-        self._runners.join(time.monotonic() + CLOSE_GRACE)
+        # Every request now fails at once and a runner gives up on a server that does not
+        # answer as soon as the pool is closing: this join returns in moments (the bound only
+        # rules out a hang), so no runner outlives close() to report its job a second time.
+        self._runners.join(time.monotonic() + RUNNER_JOIN_CAP)
         for a in running:
-            if not a.control.final:
-                a.control.cancelled(a.server, "cancelled: pool closed")
+            a.control.cancelled(a.server, "cancelled: pool closed")  # no-op for a final job
         left = self._ledger.live()
         if left:
             log.warning("pool closed with %d job copies not confirmed removed: %s", len(left),
                         ", ".join(f"{a.prompt_id} on {a.server}" for a in left))
         self._monitor.close()
-        self._callbacks.close()
-        for a in running:
-            a.control.force_done()
+        # Every job is done already (set by the thread that ended it); the callback thread gets
+        # CLOSE_GRACE to deliver what is queued, then close returns whatever user code does.
+        self._callbacks.close(CLOSE_GRACE)
 
 
 def _check_inputs(workflow: Mapping[str, Any], inputs: Mapping[str, str]) -> Dict[str, str]:

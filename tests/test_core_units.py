@@ -39,19 +39,23 @@ def test_callbacks_run_in_order_on_one_thread_and_survive_anything():
     ex.close()
     assert seen == [1, 2, 3]
     assert threads == {"comfy-cluster-callbacks"}
-    ex.submit(record, 4)  # after close: run at once on the caller's thread
-    assert seen[-1] == 4
+    assert ex.submit(record, 4, droppable=True)  # progress after close: dropped
+    assert not ex.submit(record, 5)  # after close, the thread gone: the caller runs it
+    assert seen == [1, 2, 3]
 
 
-def test_close_drops_what_a_stuck_callback_holds_back():
+def test_close_drops_progress_but_keeps_terminal_calls_behind_a_stuck_callback():
     ex = CallbackExecutor()
     release = threading.Event()
     ran: List[int] = []
     ex.submit(release.wait)
-    ex.submit(ran.append, 1)
-    ex.close(drain_seconds=0.2)  # returns although the first callback never ends
+    ex.submit(ran.append, 1, droppable=True)  # a progress event
+    ex.submit(ran.append, 2)  # a terminal event or a done-callback
+    ex.close(drain_seconds=0.2)  # returns although the first callback has not ended
+    assert ex.submit(ran.append, 3)  # queued behind it: the thread is still there
     release.set()
-    assert ran == []
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "comfy-cluster-callbacks"], what="the thread ends")
+    assert ran == [2, 3]
 
 
 class _Monitor:

@@ -123,7 +123,7 @@ class FakeQueue:
 def _runners(monitor: FakeMonitor, ledger: Ledger, jobs: FakeQueue, cleaned: List[str]) -> Runners:
     return Runners(clients={}, sockets={}, client_id="c", monitor=monitor, ledger=ledger,  # type: ignore[arg-type]
                    post_gate=PostGate(), queue=jobs, cleanup=cleaned.append, clock=lambda: 0.0,
-                   reconcile_interval=5.0, server_lost_after=15.0)
+                   reconcile_interval=5.0, server_lost_after=15.0, cut=threading.Event())
 
 
 def test_runners_settle_a_move_and_a_success_without_a_server():
