@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from .errors import ComfyClusterError, JobCancelled
 from .server_config import ServerConfig
+from .warm import Warmth, warmth_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Protocol
@@ -437,6 +438,7 @@ class JobControl:
         executor: "Optional[CallbackExecutor]" = None,
         on_cancel: Optional[Callable[[], None]] = None,
         download: Optional[Downloader] = None,
+        warmth: Optional[Warmth] = None,
     ) -> None:
         self.job = job
         self.seq = seq  # submission order in its pool (fair share breaks ties by it)
@@ -450,6 +452,7 @@ class JobControl:
         self.no_server_since: Optional[float] = None
         self.caps: Tuple[int, Dict[str, Optional[str]]] = (-1, {})
         self.key_memo: Optional[Tuple[Any, Any]] = None
+        self._warmth = warmth
 
     def __repr__(self) -> str:
         return f"<JobControl {self.job!r}>"
@@ -467,6 +470,13 @@ class JobControl:
     @property
     def cancel_requested(self) -> bool:
         return self.job.cancel_requested
+
+    @property
+    def warmth(self) -> Warmth:
+        """What the job leaves loaded and cached on its server (worked out once)."""
+        if self._warmth is None:
+            self._warmth = warmth_of(self.job.workflow)
+        return self._warmth
 
     @property
     def final(self) -> bool:

@@ -31,8 +31,9 @@ class FakeMonitor:
         self.in_flight: Dict[str, int] = {s.name: 0 for s in SERVERS}
         self.marked: List[str] = []
 
-    def job_reserved(self, name: str) -> None:
+    def job_reserved(self, name: str, warmth: Any = None) -> bool:
         self.in_flight[name] += 1
+        return False
 
     def job_released(self, name: str, **_: Any) -> None:
         self.in_flight[name] -= 1

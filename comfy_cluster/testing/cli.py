@@ -73,6 +73,10 @@ def build_parser(prog: str = "comfy-cluster mock-server") -> argparse.ArgumentPa
         default=None,
         help="comma-separated checkpoint names (default v1-5-pruned-emaonly.safetensors)",
     )
+    parser.add_argument(
+        "--model-load-seconds", type=float, default=0.0, metavar="S",
+        help="a job whose checkpoint differs from the one last loaded takes S seconds longer (at speed 1; default 0)",
+    )
     parser.add_argument("--name", default="mock", help="server name used in logs (default mock)")
     parser.add_argument("--node-types", default=None, help="comma-separated node types to offer (default: all)")
     parser.add_argument("--comfyui-version", default="0.3.64", help="version reported by /system_stats")
@@ -212,6 +216,7 @@ def run_mock_server(argv: Sequence[str], stdin: Optional[TextIO] = None, stdout:
         server = MockComfyServer(
             name=args.name,
             speed=args.speed,
+            model_load_seconds=args.model_load_seconds,
             models=_split(args.models) or DEFAULT_MODELS,
             node_types=_split(args.node_types),
             version=args.comfyui_version,

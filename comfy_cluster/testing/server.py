@@ -38,7 +38,7 @@ from .engine import Engine, EventSink
 from .faults import Fault, parse_fault
 from .injected import InjectedFaults
 from .wsclient import WsClient
-from .nodes import BUILTIN_NODES, NodeDef, NodeEnv
+from .nodes import BUILTIN_NODES, ModelMemory, NodeDef, NodeEnv
 from .route_faults import RouteRules
 
 __all__ = ["MockComfyServer", "DEFAULT_MODELS", "MODEL_FOLDERS", "HUGE_HTTP_BYTES", "HUGE_WS_BYTES", "MAX_UPLOAD_SIZE"]
@@ -92,7 +92,9 @@ class MockComfyServer(InjectedFaults):
 
     ``models`` is the checkpoint list (or a mapping of model folder to file names),
     ``node_types`` the class_type names offered (None: all of :data:`.nodes.BUILTIN_NODES`),
-    ``speed`` divides the time TestSleep and KSampler take.
+    ``speed`` divides the time TestSleep and KSampler take. ``model_load_seconds``: a job
+    whose checkpoint differs from the one this server last loaded takes that much longer (at
+    speed 1), and a loaded checkpoint shows in ``/system_stats`` VRAM.
     """
 
     def __init__(
@@ -109,7 +111,11 @@ class MockComfyServer(InjectedFaults):
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: Optional["ssl.SSLContext"] = None,
+        model_load_seconds: float = 0.0,
     ) -> None:
+        if not model_load_seconds >= 0:
+            raise ValueError(f"model_load_seconds must be >= 0, got {model_load_seconds}")
+        self._memory = ModelMemory(load_seconds=float(model_load_seconds))
         if isinstance(models, Mapping):
             self._model_folders: Dict[str, List[str]] = {str(k): [str(m) for m in v] for k, v in models.items()}
         else:
@@ -215,6 +221,20 @@ class MockComfyServer(InjectedFaults):
         return list(self._model_folders.get("checkpoints", []))
 
     @property
+    def loaded_model(self) -> Optional[str]:
+        """The checkpoint loaded now (None: none since start or restart)."""
+        return self._memory.loaded
+
+    @property
+    def model_load_seconds(self) -> float:
+        return self._memory.load_seconds
+
+    @property
+    def model_loads(self) -> int:
+        """How many times a checkpoint was loaded since start (a restart does not reset it)."""
+        return self._memory.loads
+
+    @property
     def node_types(self) -> List[str]:
         return list(self._registry)
 
@@ -313,7 +333,7 @@ class MockComfyServer(InjectedFaults):
         for sub in ("input", "output", "temp"):
             dirs[sub] = os.path.join(self._tmpdir, sub)
             os.makedirs(dirs[sub])
-        self._env = NodeEnv(dirs["input"], dirs["output"], dirs["temp"], self._model_folders.get("checkpoints", []))
+        self._env = NodeEnv(dirs["input"], dirs["output"], dirs["temp"], self._model_folders.get("checkpoints", []), self._memory)
         self._engine = Engine(env=self._env, registry=self._registry, sink=_Sink(self), speed=lambda: self._speed, lock=self._lock)
         loop = asyncio.new_event_loop()
         self._loop = loop
@@ -868,6 +888,8 @@ class MockComfyServer(InjectedFaults):
         device_type = self.device_name.split(":")[0].strip().lower() or "cpu"
         if device_type not in ("cpu", "cuda", "mps", "xpu", "npu", "mlu"):
             device_type = "cuda"
+        used = self._memory.model_bytes if self._memory.loaded is not None else 0
+        vram_free = max(0, self.vram_free - used)
         return _json(
             {
                 "system": {
@@ -889,9 +911,9 @@ class MockComfyServer(InjectedFaults):
                         "type": device_type,
                         "index": None if device_type == "cpu" else 0,
                         "vram_total": self.vram_total,
-                        "vram_free": self.vram_free,
+                        "vram_free": vram_free,
                         "torch_vram_total": self.vram_total,
-                        "torch_vram_free": self.vram_free,
+                        "torch_vram_free": vram_free,
                     }
                 ],
             }
