@@ -27,7 +27,7 @@ from .workflow import set_inputs
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Protocol
 
-    from .events import ServerSocket
+    from .events import ServerSockets
 
     class JobQueue(Protocol):
         """Where a moved job goes back (the scheduler)."""
@@ -65,7 +65,7 @@ class Runners:
         self,
         *,
         clients: Mapping[str, ComfyClient],
-        sockets: "Mapping[str, ServerSocket]",
+        sockets: "ServerSockets",
         client_id: str,
         monitor: StatusMonitor,
         ledger: Ledger,

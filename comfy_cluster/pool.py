@@ -33,7 +33,7 @@ from .callbacks import CallbackExecutor
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
 from .config import servers_from_env, status_ttl_from_env, strategy_from_env
 from .errors import ComfyClusterError, ConfigError
-from .events import ServerSocket
+from .events import ServerSockets
 from .jobs import Job, JobControl, JobEvent, OutputFile
 from .lifecycle import Runners
 from .outputs import download_outputs
@@ -108,10 +108,7 @@ class ServerPool:
             configs, self._clients, ttl=status_ttl, clock=clock, probe_timeout=probe_timeout,
             backoff_cap=backoff_cap, background=background_status,
         )
-        self._sockets: Dict[str, ServerSocket] = {
-            s.name: ServerSocket(s, self.client_id, on_status=self._status_frame(s.name), connect_timeout=ws_connect_timeout)
-            for s in configs
-        }
+        self._sockets = ServerSockets(configs, self.client_id, on_status=self._monitor.queue_reading, connect_timeout=ws_connect_timeout)
         self._callbacks = CallbackExecutor()
         self._closed = threading.Event()
         self._post_gate = PostGate()
@@ -197,9 +194,6 @@ class ServerPool:
         """
         self._check_open()
         return self._monitor.refresh(force=refresh)
-
-    def _status_frame(self, name: str) -> Callable[[int], None]:
-        return lambda remaining: self._monitor.queue_reading(name, remaining)
 
     def _on_status_change(self, old: ServerStatus, new: ServerStatus) -> None:
         """Every probe (on the probe executor): forget node lists of a server that was away,
@@ -382,8 +376,7 @@ class ServerPool:
         self._cut.set()
         for client in self._clients.values():
             client.close()  # cuts requests still hanging (a server that never answers)
-        for sock in self._sockets.values():
-            sock.close()
+        self._sockets.close()
         # Every request now fails at once and a runner gives up on a server that does not
         # answer as soon as the pool is closing: this join returns in moments (the bound only
         # rules out a hang), so no runner outlives close() to report its job a second time.

@@ -296,7 +296,7 @@ class StatusMonitor:
         if self._stats_fetched[server.name]:
             return
         try:
-            stats = self._clients[server.name].system_stats(timeout=self._probe_timeout)
+            stats = self._clients[server.name].system_stats(timeout=self._probe_timeout, probe=True)
         except ComfyClusterError as exc:
             log.debug("system_stats of %s failed: %s", server.name, exc)
             return
