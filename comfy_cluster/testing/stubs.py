@@ -26,6 +26,8 @@ async def handle(reader, writer):
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             body = STATS if b"/system_stats" in head.split(b"\r\n", 1)[0] else QUEUE
+            if DELAY:
+                await asyncio.sleep(DELAY)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -36,14 +38,17 @@ async def main(n):
     print(json.dumps(["http://127.0.0.1:%d" % s.sockets[0].getsockname()[1] for s in servers]), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
+DELAY = float(sys.argv[2])
 asyncio.run(main(int(sys.argv[1])))
 """
 
 
 @contextlib.contextmanager
-def stub_servers(n: int) -> Iterator[List[str]]:
-    """``n`` stub servers on 127.0.0.1 (their URLs), stopped on exit."""
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def stub_servers(n: int, delay: float = 0.0) -> Iterator[List[str]]:
+    """``n`` stub servers on 127.0.0.1 (their URLs), each answering after ``delay`` seconds
+    (costing that process almost no CPU, as a server on a machine of its own); stopped on
+    exit."""
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE, str(n), str(delay)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
