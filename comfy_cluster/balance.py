@@ -28,6 +28,7 @@ __all__ = [
     "FastestCompletion",
     "WarmModels",
     "STRATEGIES",
+    "DEFAULT_STRATEGY",
     "get_strategy",
     "expected_seconds",
     "strategy_name",
@@ -256,6 +257,10 @@ STRATEGIES: Dict[str, Callable[[Optional[random.Random]], Any]] = {
     "fastest_completion": FastestCompletion,
     "warm_models": WarmModels,
 }
+#: The strategy of a pool given none (and of NUKE_COMFYUI_STRATEGY unset): warm_models won
+#: bench_models (2.9x faster than least_loaded over three checkpoints) and matched
+#: least_loaded on one-model work and on bench_batch (BENCHMARKS.md).
+DEFAULT_STRATEGY = "warm_models"
 
 StrategyLike = Union[str, Balancer, Callable[[Sequence[Candidate], Optional[Workflow]], Any]]
 

@@ -28,7 +28,7 @@ import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .attempt import Attempt, CopyRemover, Ledger, PostGate
-from .balance import StrategyLike, get_strategy, strategy_name
+from .balance import DEFAULT_STRATEGY, StrategyLike, get_strategy, strategy_name
 from .callbacks import CallbackExecutor
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
 from .config import servers_from_env, status_ttl_from_env, strategy_from_env
@@ -58,8 +58,8 @@ RUNNER_JOIN_CAP = 10.0
 class ServerPool:
     """A cluster of ComfyUI servers used as one.
 
-    ``strategy`` is a name (``least_loaded``, ``round_robin``, ``priority``,
-    ``fastest_completion``), an object with ``select(candidates, workflow)``, or a callable.
+    ``strategy`` is a name (``warm_models``, the default, ``least_loaded``, ``round_robin``,
+    ``priority``, ``fastest_completion``), an object with ``select(candidates, workflow)``, or a callable.
     ``status_ttl`` is how long a probe result is trusted. ``clock`` (monotonic seconds) is
     injectable so TTLs and backoff are tested without sleeping; ``background_status=False``
     turns the refreshing thread off (status is then probed on demand).
@@ -71,7 +71,7 @@ class ServerPool:
     def __init__(
         self,
         servers: Iterable[Union[ServerConfig, Mapping[str, Any]]],
-        strategy: StrategyLike = "least_loaded",
+        strategy: StrategyLike = DEFAULT_STRATEGY,
         status_ttl: float = 5.0,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -147,7 +147,7 @@ class ServerPool:
         """
         servers, source = servers_from_env(environ)
         if "strategy" not in kwargs:
-            kwargs["strategy"] = strategy_from_env(environ) or "least_loaded"
+            kwargs["strategy"] = strategy_from_env(environ) or DEFAULT_STRATEGY
         if "status_ttl" not in kwargs:
             ttl = status_ttl_from_env(environ)
             if ttl is not None:

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the network)")
     p.add_argument("--port", type=int, default=8188, help="port (default 8188)")
     p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${ENV_TOKEN}, else none)")
-    p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
+    p.add_argument("--strategy", help="warm_models (default), least_loaded, round_robin, priority or fastest_completion")
     p.add_argument("--argv", help="ComfyUI's main.py path (or a JSON list) reported as argv in /system_stats (clients derive its folder from argv[0])")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     return p
