@@ -74,9 +74,11 @@ class Progress:
             elif event.kind in ("failed", "cancelled"):
                 self.failed += 1
                 self.steps.pop(idx, None)
-            if self.tty and not self._finished:
+            if self.tty:
+                # After finish() the summary owns the screen: a late event (its callback ran
+                # after the job was done) changes the figures but draws and prints nothing.
                 now = time.monotonic()
-                if now - self._last_draw > 0.1 or event.kind in ("succeeded", "failed"):
+                if not self._finished and (now - self._last_draw > 0.1 or event.kind in ("succeeded", "failed")):
                     self._last_draw = now
                     self._draw()
             elif event.kind in ("submitted", "succeeded", "failed", "cancelled", "retrying"):

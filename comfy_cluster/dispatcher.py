@@ -210,7 +210,7 @@ class Dispatcher:
             try:
                 choice = self._choose(job)
             except Exception as exc:  # a bug deciding one job must not hold every job behind it
-                log.exception("choosing a server for job %s failed", job.job.prompt_id)
+                log.exception("choosing a server for a job failed")
                 choice = Choice(Verdict.FAIL, error=ComfyClusterError(f"internal error choosing a server: {exc!r}"))
             if choice.verdict is Verdict.GO:
                 assert choice.server is not None

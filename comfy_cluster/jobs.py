@@ -279,20 +279,25 @@ class Job:
             self._queue_user(fn, self, inline)
         _run_inline(inline)
 
-    def download(self, dest_dir: str, *, types: Optional[Sequence[str]] = None) -> List[str]:
+    def download(
+        self, dest_dir: str, *, types: Optional[Sequence[str]] = None, files: Optional[Sequence[OutputFile]] = None
+    ) -> List[str]:
         """The job's output files as local paths, in the order of ``result().files`` (waits for
         the job; raises its error).
 
         ``types`` keeps only files of those types (``("output",)`` leaves out the ``temp``
-        files of PreviewImage nodes); all by default. Servers on shared storage (``dir_local``
-        set) give mapped local paths without copying; others are fetched with ``/view`` into
-        ``dest_dir``. A server-given name that would land outside ``dest_dir`` raises
-        :class:`UnsafePathError` before anything is written.
+        files of PreviewImage nodes); all by default. ``files`` names the files instead, from
+        the server that ran the job: for nodes that write files without reporting them
+        (ComfyUI-HQ-Image-Save's SaveEXR), whose names the caller chose. Servers on shared
+        storage (``dir_local`` set) give mapped local paths without copying; others are
+        fetched with ``/view`` into ``dest_dir``. A name that would land outside ``dest_dir``
+        raises :class:`UnsafePathError` before anything is written.
         """
         result = self.result()
         if self._downloader is None:
             raise ComfyClusterError(f"job {result.prompt_id} belongs to no pool: nothing to download with")
-        files = [f for f in result.files if types is None or f.type in types]
+        chosen = result.files if files is None else list(files)
+        files = [f for f in chosen if types is None or f.type in types]
         return self._downloader(result.server, files, dest_dir, result.prompt_id[:8])
 
     # -- used by the pool (the dispatcher, runners and the pool's bookkeeping) -----------------
@@ -341,11 +346,13 @@ class Job:
                 return
             event = JobEvent(kind=kind, server=server, prompt_id=self._prompt_id, index=self.index, **fields)
             if kind == "preview":
-                if self._last_preview is not None:
-                    try:
-                        self.events.remove(self._last_preview)
-                    except ValueError:  # the caller cleared the list
-                        pass
+                old = self._last_preview
+                # By identity, from the end (it is usually among the last few): list.remove
+                # would compare every event field by field, frame bytes included.
+                for i in range(len(self.events) - 1, -1, -1):
+                    if self.events[i] is old:
+                        del self.events[i]
+                        break
                 self._last_preview = event
             self.events.append(event)
             if self._on_event is not None:
@@ -480,7 +487,7 @@ class JobControl:
 
     @property
     def final(self) -> bool:
-        """Whether the job's end is decided (its waiters may not be woken yet)."""
+        """Whether the job's end is decided (and its waiters woken: the same step)."""
         return self.job._final
 
     @property
@@ -514,18 +521,19 @@ class JobControl:
         """Record an event and queue it for the caller's ``on_event``."""
         self.job._emit(kind, server, **fields)
 
+    # One terminal event per job: each of these is a no-op (no event) for a job already final,
+    # so a late runner or close() cannot report a job twice (see Job._finish).
+
     def succeed(self, server: str, result: JobResult, raw: Optional[Dict[str, Any]] = None) -> bool:
-        """The runner that saw the job succeed: its end and terminal event (see
-        :meth:`Job._finish`); False if it had ended already."""
+        """The runner that saw the job succeed: its end and last event."""
         return self.job._finish("succeeded", server, result=result, raw=raw)
 
     def fail(self, server: Optional[str], error: BaseException, raw: Optional[Dict[str, Any]] = None) -> bool:
-        """The part that decided the job cannot succeed: its end and terminal event."""
+        """The part that decided the job cannot succeed: its end and last event."""
         return self.job._finish("failed", server, error=error, raw=raw)
 
     def cancelled(self, server: Optional[str], reason: str, raw: Optional[Dict[str, Any]] = None) -> bool:
-        """The part that saw the job's cancel through (or the pool closing): its end and
-        terminal event; a no-op for a job already final."""
+        """The part that saw the job's cancel through (or the pool closing)."""
         return self.job._finish("cancelled", server, reason=reason, raw=raw)
 
     def add_end_listener(self, fn: Callable[[Job], None]) -> None:

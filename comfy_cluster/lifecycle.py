@@ -14,12 +14,13 @@ import hashlib
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Sequence, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Set
 
 from .attempt import Attempt, Ledger, PostGate
 from .client import ComfyClient
 from .errors import ComfyClusterError, JobFailed, ServerError, WorkflowError
 from .jobs import JobControl, JobResult
+from .loaders import PATH_INPUTS, input_directory, input_for, server_path
 from .runner import Outcome, RunnerContext, run_attempt
 from .status import StatusMonitor
 from .workflow import set_inputs
@@ -36,26 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
         def attempt_ended(self, control: JobControl) -> None: ...
 
-__all__ = ["Runners", "uploaded_workflow"]
+__all__ = ["Runners"]
 
 log = logging.getLogger("comfy_cluster.pool")
-
-
-def uploaded_workflow(workflow: Dict[str, Any], inputs: Mapping[str, str], client: ComfyClient) -> Dict[str, Any]:
-    """The workflow with each input uploaded into a subfolder named by the hash of the bytes
-    sent: two different files never share a name on a server (two artists' plates of the
-    same name, two jobs of one batch, or a plate replaced by a file of the same size and
-    time stamp), and the same bytes are reused. The file is read once per upload and exactly
-    the bytes hashed are sent (no cache keyed on size and mtime can go stale)."""
-    if not inputs:
-        return workflow
-    values = {}
-    for node, path in inputs.items():
-        with open(path, "rb") as fh:
-            content = fh.read()
-        digest = hashlib.sha256(content).hexdigest()[:32]
-        values[node] = {"image": client.upload_image(path, subfolder=f"cc-{digest}", content=content)}
-    return set_inputs(workflow, values)
 
 
 class Runners:
@@ -75,7 +59,7 @@ class Runners:
         clock: Callable[[], float],
         reconcile_interval: float,
         server_lost_after: float,
-        cut: threading.Event,
+        cut: Optional[threading.Event] = None,
     ) -> None:
         self._clients = clients
         self._sockets = sockets
@@ -88,7 +72,7 @@ class Runners:
         self._clock = clock
         self._reconcile_interval = reconcile_interval
         self._server_lost_after = server_lost_after
-        self._cut = cut
+        self._cut = cut or threading.Event()  # set by close() when it cuts connections: runners give up at once
         self._lock = threading.Lock()
         self._threads: Set[threading.Thread] = set()
 
@@ -117,7 +101,7 @@ class Runners:
             client=self._clients[name], socket=self._sockets[name], client_id=self._client_id,
             # The job itself is already counted in the load: the ones ahead of it.
             position=lambda: max(0, monitor.snapshot(name).load - 1),
-            uploads=lambda client: uploaded_workflow(job.workflow, job.inputs, client),
+            uploads=lambda client: self._uploaded_workflow(job.workflow, job.inputs, client),
             post_gate=self._post_gate,
             cancelled_here=lambda: [a.prompt_id for a in ledger.live(name) if a.posted and a.job.cancel_requested],
             reconcile_interval=self._reconcile_interval, server_lost_after=self._server_lost_after, clock=self._clock,
@@ -136,6 +120,31 @@ class Runners:
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
+
+    def _uploaded_workflow(self, workflow: Dict[str, Any], inputs: Mapping[str, str], client: ComfyClient) -> Dict[str, Any]:
+        """The workflow with each input uploaded into a subfolder named by the hash of the bytes
+        sent: two different files never share a name on a server (two artists' plates of the
+        same name, two jobs of one batch, or a plate replaced by one of the same size and time
+        stamp), and the same bytes are reused. Each upload reads the file once and sends exactly
+        the bytes it hashed: no cache keyed on (path, size, mtime) can go stale. Path loaders
+        (LoadEXR) get the uploaded file's path on the server (:mod:`.loaders`)."""
+        if not inputs:
+            return workflow
+        folder: Optional[str] = None
+        values: Dict[str, Dict[str, Any]] = {}
+        for node, path in inputs.items():
+            with open(path, "rb") as fh:
+                content = fh.read()
+            digest = hashlib.sha256(content).hexdigest()[:32]
+            name = client.upload_image(path, subfolder=f"cc-{digest}", content=content)
+            key = input_for(workflow[node]) or "image"
+            if key in PATH_INPUTS.values():  # a path on the server (LoadEXR), not an uploaded name
+                if folder is None:
+                    folder = input_directory(client.system_stats())
+                values[node] = {key: server_path(folder, name)}
+            else:
+                values[node] = {key: name}
+        return set_inputs(workflow, values)
 
     def attempt_done(self, attempt: Attempt, outcome: Outcome) -> None:
         """Record how ``attempt`` ended and move the job on: final, or back to the queue."""

@@ -95,11 +95,12 @@ TABLE: Dict[Tuple[Phase, str], Decision] = {
     (Phase.POST, "workflow"): _FAIL,
     (Phase.POST, "workflow_here"): Decision(Action.MOVE, exclude=True),
     # A proxy in front of one server: 413 would be the same everywhere (too large); 429 is
-    # "later or elsewhere"; 401/403/404 mean this server is misconfigured (offline, with the
-    # reason in its status). Nothing was queued in any of these.
+    # "later or elsewhere" (offline until re-probed after the back-off); 401/403/404 mean this
+    # server is misconfigured (offline, with the reason in its status, and never again for
+    # this job: its GET /queue may well answer). Nothing was queued in any of these.
     (Phase.POST, "413"): _FAIL,
     (Phase.POST, "429"): _MOVE_DOWN,
-    (Phase.POST, "401/403/404"): _MOVE_DOWN,
+    (Phase.POST, "401/403/404"): Decision(Action.MOVE, mark_down=True, exclude=True),
     (Phase.POST, "4xx"): _FAIL,
     (Phase.POST, "refused"): _MOVE_DOWN,  # no connection: nothing was sent
     (Phase.POST, "connect_timeout"): _MOVE_DOWN,

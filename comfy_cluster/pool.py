@@ -34,6 +34,7 @@ from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
 from .config import servers_from_env, status_ttl_from_env, strategy_from_env
 from .errors import ComfyClusterError, ConfigError
 from .events import ServerSockets
+from .loaders import check_inputs
 from .jobs import Job, JobControl, JobEvent, OutputFile
 from .lifecycle import Runners
 from .outputs import download_outputs
@@ -111,6 +112,7 @@ class ServerPool:
         self._sockets = ServerSockets(configs, self.client_id, on_status=self._monitor.queue_reading, connect_timeout=ws_connect_timeout)
         self._callbacks = CallbackExecutor()
         self._closed = threading.Event()
+        self._cut = threading.Event()  # close(): connections cut, runners give up at once
         self._post_gate = PostGate()
         self._view = StatusView(self._monitor, configs, clock)
         # Built before what they wake: their wake-ups reach the scheduler through the pool.
@@ -207,6 +209,14 @@ class ServerPool:
 
     # -- selection ----------------------------------------------------------------------------
 
+    def capabilities(self, workflow: WorkflowLike) -> Dict[str, Optional[str]]:
+        """Per online server: None when it offers every node type and model file ``workflow``
+        names, else why not. Node lists are read once per server and cached; offline servers
+        are left out. Waits for servers never probed (callers' threads only)."""
+        self._check_open()
+        wf = load_workflow(workflow)
+        return self._caps.checker(wf, wait=True)([c.name for c in self._view.current(probe=True).online])
+
     def select(self, workflow: Optional[WorkflowLike] = None, exclude: Iterable[str] = ()) -> ServerConfig:
         """The server the strategy picks now among those passing the filters.
 
@@ -264,7 +274,7 @@ class ServerPool:
             where = f"workflows[{i}]: " if batch is not None else ""
             try:
                 wf = load_workflow(workflow)
-                checked = _check_inputs(wf, job_inputs or {})
+                checked = check_inputs(wf, job_inputs or {})
             except WorkflowInputError as exc:
                 raise WorkflowInputError(f"{where}{exc}") from None
             job = Job(wf, inputs=checked, on_event=on_event, retries=retries, index=i if batch is not None else None, owner=owner)
@@ -378,11 +388,11 @@ class ServerPool:
             client.close()  # cuts requests still hanging (a server that never answers)
         self._sockets.close()
         # Every request now fails at once and a runner gives up on a server that does not
-        # answer as soon as the pool is closing: this join returns in moments (the bound only
-        # rules out a hang), so no runner outlives close() to report its job a second time.
+        # answer once connections are cut: this join returns in moments (the bound only rules
+        # out a hang), so no runner outlives close() to report its job a second time.
         self._runners.join(time.monotonic() + RUNNER_JOIN_CAP)
         for a in running:
-            a.control.cancelled(a.server, "cancelled: pool closed")  # no-op for a final job
+            a.control.cancelled(a.server, "cancelled: pool closed")  # no-op for a job already final
         left = self._ledger.live()
         if left:
             log.warning("pool closed with %d job copies not confirmed removed: %s", len(left),
@@ -392,18 +402,3 @@ class ServerPool:
         # CLOSE_GRACE to deliver what is queued, then close returns whatever user code does.
         self._callbacks.close(CLOSE_GRACE)
 
-
-def _check_inputs(workflow: Mapping[str, Any], inputs: Mapping[str, str]) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    for node_id, path in inputs.items():
-        node_id = str(node_id)
-        node = workflow.get(node_id)
-        if not isinstance(node, Mapping):
-            raise WorkflowInputError(f"inputs: node {node_id} is not in the workflow")
-        if "image" not in (node.get("inputs") or {}) and node.get("class_type") != "LoadImage":
-            raise WorkflowInputError(f"inputs: node {node_id} ({node.get('class_type')}) has no image input")
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise WorkflowInputError(f"inputs: node {node_id}: file not found: {path}")
-        out[node_id] = path
-    return out

@@ -41,7 +41,7 @@ class Recorder:
 
     def __call__(self, event: Any) -> None:
         with self.changed:
-            self.seen.append((event.prompt_id, event.kind))
+            self.seen.append((event.index if event.index is not None else event.prompt_id, event.kind))
             self.changed.notify_all()
 
     def terminal(self) -> List[Tuple[Any, str]]:
@@ -98,7 +98,7 @@ def test_close_never_drops_done_behind_a_slow_done_callback(mock_comfy: MockComf
         held.set()
         release.wait(60)
 
-    pool = pool_of([mock_comfy])
+    pool = pool_of([mock_comfy], extra={"max_queue": 1})  # one job on the server, the next waits here
     try:
         first = pool.submit(image_workflow(color=1, prefix="first"), on_event=record)
         first.add_done_callback(slow)
@@ -109,7 +109,9 @@ def test_close_never_drops_done_behind_a_slow_done_callback(mock_comfy: MockComf
         mock_comfy.pause_jobs()
         third = pool.submit(sleep_workflow(seconds=2, steps=2, prefix="third"), on_event=record)
         wait_until(lambda: mock_comfy.queue_snapshot()[0], what="the third job runs")
+        fourth = pool.submit(image_workflow(color=4, prefix="fourth"), on_event=record)  # waits locally
         pool.close()
+        assert fourth.wait(0) and fourth.status == "cancelled"
         assert third.wait(0) and third.status == "cancelled"
         with pytest.raises(JobCancelled):
             third.result(timeout=0)
@@ -119,8 +121,8 @@ def test_close_never_drops_done_behind_a_slow_done_callback(mock_comfy: MockComf
         mock_comfy.resume_jobs()
         pool.close()
     # Terminal events queued behind the slow callback are delivered once it returns.
-    assert record.wait_for(lambda r: len(r.terminal()) == 3), record.seen
-    assert sorted(k for _, k in record.terminal()) == ["cancelled", "succeeded", "succeeded"]
+    assert record.wait_for(lambda r: len(r.terminal()) == 4), record.seen
+    assert sorted(k for _, k in record.terminal()) == ["cancelled", "cancelled", "succeeded", "succeeded"]
     wait_until(lambda: not [n for n in library_threads() if "callbacks" in n], what="the callback thread ends")
 
 
@@ -166,13 +168,16 @@ def test_a_callback_may_use_the_api(mock_comfy: MockComfyServer, tmp_path: Any, 
         if where == "on_event":
             # The job's own early event: the call waits for (or changes) the job's end.
             fired: List[bool] = []
+            assigned = threading.Event()
 
             def on_event(event: Any) -> None:
                 if event.kind == "queued" and not fired:
                     fired.append(True)
+                    assigned.wait(20)  # ``target`` is bound once submit() has returned
                     act(target)
 
             target = pool.submit(workflow, on_event=on_event)
+            assigned.set()
         else:
             # A done-callback of another job acts on this one, which ends later.
             other = pool.submit(image_workflow(color=5, prefix="other"))
@@ -279,18 +284,23 @@ def test_a_reachable_server_with_a_broken_history_is_not_declared_lost(mock_clus
 
 
 @pytest.mark.parametrize("status", [401, 403, 404, 429, 413])
-def test_a_proxys_4xx_on_post_moves_the_job_or_fails_it_clearly(mock_cluster_factory: Any, status: int) -> None:
+def test_a_proxys_4xx_on_post_moves_the_job_or_fails_it_clearly(mock_cluster_factory: Any, status: int, caplog: Any) -> None:
     """Seen: every 4xx on POST /prompt from one server (a proxy in front of it) failed the job
     ("HTTP 403 on POST /prompt") although another server could run it. Now 401/403/404 mark
     that server offline with the reason and move the job, 429 moves it (later or elsewhere),
     and 413 fails it with a message naming the size."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="comfy_cluster.status")
     cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
     s1 = cluster.servers[0]
     s1.fail_route("/prompt", str(status), method="POST")
     with pool_of(cluster.servers, strategy=first_of("s1"), probe_timeout=(10.0, 10.0), status_ttl=3600.0) as pool:
         job = pool.submit(image_workflow(color=3, prefix="proxy"))
         assert job.wait(30)
-        status_s1 = next(s for s in pool.status() if s.name == "s1")
+    # s1 answers GET /queue, so its next probe finds it online again: the moment it was marked
+    # offline, with the reason, is in the status monitor's log.
+    offline = [r.getMessage() for r in caplog.records if r.name == "comfy_cluster.status" and "s1 is offline" in r.getMessage()]
     if status == 413:
         assert job.status == "failed"
         message = str(job.exception())
@@ -299,8 +309,10 @@ def test_a_proxys_4xx_on_post_moves_the_job_or_fails_it_clearly(mock_cluster_fac
     else:
         assert job.status == "succeeded", job.exception()
         assert job.result().server == "s2"
-        if status != 429:
-            assert not status_s1.online and str(status) in (status_s1.error or ""), status_s1
+        moved = [e for e in job.events if e.kind == "retrying"]
+        assert [(e.from_server, e.to_server) for e in moved] == [("s1", "s2")] and str(status) in (moved[0].reason or "")
+        assert offline and all(str(status) in m for m in offline), offline
+        assert len(s1.received_prompts) == 0  # the proxy answered; ComfyUI never saw the job
 
 
 def s2_ran(cluster: Any) -> int:
@@ -397,7 +409,7 @@ def test_the_dispatcher_keeps_nothing_per_batch_once_its_jobs_left() -> None:
     import time
     import tracemalloc
 
-    from comfy_cluster.config import ServerConfig
+    from comfy_cluster.server_config import ServerConfig
     from comfy_cluster.dispatcher import Choice, Dispatcher, Verdict
     from comfy_cluster.jobs import Job, JobControl
 
@@ -469,4 +481,61 @@ def test_a_name_look_up_is_bounded_by_the_probe_timeout(mock_comfy: MockComfySer
         assert "slow-dns.invalid" in (statuses["dns"].error or ""), statuses["dns"].error
     finally:
         release.set()
+        pool.close()
+
+
+def test_close_from_a_done_callback_returns_and_leaves_no_thread(mock_comfy: MockComfyServer) -> None:
+    """close() called on the callback thread itself (a script ending its pool when its last
+    job is done) must not wait for that thread: it returns, every other job ends once, and
+    the callback thread ends after the callback."""
+    before = set(library_threads())
+    closed = threading.Event()
+    mock_comfy.pause_jobs()
+    pool = pool_of([mock_comfy])
+    try:
+        other = pool.submit(sleep_workflow(seconds=1, steps=2, prefix="other"))
+        wait_until(lambda: mock_comfy.queue_snapshot()[0], what="the other job runs")
+        mock_comfy.resume_jobs()
+        first = pool.submit(image_workflow(color=4, prefix="first"))
+
+        def close_pool(job: Any) -> None:
+            pool.close()
+            closed.set()
+
+        first.add_done_callback(close_pool)
+        assert closed.wait(40), "close() from a done-callback never returned"
+        assert first.status == "succeeded" and other.wait(0) and terminal_events(other) in (["cancelled"], ["succeeded"])
+        wait_until(lambda: set(library_threads()) <= before, what="every library thread ends")
+    finally:
+        mock_comfy.resume_jobs()
+        pool.close()
+
+
+def test_close_mid_batch_ends_every_job_exactly_once(mock_cluster_factory: Any) -> None:
+    """close() in the middle of a batch (jobs running, queued on servers, waiting locally,
+    moving away from a server that just started refusing): when it returns every job is done
+    with exactly one terminal event, its last; on_event gets exactly one per job, and no
+    library thread is left."""
+    before = set(library_threads())
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    s1, s2 = cluster.servers
+    record = Recorder()
+    pool = pool_of(cluster.servers, server_lost_after=15.0)
+    try:
+        batch = pool.map_async([sleep_workflow(seconds=0.3, steps=2, prefix=f"b{i}") for i in range(24)], on_event=record)
+        wait_until(lambda: batch.counts()[0] >= 4, what="a few jobs done")
+        s1.set_fault("refuse")  # its jobs start moving (or wait out the loss window)
+        pool.close()
+        left = set(library_threads()) - before
+        assert left == set(), f"library threads alive after close(): {sorted(left)}"
+        for job in batch.jobs:
+            ends = terminal_events(job)
+            assert job.done and len(ends) == 1 and job.events[-1].kind == ends[0], (job, job.events[-3:])
+        assert record.wait_for(lambda r: len(r.terminal()) >= 24), record.terminal()
+        per_job: Dict[Any, int] = {}
+        for index, _ in record.terminal():
+            per_job[index] = per_job.get(index, 0) + 1
+        assert per_job == {i: 1 for i in range(24)}, per_job
+    finally:
+        s1.set_fault(None)
         pool.close()

@@ -101,3 +101,44 @@ def test_cancel_on_server_interrupts_only_what_runs_now(mock_comfy):
         finally:
             client.close()
             mock_comfy.resume_jobs()
+
+
+def test_a_job_ends_once_and_is_done_before_its_callbacks_run():
+    """A Future's order: state, terminal event and done first, then the callbacks; a second
+    end and any event after the end change nothing and report nothing."""
+    ex = CallbackExecutor()
+    seen: List[Any] = []
+    release = threading.Event()
+    job = Job(sleep_workflow(), on_event=lambda e: seen.append((e.kind, job.done)))
+    job._executor = ex
+    ex.submit(release.wait)  # the callback thread is busy with user code
+    job._emit("progress", "a", value=1.0, max=2.0)
+    job._add_end_listener(lambda j: seen.append(("listener", j.done)))
+    assert job._finish("succeeded", "a", result=None) is True
+    assert job.done and job.wait(0)  # at once, although no callback has run
+    assert job._finish("failed", "a", error=RuntimeError("late")) is False
+    job._emit("progress", "a", value=2.0, max=2.0)
+    job.add_done_callback(lambda j: seen.append(("done-callback", j.status)))
+    assert [e.kind for e in job.events] == ["progress", "succeeded"]
+    release.set()
+    wait_until(lambda: len(seen) == 4, what="the callbacks")
+    assert seen == [("listener", True), ("progress", True), ("succeeded", True), ("done-callback", "succeeded")]
+    ex.close()
+
+
+def test_a_cancelled_job_ends_cancelled_whatever_its_server_says():
+    job = Job(sleep_workflow())
+    assert job.cancel() is True
+    job._finish("succeeded", "a", result=None)
+    assert job.status == "cancelled" and "succeeded on a" in (job.events[-1].reason or "")
+    assert job.cancel() is False and job.status == "cancelled"
+
+
+def test_job_events_keep_the_last_preview_only():
+    job = Job(sleep_workflow())
+    for i in range(50):
+        job._emit("preview", "a", data=bytes([i]) * 10)
+        job._emit("progress", "a", value=float(i), max=50.0)
+    previews = [e for e in job.events if e.kind == "preview"]
+    assert len(previews) == 1 and previews[0].data == bytes([49]) * 10
+    assert len(job.events) == 51

@@ -63,7 +63,7 @@ def test_created_node_has_the_knobs_a_user_needs(fake_nuke):
         "mask_node": "Enumeration_Knob",
         "ref_node": "Enumeration_Knob",
         "send_alpha": "Boolean_Knob",
-        "colorspace": "String_Knob",
+        "colorspace": "Enumeration_Knob",  # the script's own colorspaces (issue 19 item 11)
         "extra_params": "String_Knob",
         "execute": "PyScript_Knob",
         "execute_frame": "PyScript_Knob",

@@ -146,6 +146,43 @@ def test_cancel_stops_every_job_on_its_server(fake_nuke, cluster_env, tmp_path, 
     assert fake_nuke.messages() == []  # the user asked for it: no dialog
 
 
+@pytest.mark.parametrize("move", ["rename", "into_group"])
+def test_cancel_and_execute_follow_the_node_through_a_rename_or_a_move_into_a_group(fake_nuke, cluster_env, tmp_path, move):
+    """Issue 19 item 9: runs were tracked by the node's name: after a rename (or a move into a
+    group: a cut and paste) Cancel said "nothing to cancel" while the jobs went on, and
+    Execute started a second run of the same node."""
+    import nuke
+
+    import comfy_cluster_nuke.run as run_mod
+
+    node = _start_long_run(fake_nuke, cluster_env, tmp_path)
+    run = run_mod.current(node)
+    if move == "rename":
+        node.setName("Hero")
+        target = node
+    else:
+        for n in nuke.allNodes():
+            n.setSelected(n is node)
+        nuke.nodeCopy("%clipboard%")
+        nuke.delete(node)
+        with nuke.nodes.Group():
+            target = nuke.nodePaste("%clipboard%")
+            target.setInput(0, nuke.nodes.Constant())  # a paste keeps no outside connection
+    try:
+        assert run_mod.current(target) is run
+        fake_nuke.press(target, "execute")
+        assert "already running" in fake_nuke.messages()[-1]
+        fake_nuke.press(target, "cancel")
+        assert target["status"].value() == "cancelling"
+    finally:
+        run.cancel()  # whatever failed above, no job is left on the servers
+        fake_nuke.pump_until(run.finished.is_set, what="the run to end")
+    _assert_cluster_idle(cluster_env)
+    for server in cluster_env:
+        assert server.interrupt_requests and server.executed_prompt_ids == []
+    assert type(run.error).__name__ == "RunCancelled"
+
+
 def test_cancel_without_a_run_says_so(fake_nuke, tmp_path):
     import comfy_cluster_nuke.node
 

@@ -201,3 +201,33 @@ def test_windows_console_without_vt_mode_gets_no_escape_codes():
         os.close(master)
         os.close(slave)
     assert ctypes  # ctypes' byref is what the real call is given
+
+
+def test_a_job_event_delivered_after_the_summary_prints_nothing():
+    """A job's callbacks may run after map() returned (they run on the callback thread): on a
+    terminal, a late ``succeeded`` printed a pipe-style ``job 3 succeeded ...`` line under the
+    summary (seen in the 120-column demo on a loaded machine)."""
+    import io
+
+    from comfy_cluster.cli_format import Progress
+    from comfy_cluster.jobs import JobEvent
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    progress = Progress(2, out)
+    progress.on_event(JobEvent("succeeded", "s1", index=0))
+    progress.finish()
+    shown = out.getvalue()
+    progress.on_event(JobEvent("succeeded", "s1", index=1))
+    assert out.getvalue() == shown
+    assert progress.done == 2
+
+
+def test_help_lists_the_exit_statuses_as_readme_does():
+    out = subprocess.run([sys.executable, "-m", "comfy_cluster", "--help"], capture_output=True, text=True, timeout=60)
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md"), encoding="utf-8").read()
+    for code, words in (("2", "bad arguments"), ("3", "no server could take the job"), ("130", "Ctrl-C")):
+        assert f"{code} {words}" in out.stdout and f"| {code} | " in readme

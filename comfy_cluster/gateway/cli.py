@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${ENV_TOKEN}, else none)")
     p.add_argument("--strategy", help="warm_models (default), least_loaded, round_robin, priority or fastest_completion")
     p.add_argument("--argv", help="ComfyUI's main.py path (or a JSON list) reported as argv in /system_stats (clients derive its folder from argv[0])")
+    p.add_argument("--front-end-root", metavar="DIR", help="serve this ComfyUI frontend build (default: the installed comfyui-frontend-package)")
+    p.add_argument("--multi-user", action="store_true", help="ComfyUI's multi-user mode: users pick a profile; settings and workflows per user")
+    p.add_argument("--user-directory", metavar="DIR", help="where the web UI's users, settings and workflows are kept (default ~/.comfy-cluster/gateway-user)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     return p
 
@@ -95,12 +98,21 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
     except (ComfyClusterError, ValueError) as exc:
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
-    gateway = Gateway(pool, host=args.host, port=args.port, token=token, argv=extra)
     try:
+        gateway = Gateway(
+            pool,
+            host=args.host,
+            port=args.port,
+            token=token,
+            argv=extra,
+            front_end_root=args.front_end_root,
+            multi_user=args.multi_user,
+            user_dir=args.user_directory,
+        )
         gateway.start()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         pool.close()
-        print(f"comfy-cluster gateway: {exc.strerror or exc}", file=sys.stderr)
+        print(f"comfy-cluster gateway: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     done = stop or threading.Event()
     previous = None

@@ -124,7 +124,7 @@ class InjectedFaults:
         if rule.kind is RouteFault.ERROR_500:
             return web.Response(status=500, text=_PLAIN_500, content_type="text/plain")
         if rule.kind is RouteFault.STATUS:  # what a proxy in front of ComfyUI answers
-            phrase = http.HTTPStatus(rule.status).phrase if rule.status in http.HTTPStatus._value2member_map_ else "Error"
+            phrase = next((h.phrase for h in http.HTTPStatus if h.value == rule.status), "Error")
             return web.Response(status=rule.status, text=f"{rule.status} {phrase}", content_type="text/plain")
         if rule.kind is RouteFault.RESET:
             if request.transport is not None:

@@ -28,7 +28,7 @@ import nuke
 from .quiet import no_undo
 
 __all__ = [
-    "UNTITLED_ROOT", "UID_KNOB", "script_path", "project_dir", "evaluate_path", "node_uid", "renew_uid_of_copy", "output_base",
+    "UNTITLED_ROOT", "UID_KNOB", "script_path", "project_dir", "evaluate_path", "node_uid", "find_node", "renew_uid_of_copy", "output_base",
     "new_version", "VERSION_RE",
 ]
 
@@ -100,6 +100,15 @@ def _all_ids(exclude: nuke.Node) -> Set[str]:
         if knob is not None:
             ids.add(str(knob.value()).strip())
     return ids
+
+
+def find_node(uid: str) -> Optional[nuke.Node]:
+    """The node of the script with id ``uid`` (in any group), or None (main thread)."""
+    for other in nuke.allNodes(group=nuke.root(), recurseGroups=True):
+        knob = other.knob(UID_KNOB)
+        if knob is not None and str(knob.value()).strip() == uid:
+            return other
+    return None
 
 
 def renew_uid_of_copy(node: nuke.Node) -> bool:

@@ -25,13 +25,14 @@ import nuke
 
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 
+from . import colorspace, exchange
 from .destinations import UID_KNOB, evaluate_path
-from .quiet import quiet_set, set_status
+from .quiet import no_undo, quiet_set, set_pixels_note, set_status
 
 __all__ = [
     "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB",
     "create", "is_run_node", "knob_changed", "load_image_choices", "refresh_load_image_choices",
-    "chosen_load_image", "set_status", "quiet_set", "update_read_node", "input_colorspace", "show_result",
+    "chosen_load_image", "choice", "set_pixels_note", "set_status", "LOADER_TYPES", "MASK_CHANNELS", "quiet_set", "update_read_node", "input_colorspace", "show_result",
 ]
 
 NODE_LABEL = "ComfyUI Cluster Run"
@@ -44,6 +45,9 @@ INPUT_NAMES = ("plate", "mask", "ref")
 # (group input, enumeration knob, what the user calls it)
 INPUT_KNOBS: Tuple[Tuple[int, str, str], ...] = ((0, "load_image_node", "plate"), (1, "mask_node", "mask"), (2, "ref_node", "reference"))
 SHOW_CHOICES = ["result", "input"]
+#: The workflow nodes an input can go to (LoadImageMask: the mask, with its channel).
+LOADER_TYPES = ("LoadImage", "LoadImageMask")
+MASK_CHANNELS = ["alpha", "red", "green", "blue"]
 RESULT_READ = "result"
 SWITCH = "show_switch"
 
@@ -137,6 +141,21 @@ def _add_knobs(group: nuke.Group) -> None:
     alpha = nuke.Boolean_Knob("send_alpha", "send the plate's alpha")
     alpha.setTooltip("Off: the plate is sent as RGB (LoadImage turns a missing or zero alpha into a full mask).")
     group.addKnob(alpha)
+    matte = nuke.Enumeration_Knob("mask_channel", "mask matte in", MASK_CHANNELS)
+    matte.setTooltip("The channel of the mask input holding the matte. It reaches ComfyUI as a mask that is 1 where the matte is 1 (LoadImage's MASK, LoadImageMask with any channel).")
+    matte.clearFlag(nuke.STARTLINE)
+    group.addKnob(matte)
+    pixels = nuke.Enumeration_Knob("pixels", "pixels", exchange.FORMATS)
+    pixels.setTooltip(
+        "auto: linear float EXR when the servers have LoadEXR/SaveEXR (ComfyUI-HQ-Image-Save), else 8-bit PNG. "
+        "exr: always EXR (fails where no server has them). png: 8-bit PNG (values outside 0-1 are clipped)."
+    )
+    group.addKnob(pixels)
+    datatype = nuke.Enumeration_Knob("exr_datatype", "", exchange.DATATYPES)
+    datatype.setTooltip("Precision of the EXR files sent to ComfyUI.")
+    datatype.clearFlag(nuke.STARTLINE)
+    group.addKnob(datatype)
+    group.addKnob(nuke.Text_Knob("pixels_note", "", exchange.note_for(exchange.AUTO)))
 
     frame_input = nuke.String_Knob("frame_input", "frame number to")
     frame_input.setTooltip("Optional NODE.INPUT that receives the frame number, for example 3.seed.")
@@ -155,9 +174,7 @@ def _add_knobs(group: nuke.Group) -> None:
     output_dir = nuke.File_Knob("output_dir", "output folder")
     output_dir.setTooltip("Empty: <script folder>/comfyui/<script>/<node>_<id>/. Each run writes a new vNNN folder inside.")
     group.addKnob(output_dir)
-    colorspace = nuke.String_Knob("colorspace", "file colorspace")
-    colorspace.setTooltip("Colorspace of the images sent to and read back from ComfyUI. Empty: the script's 8-bit default (sRGB).")
-    group.addKnob(colorspace)
+    group.addKnob(colorspace.make_knob(colorspace.script_colorspaces(group)))
     extra = nuke.String_Knob("extra_params", "parameters as knobs")
     extra.setTooltip("Besides prompts and sampler settings, more NODE.INPUT entries to show as knobs (for example 6.text 3.cfg).")
     group.addKnob(extra)
@@ -187,6 +204,8 @@ def knob_changed(node: nuke.Node, knob: Optional[nuke.Knob]) -> None:
         refresh_load_image_choices(node)
     elif name == "show":
         _apply_show(node)
+    elif name == "pixels":
+        set_pixels_note(node, exchange.note_for(str(knob.value())))
 
 
 def load_image_choices(workflow_path: str) -> Tuple[List[str], List[Optional[str]], Optional[str]]:
@@ -201,10 +220,10 @@ def load_image_choices(workflow_path: str) -> Tuple[List[str], List[Optional[str
     except ComfyClusterError as exc:
         return labels, ids, str(exc)
     for node_id, spec in workflow.items():
-        if spec.get("class_type") == "LoadImage":
+        if spec.get("class_type") in LOADER_TYPES:
             meta = spec.get("_meta")
             title = meta.get("title") if isinstance(meta, dict) else None
-            labels.append(f"{title or 'LoadImage'} (node {node_id})")
+            labels.append(f"{title or spec.get('class_type')} (node {node_id})")
             ids.append(str(node_id))
     return labels, ids, None
 
@@ -254,15 +273,16 @@ def refresh_load_image_choices(node: nuke.Node) -> Optional[str]:
     return error
 
 
+def choice(node: nuke.Node, knob_name: str, default: str) -> str:
+    """An enumeration knob's value, or ``default`` on a node made before the knob existed."""
+    knob = node.knob(knob_name)
+    return str(knob.value()) if knob is not None else default
+
+
 def input_colorspace(node: nuke.Node) -> str:
-    """The colorspace of the files exchanged with ComfyUI: the node's knob, else the script's
-    8-bit default, else sRGB (what ComfyUI's PNGs are)."""
-    own = str(node["colorspace"].value()).strip()
-    if own:
-        return own
-    default = nuke.root().knob("int8Lut")
-    value = str(default.value()).strip() if default is not None else ""
-    return value or "sRGB"
+    """The colorspace of the files exchanged with ComfyUI: the node's choice, or the script's
+    8-bit default; ValueError when the script's OCIO config lacks it (:mod:`.colorspace`)."""
+    return colorspace.resolve(node)
 
 
 def _inner(node: nuke.Node, name: str) -> Optional[nuke.Node]:
@@ -282,30 +302,36 @@ def show_result(node: nuke.Node) -> None:
     _apply_show(node)
 
 
-def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str) -> nuke.Node:
+def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool = False) -> nuke.Node:
     """Point the ``result`` Read inside the node at ``pattern`` over first-last and output it.
 
+    ``raw``: the files hold the script's linear values (EXR): no colorspace conversion.
     A failed frame (missing in the version) is a Read error, not a checkerboard, black or a
     held neighbour: a render through the node (``nuke -x``, the farm) stops on it instead of
     delivering a placeholder, and the Viewer names the missing file.
     """
-    assert isinstance(node, nuke.Group)
-    read = _inner(node, RESULT_READ)
-    if read is None:  # an artist deleted it: make it again
-        with node:
-            read = nuke.nodes.Read()
-            read.setName(RESULT_READ)
-            switch = _inner(node, SWITCH)
-            if switch is not None:
-                switch.setInput(1, read)
-    file_knob = read["file"]
-    assert isinstance(file_knob, nuke.File_Knob)
-    # One call sets the path and the frame range (first/last and origfirst/origlast).
-    file_knob.fromUserText(f"{pattern} {first}-{last}")
-    read["colorspace"].setValue(colorspace)
-    read["on_error"].setValue("error")
-    reload_knob = read.knob("reload")
-    if isinstance(reload_knob, nuke.Script_Knob):
-        reload_knob.execute()  # new files under the same name: drop Nuke's cached frames
+    # A run's bookkeeping is no edit of the artist's: no undo step (Ctrl+Z after a run must not
+    # revert the Read), but the script is modified (saving it keeps the result in view).
+    with no_undo(keep_modified=False):
+        assert isinstance(node, nuke.Group)
+        read = _inner(node, RESULT_READ)
+        if read is None:  # an artist deleted it: make it again
+            with node:
+                read = nuke.nodes.Read()
+                read.setName(RESULT_READ)
+                switch = _inner(node, SWITCH)
+                if switch is not None:
+                    switch.setInput(1, read)
+        file_knob = read["file"]
+        assert isinstance(file_knob, nuke.File_Knob)
+        # One call sets the path and the frame range (first/last and origfirst/origlast).
+        file_knob.fromUserText(f"{pattern} {first}-{last}")
+        read["raw"].setValue(raw)
+        if not raw:
+            read["colorspace"].setValue(colorspace)
+        read["on_error"].setValue("error")
+        reload_knob = read.knob("reload")
+        if isinstance(reload_knob, nuke.Script_Knob):
+            reload_knob.execute()  # new files under the same name: drop Nuke's cached frames
     show_result(node)
     return read

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import nuke
 
-__all__ = ["no_undo", "quiet_set", "set_status"]
+__all__ = ["no_undo", "quiet_set", "set_status", "set_pixels_note"]
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +52,14 @@ def set_status(node: nuke.Node, text: str) -> None:
         quiet_set(node["status"], html.escape(text, quote=False))
     except ValueError:  # the user deleted the node while a run went on
         log.info("status of a deleted node: %s", text)
+
+
+def set_pixels_note(node: nuke.Node, text: str) -> None:
+    """Say on the node how its pixels travel (8-bit PNG or linear EXR: :mod:`.exchange`), as
+    plain text, quietly; ignored when the node is gone or was made before the note existed."""
+    try:
+        knob = node.knob("pixels_note")
+        if knob is not None:
+            quiet_set(knob, html.escape(text, quote=False))
+    except ValueError:  # the user deleted the node while a run went on
+        log.info("pixels note of a deleted node: %s", text)

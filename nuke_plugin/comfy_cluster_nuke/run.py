@@ -24,7 +24,7 @@ import nuke
 
 from comfy_cluster import ComfyClusterError
 
-from . import mainthread
+from . import destinations, mainthread
 from . import node as node_mod
 from .report import describe_error
 from .runner import POLL_SECONDS, Run, RunCancelled, pool_options
@@ -54,6 +54,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Runs in progress by the node's id (destinations.node_uid), never by its name: renaming the
+# node, or moving it into a group (a cut and paste: a new node object, same id), while it runs
+# must leave Cancel working and Execute refusing a second run.
 _runs: dict = {}
 _runs_lock = threading.Lock()
 
@@ -69,16 +72,16 @@ def _as_node(node: Union[nuke.Node, str]) -> nuke.Node:
 
 def _forget(run: Run) -> None:
     with _runs_lock:
-        if _runs.get(run.settings.full_name) is run:
-            del _runs[run.settings.full_name]
+        if _runs.get(run.settings.uid) is run:
+            del _runs[run.settings.uid]
 
 
 def _register(node: nuke.Node, settings: Settings, *, interactive: bool, dialogs: bool) -> Run:
     with _runs_lock:
-        if settings.full_name in _runs:
+        if settings.uid in _runs:
             raise RunError(f"{settings.node_name} is already running; cancel it first.")
         run = Run(node, settings, interactive=interactive, dialogs=dialogs, on_end=_forget)
-        _runs[settings.full_name] = run
+        _runs[settings.uid] = run
     return run
 
 
@@ -87,9 +90,9 @@ def _failed_frames(node: nuke.Node) -> List[int]:
     return [int(t) for t in text if t.lstrip("-").isdigit()]
 
 
-def _button(node: nuke.Node, frames: Optional[Sequence[int]] = None, reuse_version: str = "") -> Optional[Run]:
+def _button(node: nuke.Node, frames: Optional[Sequence[int]] = None, reuse_version: str = "", carry_from: str = "") -> Optional[Run]:
     try:
-        settings = read_settings(node, frames=frames, reuse_version=reuse_version)
+        settings = read_settings(node, frames=frames, reuse_version=reuse_version, carry_from=carry_from)
         run = _register(node, settings, interactive=bool(nuke.GUI), dialogs=True)
     except RunError as exc:
         node_mod.set_status(node, f"not started - {exc}")
@@ -113,8 +116,10 @@ def execute(node: nuke.Node) -> Optional[Run]:
 
 
 def execute_current_frame(node: nuke.Node) -> Optional[Run]:
-    """The Current frame button: only the frame the Viewer shows, for a quick look."""
-    return _button(node, frames=[int(nuke.frame())])
+    """The Current frame button: only the frame the Viewer shows, for a quick look. Its new
+    version also holds the other frames of the last run (linked), so the Read keeps showing
+    that run around the new frame instead of holding the one new frame over the range."""
+    return _button(node, frames=[int(nuke.frame())], carry_from=str(node["last_version"].value()))
 
 
 def rerun_failed(node: nuke.Node) -> Optional[Run]:
@@ -167,7 +172,7 @@ def submit(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None, 
 def cancel(node: nuke.Node) -> bool:
     """The Cancel button: cancel the node's run, every job where it is. False if none runs."""
     with _runs_lock:
-        run = _runs.get(node.fullName())
+        run = _runs.get(destinations.node_uid(node))
     if run is None:
         node_mod.set_status(node, "nothing to cancel")
         return False
@@ -179,7 +184,7 @@ def cancel(node: nuke.Node) -> bool:
 def current(node: nuke.Node) -> Optional[Run]:
     """The node's run in progress, if any (main thread)."""
     with _runs_lock:
-        return _runs.get(node.fullName())
+        return _runs.get(destinations.node_uid(node))
 
 
 def is_running(node: nuke.Node) -> bool:

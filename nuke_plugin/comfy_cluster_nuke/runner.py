@@ -2,8 +2,9 @@
 
 :class:`Run` works on any thread; every ``nuke`` call goes through :mod:`.mainthread` except
 ``ProgressTask`` updates, which Nuke allows from any thread. A run: a new version folder
-(:mod:`.destinations`); the used inputs rendered to PNG (:mod:`.render`); one workflow per
-frame (the frame's files to their LoadImage nodes, the parameter knobs' values of that frame,
+(:mod:`.destinations`); the pool opened and the file format chosen (linear EXR where the
+servers have LoadEXR/SaveEXR, else 8-bit PNG: :mod:`.exchange`); the used inputs rendered
+(:mod:`.render`); one workflow per frame (the frame's files to their loader nodes, the parameter knobs' values of that frame,
 the frame number to ``frame_input``) sent as one batch (``pool.map_async``); the batch polled
 every 0.1 s for progress and Cancel; each frame's image moved into ``<node>_####.<ext>`` in the
 version folder, and the ``result`` Read inside the node pointed at it. Failed frames are
@@ -16,18 +17,17 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import re
 import shutil
-import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import uuid
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import nuke
 
-from comfy_cluster import Batch, ComfyClusterError, JobCancelled, ServerPool, WorkflowError, frame_workflows
+from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, ServerPool, WorkflowError, frame_workflows
 
-from . import destinations, mainthread, params, render
+from . import destinations, exchange, frames, mainthread, params, render
 from . import node as node_mod
 from .report import failure_text, ranges
 from .settings import RunError, Settings
@@ -37,8 +37,8 @@ __all__ = ["Run", "RunCancelled", "POLL_SECONDS", "STATUS_INTERVAL", "pool_optio
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
-STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar at every poll)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr", ".bmp", ".gif")
+STATUS_INTERVAL = 0.25
+NUKE_BUSY_WAIT = 0.25  # how often a run asks whether the artist's render is over  # the status knob is updated at most this often (the bar at every poll)
 # Each run's working folders inside the version folder: ``.inputs-<random>``, ``.download-<random>``.
 # Farm tasks of one job share the version folder; each removes only its own when it ends.
 _INPUTS_DIR = ".inputs-"
@@ -84,6 +84,8 @@ class Run:
         self._last_status = 0.0
         self.sent_frames: Tuple[int, ...] = settings.frames  # less the frames whose input failed to render
         self._render_errors: Dict[int, BaseException] = {}
+        self._format = render.FileFormat(exchange.PNG, settings.colorspace)
+        self._expected: Dict[int, Tuple[Tuple[str, str], ...]] = {}  # frame -> SaveEXR files (subfolder, name)
 
     # -- control --------------------------------------------------------------------------------
 
@@ -162,12 +164,19 @@ class Run:
                     self.version_dir = destinations.new_version(s.output_base)
             except OSError as exc:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
-            inputs_dir = _working_dir(self.version_dir, _INPUTS_DIR)
+            inputs_dir = self._working_dir(_INPUTS_DIR)
+            if s.carry_from:  # "Current frame": the last full run stays in view around it
+                frames.carry_forward(s.carry_from, self.version_dir, s.node_name, s.frames)
             self._show(f"starting {len(s.frames)} frame(s) into {self.version_dir}", 0, force=True)
-            per_frame_inputs = self._render(inputs_dir)
-            if self._cancelled():
-                raise RunCancelled(f"{s.node_name}: cancelled before any frame was sent")
-            self.paths = self._run_batch(per_frame_inputs)
+            pool = self._open_pool()
+            try:
+                self._format = self._choose_format(pool)
+                per_frame_inputs = self._render(inputs_dir)
+                if self._cancelled():
+                    raise RunCancelled(f"{s.node_name}: cancelled before any frame was sent")
+                self.paths = self._run_batch(pool, per_frame_inputs)
+            finally:
+                pool.close()
             return self.paths
         except BaseException as exc:
             self.error = exc
@@ -189,10 +198,11 @@ class Run:
             return {}
         os.makedirs(inputs_dir, exist_ok=True)
         stem = f"{s.node_name}_{s.uid}"
-        jobs = [(m, render.input_pattern(inputs_dir, stem, m.number)) for m in s.inputs]
+        ext = self._format.kind
+        jobs = [(m, render.input_pattern(inputs_dir, stem, m.number, ext)) for m in s.inputs]
         self._show(f"rendering the input, frames {ranges(s.frames)}", 0, force=True)
         try:
-            failed = render.render_inputs(self.node, jobs, s.frames, s.colorspace)
+            failed = render.render_inputs(self.node, jobs, s.frames, self._format, busy=self._wait_for_nuke)
         except RunError:
             raise
         except Exception as exc:
@@ -201,7 +211,7 @@ class Run:
             raise RunError(f"{s.node_name}: rendering the input failed: {exc}") from exc
         out: Dict[int, Dict[str, str]] = {}
         for frame in s.frames:
-            files = {m.node_id: render.input_file(inputs_dir, stem, m.number, frame) for m in s.inputs}
+            files = {m.node_id: render.input_file(inputs_dir, stem, m.number, frame, ext) for m in s.inputs}
             if frame not in failed and not all(os.path.isfile(p) for p in files.values()):
                 failed[frame] = "Nuke wrote no file"
             if frame in failed:
@@ -216,6 +226,19 @@ class Run:
             )
         return out
 
+    def _working_dir(self, prefix: str) -> str:
+        try:
+            return frames.working_dir(self.version_dir, prefix)
+        except OSError as exc:
+            raise RunError(f"{self.settings.node_name}: cannot create a working folder in {self.version_dir}: {exc}") from None
+
+    def _wait_for_nuke(self) -> bool:
+        """Nuke is rendering something else: say so, wait a little; True when cancelled."""
+        self._show("waiting for Nuke's render to end before rendering the input", 0, force=True)
+        if self.cancel_requested.wait(NUKE_BUSY_WAIT) or self._cancelled():
+            raise RunCancelled(f"{self.settings.node_name}: cancelled while waiting for Nuke's render")
+        return False
+
     def _workflows(self) -> List[Dict[str, Any]]:
         s = self.settings
         workflows = []
@@ -225,31 +248,65 @@ class Run:
             workflows.append(wf)
         if s.frame_input:
             workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, f in zip(workflows, self.sent_frames)]
+        if self._format.kind == exchange.EXR:
+            loaders = [m.node_id for m in s.inputs]
+            converted = []
+            for wf, frame in zip(workflows, self.sent_frames):
+                # One output folder per job: SaveEXR names its files without telling (exchange).
+                done = exchange.to_exr(wf, loaders, f"{s.uid}_{frame}_{uuid.uuid4().hex[:12]}")
+                self._expected[frame] = done.outputs
+                converted.append(done.workflow)
+            workflows = converted
         return workflows
 
-    def _run_batch(self, per_frame_inputs: Mapping[int, Dict[str, str]]) -> List[str]:
+    def _open_pool(self) -> ServerPool:
         s = self.settings
         try:
-            workflows = self._workflows()
             options = dict(pool_options)
             if s.strategy:
                 options["strategy"] = s.strategy
-            pool = ServerPool.from_env(**options)
+            return ServerPool.from_env(**options)
         except ComfyClusterError as exc:
             raise RunError(f"{s.node_name}: {exc}") from exc
-        try:
-            inputs = [per_frame_inputs[f] for f in self.sent_frames] if per_frame_inputs else None
+
+    def _choose_format(self, pool: ServerPool) -> render.FileFormat:
+        """EXR when asked or possible (some server that can run the job has LoadEXR/SaveEXR:
+        capability routing then sends the jobs there), else PNG; said on the node."""
+        s = self.settings
+        kind = exchange.PNG
+        if s.pixels != exchange.PNG:
+            probe = exchange.to_exr(s.workflow, [m.node_id for m in s.inputs], "probe").workflow
             try:
-                batch = pool.map_async(workflows, inputs=inputs, retries=2)
+                able = pool.capabilities(probe)
             except ComfyClusterError as exc:
                 raise RunError(f"{s.node_name}: {exc}") from exc
-            self._batch = batch
-            if self.cancel_requested.is_set():
-                batch.cancel()  # a cancel that came while the batch was being created
-            stopped_by = self._follow(batch)
-            return self._collect(batch, stopped_by)
-        finally:
-            pool.close()
+            if any(why is None for why in able.values()):
+                kind = exchange.EXR
+            elif s.pixels == exchange.EXR:
+                why = "; ".join(f"{name}: {reason}" for name, reason in sorted(able.items())) or "no server online"
+                raise RunError(f"{s.node_name}: no server can run the workflow with LoadEXR and SaveEXR "
+                               f"(ComfyUI-HQ-Image-Save) - {why}. Set 'pixels' to auto or png.")
+        note = exchange.EXR_NOTE if kind == exchange.EXR else exchange.PNG_NOTE
+        mainthread.post(node_mod.set_pixels_note, self.node, note)
+        self._show(note, force=True)
+        return render.FileFormat(kind, s.colorspace, s.exr_datatype, s.mask_channel)
+
+    def _run_batch(self, pool: ServerPool, per_frame_inputs: Mapping[int, Dict[str, str]]) -> List[str]:
+        s = self.settings
+        try:
+            workflows = self._workflows()
+        except ComfyClusterError as exc:
+            raise RunError(f"{s.node_name}: {exc}") from exc
+        inputs = [per_frame_inputs[f] for f in self.sent_frames] if per_frame_inputs else None
+        try:
+            batch = pool.map_async(workflows, inputs=inputs, retries=2)
+        except ComfyClusterError as exc:
+            raise RunError(f"{s.node_name}: {exc}") from exc
+        self._batch = batch
+        if self.cancel_requested.is_set():
+            batch.cancel()  # a cancel that came while the batch was being created
+        stopped_by = self._follow(batch)
+        return self._collect(batch, stopped_by)
 
     def _follow(self, batch: Batch) -> Optional[str]:
         """Poll the batch until every job ended; cancel it on request or on a refused workflow."""
@@ -296,7 +353,7 @@ class Run:
                 ok.append((job, frame))
         if stopped_by == "cancel":
             raise RunCancelled(f"{s.node_name}: cancelled ({len(ok)} of {len(s.frames)} frames were done)")
-        download_root = _working_dir(self.version_dir, _DOWNLOAD_DIR)
+        download_root = self._working_dir(_DOWNLOAD_DIR)
         paths: Dict[int, str] = {}
         try:
             for i, (job, frame) in enumerate(ok):
@@ -311,15 +368,18 @@ class Run:
         done_frames = sorted(paths)
         read_name = ""
         try:
+            # Moved into a group while it ran (a cut and paste): the same id, another node object.
+            self.node = mainthread.call(_alive, self.node, s.uid)
             mainthread.call(_record, self.node, self.version_dir, " ".join(map(str, failed)))
             if done_frames:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
                 pattern = os.path.join(self.version_dir, f"{s.node_name}_####{ext}").replace("\\", "/")
                 # The node's frames and those already in the version (a re-run completes it):
                 # failed frames inside the range are Read errors (a render through the node stops on them).
-                present = set(_frames_present(self.version_dir, s.node_name, ext)) | set(s.frames)
+                present = set(frames.present(self.version_dir, s.node_name, ext)) | set(s.frames)
                 first, last = min(present), max(present)
-                read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace)
+                raw = self._format.kind == exchange.EXR
+                read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace, raw)
         except ValueError:  # Nuke's answer for a node deleted while the frames ran
             raise RunError(
                 f"{s.node_name} was deleted while it ran; the frames are in {self.version_dir}",
@@ -334,26 +394,23 @@ class Run:
 
     def _take_output(self, job: Any, frame: int, dest_dir: str) -> str:
         """The frame's image as ``<version folder>/<node>_<frame>.<ext>``."""
-        files = job.result().files
-        local = job.download(dest_dir)
+        expected = self._expected.get(frame)
+        if expected:  # SaveEXR reports nothing: its first file, named by us (exchange)
+            files = [OutputFile(expected[0][1], expected[0][0], "output")]
+            local = job.download(dest_dir, files=files)
+        else:
+            files = job.result().files
+            local = job.download(dest_dir)
         if len(local) != len(files):
             raise ComfyClusterError(f"frame {frame}: expected {len(files)} file(s), got {len(local)}")
-        chosen = _pick_image(files)
+        chosen = frames.pick_image(files)
         if chosen is None:
             raise ComfyClusterError(f"frame {frame}: the workflow produced no image (add a SaveImage node)")
         source = local[chosen]
         ext = os.path.splitext(source)[1].lower() or ".png"
-        target = os.path.join(self.version_dir, f"{self.settings.node_name}_{frame:04d}{ext}")
-        if _inside(source, dest_dir):
-            os.replace(source, target)
-        else:
-            # A mapped path on shared storage: leave ComfyUI's file where it is, link or copy.
-            if os.path.lexists(target):
-                os.remove(target)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copyfile(source, target)
+        target = os.path.join(self.version_dir, frames.frame_name(self.settings.node_name, frame, ext))
+        # Our download is moved; a file on shared storage that ComfyUI wrote is linked or copied.
+        frames.place(source, target, owned=frames.inside(source, dest_dir))
         return target
 
     def _report(self, exc: BaseException) -> None:
@@ -375,39 +432,17 @@ class Run:
             mainthread.post(nuke.message, text)
 
 
-def _working_dir(version_dir: str, prefix: str) -> str:
-    """A new folder of this run's own in the version folder (never another task's)."""
+def _alive(node: nuke.Node, uid: str) -> nuke.Node:
+    """``node``, or the node of the script that now has its id; ValueError when none has."""
     try:
-        return tempfile.mkdtemp(prefix=prefix, dir=version_dir)
-    except OSError as exc:
-        raise RunError(f"cannot create a working folder in {version_dir}: {exc}") from None
+        node.name()
+        return node
+    except ValueError:
+        found = destinations.find_node(uid)
+        if found is None:
+            raise
+        return found
 
 
-def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str) -> str:
-    return node_mod.update_read_node(node, pattern, first, last, colorspace).fullName()
-
-
-def _frames_present(folder: str, node_name: str, ext: str) -> List[int]:
-    """Frame numbers of ``<node>_NNNN<ext>`` in ``folder`` (a re-run completes a version)."""
-    pattern = re.compile(re.escape(node_name) + r"_(\d+)" + re.escape(ext) + "$")
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    return sorted(int(m.group(1)) for m in (pattern.match(n) for n in names) if m)
-
-
-def _pick_image(files: Sequence[Any]) -> Optional[int]:
-    """Index of the frame's image: the first saved ("output") image, else the first image."""
-    images = [i for i, f in enumerate(files) if os.path.splitext(f.filename)[1].lower() in IMAGE_EXTENSIONS]
-    saved = [i for i in images if files[i].type == "output"]
-    if saved:
-        return saved[0]
-    return images[0] if images else None
-
-
-def _inside(path: str, folder: str) -> bool:
-    try:
-        return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
-    except ValueError:  # different drives on Windows
-        return False
+def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool) -> str:
+    return node_mod.update_read_node(node, pattern, first, last, colorspace, raw).fullName()

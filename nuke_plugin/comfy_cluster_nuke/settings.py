@@ -17,7 +17,7 @@ import nuke
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 from comfy_cluster.workflow import parse_node_input
 
-from . import destinations
+from . import destinations, exchange
 from . import node as node_mod
 from . import params
 from .destinations import evaluate_path
@@ -62,6 +62,11 @@ class InputMap:
     node_id: str  # the workflow's LoadImage node id (may contain ':' in a subgraph export)
     alpha: bool  # write rgba (a mask, or asked for) rather than rgb
 
+    @property
+    def is_mask(self) -> bool:
+        """The mask input: sent with ComfyUI's polarity (:mod:`.exchange`)."""
+        return self.number == 1
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -79,6 +84,10 @@ class Settings:
     reuse_version: str  # "" for a new version; a re-run of failed frames reuses the last one
     colorspace: str
     uid: str  # the node's id (destinations.node_uid)
+    carry_from: str = ""  # "Current frame": the version whose other frames the new one keeps
+    pixels: str = "auto"  # exchange.AUTO/EXR/PNG: how pixels travel (exchange)
+    exr_datatype: str = "16 bit half"
+    mask_channel: str = "alpha"  # the mask input's channel holding the matte
     params: Dict[int, Dict[str, Any]] = field(default_factory=dict, repr=False)  # frame -> {"3.seed": 7}
 
     @property
@@ -114,7 +123,7 @@ def _inputs(node: nuke.Node, name: str, workflow: Dict[str, Any]) -> Tuple[Input
         spec = workflow.get(node_id)
         if not isinstance(spec, dict):
             raise RunError(f"{name}: the workflow has no node {node_id} for the {label}; pick its LoadImage node again.")
-        if spec.get("class_type") != "LoadImage":
+        if spec.get("class_type") not in node_mod.LOADER_TYPES:
             raise RunError(f"{name}: node {node_id} of the workflow is a {spec.get('class_type')}, not a LoadImage.")
         if node.input(number) is None:
             raise RunError(f"{name}: connect the {label} input, or set its LoadImage to {node_mod.NONE_CHOICE}.")
@@ -126,7 +135,9 @@ def _inputs(node: nuke.Node, name: str, workflow: Dict[str, Any]) -> Tuple[Input
     return tuple(out)
 
 
-def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, reuse_version: str = "") -> Settings:
+def read_settings(
+    node: nuke.Node, *, frames: Optional[Sequence[int]] = None, reuse_version: str = "", carry_from: str = ""
+) -> Settings:
     """Read and check the knobs of ``node`` (main thread); raises :class:`RunError` with a
     message meant for the user. ``frames`` overrides the node's range (current frame, re-run)."""
     if not node_mod.is_run_node(node):
@@ -161,8 +172,17 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
     if not chosen_frames:
         raise RunError(f"{name}: no frame to run.")
 
+    try:  # before any GPU work: a wrong name used to surface only when the result was read back
+        file_colorspace = node_mod.input_colorspace(node)
+    except ValueError as exc:
+        raise RunError(f"{name}: {exc}") from None
+
     strategy = str(node["strategy"].value())
     chosen = default_strategy() if strategy == node_mod.DEFAULT_STRATEGY else strategy
+    try:
+        values = params.values_per_frame(node, workflow, chosen_frames)
+    except ValueError as exc:
+        raise RunError(f"{name}: {exc}") from None
     return Settings(
         node_name=name,
         full_name=node.fullName(),
@@ -174,7 +194,11 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
         strategy=chosen,
         output_base=destinations.output_base(node),
         reuse_version=reuse_version,
-        colorspace=node_mod.input_colorspace(node),
+        carry_from=carry_from,
+        colorspace=file_colorspace,
         uid=destinations.node_uid(node),
-        params=params.values_per_frame(node, workflow, chosen_frames),
+        pixels=node_mod.choice(node, "pixels", exchange.AUTO),
+        exr_datatype=node_mod.choice(node, "exr_datatype", exchange.DATATYPES[0]),
+        mask_channel=node_mod.choice(node, "mask_channel", "alpha"),
+        params=values,
     )

@@ -58,6 +58,7 @@ ENDLINE: int = 0x0000000000002000
 NO_ANIMATION: int = 0x0000000000000100
 READ_ONLY: int = 0x0000000010000000
 DISABLED: int = 0x0000000000000080
+STRIP_CASCADE_PREFIX: int = 0x0000000000000001  # a pulldown whose value has no menu path
 
 
 # --- thread discipline ------------------------------------------------------------------------
@@ -157,13 +158,15 @@ def _run_queued(item: _QueuedCall) -> None:
 
 # The fake in parts, one concern each; everything is reachable here as in Nuke.
 from ._knobs import (  # noqa: E402,F401
-    Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, EvalString_Knob, File_Knob,
+    AColor_Knob, Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, EvalString_Knob, File_Knob,
     Int_Knob, Knob, Multiline_Eval_String_Knob, PyScript_Knob, PythonKnob, Script_Knob,
     String_Knob, Tab_Knob, Text_Knob, Unsigned_Knob, _flush_after, _install_knob_changed_hooks,
     _require_number, _require_str,
 )
+from . import _ocio  # noqa: E402,F401
+from ._ocio import _ColorspaceKnob, getColorspaceList  # noqa: E402,F401
 from ._nodes import (  # noqa: E402,F401
-    Group, Node, Root, Undo, _CLASS_KNOBS, _COLORSPACES, _COMMON_KNOBS, _FILE_TYPES,
+    Group, Node, Root, Undo, _CLASS_KNOBS, _COMMON_KNOBS, _FILE_TYPES,
     _KNOWN_CLASSES, _MAX_INPUTS, _SOURCE_CLASSES, _changed, _enum_default, _flush_knob_changed,
     _in_knob_changed, _modified, _pending_knob_changed, _undo_state, _undo_steps,
 )
@@ -205,6 +208,7 @@ _frame = [1]
 _last_hit: List[Optional[Group]] = [None]
 _executing = [False]
 _render_details: List[Dict[str, Any]] = []
+_render_frame_hooks: List[Callable[[str, int], None]] = []  # the test acts between a render's frames
 _hiero = [False]
 _script_editor = [False]  # a Script Editor call is running on the main thread
 

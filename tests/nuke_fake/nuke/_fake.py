@@ -43,6 +43,8 @@ __all__ = [
     "set_frame_range",
     "queued",
     "run_nuke_t",
+    "on_render_frame",
+    "set_ocio_config",
     "read_frame",
     "strip_frame_range",
 ]
@@ -63,6 +65,7 @@ def reset() -> None:
         _nuke._violations.clear()
         _nuke._errors.clear()
         _nuke._tasks.clear()
+    _nuke._ocio._config[0] = "nuke-default"
     root = _nuke._new_node("Root", None)
     root._knobs["name"]._value = ""
     root._knobs["first_frame"]._value = 1
@@ -91,6 +94,7 @@ def reset() -> None:
     _nuke._pending_knob_changed.clear()
     _nuke._in_knob_changed.clear()
     _nuke.rawArgs[:] = []
+    _nuke._render_frame_hooks.clear()
     set_gui(True)
 
 
@@ -311,6 +315,19 @@ def cancel_progress(task: Optional["_nuke.ProgressTask"] = None) -> None:
 def cancel_render_after(frames: Optional[int]) -> None:
     """The user cancels Nuke's own render progress after ``frames`` frames (None: never)."""
     _nuke._render_cancel_after = frames
+
+
+def set_ocio_config(name: str) -> None:
+    """The script's OCIO config: ``nuke-default``, ``aces_1.2`` (Nuke 14) or ``aces_studio_2.1``
+    (Nuke 16); every colorspace knob lists that config's spaces and roles from now on."""
+    _nuke._ocio._set_config(name)
+
+
+def on_render_frame(hook: Optional[Callable[[str, int], None]]) -> None:
+    """Call ``hook(write node full name, frame)`` on the main thread after each frame any
+    ``nuke.execute`` renders, inside the render (None: no hook). The artist's F7 render, held
+    at a frame while the test checks what the plugin does meanwhile."""
+    _nuke._render_frame_hooks[:] = [hook] if hook is not None else []
 
 
 def read_frame(read: "_nuke.Node", frame: int) -> Tuple[str, str]:

@@ -7,8 +7,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import nuke as _n
 
-# The "default" entry is what a Write/Read uses when nobody sets it: the studio's choice.
-_COLORSPACES: List[str] = ["default", "linear", "sRGB", "rec709", "Gamma2.2", "ACES - ACEScg", "Output - sRGB"]
 # The knobs each node class has, besides the common ones. Only what the plugin touches.
 _COMMON_KNOBS: List[Tuple[str, Callable[[str], _n.Knob]]] = [
     ("name", lambda n: _n.String_Knob(n)),
@@ -33,7 +31,7 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         # A missing or unreadable frame: an error (the default: a render stops), or an image.
         ("on_error", lambda n: _n.Enumeration_Knob(n, n, ["error", "black", "checkerboard", "nearest frame"])),
         ("raw", lambda n: _n.Boolean_Knob(n)),
-        ("colorspace", lambda n: _n.Enumeration_Knob(n, n, _COLORSPACES)),
+        ("colorspace", lambda n: _n._ColorspaceKnob(n)),  # from the OCIO config (_ocio)
         ("reload", lambda n: _n.Script_Knob(n, "Reload", "")),
     ],
     "Write": [
@@ -42,9 +40,11 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         ("file_type", lambda n: _n.Enumeration_Knob(n, n, _FILE_TYPES)),
         # Nuke's default: all four channels.
         ("channels", lambda n: _enum_default(_n.Enumeration_Knob(n, n, ["rgb", "rgba", "alpha", "all"]), "rgba")),
-        ("colorspace", lambda n: _n.Enumeration_Knob(n, n, _COLORSPACES)),
+        ("colorspace", lambda n: _n._ColorspaceKnob(n)),  # from the OCIO config (_ocio)
         ("views", lambda n: _n.String_Knob(n)),
         ("raw", lambda n: _n.Boolean_Knob(n)),
+        # The per-format knob: png "8 bit"/"16 bit", exr "16 bit half"/"32 bit float".
+        ("datatype", lambda n: _n.Enumeration_Knob(n, n, ["8 bit", "16 bit", "16 bit half", "32 bit float"])),
         ("create_directories", lambda n: _n.Boolean_Knob(n)),
         ("beforeRender", lambda n: _n.PythonKnob(n)),
         ("beforeFrameRender", lambda n: _n.PythonKnob(n)),
@@ -53,17 +53,19 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
     ],
     "Input": [("number", lambda n: _n.Int_Knob(n))],
     "Switch": [("which", lambda n: _n.Int_Knob(n))],
-    "Constant": [("color", lambda n: _n.Array_Knob(n))],
+    "Constant": [("color", lambda n: _n.AColor_Knob(n))],
+    # Nuke's Expression node: expr0..expr3 write red, green, blue and alpha (empty: unchanged).
+    "Expression": [(f"expr{i}", lambda n: _n.String_Knob(n)) for i in range(4)],
     "Root": [
         ("first_frame", lambda n: _n.Int_Knob(n)),
         ("last_frame", lambda n: _n.Int_Knob(n)),
         ("fps", lambda n: _n.Array_Knob(n)),
         ("project_directory", lambda n: _n.File_Knob(n)),
         ("proxy", lambda n: _n.Boolean_Knob(n)),
-        ("int8Lut", lambda n: _enum_default(_n.Enumeration_Knob(n, n, _COLORSPACES), "sRGB")),
+        ("int8Lut", lambda n: _n._ColorspaceKnob(n, n, root=True)),  # the 8-bit default, per config
     ],
 }
-_MAX_INPUTS = {"Read": 0, "Write": 1, "Input": 0, "Output": 1, "Constant": 0, "ColorBars": 0, "NoOp": 1, "Dot": 1, "Root": 0, "Switch": 10}
+_MAX_INPUTS = {"Read": 0, "Write": 1, "Input": 0, "Output": 1, "Constant": 0, "ColorBars": 0, "NoOp": 1, "Dot": 1, "Root": 0, "Switch": 10, "Expression": 1}
 _KNOWN_CLASSES = set(_MAX_INPUTS) | {"Group"}
 _SOURCE_CLASSES = {"Read", "Constant", "ColorBars"}
 

@@ -1,0 +1,150 @@
+"""The node inside an artist's working session: Nuke's own render going on, the colorspaces of
+the script's OCIO config, the undo stack, the Viewer's hold of a short sequence (issue 19)."""
+
+from __future__ import annotations
+
+import pytest
+from nuke_fake.support import (  # noqa: F401 - fixtures
+    cluster_env,
+    fake_nuke,
+    load_image_workflow,
+    make_run_node,
+    wait_run,
+    write_json,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_execute_during_the_artists_own_render_waits_for_it(fake_nuke, cluster_env, tmp_path):
+    """Item 10: the input render ran inside the artist's F7 render (Nuke runs queued calls
+    between the frames it renders) and failed with "already executing"."""
+    import nuke
+
+    import comfy_cluster_nuke.run as run_mod
+
+    artist_write = nuke.nodes.Write(file=str(tmp_path / "comp" / "comp.####.png"), file_type="png", create_directories=True)
+    artist_write.setInput(0, nuke.nodes.Constant())
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
+    fake_nuke.press(node, "execute")
+    run = run_mod.current(node)
+
+    def held_at_first_frame(write: str, frame: int) -> None:
+        # The artist's render is at its first frame until the run has asked to render.
+        if write == artist_write.fullName() and frame == 1:
+            fake_nuke.pump_until(
+                lambda: "waiting for Nuke's render" in node["status"].value() or fake_nuke.violations() or run.finished.is_set(),
+                what="the run to reach its input render",
+            )
+
+    fake_nuke.on_render_frame(held_at_first_frame)
+    nuke.execute(artist_write, 1, 3)  # F7: on the main thread, pumping Nuke's event loop
+    fake_nuke.on_render_frame(None)
+    assert fake_nuke.violations() == []
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert [r[0] for r in fake_nuke.renders()] == [artist_write.fullName(), f"{node.name()}.Write1"]
+
+
+def test_the_colorspace_is_a_pulldown_of_the_scripts_config_checked_before_any_gpu_work(fake_nuke, cluster_env, tmp_path):
+    """Item 11: "file colorspace" was free text checked only when the result was read back,
+    after the GPU work, and reported as "the node was deleted while it ran"; OCIO roles and the
+    names of another config (Nuke 14's ACES 1.2 against Nuke 16's studio config) were not
+    offered or caught."""
+    import nuke
+
+    from comfy_cluster_nuke import colorspace
+
+    fake_nuke.set_ocio_config("aces_1.2")  # Nuke 14: the 8-bit default is the role matte_paint
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=1)
+    choices = node["colorspace"].values()
+    assert choices[0] == "default" and {"ACES - ACEScg", "scene_linear", "matte_paint"} <= set(choices)
+    assert colorspace.resolve(node) == "matte_paint"
+    fake_nuke.user_set(node, "colorspace", "scene_linear")  # a role: survives a config change
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert fake_nuke.render_details()[-1]["colorspace"] == "scene_linear"
+
+    fake_nuke.user_set(node, "colorspace", "ACES - ACEScg")
+    fake_nuke.set_ocio_config("aces_studio_2.1")  # the show moves to Nuke 16: ACEScg now
+    sent = sum(len(s.received_prompts) for s in cluster_env)
+    fake_nuke.press(node, "execute")
+    assert "'ACES - ACEScg' is not a colorspace of this script's OCIO config" in fake_nuke.messages()[-1]
+    assert "ACEScg" in fake_nuke.messages()[-1]
+    assert sum(len(s.received_prompts) for s in cluster_env) == sent  # no GPU work
+    colorspace.refresh(node)
+    assert "ACEScg" in node["colorspace"].values()
+    fake_nuke.user_set(node, "colorspace", "default")  # Nuke 16: "default (matte_paint)"
+    assert colorspace.resolve(node) == "matte_paint"
+    assert nuke.root()["int8Lut"].value() == "default (matte_paint)"
+
+
+def test_a_run_leaves_no_undo_step_but_marks_the_script_modified(fake_nuke, cluster_env, tmp_path):
+    """Item 12: the run set the hidden result Read (file, colorspace, on_error) with undo
+    recording on, so the artist's next Ctrl+Z reverted the result."""
+    import nuke
+
+    fake_nuke.save_script(str(tmp_path / "sh010.nk"))
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
+    nuke.scriptSave()
+    before = fake_nuke.undo_steps()
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert fake_nuke.undo_steps() == before
+    assert nuke.root().modified()  # the result is part of the script: saving keeps it in view
+
+
+def test_current_frame_keeps_the_last_full_run_in_view(fake_nuke, cluster_env, tmp_path):
+    """Item 13: "Current frame" made a version of one frame and pointed the Read at it; the
+    Read's hold then showed that frame over the whole range, hiding the last full run."""
+    import os
+
+    import nuke
+
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), first=1, last=3)
+    name = node.name()
+    fake_nuke.press(node, "execute")
+    full = wait_run(fake_nuke, node)
+    assert full.error is None, full.error
+    fake_nuke.set_frame(2)
+    fake_nuke.press(node, "execute_frame")
+    quick = wait_run(fake_nuke, node)
+    assert quick.error is None, quick.error
+    assert os.path.basename(quick.version_dir) == "v002" and len(quick.paths) == 1
+    read = nuke.toNode(f"{name}.result")
+    assert (read["first"].value(), read["last"].value()) == (1, 3)
+    for frame in (1, 3):  # the full run's frames, shown around the new one (linked, not copied)
+        kind, path = fake_nuke.read_frame(read, frame)
+        assert kind == "file" and path.endswith(f"v002/{name}_{frame:04d}.png")
+        assert os.path.samefile(path, os.path.join(full.version_dir, f"{name}_{frame:04d}.png"))
+    assert fake_nuke.read_frame(read, 2) == ("file", quick.paths[0].replace(os.sep, "/"))
+    assert sorted(os.listdir(full.version_dir)) == [f"{name}_{f:04d}.png" for f in (1, 2, 3)]  # left as it was
+
+
+def test_a_frame_held_a_moment_by_another_program_is_placed_after_a_retry(fake_nuke, cluster_env, tmp_path, monkeypatch):
+    """Item 14: the plugin moved frames into the version folder with bare os.replace; on
+    Windows a Viewer or antivirus holding the file for a moment failed the frame. A sharing
+    violation cannot be made on Linux: os.replace raises it once, as Windows does."""
+    import os
+
+    from comfy_cluster import localfiles
+
+    real_replace = os.replace
+    held = []
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith("_0001.png") and not held:
+            held.append(dst)
+            raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(localfiles, "_sleep", lambda seconds: None)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), first=1, last=2)
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert held, "the frame was not moved with os.replace"
+    assert run.error is None, run.error
+    assert sorted(os.path.basename(p) for p in run.paths) == [f"{node.name()}_0001.png", f"{node.name()}_0002.png"]
