@@ -11,9 +11,7 @@ import json
 import logging
 import mimetypes
 import os
-import queue
 import socket
-import ssl
 import tempfile
 import threading
 import time
@@ -31,6 +29,7 @@ from .errors import LocalFileError, ServerError
 from .reasons import classify, explain_status, failure_reason, short_reason
 from .resolve import ResolveTimeout, check_resolvable
 from .tls import ssl_context
+from .transport import LightHTTPPool, LightHTTPSPool, TrackingAdapter
 
 # classify (reasons.py) and as_dict, as_list, iter_output_files, parse_workflow_error
 # (answers.py) are imported from here by the rest of the library too.
@@ -106,7 +105,7 @@ class ComfyClient:
                     # a corporate proxy; ComfyUI servers are addressed directly.
                     session.trust_env = False
                     self._conns = weakref.WeakSet()
-                    adapter = _TrackingAdapter(self._conns, self._ssl, pool_connections=1, pool_maxsize=self._pool_maxsize, max_retries=0)
+                    adapter = TrackingAdapter(self._conns, self._ssl, pool_connections=1, pool_maxsize=self._pool_maxsize, max_retries=0)
                     session.mount("http://", adapter)
                     session.mount("https://", adapter)
                     self._session = session
@@ -225,9 +224,9 @@ class ComfyClient:
                     if self._ssl is not None:
                         kwargs["ssl_context"] = self._ssl
                         kwargs["cert_reqs"] = "CERT_NONE" if self.server.verify_tls is False else "CERT_REQUIRED"
-                        self._probe = _LightHTTPSPool(host, self.server.port, **kwargs)
+                        self._probe = LightHTTPSPool(host, self.server.port, **kwargs)
                     else:
-                        self._probe = _LightHTTPPool(host, self.server.port, **kwargs)
+                        self._probe = LightHTTPPool(host, self.server.port, **kwargs)
                 pool = self._probe
         assert pool is not None
         return pool
@@ -418,75 +417,6 @@ class ComfyClient:
                         pass
                 if self._probe is not None:
                     self._probe.close()
-
-
-class _LightQueue:
-    """The idle connections of a probe pool: LIFO, never waiting. urllib3's default
-    (``queue.LifoQueue``) holds three Conditions, about 4.5 KB per server, that a pool which
-    never blocks (urllib3's default, ``block=False``) never waits on."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._items: List[Any] = []
-        self._maxsize = maxsize
-        self._lock = threading.Lock()
-
-    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
-        with self._lock:
-            if 0 < self._maxsize <= len(self._items):
-                raise queue.Full
-            self._items.append(item)
-
-    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-        with self._lock:
-            if not self._items:
-                raise queue.Empty  # urllib3 then opens a new connection (block=False)
-            return self._items.pop()
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
-
-
-class _LightHTTPPool(urllib3.HTTPConnectionPool):
-    QueueCls = _LightQueue  # type: ignore[assignment]
-
-
-class _LightHTTPSPool(urllib3.HTTPSConnectionPool):
-    QueueCls = _LightQueue  # type: ignore[assignment]
-
-
-class _TrackingAdapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter whose connections use the given SSL context (see tls.py) and that
-    remembers the connections it opens (weakly), so that the client can shut them down while a
-    request waits on one."""
-
-    def __init__(self, conns: "weakref.WeakSet[Any]", context: Optional[ssl.SSLContext], **kwargs: Any) -> None:
-        self._conns = conns
-        self._context = context
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        if self._context is not None:
-            kwargs["ssl_context"] = self._context
-        super().init_poolmanager(*args, **kwargs)
-        conns = self._conns
-        new_pool = self.poolmanager._new_pool
-
-        def tracked_pool(*a: Any, **kw: Any) -> Any:
-            pool = new_pool(*a, **kw)
-            new_conn = pool._new_conn
-
-            def tracked_conn() -> Any:
-                conn = new_conn()
-                conns.add(conn)
-                return conn
-
-            pool._new_conn = tracked_conn
-            return pool
-
-        self.poolmanager._new_pool = tracked_pool
 
 
 class _TooSlow(Exception):
