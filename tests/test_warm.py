@@ -4,6 +4,7 @@ tests over snapshots), the mock's model loads, and the pool recording what ran w
 from __future__ import annotations
 
 import copy
+import io
 import random
 
 import requests
@@ -12,6 +13,7 @@ from helpers import wait_until
 from comfy_cluster import ServerConfig, ServerPool
 from comfy_cluster.balance import Candidate, WarmModels, expected_seconds
 from comfy_cluster.status import ServerStatus
+from comfy_cluster.testing.cli import run_mock_server
 from comfy_cluster.testing.workflows import txt2img_workflow
 from comfy_cluster.warm import model_files, warmth_of
 
@@ -113,3 +115,13 @@ def test_the_pool_records_what_ran_where_and_routes_the_next_job_there(mock_clus
             job.result(timeout=60)
             assert job.server.name == first.server.name
     assert sum(s.model_loads for s in cluster.servers) == 1
+
+
+def test_mock_server_cli_takes_a_model_load_time_and_shows_the_loaded_model():
+    out = io.StringIO()
+    code = run_mock_server(["--port", "0", "--model-load-seconds", "2.5"], stdin=io.StringIO("status\nquit\n"), stdout=out)
+    text = out.getvalue()
+    assert code == 0 and "a checkpoint load takes 2.5 s" in text and "model=- loads=0" in text
+    out = io.StringIO()
+    assert run_mock_server(["--port", "0", "--model-load-seconds", "-1"], stdin=io.StringIO(""), stdout=out) == 1
+    assert "model_load_seconds must be >= 0, got -1.0" in out.getvalue()

@@ -141,7 +141,7 @@ def apply_command(server: "MockComfyServer", line: str) -> Optional[str]:
         return (
             f"{server.url} fault={fault.value if fault else 'off'} latency={server.latency:g}s speed={server.speed:g} "
             f"paused={server.jobs_paused} running={running} pending={len(pending)} clients={len(server.connected_clients())} "
-            f"done={len(server.executed_prompt_ids)}"
+            f"done={len(server.executed_prompt_ids)} model={server.loaded_model or '-'} loads={server.model_loads}"
         )
     reply = _apply_injected(server, command, rest)
     if reply is not None:
@@ -230,7 +230,8 @@ def run_mock_server(argv: Sequence[str], stdin: Optional[TextIO] = None, stdout:
         return 1
     stop = threading.Event()
     try:
-        out.write(f"mock ComfyUI '{server.name}' listening on {server.url} (speed {server.speed:g}, models {', '.join(server.models)})\n")
+        load = f", a checkpoint load takes {server.model_load_seconds:g} s" if server.model_load_seconds else ""
+        out.write(f"mock ComfyUI '{server.name}' listening on {server.url} (speed {server.speed:g}, models {', '.join(server.models)}{load})\n")
         out.write("Ctrl-C stops it; type 'help' for fault commands\n")
         out.flush()
         source = stdin if stdin is not None else sys.stdin
