@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ws-queue-size", type=float, default=32, metavar="MB", help="MB queued per client socket before previews are dropped, then the socket closed (default 32)")
     p.add_argument("--history-items", type=int, default=10000, help="history items kept (default 10000, as ComfyUI)")
     p.add_argument("--history-size", type=float, default=256, metavar="MB", help="MB of history kept (default 256)")
-    p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
+    p.add_argument("--strategy", help="warm_models (default), least_loaded, round_robin, priority or fastest_completion")
     p.add_argument("--argv", help="ComfyUI's main.py path (or a JSON list) reported as argv in /system_stats (clients derive its folder from argv[0])")
     p.add_argument("--front-end-root", metavar="DIR", help="serve this ComfyUI frontend build (default: the installed comfyui-frontend-package)")
     p.add_argument("--multi-user", action="store_true", help="ComfyUI's multi-user mode: users pick a profile; settings and workflows per user")
