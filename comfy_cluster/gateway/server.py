@@ -28,9 +28,11 @@ from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS
 from .identity import MULTI_USER
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
+from .login import login_routes
 from .network import guard, listens_beyond_loopback, self_loop_servers
 from .queue_routes import queue_routes, read_json
 from .relay import DEFAULT_QUEUE_BYTES, Relay
+from .sessions import Sessions
 from .uploads import UploadStore
 from .userdata import userdata_routes
 from .userstore import FileUserStore, UserStore, default_user_dir
@@ -72,7 +74,9 @@ class Gateway:
     The web UI (README "The web UI on the cluster"): ``front_end_root``, a ComfyUI frontend
     build to serve instead of the installed ``comfyui-frontend-package``; ``multi_user``,
     ComfyUI's ``--multi-user`` (implies ``trust_user_header``); ``user_store``, where users' settings and files are kept
-    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``).
+    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``). With a
+    token or users the page signs in at ``/login`` (:mod:`.login`); ``sessions``: how long a
+    sign-in lasts and where it is kept (default: a week, in memory; :mod:`.sessions`).
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class Gateway:
         multi_user: bool = False,
         user_dir: Optional[str] = None,
         user_store: Optional[UserStore] = None,
+        sessions: Optional[Sessions] = None,
     ) -> None:
         self.pool = pool
         if hasattr(pool, "use_cache_affinity"):
@@ -105,7 +110,8 @@ class Gateway:
         self._port = port
         # ComfyUI's multi-user mode is exactly "the comfy-user header names the user".
         trust_user_header = trust_user_header or multi_user
-        self.auth = Authenticator(token, UsersFile(users) if users else None, trust_user_header=trust_user_header)
+        # sessions: the web UI's sign-ins (login.py); in memory unless given a store
+        self.auth = Authenticator(token, UsersFile(users) if users else None, trust_user_header=trust_user_header, sessions=sessions)
         self._allow_origins = tuple(o.rstrip("/") for o in allow_origins)
         self._history_bounds = (history_items, history_bytes)
         self._argv = argv
@@ -328,7 +334,7 @@ class Gateway:
             ("POST", "/upload/image", self._upload_image),
             ("POST", "/upload/mask", self._upload_image),
             ("GET", "/view", self._view),
-        ] + queue_routes(self._b) + info_routes(self.info, self._max_upload)
+        ] + queue_routes(self._b) + info_routes(self.info, self._max_upload) + login_routes(self.auth)
         servers = {s.name: s for s in self.pool.servers}
         web_ui = Frontend(self.info, servers, self._online, self._front_end_root)
         routes += web_ui.routes() + webinfo_routes(self.info, servers, self._online) + userdata_routes(self.user_store)
