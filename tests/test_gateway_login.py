@@ -57,6 +57,9 @@ def test_a_page_without_credentials_goes_to_the_login_form_and_a_token_opens_a_s
         r = requests.get(gw.url + "/?x=1", headers=PAGE, allow_redirects=False, timeout=10)
         assert r.status_code == 303 and r.headers["Location"] == "/login?next=%2F%3Fx%3D1"
         assert requests.get(gw.url + "/queue", timeout=10).status_code == 401  # the page's API calls: 401, no redirect
+        assert requests.get(gw.url + "/extensions/core/groupNode.js", timeout=10).status_code == 401
+        # The frontend build's own files are public (a browser fetches the manifest without cookies).
+        assert requests.get(gw.url + "/materialdesignicons.min.css", timeout=10).status_code == 200
         form = requests.get(gw.url + r.headers["Location"], headers=PAGE, timeout=10)
         assert form.status_code == 200 and 'name="token"' in form.text and 'value="/?x=1"' in form.text
         assert requests.get(gw.url + "/login/status", timeout=10).json() == {"user": None, "required": True}

@@ -10,6 +10,10 @@ users file the page signs in once:
   opened and the browser is sent to the URL without the token (out of the address bar);
 * ``/logout`` ends the session and clears the cookie.
 
+The frontend build's own files (scripts, styles, fonts, the manifest) load without signing in:
+they are the public ``comfyui-frontend-package``, the same for everyone. The page itself
+(``/``), every API route, the servers' extensions and the websocket need the session.
+
 The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's page or
 link sends it; with the Origin check, other sites cannot act as the user) and ``Secure`` over
 https. It holds a random id only; the token is neither kept nor logged. A link from another
@@ -29,11 +33,14 @@ from aiohttp import web
 
 from .auth import Authenticator, session_cookie_name
 
-__all__ = ["login_routes", "is_open", "wants_page", "to_login", "token_to_cookie"]
+__all__ = ["login_routes", "is_open", "wants_page", "to_login", "token_to_cookie", "PUBLIC"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OPEN = ("/login", "/login/status", "/logout")
+#: The name of a route whose files anyone may load: the frontend package's own build (the same
+#: for every ComfyUI). Browsers fetch the page's web app manifest without cookies, by the spec.
+PUBLIC = "comfy-cluster-public-files"
 WRONG_TOKEN = "wrong token: it is neither a gateway user's token nor the admin token"
 
 _PAGE = """<!doctype html>
@@ -67,8 +74,12 @@ def _base(path: str) -> str:
 
 
 def is_open(request: web.Request) -> bool:
-    """True for the sign-in routes, which answer without credentials."""
-    return _base(request.path) in _OPEN
+    """True for the sign-in routes and the frontend build's own files (resources named
+    :data:`PUBLIC`), which answer without credentials."""
+    if _base(request.path) in _OPEN:
+        return True
+    resource = getattr(request.match_info.route, "resource", None)  # routed before middlewares run
+    return resource is not None and resource.name == PUBLIC
 
 
 def wants_page(request: web.Request) -> bool:
