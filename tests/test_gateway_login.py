@@ -162,6 +162,18 @@ def test_each_users_cookie_gives_their_own_jobs_settings_and_events(mock_cluster
             bob.close()
 
 
+def test_with_users_the_page_asks_no_profile_even_in_multi_user_mode(mock_cluster_factory: Factory, tmp_path: Any) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    users = _users(tmp_path, "alice")
+    user_dir = tmp_path / "ud"
+    with gateway_over(cluster, gateway_kwargs={"users": users["path"], "user_dir": str(user_dir), "multi_user": True}) as gw:
+        s, _ = _sign_in(gw.url, users["alice"])
+        # The sign-in names the user: ComfyUI's single-user answers (no user-select screen).
+        assert "users" not in s.get(gw.url + "/api/users", timeout=10).json()
+        assert s.post(gw.url + "/api/settings/Comfy.Theme", json="dark", headers={"comfy-user": "bob"}, timeout=10).status_code == 200
+        assert json.loads((user_dir / "alice" / "comfy.settings.json").read_text()) == {"Comfy.Theme": "dark"}
+
+
 def test_logout_and_a_new_token_end_the_session(mock_cluster_factory: Factory, tmp_path: Any) -> None:
     cluster = mock_cluster_factory(speeds=(1.0,))
     users = _users(tmp_path, "alice")

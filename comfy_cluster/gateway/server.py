@@ -252,7 +252,7 @@ class Gateway:
             history_bytes=self._history_bounds[1],
         )
         app = web.Application(client_max_size=self._max_upload, middlewares=[guard(self.auth, self._allow_origins)])
-        app[MULTI_USER] = self._multi_user
+        app[MULTI_USER] = self._multi_user and not self.auth.required  # with sign-in, it names the user
         self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
