@@ -5,6 +5,7 @@ nor the token reaching a server."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
@@ -12,12 +13,14 @@ import requests
 from gateway_util import ScriptClient, gateway_over
 
 from comfy_cluster.gateway.auth import add_user, session_cookie_name
+from comfy_cluster.gateway.login import WRONG_TOKEN
 from comfy_cluster.gateway.sessions import MemorySessionStore, Session, Sessions
 from comfy_cluster.testing import MockCluster, wait_until
 from comfy_cluster.testing.workflows import image_workflow, sleep_workflow
 
 pytestmark = pytest.mark.timeout(60)
 Factory = Callable[..., MockCluster]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}  # a browser's navigation
 
 
@@ -90,6 +93,8 @@ def test_a_wrong_token_is_refused_with_one_line(mock_cluster_factory: Factory, t
             s, r = _sign_in(gw.url, wrong)
             assert r.status_code == 401 and "Set-Cookie" not in r.headers and not s.cookies
             assert r.text.count("\n") == 0 and r.text.startswith("401: wrong token")
+        readme = " ".join(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().split())
+        assert f"`{WRONG_TOKEN}`" in readme  # README quotes the real message
         html = requests.post(gw.url + "/login", data={"token": "nope"}, headers=PAGE, timeout=10)
         assert html.status_code == 401 and 'class="error">wrong token' in html.text and 'name="token"' in html.text
         admin, r = _sign_in(gw.url, "adm1n")  # the admin token signs in too: every job
