@@ -112,6 +112,12 @@ def test_a_token_in_the_first_url_becomes_a_session_and_leaves_the_address_bar(m
         # Scripts' ?token= (websocket clients) stays a per-request credential: no cookie.
         api = requests.get(gw.url + "/queue", params={"token": users["alice"]}, timeout=10)
         assert api.status_code == 200 and "Set-Cookie" not in api.headers
+        # A link on another site carrying a token (maybe not hers: login CSRF) signs nobody in.
+        other = requests.Session()
+        linked = other.get(gw.url + "/", params={"token": users["alice"]}, headers={**PAGE, "Sec-Fetch-Site": "cross-site"}, allow_redirects=False, timeout=10)
+        assert linked.status_code == 303 and linked.headers["Location"] == "/" and not other.cookies
+        bookmarked = other.get(gw.url + "/", params={"token": users["alice"]}, headers={**PAGE, "Sec-Fetch-Site": "none"}, allow_redirects=False, timeout=10)
+        assert bookmarked.status_code == 303 and other.get(gw.url + "/login/status", timeout=10).json()["user"] == "alice"
         wrong = requests.get(gw.url + "/", params={"token": "nope"}, headers=PAGE, allow_redirects=False, timeout=10)
         assert wrong.status_code == 303 and wrong.headers["Location"].startswith("/login?") and "Set-Cookie" not in wrong.headers
 
@@ -192,6 +198,9 @@ def test_logout_and_a_new_token_end_the_session(mock_cluster_factory: Factory, t
         page = requests.get(gw.url + "/logout", headers=PAGE, allow_redirects=False, timeout=10)
         assert page.status_code == 303 and page.headers["Location"] == "/login"
         s2, _ = _sign_in(gw.url, users["alice"])
+        assert s2.get(gw.url + "/queue", timeout=10).status_code == 200
+        linked = s2.get(gw.url + "/logout", headers={**PAGE, "Sec-Fetch-Site": "cross-site"}, allow_redirects=False, timeout=10)
+        assert linked.headers["Location"] == "/" and "Set-Cookie" not in linked.headers  # another site's link
         assert s2.get(gw.url + "/queue", timeout=10).status_code == 200
         add_user(users["path"], "alice")  # a new token for alice (the old one leaked, say)
         assert s2.get(gw.url + "/queue", timeout=10).status_code == 401

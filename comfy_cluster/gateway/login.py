@@ -6,8 +6,9 @@ users file the page signs in once:
 * a page request (a GET that wants HTML) with no credentials is sent to ``/login?next=PATH``,
   a small form asking for the user's token; posting it opens a session (:mod:`.sessions`) and
   sets the session cookie, then goes back to ``PATH``. A wrong token: 401 with one line;
-* or the first URL carries the token, ``http://gateway:8188/?token=TOKEN``: the same session is
-  opened and the browser is sent to the URL without the token (out of the address bar);
+* or the first URL carries the token, ``http://gateway:8188/?token=TOKEN`` (typed or
+  bookmarked; not a link on another site): the same session is opened and the browser is sent
+  to the URL without the token (out of the address bar);
 * ``/logout`` ends the session and clears the cookie.
 
 The frontend build's own files (scripts, styles, fonts, the manifest) load without signing in:
@@ -125,15 +126,28 @@ def _signed_in(request: web.Request, auth: Authenticator, token: str, target: st
     return answer
 
 
+def _from_elsewhere(request: web.Request) -> bool:
+    """True for a navigation another site started (a link or a form on it): browsers say so in
+    ``Sec-Fetch-Site``. Typed addresses and bookmarks say ``none``."""
+    return request.headers.get("Sec-Fetch-Site", "none").lower() not in ("none", "same-origin")
+
+
 def token_to_cookie(request: web.Request, auth: Authenticator) -> Optional[web.StreamResponse]:
     """A page opened with ``?token=`` (and no Authorization header): sign in, then the same URL
-    without the token. None when the request is not such a page."""
+    without the token. None when the request is not such a page.
+
+    Only when the address was typed, bookmarked or followed on the gateway's own pages: a link
+    on another site could carry someone else's token and sign the artist in as that user (who
+    would then see the artist's workflows). Such a link goes to the URL without the token."""
     token = request.query.get("token")
     if not token or not auth.required or not wants_page(request) or request.headers.get("Authorization"):
         return None
     query = [(k, v) for k, v in request.query.items() if k != "token"]
-    target = request.path + ("?" + urlencode(query) if query else "")
-    return _signed_in(request, auth, token, _local(target))
+    target = _local(request.path + ("?" + urlencode(query) if query else ""))
+    if _from_elsewhere(request):
+        log.warning("gateway: a link from another site carried a token; not signed in (%s)", request.remote)
+        return _see_other(target)
+    return _signed_in(request, auth, token, target)
 
 
 def _page(next_path: str, error: str = "") -> str:
@@ -180,6 +194,8 @@ def login_routes(auth: Authenticator) -> List[Tuple[str, str, Handler]]:
         return web.Response(text=json.dumps(body), content_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def logout(request: web.Request) -> web.StreamResponse:
+        if _from_elsewhere(request):  # another site's link cannot sign an artist out
+            return _see_other("/")
         name = session_cookie_name(request.headers.get("Host"))
         session_id = request.cookies.get(name)
         if session_id:
