@@ -74,9 +74,8 @@ class Gateway:
     The web UI (README "The web UI on the cluster"): ``front_end_root``, a ComfyUI frontend
     build to serve instead of the installed ``comfyui-frontend-package``; ``multi_user``,
     ComfyUI's ``--multi-user`` (implies ``trust_user_header``); ``user_store``, where users' settings and files are kept
-    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``). With a
-    token or users the page signs in at ``/login`` (:mod:`.login`); ``sessions``: how long a
-    sign-in lasts and where it is kept (default: a week, in memory; :mod:`.sessions`).
+    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``); ``sessions``:
+    the page's sign-ins at ``/login`` with a token or users (default: a week, in memory).
     """
 
     def __init__(
@@ -110,7 +109,6 @@ class Gateway:
         self._port = port
         # ComfyUI's multi-user mode is exactly "the comfy-user header names the user".
         trust_user_header = trust_user_header or multi_user
-        # sessions: the web UI's sign-ins (login.py); in memory unless given a store
         self.auth = Authenticator(token, UsersFile(users) if users else None, trust_user_header=trust_user_header, sessions=sessions)
         self._allow_origins = tuple(o.rstrip("/") for o in allow_origins)
         self._history_bounds = (history_items, history_bytes)
