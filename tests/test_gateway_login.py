@@ -15,7 +15,7 @@ from gateway_util import ScriptClient, gateway_over
 from comfy_cluster.gateway.auth import add_user, session_cookie_name
 from comfy_cluster.gateway.login import WRONG_TOKEN
 from comfy_cluster.gateway.sessions import MemorySessionStore, Session, Sessions
-from comfy_cluster.testing import MockCluster, wait_until
+from comfy_cluster.testing import MockCluster
 from comfy_cluster.testing.workflows import image_workflow, sleep_workflow
 
 pytestmark = pytest.mark.timeout(60)

@@ -32,7 +32,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from .auth import Authenticator, session_cookie_name
+from .auth import Authenticator, User, session_cookie_name
 
 __all__ = ["login_routes", "is_open", "wants_page", "to_login", "token_to_cookie", "PUBLIC"]
 
@@ -161,7 +161,7 @@ def _page(next_path: str, error: str = "") -> str:
 def login_routes(auth: Authenticator) -> List[Tuple[str, str, Handler]]:
     """``(method, path, handler)`` of ``/login``, ``/login/status`` and ``/logout``."""
 
-    def current(request: web.Request) -> Any:
+    def current(request: web.Request) -> Optional[User]:
         session_id = request.cookies.get(session_cookie_name(request.headers.get("Host")))
         return auth.session_user(session_id) if session_id else None
 
