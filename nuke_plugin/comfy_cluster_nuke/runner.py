@@ -27,7 +27,7 @@ import nuke
 
 from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, ServerPool, WorkflowError, frame_workflows
 
-from . import destinations, exchange, frames, mainthread, params, render
+from . import destinations, exchange, frames, ledger, mainthread, params, render
 from . import node as node_mod
 from .report import failure_text, ranges
 from .settings import RunError, Settings
@@ -84,6 +84,7 @@ class Run:
         self._last_status = 0.0
         self.sent_frames: Tuple[int, ...] = settings.frames  # less the frames whose input failed to render
         self._render_errors: Dict[int, BaseException] = {}
+        self._ledger: Optional[ledger.JobLedger] = None
         self._format = render.FileFormat(exchange.PNG, settings.colorspace)
         self._expected: Dict[int, Tuple[Tuple[str, str], ...]] = {}  # frame -> SaveEXR files (subfolder, name)
 
@@ -156,20 +157,19 @@ class Run:
         try:
             if self.interactive:
                 self._task = mainthread.call(_new_progress_task, f"{node_mod.NODE_LABEL}: {s.node_name}")
-            try:
-                if s.reuse_version:  # a re-run of failed frames, or a farm chunk of a given version
-                    self.version_dir = os.path.join(s.output_base, s.reuse_version)
-                    os.makedirs(self.version_dir, exist_ok=True)
-                else:
-                    self.version_dir = destinations.new_version(s.output_base)
+            try:  # a re-run of failed frames, or a farm chunk, reuses the version it names
+                self.version_dir = destinations.version_folder(s.output_base, s.reuse_version)
             except OSError as exc:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
-            inputs_dir = self._working_dir(_INPUTS_DIR)
             if s.carry_from:  # "Current frame": the last full run stays in view around it
                 frames.carry_forward(s.carry_from, self.version_dir, s.node_name, s.frames)
             self._show(f"starting {len(s.frames)} frame(s) into {self.version_dir}", 0, force=True)
             pool = self._open_pool()
             try:
+                # A task killed here before (no signal: Windows, SIGKILL) left jobs on the GPUs.
+                ledger.reap(self.version_dir, pool.servers)
+                self._ledger = ledger.JobLedger(self.version_dir)
+                inputs_dir = self._working_dir(_INPUTS_DIR)
                 self._format = self._choose_format(pool)
                 per_frame_inputs = self._render(inputs_dir)
                 if self._cancelled():
@@ -185,6 +185,8 @@ class Run:
         finally:
             if inputs_dir:
                 shutil.rmtree(inputs_dir, ignore_errors=True)
+            if self._ledger is not None:
+                self._ledger.close()
             self._task = None  # releasing the last reference removes the bar from Nuke's screen
             self._batch = None
             if self._on_end is not None:
@@ -226,8 +228,9 @@ class Run:
             )
         return out
 
-    def _working_dir(self, prefix: str) -> str:
+    def _working_dir(self, kind: str) -> str:
         try:
+            prefix = self._ledger.working_prefix(kind) if self._ledger is not None else kind
             return frames.working_dir(self.version_dir, prefix)
         except OSError as exc:
             raise RunError(f"{self.settings.node_name}: cannot create a working folder in {self.version_dir}: {exc}") from None
@@ -314,6 +317,8 @@ class Run:
         seen_failed = 0
         while True:
             done = batch.wait(POLL_SECONDS)
+            if self._ledger is not None:  # which jobs are where, for a reap if this task is killed
+                self._ledger.update(list(batch.jobs))
             ended, failed, total = batch.counts()
             if stopped_by is None and self._cancelled():
                 stopped_by = "cancel"
