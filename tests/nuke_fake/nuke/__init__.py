@@ -33,6 +33,7 @@ classes' knobs, undo, the modified flag), :mod:`._ui` (ProgressTask, menus),
 from __future__ import annotations
 
 import collections
+import os
 import re
 import sys
 import threading
@@ -245,6 +246,14 @@ def scriptName() -> str:
     if not name:
         raise RuntimeError("no script name (the script was never saved)")
     return name
+
+
+def script_directory() -> str:
+    """The saved script's folder ('' for an unsaved script), as ``nuke.script_directory()``
+    (nuke/utils.py of Nuke's Python package) gives it."""
+    _main_only("script_directory")
+    name = str(_root._knobs["name"]._value)
+    return os.path.dirname(name) if name else ""
 
 
 def modified() -> bool:
