@@ -148,3 +148,35 @@ def test_a_frame_held_a_moment_by_another_program_is_placed_after_a_retry(fake_n
     assert held, "the frame was not moved with os.replace"
     assert run.error is None, run.error
     assert sorted(os.path.basename(p) for p in run.paths) == [f"{node.name()}_0001.png", f"{node.name()}_0002.png"]
+
+
+def test_a_node_made_on_a_plate_takes_the_plates_frame_range(fake_nuke):
+    """Item 16: first/last copied the script's range at creation, not the input's."""
+    import nuke
+
+    import comfy_cluster_nuke.node
+
+    plate = nuke.nodes.Read()
+    plate["file"].fromUserText("/plates/sh010.####.exr 1001-1050")
+    plate.setSelected(True)
+    node = comfy_cluster_nuke.node.create()
+    assert node.input(0) is plate
+    assert (node["first"].value(), node["last"].value()) == (1001, 1050)
+    node.setSelected(False)  # Nuke selects a node it creates
+    alone = comfy_cluster_nuke.node.create()
+    assert (alone["first"].value(), alone["last"].value()) == (1, 100)  # nothing selected: the script's
+
+
+def test_knob_changes_do_nothing_harmful_where_the_plugin_is_missing(fake_nuke, monkeypatch):
+    """Item 16: the node's knobChanged script, saved in the .nk, raised ImportError on every
+    knob change in a Nuke without the plugin (a vendor's, a render node's)."""
+    import sys
+
+    import comfy_cluster_nuke.node
+
+    node = comfy_cluster_nuke.node.create()
+    for name in [n for n in sys.modules if n.split(".")[0] == "comfy_cluster_nuke"]:
+        monkeypatch.setitem(sys.modules, name, None)  # import comfy_cluster_nuke... raises ImportError
+    fake_nuke.user_set(node, "frame_input", "3.seed")
+    fake_nuke.user_set(node, "workflow", "/elsewhere/wf.json")
+    assert node["frame_input"].value() == "3.seed"

@@ -61,7 +61,17 @@ _EXECUTE_CMD = _cmd("run", "execute(nuke.thisNode())")
 _EXECUTE_FRAME_CMD = _cmd("run", "execute_current_frame(nuke.thisNode())")
 _RERUN_CMD = _cmd("run", "rerun_failed(nuke.thisNode())")
 _CANCEL_CMD = _cmd("run", "cancel(nuke.thisNode())")
-_KNOB_CHANGED_CMD = _cmd("node", "knob_changed(nuke.thisNode(), nuke.thisKnob())")
+# Kept in the .nk and run on every knob change: where the plugin is not installed (a render
+# node, a vendor opening the script) it must do nothing rather than raise on every change.
+_KNOB_CHANGED_CMD = (
+    "try:\n"
+    "    _ccn = __import__('comfy_cluster_nuke.node').node\n"
+    "except ImportError:\n"
+    "    pass\n"
+    "else:\n"
+    "    _ccn.knob_changed(nuke.thisNode(), nuke.thisKnob())\n"
+    "    del _ccn\n"
+)
 
 
 def _target_group() -> nuke.Group:
@@ -99,7 +109,7 @@ def create(inpanel: bool = True) -> nuke.Group:
         if upstream is not None and upstream is not group:
             # A Group has no input when created, so createNode could not connect it; do it now.
             group.setInput(0, upstream)
-        _add_knobs(group)
+        _add_knobs(group, upstream if upstream is not group else None)
         group["knobChanged"].setValue(_KNOB_CHANGED_CMD)
     if inpanel and nuke.GUI:
         group.showControlPanel()
@@ -120,10 +130,11 @@ def _button(group: nuke.Group, name: str, label: str, command: str, newline: boo
     group.addKnob(knob)
 
 
-def _add_knobs(group: nuke.Group) -> None:
+def _add_knobs(group: nuke.Group, upstream: Optional[nuke.Node] = None) -> None:
     import uuid
 
-    root = nuke.root()
+    # The frame range of the plate it is made on (a Read of 1001-1050 in a 1-100 script), else the script's.
+    frames_of = upstream if upstream is not None else nuke.root()
     group.addKnob(nuke.Tab_Knob("comfy_cluster", "ComfyUI Cluster"))
     _hidden(group, MARKER_KNOB, MARKER_VERSION)
     _hidden(group, UID_KNOB, uuid.uuid4().hex[:8])
@@ -161,10 +172,10 @@ def _add_knobs(group: nuke.Group) -> None:
     frame_input.setTooltip("Optional NODE.INPUT that receives the frame number, for example 3.seed.")
     group.addKnob(frame_input)
     first = nuke.Int_Knob("first", "frame range")
-    first.setValue(root.firstFrame())
+    first.setValue(frames_of.firstFrame())
     group.addKnob(first)
     last = nuke.Int_Knob("last", "")
-    last.setValue(root.lastFrame())
+    last.setValue(frames_of.lastFrame())
     last.clearFlag(nuke.STARTLINE)
     group.addKnob(last)
 
