@@ -180,3 +180,35 @@ def test_knob_changes_do_nothing_harmful_where_the_plugin_is_missing(fake_nuke, 
     fake_nuke.user_set(node, "frame_input", "3.seed")
     fake_nuke.user_set(node, "workflow", "/elsewhere/wf.json")
     assert node["frame_input"].value() == "3.seed"
+
+
+def test_nodes_running_at_the_same_time_share_one_pool_closed_by_the_last(fake_nuke, cluster_env, tmp_path):
+    """Item 16: every run built its own ServerPool, so nodes scheduled blind to each other's
+    jobs. Seen from the servers: one client (one pool's websocket) for both nodes' jobs."""
+    import threading
+
+    import comfy_cluster_nuke.run as run_mod
+    from comfy_cluster_nuke import session
+    from nuke_fake.support import settle_threads
+
+    before = set(threading.enumerate())
+    workflow = write_json(tmp_path / "wf.json", load_image_workflow())
+    for server in cluster_env:
+        server.pause_jobs()
+    nodes = [make_run_node(fake_nuke, workflow, str(tmp_path / f"out{i}"), first=1, last=2) for i in range(2)]
+    for node in nodes:
+        fake_nuke.press(node, "execute")
+    runs = [run_mod.current(node) for node in nodes]
+    try:
+        fake_nuke.pump_until(lambda: all(r._batch is not None for r in runs) or any(r.finished.is_set() for r in runs), what="both batches")
+        assert session.open_pools() == 1
+        clients = {c for s in cluster_env for c in s.connected_clients()}
+        assert len(clients) == 1, clients
+    finally:
+        for server in cluster_env:
+            server.resume_jobs()
+    for node in nodes:
+        run = wait_run(fake_nuke, node)
+        assert run.error is None, run.error
+    assert session.open_pools() == 0
+    assert settle_threads(before) == []  # the last run closed it: an idle Nuke keeps no socket

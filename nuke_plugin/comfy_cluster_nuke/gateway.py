@@ -17,7 +17,7 @@ from typing import Any, Optional, Tuple
 
 import nuke
 
-__all__ = ["ENV", "TOKEN_ENV", "DEFAULT_ADDRESS", "parse_address", "start", "start_from_env", "start_from_menu", "stop", "url"]
+__all__ = ["ENV", "TOKEN_ENV", "DEFAULT_ADDRESS", "parse_address", "pool", "start", "start_from_env", "start_from_menu", "stop", "url"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,12 @@ def url() -> Optional[str]:
     """The running gateway's URL, or None."""
     with _lock:
         return str(_gateway.url) if _gateway is not None else None
+
+
+def pool() -> Any:
+    """The running gateway's ServerPool, or None (runs share it: see .session)."""
+    with _lock:
+        return _pool if _gateway is not None else None
 
 
 def start(address: str) -> str:

@@ -14,6 +14,7 @@ image); a frame whose input could not be rendered (a missing plate frame) fails 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -21,13 +22,13 @@ import shutil
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import nuke
 
 from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, ServerPool, WorkflowError, frame_workflows
 
-from . import destinations, exchange, frames, ledger, mainthread, params, render
+from . import destinations, exchange, frames, ledger, mainthread, params, render, session
 from . import node as node_mod
 from .report import failure_text, ranges
 from .settings import RunError, Settings
@@ -164,8 +165,7 @@ class Run:
             if s.carry_from:  # "Current frame": the last full run stays in view around it
                 frames.carry_forward(s.carry_from, self.version_dir, s.node_name, s.frames)
             self._show(f"starting {len(s.frames)} frame(s) into {self.version_dir}", 0, force=True)
-            pool = self._open_pool()
-            try:
+            with self._open_pool() as pool:  # the session's, shared with the runs going on
                 # A task killed here before (no signal: Windows, SIGKILL) left jobs on the GPUs.
                 ledger.reap(self.version_dir, pool.servers)
                 self._ledger = ledger.JobLedger(self.version_dir)
@@ -175,8 +175,6 @@ class Run:
                 if self._cancelled():
                     raise RunCancelled(f"{s.node_name}: cancelled before any frame was sent")
                 self.paths = self._run_batch(pool, per_frame_inputs)
-            finally:
-                pool.close()
             return self.paths
         except BaseException as exc:
             self.error = exc
@@ -262,15 +260,18 @@ class Run:
             workflows = converted
         return workflows
 
-    def _open_pool(self) -> ServerPool:
+    @contextlib.contextmanager
+    def _open_pool(self) -> Iterator[ServerPool]:
         s = self.settings
         try:
-            options = dict(pool_options)
-            if s.strategy:
-                options["strategy"] = s.strategy
-            return ServerPool.from_env(**options)
+            shared = session.shared_pool(s.strategy, dict(pool_options))
+            pool = shared.__enter__()
         except ComfyClusterError as exc:
             raise RunError(f"{s.node_name}: {exc}") from exc
+        try:
+            yield pool
+        finally:
+            shared.__exit__(None, None, None)
 
     def _choose_format(self, pool: ServerPool) -> render.FileFormat:
         """EXR when asked or possible (some server that can run the job has LoadEXR/SaveEXR:
