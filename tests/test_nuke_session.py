@@ -207,8 +207,36 @@ def test_nodes_running_at_the_same_time_share_one_pool_closed_by_the_last(fake_n
     finally:
         for server in cluster_env:
             server.resume_jobs()
-    for node in nodes:
-        run = wait_run(fake_nuke, node)
+    fake_nuke.pump_until(lambda: all(r.finished.is_set() for r in runs), what="both runs to end")
+    for run in runs:
         assert run.error is None, run.error
+        run.thread.join(10)
     assert session.open_pools() == 0
     assert settle_threads(before) == []  # the last run closed it: an idle Nuke keeps no socket
+
+
+def test_quitting_nuke_cancels_the_jobs_through_nukes_own_hook(fake_nuke, cluster_env, tmp_path, monkeypatch):
+    """Item 16: cancelling at quit relied on ``atexit`` (undocumented in Nuke) and, on script
+    close, on a worker thread that a quitting Nuke does not wait for. Nuke's own hook
+    (onScriptClose, run when Nuke quits) must have the jobs cancelled by the time it returns."""
+    import atexit
+
+    import comfy_cluster_nuke.run as run_mod
+    from comfy_cluster_nuke import lifecycle
+
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: fn)  # the fake's quit runs no atexit
+    lifecycle.install()
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow(5.0, steps=50)), str(tmp_path / "out"), last=4)
+    for server in cluster_env:
+        server.pause_jobs()
+    fake_nuke.press(node, "execute")
+    run = run_mod.current(node)
+    fake_nuke.pump_until(lambda: all(s.queue_snapshot()[0] for s in cluster_env), what="a job running on every server")
+    fake_nuke.quit()
+    # Nuke may be gone from here on: the servers already let the jobs go.
+    assert all(s.interrupt_requests for s in cluster_env)
+    assert all(not any(s.queue_snapshot()) for s in cluster_env), [s.queue_snapshot() for s in cluster_env]
+    for server in cluster_env:
+        server.resume_jobs()
+        assert server.wait_idle(30.0) and server.executed_prompt_ids == []
+    assert run.wait(30)

@@ -108,6 +108,11 @@ class Run:
         """Wait for the run to end (never on Nuke's GUI main thread); True when it has."""
         return self.finished.wait(timeout)
 
+    def jobs_ended(self, timeout: float) -> bool:
+        """Wait (any thread) until every job sent has ended on its server: needs no main thread."""
+        batch = self._batch
+        return batch is None or bool(batch.wait(timeout))
+
     def _cancelled(self) -> bool:
         if self.cancel_requested.is_set():
             return True
