@@ -27,7 +27,8 @@ from . import localfiles
 from .answers import as_dict, as_list, iter_output_files, parse_workflow_error, queue_items
 from .config import ServerConfig
 from .errors import LocalFileError, ServerError
-from .reasons import classify, failure_reason, short_reason
+from .reasons import classify, explain_status, failure_reason, short_reason
+from .resolve import ResolveTimeout, check_resolvable
 from .tls import ssl_context
 
 # classify (reasons.py) and as_dict, as_list, iter_output_files, parse_workflow_error
@@ -104,10 +105,18 @@ class ComfyClient:
         url = self.server.url + path
         if self._closed:
             raise ServerError(f"{self.server.name}: client closed", server=self.server.name, fault="connect")
+        self._check_resolvable((timeout or self.timeout)[0])
         try:
             return self._session.request(method, url, timeout=timeout or self.timeout, stream=True, **kwargs)
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerError(f"{self.server.name}: {failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
+
+    def _check_resolvable(self, connect_timeout: float) -> None:
+        """The server's name look-up within the connect timeout (see :mod:`.resolve`)."""
+        try:
+            check_resolvable(self.server.host, self.server.port, connect_timeout)
+        except ResolveTimeout as exc:
+            raise ServerError(f"{self.server.name}: cannot connect: {exc}", server=self.server.name, fault="connect_timeout") from None
 
     def _read_capped(self, resp: requests.Response, cap: int, read_timeout: Optional[float] = None) -> bytes:
         """The body of a streamed requests response: see :meth:`_read_raw`."""
@@ -208,6 +217,7 @@ class ComfyClient:
         """GET ``path`` through the probe pool; same errors and size cap as :meth:`get_json`."""
         pool = self._probe_pool()
         url = self._prefix + path
+        self._check_resolvable(timeout[0])
         try:
             resp = pool.urlopen(
                 "GET", url, timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
@@ -279,8 +289,9 @@ class ComfyClient:
         if resp.status_code == 400 and isinstance(data, dict):
             raise parse_workflow_error(data, self.server.name)
         if resp.status_code >= 400:
+            size = len(resp.request.body or b"")
             raise ServerError(
-                f"{self.server.name}: HTTP {resp.status_code} on POST /prompt",
+                f"{self.server.name}: HTTP {resp.status_code} on POST /prompt{explain_status(resp.status_code, f'the workflow of {size} bytes')}",
                 server=self.server.name,
                 status=resp.status_code,
             )
@@ -295,16 +306,28 @@ class ComfyClient:
         # Always with the id: an empty body would stop another user's job.
         self.post_json("/interrupt", {"prompt_id": prompt_id}, timeout=timeout)
 
-    def upload_image(self, path: str, *, subfolder: str = "", overwrite: bool = True) -> str:
-        """Upload a local image to the server's input folder; the name to use in LoadImage."""
+    def upload_image(self, path: str, *, subfolder: str = "", overwrite: bool = True, content: Optional[bytes] = None) -> str:
+        """Upload a local image to the server's input folder; the name to use in LoadImage.
+
+        ``content``: the bytes to send under ``path``'s name (already read, e.g. to name the
+        subfolder by their hash: what is sent is then exactly what was hashed)."""
         name = os.path.basename(path)
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        with open(path, "rb") as fh:
-            files = {"image": (name, fh, ctype)}
-            data = {"overwrite": "true" if overwrite else "false", "type": "input"}
-            if subfolder:
-                data["subfolder"] = subfolder
-            resp = self._request("POST", "/upload/image", files=files, data=data)
+        if content is None:
+            with open(path, "rb") as fh:
+                content = fh.read()
+        files = {"image": (name, content, ctype)}
+        data = {"overwrite": "true" if overwrite else "false", "type": "input"}
+        if subfolder:
+            data["subfolder"] = subfolder
+        resp = self._request("POST", "/upload/image", files=files, data=data)
+        if resp.status_code >= 400:
+            resp.close()
+            raise ServerError(
+                f"{self.server.name}: HTTP {resp.status_code} on POST /upload/image{explain_status(resp.status_code, f'the input {name} of {len(content)} bytes')}",
+                server=self.server.name,
+                status=resp.status_code,
+            )
         answer = self._json(resp)
         if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
             raise ServerError(f"{self.server.name}: malformed answer to /upload/image", server=self.server.name, fault="malformed")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional
 import websocket
 
 from .reasons import classify, failure_reason
+from .resolve import check_resolvable
 from .config import ServerConfig
 from .errors import ServerError
 from .tls import ssl_context
@@ -172,6 +173,7 @@ class ServerSocket:
         ws.max_message_bytes = self._max_message_bytes
         url = f"{self.server.ws_url}/ws?clientId={self.client_id}"
         headers = [f"{k}: {v}" for k, v in self.server.headers.items()]
+        check_resolvable(self.server.host, self.server.port, self._connect_timeout)  # DNS within the timeout too
         ws.connect(url, header=headers, timeout=self._connect_timeout, suppress_origin=True)
         # The first frame is status with our sid: only then are events routed to us.
         while True:

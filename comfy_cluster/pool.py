@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 WorkflowLike = Union[Mapping[str, Any], str, "os.PathLike[str]"]
 #: How long close() lets runners end their jobs on the servers before cutting connections.
 CLOSE_GRACE = 2.0
+#: How long close() waits for runners once every connection is cut (they end in moments).
+RUNNER_JOIN_CAP = 10.0
 
 
 class ServerPool:
@@ -113,6 +115,7 @@ class ServerPool:
         }
         self._callbacks = CallbackExecutor()
         self._closed = threading.Event()
+        self._cut = threading.Event()  # close(): connections cut, runners give up at once
         self._post_gate = PostGate()
         self._view = StatusView(self._monitor, configs, clock)
         # Built before what they wake: their wake-ups reach the scheduler through the pool.
@@ -128,7 +131,7 @@ class ServerPool:
         self._runners = Runners(
             clients=self._clients, sockets=self._sockets, client_id=self.client_id, monitor=self._monitor,
             ledger=self._ledger, post_gate=self._post_gate, queue=self._scheduler, cleanup=self._cleanup.schedule,
-            clock=clock, reconcile_interval=reconcile_interval, server_lost_after=server_lost_after,
+            clock=clock, reconcile_interval=reconcile_interval, server_lost_after=server_lost_after, cut=self._cut,
         )
         self._seq = itertools.count()
         self._monitor.add_listener(self._on_status_change)
@@ -218,6 +221,14 @@ class ServerPool:
         self._check_open()
         wf = load_workflow(workflow)
         return self._caps.checker(wf, wait=True)([c.name for c in self._view.current(probe=True).online])
+
+    def node_info(self) -> Dict[str, Dict[str, Any]]:
+        """``/object_info`` of every online server whose node list could be read (server name
+        -> node type -> definition); read once per server and cached, as for capabilities."""
+        self._check_open()
+        names = [c.name for c in self._view.current(probe=True).online]
+        self._caps.fetch(names, wait=True)
+        return {n: info for n in names for info, _ in [self._caps.get(n)] if info is not None}
 
     def select(self, workflow: Optional[WorkflowLike] = None, exclude: Iterable[str] = ()) -> ServerConfig:
         """The server the strategy picks now among those passing the filters.
@@ -366,9 +377,14 @@ class ServerPool:
     def close(self) -> None:
         """Cancel unfinished jobs (on their servers too), stop every thread, close every socket.
 
-        Bounded: runners get ``CLOSE_GRACE`` seconds to remove their jobs from the servers;
-        then every connection is cut, and a job still without an end is reported cancelled
-        (a copy that could not be removed is logged with its server and prompt_id).
+        Bounded whatever servers and user code do: runners get ``CLOSE_GRACE`` seconds to
+        remove their jobs from the servers (a server that does not answer is not waited for);
+        then every connection is cut, and a job still without an end is reported cancelled (a
+        copy that could not be removed is logged with its server and prompt_id). When it
+        returns, every job is done with exactly one terminal event, and no thread of the pool
+        is alive except the callback thread while a callback that has not returned holds it
+        (it then runs the terminal events and done-callbacks queued behind that callback, and
+        ends; progress events still queued are dropped).
         """
         if self._closed.is_set():
             return
@@ -380,20 +396,23 @@ class ServerPool:
             a.job.cancel()
         deadline = time.monotonic() + CLOSE_GRACE
         self._runners.join(deadline)
+        self._cut.set()
         for client in self._clients.values():
             client.close()  # cuts requests still hanging (a server that never answers)
         for sock in self._sockets.values():
             sock.close()
-        self._runners.join(time.monotonic() + CLOSE_GRACE)
+        # Every request now fails at once and a runner gives up on a server that does not
+        # answer once connections are cut: this join returns in moments (the bound only rules
+        # out a hang), so no runner outlives close() to report its job a second time.
+        self._runners.join(time.monotonic() + RUNNER_JOIN_CAP)
         for a in running:
-            if not a.control.final:
-                a.control.cancelled(a.server, "cancelled: pool closed")
+            a.control.cancelled(a.server, "cancelled: pool closed")  # no-op for a job already final
         left = self._ledger.live()
         if left:
             log.warning("pool closed with %d job copies not confirmed removed: %s", len(left),
                         ", ".join(f"{a.prompt_id} on {a.server}" for a in left))
         self._monitor.close()
-        self._callbacks.close()
-        for a in running:
-            a.control.force_done()
+        # Every job is done already (set by the thread that ended it); the callback thread gets
+        # CLOSE_GRACE to deliver what is queued, then close returns whatever user code does.
+        self._callbacks.close(CLOSE_GRACE)
 

@@ -267,8 +267,9 @@ def test_events_kept_for_an_absent_client_are_bounded_and_a_new_socket_takes_ove
             gate.set()
             frames = late.wait_done(pid)
             # The first status frame, then only the newest 3 kept (status frames go to open
-            # sockets only): the job's last messages.
-            assert [f["type"] for f in frames if isinstance(f, dict)] == ["status", "executed", "execution_success", "executing"]
+            # sockets only): the job's last messages (as ComfyUI: the last node's progress_state
+            # "finished" comes between its executed and execution_success).
+            assert [f["type"] for f in frames if isinstance(f, dict)] == ["status", "progress_state", "execution_success", "executing"]
             # The same clientId on a second socket: the newer one gets the events.
             second = NukeRemoteClient(gw.url, n=3)
             try:

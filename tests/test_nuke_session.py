@@ -196,6 +196,11 @@ def test_nodes_running_at_the_same_time_share_one_pool_closed_by_the_last(fake_n
     for server in cluster_env:
         server.pause_jobs()
     nodes = [make_run_node(fake_nuke, workflow, str(tmp_path / f"out{i}"), first=1, last=2) for i in range(2)]
+    from comfy_cluster_nuke import serverinfo
+
+    for thread in serverinfo.started():  # the pickers' own look at /object_info, over by now
+        thread.join(30)
+    fake_nuke.pump()
     for node in nodes:
         fake_nuke.press(node, "execute")
     runs = [run_mod.current(node) for node in nodes]

@@ -22,6 +22,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..jobs import Job, JobEvent
 from .messages import Record, error_data, event_message, relabel, synthesized_history, terminal_message
+from .progress import NodeStates
 from .relay import Relay
 from .uploads import Version
 
@@ -53,10 +54,15 @@ class GatewayJob:
     deleted: bool = False
     cancel_requested: bool = False
     server: Optional[str] = None  # where its current attempt runs
+    node: Optional[str] = None  # the node running now (what a preview is of)
     backlog: Optional[List[JobEvent]] = None  # events held until the job before it has ended
     blocked: List["GatewayJob"] = field(default_factory=list)  # jobs whose events wait for this one
     deferred_end: Optional[Tuple[Any, ...]] = None
     record: Record = field(default_factory=Record)
+    nodes: NodeStates = field(init=False)  # its progress_state, rebuilt from its events
+
+    def __post_init__(self) -> None:
+        self.nodes = NodeStates(self.prompt_id)
 
     def queue_item(self) -> List[Any]:
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
@@ -181,6 +187,7 @@ class JobBook:
         if event.kind == "retrying":
             gj.server = event.to_server
             gj.record.reset()
+            gj.nodes.reset()
             self._unblock(gj)
             return
         if event.kind == "started" and event.server:
@@ -198,10 +205,12 @@ class JobBook:
                 return
             gj.server = event.server
         gj.record.note(event, gj.prompt_id)
+        if event.kind in ("executing", "progress"):
+            gj.node = event.node
         if event.kind == "preview":
             data = getattr(event, "data", None)
             if isinstance(data, (bytes, bytearray)):
-                self._relay.send_bytes(gj.client_id, bytes(data))
+                self._relay.send_preview(gj.client_id, bytes(data), gj.prompt_id, gj.node)
             return
         if event.kind == "started":
             if gj.started:
@@ -217,6 +226,8 @@ class JobBook:
             self._note_files(gj.prompt_id, event.server, [(f.type, f.subfolder, f.filename) for f in event.files])
         message = event_message(event, gj.prompt_id)
         if message is not None:
+            for state in gj.nodes.before(event):
+                self._relay.send(gj.client_id, "progress_state", state)
             self._relay.send(gj.client_id, *message)
 
     def _on_done(self, gj: GatewayJob, job: Job) -> None:
@@ -275,6 +286,9 @@ class JobBook:
         end = terminal_message(item)
         if end is None:
             end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
+        if end[0] == "execution_success":
+            for state in gj.nodes.succeeded():
+                self._relay.send(owner, "progress_state", state)
         self._relay.send(owner, end[0], relabel(end[1], gj.prompt_id))
         self.queue_changed()
         self._relay.send(owner, "executing", {"node": None, "prompt_id": gj.prompt_id})

@@ -12,9 +12,11 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Deque, Dict, Optional, Union
+from typing import Any, Deque, Dict, Optional, Set, Union
 
 from aiohttp import web
+
+from .previews import with_metadata
 
 __all__ = ["Relay"]
 
@@ -66,6 +68,7 @@ class Relay:
         self._clients: Dict[str, _Client] = {}
         self._kept: "collections.OrderedDict[str, Deque[Frame]]" = collections.OrderedDict()
         self._kept_total = 0
+        self._with_metadata: Set[str] = set()  # clients that asked for previews with metadata
 
     @property
     def connected(self) -> int:
@@ -93,6 +96,7 @@ class Relay:
     def detach(self, client: _Client) -> None:
         if self._clients.get(client.sid) is client:
             del self._clients[client.sid]
+            self._with_metadata.discard(client.sid)
         client.queue.put_nowait(None)
 
     def send(self, sid: str, kind: str, data: Dict[str, Any]) -> None:
@@ -102,6 +106,16 @@ class Relay:
     def send_bytes(self, sid: str, frame: bytes) -> None:
         """A binary frame for one client (dropped when its socket is not open)."""
         self._send(sid, frame, keep=False)
+
+    def want_metadata(self, sid: str) -> None:
+        """``sid``'s socket said ``supports_preview_metadata`` (ComfyUI's page does): its
+        previews come as ComfyUI's PREVIEW_IMAGE_WITH_METADATA frames, until it closes."""
+        if sid in self._clients:
+            self._with_metadata.add(sid)
+
+    def send_preview(self, sid: str, frame: bytes, prompt_id: str, node: Optional[str]) -> None:
+        """A preview frame of ``node`` of ``prompt_id`` for one client, in the form it asked for."""
+        self.send_bytes(sid, with_metadata(frame, prompt_id, node) if sid in self._with_metadata else frame)
 
     def _send(self, sid: str, frame: Frame, keep: bool) -> None:
         client = self._clients.get(sid)

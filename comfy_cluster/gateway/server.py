@@ -322,6 +322,9 @@ class Gateway:
                     except ValueError:
                         data = None
                     if isinstance(data, dict) and data.get("type") == "feature_flags":
+                        flags = data.get("data")
+                        if isinstance(flags, dict) and flags.get("supports_preview_metadata"):
+                            self.relay.want_metadata(sid)
                         self.relay.send(sid, "feature_flags", await self._feature_dict())
                 first = False
         finally:

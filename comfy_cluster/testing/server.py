@@ -127,8 +127,8 @@ class MockComfyServer(InjectedFaults):
         if unknown_packs:
             raise ValueError(f"unknown node packs {unknown_packs}; known: {sorted(NODE_PACKS)}")
         known = {**BUILTIN_NODES, **LOADER_NODES, **CORE_PIXEL_NODES}
-        for pack in NODE_PACKS.values():
-            known.update(pack)
+        for pack_nodes in NODE_PACKS.values():
+            known.update(pack_nodes)
         if node_types is None:
             registry = {**BUILTIN_NODES, **LOADER_NODES, **CORE_PIXEL_NODES}
         else:

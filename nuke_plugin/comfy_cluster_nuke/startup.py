@@ -44,7 +44,9 @@ def plugin_dir() -> str:
 def libs_root(environ: Optional[Mapping[str, str]] = None) -> str:
     """``COMFY_CLUSTER_LIBS`` or ``~/.nuke/comfy_cluster_libs``: the folder of the per-version folders."""
     env = os.environ if environ is None else environ
-    return os.path.abspath(os.path.expanduser(os.path.expandvars(env.get(LIBS_ENV) or DEFAULT_LIBS)))
+    # cmd.exe keeps the quotes of set COMFY_CLUSTER_LIBS="C:\studio\libs": one pair is removed.
+    value = _setup_module().unquote(env.get(LIBS_ENV, ""))
+    return os.path.abspath(os.path.expanduser(os.path.expandvars(value or DEFAULT_LIBS)))
 
 
 def _setup_module() -> Any:
