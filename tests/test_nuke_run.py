@@ -248,6 +248,20 @@ def test_a_failing_node_shows_the_node_the_exception_and_its_message(fake_nuke, 
     assert read_nodes() == []
 
 
+def test_a_failure_with_the_panel_closed_waits_on_the_node_instead_of_a_dialog(fake_nuke, cluster_env, tmp_path):
+    """Issue 19 item 16: a background run's failure popped a modal dialog in the middle of the
+    artist's other work. With the node's panel closed it stays on the node's status line."""
+    workflow = load_image_workflow()
+    workflow["2"]["inputs"]["steps"] = "x"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", workflow), str(tmp_path / "out"), last=2)
+    node.hideControlPanel()  # the artist went on with other work
+    fake_nuke.press(node, "execute")
+    wait_run(fake_nuke, node)
+    assert fake_nuke.messages() == []
+    status = node["status"].value()
+    assert status.startswith("failed") and "node 2 (TestSleep), input 'steps'" in status
+
+
 def test_some_frames_failing_still_reads_the_others(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
     cluster = mock_cluster_factory(speeds=(1.0,))
     use_cluster(cluster, monkeypatch)

@@ -441,8 +441,22 @@ class Run:
             text = f"{name}: unexpected error: {exc!r}"
         first_line = text.splitlines()[0] if text else "failed"
         self._show(f"failed - {first_line.replace(f'{name}: ', '')}", force=True)
+        if self.interactive or self.dialogs:  # the whole story on the node, where it stays
+            mainthread.post(node_mod.set_status, self.node, f"failed - {text.replace(f'{name}: ', '', 1)}")
         if self.dialogs:
-            mainthread.post(nuke.message, text)
+            mainthread.post(_dialog, self.node, text)
+
+
+def _dialog(node: nuke.Node, text: str) -> None:
+    """A modal dialog only while the artist looks at the node (its panel open): otherwise the
+    failure waits on the node's status line instead of popping up in the middle of other work.
+    Without a GUI Nuke prints it."""
+    try:
+        looking = not nuke.GUI or node.shown()
+    except ValueError:  # deleted meanwhile
+        looking = False
+    if looking:
+        nuke.message(text)
 
 
 def _alive(node: nuke.Node, uid: str) -> nuke.Node:
