@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 10.0  # seconds between touches of a running task's ledger
 STALE = 60.0  # a ledger (or working folder) untouched this long belongs to a dead task
 PREFIX = ".jobs-"
-WORKING_PREFIXES = (".inputs-", ".download-")  # the runs' working folders (see .runner)
+WORKING_PREFIXES = (".inputs-", ".download-", ".preview-")  # the runs' working folders (see .runner)
 _clock: Callable[[], float] = time.monotonic  # the heartbeat's clock (tests replace it)
 
 

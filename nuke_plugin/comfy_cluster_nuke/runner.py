@@ -28,7 +28,7 @@ import nuke
 
 from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, ServerPool, WorkflowError, frame_workflows
 
-from . import destinations, exchange, frames, ledger, mainthread, params, render, session
+from . import destinations, exchange, frames, ledger, mainthread, nodeside, params, render, session
 from . import node as node_mod
 from .preview import Preview
 from .report import failure_text, ranges
@@ -52,15 +52,6 @@ _clock = time.monotonic  # the status throttle's clock (tests replace it)
 
 class RunCancelled(JobCancelled):
     """The user cancelled the run (Cancel button, the progress bar's cancel, Ctrl+C, script close)."""
-
-
-def _new_progress_task(title: str) -> nuke.ProgressTask:
-    return nuke.ProgressTask(title)
-
-
-def _record(node: nuke.Node, version: str, failed: str) -> None:
-    node_mod.quiet_set(node["last_version"], version)
-    node_mod.quiet_set(node["failed_frames"], failed)
 
 
 class Run:
@@ -165,7 +156,7 @@ class Run:
         inputs_dir = ""
         try:
             if self.interactive:
-                self._task = mainthread.call(_new_progress_task, f"{node_mod.NODE_LABEL}: {s.node_name}")
+                self._task = mainthread.call(nodeside.new_progress_task, f"{node_mod.NODE_LABEL}: {s.node_name}")
             try:  # a re-run of failed frames, or a farm chunk, reuses the version it names
                 self.version_dir = destinations.version_folder(s.output_base, s.reuse_version)
             except OSError as exc:
@@ -380,8 +371,8 @@ class Run:
         read_name = ""
         try:
             # Moved into a group while it ran (a cut and paste): the same id, another node object.
-            self.node = mainthread.call(_alive, self.node, s.uid)
-            mainthread.call(_record, self.node, self.version_dir, " ".join(map(str, failed)))
+            self.node = mainthread.call(nodeside.alive, self.node, s.uid)
+            mainthread.call(nodeside.record, self.node, self.version_dir, " ".join(map(str, failed)))
             if done_frames:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
                 pattern = os.path.join(self.version_dir, frames.read_pattern(s.node_name, ext, bool(s.views))).replace("\\", "/")
@@ -390,7 +381,7 @@ class Run:
                 present = set(frames.present(self.version_dir, s.node_name, ext, (s.views or ("",))[0])) | set(s.frames)
                 first, last = min(present), max(present)
                 raw = self._format.kind == exchange.EXR
-                read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace, raw)
+                read_name = mainthread.call(nodeside.update_read, self.node, pattern, first, last, s.colorspace, raw)
         except ValueError:  # Nuke's answer for a node deleted while the frames ran
             raise RunError(
                 f"{s.node_name} was deleted while it ran; the frames are in {self.version_dir}",
@@ -444,32 +435,4 @@ class Run:
         if self.interactive or self.dialogs:  # the whole story on the node, where it stays
             mainthread.post(node_mod.set_status, self.node, f"failed - {text.replace(f'{name}: ', '', 1)}")
         if self.dialogs:
-            mainthread.post(_dialog, self.node, text)
-
-
-def _dialog(node: nuke.Node, text: str) -> None:
-    """A modal dialog only while the artist looks at the node (its panel open): otherwise the
-    failure waits on the node's status line instead of popping up in the middle of other work.
-    Without a GUI Nuke prints it."""
-    try:
-        looking = not nuke.GUI or node.shown()
-    except ValueError:  # deleted meanwhile
-        looking = False
-    if looking:
-        nuke.message(text)
-
-
-def _alive(node: nuke.Node, uid: str) -> nuke.Node:
-    """``node``, or the node of the script that now has its id; ValueError when none has."""
-    try:
-        node.name()
-        return node
-    except ValueError:
-        found = destinations.find_node(uid)
-        if found is None:
-            raise
-        return found
-
-
-def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool) -> str:
-    return node_mod.update_read_node(node, pattern, first, last, colorspace, raw).fullName()
+            mainthread.post(nodeside.dialog, self.node, text)
