@@ -245,3 +245,24 @@ def test_quitting_nuke_cancels_the_jobs_through_nukes_own_hook(fake_nuke, cluste
         server.resume_jobs()
         assert server.wait_idle(30.0) and server.executed_prompt_ids == []
     assert run.wait(30)
+
+
+def test_with_the_gateway_running_in_nuke_runs_use_its_pool(fake_nuke, cluster_env, tmp_path, monkeypatch):
+    """Item 16: the nodes and the gateway's other clients share one schedule: a run with the
+    default strategy sends its jobs through the gateway's pool (its client id on the servers)."""
+    import atexit
+
+    from comfy_cluster_nuke import gateway, session
+
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: fn)
+    gateway.start("127.0.0.1:0")
+    try:
+        node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
+        fake_nuke.press(node, "execute")
+        run = wait_run(fake_nuke, node)
+        assert run.error is None, run.error
+        clients = {extra.get("client_id") for s in cluster_env for _, _, extra in s.received_prompts}
+        assert clients == {gateway.pool().client_id}
+        assert session.open_pools() == 0
+    finally:
+        gateway.stop()
