@@ -86,3 +86,22 @@ def test_addresses(fake_nuke, text, expected):
     from comfy_cluster_nuke.gateway import parse_address
 
     assert parse_address(text) == expected
+
+
+def test_a_second_nuke_on_the_same_gateway_port_says_so_in_one_line(fake_nuke, cluster_env, monkeypatch, capsys):
+    """Issue 19 item 16: a second Nuke GUI auto-starting the gateway clashed on the port."""
+    import socket
+
+    from comfy_cluster_nuke import gateway
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        monkeypatch.setenv("NUKE_COMFYUI_GATEWAY", f"127.0.0.1:{taken.getsockname()[1]}")
+        assert gateway.start_from_env() is None
+    finally:
+        taken.close()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is taken (another Nuke's gateway?)" in err
+    assert gateway.url() is None

@@ -9,6 +9,7 @@ once it listens, and it is stopped (and its pool closed) on exit.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -88,6 +89,12 @@ def start(address: str) -> str:
             gateway.start()
         except Exception as exc:
             pool.close()
+            if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+                # A second Nuke started with the same NUKE_COMFYUI_GATEWAY: the first one serves.
+                raise GatewayError(
+                    f"gateway: {host}:{port} is taken (another Nuke's gateway?); this Nuke's nodes work without it, "
+                    f"or set {ENV} to another port"
+                ) from None
             raise GatewayError(f"gateway on {host}:{port} did not start: {exc}") from None
         _gateway, _pool = gateway, pool
         log.info("gateway listening on %s", gateway.url)
