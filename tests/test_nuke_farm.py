@@ -173,7 +173,8 @@ def test_farm_tasks_sharing_a_version_keep_their_working_files_apart(fake_nuke, 
     assert [f for f in os.listdir(out / "v001") if f.startswith(".")] == []  # each task cleaned up its own
 
 
-def test_a_killed_tasks_jobs_are_cancelled_by_the_next_task(fake_nuke, cluster_env, tmp_path):
+@pytest.mark.parametrize("by", ["next_task", "reap"])
+def test_a_killed_tasks_jobs_are_cancelled_by_the_next_task(fake_nuke, cluster_env, tmp_path, by):
     """Issue 19 item 16: a task killed without a signal (Deadline on Windows: TerminateProcess;
     here SIGKILL, which no handler sees either) left its jobs on the GPUs. The next task on the
     same version (the requeued one) finds its job ledger stale and cancels them first."""
@@ -225,6 +226,15 @@ def test_a_killed_tasks_jobs_are_cancelled_by_the_next_task(fake_nuke, cluster_e
     assert dead_inputs
     old = time.time() - 300  # the dead task's ledger stopped beating long ago
     os.utime(ledger_file, (old, old))
+    if by == "reap":  # no task of the job will run again: --reap alone (a post-job script)
+        fake_nuke.set_gui(False)
+        assert fake_nuke.run_nuke_t(EXAMPLE, [script, name, "--version=v001", "--reap"]) == 0
+        assert not orphans & {p for s in cluster_env for part in s.queue_snapshot() for p in part}
+        for server in cluster_env:
+            server.resume_jobs()
+            assert server.wait_idle(30.0) and server.executed_prompt_ids == []
+        assert [f for f in os.listdir(version) if f.startswith(".")] == []
+        return
     with open(logs[1], "wb") as log:
         task_b = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
