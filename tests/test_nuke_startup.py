@@ -198,3 +198,14 @@ def test_an_older_typing_extensions_earlier_on_sys_path_does_not_break_pydantic(
     done = subprocess.run([sys.executable, nuke_t, "-t", str(probe)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stdout + done.stderr  # init.py prints nothing
     assert f"loaded {os.path.join(folder, 'typing_extensions.py')}" in done.stdout
+
+    # Another plugin, earlier on NUKE_PATH, imported the old one before our init.py: ours can no
+    # longer replace it, and installing again would change nothing: the message says what would.
+    other = tmp_path / "other_plugin"
+    other.mkdir()
+    (other / "init.py").write_text("import typing_extensions\n")
+    env["NUKE_PATH"] = os.pathsep.join([str(other), PLUGIN_DIR])
+    done = subprocess.run([sys.executable, nuke_t, "-t", str(probe)], capture_output=True, text=True, env=env, timeout=120)
+    assert f"An older {old / 'typing_extensions.py'} was imported before comfy-cluster's init.py" in done.stderr, done.stderr
+    assert "put comfy-cluster's nuke_plugin folder before that plugin on NUKE_PATH" in done.stderr
+    assert "Install them" not in done.stderr
