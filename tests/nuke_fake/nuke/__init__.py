@@ -24,10 +24,13 @@ where a mistake would only show up inside Nuke:
 Test-side controls (pumping the main loop, simulating clicks on Cancel, reading recorded
 dialogs) live in :mod:`nuke._fake`; everything private here starts with an underscore.
 
-Parts, one concern each, all re-exported here: :mod:`._knobs`, :mod:`._nodes` (nodes, the
-classes' knobs, undo, the modified flag), :mod:`._ui` (ProgressTask, menus),
-:mod:`._callbacks` (global callbacks, Tcl), :mod:`._render` (``execute``), :mod:`._script`
-(saving, opening, copy and paste). They reach shared state through ``nuke._x`` at call time.
+Parts, one concern each, all re-exported here: :mod:`._knobs` (numbers, pulldowns),
+:mod:`._text_knobs` (text, files, buttons), :mod:`._ocio` (colorspace knobs from an OCIO
+config), :mod:`._nodes` (nodes, the classes' knobs, undo, the modified flag), :mod:`._ui`
+(ProgressTask, menus), :mod:`._callbacks` (global callbacks, Tcl), :mod:`._render`
+(``execute``, Read errors and hold), :mod:`._session` (frame, views, dialogs, menus, plugin
+paths), :mod:`._script` (saving, opening, copy and paste). ``nuke -t`` in a process of its
+own: ``tests/nuke_fake/nuke_t.py``. They reach shared state through ``nuke._x`` at call time.
 """
 
 from __future__ import annotations
@@ -159,10 +162,12 @@ def _run_queued(item: _QueuedCall) -> None:
 
 # The fake in parts, one concern each; everything is reachable here as in Nuke.
 from ._knobs import (  # noqa: E402,F401
-    AColor_Knob, Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, EvalString_Knob, File_Knob,
-    Int_Knob, Knob, Multiline_Eval_String_Knob, PyScript_Knob, PythonKnob, Script_Knob,
-    String_Knob, Tab_Knob, Text_Knob, Unsigned_Knob, _flush_after, _install_knob_changed_hooks,
-    _require_number, _require_str,
+    AColor_Knob, Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, Int_Knob, Knob, Unsigned_Knob,
+    _flush_after, _install_knob_changed_hooks, _require_number, _require_str,
+)
+from ._text_knobs import (  # noqa: E402,F401
+    EvalString_Knob, File_Knob, Multiline_Eval_String_Knob, PyScript_Knob, PythonKnob, Script_Knob, String_Knob,
+    Tab_Knob, Text_Knob,
 )
 from . import _ocio  # noqa: E402,F401
 from ._ocio import _ColorspaceKnob, getColorspaceList  # noqa: E402,F401
