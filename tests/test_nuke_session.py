@@ -165,6 +165,13 @@ def test_a_node_made_on_a_plate_takes_the_plates_frame_range(fake_nuke):
     node.setSelected(False)  # Nuke selects a node it creates
     alone = comfy_cluster_nuke.node.create()
     assert (alone["first"].value(), alone["last"].value()) == (1, 100)  # nothing selected: the script's
+    alone.setInput(0, plate)  # connected later, the range never set: it follows the plate
+    assert (alone["first"].value(), alone["last"].value()) == (1001, 1050)
+    node["first"].setValue(1010)  # set by the artist: a new plate leaves it alone
+    other = nuke.nodes.Read()
+    other["file"].fromUserText("/plates/sh020.####.exr 1-20")
+    node.setInput(0, other)
+    assert (node["first"].value(), node["last"].value()) == (1010, 1050)
 
 
 def test_knob_changes_do_nothing_harmful_where_the_plugin_is_missing(fake_nuke, monkeypatch):
@@ -205,9 +212,13 @@ def test_nodes_running_at_the_same_time_share_one_pool_closed_by_the_last(fake_n
         fake_nuke.press(node, "execute")
     runs = [run_mod.current(node) for node in nodes]
     try:
-        fake_nuke.pump_until(lambda: all(r._batch is not None for r in runs) or any(r.finished.is_set() for r in runs), what="both batches")
+        def sent() -> int:
+            return sum(len(s.received_prompts) for s in cluster_env)
+
+        # 2 nodes x 2 frames, all on the servers (2 servers x max_queue 2), before any ends.
+        fake_nuke.pump_until(lambda: sent() >= 4 or any(r.finished.is_set() for r in runs), what="both nodes' jobs")
         assert session.open_pools() == 1
-        clients = {c for s in cluster_env for c in s.connected_clients()}
+        clients = {extra.get("client_id") for s in cluster_env for _, _, extra in s.received_prompts}
         assert len(clients) == 1, clients
     finally:
         for server in cluster_env:

@@ -247,6 +247,21 @@ def knob_changed(node: nuke.Node, knob: Optional[nuke.Knob]) -> None:
         _apply_show(node)
     elif name == "pixels":
         set_pixels_note(node, exchange.note_for(str(knob.value())))
+    elif name == "inputChange":  # a dummy knob: an input was connected or changed
+        _follow_plate_range(node)
+
+
+def _follow_plate_range(node: nuke.Node) -> None:
+    """A plate connected to a node whose range the artist never set (still the script's):
+    the range becomes the plate's, as when the node is made on a selected plate."""
+    plate = node.input(0)
+    first, last = node.knob("first"), node.knob("last")
+    if plate is None or first is None or last is None:
+        return
+    root = nuke.root()
+    if (int(first.value()), int(last.value())) == (root.firstFrame(), root.lastFrame()):
+        first.setValue(plate.firstFrame())
+        last.setValue(plate.lastFrame())
 
 
 def load_image_choices(workflow_path: str) -> Tuple[List[str], List[Optional[str]], Optional[str]]:
