@@ -258,7 +258,7 @@ STRATEGIES: Dict[str, Callable[[Optional[random.Random]], Any]] = {
     "warm_models": WarmModels,
 }
 #: The strategy of a pool given none (and of NUKE_COMFYUI_STRATEGY unset): warm_models won
-#: bench_models (2.9x faster than least_loaded over three checkpoints) and matched
+#: bench_models (2.0x to 2.9x faster than least_loaded over three checkpoints) and matched
 #: least_loaded on one-model work and on bench_batch (BENCHMARKS.md).
 DEFAULT_STRATEGY = "warm_models"
 
