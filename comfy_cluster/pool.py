@@ -28,6 +28,7 @@ import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .attempt import Attempt, CopyRemover, Ledger, PostGate
+from .affinity import CacheAffinity
 from .balance import DEFAULT_STRATEGY, StrategyLike, get_strategy, strategy_name
 from .callbacks import CallbackExecutor
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
@@ -101,7 +102,9 @@ class ServerPool:
             raise ConfigError(f"status_ttl: must be >= 0 seconds, got {status_ttl!r}")
         self._servers: Tuple[ServerConfig, ...] = tuple(configs)
         self._by_name: Dict[str, ServerConfig] = {s.name: s for s in configs}
-        self._strategy = get_strategy(strategy, rng)
+        # Wrapped once, so the scheduler and select() share it: use_cache_affinity() turns the
+        # affinity on later without replacing the object they hold.
+        self._strategy = CacheAffinity(get_strategy(strategy, rng), enabled=False)
         self._clock = clock
         self.client_id = str(uuid.uuid4())
         self._clients: Dict[str, ComfyClient] = {s.name: ComfyClient(s, timeout=request_timeout) for s in configs}
@@ -182,6 +185,12 @@ class ServerPool:
         """The strategy's name."""
         return strategy_name(self._strategy)
 
+    def use_cache_affinity(self) -> None:
+        """From now on an identical workflow goes to the server that was given it last, when
+        that server can take it (ComfyUI's cache there makes the rerun nearly free); otherwise
+        the strategy chooses. The gateway turns this on. Idempotent."""
+        self._strategy.enabled = True
+
     @property
     def _object_info(self) -> Dict[str, Dict[str, Any]]:
         return self._caps.info
@@ -216,6 +225,14 @@ class ServerPool:
         self._check_open()
         wf = load_workflow(workflow)
         return self._caps.checker(wf, wait=True)([c.name for c in self._view.current(probe=True).online])
+
+    def node_info(self) -> Dict[str, Dict[str, Any]]:
+        """``/object_info`` of every online server whose node list could be read (server name
+        -> node type -> definition); read once per server and cached, as for capabilities."""
+        self._check_open()
+        names = [c.name for c in self._view.current(probe=True).online]
+        self._caps.fetch(names, wait=True)
+        return {n: info for n in names for info, _ in [self._caps.get(n)] if info is not None}
 
     def select(self, workflow: Optional[WorkflowLike] = None, exclude: Iterable[str] = ()) -> ServerConfig:
         """The server the strategy picks now among those passing the filters.

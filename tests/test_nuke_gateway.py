@@ -86,3 +86,22 @@ def test_addresses(fake_nuke, text, expected):
     from comfy_cluster_nuke.gateway import parse_address
 
     assert parse_address(text) == expected
+
+
+def test_cmd_quotes_are_removed_and_an_empty_token_refused(fake_nuke, cluster_env, monkeypatch, capsys):
+    # cmd.exe: set NUKE_COMFYUI_GATEWAY="127.0.0.1:0" keeps the quotes in the value.
+    from comfy_cluster_nuke import gateway
+
+    monkeypatch.setenv("NUKE_COMFYUI_GATEWAY", '"127.0.0.1:0"')
+    monkeypatch.setenv("NUKE_COMFYUI_GATEWAY_TOKEN", '"s3cret"')
+    try:
+        url = gateway.start_from_env()
+        assert url is not None, capsys.readouterr().err
+        assert requests.get(url + "/queue", headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code == 200
+        assert requests.get(url + "/queue", timeout=10).status_code == 401
+    finally:
+        gateway.stop()
+    monkeypatch.setenv("NUKE_COMFYUI_GATEWAY_TOKEN", '""')
+    assert gateway.start_from_env() is None
+    assert "NUKE_COMFYUI_GATEWAY_TOKEN is empty" in capsys.readouterr().err
+    assert gateway.url() is None

@@ -117,7 +117,7 @@ def test_the_input_render_is_fully_specified(fake_nuke, cluster_env, tmp_path):
         "file_type": "png",  # no server has LoadEXR/SaveEXR
         "raw": False,  # converted to the colorspace above
         "proxy": False,  # full resolution even in proxy mode
-        "views": ["left"],  # the main view only
+        "views": ["left", "right"],  # every view, each to its own file (%V)
         "callbacks": [],  # no studio callback ran for our temporary Write
         "undo_disabled": True,
     }

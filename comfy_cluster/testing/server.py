@@ -16,6 +16,7 @@ The listening socket is managed here rather than by an aiohttp site, so that "re
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import hashlib
 import json
@@ -133,8 +134,8 @@ class MockComfyServer(InjectedFaults):
         if unknown_packs:
             raise ValueError(f"unknown node packs {unknown_packs}; known: {sorted(NODE_PACKS)}")
         known = {**BUILTIN_NODES, **LOADER_NODES, **CORE_PIXEL_NODES}
-        for pack in NODE_PACKS.values():
-            known.update(pack)
+        for pack_nodes in NODE_PACKS.values():
+            known.update(pack_nodes)
         if node_types is None:
             registry = {**BUILTIN_NODES, **LOADER_NODES, **CORE_PIXEL_NODES}
         else:
@@ -161,6 +162,7 @@ class MockComfyServer(InjectedFaults):
             logger.warning("mock server %s listens on %s: it has no authentication", name, host)
 
         self._lock = threading.RLock()
+        self._queries: "collections.deque[Tuple[str, Dict[str, str]]]" = collections.deque(maxlen=10000)  # the newest
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._started = False
@@ -308,6 +310,17 @@ class MockComfyServer(InjectedFaults):
         """Bodies posted to /interrupt ({} when there was none)."""
         with self._lock:
             return list(self._engine.interrupt_requests) if self._engine else []
+
+    @property
+    def request_queries(self) -> List[Tuple[str, Dict[str, str]]]:
+        """``(path, query)`` of every request, in order (what a client or gateway sent)."""
+        with self._lock:
+            return list(self._queries)
+
+    @property
+    def view_queries(self) -> List[Dict[str, str]]:
+        """The query of every GET /view, in order."""
+        return [q for path, q in self.request_queries if path in ("/view", "/api/view")]
 
     @property
     def queue_delete_requests(self) -> List[Any]:
@@ -777,6 +790,7 @@ class MockComfyServer(InjectedFaults):
         fault = self._fault
         with self._lock:
             self._request_count += 1
+            self._queries.append((request.path, dict(request.query)))
         rule = self._route_rules.take(request.method, request.path)
         if rule is not None:
             return await self._route_fault(rule, request, handler)

@@ -50,6 +50,14 @@ def parse_address(text: str) -> Tuple[str, int]:
     return host, port
 
 
+def _env(name: str) -> Optional[str]:
+    """A gateway variable with cmd.exe's quotes removed (as every other variable); None when unset."""
+    from comfy_cluster.environment import unquote_env
+
+    raw = os.environ.get(name)
+    return None if raw is None else unquote_env(name, raw)
+
+
 def url() -> Optional[str]:
     """The running gateway's URL, or None."""
     with _lock:
@@ -70,15 +78,20 @@ def start(address: str) -> str:
                 f"the gateway needs aiohttp in Nuke's Python ({exc}); install it with nuke_setup.py --gateway"
             ) from None
         from comfy_cluster import ComfyClusterError, ServerPool
+        from comfy_cluster.gateway.auth import check_token
 
         from . import run as run_mod
 
+        try:
+            token = check_token(_env(TOKEN_ENV), TOKEN_ENV)
+        except ValueError as exc:
+            raise GatewayError(f"gateway: {exc}") from None
         try:
             pool = ServerPool.from_env(**run_mod.pool_options)
         except ComfyClusterError as exc:
             raise GatewayError(f"gateway: {exc}") from None
         try:
-            gateway = Gateway(pool, host=host, port=port, token=os.environ.get(TOKEN_ENV) or None)
+            gateway = Gateway(pool, host=host, port=port, token=token)
             gateway.start()
         except Exception as exc:
             pool.close()
@@ -105,7 +118,7 @@ def stop() -> bool:
 
 def start_from_env() -> Optional[str]:
     """At start-up: start on ``NUKE_COMFYUI_GATEWAY`` when set; a problem goes to the terminal."""
-    address = os.environ.get(ENV, "").strip()
+    address = _env(ENV) or ""
     if not address:
         return None
     try:
@@ -118,7 +131,7 @@ def start_from_env() -> Optional[str]:
 def start_from_menu() -> Optional[str]:
     """The menu entry: start on ``NUKE_COMFYUI_GATEWAY`` or 127.0.0.1:8189 and say where."""
     try:
-        address = url() or start(os.environ.get(ENV, "").strip() or DEFAULT_ADDRESS)
+        address = url() or start(_env(ENV) or DEFAULT_ADDRESS)
     except GatewayError as exc:
         nuke.message(str(exc))
         return None

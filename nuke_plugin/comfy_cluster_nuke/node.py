@@ -44,7 +44,8 @@ IDS_KNOB = "load_image_ids"
 INPUT_NAMES = ("plate", "mask", "ref")
 # (group input, enumeration knob, what the user calls it)
 INPUT_KNOBS: Tuple[Tuple[int, str, str], ...] = ((0, "load_image_node", "plate"), (1, "mask_node", "mask"), (2, "ref_node", "reference"))
-SHOW_CHOICES = ["result", "input"]
+SHOW_CHOICES = ["result", "input", "preview"]  # preview: sampling as it runs (.preview)
+_SWITCH_INPUT = {"input": 0, "result": 1, "preview": 2}
 #: The workflow nodes an input can go to (LoadImageMask: the mask, with its channel).
 LOADER_TYPES = ("LoadImage", "LoadImageMask")
 MASK_CHANNELS = ["alpha", "red", "green", "blue"]
@@ -61,7 +62,8 @@ _EXECUTE_CMD = _cmd("run", "execute(nuke.thisNode())")
 _EXECUTE_FRAME_CMD = _cmd("run", "execute_current_frame(nuke.thisNode())")
 _RERUN_CMD = _cmd("run", "rerun_failed(nuke.thisNode())")
 _CANCEL_CMD = _cmd("run", "cancel(nuke.thisNode())")
-_KNOB_CHANGED_CMD = _cmd("node", "knob_changed(nuke.thisNode(), nuke.thisKnob())")
+# serverinfo.knob_changed runs knob_changed below, then asks the servers in the background.
+_KNOB_CHANGED_CMD = _cmd("serverinfo", "knob_changed(nuke.thisNode(), nuke.thisKnob())")
 
 
 def _target_group() -> nuke.Group:
@@ -155,6 +157,13 @@ def _add_knobs(group: nuke.Group) -> None:
     datatype.setTooltip("Precision of the EXR files sent to ComfyUI.")
     datatype.clearFlag(nuke.STARTLINE)
     group.addKnob(datatype)
+    space = nuke.Enumeration_Knob("exr_tonemap", "workflow sees", exchange.TONEMAPS)
+    space.setTooltip(
+        "EXR only. linear: the script's values as they are (outside 0-1 kept); "
+        "sRGB: converted to sRGB 0-1 on load and back to linear on save (what image models expect; values outside 0-1 clipped)."
+    )
+    space.clearFlag(nuke.STARTLINE)
+    group.addKnob(space)
     group.addKnob(nuke.Text_Knob("pixels_note", "", exchange.note_for(exchange.AUTO)))
 
     frame_input = nuke.String_Knob("frame_input", "frame number to")
@@ -185,7 +194,10 @@ def _add_knobs(group: nuke.Group) -> None:
     _button(group, "cancel", "Cancel", _CANCEL_CMD, False)
     group.addKnob(nuke.Text_Knob("status", "status", "idle"))
     show = nuke.Enumeration_Knob("show", "output", SHOW_CHOICES)
-    show.setTooltip("result: the frames ComfyUI made (a Read inside this node); input: the plate, passed through.")
+    show.setTooltip(
+        "result: the frames ComfyUI made (a Read inside this node); input: the plate, passed through; "
+        "preview: the latest sampling preview of a run going on."
+    )
     show.setValue("input")  # nothing made yet; a run switches it to result
     group.addKnob(show)
 
@@ -293,7 +305,7 @@ def _inner(node: nuke.Node, name: str) -> Optional[nuke.Node]:
 def _apply_show(node: nuke.Node) -> None:
     switch = _inner(node, SWITCH)
     if switch is not None:
-        quiet_set(switch["which"], 1 if str(node["show"].value()) == "result" else 0)
+        quiet_set(switch["which"], _SWITCH_INPUT.get(str(node["show"].value()), 0))
 
 
 def show_result(node: nuke.Node) -> None:

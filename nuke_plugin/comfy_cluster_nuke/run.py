@@ -145,7 +145,8 @@ def start(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None) -
 
 
 def submit(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None, version: str = "") -> List[str]:
-    """Run ``node`` and wait (``nuke -t``, or a worker thread): returns the frame files in order.
+    """Run ``node`` and wait (``nuke -t``, or a worker thread): returns the frame files in order
+    (in a multi-view script, each frame's file per view, in the views' order).
 
     ``frames`` overrides the node's range; ``version`` (``"v004"``, or a folder) writes into that
     version folder instead of a new one: farm tasks of one node's range share a version.

@@ -330,11 +330,12 @@ def on_render_frame(hook: Optional[Callable[[str, int], None]]) -> None:
     _nuke._render_frame_hooks[:] = [hook] if hook is not None else []
 
 
-def read_frame(read: "_nuke.Node", frame: int) -> Tuple[str, str]:
-    """What the artist sees of Read ``read`` at ``frame`` (see ``nuke._render._read_frame``)."""
+def read_frame(read: "_nuke.Node", frame: int, view: str = "") -> Tuple[str, str]:
+    """What the artist sees of Read ``read`` at ``frame`` in ``view`` (default: the main view;
+    see ``nuke._render._read_frame``)."""
     from nuke._render import _read_frame
 
-    return _read_frame(read, frame)
+    return _read_frame(read, frame, view)
 
 
 def strip_frame_range(args: List[str]) -> List[str]:
