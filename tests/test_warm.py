@@ -125,3 +125,29 @@ def test_mock_server_cli_takes_a_model_load_time_and_shows_the_loaded_model():
     out = io.StringIO()
     assert run_mock_server(["--port", "0", "--model-load-seconds", "-1"], stdin=io.StringIO(""), stdout=out) == 1
     assert "model_load_seconds must be >= 0, got -1.0" in out.getvalue()
+
+
+def test_a_free_server_goes_to_the_waiting_job_warm_there_not_to_the_oldest(mock_cluster_factory):
+    # A load (1 s) costs more than waiting behind one short job on the warm server.
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0), models=[A, B], model_load_seconds=1.0)
+    by_url = {s.url: s for s in cluster.servers}
+    servers = [{"name": f"g{i}", "url": s.url, "max_queue": 1} for i, s in enumerate(cluster.servers)]
+    for s in cluster.servers:
+        s.pause_jobs()
+    with ServerPool(servers) as pool:  # the default strategy (warm_models), as the gateway wraps it
+        pool.use_cache_affinity()
+        a1 = pool.submit(txt2img_workflow(ckpt_name=A, seed=1))
+        wait_until(lambda: a1.prompt_id is not None, what="A1 on a server")
+        b1 = pool.submit(txt2img_workflow(ckpt_name=B, seed=2))
+        wait_until(lambda: b1.prompt_id is not None, what="B1 on the other server")
+        x, y = a1.server.name, b1.server.name
+        assert x != y
+        a2 = pool.submit(txt2img_workflow(ckpt_name=A, seed=3))  # the oldest waiting job
+        b2 = pool.submit(txt2img_workflow(ckpt_name=B, seed=4))
+        by_url[b1.server.url].resume_jobs()  # B's server frees first
+        b2.result(timeout=60)
+        assert b2.server.name == y and not a2.done and a2.server is None  # A2 waits for A's server
+        by_url[a1.server.url].resume_jobs()
+        a2.result(timeout=60)
+        assert a2.server.name == x
+    assert [s.model_loads for s in cluster.servers] == [1, 1]
