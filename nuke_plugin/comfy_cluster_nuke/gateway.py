@@ -9,6 +9,7 @@ once it listens, and it is stopped (and its pool closed) on exit.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import Any, Optional, Tuple
 
 import nuke
 
-__all__ = ["ENV", "TOKEN_ENV", "DEFAULT_ADDRESS", "parse_address", "start", "start_from_env", "start_from_menu", "stop", "url"]
+__all__ = ["ENV", "TOKEN_ENV", "DEFAULT_ADDRESS", "parse_address", "pool", "start", "start_from_env", "start_from_menu", "stop", "url"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,12 @@ def url() -> Optional[str]:
         return str(_gateway.url) if _gateway is not None else None
 
 
+def pool() -> Any:
+    """The running gateway's ServerPool, or None (runs share it: see .session)."""
+    with _lock:
+        return _pool if _gateway is not None else None
+
+
 def start(address: str) -> str:
     """Start the gateway on ``address`` (one per session); returns its URL."""
     global _gateway, _pool
@@ -95,6 +102,12 @@ def start(address: str) -> str:
             gateway.start()
         except Exception as exc:
             pool.close()
+            if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+                # A second Nuke started with the same NUKE_COMFYUI_GATEWAY: the first one serves.
+                raise GatewayError(
+                    f"gateway: {host}:{port} is taken (another Nuke's gateway?); this Nuke's nodes work without it, "
+                    f"or set {ENV} to another port"
+                ) from None
             raise GatewayError(f"gateway on {host}:{port} did not start: {exc}") from None
         _gateway, _pool = gateway, pool
         log.info("gateway listening on %s", gateway.url)

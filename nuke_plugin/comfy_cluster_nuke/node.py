@@ -30,14 +30,14 @@ from .destinations import UID_KNOB, evaluate_path
 from .quiet import no_undo, quiet_set, set_pixels_note, set_status
 
 __all__ = [
-    "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB",
+    "NODE_LABEL", "MARKER_KNOB", "MARKER_VERSION", "KNOB_CHANGED_CMD", "new_knobs", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB",
     "create", "is_run_node", "knob_changed", "load_image_choices", "refresh_load_image_choices",
     "chosen_load_image", "choice", "set_pixels_note", "set_status", "LOADER_TYPES", "MASK_CHANNELS", "quiet_set", "update_read_node", "input_colorspace", "show_result",
 ]
 
 NODE_LABEL = "ComfyUI Cluster Run"
 MARKER_KNOB = "comfy_cluster_run"  # a hidden knob that marks our groups (and their version)
-MARKER_VERSION = "2"  # the knobs and inner nodes of this version (1: before per-node folders)
+MARKER_VERSION = "3"  # the knobs of this version (1: before per-node folders; 2: before issue 19) (.migrate)
 NONE_CHOICE = "(none)"
 DEFAULT_STRATEGY = "default"
 IDS_KNOB = "load_image_ids"
@@ -62,8 +62,18 @@ _EXECUTE_CMD = _cmd("run", "execute(nuke.thisNode())")
 _EXECUTE_FRAME_CMD = _cmd("run", "execute_current_frame(nuke.thisNode())")
 _RERUN_CMD = _cmd("run", "rerun_failed(nuke.thisNode())")
 _CANCEL_CMD = _cmd("run", "cancel(nuke.thisNode())")
+# Kept in the .nk and run on every knob change: where the plugin is not installed (a render
+# node, a vendor opening the script) it must do nothing rather than raise on every change.
 # serverinfo.knob_changed runs knob_changed below, then asks the servers in the background.
-_KNOB_CHANGED_CMD = _cmd("serverinfo", "knob_changed(nuke.thisNode(), nuke.thisKnob())")
+KNOB_CHANGED_CMD = (
+    "try:\n"
+    "    _ccn = __import__('comfy_cluster_nuke.serverinfo').serverinfo\n"
+    "except ImportError:\n"
+    "    pass\n"
+    "else:\n"
+    "    _ccn.knob_changed(nuke.thisNode(), nuke.thisKnob())\n"
+    "    del _ccn\n"
+)
 
 
 def _target_group() -> nuke.Group:
@@ -101,31 +111,50 @@ def create(inpanel: bool = True) -> nuke.Group:
         if upstream is not None and upstream is not group:
             # A Group has no input when created, so createNode could not connect it; do it now.
             group.setInput(0, upstream)
-        _add_knobs(group)
-        group["knobChanged"].setValue(_KNOB_CHANGED_CMD)
+        for knob in new_knobs(group, upstream if upstream is not group else None):
+            group.addKnob(knob)
+        group["knobChanged"].setValue(KNOB_CHANGED_CMD)
     if inpanel and nuke.GUI:
         group.showControlPanel()
     return group
 
 
-def _hidden(group: nuke.Group, name: str, value: str = "") -> None:
+class _KnobSink:
+    """Stands in for the node while a new node's knobs are made: collects them, in order."""
+
+    def __init__(self) -> None:
+        self.knobs: List[nuke.Knob] = []
+
+    def addKnob(self, knob: nuke.Knob) -> None:
+        self.knobs.append(knob)
+
+
+def new_knobs(node: nuke.Group, upstream: Optional[nuke.Node] = None) -> List[nuke.Knob]:
+    """The knobs a new node has, made for ``node`` but not added (creation, and :mod:`.migrate`)."""
+    sink = _KnobSink()
+    _add_knobs(sink, node, upstream)
+    return sink.knobs
+
+
+def _hidden(group: Any, name: str, value: str = "") -> None:
     knob = nuke.String_Knob(name, name)
     knob.setValue(value)
     knob.setFlag(nuke.INVISIBLE)
     group.addKnob(knob)
 
 
-def _button(group: nuke.Group, name: str, label: str, command: str, newline: bool) -> None:
+def _button(group: Any, name: str, label: str, command: str, newline: bool) -> None:
     knob = nuke.PyScript_Knob(name, label, command)
     if not newline:
         knob.clearFlag(nuke.STARTLINE)
     group.addKnob(knob)
 
 
-def _add_knobs(group: nuke.Group) -> None:
+def _add_knobs(group: Any, node: nuke.Group, upstream: Optional[nuke.Node] = None) -> None:
     import uuid
 
-    root = nuke.root()
+    # The frame range of the plate it is made on (a Read of 1001-1050 in a 1-100 script), else the script's.
+    frames_of = upstream if upstream is not None else nuke.root()
     group.addKnob(nuke.Tab_Knob("comfy_cluster", "ComfyUI Cluster"))
     _hidden(group, MARKER_KNOB, MARKER_VERSION)
     _hidden(group, UID_KNOB, uuid.uuid4().hex[:8])
@@ -170,10 +199,10 @@ def _add_knobs(group: nuke.Group) -> None:
     frame_input.setTooltip("Optional NODE.INPUT that receives the frame number, for example 3.seed.")
     group.addKnob(frame_input)
     first = nuke.Int_Knob("first", "frame range")
-    first.setValue(root.firstFrame())
+    first.setValue(frames_of.firstFrame())
     group.addKnob(first)
     last = nuke.Int_Knob("last", "")
-    last.setValue(root.lastFrame())
+    last.setValue(frames_of.lastFrame())
     last.clearFlag(nuke.STARTLINE)
     group.addKnob(last)
 
@@ -183,7 +212,7 @@ def _add_knobs(group: nuke.Group) -> None:
     output_dir = nuke.File_Knob("output_dir", "output folder")
     output_dir.setTooltip("Empty: <script folder>/comfyui/<script>/<node>_<id>/. Each run writes a new vNNN folder inside.")
     group.addKnob(output_dir)
-    group.addKnob(colorspace.make_knob(colorspace.script_colorspaces(group)))
+    group.addKnob(colorspace.make_knob(colorspace.script_colorspaces(node)))
     extra = nuke.String_Knob("extra_params", "parameters as knobs")
     extra.setTooltip("Besides prompts and sampler settings, more NODE.INPUT entries to show as knobs (for example 6.text 3.cfg).")
     group.addKnob(extra)
@@ -218,6 +247,21 @@ def knob_changed(node: nuke.Node, knob: Optional[nuke.Knob]) -> None:
         _apply_show(node)
     elif name == "pixels":
         set_pixels_note(node, exchange.note_for(str(knob.value())))
+    elif name == "inputChange":  # a dummy knob: an input was connected or changed
+        _follow_plate_range(node)
+
+
+def _follow_plate_range(node: nuke.Node) -> None:
+    """A plate connected to a node whose range the artist never set (still the script's):
+    the range becomes the plate's, as when the node is made on a selected plate."""
+    plate = node.input(0)
+    first, last = node.knob("first"), node.knob("last")
+    if plate is None or first is None or last is None:
+        return
+    root = nuke.root()
+    if (int(first.value()), int(last.value())) == (root.firstFrame(), root.lastFrame()):
+        first.setValue(plate.firstFrame())
+        last.setValue(plate.lastFrame())
 
 
 def load_image_choices(workflow_path: str) -> Tuple[List[str], List[Optional[str]], Optional[str]]:

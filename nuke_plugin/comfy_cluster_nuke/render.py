@@ -9,7 +9,11 @@ is left to the studio's defaults, which differ per show:
   an alpha of 0 into a full mask;
 * the mask through an Expression node: its matte in R, G, B and ``1 - matte`` in alpha, written
   raw, so ComfyUI's ``mask = 1 - alpha`` gives the matte;
-* full resolution even in proxy mode (the script's proxy switch is turned off for the render);
+* full resolution even in proxy mode: the script's proxy switch is turned off for the render
+  and back on right after, inside one main-thread call (no undo step, modified flag kept).
+  Decision (issue 19): Nuke offers no other way to render a Write at full size in proxy mode
+  (``execute`` has no proxy argument; a Write in proxy mode writes its proxy file at proxy
+  size), and ComfyUI must get the full-size plate; the Viewer may redraw once;
 * every view of a stereo (or multi-view) script, each to its own file (``%V``), each sent as a
   job of its own; a single-view script's files carry no view name;
 * a frame that fails (a plate frame missing upstream) fails alone, with Nuke's words naming

@@ -14,6 +14,7 @@ image); a frame whose input could not be rendered (a missing plate frame) fails 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -21,13 +22,13 @@ import shutil
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import nuke
 
 from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, ServerPool, WorkflowError, frame_workflows
 
-from . import destinations, exchange, frames, mainthread, params, render
+from . import destinations, exchange, frames, ledger, mainthread, nodeside, params, render, session
 from . import node as node_mod
 from .preview import Preview
 from .report import failure_text, ranges
@@ -51,15 +52,6 @@ _clock = time.monotonic  # the status throttle's clock (tests replace it)
 
 class RunCancelled(JobCancelled):
     """The user cancelled the run (Cancel button, the progress bar's cancel, Ctrl+C, script close)."""
-
-
-def _new_progress_task(title: str) -> nuke.ProgressTask:
-    return nuke.ProgressTask(title)
-
-
-def _record(node: nuke.Node, version: str, failed: str) -> None:
-    node_mod.quiet_set(node["last_version"], version)
-    node_mod.quiet_set(node["failed_frames"], failed)
 
 
 class Run:
@@ -86,6 +78,7 @@ class Run:
         # One job per frame and view: (frame, view), view "" in a single-view script.
         self.sent_units: Tuple[Unit, ...] = tuple((f, v) for f in settings.frames for v in settings.views or ("",))
         self._render_errors: Dict[int, BaseException] = {}
+        self._ledger: Optional[ledger.JobLedger] = None
         self.preview: Optional[Preview] = None  # the live sampling preview (interactive runs)
         self._format = render.FileFormat(exchange.PNG, settings.colorspace)
         self._expected: Dict[Unit, Tuple[Tuple[str, str], ...]] = {}  # SaveEXR files (subfolder, name)
@@ -108,6 +101,11 @@ class Run:
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait for the run to end (never on Nuke's GUI main thread); True when it has."""
         return self.finished.wait(timeout)
+
+    def jobs_ended(self, timeout: float) -> bool:
+        """Wait (any thread) until every job sent has ended on its server: needs no main thread."""
+        batch = self._batch
+        return batch is None or bool(batch.wait(timeout))
 
     def _cancelled(self) -> bool:
         if self.cancel_requested.is_set():
@@ -158,28 +156,24 @@ class Run:
         inputs_dir = ""
         try:
             if self.interactive:
-                self._task = mainthread.call(_new_progress_task, f"{node_mod.NODE_LABEL}: {s.node_name}")
-            try:
-                if s.reuse_version:  # a re-run of failed frames, or a farm chunk of a given version
-                    self.version_dir = os.path.join(s.output_base, s.reuse_version)
-                    os.makedirs(self.version_dir, exist_ok=True)
-                else:
-                    self.version_dir = destinations.new_version(s.output_base)
+                self._task = mainthread.call(nodeside.new_progress_task, f"{node_mod.NODE_LABEL}: {s.node_name}")
+            try:  # a re-run of failed frames, or a farm chunk, reuses the version it names
+                self.version_dir = destinations.version_folder(s.output_base, s.reuse_version)
             except OSError as exc:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
-            inputs_dir = self._working_dir(_INPUTS_DIR)
             if s.carry_from:  # "Current frame": the last full run stays in view around it
                 frames.carry_forward(s.carry_from, self.version_dir, s.node_name, s.frames, s.views)
             self._show(f"starting {len(s.frames)} frame(s) into {self.version_dir}", 0, force=True)
-            pool = self._open_pool()
-            try:
+            with self._open_pool() as pool:  # the session's, shared with the runs going on
+                # A task killed here before (no signal: Windows, SIGKILL) left jobs on the GPUs.
+                ledger.reap(self.version_dir, pool.servers)
+                self._ledger = ledger.JobLedger(self.version_dir)
+                inputs_dir = self._working_dir(_INPUTS_DIR)
                 self._format = self._choose_format(pool)
                 per_frame_inputs = self._render(inputs_dir)
                 if self._cancelled():
                     raise RunCancelled(f"{s.node_name}: cancelled before any frame was sent")
                 self.paths = self._run_batch(pool, per_frame_inputs)
-            finally:
-                pool.close()
             return self.paths
         except BaseException as exc:
             self.error = exc
@@ -188,6 +182,8 @@ class Run:
         finally:
             if inputs_dir:
                 shutil.rmtree(inputs_dir, ignore_errors=True)
+            if self._ledger is not None:
+                self._ledger.close()
             if self.preview is not None:
                 self.preview.close()
             self._task = None  # releasing the last reference removes the bar from Nuke's screen
@@ -233,8 +229,9 @@ class Run:
             )
         return out
 
-    def _working_dir(self, prefix: str) -> str:
+    def _working_dir(self, kind: str) -> str:
         try:
+            prefix = self._ledger.working_prefix(kind) if self._ledger is not None else kind
             return frames.working_dir(self.version_dir, prefix)
         except OSError as exc:
             raise RunError(f"{self.settings.node_name}: cannot create a working folder in {self.version_dir}: {exc}") from None
@@ -263,15 +260,18 @@ class Run:
             workflows = [d.workflow for d in done]
         return workflows
 
-    def _open_pool(self) -> ServerPool:
+    @contextlib.contextmanager
+    def _open_pool(self) -> Iterator[ServerPool]:
         s = self.settings
         try:
-            options = dict(pool_options)
-            if s.strategy:
-                options["strategy"] = s.strategy
-            return ServerPool.from_env(**options)
+            shared = session.shared_pool(s.strategy, dict(pool_options))
+            pool = shared.__enter__()
         except ComfyClusterError as exc:
             raise RunError(f"{s.node_name}: {exc}") from exc
+        try:
+            yield pool
+        finally:
+            shared.__exit__(None, None, None)
 
     def _choose_format(self, pool: ServerPool) -> render.FileFormat:
         """EXR when asked or possible (some server that can run the job has LoadEXR/SaveEXR:
@@ -311,6 +311,8 @@ class Run:
         seen_failed = 0
         while True:
             done = batch.wait(POLL_SECONDS)
+            if self._ledger is not None:  # which jobs are where, for a reap if this task is killed
+                self._ledger.update(list(batch.jobs))
             ended, failed, total = batch.counts()
             if stopped_by is None and self._cancelled():
                 stopped_by = "cancel"
@@ -369,8 +371,8 @@ class Run:
         read_name = ""
         try:
             # Moved into a group while it ran (a cut and paste): the same id, another node object.
-            self.node = mainthread.call(_alive, self.node, s.uid)
-            mainthread.call(_record, self.node, self.version_dir, " ".join(map(str, failed)))
+            self.node = mainthread.call(nodeside.alive, self.node, s.uid)
+            mainthread.call(nodeside.record, self.node, self.version_dir, " ".join(map(str, failed)))
             if done_frames:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
                 pattern = os.path.join(self.version_dir, frames.read_pattern(s.node_name, ext, bool(s.views))).replace("\\", "/")
@@ -379,7 +381,7 @@ class Run:
                 present = set(frames.present(self.version_dir, s.node_name, ext, (s.views or ("",))[0])) | set(s.frames)
                 first, last = min(present), max(present)
                 raw = self._format.kind == exchange.EXR
-                read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace, raw)
+                read_name = mainthread.call(nodeside.update_read, self.node, pattern, first, last, s.colorspace, raw)
         except ValueError:  # Nuke's answer for a node deleted while the frames ran
             raise RunError(
                 f"{s.node_name} was deleted while it ran; the frames are in {self.version_dir}",
@@ -430,21 +432,7 @@ class Run:
             text = f"{name}: unexpected error: {exc!r}"
         first_line = text.splitlines()[0] if text else "failed"
         self._show(f"failed - {first_line.replace(f'{name}: ', '')}", force=True)
+        if self.interactive or self.dialogs:  # the whole story on the node, where it stays
+            mainthread.post(node_mod.set_status, self.node, f"failed - {text.replace(f'{name}: ', '', 1)}")
         if self.dialogs:
-            mainthread.post(nuke.message, text)
-
-
-def _alive(node: nuke.Node, uid: str) -> nuke.Node:
-    """``node``, or the node of the script that now has its id; ValueError when none has."""
-    try:
-        node.name()
-        return node
-    except ValueError:
-        found = destinations.find_node(uid)
-        if found is None:
-            raise
-        return found
-
-
-def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool) -> str:
-    return node_mod.update_read_node(node, pattern, first, last, colorspace, raw).fullName()
+            mainthread.post(nodeside.dialog, self.node, text)

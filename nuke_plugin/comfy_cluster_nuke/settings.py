@@ -155,8 +155,9 @@ def read_settings(
     if not node_mod.is_run_node(node):
         raise RunError(f"{node.name()} is not a {node_mod.NODE_LABEL} node")
     name = node.name()
-    if str(node[node_mod.MARKER_KNOB].value()) != node_mod.MARKER_VERSION:
-        raise RunError(f"{name} was made by an older comfy-cluster; create the node again (ComfyUI Cluster menu).")
+    from .migrate import migrate  # made by an older plugin: brought up to date, settings kept
+
+    migrate(node)
     workflow_path = evaluate_path(node["workflow"])
     if not workflow_path:
         raise RunError(f"{name}: choose a workflow file (in ComfyUI: Workflow > Export (API)).")

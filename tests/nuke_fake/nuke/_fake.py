@@ -45,6 +45,7 @@ __all__ = [
     "run_nuke_t",
     "on_render_frame",
     "set_ocio_config",
+    "quit",
     "read_frame",
     "strip_frame_range",
 ]
@@ -315,6 +316,20 @@ def cancel_progress(task: Optional["_nuke.ProgressTask"] = None) -> None:
 def cancel_render_after(frames: Optional[int]) -> None:
     """The user cancels Nuke's own render progress after ``frames`` frames (None: never)."""
     _nuke._render_cancel_after = frames
+
+
+def quit() -> None:
+    """Nuke quits (File > Quit, ``nuke.scriptExit()``): the script's onScriptClose callbacks run
+    (Foundry, Python Developers Guide, "Callbacks": onScriptClose runs "when a script is
+    closed", and quitting closes it), then the event loop stops for good: nothing queued runs
+    any more, and a worker waiting in ``executeInMainThreadWithResult`` gets ``None``. Python's
+    ``atexit`` handlers are *not* run: whether Nuke runs them on its way out is not documented,
+    so a plugin must not rely on them (the worse case is modelled)."""
+    _nuke._main_only("_fake.quit")
+    _nuke._fire(_nuke.onScriptCloses, _nuke._root)
+    with _nuke._queue_cond:
+        _nuke._queue.clear()
+    _nuke._shutdown.set()
 
 
 def set_ocio_config(name: str) -> None:

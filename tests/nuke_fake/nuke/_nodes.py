@@ -214,7 +214,10 @@ class Node:
             return False
         while len(self._inputs) <= i:
             self._inputs.append(None)
+        changed = self._inputs[i] is not node
         self._inputs[i] = node
+        if changed:
+            _input_changed(self)
         return True
 
     def dependent(self, mask: int = 0, forceEvaluate: bool = True) -> List[Node]:
@@ -390,6 +393,21 @@ def _changed(knob: _n.Knob) -> None:
 
 _in_knob_changed: List[Any] = []
 _pending_knob_changed: List[Tuple[Any, Any]] = []
+
+
+def _input_changed(owner: Any) -> None:
+    """An input of ``owner`` changed: with its panel open, its ``knobChanged`` runs with a dummy
+    knob named ``inputChange`` (Foundry, Python API reference, ``nuke.addKnobChanged``: "This
+    is also called with dummy knobs when the control panel is opened or when the inputs to the
+    node changes")."""
+    code = owner._knobs["knobChanged"]._value if "knobChanged" in owner._knobs else ""
+    if not code or not getattr(owner, "_panel_open", False) or owner in _in_knob_changed:
+        return
+    _in_knob_changed.append(owner)
+    try:
+        _n._run_script(str(code), owner, _n.Knob("inputChange"))
+    finally:
+        _in_knob_changed.remove(owner)
 
 
 def _flush_knob_changed() -> None:
