@@ -3,7 +3,7 @@ checkpoint in seconds (the mock's --model-load-seconds), per strategy, against a
 
 3 equal mock servers (speed 1, a checkpoint load takes 4 s), 60 jobs of 1 s (txt2img, 100
 KSampler steps) over 3 checkpoints interleaved, all submitted at once (the pool's local queue,
-max_queue 2 per server). Lower bound: every job's second on the best split, plus one load per
+max_queue 2 per server; `--map`: as one `pool.map` batch). Lower bound: every job's second on the best split, plus one load per
 server (each checkpoint loaded once per server that runs it). ``--models 1``: one-model work.
 
 Run: python -m bench.bench_models [--runs 3] [--jobs 60] [--models 3] [--load 4]
@@ -25,7 +25,7 @@ SERVERS = 3
 STEPS = 100  # KSampler steps of 0.01 s: a 1 s job at speed 1
 
 
-def run(strategy: str, jobs: int, models: int, load: float, seed0: int) -> Tuple[float, int, Dict[str, int]]:
+def run(strategy: str, jobs: int, models: int, load: float, seed0: int, batch: bool = False) -> Tuple[float, int, Dict[str, int]]:
     ckpts = [f"model{m}.safetensors" for m in range(models)]
     with MockCluster(speeds=[1.0] * SERVERS, models=ckpts, model_load_seconds=load) as cluster:
         servers = [{"name": f"gpu{i + 1}", "url": srv.url} for i, srv in enumerate(cluster.servers)]
@@ -33,7 +33,10 @@ def run(strategy: str, jobs: int, models: int, load: float, seed0: int) -> Tuple
             pool.status()
             wfs = [txt2img_workflow(ckpt_name=ckpts[i % models], steps=STEPS, seed=seed0 + i) for i in range(jobs)]
             start = time.monotonic()
-            results = [j.result(timeout=600) for j in [pool.submit(w) for w in wfs]]
+            if batch:
+                results = pool.map(wfs, timeout=600)
+            else:
+                results = [j.result(timeout=600) for j in [pool.submit(w) for w in wfs]]
             makespan = time.monotonic() - start
         loads = sum(s.model_loads for s in cluster.servers)
     per: Dict[str, int] = {}
@@ -49,6 +52,7 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=3)
     ap.add_argument("--load", type=float, default=4.0)
     ap.add_argument("--strategies", default="least_loaded,round_robin,warm_models")
+    ap.add_argument("--map", action="store_true", help="submit as one batch (pool.map and its planner)")
     args = ap.parse_args()
     bound = math.ceil(args.jobs / SERVERS) * STEPS * 0.01 + args.load
     print(f"{args.jobs} jobs of 1 s over {args.models} checkpoint(s) interleaved, {SERVERS} servers of speed 1, "
@@ -61,7 +65,7 @@ def main() -> None:
         rows: List[Tuple[float, int, Dict[str, int]]] = []
         for _ in range(args.runs):
             seed += 10_000
-            rows.append(run(strategy, args.jobs, args.models, args.load, seed))
+            rows.append(run(strategy, args.jobs, args.models, args.load, seed, batch=args.map))
         rows.sort(key=lambda r: r[0])
         span, loads, per = rows[len(rows) // 2]
         split = " / ".join(str(per.get(f"gpu{i + 1}", 0)) for i in range(SERVERS))

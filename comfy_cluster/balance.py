@@ -27,6 +27,7 @@ __all__ = [
     "Priority",
     "FastestCompletion",
     "WarmModels",
+    "unclaimed",
     "STRATEGIES",
     "DEFAULT_STRATEGY",
     "get_strategy",
@@ -159,6 +160,15 @@ class FastestCompletion:
         return _pick_lowest(candidates, lambda c: (c.load + 1) * c.expected_seconds, self._rng)
 
 
+def unclaimed(candidates: Sequence[Candidate], warmth: Warmth, waiting: Mapping[Tuple[str, ...], int]) -> List[Candidate]:
+    """The candidates a job of ``warmth`` may take: those warm for it, and those no waiting job
+    is warm for. A free server stays free for the jobs waiting that are warm there: it would
+    load twice, this job's model now and theirs again later. (``waiting``: jobs waiting per
+    model set.)"""
+    return [c for c in candidates if warmth.warm_on(c.status.models)
+            or not (c.status.models and waiting.get(c.status.models, 0) > 0)]
+
+
 #: A job whose prompt is the one its server last ran costs about this share of a job: ComfyUI
 #: answers it from its cache.
 CACHED_SHARE = 0.1
@@ -205,10 +215,7 @@ class WarmModels:
         guess = self._load_guess(eligible)
         if not warmth.models:
             return self._best(candidates, warmth, guess)
-        # A free server stays free for the jobs waiting that are warm there (it would load
-        # twice: this job's model now, theirs again later).
-        free = [c for c in candidates if warmth.warm_on(c.status.models)
-                or not (c.status.models and waiting.get(c.status.models, 0) > 0)]
+        free = unclaimed(candidates, warmth, waiting)
         if not free:
             return None
         if any(warmth.warm_on(c.status.models) for c in free):
@@ -258,7 +265,7 @@ STRATEGIES: Dict[str, Callable[[Optional[random.Random]], Any]] = {
     "warm_models": WarmModels,
 }
 #: The strategy of a pool given none (and of NUKE_COMFYUI_STRATEGY unset): warm_models won
-#: bench_models (2.9x faster than least_loaded over three checkpoints) and matched
+#: bench_models (2.0x to 2.9x faster than least_loaded over three checkpoints) and matched
 #: least_loaded on one-model work and on bench_batch (BENCHMARKS.md).
 DEFAULT_STRATEGY = "warm_models"
 

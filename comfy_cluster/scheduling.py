@@ -18,7 +18,7 @@ import threading
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
 from .attempt import Attempt, Ledger
-from .balance import Candidate, strategy_name
+from .balance import Candidate, strategy_name, unclaimed
 from .dispatcher import Choice, Dispatcher, Verdict
 from .errors import ComfyClusterError, ConfigError
 from .jobs import JobControl
@@ -163,6 +163,15 @@ class Scheduler:
             return Choice(Verdict.NONE, error=no_server(reasons))
         try:
             if isinstance(job.batch, Batch):
+                if self._place is not None and control.warmth.models:
+                    # A strategy that places by warmth: a batch's job also leaves a free server
+                    # to the waiting jobs warm there, and takes a warm one when it can.
+                    with self._models_lock:
+                        waiting = dict(self._waiting_models)
+                    free = unclaimed(cands, control.warmth, waiting)
+                    cands = [c for c in free if control.warmth.warm_on(c.status.models)] or free
+                    if not cands:
+                        return Choice(Verdict.WAIT)
                 state = self.plan_state(view, can, exclude)
                 server = job.batch.plan_pick(cands, state, self._queue.pending(job.batch))
                 return Choice(Verdict.GO, server) if server is not None else Choice(Verdict.WAIT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import random
+from typing import Any
 
 import requests
 from helpers import wait_until
@@ -125,3 +126,93 @@ def test_mock_server_cli_takes_a_model_load_time_and_shows_the_loaded_model():
     out = io.StringIO()
     assert run_mock_server(["--port", "0", "--model-load-seconds", "-1"], stdin=io.StringIO(""), stdout=out) == 1
     assert "model_load_seconds must be >= 0, got -1.0" in out.getvalue()
+
+
+def test_a_free_server_goes_to_the_waiting_job_warm_there_not_to_the_oldest(mock_cluster_factory):
+    # A load (1 s) costs more than waiting behind one short job on the warm server.
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0), models=[A, B], model_load_seconds=1.0)
+    by_url = {s.url: s for s in cluster.servers}
+    servers = [{"name": f"g{i}", "url": s.url, "max_queue": 1} for i, s in enumerate(cluster.servers)]
+    for s in cluster.servers:
+        s.pause_jobs()
+    with ServerPool(servers) as pool:  # the default strategy (warm_models), as the gateway wraps it
+        pool.use_cache_affinity()
+        a1 = pool.submit(txt2img_workflow(ckpt_name=A, seed=1))
+        wait_until(lambda: a1.prompt_id is not None, what="A1 on a server")
+        b1 = pool.submit(txt2img_workflow(ckpt_name=B, seed=2))
+        wait_until(lambda: b1.prompt_id is not None, what="B1 on the other server")
+        x, y = a1.server.name, b1.server.name
+        assert x != y
+        a2 = pool.submit(txt2img_workflow(ckpt_name=A, seed=3))  # the oldest waiting job
+        b2 = pool.submit(txt2img_workflow(ckpt_name=B, seed=4))
+        by_url[b1.server.url].resume_jobs()  # B's server frees first
+        b2.result(timeout=60)
+        assert b2.server.name == y and not a2.done and a2.server is None  # A2 waits for A's server
+        by_url[a1.server.url].resume_jobs()
+        a2.result(timeout=60)
+        assert a2.server.name == x
+    assert [s.model_loads for s in cluster.servers] == [1, 1]
+
+
+class _Monitor:
+    """The status monitor as a Ledger and a view see it: in_flight and models per server."""
+
+    def __init__(self, servers, in_flight, models):
+        self.servers, self.in_flight, self.models = servers, dict(in_flight), dict(models)
+
+    def job_reserved(self, name, warmth=None):
+        self.in_flight[name] += 1
+        return False
+
+    def job_released(self, name, **_):
+        self.in_flight[name] -= 1
+
+
+class _View:
+    def __init__(self, monitor):
+        self.monitor = monitor
+
+    def current(self, *, probe):
+        from comfy_cluster.selection import View
+
+        m = self.monitor
+        snaps = [ServerStatus(name=s.name, url=s.url, online=True, last_checked=0.0, next_probe_at=1e9,
+                              in_flight=m.in_flight[s.name], models=m.models[s.name]) for s in m.servers]
+        return View(sum(m.in_flight.values()), snaps, m.servers)
+
+    def tick(self):
+        return None
+
+
+def test_a_batch_job_leaves_a_free_server_to_the_batch_job_warm_there():
+    import queue as queue_mod
+
+    from comfy_cluster.attempt import Ledger
+    from comfy_cluster.jobs import Job, JobControl
+    from comfy_cluster.planner import Batch
+    from comfy_cluster.scheduling import Scheduler
+    from comfy_cluster.selection import Capabilities
+
+    wa, wb = txt2img_workflow(ckpt_name=A, seed=1), txt2img_workflow(ckpt_name=B, seed=2)
+    servers = [ServerConfig(name=n, url=f"http://127.0.0.1:{9100 + i}", max_queue=1) for i, n in enumerate("xyz")]
+    # x runs an A job, z a B job (both full); y is free and has B loaded.
+    monitor = _Monitor(servers, {"x": 1, "y": 0, "z": 1},
+                       {"x": warmth_of(wa).models, "y": warmth_of(wb).models, "z": warmth_of(wb).models})
+    caps = Capabilities({}, lambda *a: None, lambda: 0.0, on_change=lambda: None)
+    caps.info.update({s.name: {t: {"input": {"required": {}}} for t in {n["class_type"] for n in wa.values()}} for s in servers})
+    launched: "queue_mod.Queue[Any]" = queue_mod.Queue()
+    ledger = Ledger([s.name for s in servers], monitor, on_release=lambda: None)
+    sched = Scheduler(servers, _View(monitor), caps, ledger, WarmModels(random.Random(1)),
+                      launch=launched.put, clock=lambda: 0.0, wait_for_server=30.0)
+    try:
+        batch = Batch()
+        controls = [JobControl(Job(wa), seq=0), JobControl(Job(wb), seq=1)]  # A is the older
+        for c in controls:
+            c.job.batch = batch
+        batch.attach(controls)
+        sched.add(controls)
+        attempt = launched.get(timeout=30)
+        assert attempt.control is controls[1] and attempt.server == "y"  # B took y ...
+        assert sched.pending() == 1 and launched.empty()  # ... and A waits for x
+    finally:
+        sched.close()
