@@ -187,8 +187,17 @@ class WarmModels:
 
     Under late binding (the pool's local queue) :meth:`place` also keeps a free server for
     the waiting jobs already warm there, and lets a job wait for a busy warm server when its
-    model's backlog there is shorter than a load elsewhere. Workflows without model loaders
-    are placed as ``fastest_completion`` would.
+    model's backlog there is no longer than what it would pay on a free cold server (a load
+    plus its run). Two rules keep that wait bounded when estimates are wrong (a long video
+    job, a hung node, a job far longer than the learned average):
+
+    - a running job that has overrun its expected time counts as at least its elapsed time
+      in the backlog, so the backlog grows while the warm server's job runs on;
+    - ski rental: a job never waits for warmth longer than the cost it avoids. Once it has
+      waited (with a free server it could take) as long as the load and run it would pay on
+      the best free cold server, it goes there.
+
+    Workflows without model loaders are placed as ``fastest_completion`` would.
     """
 
     name = "warm_models"
@@ -206,30 +215,43 @@ class WarmModels:
         eligible: Sequence[Candidate],
         warmth: Warmth,
         waiting: Mapping[Tuple[str, ...], int],
+        *,
+        waited: float = 0.0,
+        running: Optional[Mapping[str, float]] = None,
     ) -> Optional[Candidate]:
         """The scheduler's pick for a waiting job, or None: wait for a warm server.
 
         ``candidates`` have room; ``eligible`` are every server able to run the job, full or
-        not; ``waiting`` counts the jobs waiting locally per model set (this one included).
+        not; ``waiting`` counts the jobs waiting locally per model set (this one included);
+        ``waited``: seconds this job has waited since it was first shown a server with room;
+        ``running``: per server name, seconds its running job has been executing.
         """
         guess = self._load_guess(eligible)
         if not warmth.models:
             return self._best(candidates, warmth, guess)
         free = unclaimed(candidates, warmth, waiting)
         if not free:
-            return None
+            return None  # kept for jobs warm there, which take it in the same pass
         if any(warmth.warm_on(c.status.models) for c in free):
             return self._best(free, warmth, guess)
         warm = [e for e in eligible if warmth.warm_on(e.status.models)]
         if warm:
-            # Waiting: this model's backlog, spread over the servers warm for it; going cold: a
-            # load here. Another server is warmed only when the backlog is the longer.
-            per_job = min(e.expected_seconds for e in warm)
-            backlog = (sum(e.load for e in warm) + waiting.get(warmth.models, 1)) / len(warm) * per_job
+            # Waiting costs this model's backlog; going cold, a load and a run here. Another
+            # server is warmed when the backlog is the longer, or once the wait so far has
+            # cost as much as going cold would have (ski rental: estimates can be wrong).
             cold = min(self._cost(c, warmth, guess) for c in free)
-            if backlog <= cold:
+            if waited < cold and self._backlog(warm, waiting.get(warmth.models, 1), running or {}) <= cold:
                 return None
         return self._best(free, warmth, guess)
+
+    @staticmethod
+    def _backlog(warm: Sequence[Candidate], waiting: int, running: Mapping[str, float]) -> float:
+        """Seconds until ``waiting`` more jobs are done on the ``warm`` servers, spread over
+        them. A running job counts as at least its elapsed time: one that overran its
+        expected time makes the backlog grow while it runs on."""
+        per_job = min(e.expected_seconds for e in warm)
+        overrun = sum(max(0.0, running.get(e.name, 0.0) - per_job) for e in warm)
+        return ((sum(e.load for e in warm) + waiting) * per_job + overrun) / len(warm)
 
     def _best(self, candidates: Sequence[Candidate], warmth: Warmth, guess: Optional[float]) -> Candidate:
         mine = set(warmth.nodes)

@@ -145,12 +145,16 @@ def test_a_free_server_goes_to_the_waiting_job_warm_there_not_to_the_oldest(mock
         assert x != y
         a2 = pool.submit(txt2img_workflow(ckpt_name=A, seed=3))  # the oldest waiting job
         b2 = pool.submit(txt2img_workflow(ckpt_name=B, seed=4))
-        by_url[b1.server.url].resume_jobs()  # B's server frees first
-        b2.result(timeout=60)
-        assert b2.server.name == y and not a2.done and a2.server is None  # A2 waits for A's server
+        # B's server frees first, and stays paused: B2 is held there in turn, so both servers
+        # are full again and A2's wait for A's server is not bounded by its own clock here.
+        assert b1.cancel()
+        wait_until(lambda: b2.prompt_id is not None, what="B2 on B's server")
+        assert b2.server.name == y and not a2.done and a2.server is None  # A2, the oldest, left it to B2
         by_url[a1.server.url].resume_jobs()
         a2.result(timeout=60)
         assert a2.server.name == x
+        by_url[b1.server.url].resume_jobs()
+        b2.result(timeout=60)
     assert [s.model_loads for s in cluster.servers] == [1, 1]
 
 
@@ -269,7 +273,7 @@ class _Recording(WarmModels):
 def test_the_scheduler_sends_a_waiting_job_cold_once_its_wait_costs_the_load_it_avoids():
     import queue as queue_mod
 
-    from comfy_cluster.attempt import Attempt, Ledger
+    from comfy_cluster.attempt import Attempt, AttemptPhase, Ledger
     from comfy_cluster.jobs import Job, JobControl
     from comfy_cluster.scheduling import Scheduler
     from comfy_cluster.selection import Capabilities
@@ -286,7 +290,9 @@ def test_the_scheduler_sends_a_waiting_job_cold_once_its_wait_costs_the_load_it_
     ledger = Ledger([s.name for s in servers], monitor, on_release=lambda: None)
     running = JobControl(Job(wa), seq=0)
     running.started(0.0)
-    ledger.reserve(Attempt(running, "x", 1))
+    on_x = Attempt(running, "x", 1)
+    on_x.phase = AttemptPhase.RUNNING
+    ledger.reserve(on_x)
     strategy = _Recording(random.Random(1))
     sched = Scheduler(servers, _View(monitor), caps, ledger, strategy,
                       launch=launched.put, clock=lambda: now[0], wait_for_server=30.0)
