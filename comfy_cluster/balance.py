@@ -169,6 +169,8 @@ def unclaimed(candidates: Sequence[Candidate], warmth: Warmth, waiting: Mapping[
             or not (c.status.models and waiting.get(c.status.models, 0) > 0)]
 
 
+_NOTHING_RUNNING: Mapping[str, float] = {}
+
 #: A job whose prompt is the one its server last ran costs about this share of a job: ComfyUI
 #: answers it from its cache.
 CACHED_SHARE = 0.1
@@ -192,7 +194,8 @@ class WarmModels:
     job, a hung node, a job far longer than the learned average):
 
     - a running job that has overrun its expected time counts as at least its elapsed time
-      in the backlog, so the backlog grows while the warm server's job runs on;
+      in the backlog, and in the cost of queueing behind it on a server with room, so both
+      grow while the warm server's job runs on;
     - ski rental: a job never waits for warmth longer than the cost it avoids. Once it has
       waited (with a free server it could take) as long as the load and run it would pay on
       the best free cold server, it goes there.
@@ -227,22 +230,23 @@ class WarmModels:
         ``running``: per server name, seconds its running job has been executing.
         """
         guess = self._load_guess(eligible)
+        running = running or {}
         if not warmth.models:
-            return self._best(candidates, warmth, guess)
+            return self._best(candidates, warmth, guess, running)
         free = unclaimed(candidates, warmth, waiting)
         if not free:
             return None  # kept for jobs warm there, which take it in the same pass
         if any(warmth.warm_on(c.status.models) for c in free):
-            return self._best(free, warmth, guess)
+            return self._best(free, warmth, guess, running)
         warm = [e for e in eligible if warmth.warm_on(e.status.models)]
         if warm:
             # Waiting costs this model's backlog; going cold, a load and a run here. Another
             # server is warmed when the backlog is the longer, or once the wait so far has
             # cost as much as going cold would have (ski rental: estimates can be wrong).
-            cold = min(self._cost(c, warmth, guess) for c in free)
-            if waited < cold and self._backlog(warm, waiting.get(warmth.models, 1), running or {}) <= cold:
+            cold = min(self._cost(c, warmth, guess, running) for c in free)
+            if waited < cold and self._backlog(warm, waiting.get(warmth.models, 1), running) <= cold:
                 return None
-        return self._best(free, warmth, guess)
+        return self._best(free, warmth, guess, running)
 
     @staticmethod
     def _backlog(warm: Sequence[Candidate], waiting: int, running: Mapping[str, float]) -> float:
@@ -253,17 +257,18 @@ class WarmModels:
         overrun = sum(max(0.0, running.get(e.name, 0.0) - per_job) for e in warm)
         return ((sum(e.load for e in warm) + waiting) * per_job + overrun) / len(warm)
 
-    def _best(self, candidates: Sequence[Candidate], warmth: Warmth, guess: Optional[float]) -> Candidate:
+    def _best(self, candidates: Sequence[Candidate], warmth: Warmth, guess: Optional[float],
+              running: Mapping[str, float] = _NOTHING_RUNNING) -> Candidate:
         mine = set(warmth.nodes)
 
         def key(c: Candidate) -> float:
             shared = len(mine.intersection(c.status.node_keys)) if mine else 0
-            return self._cost(c, warmth, guess) - 1e-6 * shared
+            return self._cost(c, warmth, guess, running) - 1e-6 * shared
 
         return _pick_lowest(candidates, key, self._rng)
 
     @staticmethod
-    def _cost(c: Candidate, warmth: Warmth, guess: Optional[float]) -> float:
+    def _cost(c: Candidate, warmth: Warmth, guess: Optional[float], running: Mapping[str, float] = _NOTHING_RUNNING) -> float:
         run = c.expected_seconds
         if warmth.prompt is not None and c.status.prompt_key == warmth.prompt:
             run *= CACHED_SHARE
@@ -271,7 +276,9 @@ class WarmModels:
         if not warmth.warm_on(c.status.models):
             learned = c.status.model_load_seconds
             load = learned if learned is not None else guess if guess is not None else c.expected_seconds
-        return c.load * c.expected_seconds + load + run
+        # A running job past its expected time counts as at least its elapsed time.
+        overrun = max(0.0, running.get(c.name, 0.0) - c.expected_seconds) if c.load else 0.0
+        return c.load * c.expected_seconds + overrun + load + run
 
     @staticmethod
     def _load_guess(servers: Sequence[Candidate]) -> Optional[float]:

@@ -253,6 +253,9 @@ def test_place_waits_no_longer_than_the_load_it_avoids_and_counts_an_overrun():
     # ... and a running job past its expected second counts as at least its elapsed time.
     assert strategy.place([idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 3.0}) is None
     assert strategy.place([idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 4.5}).name == "s1"
+    # The same holds for a warm server that still has room: a job is not queued behind an overrun.
+    assert strategy.place([busy_a, idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 3.0}).name == "s0"
+    assert strategy.place([busy_a, idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 4.5}).name == "s1"
 
 
 class _Recording(WarmModels):
