@@ -200,6 +200,9 @@ class WarmModels:
       waited (with a free server it could take) as long as the load and run it would pay on
       the best free cold server, it goes there.
 
+    Such a wait happens in the pool's queue only: while a cold server idles, a job is not
+    queued behind a running job on a warm server (a server's queue would keep it unbounded).
+
     Workflows without model loaders are placed as ``fastest_completion`` would.
     """
 
@@ -236,17 +239,21 @@ class WarmModels:
         free = unclaimed(candidates, warmth, waiting)
         if not free:
             return None  # kept for jobs warm there, which take it in the same pass
-        if any(warmth.warm_on(c.status.models) for c in free):
+        cold_free = [c for c in free if not warmth.warm_on(c.status.models)]
+        if len(cold_free) < len(free) and (any(c.load == 0 for c in free if c not in cold_free)
+                                           or not any(c.load == 0 for c in cold_free)):
             return self._best(free, warmth, guess, running)
+        # Here a server idles but is cold. A job queued behind a running job on a warm server
+        # would wait there unbounded (a server's queue keeps it): it waits here instead.
         warm = [e for e in eligible if warmth.warm_on(e.status.models)]
         if warm:
             # Waiting costs this model's backlog; going cold, a load and a run here. Another
             # server is warmed when the backlog is the longer, or once the wait so far has
             # cost as much as going cold would have (ski rental: estimates can be wrong).
-            cold = min(self._cost(c, warmth, guess, running) for c in free)
+            cold = min(self._cost(c, warmth, guess, running) for c in cold_free)
             if waited < cold and self._backlog(warm, waiting.get(warmth.models, 1), running) <= cold:
                 return None
-        return self._best(free, warmth, guess, running)
+        return self._best(cold_free, warmth, guess, running)
 
     @staticmethod
     def _backlog(warm: Sequence[Candidate], waiting: int, running: Mapping[str, float]) -> float:

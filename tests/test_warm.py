@@ -253,9 +253,14 @@ def test_place_waits_no_longer_than_the_load_it_avoids_and_counts_an_overrun():
     # ... and a running job past its expected second counts as at least its elapsed time.
     assert strategy.place([idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 3.0}) is None
     assert strategy.place([idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 4.5}).name == "s1"
-    # The same holds for a warm server that still has room: a job is not queued behind an overrun.
-    assert strategy.place([busy_a, idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 3.0}).name == "s0"
+    # A warm server with room, while a cold one idles: the job waits here, not in its queue
+    # (where nothing bounds the wait), under the same rules.
+    assert strategy.place([busy_a, idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 3.0}) is None
     assert strategy.place([busy_a, idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 4.5}).name == "s1"
+    assert strategy.place([busy_a, idle], [busy_a, idle], wa, {wa.models: 1}, waited=5.0).name == "s1"
+    # No server idles: the warm one's queue is the place, as before.
+    busy_b = cand(1, load=1, avg=1.0, cold=5.0)
+    assert strategy.place([busy_a, busy_b], [busy_a, busy_b], wa, {wa.models: 1}).name == "s0"
 
 
 class _Recording(WarmModels):
