@@ -60,14 +60,16 @@ class CacheAffinity:
         return chosen
 
     def _place(
-        self, candidates: Sequence[Candidate], eligible: Sequence[Candidate], warmth: Warmth, waiting: Mapping[Tuple[str, ...], int]
+        self, candidates: Sequence[Candidate], eligible: Sequence[Candidate], warmth: Warmth, waiting: Mapping[Tuple[str, ...], int],
+        **context: Any,
     ) -> Optional[Candidate]:
+        # ``context`` (how long the job waited, how long running jobs ran) goes to ``inner``.
         digest = warmth.prompt if self.enabled else None
         cached = None
         if digest is not None:
             with self._lock:
                 cached = next((c for c in candidates if self._last.get(c.name) == digest), None)
-        chosen = cached if cached is not None else self.inner.place(candidates, eligible, warmth, waiting)
+        chosen = cached if cached is not None else self.inner.place(candidates, eligible, warmth, waiting, **context)
         if chosen is not None:
             self._remember(chosen, digest)
         return chosen

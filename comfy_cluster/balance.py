@@ -169,6 +169,8 @@ def unclaimed(candidates: Sequence[Candidate], warmth: Warmth, waiting: Mapping[
             or not (c.status.models and waiting.get(c.status.models, 0) > 0)]
 
 
+_NOTHING_RUNNING: Mapping[str, float] = {}
+
 #: A job whose prompt is the one its server last ran costs about this share of a job: ComfyUI
 #: answers it from its cache.
 CACHED_SHARE = 0.1
@@ -187,8 +189,21 @@ class WarmModels:
 
     Under late binding (the pool's local queue) :meth:`place` also keeps a free server for
     the waiting jobs already warm there, and lets a job wait for a busy warm server when its
-    model's backlog there is shorter than a load elsewhere. Workflows without model loaders
-    are placed as ``fastest_completion`` would.
+    model's backlog there is no longer than what it would pay on a free cold server (a load
+    plus its run). Two rules keep that wait bounded when estimates are wrong (a long video
+    job, a hung node, a job far longer than the learned average):
+
+    - a running job that has overrun its expected time counts as at least its elapsed time
+      in the backlog, and in the cost of queueing behind it on a server with room, so both
+      grow while the warm server's job runs on;
+    - ski rental: a job never waits for warmth longer than the cost it avoids. Once it has
+      waited (with a free server it could take) as long as the load and run it would pay on
+      the best free cold server, it goes there.
+
+    Such a wait happens in the pool's queue only: while a cold server idles, a job is not
+    queued behind a running job on a warm server (a server's queue would keep it unbounded).
+
+    Workflows without model loaders are placed as ``fastest_completion`` would.
     """
 
     name = "warm_models"
@@ -206,42 +221,61 @@ class WarmModels:
         eligible: Sequence[Candidate],
         warmth: Warmth,
         waiting: Mapping[Tuple[str, ...], int],
+        *,
+        waited: float = 0.0,
+        running: Optional[Mapping[str, float]] = None,
     ) -> Optional[Candidate]:
         """The scheduler's pick for a waiting job, or None: wait for a warm server.
 
         ``candidates`` have room; ``eligible`` are every server able to run the job, full or
-        not; ``waiting`` counts the jobs waiting locally per model set (this one included).
+        not; ``waiting`` counts the jobs waiting locally per model set (this one included);
+        ``waited``: seconds this job has waited since it was first shown a server with room;
+        ``running``: per server name, seconds its running job has been executing.
         """
         guess = self._load_guess(eligible)
+        running = running or {}
         if not warmth.models:
-            return self._best(candidates, warmth, guess)
+            return self._best(candidates, warmth, guess, running)
         free = unclaimed(candidates, warmth, waiting)
         if not free:
-            return None
-        if any(warmth.warm_on(c.status.models) for c in free):
-            return self._best(free, warmth, guess)
+            return None  # kept for jobs warm there, which take it in the same pass
+        cold_free = [c for c in free if not warmth.warm_on(c.status.models)]
+        if len(cold_free) < len(free) and (any(c.load == 0 for c in free if c not in cold_free)
+                                           or not any(c.load == 0 for c in cold_free)):
+            return self._best(free, warmth, guess, running)
+        # Here a server idles but is cold. A job queued behind a running job on a warm server
+        # would wait there unbounded (a server's queue keeps it): it waits here instead.
         warm = [e for e in eligible if warmth.warm_on(e.status.models)]
         if warm:
-            # Waiting: this model's backlog, spread over the servers warm for it; going cold: a
-            # load here. Another server is warmed only when the backlog is the longer.
-            per_job = min(e.expected_seconds for e in warm)
-            backlog = (sum(e.load for e in warm) + waiting.get(warmth.models, 1)) / len(warm) * per_job
-            cold = min(self._cost(c, warmth, guess) for c in free)
-            if backlog <= cold:
+            # Waiting costs this model's backlog; going cold, a load and a run here. Another
+            # server is warmed when the backlog is the longer, or once the wait so far has
+            # cost as much as going cold would have (ski rental: estimates can be wrong).
+            cold = min(self._cost(c, warmth, guess, running) for c in cold_free)
+            if waited < cold and self._backlog(warm, waiting.get(warmth.models, 1), running) <= cold:
                 return None
-        return self._best(free, warmth, guess)
+        return self._best(cold_free, warmth, guess, running)
 
-    def _best(self, candidates: Sequence[Candidate], warmth: Warmth, guess: Optional[float]) -> Candidate:
+    @staticmethod
+    def _backlog(warm: Sequence[Candidate], waiting: int, running: Mapping[str, float]) -> float:
+        """Seconds until ``waiting`` more jobs are done on the ``warm`` servers, spread over
+        them. A running job counts as at least its elapsed time: one that overran its
+        expected time makes the backlog grow while it runs on."""
+        per_job = min(e.expected_seconds for e in warm)
+        overrun = sum(max(0.0, running.get(e.name, 0.0) - per_job) for e in warm)
+        return ((sum(e.load for e in warm) + waiting) * per_job + overrun) / len(warm)
+
+    def _best(self, candidates: Sequence[Candidate], warmth: Warmth, guess: Optional[float],
+              running: Mapping[str, float] = _NOTHING_RUNNING) -> Candidate:
         mine = set(warmth.nodes)
 
         def key(c: Candidate) -> float:
             shared = len(mine.intersection(c.status.node_keys)) if mine else 0
-            return self._cost(c, warmth, guess) - 1e-6 * shared
+            return self._cost(c, warmth, guess, running) - 1e-6 * shared
 
         return _pick_lowest(candidates, key, self._rng)
 
     @staticmethod
-    def _cost(c: Candidate, warmth: Warmth, guess: Optional[float]) -> float:
+    def _cost(c: Candidate, warmth: Warmth, guess: Optional[float], running: Mapping[str, float] = _NOTHING_RUNNING) -> float:
         run = c.expected_seconds
         if warmth.prompt is not None and c.status.prompt_key == warmth.prompt:
             run *= CACHED_SHARE
@@ -249,7 +283,9 @@ class WarmModels:
         if not warmth.warm_on(c.status.models):
             learned = c.status.model_load_seconds
             load = learned if learned is not None else guess if guess is not None else c.expected_seconds
-        return c.load * c.expected_seconds + load + run
+        # A running job past its expected time counts as at least its elapsed time.
+        overrun = max(0.0, running.get(c.name, 0.0) - c.expected_seconds) if c.load else 0.0
+        return c.load * c.expected_seconds + overrun + load + run
 
     @staticmethod
     def _load_guess(servers: Sequence[Candidate]) -> Optional[float]:

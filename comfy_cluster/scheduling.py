@@ -7,7 +7,9 @@ decides, for each waiting job, where it goes now. It is handed what it reads: th
 :class:`~comfy_cluster.attempt.Ledger`, the strategy, a clock, and ``launch(attempt)`` that
 starts an attempt's runner. A strategy with a ``place`` method (``warm_models``) is also shown
 the servers that are full and the waiting jobs per model set, and may let a job wait for a
-busy server that has its model loaded. No I/O here: snapshots and node lists are read from their caches
+busy server that has its model loaded, told how long the job has waited with a server free
+and how long each server's running job has run (the injected clock), so a wait stays bounded
+when a job overruns. No I/O here: snapshots and node lists are read from their caches
 (a node list not read yet is fetched on the probe executor, never waited for).
 """
 
@@ -17,7 +19,7 @@ import collections
 import threading
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
-from .attempt import Attempt, Ledger
+from .attempt import Attempt, AttemptPhase, Ledger
 from .balance import Candidate, strategy_name, unclaimed
 from .dispatcher import Choice, Dispatcher, Verdict
 from .errors import ComfyClusterError, ConfigError
@@ -61,6 +63,8 @@ class Scheduler:
         self._models_lock = threading.Lock()
         self._models_of: Dict[int, Tuple[str, ...]] = {}
         self._waiting_models: Dict[Tuple[str, ...], int] = collections.Counter()
+        # When ``place`` was first asked about a waiting job (a server had room): its wait.
+        self._asked_at: Dict[int, float] = {}
         self._queue = Dispatcher(
             self._choose, self._start, self._end, clock=clock, wait_for_server=wait_for_server,
             tick=view.tick, key_of=self._key_of,
@@ -89,6 +93,7 @@ class Scheduler:
             return
         with self._models_lock:
             models = self._models_of.pop(id(control), None)
+            self._asked_at.pop(id(control), None)
             if models is not None:
                 self._waiting_models[models] -= 1
                 if self._waiting_models[models] <= 0:
@@ -185,11 +190,14 @@ class Scheduler:
         """The strategy's ``place``: shown every server able to run the job (full ones too)
         and the waiting jobs per model set; None means wait."""
         eligible, _, _, _ = evaluate(view, self._servers, can, exclude, ignore_full=True, reasons_wanted=False)
+        now = self._clock()
         with self._models_lock:
             waiting = dict(self._waiting_models)
+            waited = now - self._asked_at.setdefault(id(control), now)
+        running = {e.name: t for e in eligible for t in (self._running_seconds(e.name, now),) if t is not None}
         assert self._place is not None
         try:
-            chosen = self._place(cands, eligible, control.warmth, waiting)
+            chosen = self._place(cands, eligible, control.warmth, waiting, waited=waited, running=running)
         except Exception as exc:  # a strategy's bug fails this job only, loudly
             raise ConfigError(f"strategy {self._strategy_name} raised {type(exc).__name__}: {exc}") from exc
         if chosen is None:
@@ -207,11 +215,18 @@ class Scheduler:
         for c in eligible:
             d = c.expected_seconds
             backlog = max(c.status.load, c.status.in_flight) * d
-            starts = [s for s in (a.control.last_exec_start for a in self._ledger.live(c.name)) if s is not None]
-            if starts and backlog > 0:
-                backlog -= min(d, max(0.0, now - max(starts)))
+            elapsed = self._running_seconds(c.name, now)
+            if elapsed is not None and backlog > 0:
+                backlog -= min(d, elapsed)
             out.append((c.server, max(0.0, backlog), d))
         return out
+
+    def _running_seconds(self, server: str, now: float) -> Optional[float]:
+        """How long the job executing on ``server`` (the attempt seen starting last) has run;
+        None when none is seen executing."""
+        starts = [a.control.last_exec_start for a in self._ledger.live(server) if a.phase is AttemptPhase.RUNNING]
+        known = [s for s in starts if s is not None]
+        return max(0.0, now - max(known)) if known else None
 
     def _start(self, control: JobControl, server: ServerConfig) -> bool:
         self._left(control)

@@ -154,9 +154,9 @@ def test_page_runs_a_graph_on_the_cluster(browser: Any, servers: List[MockComfyS
 
 
 def test_cancel_stops_the_pages_job_only_and_panels_show_jobs_after_reload(browser: Any, servers: List[MockComfyServer], tmp_path: Any) -> None:
-    # least_loaded: both jobs must run at once, one per server; warm_models (the default) may
-    # rightly keep the page's job waiting for the server that has its checkpoint loaded.
-    with gateway_over(servers, gateway_kwargs={"user_dir": str(tmp_path / "user")}, strategy="least_loaded") as gw:
+    # The default strategy (warm_models): the page's job must not wait for the server whose
+    # job is held there (same checkpoint) while the other server idles; both run at once.
+    with gateway_over(servers, gateway_kwargs={"user_dir": str(tmp_path / "user")}) as gw:
         _open_page(browser, gw.url)
         _pick_template(browser)
         for s in servers:  # both jobs stay running until the cancel is over

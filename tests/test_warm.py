@@ -145,12 +145,16 @@ def test_a_free_server_goes_to_the_waiting_job_warm_there_not_to_the_oldest(mock
         assert x != y
         a2 = pool.submit(txt2img_workflow(ckpt_name=A, seed=3))  # the oldest waiting job
         b2 = pool.submit(txt2img_workflow(ckpt_name=B, seed=4))
-        by_url[b1.server.url].resume_jobs()  # B's server frees first
-        b2.result(timeout=60)
-        assert b2.server.name == y and not a2.done and a2.server is None  # A2 waits for A's server
+        # B's server frees first, and stays paused: B2 is held there in turn, so both servers
+        # are full again and A2's wait for A's server is not bounded by its own clock here.
+        assert b1.cancel()
+        wait_until(lambda: b2.prompt_id is not None, what="B2 on B's server")
+        assert b2.server.name == y and not a2.done and a2.server is None  # A2, the oldest, left it to B2
         by_url[a1.server.url].resume_jobs()
         a2.result(timeout=60)
         assert a2.server.name == x
+        by_url[b1.server.url].resume_jobs()
+        b2.result(timeout=60)
     assert [s.model_loads for s in cluster.servers] == [1, 1]
 
 
@@ -214,5 +218,105 @@ def test_a_batch_job_leaves_a_free_server_to_the_batch_job_warm_there():
         attempt = launched.get(timeout=30)
         assert attempt.control is controls[1] and attempt.server == "y"  # B took y ...
         assert sched.pending() == 1 and launched.empty()  # ... and A waits for x
+    finally:
+        sched.close()
+
+
+def test_a_job_does_not_wait_for_ever_for_a_warm_server_whose_job_overruns(mock_cluster_factory):
+    # Job 1 (A) runs on one server and is held there (a long video job, a hung node); job 2
+    # (A) must not wait for that warm server for ever while the other server sits idle.
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0), models=[A])
+    for s in cluster.servers:
+        s.pause_jobs()
+    servers = [{"name": f"g{i}", "url": s.url, "max_queue": 1} for i, s in enumerate(cluster.servers)]
+    with ServerPool(servers) as pool:  # the default strategy (warm_models)
+        first = pool.submit(txt2img_workflow(ckpt_name=A, seed=1))
+        wait_until(lambda: first.status == "running", what="job 1 running on its server")
+        second = pool.submit(txt2img_workflow(ckpt_name=A, seed=2))
+        wait_until(lambda: second.prompt_id is not None, timeout=60, what="job 2 sent to the idle server")
+        assert second.server.name != first.server.name
+        for s in cluster.servers:
+            s.resume_jobs()
+        assert first.result(timeout=60) and second.result(timeout=60)
+
+
+def test_place_waits_no_longer_than_the_load_it_avoids_and_counts_an_overrun():
+    wa = warmth_of(txt2img_workflow(ckpt_name=A))
+    strategy = WarmModels(random.Random(1))
+    busy_a = cand(0, load=1, models=wa.models, avg=1.0, cold=5.0)  # load learned: 4 s
+    idle = cand(1, avg=1.0, cold=5.0)
+    # A's backlog (1 running + this one: 2 s) is shorter than a load + run elsewhere (5 s): wait ...
+    assert strategy.place([idle], [busy_a, idle], wa, {wa.models: 1}) is None
+    assert strategy.place([idle], [busy_a, idle], wa, {wa.models: 1}, waited=4.9, running={"s0": 1.0}) is None
+    # ... but not longer than that load + run (ski rental) ...
+    assert strategy.place([idle], [busy_a, idle], wa, {wa.models: 1}, waited=5.0).name == "s1"
+    # ... and a running job past its expected second counts as at least its elapsed time.
+    assert strategy.place([idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 3.0}) is None
+    assert strategy.place([idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 4.5}).name == "s1"
+    # A warm server with room, while a cold one idles: the job waits here, not in its queue
+    # (where nothing bounds the wait), under the same rules.
+    assert strategy.place([busy_a, idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 3.0}) is None
+    assert strategy.place([busy_a, idle], [busy_a, idle], wa, {wa.models: 1}, running={"s0": 4.5}).name == "s1"
+    assert strategy.place([busy_a, idle], [busy_a, idle], wa, {wa.models: 1}, waited=5.0).name == "s1"
+    # No server idles: the warm one's queue is the place, as before.
+    busy_b = cand(1, load=1, avg=1.0, cold=5.0)
+    assert strategy.place([busy_a, busy_b], [busy_a, busy_b], wa, {wa.models: 1}).name == "s0"
+
+
+class _Recording(WarmModels):
+    """warm_models, telling the test each placement it decided (the dispatcher's thread)."""
+
+    def __init__(self, rng):
+        super().__init__(rng)
+        import queue as queue_mod
+
+        self.decided: "queue_mod.Queue[Any]" = queue_mod.Queue()
+
+    def place(self, *args, **kwargs):
+        chosen = super().place(*args, **kwargs)
+        self.decided.put((kwargs.get("waited"), chosen))
+        return chosen
+
+
+def test_the_scheduler_sends_a_waiting_job_cold_once_its_wait_costs_the_load_it_avoids():
+    import queue as queue_mod
+
+    from comfy_cluster.attempt import Attempt, AttemptPhase, Ledger
+    from comfy_cluster.jobs import Job, JobControl
+    from comfy_cluster.scheduling import Scheduler
+    from comfy_cluster.selection import Capabilities
+
+    wa = txt2img_workflow(ckpt_name=A, seed=1)
+    servers = [ServerConfig(name=n, url=f"http://127.0.0.1:{9200 + i}", max_queue=1) for i, n in enumerate("xy")]
+    # x runs an A job (full, started at t=0); y is free and cold. Nothing learned: a job is
+    # expected to take 1 s and a load is guessed as one job.
+    monitor = _Monitor(servers, {"x": 0, "y": 0}, {"x": warmth_of(wa).models, "y": ()})
+    caps = Capabilities({}, lambda *a: None, lambda: 0.0, on_change=lambda: None)
+    caps.info.update({s.name: {t: {"input": {"required": {}}} for t in {n["class_type"] for n in wa.values()}} for s in servers})
+    now = [0.0]  # the injected clock
+    launched: "queue_mod.Queue[Any]" = queue_mod.Queue()
+    ledger = Ledger([s.name for s in servers], monitor, on_release=lambda: None)
+    running = JobControl(Job(wa), seq=0)
+    running.started(0.0)
+    on_x = Attempt(running, "x", 1)
+    on_x.phase = AttemptPhase.RUNNING
+    ledger.reserve(on_x)
+    strategy = _Recording(random.Random(1))
+    sched = Scheduler(servers, _View(monitor), caps, ledger, strategy,
+                      launch=launched.put, clock=lambda: now[0], wait_for_server=30.0)
+    try:
+        sched.add([JobControl(Job(txt2img_workflow(ckpt_name=A, seed=2)), seq=1)])
+        assert strategy.decided.get(timeout=30) == (0.0, None)  # it waits for the warm server
+        now[0] = 0.9  # within the running job's expected second: still worth waiting
+        sched.wake()
+        while True:
+            waited, chosen = strategy.decided.get(timeout=30)
+            assert chosen is None
+            if waited == 0.9:
+                break
+        now[0] = 1.5  # the running job overran: x's backlog is now longer than a load on y
+        sched.wake()
+        attempt = launched.get(timeout=30)
+        assert attempt.server == "y" and attempt.control.job.workflow["3"]["inputs"]["seed"] == 2
     finally:
         sched.close()
