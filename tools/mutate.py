@@ -37,7 +37,8 @@ EQUIVALENT = ROOT / "tools" / "mutation_equivalent.txt"
 # The module and the test files that exercise it. mutmut narrows further, per mutated
 # function, to the tests that call it; this list only bounds the one coverage run it makes.
 TESTS: Dict[str, List[str]] = {
-    "policy": ["tests/test_policy.py", "tests/test_fault_matrix.py", "tests/test_faults_classify.py"],
+    "policy": ["tests/test_policy.py", "tests/test_fault_matrix.py", "tests/test_faults_classify.py", "tests/test_completion.py",
+               "tests/test_promises.py"],
     "attempt": ["tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py"],
     "jobs": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py"],
     "selection": ["tests/test_core_units.py", "tests/test_status.py", "tests/test_balance.py"],

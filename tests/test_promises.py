@@ -1,0 +1,162 @@
+"""Behaviours the mutation run (tools/mutate.py, docs/TESTING.md) found unguarded: each test
+checks what a user relies on, over the mock ComfyUI on loopback, and fails when the code that
+keeps the promise is broken (the mutant it was written against is named in its docstring)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Sequence
+
+import pytest
+from helpers import callbacks_delivered, wait_until
+
+from comfy_cluster import ServerPool
+from comfy_cluster.jobs import TERMINAL_KINDS
+from comfy_cluster.testing import MockComfyServer
+from comfy_cluster.testing.png import png_bytes
+from comfy_cluster.testing.workflows import image_workflow, load_image_workflow, sleep_workflow
+
+pytestmark = pytest.mark.timeout(60)
+
+#: Short knobs so a fault shows within seconds (as in test_fault_matrix).
+FAST: Dict[str, Any] = dict(ws_connect_timeout=5.0, probe_timeout=(0.5, 1.0), request_timeout=(1.0, 2.0),
+                            reconcile_interval=0.5, server_lost_after=2.0, backoff_cap=0.5)
+
+
+def pool_of(servers: Sequence[MockComfyServer], extra: Dict[str, Any], **kwargs: Any) -> ServerPool:
+    return ServerPool([dict({"name": s.name, "url": s.url}, **extra) for s in servers], **dict(FAST, **kwargs))
+
+
+def test_an_input_unreadable_at_upload_fails_the_job_on_the_spot(mock_cluster_factory: Any, tmp_path: Any) -> None:
+    """The failure table's (upload, local) row: our own input file, gone by the time the job
+    is sent, fails the job with the file's name; it is not moved from server to server and no
+    server is marked offline for it (mutant: fault_of's "local" renamed, so the row is
+    missed and the upload's "any other" row moves the job)."""
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    plate = tmp_path / "plate.png"
+    plate.write_bytes(png_bytes(8, 8, (1, 2, 3)))
+    for s in cluster.servers:
+        s.pause_jobs()  # the first job holds each server: ours waits in the pool's queue
+    with pool_of(cluster.servers, {"max_queue": 1}) as pool:
+        holders = [pool.submit(sleep_workflow(seconds=0.05, steps=1, seed=i)) for i in range(2)]
+        wait_until(lambda: all(len(s.received_prompts) == 1 for s in cluster.servers), what="both servers busy")
+        job = pool.submit(load_image_workflow("plate.png", prefix="plate"), inputs={"1": str(plate)})
+        os.remove(plate)  # checked at submit; gone before the upload
+        for s in cluster.servers:
+            s.resume_jobs()
+        assert job.wait(30)
+        assert all(h.result(timeout=30) for h in holders)
+        assert job.status == "failed"
+        assert "plate.png" in str(job.exception())
+        assert [e for e in job.events if e.kind == "retrying"] == []
+    assert all(len(s.received_prompts) == 1 for s in cluster.servers)  # nothing of it reached a server
+
+
+def first_of(name: str) -> Any:
+    """A strategy that takes ``name`` whenever it is a candidate (else the first candidate)."""
+    return lambda candidates, workflow: next((c for c in candidates if c.name == name), candidates[0])
+
+
+@pytest.mark.parametrize("status", ["413", "500"])
+def test_an_upload_too_large_fails_the_job_and_any_other_upload_fault_moves_it(mock_cluster_factory: Any, tmp_path: Any, status: str) -> None:
+    """The table's upload rows: a 413 on ``/upload/image`` (the input is too large for a
+    proxy in front of the server) would be the same everywhere, so the job fails naming the
+    size; any other upload fault moves the job at once, nothing of it being on the server
+    (mutant: 413 taken for a plain 4xx, which the upload phase moves)."""
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    s1, s2 = cluster.servers
+    plate = tmp_path / "plate.png"
+    plate.write_bytes(png_bytes(8, 8, (4, 5, 6)))
+    s1.fail_route("/upload/image", status, method="POST")
+    with pool_of(cluster.servers, {}, strategy=first_of("s1"), status_ttl=3600.0) as pool:
+        job = pool.submit(load_image_workflow("plate.png", prefix="plate"), inputs={"1": str(plate)})
+        assert job.wait(30)
+    assert len(s1.received_prompts) == 0
+    if status == "413":
+        assert job.status == "failed"
+        assert "413" in str(job.exception()) and "too large" in str(job.exception())
+        assert len(s2.received_prompts) == 0
+    else:
+        assert job.status == "succeeded", job.exception()
+        assert job.result().server == "s2"
+
+
+def test_a_client_error_on_post_fails_the_job_instead_of_trying_every_server(mock_cluster_factory: Any) -> None:
+    """The table's (post, 4xx) row: a 4xx other than 400/401/403/404/413/429 on ``POST
+    /prompt`` (405 from a proxy that does not pass the method) says the request itself is
+    wrong: the job fails with the status, and is not sent to the next server (mutants: the
+    "4xx" fault renamed, or every status taken for a 5xx, which may have queued it)."""
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    s1, s2 = cluster.servers
+    s1.fail_route("/prompt", "405", method="POST")
+    with pool_of(cluster.servers, {}, strategy=first_of("s1"), status_ttl=3600.0) as pool:
+        job = pool.submit(image_workflow(color=5, prefix="c405"))
+        assert job.wait(30)
+    assert job.status == "failed" and "405" in str(job.exception())
+    assert [e for e in job.events if e.kind == "retrying"] == []
+    assert len(s2.received_prompts) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# "Reported exactly once": each end a job can reach while another part of the library decides
+# an end too. Counted where a user sees them: the terminal events in ``on_event``, in
+# ``job.events``, and the done-callbacks (mutant: ``Job._finish`` without its "already final"
+# guard, so a second decider reports a second end).
+
+
+class Reports:
+    """What a user's callbacks saw of one job."""
+
+    def __init__(self) -> None:
+        self.ends: List[str] = []
+        self.done_calls = 0
+
+    def on_event(self, event: Any) -> None:
+        if event.kind in TERMINAL_KINDS:
+            self.ends.append(event.kind)
+
+    def done(self, job: Any) -> None:
+        self.done_calls += 1
+
+
+def reported_once(job: Any, reports: Reports) -> None:
+    assert callbacks_delivered(job), "the callbacks never ran"
+    assert len(reports.ends) == 1 and reports.done_calls == 1, (reports.ends, reports.done_calls)
+    assert [e.kind for e in job.events if e.kind in TERMINAL_KINDS] == reports.ends == [job.status]
+
+
+@pytest.mark.parametrize("how", ["cancel", "close"])
+@pytest.mark.parametrize("where", ["running", "queued"])
+def test_a_job_ended_by_cancel_or_close_is_reported_exactly_once(mock_comfy: MockComfyServer, how: str, where: str) -> None:
+    """A job running on its server (its runner and the cancel or close both see its end) or
+    waiting in the pool's queue (the scheduler and the cancel or close), ended by ``cancel()``
+    or ``close()``: one terminal event, one done-callback, ``cancelled``."""
+    mock_comfy.pause_jobs()
+    pool = pool_of([mock_comfy], {"max_queue": 1})
+    try:
+        reports = {name: Reports() for name in ("running", "queued")}
+        jobs = {}
+        for i, name in enumerate(("running", "queued")):
+            jobs[name] = pool.submit(sleep_workflow(seconds=0.05, steps=1, seed=i), on_event=reports[name].on_event)
+            jobs[name].add_done_callback(reports[name].done)
+            if name == "running":
+                wait_until(lambda: len(mock_comfy.received_prompts) == 1, what="the first job on the server")
+        job = jobs[where]
+        if how == "cancel":
+            assert job.cancel() is True
+            assert job.wait(30)
+        else:
+            pool.close()
+            assert all(j.done for j in jobs.values())
+        mock_comfy.resume_jobs()
+        for name, j in jobs.items():
+            if j is job or how == "close":
+                assert j.status == "cancelled", (name, j.status)
+            else:
+                assert j.wait(30) and j.status == "succeeded", (name, j.status)
+        pool.close()
+        for name, j in jobs.items():
+            reported_once(j, reports[name])
+    finally:
+        mock_comfy.resume_jobs()
+        pool.close()
