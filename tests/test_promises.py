@@ -160,3 +160,17 @@ def test_a_job_ended_by_cancel_or_close_is_reported_exactly_once(mock_comfy: Moc
     finally:
         mock_comfy.resume_jobs()
         pool.close()
+
+
+def test_a_server_whose_proxy_refuses_the_job_is_never_offered_it_again(mock_comfy: MockComfyServer) -> None:
+    """The table's (post, 401/403/404) row: a proxy in front of the only server answers 403 to
+    ``POST /prompt`` while its ``GET /queue`` answers, so the server is soon online again; the
+    job is not posted there a second time: it fails with the 403's reason once the server is
+    back and still cannot take it (mutant: the 401/403/404 fault renamed, so the "any other"
+    row moves the job without excluding the server, and it is posted there again and again)."""
+    mock_comfy.fail_route("/prompt", "403", method="POST")
+    with pool_of([mock_comfy], {}) as pool:
+        job = pool.submit(sleep_workflow(seconds=0.05, steps=1, seed=2))
+        assert job.wait(30)
+    assert job.status == "failed" and "403" in str(job.exception())
+    assert mock_comfy.route_faults()[0].hits == 1
