@@ -4,7 +4,10 @@ keeps the promise is broken (the mutant it was written against is named in its d
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 from typing import Any, Dict, List, Sequence
 
 import pytest
@@ -174,3 +177,91 @@ def test_a_server_whose_proxy_refuses_the_job_is_never_offered_it_again(mock_com
         assert job.wait(30)
     assert job.status == "failed" and "403" in str(job.exception())
     assert mock_comfy.route_faults()[0].hits == 1
+
+
+class StopsAfterUpload:
+    """A loopback TCP forwarder in front of one mock server that stops listening once an
+    input upload has been answered (and closes the connection it came on): a ComfyUI that
+    went away between a job's upload and its ``POST /prompt``, as the pool sees it (the POST
+    is refused). Open websockets stay, as a process's own sockets do for a moment."""
+
+    def __init__(self, target: MockComfyServer) -> None:
+        self._target = ("127.0.0.1", int(target.url.rsplit(":", 1)[1].split("/")[0]))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets: List[socket.socket] = [self._listener]
+        self._websockets: List[socket.socket] = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            self._sockets += [client, upstream]
+            uploading = threading.Event()
+            threading.Thread(target=self._pump, args=(client, upstream, uploading, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, uploading, False), daemon=True).start()
+
+    def _stop(self) -> None:
+        """Stop listening and cut every idle HTTP connection (the pool would reuse one)."""
+        with contextlib.suppress(OSError):  # shutdown first: it wakes the accepting thread and stops the listening
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for s in self._sockets:
+            if s not in self._websockets:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+        self.stopped.set()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, uploading: threading.Event, request_side: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if request_side and data.startswith(b"POST /upload/image"):
+                    uploading.set()
+                if request_side and data.startswith(b"GET /ws"):
+                    self._websockets += [src, dst]
+                if not request_side and uploading.is_set() and b"\r\n\r\n" in data:
+                    self._websockets += [src, dst]  # this one is cut after its answer
+                    self._stop()  # nothing listens any more: new connections are refused
+                    # ... and the client does not keep this connection for its next request
+                    dst.sendall(data.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def close(self) -> None:
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_a_server_gone_between_upload_and_post_moves_the_job_at_once(mock_cluster_factory: Any, tmp_path: Any) -> None:
+    """The table's (post, refused) row: the job's input is on s1, then s1 refuses the ``POST
+    /prompt``: nothing was sent, so the job moves to s2 at once and runs there (mutant: the
+    row fails the job instead)."""
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    s1, s2 = cluster.servers
+    gate = StopsAfterUpload(s1)
+    plate = tmp_path / "plate.png"
+    plate.write_bytes(png_bytes(8, 8, (7, 8, 9)))
+    configs = [{"name": "s1", "url": gate.url}, {"name": "s2", "url": s2.url}]
+    try:
+        with ServerPool(configs, strategy=first_of("s1"), status_ttl=3600.0, **FAST) as pool:
+            job = pool.submit(load_image_workflow("plate.png", prefix="plate"), inputs={"1": str(plate)})
+            assert job.result(timeout=30).server == "s2"
+    finally:
+        gate.close()
+    assert gate.stopped.is_set() and len(s1.received_prompts) == 0
+    moved = [(e.from_server, e.to_server, e.reason) for e in job.events if e.kind == "retrying"]
+    assert len(moved) == 1 and moved[0][:2] == ("s1", "s2") and "refused" in (moved[0][2] or ""), moved

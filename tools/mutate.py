@@ -40,7 +40,7 @@ TESTS: Dict[str, List[str]] = {
     "policy": ["tests/test_policy.py", "tests/test_fault_matrix.py", "tests/test_faults_classify.py", "tests/test_completion.py",
                "tests/test_promises.py"],
     "attempt": ["tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py"],
-    "jobs": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py"],
+    "jobs": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_promises.py"],
     "selection": ["tests/test_core_units.py", "tests/test_status.py", "tests/test_balance.py"],
     "balance": ["tests/test_balance.py", "tests/test_core_units.py"],
     "dispatcher": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],

@@ -6,7 +6,8 @@ mutant per row, the row's decision replaced by a wrong one (a FAIL that moves, a
 fails, a WAIT that moves at once, a RAISE that fails the job, a probe failure that keeps the
 server online), plus one per WAIT window (dropped) and per ``exclude``, ``mark_down`` and ``maybe_there`` (cleared). Each mutant
 runs the behavioural test files below (never tests/test_policy.py, which compares the table
-with the docs' text) and stops at the first failure::
+with the docs' text) and stops at the first failure. The probe row is left out: no code reads
+it (the status monitor marks a server offline on any failed probe; tests/test_status.py)::
 
     python tools/mutate_table.py            # every row
     python tools/mutate_table.py --list     # the mutants only
@@ -34,7 +35,7 @@ ENV = "COMFY_CLUSTER_TABLE_MUTANT"
 
 def mutants() -> List[Tuple[str, object, object]]:
     """(description, key, replacement Decision) for each mutant, in a fixed order."""
-    from comfy_cluster.policy import TABLE, Action, Decision
+    from comfy_cluster.policy import TABLE, Action, Decision, Phase
 
     wrong = {
         Action.FAIL: Decision(Action.MOVE, mark_down=True),
@@ -45,6 +46,8 @@ def mutants() -> List[Tuple[str, object, object]]:
     }
     out: List[Tuple[str, object, object]] = []
     for key, d in TABLE.items():
+        if key[0] is Phase.PROBE:  # no code reads it: status.py marks a server offline on any failed probe
+            continue
         label = f"({key[0].value}, {key[1]})"
         out.append((f"{label} {d.action.value} -> {wrong[d.action].action.value}", key, wrong[d.action]))
         if d.window is not None:
