@@ -248,8 +248,8 @@ class StopsAfterUpload:
 
 def test_a_server_gone_between_upload_and_post_moves_the_job_at_once(mock_cluster_factory: Any, tmp_path: Any) -> None:
     """The table's (post, refused) row: the job's input is on s1, then s1 refuses the ``POST
-    /prompt``: nothing was sent, so the job moves to s2 at once and runs there (mutant: the
-    row fails the job instead)."""
+    /prompt``: nothing was sent, so the job moves to s2 at once and runs there, and s1 is
+    marked offline (mutants: the row fails the job, or leaves s1 online)."""
     cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
     s1, s2 = cluster.servers
     gate = StopsAfterUpload(s1)
@@ -260,6 +260,11 @@ def test_a_server_gone_between_upload_and_post_moves_the_job_at_once(mock_cluste
         with ServerPool(configs, strategy=first_of("s1"), status_ttl=3600.0, **FAST) as pool:
             job = pool.submit(load_image_workflow("plate.png", prefix="plate"), inputs={"1": str(plate)})
             assert job.result(timeout=30).server == "s2"
+            # s1 was marked offline by the refusal, not left "online" until its next probe
+            # (an hour away here): the next job goes straight to s2.
+            second = pool.submit(sleep_workflow(seconds=0.05, steps=1, seed=3))
+            assert second.result(timeout=30).server == "s2"
+            assert [e.kind for e in second.events if e.kind == "retrying"] == []
     finally:
         gate.close()
     assert gate.stopped.is_set() and len(s1.received_prompts) == 0
