@@ -185,7 +185,8 @@ class StopsAfterUpload:
     went away between a job's upload and its ``POST /prompt``, as the pool sees it (the POST
     is refused). Open websockets stay, as a process's own sockets do for a moment."""
 
-    def __init__(self, target: MockComfyServer) -> None:
+    def __init__(self, target: MockComfyServer, then: str = "refuse") -> None:
+        self._then = then  # "refuse": nothing listens; "drop": a full accept queue drops each SYN
         self._target = ("127.0.0.1", int(target.url.rsplit(":", 1)[1].split("/")[0]))
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
@@ -215,6 +216,15 @@ class StopsAfterUpload:
             if s not in self._websockets:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+        if self._then == "drop":  # a listener on the port that never accepts, its queue full
+            port = int(self.url.rsplit(":", 1)[1])
+            jammed = socket.create_server(("127.0.0.1", port), backlog=0)
+            self._sockets.append(jammed)
+            for _ in range(3):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                self._sockets.append(filler)
         self.stopped.set()
 
     def _pump(self, src: socket.socket, dst: socket.socket, uploading: threading.Event, request_side: bool) -> None:
@@ -246,13 +256,16 @@ class StopsAfterUpload:
                 s.close()
 
 
-def test_a_server_gone_between_upload_and_post_moves_the_job_at_once(mock_cluster_factory: Any, tmp_path: Any) -> None:
-    """The table's (post, refused) row: the job's input is on s1, then s1 refuses the ``POST
-    /prompt``: nothing was sent, so the job moves to s2 at once and runs there, and s1 is
-    marked offline (mutants: the row fails the job, or leaves s1 online)."""
+@pytest.mark.parametrize("then, reason", [("refuse", "refused"), ("drop", "timed out")])
+def test_a_server_gone_between_upload_and_post_moves_the_job_at_once(mock_cluster_factory: Any, tmp_path: Any, then: str, reason: str) -> None:
+    """The table's (post, refused) and (post, connect_timeout) rows: the job's input is on
+    s1, then s1 refuses the ``POST /prompt``'s connection, or never answers it (a full accept
+    queue drops the SYN, as a host gone from the network does): nothing was sent, so the job
+    moves to s2 at once and runs there, and s1 is marked offline (mutants: the row fails the
+    job, or leaves s1 online)."""
     cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
     s1, s2 = cluster.servers
-    gate = StopsAfterUpload(s1)
+    gate = StopsAfterUpload(s1, then)
     plate = tmp_path / "plate.png"
     plate.write_bytes(png_bytes(8, 8, (7, 8, 9)))
     configs = [{"name": "s1", "url": gate.url}, {"name": "s2", "url": s2.url}]
@@ -269,4 +282,4 @@ def test_a_server_gone_between_upload_and_post_moves_the_job_at_once(mock_cluste
         gate.close()
     assert gate.stopped.is_set() and len(s1.received_prompts) == 0
     moved = [(e.from_server, e.to_server, e.reason) for e in job.events if e.kind == "retrying"]
-    assert len(moved) == 1 and moved[0][:2] == ("s1", "s2") and "refused" in (moved[0][2] or ""), moved
+    assert len(moved) == 1 and moved[0][:2] == ("s1", "s2") and reason in (moved[0][2] or ""), moved
