@@ -17,7 +17,7 @@ from comfy_cluster import ServerPool
 from comfy_cluster.jobs import TERMINAL_KINDS
 from comfy_cluster.testing import MockComfyServer
 from comfy_cluster.testing.png import png_bytes
-from comfy_cluster.testing.workflows import image_workflow, load_image_workflow, sleep_workflow
+from comfy_cluster.testing.workflows import fail_workflow, image_workflow, load_image_workflow, sleep_workflow
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -283,3 +283,50 @@ def test_a_server_gone_between_upload_and_post_moves_the_job_at_once(mock_cluste
     assert gate.stopped.is_set() and len(s1.received_prompts) == 0
     moved = [(e.from_server, e.to_server, e.reason) for e in job.events if e.kind == "retrying"]
     assert len(moved) == 1 and moved[0][:2] == ("s1", "s2") and reason in (moved[0][2] or ""), moved
+
+
+def test_a_jobs_last_event_names_its_server_and_carries_comfyuis_message(mock_comfy: MockComfyServer) -> None:
+    """The terminal event a user (and the gateway, which relays ``raw`` to web clients) gets:
+    where the job ended, why, and ComfyUI's own message (execution_success's, or
+    execution_error's with the node's exception) (mutants: ``JobControl.succeed/fail/
+    cancelled`` dropping the server, the reason or the raw message)."""
+    name = mock_comfy.name
+    with pool_of([mock_comfy], {}) as pool:
+        ok = pool.submit(sleep_workflow(seconds=0.05, steps=1, seed=4))
+        bad = pool.submit(fail_workflow("boom"))
+        assert ok.wait(30) and bad.wait(30)
+        mock_comfy.pause_jobs()
+        stopped = pool.submit(sleep_workflow(seconds=0.05, steps=1, seed=5))
+        wait_until(lambda: any(e.kind == "started" for e in stopped.events), what="the job running")
+        assert stopped.cancel() and stopped.wait(30)
+        mock_comfy.resume_jobs()
+    end = ok.events[-1]
+    assert (end.kind, end.server) == ("succeeded", name) and (end.raw or {}).get("prompt_id") == ok.prompt_id
+    end = bad.events[-1]
+    assert (end.kind, end.server) == ("failed", name) and "boom" in (end.reason or "")
+    assert (end.raw or {}).get("exception_message", "").strip() == "boom"
+    end = stopped.events[-1]
+    assert (end.kind, end.server) == ("cancelled", name) and end.reason
+    assert stopped.exception().server == name
+
+
+def test_waiting_on_an_unfinished_job_returns_when_the_timeout_is_up(mock_comfy: MockComfyServer) -> None:
+    """``wait``, ``result`` and ``exception`` with a timeout return (False, or TimeoutError)
+    while the job still runs: a Nuke panel polls with them and must never hang (mutants: the
+    timeout ignored, waiting for ever)."""
+    import concurrent.futures
+
+    mock_comfy.pause_jobs()
+    try:
+        with pool_of([mock_comfy], {}) as pool:
+            job = pool.submit(sleep_workflow(seconds=0.05, steps=1, seed=6))
+            assert job.wait(0.05) is False
+            with pytest.raises((TimeoutError, concurrent.futures.TimeoutError)):
+                job.result(timeout=0.05)
+            with pytest.raises((TimeoutError, concurrent.futures.TimeoutError)):
+                job.exception(timeout=0.05)
+            assert not job.done
+            mock_comfy.resume_jobs()
+            assert job.exception(timeout=30) is None and job.wait(0)
+    finally:
+        mock_comfy.resume_jobs()

@@ -1,13 +1,11 @@
 """Mutation of the failure table's rows (docs/TESTING.md): is each row of ``policy.TABLE``
 guarded by a behavioural test?
 
-mutmut mutates code in functions; ``policy.TABLE`` is data, so its rows are mutated here: one
-mutant per row, the row's decision replaced by a wrong one (a FAIL that moves, a MOVE that
-fails, a WAIT that moves at once, a RAISE that fails the job, a probe failure that keeps the
-server online), plus one per WAIT window (dropped) and per ``exclude``, ``mark_down`` and ``maybe_there`` (cleared). Each mutant
-runs the behavioural test files below (never tests/test_policy.py, which compares the table
-with the docs' text) and stops at the first failure. The probe row is left out: no code reads
-it (the status monitor marks a server offline on any failed probe; tests/test_status.py)::
+mutmut mutates code in functions; ``policy.TABLE`` is data, so its rows are mutated here, each
+field the code reads (see :func:`mutants`): a FAIL that moves, a MOVE that fails, a wait that
+gives up at once, a window dropped, ``exclude``/``mark_down``/``maybe_there`` cleared. Each
+mutant runs the behavioural test files below (never tests/test_policy.py, which compares the
+table with the docs' text) and stops at the first failure::
 
     python tools/mutate_table.py            # every row
     python tools/mutate_table.py --list     # the mutants only
@@ -34,24 +32,28 @@ ENV = "COMFY_CLUSTER_TABLE_MUTANT"
 
 
 def mutants() -> List[Tuple[str, object, object]]:
-    """(description, key, replacement Decision) for each mutant, in a fixed order."""
+    """(description, key, replacement Decision) for each mutant, in a fixed order.
+
+    Only what the code reads is mutated: for POST and UPLOAD rows the action, ``exclude``,
+    ``mark_down`` and ``maybe_there``; for the rows that wait (follow, history, cancel) the
+    loss window only (``runner._lost`` and ``_unreadable`` read nothing else: they always wait,
+    then move): it is made 0 (gives up at once) and, where the row sets one, dropped (the
+    pool's ``server_lost_after``). The probe and view rows are read by no code (the status
+    monitor marks a server offline on any failed probe; ``job.download`` raises)."""
     from comfy_cluster.policy import TABLE, Action, Decision, Phase
 
-    wrong = {
-        Action.FAIL: Decision(Action.MOVE, mark_down=True),
-        Action.MOVE: Decision(Action.FAIL),
-        Action.WAIT: Decision(Action.MOVE, mark_down=True, maybe_there=True),
-        Action.RAISE: Decision(Action.FAIL),
-        Action.OFFLINE: Decision(Action.WAIT),
-    }
+    wrong = {Action.FAIL: Decision(Action.MOVE, mark_down=True), Action.MOVE: Decision(Action.FAIL)}
     out: List[Tuple[str, object, object]] = []
     for key, d in TABLE.items():
-        if key[0] is Phase.PROBE:  # no code reads it: status.py marks a server offline on any failed probe
+        if key[0] in (Phase.PROBE, Phase.VIEW):
             continue
         label = f"({key[0].value}, {key[1]})"
+        if d.action is Action.WAIT:
+            out.append((f"{label} waits -> gives up at once (window 0)", key, dataclasses.replace(d, window=0.0)))
+            if d.window is not None:
+                out.append((f"{label} window {d.window:g} s -> server_lost_after", key, dataclasses.replace(d, window=None)))
+            continue
         out.append((f"{label} {d.action.value} -> {wrong[d.action].action.value}", key, wrong[d.action]))
-        if d.window is not None:
-            out.append((f"{label} window {d.window:g} s -> server_lost_after", key, dataclasses.replace(d, window=None)))
         if d.exclude:
             out.append((f"{label} exclude -> not", key, dataclasses.replace(d, exclude=False)))
         if d.mark_down:
