@@ -330,3 +330,24 @@ def test_waiting_on_an_unfinished_job_returns_when_the_timeout_is_up(mock_comfy:
             assert job.exception(timeout=30) is None and job.wait(0)
     finally:
         mock_comfy.resume_jobs()
+
+
+def test_a_server_that_fails_a_few_reads_while_running_the_job_keeps_it(mock_cluster_factory: Any) -> None:
+    """The table's (follow, any other) row: ``GET /queue`` answering 500 twice while the job
+    runs there is not a lost server: the job stays, runs once, and succeeds there (mutant: the
+    row gives up at once, so the job moves and runs a second time elsewhere)."""
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    s1, s2 = cluster.servers
+    s1.pause_jobs()
+    try:
+        with pool_of(cluster.servers, {}, strategy=first_of("s1"), status_ttl=3600.0, server_lost_after=30.0) as pool:
+            job = pool.submit(sleep_workflow(seconds=0.05, steps=1, seed=7))
+            wait_until(lambda: len(s1.received_prompts) == 1, what="the job on s1")
+            s1.fail_route("/queue", "500", method="GET", count=2)
+            wait_until(lambda: not s1.route_faults(), what="two failed reads of s1's queue")
+            s1.resume_jobs()
+            assert job.result(timeout=30).server == "s1"
+    finally:
+        s1.resume_jobs()
+    assert [e for e in job.events if e.kind == "retrying"] == []
+    assert len(s2.received_prompts) == 0
