@@ -351,3 +351,4 @@ def test_a_server_that_fails_a_few_reads_while_running_the_job_keeps_it(mock_clu
         s1.resume_jobs()
     assert [e for e in job.events if e.kind == "retrying"] == []
     assert len(s2.received_prompts) == 0
+
