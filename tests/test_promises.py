@@ -300,6 +300,8 @@ def test_a_jobs_last_event_names_its_server_and_carries_comfyuis_message(mock_co
         wait_until(lambda: any(e.kind == "started" for e in stopped.events), what="the job running")
         assert stopped.cancel() and stopped.wait(30)
         mock_comfy.resume_jobs()
+    for job in (ok, bad, stopped):
+        assert job.events[-1].prompt_id == job.prompt_id
     end = ok.events[-1]
     assert (end.kind, end.server) == ("succeeded", name) and (end.raw or {}).get("prompt_id") == ok.prompt_id
     end = bad.events[-1]
@@ -307,7 +309,8 @@ def test_a_jobs_last_event_names_its_server_and_carries_comfyuis_message(mock_co
     assert (end.raw or {}).get("exception_message", "").strip() == "boom"
     end = stopped.events[-1]
     assert (end.kind, end.server) == ("cancelled", name) and end.reason
-    assert stopped.exception().server == name
+    error = stopped.exception()
+    assert error.server == name and error.prompt_id == stopped.prompt_id and stopped.prompt_id in str(error)
 
 
 def test_waiting_on_an_unfinished_job_returns_when_the_timeout_is_up(mock_comfy: MockComfyServer) -> None:
@@ -352,3 +355,24 @@ def test_a_server_that_fails_a_few_reads_while_running_the_job_keeps_it(mock_clu
     assert [e for e in job.events if e.kind == "retrying"] == []
     assert len(s2.received_prompts) == 0
 
+
+
+def test_cancel_reaches_a_running_job_without_waiting_for_the_next_poll(mock_comfy: MockComfyServer) -> None:
+    """``cancel()`` wakes the attempt that runs the job: the job is interrupted on its server
+    at once, not at the next reconcile poll (an hour away here) (mutant: the wake-up not sent,
+    so a job whose server sends nothing while it runs, as a stalled GPU, is never stopped)."""
+    mock_comfy.pause_jobs()  # no progress messages: nothing else wakes the attempt
+    try:
+        with pool_of([mock_comfy], {}, reconcile_interval=3600.0) as pool:
+            job = pool.submit(sleep_workflow(seconds=0.05, steps=1, seed=8))
+            wait_until(lambda: any(e.kind == "started" for e in job.events), what="the job running")
+            assert job.cancel() is True
+            assert job.wait(30) and job.status == "cancelled"
+            wait_until(lambda: outcome(mock_comfy, job.prompt_id) is not None, what="the server's record of the job")
+            assert outcome(mock_comfy, job.prompt_id) != "success"
+    finally:
+        mock_comfy.resume_jobs()
+
+
+def outcome(server: MockComfyServer, prompt_id: str) -> Any:
+    return next((r.outcome for r in server.executions if r.prompt_id == prompt_id), None)
