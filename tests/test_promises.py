@@ -376,3 +376,24 @@ def test_cancel_reaches_a_running_job_without_waiting_for_the_next_poll(mock_com
 
 def outcome(server: MockComfyServer, prompt_id: str) -> Any:
     return next((r.outcome for r in server.executions if r.prompt_id == prompt_id), None)
+
+
+def test_a_batchs_end_events_say_which_item_ended(mock_comfy: MockComfyServer) -> None:
+    """``map``'s one ``on_event`` callback serves every job of the batch: each terminal event
+    carries its item's index, so a caller can tell which frame succeeded or failed (mutant:
+    the terminal event made without the index)."""
+    ends: Dict[Any, str] = {}
+    lock = threading.Lock()
+
+    def on_event(event: Any) -> None:
+        if event.kind in TERMINAL_KINDS:
+            with lock:
+                ends[event.index] = event.kind
+
+    with pool_of([mock_comfy], {}) as pool:
+        batch = pool.map_async([sleep_workflow(seconds=0.05, steps=1, seed=10), fail_workflow("frame 2"),
+                                sleep_workflow(seconds=0.05, steps=1, seed=11)], on_event=on_event)
+        batch.results(timeout=30, return_exceptions=True)
+        for job in batch.jobs:
+            assert callbacks_delivered(job)
+    assert ends == {0: "succeeded", 1: "failed", 2: "succeeded"}
