@@ -18,11 +18,12 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .errors import ComfyClusterError, JobCancelled
+from .reports import EVENT_KINDS, JOB_STATES, TERMINAL_KINDS, JobEvent, JobResult, OutputFile
 from .server_config import ServerConfig
+from .warm import Warmth, warmth_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Protocol
@@ -35,78 +36,13 @@ if TYPE_CHECKING:  # pragma: no cover
         server: str
         prompt_id: str
 
-__all__ = ["Job", "JobControl", "JobEvent", "JobResult", "OutputFile", "JOB_STATES", "TERMINAL_KINDS"]
+# The value types a job reports live in reports.py; they are imported from here as well.
+__all__ = ["Job", "JobControl", "JobEvent", "JobResult", "OutputFile", "JOB_STATES", "EVENT_KINDS", "TERMINAL_KINDS"]
 
 #: ``download(server name, files, dest_dir, tag)``: the pool's way of fetching a job's outputs.
 Downloader = Callable[[str, Sequence["OutputFile"], str, str], List[str]]
 
 log = logging.getLogger(__name__)
-
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-EVENT_KINDS = (
-    "submitted", "queued", "started", "executing", "progress", "cached", "output",
-    "succeeded", "failed", "cancelled", "retrying", "preview",
-)
-#: The event kinds that end a job: exactly one of them per job, always its last event.
-TERMINAL_KINDS = ("succeeded", "failed", "cancelled")
-
-
-@dataclass(frozen=True)
-class OutputFile:
-    """One file a job produced, as the server names it."""
-
-    filename: str
-    subfolder: str
-    type: str
-    node: str = ""
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """Something that happened to a job. ``kind`` is one of :data:`EVENT_KINDS`.
-
-    Fields used by kind: ``queued`` -> position; ``executing`` -> node; ``progress`` -> node,
-    value, max; ``cached`` -> nodes; ``output`` -> node, files; ``retrying`` -> from_server,
-    to_server, reason; ``failed``/``cancelled`` -> reason; ``preview`` -> data (the whole
-    binary websocket frame as the server sent it: 4-byte event type, then its payload).
-    ``index`` is the job's position in its batch (None outside a batch). ``raw`` is the
-    websocket message's ``data`` dict as the server sent it, for events that come from one
-    (None for the others), so a relay can pass it on unchanged.
-    """
-
-    kind: str
-    server: Optional[str]
-    prompt_id: Optional[str] = None
-    node: Optional[str] = None
-    value: Optional[float] = None
-    max: Optional[float] = None
-    position: Optional[int] = None
-    nodes: Tuple[str, ...] = ()
-    files: Tuple[OutputFile, ...] = ()
-    from_server: Optional[str] = None
-    to_server: Optional[str] = None
-    reason: Optional[str] = None
-    index: Optional[int] = None
-    time: float = field(default_factory=time.time)
-    raw: Optional[Dict[str, Any]] = field(default=None, repr=False)
-    data: Optional[bytes] = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """A finished job: its outputs (node id -> files), where it ran, and how long it took."""
-
-    prompt_id: str
-    server: str
-    outputs: Dict[str, List[OutputFile]]
-    attempts: int
-    seconds: float
-
-    @property
-    def files(self) -> List[OutputFile]:
-        """Every output file, node by node."""
-        return [f for files in self.outputs.values() for f in files]
-
 
 class Job:
     """One workflow run on the cluster. Created by :meth:`ServerPool.submit`; thread-safe.
@@ -444,6 +380,7 @@ class JobControl:
         executor: "Optional[CallbackExecutor]" = None,
         on_cancel: Optional[Callable[[], None]] = None,
         download: Optional[Downloader] = None,
+        warmth: Optional[Warmth] = None,
     ) -> None:
         self.job = job
         self.seq = seq  # submission order in its pool (fair share breaks ties by it)
@@ -457,6 +394,7 @@ class JobControl:
         self.no_server_since: Optional[float] = None
         self.caps: Tuple[int, Dict[str, Optional[str]]] = (-1, {})
         self.key_memo: Optional[Tuple[Any, Any]] = None
+        self._warmth = warmth
 
     def __repr__(self) -> str:
         return f"<JobControl {self.job!r}>"
@@ -474,6 +412,13 @@ class JobControl:
     @property
     def cancel_requested(self) -> bool:
         return self.job.cancel_requested
+
+    @property
+    def warmth(self) -> Warmth:
+        """What the job leaves loaded and cached on its server (worked out once)."""
+        if self._warmth is None:
+            self._warmth = warmth_of(self.job.workflow)
+        return self._warmth
 
     @property
     def final(self) -> bool:

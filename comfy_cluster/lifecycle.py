@@ -4,7 +4,7 @@ the ledger, finish the job or queue it again).
 :class:`Runners` is handed what it reads and acts on: the clients and sockets per server, the
 status monitor (a server's queue position, marking it down), the ledger, the gate POSTs
 share, the job queue (``add`` and ``attempt_ended``: the scheduler), ``cleanup(server)`` for
-copies left unconfirmed, and the clock. It hands each attempt a
+copies left unconfirmed, the clock, and ``cut`` (set by close once connections are cut). It hands each attempt a
 :class:`~comfy_cluster.runner.RunnerContext`.
 """
 
@@ -28,7 +28,7 @@ from .workflow import set_inputs
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Protocol
 
-    from .events import ServerSocket
+    from .events import ServerSockets
 
     class JobQueue(Protocol):
         """Where a moved job goes back (the scheduler)."""
@@ -49,7 +49,7 @@ class Runners:
         self,
         *,
         clients: Mapping[str, ComfyClient],
-        sockets: "Mapping[str, ServerSocket]",
+        sockets: "ServerSockets",
         client_id: str,
         monitor: StatusMonitor,
         ledger: Ledger,

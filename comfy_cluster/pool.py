@@ -28,12 +28,13 @@ import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .attempt import Attempt, CopyRemover, Ledger, PostGate
-from .balance import StrategyLike, get_strategy, strategy_name
+from .affinity import CacheAffinity
+from .balance import DEFAULT_STRATEGY, StrategyLike, get_strategy, strategy_name
 from .callbacks import CallbackExecutor
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
 from .config import servers_from_env, status_ttl_from_env, strategy_from_env
 from .errors import ComfyClusterError, ConfigError
-from .events import ServerSocket
+from .events import ServerSockets
 from .loaders import check_inputs
 from .jobs import Job, JobControl, JobEvent, OutputFile
 from .lifecycle import Runners
@@ -59,8 +60,8 @@ RUNNER_JOIN_CAP = 10.0
 class ServerPool:
     """A cluster of ComfyUI servers used as one.
 
-    ``strategy`` is a name (``least_loaded``, ``round_robin``, ``priority``,
-    ``fastest_completion``), an object with ``select(candidates, workflow)``, or a callable.
+    ``strategy`` is a name (``warm_models``, the default, ``least_loaded``, ``round_robin``,
+    ``priority``, ``fastest_completion``), an object with ``select(candidates, workflow)``, or a callable.
     ``status_ttl`` is how long a probe result is trusted. ``clock`` (monotonic seconds) is
     injectable so TTLs and backoff are tested without sleeping; ``background_status=False``
     turns the refreshing thread off (status is then probed on demand).
@@ -72,7 +73,7 @@ class ServerPool:
     def __init__(
         self,
         servers: Iterable[Union[ServerConfig, Mapping[str, Any]]],
-        strategy: StrategyLike = "least_loaded",
+        strategy: StrategyLike = DEFAULT_STRATEGY,
         status_ttl: float = 5.0,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -101,7 +102,9 @@ class ServerPool:
             raise ConfigError(f"status_ttl: must be >= 0 seconds, got {status_ttl!r}")
         self._servers: Tuple[ServerConfig, ...] = tuple(configs)
         self._by_name: Dict[str, ServerConfig] = {s.name: s for s in configs}
-        self._strategy = get_strategy(strategy, rng)
+        # Wrapped once, so the scheduler and select() share it: use_cache_affinity() turns the
+        # affinity on later without replacing the object they hold.
+        self._strategy = CacheAffinity(get_strategy(strategy, rng), enabled=False)
         self._clock = clock
         self.client_id = str(uuid.uuid4())
         self._clients: Dict[str, ComfyClient] = {s.name: ComfyClient(s, timeout=request_timeout) for s in configs}
@@ -109,10 +112,7 @@ class ServerPool:
             configs, self._clients, ttl=status_ttl, clock=clock, probe_timeout=probe_timeout,
             backoff_cap=backoff_cap, background=background_status,
         )
-        self._sockets: Dict[str, ServerSocket] = {
-            s.name: ServerSocket(s, self.client_id, on_status=self._status_frame(s.name), connect_timeout=ws_connect_timeout)
-            for s in configs
-        }
+        self._sockets = ServerSockets(configs, self.client_id, on_status=self._monitor.queue_reading, connect_timeout=ws_connect_timeout)
         self._callbacks = CallbackExecutor()
         self._closed = threading.Event()
         self._cut = threading.Event()  # close(): connections cut, runners give up at once
@@ -128,6 +128,7 @@ class ServerPool:
             configs, self._view, self._caps, self._ledger, self._strategy,
             launch=self._launch, clock=clock, wait_for_server=wait_for_server,
         )
+        self._cut = threading.Event()  # close(): connections cut, runners give up at once
         self._runners = Runners(
             clients=self._clients, sockets=self._sockets, client_id=self.client_id, monitor=self._monitor,
             ledger=self._ledger, post_gate=self._post_gate, queue=self._scheduler, cleanup=self._cleanup.schedule,
@@ -151,7 +152,7 @@ class ServerPool:
         """
         servers, source = servers_from_env(environ)
         if "strategy" not in kwargs:
-            kwargs["strategy"] = strategy_from_env(environ) or "least_loaded"
+            kwargs["strategy"] = strategy_from_env(environ) or DEFAULT_STRATEGY
         if "status_ttl" not in kwargs:
             ttl = status_ttl_from_env(environ)
             if ttl is not None:
@@ -184,6 +185,12 @@ class ServerPool:
         """The strategy's name."""
         return strategy_name(self._strategy)
 
+    def use_cache_affinity(self) -> None:
+        """From now on an identical workflow goes to the server that was given it last, when
+        that server can take it (ComfyUI's cache there makes the rerun nearly free); otherwise
+        the strategy chooses. The gateway turns this on. Idempotent."""
+        self._strategy.enabled = True
+
     @property
     def _object_info(self) -> Dict[str, Dict[str, Any]]:
         return self._caps.info
@@ -198,9 +205,6 @@ class ServerPool:
         """
         self._check_open()
         return self._monitor.refresh(force=refresh)
-
-    def _status_frame(self, name: str) -> Callable[[int], None]:
-        return lambda remaining: self._monitor.queue_reading(name, remaining)
 
     def _on_status_change(self, old: ServerStatus, new: ServerStatus) -> None:
         """Every probe (on the probe executor): forget node lists of a server that was away,
@@ -221,6 +225,14 @@ class ServerPool:
         self._check_open()
         wf = load_workflow(workflow)
         return self._caps.checker(wf, wait=True)([c.name for c in self._view.current(probe=True).online])
+
+    def node_info(self) -> Dict[str, Dict[str, Any]]:
+        """``/object_info`` of every online server whose node list could be read (server name
+        -> node type -> definition); read once per server and cached, as for capabilities."""
+        self._check_open()
+        names = [c.name for c in self._view.current(probe=True).online]
+        self._caps.fetch(names, wait=True)
+        return {n: info for n in names for info, _ in [self._caps.get(n)] if info is not None}
 
     def select(self, workflow: Optional[WorkflowLike] = None, exclude: Iterable[str] = ()) -> ServerConfig:
         """The server the strategy picks now among those passing the filters.
@@ -391,8 +403,7 @@ class ServerPool:
         self._cut.set()
         for client in self._clients.values():
             client.close()  # cuts requests still hanging (a server that never answers)
-        for sock in self._sockets.values():
-            sock.close()
+        self._sockets.close()
         # Every request now fails at once and a runner gives up on a server that does not
         # answer once connections are cut: this join returns in moments (the bound only rules
         # out a hang), so no runner outlives close() to report its job a second time.

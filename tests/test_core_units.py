@@ -62,8 +62,9 @@ class _Monitor:
     def __init__(self) -> None:
         self.count = 0
 
-    def job_reserved(self, name: str) -> None:
+    def job_reserved(self, name: str, warmth: Any = None) -> bool:
         self.count += 1
+        return False
 
     def job_released(self, name: str, **kw: Any) -> None:
         self.count -= 1

@@ -11,7 +11,7 @@ import sys
 from typing import Callable, List
 
 import pytest
-import requests
+from gateway_util import ScriptClient, is_done, of_prompt
 
 from comfy_cluster.testing import MockCluster, wait_until
 from comfy_cluster.testing.workflows import sleep_workflow
@@ -33,25 +33,30 @@ def _start(cluster: MockCluster, *args: str) -> "subprocess.Popen[str]":
     )
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
-def test_gateway_command_serves_and_cancels_on_shutdown(mock_cluster_factory: Callable[..., MockCluster], sig: int, code: int) -> None:
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_gateway_command_tells_clients_and_cancels_on_every_stop(mock_cluster_factory: Callable[..., MockCluster], sig: int, code: int) -> None:
+    # SIGHUP (a closed terminal) used to kill it on the spot, leaving its jobs on the GPUs; the
+    # stops it did handle closed the clients' sockets without a word about their prompts.
     cluster = mock_cluster_factory(speeds=(1.0, 1.0))
     proc = _start(cluster, "--strategy", "round_robin", "--token", "t0ken")
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        match = re.match(r"comfy-cluster gateway on (http://127\.0\.0\.1:\d+) -> 2 server\(s\): mock1, mock2 \(strategy round_robin, token required\)", line)
+        match = re.match(r"comfy-cluster gateway on (http://127\.0\.0\.1:\d+) -> 2 server\(s\): mock1, mock2 \(strategy round_robin, (?:admin token|token required)\)", line)
         assert match, line
         url = match.group(1)
-        auth = {"Authorization": "Bearer t0ken"}
-        ids: List[str] = []
-        for seed in (1, 2):
-            r = requests.post(url + "/prompt", json={"prompt": sleep_workflow(seconds=30.0, steps=30, seed=seed)}, headers=auth, timeout=10)
-            assert r.status_code == 200
-            ids.append(r.json()["prompt_id"])
-        wait_until(lambda: all(s.queue_snapshot()[0] for s in cluster), timeout=20, message="a job running on each server")
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=30)
+        client = ScriptClient(url, token="t0ken")
+        try:
+            ids = [client.run(sleep_workflow(seconds=30.0, steps=30, seed=seed)) for seed in (1, 2, 3)]
+            wait_until(lambda: all(s.queue_snapshot()[0] for s in cluster), timeout=20, message="a job running on each server")
+            proc.send_signal(sig)
+            for pid in ids:  # each prompt ends for its client, saying why, before the socket closes
+                frames = of_prompt(client.socket.wait_for(is_done(pid), timeout=30), pid)
+                error = [f for f in frames if f["type"] == "execution_error"]
+                assert error and "gateway stopped" in error[-1]["data"]["exception_message"], frames
+            _, err = proc.communicate(timeout=30)
+        finally:
+            client.close()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -70,3 +75,7 @@ def test_gateway_command_reports_bad_configuration_in_one_line(mock_cluster_fact
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert err.strip().splitlines() == ["comfy-cluster gateway: --argv: expected one path or a JSON list of strings"]
+    proc = _start(cluster, "--session-hours", "0")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == ["comfy-cluster gateway: --session-hours 0: give a positive number of hours"]

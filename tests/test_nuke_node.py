@@ -77,7 +77,7 @@ def test_created_node_has_the_knobs_a_user_needs(fake_nuke):
         assert knob is not None, name
         assert knob.Class() == cls, name
     assert (node["first"].value(), node["last"].value()) == (1001, 1100)
-    assert node["strategy"].values() == ["default", "fastest_completion", "least_loaded", "priority", "round_robin"]
+    assert node["strategy"].values() == ["default", "fastest_completion", "least_loaded", "priority", "round_robin", "warm_models"]
     assert node["strategy"].value() == "default"
     assert node["load_image_node"].values() == ["(none)"]
     assert node["status"].value() == "idle"

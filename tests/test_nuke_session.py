@@ -148,3 +148,132 @@ def test_a_frame_held_a_moment_by_another_program_is_placed_after_a_retry(fake_n
     assert held, "the frame was not moved with os.replace"
     assert run.error is None, run.error
     assert sorted(os.path.basename(p) for p in run.paths) == [f"{node.name()}_0001.png", f"{node.name()}_0002.png"]
+
+
+def test_a_node_made_on_a_plate_takes_the_plates_frame_range(fake_nuke):
+    """Item 16: first/last copied the script's range at creation, not the input's."""
+    import nuke
+
+    import comfy_cluster_nuke.node
+
+    plate = nuke.nodes.Read()
+    plate["file"].fromUserText("/plates/sh010.####.exr 1001-1050")
+    plate.setSelected(True)
+    node = comfy_cluster_nuke.node.create()
+    assert node.input(0) is plate
+    assert (node["first"].value(), node["last"].value()) == (1001, 1050)
+    node.setSelected(False)  # Nuke selects a node it creates
+    alone = comfy_cluster_nuke.node.create()
+    assert (alone["first"].value(), alone["last"].value()) == (1, 100)  # nothing selected: the script's
+    alone.setInput(0, plate)  # connected later, the range never set: it follows the plate
+    assert (alone["first"].value(), alone["last"].value()) == (1001, 1050)
+    node["first"].setValue(1010)  # set by the artist: a new plate leaves it alone
+    other = nuke.nodes.Read()
+    other["file"].fromUserText("/plates/sh020.####.exr 1-20")
+    node.setInput(0, other)
+    assert (node["first"].value(), node["last"].value()) == (1010, 1050)
+
+
+def test_knob_changes_do_nothing_harmful_where_the_plugin_is_missing(fake_nuke, monkeypatch):
+    """Item 16: the node's knobChanged script, saved in the .nk, raised ImportError on every
+    knob change in a Nuke without the plugin (a vendor's, a render node's)."""
+    import sys
+
+    import comfy_cluster_nuke.node
+
+    node = comfy_cluster_nuke.node.create()
+    for name in [n for n in sys.modules if n.split(".")[0] == "comfy_cluster_nuke"]:
+        monkeypatch.setitem(sys.modules, name, None)  # import comfy_cluster_nuke... raises ImportError
+    fake_nuke.user_set(node, "frame_input", "3.seed")
+    fake_nuke.user_set(node, "workflow", "/elsewhere/wf.json")
+    assert node["frame_input"].value() == "3.seed"
+
+
+def test_nodes_running_at_the_same_time_share_one_pool_closed_by_the_last(fake_nuke, cluster_env, tmp_path):
+    """Item 16: every run built its own ServerPool, so nodes scheduled blind to each other's
+    jobs. Seen from the servers: one client (one pool's websocket) for both nodes' jobs."""
+    import threading
+
+    import comfy_cluster_nuke.run as run_mod
+    from comfy_cluster_nuke import session
+    from nuke_fake.support import settle_threads
+
+    before = set(threading.enumerate())
+    workflow = write_json(tmp_path / "wf.json", load_image_workflow())
+    for server in cluster_env:
+        server.pause_jobs()
+    nodes = [make_run_node(fake_nuke, workflow, str(tmp_path / f"out{i}"), first=1, last=2) for i in range(2)]
+    from comfy_cluster_nuke import serverinfo
+
+    for thread in serverinfo.started():  # the pickers' own look at /object_info, over by now
+        thread.join(30)
+    fake_nuke.pump()
+    for node in nodes:
+        fake_nuke.press(node, "execute")
+    runs = [run_mod.current(node) for node in nodes]
+    try:
+        def sent() -> int:
+            return sum(len(s.received_prompts) for s in cluster_env)
+
+        # 2 nodes x 2 frames, all on the servers (2 servers x max_queue 2), before any ends.
+        fake_nuke.pump_until(lambda: sent() >= 4 or any(r.finished.is_set() for r in runs), what="both nodes' jobs")
+        assert session.open_pools() == 1
+        clients = {extra.get("client_id") for s in cluster_env for _, _, extra in s.received_prompts}
+        assert len(clients) == 1, clients
+    finally:
+        for server in cluster_env:
+            server.resume_jobs()
+    fake_nuke.pump_until(lambda: all(r.finished.is_set() for r in runs), what="both runs to end")
+    for run in runs:
+        assert run.error is None, run.error
+        run.thread.join(10)
+    assert session.open_pools() == 0
+    assert settle_threads(before) == []  # the last run closed it: an idle Nuke keeps no socket
+
+
+def test_quitting_nuke_cancels_the_jobs_through_nukes_own_hook(fake_nuke, cluster_env, tmp_path, monkeypatch):
+    """Item 16: cancelling at quit relied on ``atexit`` (undocumented in Nuke) and, on script
+    close, on a worker thread that a quitting Nuke does not wait for. Nuke's own hook
+    (onScriptClose, run when Nuke quits) must have the jobs cancelled by the time it returns."""
+    import atexit
+
+    import comfy_cluster_nuke.run as run_mod
+    from comfy_cluster_nuke import lifecycle
+
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: fn)  # the fake's quit runs no atexit
+    lifecycle.install()
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow(5.0, steps=50)), str(tmp_path / "out"), last=4)
+    for server in cluster_env:
+        server.pause_jobs()
+    fake_nuke.press(node, "execute")
+    run = run_mod.current(node)
+    fake_nuke.pump_until(lambda: all(s.queue_snapshot()[0] for s in cluster_env), what="a job running on every server")
+    fake_nuke.quit()
+    # Nuke may be gone from here on: the servers already let the jobs go.
+    assert all(s.interrupt_requests for s in cluster_env)
+    assert all(not any(s.queue_snapshot()) for s in cluster_env), [s.queue_snapshot() for s in cluster_env]
+    for server in cluster_env:
+        server.resume_jobs()
+        assert server.wait_idle(30.0) and server.executed_prompt_ids == []
+    assert run.wait(30)
+
+
+def test_with_the_gateway_running_in_nuke_runs_use_its_pool(fake_nuke, cluster_env, tmp_path, monkeypatch):
+    """Item 16: the nodes and the gateway's other clients share one schedule: a run with the
+    default strategy sends its jobs through the gateway's pool (its client id on the servers)."""
+    import atexit
+
+    from comfy_cluster_nuke import gateway, session
+
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: fn)
+    gateway.start("127.0.0.1:0")
+    try:
+        node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
+        fake_nuke.press(node, "execute")
+        run = wait_run(fake_nuke, node)
+        assert run.error is None, run.error
+        clients = {extra.get("client_id") for s in cluster_env for _, _, extra in s.received_prompts}
+        assert clients == {gateway.pool().client_id}
+        assert session.open_pools() == 0
+    finally:
+        gateway.stop()

@@ -72,6 +72,11 @@ def test_the_project_directory_wins_over_the_script_folder_and_unsaved_scripts_g
     run = _run(fake_nuke, node)
     assert run.version_dir.startswith(str(tmp_path / "project" / "comfyui" / "sh010" / node.name()))
 
+    # A studio's Python in it (Tcl's [python {...}], code with brackets of its own included).
+    nuke.root()["project_directory"].setValue("[python {nuke.script_directory().rsplit('/', 1)[0]}]/studio")
+    run = _run(fake_nuke, node)
+    assert run.version_dir.startswith(str(tmp_path / "studio" / "comfyui" / "sh010" / node.name()))
+
     fake_nuke.reset()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     node = make_run_node(fake_nuke, wf, "", last=1, with_input=False)
@@ -117,7 +122,7 @@ def test_the_input_render_is_fully_specified(fake_nuke, cluster_env, tmp_path):
         "file_type": "png",  # no server has LoadEXR/SaveEXR
         "raw": False,  # converted to the colorspace above
         "proxy": False,  # full resolution even in proxy mode
-        "views": ["left"],  # the main view only
+        "views": ["left", "right"],  # every view, each to its own file (%V)
         "callbacks": [],  # no studio callback ran for our temporary Write
         "undo_disabled": True,
     }

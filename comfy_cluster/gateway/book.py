@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..jobs import Job, JobEvent
+from .auth import User
+from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS, FileKey, History
 from .messages import Record, error_data, event_message, relabel, synthesized_history, terminal_message
 from .progress import NodeStates
-from .relay import Relay
+from .relay import Key, Relay
 from .uploads import Version
 
 __all__ = ["GatewayJob", "JobBook"]
 
 log = logging.getLogger(__name__)
 
-MAX_HISTORY = 10000
-FileKey = Tuple[str, str, str]  # (type, subfolder, filename)
 
 
 @dataclass(eq=False)
@@ -45,6 +45,11 @@ class GatewayJob:
     extra_data: Dict[str, Any]
     outputs: List[str]
     inputs: Dict[str, str] = field(default_factory=dict)
+    user: str = "default"  # who posted it (auth.User.name): who sees and manages it
+    owner: str = ""  # whose turn it counts for in the fair share (auth.User.owner)
+    # Keep its events for the client's next socket: posted while none was open (cleared once
+    # a socket opens, so a later socket never gets events of a prompt that ended before it).
+    keep: bool = False
     workflow: Optional[Dict[str, Any]] = None  # what the servers run, when it differs from prompt
     held: List[Version] = field(default_factory=list)
     state: str = "waiting"  # waiting (in the gateway), submitted (in the pool), running, done
@@ -64,6 +69,11 @@ class GatewayJob:
     def __post_init__(self) -> None:
         self.nodes = NodeStates(self.prompt_id)
 
+    @property
+    def key(self) -> Key:
+        """The event stream of this prompt: its user's socket with its clientId."""
+        return (self.user, self.client_id)
+
     def queue_item(self) -> List[Any]:
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
 
@@ -80,6 +90,8 @@ class JobBook:
         *,
         capacity: Callable[[], int],
         release: Callable[[List[Version]], None],
+        history_items: int = DEFAULT_HISTORY_ITEMS,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
         self._pool = pool
         self._relay = relay
@@ -88,12 +100,10 @@ class JobBook:
         self._capacity = capacity
         self._release = release
         self.active: Dict[str, GatewayJob] = {}
-        self.history: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
-        self.files: Dict[FileKey, str] = {}
-        self._files_of: Dict[str, List[FileKey]] = {}
+        self.history = History(history_items, history_bytes)
         self._waiting: Dict[str, Deque[GatewayJob]] = {}
         self._served: Dict[str, int] = {}
-        self._owned: Dict[str, int] = {}  # unfinished jobs per client (fair share forgets idle ones)
+        self._owned: Dict[str, int] = {}  # unfinished jobs per owner (fair share forgets idle ones)
         self._in_pool = 0
         self._number = 0
         # A pool with fair share of its own (pool.submit(..., owner=...)) gets every job at
@@ -109,8 +119,9 @@ class JobBook:
         return -number if front else number
 
     def add(self, gj: GatewayJob) -> None:
+        """Accept a posted prompt (its ``user``, ``owner`` and ``keep`` already set)."""
         self.active[gj.prompt_id] = gj
-        owner = gj.client_id
+        owner = gj.owner
         self._owned[owner] = self._owned.get(owner, 0) + 1
         self._served.setdefault(owner, 0)
         queue = self._waiting.setdefault(owner, collections.deque())
@@ -121,9 +132,21 @@ class JobBook:
         self.queue_changed()
         self.pump()
 
+    def socket_opened(self, key: Key) -> None:
+        """A socket for ``key`` opened and got the kept events: from now on its prompts'
+        events are live only (a later socket must not get them)."""
+        for gj in self.active.values():
+            if gj.keep and gj.key == key:
+                gj.keep = False
+
     @property
     def remaining(self) -> int:
         return len(self.active)
+
+    @property
+    def files(self) -> Dict[FileKey, str]:
+        """Which server holds each file a prompt made (for ``/view``)."""
+        return self.history.files
 
     def status_data(self) -> Dict[str, Any]:
         return {"status": {"exec_info": {"queue_remaining": self.remaining}}}
@@ -131,10 +154,13 @@ class JobBook:
     def queue_changed(self) -> None:
         self._relay.broadcast("status", self.status_data())
 
+    def _send(self, gj: GatewayJob, kind: str, data: Dict[str, Any]) -> None:
+        self._relay.send(gj.key, kind, data, keep=gj.keep)
+
     # -- fair share and the pool --------------------------------------------------------------
 
     def pump(self) -> None:
-        """Hand waiting jobs to the pool while it has room; least-served client first."""
+        """Hand waiting jobs to the pool while it has room; least-served owner first."""
         while self._in_pool < self._capacity():
             owners = [o for o, q in self._waiting.items() if q]
             if not owners:
@@ -158,7 +184,7 @@ class JobBook:
         call = self._call
         kwargs: Dict[str, Any] = {}
         if self.pool_takes_owner:
-            kwargs["owner"] = gj.client_id
+            kwargs["owner"] = gj.owner
         try:
             job = self._pool.submit(gj.workflow or gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev), **kwargs)
         except Exception as exc:  # noqa: BLE001 - told to the client as the job's error
@@ -179,7 +205,7 @@ class JobBook:
         self.pump()
 
     def _on_event(self, gj: GatewayJob, event: JobEvent) -> None:
-        if gj.state == "done" or gj.deleted:
+        if gj.state in ("done", "told") or gj.deleted:
             return
         if gj.backlog is not None:
             gj.backlog.append(event)
@@ -210,7 +236,7 @@ class JobBook:
         if event.kind == "preview":
             data = getattr(event, "data", None)
             if isinstance(data, (bytes, bytearray)):
-                self._relay.send_preview(gj.client_id, bytes(data), gj.prompt_id, gj.node)
+                self._relay.send_preview(gj.key, bytes(data), gj.prompt_id, gj.node)
             return
         if event.kind == "started":
             if gj.started:
@@ -223,12 +249,12 @@ class JobBook:
                 return
             gj.cached_sent = True
         elif event.kind == "output" and event.server:
-            self._note_files(gj.prompt_id, event.server, [(f.type, f.subfolder, f.filename) for f in event.files])
+            self.history.note_files(gj.prompt_id, event.server, [(f.type, f.subfolder, f.filename) for f in event.files])
         message = event_message(event, gj.prompt_id)
         if message is not None:
             for state in gj.nodes.before(event):
-                self._relay.send(gj.client_id, "progress_state", state)
-            self._relay.send(gj.client_id, *message)
+                self._send(gj, "progress_state", state)
+            self._send(gj, *message)
 
     def _on_done(self, gj: GatewayJob, job: Job) -> None:
         self._in_pool -= 1
@@ -254,11 +280,12 @@ class JobBook:
         if gj.backlog is not None and not gj.deleted:
             gj.deferred_end = (gj, status, item, error, result, server)
             return
+        told = gj.state == "told"  # the gateway stopped: the client already had its end
         gj.state = "done"
         self.active.pop(gj.prompt_id, None)
         self._release(gj.held)
         gj.held = []
-        owner = gj.client_id
+        owner = gj.owner
         self._owned[owner] -= 1
         if self._owned[owner] <= 0 and not self._waiting.get(owner):
             self._owned.pop(owner, None)
@@ -267,6 +294,7 @@ class JobBook:
         if gj.deleted:
             # Deleted while pending: no history, no events (as ComfyUI); the delete itself
             # told every socket the new queue length.
+            self.history.forget_unrecorded(gj.prompt_id)
             self._unblock(gj)
             return
         if item is None:
@@ -278,61 +306,59 @@ class JobBook:
                 for files in out.values() if isinstance(files, list)
                 for f in files if isinstance(f, dict) and isinstance(f.get("filename"), str)
             ]
-            self._note_files(gj.prompt_id, server, keys)
-        self.history[gj.prompt_id] = item
-        while len(self.history) > MAX_HISTORY:
-            old, _ = self.history.popitem(last=False)
-            self._forget_files(old)
-        end = terminal_message(item)
-        if end is None:
-            end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
-        if end[0] == "execution_success":
-            for state in gj.nodes.succeeded():
-                self._relay.send(owner, "progress_state", state)
-        self._relay.send(owner, end[0], relabel(end[1], gj.prompt_id))
-        self.queue_changed()
-        self._relay.send(owner, "executing", {"node": None, "prompt_id": gj.prompt_id})
+            self.history.note_files(gj.prompt_id, server, keys)
+        self.history.add(gj.prompt_id, gj.user, item)
+        if not told:
+            end = terminal_message(item)
+            if end is None:
+                end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
+            if end[0] == "execution_success":
+                for state in gj.nodes.succeeded():
+                    self._send(gj, "progress_state", state)
+            self._send(gj, end[0], relabel(end[1], gj.prompt_id))
+            self.queue_changed()
+            self._send(gj, "executing", {"node": None, "prompt_id": gj.prompt_id})
         self._unblock(gj)
 
-    def _note_files(self, prompt_id: str, server: str, keys: List[FileKey]) -> None:
-        mine = self._files_of.setdefault(prompt_id, [])
-        for key in keys:
-            self.files[key] = server
-            if key not in mine:
-                mine.append(key)
+    # -- queue, interrupt, history (each user sees and manages their own jobs) --------------
 
-    def _forget_files(self, prompt_id: str) -> None:
-        for key in self._files_of.pop(prompt_id, []):
-            self.files.pop(key, None)
-
-    # -- queue, interrupt, history ------------------------------------------------------------
-
-    def queue_json(self) -> Dict[str, Any]:
-        running = [gj.queue_item() for gj in self.active.values() if gj.state == "running"]
+    def queue_json(self, viewer: User) -> Dict[str, Any]:
+        """``GET /queue``: the viewer's jobs; others' only counted (``queue_others``), so that
+        positions stay meaningful without showing their prompts."""
+        running = [gj for gj in self.active.values() if gj.state == "running"]
         pending = sorted((gj for gj in self.active.values() if gj.state != "running"), key=lambda g: g.number)
-        return {"queue_running": running, "queue_pending": [gj.queue_item() for gj in pending]}
+        out: Dict[str, Any] = {
+            "queue_running": [gj.queue_item() for gj in running if viewer.sees(gj.user)],
+            "queue_pending": [gj.queue_item() for gj in pending if viewer.sees(gj.user)],
+        }
+        hidden_running = len(running) - len(out["queue_running"])
+        hidden_pending = len(pending) - len(out["queue_pending"])
+        if hidden_running or hidden_pending:
+            out["queue_others"] = {"running": hidden_running, "pending": hidden_pending}
+        return out
 
-    def delete_pending(self, ids: List[Any]) -> None:
-        """Drop jobs that have not started (running ones are left alone, as in ComfyUI)."""
+    def delete_pending(self, ids: List[Any], viewer: User) -> None:
+        """Drop the viewer's jobs that have not started (running ones are left alone, as in
+        ComfyUI)."""
         changed = False
         for pid in ids:
             gj = self.active.get(pid) if isinstance(pid, str) else None
-            if gj is None or gj.state in ("running", "done"):
+            if gj is None or gj.state in ("running", "done", "told") or not viewer.sees(gj.user):
                 continue
             changed = True
             self._drop(gj)
         if changed:
             self.queue_changed()
 
-    def clear_pending(self) -> None:
-        for gj in [g for g in self.active.values() if g.state in ("waiting", "submitted")]:
+    def clear_pending(self, viewer: User) -> None:
+        for gj in [g for g in self.active.values() if g.state in ("waiting", "submitted") and viewer.sees(g.user)]:
             self._drop(gj)
         self.queue_changed()
 
     def _drop(self, gj: GatewayJob) -> None:
         gj.deleted = True
         if gj.state == "waiting":
-            self._waiting[gj.client_id].remove(gj)
+            self._waiting[gj.owner].remove(gj)
             self._end(gj, "cancelled", None, None)
         else:
             # Out of the queue now; the pool confirms the cancel on its server later.
@@ -344,11 +370,12 @@ class JobBook:
         if gj.job is not None:
             gj.job.cancel()
 
-    def interrupt(self, body: Any) -> None:
-        """``POST /interrupt``: the jobs it names stop if they run (``prompt_id``, or a
-        ``delete`` list as ComfyUI-for-Nuke sends); else a ``client_id``'s running jobs; with
-        neither, every gateway job running now (never a job of another client of the servers).
-        ComfyUI itself ignores such bodies and stops whatever runs."""
+    def interrupt(self, body: Any, viewer: User) -> None:
+        """``POST /interrupt``: the viewer's jobs it names stop if they run (``prompt_id``, or
+        a ``delete`` list as ComfyUI-for-Nuke sends); else a ``client_id``'s running jobs;
+        with neither, every running job of the viewer (an admin: of the gateway; never a job
+        of another client of the servers). ComfyUI itself ignores such bodies and stops
+        whatever runs."""
         body = body if isinstance(body, dict) else {}
         named = set()
         if isinstance(body.get("prompt_id"), str):
@@ -358,7 +385,7 @@ class JobBook:
         named_any = "prompt_id" in body or "delete" in body
         cid = body.get("client_id")
         for gj in list(self.active.values()):
-            if gj.state != "running":
+            if gj.state != "running" or not viewer.sees(gj.user):
                 continue
             if named_any and gj.prompt_id not in named:
                 continue
@@ -366,35 +393,34 @@ class JobBook:
                 continue
             self.cancel(gj)
 
-    def cancel_all(self) -> None:
-        """Cancel every unfinished job (the gateway is stopping)."""
+    def stop_all(self, reason: str) -> None:
+        """The gateway is stopping: tell each client the end of each of its prompts (an
+        ``execution_error`` naming ``reason``, then ``executing`` null), then cancel them all."""
         for queue in self._waiting.values():
             queue.clear()
         for gj in list(self.active.values()):
-            if gj.state == "waiting":
-                self._end(gj, "cancelled", None, None)
+            if gj.deleted:
+                continue
+            error = RuntimeError(reason)
+            data = error_data(gj.prompt_id, error)
+            data["exception_type"] = "GatewayStopped"
+            self._send(gj, "execution_error", data)
+            self._send(gj, "executing", {"node": None, "prompt_id": gj.prompt_id})
+            waiting = gj.state == "waiting"
+            gj.state = "told"
+            if waiting:
+                self._end(gj, "cancelled", None, error)
             else:
                 self.cancel(gj)
+        self.queue_changed()
 
-    def history_json(self, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1) -> Dict[str, Any]:
+    def history_json(self, viewer: User, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1) -> Dict[str, Any]:
         if prompt_id is not None:
-            item = self.history.get(prompt_id)
-            return {prompt_id: item} if item is not None else {}
-        if offset < 0 and max_items is not None:
-            offset = len(self.history) - max_items
-        out: Dict[str, Any] = {}
-        for index, key in enumerate(self.history):
-            if index >= offset:
-                out[key] = self.history[key]
-                if max_items is not None and len(out) >= max_items:
-                    break
-        return out
+            return self.history.get(prompt_id, viewer)
+        return self.history.page(viewer, max_items=max_items, offset=offset)
 
-    def post_history(self, body: Dict[str, Any]) -> None:
+    def post_history(self, body: Dict[str, Any], viewer: User) -> None:
         if body.get("clear"):
-            for key in list(self.history):
-                self._forget_files(key)
-            self.history.clear()
-        for pid in body.get("delete") or []:
-            if isinstance(pid, str) and self.history.pop(pid, None) is not None:
-                self._forget_files(pid)
+            self.history.clear(viewer)
+        if isinstance(body.get("delete"), list):
+            self.history.delete(body["delete"], viewer)

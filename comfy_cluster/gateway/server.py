@@ -10,24 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hmac
 import json
 import logging
 import threading
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 from aiohttp import WSMsgType, web
 
+from .auth import Authenticator, UsersFile, request_user
 from .book import GatewayJob, JobBook
 from .files import receive_upload, serve_view
 from .folders import with_folders_copied
 from .frontend import Frontend, check_front_end_root
+from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS
 from .identity import MULTI_USER
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
-from .relay import Relay
+from .login import login_routes
+from .network import guard, listens_beyond_loopback, self_loop_servers
+from .queue_routes import queue_routes, read_json
+from .relay import DEFAULT_QUEUE_BYTES, Relay
+from .sessions import Sessions
 from .uploads import UploadStore
 from .userdata import userdata_routes
 from .userstore import FileUserStore, UserStore, default_user_dir
@@ -39,7 +44,8 @@ __all__ = ["Gateway", "DEFAULT_MAX_UPLOAD"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD = 100 * 1024 * 1024
-_PLAIN_500 = "500 Internal Server Error\n\nServer got itself in trouble"
+#: Seconds a stopping gateway waits for the servers to confirm its jobs' cancels.
+STOP_GRACE = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -50,8 +56,15 @@ def _json(data: Any, status: int = 200) -> web.Response:
 class Gateway:
     """Serve ``pool`` as one ComfyUI server on ``host:port`` (``port=0``: a free port).
 
-    ``token``: when set, every request must carry ``Authorization: Bearer <token>`` (or
-    ``?token=<token>``, for websocket clients that cannot send headers). ``argv``: what
+    Who may ask (see :mod:`.auth`): ``token`` is the admin token (sees and manages every job);
+    ``users``, a users file path, gives each user a token of their own;
+    ``trust_user_header`` takes ComfyUI's ``comfy-user`` header as the user (a trusted
+    network). With a token or users, every request must carry ``Authorization: Bearer
+    <token>`` (or ``?token=<token>``, for websocket clients that cannot send headers).
+    ``allow_origins``: web origins allowed besides the gateway's own (``"*"``: any); others get
+    403, as ComfyUI. ``ws_queue_bytes``: bytes queued per client socket before previews are
+    dropped and then the socket is closed; ``history_items``/``history_bytes`` bound the
+    history. ``max_upload_size``: bytes per request body and per uploaded file. ``argv``: what
     ``/system_stats`` reports as ComfyUI's command line (clients such as ComfyUI-for-Nuke's
     shared mode derive the ComfyUI folder from ``argv[0]``). ``max_in_pool``: jobs handed to
     the pool at once (default: all of them; the pool's dispatcher gives each free server slot
@@ -60,8 +73,9 @@ class Gateway:
 
     The web UI (README "The web UI on the cluster"): ``front_end_root``, a ComfyUI frontend
     build to serve instead of the installed ``comfyui-frontend-package``; ``multi_user``,
-    ComfyUI's ``--multi-user``; ``user_store``, where users' settings and files are kept
-    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``).
+    ComfyUI's ``--multi-user`` (implies ``trust_user_header``); ``user_store``, where users' settings and files are kept
+    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``); ``sessions``:
+    the page's sign-ins at ``/login`` with a token or users (default: a week, in memory).
     """
 
     def __init__(
@@ -71,20 +85,33 @@ class Gateway:
         port: int = 8188,
         token: Optional[str] = None,
         *,
+        users: Optional[str] = None,
+        trust_user_header: bool = False,
+        allow_origins: Sequence[str] = (),
         argv: Optional[List[str]] = None,
         max_upload_size: int = DEFAULT_MAX_UPLOAD,
         upload_dir: Optional[str] = None,
         info_ttl: float = 30.0,
         max_in_pool: Optional[int] = None,
+        ws_queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        history_items: int = DEFAULT_HISTORY_ITEMS,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
         front_end_root: Optional[str] = None,
         multi_user: bool = False,
         user_dir: Optional[str] = None,
         user_store: Optional[UserStore] = None,
+        sessions: Optional[Sessions] = None,
     ) -> None:
         self.pool = pool
+        if hasattr(pool, "use_cache_affinity"):
+            pool.use_cache_affinity()  # an identical prompt goes where ComfyUI has it cached
         self.host = host
         self._port = port
-        self._token = token
+        # ComfyUI's multi-user mode is exactly "the comfy-user header names the user".
+        trust_user_header = trust_user_header or multi_user
+        self.auth = Authenticator(token, UsersFile(users) if users else None, trust_user_header=trust_user_header, sessions=sessions)
+        self._allow_origins = tuple(o.rstrip("/") for o in allow_origins)
+        self._history_bounds = (history_items, history_bytes)
         self._argv = argv
         self._max_upload = max_upload_size
         self._upload_dir = upload_dir
@@ -100,7 +127,10 @@ class Gateway:
         self._helpers: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._online_cache: Tuple[float, List[str]] = (-1.0, [])
         self._online_task: "Optional[asyncio.Task[List[str]]]" = None
-        self.relay = Relay()
+        self.relay = Relay(ws_queue_bytes)
+        # ComfyUI's page opens its socket without the user header: on a trusted network an
+        # anonymous socket gets the events of the user who posts with its clientId.
+        self.relay.anonymous_sees_named = trust_user_header and not self.auth.required
         self.uploads: Optional[UploadStore] = None
         self.info: Optional[ClusterInfo] = None
         self.book: Optional[JobBook] = None
@@ -127,10 +157,17 @@ class Gateway:
     def start(self) -> "Gateway":
         """Start serving on a thread of its own; returns once the port is listening.
 
-        Raises :class:`OSError` (for instance, the port is taken) with the address in it.
+        Raises :class:`OSError` (for instance, the port is taken) with the address in it,
+        and :class:`ValueError` when the cluster names the gateway's own address.
         """
         if self._thread is not None:
             raise RuntimeError("the gateway is already started")
+        loops = self_loop_servers(self.host, self._port, self.pool.servers)
+        if loops:
+            raise ValueError(
+                f"the cluster contains the gateway itself ({', '.join(loops)} is {self.host}:{self._port}): "
+                "set NUKE_COMFYUI_SERVERS to the ComfyUI servers, and point clients (NUKE_COMFYUI_URL) at the gateway"
+            )
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._thread = threading.Thread(target=self._run_loop, args=(loop,), name="comfy-cluster-gateway", daemon=True)
@@ -141,7 +178,19 @@ class Gateway:
             self._shutdown_loop()
             raise
         log.info("gateway listening on %s", self.url)
+        if listens_beyond_loopback(self.host) and not self.auth.required:
+            log.warning("%s", self.exposure_warning)
         return self
+
+    @property
+    def exposure_warning(self) -> Optional[str]:
+        """The warning for a gateway reachable from other machines without a token or users."""
+        if not listens_beyond_loopback(self.host) or self.auth.required:
+            return None
+        return (
+            f"the gateway listens on {self.host} (beyond this machine) with no token or users: anyone on the "
+            "network can run, see and cancel jobs; give --token or --users"
+        )
 
     def stop(self) -> None:
         """Cancel the gateway's unfinished jobs, close every client socket, stop listening.
@@ -197,9 +246,11 @@ class Gateway:
             self._submitter,
             capacity=self._capacity,
             release=self.uploads.release,
+            history_items=self._history_bounds[0],
+            history_bytes=self._history_bounds[1],
         )
-        app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
-        app[MULTI_USER] = self._multi_user
+        app = web.Application(client_max_size=self._max_upload, middlewares=[guard(self.auth, self._allow_origins)])
+        app[MULTI_USER] = self._multi_user and not self.auth.required  # with sign-in, it names the user
         self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -217,12 +268,35 @@ class Gateway:
         if self._online_task is not None:
             self._online_task.cancel()
         if self.book is not None:
-            self.book.cancel_all()
+            # Each waiting client first hears that its prompts ended (the gateway stopped),
+            # then the jobs are cancelled on their servers.
+            self.book.stop_all("the comfy-cluster gateway stopped; the prompt was cancelled")
+            await self._wait_cancelled(STOP_GRACE)
+        await self.relay.flush(timeout=2.0)
         await self.relay.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.info is not None:
             await self.info.close()
+
+    async def _wait_cancelled(self, timeout: float) -> None:
+        """Wait (bounded) until the pool has confirmed the end of every cancelled job."""
+        book = self.book
+        if book is None:
+            return
+        jobs = [gj.job for gj in list(book.active.values()) if gj.job is not None]
+        if not jobs:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def all_done() -> bool:
+            return all(j.wait(max(0.0, deadline - time.monotonic())) for j in jobs)
+
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._helpers, all_done), timeout + 1.0)
+        except asyncio.TimeoutError:
+            log.warning("gateway stopping: %d job(s) not confirmed cancelled within %.0f s", len(jobs), timeout)
 
     def _capacity(self) -> int:
         if self._max_in_pool is not None:
@@ -255,16 +329,10 @@ class Gateway:
             ("GET", "/ws", self._ws),
             ("GET", "/prompt", self._get_prompt),
             ("POST", "/prompt", self._post_prompt),
-            ("GET", "/queue", self._get_queue),
-            ("POST", "/queue", self._post_queue),
-            ("POST", "/interrupt", self._interrupt),
-            ("GET", "/history", self._get_history),
-            ("GET", "/history/{prompt_id}", self._get_history_item),
-            ("POST", "/history", self._post_history),
             ("POST", "/upload/image", self._upload_image),
             ("POST", "/upload/mask", self._upload_image),
             ("GET", "/view", self._view),
-        ] + info_routes(self.info, self._max_upload)
+        ] + queue_routes(self._b) + info_routes(self.info, self._max_upload) + login_routes(self.auth)
         servers = {s.name: s for s in self.pool.servers}
         web_ui = Frontend(self.info, servers, self._online, self._front_end_root)
         routes += web_ui.routes() + webinfo_routes(self.info, servers, self._online) + userdata_routes(self.user_store)
@@ -274,45 +342,20 @@ class Gateway:
                 app.router.add_route(method, prefix + path, handler)
         web_ui.add_static(app)  # last: the web root's files answer what no route does
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._token is not None and not self._authorized(request):
-            return web.Response(status=401, text="401: Unauthorized (comfy-cluster gateway token)")
-        try:
-            return await handler(request)
-        except web.HTTPException:
-            raise
-        except (asyncio.CancelledError, ConnectionError):
-            raise
-        except Exception:  # noqa: BLE001 - ComfyUI answers its plain-text 500
-            log.debug("gateway: %s %s raised", request.method, request.path, exc_info=True)
-            return web.Response(status=500, text=_PLAIN_500, content_type="text/plain")
-
-    def _authorized(self, request: web.Request) -> bool:
-        assert self._token is not None
-        expected = self._token.encode()
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), expected):
-            return True
-        given = request.query.get("token")
-        return given is not None and hmac.compare_digest(given.encode(), expected)
-
     @property
     def _b(self) -> JobBook:
         assert self.book is not None
         return self.book
 
-    @staticmethod
-    async def _read_json(request: web.Request) -> Any:
-        return json.loads((await request.read()).decode("utf-8"))  # raises: plain 500
-
     # -- the websocket ------------------------------------------------------------------------
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         sid = request.query.get("clientId") or uuid.uuid4().hex
+        key = (request_user(request).name, sid)
         ws = web.WebSocketResponse(max_msg_size=self._max_upload, heartbeat=None)
         await ws.prepare(request)
-        client = self.relay.attach(sid, ws, {"type": "status", "data": dict(self._b.status_data(), sid=sid)})
+        client = self.relay.attach(key, ws, {"type": "status", "data": dict(self._b.status_data(), sid=sid)}, request.transport)
+        self._b.socket_opened(key)
         try:
             first = True
             async for msg in ws:
@@ -324,8 +367,8 @@ class Gateway:
                     if isinstance(data, dict) and data.get("type") == "feature_flags":
                         flags = data.get("data")
                         if isinstance(flags, dict) and flags.get("supports_preview_metadata"):
-                            self.relay.want_metadata(sid)
-                        self.relay.send(sid, "feature_flags", await self._feature_dict())
+                            self.relay.want_metadata(key)
+                        self.relay.send(key, "feature_flags", await self._feature_dict())
                 first = False
         finally:
             self.relay.detach(client)
@@ -337,7 +380,7 @@ class Gateway:
         return _json(self._b.status_data()["status"])
 
     async def _post_prompt(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read_json(request)
+        body = await read_json(request)
         if not isinstance(body, dict):
             if isinstance(body, (list, str)):
                 return _json(error_body("no_prompt", "No prompt provided", "No prompt provided"), 400)
@@ -376,10 +419,15 @@ class Gateway:
                 self.uploads.release(versions)
                 raise
         number: Any = float(body["number"]) if "number" in body else book.next_number(bool(body.get("front")))
+        user = request_user(request)
+        cid = str(client_id or "")
         gj = GatewayJob(
             prompt_id=given or str(uuid.uuid4()),
             number=number,
-            client_id=str(client_id or ""),
+            client_id=cid,
+            user=user.name,
+            owner=user.owner,
+            keep=not self.relay.is_connected((user.name, cid)),
             prompt=prompt,
             extra_data=extra_data,
             outputs=outputs,
@@ -389,43 +437,6 @@ class Gateway:
         )
         book.add(gj)
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})
-
-    async def _get_queue(self, request: web.Request) -> web.StreamResponse:
-        return _json(self._b.queue_json())
-
-    async def _post_queue(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read_json(request)
-        if not isinstance(body, dict):
-            raise TypeError("queue request must be an object")
-        if body.get("clear"):
-            self._b.clear_pending()
-        if isinstance(body.get("delete"), list):
-            self._b.delete_pending(body["delete"])
-        return web.Response(status=200)
-
-    async def _interrupt(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await self._read_json(request)
-        except ValueError:
-            body = {}
-        self._b.interrupt(body)
-        return web.Response(status=200)
-
-    async def _get_history(self, request: web.Request) -> web.StreamResponse:
-        q = request.query
-        max_items = int(q["max_items"]) if "max_items" in q else None
-        offset = int(q["offset"]) if "offset" in q else -1
-        return _json(self._b.history_json(max_items=max_items, offset=offset))
-
-    async def _get_history_item(self, request: web.Request) -> web.StreamResponse:
-        return _json(self._b.history_json(prompt_id=request.match_info["prompt_id"]))
-
-    async def _post_history(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read_json(request)
-        if not isinstance(body, dict):
-            raise TypeError("history request must be an object")
-        self._b.post_history(body)
-        return web.Response(status=200)
 
     # -- files --------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from .quiet import no_undo
 
 __all__ = [
     "UNTITLED_ROOT", "UID_KNOB", "script_path", "project_dir", "evaluate_path", "node_uid", "find_node", "renew_uid_of_copy", "output_base",
-    "new_version", "VERSION_RE",
+    "version_folder", "new_version", "VERSION_RE",
 ]
 
 # An unsaved script has no folder: its results go under the user's home, by node id.
@@ -141,6 +141,16 @@ def output_base(node: nuke.Node, home: Optional[str] = None) -> str:
         return os.path.join(os.path.expanduser(home or UNTITLED_ROOT), folder)
     stem = os.path.splitext(os.path.basename(script))[0]
     return os.path.join(project_dir(), "comfyui", stem, folder)
+
+
+def version_folder(base: str, reuse: str = "") -> str:
+    """The version folder of a run: ``reuse`` (``v004``, or an absolute folder: farm chunks and
+    re-runs of failed frames), created when missing, else a new one (:func:`new_version`)."""
+    if reuse:
+        path = os.path.join(base, reuse)
+        os.makedirs(path, exist_ok=True)
+        return path
+    return new_version(base)
 
 
 def new_version(base: str) -> str:

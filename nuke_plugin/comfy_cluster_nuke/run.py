@@ -16,6 +16,7 @@ What a run does is in :mod:`.runner`; where it writes, :mod:`.destinations`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import List, Optional, Sequence, Union
@@ -24,7 +25,7 @@ import nuke
 
 from comfy_cluster import ComfyClusterError
 
-from . import destinations, mainthread
+from . import destinations, ledger, mainthread
 from . import node as node_mod
 from .report import describe_error
 from .runner import POLL_SECONDS, Run, RunCancelled, pool_options
@@ -41,6 +42,7 @@ __all__ = [
     "start",
     "submit",
     "cancel",
+    "reap",
     "is_running",
     "current",
     "all_runs",
@@ -145,7 +147,8 @@ def start(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None) -
 
 
 def submit(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None, version: str = "") -> List[str]:
-    """Run ``node`` and wait (``nuke -t``, or a worker thread): returns the frame files in order.
+    """Run ``node`` and wait (``nuke -t``, or a worker thread): returns the frame files in order
+    (in a multi-view script, each frame's file per view, in the views' order).
 
     ``frames`` overrides the node's range; ``version`` (``"v004"``, or a folder) writes into that
     version folder instead of a new one: farm tasks of one node's range share a version.
@@ -167,6 +170,18 @@ def submit(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None, 
         return run.run()
     except KeyboardInterrupt:
         raise RunCancelled(f"{settings.node_name}: interrupted") from None
+
+
+def reap(node: Union[nuke.Node, str], version: str) -> int:
+    """Cancel, on their servers, the jobs that runs killed without a signal left in ``version``
+    of ``node`` (their job ledgers, see :mod:`.ledger`); how many. Not on the GUI main thread
+    (it talks to the servers). The farm script's ``--reap``."""
+    from comfy_cluster.environment import servers_from_env
+
+    target = mainthread.call(_as_node, node)
+    base = mainthread.call(destinations.output_base, target)
+    servers, _ = servers_from_env()
+    return ledger.reap(os.path.join(base, version), servers)
 
 
 def cancel(node: nuke.Node) -> bool:

@@ -22,7 +22,7 @@ from . import node as node_mod
 from . import params
 from .destinations import evaluate_path
 
-__all__ = ["RunError", "InputMap", "Settings", "read_settings", "evaluate_path", "default_strategy", "set_default_strategy"]
+__all__ = ["pool_options", "RunError", "InputMap", "Settings", "read_settings", "evaluate_path", "default_strategy", "set_default_strategy"]
 
 
 class RunError(ComfyClusterError):
@@ -37,6 +37,10 @@ class RunError(ComfyClusterError):
         self.errors: Dict[int, BaseException] = dict(errors or {})
         self.paths: List[str] = list(paths)
 
+
+#: Extra keyword arguments for every ServerPool of the plugin (for example
+#: ``{"server_lost_after": 5.0}``); set it from a studio's menu.py.
+pool_options: Dict[str, Any] = {}
 
 _default_strategy: Optional[str] = None
 
@@ -87,7 +91,9 @@ class Settings:
     carry_from: str = ""  # "Current frame": the version whose other frames the new one keeps
     pixels: str = "auto"  # exchange.AUTO/EXR/PNG: how pixels travel (exchange)
     exr_datatype: str = "16 bit half"
+    exr_tonemap: str = "linear"  # what the workflow works in over EXR (exchange.TONEMAPS)
     mask_channel: str = "alpha"  # the mask input's channel holding the matte
+    views: Tuple[str, ...] = ()  # a stereo/multi-view script's views, each run; () for one view
     params: Dict[int, Dict[str, Any]] = field(default_factory=dict, repr=False)  # frame -> {"3.seed": 7}
 
     @property
@@ -135,6 +141,12 @@ def _inputs(node: nuke.Node, name: str, workflow: Dict[str, Any]) -> Tuple[Input
     return tuple(out)
 
 
+def _views() -> Tuple[str, ...]:
+    """Every view of a multi-view script (each is rendered and run); () with one view."""
+    views = tuple(str(v) for v in nuke.views())
+    return views if len(views) > 1 else ()
+
+
 def read_settings(
     node: nuke.Node, *, frames: Optional[Sequence[int]] = None, reuse_version: str = "", carry_from: str = ""
 ) -> Settings:
@@ -143,8 +155,9 @@ def read_settings(
     if not node_mod.is_run_node(node):
         raise RunError(f"{node.name()} is not a {node_mod.NODE_LABEL} node")
     name = node.name()
-    if str(node[node_mod.MARKER_KNOB].value()) != node_mod.MARKER_VERSION:
-        raise RunError(f"{name} was made by an older comfy-cluster; create the node again (ComfyUI Cluster menu).")
+    from .migrate import migrate  # made by an older plugin: brought up to date, settings kept
+
+    migrate(node)
     workflow_path = evaluate_path(node["workflow"])
     if not workflow_path:
         raise RunError(f"{name}: choose a workflow file (in ComfyUI: Workflow > Export (API)).")
@@ -199,6 +212,8 @@ def read_settings(
         uid=destinations.node_uid(node),
         pixels=node_mod.choice(node, "pixels", exchange.AUTO),
         exr_datatype=node_mod.choice(node, "exr_datatype", exchange.DATATYPES[0]),
+        exr_tonemap=node_mod.choice(node, "exr_tonemap", exchange.TONEMAPS[0]),
         mask_channel=node_mod.choice(node, "mask_channel", "alpha"),
+        views=_views(),
         params=values,
     )

@@ -43,7 +43,8 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         ("colorspace", lambda n: _n._ColorspaceKnob(n)),  # from the OCIO config (_ocio)
         ("views", lambda n: _n.String_Knob(n)),
         ("raw", lambda n: _n.Boolean_Knob(n)),
-        # The per-format knob: png "8 bit"/"16 bit", exr "16 bit half"/"32 bit float".
+        # The per-format knob (Foundry, Nuke Reference Guide, "Write"): png "8 bit"/"16 bit",
+        # exr "16 bit half"/"32 bit float".
         ("datatype", lambda n: _n.Enumeration_Knob(n, n, ["8 bit", "16 bit", "16 bit half", "32 bit float"])),
         ("create_directories", lambda n: _n.Boolean_Knob(n)),
         ("beforeRender", lambda n: _n.PythonKnob(n)),
@@ -54,7 +55,8 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
     "Input": [("number", lambda n: _n.Int_Knob(n))],
     "Switch": [("which", lambda n: _n.Int_Knob(n))],
     "Constant": [("color", lambda n: _n.AColor_Knob(n))],
-    # Nuke's Expression node: expr0..expr3 write red, green, blue and alpha (empty: unchanged).
+    # Nuke's Expression node (Foundry, Nuke Reference Guide, "Expression"): expr0..expr3 write
+    # the channels of channel0..channel3, by default red, green, blue and alpha (empty: unchanged).
     "Expression": [(f"expr{i}", lambda n: _n.String_Knob(n)) for i in range(4)],
     "Root": [
         ("first_frame", lambda n: _n.Int_Knob(n)),
@@ -212,7 +214,10 @@ class Node:
             return False
         while len(self._inputs) <= i:
             self._inputs.append(None)
+        changed = self._inputs[i] is not node
         self._inputs[i] = node
+        if changed:
+            _input_changed(self)
         return True
 
     def dependent(self, mask: int = 0, forceEvaluate: bool = True) -> List[Node]:
@@ -388,6 +393,21 @@ def _changed(knob: _n.Knob) -> None:
 
 _in_knob_changed: List[Any] = []
 _pending_knob_changed: List[Tuple[Any, Any]] = []
+
+
+def _input_changed(owner: Any) -> None:
+    """An input of ``owner`` changed: with its panel open, its ``knobChanged`` runs with a dummy
+    knob named ``inputChange`` (Foundry, Python API reference, ``nuke.addKnobChanged``: "This
+    is also called with dummy knobs when the control panel is opened or when the inputs to the
+    node changes")."""
+    code = owner._knobs["knobChanged"]._value if "knobChanged" in owner._knobs else ""
+    if not code or not getattr(owner, "_panel_open", False) or owner in _in_knob_changed:
+        return
+    _in_knob_changed.append(owner)
+    try:
+        _n._run_script(str(code), owner, _n.Knob("inputChange"))
+    finally:
+        _in_knob_changed.remove(owner)
 
 
 def _flush_knob_changed() -> None:
