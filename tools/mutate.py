@@ -41,18 +41,18 @@ EQUIVALENT = ROOT / "tools" / "mutation_equivalent.txt"
 TESTS: Dict[str, List[str]] = {
     "policy": ["tests/test_policy.py", "tests/test_fault_matrix.py", "tests/test_faults_classify.py", "tests/test_completion.py",
                "tests/test_promises.py"],
-    "attempt": ["tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py"],
+    "attempt": ["tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_promises.py"],
     "jobs": ["tests/test_promises.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
     "selection": ["tests/test_core_units.py", "tests/test_status.py", "tests/test_balance.py"],
     "balance": ["tests/test_balance.py", "tests/test_core_units.py"],
-    "dispatcher": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
-    "runner": ["tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_reliability.py"],
+    "dispatcher": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py", "tests/test_promises.py"],
+    "runner": ["tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_reliability.py", "tests/test_promises.py", "tests/test_completion.py"],
     "planner": ["tests/test_batch.py", "tests/test_core_units.py"],
     "scheduling": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py"],
     "status": ["tests/test_status.py", "tests/test_core_units.py"],
     "events": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py"],
-    "gateway/book": ["tests/test_gateway_units.py", "tests/test_gateway.py"],
-    "gateway/relay": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_clients.py"],
+    "gateway/book": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_users.py"],
+    "gateway/relay": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py"],
 }
 CORE = list(TESTS)
 # Copied beside the code: tests read docs (the failure table), README snippets and the Nuke package.
