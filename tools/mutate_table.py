@@ -70,7 +70,7 @@ def pytest_configure(config: object) -> None:
         from comfy_cluster.policy import TABLE
 
         _, key, replacement = mutants()[int(index)]
-        TABLE[key] = replacement  # type: ignore[index]
+        TABLE[key] = replacement  # type: ignore[index,assignment]
 
 
 def main(argv: List[str]) -> int:
