@@ -1,8 +1,9 @@
 """The failure policy: what a failure means, in one table, for every phase of an attempt.
 
-Each row of :data:`TABLE` is ``(phase, fault) -> Decision``. The runner (attempt I/O), the
-status monitor (probes) and the pool's clean-up all ask :func:`decide`; none of them reads an
-error's text. docs/RELIABILITY.md shows this table as it is here.
+Each row of :data:`TABLE` is ``(phase, fault) -> Decision``. The runner (attempt I/O, its
+cancel and the clean-up's reads) asks :func:`decide`, never an error's text; the probe row
+states what the status monitor does with every failed probe (it has no other choice to make,
+so it does not ask). docs/RELIABILITY.md shows this table as it is here.
 
 Faults are :data:`comfy_cluster.errors.FAULTS` (``refused``, ``connect_timeout``,
 ``read_timeout``, ``connect``, ``tls``, ``http``, ``malformed``, ``""``), plus ``"5xx"`` and

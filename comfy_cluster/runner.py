@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 from .attempt import Attempt, AttemptPhase, PostGate, cancel_on_server
 from .client import ComfyClient, as_dict, as_list, iter_output_files
-from .errors import ComfyClusterError, JobFailed, ServerError, WorkflowError
+from .errors import ComfyClusterError, JobFailed, LocalFileError, ServerError, WorkflowError
 from .jobs import OutputFile
 from .policy import Action, Decision, Phase, decide, follow_timeout
 
@@ -108,13 +108,13 @@ def run_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
         try:
             sock.ensure_connected()
             workflow = ctx.uploads(ctx.client)
-        except ComfyClusterError as exc:
-            d = decide(Phase.UPLOAD, exc)
+        except (ComfyClusterError, OSError) as exc:
+            if not isinstance(exc, ComfyClusterError):  # our input file vanished or became unreadable
+                exc = LocalFileError(f"input file unreadable: {exc.__class__.__name__}: {exc.filename}", path=str(exc.filename or ""))
+            d = decide(Phase.UPLOAD, exc)  # the table's "local" row: it would fail the same everywhere
             if d.action is Action.FAIL:
                 return Outcome("failed", error=exc)
             return _move(exc, d, name, confirmed=True)
-        except OSError as exc:  # our input file vanished or became unreadable
-            return Outcome("failed", error=ComfyClusterError(f"input file unreadable: {exc.__class__.__name__}: {exc.filename}"))
         position = ctx.position()
         body = {"prompt": workflow, "client_id": ctx.client_id, "prompt_id": attempt.prompt_id}
         try:

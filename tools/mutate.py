@@ -7,6 +7,7 @@ Usage (from the repository root, with the test extra and mutmut installed)::
     python tools/mutate.py --core              # the core set (CORE below)
     python tools/mutate.py --list              # the modules and the tests each runs against
     python tools/mutate.py policy --survivors  # show the diff of each surviving mutant
+    python tools/mutate.py jobs --only 'comfy_cluster.jobs.x*Job*_finish*'   # scoped: these mutants only
 
 Each module is mutated in its own scratch copy of the tree, ``.mutation/<module>/`` (ignored by
 git), with a generated ``[tool.mutmut]`` section that mutates that module only and selects the
@@ -21,6 +22,7 @@ listed apart since a mutant that hangs a test is caught in practice.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / ".mutation"
@@ -37,19 +39,20 @@ EQUIVALENT = ROOT / "tools" / "mutation_equivalent.txt"
 # The module and the test files that exercise it. mutmut narrows further, per mutated
 # function, to the tests that call it; this list only bounds the one coverage run it makes.
 TESTS: Dict[str, List[str]] = {
-    "policy": ["tests/test_policy.py", "tests/test_fault_matrix.py", "tests/test_faults_classify.py"],
-    "attempt": ["tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py"],
-    "jobs": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py"],
+    "policy": ["tests/test_policy.py", "tests/test_fault_matrix.py", "tests/test_faults_classify.py", "tests/test_completion.py",
+               "tests/test_promises.py"],
+    "attempt": ["tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_promises.py"],
+    "jobs": ["tests/test_promises.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
     "selection": ["tests/test_core_units.py", "tests/test_status.py", "tests/test_balance.py"],
-    "balance": ["tests/test_balance.py", "tests/test_core_units.py"],
-    "dispatcher": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
-    "runner": ["tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_reliability.py"],
-    "planner": ["tests/test_batch.py", "tests/test_core_units.py"],
+    "balance": ["tests/test_balance.py", "tests/test_core_units.py", "tests/test_warm.py"],
+    "dispatcher": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py", "tests/test_promises.py"],
+    "runner": ["tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_reliability.py", "tests/test_promises.py", "tests/test_completion.py"],
+    "planner": ["tests/test_batch.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_promises.py", "tests/test_completion.py"],
     "scheduling": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py"],
     "status": ["tests/test_status.py", "tests/test_core_units.py"],
     "events": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py"],
-    "gateway/book": ["tests/test_gateway_units.py", "tests/test_gateway.py"],
-    "gateway/relay": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_clients.py"],
+    "gateway/book": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_users.py"],
+    "gateway/relay": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py"],
 }
 CORE = list(TESTS)
 # Copied beside the code: tests read docs (the failure table), README snippets and the Nuke package.
@@ -60,7 +63,7 @@ def _source(module: str) -> str:
     return f"comfy_cluster/{module}.py"
 
 
-def _sync(module: str) -> Path:
+def _sync(module: str, tests_override: Sequence[str] = ()) -> Path:
     """Bring the scratch copy of the tree up to date with the working tree (changed files only,
     so mutmut's per-function cache stays valid for what did not change)."""
     dest = SCRATCH / module.replace("/", ".")
@@ -74,7 +77,7 @@ def _sync(module: str) -> Path:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
-    tests = [t for t in TESTS[module] if (ROOT / t).is_file()]
+    tests = [t for t in (tests_override or TESTS[module]) if (ROOT / t).is_file()]
     config = (ROOT / "pyproject.toml").read_text(encoding="utf-8") + (
         "\n[tool.mutmut]\n"
         'source_paths = ["comfy_cluster"]\n'
@@ -111,9 +114,10 @@ def _statuses(dest: Path) -> Dict[str, str]:
     return verdicts
 
 
-def score(module: str, dest: Path, seconds: float) -> Tuple[dict, List[str]]:
-    """The module's score and its surviving mutants (equivalent ones left out)."""
-    verdicts = _statuses(dest)
+def score(module: str, dest: Path, seconds: float, only: Sequence[str] = ()) -> Tuple[dict, List[str]]:
+    """The module's score and its surviving mutants (equivalent ones left out; with ``only``,
+    of the mutants matching those patterns; mutants not run yet count as not killed)."""
+    verdicts = {n: v for n, v in _statuses(dest).items() if not only or any(fnmatch.fnmatchcase(n, p) for p in only)}
     equivalent = _equivalent()
     counted = {n: v for n, v in verdicts.items() if n not in equivalent}
     killed = sum(1 for v in counted.values() if v == "killed")
@@ -128,6 +132,7 @@ def score(module: str, dest: Path, seconds: float) -> Tuple[dict, List[str]]:
         "score": round(100.0 * killed / len(counted), 1) if counted else 100.0,
         "seconds": round(seconds),
         "date": time.strftime("%Y-%m-%d"),
+        "scope": list(only) or "all",
     }
     (dest / "score.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result, survivors
@@ -140,6 +145,9 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     parser.add_argument("--survivors", action="store_true", help="show each surviving mutant's diff")
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutants (default 2)")
+    parser.add_argument("--tests", nargs="+", metavar="FILE", help="run against these test files instead of TESTS[module]")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="run only the mutants whose names match (mutmut's glob; repeatable); the score then counts those")
     args = parser.parse_args(argv)
     if args.list:
         for name, tests in TESTS.items():
@@ -151,12 +159,12 @@ def main(argv: List[str]) -> int:
         parser.error(f"unknown module(s) {unknown}; choose from {', '.join(TESTS)}" if unknown else "name a module or --core")
     failed = 0
     for module in modules:
-        dest = _sync(module)
+        dest = _sync(module, args.tests or ())
         started = time.monotonic()
         env = dict(os.environ, PYTHONPATH=str(dest))
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *args.only],
                        cwd=dest, env=env, stdout=subprocess.DEVNULL)
-        result, survivors = score(module, dest, time.monotonic() - started)
+        result, survivors = score(module, dest, time.monotonic() - started, args.only)
         print(json.dumps(result))
         for name in survivors:
             print(f"  not killed: {name}")
