@@ -50,11 +50,11 @@ class Attempt:
 
     __slots__ = ("job", "server", "number", "prompt_id", "phase", "lost_at", "posted")
 
-    def __init__(self, job: "Job", server: str, number: int) -> None:
+    def __init__(self, job: "Job", server: str, number: int, prompt_id: Optional[str] = None) -> None:
         self.job = job
         self.server = server
         self.number = number
-        self.prompt_id = str(uuid.uuid4())
+        self.prompt_id = prompt_id or str(uuid.uuid4())
         self.phase = AttemptPhase.RESERVED
         self.lost_at: Optional[float] = None
         self.posted = False
@@ -86,6 +86,7 @@ class Ledger:
             attempt.phase = AttemptPhase.ENDED
         if gone is None:
             return False
+        attempt.job._note_attempt(attempt, "ended")
         self._monitor.job_released(attempt.server, seconds=seconds, ok=ok)
         self._on_release()
         return True

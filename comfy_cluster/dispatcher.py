@@ -119,6 +119,12 @@ class Dispatcher:
             self._woken = True
             self._cond.notify_all()
 
+    def adopted(self, job: Job) -> None:
+        """A job the pool follows on a server without dispatching it (it counts there)."""
+        with self._cond:
+            self._running[job.owner] += 1
+            self._served[job.owner] += 1
+
     def attempt_ended(self, job: Job) -> None:
         """A job's attempt is over (its owner has one fewer job on servers)."""
         with self._cond:

@@ -121,6 +121,9 @@ class Job:
         self.created = time.monotonic()
         self.batch: Any = None
         self._on_event = on_event
+        #: ``fn(prompt_id, server, phase)``, called inline: ``"reserved"`` before each POST
+        #: (an exception stops the POST), ``"ended"`` once that copy's end is confirmed.
+        self._on_attempt: Optional[Callable[[str, str, str], None]] = None
         self._cond = threading.Condition()
         # Guarded by _cond:
         self._status = "queued"
@@ -308,6 +311,20 @@ class Job:
                 self._failures.append(failure)
             if not self._final:
                 self._status = "queued"
+
+    def _note_attempt(self, attempt: "Attempt", phase: str) -> None:
+        """Tell ``on_attempt`` about ``attempt`` (inline, on the library thread that knows).
+        A failure to note an end is logged, never raised: the end stands."""
+        fn = self._on_attempt
+        if fn is None:
+            return
+        if phase == "reserved":
+            fn(attempt.prompt_id, attempt.server, phase)
+            return
+        try:
+            fn(attempt.prompt_id, attempt.server, phase)
+        except Exception:  # noqa: BLE001 - the copy's end is confirmed whatever its record says
+            log.exception("on_attempt failed for %s on %s", attempt.prompt_id, attempt.server)
 
     def _emit(self, kind: str, server: Optional[str], **fields: Any) -> None:
         event = JobEvent(kind=kind, server=server, prompt_id=self._prompt_id, index=self.index, **fields)

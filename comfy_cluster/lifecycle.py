@@ -16,18 +16,18 @@ from .attempt import Attempt
 from .client import ComfyClient
 from .errors import ComfyClusterError, JobCancelled, JobFailed, ServerError, WorkflowError
 from .jobs import Job, JobResult
-from .runner import Outcome, RunnerContext, run_attempt
+from .runner import Outcome, RunnerContext, follow_attempt, run_attempt
 from .workflow import set_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import ServerPool
 
-__all__ = ["run", "attempt_done", "finish_cancelled"]
+__all__ = ["run", "run_adopted", "attempt_done", "finish_cancelled"]
 
 log = logging.getLogger("comfy_cluster.pool")
 
 
-def run(pool: "ServerPool", attempt: Attempt) -> None:
+def run(pool: "ServerPool", attempt: Attempt, follow_only: bool = False) -> None:
     name = attempt.server
     job = attempt.job
     try:
@@ -40,7 +40,7 @@ def run(pool: "ServerPool", attempt: Attempt) -> None:
             cancelled_here=lambda: [a.prompt_id for a in pool._ledger.live(name) if a.posted and a.job.cancel_requested],
             reconcile_interval=pool._reconcile_interval, server_lost_after=pool._server_lost_after, clock=pool._clock,
         )
-        outcome = run_attempt(attempt, ctx)
+        outcome = follow_attempt(attempt, ctx) if follow_only else run_attempt(attempt, ctx)
     except Exception as exc:  # never lose a job to a bug: fail it with the reason
         log.exception("job attempt on %s crashed", name)
         outcome = Outcome("failed", error=ServerError(f"{name}: internal error: {exc!r}", server=name), confirmed=False)
@@ -49,6 +49,10 @@ def run(pool: "ServerPool", attempt: Attempt) -> None:
     finally:
         with pool._lock:
             pool._runners.discard(threading.current_thread())
+
+def run_adopted(pool: "ServerPool", attempt: Attempt) -> None:
+    """The runner thread of an adopted attempt: follow it, never post it."""
+    run(pool, attempt, follow_only=True)
 
 def uploaded_workflow(pool: "ServerPool", job: Job, client: ComfyClient) -> Dict[str, Any]:
     """The workflow with each input uploaded into a subfolder named by the file's content

@@ -80,6 +80,7 @@ class ServerPool:
         wait_for_server: float = 30.0,
         ws_connect_timeout: float = 5.0,
         rng: Optional[random.Random] = None,
+        client_id: Optional[str] = None,
     ) -> None:
         configs: List[ServerConfig] = []
         for i, s in enumerate(servers):
@@ -98,7 +99,9 @@ class ServerPool:
         self._by_name: Dict[str, ServerConfig] = {s.name: s for s in configs}
         self._strategy = get_strategy(strategy, rng)
         self._clock = clock
-        self.client_id = str(uuid.uuid4())
+        # The websocket clientId the servers route our jobs' events to: a process that follows
+        # jobs an earlier one posted (a restarted gateway) passes the same id to get them.
+        self.client_id = client_id or str(uuid.uuid4())
         self._clients: Dict[str, ComfyClient] = {s.name: ComfyClient(s, timeout=request_timeout) for s in configs}
         self._monitor = StatusMonitor(
             configs, self._clients, ttl=status_ttl, clock=clock, probe_timeout=probe_timeout,
@@ -297,6 +300,7 @@ class ServerPool:
         on_event: Optional[Callable[[JobEvent], None]] = None,
         retries: int = 2,
         owner: Optional[str] = None,
+        on_attempt: Optional[Callable[[str, str, str], None]] = None,
     ) -> Job:
         """Run ``workflow`` on the cluster; returns a :class:`Job` at once.
 
@@ -308,9 +312,47 @@ class ServerPool:
         ``owner`` names who the job is for (a user of a shared gateway): when jobs of several
         owners wait, the next free server slot goes to the owner with the fewest jobs on the
         servers now (then the fewest served so far), not to the oldest job.
+
+        ``on_attempt(prompt_id, server, phase)`` is called inline on a library thread:
+        ``"reserved"`` before each ``POST /prompt`` (if it raises, nothing is posted and the
+        job fails), ``"ended"`` once that copy's end on its server is confirmed. A process
+        that records them can follow its jobs after a crash with :meth:`adopt`.
         """
         (job,) = self._prepare([workflow], [inputs], on_event=on_event, retries=retries, owner=owner)
+        job._on_attempt = on_attempt
         self._enqueue([job])
+        return job
+
+    def adopt(
+        self,
+        workflow: WorkflowLike,
+        server: str,
+        prompt_id: str,
+        *,
+        inputs: Optional[Mapping[str, str]] = None,
+        on_event: Optional[Callable[[JobEvent], None]] = None,
+        retries: int = 2,
+        owner: Optional[str] = None,
+        on_attempt: Optional[Callable[[str, str, str], None]] = None,
+    ) -> Job:
+        """A :class:`Job` for ``workflow`` already posted to ``server`` as ``prompt_id`` (by an
+        earlier process: a gateway that restarted, a replica that died). It is followed there
+        to its end, never posted again; if the server does not hold it (it never arrived, or
+        the server restarted) it runs like a submitted job, on any server. Arguments as in
+        :meth:`submit`; the job's ``inputs`` must still exist for that case. Raises
+        :class:`ConfigError` for a server not in the pool."""
+        self._check_open()
+        config = self._by_name.get(server)
+        if config is None:
+            raise ConfigError(f"adopt: no server named {server!r} in the pool")
+        wf = load_workflow(workflow)
+        checked = {str(k): os.fspath(v) for k, v in (inputs or {}).items()}
+        job = Job(wf, inputs=checked, on_event=on_event, retries=retries, owner=owner)
+        job._pool = self
+        job._executor = self._callbacks
+        job._seq = next(self._seq)
+        job._on_attempt = on_attempt
+        scheduling.adopt_attempt(self, job, config, prompt_id)
         return job
 
     def _prepare(

@@ -10,7 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .attempt import Attempt
-from .lifecycle import finish_cancelled, run
+from .lifecycle import finish_cancelled, run, run_adopted
 from .config import ServerConfig
 from .dispatcher import Choice, Verdict
 from .errors import ComfyClusterError
@@ -21,7 +21,7 @@ from .selection import View, evaluate, no_server, pick
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import ServerPool
 
-__all__ = ["tick", "key_of", "choose", "start_attempt", "end_unplaced"]
+__all__ = ["tick", "key_of", "choose", "start_attempt", "adopt_attempt", "end_unplaced"]
 
 
 def tick(pool: "ServerPool") -> Optional[float]:
@@ -102,6 +102,18 @@ def start_attempt(pool: "ServerPool", job: Job, server: ServerConfig) -> bool:
         pool._runners.add(thread)
     thread.start()
     return True
+
+def adopt_attempt(pool: "ServerPool", job: Job, server: ServerConfig, prompt_id: str) -> None:
+    """Make ``job``'s first attempt the copy ``prompt_id`` already on ``server`` and follow it
+    on a runner thread (counted on the server and for its owner, as a dispatched attempt)."""
+    attempt = Attempt(job, server.name, 1, prompt_id=prompt_id)
+    job._claim(attempt, server)
+    pool._ledger.reserve(attempt)
+    pool._dispatcher.adopted(job)
+    thread = threading.Thread(target=run_adopted, args=(pool, attempt), name=f"comfy-cluster-job-{server.name}", daemon=True)
+    with pool._lock:
+        pool._runners.add(thread)
+    thread.start()
 
 def end_unplaced(pool: "ServerPool", job: Job, error: Optional[ComfyClusterError]) -> None:
     """A job leaves the local queue without a server: cancelled (``error`` None) or failed."""

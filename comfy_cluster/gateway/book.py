@@ -7,7 +7,9 @@ waiting, the next slot goes to the client served least (fair share), not to the 
 
 All state here lives on the gateway's event loop; the pool's callbacks (on library threads)
 are marshalled onto it with ``call_soon_threadsafe``, so no lock is needed and events keep
-their order.
+their order. Every change that must outlive the process is written to the store through the
+:class:`~comfy_cluster.gateway.durable.Keeper`: a job's end is told to its client only once
+its history item is committed, and each attempt is recorded before its POST.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import collections
 import concurrent.futures
 import inspect
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..jobs import Job, JobEvent
+from ..state import PromptRow, Store
+from .durable import Keeper
 from .messages import Record, error_data, event_message, relabel, synthesized_history, terminal_message
 from .relay import Relay
 from .uploads import Version
@@ -47,6 +52,9 @@ class GatewayJob:
     workflow: Optional[Dict[str, Any]] = None  # what the servers run, when it differs from prompt
     held: List[Version] = field(default_factory=list)
     state: str = "waiting"  # waiting (in the gateway), submitted (in the pool), running, done
+    owner: Optional[str] = None  # the authenticated user it is for (None: no users)
+    created: float = field(default_factory=time.time)
+    started_at: Optional[float] = None
     job: Optional[Job] = None
     started: bool = False
     cached_sent: bool = False
@@ -61,6 +69,11 @@ class GatewayJob:
     def queue_item(self) -> List[Any]:
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
 
+    def row(self, bound: Dict[str, Tuple[str, str]]) -> PromptRow:
+        """What the store keeps of it (``bound``: node -> (digest, name) of its uploads)."""
+        body = {"prompt": self.prompt, "extra_data": self.extra_data, "outputs": self.outputs, "workflow": self.workflow}
+        return PromptRow(self.prompt_id, self.number, self.owner, self.client_id, body, created=self.created, inputs=dict(bound))
+
 
 class JobBook:
     """Queue, history and fair share of the gateway (loop thread only)."""
@@ -74,16 +87,18 @@ class JobBook:
         *,
         capacity: Callable[[], int],
         release: Callable[[List[Version]], None],
+        keeper: Keeper,
     ) -> None:
         self._pool = pool
+        self._keeper = keeper
+        self._store: Store = keeper.store
         self._relay = relay
         self._loop = loop
         self._executor = executor
         self._capacity = capacity
         self._release = release
         self.active: Dict[str, GatewayJob] = {}
-        self.history: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
-        self.files: Dict[FileKey, str] = {}
+        self.files: Dict[FileKey, str] = {}  # output files of unfinished jobs (the store has all)
         self._files_of: Dict[str, List[FileKey]] = {}
         self._waiting: Dict[str, Deque[GatewayJob]] = {}
         self._served: Dict[str, int] = {}
@@ -103,6 +118,8 @@ class JobBook:
         return -number if front else number
 
     def add(self, gj: GatewayJob) -> None:
+        """Queue ``gj`` (already in the store)."""
+        self._number = max(self._number, int(abs(gj.number)) + 1)
         self.active[gj.prompt_id] = gj
         owner = gj.client_id
         self._owned[owner] = self._owned.get(owner, 0) + 1
@@ -154,7 +171,48 @@ class JobBook:
         if self.pool_takes_owner:
             kwargs["owner"] = gj.client_id
         try:
-            job = self._pool.submit(gj.workflow or gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev), **kwargs)
+            job = self._pool.submit(
+                gj.workflow or gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev),
+                on_attempt=self._attempt_recorder(gj), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - told to the client as the job's error
+            call(self._submit_failed, gj, exc)
+            return
+        call(self._submitted, gj, job)
+        job.add_done_callback(lambda j: call(self._on_done, gj, j))
+
+    def _attempt_recorder(self, gj: GatewayJob) -> Callable[[str, str, str], None]:
+        """The pool's ``on_attempt``: on the library thread, inline (before the POST)."""
+        store, replica = self._store, self._keeper.replica
+
+        def record(attempt_id: str, server: str, phase: str) -> None:
+            if phase == "reserved":
+                store.reserve_attempt(attempt_id, gj.prompt_id, server, replica)
+            else:
+                store.end_attempt(attempt_id)
+
+        return record
+
+    def adopt(self, gj: GatewayJob, attempt_id: str, server: str) -> None:
+        """After a restart: follow ``gj``'s copy ``attempt_id`` on ``server`` (never post it
+        again). The pool runs it afresh if that server does not hold it."""
+        self._number = max(self._number, int(abs(gj.number)) + 1)
+        self.active[gj.prompt_id] = gj
+        owner = gj.client_id
+        self._owned[owner] = self._owned.get(owner, 0) + 1
+        self._served[owner] = self._served.get(owner, 0) + 1
+        self._waiting.setdefault(owner, collections.deque())
+        self._in_pool += 1
+        gj.state = "submitted"
+        gj.server = server
+        self._executor.submit(self._adopt, gj, attempt_id, server)
+
+    def _adopt(self, gj: GatewayJob, attempt_id: str, server: str) -> None:
+        call = self._call
+        kwargs: Dict[str, Any] = {"owner": gj.client_id} if self.pool_takes_owner else {}
+        try:
+            job = self._pool.adopt(
+                gj.workflow or gj.prompt, server, attempt_id, inputs=gj.inputs or None,
+                on_event=lambda ev: call(self._on_event, gj, ev), on_attempt=self._attempt_recorder(gj), **kwargs)
         except Exception as exc:  # noqa: BLE001 - told to the client as the job's error
             call(self._submit_failed, gj, exc)
             return
@@ -208,6 +266,8 @@ class JobBook:
                 return  # a later attempt after a move: the client sees one job
             gj.started = True
             gj.state = "running"
+            gj.started_at = time.time()
+            self._keeper.later(self._store.set_state, gj.prompt_id, "running", started=gj.started_at)
             self.queue_changed()
         elif event.kind == "cached":
             if gj.cached_sent:
@@ -244,7 +304,6 @@ class JobBook:
             gj.deferred_end = (gj, status, item, error, result, server)
             return
         gj.state = "done"
-        self.active.pop(gj.prompt_id, None)
         self._release(gj.held)
         gj.held = []
         owner = gj.client_id
@@ -256,6 +315,9 @@ class JobBook:
         if gj.deleted:
             # Deleted while pending: no history, no events (as ComfyUI); the delete itself
             # told every socket the new queue length.
+            self.active.pop(gj.prompt_id, None)
+            self._forget_files(gj.prompt_id)
+            self._keeper.later(self._store.delete_prompt, gj.prompt_id)
             self._unblock(gj)
             return
         if item is None:
@@ -267,11 +329,21 @@ class JobBook:
                 for files in out.values() if isinstance(files, list)
                 for f in files if isinstance(f, dict) and isinstance(f.get("filename"), str)
             ]
-            self._note_files(gj.prompt_id, server, keys)
-        self.history[gj.prompt_id] = item
-        while len(self.history) > MAX_HISTORY:
-            old, _ = self.history.popitem(last=False)
-            self._forget_files(old)
+            self._note_files(gj.prompt_id, server, keys, store=False)
+        files = [(key, self.files[key]) for key in self._files_of.get(gj.prompt_id, [])]
+        # Told to the client only once committed: a client that saw the end finds it in
+        # /history, and a crash before the commit finds the job unfinished (never twice).
+        self._keeper.later(
+            self._store.finish, gj.prompt_id, status, item, files, owner=gj.owner, client_id=gj.client_id,
+            created=gj.created, started=gj.started_at, keep=MAX_HISTORY,
+            then=lambda: self._told(gj, item, error, status),
+        )
+
+    def _told(self, gj: GatewayJob, item: Dict[str, Any], error: Optional[BaseException], status: str) -> None:
+        """``gj``'s history item is committed: out of the queue, and its end told."""
+        self.active.pop(gj.prompt_id, None)
+        self._forget_files(gj.prompt_id)
+        owner = gj.client_id
         end = terminal_message(item)
         if end is None:
             end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
@@ -280,12 +352,14 @@ class JobBook:
         self._relay.send(owner, "executing", {"node": None, "prompt_id": gj.prompt_id})
         self._unblock(gj)
 
-    def _note_files(self, prompt_id: str, server: str, keys: List[FileKey]) -> None:
+    def _note_files(self, prompt_id: str, server: str, keys: List[FileKey], *, store: bool = True) -> None:
         mine = self._files_of.setdefault(prompt_id, [])
         for key in keys:
             self.files[key] = server
             if key not in mine:
                 mine.append(key)
+        if store and keys:
+            self._keeper.later(self._store.note_files, prompt_id, [(k, server) for k in keys])
 
     def _forget_files(self, prompt_id: str) -> None:
         for key in self._files_of.pop(prompt_id, []):
@@ -294,8 +368,10 @@ class JobBook:
     # -- queue, interrupt, history ------------------------------------------------------------
 
     def queue_json(self) -> Dict[str, Any]:
-        running = [gj.queue_item() for gj in self.active.values() if gj.state == "running"]
-        pending = sorted((gj for gj in self.active.values() if gj.state != "running"), key=lambda g: g.number)
+        # A job whose end is being committed still shows where it was (as ComfyUI, which
+        # moves a job from its queue to its history at once).
+        running = [gj.queue_item() for gj in self.active.values() if gj.state == "running" or (gj.state == "done" and gj.started)]
+        pending = sorted((gj for gj in self.active.values() if gj.state not in ("running", "done")), key=lambda g: g.number)
         return {"queue_running": running, "queue_pending": [gj.queue_item() for gj in pending]}
 
     def delete_pending(self, ids: List[Any]) -> None:
@@ -326,6 +402,8 @@ class JobBook:
             self.cancel(gj)
 
     def cancel(self, gj: GatewayJob) -> None:
+        if not gj.cancel_requested:
+            self._keeper.later(self._store.request_cancel, gj.prompt_id)
         gj.cancel_requested = True
         if gj.job is not None:
             gj.job.cancel()
@@ -362,25 +440,16 @@ class JobBook:
             else:
                 self.cancel(gj)
 
-    def history_json(self, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1) -> Dict[str, Any]:
+    async def history_json(self, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1) -> Dict[str, Any]:
+        """``/history`` and ``/history/<id>``, from the store (every replica's jobs)."""
         if prompt_id is not None:
-            item = self.history.get(prompt_id)
+            item = await self._keeper.read(self._store.history_item, prompt_id)
             return {prompt_id: item} if item is not None else {}
-        if offset < 0 and max_items is not None:
-            offset = len(self.history) - max_items
-        out: Dict[str, Any] = {}
-        for index, key in enumerate(self.history):
-            if index >= offset:
-                out[key] = self.history[key]
-                if max_items is not None and len(out) >= max_items:
-                    break
-        return out
+        return dict(await self._keeper.read(self._store.history_page, max_items, offset))
 
-    def post_history(self, body: Dict[str, Any]) -> None:
+    async def post_history(self, body: Dict[str, Any]) -> None:
         if body.get("clear"):
-            for key in list(self.history):
-                self._forget_files(key)
-            self.history.clear()
-        for pid in body.get("delete") or []:
-            if isinstance(pid, str) and self.history.pop(pid, None) is not None:
-                self._forget_files(pid)
+            await self._keeper.run(self._store.clear_history)
+        ids = [p for p in body.get("delete") or [] if isinstance(p, str)]
+        if ids:
+            await self._keeper.run(self._store.delete_history, ids)

@@ -23,6 +23,7 @@ EXAMPLE = (
     "examples:\n"
     "  NUKE_COMFYUI_SERVERS='[{\"name\": \"gpu1\", \"host\": \"gpu1\", \"port\": 8188}]' comfy-cluster gateway --port 8188\n"
     "  comfy-cluster gateway --host 0.0.0.0 --token \"$SECRET\" --argv '[\"/mnt/comfyui/main.py\"]'\n"
+    "  comfy-cluster gateway --port 8188 --state postgresql://comfy@db.studio:5432/comfy   (replicas share it)\n"
     "then point any ComfyUI client at http://HOST:PORT (ComfyUI-for-Nuke: NUKE_COMFYUI_URL)."
 )
 
@@ -37,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the network)")
     p.add_argument("--port", type=int, default=8188, help="port (default 8188)")
     p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${ENV_TOKEN}, else none)")
+    p.add_argument(
+        "--state",
+        help="where prompts, history and uploads are kept: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+        "(default: $COMFY_CLUSTER_GATEWAY_STATE, else gateway.sqlite3 in your data folder)",
+    )
     p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
     p.add_argument("--argv", help="JSON list reported as ComfyUI's argv in /system_stats (clients derive its folder from argv[0])")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
@@ -63,23 +69,37 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
     try:
         from ..errors import ComfyClusterError
         from ..pool import ServerPool
+        from ..state import StateURLError, Store, default_state_url, safe_url
         from . import Gateway
     except ImportError as exc:
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
     token = args.token if args.token is not None else os.environ.get(ENV_TOKEN) or None
+    url = args.state or default_state_url()
     try:
         extra = _argv(args.argv)
         kwargs: Any = {"strategy": args.strategy} if args.strategy else {}
-        pool = ServerPool.from_env(**kwargs)
-    except (ComfyClusterError, ValueError) as exc:
+        store = Store(url)
+    except (StateURLError, ValueError) as exc:
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
-    gateway = Gateway(pool, host=args.host, port=args.port, token=token, argv=extra)
+    except Exception as exc:  # noqa: BLE001 - the database refused: one line, no password
+        print(f"comfy-cluster gateway: state {safe_url(url)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 2
+    try:
+        # The same clientId as before a restart: the servers send it the events of the
+        # jobs it follows again.
+        pool = ServerPool.from_env(client_id=store.client_id(), **kwargs)
+    except (ComfyClusterError, ValueError) as exc:
+        store.close()
+        print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
+        return 2
+    gateway = Gateway(pool, host=args.host, port=args.port, token=token, argv=extra, state=store)
     try:
         gateway.start()
     except OSError as exc:
         pool.close()
+        store.close()
         print(f"comfy-cluster gateway: {exc.strerror or exc}", file=sys.stderr)
         return 2
     done = stop or threading.Event()
@@ -88,7 +108,7 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
         previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     names = ", ".join(s.name for s in pool.servers)
     auth = ", token required" if token else ""
-    print(f"comfy-cluster gateway on {gateway.url} -> {len(pool.servers)} server(s): {names} (strategy {pool.strategy}{auth})", flush=True)
+    print(f"comfy-cluster gateway on {gateway.url} -> {len(pool.servers)} server(s): {names} (strategy {pool.strategy}{auth}; state {safe_url(url)})", flush=True)
     code = 0
     try:
         while not done.wait(0.5):  # wake up now and then so Ctrl-C is seen on every platform
@@ -101,4 +121,5 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
         print("comfy-cluster gateway: stopping; cancelling unfinished jobs", file=sys.stderr, flush=True)
         gateway.stop()
         pool.close()
+        store.close()
     return code

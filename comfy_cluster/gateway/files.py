@@ -10,13 +10,14 @@ the gateway's own uploads.
 from __future__ import annotations
 
 import json
-from typing import Mapping, Tuple
+from typing import Awaitable, Callable, Mapping, Optional, Tuple
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import ServerConfig
+from .durable import Keeper
 from .info import ssl_for
 from .uploads import UploadError, UploadStore, split_reference
 
@@ -26,9 +27,10 @@ _ANNOTATIONS = ((" [input]", "input"), (" [output]", "output"), (" [temp]", "tem
 _CHUNK = 256 * 1024
 
 
-async def receive_upload(request: web.Request, store: UploadStore) -> web.StreamResponse:
-    """``/upload/image`` and ``/upload/mask``: kept by the gateway. A mask is stored as sent
-    (the gateway does not composite it onto ``original_ref`` as ComfyUI does)."""
+async def receive_upload(request: web.Request, store: UploadStore, keeper: Keeper) -> web.StreamResponse:
+    """``/upload/image`` and ``/upload/mask``: kept by the gateway, and its bytes in the
+    state store before the answer (a restart, or another replica, finds them there). A mask
+    is stored as sent (the gateway does not composite it onto ``original_ref`` as ComfyUI does)."""
     try:
         post = await request.post()
     except HttpProcessingError as exc:  # a malformed multipart part (bad header bytes)
@@ -38,23 +40,28 @@ async def receive_upload(request: web.Request, store: UploadStore) -> web.Stream
         return web.Response(status=400)
     subfolder = post.get("subfolder", "")
     kind = post.get("type") or "input"
+    data = image.file.read()
     try:
         answer = store.put(
             image.filename,
-            image.file.read(),
+            data,
             subfolder=subfolder if isinstance(subfolder, str) else "",
             type_=kind if isinstance(kind, str) else "",
             overwrite=post.get("overwrite") in ("true", "1"),
         )
     except UploadError as exc:
         return web.Response(status=exc.status, text=str(exc))
+    key = (answer["type"], answer["subfolder"], answer["name"])
+    version = store.lookup(key)
+    if version is not None:
+        await keeper.run(keeper.store.put_upload, key, version.digest, data)
     return web.Response(text=json.dumps(answer), content_type="application/json")
 
 
 async def serve_view(
     request: web.Request,
     store: UploadStore,
-    files: Mapping[Tuple[str, str, str], str],
+    server_of: Callable[[Tuple[str, str, str]], Awaitable[Optional[str]]],
     servers: Mapping[str, ServerConfig],
     session: aiohttp.ClientSession,
 ) -> web.StreamResponse:
@@ -76,7 +83,7 @@ async def serve_view(
         if version is None:
             return web.Response(status=404)
         return web.FileResponse(version.path, headers={"Content-Disposition": f'filename="{filename}"'})
-    name = files.get((kind, subfolder, filename))
+    name = await server_of((kind, subfolder, filename))
     server = servers.get(name) if name else None
     if server is None:
         return web.Response(status=404)

@@ -13,6 +13,8 @@ import concurrent.futures
 import hmac
 import json
 import logging
+import os
+import shutil
 import threading
 import time
 import uuid
@@ -21,10 +23,13 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from aiohttp import WSMsgType, web
 
 from .book import GatewayJob, JobBook
+from .durable import Keeper, open_store
+from .restore import restore_jobs
 from .files import receive_upload, serve_view
 from .folders import with_folders_copied
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
+from ..state import Store
 from .relay import Relay
 from .uploads import UploadStore
 from .validate import error_body, validate_for_cluster
@@ -52,6 +57,13 @@ class Gateway:
     the pool at once (default: all of them; the pool's dispatcher gives each free server slot
     to the client with the fewest jobs on the servers). With a limit, the rest wait in the
     gateway, which then gives the next place to the client it has served least.
+
+    ``state``: where prompts, attempts, history and uploads are kept (a
+    :class:`~comfy_cluster.state.Store` or its URL). Started on a store that holds unfinished
+    prompts (the gateway was killed), it follows their copies on the servers again by
+    prompt id and queues the rest. Default: a temporary SQLite file deleted at :meth:`stop`.
+    The pool's ``client_id`` should be ``store.client_id()`` so the servers send the events
+    of those jobs to it again (``comfy-cluster gateway`` does this).
     """
 
     def __init__(
@@ -66,8 +78,10 @@ class Gateway:
         upload_dir: Optional[str] = None,
         info_ttl: float = 30.0,
         max_in_pool: Optional[int] = None,
+        state: Any = None,
     ) -> None:
         self.pool = pool
+        self._state = state
         self.host = host
         self._port = port
         self._token = token
@@ -87,6 +101,8 @@ class Gateway:
         self.uploads: Optional[UploadStore] = None
         self.info: Optional[ClusterInfo] = None
         self.book: Optional[JobBook] = None
+        self.keeper: Optional[Keeper] = None
+        self._state_folder: Optional[str] = None
 
     def __repr__(self) -> str:
         return f"Gateway({self.url!r}, servers={[s.name for s in self.pool.servers]!r})"
@@ -164,6 +180,13 @@ class Gateway:
                 ex.shutdown(wait=True, cancel_futures=True)  # bounded: a probe has a timeout
         if self.uploads is not None:
             self.uploads.close()
+        if self.keeper is not None:
+            self.keeper.close()
+            if self._state_folder is not None or not isinstance(self._state, Store):
+                self.keeper.store.close()
+            if self._state_folder is not None:
+                shutil.rmtree(self._state_folder, ignore_errors=True)
+            self.keeper = None
         self._thread = None
         self._loop = None
 
@@ -171,6 +194,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._submitter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="comfy-cluster-gateway-submit")
         self._helpers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="comfy-cluster-gateway-status")
+        store, self._state_folder = await loop.run_in_executor(self._helpers, open_store, self._state)
+        self.keeper = keeper = Keeper(store, loop)
         self.uploads = UploadStore(self._upload_dir, max_file_bytes=self._max_upload)
         self.info = ClusterInfo(self.pool.servers, self._online, ttl=self._info_ttl, argv=self._argv)
         self.book = JobBook(
@@ -180,7 +205,9 @@ class Gateway:
             self._submitter,
             capacity=self._capacity,
             release=self.uploads.release,
+            keeper=keeper,
         )
+        await restore_jobs(keeper, self.uploads, self.book, [s.name for s in self.pool.servers])
         app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
         self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -276,6 +303,11 @@ class Gateway:
         return given is not None and hmac.compare_digest(given.encode(), expected)
 
     @property
+    def _k(self) -> Keeper:
+        assert self.keeper is not None
+        return self.keeper
+
+    @property
     def _b(self) -> JobBook:
         assert self.book is not None
         return self.book
@@ -362,6 +394,13 @@ class Gateway:
             held=versions,
             workflow=workflow,
         )
+        bound = {node: (v.digest, os.path.basename(v.path)) for node, v in zip(inputs, versions)}
+        try:
+            # Committed before the answer: a prompt_id the client was given is never lost.
+            await self._k.run(self._k.store.add_prompt, gj.row(bound))
+        except Exception:
+            self.uploads.release(versions)
+            raise
         book.add(gj)
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})
 
@@ -390,27 +429,34 @@ class Gateway:
         q = request.query
         max_items = int(q["max_items"]) if "max_items" in q else None
         offset = int(q["offset"]) if "offset" in q else -1
-        return _json(self._b.history_json(max_items=max_items, offset=offset))
+        return _json(await self._b.history_json(max_items=max_items, offset=offset))
 
     async def _get_history_item(self, request: web.Request) -> web.StreamResponse:
-        return _json(self._b.history_json(prompt_id=request.match_info["prompt_id"]))
+        return _json(await self._b.history_json(prompt_id=request.match_info["prompt_id"]))
 
     async def _post_history(self, request: web.Request) -> web.StreamResponse:
         body = await self._read_json(request)
         if not isinstance(body, dict):
             raise TypeError("history request must be an object")
-        self._b.post_history(body)
+        await self._b.post_history(body)
         return web.Response(status=200)
 
     # -- files --------------------------------------------------------------------------------
 
     async def _upload_image(self, request: web.Request) -> web.StreamResponse:
         assert self.uploads is not None
-        return await receive_upload(request, self.uploads)
+        return await receive_upload(request, self.uploads, self._k)
 
     async def _view(self, request: web.Request) -> web.StreamResponse:
         assert self.uploads is not None and self.info is not None
-        return await serve_view(request, self.uploads, self._b.files, {s.name: s for s in self.pool.servers}, self.info.session)
+        return await serve_view(request, self.uploads, self._server_of, {s.name: s for s in self.pool.servers}, self.info.session)
+
+    async def _server_of(self, key: Tuple[str, str, str]) -> Optional[str]:
+        """The server that made an output file: a running job's (memory), else the store's."""
+        name = self._b.files.get(key)
+        if name is None:
+            name = await self._k.read(self._k.store.file_server, key)
+        return name
 
     async def _feature_dict(self) -> Dict[str, Any]:
         assert self.info is not None

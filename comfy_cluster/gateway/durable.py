@@ -1,0 +1,87 @@
+"""``Keeper``: the gateway's bridge to its :class:`~comfy_cluster.state.Store`.
+
+The store is blocking; the gateway's loop never waits on it directly. Writes go, in the
+order they were asked, to one thread of their own (``later``); a request that must not be
+answered before its row is committed awaits it (``run``). The attempt ledger is written
+inline by the library thread that posts (before the POST), so a crash never leaves a copy
+on a server that the store does not know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import tempfile
+from typing import Any, Callable, Optional, TypeVar
+
+from ..state import Store
+
+__all__ = ["Keeper", "open_store"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def open_store(state: Any) -> "tuple[Store, Optional[str]]":
+    """``(store, folder to delete at stop)``: ``state`` is a Store, a URL, or None (a
+    temporary SQLite file: the state lives as long as this gateway)."""
+    if isinstance(state, Store):
+        return state, None
+    if state is None:
+        folder = tempfile.mkdtemp(prefix="comfy-cluster-gateway-state-")
+        return Store("sqlite:///" + os.path.join(folder, "gateway.sqlite3").replace("\\", "/")), folder
+    return Store(str(state)), None
+
+
+class Keeper:
+    """Ordered, non-blocking writes to ``store`` for code on ``loop``."""
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, replica: str = "default") -> None:
+        self.store = store
+        self.replica = replica
+        self._loop = loop
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="comfy-cluster-gateway-state")
+        self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="comfy-cluster-gateway-read")
+        self._closed = False
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A write, in order after every earlier one; returns once committed."""
+        return await asyncio.wrap_future(self._writer.submit(fn, *args, **kwargs))
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A read (not ordered with writes: read what a committed write left)."""
+        return await asyncio.wrap_future(self._readers.submit(fn, *args, **kwargs))
+
+    def later(self, fn: Callable[..., Any], *args: Any, then: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
+        """A write in order; ``then()`` runs on the loop once it is committed (also when it
+        failed: the failure is logged, and the gateway goes on from memory)."""
+        if self._closed:
+            return
+        future = self._writer.submit(fn, *args, **kwargs)
+        if then is None:
+            future.add_done_callback(self._log_failure)
+            return
+
+        def done(f: "concurrent.futures.Future[Any]") -> None:
+            self._log_failure(f)
+            try:
+                self._loop.call_soon_threadsafe(then)
+            except RuntimeError:
+                log.debug("gateway stopped before a state write was told")
+
+        future.add_done_callback(done)
+
+    @staticmethod
+    def _log_failure(f: "concurrent.futures.Future[Any]") -> None:
+        exc = f.exception()
+        if exc is not None:
+            log.error("gateway state write failed: %s", exc, exc_info=exc)
+
+    def close(self) -> None:
+        """Finish the writes asked so far, then stop the threads."""
+        self._closed = True
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
