@@ -401,6 +401,18 @@ class JobBook:
             self.active.pop(gj.prompt_id, None)
             self.cancel(gj)
 
+    def cancel_by_id(self, prompt_id: str) -> bool:
+        """The job API's cancel: a pending job leaves the queue, a running one is stopped;
+        False (nothing done) for a finished or unknown id."""
+        gj = self.active.get(prompt_id)
+        if gj is None or gj.state == "done" or gj.deleted or gj.cancel_requested:
+            return False
+        if gj.state == "running" or gj.started:
+            self.cancel(gj)
+        else:
+            self.delete_pending([prompt_id])
+        return True
+
     def cancel(self, gj: GatewayJob) -> None:
         if not gj.cancel_requested:
             self._keeper.later(self._store.request_cancel, gj.prompt_id)
@@ -446,6 +458,13 @@ class JobBook:
             item = await self._keeper.read(self._store.history_item, prompt_id)
             return {prompt_id: item} if item is not None else {}
         return dict(await self._keeper.read(self._store.history_page, max_items, offset))
+
+    async def history_rows(self, **kwargs: Any) -> Tuple[int, List[Dict[str, Any]]]:
+        """Finished prompts for the job API (see :meth:`Store.history_rows`)."""
+        return await self._keeper.read(self._store.history_rows, **kwargs)
+
+    async def history_row(self, prompt_id: str) -> Optional[Dict[str, Any]]:
+        return await self._keeper.read(self._store.history_row, prompt_id)
 
     async def post_history(self, body: Dict[str, Any]) -> None:
         if body.get("clear"):

@@ -29,6 +29,7 @@ from .files import receive_upload, serve_view
 from .folders import with_folders_copied
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
+from .jobs_api import JobRoutes
 from ..state import Store
 from .relay import Relay
 from .uploads import UploadStore
@@ -278,6 +279,9 @@ class Gateway:
         for prefix in ("", "/api"):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
+        assert self.book is not None
+        for method, path, handler in JobRoutes(self.book).routes():  # under /api only, as ComfyUI
+            app.router.add_route(method, path, handler)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -218,12 +218,13 @@ class Store:
 
     def history_rows(self, *, statuses: Optional[Sequence[str]] = None, newest_first: bool = True,
                      offset: int = 0, limit: Optional[int] = None) -> Tuple[int, List[Dict[str, Any]]]:
-        """Finished prompts for the job API: ``(total, rows)``, each row's ``item`` parsed."""
+        """Finished prompts for the job API, by creation time: ``(total, rows)``, each
+        row's ``item`` parsed."""
         where = t.history.c.status.in_(list(statuses)) if statuses is not None else sa.true()
-        order = t.history.c.seq.desc() if newest_first else t.history.c.seq
+        order = (t.history.c.created.desc(), t.history.c.seq.desc()) if newest_first else (t.history.c.created, t.history.c.seq)
         with self.reading() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(t.history).where(where)).scalar() or 0
-            q = sa.select(t.history).where(where).order_by(order).offset(offset)
+            q = sa.select(t.history).where(where).order_by(*order).offset(offset)
             if limit is not None:
                 q = q.limit(limit)
             rows = [dict(r) for r in conn.execute(q).mappings()]
