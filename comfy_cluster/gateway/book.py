@@ -26,6 +26,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from ..jobs import Job, JobEvent
 from ..state import PromptRow, Store
 from .durable import Keeper
+from .metrics import GatewayMetrics
 from .messages import Record, error_data, event_message, relabel, synthesized_history, terminal_message
 from .relay import Relay
 from .uploads import Version
@@ -88,8 +89,10 @@ class JobBook:
         capacity: Callable[[], int],
         release: Callable[[List[Version]], None],
         keeper: Keeper,
+        metrics: Optional[GatewayMetrics] = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._keeper = keeper
         self._store: Store = keeper.store
         self._relay = relay
@@ -182,11 +185,13 @@ class JobBook:
 
     def _attempt_recorder(self, gj: GatewayJob) -> Callable[[str, str, str], None]:
         """The pool's ``on_attempt``: on the library thread, inline (before the POST)."""
-        store, replica = self._store, self._keeper.replica
+        store, replica, metrics = self._store, self._keeper.replica, self._metrics
 
         def record(attempt_id: str, server: str, phase: str) -> None:
             if phase == "reserved":
                 store.reserve_attempt(attempt_id, gj.prompt_id, server, replica)
+                if metrics is not None:
+                    metrics.attempt(server)
             else:
                 store.end_attempt(attempt_id)
 
@@ -237,6 +242,8 @@ class JobBook:
             gj.backlog.append(event)
             return
         if event.kind == "retrying":
+            if self._metrics is not None:
+                self._metrics.moved(event.from_server)
             gj.server = event.to_server
             gj.record.reset()
             self._unblock(gj)
@@ -343,6 +350,8 @@ class JobBook:
         """``gj``'s history item is committed: out of the queue, and its end told."""
         self.active.pop(gj.prompt_id, None)
         self._forget_files(gj.prompt_id)
+        if self._metrics is not None:
+            self._metrics.job_ended(status, time.time() - gj.created)
         owner = gj.client_id
         end = terminal_message(item)
         if end is None:

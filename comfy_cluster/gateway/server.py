@@ -30,6 +30,7 @@ from .folders import with_folders_copied
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
 from .jobs_api import JobRoutes
+from .metrics import GatewayMetrics, live_state
 from ..state import Store
 from .relay import Relay
 from .uploads import UploadStore
@@ -103,6 +104,7 @@ class Gateway:
         self.info: Optional[ClusterInfo] = None
         self.book: Optional[JobBook] = None
         self.keeper: Optional[Keeper] = None
+        self.metrics = GatewayMetrics(self._live_numbers)
         self._state_folder: Optional[str] = None
 
     def __repr__(self) -> str:
@@ -207,6 +209,7 @@ class Gateway:
             capacity=self._capacity,
             release=self.uploads.release,
             keeper=keeper,
+            metrics=self.metrics,
         )
         await restore_jobs(keeper, self.uploads, self.book, [s.name for s in self.pool.servers])
         app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
@@ -240,6 +243,15 @@ class Gateway:
         if self.book is not None and self.book.pool_takes_owner:
             return 1 << 30  # the pool queues them and does the fair share itself
         return sum(s.max_queue for s in self.pool.servers if s.enabled) or 1
+
+    async def _metrics_route(self, request: web.Request) -> web.StreamResponse:
+        await self._online()  # refreshed in the background when older than a second
+        return await self.metrics.handler(request)
+
+    def _live_numbers(self) -> Dict[str, Any]:
+        """For a /metrics scrape (on the loop): the online list is the cached one."""
+        active = list(self.book.active.values()) if self.book is not None else []
+        return live_state(active, [s.name for s in self.pool.servers], self._online_cache[1], {})
 
     async def _online(self) -> List[str]:
         """Names of online servers, from the pool's status. Re-read in the background at most
@@ -282,6 +294,7 @@ class Gateway:
         assert self.book is not None
         for method, path, handler in JobRoutes(self.book).routes():  # under /api only, as ComfyUI
             app.router.add_route(method, path, handler)
+        app.router.add_route("GET", "/metrics", self._metrics_route)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
