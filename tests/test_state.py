@@ -18,6 +18,14 @@ def url_in(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/state.sqlite3"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same store tests on SQLite and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return url_in(tmp_path)
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.mark.parametrize("platform, environ, expected", [
     ("linux", {"XDG_DATA_HOME": "/data"}, "sqlite:////data/comfy-cluster/gateway.sqlite3"),
     ("win32", {"LOCALAPPDATA": "C:\\Users\\a\\AppData\\Local"}, "sqlite:///C:/Users/a/AppData/Local/comfy-cluster/gateway.sqlite3"),
@@ -51,22 +59,22 @@ def test_safe_url_hides_the_password() -> None:
     assert safe_url("postgresql://comfy@db:5432/x") == "postgresql://comfy@db:5432/x"
 
 
-def test_a_new_database_is_migrated_and_opening_it_again_keeps_everything(tmp_path: Path) -> None:
-    store = Store(url_in(tmp_path))
+def test_a_new_database_is_migrated_and_opening_it_again_keeps_everything(state_url: str) -> None:
+    store = Store(state_url)
     store.add_prompt(PromptRow("p1", 3, "ann", "c1", {"prompt": {"1": {}}}, inputs={"7": ("d" * 64, "plate.png")}))
     store.reserve_attempt("a1", "p1", "gpu1")
     store.reserve_attempt("a2", "p1", "gpu2")
     store.end_attempt("a1")
     cid = store.client_id()
     store.close()
-    again = Store(url_in(tmp_path))
+    again = Store(state_url)
     (row,) = again.unfinished()
     assert (row.prompt_id, row.number, row.owner, row.client_id, row.body) == ("p1", 3.0, "ann", "c1", {"prompt": {"1": {}}})
     assert row.inputs == {"7": ("d" * 64, "plate.png")}
     assert row.attempts == [("a1", "gpu1", "ended"), ("a2", "gpu2", "reserved")]
     assert again.client_id() == cid
-    with sqlite3.connect(tmp_path / "state.sqlite3") as conn:
-        assert conn.execute("SELECT version_num FROM cc_alembic_version").fetchall() == [(HEAD,)]
+    with again.reading() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM cc_alembic_version").all() == [(HEAD,)]
     again.close()
 
 
@@ -78,8 +86,8 @@ def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
         Store(url_in(tmp_path))
 
 
-def test_finishing_a_prompt_keeps_its_history_and_files_and_trims_the_oldest(tmp_path: Path) -> None:
-    store = Store(url_in(tmp_path))
+def test_finishing_a_prompt_keeps_its_history_and_files_and_trims_the_oldest(state_url: str) -> None:
+    store = Store(state_url)
     for i in range(4):
         pid = f"p{i}"
         store.add_prompt(PromptRow(pid, i, None, "c", {}))
@@ -102,8 +110,8 @@ def test_finishing_a_prompt_keeps_its_history_and_files_and_trims_the_oldest(tmp
     store.close()
 
 
-def test_upload_bytes_stay_while_an_index_entry_or_an_unfinished_prompt_names_them(tmp_path: Path) -> None:
-    store = Store(url_in(tmp_path))
+def test_upload_bytes_stay_while_an_index_entry_or_an_unfinished_prompt_names_them(state_url: str) -> None:
+    store = Store(state_url)
     store.put_upload(("input", "", "a.png"), "d1", b"one")
     store.add_prompt(PromptRow("p", 0, None, "c", {}, inputs={"1": ("d1", "a.png")}))
     store.put_upload(("input", "", "a.png"), "d2", b"two")  # a new version under the name
@@ -116,8 +124,8 @@ def test_upload_bytes_stay_while_an_index_entry_or_an_unfinished_prompt_names_th
     store.close()
 
 
-def test_users_settings_and_userdata(tmp_path: Path) -> None:
-    store = Store(url_in(tmp_path))
+def test_users_settings_and_userdata(state_url: str) -> None:
+    store = Store(state_url)
     users = UserData(store)
     assert users.settings("ann") == {}
     users.set_settings("ann", {"Comfy.Theme": "dark"})
