@@ -449,12 +449,16 @@ class ServerPool:
         if self._closed.is_set():
             raise ComfyClusterError("the pool is closed")
 
-    def close(self) -> None:
+    def close(self, *, cancel: bool = True) -> None:
         """Cancel unfinished jobs (on their servers too), stop every thread, close every socket.
 
         Bounded: runners get ``CLOSE_GRACE`` seconds to remove their jobs from the servers;
         then every connection is cut, and a job still without an end is reported cancelled
         (a copy that could not be removed is logged with its server and prompt_id).
+
+        ``cancel=False`` leaves the jobs running on their servers (another process that
+        recorded them follows them there: a gateway replica handing over) and only cuts
+        the connections; their ``Job`` objects end as cancelled here.
         """
         if self._closed.is_set():
             return
@@ -462,10 +466,10 @@ class ServerPool:
         for job in self._dispatcher.close():
             finish_cancelled(job, None, "cancelled: pool closed")
         running = [a for a in self._ledger.live() if a.job is not None]
-        for a in running:
-            a.job.cancel()
-        deadline = time.monotonic() + CLOSE_GRACE
-        self._join_runners(deadline)
+        if cancel:
+            for a in running:
+                a.job.cancel()
+            self._join_runners(time.monotonic() + CLOSE_GRACE)
         for client in self._clients.values():
             client.close()  # cuts requests still hanging (a server that never answers)
         for sock in self._sockets.values():

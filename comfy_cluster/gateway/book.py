@@ -342,7 +342,7 @@ class JobBook:
         # /history, and a crash before the commit finds the job unfinished (never twice).
         self._keeper.later(
             self._store.finish, gj.prompt_id, status, item, files, owner=gj.owner, client_id=gj.client_id,
-            created=gj.created, started=gj.started_at, keep=MAX_HISTORY,
+            created=gj.created, started=gj.started_at, keep=MAX_HISTORY, replica=self._keeper.replica,
             then=lambda: self._told(gj, item, error, status),
         )
 

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where prompts, history and uploads are kept: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
         "(default: $COMFY_CLUSTER_GATEWAY_STATE, else gateway.sqlite3 in your data folder)",
     )
+    p.add_argument("--replica", help="this replica's name on a PostgreSQL state (default HOST:PORT; keep it across restarts)")
     p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
     p.add_argument("--argv", help="JSON list reported as ComfyUI's argv in /system_stats (clients derive its folder from argv[0])")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
@@ -94,7 +95,7 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
         store.close()
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
-    gateway = Gateway(pool, host=args.host, port=args.port, token=token, argv=extra, state=store)
+    gateway = Gateway(pool, host=args.host, port=args.port, token=token, argv=extra, state=store, replica=args.replica)
     try:
         gateway.start()
     except OSError as exc:
@@ -108,6 +109,8 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
         previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     names = ", ".join(s.name for s in pool.servers)
     auth = ", token required" if token else ""
+    if gateway.replicas is not None:
+        auth += f", replica {gateway.replicas.shared.replica}"
     print(f"comfy-cluster gateway on {gateway.url} -> {len(pool.servers)} server(s): {names} (strategy {pool.strategy}{auth}; state {safe_url(url)})", flush=True)
     code = 0
     try:
@@ -118,8 +121,10 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        print("comfy-cluster gateway: stopping; cancelling unfinished jobs", file=sys.stderr, flush=True)
+        handing_over = gateway.replicas is not None
+        what = "handing unfinished jobs over to the other replicas" if handing_over else "cancelling unfinished jobs"
+        print(f"comfy-cluster gateway: stopping; {what}", file=sys.stderr, flush=True)
         gateway.stop()
-        pool.close()
+        pool.close(cancel=not handing_over)
         store.close()
     return code

@@ -16,7 +16,7 @@ import os
 import tempfile
 from typing import Any, Callable, Optional, TypeVar
 
-from ..state import Store
+from ..state import Fenced, Store
 
 __all__ = ["Keeper", "open_store"]
 
@@ -39,7 +39,7 @@ def open_store(state: Any) -> "tuple[Store, Optional[str]]":
 class Keeper:
     """Ordered, non-blocking writes to ``store`` for code on ``loop``."""
 
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, replica: str = "default") -> None:
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, replica: Optional[str] = None) -> None:
         self.store = store
         self.replica = replica
         self._loop = loop
@@ -56,8 +56,9 @@ class Keeper:
         return await asyncio.wrap_future(self._readers.submit(fn, *args, **kwargs))
 
     def later(self, fn: Callable[..., Any], *args: Any, then: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
-        """A write in order; ``then()`` runs on the loop once it is committed (also when it
-        failed: the failure is logged, and the gateway goes on from memory)."""
+        """A write in order; ``then()`` runs on the loop once it is committed (not when it
+        failed: the failure is logged; what it recorded stays unfinished in the store, and
+        is taken up again after a restart)."""
         if self._closed:
             return
         future = self._writer.submit(fn, *args, **kwargs)
@@ -67,6 +68,8 @@ class Keeper:
 
         def done(f: "concurrent.futures.Future[Any]") -> None:
             self._log_failure(f)
+            if f.exception() is not None:
+                return
             try:
                 self._loop.call_soon_threadsafe(then)
             except RuntimeError:
@@ -77,7 +80,9 @@ class Keeper:
     @staticmethod
     def _log_failure(f: "concurrent.futures.Future[Any]") -> None:
         exc = f.exception()
-        if exc is not None:
+        if isinstance(exc, Fenced):
+            log.warning("gateway state: %s (another replica took it over)", exc)
+        elif exc is not None:
             log.error("gateway state write failed: %s", exc, exc_info=exc)
 
     def close(self) -> None:

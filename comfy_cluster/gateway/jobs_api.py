@@ -10,7 +10,7 @@ stopped on its server; finished or unknown ids are no-ops (``{"cancelled": false
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from aiohttp import web
 
@@ -121,8 +121,9 @@ def _duration(job: Dict[str, Any]) -> float:
 class JobRoutes:
     """The job API's handlers over the gateway's ``book``."""
 
-    def __init__(self, book: JobBook) -> None:
+    def __init__(self, book: JobBook, *, remote_cancel: Optional[Callable[[str], Awaitable[bool]]] = None) -> None:
         self._book = book
+        self._remote_cancel = remote_cancel  # replicas: a prompt another replica holds
 
     def routes(self) -> List[Tuple[str, str, Any]]:
         return [
@@ -194,7 +195,12 @@ class JobRoutes:
         return _json(finished_job(row, full=True))
 
     async def cancel_one(self, request: web.Request) -> web.StreamResponse:
-        return _json({"cancelled": self._book.cancel_by_id(request.match_info["job_id"])})
+        return _json({"cancelled": await self._cancel(request.match_info["job_id"])})
+
+    async def _cancel(self, job_id: str) -> bool:
+        if job_id in self._book.active or self._remote_cancel is None:
+            return self._book.cancel_by_id(job_id)
+        return await self._remote_cancel(job_id)
 
     async def cancel_many(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -209,5 +215,5 @@ class JobRoutes:
             return _json({"error": "job_ids contains invalid id(s)", "invalid_ids": bad}, 400)
         cancelled = False
         for job_id in ids:
-            cancelled = self._book.cancel_by_id(job_id) or cancelled
+            cancelled = await self._cancel(job_id) or cancelled
         return _json({"cancelled": cancelled})

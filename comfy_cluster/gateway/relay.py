@@ -12,7 +12,7 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Deque, Dict, Optional, Union
+from typing import Any, Callable, Deque, Dict, Optional, Union
 
 from aiohttp import web
 
@@ -60,9 +60,13 @@ class _Client:
 
 
 class Relay:
-    """Client sockets by clientId, frames kept for clients not connected yet."""
+    """Client sockets by clientId, frames kept for clients not connected yet.
+
+    ``publish(sid, frame)``, when set (replicas), is also given each JSON frame for a client
+    whose socket is not here: the replica that holds it sends it (:meth:`deliver`)."""
 
     def __init__(self) -> None:
+        self.publish: Optional[Callable[[str, str], None]] = None
         self._clients: Dict[str, _Client] = {}
         self._kept: "collections.OrderedDict[str, Deque[Frame]]" = collections.OrderedDict()
         self._kept_total = 0
@@ -110,6 +114,19 @@ class Relay:
             return
         if not keep or not sid:
             return
+        if self.publish is not None and isinstance(frame, str):
+            self.publish(sid, frame)
+        self._keep(sid, frame)
+
+    def deliver(self, sid: str, frame: str) -> None:
+        """A frame another replica published: sent if the client's socket is here, else kept."""
+        client = self._clients.get(sid)
+        if client is not None:
+            client.put(frame)
+        elif sid:
+            self._keep(sid, frame)
+
+    def _keep(self, sid: str, frame: Frame) -> None:
         kept = self._kept.get(sid)
         if kept is None:
             kept = self._kept[sid] = collections.deque(maxlen=MAX_KEPT_FRAMES)

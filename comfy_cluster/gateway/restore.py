@@ -1,9 +1,10 @@
-"""A gateway started on a store that holds unfinished prompts (the one before it was killed,
-or stopped without cancelling): uploads come back, each prompt with a copy on a server is
-followed there again by that copy's prompt id (never posted twice), the others wait again.
+"""Taking up unfinished prompts from the store: after a restart (the ones this gateway held),
+when a replica claims waiting prompts, or takes over those of a dead replica. Their uploads
+come back as local files; a prompt with a copy on a server is followed there again by that
+copy's prompt id (never posted twice); the others are queued.
 
 The newest copy of a prompt is the one followed, ended or not: a copy whose end was confirmed
-just before the crash (its prompt's end was not committed yet) still holds its result in the
+just before a crash (its prompt's end was not committed yet) still holds its result in the
 server's history, and one that had to move is judged again from the server as it stands.
 """
 
@@ -17,21 +18,31 @@ from .book import GatewayJob, JobBook
 from .durable import Keeper
 from .uploads import UploadStore, Version
 
-__all__ = ["restore_jobs"]
+__all__ = ["restore_jobs", "take_up"]
 
 log = logging.getLogger(__name__)
 
 
 async def restore_jobs(keeper: Keeper, uploads: UploadStore, book: JobBook, servers: Sequence[str]) -> int:
-    """Bring back the store's uploads and unfinished prompts; how many prompts came back."""
+    """Bring back the store's uploads and this gateway's unfinished prompts; how many."""
     store = keeper.store
     for key, digest, _size in await keeper.read(store.uploads):
         data = await keeper.read(store.blob, digest)
         if data is not None:
             uploads.restore(key, data)
-    rows: List[PromptRow] = await keeper.read(store.unfinished)
+    rows: List[PromptRow] = await keeper.read(store.unfinished, keeper.replica)
+    await take_up(keeper, uploads, book, rows, servers)
+    if rows:
+        log.warning("gateway state: %d unfinished prompt(s) taken up again", len(rows))
+    return len(rows)
+
+
+async def take_up(keeper: Keeper, uploads: UploadStore, book: JobBook, rows: Sequence[PromptRow], servers: Sequence[str]) -> None:
+    """Make each row a job of this gateway: followed on its server, or queued."""
     known = set(servers)
     for row in rows:
+        if row.prompt_id in book.active:
+            continue
         inputs, held = await _bound_files(keeper, uploads, row)
         body = row.body
         gj = GatewayJob(
@@ -43,13 +54,10 @@ async def restore_jobs(keeper: Keeper, uploads: UploadStore, book: JobBook, serv
         copies = [(aid, server) for aid, server, _phase in row.attempts if server in known]
         if copies:
             attempt_id, server = copies[-1]
-            log.info("prompt %s: following its copy %s on %s again", row.prompt_id, attempt_id, server)
+            log.info("prompt %s: following its copy %s on %s", row.prompt_id, attempt_id, server)
             book.adopt(gj, attempt_id, server)
         else:
             book.add(gj)
-    if rows:
-        log.warning("gateway state: %d unfinished prompt(s) taken up again", len(rows))
-    return len(rows)
 
 
 async def _bound_files(keeper: Keeper, uploads: UploadStore, row: PromptRow) -> Tuple[Dict[str, str], List[Version]]:

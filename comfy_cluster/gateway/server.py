@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from aiohttp import WSMsgType, web
 
 from .book import GatewayJob, JobBook
 from .durable import Keeper, open_store
+from .replicas import ReplicaLink
 from .restore import restore_jobs
 from .files import receive_upload, serve_view
 from .folders import with_folders_copied
@@ -32,6 +34,7 @@ from .info_routes import index_page, info_routes
 from .jobs_api import JobRoutes
 from .metrics import GatewayMetrics, live_state
 from ..state import Store
+from ..state.shared import SharedQueue
 from .relay import Relay
 from .uploads import UploadStore
 from .validate import error_body, validate_for_cluster
@@ -66,6 +69,11 @@ class Gateway:
     prompt id and queues the rest. Default: a temporary SQLite file deleted at :meth:`stop`.
     The pool's ``client_id`` should be ``store.client_id()`` so the servers send the events
     of those jobs to it again (``comfy-cluster gateway`` does this).
+
+    On a PostgreSQL store the gateway is one *replica* (named ``replica``; default
+    ``HOST:PORT``) of a service: one queue for all replicas, events to whichever replica
+    holds the client's socket, a dead replica's prompts taken over (see README "Run it for
+    a studio"). :meth:`stop` then hands its prompts over instead of cancelling them.
     """
 
     def __init__(
@@ -81,9 +89,11 @@ class Gateway:
         info_ttl: float = 30.0,
         max_in_pool: Optional[int] = None,
         state: Any = None,
+        replica: Optional[str] = None,
     ) -> None:
         self.pool = pool
         self._state = state
+        self._replica = replica
         self.host = host
         self._port = port
         self._token = token
@@ -104,6 +114,9 @@ class Gateway:
         self.info: Optional[ClusterInfo] = None
         self.book: Optional[JobBook] = None
         self.keeper: Optional[Keeper] = None
+        self.replicas: Optional[ReplicaLink] = None
+        self._statuses: List[Any] = []
+        self._leases: Dict[str, int] = {}
         self.metrics = GatewayMetrics(self._live_numbers)
         self._state_folder: Optional[str] = None
 
@@ -198,7 +211,10 @@ class Gateway:
         self._submitter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="comfy-cluster-gateway-submit")
         self._helpers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="comfy-cluster-gateway-status")
         store, self._state_folder = await loop.run_in_executor(self._helpers, open_store, self._state)
-        self.keeper = keeper = Keeper(store, loop)
+        name = None
+        if store.dialect == "postgresql":
+            name = self._replica or f"{socket.gethostname()}:{self._port or uuid.uuid4().hex[:8]}"
+        self.keeper = keeper = Keeper(store, loop, replica=name)
         self.uploads = UploadStore(self._upload_dir, max_file_bytes=self._max_upload)
         self.info = ClusterInfo(self.pool.servers, self._online, ttl=self._info_ttl, argv=self._argv)
         self.book = JobBook(
@@ -212,6 +228,10 @@ class Gateway:
             metrics=self.metrics,
         )
         await restore_jobs(keeper, self.uploads, self.book, [s.name for s in self.pool.servers])
+        if name is not None:
+            shared = SharedQueue(store, name, self.url)
+            self.replicas = ReplicaLink(shared, keeper, self.book, self.relay, self.uploads, loop,
+                                        [s.name for s in self.pool.servers], self._free_slots)
         app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
         self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -225,17 +245,37 @@ class Gateway:
         server = getattr(site, "_server", None)
         if self._port == 0 and server is not None and server.sockets:
             self._port = server.sockets[0].getsockname()[1]
+        if self.replicas is not None:
+            self.replicas.shared.url = self.url
+            await loop.run_in_executor(self._helpers, self.replicas.start)
 
     async def _astop(self) -> None:
         if self._online_task is not None:
             self._online_task.cancel()
-        if self.book is not None:
+        if self.replicas is not None:
+            # A replica hands its prompts over (the others take them at once) instead of
+            # cancelling them; close the pool with cancel=False.
+            await asyncio.get_running_loop().run_in_executor(self._helpers, self.replicas.stop)
+        elif self.book is not None:
             self.book.cancel_all()
         await self.relay.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.info is not None:
             await self.info.close()
+
+    def _free_slots(self) -> int:
+        """Replicas: prompts this replica may claim now: room on the online servers (their
+        own queue counts, all replicas' jobs in them) less its jobs not started yet."""
+        free = 0
+        limits = {s.name: s.max_queue for s in self.pool.servers if s.enabled}
+        for st in self._statuses:
+            if st.online and st.name in limits:
+                free += max(0, limits[st.name] - max(st.queue_running + st.queue_pending, st.in_flight))
+        mine = sum(1 for gj in self._b.active.values() if not gj.started and gj.state != "done")
+        if self._online_cache[0] < 0 or time.monotonic() - self._online_cache[0] >= 0.5:
+            asyncio.get_running_loop().create_task(self._online())
+        return free - mine
 
     def _capacity(self) -> int:
         if self._max_in_pool is not None:
@@ -246,12 +286,14 @@ class Gateway:
 
     async def _metrics_route(self, request: web.Request) -> web.StreamResponse:
         await self._online()  # refreshed in the background when older than a second
+        if self.replicas is not None:
+            self._leases = await self._k.read(self.replicas.shared.held_per_replica)
         return await self.metrics.handler(request)
 
     def _live_numbers(self) -> Dict[str, Any]:
         """For a /metrics scrape (on the loop): the online list is the cached one."""
         active = list(self.book.active.values()) if self.book is not None else []
-        return live_state(active, [s.name for s in self.pool.servers], self._online_cache[1], {})
+        return live_state(active, [s.name for s in self.pool.servers], self._online_cache[1], self._leases)
 
     async def _online(self) -> List[str]:
         """Names of online servers, from the pool's status. Re-read in the background at most
@@ -265,6 +307,7 @@ class Gateway:
 
     async def _read_online(self) -> List[str]:
         statuses = await asyncio.get_running_loop().run_in_executor(self._helpers, self.pool.status)
+        self._statuses = list(statuses)
         names = [s.name for s in statuses if s.online]
         self._online_cache = (time.monotonic(), names)
         return names
@@ -292,7 +335,8 @@ class Gateway:
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
         assert self.book is not None
-        for method, path, handler in JobRoutes(self.book).routes():  # under /api only, as ComfyUI
+        remote = self.replicas.cancel if self.replicas is not None else None
+        for method, path, handler in JobRoutes(self.book, remote_cancel=remote).routes():  # under /api only, as ComfyUI
             app.router.add_route(method, path, handler)
         app.router.add_route("GET", "/metrics", self._metrics_route)
 
@@ -418,10 +462,19 @@ class Gateway:
         except Exception:
             self.uploads.release(versions)
             raise
-        book.add(gj)
+        if self.replicas is not None:
+            # Into the one queue: the replica with room claims it (maybe this one).
+            self.uploads.release(versions)
+            self._k.later(self.replicas.shared.queue_changed)
+        else:
+            book.add(gj)
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})
 
     async def _get_queue(self, request: web.Request) -> web.StreamResponse:
+        if self.replicas is not None:  # every replica's prompts
+            rows = await self._k.read(self.replicas.shared.queue_rows)
+            items = [(r["state"], [r["number"], r["prompt_id"], r["body"].get("prompt"), r["body"].get("extra_data"), r["body"].get("outputs")]) for r in rows]
+            return _json({"queue_running": [i for st, i in items if st == "running"], "queue_pending": [i for st, i in items if st != "running"]})
         return _json(self._b.queue_json())
 
     async def _post_queue(self, request: web.Request) -> web.StreamResponse:
@@ -440,6 +493,9 @@ class Gateway:
         except ValueError:
             body = {}
         self._b.interrupt(body)
+        pid = body.get("prompt_id") if isinstance(body, dict) else None
+        if self.replicas is not None and isinstance(pid, str) and pid not in self._b.active:
+            await self.replicas.cancel(pid)  # followed by another replica
         return web.Response(status=200)
 
     async def _get_history(self, request: web.Request) -> web.StreamResponse:

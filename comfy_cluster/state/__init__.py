@@ -9,11 +9,11 @@ from __future__ import annotations
 from .urls import ENV_STATE, StateURLError, data_dir, default_state_url, is_postgres, safe_url
 
 try:
-    from .store import FileKey, PromptRow, Store
+    from .store import Fenced, FileKey, PromptRow, Store
     from .users import UserData
 except ImportError as exc:  # pragma: no cover - depends on the installation
     if exc.name in ("sqlalchemy", "alembic"):
         raise ImportError("the gateway's state needs SQLAlchemy and Alembic: pip install 'comfy-cluster[gateway]'") from exc
     raise
 
-__all__ = ["Store", "PromptRow", "FileKey", "UserData", "ENV_STATE", "StateURLError", "data_dir", "default_state_url", "is_postgres", "safe_url"]
+__all__ = ["Store", "Fenced", "PromptRow", "FileKey", "UserData", "ENV_STATE", "StateURLError", "data_dir", "default_state_url", "is_postgres", "safe_url"]

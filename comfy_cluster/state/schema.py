@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
-__all__ = ["metadata", "meta", "prompts", "prompt_inputs", "attempts", "history", "files", "uploads", "blobs", "settings", "userdata", "leases", "replicas"]
+__all__ = ["metadata", "frames", "meta", "prompts", "prompt_inputs", "attempts", "history", "files", "uploads", "blobs", "settings", "userdata", "leases", "replicas"]
 
 metadata = MetaData()
 
@@ -31,6 +31,8 @@ prompts = Table(
     Column("updated", Float, nullable=False),
 )
 Index("cc_prompts_state", prompts.c.state)
+Index("cc_prompts_replica", prompts.c.replica)
+Index("cc_prompts_client", prompts.c.client_id)
 
 #: The uploads a prompt was bound to when posted (node id -> the upload's content).
 prompt_inputs = Table(
@@ -124,4 +126,13 @@ replicas = Table(
     Column("replica", String(100), primary_key=True),
     Column("url", String(500), nullable=False),
     Column("heartbeat", Float, nullable=False),
+)
+
+#: Client frames too large for a NOTIFY payload, read by the replica that holds the socket.
+frames = Table(
+    "cc_frames", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("client_id", String(200), nullable=False),
+    Column("frame", Text, nullable=False),
+    Column("created", Float, nullable=False),
 )

@@ -22,9 +22,14 @@ from . import schema as t
 from .engine import make_engine, migrate
 from .urls import safe_url
 
-__all__ = ["Store", "PromptRow", "FileKey"]
+__all__ = ["Store", "PromptRow", "FileKey", "Fenced"]
 
 FileKey = Tuple[str, str, str]  # (type, subfolder, filename)
+
+
+class Fenced(RuntimeError):
+    """The prompt is no longer this replica's (another took it over, or it was deleted):
+    nothing was written, and this replica must not act on it."""
 
 
 @dataclass
@@ -129,37 +134,56 @@ class Store:
     def delete_prompt(self, prompt_id: str) -> None:
         """A prompt deleted before it ran: no history (as ComfyUI)."""
         with self.transaction() as conn:
-            self._forget_prompt(conn, prompt_id)
+            self.forget_prompt(conn, prompt_id)
 
-    def _forget_prompt(self, conn: Connection, prompt_id: str) -> None:
+    def forget_prompt(self, conn: Connection, prompt_id: str) -> None:
+        """Remove an unfinished prompt and what it holds (in ``conn``'s transaction)."""
         conn.execute(t.prompts.delete().where(t.prompts.c.prompt_id == prompt_id))
         conn.execute(t.prompt_inputs.delete().where(t.prompt_inputs.c.prompt_id == prompt_id))
         conn.execute(t.attempts.delete().where(t.attempts.c.prompt_id == prompt_id))
         self._drop_unused_blobs(conn)
 
-    def unfinished(self) -> List[PromptRow]:
-        """Every prompt not finished, oldest number first, with its inputs and live attempts."""
+    def unfinished(self, replica: Any = ...) -> List[PromptRow]:
+        """Every prompt not finished (``replica`` given: only the ones it holds), oldest
+        first, with its inputs and attempts."""
+        where = sa.true() if replica is ... else (t.prompts.c.replica.is_(None) if replica is None else t.prompts.c.replica == replica)
         with self.reading() as conn:
-            rows = conn.execute(sa.select(t.prompts).order_by(t.prompts.c.created, t.prompts.c.number)).mappings().all()
-            inputs = conn.execute(sa.select(t.prompt_inputs)).mappings().all()
-            live = conn.execute(sa.select(t.attempts).order_by(t.attempts.c.created)).mappings().all()
+            return self.prompt_rows(conn, where)
+
+    @staticmethod
+    def prompt_rows(conn: Connection, where: Any) -> List[PromptRow]:
+        """The prompts matching ``where``, with their inputs and attempts (in ``conn``)."""
+        rows = conn.execute(sa.select(t.prompts).where(where).order_by(t.prompts.c.created, t.prompts.c.number)).mappings().all()
         out = {r["prompt_id"]: PromptRow(
             prompt_id=r["prompt_id"], number=r["number"], owner=r["owner"], client_id=r["client_id"],
             body=json.loads(r["body"]), state=r["state"], cancel=bool(r["cancel"]), created=r["created"], started=r["started"],
         ) for r in rows}
-        for i in inputs:
-            if i["prompt_id"] in out:
+        ids = list(out)
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk:chunk + 500]
+            for i in conn.execute(sa.select(t.prompt_inputs).where(t.prompt_inputs.c.prompt_id.in_(part))).mappings():
                 out[i["prompt_id"]].inputs[i["node"]] = (i["digest"], i["name"])
-        for a in live:
-            if a["prompt_id"] in out:
+            q = sa.select(t.attempts).where(t.attempts.c.prompt_id.in_(part)).order_by(t.attempts.c.created)
+            for a in conn.execute(q).mappings():
                 out[a["prompt_id"]].attempts.append((a["attempt_id"], a["server"], a["phase"]))
         return list(out.values())
 
     # -- the attempt ledger -------------------------------------------------------------------
 
+    def _mine(self, conn: Connection, prompt_id: str, replica: Optional[str]) -> bool:
+        """Whether ``replica`` holds ``prompt_id`` (locked until the transaction ends)."""
+        q = sa.select(t.prompts.c.replica).where(t.prompts.c.prompt_id == prompt_id)
+        if not self._sqlite:
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        return row is not None and row[0] == replica
+
     def reserve_attempt(self, attempt_id: str, prompt_id: str, server: str, replica: Optional[str] = None) -> None:
-        """Recorded before the attempt's POST (so a crash after it still knows the copy)."""
+        """Recorded before the attempt's POST (so a crash after it still knows the copy).
+        Raises :class:`Fenced` when ``replica`` no longer holds the prompt."""
         with self.transaction() as conn:
+            if not self._mine(conn, prompt_id, replica):
+                raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
             conn.execute(t.attempts.insert().values(
                 attempt_id=attempt_id, prompt_id=prompt_id, server=server, phase="reserved", replica=replica, created=self._clock()))
 
@@ -173,11 +197,15 @@ class Store:
     # -- history ------------------------------------------------------------------------------
 
     def finish(self, prompt_id: str, status: str, item: Dict[str, Any], files: Sequence[Tuple[FileKey, str]],
-               *, owner: Optional[str], client_id: str, created: float, started: Optional[float], keep: int) -> None:
+               *, owner: Optional[str], client_id: str, created: float, started: Optional[float], keep: int,
+               replica: Optional[str] = None) -> None:
         """The prompt's end: its history item and output files recorded, the prompt gone from
-        the queue, the history trimmed to its newest ``keep`` items. One transaction."""
+        the queue, the history trimmed to its newest ``keep`` items. One transaction.
+        Raises :class:`Fenced` (nothing written) when ``replica`` no longer holds it."""
         now = self._clock()
         with self.transaction() as conn:
+            if not self._mine(conn, prompt_id, replica):
+                raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
             conn.execute(t.history.delete().where(t.history.c.prompt_id == prompt_id))
             conn.execute(t.history.insert().values(
                 prompt_id=prompt_id, owner=owner, client_id=client_id, status=status, item=json.dumps(item),
@@ -185,7 +213,7 @@ class Store:
             for (kind, sub, name), server in files:
                 conn.execute(t.files.delete().where(sa.and_(t.files.c.type == kind, t.files.c.subfolder == sub, t.files.c.filename == name)))
                 conn.execute(t.files.insert().values(type=kind, subfolder=sub, filename=name, server=server, prompt_id=prompt_id))
-            self._forget_prompt(conn, prompt_id)
+            self.forget_prompt(conn, prompt_id)
             count = conn.execute(sa.select(sa.func.count()).select_from(t.history)).scalar() or 0
             if count > keep:
                 cut = conn.execute(sa.select(t.history.c.seq).order_by(t.history.c.seq.desc()).offset(keep).limit(1)).scalar()
