@@ -17,17 +17,17 @@ import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from .errors import ComfyClusterError
 from .policy import follow_timeout
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import ComfyClient
-    from .jobs import Job
+    from .jobs import Job, JobControl
     from .status import StatusMonitor
 
-__all__ = ["Attempt", "AttemptPhase", "Ledger", "PostGate", "remove_copies", "cancel_on_server"]
+__all__ = ["Attempt", "AttemptPhase", "Ledger", "PostGate", "CopyRemover", "remove_copies", "cancel_on_server"]
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +45,23 @@ class AttemptPhase(str, enum.Enum):
 
 
 class Attempt:
-    """One try of ``job`` on ``server``. ``phase`` is written by its runner (and by the ledger
-    on release); ``prompt_id`` is chosen here, before the POST."""
+    """One try of a job (held by its ``control``) on ``server``. ``phase`` is written by its
+    runner (and by the ledger on release); ``prompt_id`` is chosen here, before the POST."""
 
-    __slots__ = ("job", "server", "number", "prompt_id", "phase", "lost_at", "posted")
+    __slots__ = ("control", "server", "number", "prompt_id", "phase", "lost_at", "posted")
 
-    def __init__(self, job: "Job", server: str, number: int, prompt_id: Optional[str] = None) -> None:
-        self.job = job
+    def __init__(self, control: "JobControl", server: str, number: int, prompt_id: Optional[str] = None) -> None:
+        self.control = control
         self.server = server
         self.number = number
         self.prompt_id = prompt_id or str(uuid.uuid4())
         self.phase = AttemptPhase.RESERVED
         self.lost_at: Optional[float] = None
         self.posted = False
+
+    @property
+    def job(self) -> "Job":
+        return self.control.job
 
     def __repr__(self) -> str:
         return f"<Attempt {self.prompt_id[:8]} #{self.number} on {self.server} {self.phase.value}>"
@@ -86,7 +90,7 @@ class Ledger:
             attempt.phase = AttemptPhase.ENDED
         if gone is None:
             return False
-        attempt.job._note_attempt(attempt, "ended")
+        attempt.control.note_attempt(attempt, "ended")
         self._monitor.job_released(attempt.server, seconds=seconds, ok=ok)
         self._on_release()
         return True
@@ -203,3 +207,44 @@ def remove_copies(
                 log.info("removed the copy %s of a moved or cancelled job from %s", a.prompt_id, server)
         if not ledger.unconfirmed(server) or time.monotonic() >= deadline or pause.wait(0.2):
             return released
+
+
+class CopyRemover:
+    """Runs :func:`remove_copies` for a server on ``submit`` (the probe executor), at most one
+    at a time per server; stops scheduling once ``closed`` is set."""
+
+    def __init__(
+        self,
+        clients: "Mapping[str, ComfyClient]",
+        ledger: Ledger,
+        submit: Callable[..., object],
+        clock: Callable[[], float],
+        closed: threading.Event,
+    ) -> None:
+        self._clients = clients
+        self._ledger = ledger
+        self._submit = submit
+        self._clock = clock
+        self._closed = closed
+        self._lock = threading.Lock()
+        self._cleaning: Set[str] = set()
+
+    def schedule(self, name: str) -> None:
+        """Remove the unconfirmed copies on ``name`` soon (a no-op while one clean-up runs)."""
+        with self._lock:
+            if name in self._cleaning or self._closed.is_set():
+                return
+            self._cleaning.add(name)
+
+        def clean() -> None:
+            try:
+                remove_copies(self._clients[name], self._ledger, name, self._clock, closed=self._closed)
+            finally:
+                with self._lock:
+                    self._cleaning.discard(name)
+
+        try:
+            self._submit(clean)
+        except RuntimeError:  # the executor is shut down: closing
+            with self._lock:
+                self._cleaning.discard(name)

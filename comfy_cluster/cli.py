@@ -17,15 +17,21 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import localfiles
 from .balance import STRATEGIES
-from .cli_format import Progress, job_json, status_json, status_table
-from .errors import ComfyClusterError
+from .cli_format import CLEAR_SCREEN, Progress, ansi_ok, job_json, status_json, status_table, terminal_width
+from .errors import ComfyClusterError, NoServerAvailable
 from .paths import is_inside, windows_safe_name
 from .stopping import Stopped, StopSignals, wait_sliced
-from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, set_inputs
+from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, seeded_copies, set_inputs
 
 __all__ = ["main", "parse_frames", "ideal_makespan"]
 
 log = logging.getLogger(__name__)
+
+# Exit statuses (README "Command line"); stops add 130 (Ctrl-C) or 128 + the signal.
+EXIT_OK = 0  # every job succeeded (status: an enabled server is online)
+EXIT_FAILED = 1  # a job or a download failed (status: no enabled server online)
+EXIT_USAGE = 2  # bad arguments, configuration or input files
+EXIT_NO_SERVER = 3  # no server could take the job: all offline, disabled, full or lacking its nodes
 
 EXAMPLES = {
     "status": "example:\n  NUKE_COMFYUI_SERVERS='[{\"host\": \"127.0.0.1\", \"port\": 8188}]' comfy-cluster status --json",
@@ -104,19 +110,24 @@ def _frame_path(pattern: str, frame: int) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from .pool import ServerPool
 
+    ansi = args.watch and not args.json and ansi_ok(sys.stdout)
     with StopSignals(), ServerPool.from_env(background_status=False) as pool:
         while True:
             statuses = pool.status(refresh=True)
             if args.json:
                 print(json.dumps([status_json(s) for s in statuses]), flush=True)
             else:
-                if args.watch and sys.stdout.isatty():
-                    print("\033[2J\033[H", end="")
-                print(status_table(statuses), flush=True)
+                tty = sys.stdout.isatty()
+                if args.watch and tty:
+                    # Clear the screen where escape codes work, else a dated rule between tables
+                    # (Windows 10's classic console would show the codes as text).
+                    print(CLEAR_SCREEN if ansi else f"--- {time.strftime('%H:%M:%S')} ---", end="" if ansi else "\n")
+                print(status_table(statuses, terminal_width(sys.stdout) if tty else None), flush=True)
             if not args.watch:
                 break
             time.sleep(args.interval)  # a terminal refresh, not synchronisation
-    return 0 if any(s.online for s in statuses) else 1
+    # A disabled server takes no job, online or not: only an enabled one makes the cluster usable.
+    return EXIT_OK if any(s.online and s.enabled for s in statuses) else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +161,10 @@ def build_workflows(args: argparse.Namespace) -> Tuple[List[Dict[str, Any]], Lis
         workflows = frame_workflows(base, frames, args.frame_input) if args.frame_input else [base for _ in frames]
         inputs = [{n: _frame_path(p, f) for n, p in input_specs} or None for f in frames]
     else:
-        workflows = [base for _ in range(args.count)]
+        workflows, seeds = seeded_copies(base, args.count)
+        if args.count > 1 and not seeds:
+            print(f"comfy-cluster: warning: --count {args.count}: the workflow has no seed input, so ComfyUI answers "
+                  "the copies from its cache (the same images)", file=sys.stderr)
         inputs = [{n: p for n, p in input_specs} or None for _ in range(args.count)]
     return workflows, inputs
 
@@ -209,7 +223,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     print(p)
         if not args.json:
             print(f"{len(batch.jobs) - failed} of {len(batch.jobs)} jobs succeeded", file=sys.stderr)
-    return 1 if failed else 0
+    errors = [job.exception() for job in batch.jobs]
+    if failed and all(isinstance(e, NoServerAvailable) for e in errors if e is not None) and any(errors):
+        return EXIT_NO_SERVER
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 _COUNTER = re.compile(r"_\d{5}_$")  # ComfyUI's SaveImage counter: ComfyUI_00001_.png
@@ -257,7 +274,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from .testing import MockCluster
     except ImportError:
         print("the demo needs the mock server: pip install 'comfy-cluster[mock]'", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from .pool import ServerPool
 
     speeds = [float(s) for s in args.speeds.split(",")]
@@ -290,7 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{name:<14}{s:>6g}{count:>6}")
     print(f"\njobs: {args.jobs}, failed: {failed}")
     print(f"makespan: {makespan:.2f} s   ideal for these speeds: {ideal:.2f} s   ratio: {makespan / ideal:.2f}")
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="run a workflow (or many) on the cluster", epilog=EXAMPLES["submit"], formatter_class=fmt)
     p.add_argument("workflow", help="API-format workflow JSON file")
-    p.add_argument("--count", type=_positive(int), default=1, help="run it N times (N >= 1)")
+    p.add_argument("--count", type=_positive(int), default=1, help="run it N times (N >= 1), each with its seed inputs + 0..N-1")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="set an input (value as JSON, else text)")
     p.add_argument("--frames", help="frame range, e.g. 1-100, 1-100x2, 1,5,10-20: one job per frame")
     p.add_argument("--frame-input", metavar="NODE.INPUT", help="the input that receives the frame number (optional with a per-frame --input)")
@@ -358,7 +375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .testing.cli import run_mock_server
         except ImportError:
             print("the mock server needs aiohttp: pip install 'comfy-cluster[mock]'", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         return run_mock_server(args_list[1:])
     _tolerant_output()
     if args_list[:1] == ["gateway"]:
@@ -375,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.getLogger("comfy_cluster.config").setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         if args.command == "status":
             return cmd_status(args)
@@ -387,15 +404,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return stop.exit_code
     except KeyboardInterrupt:
         return 130
+    except NoServerAvailable as exc:  # not the user's arguments: the cluster cannot run it now
+        print(f"comfy-cluster: {exc}", file=sys.stderr)
+        return EXIT_NO_SERVER
     except (ComfyClusterError, ValueError) as exc:
         print(f"comfy-cluster: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except OSError as exc:  # a local file: one line, never a traceback
         where = f": {exc.filename}" if exc.filename else ""
         print(f"comfy-cluster: {exc.strerror or exc.__class__.__name__}{where}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     parser.print_help()
-    return 2
+    return EXIT_USAGE
 
 
 def _tolerant_output() -> None:

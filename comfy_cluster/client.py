@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 # (connect, read) seconds. Probes must be short so a hanging server never holds anyone up.
 Timeouts = Tuple[float, float]
 DEFAULT_TIMEOUT: Timeouts = (3.05, 30.0)
-PROBE_TIMEOUT: Timeouts = (1.0, 2.0)
+# The connect timeout outlasts Windows' refusal: a Windows client retries a refused SYN and
+# reports "refused" only after about 2 s, so a shorter wait reads a stopped ComfyUI as
+# "connect timed out" (a dead or unreachable host) instead of "connection refused".
+PROBE_TIMEOUT: Timeouts = (3.05, 2.0)
 # JSON answers (queue, history, object_info) are capped so a broken or hostile server
 # cannot make the client hold an endless body in memory. object_info with many custom
 # nodes is the largest legitimate answer (a few MB).

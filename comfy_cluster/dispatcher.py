@@ -16,11 +16,11 @@ import enum
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, Hashable, Iterator, List, Optional, Sequence, Set
+from typing import Any, Callable, Deque, Dict, Hashable, Iterator, List, Optional, Sequence, Set
 
-from .config import ServerConfig
 from .errors import ComfyClusterError, ServerError
-from .jobs import Job
+from .jobs import JobControl
+from .server_config import ServerConfig
 
 __all__ = ["Dispatcher", "Choice", "Verdict"]
 
@@ -51,14 +51,14 @@ class Dispatcher:
 
     def __init__(
         self,
-        choose: Callable[[Job], Choice],
-        start: Callable[[Job, ServerConfig], bool],
-        end: Callable[[Job, Optional[ComfyClusterError]], None],
+        choose: Callable[[JobControl], Choice],
+        start: Callable[[JobControl, ServerConfig], bool],
+        end: Callable[[JobControl, Optional[ComfyClusterError]], None],
         *,
         clock: Callable[[], float],
         wait_for_server: float,
         tick: Callable[[], Optional[float]] = lambda: None,
-        key_of: Callable[[Job], Optional[Hashable]] = lambda job: None,
+        key_of: Callable[[JobControl], Optional[Hashable]] = lambda job: None,
     ) -> None:
         self._choose = choose
         self._start = start
@@ -69,7 +69,7 @@ class Dispatcher:
         self._key_of = key_of
         self._per_batch: Dict[int, int] = collections.Counter()
         self._cond = threading.Condition()
-        self._queues: Dict[Optional[str], Deque[Job]] = {}
+        self._queues: Dict[Optional[str], Deque[JobControl]] = {}
         self._count = 0
         self._running: Dict[Optional[str], int] = collections.Counter()
         self._served: Dict[Optional[str], int] = collections.Counter()
@@ -79,7 +79,7 @@ class Dispatcher:
 
     # -- called from any thread ---------------------------------------------------------------
 
-    def add(self, jobs: Sequence[Job], *, front: bool = False) -> None:
+    def add(self, jobs: Sequence[JobControl], *, front: bool = False) -> None:
         """Queue ``jobs`` (all at once: none is dispatched before the last is queued)."""
         with self._cond:
             if self._closed:
@@ -98,7 +98,7 @@ class Dispatcher:
                 self._thread.start()
             self._cond.notify_all()
 
-    def remove(self, job: Job) -> bool:
+    def remove(self, job: JobControl) -> bool:
         """Take ``job`` out of the queue; False if it is not there (on a server, or ended)."""
         with self._cond:
             q = self._queues.get(job.owner)
@@ -119,13 +119,13 @@ class Dispatcher:
             self._woken = True
             self._cond.notify_all()
 
-    def adopted(self, job: Job) -> None:
-        """A job the pool follows on a server without dispatching it (it counts there)."""
+    def adopted(self, job: Any) -> None:
+        """A job followed on a server without being dispatched (it counts there)."""
         with self._cond:
             self._running[job.owner] += 1
             self._served[job.owner] += 1
 
-    def attempt_ended(self, job: Job) -> None:
+    def attempt_ended(self, job: JobControl) -> None:
         """A job's attempt is over (its owner has one fewer job on servers)."""
         with self._cond:
             self._running[job.owner] -= 1
@@ -137,7 +137,7 @@ class Dispatcher:
         with self._cond:
             return self._count if batch is None else self._per_batch[id(batch)]
 
-    def close(self) -> List[Job]:
+    def close(self) -> List[JobControl]:
         """Stop the thread; the jobs still queued, for the pool to cancel."""
         with self._cond:
             self._closed = True
@@ -169,7 +169,7 @@ class Dispatcher:
                 log.exception("dispatcher pass failed")
                 delay = 0.5
 
-    def _fair_order(self) -> Iterator[Job]:
+    def _fair_order(self) -> Iterator[JobControl]:
         """Jobs in the order free slots go to them (lock held by the caller)."""
         if len(self._queues) == 1:
             yield from next(iter(self._queues.values()))
@@ -179,7 +179,7 @@ class Dispatcher:
         cursors = {o: iter(q) for o, q in self._queues.items()}
         heads = {o: next(it) for o, it in cursors.items()}
         while heads:
-            owner = min(heads, key=lambda o: (running.get(o, 0), served.get(o, 0), heads[o]._seq))
+            owner = min(heads, key=lambda o: (running.get(o, 0), served.get(o, 0), heads[o].seq))
             yield heads[owner]
             # Assume this one goes: the next pick favours the others.
             running[owner] = running.get(owner, 0) + 1
@@ -190,7 +190,7 @@ class Dispatcher:
             else:
                 heads[owner] = nxt
 
-    def _pass(self, jobs: List[Job]) -> Optional[float]:
+    def _pass(self, jobs: List[JobControl]) -> Optional[float]:
         """One look at every waiting job; returns seconds until the next deadline."""
         now = self._clock()
         nearest: Optional[float] = None

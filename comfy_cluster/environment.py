@@ -23,9 +23,9 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import DEFAULT_PORT, ENV_SERVERS, ENV_STRATEGY, ENV_TTL, ServerConfig, _check_unique, _make_server, parse_servers_json
+from .server_config import DEFAULT_PORT, ENV_SERVERS, ENV_STRATEGY, ENV_TTL, ServerConfig, check_unique, make_server, parse_servers_json
 from .errors import ConfigError
-from .textfiles import read_text
+from .textfiles import UnreadableText, read_text
 
 __all__ = ["servers_from_env", "strategy_from_env", "status_ttl_from_env", "unquote_env"]
 
@@ -66,6 +66,8 @@ def _from_servers_var(text: str) -> List[ServerConfig]:
         raise ConfigError(f"{ENV_SERVERS}: not a JSON array and no such file{shown}")
     try:
         content = read_text(path)  # UTF-8, or UTF-16/BOM as PowerShell writes
+    except UnreadableText as exc:  # cp1252 ("ANSI"): say so and how to save it
+        raise ConfigError(f"{ENV_SERVERS}: cannot read {text!r}: {exc}") from None
     except (OSError, UnicodeError) as exc:
         raise ConfigError(f"{ENV_SERVERS}: cannot read {text!r}: {exc.__class__.__name__}") from None
     return parse_servers_json(content, source=f"{ENV_SERVERS} ({text})")
@@ -103,8 +105,8 @@ def _from_numbered(env: Mapping[str, str]) -> List[ServerConfig]:
                     ) from None
         if "NAME" in fields and fields["NAME"].strip():
             data["name"] = fields["NAME"].strip()
-        servers.append(_make_server(data, f"NUKE_COMFYUI_IP_{index}"))
-    _check_unique(servers, "NUKE_COMFYUI_IP")
+        servers.append(make_server(data, f"NUKE_COMFYUI_IP_{index}"))
+    check_unique(servers, "NUKE_COMFYUI_IP")
     return servers
 
 
@@ -154,8 +156,8 @@ def _from_legacy(env: Mapping[str, str]) -> List[ServerConfig]:
         if local_dir:
             data["dir_local"] = local_dir
         where = var if len(entries) == 1 else f"{var}[{n}]"
-        servers.append(_make_server(data, where))
-    _check_unique(servers, var)
+        servers.append(make_server(data, where))
+    check_unique(servers, var)
     return servers
 
 

@@ -1,6 +1,11 @@
-"""The pool's runner side: one runner thread per attempt, and what the pool does with the
-attempt's :class:`~comfy_cluster.runner.Outcome` (release or keep it in the ledger, finish the
-job or queue it again).
+"""Runners: one thread per attempt, and what happens at its end (release it or keep it in
+the ledger, finish the job or queue it again).
+
+:class:`Runners` is handed what it reads and acts on: the clients and sockets per server, the
+status monitor (a server's queue position, marking it down), the ledger, the gate POSTs
+share, the job queue (``add`` and ``attempt_ended``: the scheduler), ``cleanup(server)`` for
+copies left unconfirmed, and the clock. It hands each attempt a
+:class:`~comfy_cluster.runner.RunnerContext`.
 """
 
 from __future__ import annotations
@@ -10,125 +15,204 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Set, Tuple
 
-from .attempt import Attempt
+from .attempt import Attempt, Ledger, PostGate
 from .client import ComfyClient
-from .errors import ComfyClusterError, JobCancelled, JobFailed, ServerError, WorkflowError
-from .jobs import Job, JobResult
+from .errors import ComfyClusterError, JobFailed, ServerError, WorkflowError
+from .jobs import JobControl, JobResult
+from .loaders import PATH_INPUTS, input_directory, input_for, server_path
 from .runner import Outcome, RunnerContext, follow_attempt, run_attempt
+from .status import StatusMonitor
 from .workflow import set_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pool import ServerPool
+    from typing import Protocol
 
-__all__ = ["run", "run_adopted", "attempt_done", "finish_cancelled"]
+    from .events import ServerSocket
+
+    class JobQueue(Protocol):
+        """Where a moved job goes back (the scheduler)."""
+
+        def add(self, controls: Sequence[JobControl], *, front: bool = False) -> None: ...
+
+        def attempt_ended(self, control: JobControl) -> None: ...
+
+__all__ = ["Runners", "InputHashes"]
 
 log = logging.getLogger("comfy_cluster.pool")
 
 
-def run(pool: "ServerPool", attempt: Attempt, follow_only: bool = False) -> None:
-    name = attempt.server
-    job = attempt.job
-    try:
-        ctx = RunnerContext(
-            client=pool._clients[name], socket=pool._sockets[name], client_id=pool.client_id,
+class InputHashes:
+    """Content hashes of input files, cached by (path, size, mtime). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: Dict[Tuple[str, int, int], str] = {}
+
+    def of(self, path: str) -> str:
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            digest = self._known.get(key)
+        if digest is None:
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            digest = h.hexdigest()[:32]
+            with self._lock:
+                self._known[key] = digest
+        return digest
+
+
+class Runners:
+    """Starts one runner thread per attempt and settles each attempt's end."""
+
+    def __init__(
+        self,
+        *,
+        clients: Mapping[str, ComfyClient],
+        sockets: "Mapping[str, ServerSocket]",
+        client_id: str,
+        monitor: StatusMonitor,
+        ledger: Ledger,
+        post_gate: PostGate,
+        queue: "JobQueue",
+        cleanup: Callable[[str], None],
+        clock: Callable[[], float],
+        reconcile_interval: float,
+        server_lost_after: float,
+    ) -> None:
+        self._clients = clients
+        self._sockets = sockets
+        self._client_id = client_id
+        self._monitor = monitor
+        self._ledger = ledger
+        self._post_gate = post_gate
+        self._queue = queue
+        self._cleanup = cleanup
+        self._clock = clock
+        self._reconcile_interval = reconcile_interval
+        self._server_lost_after = server_lost_after
+        self._hashes = InputHashes()
+        self._lock = threading.Lock()
+        self._threads: Set[threading.Thread] = set()
+
+    def launch(self, attempt: Attempt, *, follow_only: bool = False) -> None:
+        """Start ``attempt``'s runner thread (the scheduler, once the attempt is reserved).
+        ``follow_only``: the copy is on its server already (adopted): follow it, never post."""
+        thread = threading.Thread(target=self._run, args=(attempt, follow_only), name=f"comfy-cluster-job-{attempt.server}", daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def join(self, deadline: float) -> None:
+        """Wait (until ``deadline``, ``time.monotonic``) for every runner but the caller's."""
+        while True:
+            with self._lock:
+                runners = [t for t in self._threads if t is not threading.current_thread() and t.is_alive()]
+            if not runners or time.monotonic() >= deadline:
+                return
+            runners[0].join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def context(self, attempt: Attempt) -> RunnerContext:
+        """What ``attempt``'s runner needs, live values as callables."""
+        name = attempt.server
+        job = attempt.job
+        monitor, ledger = self._monitor, self._ledger
+        return RunnerContext(
+            client=self._clients[name], socket=self._sockets[name], client_id=self._client_id,
             # The job itself is already counted in the load: the ones ahead of it.
-            position=lambda: max(0, pool._monitor.snapshot(name).load - 1),
-            uploads=lambda client: uploaded_workflow(pool, job, client),
-            post_gate=pool._post_gate,
-            cancelled_here=lambda: [a.prompt_id for a in pool._ledger.live(name) if a.posted and a.job.cancel_requested],
-            reconcile_interval=pool._reconcile_interval, server_lost_after=pool._server_lost_after, clock=pool._clock,
+            position=lambda: max(0, monitor.snapshot(name).load - 1),
+            uploads=lambda client: self._uploaded_workflow(job.workflow, job.inputs, client),
+            post_gate=self._post_gate,
+            cancelled_here=lambda: [a.prompt_id for a in ledger.live(name) if a.posted and a.job.cancel_requested],
+            reconcile_interval=self._reconcile_interval, server_lost_after=self._server_lost_after, clock=self._clock,
         )
-        outcome = follow_attempt(attempt, ctx) if follow_only else run_attempt(attempt, ctx)
-    except Exception as exc:  # never lose a job to a bug: fail it with the reason
-        log.exception("job attempt on %s crashed", name)
-        outcome = Outcome("failed", error=ServerError(f"{name}: internal error: {exc!r}", server=name), confirmed=False)
-    try:
-        attempt_done(pool, attempt, outcome)
-    finally:
-        with pool._lock:
-            pool._runners.discard(threading.current_thread())
 
-def run_adopted(pool: "ServerPool", attempt: Attempt) -> None:
-    """The runner thread of an adopted attempt: follow it, never post it."""
-    run(pool, attempt, follow_only=True)
-
-def uploaded_workflow(pool: "ServerPool", job: Job, client: ComfyClient) -> Dict[str, Any]:
-    """The workflow with each input uploaded into a subfolder named by the file's content
-    hash: two different files never share a name on a server (two artists' plates of the
-    same name, or two jobs of one batch), and the same bytes are reused."""
-    if not job.inputs:
-        return job.workflow
-    values = {node: {"image": client.upload_image(path, subfolder=f"cc-{content_hash(pool, path)}")} for node, path in job.inputs.items()}
-    return set_inputs(job.workflow, values)
-
-def content_hash(pool: "ServerPool", path: str) -> str:
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    digest = pool._hashes.get(key)
-    if digest is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()[:32]
-        pool._hashes[key] = digest
-    return digest
-
-def attempt_done(pool: "ServerPool", attempt: Attempt, outcome: Outcome) -> None:
-    """Record how ``attempt`` ended and move the job on: final, or back to the queue."""
-    job, name = attempt.job, attempt.server
-    ok = True if outcome.kind == "succeeded" else False if outcome.kind == "failed" else None
-    if outcome.confirmed:
-        pool._ledger.release(attempt, seconds=outcome.exec_seconds, ok=ok)
-    else:
-        pool._ledger.lose(attempt, pool._clock())
-    moving = outcome.kind == "move"
-    job._attempt_ended(attempt, (name, outcome.reason) if moving else None)
-    pool._dispatcher.attempt_ended(job)
-    if moving and outcome.decision.mark_down:
-        pool._monitor.mark_failed(name, outcome.reason)
-    if not outcome.confirmed:
-        pool._schedule_cleanup(name)
-    if outcome.kind == "succeeded":
-        result = JobResult(prompt_id=attempt.prompt_id, server=name, outputs=outcome.outputs or {},
-                           attempts=job.attempts, seconds=time.monotonic() - job.created)
-        job._emit("succeeded", name, raw=outcome.raw)
-        job._finish("succeeded", result=result)
-    elif outcome.kind == "failed":
-        err = outcome.error or JobFailed(f"{name}: job failed", server=name)
-        if isinstance(err, (JobFailed, ServerError)) and job.failures:
-            err.attempts = job.failures + [(name, str(err))]
-        job._emit("failed", name, reason=str(err), raw=outcome.raw)
-        job._finish("failed", error=err)
-    elif outcome.kind == "cancelled":
-        finish_cancelled(job, name, outcome.reason or "cancelled", raw=outcome.raw)
-    else:
-        move(pool, job, name, outcome)
-
-def move(pool: "ServerPool", job: Job, name: str, outcome: Outcome) -> None:
-    log.warning("job %s left %s: %s", job.prompt_id, name, outcome.reason)
-    if outcome.decision.exclude:
-        job.incapable.add(name)
-        job.last_error = outcome.error if isinstance(outcome.error, ComfyClusterError) else None
-    if job.cancel_requested:
-        finish_cancelled(job, name, "cancelled")
-    elif job.attempts > job.retries:
-        if outcome.decision.exclude and isinstance(outcome.error, WorkflowError):
-            err: ComfyClusterError = outcome.error
-        else:
-            failures = job.failures
-            tried = "; ".join(f"{s}: {r}" for s, r in failures)
-            err = ServerError(f"job failed after {job.attempts} attempt(s): {tried}", server=name, attempts=failures)
-        job._emit("failed", name, reason=str(err))
-        job._finish("failed", error=err)
-    else:
+    def _run(self, attempt: Attempt, follow_only: bool = False) -> None:
+        name = attempt.server
         try:
-            pool._dispatcher.add([job], front=True)
-        except ComfyClusterError:
-            finish_cancelled(job, name, "pool closed")
+            run = follow_attempt if follow_only else run_attempt
+            outcome = run(attempt, self.context(attempt))
+        except Exception as exc:  # never lose a job to a bug: fail it with the reason
+            log.exception("job attempt on %s crashed", name)
+            outcome = Outcome("failed", error=ServerError(f"{name}: internal error: {exc!r}", server=name), confirmed=False)
+        try:
+            self.attempt_done(attempt, outcome)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
 
-def finish_cancelled(job: Job, server: Optional[str], reason: str, raw: Optional[Dict[str, Any]] = None) -> None:
-    job._emit("cancelled", server, reason=reason, raw=raw)
-    job._finish("cancelled", error=JobCancelled(f"job {job.prompt_id or '(not submitted)'} {reason}", prompt_id=job.prompt_id or "", server=server))
+    def _uploaded_workflow(self, workflow: Dict[str, Any], inputs: Mapping[str, str], client: ComfyClient) -> Dict[str, Any]:
+        """The workflow with each input uploaded into a subfolder named by the file's content
+        hash: two different files never share a name on a server (two artists' plates of the
+        same name, or two jobs of one batch), and the same bytes are reused. Path loaders
+        (LoadEXR) get the uploaded file's path on the server (:mod:`.loaders`)."""
+        if not inputs:
+            return workflow
+        folder: Optional[str] = None
+        values: Dict[str, Dict[str, Any]] = {}
+        for node, path in inputs.items():
+            name = client.upload_image(path, subfolder=f"cc-{self._hashes.of(path)}")
+            key = input_for(workflow[node]) or "image"
+            if key in PATH_INPUTS.values():  # a path on the server (LoadEXR), not an uploaded name
+                if folder is None:
+                    folder = input_directory(client.system_stats())
+                values[node] = {key: server_path(folder, name)}
+            else:
+                values[node] = {key: name}
+        return set_inputs(workflow, values)
+
+    def attempt_done(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Record how ``attempt`` ended and move the job on: final, or back to the queue."""
+        control, name = attempt.control, attempt.server
+        job = control.job
+        ok = True if outcome.kind == "succeeded" else False if outcome.kind == "failed" else None
+        if outcome.confirmed:
+            self._ledger.release(attempt, seconds=outcome.exec_seconds, ok=ok)
+        else:
+            self._ledger.lose(attempt, self._clock())
+        moving = outcome.kind == "move"
+        control.attempt_ended(attempt, (name, outcome.reason) if moving else None)
+        self._queue.attempt_ended(control)
+        if moving and outcome.decision.mark_down:
+            self._monitor.mark_failed(name, outcome.reason)
+        if not outcome.confirmed:
+            self._cleanup(name)
+        if outcome.kind == "succeeded":
+            result = JobResult(prompt_id=attempt.prompt_id, server=name, outputs=outcome.outputs or {},
+                               attempts=job.attempts, seconds=time.monotonic() - job.created)
+            control.succeed(name, result, raw=outcome.raw)
+        elif outcome.kind == "failed":
+            err = outcome.error or JobFailed(f"{name}: job failed", server=name)
+            if isinstance(err, (JobFailed, ServerError)) and job.failures:
+                err.attempts = job.failures + [(name, str(err))]
+            control.fail(name, err, raw=outcome.raw)
+        elif outcome.kind == "cancelled":
+            control.cancelled(name, outcome.reason or "cancelled", raw=outcome.raw)
+        else:
+            self._move(control, name, outcome)
+
+    def _move(self, control: JobControl, name: str, outcome: Outcome) -> None:
+        job = control.job
+        log.warning("job %s left %s: %s", job.prompt_id, name, outcome.reason)
+        if outcome.decision.exclude:
+            control.incapable.add(name)
+            control.last_error = outcome.error if isinstance(outcome.error, ComfyClusterError) else None
+        if job.cancel_requested:
+            control.cancelled(name, "cancelled")
+        elif job.attempts > job.retries:
+            if outcome.decision.exclude and isinstance(outcome.error, WorkflowError):
+                err: ComfyClusterError = outcome.error
+            else:
+                failures = job.failures
+                tried = "; ".join(f"{s}: {r}" for s, r in failures)
+                err = ServerError(f"job failed after {job.attempts} attempt(s): {tried}", server=name, attempts=failures)
+            control.fail(name, err)
+        else:
+            try:
+                self._queue.add([control], front=True)
+            except ComfyClusterError:
+                control.cancelled(name, "pool closed")

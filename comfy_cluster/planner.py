@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .balance import Candidate
-from .config import ServerConfig
 from .errors import ComfyClusterError
-from .jobs import Job, JobEvent
+from .jobs import Job, JobControl, JobEvent
+from .server_config import ServerConfig
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .pool import ServerPool  # for the type only: nothing here imports the pool
-
-__all__ = ["Batch", "plan_threshold"]
+__all__ = ["Batch", "plan_threshold", "inputs_per_job"]
 
 log = logging.getLogger(__name__)
 
@@ -69,43 +66,35 @@ class Batch:
 
     planned = True
 
-    def __init__(self, pool: "ServerPool", *, on_event: Optional[Callable[[JobEvent], None]] = None, fail_fast: bool = False) -> None:
-        self._pool = pool
+    def __init__(
+        self,
+        *,
+        on_event: Optional[Callable[[JobEvent], None]] = None,
+        fail_fast: bool = False,
+        quiet_posts: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Made by :meth:`ServerPool.map_async`, which hands it its jobs with :meth:`attach`.
+        ``quiet_posts`` waits (briefly) until no POST of the pool is in flight."""
         self._on_event = on_event
         self.fail_fast = fail_fast
+        self._quiet_posts = quiet_posts
         self.jobs: List[Job] = []
+        self._controls: List[JobControl] = []
         self._lock = threading.Lock()
         self._ended = 0
         self._failed = 0
         self._all_done = threading.Event()
         self._cancelled = False
 
-    @classmethod
-    def start(
-        cls,
-        pool: "ServerPool",
-        workflows: Sequence[Any],
-        *,
-        inputs: Any = None,
-        on_event: Optional[Callable[[JobEvent], None]] = None,
-        retries: int = 2,
-        fail_fast: bool = False,
-        owner: Optional[str] = None,
-    ) -> "Batch":
-        """Check every workflow and input, then queue every job at once: a bad input 37 of
-        100 sends nothing, and no job is dispatched before the last one is queued (so
-        ``fail_fast`` and ``cancel`` reach every job)."""
-        batch = cls(pool, on_event=on_event, fail_fast=fail_fast)
-        per_job = _inputs_per_job(inputs, len(workflows))
-        jobs = pool._prepare(workflows, per_job, on_event=on_event, retries=retries, owner=owner, batch=batch)
-        batch.jobs = jobs
-        if not jobs:
-            batch._all_done.set()
-            return batch
-        for job in jobs:
-            job._add_end_listener(batch._job_ended)
-        pool._enqueue(jobs)
-        return batch
+    def attach(self, controls: Sequence[JobControl]) -> None:
+        """The pool only, once, before any of them is queued: the batch's jobs in input order."""
+        self._controls = list(controls)
+        self.jobs = [c.job for c in self._controls]
+        if not self.jobs:
+            self._all_done.set()
+            return
+        for control in self._controls:
+            control.add_end_listener(self._job_ended)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -183,10 +172,10 @@ class Batch:
         self._cancelled = True
         # Every job is flagged before any is woken: a runner interrupting its job deletes the
         # batch's other cancelled jobs there first, so none of them starts in between.
-        marked = [job for job in list(self.jobs) if job._mark_cancel()]
-        self._pool._post_gate.quiet()
-        for job in marked:
-            job._notify_cancel()
+        marked = [control for control in list(self._controls) if control.mark_cancel()]
+        self._quiet_posts()
+        for control in marked:
+            control.notify_cancel()
 
     def results_or_cancel(self, timeout: Optional[float], *, return_exceptions: bool = False) -> List[Any]:
         """:meth:`results`, but on timeout the batch is cancelled before TimeoutError is raised
@@ -198,7 +187,8 @@ class Batch:
             raise TimeoutError(f"{exc}; the batch was cancelled") from None
 
 
-def _inputs_per_job(inputs: Any, n: int) -> List[Optional[Mapping[str, str]]]:
+def inputs_per_job(inputs: Any, n: int) -> List[Optional[Mapping[str, str]]]:
+    """``map``'s ``inputs`` (None, one mapping for all, or one per workflow) as one per job."""
     if inputs is None:
         return [None] * n
     if isinstance(inputs, Mapping):

@@ -1,11 +1,14 @@
 """ServerPool: the cluster as one object (the façade).
 
-The pool holds the configuration, one :class:`ComfyClient` and one :class:`ServerSocket` per
-server, and wires the parts that do the work: the :class:`StatusMonitor` (snapshots, probes),
-:class:`Capabilities` (node lists), the :class:`Ledger` (every attempt until its end on its
-server is confirmed), the :class:`Dispatcher` (the local queue; no I/O) and the
+The pool is the composition root: it holds the configuration, one :class:`ComfyClient` and
+one :class:`ServerSocket` per server, and builds and wires the parts that do the work, each
+owning its state and handed its collaborators: the :class:`StatusMonitor` (snapshots,
+probes) and its :class:`StatusView`, :class:`Capabilities` (node lists), the :class:`Ledger`
+(every attempt until its end on its server is confirmed), the :class:`CopyRemover`, the
+:class:`Scheduler` (the local queue and placement; no I/O), the :class:`Runners` (one thread
+per attempt; the attempt itself is :func:`comfy_cluster.runner.run_attempt`) and the
 :class:`CallbackExecutor` (user callbacks). ``status``, ``select``, ``submit``, ``map`` and
-``close`` are here; the attempt itself is :func:`comfy_cluster.runner.run_attempt`.
+``close`` are here; nothing else imports this module.
 
 Threads (all daemons with names, all stopped by :meth:`ServerPool.close`): one status
 monitor, one probe executor (probes, node lists, clean-up), one dispatcher, one callback
@@ -14,7 +17,6 @@ thread, one websocket reader per server in use, and one runner per job on a serv
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import math
@@ -25,20 +27,21 @@ import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .attempt import Ledger, PostGate, remove_copies
+from .attempt import Attempt, CopyRemover, Ledger, PostGate
 from .balance import StrategyLike, get_strategy, strategy_name
 from .callbacks import CallbackExecutor
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
-from .config import ServerConfig, _check_unique, _make_server, servers_from_env, status_ttl_from_env, strategy_from_env
-from .dispatcher import Dispatcher
+from .config import servers_from_env, status_ttl_from_env, strategy_from_env
 from .errors import ComfyClusterError, ConfigError
 from .events import ServerSocket
-from .jobs import Job, JobEvent, OutputFile
+from .loaders import check_inputs
+from .jobs import Job, JobControl, JobEvent, OutputFile
+from .lifecycle import Runners
 from .outputs import download_outputs
-from .planner import Batch
-from . import scheduling
-from .lifecycle import finish_cancelled
-from .selection import Capabilities, View, capable, evaluate, no_server, pick
+from .planner import Batch, inputs_per_job
+from .scheduling import Scheduler
+from .selection import Capabilities, StatusView, evaluate, no_server, pick
+from .server_config import ServerConfig, check_unique, make_server
 from .status import ServerStatus, StatusMonitor
 from .workflow import WorkflowInputError, load_workflow
 
@@ -87,12 +90,12 @@ class ServerPool:
             if isinstance(s, ServerConfig):
                 configs.append(s)
             elif isinstance(s, Mapping):
-                configs.append(_make_server(dict(s), f"servers[{i}]"))
+                configs.append(make_server(dict(s), f"servers[{i}]"))
             else:
                 raise ConfigError(f"servers[{i}]: must be a ServerConfig or a dict, got {type(s).__name__}")
         if not configs:
             raise ConfigError("servers: give at least one server")
-        _check_unique(configs, "servers")
+        check_unique(configs, "servers")
         if not (status_ttl >= 0) or math.isinf(status_ttl):
             raise ConfigError(f"status_ttl: must be >= 0 seconds, got {status_ttl!r}")
         self._servers: Tuple[ServerConfig, ...] = tuple(configs)
@@ -111,28 +114,34 @@ class ServerPool:
             s.name: ServerSocket(s, self.client_id, on_status=self._status_frame(s.name), connect_timeout=ws_connect_timeout)
             for s in configs
         }
-        self._reconcile_interval = reconcile_interval
-        self._server_lost_after = server_lost_after
         self._callbacks = CallbackExecutor()
-        self._dispatcher = Dispatcher(
-            functools.partial(scheduling.choose, self), functools.partial(scheduling.start_attempt, self),
-            functools.partial(scheduling.end_unplaced, self), clock=clock, wait_for_server=wait_for_server,
-            tick=functools.partial(scheduling.tick, self), key_of=functools.partial(scheduling.key_of, self),
-        )
+        self._closed = threading.Event()
+        self._post_gate = PostGate()
+        self._view = StatusView(self._monitor, configs, clock)
+        # Built before what they wake: their wake-ups reach the scheduler through the pool.
         # Real time, not the injected clock: a failed node-list read is retried after seconds
         # that pass, whatever a test's clock says.
-        self._caps = Capabilities(self._clients, self._monitor.submit, time.monotonic, on_change=self._dispatcher.wake)
-        self._ledger = Ledger([s.name for s in configs], self._monitor, on_release=self._dispatcher.wake)
-        self._view_cache: Optional[View] = None
-        self._lock = threading.Lock()
-        self._runners: Set[threading.Thread] = set()
-        self._cleaning: Set[str] = set()
-        self._hashes: Dict[Tuple[str, int, int], str] = {}
+        self._caps = Capabilities(self._clients, self._monitor.submit, time.monotonic, on_change=self._wake)
+        self._ledger = Ledger([s.name for s in configs], self._monitor, on_release=self._wake)
+        self._cleanup = CopyRemover(self._clients, self._ledger, self._monitor.submit, clock, self._closed)
+        self._scheduler = Scheduler(
+            configs, self._view, self._caps, self._ledger, self._strategy,
+            launch=self._launch, clock=clock, wait_for_server=wait_for_server,
+        )
+        self._runners = Runners(
+            clients=self._clients, sockets=self._sockets, client_id=self.client_id, monitor=self._monitor,
+            ledger=self._ledger, post_gate=self._post_gate, queue=self._scheduler, cleanup=self._cleanup.schedule,
+            clock=clock, reconcile_interval=reconcile_interval, server_lost_after=server_lost_after,
+        )
         self._seq = itertools.count()
-        self._post_gate = PostGate()
-        self._closed = threading.Event()
         self._monitor.add_listener(self._on_status_change)
         log.debug("pool of %d servers, strategy %s", len(configs), self.strategy)
+
+    def _wake(self) -> None:
+        self._scheduler.wake()
+
+    def _launch(self, attempt: Attempt) -> None:
+        self._runners.launch(attempt)
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> "ServerPool":
@@ -179,9 +188,6 @@ class ServerPool:
     def _object_info(self) -> Dict[str, Dict[str, Any]]:
         return self._caps.info
 
-    def _server_by_name(self, name: str) -> Optional[ServerConfig]:
-        return self._by_name.get(name)
-
     # -- status -------------------------------------------------------------------------------
 
     def status(self, refresh: bool = False) -> List[ServerStatus]:
@@ -198,82 +204,23 @@ class ServerPool:
 
     def _on_status_change(self, old: ServerStatus, new: ServerStatus) -> None:
         """Every probe (on the probe executor): forget node lists of a server that was away,
-        remove copies left there, and wake the dispatcher when a server came or went."""
+        remove copies left there, and wake the scheduler when a server came or went."""
         if new.online and not old.online and old.checked:
             self._caps.forget(new.name)  # it may have restarted with other nodes or models
         if new.online and self._ledger.unconfirmed(new.name):
-            self._schedule_cleanup(new.name)
+            self._cleanup.schedule(new.name)
         if new.online != old.online:
-            self._dispatcher.wake()
-
-    def _schedule_cleanup(self, name: str) -> None:
-        with self._lock:
-            if name in self._cleaning or self._closed.is_set():
-                return
-            self._cleaning.add(name)
-
-        def clean() -> None:
-            try:
-                remove_copies(self._clients[name], self._ledger, name, self._clock, closed=self._closed)
-            finally:
-                with self._lock:
-                    self._cleaning.discard(name)
-
-        try:
-            self._monitor.submit(clean)
-        except RuntimeError:  # the executor is shut down: closing
-            with self._lock:
-                self._cleaning.discard(name)
+            self._scheduler.wake()
 
     # -- selection ----------------------------------------------------------------------------
 
-    def _view(self, *, probe: bool) -> View:
-        """The snapshots as selection needs them, rebuilt only when one changed. With
-        ``probe`` (callers' threads only), probes servers never checked and, without the
-        background thread, online servers whose TTL expired; never a server known offline."""
-        mon = self._monitor
-        view = self._view_cache
-        if view is None or view.version != mon.version:
-            view = View(mon.version, mon.snapshots(), self._servers)
-            self._view_cache = view
-        if not probe:
-            return view
-        names: List[str] = view.unchecked
-        if not names and not mon.background:
-            now = self._clock()
-            if now >= view.next_due:
-                names = [n for n in mon.due(include_offline=False) if self._by_name[n].enabled]
-            if now >= view.next_retry:
-                self._retry_offline(view, now)
-        if names:
-            mon.probe(names)
-            return self._view(probe=True)
-        return view
-
-    def _retry_offline(self, view: View, now: float) -> None:
-        """Offline servers whose backoff is over are probed in the background, never waited for."""
-        retry = [s.name for s in view.snapshots if not s.online and s.checked and now >= s.next_probe_at]
-        self._monitor.probe([n for n in retry if self._by_name[n].enabled], wait_for_them=False)
-
-    def _can(self, workflow: Optional[Mapping[str, Any]], skip: Iterable[str], *, wait: bool, job: Optional[Job] = None) -> Callable[[List[str]], Dict[str, Optional[str]]]:
-        def can(names: List[str]) -> Dict[str, Optional[str]]:
-            if workflow is None:
-                return {}
-            if job is not None:
-                version, cache = job._caps
-                if version != self._caps.version:
-                    cache = {}
-                    job._caps = (self._caps.version, cache)
-                todo = [n for n in names if n not in cache or (cache[n] is not None and n not in self._caps.info)]
-                if todo:
-                    # Unknown or failed: (re)fetched on the probe executor once due; never waited for.
-                    self._caps.fetch(todo, wait=False)
-                    cache.update(capable(self._caps, workflow, todo, skip))
-                return cache
-            self._caps.fetch(names, wait=wait)
-            return capable(self._caps, workflow, names, skip)
-
-        return can
+    def capabilities(self, workflow: WorkflowLike) -> Dict[str, Optional[str]]:
+        """Per online server: None when it offers every node type and model file ``workflow``
+        names, else why not. Node lists are read once per server and cached; offline servers
+        are left out. Waits for servers never probed (callers' threads only)."""
+        self._check_open()
+        wf = load_workflow(workflow)
+        return self._caps.checker(wf, wait=True)([c.name for c in self._view.current(probe=True).online])
 
     def select(self, workflow: Optional[WorkflowLike] = None, exclude: Iterable[str] = ()) -> ServerConfig:
         """The server the strategy picks now among those passing the filters.
@@ -285,7 +232,7 @@ class ServerPool:
         """
         self._check_open()
         wf = load_workflow(workflow) if workflow is not None else None
-        cands, reasons, _, _ = evaluate(self._view(probe=True), self._servers, self._can(wf, (), wait=True), exclude)
+        cands, reasons, _, _ = evaluate(self._view.current(probe=True), self._servers, self._caps.checker(wf, wait=True), exclude)
         if not cands:
             raise no_server(reasons)
         return pick(self._strategy, self.strategy, cands, wf)
@@ -318,10 +265,10 @@ class ServerPool:
         job fails), ``"ended"`` once that copy's end on its server is confirmed. A process
         that records them can follow its jobs after a crash with :meth:`adopt`.
         """
-        (job,) = self._prepare([workflow], [inputs], on_event=on_event, retries=retries, owner=owner)
-        job._on_attempt = on_attempt
-        self._enqueue([job])
-        return job
+        (control,) = self._prepare([workflow], [inputs], on_event=on_event, retries=retries, owner=owner)
+        control.job._on_attempt = on_attempt
+        self._enqueue([control])
+        return control.job
 
     def adopt(
         self,
@@ -339,28 +286,24 @@ class ServerPool:
         earlier process: a gateway that restarted, a replica that died). It is followed there
         to its end, never posted again; if the server does not hold it (it never arrived, or
         the server restarted) it runs like a submitted job, on any server. Arguments as in
-        :meth:`submit`; the job's ``inputs`` must still exist for that case. Raises
-        :class:`ConfigError` for a server not in the pool."""
+        :meth:`submit`. Raises :class:`ConfigError` for a server not in the pool."""
         self._check_open()
         config = self._by_name.get(server)
         if config is None:
             raise ConfigError(f"adopt: no server named {server!r} in the pool")
-        wf = load_workflow(workflow)
-        checked = {str(k): os.fspath(v) for k, v in (inputs or {}).items()}
-        job = Job(wf, inputs=checked, on_event=on_event, retries=retries, owner=owner)
-        job._pool = self
-        job._executor = self._callbacks
-        job._seq = next(self._seq)
+        job = Job(load_workflow(workflow), inputs={str(k): os.fspath(v) for k, v in (inputs or {}).items()},
+                  on_event=on_event, retries=retries, owner=owner)
         job._on_attempt = on_attempt
-        scheduling.adopt_attempt(self, job, config, prompt_id)
+        control = JobControl(job, seq=next(self._seq), executor=self._callbacks, on_cancel=self._scheduler.wake, download=self._download_for)
+        self._scheduler.adopt(control, config, prompt_id)
         return job
 
     def _prepare(
         self, workflows: Sequence[WorkflowLike], inputs: Sequence[Optional[Mapping[str, str]]], *,
         on_event: Optional[Callable[[JobEvent], None]], retries: int, owner: Optional[str], batch: Any = None,
-    ) -> List[Job]:
-        """Check every workflow and input, and that some server could run each; make the jobs.
-        Nothing is sent."""
+    ) -> List[JobControl]:
+        """Check every workflow and input, and that some server could run each; make the jobs
+        (with their controls). Nothing is sent."""
         self._check_open()
         if owner is not None and not isinstance(owner, str):
             raise WorkflowInputError(f"owner: must be a string or None, got {type(owner).__name__}")
@@ -371,30 +314,28 @@ class ServerPool:
             where = f"workflows[{i}]: " if batch is not None else ""
             try:
                 wf = load_workflow(workflow)
-                checked = _check_inputs(wf, job_inputs or {})
+                checked = check_inputs(wf, job_inputs or {})
             except WorkflowInputError as exc:
                 raise WorkflowInputError(f"{where}{exc}") from None
             job = Job(wf, inputs=checked, on_event=on_event, retries=retries, index=i if batch is not None else None, owner=owner)
             job.batch = batch
-            job._pool = self
-            job._executor = self._callbacks
-            job._seq = next(self._seq)
-            jobs.append(job)
-        view = self._view(probe=True)
+            jobs.append(JobControl(job, seq=next(self._seq), executor=self._callbacks, on_cancel=self._scheduler.wake, download=self._download_for))
+        view = self._view.current(probe=True)
         seen: Set[Tuple[str, ...]] = set()
-        for job in jobs:
+        for control in jobs:
+            job = control.job
             kind = tuple(sorted(str(n.get("class_type")) for n in job.workflow.values()))
             if kind in seen and not job.inputs:
                 continue
             seen.add(kind)
-            cands, reasons, _, _ = evaluate(view, self._servers, self._can(job.workflow, job.inputs, wait=True), ignore_full=True)
+            cands, reasons, _, _ = evaluate(view, self._servers, self._caps.checker(job.workflow, job.inputs, wait=True), ignore_full=True)
             if not cands:
                 raise no_server(reasons)
         return jobs
 
-    def _enqueue(self, jobs: List[Job]) -> None:
+    def _enqueue(self, controls: List[JobControl]) -> None:
         self._check_open()
-        self._dispatcher.add(jobs)
+        self._scheduler.add(controls)
 
     def map(
         self,
@@ -430,18 +371,29 @@ class ServerPool:
         owner: Optional[str] = None,
     ) -> Batch:
         """The non-blocking form of :meth:`map`: a :class:`~comfy_cluster.planner.Batch`.
-        Every workflow and input is checked before any job is sent."""
-        return Batch.start(self, list(workflows), inputs=inputs, on_event=on_event, retries=retries, fail_fast=fail_fast, owner=owner)
 
-    def _job_cancel_requested(self, job: Job) -> None:
-        """From ``job.cancel()``: the dispatcher ends a job still in the local queue on its
-        next pass (at once: it is woken); a runner sees the request itself."""
-        self._dispatcher.wake()
+        Every workflow and input is checked before any job is sent (a bad input 37 of 100
+        sends nothing), and every job is queued at once: none is dispatched before the last
+        one is queued, so ``fail_fast`` and ``cancel`` reach every job."""
+        items = list(workflows)
+        batch = Batch(on_event=on_event, fail_fast=fail_fast, quiet_posts=self._post_gate.quiet)
+        controls = self._prepare(items, inputs_per_job(inputs, len(items)), on_event=on_event, retries=retries, owner=owner, batch=batch)
+        batch.attach(controls)
+        if controls:
+            self._enqueue(controls)
+        return batch
 
     # -- outputs ------------------------------------------------------------------------------
 
     def _download(self, server: ServerConfig, files: Sequence[OutputFile], dest_dir: str, tag: str = "") -> List[str]:
         return download_outputs(self._clients[server.name], server, files, dest_dir, tag)
+
+    def _download_for(self, name: str, files: Sequence[OutputFile], dest_dir: str, tag: str) -> List[str]:
+        """A job's ``download``: ``files`` of server ``name``."""
+        server = self._by_name.get(name)
+        if server is None:
+            raise ComfyClusterError(f"unknown server {name}")
+        return self._download(server, files, dest_dir, tag)
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -463,21 +415,21 @@ class ServerPool:
         if self._closed.is_set():
             return
         self._closed.set()
-        for job in self._dispatcher.close():
-            finish_cancelled(job, None, "cancelled: pool closed")
-        running = [a for a in self._ledger.live() if a.job is not None]
+        for control in self._scheduler.close():
+            control.cancelled(None, "cancelled: pool closed")
+        running = self._ledger.live()
         if cancel:
             for a in running:
                 a.job.cancel()
-            self._join_runners(time.monotonic() + CLOSE_GRACE)
+            self._runners.join(time.monotonic() + CLOSE_GRACE)
         for client in self._clients.values():
             client.close()  # cuts requests still hanging (a server that never answers)
         for sock in self._sockets.values():
             sock.close()
-        self._join_runners(time.monotonic() + CLOSE_GRACE)
+        self._runners.join(time.monotonic() + CLOSE_GRACE)
         for a in running:
-            if not a.job._final:
-                finish_cancelled(a.job, a.server, "cancelled: pool closed")
+            if not a.control.final:
+                a.control.cancelled(a.server, "cancelled: pool closed")
         left = self._ledger.live()
         if left:
             log.warning("pool closed with %d job copies not confirmed removed: %s", len(left),
@@ -485,28 +437,5 @@ class ServerPool:
         self._monitor.close()
         self._callbacks.close()
         for a in running:
-            a.job._force_done()
+            a.control.force_done()
 
-    def _join_runners(self, deadline: float) -> None:
-        while True:
-            with self._lock:
-                runners = [t for t in self._runners if t is not threading.current_thread() and t.is_alive()]
-            if not runners or time.monotonic() >= deadline:
-                return
-            runners[0].join(timeout=max(0.0, deadline - time.monotonic()))
-
-
-def _check_inputs(workflow: Mapping[str, Any], inputs: Mapping[str, str]) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    for node_id, path in inputs.items():
-        node_id = str(node_id)
-        node = workflow.get(node_id)
-        if not isinstance(node, Mapping):
-            raise WorkflowInputError(f"inputs: node {node_id} is not in the workflow")
-        if "image" not in (node.get("inputs") or {}) and node.get("class_type") != "LoadImage":
-            raise WorkflowInputError(f"inputs: node {node_id} ({node.get('class_type')}) has no image input")
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise WorkflowInputError(f"inputs: node {node_id}: file not found: {path}")
-        out[node_id] = path
-    return out

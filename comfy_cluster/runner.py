@@ -91,12 +91,12 @@ def _move(err: BaseException, decision: Decision, name: str, *, confirmed: bool,
 
 def run_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
     """Run ``attempt`` to its end; never raises."""
-    job = attempt.job
+    job = attempt.control
     name = attempt.server
     inbox: "queue.Queue[Dict[str, Any]]" = queue.Queue()
     sock = ctx.socket
     sock.register(attempt.prompt_id, inbox.put)
-    job._inbox = inbox
+    job.attach_inbox(inbox)
     try:
         if job.cancel_requested:
             return Outcome("cancelled", reason="cancelled before submission")
@@ -115,7 +115,7 @@ def run_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
         try:
             # Recorded before the POST (a gateway's store): a process that dies after the
             # server took the job finds it there by this id, and never posts it twice.
-            job._note_attempt(attempt, "reserved")
+            job.note_attempt(attempt, "reserved")
         except Exception as exc:  # noqa: BLE001 - nothing was sent: the job fails, told why
             log.warning("job attempt on %s not recorded: %s", name, exc)
             return Outcome("failed", error=ComfyClusterError(f"attempt not recorded: {exc}"))
@@ -145,17 +145,17 @@ def run_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
             if answer.get("prompt_id") != attempt.prompt_id:
                 # An old server that ignores client-chosen ids: follow the id it gave.
                 sock.unregister(attempt.prompt_id)
-                job._note_attempt(attempt, "ended")
+                job.note_attempt(attempt, "ended")
                 attempt.prompt_id = str(answer["prompt_id"])
                 sock.register(attempt.prompt_id, inbox.put)
-                job._note_attempt(attempt, "reserved")
-        job._posted(attempt)
-        job._emit("submitted", name)
-        job._emit("queued", name, position=position)
+                job.note_attempt(attempt, "reserved")
+        job.posted(attempt)
+        job.emit("submitted", name)
+        job.emit("queued", name, position=position)
         return _Follower(attempt, ctx, inbox).run()
     finally:
         sock.unregister(attempt.prompt_id)
-        job._inbox = None
+        job.attach_inbox(None)
 
 
 def follow_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
@@ -163,11 +163,11 @@ def follow_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
     or a replica that died), to its end; never posts. An attempt the server does not hold
     (queued, running or in its history) never arrived there: it ``move``s, confirmed, and
     runs elsewhere. Never raises."""
-    job = attempt.job
+    job = attempt.control
     inbox: "queue.Queue[Dict[str, Any]]" = queue.Queue()
     sock = ctx.socket
     sock.register(attempt.prompt_id, inbox.put)
-    job._inbox = inbox
+    job.attach_inbox(inbox)
     try:
         try:
             sock.ensure_connected()
@@ -175,20 +175,20 @@ def follow_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
             log.debug("%s: websocket not connected for an adopted job (%s): following by polling", attempt.server, exc)
         attempt.posted = True
         attempt.phase = AttemptPhase.POSTED
-        job._posted(attempt)
+        job.posted(attempt)
         follower = _Follower(attempt, ctx, inbox)
-        first = follower._reconcile()  # it may have ended while nobody listened
+        first = follower.reconcile()  # it may have ended while nobody listened
         if first is not None:
             if first.kind == "move" and first.confirmed:
                 first.reason = "not on its server when adopted (never arrived there)"
             return first
-        job._emit("submitted", attempt.server)
+        job.emit("submitted", attempt.server)
         if follower.started is not None:
-            job._emit("started", attempt.server)
+            job.emit("started", attempt.server)
         return follower.run()
     finally:
         sock.unregister(attempt.prompt_id)
-        job._inbox = None
+        job.attach_inbox(None)
 
 
 def _taken(client: ComfyClient, prompt_id: str) -> bool:
@@ -209,7 +209,7 @@ class _Follower:
 
     def __init__(self, attempt: Attempt, ctx: RunnerContext, inbox: "queue.Queue[Dict[str, Any]]") -> None:
         self.attempt = attempt
-        self.job = attempt.job
+        self.job = attempt.control
         self.ctx = ctx
         self.name = attempt.server
         self.inbox = inbox
@@ -267,7 +267,7 @@ class _Follower:
                 elif isinstance(kind, str) and not kind.startswith("_"):
                     self.deaf_maybe = False  # the server still routes our events to us
             if reconcile:
-                out = self._reconcile()
+                out = self.reconcile()
                 if out is not None:
                     return out
                 continue
@@ -291,7 +291,7 @@ class _Follower:
         down = Decision(Action.MOVE, mark_down=True, maybe_there=True)
         return _move(exc, down, self.name, confirmed=False, prefix="stopped answering: ")
 
-    def _reconcile(self) -> Optional[Outcome]:
+    def reconcile(self) -> Optional[Outcome]:
         client = self.ctx.client
         try:
             # The queue first, then the history: ComfyUI moves a finished job from one to the
@@ -319,7 +319,7 @@ class _Follower:
     def _mark_started(self) -> None:
         self.started = self.ctx.clock()
         self.attempt.phase = AttemptPhase.RUNNING
-        self.job._started(self.started)
+        self.job.started(self.started)
 
     def _on_message(self, msg: Dict[str, Any]) -> Optional[Outcome]:
         kind = msg.get("type")
@@ -330,32 +330,32 @@ class _Follower:
         if kind == "_binary":
             frame = msg.get("data")
             if isinstance(frame, bytes):
-                job._emit("preview", name, data=frame)
+                job.emit("preview", name, data=frame)
             return None
         data = msg.get("data")
         data = data if isinstance(data, dict) else {}
         if kind == "execution_start":
             self._mark_started()
-            job._emit("started", name, raw=data)
+            job.emit("started", name, raw=data)
         elif kind == "execution_cached":
             nodes = as_list(data.get("nodes"))
-            job._emit("cached", name, nodes=tuple(str(n) for n in nodes), raw=data)
+            job.emit("cached", name, nodes=tuple(str(n) for n in nodes), raw=data)
         elif kind == "executing":
             node = data.get("node")
             if node is None:
                 return self._finish_from_history()
-            job._emit("executing", name, node=str(node), raw=data)
+            job.emit("executing", name, node=str(node), raw=data)
         elif kind == "progress":
             v, m = data.get("value"), data.get("max")
             if isinstance(v, (int, float)) and isinstance(m, (int, float)):
-                job._emit("progress", name, node=str(data.get("node")), value=float(v), max=float(m), raw=data)
+                job.emit("progress", name, node=str(data.get("node")), value=float(v), max=float(m), raw=data)
         elif kind == "executed":
             node = str(data.get("node"))
             files = tuple(
                 OutputFile(f["filename"], f["subfolder"], f["type"], node) for _, f in iter_output_files({node: data.get("output")})
             )
             self.ws_outputs.setdefault(node, []).extend(files)
-            job._emit("output", name, node=node, files=files, raw=data)
+            job.emit("output", name, node=node, files=files, raw=data)
         elif kind == "execution_success":
             self.success_seen = True
             self.success_raw = data

@@ -1,124 +1,181 @@
-"""The pool's scheduling side: what the :class:`~comfy_cluster.dispatcher.Dispatcher` asks of
-the pool, on the dispatcher's thread. No I/O here: snapshots and node lists are read from
-their caches (a node list not read yet is fetched on the probe executor, never waited for).
+"""The Scheduler: the local queue and placement, a part of its own.
+
+It owns the :class:`~comfy_cluster.dispatcher.Dispatcher` (the queue and its thread) and
+decides, for each waiting job, where it goes now. It is handed what it reads: the servers, a
+:class:`~comfy_cluster.selection.StatusView` of the snapshots, the
+:class:`~comfy_cluster.selection.Capabilities` cache, the
+:class:`~comfy_cluster.attempt.Ledger`, the strategy, a clock, and ``launch(attempt)`` that
+starts an attempt's runner. No I/O here: snapshots and node lists are read from their caches
+(a node list not read yet is fetched on the probe executor, never waited for).
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
-from .attempt import Attempt
-from .lifecycle import finish_cancelled, run, run_adopted
-from .config import ServerConfig
-from .dispatcher import Choice, Verdict
+from .attempt import Attempt, Ledger
+from .balance import strategy_name
+from .dispatcher import Choice, Dispatcher, Verdict
 from .errors import ComfyClusterError
-from .jobs import Job
+from .jobs import JobControl
 from .planner import Batch
-from .selection import View, evaluate, no_server, pick
+from .selection import Capabilities, StatusView, View, capable, evaluate, no_server, pick
+from .server_config import ServerConfig
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .pool import ServerPool
+__all__ = ["Scheduler"]
 
-__all__ = ["tick", "key_of", "choose", "start_attempt", "adopt_attempt", "end_unplaced"]
-
-
-def tick(pool: "ServerPool") -> Optional[float]:
-    """Without the background monitor, start (never wait for) re-probes of offline
-    servers whose backoff is over; seconds until the next one is due."""
-    if pool._monitor.background:
-        return None
-    view = pool._view(probe=False)
-    now = pool._clock()
-    if now >= view.next_retry:
-        pool._retry_offline(view, now)
-    return None if math.isinf(view.next_retry) else max(0.05, min(1.0, view.next_retry - now))
-
-def key_of(pool: "ServerPool", job: Job) -> Optional[Tuple[Any, ...]]:
-    """Jobs alike get the same WAIT: same batch, same servers able to run them (node types,
-    models and inputs alike), never tried, nothing excluded. None: ask for this job."""
-    version, cache = job._caps
-    if job.incapable or version != pool._caps.version or not cache or job.attempts:
-        return None
-    stamp = (version, len(cache))  # a cache only grows within one version
-    memo = job._key_memo
-    if memo is None or memo[0] != stamp:
-        memo = (stamp, (id(job.batch), frozenset(n for n, why in cache.items() if why is None)))
-        job._key_memo = memo
-    return memo[1]
+Can = Callable[[List[str]], Dict[str, Optional[str]]]
 
 
-def choose(pool: "ServerPool", job: Job) -> Choice:
-    exclude = set(job.incapable)
-    view = pool._view(probe=False)
-    can = pool._can(job.workflow, job.inputs, wait=False, job=job)
-    tried = job.tried
-    if tried:
-        untried, _, _, _ = evaluate(view, pool._servers, can, exclude | set(tried), ignore_full=True, reasons_wanted=False)
-        if untried:
-            exclude |= set(tried)  # another attempt goes to a server not tried yet
-    cands, reasons, full, unknown = evaluate(view, pool._servers, can, exclude)
-    if not cands:
-        if full or unknown:
-            return Choice(Verdict.WAIT)
-        if job.incapable and not any(r.startswith("offline") for r in reasons.values()):
-            return Choice(Verdict.FAIL, error=job.last_error or no_server(reasons))
-        return Choice(Verdict.NONE, error=no_server(reasons))
-    try:
-        if isinstance(job.batch, Batch):
-            state = plan_state(pool, view, can, exclude)
-            server = job.batch.plan_pick(cands, state, pool._dispatcher.pending(job.batch))
-            return Choice(Verdict.GO, server) if server is not None else Choice(Verdict.WAIT)
-        return Choice(Verdict.GO, pick(pool._strategy, pool.strategy, cands, job.workflow))
-    except ComfyClusterError as exc:  # a custom strategy's bad answer fails the job, loudly
-        return Choice(Verdict.FAIL, error=exc)
+class Scheduler:
+    """Jobs wait here until a server has room; each goes where the strategy (or its batch's
+    plan) says. Thread-safe: ``add``, ``wake``, ``attempt_ended`` and ``close`` may be called
+    from any thread; decisions are made on the dispatcher's thread."""
 
-def plan_state(pool: "ServerPool", view: View, can: Callable[[List[str]], Dict[str, Optional[str]]], exclude: Set[str]) -> List[Tuple[ServerConfig, float, float]]:
-    """``(server, seconds until its current backlog is done, seconds per job)`` for every
-    server able to take the job, full or not: the batch planner's view of the cluster."""
-    eligible, _, _, _ = evaluate(view, pool._servers, can, exclude, ignore_full=True, reasons_wanted=False)
-    now = pool._clock()
-    out = []
-    for c in eligible:
-        d = c.expected_seconds
-        backlog = max(c.status.load, c.status.in_flight) * d
-        starts = [a.job._last_exec_start for a in pool._ledger.live(c.name) if a.job._last_exec_start is not None]
-        if starts and backlog > 0:
-            backlog -= min(d, max(0.0, now - max(starts)))
-        out.append((c.server, max(0.0, backlog), d))
-    return out
+    def __init__(
+        self,
+        servers: Sequence[ServerConfig],
+        view: StatusView,
+        caps: Capabilities,
+        ledger: Ledger,
+        strategy: Any,
+        *,
+        launch: Callable[..., None],
+        clock: Callable[[], float],
+        wait_for_server: float,
+    ) -> None:
+        self._servers = tuple(servers)
+        self._view = view
+        self._caps = caps
+        self._ledger = ledger
+        self._strategy = strategy
+        self._strategy_name = strategy_name(strategy)
+        self._launch = launch
+        self._clock = clock
+        self._queue = Dispatcher(
+            self._choose, self._start, self._end, clock=clock, wait_for_server=wait_for_server,
+            tick=view.tick, key_of=self._key_of,
+        )
 
-def start_attempt(pool: "ServerPool", job: Job, server: ServerConfig) -> bool:
-    attempt = Attempt(job, server.name, job.attempts + 1)
-    if not job._claim(attempt, server):
-        return False
-    pool._ledger.reserve(attempt)  # counted on the server before anything is sent
-    previous = job.failures[-1] if job.failures else None
-    if previous is not None:
-        job._emit("retrying", server.name, from_server=previous[0], to_server=server.name, reason=previous[1])
-    thread = threading.Thread(target=run, args=(pool, attempt), name=f"comfy-cluster-job-{server.name}", daemon=True)
-    with pool._lock:
-        pool._runners.add(thread)
-    thread.start()
-    return True
+    # -- the queue (any thread) ---------------------------------------------------------------
 
-def adopt_attempt(pool: "ServerPool", job: Job, server: ServerConfig, prompt_id: str) -> None:
-    """Make ``job``'s first attempt the copy ``prompt_id`` already on ``server`` and follow it
-    on a runner thread (counted on the server and for its owner, as a dispatched attempt)."""
-    attempt = Attempt(job, server.name, 1, prompt_id=prompt_id)
-    job._claim(attempt, server)
-    pool._ledger.reserve(attempt)
-    pool._dispatcher.adopted(job)
-    thread = threading.Thread(target=run_adopted, args=(pool, attempt), name=f"comfy-cluster-job-{server.name}", daemon=True)
-    with pool._lock:
-        pool._runners.add(thread)
-    thread.start()
+    def add(self, controls: Sequence[JobControl], *, front: bool = False) -> None:
+        """Queue jobs (all at once); ``front`` for a moved job, which has waited longest."""
+        self._queue.add(controls, front=front)
 
-def end_unplaced(pool: "ServerPool", job: Job, error: Optional[ComfyClusterError]) -> None:
-    """A job leaves the local queue without a server: cancelled (``error`` None) or failed."""
-    if error is None:
-        finish_cancelled(job, None, "cancelled before it reached a server")
-    else:
-        job._emit("failed", None, reason=str(error))
-        job._finish("failed", error=error)
+    def wake(self) -> None:
+        """Something a decision reads changed (a slot freed, a server came or went, a cancel)."""
+        self._queue.wake()
+
+    def attempt_ended(self, control: JobControl) -> None:
+        self._queue.attempt_ended(control)
+
+    def adopt(self, control: JobControl, server: ServerConfig, prompt_id: str) -> None:
+        """Make ``control``'s first attempt the copy ``prompt_id`` already on ``server`` and
+        follow it (counted on the server and for its owner, as a dispatched attempt)."""
+        attempt = Attempt(control, server.name, 1, prompt_id=prompt_id)
+        control.claim(attempt, server)
+        self._ledger.reserve(attempt)
+        self._queue.adopted(control)
+        self._launch(attempt, follow_only=True)
+
+    def pending(self, batch: object = None) -> int:
+        return self._queue.pending(batch)
+
+    def close(self) -> List[JobControl]:
+        """Stop the dispatcher; the jobs still waiting, for the pool to cancel."""
+        return self._queue.close()
+
+    # -- decisions (the dispatcher's thread) ----------------------------------------------------
+
+    def _can(self, control: JobControl) -> Can:
+        """Capability answers for ``control``'s job, memoised on it per capabilities version;
+        unknown or failed node lists are (re)fetched on the probe executor, never waited for."""
+        caps = self._caps
+        workflow, skip = control.job.workflow, control.job.inputs
+
+        def can(names: List[str]) -> Dict[str, Optional[str]]:
+            version, cache = control.caps
+            if version != caps.version:
+                cache = {}
+                control.caps = (caps.version, cache)
+            todo = [n for n in names if n not in cache or (cache[n] is not None and n not in caps.info)]
+            if todo:
+                caps.fetch(todo, wait=False)
+                cache.update(capable(caps, workflow, todo, skip))
+            return cache
+
+        return can
+
+    def _key_of(self, control: JobControl) -> Optional[Hashable]:
+        """Jobs alike get the same WAIT: same batch, same servers able to run them (node types,
+        models and inputs alike), never tried, nothing excluded. None: ask for this job."""
+        version, cache = control.caps
+        if control.incapable or version != self._caps.version or not cache or control.job.attempts:
+            return None
+        stamp = (version, len(cache))  # a cache only grows within one version
+        memo = control.key_memo
+        if memo is None or memo[0] != stamp:
+            memo = (stamp, (id(control.batch), frozenset(n for n, why in cache.items() if why is None)))
+            control.key_memo = memo
+        return memo[1]
+
+    def _choose(self, control: JobControl) -> Choice:
+        job = control.job
+        exclude = set(control.incapable)
+        view = self._view.current(probe=False)
+        can = self._can(control)
+        tried = job.tried
+        if tried:
+            untried, _, _, _ = evaluate(view, self._servers, can, exclude | set(tried), ignore_full=True, reasons_wanted=False)
+            if untried:
+                exclude |= set(tried)  # another attempt goes to a server not tried yet
+        cands, reasons, full, unknown = evaluate(view, self._servers, can, exclude)
+        if not cands:
+            if full or unknown:
+                return Choice(Verdict.WAIT)
+            if control.incapable and not any(r.startswith("offline") for r in reasons.values()):
+                return Choice(Verdict.FAIL, error=control.last_error or no_server(reasons))
+            return Choice(Verdict.NONE, error=no_server(reasons))
+        try:
+            if isinstance(job.batch, Batch):
+                state = self.plan_state(view, can, exclude)
+                server = job.batch.plan_pick(cands, state, self._queue.pending(job.batch))
+                return Choice(Verdict.GO, server) if server is not None else Choice(Verdict.WAIT)
+            return Choice(Verdict.GO, pick(self._strategy, self._strategy_name, cands, job.workflow))
+        except ComfyClusterError as exc:  # a custom strategy's bad answer fails the job, loudly
+            return Choice(Verdict.FAIL, error=exc)
+
+    def plan_state(self, view: View, can: Can, exclude: Set[str]) -> List[Tuple[ServerConfig, float, float]]:
+        """``(server, seconds until its current backlog is done, seconds per job)`` for every
+        server able to take the job, full or not: the batch planner's view of the cluster."""
+        eligible, _, _, _ = evaluate(view, self._servers, can, exclude, ignore_full=True, reasons_wanted=False)
+        now = self._clock()
+        out = []
+        for c in eligible:
+            d = c.expected_seconds
+            backlog = max(c.status.load, c.status.in_flight) * d
+            starts = [s for s in (a.control.last_exec_start for a in self._ledger.live(c.name)) if s is not None]
+            if starts and backlog > 0:
+                backlog -= min(d, max(0.0, now - max(starts)))
+            out.append((c.server, max(0.0, backlog), d))
+        return out
+
+    def _start(self, control: JobControl, server: ServerConfig) -> bool:
+        attempt = Attempt(control, server.name, control.job.attempts + 1)
+        if not control.claim(attempt, server):
+            return False
+        self._ledger.reserve(attempt)  # counted on the server before anything is sent
+        failures = control.job.failures
+        if failures:
+            previous = failures[-1]
+            control.emit("retrying", server.name, from_server=previous[0], to_server=server.name, reason=previous[1])
+        self._launch(attempt)
+        return True
+
+    def _end(self, control: JobControl, error: Optional[ComfyClusterError]) -> None:
+        """A job leaves the local queue without a server: cancelled (``error`` None) or failed."""
+        if error is None:
+            control.cancelled(None, "cancelled before it reached a server")
+        else:
+            control.fail(None, error)

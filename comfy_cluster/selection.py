@@ -18,18 +18,18 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from .balance import Candidate, expected_seconds
 from .client import PROBE_TIMEOUT, ComfyClient
-from .config import ServerConfig
 from .errors import ComfyClusterError, NoServerAvailable
-from .status import ServerStatus
+from .server_config import ServerConfig
+from .status import ServerStatus, StatusMonitor
 from .workflow import missing_capabilities
 
-__all__ = ["Capabilities", "View", "no_server", "UNKNOWN"]
+__all__ = ["Capabilities", "View", "StatusView", "no_server", "UNKNOWN"]
 
 log = logging.getLogger(__name__)
 
 #: A capability answer meaning "node list not read yet".
 UNKNOWN = "node list not read yet"
-OBJECT_INFO_TIMEOUT = (PROBE_TIMEOUT[0] * 3.05, 10.0)
+OBJECT_INFO_TIMEOUT = (PROBE_TIMEOUT[0], 10.0)
 
 
 class Capabilities:
@@ -100,6 +100,21 @@ class Capabilities:
             for ev in events:
                 ev.wait(sum(OBJECT_INFO_TIMEOUT) + 1.0)
 
+    def checker(
+        self, workflow: Optional[Mapping[str, Any]], skip_nodes: Iterable[str] = (), *, wait: bool
+    ) -> Callable[[List[str]], Dict[str, Optional[str]]]:
+        """``can(names)`` for :func:`evaluate`: fetches node lists not known yet (waiting for
+        them with ``wait``: callers' threads only), then answers as :func:`capable` does.
+        Without a workflow every server can."""
+
+        def can(names: List[str]) -> Dict[str, Optional[str]]:
+            if workflow is None:
+                return {}
+            self.fetch(names, wait=wait)
+            return capable(self, workflow, names, skip_nodes)
+
+        return can
+
     def _fetch_one(self, name: str, done: threading.Event) -> None:
         try:
             info = self._clients[name].object_info(timeout=OBJECT_INFO_TIMEOUT)
@@ -141,6 +156,58 @@ class View:
         self.unchecked = [st.name for srv, st in zip(servers, snapshots) if srv.enabled and not st.checked]
         self.next_due = min((st.next_probe_at for st in snapshots if st.online), default=math.inf)
         self.next_retry = min((st.next_probe_at for st in snapshots if not st.online and st.checked), default=math.inf)
+
+
+class StatusView:
+    """The monitor's snapshots as selection reads them: a :class:`View` rebuilt only when a
+    snapshot changed, and the probes selection may start. Handed the monitor, the servers
+    and the pool's clock."""
+
+    def __init__(self, monitor: StatusMonitor, servers: Sequence[ServerConfig], clock: Callable[[], float]) -> None:
+        self._monitor = monitor
+        self._servers = tuple(servers)
+        self._enabled = {s.name for s in servers if s.enabled}
+        self._clock = clock
+        self._cache: Optional[View] = None
+
+    def current(self, *, probe: bool) -> View:
+        """The current view. With ``probe`` (callers' threads only), probes servers never
+        checked and, without the background thread, online servers whose TTL expired; never
+        a server known offline (those are re-probed in the background once due)."""
+        mon = self._monitor
+        view = self._cache
+        if view is None or view.version != mon.version:
+            view = View(mon.version, mon.snapshots(), self._servers)
+            self._cache = view
+        if not probe:
+            return view
+        names: List[str] = view.unchecked
+        if not names and not mon.background:
+            now = self._clock()
+            if now >= view.next_due:
+                names = [n for n in mon.due(include_offline=False) if n in self._enabled]
+            if now >= view.next_retry:
+                self.retry_offline(view, now)
+        if names:
+            mon.probe(names)
+            return self.current(probe=True)
+        return view
+
+    def retry_offline(self, view: View, now: float) -> None:
+        """Offline servers whose backoff is over are probed in the background, never waited for."""
+        retry = [s.name for s in view.snapshots if not s.online and s.checked and now >= s.next_probe_at]
+        self._monitor.probe([n for n in retry if n in self._enabled], wait_for_them=False)
+
+    def tick(self) -> Optional[float]:
+        """For the dispatcher: without the background monitor, start (never wait for)
+        re-probes of offline servers whose backoff is over; seconds until the next is due."""
+        if self._monitor.background:
+            return None
+        view = self.current(probe=False)
+        now = self._clock()
+        if now >= view.next_retry:
+            self.retry_offline(view, now)
+        return None if math.isinf(view.next_retry) else max(0.05, min(1.0, view.next_retry - now))
 
 
 def capable(

@@ -12,7 +12,7 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ComfyClusterError
-from .textfiles import read_text
+from .textfiles import UnreadableText, loads_json, read_text
 
 __all__ = [
     "WorkflowInputError",
@@ -21,6 +21,7 @@ __all__ = [
     "missing_capabilities",
     "set_inputs",
     "frame_workflows",
+    "seeded_copies",
     "MODEL_EXTENSIONS",
 ]
 
@@ -41,13 +42,15 @@ def load_workflow(workflow: Union[Mapping[str, Any], str, "os.PathLike[str]"]) -
     if isinstance(workflow, (str, os.PathLike)):
         path = os.fspath(workflow)
         try:
-            data = json.loads(read_text(path))  # UTF-8, or UTF-16/BOM as PowerShell writes
+            data = loads_json(read_text(path), f"workflow file {path}")  # UTF-8, or UTF-16/BOM as PowerShell writes
         except FileNotFoundError:
             raise WorkflowInputError(f"workflow file not found: {path}") from None
+        except UnreadableText as exc:  # cp1252 ("ANSI"): say so and how to save it
+            raise WorkflowInputError(f"cannot read workflow file {path}: {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise WorkflowInputError(f"cannot read workflow file {path}: {exc.__class__.__name__}") from None
         except ValueError as exc:
-            raise WorkflowInputError(f"workflow file {path} is not valid JSON: {getattr(exc, 'msg', exc)}") from None
+            raise WorkflowInputError(str(exc)) from None
         where = path
     else:
         data = workflow
@@ -187,6 +190,30 @@ def frame_workflows(
             values.setdefault(str(node_id), {}).update(inputs)
         out.append(set_inputs(base, values))
     return out
+
+
+SEED_INPUTS = ("seed", "noise_seed")
+_SEED_MAX = 2**64  # ComfyUI's seeds are 0 .. 0xffffffffffffffff
+
+
+def seeded_copies(template: Mapping[str, Any], count: int) -> Tuple[List[Workflow], int]:
+    """``count`` copies of ``template``, copy ``i`` with every literal ``seed``/``noise_seed``
+    input increased by ``i``, and how many such inputs there are.
+
+    ComfyUI answers a prompt identical to its previous one from its cache (no new image, in
+    a second), so N identical copies would give N times one image; with no seed input (0) they
+    stay identical and the caller should say so.
+    """
+    base = load_workflow(template)
+    seeds = [(node_id, name) for node_id, node in base.items() for name, value in node.get("inputs", {}).items()
+             if name in SEED_INPUTS and isinstance(value, int) and not isinstance(value, bool)]
+    out = []
+    for i in range(count):
+        values: Dict[str, Dict[str, Any]] = {}
+        for node_id, name in seeds:
+            values.setdefault(node_id, {})[name] = (base[node_id]["inputs"][name] + i) % _SEED_MAX
+        out.append(set_inputs(base, values))
+    return out, len(seeds)
 
 
 __all__.append("parse_node_input")

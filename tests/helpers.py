@@ -107,3 +107,46 @@ def symlink_file(target: Any, link: Any) -> bool:
 #: One tick of the coarsest monotonic clock a CI runner has (Windows: 15.6 ms). A wait of
 #: ``t`` seconds can measure up to one tick short there; lower bounds allow for it.
 CLOCK_TICK = 0.016
+
+
+def windows_argv(command_line: str) -> List[str]:
+    """``command_line`` split as a Windows program's C runtime splits it (CommandLineToArgvW):
+    what ``setx``, ``python.exe`` and ``comfy-cluster.exe`` receive from cmd.exe. Backslashes
+    are literal except before a double quote (2n -> n and the quote toggles quoting; 2n+1 ->
+    n and a literal quote); single quotes are ordinary characters."""
+    args: List[str] = []
+    current: List[str] = []
+    quoted = started = False
+    i = 0
+    while i < len(command_line):
+        c = command_line[i]
+        if c == "\\":
+            n = len(command_line[i:]) - len(command_line[i:].lstrip("\\"))
+            if command_line[i + n:i + n + 1] == '"':
+                current.append("\\" * (n // 2))
+                if n % 2:
+                    current.append('"')
+                    i += n + 1
+                else:
+                    i += n
+            else:
+                current.append("\\" * n)
+                i += n
+            continue
+        if c == '"':
+            if quoted and command_line[i + 1:i + 2] == '"':  # "" inside quotes: one literal quote
+                current.append('"')
+                i += 2
+                continue
+            quoted = not quoted
+            started = True
+        elif c in " \t" and not quoted:
+            if current or started:
+                args.append("".join(current))
+            current, started = [], False
+        else:
+            current.append(c)
+        i += 1
+    if current or started:
+        args.append("".join(current))
+    return args

@@ -12,7 +12,7 @@ from comfy_cluster.attempt import Attempt, AttemptPhase, Ledger, cancel_on_serve
 from comfy_cluster.callbacks import CallbackExecutor
 from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
-from comfy_cluster.jobs import Job
+from comfy_cluster.jobs import Job, JobControl
 
 
 def test_callbacks_run_in_order_on_one_thread_and_survive_anything():
@@ -70,7 +70,7 @@ def test_ledger_keeps_an_unconfirmed_attempt_counted_until_released():
     woken: List[int] = []
     ledger = Ledger(["a"], mon, lambda: woken.append(1))  # type: ignore[arg-type]
     job = Job(sleep_workflow())
-    attempt = Attempt(job, "a", 1)
+    attempt = Attempt(JobControl(job), "a", 1)
     assert attempt.phase is AttemptPhase.RESERVED and len(attempt.prompt_id) == 36
     ledger.reserve(attempt)
     ledger.lose(attempt, now=5.0)

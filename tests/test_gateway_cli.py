@@ -68,10 +68,10 @@ def test_gateway_command_serves_and_cancels_on_shutdown(mock_cluster_factory: Ca
 
 def test_gateway_command_reports_bad_configuration_in_one_line(mock_cluster_factory: Callable[..., MockCluster], tmp_path: Path) -> None:
     cluster = mock_cluster_factory(speeds=(1.0,))
-    proc = _start(cluster, str(tmp_path), "--argv", "not json")
+    proc = _start(cluster, str(tmp_path), "--argv", "[1]")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
-    assert err.strip().splitlines() == ["comfy-cluster gateway: --argv: expected a JSON list of strings, got 'not json'"]
+    assert err.strip().splitlines() == ["comfy-cluster gateway: --argv: expected one path or a JSON list of strings"]
 
 
 @pytest.mark.parametrize("url, message", [

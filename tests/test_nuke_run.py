@@ -222,7 +222,7 @@ def test_some_frames_failing_still_reads_the_others(fake_nuke, mock_cluster_fact
     text = fake_nuke.messages()[0]
     assert "1 of 3 frame(s) failed" in text and "frame went wrong" in text
     read = read_nodes()[0]
-    # The Read covers the node's range: the failed frame shows as a checkerboard there.
+    # The Read covers the node's range: the failed frame is a Read error there.
     assert (read["first"].value(), read["last"].value()) == (1, 3)
 
 

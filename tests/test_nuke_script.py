@@ -56,25 +56,67 @@ def test_a_saved_script_opened_again_runs_into_the_same_folder(fake_nuke, cluste
     assert loaded["load_image_node"].value() == "Plate (node 10)"
 
 
-def test_a_pasted_node_gets_its_own_id_folder_and_read(fake_nuke, cluster_env, tmp_path):
+def test_a_pasted_node_gets_its_own_id_folder_and_read(fake_nuke, cluster_env, tmp_path, monkeypatch):
+    import atexit
+
     import nuke
 
+    from comfy_cluster_nuke import lifecycle
+
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: fn)
+    lifecycle.install()  # menu.py's hooks
     fake_nuke.save_script(str(tmp_path / "sh010.nk"))
     original = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), "", last=1)
     fake_nuke.press(original, "execute")
     first = wait_run(fake_nuke, original)
+    uid = original["node_uid"].value()
+    nuke.scriptSave()
     for n in nuke.allNodes():
         n.setSelected(n is original)
     nuke.nodeCopy("%clipboard%")
     pasted = nuke.nodePaste("%clipboard%")
     assert pasted is not None and pasted.name() == "ComfyUIClusterRun2"
-    assert pasted["node_uid"].value() == original["node_uid"].value()  # what a paste carries over
+    # Renewed when pasted (Nuke's onCreate), not at its first run: the script is to be saved.
+    assert pasted["node_uid"].value() not in ("", uid) and original["node_uid"].value() == uid
+    assert nuke.root().modified()
     pasted.setInput(0, nuke.nodes.Constant())
     fake_nuke.press(pasted, "execute")
     second = wait_run(fake_nuke, pasted)
     assert second.error is None, second.error
-    assert pasted["node_uid"].value() != original["node_uid"].value()
     assert os.path.dirname(second.version_dir) != os.path.dirname(first.version_dir)
     reads = {r.fullName(): r["file"].value() for r in read_nodes()}
     assert reads[f"{original.name()}.result"].startswith(first.version_dir.replace(os.sep, "/"))
     assert reads[f"{pasted.name()}.result"].startswith(second.version_dir.replace(os.sep, "/"))
+
+
+def test_renaming_or_moving_the_node_into_a_group_keeps_its_id_and_folder(fake_nuke, cluster_env, tmp_path, monkeypatch):
+    """Issue 19 item 1: the id followed the node's name, so a rename drew a new folder."""
+    import atexit
+
+    import nuke
+
+    from comfy_cluster_nuke import lifecycle
+
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: fn)
+    lifecycle.install()
+    fake_nuke.save_script(str(tmp_path / "sh010.nk"))
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), "", last=1)
+    uid = node["node_uid"].value()
+    fake_nuke.press(node, "execute")
+    first = wait_run(fake_nuke, node)
+    node.setName("Hero")
+    fake_nuke.press(node, "execute")
+    second = wait_run(fake_nuke, node)
+    assert node["node_uid"].value() == uid
+    assert os.path.basename(second.version_dir) == "v001"  # its own folder (named Hero_<id>), same id
+    assert os.path.basename(os.path.dirname(second.version_dir)) == f"Hero_{uid}"
+    assert first.error is None and second.error is None
+    # Moving it into a group is a cut and paste: the original is gone, so the id stays.
+    for n in nuke.allNodes():
+        n.setSelected(n is node)
+    nuke.nodeCopy("%clipboard%")
+    nuke.delete(node)
+    box = nuke.nodes.Group()
+    with box:
+        moved = nuke.nodePaste("%clipboard%")
+    assert moved["node_uid"].value() == uid

@@ -114,6 +114,8 @@ def test_the_input_render_is_fully_specified(fake_nuke, cluster_env, tmp_path):
         "node": f"{node.name()}.Write1",
         "colorspace": "sRGB",  # explicit: the script's 8-bit default, not the Write's studio default
         "channels": "rgb",  # ComfyUI's LoadImage would turn alpha 0 into a full mask
+        "file_type": "png",  # no server has LoadEXR/SaveEXR
+        "raw": False,  # converted to the colorspace above
         "proxy": False,  # full resolution even in proxy mode
         "views": ["left"],  # the main view only
         "callbacks": [],  # no studio callback ran for our temporary Write
@@ -306,7 +308,7 @@ def test_jobs_are_cancelled_when_the_script_closes_or_nuke_quits(fake_nuke, clus
 # --- 15. failed frames, renaming ----------------------------------------------------------------
 
 
-def test_failed_frames_show_as_checkerboard_and_rerun_completes_the_same_version(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
+def test_failed_frames_are_read_errors_and_rerun_completes_the_same_version(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
     import nuke
 
     cluster = mock_cluster_factory(speeds=(1.0,))
@@ -317,7 +319,10 @@ def test_failed_frames_show_as_checkerboard_and_rerun_completes_the_same_version
     failed = sorted(run.error.errors)
     assert len(failed) == 1 and node["failed_frames"].value() == str(failed[0])
     read = nuke.toNode(f"{node.name()}.result")
-    assert read["on_error"].value() == "checkerboard"  # the gap is visible, not a silent hold
+    # The gap is an error, not a placeholder: a render through the node stops on it (issue 19 item 4).
+    assert read["on_error"].value() == "error"
+    with pytest.raises(RuntimeError, match="Read error"):
+        fake_nuke.read_frame(read, failed[0])
     assert (read["first"].value(), read["last"].value()) == (1, 3)
     fake_nuke.take_errors()
     fake_nuke.messages().clear()

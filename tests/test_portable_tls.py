@@ -42,6 +42,8 @@ def default_store(monkeypatch):
 
     monkeypatch.setattr(ssl.SSLContext, "load_default_certs", load_default_certs)
     monkeypatch.setattr(tls_mod, "_cache", {})  # contexts are cached per setting
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)  # a machine's own CA settings (this one has them) are not the test's
     yield held
     assert ssl.SSLContext.load_default_certs is not real
 
@@ -107,3 +109,24 @@ def test_https_and_wss_share_one_context():
         client.close()
     off = ServerConfig(name="s", url="https://127.0.0.1:1", verify_tls=False)
     assert sslopt_for(off)["context"].verify_mode == ssl.CERT_NONE
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
+def test_private_ca_from_the_environment_is_trusted_as_requests_trusts_it(https_mock, default_store, monkeypatch, variable):
+    """Issue 21 item 6: a studio sets REQUESTS_CA_BUNDLE (or OpenSSL's SSL_CERT_FILE) to its
+    private CA. Plain requests got 200 while the pool showed the server offline on TLS."""
+    import requests
+
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv(variable, CA)
+    if variable == "REQUESTS_CA_BUNDLE":
+        assert requests.get(https_mock.url + "/queue", timeout=10).status_code == 200  # what the user checked
+    _run_one(https_mock.url, True)
+
+
+def test_environment_ca_that_cannot_be_loaded_is_a_config_error(https_mock, default_store, monkeypatch, tmp_path):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match="verify_tls: cannot load CA certificates from .*missing.pem"):
+        ServerPool([{"name": "tls", "url": https_mock.url}], **FAST)

@@ -18,7 +18,7 @@ import sys
 from typing import Dict, List, Tuple
 
 import pytest
-from helpers import fail_workflow, sleep_workflow, wait_until
+from helpers import fail_workflow, sleep_workflow, wait_until, windows_argv
 
 from comfy_cluster import JobFailed, NoServerAvailable, ServerPool
 from comfy_cluster.config import servers_from_env, strategy_from_env
@@ -118,6 +118,38 @@ def _powershell_env(code: str) -> Dict[str, str]:
     for m in re.finditer(r"^\$env:([A-Z_0-9]+) = '((?:[^']|'')*)'$", code, flags=re.M):
         env[m.group(1)] = m.group(2).replace("''", "'")
     return env
+
+
+def _setx_env(code: str) -> Dict[str, str]:
+    """``setx NAME VALUE`` lines as setx.exe receives them from cmd.exe (its own C runtime
+    splitting: ``\\"`` is a quote), checked against setx's 1024-character limit."""
+    env = {}
+    for line in code.splitlines():
+        if line.startswith("setx "):
+            argv = windows_argv(line)
+            assert len(argv) == 3 and "=" not in argv[1], line  # setx takes no "="
+            assert len(argv[2]) <= 1024, "setx truncates values at 1024 characters"
+            env[argv[1]] = argv[2]
+    return env
+
+
+def _powershell_user_env(code: str) -> Dict[str, str]:
+    found = re.findall(r"^\[Environment\]::SetEnvironmentVariable\('([A-Z_0-9]+)', '((?:[^']|'')*)', 'User'\)$", code, flags=re.M)
+    return {name: value.replace("''", "'") for name, value in found}
+
+
+def test_persistent_forms_set_the_same_values_as_the_session_forms():
+    """setx (cmd.exe) and [Environment]::SetEnvironmentVariable (PowerShell), the ways to keep
+    a value for new windows, give what set and $env: give."""
+    checked = 0
+    for lang, code, sec in blocks():
+        if sec != "## Configuration" or lang not in ("bat", "powershell"):
+            continue
+        now, kept = (_cmd_env(code), _setx_env(code)) if lang == "bat" else (_powershell_env(code), _powershell_user_env(code))
+        assert kept and kept == now, (lang, kept, now)
+        servers_from_env(kept)
+        checked += 1
+    assert checked == 2
 
 
 def test_configuration_examples_parse_in_bash_cmd_and_powershell():
@@ -313,3 +345,107 @@ def test_every_documented_error_class_exists_and_is_a_library_error():
     assert "LocalFileError" in names and len(names) >= 8
     for name in names:
         assert issubclass(getattr(comfy_cluster, name), comfy_cluster.ComfyClusterError), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 21 item 4: what README shows in comments and side remarks is true as written
+
+
+def test_commented_alternatives_in_the_batches_snippet_run(workdir):
+    """A commented-out line of the Batches snippet (``# wfs = frame_workflows(...)``) runs as
+    written with the snippet's own template and frames (``frame_input="3.seed"`` raised)."""
+    (code,) = section_blocks("## Batches", "python")
+    alternatives = [line[2:] for line in code.splitlines() if re.match(r"^# \w+ = \w+\(", line)]
+    assert alternatives
+    head = "\n".join(line for line in code.splitlines() if line.startswith(("from ", "template =", "frames =")))
+    script = head + "\n" + "\n".join(alternatives) + "\nprint([w['2']['inputs']['seed'] for w in wfs])\n"
+    out = subprocess.run([sys.executable, "-c", script], cwd=workdir, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1, 2]"
+
+
+def test_download_comment_shows_what_download_returns(mock_comfy, workdir):
+    """The first snippet's comments: an absolute path, and a second run adds the job's id."""
+    text = open(README, encoding="utf-8").read()
+    shown = re.search(r"job\.download\(\"renders\"\)\)\s+# (\w+) \['([^']+)'\]", text)
+    second = re.search(r"the job's id is added \((\w+\.png)\)", text).group(1)
+    first_snippet = [code for lang, code, _ in blocks() if lang == "python"][0]
+    script = first_snippet + "\n" + first_snippet  # the same snippet run twice
+    out = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=_env(mock_comfy), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    printed = [line for line in out.stdout.splitlines() if "renders" in line]
+    server, paths = printed[0].split(" ", 1)
+    (path,) = eval(paths)  # noqa: S307 - our own process's printed list
+    assert server == shown.group(1) and os.path.isabs(path) and os.path.isabs(shown.group(2))
+    assert os.path.basename(path) == os.path.basename(shown.group(2))
+    (again,) = eval(printed[1].split(" ", 1)[1])  # noqa: S307
+    assert re.sub(r"[0-9a-f]{8}", "ID", os.path.basename(again)) == re.sub(r"[0-9a-f]{8}", "ID", second)
+
+
+def test_plugin_test_command_needs_no_shell_glob():
+    """README's command for the plugin's tests works in cmd.exe and PowerShell (which expand no
+    ``*``) and selects exactly the tests/test_nuke_*.py tests."""
+    text = open(README, encoding="utf-8").read()
+    command = re.search(r"`(python -m pytest tests[^`]*nuke[^`]*)`", text).group(1)
+    argv = shlex.split(command)
+    assert not any(c in arg for arg in argv for c in "*?[")
+    import glob
+
+    files = sorted(glob.glob(os.path.join(ROOT, "tests", "test_nuke_*.py")))
+    assert files
+    env = dict(os.environ, PYTHONPATH=ROOT)
+
+    def collected(args: List[str]) -> List[str]:
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        return sorted(line for line in out.stdout.splitlines() if "::" in line)
+
+    assert collected(argv[3:]) == collected([os.path.relpath(f, ROOT) for f in files])
+
+
+def test_renders_folder_is_ignored_by_git():
+    out = subprocess.run(["git", "check-ignore", "-q", "renders/inverted_00001_.png"], cwd=ROOT, timeout=30)
+    assert out.returncode == 0, "renders/ (README's download folder) must be in .gitignore"
+
+
+def test_submit_count_runs_new_images_not_cached_copies(mock_comfy, workdir):
+    """``--count 3`` gives three computed images: ComfyUI answers an identical prompt from its
+    cache, so each copy gets its own seed (before: three copies of one cached image)."""
+    out = subprocess.run([sys.executable, "-m", "comfy_cluster", "submit", "examples/sleep_workflow_api.json", "--count", "3",
+                          "--json"], cwd=workdir, env=_env(mock_comfy), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(r) for r in out.stdout.splitlines()]
+    names = {r["outputs"][0]["filename"] for r in rows}
+    assert len(rows) == 3 and len(names) == 3, rows  # a cached copy repeats the first file's name
+    assert "warning" not in out.stderr
+
+
+def test_submit_count_without_a_seed_warns(mock_comfy, workdir):
+    out = subprocess.run([sys.executable, "-m", "comfy_cluster", "submit", "examples/invert_workflow_api.json", "--count", "2",
+                          "--input", "10=examples/plate.0001.png"], cwd=workdir, env=_env(mock_comfy),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "no seed input" in out.stderr and "cache" in out.stderr
+
+
+@pytest.mark.parametrize("command_line, expected", [
+    ("comfy-cluster gateway --argv /mnt/comfyui/main.py", ["/mnt/comfyui/main.py"]),
+    ("comfy-cluster gateway --argv main.py", ["main.py"]),
+    (r'comfy-cluster gateway --argv "C:\ComfyUI\main.py"', ["C:\\ComfyUI\\main.py"]),  # cmd.exe
+    (r"comfy-cluster gateway --argv 'C:\ComfyUI\main.py'", ["C:\\ComfyUI\\main.py"]),  # cmd.exe keeps ''
+    ("""comfy-cluster gateway --argv '["/mnt/comfyui/main.py"]'""", None),  # bash's form, split by cmd.exe
+])
+def test_gateway_argv_forms_of_every_shell(command_line, expected):
+    """``--argv`` as cmd.exe passes it: a path alone works in every shell; the JSON list, whose
+    inner quotes cmd.exe and PowerShell 5.1 drop, gets an error naming the form that works."""
+    from comfy_cluster.gateway.cli import _argv, build_parser
+
+    args = build_parser().parse_args(windows_argv(command_line)[2:])
+    if expected is None:
+        with pytest.raises(ValueError, match=r"--argv /mnt/comfyui/main.py"):
+            _argv(args.argv)
+    else:
+        assert _argv(args.argv) == expected
+    readme = open(README, encoding="utf-8").read()
+    for shown in re.findall(r"--argv (\S+)`", readme):  # every --argv README shows
+        assert _argv(shown)

@@ -29,7 +29,7 @@ from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
 from comfy_cluster.events import ServerSocket, _decode
 from comfy_cluster.attempt import Attempt
-from comfy_cluster.jobs import Job
+from comfy_cluster.jobs import Job, JobControl
 from comfy_cluster.runner import Outcome, RunnerContext, _Follower
 from comfy_cluster.paths import safe_join
 from comfy_cluster.status import StatusMonitor
@@ -350,7 +350,7 @@ def test_any_websocket_message_is_handled_or_ignored(messages):
             return [], []
 
     job = Job(sleep_workflow())
-    attempt = Attempt(job, "ws", 1)
+    attempt = Attempt(JobControl(job), "ws", 1)
     attempt.prompt_id = PID
     ctx = RunnerContext(client=History(), socket=sock, client_id="c", position=lambda: 0,  # type: ignore[arg-type]
                         uploads=lambda c: job.workflow, reconcile_interval=0.05, server_lost_after=0.2)

@@ -22,7 +22,7 @@ ENV_TOKEN = "COMFY_CLUSTER_GATEWAY_TOKEN"
 EXAMPLE = (
     "examples:\n"
     "  NUKE_COMFYUI_SERVERS='[{\"name\": \"gpu1\", \"host\": \"gpu1\", \"port\": 8188}]' comfy-cluster gateway --port 8188\n"
-    "  comfy-cluster gateway --host 0.0.0.0 --token \"$SECRET\" --argv '[\"/mnt/comfyui/main.py\"]'\n"
+    "  comfy-cluster gateway --host 0.0.0.0 --token \"$SECRET\" --argv /mnt/comfyui/main.py\n"
     "  comfy-cluster gateway --port 8188 --state postgresql://comfy@db.studio:5432/comfy   (replicas share it)\n"
     "then point any ComfyUI client at http://HOST:PORT (ComfyUI-for-Nuke: NUKE_COMFYUI_URL)."
 )
@@ -45,20 +45,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--replica", help="this replica's name on a PostgreSQL state (default HOST:PORT; keep it across restarts)")
     p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
-    p.add_argument("--argv", help="JSON list reported as ComfyUI's argv in /system_stats (clients derive its folder from argv[0])")
+    p.add_argument("--argv", help="ComfyUI's main.py path (or a JSON list) reported as argv in /system_stats (clients derive its folder from argv[0])")
+    p.add_argument("--front-end-root", metavar="DIR", help="serve this ComfyUI frontend build (default: the installed comfyui-frontend-package)")
+    p.add_argument("--multi-user", action="store_true", help="ComfyUI's multi-user mode: users pick a profile; settings and workflows per user")
+    p.add_argument("--user-directory", metavar="DIR", help="where the web UI's users, settings and workflows are kept (default ~/.comfy-cluster/gateway-user)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     return p
 
 
 def _argv(text: Optional[str]) -> Optional[List[str]]:
+    """``--argv``: one path (``/mnt/comfyui/main.py``: the same in every shell) or a JSON list.
+
+    cmd.exe passes single quotes on and drops the double quotes inside them (``'[main.py]'``),
+    as Windows PowerShell 5.1 does with ``'["main.py"]'``: one pair of outer quotes is removed,
+    and a list that lost its inner quotes is refused with the form that works everywhere.
+    """
     if text is None:
         return None
+    from ..environment import unquote_env
+    from ..textfiles import loads_json, path_problem
+
+    raw = unquote_env("--argv", text)
+    if not raw.startswith("["):
+        problem = path_problem(raw)
+        if problem or not raw:
+            raise ValueError(f"--argv: {problem or 'empty'}")
+        return [raw]
     try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
+        value = loads_json(raw, "--argv")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or give the path alone, which every shell passes as it is: --argv /mnt/comfyui/main.py "
+                         "(cmd.exe and PowerShell 5.1 drop the double quotes inside a JSON list)") from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"--argv: expected a JSON list of strings, got {text[:60]!r}")
+        raise ValueError("--argv: expected one path or a JSON list of strings")
+    for item in value:
+        problem = path_problem(item)
+        if problem:
+            raise ValueError(f"--argv: {problem}")
     return value
 
 
@@ -89,19 +112,30 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
         return 2
     try:
         # The same clientId as before a restart: the servers send it the events of the
-        # jobs it follows again.
-        pool = ServerPool.from_env(client_id=store.client_id(), **kwargs)
+        # jobs it follows again (each replica has its own).
+        pool = ServerPool.from_env(client_id=store.client_id(args.replica or "default"), **kwargs)
     except (ComfyClusterError, ValueError) as exc:
         store.close()
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
-    gateway = Gateway(pool, host=args.host, port=args.port, token=token, argv=extra, state=store, replica=args.replica)
     try:
+        gateway = Gateway(
+            pool,
+            host=args.host,
+            port=args.port,
+            token=token,
+            argv=extra,
+            front_end_root=args.front_end_root,
+            multi_user=args.multi_user,
+            user_dir=args.user_directory,
+            state=store,
+            replica=args.replica,
+        )
         gateway.start()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         pool.close()
         store.close()
-        print(f"comfy-cluster gateway: {exc.strerror or exc}", file=sys.stderr)
+        print(f"comfy-cluster gateway: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     done = stop or threading.Event()
     previous = None

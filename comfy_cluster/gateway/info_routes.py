@@ -21,7 +21,7 @@ def _json(data: Any) -> web.Response:
 
 
 def index_page(servers: Sequence[str]) -> Handler:
-    """``GET /``: a page naming the servers (the gateway serves no ComfyUI web interface)."""
+    """``GET /`` without a ComfyUI frontend installed: a page naming the servers."""
     names = html.escape(", ".join(servers))
     page = f"<!doctype html><title>comfy-cluster gateway</title><p>comfy-cluster gateway for {len(servers)} ComfyUI server(s): {names}</p>"
 
@@ -60,9 +60,6 @@ def info_routes(info: ClusterInfo, max_upload: int) -> List[Tuple[str, str, Hand
     async def features(request: web.Request) -> web.StreamResponse:
         return _json(await info.features(max_upload))
 
-    async def empty_list(request: web.Request) -> web.StreamResponse:
-        return _json([])
-
     async def ok(request: web.Request) -> web.StreamResponse:
         await request.read()  # /free, /internal/logs/subscribe: accepted, nothing to do
         return web.Response(status=200)
@@ -71,7 +68,6 @@ def info_routes(info: ClusterInfo, max_upload: int) -> List[Tuple[str, str, Hand
         ("GET", "/object_info", object_info),
         ("GET", "/object_info/{node_class}", object_info_one),
         ("GET", "/embeddings", union("/embeddings")),
-        ("GET", "/extensions", empty_list),
         ("GET", "/models", union("/models")),
         ("GET", "/models/{folder}", models_folder),
         ("GET", "/system_stats", system_stats),

@@ -29,6 +29,8 @@ from .replicas import ReplicaLink
 from .restore import restore_jobs
 from .files import receive_upload, serve_view
 from .folders import with_folders_copied
+from .frontend import Frontend, check_front_end_root
+from .identity import MULTI_USER
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
 from .jobs_api import JobRoutes
@@ -37,7 +39,10 @@ from ..state import Store
 from ..state.shared import SharedQueue
 from .relay import Relay
 from .uploads import UploadStore
+from .userdata import userdata_routes
+from .userstore import FileUserStore, UserStore, default_user_dir
 from .validate import error_body, validate_for_cluster
+from .webinfo import webinfo_routes
 
 __all__ = ["Gateway", "DEFAULT_MAX_UPLOAD"]
 
@@ -74,6 +79,11 @@ class Gateway:
     ``HOST:PORT``) of a service: one queue for all replicas, events to whichever replica
     holds the client's socket, a dead replica's prompts taken over (see README "Run it for
     a studio"). :meth:`stop` then hands its prompts over instead of cancelling them.
+
+    The web UI (README "The web UI on the cluster"): ``front_end_root``, a ComfyUI frontend
+    build to serve instead of the installed ``comfyui-frontend-package``; ``multi_user``,
+    ComfyUI's ``--multi-user``; ``user_store``, where users' settings and files are kept
+    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``).
     """
 
     def __init__(
@@ -90,6 +100,10 @@ class Gateway:
         max_in_pool: Optional[int] = None,
         state: Any = None,
         replica: Optional[str] = None,
+        front_end_root: Optional[str] = None,
+        multi_user: bool = False,
+        user_dir: Optional[str] = None,
+        user_store: Optional[UserStore] = None,
     ) -> None:
         self.pool = pool
         self._state = state
@@ -102,6 +116,9 @@ class Gateway:
         self._upload_dir = upload_dir
         self._info_ttl = info_ttl
         self._max_in_pool = max_in_pool
+        self._front_end_root = check_front_end_root(front_end_root) if front_end_root else None
+        self._multi_user = multi_user
+        self.user_store = user_store if user_store is not None else FileUserStore(user_dir or default_user_dir())
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._runner: Optional[web.AppRunner] = None
@@ -233,6 +250,7 @@ class Gateway:
             self.replicas = ReplicaLink(shared, keeper, self.book, self.relay, self.uploads, loop,
                                         [s.name for s in self.pool.servers], self._free_slots)
         app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
+        app[MULTI_USER] = self._multi_user
         self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -330,7 +348,10 @@ class Gateway:
             ("POST", "/upload/mask", self._upload_image),
             ("GET", "/view", self._view),
         ] + info_routes(self.info, self._max_upload)
-        app.router.add_route("GET", "/", index_page([s.name for s in self.pool.servers]))
+        servers = {s.name: s for s in self.pool.servers}
+        web_ui = Frontend(self.info, servers, self._online, self._front_end_root)
+        routes += web_ui.routes() + webinfo_routes(self.info, servers, self._online) + userdata_routes(self.user_store)
+        app.router.add_route("GET", "/", web_ui.index if web_ui.web_root else index_page(list(servers)))
         for prefix in ("", "/api"):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
@@ -339,6 +360,7 @@ class Gateway:
         for method, path, handler in JobRoutes(self.book, remote_cancel=remote).routes():  # under /api only, as ComfyUI
             app.router.add_route(method, path, handler)
         app.router.add_route("GET", "/metrics", self._metrics_route)
+        web_ui.add_static(app)  # last: the web root's files answer what no route does
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

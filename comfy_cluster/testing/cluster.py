@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
 from .server import MockComfyServer
 
@@ -17,11 +17,20 @@ logger = logging.getLogger(__name__)
 class MockCluster:
     """``len(speeds)`` mock servers named ``mock1``, ``mock2``, ... on free loopback ports.
 
-    Every other keyword argument goes to each :class:`MockComfyServer`. Servers are started
-    and stopped in parallel threads, so a cluster costs about as much as one server.
+    Every other keyword argument goes to each :class:`MockComfyServer`; ``per_server`` adds
+    keyword arguments for one server each (``[{}, {"node_packs": ["ComfyUI-HQ-Image-Save"]}]``).
+    Servers are started and stopped in parallel threads, so a cluster costs about as much as
+    one server.
     """
 
-    def __init__(self, speeds: Sequence[float] = (1.0, 2.0), *, names: Optional[Sequence[str]] = None, **common_kwargs: Any) -> None:
+    def __init__(
+        self,
+        speeds: Sequence[float] = (1.0, 2.0),
+        *,
+        names: Optional[Sequence[str]] = None,
+        per_server: Optional[Sequence[Mapping[str, Any]]] = None,
+        **common_kwargs: Any,
+    ) -> None:
         speeds = list(speeds)
         if not speeds:
             raise ValueError("a cluster needs at least one server")
@@ -34,8 +43,11 @@ class MockCluster:
         if common_kwargs.get("port", 0) not in (0, None):
             raise ValueError("cluster servers always pick free ports (port=0)")
         common_kwargs.pop("port", None)
+        extra = list(per_server) if per_server is not None else [{}] * len(speeds)
+        if len(extra) != len(speeds):
+            raise ValueError("per_server and speeds must have the same length")
         self.servers: List[MockComfyServer] = [
-            MockComfyServer(name=name, speed=speed, **common_kwargs) for name, speed in zip(names, speeds)
+            MockComfyServer(name=name, speed=speed, **{**common_kwargs, **own}) for name, speed, own in zip(names, speeds, extra)
         ]
 
     def _each(self, action: str) -> None:

@@ -12,16 +12,14 @@ import asyncio
 import dataclasses
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Set, TypeVar, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, TypeVar, Union
 
 from aiohttp import web
 
 from .engine import Engine, Execution
 from .faults import Fault, RouteFault, parse_route_fault
 from .route_faults import RouteRule, RouteRules, route_key
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import _WsClient
+from .wsclient import WsClient
 
 __all__ = ["InjectedFaults"]
 
@@ -47,8 +45,8 @@ class InjectedFaults:
     _refuse_window: Optional["asyncio.Task[None]"]
     _muted: Optional[Set[str]]
     _answered: Dict[str, int]
-    _sockets: Dict[str, "_WsClient"]
-    _all_ws: Set["_WsClient"]
+    _sockets: Dict[str, WsClient]
+    _all_ws: Set[WsClient]
 
     @property
     def running(self) -> bool:  # pragma: no cover - overridden by the server
@@ -227,7 +225,7 @@ class InjectedFaults:
 
         return self._call(drop)
 
-    async def _notice_late(self, client: _WsClient) -> None:
+    async def _notice_late(self, client: WsClient) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CALL_TIMEOUT
         while loop.time() < deadline and self.running:

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .png import png_bytes, read_png_size, write_png
+from .png import png_bytes, read_png_first_pixel, read_png_size, write_png
 
 __all__ = [
     "MAX_RESOLUTION",
@@ -41,6 +41,9 @@ __all__ = [
     "BUILTIN_NODES",
     "builtin_node_names",
     "resolve_input_file",
+    "file_hash",
+    "image_arg",
+    "save_path",
     "BINARY_PREVIEW_IMAGE",
     "PREVIEW_FORMAT_PNG",
     "preview_frame",
@@ -72,12 +75,14 @@ class InterruptProcessing(Exception):
 
 @dataclass(frozen=True)
 class MockImage:
-    """A batch of solid-colour RGB images."""
+    """A batch of solid-colour RGB images: ``rgb`` as 8-bit, and ``linear`` the float colour
+    when it came from a float file (an EXR: values outside 0-1 kept), else None."""
 
     width: int
     height: int
     batch: int
     rgb: Tuple[int, int, int]
+    linear: Optional[Tuple[float, float, float]] = None
 
     def __repr__(self) -> str:
         # ComfyUI reports a failing node's inputs with repr(); keep it short and tensor-like.
@@ -86,8 +91,12 @@ class MockImage:
 
 @dataclass(frozen=True)
 class MockMask:
+    """A solid mask; ``value`` is its value (ComfyUI's polarity: LoadImage's is 1 - alpha),
+    None where the mock does not model it."""
+
     width: int
     height: int
+    value: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -251,7 +260,8 @@ def _float(default: float, minimum: float, maximum: float, step: float, **extra:
     return ["FLOAT", opts]
 
 
-def _image_arg(value: Any, name: str = "image") -> MockImage:
+def image_arg(value: Any, name: str = "image") -> MockImage:
+    """``value`` as an IMAGE input, failing as ComfyUI does at run time when it is not one."""
     if not isinstance(value, MockImage):
         # A literal where a link was expected passes ComfyUI's validation and fails at run time.
         raise AttributeError(f"'{type(value).__name__}' object has no attribute 'shape' ({name})")
@@ -279,7 +289,8 @@ def resolve_input_file(env: NodeEnv, name: str) -> Optional[str]:
     return path
 
 
-def _file_hash(path: str) -> str:
+def file_hash(path: str) -> str:
+    """The sha256 (hex) of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 16), b""):
@@ -287,7 +298,7 @@ def _file_hash(path: str) -> str:
     return digest.hexdigest()
 
 
-def _save_path(output_dir: str, filename_prefix: str) -> Tuple[str, str, int, str]:
+def save_path(output_dir: str, filename_prefix: str) -> Tuple[str, str, int, str]:
     """ComfyUI's ``get_save_image_path``: folder, base name, next counter and subfolder."""
     normalized = os.path.normpath(filename_prefix)
     subfolder = os.path.dirname(normalized)
@@ -318,7 +329,7 @@ def _save_path(output_dir: str, filename_prefix: str) -> Tuple[str, str, int, st
 def _save_images(
     ctx: NodeContext, images: MockImage, directory: str, prefix: str, kind: str
 ) -> Dict[str, Any]:
-    folder, filename, counter, subfolder = _save_path(directory, prefix)
+    folder, filename, counter, subfolder = save_path(directory, prefix)
     text = {"prompt": json.dumps(ctx.prompt)}
     if "extra_pnginfo" in ctx.extra_data and isinstance(ctx.extra_data["extra_pnginfo"], dict):
         for key, value in ctx.extra_data["extra_pnginfo"].items():
@@ -342,19 +353,20 @@ async def _empty_image(ctx: NodeContext, width: int, height: int, batch_size: in
 
 
 async def _image_invert(ctx: NodeContext, image: Any) -> NodeResult:
-    img = _image_arg(image)
+    img = image_arg(image)
     r, g, b = img.rgb
-    return (MockImage(img.width, img.height, img.batch, (255 - r, 255 - g, 255 - b)),), None
+    linear = tuple(1.0 - v for v in img.linear) if img.linear is not None else None
+    return (MockImage(img.width, img.height, img.batch, (255 - r, 255 - g, 255 - b), linear),), None  # type: ignore[arg-type]
 
 
 async def _image_blur(ctx: NodeContext, image: Any, blur_radius: int = 1, sigma: float = 1.0) -> NodeResult:
-    return (_image_arg(image),), None  # blurring a solid colour changes nothing
+    return (image_arg(image),), None  # blurring a solid colour changes nothing
 
 
 async def _image_scale(
     ctx: NodeContext, image: Any, upscale_method: str, width: int, height: int, crop: str = "disabled"
 ) -> NodeResult:
-    img = _image_arg(image)
+    img = image_arg(image)
     width, height = int(width), int(height)
     if width == 0 and height == 0:
         width, height = img.width, img.height
@@ -371,11 +383,15 @@ async def _load_image(ctx: NodeContext, image: str) -> NodeResult:
         raise FileNotFoundError(f"[Errno 2] No such file or directory: '{image}'")
     with open(path, "rb") as handle:
         size = read_png_size(handle)
+        handle.seek(0)
+        first = read_png_first_pixel(handle.read())
     width, height = size if size else (64, 64)
-    hexdigest = _file_hash(path)
+    hexdigest = file_hash(path)
     ctx.record_input(str(image), hexdigest)
     digest = bytes.fromhex(hexdigest)
-    return (MockImage(width, height, 1, (digest[0], digest[1], digest[2])), MockMask(width, height)), None
+    # ComfyUI's LoadImage: mask = 1 - alpha; an image without alpha gives an empty mask.
+    mask = 1.0 - first[0][-1] / 255.0 if first is not None and first[1] in ("LA", "RGBA") else 0.0
+    return (MockImage(width, height, 1, (digest[0], digest[1], digest[2])), MockMask(width, height, mask)), None
 
 
 def _load_image_validate(env: NodeEnv, inputs: Dict[str, Any]) -> Union[bool, str]:
@@ -387,16 +403,16 @@ def _load_image_validate(env: NodeEnv, inputs: Dict[str, Any]) -> Union[bool, st
 
 def _load_image_changed(env: NodeEnv, inputs: Dict[str, Any]) -> Any:
     path = resolve_input_file(env, str(inputs.get("image", "")))
-    return _file_hash(path) if path else None
+    return file_hash(path) if path else None
 
 
 async def _save_image(ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI") -> NodeResult:
-    img = _image_arg(images, "images")
+    img = image_arg(images, "images")
     return (), _save_images(ctx, img, ctx.env.output_dir, str(filename_prefix), "output")
 
 
 async def _preview_image(ctx: NodeContext, images: Any) -> NodeResult:
-    img = _image_arg(images, "images")
+    img = image_arg(images, "images")
     suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
     return (), _save_images(ctx, img, ctx.env.temp_dir, "ComfyUI_temp_" + suffix, "temp")
 
@@ -462,7 +478,7 @@ async def _save_image_websocket(ctx: NodeContext, images: Any) -> NodeResult:
     """ComfyUI's SaveImageWebsocket: each image goes to the client as a binary PNG frame,
     after a ``progress`` update (its progress bar carries the image); nothing is written and
     no ``executed`` event is sent (its UI dict is empty)."""
-    img = _image_arg(images, "images")
+    img = image_arg(images, "images")
     data = png_bytes(img.width, img.height, img.rgb)
     for step in range(img.batch):
         ctx.progress(step, img.batch)

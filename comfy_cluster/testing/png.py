@@ -10,7 +10,7 @@ import struct
 import zlib
 from typing import BinaryIO, Dict, Optional, Tuple
 
-__all__ = ["PNG_SIGNATURE", "png_bytes", "write_png", "read_png_size"]
+__all__ = ["PNG_SIGNATURE", "png_bytes", "write_png", "read_png_size", "read_png_first_pixel"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -64,3 +64,38 @@ def read_png_size(handle: BinaryIO) -> Optional[Tuple[int, int]]:
         return None
     width, height = struct.unpack(">II", head[16:24])
     return int(width), int(height)
+
+
+def read_png_first_pixel(data: bytes) -> Optional[Tuple[Tuple[int, ...], str]]:
+    """The first pixel of an 8- or 16-bit PNG scaled to 0-255, with its mode (``L``, ``LA``,
+    ``RGB``, ``RGBA``), or None for anything else (palette PNGs, not a PNG).
+
+    The mock's images are solid colours, and row 0's first pixel is stored raw whatever the
+    row's filter (every predictor of it is 0), so no unfiltering is needed.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    pos, idat, depth, colour = 8, [], 8, -1
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            depth, colour = body[8], body[9]
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    modes = {0: "L", 4: "LA", 2: "RGB", 6: "RGBA"}
+    if colour not in modes or depth not in (8, 16) or not idat:
+        return None
+    mode = modes[colour]
+    size = len(mode) * depth // 8
+    raw = zlib.decompressobj().decompress(b"".join(idat), 1 + size)
+    if len(raw) < 1 + size:
+        return None
+    if depth == 8:
+        values = tuple(raw[1 : 1 + size])
+    else:
+        values = tuple(round(int.from_bytes(raw[1 + 2 * i : 3 + 2 * i], "big") / 257) for i in range(len(mode)))
+    return values, mode

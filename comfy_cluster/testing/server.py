@@ -30,7 +30,6 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, TypeVar, Union
 
 from aiohttp import WSMsgType, web
@@ -38,8 +37,12 @@ from aiohttp import WSMsgType, web
 from .engine import Engine, EventSink
 from .faults import Fault, parse_fault
 from .injected import InjectedFaults
+from .loader_nodes import LOADER_NODES
+from .wsclient import WsClient
 from .nodes import BUILTIN_NODES, NodeDef, NodeEnv
+from .pixels import CORE_PIXEL_NODES, NODE_PACKS
 from .route_faults import RouteRules
+from .webroutes import MockWeb
 
 __all__ = ["MockComfyServer", "DEFAULT_MODELS", "MODEL_FOLDERS", "HUGE_HTTP_BYTES", "HUGE_WS_BYTES", "MAX_UPLOAD_SIZE"]
 
@@ -76,28 +79,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(data), content_type="application/json")
 
 
-@dataclass(eq=False)
-class _WsClient:
-    """One open websocket; events are queued and written by its own task, in order."""
-
-    sid: str
-    ws: web.WebSocketResponse
-    generation: int
-    transport: Optional[asyncio.Transport]
-    queue: "asyncio.Queue[Union[str, bytes]]" = field(default_factory=asyncio.Queue)
-    writer: Optional["asyncio.Task[None]"] = None
-    #: Cut by ``drop_websockets_late()``: the server notices the close only once a
-    #: newer socket took the same clientId (then drops that one's registration, as ComfyUI does).
-    late: bool = False
-
-    def abort(self) -> None:
-        """Cut the connection at once, as a dying process or a lost network would."""
-        if self.writer is not None:
-            self.writer.cancel()
-        if self.transport is not None:
-            self.transport.abort()
-
-
 class _Sink(EventSink):
     def __init__(self, server: "MockComfyServer") -> None:
         self._server = server
@@ -113,8 +94,11 @@ class MockComfyServer(InjectedFaults):
     """One mock ComfyUI server on 127.0.0.1; see the module docstring.
 
     ``models`` is the checkpoint list (or a mapping of model folder to file names),
-    ``node_types`` the class_type names offered (None: all of :data:`.nodes.BUILTIN_NODES`),
-    ``speed`` divides the time TestSleep and KSampler take.
+    ``node_types`` the class_type names offered (None: all of :data:`.nodes.BUILTIN_NODES`,
+    :data:`.loader_nodes.LOADER_NODES` and the mask nodes of :mod:`.pixels`), ``node_packs``
+    custom node packs installed besides (``"ComfyUI-HQ-Image-Save"``: LoadEXR and SaveEXR),
+    ``speed`` divides the time TestSleep and KSampler take, ``web_extensions`` stands for
+    custom node packs' web folders (see :mod:`.webroutes`).
     """
 
     def __init__(
@@ -124,6 +108,7 @@ class MockComfyServer(InjectedFaults):
         speed: float = 1.0,
         models: Union[Iterable[str], Mapping[str, Iterable[str]]] = DEFAULT_MODELS,
         node_types: Optional[Iterable[str]] = None,
+        node_packs: Iterable[str] = (),
         version: str = "0.3.64",
         device_name: str = "cpu",
         vram_total: Optional[int] = None,
@@ -131,19 +116,29 @@ class MockComfyServer(InjectedFaults):
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: Optional["ssl.SSLContext"] = None,
+        web_extensions: Optional[Mapping[str, Mapping[str, Union[str, bytes]]]] = None,
     ) -> None:
         if isinstance(models, Mapping):
             self._model_folders: Dict[str, List[str]] = {str(k): [str(m) for m in v] for k, v in models.items()}
         else:
             self._model_folders = {"checkpoints": [str(m) for m in models]}
+        packs = list(node_packs)
+        unknown_packs = [p for p in packs if p not in NODE_PACKS]
+        if unknown_packs:
+            raise ValueError(f"unknown node packs {unknown_packs}; known: {sorted(NODE_PACKS)}")
+        known = {**BUILTIN_NODES, **LOADER_NODES, **CORE_PIXEL_NODES}
+        for pack in NODE_PACKS.values():
+            known.update(pack)
         if node_types is None:
-            registry = dict(BUILTIN_NODES)
+            registry = {**BUILTIN_NODES, **LOADER_NODES, **CORE_PIXEL_NODES}
         else:
             names = list(node_types)
-            unknown = [n for n in names if n not in BUILTIN_NODES]
+            unknown = [n for n in names if n not in known]
             if unknown:
-                raise ValueError(f"unknown node types {unknown}; known: {sorted(BUILTIN_NODES)}")
-            registry = {n: BUILTIN_NODES[n] for n in names}
+                raise ValueError(f"unknown node types {unknown}; known: {sorted(known)}")
+            registry = {n: known[n] for n in names}
+        for pack in packs:
+            registry.update(NODE_PACKS[pack])
         self._registry: Dict[str, NodeDef] = registry
         self._name = name
         self.speed = speed
@@ -169,8 +164,8 @@ class MockComfyServer(InjectedFaults):
         self._engine: Optional[Engine] = None
         self._runner: Optional[web.AppRunner] = None
         self._listener: Optional[asyncio.AbstractServer] = None
-        self._sockets: Dict[str, _WsClient] = {}  # ComfyUI's ``sockets[sid]``
-        self._all_ws: Set[_WsClient] = set()  # every open socket, replaced ones included
+        self._sockets: Dict[str, WsClient] = {}  # ComfyUI's ``sockets[sid]``
+        self._all_ws: Set[WsClient] = set()  # every open socket, replaced ones included
         self._generation = 0  # bumped whenever every connection is cut
         self._hung: Set["asyncio.Task[Any]"] = set()
         self._unhang: Optional[asyncio.Event] = None
@@ -188,6 +183,7 @@ class MockComfyServer(InjectedFaults):
         self._muted: Optional[Set[str]] = None  # client ids whose frames are lost ("*": all)
         self._answered: Dict[str, int] = {}  # route (without /api) -> requests its handler answered
         self._log_subscribers: Dict[str, bool] = {}  # PATCH /internal/logs/subscribe
+        self.web = MockWeb(name, self._all_model_folders, lambda: self._env, web_extensions)
 
     # --- properties ----------------------------------------------------------------------
 
@@ -645,7 +641,7 @@ class MockComfyServer(InjectedFaults):
         return '{"type": "mock_huge", "data": {"padding": "' + padding + '"}}'
 
     @staticmethod
-    async def _ws_writer(client: _WsClient) -> None:
+    async def _ws_writer(client: WsClient) -> None:
         try:
             while True:
                 message = await client.queue.get()
@@ -670,7 +666,7 @@ class MockComfyServer(InjectedFaults):
                 self._sockets.pop(sid, None)  # reusing a session: the older socket goes deaf
             else:
                 sid = uuid.uuid4().hex
-            client = _WsClient(sid=sid, ws=ws, generation=self._generation, transport=request.transport)
+            client = WsClient(sid=sid, ws=ws, generation=self._generation, transport=request.transport)
             # Registered (and the first frame queued) before the handshake answer, so no
             # status frame can slip past between the 101 and the registration.
             self._sockets[sid] = client
@@ -732,15 +728,16 @@ class MockComfyServer(InjectedFaults):
             ("GET", "/models", self._models),
             ("GET", "/models/{folder}", self._models_folder),
             ("GET", "/embeddings", self._empty_list),
-            ("GET", "/extensions", self._empty_list),
             ("POST", "/upload/image", self._upload_image),
             ("POST", "/upload/mask", self._upload_mask),
             ("PATCH", "/internal/logs/subscribe", self._logs_subscribe),
             ("GET", "/view", self._view),
-        ]
+        ] + self.web.api_routes()
         for prefix in ("", "/api"):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path if path != "/" or not prefix else prefix + "/", handler)
+        for method, path, handler in self.web.plain_routes():
+            app.router.add_route(method, path, handler)
         return app
 
     @web.middleware
@@ -903,7 +900,10 @@ class MockComfyServer(InjectedFaults):
                     "python_version": sys.version,
                     "pytorch_version": "mock",
                     "embedded_python": False,
-                    "argv": ["main.py", "--listen", self._host, "--port", str(self._port)],
+                    # As the servers of ../shared/real-comfyui are started: clients (LoadEXR
+                    # paths) find the input folder here.
+                    "argv": ["main.py", "--listen", self._host, "--port", str(self._port)]
+                    + (["--input-directory", self._env.input_dir] if self._env is not None else []),
                 },
                 "devices": [
                     {
@@ -928,9 +928,12 @@ class MockComfyServer(InjectedFaults):
     async def _object_info_one(self, request: web.Request) -> web.StreamResponse:
         return _json(self._eng.object_info(request.match_info["node_class"]))
 
+    def _all_model_folders(self) -> Dict[str, List[str]]:
+        names = list(MODEL_FOLDERS) + [f for f in self._model_folders if f not in MODEL_FOLDERS]
+        return {f: list(self._model_folders.get(f, [])) for f in names}
+
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        folders = list(MODEL_FOLDERS) + [f for f in self._model_folders if f not in MODEL_FOLDERS]
-        return _json(folders)
+        return _json(list(self._all_model_folders()))
 
     async def _models_folder(self, request: web.Request) -> web.StreamResponse:
         folder = request.match_info["folder"]

@@ -3,6 +3,8 @@
 Jobs run on the GPUs until they are cancelled: closing the script (File > Close, opening
 another script) or quitting Nuke must not leave them running, nor a gateway listening.
 
+* A copy of a run node pasted next to its original gets an id of its own (``nuke.addOnCreate``,
+  GUI only), so the two never share output folders.
 * On script close (``nuke.addOnScriptClose``, main thread) every run is asked to cancel; its
   worker cancels the jobs on their servers without needing the main thread.
 * At exit (``atexit``) Nuke's event loop is gone, so each run's batch is cancelled right there
@@ -34,6 +36,9 @@ def install() -> None:
         return
     _installed = True
     nuke.addOnScriptClose(_on_script_close)
+    # Nuke runs onCreate for every node it creates, loads or pastes (Foundry, "Callbacks"):
+    # a pasted copy of a run node gets an id of its own there.
+    nuke.addOnCreate(_on_create, nodeClass="Group")
     atexit.register(at_exit)
 
 
@@ -54,6 +59,15 @@ def cancel_all(*, now: bool = False) -> int:
     for run in runs:
         run.cancel(now=now)
     return len(runs)
+
+
+def _on_create() -> None:
+    node = nuke.thisNode()
+    if not nuke.GUI or node.knob("node_uid") is None:  # not ours (or a farm task: ids stay)
+        return
+    from . import destinations  # only nuke and .quiet: cheap, and only for our nodes
+
+    destinations.renew_uid_of_copy(node)
 
 
 def _on_script_close() -> None:

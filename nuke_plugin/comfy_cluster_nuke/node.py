@@ -10,7 +10,7 @@ Knobs (tab "ComfyUI Cluster"): ``workflow``; ``load_image_node``/``mask_node``/`
 ``load_image_ids``, as subgraph ids such as ``75:12`` contain ``:``); ``send_alpha``;
 ``frame_input``; ``first``/``last``; ``strategy``; ``output_dir``; ``colorspace``; the
 workflow parameters (:mod:`.params`); buttons Execute, Current frame, Re-run failed, Cancel;
-``status``; ``show``; hidden ``node_uid``/``uid_owner`` (:mod:`.destinations`),
+``status``; ``show``; hidden ``node_uid`` (:mod:`.destinations`),
 ``last_version`` and ``failed_frames``.
 
 Every function here is main-thread only.
@@ -18,35 +18,36 @@ Every function here is main-thread only.
 
 from __future__ import annotations
 
-import html
 import json
-import logging
 from typing import Any, List, Optional, Tuple
 
 import nuke
 
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 
-__all__ = [
-    "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB", "UID_OWNER_KNOB",
-    "create", "is_run_node", "knob_changed", "load_image_choices", "refresh_load_image_choices",
-    "chosen_load_image", "set_status", "quiet_set", "update_read_node", "input_colorspace", "show_result",
-]
+from . import exchange
+from .destinations import UID_KNOB, evaluate_path
+from .quiet import quiet_set, set_pixels_note, set_status
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB",
+    "create", "is_run_node", "knob_changed", "load_image_choices", "refresh_load_image_choices",
+    "chosen_load_image", "choice", "set_pixels_note", "set_status", "LOADER_TYPES", "MASK_CHANNELS", "quiet_set", "update_read_node", "input_colorspace", "show_result",
+]
 
 NODE_LABEL = "ComfyUI Cluster Run"
 MARKER_KNOB = "comfy_cluster_run"  # a hidden knob that marks our groups (and their version)
 MARKER_VERSION = "2"  # the knobs and inner nodes of this version (1: before per-node folders)
 NONE_CHOICE = "(none)"
 DEFAULT_STRATEGY = "default"
-UID_KNOB = "node_uid"
-UID_OWNER_KNOB = "uid_owner"
 IDS_KNOB = "load_image_ids"
 INPUT_NAMES = ("plate", "mask", "ref")
 # (group input, enumeration knob, what the user calls it)
 INPUT_KNOBS: Tuple[Tuple[int, str, str], ...] = ((0, "load_image_node", "plate"), (1, "mask_node", "mask"), (2, "ref_node", "reference"))
 SHOW_CHOICES = ["result", "input"]
+#: The workflow nodes an input can go to (LoadImageMask: the mask, with its channel).
+LOADER_TYPES = ("LoadImage", "LoadImageMask")
+MASK_CHANNELS = ["alpha", "red", "green", "blue"]
 RESULT_READ = "result"
 SWITCH = "show_switch"
 
@@ -126,7 +127,6 @@ def _add_knobs(group: nuke.Group) -> None:
     group.addKnob(nuke.Tab_Knob("comfy_cluster", "ComfyUI Cluster"))
     _hidden(group, MARKER_KNOB, MARKER_VERSION)
     _hidden(group, UID_KNOB, uuid.uuid4().hex[:8])
-    _hidden(group, UID_OWNER_KNOB, group.fullName())
     _hidden(group, IDS_KNOB, json.dumps([None]))
     _hidden(group, "last_version")
     _hidden(group, "failed_frames")
@@ -141,6 +141,21 @@ def _add_knobs(group: nuke.Group) -> None:
     alpha = nuke.Boolean_Knob("send_alpha", "send the plate's alpha")
     alpha.setTooltip("Off: the plate is sent as RGB (LoadImage turns a missing or zero alpha into a full mask).")
     group.addKnob(alpha)
+    matte = nuke.Enumeration_Knob("mask_channel", "mask matte in", MASK_CHANNELS)
+    matte.setTooltip("The channel of the mask input holding the matte. It reaches ComfyUI as a mask that is 1 where the matte is 1 (LoadImage's MASK, LoadImageMask with any channel).")
+    matte.clearFlag(nuke.STARTLINE)
+    group.addKnob(matte)
+    pixels = nuke.Enumeration_Knob("pixels", "pixels", exchange.FORMATS)
+    pixels.setTooltip(
+        "auto: linear float EXR when the servers have LoadEXR/SaveEXR (ComfyUI-HQ-Image-Save), else 8-bit PNG. "
+        "exr: always EXR (fails where no server has them). png: 8-bit PNG (values outside 0-1 are clipped)."
+    )
+    group.addKnob(pixels)
+    datatype = nuke.Enumeration_Knob("exr_datatype", "", exchange.DATATYPES)
+    datatype.setTooltip("Precision of the EXR files sent to ComfyUI.")
+    datatype.clearFlag(nuke.STARTLINE)
+    group.addKnob(datatype)
+    group.addKnob(nuke.Text_Knob("pixels_note", "", exchange.note_for(exchange.AUTO)))
 
     frame_input = nuke.String_Knob("frame_input", "frame number to")
     frame_input.setTooltip("Optional NODE.INPUT that receives the frame number, for example 3.seed.")
@@ -191,6 +206,8 @@ def knob_changed(node: nuke.Node, knob: Optional[nuke.Knob]) -> None:
         refresh_load_image_choices(node)
     elif name == "show":
         _apply_show(node)
+    elif name == "pixels":
+        set_pixels_note(node, exchange.note_for(str(knob.value())))
 
 
 def load_image_choices(workflow_path: str) -> Tuple[List[str], List[Optional[str]], Optional[str]]:
@@ -205,10 +222,10 @@ def load_image_choices(workflow_path: str) -> Tuple[List[str], List[Optional[str
     except ComfyClusterError as exc:
         return labels, ids, str(exc)
     for node_id, spec in workflow.items():
-        if spec.get("class_type") == "LoadImage":
+        if spec.get("class_type") in LOADER_TYPES:
             meta = spec.get("_meta")
             title = meta.get("title") if isinstance(meta, dict) else None
-            labels.append(f"{title or 'LoadImage'} (node {node_id})")
+            labels.append(f"{title or spec.get('class_type')} (node {node_id})")
             ids.append(str(node_id))
     return labels, ids, None
 
@@ -236,8 +253,7 @@ def refresh_load_image_choices(node: nuke.Node) -> Optional[str]:
     Each input keeps its choice when the new workflow still has that node; otherwise the plate
     gets the first LoadImage node and the other inputs ``(none)``.
     """
-    from . import params
-    from .settings import evaluate_path
+    from . import params  # the parameter knobs: imported on first use (start-up stays fast)
 
     path = evaluate_path(node["workflow"])
     labels, ids, error = load_image_choices(path)
@@ -259,30 +275,10 @@ def refresh_load_image_choices(node: nuke.Node) -> Optional[str]:
     return error
 
 
-def quiet_set(knob: nuke.Knob, value: Any) -> None:
-    """Set a knob without an undo step and without marking the script modified."""
-    root = nuke.root()
-    was_modified = root.modified()
-    undo_was_disabled = bool(nuke.Undo.disabled())
-    if not undo_was_disabled:
-        nuke.Undo.disable()
-    try:
-        knob.setValue(value)
-    finally:
-        if not undo_was_disabled:
-            nuke.Undo.enable()
-        if not was_modified:
-            root.setModified(False)
-
-
-def set_status(node: nuke.Node, text: str) -> None:
-    """Show ``text`` on the node's status line, as plain text (Text_Knob renders HTML, so
-    ComfyUI's ``<class 'torch...'>`` would vanish); no undo step, script not marked modified.
-    Ignored when the node has been deleted."""
-    try:
-        quiet_set(node["status"], html.escape(text, quote=False))
-    except ValueError:  # the user deleted the node while a run went on
-        log.info("status of a deleted node: %s", text)
+def choice(node: nuke.Node, knob_name: str, default: str) -> str:
+    """An enumeration knob's value, or ``default`` on a node made before the knob existed."""
+    knob = node.knob(knob_name)
+    return str(knob.value()) if knob is not None else default
 
 
 def input_colorspace(node: nuke.Node) -> str:
@@ -313,10 +309,13 @@ def show_result(node: nuke.Node) -> None:
     _apply_show(node)
 
 
-def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str) -> nuke.Node:
+def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool = False) -> nuke.Node:
     """Point the ``result`` Read inside the node at ``pattern`` over first-last and output it.
 
-    Missing frames (failed ones) show as a checkerboard rather than a silent hold or black.
+    ``raw``: the files hold the script's linear values (EXR): no colorspace conversion.
+    A failed frame (missing in the version) is a Read error, not a checkerboard, black or a
+    held neighbour: a render through the node (``nuke -x``, the farm) stops on it instead of
+    delivering a placeholder, and the Viewer names the missing file.
     """
     assert isinstance(node, nuke.Group)
     read = _inner(node, RESULT_READ)
@@ -331,8 +330,10 @@ def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, color
     assert isinstance(file_knob, nuke.File_Knob)
     # One call sets the path and the frame range (first/last and origfirst/origlast).
     file_knob.fromUserText(f"{pattern} {first}-{last}")
-    read["colorspace"].setValue(colorspace)
-    read["on_error"].setValue("checkerboard")
+    read["raw"].setValue(raw)
+    if not raw:
+        read["colorspace"].setValue(colorspace)
+    read["on_error"].setValue("error")
     reload_knob = read.knob("reload")
     if isinstance(reload_knob, nuke.Script_Knob):
         reload_knob.execute()  # new files under the same name: drop Nuke's cached frames

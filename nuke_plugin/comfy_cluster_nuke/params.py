@@ -2,7 +2,9 @@
 
 When a workflow is chosen, its prompt texts (``CLIPTextEncode.text``) and sampler settings
 (``seed``/``noise_seed``, ``steps``, ``cfg``, ``denoise`` of ``KSampler``/``KSamplerAdvanced``)
-appear as knobs, plus any ``NODE.INPUT`` the artist lists in "also as knobs". A knob starts at
+appear as knobs, plus any ``NODE.INPUT`` the artist lists in "also as knobs". Seeds, and whole
+numbers outside Nuke's 32-bit ``Int_Knob``, are text knobs holding the exact number (exported
+workflows hold seeds such as 156680208700286; ComfyUI takes up to 2**64-1). A knob starts at
 the workflow's value; its value (an animated one evaluated at each frame) replaces the
 workflow's in that frame's job. Knobs of a previous workflow that the new one lacks are removed;
 the others keep the artist's values. The hidden ``param_map`` knob records which knob feeds
@@ -19,7 +21,9 @@ import nuke
 
 from comfy_cluster import ComfyClusterError, load_workflow
 
-__all__ = ["MAP_KNOB", "AUTO_INPUTS", "find_params", "refresh_knobs", "values_per_frame", "apply"]
+from .quiet import quiet_set
+
+__all__ = ["MAP_KNOB", "AUTO_INPUTS", "SEED_INPUTS", "find_params", "refresh_knobs", "values_per_frame", "apply"]
 
 MAP_KNOB = "param_map"
 AUTO_INPUTS: Dict[str, Tuple[str, ...]] = {
@@ -71,9 +75,25 @@ def _map(node: nuke.Node) -> Dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def _make_knob(name: str, label: str, value: Any) -> nuke.Knob:
+#: Inputs that hold random seeds: exported workflows routinely hold values up to 2**64-1.
+SEED_INPUTS = ("seed", "noise_seed")
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _wide_int(input_name: str, value: int) -> bool:
+    """Whether an INT input needs a text knob: Nuke's Int_Knob holds a 32-bit C int."""
+    return input_name in SEED_INPUTS or not _INT32[0] <= value <= _INT32[1]
+
+
+def _make_knob(name: str, label: str, value: Any, input_name: str = "") -> nuke.Knob:
     knob: nuke.Knob
-    if isinstance(value, int):
+    if isinstance(value, int) and _wide_int(input_name, value):
+        # Digits in a text knob keep every 64-bit value exactly (a Double_Knob would round
+        # above 2**53); values_per_frame turns them back into an int.
+        knob = nuke.String_Knob(name, label)
+        knob.setTooltip("A whole number, kept exactly (Nuke's integer knobs stop at 2147483647).")
+        value = str(value)
+    elif isinstance(value, int):
         knob = nuke.Int_Knob(name, label)
     elif isinstance(value, float):
         knob = nuke.Double_Knob(name, label)
@@ -85,8 +105,6 @@ def _make_knob(name: str, label: str, value: Any) -> nuke.Knob:
 
 def refresh_knobs(node: nuke.Node, workflow_path: str) -> None:
     """Make the parameter knobs match the workflow (main thread)."""
-    from .node import quiet_set
-
     try:
         workflow = load_workflow(workflow_path) if workflow_path else {}
     except ComfyClusterError:
@@ -98,7 +116,7 @@ def refresh_knobs(node: nuke.Node, workflow_path: str) -> None:
         knob_name = _knob_name(node_id, name)
         new[knob_name] = f"{node_id}.{name}"
         if node.knob(knob_name) is None:
-            node.addKnob(_make_knob(knob_name, label, value))
+            node.addKnob(_make_knob(knob_name, label, value, name))
     for knob_name in old:
         existing = node.knob(knob_name)
         if knob_name not in new and existing is not None:
@@ -110,7 +128,18 @@ def refresh_knobs(node: nuke.Node, workflow_path: str) -> None:
     quiet_set(node[MAP_KNOB], json.dumps(new))
 
 
-def _value_at(knob: nuke.Knob, frame: int) -> Any:
+def _whole_number(knob: nuke.Knob) -> int:
+    """The integer a text knob holds (a seed); ValueError naming the knob otherwise."""
+    text = str(knob.value()).strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{knob.label() or knob.name()}: {text!r} is not a whole number") from None
+
+
+def _value_at(knob: nuke.Knob, frame: int, original: Any = None) -> Any:
+    if isinstance(original, int) and not isinstance(original, bool) and not isinstance(knob, nuke.Array_Knob):
+        return _whole_number(knob)  # an INT input held as text (64-bit)
     if isinstance(knob, nuke.Int_Knob):
         return int(knob.getValueAt(frame)) if knob.isAnimated() else int(knob.value())
     if isinstance(knob, nuke.Array_Knob):
@@ -119,15 +148,18 @@ def _value_at(knob: nuke.Knob, frame: int) -> Any:
 
 
 def values_per_frame(node: nuke.Node, workflow: Dict[str, Any], frames: Sequence[int]) -> Dict[int, Dict[str, Any]]:
-    """``{frame: {"3.seed": 7, ...}}`` from the parameter knobs (main thread)."""
+    """``{frame: {"3.seed": 7, ...}}`` from the parameter knobs (main thread); ValueError
+    naming the knob when a whole-number knob holds something else."""
     out: Dict[int, Dict[str, Any]] = {f: {} for f in frames}
     for knob_name, target in _map(node).items():
         knob = node.knob(knob_name)
         node_id, _, name = target.rpartition(".")
         if knob is None or node_id not in workflow:
             continue
+        inputs = workflow[node_id].get("inputs") if isinstance(workflow[node_id], dict) else None
+        original = inputs.get(name) if isinstance(inputs, dict) else None
         for frame in frames:
-            out[frame][target] = _value_at(knob, frame)
+            out[frame][target] = _value_at(knob, frame, original)
     return out
 
 

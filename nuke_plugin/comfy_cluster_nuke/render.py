@@ -3,11 +3,16 @@
 A temporary Write inside the group renders each used input for the frames of the run. Nothing
 is left to the studio's defaults, which differ per show:
 
-* the colorspace is set explicitly (the node's "file colorspace"; the result Read uses the same);
+* EXR (:mod:`.exchange`): ``raw``, half or full float; PNG: the colorspace set explicitly (the
+  node's "file colorspace"; the result Read uses the same);
 * ``rgb`` unless the input is a mask or the plate's alpha is asked for: ComfyUI's LoadImage turns
   an alpha of 0 into a full mask;
+* the mask through an Expression node: its matte in R, G, B and ``1 - matte`` in alpha, written
+  raw, so ComfyUI's ``mask = 1 - alpha`` gives the matte;
 * full resolution even in proxy mode (the script's proxy switch is turned off for the render);
 * the main view only (a stereo script would write every view to the same file);
+* a frame that fails (a plate frame missing upstream) fails alone, with Nuke's words naming
+  the file; the other frames are rendered and run (``continueOnError``);
 * the studio's Write callbacks (``onCreate``, ``beforeRender``...) do not run, the Write has
   none of its own, and nothing lands on the undo stack or marks the script modified.
 
@@ -20,14 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Sequence, Tuple
 
 import nuke
 
 from .settings import InputMap, RunError
 
-__all__ = ["render_inputs", "input_pattern", "input_file", "frame_segments", "WRITE_CALLBACK_KNOBS"]
+__all__ = ["FileFormat", "render_inputs", "input_pattern", "input_file", "frame_file", "frame_segments", "WRITE_CALLBACK_KNOBS"]
 
 WRITE_CALLBACK_KNOBS = ("beforeRender", "beforeFrameRender", "afterFrameRender", "afterRender")
 # nuke.callbacks' registries of global callbacks that would fire for our temporary Write.
@@ -35,18 +42,18 @@ _GLOBAL_CALLBACKS = ("onCreates", "onUserCreates", "beforeRenders", "beforeFrame
 _render_lock = threading.Lock()
 
 
-def input_pattern(folder: str, stem: str, number: int) -> str:
-    """``<folder>/<stem>_in<number>.####.png`` with forward slashes (Nuke's file knobs).
+def input_pattern(folder: str, stem: str, number: int, ext: str = "png") -> str:
+    """``<folder>/<stem>_in<number>.####.<ext>`` with forward slashes (Nuke's file knobs).
 
     ``stem`` is the node's name and id: the files keep these names when uploaded, and two
     artists' ``ComfyUIClusterRun1`` must not send same-named plates to one server.
     """
-    return os.path.join(folder, f"{stem}_in{number}.####.png").replace("\\", "/")
+    return os.path.join(folder, f"{stem}_in{number}.####.{ext}").replace("\\", "/")
 
 
-def input_file(folder: str, stem: str, number: int, frame: int) -> str:
+def input_file(folder: str, stem: str, number: int, frame: int, ext: str = "png") -> str:
     """The file :func:`input_pattern` gives for ``frame``."""
-    return os.path.join(folder, f"{stem}_in{number}.{frame:04d}.png")
+    return os.path.join(folder, f"{stem}_in{number}.{frame:04d}.{ext}")
 
 
 def frame_segments(frames: Sequence[int]) -> List[Tuple[int, int]]:
@@ -101,41 +108,110 @@ def _quiet_script() -> Iterator[None]:
             root.setModified(False)
 
 
-def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], colorspace: str) -> None:
+_MATTE = {"alpha": "a", "red": "r", "green": "g", "blue": "b"}
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """How the input files are written: ``exr`` (raw, ``datatype``) or ``png`` (8-bit, in
+    ``colorspace``); the mask's matte is read from ``mask_channel``."""
+
+    kind: str
+    colorspace: str
+    datatype: str = "16 bit half"
+    mask_channel: str = "alpha"
+
+
+def _mask_polarity(source: nuke.Node, channel: str) -> nuke.Node:
+    """The matte in R, G and B and ``1 - matte`` in alpha: ComfyUI's LoadImage and
+    LoadImageMask(alpha) compute ``mask = 1 - alpha`` (see :mod:`.exchange`)."""
+    matte = _MATTE.get(channel, "a")
+    expr = nuke.nodes.Expression()
+    expr.setInput(0, source)
+    for i in range(3):
+        expr[f"expr{i}"].setValue(matte)
+    expr["expr3"].setValue(f"1-{matte}")
+    return expr
+
+
+def _execute(write: nuke.Node, pattern: str, frames: Sequence[int], views: List[str]) -> Dict[int, str]:
+    """Render ``frames``; a frame that cannot render (a plate frame missing upstream) does not
+    stop the others. Returns frame -> Nuke's error, which names the missing file: the frames
+    that wrote nothing are rendered once more alone, without ``continueOnError``, to get it."""
+    for first, last in frame_segments(frames):
+        nuke.execute(write, first, last, 1, views, continueOnError=True)
+    failed: Dict[int, str] = {}
+    for frame in frames:
+        path = frame_file(pattern, frame)
+        if os.path.isfile(path):
+            continue
+        try:
+            nuke.execute(write, frame, frame, 1, views)
+        except RuntimeError as exc:
+            if "cancel" in str(exc).lower():
+                raise
+            failed[frame] = str(exc).strip() or f"no image for frame {frame}"
+        else:
+            if not os.path.isfile(path):
+                failed[frame] = f"Nuke wrote no file for frame {frame}"
+    return failed
+
+
+def frame_file(pattern: str, frame: int) -> str:
+    """The file of ``frame`` in a ``####`` pattern."""
+    return re.sub(r"#+", lambda m: f"{frame:0{len(m.group(0))}d}", pattern)
+
+
+def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], fmt: FileFormat) -> Dict[int, str]:
     assert isinstance(node, nuke.Group)
     views = nuke.views()
     main_view = views[:1]
+    failed: Dict[int, str] = {}
     with _quiet_script(), _no_studio_callbacks(), node:
         sources = {int(n["number"].value()): n for n in nuke.allNodes("Input")}
         for mapping, pattern in jobs:
             source = sources.get(mapping.number)
             if source is None:
                 raise RunError(f"{node.name()}: its Input node {mapping.number} is missing")
-            write = nuke.nodes.Write()
+            made: List[nuke.Node] = []
             try:
+                if mapping.is_mask:
+                    source = _mask_polarity(source, fmt.mask_channel)
+                    made.append(source)
+                write = nuke.nodes.Write()
+                made.append(write)
                 write.setInput(0, source)
                 for name in WRITE_CALLBACK_KNOBS:
                     knob = write.knob(name)
                     if knob is not None:
                         knob.setValue("")
                 write["file"].setValue(pattern)
-                write["file_type"].setValue("png")
+                write["file_type"].setValue(fmt.kind)
                 write["channels"].setValue("rgba" if mapping.alpha else "rgb")
-                try:
-                    write["colorspace"].setValue(colorspace)
-                except ValueError:
-                    raise RunError(
-                        f"{node.name()}: colorspace {colorspace!r} is not one of this script's; set 'file colorspace'"
-                    ) from None
-                for first, last in frame_segments(frames):
-                    nuke.execute(write, first, last, 1, main_view)
+                if fmt.kind == "exr":
+                    write["datatype"].setValue(fmt.datatype)
+                # Scene-linear values as they are (EXR), and a matte is data, not colour.
+                raw = fmt.kind == "exr" or mapping.is_mask
+                write["raw"].setValue(raw)
+                if not raw:
+                    try:
+                        write["colorspace"].setValue(fmt.colorspace)
+                    except ValueError:
+                        raise RunError(
+                            f"{node.name()}: colorspace {fmt.colorspace!r} is not one of this script's; set 'file colorspace'"
+                        ) from None
+                for frame, error in _execute(write, pattern, frames, main_view).items():
+                    failed.setdefault(frame, error)
             finally:
-                nuke.delete(write)
+                for made_node in reversed(made):
+                    nuke.delete(made_node)
+    return failed
 
 
-def render_inputs(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], colorspace: str) -> None:
-    """Render each ``(input, pattern)`` for ``frames``; any thread. One render at a time."""
+def render_inputs(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], fmt: FileFormat) -> Dict[int, str]:
+    """Render each ``(input, pattern)`` for ``frames``; any thread. One render at a time.
+    Returns the frames that could not be rendered, with Nuke's reason."""
     from . import mainthread
 
     with _render_lock:
-        mainthread.call(_render_on_main, node, jobs, frames, colorspace)
+        return dict(mainthread.call(_render_on_main, node, jobs, frames, fmt) or {})

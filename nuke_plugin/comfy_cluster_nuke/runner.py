@@ -2,12 +2,14 @@
 
 :class:`Run` works on any thread; every ``nuke`` call goes through :mod:`.mainthread` except
 ``ProgressTask`` updates, which Nuke allows from any thread. A run: a new version folder
-(:mod:`.destinations`); the used inputs rendered to PNG (:mod:`.render`); one workflow per
-frame (the frame's files to their LoadImage nodes, the parameter knobs' values of that frame,
+(:mod:`.destinations`); the pool opened and the file format chosen (linear EXR where the
+servers have LoadEXR/SaveEXR, else 8-bit PNG: :mod:`.exchange`); the used inputs rendered
+(:mod:`.render`); one workflow per frame (the frame's files to their loader nodes, the parameter knobs' values of that frame,
 the frame number to ``frame_input``) sent as one batch (``pool.map_async``); the batch polled
 every 0.1 s for progress and Cancel; each frame's image moved into ``<node>_####.<ext>`` in the
 version folder, and the ``result`` Read inside the node pointed at it. Failed frames are
-recorded on the node (Re-run failed) and show as a checkerboard in the Read.
+recorded on the node (Re-run failed) and are Read errors in the result (never a placeholder
+image); a frame whose input could not be rendered (a missing plate frame) fails alone.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
+import uuid
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import nuke
 
-from comfy_cluster import Batch, ComfyClusterError, JobCancelled, ServerPool, WorkflowError, frame_workflows
+from comfy_cluster import Batch, ComfyClusterError, JobCancelled, OutputFile, ServerPool, WorkflowError, frame_workflows
 
-from . import destinations, mainthread, params, render
+from . import destinations, exchange, mainthread, params, render
 from . import node as node_mod
 from .report import failure_text, ranges
 from .settings import RunError, Settings
@@ -37,8 +41,10 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 STATUS_INTERVAL = 0.25  # the status knob is updated at most this often (the bar at every poll)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr", ".bmp", ".gif")
-_INPUTS_DIR = ".inputs"
-_DOWNLOAD_DIR = ".download"
+# Each run's working folders inside the version folder: ``.inputs-<random>``, ``.download-<random>``.
+# Farm tasks of one job share the version folder; each removes only its own when it ends.
+_INPUTS_DIR = ".inputs-"
+_DOWNLOAD_DIR = ".download-"
 _clock = time.monotonic  # the status throttle's clock (tests replace it)
 #: Extra keyword arguments for every run's ServerPool (for example ``{"server_lost_after": 5.0}``);
 #: set it from a studio's menu.py.
@@ -78,6 +84,10 @@ class Run:
         self._last_text: Optional[str] = None
         self._last_percent = -1
         self._last_status = 0.0
+        self.sent_frames: Tuple[int, ...] = settings.frames  # less the frames whose input failed to render
+        self._render_errors: Dict[int, BaseException] = {}
+        self._format = render.FileFormat(exchange.PNG, settings.colorspace)
+        self._expected: Dict[int, Tuple[Tuple[str, str], ...]] = {}  # frame -> SaveEXR files (subfolder, name)
 
     # -- control --------------------------------------------------------------------------------
 
@@ -156,12 +166,17 @@ class Run:
                     self.version_dir = destinations.new_version(s.output_base)
             except OSError as exc:
                 raise RunError(f"{s.node_name}: cannot create the output folder in {s.output_base}: {exc}") from None
-            inputs_dir = os.path.join(self.version_dir, _INPUTS_DIR)
+            inputs_dir = _working_dir(self.version_dir, _INPUTS_DIR)
             self._show(f"starting {len(s.frames)} frame(s) into {self.version_dir}", 0, force=True)
-            per_frame_inputs = self._render(inputs_dir)
-            if self._cancelled():
-                raise RunCancelled(f"{s.node_name}: cancelled before any frame was sent")
-            self.paths = self._run_batch(per_frame_inputs)
+            pool = self._open_pool()
+            try:
+                self._format = self._choose_format(pool)
+                per_frame_inputs = self._render(inputs_dir)
+                if self._cancelled():
+                    raise RunCancelled(f"{s.node_name}: cancelled before any frame was sent")
+                self.paths = self._run_batch(pool, per_frame_inputs)
+            finally:
+                pool.close()
             return self.paths
         except BaseException as exc:
             self.error = exc
@@ -183,10 +198,11 @@ class Run:
             return {}
         os.makedirs(inputs_dir, exist_ok=True)
         stem = f"{s.node_name}_{s.uid}"
-        jobs = [(m, render.input_pattern(inputs_dir, stem, m.number)) for m in s.inputs]
+        ext = self._format.kind
+        jobs = [(m, render.input_pattern(inputs_dir, stem, m.number, ext)) for m in s.inputs]
         self._show(f"rendering the input, frames {ranges(s.frames)}", 0, force=True)
         try:
-            render.render_inputs(self.node, jobs, s.frames, s.colorspace)
+            failed = render.render_inputs(self.node, jobs, s.frames, self._format)
         except RunError:
             raise
         except Exception as exc:
@@ -194,50 +210,90 @@ class Run:
                 raise RunCancelled(f"{s.node_name}: the render of the input was cancelled") from None
             raise RunError(f"{s.node_name}: rendering the input failed: {exc}") from exc
         out: Dict[int, Dict[str, str]] = {}
-        missing: List[int] = []
         for frame in s.frames:
-            files = {m.node_id: render.input_file(inputs_dir, stem, m.number, frame) for m in s.inputs}
-            if not all(os.path.isfile(p) for p in files.values()):
-                missing.append(frame)
-            out[frame] = files
-        if missing:
-            raise RunError(f"{s.node_name}: the render of the input wrote no file for frame(s) {ranges(missing)}")
+            files = {m.node_id: render.input_file(inputs_dir, stem, m.number, frame, ext) for m in s.inputs}
+            if frame not in failed and not all(os.path.isfile(p) for p in files.values()):
+                failed[frame] = "Nuke wrote no file"
+            if frame in failed:
+                # That frame fails alone, named; the others go on (a farm task then exits 1).
+                self._render_errors[frame] = RunError(f"the input could not be rendered: {failed[frame]}")
+            else:
+                out[frame] = files
+        self.sent_frames = tuple(f for f in s.frames if f in out)
+        if not self.sent_frames:
+            raise RunError(
+                failure_text(s.node_name, s.frames, self._render_errors, []), errors=dict(self._render_errors)
+            )
         return out
 
     def _workflows(self) -> List[Dict[str, Any]]:
         s = self.settings
         workflows = []
-        for frame in s.frames:
+        for frame in self.sent_frames:
             wf = copy.deepcopy(s.workflow)
             params.apply(wf, s.params.get(frame, {}), skip=s.frame_input)
             workflows.append(wf)
         if s.frame_input:
-            workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, f in zip(workflows, s.frames)]
+            workflows = [frame_workflows(wf, [f], s.frame_input)[0] for wf, f in zip(workflows, self.sent_frames)]
+        if self._format.kind == exchange.EXR:
+            loaders = [m.node_id for m in s.inputs]
+            converted = []
+            for wf, frame in zip(workflows, self.sent_frames):
+                # One output folder per job: SaveEXR names its files without telling (exchange).
+                done = exchange.to_exr(wf, loaders, f"{s.uid}_{frame}_{uuid.uuid4().hex[:12]}")
+                self._expected[frame] = done.outputs
+                converted.append(done.workflow)
+            workflows = converted
         return workflows
 
-    def _run_batch(self, per_frame_inputs: Mapping[int, Dict[str, str]]) -> List[str]:
+    def _open_pool(self) -> ServerPool:
         s = self.settings
         try:
-            workflows = self._workflows()
             options = dict(pool_options)
             if s.strategy:
                 options["strategy"] = s.strategy
-            pool = ServerPool.from_env(**options)
+            return ServerPool.from_env(**options)
         except ComfyClusterError as exc:
             raise RunError(f"{s.node_name}: {exc}") from exc
-        try:
-            inputs = [per_frame_inputs[f] for f in s.frames] if per_frame_inputs else None
+
+    def _choose_format(self, pool: ServerPool) -> render.FileFormat:
+        """EXR when asked or possible (some server that can run the job has LoadEXR/SaveEXR:
+        capability routing then sends the jobs there), else PNG; said on the node."""
+        s = self.settings
+        kind = exchange.PNG
+        if s.pixels != exchange.PNG:
+            probe = exchange.to_exr(s.workflow, [m.node_id for m in s.inputs], "probe").workflow
             try:
-                batch = pool.map_async(workflows, inputs=inputs, retries=2)
+                able = pool.capabilities(probe)
             except ComfyClusterError as exc:
                 raise RunError(f"{s.node_name}: {exc}") from exc
-            self._batch = batch
-            if self.cancel_requested.is_set():
-                batch.cancel()  # a cancel that came while the batch was being created
-            stopped_by = self._follow(batch)
-            return self._collect(batch, stopped_by)
-        finally:
-            pool.close()
+            if any(why is None for why in able.values()):
+                kind = exchange.EXR
+            elif s.pixels == exchange.EXR:
+                why = "; ".join(f"{name}: {reason}" for name, reason in sorted(able.items())) or "no server online"
+                raise RunError(f"{s.node_name}: no server can run the workflow with LoadEXR and SaveEXR "
+                               f"(ComfyUI-HQ-Image-Save) - {why}. Set 'pixels' to auto or png.")
+        note = exchange.EXR_NOTE if kind == exchange.EXR else exchange.PNG_NOTE
+        mainthread.post(node_mod.set_pixels_note, self.node, note)
+        self._show(note, force=True)
+        return render.FileFormat(kind, s.colorspace, s.exr_datatype, s.mask_channel)
+
+    def _run_batch(self, pool: ServerPool, per_frame_inputs: Mapping[int, Dict[str, str]]) -> List[str]:
+        s = self.settings
+        try:
+            workflows = self._workflows()
+        except ComfyClusterError as exc:
+            raise RunError(f"{s.node_name}: {exc}") from exc
+        inputs = [per_frame_inputs[f] for f in self.sent_frames] if per_frame_inputs else None
+        try:
+            batch = pool.map_async(workflows, inputs=inputs, retries=2)
+        except ComfyClusterError as exc:
+            raise RunError(f"{s.node_name}: {exc}") from exc
+        self._batch = batch
+        if self.cancel_requested.is_set():
+            batch.cancel()  # a cancel that came while the batch was being created
+        stopped_by = self._follow(batch)
+        return self._collect(batch, stopped_by)
 
     def _follow(self, batch: Batch) -> Optional[str]:
         """Poll the batch until every job ended; cancel it on request or on a refused workflow."""
@@ -271,10 +327,10 @@ class Run:
     def _collect(self, batch: Batch, stopped_by: Optional[str]) -> List[str]:
         """Move each frame's image into the version folder; point the Read at the sequence."""
         s = self.settings
-        errors: Dict[int, BaseException] = {}
+        errors: Dict[int, BaseException] = dict(self._render_errors)
         cancelled: List[int] = []
         ok: List[Tuple[Any, int]] = []
-        for job, frame in zip(batch.jobs, s.frames):
+        for job, frame in zip(batch.jobs, self.sent_frames):
             err = job.exception()
             if isinstance(err, JobCancelled):
                 cancelled.append(frame)
@@ -284,7 +340,7 @@ class Run:
                 ok.append((job, frame))
         if stopped_by == "cancel":
             raise RunCancelled(f"{s.node_name}: cancelled ({len(ok)} of {len(s.frames)} frames were done)")
-        download_root = os.path.join(self.version_dir, _DOWNLOAD_DIR)
+        download_root = _working_dir(self.version_dir, _DOWNLOAD_DIR)
         paths: Dict[int, str] = {}
         try:
             for i, (job, frame) in enumerate(ok):
@@ -304,10 +360,11 @@ class Run:
                 ext = os.path.splitext(paths[done_frames[0]])[1]
                 pattern = os.path.join(self.version_dir, f"{s.node_name}_####{ext}").replace("\\", "/")
                 # The node's frames and those already in the version (a re-run completes it):
-                # failed frames inside the range show as the Read's checkerboard.
+                # failed frames inside the range are Read errors (a render through the node stops on them).
                 present = set(_frames_present(self.version_dir, s.node_name, ext)) | set(s.frames)
                 first, last = min(present), max(present)
-                read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace)
+                raw = self._format.kind == exchange.EXR
+                read_name = mainthread.call(_update_read, self.node, pattern, first, last, s.colorspace, raw)
         except ValueError:  # Nuke's answer for a node deleted while the frames ran
             raise RunError(
                 f"{s.node_name} was deleted while it ran; the frames are in {self.version_dir}",
@@ -322,8 +379,13 @@ class Run:
 
     def _take_output(self, job: Any, frame: int, dest_dir: str) -> str:
         """The frame's image as ``<version folder>/<node>_<frame>.<ext>``."""
-        files = job.result().files
-        local = job.download(dest_dir)
+        expected = self._expected.get(frame)
+        if expected:  # SaveEXR reports nothing: its first file, named by us (exchange)
+            files = [OutputFile(expected[0][1], expected[0][0], "output")]
+            local = job.download(dest_dir, files=files)
+        else:
+            files = job.result().files
+            local = job.download(dest_dir)
         if len(local) != len(files):
             raise ComfyClusterError(f"frame {frame}: expected {len(files)} file(s), got {len(local)}")
         chosen = _pick_image(files)
@@ -363,8 +425,16 @@ class Run:
             mainthread.post(nuke.message, text)
 
 
-def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str) -> str:
-    return node_mod.update_read_node(node, pattern, first, last, colorspace).fullName()
+def _working_dir(version_dir: str, prefix: str) -> str:
+    """A new folder of this run's own in the version folder (never another task's)."""
+    try:
+        return tempfile.mkdtemp(prefix=prefix, dir=version_dir)
+    except OSError as exc:
+        raise RunError(f"cannot create a working folder in {version_dir}: {exc}") from None
+
+
+def _update_read(node: nuke.Node, pattern: str, first: int, last: int, colorspace: str, raw: bool) -> str:
+    return node_mod.update_read_node(node, pattern, first, last, colorspace, raw).fullName()
 
 
 def _frames_present(folder: str, node_name: str, ext: str) -> List[int]:

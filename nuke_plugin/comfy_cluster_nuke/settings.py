@@ -17,8 +17,10 @@ import nuke
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 from comfy_cluster.workflow import parse_node_input
 
-from . import destinations
+from . import destinations, exchange
 from . import node as node_mod
+from . import params
+from .destinations import evaluate_path
 
 __all__ = ["RunError", "InputMap", "Settings", "read_settings", "evaluate_path", "default_strategy", "set_default_strategy"]
 
@@ -60,6 +62,11 @@ class InputMap:
     node_id: str  # the workflow's LoadImage node id (may contain ':' in a subgraph export)
     alpha: bool  # write rgba (a mask, or asked for) rather than rgb
 
+    @property
+    def is_mask(self) -> bool:
+        """The mask input: sent with ComfyUI's polarity (:mod:`.exchange`)."""
+        return self.number == 1
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -77,6 +84,9 @@ class Settings:
     reuse_version: str  # "" for a new version; a re-run of failed frames reuses the last one
     colorspace: str
     uid: str  # the node's id (destinations.node_uid)
+    pixels: str = "auto"  # exchange.AUTO/EXR/PNG: how pixels travel (exchange)
+    exr_datatype: str = "16 bit half"
+    mask_channel: str = "alpha"  # the mask input's channel holding the matte
     params: Dict[int, Dict[str, Any]] = field(default_factory=dict, repr=False)  # frame -> {"3.seed": 7}
 
     @property
@@ -100,21 +110,6 @@ class Settings:
         return self.inputs[0].node_id if self.inputs else None
 
 
-def evaluate_path(knob: nuke.Knob) -> str:
-    """A file knob's path as Nuke would open it: Tcl evaluated, filename filters applied,
-    relative to the project directory (else the script's folder); '' when empty."""
-    raw = knob.value()
-    if not str(raw).strip():
-        return ""
-    evaluate = getattr(knob, "evaluate", None)
-    path = str(evaluate() if callable(evaluate) else raw).strip()
-    path = str(nuke.filenameFilter(path))
-    path = os.path.expandvars(os.path.expanduser(path))
-    if not os.path.isabs(path):
-        path = os.path.join(destinations.project_dir() or os.getcwd(), path)
-    return os.path.normpath(path)
-
-
 def _inputs(node: nuke.Node, name: str, workflow: Dict[str, Any]) -> Tuple[InputMap, ...]:
     out: List[InputMap] = []
     for number, knob_name, label in node_mod.INPUT_KNOBS:
@@ -127,7 +122,7 @@ def _inputs(node: nuke.Node, name: str, workflow: Dict[str, Any]) -> Tuple[Input
         spec = workflow.get(node_id)
         if not isinstance(spec, dict):
             raise RunError(f"{name}: the workflow has no node {node_id} for the {label}; pick its LoadImage node again.")
-        if spec.get("class_type") != "LoadImage":
+        if spec.get("class_type") not in node_mod.LOADER_TYPES:
             raise RunError(f"{name}: node {node_id} of the workflow is a {spec.get('class_type')}, not a LoadImage.")
         if node.input(number) is None:
             raise RunError(f"{name}: connect the {label} input, or set its LoadImage to {node_mod.NONE_CHOICE}.")
@@ -176,8 +171,10 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
 
     strategy = str(node["strategy"].value())
     chosen = default_strategy() if strategy == node_mod.DEFAULT_STRATEGY else strategy
-    from . import params
-
+    try:
+        values = params.values_per_frame(node, workflow, chosen_frames)
+    except ValueError as exc:
+        raise RunError(f"{name}: {exc}") from None
     return Settings(
         node_name=name,
         full_name=node.fullName(),
@@ -191,5 +188,8 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
         reuse_version=reuse_version,
         colorspace=node_mod.input_colorspace(node),
         uid=destinations.node_uid(node),
-        params=params.values_per_frame(node, workflow, chosen_frames),
+        pixels=node_mod.choice(node, "pixels", exchange.AUTO),
+        exr_datatype=node_mod.choice(node, "exr_datatype", exchange.DATATYPES[0]),
+        mask_channel=node_mod.choice(node, "mask_channel", "alpha"),
+        params=values,
     )

@@ -46,6 +46,10 @@ NUKE_VERSION_MAJOR: int = 15
 NUKE_VERSION_MINOR: int = 1
 NUKE_VERSION_STRING: str = "15.1v3"
 env: Dict[str, Any] = {"gui": True, "NukeVersionMajor": 15, "NukeVersionMinor": 1, "NukeVersionString": "15.1v3"}
+# Every command-line argument Nuke got, before it stripped a trailing frame range from the
+# script's sys.argv (Foundry, "Using the Command-line": "To access all the command-line
+# arguments passed to nuke you can use: nuke.rawArgs"). Set by _fake.run_nuke_t.
+rawArgs: List[str] = []
 
 # Knob flags (values as in Nuke's headers; only their identity matters here).
 INVISIBLE: int = 0x0000000000000400
@@ -153,7 +157,7 @@ def _run_queued(item: _QueuedCall) -> None:
 
 # The fake in parts, one concern each; everything is reachable here as in Nuke.
 from ._knobs import (  # noqa: E402,F401
-    Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, EvalString_Knob, File_Knob,
+    AColor_Knob, Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, EvalString_Knob, File_Knob,
     Int_Knob, Knob, Multiline_Eval_String_Knob, PyScript_Knob, PythonKnob, Script_Knob,
     String_Knob, Tab_Knob, Text_Knob, Unsigned_Knob, _flush_after, _install_knob_changed_hooks,
     _require_number, _require_str,
@@ -203,6 +207,14 @@ _executing = [False]
 _render_details: List[Dict[str, Any]] = []
 _hiero = [False]
 _script_editor = [False]  # a Script Editor call is running on the main thread
+
+def executing(f: Optional[float] = None) -> bool:
+    """Whether a render (an Executable node: a Write through ``execute``, or the artist's F7)
+    is going on (Foundry, Python API reference, ``nuke.executing``: "Returns whether an
+    Executable Node is currently active or not")."""
+    _main_only("executing")
+    return bool(_executing[0])
+
 
 def views() -> List[str]:
     _main_only("views")

@@ -12,6 +12,9 @@ thread) drives the fake like this::
 
 from __future__ import annotations
 
+import re
+import runpy
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -39,7 +42,14 @@ __all__ = [
     "set_gui",
     "set_frame_range",
     "queued",
+    "run_nuke_t",
+    "read_frame",
+    "strip_frame_range",
 ]
+
+# A number or a frame range as Nuke reads one on its command line: 10, -3, 1-20, 1,20, 1-20x2
+# (Foundry, "Defining Frame Ranges").
+_FRAME_RANGE = re.compile(r"^-?\d+(?:[-,]-?\d+(?:x\d+)?)?$")
 
 
 def reset() -> None:
@@ -80,6 +90,7 @@ def reset() -> None:
     _nuke._script_editor[0] = False
     _nuke._pending_knob_changed.clear()
     _nuke._in_knob_changed.clear()
+    _nuke.rawArgs[:] = []
     set_gui(True)
 
 
@@ -300,6 +311,51 @@ def cancel_progress(task: Optional["_nuke.ProgressTask"] = None) -> None:
 def cancel_render_after(frames: Optional[int]) -> None:
     """The user cancels Nuke's own render progress after ``frames`` frames (None: never)."""
     _nuke._render_cancel_after = frames
+
+
+def read_frame(read: "_nuke.Node", frame: int) -> Tuple[str, str]:
+    """What the artist sees of Read ``read`` at ``frame`` (see ``nuke._render._read_frame``)."""
+    from nuke._render import _read_frame
+
+    return _read_frame(read, frame)
+
+
+def strip_frame_range(args: List[str]) -> List[str]:
+    """What ``nuke -t script.py ARGS`` leaves in the script's ``sys.argv[1:]``.
+
+    Foundry, "Using the Command-line" (Python Developers Guide): "NUKE passes the arguments
+    after -t to the Python interpreter. The only exception to this is if the last argument is a
+    number or frame range [...] the 1,20 is stripped from sys.args and the frame range is
+    available in nuke.tcl('frames all')." One trailing argument is stripped.
+    """
+    if args and _FRAME_RANGE.match(args[-1]):
+        return list(args[:-1])
+    return list(args)
+
+
+def run_nuke_t(script: str, args: List[str], executable: str = "Nuke15.1") -> int:
+    """``nuke -t script ARGS`` in this process: no GUI, ``nuke.rawArgs`` holding every argument,
+    ``sys.argv`` as Nuke leaves it (:func:`strip_frame_range`), the script run as ``__main__``.
+    Returns the exit status (``sys.exit``'s code; 0 when the script ends normally; 1 on an
+    uncaught exception, which Nuke prints)."""
+    _nuke._main_only("_fake.run_nuke_t")
+    set_gui(False)
+    saved_argv = sys.argv
+    _nuke.rawArgs[:] = [executable, "-t", script] + list(args)
+    sys.argv = [script] + strip_frame_range(list(args))
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.argv = saved_argv
+    return 0
 
 
 def current_thread_is_main() -> bool:

@@ -171,8 +171,22 @@ class Array_Knob(Knob):
         return self._value
 
 
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+
+
+def _require_int32(knob: Knob, val: Any) -> int:
+    number = int(_require_number(knob, val))
+    if not INT_MIN <= number <= INT_MAX:
+        # Nuke's Int_Knob holds a C int (NDK Int_knob: ``int*``): Python's conversion of a
+        # larger number fails rather than store it.
+        raise OverflowError(f"{knob._class_name}.setValue(): {number} does not fit in a 32-bit int")
+    return number
+
+
 class Int_Knob(Array_Knob):
-    """An integer: ``setValue`` truncates floats and refuses text, like Nuke's."""
+    """A 32-bit integer: ``setValue`` truncates floats, refuses text and refuses values outside
+    a C ``int`` (Foundry NDK reference, ``Int_knob(Knob_Callback, int*, ...)``: the knob stores
+    an ``int``), as the seeds of exported workflows (up to 2**64-1) would need."""
 
     _class_name = "Int_Knob"
 
@@ -182,9 +196,14 @@ class Int_Knob(Array_Knob):
 
     def setValue(self, val: Any) -> bool:
         self._check("setValue")
+        number = _require_int32(self, val)
         _n._changed(self)
-        self._value = int(_require_number(self, val))
+        self._value = number
         return True
+
+    def setValueAt(self, val: Any, time: float, index: int = 0, view: Optional[str] = None) -> bool:
+        _require_int32(self, val)
+        return super().setValueAt(val, time, index, view)
 
     def value(self) -> int:
         self._check("value")
@@ -197,6 +216,40 @@ class Int_Knob(Array_Knob):
 
 class Double_Knob(Array_Knob):
     _class_name = "Double_Knob"
+
+
+class AColor_Knob(Array_Knob):
+    """An RGBA colour (a Constant's ``color``): ``setValue(v)`` sets all four, ``setValue(v, i)``
+    one, ``setValue([r, g, b, a])`` each; ``value()`` is one float when all four are equal,
+    else the list (Foundry Python reference, ``nuke.AColor_Knob``/``Array_Knob.value``)."""
+
+    _class_name = "AColor_Knob"
+
+    def __init__(self, name: str, label: Optional[str] = None, *args: Any) -> None:
+        super().__init__(name, label)
+        self._values = [0.0, 0.0, 0.0, 0.0]
+        self._touched = False  # never set: the fake's Write renders its test pattern
+
+    def setValue(self, val: Any, *args: Any) -> bool:
+        self._check("setValue")
+        _n._changed(self)
+        if isinstance(val, (list, tuple)):
+            if len(val) != 4:
+                raise ValueError(f"{self._name}: expected 4 values, got {len(val)}")
+            self._values = [float(_require_number(self, v)) for v in val]
+        elif args:
+            self._values[int(args[0])] = float(_require_number(self, val))
+        else:
+            self._values = [float(_require_number(self, val))] * 4
+        self._touched = True
+        self._value = self._values[0]
+        return True
+
+    def value(self, *args: Any) -> Any:
+        self._check("value")
+        if args:
+            return self._values[int(args[0])]
+        return self._values[0] if len(set(self._values)) == 1 else list(self._values)
 
 
 class Boolean_Knob(Array_Knob):

@@ -27,6 +27,10 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         ("last", lambda n: _n.Int_Knob(n)),
         ("origfirst", lambda n: _n.Int_Knob(n)),
         ("origlast", lambda n: _n.Int_Knob(n)),
+        # Outside first-last: hold the first/last frame (Nuke's default), or loop, bounce, black.
+        ("before", lambda n: _n.Enumeration_Knob(n, n, ["hold", "loop", "bounce", "black"])),
+        ("after", lambda n: _n.Enumeration_Knob(n, n, ["hold", "loop", "bounce", "black"])),
+        # A missing or unreadable frame: an error (the default: a render stops), or an image.
         ("on_error", lambda n: _n.Enumeration_Knob(n, n, ["error", "black", "checkerboard", "nearest frame"])),
         ("raw", lambda n: _n.Boolean_Knob(n)),
         ("colorspace", lambda n: _n.Enumeration_Knob(n, n, _COLORSPACES)),
@@ -41,6 +45,8 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         ("colorspace", lambda n: _n.Enumeration_Knob(n, n, _COLORSPACES)),
         ("views", lambda n: _n.String_Knob(n)),
         ("raw", lambda n: _n.Boolean_Knob(n)),
+        # The per-format knob: png "8 bit"/"16 bit", exr "16 bit half"/"32 bit float".
+        ("datatype", lambda n: _n.Enumeration_Knob(n, n, ["8 bit", "16 bit", "16 bit half", "32 bit float"])),
         ("create_directories", lambda n: _n.Boolean_Knob(n)),
         ("beforeRender", lambda n: _n.PythonKnob(n)),
         ("beforeFrameRender", lambda n: _n.PythonKnob(n)),
@@ -49,7 +55,9 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
     ],
     "Input": [("number", lambda n: _n.Int_Knob(n))],
     "Switch": [("which", lambda n: _n.Int_Knob(n))],
-    "Constant": [("color", lambda n: _n.Array_Knob(n))],
+    "Constant": [("color", lambda n: _n.AColor_Knob(n))],
+    # Nuke's Expression node: expr0..expr3 write red, green, blue and alpha (empty: unchanged).
+    "Expression": [(f"expr{i}", lambda n: _n.String_Knob(n)) for i in range(4)],
     "Root": [
         ("first_frame", lambda n: _n.Int_Knob(n)),
         ("last_frame", lambda n: _n.Int_Knob(n)),
@@ -59,7 +67,7 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         ("int8Lut", lambda n: _enum_default(_n.Enumeration_Knob(n, n, _COLORSPACES), "sRGB")),
     ],
 }
-_MAX_INPUTS = {"Read": 0, "Write": 1, "Input": 0, "Output": 1, "Constant": 0, "ColorBars": 0, "NoOp": 1, "Dot": 1, "Root": 0, "Switch": 10}
+_MAX_INPUTS = {"Read": 0, "Write": 1, "Input": 0, "Output": 1, "Constant": 0, "ColorBars": 0, "NoOp": 1, "Dot": 1, "Root": 0, "Switch": 10, "Expression": 1}
 _KNOWN_CLASSES = set(_MAX_INPUTS) | {"Group"}
 _SOURCE_CLASSES = {"Read", "Constant", "ColorBars"}
 
