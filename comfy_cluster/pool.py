@@ -140,8 +140,8 @@ class ServerPool:
     def _wake(self) -> None:
         self._scheduler.wake()
 
-    def _launch(self, attempt: Attempt) -> None:
-        self._runners.launch(attempt)
+    def _launch(self, attempt: Attempt, *, follow_only: bool = False) -> None:
+        self._runners.launch(attempt, follow_only=follow_only)
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> "ServerPool":
