@@ -60,3 +60,27 @@ def test_a_gateway_without_a_state_forgets_at_stop(mock_cluster_factory: Factory
             client.close()
         folder = gw.keeper.store.url if gw.keeper else ""
     assert folder.startswith("sqlite:///") and not Path(folder[len("sqlite:///"):]).exists()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_users_settings_and_files_in_the_store_answer_as_the_file_store(mock_cluster_factory: Factory, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    from webui_util import userdata_session
+
+    from comfy_cluster.gateway.dbusers import DbUserStore
+    from comfy_cluster.state import Store
+
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with gateway_over(cluster, gateway_kwargs={"user_dir": str(tmp_path / "files")}) as gw:
+        on_files = userdata_session(gw.url, "wf")
+    url = f"sqlite:///{tmp_path}/users.sqlite3" if backend == "sqlite" else str(request.getfixturevalue("postgres_url"))
+    store = Store(url)
+    try:
+        with gateway_over(cluster, gateway_kwargs={"user_store": DbUserStore(store), "multi_user": True}) as gw:
+            alice = requests.post(gw.url + "/api/users", json={"username": "Alice"}).json()
+            assert requests.get(gw.url + "/api/users", timeout=10).json()["users"] == {alice: "Alice"}
+        with gateway_over(cluster, gateway_kwargs={"user_store": DbUserStore(store)}) as gw:
+            in_store = userdata_session(gw.url, "wf")
+        assert in_store == on_files
+        assert DbUserStore(store).users() == {alice: "Alice"}  # kept in the store
+    finally:
+        store.close()

@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from aiohttp import WSMsgType, web
 
 from .book import GatewayJob, JobBook
+from .dbusers import DbUserStore
 from .durable import Keeper, open_store
 from .replicas import ReplicaLink
 from .restore import restore_jobs
@@ -118,6 +119,9 @@ class Gateway:
         self._max_in_pool = max_in_pool
         self._front_end_root = check_front_end_root(front_end_root) if front_end_root else None
         self._multi_user = multi_user
+        # Replicas keep users' data in their shared store (set once it is open); a single
+        # gateway in files under user_dir, ComfyUI's own layout, unless told otherwise.
+        self._user_store_given = user_store is not None or user_dir is not None
         self.user_store = user_store if user_store is not None else FileUserStore(user_dir or default_user_dir())
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
@@ -232,6 +236,8 @@ class Gateway:
         if store.dialect == "postgresql":
             name = self._replica or f"{socket.gethostname()}:{self._port or uuid.uuid4().hex[:8]}"
         self.keeper = keeper = Keeper(store, loop, replica=name)
+        if name is not None and not self._user_store_given:
+            self.user_store = DbUserStore(store)
         self.uploads = UploadStore(self._upload_dir, max_file_bytes=self._max_upload)
         self.info = ClusterInfo(self.pool.servers, self._online, ttl=self._info_ttl, argv=self._argv)
         self.book = JobBook(
