@@ -139,3 +139,40 @@ def test_users_settings_and_userdata(state_url: str) -> None:
     assert [(p, size) for p, size, _ in users.list("ann", "workflows")] == [("b.json", 2)]
     assert users.delete("ann", "workflows/b.json") and not users.delete("ann", "workflows/b.json")
     store.close()
+
+
+def test_two_replicas_recording_the_same_file_name_at_once_both_commit(postgres_url: str) -> None:
+    """Two servers make files of the same name (each numbers its own outputs): two replicas
+    recording them at the same moment must both commit (the later one wins), never fail a
+    prompt's end on the unique key."""
+    import threading
+
+    import psycopg
+
+    from comfy_cluster.testing import wait_until
+
+    a, b = Store(postgres_url), Store(postgres_url)
+    key = ("output", "", "demo_00001_.png")
+    errors: list = []
+
+    def other_replica() -> None:
+        try:
+            b.note_files("p2", [(key, "m1")])
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    host, port = postgres_url.split("@")[1].split("/")[0].split(":")
+    dbname = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(f"host={host} port={port} user=postgres dbname={dbname}", autocommit=True) as watch:
+        with a.transaction() as conn:
+            from comfy_cluster.state import schema  # the first replica's row, not committed yet
+
+            conn.execute(schema.files.insert().values(type=key[0], subfolder=key[1], filename=key[2], server="m0", prompt_id="p1"))
+            thread = threading.Thread(target=other_replica)
+            thread.start()
+            wait_until(lambda: watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()[0] > 0,
+                       timeout=30, message="the other replica waiting on the row")
+        thread.join(timeout=30)
+    assert errors == [] and b.file_server(key) == "m1"
+    a.close()
+    b.close()

@@ -14,6 +14,7 @@ import concurrent.futures
 import logging
 import os
 import tempfile
+import time
 from typing import Any, Callable, Optional, TypeVar
 
 from ..state import Fenced, Store
@@ -34,6 +35,28 @@ def open_store(state: Any) -> "tuple[Store, Optional[str]]":
         folder = tempfile.mkdtemp(prefix="comfy-cluster-gateway-state-")
         return Store("sqlite:///" + os.path.join(folder, "gateway.sqlite3").replace("\\", "/")), folder
     return Store(str(state)), None
+
+
+#: Seconds between tries of a write that failed for a passing reason (a deadlock, a
+#: connection cut): 5 tries in about 6 s, then it is logged as failed.
+RETRY_DELAYS = (0.2, 0.4, 0.8, 1.6, 3.2)
+
+
+def _retried(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args)``, tried again after a database error that may pass (not a refusal of the
+    write itself, such as :class:`Fenced`)."""
+    from sqlalchemy.exc import DBAPIError
+
+    for delay in RETRY_DELAYS:
+        try:
+            return fn(*args, **kwargs)
+        except DBAPIError as exc:
+            if not (exc.connection_invalidated or "deadlock" in str(exc).lower() or "could not serialize" in str(exc).lower()
+                    or "database is locked" in str(exc).lower()):
+                raise
+            log.warning("gateway state: %s failed (%s); trying again in %.1f s", getattr(fn, "__name__", fn), str(exc).splitlines()[0], delay)
+            time.sleep(delay)
+    return fn(*args, **kwargs)
 
 
 class Keeper:
@@ -61,7 +84,7 @@ class Keeper:
         is taken up again after a restart)."""
         if self._closed:
             return
-        future = self._writer.submit(fn, *args, **kwargs)
+        future = self._writer.submit(_retried, fn, *args, **kwargs)
         if then is None:
             future.add_done_callback(self._log_failure)
             return

@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import threading
-import time
 import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
@@ -35,7 +34,8 @@ from .identity import MULTI_USER
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
 from .jobs_api import JobRoutes
-from .metrics import GatewayMetrics, live_state
+from .metrics import GatewayMetrics
+from .online import OnlineView
 from ..state import Store
 from ..state.shared import SharedQueue
 from .relay import Relay
@@ -128,17 +128,14 @@ class Gateway:
         self._runner: Optional[web.AppRunner] = None
         self._submitter: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._helpers: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._online_cache: Tuple[float, List[str]] = (-1.0, [])
-        self._online_task: "Optional[asyncio.Task[List[str]]]" = None
+        self.online = OnlineView(pool, lambda: self._helpers)
         self.relay = Relay()
         self.uploads: Optional[UploadStore] = None
         self.info: Optional[ClusterInfo] = None
         self.book: Optional[JobBook] = None
         self.keeper: Optional[Keeper] = None
         self.replicas: Optional[ReplicaLink] = None
-        self._statuses: List[Any] = []
-        self._leases: Dict[str, int] = {}
-        self.metrics = GatewayMetrics(self._live_numbers)
+        self.metrics = GatewayMetrics(lambda: self.online.live_numbers(self.book.active.values() if self.book else ()))
         self._state_folder: Optional[str] = None
 
     def __repr__(self) -> str:
@@ -254,7 +251,7 @@ class Gateway:
         if name is not None:
             shared = SharedQueue(store, name, self.url)
             self.replicas = ReplicaLink(shared, keeper, self.book, self.relay, self.uploads, loop,
-                                        [s.name for s in self.pool.servers], self._free_slots)
+                                        [s.name for s in self.pool.servers], lambda: self.online.free_slots(self._b.active.values()))
         app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
         app[MULTI_USER] = self._multi_user
         self._add_routes(app)
@@ -274,8 +271,7 @@ class Gateway:
             await loop.run_in_executor(self._helpers, self.replicas.start)
 
     async def _astop(self) -> None:
-        if self._online_task is not None:
-            self._online_task.cancel()
+        self.online.cancel()
         if self.replicas is not None:
             # A replica hands its prompts over (the others take them at once) instead of
             # cancelling them; close the pool with cancel=False.
@@ -288,19 +284,6 @@ class Gateway:
         if self.info is not None:
             await self.info.close()
 
-    def _free_slots(self) -> int:
-        """Replicas: prompts this replica may claim now: room on the online servers (their
-        own queue counts, all replicas' jobs in them) less its jobs not started yet."""
-        free = 0
-        limits = {s.name: s.max_queue for s in self.pool.servers if s.enabled}
-        for st in self._statuses:
-            if st.online and st.name in limits:
-                free += max(0, limits[st.name] - max(st.queue_running + st.queue_pending, st.in_flight))
-        mine = sum(1 for gj in self._b.active.values() if not gj.started and gj.state != "done")
-        if self._online_cache[0] < 0 or time.monotonic() - self._online_cache[0] >= 0.5:
-            asyncio.get_running_loop().create_task(self._online())
-        return free - mine
-
     def _capacity(self) -> int:
         if self._max_in_pool is not None:
             return self._max_in_pool
@@ -311,30 +294,11 @@ class Gateway:
     async def _metrics_route(self, request: web.Request) -> web.StreamResponse:
         await self._online()  # refreshed in the background when older than a second
         if self.replicas is not None:
-            self._leases = await self._k.read(self.replicas.shared.held_per_replica)
+            self.online.leases = await self._k.read(self.replicas.shared.held_per_replica)
         return await self.metrics.handler(request)
 
-    def _live_numbers(self) -> Dict[str, Any]:
-        """For a /metrics scrape (on the loop): the online list is the cached one."""
-        active = list(self.book.active.values()) if self.book is not None else []
-        return live_state(active, [s.name for s in self.pool.servers], self._online_cache[1], self._leases)
-
     async def _online(self) -> List[str]:
-        """Names of online servers, from the pool's status. Re-read in the background at most
-        every second: a request never waits on a probe, except for the very first reading."""
-        at, names = self._online_cache
-        if at < 0:
-            return await self._read_online()
-        if time.monotonic() - at >= 1.0 and (self._online_task is None or self._online_task.done()):
-            self._online_task = asyncio.get_running_loop().create_task(self._read_online())
-        return names
-
-    async def _read_online(self) -> List[str]:
-        statuses = await asyncio.get_running_loop().run_in_executor(self._helpers, self.pool.status)
-        self._statuses = list(statuses)
-        names = [s.name for s in statuses if s.online]
-        self._online_cache = (time.monotonic(), names)
-        return names
+        return await self.online.names()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -500,9 +464,7 @@ class Gateway:
 
     async def _get_queue(self, request: web.Request) -> web.StreamResponse:
         if self.replicas is not None:  # every replica's prompts
-            rows = await self._k.read(self.replicas.shared.queue_rows)
-            items = [(r["state"], [r["number"], r["prompt_id"], r["body"].get("prompt"), r["body"].get("extra_data"), r["body"].get("outputs")]) for r in rows]
-            return _json({"queue_running": [i for st, i in items if st == "running"], "queue_pending": [i for st, i in items if st != "running"]})
+            return _json(await self.replicas.queue_json())
         return _json(self._b.queue_json())
 
     async def _post_queue(self, request: web.Request) -> web.StreamResponse:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from . import schema as t
@@ -210,9 +212,7 @@ class Store:
             conn.execute(t.history.insert().values(
                 prompt_id=prompt_id, owner=owner, client_id=client_id, status=status, item=json.dumps(item),
                 created=created, started=started, ended=now))
-            for (kind, sub, name), server in files:
-                conn.execute(t.files.delete().where(sa.and_(t.files.c.type == kind, t.files.c.subfolder == sub, t.files.c.filename == name)))
-                conn.execute(t.files.insert().values(type=kind, subfolder=sub, filename=name, server=server, prompt_id=prompt_id))
+            self.record_files(conn, prompt_id, files)
             self.forget_prompt(conn, prompt_id)
             count = conn.execute(sa.select(sa.func.count()).select_from(t.history)).scalar() or 0
             if count > keep:
@@ -283,9 +283,16 @@ class Store:
     def note_files(self, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
         """Output files of a running prompt (``/view`` works before it has ended)."""
         with self.transaction() as conn:
-            for (kind, sub, name), server in files:
-                conn.execute(t.files.delete().where(sa.and_(t.files.c.type == kind, t.files.c.subfolder == sub, t.files.c.filename == name)))
-                conn.execute(t.files.insert().values(type=kind, subfolder=sub, filename=name, server=server, prompt_id=prompt_id))
+            self.record_files(conn, prompt_id, files)
+
+    def record_files(self, conn: Connection, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
+        """Upsert ``files`` (in ``conn``'s transaction): two servers may make files of one
+        name, and two replicas may record them at once; the later one wins, neither fails."""
+        insert = pg_insert if not self._sqlite else sqlite_insert
+        for (kind, sub, name), server in files:
+            stmt = insert(t.files).values(type=kind, subfolder=sub, filename=name, server=server, prompt_id=prompt_id)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["type", "subfolder", "filename"],
+                                                    set_={"server": server, "prompt_id": prompt_id}))
 
     def file_server(self, key: FileKey) -> Optional[str]:
         kind, sub, name = key
