@@ -95,6 +95,18 @@ class Replica:
                 self.proc.kill()
 
 
+class _Accepted:
+    """The answer a lost POST had: accepted under the client's prompt_id."""
+
+    status_code = 200
+
+    def __init__(self, prompt_id: str) -> None:
+        self.prompt_id = prompt_id
+
+    def json(self) -> Dict[str, str]:
+        return {"prompt_id": self.prompt_id}
+
+
 class Client(threading.Thread):
     def __init__(self, socket_url: str, post_url: str, prompts: int, seed0: int, go: threading.Event, seconds: float) -> None:
         super().__init__(daemon=True)
@@ -104,6 +116,9 @@ class Client(threading.Thread):
         self.ids: Set[str] = set()
         self.ended: Dict[str, str] = {}
         self.accepted = 0
+        self.from_history = 0  # ends found in /history, not on the socket
+        self.reposted = 0  # POSTs sent again through a live replica (as a load balancer would)
+        self.fallback: List[str] = []
         self._lock = threading.Lock()
         self.ws = self._connect(socket_url)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -114,8 +129,17 @@ class Client(threading.Thread):
         return ws
 
     def reconnect(self, url: str) -> None:
+        """As a client does after its socket dropped: a new socket (same clientId) on a live
+        replica, then /history for the prompts whose end it may have missed meanwhile."""
         self.socket_url = url
         self.ws = self._connect(url)
+        with self._lock:
+            missing = [p for p in self.ids if p not in self.ended]
+        for pid in missing:
+            item = requests.get(url + f"/history/{pid}", timeout=60).json().get(pid)
+            if item is not None:
+                with self._lock:
+                    self.ended.setdefault(pid, "execution_success" if item["status"]["status_str"] == "success" else "execution_error")
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -135,6 +159,17 @@ class Client(threading.Thread):
         except Exception:  # noqa: BLE001 - the replica was killed: reconnect() follows
             return
 
+    def poll_history(self, url: str) -> None:
+        """A client that missed an end on its socket (its replica died) finds it in /history."""
+        with self._lock:
+            missing = [p for p in self.ids if p not in self.ended]
+        for pid in missing:
+            item = requests.get(url + f"/history/{pid}", timeout=60).json().get(pid)
+            if item is not None:
+                with self._lock:
+                    self.ended.setdefault(pid, "execution_success" if item["status"]["status_str"] == "success" else "execution_error")
+                    self.from_history += 1
+
     def finished(self) -> bool:
         with self._lock:
             return self.ids <= set(self.ended)
@@ -143,7 +178,19 @@ class Client(threading.Thread):
         s = requests.Session()
         self.go.wait()
         for i in range(self.prompts):
-            r = s.post(self.post_url + "/prompt", json={"prompt": demo_workflow(self.seconds, 1, self.seed0 + i), "client_id": self.cid}, timeout=120)
+            # The client's own prompt_id: a POST sent again after its answer was lost is
+            # refused as a duplicate instead of running the prompt twice.
+            body = {"prompt": demo_workflow(self.seconds, 1, self.seed0 + i), "client_id": self.cid, "prompt_id": str(uuid.uuid4())}
+            for attempt in range(600):
+                try:
+                    r = s.post(self.post_url + "/prompt", json=body, timeout=120)
+                    if attempt and r.status_code == 400 and "invalid_prompt_id" in r.text:
+                        r = _Accepted(body["prompt_id"])  # the first POST got there
+                    break
+                except requests.ConnectionError:  # its replica is down: another (or it, restarted)
+                    self.post_url = self.fallback[attempt % len(self.fallback)]
+                    self.reposted += 1
+                    time.sleep(0.1)
             with self._lock:
                 if r.status_code != 200:
                     self.errors.append(f"POST {r.status_code}")
@@ -177,6 +224,7 @@ def run_load(mode: str, clients: int, prompts: int, job_seconds: float, mocks: i
             go = threading.Event()
             cs = [Client(replicas[i % n].url, replicas[(i + 1) % n].url, prompts, 1_000_000 * (i + 1), go, job_seconds) for i in range(clients)]
             for c in cs:
+                c.fallback = [r.url for r in replicas[1:]] or [replicas[0].url]
                 c.start()
             t0 = time.monotonic()
             go.set()
@@ -213,8 +261,15 @@ def run_load(mode: str, clients: int, prompts: int, job_seconds: float, mocks: i
                 c.join()
             accept_seconds = time.monotonic() - t0
             deadline = time.monotonic() + 900
+            framed_at = None
             while not all(c.finished() for c in cs) and time.monotonic() < deadline:
                 time.sleep(0.05)
+                if mode != "replicas" and time.monotonic() - t0 > 5 and framed_at is None and sum(len(c.ended) for c in cs) >= total:
+                    framed_at = time.monotonic()
+                if mode != "replicas" and int(time.monotonic() * 20) % 40 == 0:  # every 2 s: what a client polls
+                    live = [r for r in replicas if r.proc is not None and r.proc.poll() is None][-1]
+                    for c in cs:
+                        c.poll_history(live.url)
             wall = time.monotonic() - t0
             alive = [r for r in replicas if r.proc is not None and r.proc.poll() is None]
             errors = sum(len(c.errors) for c in cs)
@@ -227,7 +282,7 @@ def run_load(mode: str, clients: int, prompts: int, job_seconds: float, mocks: i
                         lost += 1
             counts = executions_by_seed(urls)
             twice = sum(1 for n_ in counts.values() if n_ > 1)
-            out.update(prompts=total, errors=errors, lost=lost, twice=twice, executed=sum(counts.values()),
+            out.update(prompts=total, reposted=sum(c.reposted for c in cs), ends_from_history=sum(c.from_history for c in cs), errors=errors, lost=lost, twice=twice, executed=sum(counts.values()),
                        wall_s=round(wall, 1), accepted_per_s_per_replica=round(total / accept_seconds / n, 1),
                        fault_s=None if fault_seconds is None else round(fault_seconds, 2), posted_s=round(posted_by - t0, 1))
     finally:

@@ -21,6 +21,7 @@ import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from aiohttp import WSMsgType, web
+from sqlalchemy.exc import IntegrityError
 
 from .book import GatewayJob, JobBook
 from .dbusers import DbUserStore
@@ -451,6 +452,9 @@ class Gateway:
         try:
             # Committed before the answer: a prompt_id the client was given is never lost.
             await self._k.run(self._k.store.add_prompt, gj.row(bound))
+        except IntegrityError:  # that prompt_id is queued already (a POST sent again, another replica)
+            self.uploads.release(versions)
+            return _json(error_body("invalid_prompt_id", "Invalid prompt_id", "prompt_id must be a new non-empty string"), 400)
         except Exception:
             self.uploads.release(versions)
             raise
