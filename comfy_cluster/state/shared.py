@@ -112,7 +112,7 @@ class SharedQueue:
         """Unfinished prompts each live replica holds."""
         with self.store.reading() as conn:
             live = conn.execute(sa.select(t.replicas.c.replica)).scalars().all()
-            counts = dict(conn.execute(sa.select(t.prompts.c.replica, sa.func.count()).where(t.prompts.c.replica.is_not(None))
+            counts: Dict[Any, Any] = dict(conn.execute(sa.select(t.prompts.c.replica, sa.func.count()).where(t.prompts.c.replica.is_not(None))
                                        .group_by(t.prompts.c.replica)).all())
         return {name: int(counts.get(name, 0)) for name in live}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from typing import Mapping, Optional
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["ENV_STATE", "StateURLError", "default_state_url", "data_dir", "engine_url", "safe_url", "is_postgres"]
 
@@ -56,7 +56,7 @@ def safe_url(url: str) -> str:
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def engine_url(url: str) -> str:
