@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=60)
     ap.add_argument("--cost", type=float, default=1.0)
-    ap.add_argument("--modes", default="round_robin,least_loaded,priority,fastest_completion,dispatcher")
+    ap.add_argument("--modes", default="round_robin,least_loaded,priority,fastest_completion,warm_models,dispatcher")
     args = ap.parse_args()
     ideal = ideal_makespan(args.jobs, SPEEDS, args.cost)
     print(f"{args.jobs} jobs of {args.cost:g} s on speeds {', '.join(f'{s:g}' for s in SPEEDS)}; optimal makespan {ideal:.2f} s; median of {args.runs} runs")

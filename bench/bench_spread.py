@@ -59,12 +59,13 @@ def spread(cluster: MockCluster, strategy: str, seed0: int, pools_n: int = 10, j
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--strategies", default="least_loaded,round_robin,priority,fastest_completion,warm_models")
     args = ap.parse_args()
     print("| strategy | queue length spread max/mean (median of runs) |")
     print("|---|---|")
     seed = 0
     with MockCluster(speeds=[1.0] * 4) as cluster:
-        for strategy in ("least_loaded", "round_robin", "priority", "fastest_completion"):
+        for strategy in args.strategies.split(","):
             vals = []
             for _ in range(args.runs):
                 seed += 10_000

@@ -12,43 +12,13 @@ Run: python -m bench.bench_status [--runs 5]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import time
 from typing import List
 
 from comfy_cluster import ServerPool
 from comfy_cluster.testing import Fault, MockCluster
-
-
-# 32 servers that answer /queue and /system_stats after 50 ms, in another process. Each answer
-# costs the serving process almost no CPU, as it would cost a real server on a machine of its
-# own; 32 full mock servers (aiohttp) on this 2-core machine would measure their own CPU time.
-SERVE = r"""
-import asyncio, json, sys
-QUEUE = json.dumps({"queue_running": [], "queue_pending": []}).encode()
-STATS = json.dumps({"system": {"comfyui_version": "0.3.64"}, "devices": [{"name": "stub", "vram_total": 1, "vram_free": 1}]}).encode()
-
-async def handle(reader, writer):
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            body = STATS if b"/system_stats" in head.split(b"\r\n", 1)[0] else QUEUE
-            await asyncio.sleep(0.05)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
-
-async def main():
-    servers = [await asyncio.start_server(handle, "127.0.0.1", 0) for _ in range(32)]
-    print(json.dumps(["http://127.0.0.1:%d" % s.sockets[0].getsockname()[1] for s in servers]), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-asyncio.run(main())
-"""
+from comfy_cluster.testing.stubs import stub_servers
 
 
 def first_status(urls: List[str], n: int) -> float:
@@ -86,20 +56,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    proc = subprocess.Popen([sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        urls = json.loads(proc.stdout.readline())
+    # 32 servers that answer /queue and /system_stats after 50 ms, in another process: 32 full
+    # mock servers (aiohttp) on this 2-core machine would measure their own CPU time.
+    with stub_servers(32, delay=0.05) as urls:
         first_status(urls, 32)  # warm-up: imports
         rows = []
         for label, fn in (("status(refresh=True) of a pool in use", forced_refresh), ("first status() of a new pool", first_status)):
             one = statistics.median(fn(urls, 1) for _ in range(args.runs))
             many = statistics.median(fn(urls, 32) for _ in range(args.runs))
             rows.append((label, one, many))
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(30)
     print("| every server answers after 50 ms | 1 server, ms | 32 servers, ms | ratio |")
     print("|---|---|---|---|")
     for label, one, many in rows:

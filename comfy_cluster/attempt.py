@@ -48,7 +48,7 @@ class Attempt:
     """One try of a job (held by its ``control``) on ``server``. ``phase`` is written by its
     runner (and by the ledger on release); ``prompt_id`` is chosen here, before the POST."""
 
-    __slots__ = ("control", "server", "number", "prompt_id", "phase", "lost_at", "posted")
+    __slots__ = ("control", "server", "number", "prompt_id", "phase", "lost_at", "posted", "cold")
 
     def __init__(self, control: "JobControl", server: str, number: int, prompt_id: Optional[str] = None) -> None:
         self.control = control
@@ -58,6 +58,7 @@ class Attempt:
         self.phase = AttemptPhase.RESERVED
         self.lost_at: Optional[float] = None
         self.posted = False
+        self.cold = False  # set on reserve: it must load a model its server will not have
 
     @property
     def job(self) -> "Job":
@@ -81,7 +82,7 @@ class Ledger:
     def reserve(self, attempt: Attempt) -> None:
         with self._lock:
             self._by_server[attempt.server][id(attempt)] = attempt
-        self._monitor.job_reserved(attempt.server)
+        attempt.cold = self._monitor.job_reserved(attempt.server, attempt.control.warmth)
 
     def release(self, attempt: Attempt, *, seconds: Optional[float] = None, ok: Optional[bool] = None) -> bool:
         """Its end on the server is confirmed; False if it was released already."""
@@ -91,7 +92,7 @@ class Ledger:
         if gone is None:
             return False
         attempt.control.note_attempt(attempt, "ended")
-        self._monitor.job_released(attempt.server, seconds=seconds, ok=ok)
+        self._monitor.job_released(attempt.server, seconds=seconds, ok=ok, cold=attempt.cold)
         self._on_release()
         return True
 

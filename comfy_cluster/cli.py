@@ -17,9 +17,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import localfiles
 from .balance import STRATEGIES
+from .cli_inputs import build_workflows, parse_frames, unquote_options
+from .consoles import encoding_note, tolerant_output, unshowable_encoding
 from .cli_format import CLEAR_SCREEN, Progress, ansi_ok, job_json, status_json, status_table, terminal_width
 from .errors import ComfyClusterError, NoServerAvailable
-from .paths import is_inside, windows_safe_name
+from .paths import fit_name, is_inside, windows_safe_name
 from .stopping import Stopped, StopSignals, wait_sliced
 from .workflow import WorkflowInputError, frame_workflows, load_workflow, parse_node_input, seeded_copies, set_inputs
 
@@ -50,26 +52,6 @@ EXAMPLES = {
 # helpers
 
 
-def parse_frames(text: str) -> List[int]:
-    """``"1-100"``, ``"1-100x2"``, ``"1,5,10-12"`` -> frame numbers (ValueError names the bad part)."""
-    frames: List[int] = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+)(?:x(\d+))?)?", part)
-        if not m:
-            raise ValueError(f"--frames: cannot read {part!r} (use 1-100, 1-100x2 or 1,5,10-20)")
-        first = int(m.group(1))
-        last = int(m.group(2)) if m.group(2) is not None else first
-        step = int(m.group(3) or 1)
-        if last < first or step < 1:
-            raise ValueError(f"--frames: empty range {part!r}")
-        frames.extend(range(first, last + 1, step))
-    if not frames:
-        raise ValueError("--frames: no frames")
-    return frames
-
-
 def ideal_makespan(jobs: int, speeds: Sequence[float], cost: float) -> float:
     """The best makespan of ``jobs`` equal jobs of ``cost`` seconds (at speed 1) split as whole
     jobs over servers of the given speeds."""
@@ -80,27 +62,6 @@ def ideal_makespan(jobs: int, speeds: Sequence[float], cost: float) -> float:
         if sum(int(t * s / cost + 1e-9) for s in speeds) >= jobs:
             return t
     return times[-1]
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _frame_path(pattern: str, frame: int) -> str:
-    """``plate.####.png`` / ``plate.%04d.png`` with the frame number put in.
-
-    Only the first ``####`` or ``%0Nd`` is a frame number; any other ``%`` is part of the name
-    (``pattern % frame`` failed with a traceback on ``plate_%s.%04d.png``).
-    """
-    m = re.search(r"#+|%0?(\d*)d", pattern)
-    if not m:
-        return pattern
-    width = len(m.group(0)) if m.group(0).startswith("#") else int(m.group(1) or 0)
-    number = str(frame).zfill(width) if frame >= 0 else "-" + str(-frame).zfill(max(width - 1, 0))
-    return pattern[: m.start()] + number + pattern[m.end():]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,41 +95,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 # submit
 
 
-def build_workflows(args: argparse.Namespace) -> Tuple[List[Dict[str, Any]], List[Optional[Dict[str, str]]]]:
-    base = load_workflow(args.workflow)
-    values: Dict[str, Dict[str, Any]] = {}
-    for item in args.set or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise WorkflowInputError(f"--set: expected NODE.INPUT=VALUE, got {item!r}")
-        node, name = parse_node_input(key)
-        values.setdefault(node, {})[name] = _value(raw)
-    base = set_inputs(base, values)
-    input_specs: List[Tuple[str, str]] = []
-    for item in args.input or []:
-        node, sep, path = item.partition("=")
-        if not sep or not node or not path:
-            raise WorkflowInputError(f"--input: expected NODE=FILE, got {item!r}")
-        input_specs.append((node, path))
-    if args.frames:
-        frames = parse_frames(args.frames)
-        per_frame_input = any(_frame_path(p, 1) != _frame_path(p, 2) for _, p in input_specs)
-        if not args.frame_input and not per_frame_input:
-            raise WorkflowInputError(
-                "--frames needs --frame-input NODE.INPUT (the input that gets the frame number) "
-                "or an --input with #### or %04d in its file name"
-            )
-        workflows = frame_workflows(base, frames, args.frame_input) if args.frame_input else [base for _ in frames]
-        inputs = [{n: _frame_path(p, f) for n, p in input_specs} or None for f in frames]
-    else:
-        workflows, seeds = seeded_copies(base, args.count)
-        if args.count > 1 and not seeds:
-            print(f"comfy-cluster: warning: --count {args.count}: the workflow has no seed input, so ComfyUI answers "
-                  "the copies from its cache (the same images)", file=sys.stderr)
-        inputs = [{n: p for n, p in input_specs} or None for _ in range(args.count)]
-    return workflows, inputs
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
     from .pool import ServerPool
 
@@ -188,7 +114,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             sys.stderr.write("\ncancelling the jobs on their servers...\n")
             sys.stderr.flush()
             batch.cancel()
-            deadline = time.monotonic() + 15.0
+            deadline = stop.deadline  # 15 s, or what a closing Windows console leaves
             for job in batch.jobs:  # each job, not only the batch's count: its end is what we report
                 wait_sliced(job.wait, max(0.0, deadline - time.monotonic()))
             progress.finish()
@@ -198,6 +124,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return stop.exit_code
         progress.finish()
         failed = 0
+        noted = False
         for i, job in enumerate(batch.jobs):
             frame = frames[i] if frames else None
             err = job.exception()
@@ -221,6 +148,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             else:
                 for p in paths:
                     print(p)
+                    encoding = unshowable_encoding(p, sys.stdout)
+                    if encoding and not noted:
+                        noted = True  # said once, naming the encoding: a path with ? does not exist
+                        print(encoding_note(encoding, f"the path {p.encode(encoding, 'replace').decode(encoding)}"), file=sys.stderr)
         if not args.json:
             print(f"{len(batch.jobs) - failed} of {len(batch.jobs)} jobs succeeded", file=sys.stderr)
     errors = [job.exception() for job in batch.jobs]
@@ -248,7 +179,7 @@ def _with_frame_numbers(paths: List[str], server_names: List[str], frame: Option
         stem, ext = os.path.splitext(os.path.basename(path) if not name else windows_safe_name(name))
         if len(paths) == 1:
             stem = _COUNTER.sub("", stem) or stem
-        target = os.path.join(os.path.dirname(path), f"{stem}.{frame:04d}{ext}")
+        target = os.path.join(os.path.dirname(path), fit_name(f"{stem}.{frame:04d}{ext}"))
         if localfiles.claim(target):
             localfiles.replace(path, target)
             out.append(target)
@@ -290,7 +221,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 wait_sliced(batch.wait)
             except Stopped as stop:
                 batch.cancel()
-                wait_sliced(batch.wait, 10.0)
+                wait_sliced(batch.wait, max(0.0, stop.deadline - time.monotonic()))
                 return stop.exit_code
             makespan = time.monotonic() - start
             progress.finish()
@@ -335,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfy-cluster",
         description="Run ComfyUI workflows on a cluster of ComfyUI servers (configured by NUKE_COMFYUI_SERVERS).",
-        epilog="examples:\n  comfy-cluster demo\n  comfy-cluster status\n  comfy-cluster submit workflow_api.json --out renders/",
+        epilog=("examples:\n  comfy-cluster demo\n  comfy-cluster status\n  comfy-cluster submit workflow_api.json --out renders/\n"
+                "exit status: 0 done (status: an enabled server online), 1 a job failed (status: none online),\n"
+                "  2 bad arguments or configuration, 3 no server could take the job, 130 Ctrl-C, 128+N signal N"),
         formatter_class=fmt,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
@@ -353,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", help="frame range, e.g. 1-100, 1-100x2, 1,5,10-20: one job per frame")
     p.add_argument("--frame-input", metavar="NODE.INPUT", help="the input that receives the frame number (optional with a per-frame --input)")
     p.add_argument("--input", action="append", metavar="NODE=FILE", help="upload FILE for LoadImage NODE (#### or %%04d: per frame)")
-    p.add_argument("--strategy", choices=sorted(STRATEGIES), help="default: NUKE_COMFYUI_STRATEGY, else least_loaded")
+    p.add_argument("--strategy", choices=sorted(STRATEGIES), help="default: NUKE_COMFYUI_STRATEGY, else warm_models")
     p.add_argument("--out", help="download the outputs into this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object per job")
     p.add_argument("--retries", type=_positive(int, minimum=0), default=2, help="extra attempts on other servers (default 2)")
@@ -370,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    tolerant_output()  # a cp1252 console never ends a command in UnicodeEncodeError
     if args_list[:1] == ["mock-server"]:
         try:
             from .testing.cli import run_mock_server
@@ -377,7 +311,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("the mock server needs aiohttp: pip install 'comfy-cluster[mock]'", file=sys.stderr)
             return EXIT_USAGE
         return run_mock_server(args_list[1:])
-    _tolerant_output()
     if args_list[:1] == ["gateway"]:
         from .gateway.cli import run_gateway  # imports aiohttp only when asked to
 
@@ -393,6 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    unquote_options(args)
     try:
         if args.command == "status":
             return cmd_status(args)
@@ -416,19 +350,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     parser.print_help()
     return EXIT_USAGE
-
-
-def _tolerant_output() -> None:
-    """Never crash on a character the output cannot encode: redirected output on Windows is
-    cp1252 (``comfy-cluster status > file`` with a server named in Japanese); what cannot be
-    encoded is replaced."""
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            try:
-                reconfigure(errors="replace")
-            except (ValueError, OSError):  # a closed or unusual stream: leave it as it is
-                pass
 
 
 if __name__ == "__main__":  # pragma: no cover

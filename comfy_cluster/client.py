@@ -12,7 +12,6 @@ import logging
 import mimetypes
 import os
 import socket
-import ssl
 import tempfile
 import threading
 import time
@@ -27,8 +26,10 @@ from . import localfiles
 from .answers import as_dict, as_list, iter_output_files, parse_workflow_error, queue_items
 from .config import ServerConfig
 from .errors import LocalFileError, ServerError
-from .reasons import classify, failure_reason, short_reason
+from .reasons import classify, explain_status, failure_reason, short_reason
+from .resolve import ResolveTimeout, check_resolvable
 from .tls import ssl_context
+from .transport import LightHTTPPool, LightHTTPSPool, TrackingAdapter
 
 # classify (reasons.py) and as_dict, as_list, iter_output_files, parse_workflow_error
 # (answers.py) are imported from here by the rest of the library too.
@@ -69,22 +70,18 @@ class ComfyClient:
         self.server = server
         self.timeout = timeout
         self.max_json_bytes = max_json_bytes
-        self._session = requests.Session()
-        self._session.headers.update(server.headers)
+        self._pool_maxsize = pool_maxsize
         # One trust decision for HTTPS and the websocket (tls.py): the adapter carries the
         # context; verify=False only turns verification off (requests' cert_reqs).
-        self._session.verify = server.verify_tls is not False
         self._ssl = ssl_context(server.verify_tls, server.name) if server.url.startswith("https://") else None
-        # Proxies from the environment would route studio-internal servers through a
-        # corporate proxy; ComfyUI servers are addressed directly.
-        self._session.trust_env = False
-        # Connections are tracked so close() can cut a request that hangs on a dead server.
-        self._conns: "weakref.WeakSet[Any]" = weakref.WeakSet()
-        adapter = _TrackingAdapter(self._conns, self._ssl, pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        # The session's connections, tracked so close() can cut a request that hangs on a
+        # dead server (made with the session).
+        self._conns: "Optional[weakref.WeakSet[Any]]" = None
         self._closed = False
         self._lock = threading.Lock()
+        # Both made on first use: status probes (the probe pool) are all most servers of a
+        # large pool ever see, and a session costs about 6 KB per server.
+        self._session: Optional[requests.Session] = None
         self._probe: Optional[urllib3.HTTPConnectionPool] = None
         self._prefix = urllib3.util.parse_url(server.url).path or ""
 
@@ -92,6 +89,28 @@ class ComfyClient:
         return f"ComfyClient({self.server.name!r}, {self.server.url!r})"
 
     # -- plumbing -----------------------------------------------------------------------------
+
+    def _http(self) -> requests.Session:
+        """The session for every request but status probes (made on first use)."""
+        session = self._session
+        if session is None:
+            with self._lock:
+                if self._closed:
+                    raise ServerError(f"{self.server.name}: client closed", server=self.server.name, fault="connect")
+                if self._session is None:
+                    session = requests.Session()
+                    session.headers.update(self.server.headers)
+                    session.verify = self.server.verify_tls is not False
+                    # Proxies from the environment would route studio-internal servers through
+                    # a corporate proxy; ComfyUI servers are addressed directly.
+                    session.trust_env = False
+                    self._conns = weakref.WeakSet()
+                    adapter = TrackingAdapter(self._conns, self._ssl, pool_connections=1, pool_maxsize=self._pool_maxsize, max_retries=0)
+                    session.mount("http://", adapter)
+                    session.mount("https://", adapter)
+                    self._session = session
+                session = self._session
+        return session
 
     def _request(
         self,
@@ -104,10 +123,18 @@ class ComfyClient:
         url = self.server.url + path
         if self._closed:
             raise ServerError(f"{self.server.name}: client closed", server=self.server.name, fault="connect")
+        self._check_resolvable((timeout or self.timeout)[0])
         try:
-            return self._session.request(method, url, timeout=timeout or self.timeout, stream=True, **kwargs)
+            return self._http().request(method, url, timeout=timeout or self.timeout, stream=True, **kwargs)
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerError(f"{self.server.name}: {failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
+
+    def _check_resolvable(self, connect_timeout: float) -> None:
+        """The server's name look-up within the connect timeout (see :mod:`.resolve`)."""
+        try:
+            check_resolvable(self.server.host, self.server.port, connect_timeout)
+        except ResolveTimeout as exc:
+            raise ServerError(f"{self.server.name}: cannot connect: {exc}", server=self.server.name, fault="connect_timeout") from None
 
     def _read_capped(self, resp: requests.Response, cap: int, read_timeout: Optional[float] = None) -> bytes:
         """The body of a streamed requests response: see :meth:`_read_raw`."""
@@ -197,9 +224,9 @@ class ComfyClient:
                     if self._ssl is not None:
                         kwargs["ssl_context"] = self._ssl
                         kwargs["cert_reqs"] = "CERT_NONE" if self.server.verify_tls is False else "CERT_REQUIRED"
-                        self._probe = urllib3.HTTPSConnectionPool(host, self.server.port, **kwargs)
+                        self._probe = LightHTTPSPool(host, self.server.port, **kwargs)
                     else:
-                        self._probe = urllib3.HTTPConnectionPool(host, self.server.port, **kwargs)
+                        self._probe = LightHTTPPool(host, self.server.port, **kwargs)
                 pool = self._probe
         assert pool is not None
         return pool
@@ -208,6 +235,7 @@ class ComfyClient:
         """GET ``path`` through the probe pool; same errors and size cap as :meth:`get_json`."""
         pool = self._probe_pool()
         url = self._prefix + path
+        self._check_resolvable(timeout[0])
         try:
             resp = pool.urlopen(
                 "GET", url, timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
@@ -246,8 +274,13 @@ class ComfyClient:
         pending.sort(key=lambda item: item[0])
         return [pid for _, pid in running], [pid for _, pid in pending]
 
-    def system_stats(self, *, timeout: Optional[Timeouts] = None) -> Dict[str, Any]:
-        data = self.get_json("/system_stats", timeout=timeout)
+    def system_stats(self, *, timeout: Optional[Timeouts] = None, probe: bool = False) -> Dict[str, Any]:
+        """``GET /system_stats`` (``probe=True``: through the light probe connection, as the
+        status monitor reads it alongside its first probe)."""
+        if probe:
+            data = self.probe_json("/system_stats", timeout=timeout or PROBE_TIMEOUT)
+        else:
+            data = self.get_json("/system_stats", timeout=timeout)
         return data if isinstance(data, dict) else {}
 
     def object_info(self, *, timeout: Optional[Timeouts] = None) -> Dict[str, Any]:
@@ -279,8 +312,9 @@ class ComfyClient:
         if resp.status_code == 400 and isinstance(data, dict):
             raise parse_workflow_error(data, self.server.name)
         if resp.status_code >= 400:
+            size = len(resp.request.body or b"")
             raise ServerError(
-                f"{self.server.name}: HTTP {resp.status_code} on POST /prompt",
+                f"{self.server.name}: HTTP {resp.status_code} on POST /prompt{explain_status(resp.status_code, f'the workflow of {size} bytes')}",
                 server=self.server.name,
                 status=resp.status_code,
             )
@@ -295,16 +329,28 @@ class ComfyClient:
         # Always with the id: an empty body would stop another user's job.
         self.post_json("/interrupt", {"prompt_id": prompt_id}, timeout=timeout)
 
-    def upload_image(self, path: str, *, subfolder: str = "", overwrite: bool = True) -> str:
-        """Upload a local image to the server's input folder; the name to use in LoadImage."""
+    def upload_image(self, path: str, *, subfolder: str = "", overwrite: bool = True, content: Optional[bytes] = None) -> str:
+        """Upload a local image to the server's input folder; the name to use in LoadImage.
+
+        ``content``: the bytes to send under ``path``'s name (already read, e.g. to name the
+        subfolder by their hash: what is sent is then exactly what was hashed)."""
         name = os.path.basename(path)
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        with open(path, "rb") as fh:
-            files = {"image": (name, fh, ctype)}
-            data = {"overwrite": "true" if overwrite else "false", "type": "input"}
-            if subfolder:
-                data["subfolder"] = subfolder
-            resp = self._request("POST", "/upload/image", files=files, data=data)
+        if content is None:
+            with open(path, "rb") as fh:
+                content = fh.read()
+        files = {"image": (name, content, ctype)}
+        data = {"overwrite": "true" if overwrite else "false", "type": "input"}
+        if subfolder:
+            data["subfolder"] = subfolder
+        resp = self._request("POST", "/upload/image", files=files, data=data)
+        if resp.status_code >= 400:
+            resp.close()
+            raise ServerError(
+                f"{self.server.name}: HTTP {resp.status_code} on POST /upload/image{explain_status(resp.status_code, f'the input {name} of {len(content)} bytes')}",
+                server=self.server.name,
+                status=resp.status_code,
+            )
         answer = self._json(resp)
         if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
             raise ServerError(f"{self.server.name}: malformed answer to /upload/image", server=self.server.name, fault="malformed")
@@ -355,53 +401,22 @@ class ComfyClient:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                for conn in list(self._conns):
+                for conn in list(self._conns or ()):
                     sock = getattr(conn, "sock", None)
                     if sock is not None:
                         try:
                             sock.shutdown(socket.SHUT_RDWR)
                         except OSError:
                             pass
-                self._session.close()
-                for conn in list(self._conns):
+                if self._session is not None:
+                    self._session.close()
+                for conn in list(self._conns or ()):
                     try:
                         conn.close()  # one a pool no longer holds would wait for the GC
                     except OSError:
                         pass
                 if self._probe is not None:
                     self._probe.close()
-
-
-class _TrackingAdapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter whose connections use the given SSL context (see tls.py) and that
-    remembers the connections it opens (weakly), so that the client can shut them down while a
-    request waits on one."""
-
-    def __init__(self, conns: "weakref.WeakSet[Any]", context: Optional[ssl.SSLContext], **kwargs: Any) -> None:
-        self._conns = conns
-        self._context = context
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        if self._context is not None:
-            kwargs["ssl_context"] = self._context
-        super().init_poolmanager(*args, **kwargs)
-        conns = self._conns
-        new_pool = self.poolmanager._new_pool
-
-        def tracked_pool(*a: Any, **kw: Any) -> Any:
-            pool = new_pool(*a, **kw)
-            new_conn = pool._new_conn
-
-            def tracked_conn() -> Any:
-                conn = new_conn()
-                conns.add(conn)
-                return conn
-
-            pool._new_conn = tracked_conn
-            return pool
-
-        self.poolmanager._new_pool = tracked_pool
 
 
 class _TooSlow(Exception):

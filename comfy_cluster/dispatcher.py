@@ -67,7 +67,9 @@ class Dispatcher:
         self._wait_for_server = wait_for_server
         self._tick = tick
         self._key_of = key_of
-        self._per_batch: Dict[int, int] = collections.Counter()
+        # Jobs waiting per batch (by id: a batch is alive while a job of it waits here); an
+        # entry goes when its count reaches 0, so a long-lived pool keeps none per batch run.
+        self._per_batch: Dict[int, int] = {}
         self._cond = threading.Condition()
         self._queues: Dict[Optional[str], Deque[JobControl]] = {}
         self._count = 0
@@ -90,7 +92,8 @@ class Dispatcher:
                     q.appendleft(job)  # a moved job has waited longest
                 else:
                     q.append(job)
-                self._per_batch[id(job.batch)] += 1
+                key = id(job.batch)
+                self._per_batch[key] = self._per_batch.get(key, 0) + 1
             self._count += len(jobs)
             self._woken = True
             if self._thread is None:
@@ -111,7 +114,12 @@ class Dispatcher:
             if not q:
                 del self._queues[job.owner]
             self._count -= 1
-            self._per_batch[id(job.batch)] -= 1
+            key = id(job.batch)
+            left = self._per_batch.get(key, 0) - 1
+            if left > 0:
+                self._per_batch[key] = left
+            else:
+                self._per_batch.pop(key, None)
             return True
 
     def wake(self) -> None:
@@ -135,7 +143,7 @@ class Dispatcher:
     def pending(self, batch: object = None) -> int:
         """Jobs waiting (of ``batch`` only, if given)."""
         with self._cond:
-            return self._count if batch is None else self._per_batch[id(batch)]
+            return self._count if batch is None else self._per_batch.get(id(batch), 0)
 
     def close(self) -> List[JobControl]:
         """Stop the thread; the jobs still queued, for the pool to cancel."""
@@ -205,7 +213,11 @@ class Dispatcher:
             key = self._key_of(job)
             if key is not None and key in waiting:
                 continue
-            choice = self._choose(job)
+            try:
+                choice = self._choose(job)
+            except Exception as exc:  # a bug deciding one job must not hold every job behind it
+                log.exception("choosing a server for a job failed")
+                choice = Choice(Verdict.FAIL, error=ComfyClusterError(f"internal error choosing a server: {exc!r}"))
             if choice.verdict is Verdict.GO:
                 assert choice.server is not None
                 job.no_server_since = None

@@ -24,6 +24,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .server_config import DEFAULT_PORT, ENV_SERVERS, ENV_STRATEGY, ENV_TTL, ServerConfig, check_unique, make_server, parse_servers_json
+from .consoles import unquote
 from .errors import ConfigError
 from .textfiles import UnreadableText, read_text
 
@@ -41,10 +42,9 @@ def unquote_env(name: str, value: str) -> str:
     the quotes too. No valid value of ours starts and ends with the same quote, so one pair is
     removed, and a warning says so.
     """
-    text = value.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+    text = unquote(value)
+    if text != value.strip():
         log.warning("%s: removed the quotes around its value (cmd.exe keeps quotes as part of a value)", name)
-        text = text[1:-1].strip()
     return text
 
 

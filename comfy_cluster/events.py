@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import websocket
 
 from .reasons import classify, failure_reason
+from .resolve import check_resolvable
 from .config import ServerConfig
 from .errors import ServerError
 from .tls import ssl_context
 
-__all__ = ["ServerSocket", "MAX_MESSAGE_BYTES"]
+__all__ = ["ServerSocket", "ServerSockets", "MAX_MESSAGE_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ class ServerSocket:
         ws.max_message_bytes = self._max_message_bytes
         url = f"{self.server.ws_url}/ws?clientId={self.client_id}"
         headers = [f"{k}: {v}" for k, v in self.server.headers.items()]
+        check_resolvable(self.server.host, self.server.port, self._connect_timeout)  # DNS within the timeout too
         ws.connect(url, header=headers, timeout=self._connect_timeout, suppress_origin=True)
         # The first frame is status with our sid: only then are events routed to us.
         while True:
@@ -365,3 +367,49 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, websocket.WebSocketTimeoutException) and not classify(exc):
         return "timed out"
     return failure_reason(exc)
+
+
+class ServerSockets:
+    """The pool's websockets, one per server, each made when a runner first needs it (a
+    socket's locks and events cost about 4 KB; a large pool runs jobs on some servers only).
+    ``on_status(name, queue_remaining)`` is called for every ``status`` frame. Thread-safe."""
+
+    def __init__(
+        self,
+        servers: Sequence[ServerConfig],
+        client_id: str,
+        *,
+        on_status: Callable[[str, int], None],
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self._servers = {s.name: s for s in servers}
+        self._client_id = client_id
+        self._on_status = on_status
+        self._connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._made: Dict[str, ServerSocket] = {}
+        self._closed = False
+
+    def __getitem__(self, name: str) -> ServerSocket:
+        with self._lock:
+            sock = self._made.get(name)
+            if sock is None:
+                on_status = self._on_status
+                sock = ServerSocket(self._servers[name], self._client_id, connect_timeout=self._connect_timeout,
+                                    on_status=lambda remaining: on_status(name, remaining))
+                self._made[name] = sock
+                if self._closed:
+                    sock.close()  # made after close: it never connects
+        return sock
+
+    def made(self) -> List[ServerSocket]:
+        """The sockets made so far."""
+        with self._lock:
+            return list(self._made.values())
+
+    def close(self) -> None:
+        """Close every socket made (and any made from now on)."""
+        with self._lock:
+            self._closed = True
+        for sock in self.made():
+            sock.close()

@@ -3,9 +3,13 @@
 A :class:`Job` is made by :meth:`ServerPool.submit`. The pool's dispatcher gives it a server
 when one has room; a runner thread then makes one *attempt* there
 (:mod:`comfy_cluster.attempt`, :mod:`comfy_cluster.runner`). A job that must move goes back
-to the queue; at most ``retries`` moves. State changes happen under the job's one condition;
-user callbacks (``on_event``, done-callbacks) run on the pool's callback thread, never on a
-library thread that does the work.
+to the queue; at most ``retries`` moves. State changes happen under the job's one condition.
+
+A job's end works as a ``concurrent.futures.Future``'s does: the library thread that decides
+it sets the final state, records the terminal event and sets the done event under the job's
+lock, and only then queues the user callbacks (``on_event``, done-callbacks) on the pool's
+callback thread. Nothing of the library waits for a callback, so a callback may call
+``result()``, ``wait()``, ``download()``, ``cancel()`` or ``submit()``.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .errors import ComfyClusterError, JobCancelled
+from .reports import EVENT_KINDS, JOB_STATES, TERMINAL_KINDS, JobEvent, JobResult, OutputFile
 from .server_config import ServerConfig
+from .warm import Warmth, warmth_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Protocol
@@ -31,76 +36,13 @@ if TYPE_CHECKING:  # pragma: no cover
         server: str
         prompt_id: str
 
-__all__ = ["Job", "JobControl", "JobEvent", "JobResult", "OutputFile", "JOB_STATES"]
+# The value types a job reports live in reports.py; they are imported from here as well.
+__all__ = ["Job", "JobControl", "JobEvent", "JobResult", "OutputFile", "JOB_STATES", "EVENT_KINDS", "TERMINAL_KINDS"]
 
 #: ``download(server name, files, dest_dir, tag)``: the pool's way of fetching a job's outputs.
 Downloader = Callable[[str, Sequence["OutputFile"], str, str], List[str]]
 
 log = logging.getLogger(__name__)
-
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-EVENT_KINDS = (
-    "submitted", "queued", "started", "executing", "progress", "cached", "output",
-    "succeeded", "failed", "cancelled", "retrying", "preview",
-)
-
-
-@dataclass(frozen=True)
-class OutputFile:
-    """One file a job produced, as the server names it."""
-
-    filename: str
-    subfolder: str
-    type: str
-    node: str = ""
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """Something that happened to a job. ``kind`` is one of :data:`EVENT_KINDS`.
-
-    Fields used by kind: ``queued`` -> position; ``executing`` -> node; ``progress`` -> node,
-    value, max; ``cached`` -> nodes; ``output`` -> node, files; ``retrying`` -> from_server,
-    to_server, reason; ``failed``/``cancelled`` -> reason; ``preview`` -> data (the whole
-    binary websocket frame as the server sent it: 4-byte event type, then its payload).
-    ``index`` is the job's position in its batch (None outside a batch). ``raw`` is the
-    websocket message's ``data`` dict as the server sent it, for events that come from one
-    (None for the others), so a relay can pass it on unchanged.
-    """
-
-    kind: str
-    server: Optional[str]
-    prompt_id: Optional[str] = None
-    node: Optional[str] = None
-    value: Optional[float] = None
-    max: Optional[float] = None
-    position: Optional[int] = None
-    nodes: Tuple[str, ...] = ()
-    files: Tuple[OutputFile, ...] = ()
-    from_server: Optional[str] = None
-    to_server: Optional[str] = None
-    reason: Optional[str] = None
-    index: Optional[int] = None
-    time: float = field(default_factory=time.time)
-    raw: Optional[Dict[str, Any]] = field(default=None, repr=False)
-    data: Optional[bytes] = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """A finished job: its outputs (node id -> files), where it ran, and how long it took."""
-
-    prompt_id: str
-    server: str
-    outputs: Dict[str, List[OutputFile]]
-    attempts: int
-    seconds: float
-
-    @property
-    def files(self) -> List[OutputFile]:
-        """Every output file, node by node."""
-        return [f for files in self.outputs.values() for f in files]
-
 
 class Job:
     """One workflow run on the cluster. Created by :meth:`ServerPool.submit`; thread-safe.
@@ -147,9 +89,10 @@ class Job:
         self._error: Optional[BaseException] = None
         self._done_callbacks: List[Callable[["Job"], None]] = []
         self._end_listeners: List[Callable[["Job"], None]] = []
-        # Set once the job is final and its queued events are delivered (so ``result()``
-        # returns after the caller's ``on_event`` saw every event of the job).
+        # Set under _cond in the same step that makes the job final (never by user code's
+        # thread): result() never waits for a callback.
         self._done = threading.Event()
+        self._last_preview: Optional[JobEvent] = None
         self._cancel_requested = threading.Event()
         self._inbox: "Optional[queue.Queue[Dict[str, Any]]]" = None
         # Set by the JobControl the pool makes with the job (None: a job outside a pool).
@@ -205,7 +148,9 @@ class Job:
             return list(self._failures)
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        """Wait until the job has ended; False on timeout."""
+        """Wait until the job has ended; False on timeout. Once it returns True the job's
+        state, result and ``events`` (terminal event included) are final; its ``on_event``
+        calls and done-callbacks may still be running on the pool's callback thread."""
         return self._done.wait(timeout)
 
     def result(self, timeout: Optional[float] = None) -> JobResult:
@@ -231,9 +176,12 @@ class Job:
         server's pending queue, or interrupted if the server's queue shows it running (by its
         ``prompt_id``, so never another client's job).
 
-        Non-blocking; returns False when the job had already ended. ``result()`` then raises
-        :class:`JobCancelled` once the copy on the server is gone (or, if the server cannot
-        be reached, after the loss window; the copy is then removed when it answers again).
+        Non-blocking. Returns True when the job will end ``cancelled``: ``result()`` raises
+        :class:`JobCancelled` once the copy on the server is gone (or, if the server cannot be
+        reached, after the loss window; the copy is then removed when it answers again), even
+        if the server finished the job before the cancel reached it (its outputs are then not
+        used; the ``cancelled`` event's reason says so). Returns False when the job had
+        already ended: its status stays what it was.
         """
         if not self._mark_cancel():
             return False
@@ -257,13 +205,17 @@ class Job:
             self._on_cancel()
 
     def add_done_callback(self, fn: Callable[["Job"], None]) -> None:
-        """Call ``fn(job)`` on the pool's callback thread once the job has ended (at once if
-        it has). A callback that raises is logged and ignored."""
+        """Call ``fn(job)`` on the pool's callback thread once the job has ended (queued at
+        once if it has), after every ``on_event`` call of the job. A callback that raises is
+        logged and ignored. After ``pool.close()`` a callback added to an ended job runs on
+        the calling thread."""
+        inline: List[Tuple[Callable[..., Any], Any]] = []
         with self._cond:
-            if not self._done.is_set():
+            if not self._final:
                 self._done_callbacks.append(fn)
                 return
-        self._call_user(fn, self)
+            self._queue_user(fn, self, inline)
+        _run_inline(inline)
 
     def download(
         self, dest_dir: str, *, types: Optional[Sequence[str]] = None, files: Optional[Sequence[OutputFile]] = None
@@ -336,21 +288,37 @@ class Job:
             log.exception("on_attempt failed for %s on %s", attempt.prompt_id, attempt.server)
 
     def _emit(self, kind: str, server: Optional[str], **fields: Any) -> None:
-        event = JobEvent(kind=kind, server=server, prompt_id=self._prompt_id, index=self.index, **fields)
+        """Record a non-terminal event and queue it for ``on_event``. Dropped once the job is
+        final: the terminal event is always a job's last. ``job.events`` keeps only the last
+        ``preview`` (every frame still reaches ``on_event``): a long job's previews would
+        otherwise hold megabytes per job."""
+        inline: List[Tuple[Callable[..., Any], Any]] = []
         with self._cond:
+            if self._final:
+                return
+            event = JobEvent(kind=kind, server=server, prompt_id=self._prompt_id, index=self.index, **fields)
+            if kind == "preview":
+                old = self._last_preview
+                # By identity, from the end (it is usually among the last few): list.remove
+                # would compare every event field by field, frame bytes included.
+                for i in range(len(self.events) - 1, -1, -1):
+                    if self.events[i] is old:
+                        del self.events[i]
+                        break
+                self._last_preview = event
             self.events.append(event)
-        if self._on_event is not None:
-            self._call_user(self._on_event, event)
+            if self._on_event is not None:
+                self._queue_user(self._on_event, event, inline, droppable=True)
+        _run_inline(inline)
 
-    def _call_user(self, fn: Callable[..., Any], arg: Any) -> None:
+    def _queue_user(self, fn: Callable[..., Any], arg: Any, inline: List[Tuple[Callable[..., Any], Any]], *, droppable: bool = False) -> None:
+        """Queue user code on the callback thread (lock held, so a job's calls keep their
+        order); what the executor cannot take (none, or closed) goes to ``inline``, run by
+        the caller once it has released the lock."""
         executor = self._executor
-        if executor is not None:
-            executor.submit(fn, arg)
-            return
-        try:
-            fn(arg)
-        except Exception:  # the caller's callback must not break the library
-            log.exception("callback raised for job %s", self._prompt_id)
+        if executor is None or not executor.submit(fn, arg, droppable=droppable):
+            if not droppable or executor is None:
+                inline.append((fn, arg))
 
     def _add_end_listener(self, fn: Callable[["Job"], None]) -> None:
         """Library code (a batch's bookkeeping) called inline when the job becomes final."""
@@ -360,41 +328,55 @@ class Job:
                 return
         fn(self)
 
-    def _finish(self, status: str, *, result: Optional[JobResult] = None, error: Optional[BaseException] = None) -> bool:
-        """Make the job final; False (nothing changed) if it already was."""
+    def _finish(
+        self,
+        status: str,
+        server: Optional[str] = None,
+        *,
+        result: Optional[JobResult] = None,
+        error: Optional[BaseException] = None,
+        reason: Optional[str] = None,
+        raw: Optional[Dict[str, Any]] = None,
+    ) -> bool:
+        """Make the job final and record its one terminal event; False (nothing changed, no
+        event) if it already was. Called by whichever library thread decides the end.
+
+        Under the job's lock: the state, the terminal event and the done event (waiters wake
+        now, whatever the callback thread is doing); then the terminal ``on_event`` call and
+        the done-callbacks are queued, in that order. A job whose ``cancel()`` returned True
+        ends ``cancelled`` even if its server finished it first (``cancel()``'s promise)."""
+        inline: List[Tuple[Callable[..., Any], Any]] = []
         with self._cond:
             if self._final:
                 return False
+            if self._cancel_requested.is_set() and status != "cancelled":
+                what = f"it had succeeded on {server} first" if status == "succeeded" else f"it had failed first: {error}"
+                status, result, error, reason = "cancelled", None, None, f"cancelled ({what}; its outputs are not used)"
+            if status == "cancelled" and not isinstance(error, JobCancelled):
+                error = JobCancelled(f"job {self._prompt_id or '(not submitted)'} {reason or 'cancelled'}", prompt_id=self._prompt_id or "", server=server)
+            if status == "failed" and reason is None:
+                reason = str(error)
             self._final = True
             self._status = status
             self._result = result
             self._error = error
             self._attempt = None
+            event = JobEvent(kind=status, server=server, prompt_id=self._prompt_id, index=self.index, reason=reason if status != "succeeded" else None, raw=raw)
+            self.events.append(event)
+            self._done.set()
             listeners, self._end_listeners = self._end_listeners, []
-        for fn in listeners:
+            callbacks, self._done_callbacks = self._done_callbacks, []
+            if self._on_event is not None:
+                self._queue_user(self._on_event, event, inline)
+            for fn in callbacks:
+                self._queue_user(fn, self, inline)
+        for listener in listeners:
             try:
-                fn(self)
+                listener(self)
             except Exception:
                 log.exception("end listener failed for job %s", self._prompt_id)
-        executor = self._executor
-        if executor is not None:
-            executor.submit(Job._deliver_done, self)
-        else:
-            self._deliver_done()
+        _run_inline(inline)
         return True
-
-    def _deliver_done(self) -> None:
-        """On the callback thread, after the job's events: wake waiters, then done-callbacks."""
-        with self._cond:
-            self._done.set()
-            callbacks, self._done_callbacks = self._done_callbacks, []
-        for fn in callbacks:
-            self._call_user(fn, self)
-
-    def _force_done(self) -> None:
-        """Pool close only: a final job whose delivery was dropped still wakes its waiters."""
-        if self._final and not self._done.is_set():
-            self._done.set()
 
 
 class JobControl:
@@ -415,6 +397,7 @@ class JobControl:
         executor: "Optional[CallbackExecutor]" = None,
         on_cancel: Optional[Callable[[], None]] = None,
         download: Optional[Downloader] = None,
+        warmth: Optional[Warmth] = None,
     ) -> None:
         self.job = job
         self.seq = seq  # submission order in its pool (fair share breaks ties by it)
@@ -428,6 +411,7 @@ class JobControl:
         self.no_server_since: Optional[float] = None
         self.caps: Tuple[int, Dict[str, Optional[str]]] = (-1, {})
         self.key_memo: Optional[Tuple[Any, Any]] = None
+        self._warmth = warmth
 
     def __repr__(self) -> str:
         return f"<JobControl {self.job!r}>"
@@ -447,8 +431,15 @@ class JobControl:
         return self.job.cancel_requested
 
     @property
+    def warmth(self) -> Warmth:
+        """What the job leaves loaded and cached on its server (worked out once)."""
+        if self._warmth is None:
+            self._warmth = warmth_of(self.job.workflow)
+        return self._warmth
+
+    @property
     def final(self) -> bool:
-        """Whether the job's end is decided (its waiters may not be woken yet)."""
+        """Whether the job's end is decided (and its waiters woken: the same step)."""
         return self.job._final
 
     @property
@@ -486,22 +477,20 @@ class JobControl:
         """Record an event and queue it for the caller's ``on_event``."""
         self.job._emit(kind, server, **fields)
 
-    def succeed(self, server: str, result: JobResult, raw: Optional[Dict[str, Any]] = None) -> None:
-        """The runner that saw the job succeed: its last event and its end."""
-        self.job._emit("succeeded", server, raw=raw)
-        self.job._finish("succeeded", result=result)
+    # One terminal event per job: each of these is a no-op (no event) for a job already final,
+    # so a late runner or close() cannot report a job twice (see Job._finish).
 
-    def fail(self, server: Optional[str], error: BaseException, raw: Optional[Dict[str, Any]] = None) -> None:
-        """The part that decided the job cannot succeed: its last event and its end."""
-        self.job._emit("failed", server, reason=str(error), raw=raw)
-        self.job._finish("failed", error=error)
+    def succeed(self, server: str, result: JobResult, raw: Optional[Dict[str, Any]] = None) -> bool:
+        """The runner that saw the job succeed: its end and last event."""
+        return self.job._finish("succeeded", server, result=result, raw=raw)
 
-    def cancelled(self, server: Optional[str], reason: str, raw: Optional[Dict[str, Any]] = None) -> None:
+    def fail(self, server: Optional[str], error: BaseException, raw: Optional[Dict[str, Any]] = None) -> bool:
+        """The part that decided the job cannot succeed: its end and last event."""
+        return self.job._finish("failed", server, error=error, raw=raw)
+
+    def cancelled(self, server: Optional[str], reason: str, raw: Optional[Dict[str, Any]] = None) -> bool:
         """The part that saw the job's cancel through (or the pool closing)."""
-        job = self.job
-        job._emit("cancelled", server, reason=reason, raw=raw)
-        error = JobCancelled(f"job {job.prompt_id or '(not submitted)'} {reason}", prompt_id=job.prompt_id or "", server=server)
-        job._finish("cancelled", error=error)
+        return self.job._finish("cancelled", server, reason=reason, raw=raw)
 
     def add_end_listener(self, fn: Callable[[Job], None]) -> None:
         """Library code (a batch's bookkeeping): see :meth:`Job._add_end_listener`."""
@@ -515,6 +504,11 @@ class JobControl:
         """Batch cancel, phase two: see :meth:`Job._notify_cancel`."""
         self.job._notify_cancel()
 
-    def force_done(self) -> None:
-        """Pool close only: see :meth:`Job._force_done`."""
-        self.job._force_done()
+
+def _run_inline(calls: List[Tuple[Callable[..., Any], Any]]) -> None:
+    """User calls the callback thread could not take, on the calling thread (no lock held)."""
+    for fn, arg in calls:
+        try:
+            fn(arg)
+        except Exception:  # the caller's callback must not break the library
+            log.exception("callback %s raised", getattr(fn, "__qualname__", fn))

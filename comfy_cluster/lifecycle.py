@@ -4,7 +4,7 @@ the ledger, finish the job or queue it again).
 :class:`Runners` is handed what it reads and acts on: the clients and sockets per server, the
 status monitor (a server's queue position, marking it down), the ledger, the gate POSTs
 share, the job queue (``add`` and ``attempt_ended``: the scheduler), ``cleanup(server)`` for
-copies left unconfirmed, and the clock. It hands each attempt a
+copies left unconfirmed, the clock, and ``cut`` (set by close once connections are cut). It hands each attempt a
 :class:`~comfy_cluster.runner.RunnerContext`.
 """
 
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Set
 
 from .attempt import Attempt, Ledger, PostGate
 from .client import ComfyClient
@@ -29,7 +28,7 @@ from .workflow import set_inputs
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Protocol
 
-    from .events import ServerSocket
+    from .events import ServerSockets
 
     class JobQueue(Protocol):
         """Where a moved job goes back (the scheduler)."""
@@ -38,32 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
         def attempt_ended(self, control: JobControl) -> None: ...
 
-__all__ = ["Runners", "InputHashes"]
+__all__ = ["Runners"]
 
 log = logging.getLogger("comfy_cluster.pool")
-
-
-class InputHashes:
-    """Content hashes of input files, cached by (path, size, mtime). Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._known: Dict[Tuple[str, int, int], str] = {}
-
-    def of(self, path: str) -> str:
-        st = os.stat(path)
-        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-        with self._lock:
-            digest = self._known.get(key)
-        if digest is None:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            digest = h.hexdigest()[:32]
-            with self._lock:
-                self._known[key] = digest
-        return digest
 
 
 class Runners:
@@ -73,7 +49,7 @@ class Runners:
         self,
         *,
         clients: Mapping[str, ComfyClient],
-        sockets: "Mapping[str, ServerSocket]",
+        sockets: "ServerSockets",
         client_id: str,
         monitor: StatusMonitor,
         ledger: Ledger,
@@ -83,6 +59,7 @@ class Runners:
         clock: Callable[[], float],
         reconcile_interval: float,
         server_lost_after: float,
+        cut: Optional[threading.Event] = None,
     ) -> None:
         self._clients = clients
         self._sockets = sockets
@@ -95,7 +72,7 @@ class Runners:
         self._clock = clock
         self._reconcile_interval = reconcile_interval
         self._server_lost_after = server_lost_after
-        self._hashes = InputHashes()
+        self._cut = cut or threading.Event()  # set by close() when it cuts connections: runners give up at once
         self._lock = threading.Lock()
         self._threads: Set[threading.Thread] = set()
 
@@ -129,6 +106,7 @@ class Runners:
             post_gate=self._post_gate,
             cancelled_here=lambda: [a.prompt_id for a in ledger.live(name) if a.posted and a.job.cancel_requested],
             reconcile_interval=self._reconcile_interval, server_lost_after=self._server_lost_after, clock=self._clock,
+            cut=self._cut,
         )
 
     def _run(self, attempt: Attempt, follow_only: bool = False) -> None:
@@ -146,16 +124,21 @@ class Runners:
                 self._threads.discard(threading.current_thread())
 
     def _uploaded_workflow(self, workflow: Dict[str, Any], inputs: Mapping[str, str], client: ComfyClient) -> Dict[str, Any]:
-        """The workflow with each input uploaded into a subfolder named by the file's content
-        hash: two different files never share a name on a server (two artists' plates of the
-        same name, or two jobs of one batch), and the same bytes are reused. Path loaders
+        """The workflow with each input uploaded into a subfolder named by the hash of the bytes
+        sent: two different files never share a name on a server (two artists' plates of the
+        same name, two jobs of one batch, or a plate replaced by one of the same size and time
+        stamp), and the same bytes are reused. Each upload reads the file once and sends exactly
+        the bytes it hashed: no cache keyed on (path, size, mtime) can go stale. Path loaders
         (LoadEXR) get the uploaded file's path on the server (:mod:`.loaders`)."""
         if not inputs:
             return workflow
         folder: Optional[str] = None
         values: Dict[str, Dict[str, Any]] = {}
         for node, path in inputs.items():
-            name = client.upload_image(path, subfolder=f"cc-{self._hashes.of(path)}")
+            with open(path, "rb") as fh:
+                content = fh.read()
+            digest = hashlib.sha256(content).hexdigest()[:32]
+            name = client.upload_image(path, subfolder=f"cc-{digest}", content=content)
             key = input_for(workflow[node]) or "image"
             if key in PATH_INPUTS.values():  # a path on the server (LoadEXR), not an uploaded name
                 if folder is None:

@@ -33,6 +33,11 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
 
+try:
+    from .consoles import encoding_note, tolerant_output, unquote, unshowable_encoding
+except ImportError:  # run as a file (python comfy_cluster/nuke_setup.py): its folder is on sys.path
+    from consoles import encoding_note, tolerant_output, unquote, unshowable_encoding  # type: ignore[no-redef,import-not-found]
+
 __all__ = [
     "NUKE_PYTHON",
     "REQUIREMENTS",
@@ -181,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target",
-        default=os.environ.get(LIBS_ENV) or DEFAULT_TARGET,
+        default=unquote(os.environ.get(LIBS_ENV, "")) or DEFAULT_TARGET,  # cmd.exe keeps set VAR="..." quotes
         help=f"the folder holding one subfolder per Python version and platform (default: ${LIBS_ENV} or {DEFAULT_TARGET})",
     )
     parser.add_argument("--gateway", action="store_true", help="add aiohttp, for the gateway (ComfyUI Cluster > Start gateway)")
@@ -209,11 +214,16 @@ def _plan(args: argparse.Namespace) -> "tuple[str, Dict[str, List[str]]]":
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
+    tolerant_output()  # a cp1252 console (a path with "Ł") must not end in UnicodeEncodeError
     args = _parser().parse_args(argv)
+    args.target = unquote(args.target)  # cmd.exe passes single quotes on: --target 'C:\\libs'
     requirements = list(REQUIREMENTS) + (list(GATEWAY_REQUIREMENTS) if args.gateway else [])
     try:
         version, groups = _plan(args)
         root = os.path.abspath(os.path.expanduser(os.path.expandvars(args.target)))
+        encoding = unshowable_encoding(root, sys.stdout)
+        if encoding:  # the folder is printed below, to be copied into COMFY_CLUSTER_LIBS: say it is not exact
+            print(encoding_note(encoding, "the folder " + root.encode(encoding, "replace").decode(encoding)), file=sys.stderr)
         commands = [
             (key, pip_command(version, libs_subdir(root, version, key), tags, requirements=requirements))
             for key, tags in groups.items()

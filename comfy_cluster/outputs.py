@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Set
 from . import localfiles
 from .config import ServerConfig
 from .errors import LocalFileError
-from .paths import check_part, safe_join
+from .paths import check_part, fit_name, safe_join
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import ComfyClient
@@ -106,12 +106,13 @@ def unique_targets(dest_dir: str, files: Sequence["OutputFile"], tag: str = "") 
 
 def _candidates(path: str, tag: str) -> Iterator[str]:
     yield path
-    stem, ext = os.path.splitext(path)
+    folder = os.path.dirname(path)
+    stem, ext = os.path.splitext(os.path.basename(path))
     suffix = f"_{tag}" if tag else ""
     if suffix:
-        yield f"{stem}{suffix}{ext}"
+        yield os.path.join(folder, fit_name(f"{stem}{suffix}{ext}"))  # a long name: still one entry
     for n in itertools.count(2):
-        yield f"{stem}{suffix}_{n}{ext}"
+        yield os.path.join(folder, fit_name(f"{stem}{suffix}_{n}{ext}"))
 
 
 def _makedirs(folder: str) -> None:

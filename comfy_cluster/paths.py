@@ -19,7 +19,7 @@ from typing import List
 
 from .errors import UnsafePathError
 
-__all__ = ["safe_join", "check_part", "windows_safe_name", "is_inside", "local_target"]
+__all__ = ["safe_join", "check_part", "windows_safe_name", "fit_name", "is_inside", "local_target", "MAX_NAME_BYTES"]
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Characters Windows refuses in a name (besides the separators): <>:"|?* and controls 1..31.
@@ -47,7 +47,36 @@ def windows_safe_name(name: str) -> str:
     base, dot, rest = out.partition(".")
     if base.rstrip(" ").upper() in _RESERVED:
         out = f"{base}_{dot}{rest}"
-    return out
+    return fit_name(out)
+
+
+#: The longest name one folder entry can have: 255 bytes of UTF-8 on Linux (ext4) and macOS
+#: (APFS), 255 UTF-16 units on Windows (NTFS). A 131-character CJK name is fine on NTFS and
+#: 393 bytes on Linux.
+MAX_NAME_BYTES = 255
+_EXT = re.compile(r"(\.[A-Za-z0-9]{1,12})+$")  # .png, .tar.gz, .0001.exr: kept when a name is cut
+
+
+def _name_size(name: str) -> int:
+    return max(len(name.encode("utf-8", "surrogatepass")), len(name.encode("utf-16-le", "surrogatepass")) // 2)
+
+
+def fit_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``name`` unchanged if every OS can store it, else cut to ``limit`` bytes of UTF-8 (and
+    UTF-16 units), its extension kept and ``~`` + 8 hex digits of a hash of the whole name put
+    before it, so two long names that differ only after the cut stay two names, and one name
+    is cut the same way on every machine."""
+    if _name_size(name) <= limit:
+        return name
+    import hashlib
+
+    m = _EXT.search(name)
+    ext = m.group(0) if m and m.start() > 0 else ""
+    stem = name[: len(name) - len(ext)]
+    tag = "~" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    while stem and _name_size(stem + tag + ext) > limit:
+        stem = stem[:-1]  # whole characters: never half a UTF-8 sequence
+    return (stem + tag + ext) if _name_size(stem + tag + ext) <= limit else tag + ext[-(limit - len(tag)):]
 
 
 def check_part(value: str, what: str, *, allow_empty: bool = False) -> List[str]:

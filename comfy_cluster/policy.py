@@ -6,7 +6,7 @@ error's text. docs/RELIABILITY.md shows this table as it is here.
 
 Faults are :data:`comfy_cluster.errors.FAULTS` (``refused``, ``connect_timeout``,
 ``read_timeout``, ``connect``, ``tls``, ``http``, ``malformed``, ``""``), plus ``"5xx"`` and
-``"4xx"`` for ``http`` split by status, and ``"workflow"``/``"workflow_here"`` for a 400 from
+``"4xx"`` for ``http`` split by status (with ``"413"``, ``"429"`` and ``"401/403/404"`` apart), and ``"workflow"``/``"workflow_here"`` for a 400 from
 ``POST /prompt`` that is the same everywhere / particular to this server (a missing node type
 or model). A refusal on Windows arrives after about 2 s as a connect timeout when the connect
 timeout is shorter; so no decision depends on a refusal arriving within 1 s (reads that follow
@@ -88,11 +88,19 @@ TABLE: Dict[Tuple[Phase, str], Decision] = {
     # Nothing is on the server before POST: move at once.
     (Phase.UPLOAD, _ANY): _MOVE_DOWN,
     (Phase.UPLOAD, "local"): _FAIL,  # our own input file could not be read
+    (Phase.UPLOAD, "413"): _FAIL,  # the input is too large for it (the message names the size)
     # POST: a 400 is an answer (nothing queued). Anything else may have queued the job: the
     # runner first looks for its client-chosen prompt_id there; if it cannot tell, the job
     # moves and the attempt stays in the ledger until clean-up removes the copy.
     (Phase.POST, "workflow"): _FAIL,
     (Phase.POST, "workflow_here"): Decision(Action.MOVE, exclude=True),
+    # A proxy in front of one server: 413 would be the same everywhere (too large); 429 is
+    # "later or elsewhere" (offline until re-probed after the back-off); 401/403/404 mean this
+    # server is misconfigured (offline, with the reason in its status, and never again for
+    # this job: its GET /queue may well answer). Nothing was queued in any of these.
+    (Phase.POST, "413"): _FAIL,
+    (Phase.POST, "429"): _MOVE_DOWN,
+    (Phase.POST, "401/403/404"): Decision(Action.MOVE, mark_down=True, exclude=True),
     (Phase.POST, "4xx"): _FAIL,
     (Phase.POST, "refused"): _MOVE_DOWN,  # no connection: nothing was sent
     (Phase.POST, "connect_timeout"): _MOVE_DOWN,
@@ -117,6 +125,10 @@ def fault_of(error: BaseException) -> str:
         return "workflow"
     if isinstance(error, ServerError):
         if error.fault == "http" and error.status is not None:
+            if error.status in (413, 429):
+                return str(error.status)
+            if error.status in (401, 403, 404):
+                return "401/403/404"
             return "5xx" if error.status >= 500 else "4xx"
         return error.fault or "unknown"
     return "local"

@@ -28,12 +28,13 @@ import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .attempt import Attempt, CopyRemover, Ledger, PostGate
-from .balance import StrategyLike, get_strategy, strategy_name
+from .affinity import CacheAffinity
+from .balance import DEFAULT_STRATEGY, StrategyLike, get_strategy, strategy_name
 from .callbacks import CallbackExecutor
 from .client import DEFAULT_TIMEOUT, PROBE_TIMEOUT, ComfyClient, Timeouts
 from .config import servers_from_env, status_ttl_from_env, strategy_from_env
 from .errors import ComfyClusterError, ConfigError
-from .events import ServerSocket
+from .events import ServerSockets
 from .loaders import check_inputs
 from .jobs import Job, JobControl, JobEvent, OutputFile
 from .lifecycle import Runners
@@ -52,13 +53,15 @@ log = logging.getLogger(__name__)
 WorkflowLike = Union[Mapping[str, Any], str, "os.PathLike[str]"]
 #: How long close() lets runners end their jobs on the servers before cutting connections.
 CLOSE_GRACE = 2.0
+#: How long close() waits for runners once every connection is cut (they end in moments).
+RUNNER_JOIN_CAP = 10.0
 
 
 class ServerPool:
     """A cluster of ComfyUI servers used as one.
 
-    ``strategy`` is a name (``least_loaded``, ``round_robin``, ``priority``,
-    ``fastest_completion``), an object with ``select(candidates, workflow)``, or a callable.
+    ``strategy`` is a name (``warm_models``, the default, ``least_loaded``, ``round_robin``,
+    ``priority``, ``fastest_completion``), an object with ``select(candidates, workflow)``, or a callable.
     ``status_ttl`` is how long a probe result is trusted. ``clock`` (monotonic seconds) is
     injectable so TTLs and backoff are tested without sleeping; ``background_status=False``
     turns the refreshing thread off (status is then probed on demand).
@@ -70,7 +73,7 @@ class ServerPool:
     def __init__(
         self,
         servers: Iterable[Union[ServerConfig, Mapping[str, Any]]],
-        strategy: StrategyLike = "least_loaded",
+        strategy: StrategyLike = DEFAULT_STRATEGY,
         status_ttl: float = 5.0,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -100,7 +103,9 @@ class ServerPool:
             raise ConfigError(f"status_ttl: must be >= 0 seconds, got {status_ttl!r}")
         self._servers: Tuple[ServerConfig, ...] = tuple(configs)
         self._by_name: Dict[str, ServerConfig] = {s.name: s for s in configs}
-        self._strategy = get_strategy(strategy, rng)
+        # Wrapped once, so the scheduler and select() share it: use_cache_affinity() turns the
+        # affinity on later without replacing the object they hold.
+        self._strategy = CacheAffinity(get_strategy(strategy, rng), enabled=False)
         self._clock = clock
         # The websocket clientId the servers route our jobs' events to: a process that follows
         # jobs an earlier one posted (a restarted gateway) passes the same id to get them.
@@ -110,12 +115,10 @@ class ServerPool:
             configs, self._clients, ttl=status_ttl, clock=clock, probe_timeout=probe_timeout,
             backoff_cap=backoff_cap, background=background_status,
         )
-        self._sockets: Dict[str, ServerSocket] = {
-            s.name: ServerSocket(s, self.client_id, on_status=self._status_frame(s.name), connect_timeout=ws_connect_timeout)
-            for s in configs
-        }
+        self._sockets = ServerSockets(configs, self.client_id, on_status=self._monitor.queue_reading, connect_timeout=ws_connect_timeout)
         self._callbacks = CallbackExecutor()
         self._closed = threading.Event()
+        self._cut = threading.Event()  # close(): connections cut, runners give up at once
         self._post_gate = PostGate()
         self._view = StatusView(self._monitor, configs, clock)
         # Built before what they wake: their wake-ups reach the scheduler through the pool.
@@ -128,10 +131,11 @@ class ServerPool:
             configs, self._view, self._caps, self._ledger, self._strategy,
             launch=self._launch, clock=clock, wait_for_server=wait_for_server,
         )
+        self._cut = threading.Event()  # close(): connections cut, runners give up at once
         self._runners = Runners(
             clients=self._clients, sockets=self._sockets, client_id=self.client_id, monitor=self._monitor,
             ledger=self._ledger, post_gate=self._post_gate, queue=self._scheduler, cleanup=self._cleanup.schedule,
-            clock=clock, reconcile_interval=reconcile_interval, server_lost_after=server_lost_after,
+            clock=clock, reconcile_interval=reconcile_interval, server_lost_after=server_lost_after, cut=self._cut,
         )
         self._seq = itertools.count()
         self._monitor.add_listener(self._on_status_change)
@@ -151,7 +155,7 @@ class ServerPool:
         """
         servers, source = servers_from_env(environ)
         if "strategy" not in kwargs:
-            kwargs["strategy"] = strategy_from_env(environ) or "least_loaded"
+            kwargs["strategy"] = strategy_from_env(environ) or DEFAULT_STRATEGY
         if "status_ttl" not in kwargs:
             ttl = status_ttl_from_env(environ)
             if ttl is not None:
@@ -184,6 +188,12 @@ class ServerPool:
         """The strategy's name."""
         return strategy_name(self._strategy)
 
+    def use_cache_affinity(self) -> None:
+        """From now on an identical workflow goes to the server that was given it last, when
+        that server can take it (ComfyUI's cache there makes the rerun nearly free); otherwise
+        the strategy chooses. The gateway turns this on. Idempotent."""
+        self._strategy.enabled = True
+
     @property
     def _object_info(self) -> Dict[str, Dict[str, Any]]:
         return self._caps.info
@@ -198,9 +208,6 @@ class ServerPool:
         """
         self._check_open()
         return self._monitor.refresh(force=refresh)
-
-    def _status_frame(self, name: str) -> Callable[[int], None]:
-        return lambda remaining: self._monitor.queue_reading(name, remaining)
 
     def _on_status_change(self, old: ServerStatus, new: ServerStatus) -> None:
         """Every probe (on the probe executor): forget node lists of a server that was away,
@@ -221,6 +228,14 @@ class ServerPool:
         self._check_open()
         wf = load_workflow(workflow)
         return self._caps.checker(wf, wait=True)([c.name for c in self._view.current(probe=True).online])
+
+    def node_info(self) -> Dict[str, Dict[str, Any]]:
+        """``/object_info`` of every online server whose node list could be read (server name
+        -> node type -> definition); read once per server and cached, as for capabilities."""
+        self._check_open()
+        names = [c.name for c in self._view.current(probe=True).online]
+        self._caps.fetch(names, wait=True)
+        return {n: info for n in names for info, _ in [self._caps.get(n)] if info is not None}
 
     def select(self, workflow: Optional[WorkflowLike] = None, exclude: Iterable[str] = ()) -> ServerConfig:
         """The server the strategy picks now among those passing the filters.
@@ -404,9 +419,14 @@ class ServerPool:
     def close(self, *, cancel: bool = True) -> None:
         """Cancel unfinished jobs (on their servers too), stop every thread, close every socket.
 
-        Bounded: runners get ``CLOSE_GRACE`` seconds to remove their jobs from the servers;
-        then every connection is cut, and a job still without an end is reported cancelled
-        (a copy that could not be removed is logged with its server and prompt_id).
+        Bounded whatever servers and user code do: runners get ``CLOSE_GRACE`` seconds to
+        remove their jobs from the servers (a server that does not answer is not waited for);
+        then every connection is cut, and a job still without an end is reported cancelled (a
+        copy that could not be removed is logged with its server and prompt_id). When it
+        returns, every job is done with exactly one terminal event, and no thread of the pool
+        is alive except the callback thread while a callback that has not returned holds it
+        (it then runs the terminal events and done-callbacks queued behind that callback, and
+        ends; progress events still queued are dropped).
 
         ``cancel=False`` leaves the jobs running on their servers (another process that
         recorded them follows them there: a gateway replica handing over) and only cuts
@@ -422,20 +442,22 @@ class ServerPool:
             for a in running:
                 a.job.cancel()
             self._runners.join(time.monotonic() + CLOSE_GRACE)
+        self._cut.set()
         for client in self._clients.values():
             client.close()  # cuts requests still hanging (a server that never answers)
-        for sock in self._sockets.values():
-            sock.close()
-        self._runners.join(time.monotonic() + CLOSE_GRACE)
+        self._sockets.close()
+        # Every request now fails at once and a runner gives up on a server that does not
+        # answer once connections are cut: this join returns in moments (the bound only rules
+        # out a hang), so no runner outlives close() to report its job a second time.
+        self._runners.join(time.monotonic() + RUNNER_JOIN_CAP)
         for a in running:
-            if not a.control.final:
-                a.control.cancelled(a.server, "cancelled: pool closed")
+            a.control.cancelled(a.server, "cancelled: pool closed")  # no-op for a job already final
         left = self._ledger.live()
         if left:
             log.warning("pool closed with %d job copies not confirmed removed: %s", len(left),
                         ", ".join(f"{a.prompt_id} on {a.server}" for a in left))
         self._monitor.close()
-        self._callbacks.close()
-        for a in running:
-            a.control.force_done()
+        # Every job is done already (set by the thread that ended it); the callback thread gets
+        # CLOSE_GRACE to deliver what is queued, then close returns whatever user code does.
+        self._callbacks.close(CLOSE_GRACE)
 

@@ -9,7 +9,7 @@ from typing import Set
 import requests
 import urllib3
 
-__all__ = ["classify", "failure_reason", "short_reason"]
+__all__ = ["classify", "explain_status", "failure_reason", "short_reason"]
 
 
 def classify(exc: BaseException) -> str:
@@ -71,3 +71,16 @@ def short_reason(exc: BaseException) -> str:
         if marker in text:
             return marker.lower() if marker != "IncompleteRead" else "incomplete read"
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def explain_status(status: int, what: str) -> str:
+    """What a 4xx from ComfyUI (or a proxy in front of it) on a POST means, for the message."""
+    if status == 413:
+        return f": {what} is too large for the server (or a proxy in front of it)"
+    if status == 429:
+        return ": busy (too many requests); try later"
+    if status in (401, 403):
+        return ": not allowed (check the server's headers or token, or the proxy in front of it)"
+    if status == 404:
+        return ": no ComfyUI API at this URL (check the server's url)"
+    return ""

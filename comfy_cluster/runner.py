@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
@@ -66,6 +67,10 @@ class RunnerContext:
     reconcile_interval: float = 5.0
     server_lost_after: float = 15.0
     clock: Callable[[], float] = time.monotonic
+    #: Set when close() cuts every connection (after its grace for cancels): a server that does
+    #: not answer is then given up on at once (the copy stays in the ledger and is logged),
+    #: and no pause outlasts it, so no runner outlives close().
+    cut: threading.Event = field(default_factory=threading.Event)
 
 
 def is_server_specific(err: WorkflowError) -> bool:
@@ -222,6 +227,8 @@ class _Follower:
         # success and then lost its history (a restart) before we read it.
         self.ws_outputs: Dict[str, List[OutputFile]] = {}
         self.unreachable_since: Optional[float] = None
+        # Since when /history fails while /queue answers (see _unreadable).
+        self.unreadable_since: Optional[float] = None
         self.cancel_retry_at = 0.0
         # After a reconnect, ComfyUI may drop the new socket's registration when it notices the
         # old socket's close (same clientId): until an event proves otherwise, look often.
@@ -236,7 +243,7 @@ class _Follower:
             timeout = self.ctx.reconcile_interval
             if self.success_seen:
                 timeout = 1.0  # the closing "executing: null" is due right after
-            if self.unreachable_since is not None:
+            if self.unreachable_since is not None or self.unreadable_since is not None:
                 timeout = min(timeout, 0.5)
             if self.job.cancel_requested:
                 timeout = min(timeout, 0.25)  # watch the job leave the queue
@@ -283,7 +290,7 @@ class _Follower:
             self.unreachable_since = now
         d = decide(phase, exc)
         window = d.window if d.window is not None else self.ctx.server_lost_after
-        if now - self.unreachable_since < window:
+        if now - self.unreachable_since < window and not self.ctx.cut.is_set():
             return None
         if self.job.cancel_requested:
             # Reported cancelled; the copy stays in the ledger until the server answers.
@@ -297,12 +304,16 @@ class _Follower:
             # The queue first, then the history: ComfyUI moves a finished job from one to the
             # other at once, so a job in neither *after* the queue was read is lost.
             running, pending = client.queue(timeout=follow_timeout(client.timeout[1]))
-            item = None
-            if self.pid not in running and self.pid not in pending:
-                item = client.history(self.pid, timeout=follow_timeout(client.timeout[1]))
         except ComfyClusterError as exc:
             return self._lost(exc, Phase.FOLLOW)
-        self.unreachable_since = None
+        self.unreachable_since = None  # it answered: whatever fails next, it is not lost
+        item = None
+        if self.pid not in running and self.pid not in pending:
+            try:
+                item = client.history(self.pid, timeout=follow_timeout(client.timeout[1]))
+            except ComfyClusterError as exc:
+                return self._unreadable(exc)
+        self.unreadable_since = None
         if item is not None:
             return self._from_history(item)
         if self.pid in running or self.pid in pending:
@@ -315,6 +326,26 @@ class _Follower:
             return self._from_events()  # it finished; its history went with a restart
         # In neither queue nor history: the server restarted and lost it.
         return Outcome("move", reason="server restarted and lost the job", decision=Decision(Action.MOVE), confirmed=True)
+
+    def _unreadable(self, exc: ComfyClusterError) -> Optional[Outcome]:
+        """The server answered ``/queue`` (so it is reachable) and our job has left its queue,
+        but ``/history`` fails: the job ended there. Retried for the loss window; then the
+        job ends with what is known, never runs again (a reachable server is not lost)."""
+        now = self.ctx.clock()
+        if self.unreadable_since is None:
+            self.unreadable_since = now
+        d = decide(Phase.HISTORY, exc)
+        window = d.window if d.window is not None else self.ctx.server_lost_after
+        if now - self.unreadable_since < window and not self.ctx.cut.is_set():
+            return None
+        if self.job.cancel_requested:
+            return Outcome("cancelled", reason="cancelled")
+        if self.success_seen:
+            return self._from_events()
+        reason = _strip(str(exc), self.name)
+        err = ServerError(f"{self.name}: job {self.pid} ended there but its result cannot be read ({reason}); "
+                          "not run again", server=self.name, status=getattr(exc, "status", None))
+        return Outcome("failed", error=err)
 
     def _mark_started(self) -> None:
         self.started = self.ctx.clock()
@@ -378,16 +409,16 @@ class _Follower:
             except ComfyClusterError as exc:
                 if self._lost(exc, Phase.HISTORY) is not None:
                     return self._from_events()  # it ended there: nothing to remove
-                time.sleep(0.25)
+                self.ctx.cut.wait(0.25)
                 continue
             self.unreachable_since = None
             if item is not None:
                 out = self._from_history(item)
                 out.raw = self.success_raw
                 return out
-            if self.ctx.clock() >= grace_end:
+            if self.ctx.clock() >= grace_end or self.ctx.cut.is_set():
                 return self._from_events()
-            time.sleep(delay)  # history is written just before the done signal; rarely needed
+            self.ctx.cut.wait(delay)  # history is written just before the done signal; rarely needed
             delay = min(delay * 2, 1.0)
 
     def _from_events(self) -> Outcome:

@@ -5,18 +5,22 @@ decides, for each waiting job, where it goes now. It is handed what it reads: th
 :class:`~comfy_cluster.selection.StatusView` of the snapshots, the
 :class:`~comfy_cluster.selection.Capabilities` cache, the
 :class:`~comfy_cluster.attempt.Ledger`, the strategy, a clock, and ``launch(attempt)`` that
-starts an attempt's runner. No I/O here: snapshots and node lists are read from their caches
+starts an attempt's runner. A strategy with a ``place`` method (``warm_models``) is also shown
+the servers that are full and the waiting jobs per model set, and may let a job wait for a
+busy server that has its model loaded. No I/O here: snapshots and node lists are read from their caches
 (a node list not read yet is fetched on the probe executor, never waited for).
 """
 
 from __future__ import annotations
 
+import collections
+import threading
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
 from .attempt import Attempt, Ledger
-from .balance import strategy_name
+from .balance import Candidate, strategy_name
 from .dispatcher import Choice, Dispatcher, Verdict
-from .errors import ComfyClusterError
+from .errors import ComfyClusterError, ConfigError
 from .jobs import JobControl
 from .planner import Batch
 from .selection import Capabilities, StatusView, View, capable, evaluate, no_server, pick
@@ -52,6 +56,11 @@ class Scheduler:
         self._strategy_name = strategy_name(strategy)
         self._launch = launch
         self._clock = clock
+        self._place = getattr(strategy, "place", None)
+        # The model sets of the jobs waiting here (for ``place``), under their own lock.
+        self._models_lock = threading.Lock()
+        self._models_of: Dict[int, Tuple[str, ...]] = {}
+        self._waiting_models: Dict[Tuple[str, ...], int] = collections.Counter()
         self._queue = Dispatcher(
             self._choose, self._start, self._end, clock=clock, wait_for_server=wait_for_server,
             tick=view.tick, key_of=self._key_of,
@@ -61,7 +70,29 @@ class Scheduler:
 
     def add(self, controls: Sequence[JobControl], *, front: bool = False) -> None:
         """Queue jobs (all at once); ``front`` for a moved job, which has waited longest."""
-        self._queue.add(controls, front=front)
+        if self._place is not None:
+            with self._models_lock:
+                for control in controls:
+                    models = control.warmth.models
+                    self._models_of[id(control)] = models
+                    self._waiting_models[models] += 1
+        try:
+            self._queue.add(controls, front=front)
+        except ComfyClusterError:
+            for control in controls:
+                self._left(control)
+            raise
+
+    def _left(self, control: JobControl) -> None:
+        """``control`` left the local queue (to a server, or ended)."""
+        if self._place is None:
+            return
+        with self._models_lock:
+            models = self._models_of.pop(id(control), None)
+            if models is not None:
+                self._waiting_models[models] -= 1
+                if self._waiting_models[models] <= 0:
+                    del self._waiting_models[models]
 
     def wake(self) -> None:
         """Something a decision reads changed (a slot freed, a server came or went, a cancel)."""
@@ -116,7 +147,9 @@ class Scheduler:
         stamp = (version, len(cache))  # a cache only grows within one version
         memo = control.key_memo
         if memo is None or memo[0] != stamp:
-            memo = (stamp, (id(control.batch), frozenset(n for n, why in cache.items() if why is None)))
+            # Jobs of other models do not wait alike under ``place`` (their warm servers differ).
+            models = control.warmth.models if self._place is not None else ()
+            memo = (stamp, (id(control.batch), frozenset(n for n, why in cache.items() if why is None), models))
             control.key_memo = memo
         return memo[1]
 
@@ -142,9 +175,28 @@ class Scheduler:
                 state = self.plan_state(view, can, exclude)
                 server = job.batch.plan_pick(cands, state, self._queue.pending(job.batch))
                 return Choice(Verdict.GO, server) if server is not None else Choice(Verdict.WAIT)
+            if self._place is not None:
+                return self._placed(control, view, can, exclude, cands)
             return Choice(Verdict.GO, pick(self._strategy, self._strategy_name, cands, job.workflow))
         except ComfyClusterError as exc:  # a custom strategy's bad answer fails the job, loudly
             return Choice(Verdict.FAIL, error=exc)
+
+    def _placed(self, control: JobControl, view: View, can: Can, exclude: Set[str], cands: List[Candidate]) -> Choice:
+        """The strategy's ``place``: shown every server able to run the job (full ones too)
+        and the waiting jobs per model set; None means wait."""
+        eligible, _, _, _ = evaluate(view, self._servers, can, exclude, ignore_full=True, reasons_wanted=False)
+        with self._models_lock:
+            waiting = dict(self._waiting_models)
+        assert self._place is not None
+        try:
+            chosen = self._place(cands, eligible, control.warmth, waiting)
+        except Exception as exc:  # a strategy's bug fails this job only, loudly
+            raise ConfigError(f"strategy {self._strategy_name} raised {type(exc).__name__}: {exc}") from exc
+        if chosen is None:
+            return Choice(Verdict.WAIT)
+        if not any(c is chosen for c in cands):
+            raise ConfigError(f"strategy {self._strategy_name}: placed the job on {chosen!r}, which has no room")
+        return Choice(Verdict.GO, chosen.server)
 
     def plan_state(self, view: View, can: Can, exclude: Set[str]) -> List[Tuple[ServerConfig, float, float]]:
         """``(server, seconds until its current backlog is done, seconds per job)`` for every
@@ -162,6 +214,7 @@ class Scheduler:
         return out
 
     def _start(self, control: JobControl, server: ServerConfig) -> bool:
+        self._left(control)
         attempt = Attempt(control, server.name, control.job.attempts + 1)
         if not control.claim(attempt, server):
             return False
@@ -175,6 +228,7 @@ class Scheduler:
 
     def _end(self, control: JobControl, error: Optional[ComfyClusterError]) -> None:
         """A job leaves the local queue without a server: cancelled (``error`` None) or failed."""
+        self._left(control)
         if error is None:
             control.cancelled(None, "cancelled before it reached a server")
         else:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from .balance import Candidate, expected_seconds
 from .client import PROBE_TIMEOUT, ComfyClient
-from .errors import ComfyClusterError, NoServerAvailable
+from .errors import ComfyClusterError, ConfigError, NoServerAvailable
 from .server_config import ServerConfig
 from .status import ServerStatus, StatusMonitor
 from .workflow import missing_capabilities
@@ -276,8 +276,12 @@ def evaluate(
 
 def pick(strategy: Any, name: str, candidates: Sequence[Candidate], workflow: Optional[Mapping[str, Any]]) -> ServerConfig:
     """The strategy's choice among ``candidates``; a choice that is not one of them (a custom
-    strategy naming a full, offline or unknown server) is refused, never obeyed."""
-    chosen = strategy.select(list(candidates), workflow)
+    strategy naming a full, offline or unknown server) is refused, never obeyed; one that
+    raises gives a ConfigError naming the strategy and its exception (it fails that job only)."""
+    try:
+        chosen = strategy.select(list(candidates), workflow)
+    except Exception as exc:  # a custom strategy's bug: that job fails, the pool goes on
+        raise ConfigError(f"strategy {name} raised {type(exc).__name__}: {exc}") from exc
     by_name = {c.name: c.server for c in candidates}
     if isinstance(chosen, Candidate):
         chosen = chosen.name
@@ -287,8 +291,6 @@ def pick(strategy: Any, name: str, candidates: Sequence[Candidate], workflow: Op
         return by_name[chosen]
     if chosen is None:
         raise NoServerAvailable(f"strategy {name} chose no server")
-    from .errors import ConfigError
-
     allowed = ", ".join(by_name)
     raise ConfigError(f"strategy {name}: returned {chosen!r}, which is not one of the candidates ({allowed})")
 

@@ -18,11 +18,12 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .client import as_dict, as_list, PROBE_TIMEOUT, ComfyClient, Timeouts
-from .config import ServerConfig
 from .errors import ComfyClusterError
+from .server_config import ServerConfig
+from .warm import NO_WARMTH, Warmth
 
 __all__ = ["ServerStatus", "StatusMonitor"]
 
@@ -43,6 +44,12 @@ class ServerStatus:
     process's jobs there that have not been seen to finish; ``unseen`` those submitted since
     the last reading (so not yet in the queue counts). ``load`` is the queue as it is now
     believed to be. Times are in the pool's clock (``time.monotonic`` unless injected).
+
+    ``models``, ``prompt_key`` and ``node_keys`` are what the server will have loaded and
+    cached once the jobs this pool queued there have run (those of the last one; see
+    :mod:`comfy_cluster.warm`); forgotten when the server goes offline. ``avg_job_seconds`` is
+    learned from jobs that loaded no new model, ``cold_job_seconds`` from those that did;
+    ``model_load_seconds`` is their difference.
     """
 
     name: str
@@ -65,6 +72,10 @@ class ServerStatus:
     jobs_succeeded: int = 0
     jobs_failed: int = 0
     avg_job_seconds: Optional[float] = None
+    cold_job_seconds: Optional[float] = None
+    models: Tuple[str, ...] = ()
+    prompt_key: Optional[str] = None
+    node_keys: Tuple[str, ...] = ()
 
     @property
     def checked(self) -> bool:
@@ -78,10 +89,20 @@ class ServerStatus:
         submissions: it must not make the server look emptier than we know it is)."""
         return max(self.queue_running + self.queue_pending + self.unseen, self.in_flight)
 
+    @property
+    def model_load_seconds(self) -> Optional[float]:
+        """Seconds a job here spends loading a model it did not have (learned; None until a
+        job with and one without a load have finished here)."""
+        if self.cold_job_seconds is None or self.avg_job_seconds is None:
+            return None
+        return max(0.0, self.cold_job_seconds - self.avg_job_seconds)
+
     def to_dict(self) -> Dict[str, object]:
         """A JSON-ready dict (used by ``comfy-cluster status --json``)."""
         data = dataclasses.asdict(self)
         data["load"] = self.load
+        data["model_load_seconds"] = self.model_load_seconds
+        del data["node_keys"]  # cache keys: long, and of no use to a reader
         return data
 
 
@@ -155,21 +176,37 @@ class StatusMonitor:
             self.version += 1
         return new
 
-    def job_reserved(self, name: str) -> None:
+    def job_reserved(self, name: str, warmth: Warmth = NO_WARMTH) -> bool:
         """A job of ours is given to ``name``: count it in ``in_flight`` and, until the next
-        queue reading shows it, in ``load`` (so two quick submissions spread out)."""
-        self._update(name, lambda s: {"in_flight": s.in_flight + 1, "unseen": s.unseen + 1})
+        queue reading shows it, in ``load`` (so two quick submissions spread out); what it
+        leaves loaded and cached there (``warmth``) replaces what was. True when the job must
+        load a model the server will not have (a cold job)."""
+        cold = [False]
 
-    def job_released(self, name: str, *, seconds: Optional[float] = None, ok: Optional[bool] = None) -> None:
-        """A job of ours left ``name``: finished (``ok``), failed over, or was cancelled."""
+        def change(s: ServerStatus) -> Dict[str, object]:
+            cold[0] = not warmth.warm_on(s.models)
+            out: Dict[str, object] = {"in_flight": s.in_flight + 1, "unseen": s.unseen + 1}
+            if warmth.models:
+                out["models"] = warmth.models
+            if warmth.prompt is not None:
+                out["prompt_key"], out["node_keys"] = warmth.prompt, warmth.nodes
+            return out
+
+        self._update(name, change)
+        return cold[0]
+
+    def job_released(self, name: str, *, seconds: Optional[float] = None, ok: Optional[bool] = None, cold: bool = False) -> None:
+        """A job of ours left ``name``: finished (``ok``, in ``seconds``; ``cold`` if it loaded
+        a model), failed over, or was cancelled."""
 
         def change(s: ServerStatus) -> Dict[str, object]:
             out: Dict[str, object] = {"in_flight": max(0, s.in_flight - 1)}
             if ok is True:
                 out["jobs_succeeded"] = s.jobs_succeeded + 1
                 if seconds is not None and seconds > 0:
-                    prev = s.avg_job_seconds
-                    out["avg_job_seconds"] = seconds if prev is None else prev + EMA_ALPHA * (seconds - prev)
+                    field = "cold_job_seconds" if cold else "avg_job_seconds"
+                    prev = getattr(s, field)
+                    out[field] = seconds if prev is None else prev + EMA_ALPHA * (seconds - prev)
             elif ok is False:
                 out["jobs_failed"] = s.jobs_failed + 1
             return out
@@ -210,6 +247,10 @@ class StatusMonitor:
                 "last_checked": now,
                 "next_probe_at": now + self._backoff(failures),
                 "rtt_ms": None,
+                # It may come back restarted, with nothing loaded or cached.
+                "models": (),
+                "prompt_key": None,
+                "node_keys": (),
             }
 
         old = self._snapshots[name]
@@ -255,7 +296,7 @@ class StatusMonitor:
         if self._stats_fetched[server.name]:
             return
         try:
-            stats = self._clients[server.name].system_stats(timeout=self._probe_timeout)
+            stats = self._clients[server.name].system_stats(timeout=self._probe_timeout, probe=True)
         except ComfyClusterError as exc:
             log.debug("system_stats of %s failed: %s", server.name, exc)
             return

@@ -24,17 +24,26 @@ __all__ = ["Stopped", "StopSignals", "wait_sliced"]
 
 # Windows console control events that end the process when the handler returns.
 CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT = 2, 5, 6
-# Windows kills the process about 5 s after CTRL_CLOSE_EVENT: the cancel must fit in that.
-CONSOLE_GRACE_SECONDS = 4.5
+# Windows ends the process 5 s after CTRL_CLOSE_EVENT (or as soon as the handler returns).
+# The command gets until CONSOLE_DEADLINE_SECONDS to cancel and print what it must; the handler
+# holds the process until the command is done, or until CONSOLE_GRACE_SECONDS at most.
+WINDOWS_CLOSE_SECONDS = 5.0
+CONSOLE_DEADLINE_SECONDS = 4.0
+CONSOLE_GRACE_SECONDS = 4.8
+#: Seconds a command waits for its jobs' cancels to be confirmed after any other stop.
+CANCEL_WAIT_SECONDS = 15.0
 
 
 class Stopped(KeyboardInterrupt):
     """The command was asked to stop; ``exit_code`` is 130 for Ctrl-C, else 128 + the signal."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, deadline: Optional[float] = None) -> None:
         super().__init__(signum)
         self.signum = signum
         self.exit_code = 130 if signum == signal.SIGINT else 128 + int(signum)
+        #: time.monotonic() by which the command must have cancelled and reported its jobs:
+        #: a closed Windows console leaves seconds, not the usual CANCEL_WAIT_SECONDS.
+        self.deadline = deadline if deadline is not None else time.monotonic() + CANCEL_WAIT_SECONDS
 
 
 def _stop_signals() -> List[int]:
@@ -50,6 +59,7 @@ class StopSignals:
         self._old: Dict[int, Any] = {}
         self._done = threading.Event()
         self._console_handler: Any = None
+        self._console_deadline: Optional[float] = None  # set by a console close, log-off, shutdown
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is not threading.main_thread():
@@ -78,7 +88,7 @@ class StopSignals:
         if self.stopping:
             return  # already cancelling: a second Ctrl-C must not cut the cancel short
         self.stopping = True
-        raise Stopped(signum)
+        raise Stopped(signum, self._console_deadline)
 
     def on_console_event(self, ctrl_type: int) -> bool:
         """The Windows console control handler (runs in a thread of its own).
@@ -89,13 +99,16 @@ class StopSignals:
         """
         if ctrl_type not in (CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT):
             return False
+        start = time.monotonic()
         signum = getattr(signal, "SIGBREAK", signal.SIGTERM)
         if not self.stopping:
+            self._console_deadline = start + CONSOLE_DEADLINE_SECONDS
             if sys.version_info >= (3, 10):
                 _thread.interrupt_main(signum)
             else:  # 3.9: only SIGINT can be simulated
                 _thread.interrupt_main()
-        self._done.wait(CONSOLE_GRACE_SECONDS)
+        # Returning lets Windows end the process at once: hold it until the command is done.
+        self._done.wait(max(0.0, start + CONSOLE_GRACE_SECONDS - time.monotonic()))
         return True
 
     def _install_console_handler(self) -> None:  # pragma: no cover - Windows only

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Tuple, TypeVar, Union
 
 import certifi  # requests' own CA bundle (a dependency of requests)
 
+from .consoles import unquote
 from .errors import ConfigError
 
 __all__ = ["ssl_context", "SYSTEM"]
@@ -68,13 +69,17 @@ def _make(verify: Union[bool, str], server: str) -> ssl.SSLContext:
     if verify == SYSTEM:
         return ssl.create_default_context()
     path = verify
-    return _load(lambda: ssl.create_default_context(**{"capath" if os.path.isdir(path) else "cafile": path}), path, server)
+    if os.path.isdir(path):
+        return _load(lambda: ssl.create_default_context(capath=path), path, server)
+    return _load(lambda: ssl.create_default_context(cafile=path), path, server)
 
 
 def _bundles() -> List[str]:
     """The CA files of ``verify_tls: true``: requests' choice first, then OpenSSL's variables."""
-    first = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
-    extra = [os.environ.get(name, "") for name in ("SSL_CERT_FILE", "SSL_CERT_DIR")]
+    # unquote: cmd.exe keeps the quotes of set REQUESTS_CA_BUNDLE="C:\studio\ca.pem"
+    env = {name: unquote(os.environ.get(name, "")) for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")}
+    first = env["REQUESTS_CA_BUNDLE"] or env["CURL_CA_BUNDLE"] or certifi.where()
+    extra = [env["SSL_CERT_FILE"], env["SSL_CERT_DIR"]]
     return [first] + [p for p in extra if p and p != first]
 
 

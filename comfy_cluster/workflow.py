@@ -19,6 +19,7 @@ __all__ = [
     "load_workflow",
     "class_types",
     "missing_capabilities",
+    "shared_choices",
     "set_inputs",
     "frame_workflows",
     "seeded_copies",
@@ -104,6 +105,35 @@ def _list_choices(info: Mapping[str, Any], input_name: str) -> Optional[List[Any
             options = spec[1].get("options")
             return list(options) if isinstance(options, list) else None
     return None
+
+
+def shared_choices(workflow: Mapping[str, Any], node_info: Mapping[str, Mapping[str, Any]]) -> Dict[Tuple[str, str], List[Any]]:
+    """``{(node id, input): choices}`` for every list (combo) input of ``workflow`` holding a
+    literal: the choices that every eligible server offers (a model picker shows only models
+    every server able to run the workflow has), in the first such server's order.
+
+    ``node_info`` maps server names to their ``/object_info``; eligible servers offer every
+    node type of the workflow (whatever its chosen values).
+    """
+    types = {str(n.get("class_type")) for n in workflow.values() if isinstance(n, Mapping)}
+    eligible = [info for info in node_info.values() if all(isinstance(info.get(t), Mapping) for t in types)]
+    out: Dict[Tuple[str, str], List[Any]] = {}
+    if not eligible:
+        return out
+    for node_id, node in workflow.items():
+        if not isinstance(node, Mapping):
+            continue
+        ctype = str(node.get("class_type"))
+        for name, value in (node.get("inputs") or {}).items():
+            if isinstance(value, list):
+                continue  # a link
+            lists = [_list_choices(info[ctype], name) for info in eligible]
+            if any(choices is None for choices in lists):
+                continue
+            common = set.intersection(*(set(map(str, c)) for c in lists if c is not None))
+            first = lists[0] or []
+            out[(str(node_id), str(name))] = [c for c in first if str(c) in common]
+    return out
 
 
 def _looks_like_model(input_name: str, value: str) -> bool:

@@ -20,6 +20,10 @@ folder says (by default next to the script, so the farm and the artists see them
 task of one job the same ``--version`` so they fill one version folder (each task keeps its
 working files in a folder of its own inside it). Progress is printed; ComfyUI's errors too.
 
+A task killed without a signal (Windows' TerminateProcess, SIGKILL) cannot cancel its jobs: the
+next task on the same version does it (each task keeps a job ledger there), or ``--reap`` (with
+``--version``) alone, for a job that will not run again (docs/FARM.md).
+
 Exit status: 0 every frame done; 1 some frames failed (listed on stderr; a plate frame missing
 upstream fails its frame, with the file's name); 2 bad arguments or no such node; 130
 interrupted by Ctrl-C or the farm's SIGTERM (the jobs were cancelled on their servers).
@@ -88,6 +92,7 @@ def main(argv: Optional[List[str]] = None, open_script: Optional[Callable[[str],
     parser.add_argument("range", nargs="*", metavar="FIRST LAST", help="frames, older form of --frames")
     parser.add_argument("--frames", default="", help="FIRST-LAST (default: the node's range); write --frames=FIRST-LAST")
     parser.add_argument("--version", default="", help="write into this version folder (vNNN) of the node")
+    parser.add_argument("--reap", action="store_true", help="only cancel the jobs that killed tasks left in --version, then exit")
     try:
         args = parser.parse_intermixed_args(argv)  # FIRST LAST may follow --version
     except SystemExit as exc:  # argparse printed why
@@ -107,6 +112,12 @@ def main(argv: Optional[List[str]] = None, open_script: Optional[Callable[[str],
     if node is None:
         print(f"nuke_farm_render: no node {args.node} in {args.script}", file=sys.stderr)
         return 2
+    if args.reap:
+        if not args.version:
+            print("nuke_farm_render: --reap needs --version", file=sys.stderr)
+            return 2
+        print(f"nuke_farm_render: {run.reap(node, args.version)} job(s) of killed tasks cancelled")
+        return 0
     frames = range(frame_range[0], frame_range[1] + 1) if frame_range else None
     try:
         with _termination_interrupts():

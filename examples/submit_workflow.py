@@ -3,6 +3,10 @@
     export NUKE_COMFYUI_SERVERS='[{"name": "gpu1", "host": "192.168.1.187", "port": 8188}]'
     python examples/submit_workflow.py workflow_api.json renders/ [--input 10=plate.png]
 
+(cmd.exe: ``set NUKE_COMFYUI_SERVERS=[{"name": "gpu1", "host": "192.168.1.187", "port": 8188}]``
+without quotes around the value; PowerShell:
+``$env:NUKE_COMFYUI_SERVERS = '[{"name": "gpu1", "host": "192.168.1.187", "port": 8188}]'``.)
+
 Without a cluster at hand, start one mock server in another terminal first (it listens on
 127.0.0.1:8188, where the library looks when NUKE_COMFYUI_SERVERS is not set), then, from the
 repository folder:

@@ -150,3 +150,11 @@ def windows_argv(command_line: str) -> List[str]:
     if current or started:
         args.append("".join(current))
     return args
+
+
+def callbacks_delivered(job: Any, timeout: float = 30.0) -> bool:
+    """Wait until every on_event call of ``job`` has run: a done-callback added now runs on
+    the pool's callback thread after all of them (``result()`` returns before they may have)."""
+    delivered = threading.Event()
+    job.add_done_callback(lambda _job: delivered.set())
+    return delivered.wait(timeout)

@@ -214,3 +214,20 @@ def test_cli_ctrl_c_cancels_the_jobs_on_their_servers(mock_cluster_factory, tmp_
         assert s.queue_snapshot() == ([], [])
         assert s.interrupt_requests and all(r.get("prompt_id") for r in s.interrupt_requests)
         assert s.executed_prompt_ids == []
+
+
+def test_the_plan_keeps_a_job_from_a_slow_server_that_a_fast_one_finishes_sooner(mock_cluster_factory):
+    """The batch plan holds back: three 1 s jobs, a server ten times faster (its ``weight`` says
+    so) that takes one job at a time, and a slow server with room. On the fast one the third
+    job ends at about 0.3 s; on the slow one the first would end at 1 s, so the slow one gets
+    none even while the fast one is full. Without the plan (every server with room may take a
+    job) the slow server takes one and the batch ends three times later; no timing is measured
+    here, only where the jobs ran."""
+    cluster = mock_cluster_factory(speeds=(10, 1))
+    fast, slow = cluster.servers
+    servers = [dict(name=fast.name, url=fast.url, weight=10, max_queue=1),
+               dict(name=slow.name, url=slow.url, weight=1, max_queue=3)]
+    with ServerPool(servers, **FAST) as pool:
+        results = pool.map([sleep_workflow(1.0, steps=1, seed=i) for i in range(3)], timeout=60)
+    assert [r.server for r in results] == [fast.name] * 3
+    assert slow.executed_prompt_ids == []

@@ -134,7 +134,7 @@ def test_unknown_strategy_lists_valid_names():
         ServerPool.from_env({"NUKE_COMFYUI_STRATEGY": "fastest", S: '[{"host": "127.0.0.1", "port": 1}]'}, background_status=False)
     text = str(info.value)
     assert text.startswith("NUKE_COMFYUI_STRATEGY:")
-    for name in ("least_loaded", "round_robin", "priority", "fastest_completion"):
+    for name in ("least_loaded", "round_robin", "priority", "fastest_completion", "warm_models"):
         assert name in text
 
 

@@ -39,27 +39,32 @@ def test_callbacks_run_in_order_on_one_thread_and_survive_anything():
     ex.close()
     assert seen == [1, 2, 3]
     assert threads == {"comfy-cluster-callbacks"}
-    ex.submit(record, 4)  # after close: run at once on the caller's thread
-    assert seen[-1] == 4
+    assert ex.submit(record, 4, droppable=True)  # progress after close: dropped
+    assert not ex.submit(record, 5)  # after close, the thread gone: the caller runs it
+    assert seen == [1, 2, 3]
 
 
-def test_close_drops_what_a_stuck_callback_holds_back():
+def test_close_drops_progress_but_keeps_terminal_calls_behind_a_stuck_callback():
     ex = CallbackExecutor()
     release = threading.Event()
     ran: List[int] = []
     ex.submit(release.wait)
-    ex.submit(ran.append, 1)
-    ex.close(drain_seconds=0.2)  # returns although the first callback never ends
+    ex.submit(ran.append, 1, droppable=True)  # a progress event
+    ex.submit(ran.append, 2)  # a terminal event or a done-callback
+    ex.close(drain_seconds=0.2)  # returns although the first callback has not ended
+    assert ex.submit(ran.append, 3)  # queued behind it: the thread is still there
     release.set()
-    assert ran == []
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "comfy-cluster-callbacks"], what="the thread ends")
+    assert ran == [2, 3]
 
 
 class _Monitor:
     def __init__(self) -> None:
         self.count = 0
 
-    def job_reserved(self, name: str) -> None:
+    def job_reserved(self, name: str, warmth: Any = None) -> bool:
         self.count += 1
+        return False
 
     def job_released(self, name: str, **kw: Any) -> None:
         self.count -= 1
@@ -96,3 +101,44 @@ def test_cancel_on_server_interrupts_only_what_runs_now(mock_comfy):
         finally:
             client.close()
             mock_comfy.resume_jobs()
+
+
+def test_a_job_ends_once_and_is_done_before_its_callbacks_run():
+    """A Future's order: state, terminal event and done first, then the callbacks; a second
+    end and any event after the end change nothing and report nothing."""
+    ex = CallbackExecutor()
+    seen: List[Any] = []
+    release = threading.Event()
+    job = Job(sleep_workflow(), on_event=lambda e: seen.append((e.kind, job.done)))
+    job._executor = ex
+    ex.submit(release.wait)  # the callback thread is busy with user code
+    job._emit("progress", "a", value=1.0, max=2.0)
+    job._add_end_listener(lambda j: seen.append(("listener", j.done)))
+    assert job._finish("succeeded", "a", result=None) is True
+    assert job.done and job.wait(0)  # at once, although no callback has run
+    assert job._finish("failed", "a", error=RuntimeError("late")) is False
+    job._emit("progress", "a", value=2.0, max=2.0)
+    job.add_done_callback(lambda j: seen.append(("done-callback", j.status)))
+    assert [e.kind for e in job.events] == ["progress", "succeeded"]
+    release.set()
+    wait_until(lambda: len(seen) == 4, what="the callbacks")
+    assert seen == [("listener", True), ("progress", True), ("succeeded", True), ("done-callback", "succeeded")]
+    ex.close()
+
+
+def test_a_cancelled_job_ends_cancelled_whatever_its_server_says():
+    job = Job(sleep_workflow())
+    assert job.cancel() is True
+    job._finish("succeeded", "a", result=None)
+    assert job.status == "cancelled" and "succeeded on a" in (job.events[-1].reason or "")
+    assert job.cancel() is False and job.status == "cancelled"
+
+
+def test_job_events_keep_the_last_preview_only():
+    job = Job(sleep_workflow())
+    for i in range(50):
+        job._emit("preview", "a", data=bytes([i]) * 10)
+        job._emit("progress", "a", value=float(i), max=50.0)
+    previews = [e for e in job.events if e.kind == "preview"]
+    assert len(previews) == 1 and previews[0].data == bytes([49]) * 10
+    assert len(job.events) == 51

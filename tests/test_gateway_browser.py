@@ -4,13 +4,15 @@ A gateway over two mock servers serves the page from ``comfyui-frontend-package`
 shows the graph editor, loads a custom node's web extension that only one server has, runs
 the "Image Generation" template on the cluster (progress and sampling previews reach the
 page, the result shows on the Save node), Cancel stops the page's job and not another
-client's, and after a reload the queue panel shows the jobs. Needs Debian's ``chromium`` and
+client's, and after a reload the queue panel shows the jobs; in multi-user mode the page asks
+who you are and saves that user's settings in their folder. Needs Debian's ``chromium`` and
 ``chromium-driver`` (``.ci/run`` installs them); marked ``browser``, run by ``.ci/run``.
 Set ``COMFY_CLUSTER_SCREENSHOT_DIR`` to keep the screenshot (README's comes from here).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any, Iterator, List
@@ -41,6 +43,10 @@ HOOK = """
 window.__ev = []; window.__titles = [];
 for (const t of ['progress', 'execution_start', 'executed', 'execution_success', 'execution_interrupted', 'b_preview'])
   comfyAPI.api.api.addEventListener(t, e => window.__ev.push([t, (e.detail && e.detail.prompt_id) || null]));
+// Which node shows the sampling preview (the page files it under the node that runs).
+window.__previewNodes = [];
+comfyAPI.api.api.addEventListener('b_preview', () => setTimeout(() =>
+  window.__previewNodes.push(...Object.keys(app.nodePreviewImages || {})), 0));
 new MutationObserver(() => window.__titles.push(document.title))
   .observe(document.querySelector('title'), {childList: true, subtree: true, characterData: true});
 """
@@ -130,7 +136,11 @@ def test_page_runs_a_graph_on_the_cluster(browser: Any, servers: List[MockComfyS
         [prompt_id] = _events(browser, "execution_success")
         assert sum(len(s.executed_prompt_ids) for s in servers) == 1, "the graph ran on one cluster server"
         assert _events(browser, "progress") and _events(browser, "b_preview"), "progress and sampling previews reached the page"
-        assert any("%]" in t for t in browser.execute_script("return window.__titles")), "the page showed the progress"
+        titles = browser.execute_script("return window.__titles")
+        # "[45%][60%] KSampler": the run's and the running node's progress, from progress_state.
+        assert any(t.endswith("%] KSampler") for t in titles), f"the page showed the sampler's progress: {sorted(set(titles))}"
+        sampler = browser.execute_script("return String(app.graph.nodes.find(n => n.type === 'KSampler').id)")
+        assert set(browser.execute_script("return window.__previewNodes")) == {sampler}, "previews shown on the sampler"
         # The Save node shows the image the server made (loaded through the gateway's /view).
         width = _wait(browser, "(app.graph.nodes.find(n => n.type === 'SaveImage').imgs || []).map(i => i.naturalWidth)[0]", "the result image")
         assert width == 512
@@ -173,3 +183,23 @@ def test_cancel_stops_the_pages_job_only_and_panels_show_jobs_after_reload(brows
         shown = browser.execute_script("return Array.from(document.querySelectorAll('.task-item')).length")
         assert shown == 2
         assert _failed_resources(browser, gw.url) == []
+
+
+def test_multi_user_page_asks_who_you_are_and_keeps_your_settings(browser: Any, servers: List[MockComfyServer], tmp_path: Any) -> None:
+    user_dir = tmp_path / "user"
+    with gateway_over(servers, gateway_kwargs={"user_dir": str(user_dir), "multi_user": True}) as gw:
+        browser.get(gw.url + "/")
+        name = WebDriverWait(browser, 60).until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "input#new-user-input"))[0]
+        assert browser.current_url.endswith("/user-select")
+        name.send_keys("Alice")
+        browser.find_element(By.XPATH, "//button[normalize-space(.)='Next']").click()
+        _wait(browser, "!!(window.app && window.app.graph && window.__ccHello)", "the editor for the new user")
+        user_id = browser.execute_script("return localStorage['Comfy.userId']")
+        assert json.loads((user_dir / "users.json").read_text()) == {user_id: "Alice"}
+        # The page saves its settings as that user (ComfyUI's comfy-user header), in her folder.
+        settings = user_dir / user_id / "comfy.settings.json"
+        wait_until(lambda: settings.exists() and "Comfy.InstalledVersion" in json.loads(settings.read_text()), 60, message="Alice's settings")
+        mine = requests.get(gw.url + "/api/settings", headers={"comfy-user": user_id}, timeout=30).json()
+        assert mine["Comfy.InstalledVersion"] == "1.27.10"
+        assert not (user_dir / "default").exists()
+        assert requests.get(gw.url + "/api/settings", timeout=30).status_code == 401  # no user named

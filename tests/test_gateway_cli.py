@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, List
 
 import pytest
-import requests
+from gateway_util import ScriptClient, is_done, of_prompt
 
 from comfy_cluster.testing import MockCluster, wait_until
 from comfy_cluster.testing.workflows import sleep_workflow
@@ -35,25 +35,30 @@ def _start(cluster: MockCluster, state_dir: str, *args: str) -> "subprocess.Pope
     )
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
-def test_gateway_command_serves_and_cancels_on_shutdown(mock_cluster_factory: Callable[..., MockCluster], sig: int, code: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_gateway_command_tells_clients_and_cancels_on_every_stop(mock_cluster_factory: Callable[..., MockCluster], sig: int, code: int, tmp_path: Path) -> None:
+    # SIGHUP (a closed terminal) used to kill it on the spot, leaving its jobs on the GPUs; the
+    # stops it did handle closed the clients' sockets without a word about their prompts.
     cluster = mock_cluster_factory(speeds=(1.0, 1.0))
     proc = _start(cluster, str(tmp_path), "--strategy", "round_robin", "--token", "t0ken")
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        match = re.match(r"comfy-cluster gateway on (http://127\.0\.0\.1:\d+) -> 2 server\(s\): mock1, mock2 \(strategy round_robin, token required; state sqlite:///.*/gw\.sqlite3\)", line)
+        match = re.match(r"comfy-cluster gateway on (http://127\.0\.0\.1:\d+) -> 2 server\(s\): mock1, mock2 \(strategy round_robin, (?:admin token|token required); state sqlite:///.*/gw\.sqlite3\)", line)
         assert match, line
         url = match.group(1)
-        auth = {"Authorization": "Bearer t0ken"}
-        ids: List[str] = []
-        for seed in (1, 2):
-            r = requests.post(url + "/prompt", json={"prompt": sleep_workflow(seconds=30.0, steps=30, seed=seed)}, headers=auth, timeout=10)
-            assert r.status_code == 200
-            ids.append(r.json()["prompt_id"])
-        wait_until(lambda: all(s.queue_snapshot()[0] for s in cluster), timeout=20, message="a job running on each server")
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=30)
+        client = ScriptClient(url, token="t0ken")
+        try:
+            ids = [client.run(sleep_workflow(seconds=30.0, steps=30, seed=seed)) for seed in (1, 2, 3)]
+            wait_until(lambda: all(s.queue_snapshot()[0] for s in cluster), timeout=20, message="a job running on each server")
+            proc.send_signal(sig)
+            for pid in ids:  # each prompt ends for its client, saying why, before the socket closes
+                frames = of_prompt(client.socket.wait_for(is_done(pid), timeout=30), pid)
+                error = [f for f in frames if f["type"] == "execution_error"]
+                assert error and "gateway stopped" in error[-1]["data"]["exception_message"], frames
+            _, err = proc.communicate(timeout=30)
+        finally:
+            client.close()
     finally:
         if proc.poll() is None:
             proc.kill()

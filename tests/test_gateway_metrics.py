@@ -47,7 +47,7 @@ def test_metrics_count_jobs_attempts_moves_and_show_queues_and_servers(mock_clus
             wait_until(lambda: all(scrape(gw.url).get(("comfy_cluster_server_running", (("server", s.name),))) == 1.0 for s in cluster),
                        timeout=20, message="a running job counted on each server")
             m = scrape(gw.url)
-            assert m[("comfy_cluster_queue_depth", (("user", client.client_id),))] == 2.0
+            assert m[("comfy_cluster_queue_depth", (("user", "default"),))] == 2.0
             assert m[("comfy_cluster_server_online", (("server", victim.name),))] == 1.0
             assert requests.post(gw.url + "/api/jobs/cancel", json={"job_ids": held}, timeout=10).json() == {"cancelled": True}
             victim.stop()
@@ -61,7 +61,7 @@ def test_metrics_count_jobs_attempts_moves_and_show_queues_and_servers(mock_clus
             assert m[("comfy_cluster_moves_total", (("server", victim.name),))] == 1.0
             attempts = sum(v for (name, _), v in m.items() if name == "comfy_cluster_attempts_total")
             assert attempts == 5.0  # ok, bad, blocker, and the moved job twice
-            assert ("comfy_cluster_queue_depth", (("user", client.client_id),)) not in m
+            assert ("comfy_cluster_queue_depth", (("user", "default"),)) not in m
             wait_until(lambda: scrape(gw.url).get(("comfy_cluster_server_online", (("server", victim.name),))) == 0.0, timeout=30,
                        message="the stopped server shown offline")
         finally:

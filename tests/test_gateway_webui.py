@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import requests
@@ -46,7 +46,8 @@ def test_the_page_and_its_files_are_comfyuis_frontend(cluster: MockCluster, tmp_
         for path in ("/materialdesignicons.min.css", "/extensions/core/clipspace.js", "/templates/index.json", "/docs/KSampler/en.md"):
             assert _get(gw, path).status_code == 200, path
         assets = [n for n in os.listdir(os.path.join(STATIC, "assets")) if n.endswith(".js")]
-        assert _get(gw, "/assets/" + assets[0]).status_code == 200
+        script = _get(gw, "/assets/" + assets[0])
+        assert script.status_code == 200 and script.headers["Cache-Control"] == "no-cache"  # as ComfyUI
         assert isinstance(_get(gw, "/templates/index.json").json(), list)
         assert _get(gw, "/no-such-file.js").status_code == 404
         assert _get(gw, "/assets/..%2F..%2F..%2Fetc%2Fpasswd").status_code in (403, 404)
@@ -285,3 +286,140 @@ def test_cli_refuses_a_front_end_root_without_a_build(cluster: MockCluster, tmp_
     code = run_gateway(["--port", "0", "--front-end-root", str(tmp_path)], stop=threading.Event())
     assert code == 2
     assert "--front-end-root" in capsys.readouterr().err
+
+
+@pytest.mark.real_comfyui
+def test_real_loader_nodes_match_the_mocks(mock_comfy: MockComfyServer) -> None:
+    from comfy_cluster.testing.loader_nodes import LOADER_NODES
+
+    real = requests.get(f"http://{REAL[0]}/object_info", timeout=60).json()
+    ours = requests.get(mock_comfy.url + "/object_info", timeout=30).json()
+    for name in LOADER_NODES:
+        theirs, mine = dict(real[name]), dict(ours[name])
+        if theirs.get("output_tooltips") != [None] * len(theirs["output"]):
+            theirs.pop("output_tooltips", None)  # the mock's nodes carry no tooltip text
+        # Choice lists are the servers' model files.
+        for spec in (theirs, mine):
+            for inputs in spec["input"].values():
+                for key, value in inputs.items():
+                    if isinstance(value[0], list):
+                        inputs[key] = [["..."]] + value[1:]
+        assert mine == theirs, name
+
+
+def _previews(url: str, flags: Optional[Dict[str, Any]], seed: int) -> Tuple[str, List[bytes]]:
+    """Binary frames a client gets for a 3-step txt2img run, after sending ``flags`` (if any)
+    as its first message, as ComfyUI's page does."""
+    import uuid
+
+    import websocket
+
+    from comfy_cluster.testing.workflows import txt2img_workflow
+
+    sid = uuid.uuid4().hex
+    ws = websocket.create_connection("ws" + url[len("http"):] + f"/ws?clientId={sid}", timeout=30)
+    try:
+        assert json.loads(ws.recv())["type"] == "status"
+        if flags is not None:
+            ws.send(json.dumps({"type": "feature_flags", "data": flags}))
+            assert json.loads(ws.recv())["type"] == "feature_flags"
+        pid = requests.post(url + "/prompt", json={"prompt": txt2img_workflow(steps=3, seed=seed), "client_id": sid}, timeout=30).json()["prompt_id"]
+        frames: List[bytes] = []
+        while True:
+            raw = ws.recv()
+            if isinstance(raw, bytes):
+                frames.append(raw)
+                continue
+            msg = json.loads(raw)
+            if msg["type"] == "executing" and msg["data"].get("node") is None and msg["data"].get("prompt_id") == pid:
+                return pid, frames
+    finally:
+        ws.close()
+
+
+def test_previews_carry_their_node_for_a_client_that_asks_as_comfyuis_page_does(cluster: MockCluster, tmp_path: Any) -> None:
+    import struct
+
+    with gateway_over(cluster, gateway_kwargs={"user_dir": str(tmp_path)}) as gw:
+        features = _get(gw, "/api/features").json()
+        assert features["supports_preview_metadata"] is True
+        _, plain = _previews(gw.url, None, seed=5)
+        assert len(plain) == 3 and all(struct.unpack(">I", f[:4])[0] == 1 for f in plain)  # PREVIEW_IMAGE
+        pid, rich = _previews(gw.url, {"supports_preview_metadata": True}, seed=6)
+        assert len(rich) == 3
+        for frame in rich:
+            kind, size = struct.unpack(">II", frame[:8])
+            assert kind == 4  # PREVIEW_IMAGE_WITH_METADATA, as ComfyUI sends it to this client
+            meta = json.loads(frame[8 : 8 + size])
+            assert meta["node_id"] == meta["display_node_id"] == meta["real_node_id"] == "3"  # the KSampler
+            assert meta["parent_node_id"] is None and meta["image_type"] == "image/png"
+            assert frame[8 + size : 8 + size + 8] == b"\x89PNG\r\n\x1a\n"
+        prompt_ids = {json.loads(f[8 : 8 + struct.unpack(">I", f[4:8])[0]])["prompt_id"] for f in rich}
+        assert prompt_ids == {pid}  # the gateway's prompt_id, as in its other events
+
+
+def _node_story(base: str, prompt: Dict[str, Any]) -> List[Any]:
+    """What one job tells its client about its nodes: progress_state (each node's state),
+    executing, progress, executed, in order, with ids made comparable."""
+    from comfy_cluster.testing.listener import WsListener
+
+    with WsListener(base) as listener:
+        pid = requests.post(base + "/prompt", json={"prompt": prompt, "client_id": listener.client_id}, timeout=30).json()["prompt_id"]
+        story = []
+        for m in listener.until_done(pid):
+            kind, data = m.get("type"), m.get("data") or {}
+            if kind == "progress_state":
+                assert data["prompt_id"] == pid
+                story.append((kind, {n: (s["state"], s["value"], s["max"], s["prompt_id"] == pid, s["display_node_id"]) for n, s in data["nodes"].items()}))
+            elif kind in ("executing", "progress", "executed", "execution_success", "execution_cached"):
+                story.append((kind, data.get("node"), data.get("value")))
+        return story
+
+
+def test_node_progress_states_reach_the_client_as_from_a_server(cluster: MockCluster, mock_comfy: MockComfyServer, tmp_path: Any) -> None:
+    # ComfyUI's page (1.27) takes the running node, its outline and its progress bar from
+    # progress_state, not from executing/progress.
+    from comfy_cluster.testing.workflows import txt2img_workflow
+
+    direct = _node_story(mock_comfy.url, txt2img_workflow(steps=2, seed=3))
+    with gateway_over(cluster, gateway_kwargs={"user_dir": str(tmp_path)}) as gw:
+        through = _node_story(gw.url, txt2img_workflow(steps=2, seed=3))
+    assert through == direct
+    assert ("progress_state", {}) not in through and sum(1 for s in through if s[0] == "progress_state") > 8
+
+
+def test_settings_posted_at_once_are_all_kept(cluster: MockCluster, tmp_path: Any) -> None:
+    # The page posts several settings right after each other (on its first load, two at once).
+    import concurrent.futures
+
+    with gateway_over(cluster, gateway_kwargs={"user_dir": str(tmp_path)}) as gw:
+        def post(i: int) -> int:
+            return requests.post(gw.url + f"/api/settings/CC.Key{i}", json=i, timeout=30).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(16) as ex:
+            assert set(ex.map(post, range(40))) == {200}
+        assert _get(gw, "/api/settings").json() == {f"CC.Key{i}": i for i in range(40)}
+
+
+@pytest.mark.real_comfyui
+def test_real_page_reads_through_the_gateway_match_the_servers_own(tmp_path: Any) -> None:
+    """Over one real ComfyUI, the gateway answers the page's reads as that server does."""
+    base = "http://" + REAL[0]
+    pool = ServerPool([{"url": base, "name": "real0"}])
+    gw = Gateway(pool, port=0, user_dir=str(tmp_path)).start()
+    try:
+        for path in ("/api/extensions", "/api/i18n", "/api/workflow_templates", "/api/experiment/models",
+                     "/api/experiment/models/checkpoints", "/api/embeddings", "/internal/folder_paths"):
+            theirs, ours = requests.get(base + path, timeout=60), requests.get(gw.url + path, timeout=60)
+            a, b = ours.json(), theirs.json()
+            if path == "/api/extensions":  # ComfyUI lists in file system order; the gateway sorts
+                a, b = sorted(a), sorted(b)
+            assert (ours.status_code, a) == (theirs.status_code, b), path
+        for path in ("/", "/materialdesignicons.min.css", "/templates/index.json", "/extensions/core/clipspace.js"):
+            theirs, ours = requests.get(base + path, timeout=60), requests.get(gw.url + path, timeout=60)
+            assert (ours.status_code, ours.content) == (theirs.status_code, theirs.content), path
+        for path in ("/api/experiment/models/nope", "/api/view_metadata/checkpoints?filename=x.safetensors", "/internal/files/bogus"):
+            assert requests.get(gw.url + path, timeout=60).status_code == requests.get(base + path, timeout=60).status_code, path
+    finally:
+        gw.stop()
+        pool.close()

@@ -7,7 +7,7 @@ import os
 import threading
 
 import pytest
-from helpers import fail_workflow, kinds, load_image_workflow, servers_of, sleep_workflow, symlink_dir, wait_until
+from helpers import callbacks_delivered, fail_workflow, kinds, load_image_workflow, servers_of, sleep_workflow, symlink_dir, wait_until
 
 from comfy_cluster import (
     JobCancelled,
@@ -38,6 +38,7 @@ def test_success_events_outputs_and_download(mock_comfy, tmp_path):
         assert k[:2] == ["submitted", "queued"] and k[-1] == "succeeded"
         assert "started" in k and k.count("progress") >= 3 and "output" in k
         assert k.index("started") < k.index("progress") < k.index("output") < k.index("succeeded")
+        assert callbacks_delivered(job)  # result() returns as soon as the job is done, before its callbacks ran
         assert kinds(seen) == k
         assert all(e.server == "m" for e in job.events)
         paths = job.download(str(tmp_path))

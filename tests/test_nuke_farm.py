@@ -173,6 +173,88 @@ def test_farm_tasks_sharing_a_version_keep_their_working_files_apart(fake_nuke, 
     assert [f for f in os.listdir(out / "v001") if f.startswith(".")] == []  # each task cleaned up its own
 
 
+@pytest.mark.parametrize("by", ["next_task", "reap"])
+def test_a_killed_tasks_jobs_are_cancelled_by_the_next_task(fake_nuke, cluster_env, tmp_path, by):
+    """Issue 19 item 16: a task killed without a signal (Deadline on Windows: TerminateProcess;
+    here SIGKILL, which no handler sees either) left its jobs on the GPUs. The next task on the
+    same version (the requeued one) finds its job ledger stale and cancels them first."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import nuke
+
+    from comfy_cluster.testing.waiting import wait_until
+
+    script = str(tmp_path / "sh010.nk")
+    fake_nuke.save_script(script)
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), first=1, last=3)
+    name = node.name()
+    nuke.scriptSave(script)
+    for server in cluster_env:
+        server.pause_jobs()
+    env = dict(os.environ, NUKE_PATH=os.path.join(ROOT, "nuke_plugin"), PYTHONPATH=ROOT)
+    command = [sys.executable, NUKE_T, "-t", EXAMPLE, script, name, "--frames=1-3", "--version=v001"]
+    logs = [tmp_path / "task_a.log", tmp_path / "task_b.log"]
+    version = out / "v001"
+
+    def ledger_jobs():
+        found = {}
+        for path in version.glob(".jobs-*.json"):
+            try:
+                found.update({e["prompt_id"]: path for e in json.loads(path.read_text() or "{}").get("jobs", [])})
+            except ValueError:  # being rewritten
+                pass
+        return found
+
+    with open(logs[0], "wb") as log:
+        task_a = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until(lambda: _queued(cluster_env) >= 3 or task_a.poll() is not None, 40, message="task A's jobs")
+            orphans = {p for s in cluster_env for part in s.queue_snapshot() for p in part}
+            wait_until(lambda: orphans <= set(ledger_jobs()) or task_a.poll() is not None, 40, message="task A's ledger")
+            assert task_a.poll() is None, logs[0].read_text()
+        finally:
+            task_a.send_signal(signal.SIGKILL)
+            task_a.wait()
+    assert {p for s in cluster_env for part in s.queue_snapshot() for p in part} == orphans  # left on the GPUs
+    ledger_file = next(iter(ledger_jobs().values()))
+    dead_inputs = list(version.glob(".inputs-*"))
+    assert dead_inputs
+    old = time.time() - 300  # the dead task's ledger stopped beating long ago
+    os.utime(ledger_file, (old, old))
+    if by == "reap":  # no task of the job will run again: --reap alone (a post-job script)
+        fake_nuke.set_gui(False)
+        assert fake_nuke.run_nuke_t(EXAMPLE, [script, name, "--version=v001", "--reap"]) == 0
+        assert not orphans & {p for s in cluster_env for part in s.queue_snapshot() for p in part}
+        for server in cluster_env:
+            server.resume_jobs()
+            assert server.wait_idle(30.0) and server.executed_prompt_ids == []
+        assert [f for f in os.listdir(version) if f.startswith(".")] == []
+        return
+    with open(logs[1], "wb") as log:
+        task_b = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            # The requeued task cancels the orphans before its own jobs reach the servers.
+            wait_until(lambda: not orphans & {p for s in cluster_env for part in s.queue_snapshot() for p in part}, 40, message="the orphans cancelled")
+            assert task_b.poll() is None, logs[1].read_text()
+            for server in cluster_env:
+                server.resume_jobs()
+            status = task_b.wait(60)
+        finally:
+            if task_b.poll() is None:
+                task_b.kill()
+                task_b.wait()
+    assert status == 0, logs[1].read_text()
+    executed = {p for s in cluster_env for p in s.executed_prompt_ids}
+    assert not orphans & executed and len(executed) == 3
+    assert sorted(f for f in os.listdir(version) if not f.startswith(".")) == [f"{name}_{f:04d}.png" for f in (1, 2, 3)]
+    assert [f for f in os.listdir(version) if f.startswith(".")] == []  # the dead task's files too
+
+
 def test_farm_exit_status_says_what_went_wrong(fake_nuke, cluster_env, tmp_path, capsys):
     fake_nuke.set_gui(False)
     workflow = load_image_workflow()

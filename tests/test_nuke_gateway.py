@@ -86,3 +86,41 @@ def test_addresses(fake_nuke, text, expected):
     from comfy_cluster_nuke.gateway import parse_address
 
     assert parse_address(text) == expected
+
+
+def test_a_second_nuke_on_the_same_gateway_port_says_so_in_one_line(fake_nuke, cluster_env, monkeypatch, capsys):
+    """Issue 19 item 16: a second Nuke GUI auto-starting the gateway clashed on the port."""
+    import socket
+
+    from comfy_cluster_nuke import gateway
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        monkeypatch.setenv("NUKE_COMFYUI_GATEWAY", f"127.0.0.1:{taken.getsockname()[1]}")
+        assert gateway.start_from_env() is None
+    finally:
+        taken.close()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is taken (another Nuke's gateway?)" in err
+    assert gateway.url() is None
+
+
+def test_cmd_quotes_are_removed_and_an_empty_token_refused(fake_nuke, cluster_env, monkeypatch, capsys):
+    # cmd.exe: set NUKE_COMFYUI_GATEWAY="127.0.0.1:0" keeps the quotes in the value.
+    from comfy_cluster_nuke import gateway
+
+    monkeypatch.setenv("NUKE_COMFYUI_GATEWAY", '"127.0.0.1:0"')
+    monkeypatch.setenv("NUKE_COMFYUI_GATEWAY_TOKEN", '"s3cret"')
+    try:
+        url = gateway.start_from_env()
+        assert url is not None, capsys.readouterr().err
+        assert requests.get(url + "/queue", headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code == 200
+        assert requests.get(url + "/queue", timeout=10).status_code == 401
+    finally:
+        gateway.stop()
+    monkeypatch.setenv("NUKE_COMFYUI_GATEWAY_TOKEN", '""')
+    assert gateway.start_from_env() is None
+    assert "NUKE_COMFYUI_GATEWAY_TOKEN is empty" in capsys.readouterr().err
+    assert gateway.url() is None

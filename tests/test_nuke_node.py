@@ -63,7 +63,7 @@ def test_created_node_has_the_knobs_a_user_needs(fake_nuke):
         "mask_node": "Enumeration_Knob",
         "ref_node": "Enumeration_Knob",
         "send_alpha": "Boolean_Knob",
-        "colorspace": "String_Knob",
+        "colorspace": "Enumeration_Knob",  # the script's own colorspaces (issue 19 item 11)
         "extra_params": "String_Knob",
         "execute": "PyScript_Knob",
         "execute_frame": "PyScript_Knob",
@@ -77,7 +77,7 @@ def test_created_node_has_the_knobs_a_user_needs(fake_nuke):
         assert knob is not None, name
         assert knob.Class() == cls, name
     assert (node["first"].value(), node["last"].value()) == (1001, 1100)
-    assert node["strategy"].values() == ["default", "fastest_completion", "least_loaded", "priority", "round_robin"]
+    assert node["strategy"].values() == ["default", "fastest_completion", "least_loaded", "priority", "round_robin", "warm_models"]
     assert node["strategy"].value() == "default"
     assert node["load_image_node"].values() == ["(none)"]
     assert node["status"].value() == "idle"

@@ -223,3 +223,165 @@ def test_a_mask_sent_as_exr_keeps_comfyuis_polarity(fake_nuke, mock_cluster_fact
     assert prompt["20"]["class_type"] == "LoadEXR" and prompt["21"]["inputs"]["mask"] == ["20_cc_mask", 0]
     values, _ = read_exr_first_pixel(run.paths[0])
     assert values["R"] == 0.25  # the matte, not 1 - matte
+
+
+# --- views ---------------------------------------------------------------------------------------------
+
+
+def test_every_view_is_rendered_and_run_and_the_read_uses_percent_v(fake_nuke, cluster_env, tmp_path):
+    import nuke
+    from nuke_fake.support import load_image_workflow
+
+    fake_nuke.set_views(["left", "right"])
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), first=1, last=2, frame_input="")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert fake_nuke.render_details()[0]["views"] == ["left", "right"]
+    names = sorted(p["10"]["inputs"]["image"].rsplit("/", 1)[-1] for s in cluster_env for _, p, _ in s.received_prompts)
+    stem = f"{node.name()}_{node['node_uid'].value()}_in0"
+    assert names == sorted(f"{stem}_{v}.{f:04d}.png" for f in (1, 2) for v in ("left", "right"))  # one job per view
+
+    version = out / "v001"
+    expected = sorted(f"{node.name()}_{v}_{f:04d}.png" for f in (1, 2) for v in ("left", "right"))
+    assert sorted(os.listdir(version)) == expected
+    read = nuke.toNode(f"{node.name()}.result")
+    assert read["file"].value() == f"{version.as_posix()}/{node.name()}_%V_####.png"
+    for frame in (1, 2):
+        left = fake_nuke.read_frame(read, frame, "left")
+        right = fake_nuke.read_frame(read, frame, "right")
+        assert left[1].endswith(f"_left_{frame:04d}.png") and right[1].endswith(f"_right_{frame:04d}.png")
+        # Each eye shows its own result (the mock's image comes from the file it loaded).
+        assert (version / os.path.basename(left[1])).read_bytes() != (version / os.path.basename(right[1])).read_bytes()
+
+
+def test_a_single_view_script_keeps_names_without_a_view(fake_nuke, cluster_env, tmp_path):
+    from nuke_fake.support import load_image_workflow
+
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), last=1, frame_input="")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert fake_nuke.render_details()[0]["views"] == ["main"]
+    assert os.listdir(out / "v001") == [f"{node.name()}_0001.png"]
+
+
+# --- before any run: what the servers offer -----------------------------------------------------------
+
+
+def _await_server_answer(fake_nuke, node):
+    import comfy_cluster_nuke.serverinfo as serverinfo
+
+    thread = serverinfo.last_thread(node)
+    assert thread is not None, "no question to the servers"
+    fake_nuke.pump_until(lambda: not thread.is_alive(), what="the servers' answer")
+    fake_nuke.pump()
+
+
+@pytest.mark.parametrize("packs, expected", [((), "PNG_NOTE"), (("ComfyUI-HQ-Image-Save",), "EXR_NOTE")])
+def test_choosing_a_workflow_says_how_pixels_will_travel_before_any_run(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path, packs, expected):
+    from nuke_fake.support import load_image_workflow, use_cluster
+
+    import comfy_cluster_nuke.exchange as exchange
+
+    cluster = mock_cluster_factory(speeds=(1.0,), node_packs=list(packs))
+    use_cluster(cluster, monkeypatch)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=1)
+    _await_server_answer(fake_nuke, node)
+    assert node["pixels_note"].value() == getattr(exchange, expected)
+    assert [p for s in cluster for p in s.received_prompts] == []  # nothing was run
+
+
+def test_model_and_sampler_knobs_are_pickers_of_what_every_server_has(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
+    import nuke
+    from nuke_fake.support import use_cluster
+
+    cluster = mock_cluster_factory(speeds=(1.0, 1.0), per_server=[{"models": ["a.safetensors", "b.safetensors"]},
+                                                                    {"models": ["b.safetensors", "c.safetensors"]}])
+    use_cluster(cluster, monkeypatch)
+    wf = txt2img_workflow(ckpt_name="a.safetensors", steps=2)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", wf), str(tmp_path / "out"), last=1, frame_input="", with_input=False)
+    _await_server_answer(fake_nuke, node)
+    ckpt, sampler = node["p_4_ckpt_name"], node["p_3_sampler_name"]
+    assert isinstance(ckpt, nuke.Enumeration_Knob) and isinstance(sampler, nuke.Enumeration_Knob)
+    # b is on every server; a (the workflow's) only on one: kept first, and said.
+    assert ckpt.values() == ["a.safetensors", "b.safetensors"] and ckpt.value() == "a.safetensors"
+    assert "a.safetensors is not on every server" in node["status"].value()
+    assert "euler" in sampler.values() and sampler.value() == "euler"
+    fake_nuke.user_set(node, "p_4_ckpt_name", "b.safetensors")
+    fake_nuke.user_set(node, "p_3_sampler_name", "dpmpp_2m")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    (prompt,) = [p for s in cluster for _, p, _ in s.received_prompts]
+    assert prompt["4"]["inputs"]["ckpt_name"] == "b.safetensors" and prompt["3"]["inputs"]["sampler_name"] == "dpmpp_2m"
+
+
+# --- live preview of sampling ----------------------------------------------------------------------------
+
+
+def test_sampling_previews_show_on_the_node_while_it_runs(fake_nuke, cluster_env, tmp_path):
+    import nuke
+    from comfy_cluster.testing.png import read_png_first_pixel
+
+    import comfy_cluster_nuke.run as run_mod
+
+    out = tmp_path / "out"
+    # 300 steps of 0.01 s: a preview per step for about 3 s (1.5 s on the fast server).
+    wf = txt2img_workflow(steps=300)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", wf), str(out), last=1, frame_input="", with_input=False)
+    fake_nuke.press(node, "execute")
+    run = run_mod.current(node)
+    fake_nuke.user_set(node, "show", "preview")
+    read = lambda: nuke.toNode(f"{node.name()}.preview")  # noqa: E731
+    fake_nuke.pump_until(lambda: read() is not None and read()["file"].value(), what="a preview on the node")
+    shown = read()["file"].value()
+    assert "/.preview-" in shown and shown.endswith(".png")
+    with open(shown, "rb") as fh:  # the image the sampler sent (the mock's 8x8 latent preview)
+        assert read_png_first_pixel(fh.read()) is not None
+    switch = nuke.toNode(f"{node.name()}.show_switch")
+    assert switch["which"].value() == 2  # the node outputs the preview
+    wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert run.preview is not None and run.preview.count >= 1
+    assert read()["file"].value() == ""  # the run's end empties it and removes the files
+    assert [n for n in os.listdir(out / "v001") if n.startswith(".preview")] == []
+    assert node["show"].value() == "result"
+
+
+def test_the_workflow_can_see_srgb_over_exr_for_image_models(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
+    from comfy_cluster.testing.pixels import HQ_IMAGE_SAVE, read_exr_first_pixel
+    from nuke_fake.support import load_image_workflow, use_cluster
+
+    cluster = mock_cluster_factory(speeds=(1.0,), node_packs=[HQ_IMAGE_SAVE])
+    use_cluster(cluster, monkeypatch)
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=1, frame_input="")
+    _plate(node, (0.18, 4.0, -0.5, 1.0))
+    fake_nuke.user_set(node, "exr_tonemap", "sRGB")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    (prompt,) = [p for s in cluster for _, p, _ in s.received_prompts]
+    assert prompt["10"]["inputs"]["tonemap"] == "sRGB" and prompt["3"]["inputs"]["tonemap"] == "sRGB"
+    assert node["pixels_note"].value() == "EXR, the workflow sees sRGB: values outside 0-1 are clipped"
+    values, _ = read_exr_first_pixel(run.paths[0])
+    # 18% grey comes back (through sRGB and back, in half float); the rest is clipped to 0-1.
+    assert values["R"] == pytest.approx(0.18, abs=2e-3) and values["G"] == pytest.approx(1.0) and values["B"] == 0.0
+
+
+def test_current_frame_in_a_stereo_script_keeps_both_eyes_of_the_last_run(fake_nuke, cluster_env, tmp_path):
+    from nuke_fake.support import load_image_workflow
+
+    fake_nuke.set_views(["left", "right"])
+    out = tmp_path / "out"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(out), first=1, last=3, frame_input="")
+    fake_nuke.press(node, "execute")
+    assert wait_run(fake_nuke, node).error is None
+    fake_nuke.set_frame(2)
+    fake_nuke.press(node, "execute_frame")
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    expected = sorted(f"{node.name()}_{v}_{f:04d}.png" for f in (1, 2, 3) for v in ("left", "right"))
+    assert sorted(os.listdir(out / "v002")) == expected  # frames 1 and 3 of both eyes carried, 2 new

@@ -146,6 +146,43 @@ def test_cancel_stops_every_job_on_its_server(fake_nuke, cluster_env, tmp_path, 
     assert fake_nuke.messages() == []  # the user asked for it: no dialog
 
 
+@pytest.mark.parametrize("move", ["rename", "into_group"])
+def test_cancel_and_execute_follow_the_node_through_a_rename_or_a_move_into_a_group(fake_nuke, cluster_env, tmp_path, move):
+    """Issue 19 item 9: runs were tracked by the node's name: after a rename (or a move into a
+    group: a cut and paste) Cancel said "nothing to cancel" while the jobs went on, and
+    Execute started a second run of the same node."""
+    import nuke
+
+    import comfy_cluster_nuke.run as run_mod
+
+    node = _start_long_run(fake_nuke, cluster_env, tmp_path)
+    run = run_mod.current(node)
+    if move == "rename":
+        node.setName("Hero")
+        target = node
+    else:
+        for n in nuke.allNodes():
+            n.setSelected(n is node)
+        nuke.nodeCopy("%clipboard%")
+        nuke.delete(node)
+        with nuke.nodes.Group():
+            target = nuke.nodePaste("%clipboard%")
+            target.setInput(0, nuke.nodes.Constant())  # a paste keeps no outside connection
+    try:
+        assert run_mod.current(target) is run
+        fake_nuke.press(target, "execute")
+        assert "already running" in fake_nuke.messages()[-1]
+        fake_nuke.press(target, "cancel")
+        assert target["status"].value() == "cancelling"
+    finally:
+        run.cancel()  # whatever failed above, no job is left on the servers
+        fake_nuke.pump_until(run.finished.is_set, what="the run to end")
+    _assert_cluster_idle(cluster_env)
+    for server in cluster_env:
+        assert server.interrupt_requests and server.executed_prompt_ids == []
+    assert type(run.error).__name__ == "RunCancelled"
+
+
 def test_cancel_without_a_run_says_so(fake_nuke, tmp_path):
     import comfy_cluster_nuke.node
 
@@ -209,6 +246,20 @@ def test_a_failing_node_shows_the_node_the_exception_and_its_message(fake_nuke, 
     assert "node 2 (TestFail)" in text
     assert "RuntimeError: the model ran out of VRAM" in text
     assert read_nodes() == []
+
+
+def test_a_failure_with_the_panel_closed_waits_on_the_node_instead_of_a_dialog(fake_nuke, cluster_env, tmp_path):
+    """Issue 19 item 16: a background run's failure popped a modal dialog in the middle of the
+    artist's other work. With the node's panel closed it stays on the node's status line."""
+    workflow = load_image_workflow()
+    workflow["2"]["inputs"]["steps"] = "x"
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", workflow), str(tmp_path / "out"), last=2)
+    node.hideControlPanel()  # the artist went on with other work
+    fake_nuke.press(node, "execute")
+    wait_run(fake_nuke, node)
+    assert fake_nuke.messages() == []
+    status = node["status"].value()
+    assert status.startswith("failed") and "node 2 (TestSleep), input 'steps'" in status
 
 
 def test_some_frames_failing_still_reads_the_others(fake_nuke, mock_cluster_factory, monkeypatch, tmp_path):
@@ -413,10 +464,28 @@ def test_two_nodes_run_at_once_into_the_same_folder(fake_nuke, cluster_env, tmp_
     assert len(read_nodes()) == 2
 
 
-def test_a_node_made_by_an_older_plugin_says_to_create_it_again(fake_nuke, tmp_path):
-    import comfy_cluster_nuke.node as node_mod
+def test_a_node_made_by_an_older_plugin_is_brought_up_to_date_and_runs(fake_nuke, cluster_env, tmp_path):
+    """Issue 19 item 16: old nodes had to be made again (settings lost) after a marker bump.
+    A marker-2 node as saved before: free-text colorspace, no pixels/mask knobs, a knobChanged
+    script that raises without the plugin."""
+    import nuke
 
-    node = node_mod.create()
-    node["comfy_cluster_run"].setValue("1")
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=2)
+    for name in ("pixels", "exr_datatype", "exr_tonemap", "pixels_note", "mask_channel", "colorspace"):
+        node.removeKnob(node[name])
+    old_space = nuke.String_Knob("colorspace", "file colorspace")
+    old_space.setValue("sRGB")
+    node.addKnob(old_space)
+    node["knobChanged"].setValue('__import__("comfy_cluster_nuke.node").node.knob_changed(nuke.thisNode(), nuke.thisKnob())')
+    node["comfy_cluster_run"].setValue("2")
+    undo_before = fake_nuke.undo_steps()
+    nuke.root().setModified(False)
     fake_nuke.press(node, "execute")
-    assert "made by an older comfy-cluster" in fake_nuke.messages()[-1]
+    run = wait_run(fake_nuke, node)
+    assert run.error is None, run.error
+    assert node["comfy_cluster_run"].value() == "3"
+    assert node["colorspace"].Class() == "Enumeration_Knob" and node["colorspace"].value() == "sRGB"
+    assert node["pixels"].value() == "auto" and node.knob("mask_channel") is not None
+    assert "except ImportError" in node["knobChanged"].value()
+    assert node["frame_input"].value() == "2.seed" and node["last"].value() == 2  # the artist's settings kept
+    assert fake_nuke.undo_steps() == undo_before and nuke.root().modified()

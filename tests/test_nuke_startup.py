@@ -171,3 +171,41 @@ def test_under_nuke_t_init_arranges_the_cancel_at_exit(fake_nuke, saved_sys_path
     from comfy_cluster_nuke import lifecycle
 
     assert lifecycle.at_exit in registered
+
+
+def test_an_older_typing_extensions_earlier_on_sys_path_does_not_break_pydantic(fake_nuke, tmp_path):
+    """Issue 19 item 15: an old typing_extensions earlier on sys.path (a studio pipeline folder)
+    broke pydantic_core, and init.py advised installing again, which changed nothing. In a
+    process of its own (``nuke -t`` with the fake): nothing of it may linger in this one."""
+    import shutil
+    import subprocess
+    import typing_extensions
+
+    from comfy_cluster import nuke_setup
+
+    old = tmp_path / "pipeline"
+    old.mkdir()
+    (old / "typing_extensions.py").write_text("Protocol = object  # a typing_extensions of long ago\n")
+    libs = tmp_path / "libs"
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    folder = nuke_setup.libs_subdir(str(libs), version, nuke_setup.platform_key())
+    os.makedirs(folder)
+    shutil.copyfile(typing_extensions.__file__, os.path.join(folder, "typing_extensions.py"))
+    probe = tmp_path / "probe.py"
+    probe.write_text("import pydantic_core, typing_extensions\nprint('loaded', typing_extensions.__file__)\n")
+    env = dict(os.environ, NUKE_PATH=PLUGIN_DIR, COMFY_CLUSTER_LIBS=str(libs), PYTHONPATH=os.pathsep.join([str(old), ROOT]))
+    nuke_t = os.path.join(ROOT, "tests", "nuke_fake", "nuke_t.py")
+    done = subprocess.run([sys.executable, nuke_t, "-t", str(probe)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stdout + done.stderr  # init.py prints nothing
+    assert f"loaded {os.path.join(folder, 'typing_extensions.py')}" in done.stdout
+
+    # Another plugin, earlier on NUKE_PATH, imported the old one before our init.py: ours can no
+    # longer replace it, and installing again would change nothing: the message says what would.
+    other = tmp_path / "other_plugin"
+    other.mkdir()
+    (other / "init.py").write_text("import typing_extensions\n")
+    env["NUKE_PATH"] = os.pathsep.join([str(other), PLUGIN_DIR])
+    done = subprocess.run([sys.executable, nuke_t, "-t", str(probe)], capture_output=True, text=True, env=env, timeout=120)
+    assert f"An older {old / 'typing_extensions.py'} was imported before comfy-cluster's init.py" in done.stderr, done.stderr
+    assert "put comfy-cluster's nuke_plugin folder before that plugin on NUKE_PATH" in done.stderr
+    assert "Install them" not in done.stderr

@@ -31,8 +31,9 @@ class FakeMonitor:
         self.in_flight: Dict[str, int] = {s.name: 0 for s in SERVERS}
         self.marked: List[str] = []
 
-    def job_reserved(self, name: str) -> None:
+    def job_reserved(self, name: str, warmth: Any = None) -> bool:
         self.in_flight[name] += 1
+        return False
 
     def job_released(self, name: str, **_: Any) -> None:
         self.in_flight[name] -= 1
@@ -123,7 +124,7 @@ class FakeQueue:
 def _runners(monitor: FakeMonitor, ledger: Ledger, jobs: FakeQueue, cleaned: List[str]) -> Runners:
     return Runners(clients={}, sockets={}, client_id="c", monitor=monitor, ledger=ledger,  # type: ignore[arg-type]
                    post_gate=PostGate(), queue=jobs, cleanup=cleaned.append, clock=lambda: 0.0,
-                   reconcile_interval=5.0, server_lost_after=15.0)
+                   reconcile_interval=5.0, server_lost_after=15.0, cut=threading.Event())
 
 
 def test_runners_settle_a_move_and_a_success_without_a_server():

@@ -15,7 +15,7 @@ import pytest
 from helpers import sleep_workflow, wait_until
 
 from comfy_cluster import stopping
-from comfy_cluster.cli import _frame_path
+from comfy_cluster.cli_inputs import frame_path as _frame_path
 from comfy_cluster.cli_format import status_json, status_table
 from comfy_cluster.status import ServerStatus
 from comfy_cluster.stopping import StopSignals, Stopped, wait_sliced

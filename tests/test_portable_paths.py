@@ -219,3 +219,72 @@ def test_unwritable_folder_is_a_library_error(tmp_path):
     blocker.write_bytes(b"")
     with pytest.raises(LocalFileError, match="cannot create folder"):
         unique_targets(str(blocker / "sub"), _files("x.png"))
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 21 item 12: names valid on NTFS, too long for Linux and macOS (255 bytes per name)
+
+
+def test_long_cjk_output_name_downloads_shortened_and_unique(tmp_path):
+    """A 131-character CJK name (fine on NTFS: 255 UTF-16 units) is 393 UTF-8 bytes: its
+    download failed on Linux and macOS with "File name too long". The server here is a real
+    HTTP server answering /view as a ComfyUI on Windows would (no Linux disk holds that name)."""
+    import http.server
+
+    from comfy_cluster import ServerConfig
+    from comfy_cluster.client import ComfyClient
+    from comfy_cluster.outputs import download_outputs
+    from comfy_cluster.paths import MAX_NAME_BYTES
+
+    class View(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = self.path.encode()  # each file's content names it
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), View)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    server = ServerConfig(name="win", url=f"http://127.0.0.1:{httpd.server_address[1]}")
+    client = ComfyClient(server)
+    try:
+        names_on_server = ["東" * 130 + "京_00001_.png", "東" * 130 + "都_00001_.png"]  # differ only after any cut
+        assert all(len(n) <= 255 < len(n.encode()) for n in names_on_server)
+        files = [OutputFile(filename=n, subfolder="", type="output", node="9") for n in names_on_server]
+        paths = download_outputs(client, server, files, str(tmp_path / "renders"), tag="abcd1234")
+    finally:
+        client.close()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+    names = [os.path.basename(p) for p in paths]
+    assert len(set(names)) == 2 and sorted(os.listdir(tmp_path / "renders")) == sorted(names)
+    for name, path in zip(names, paths):
+        assert len(name.encode("utf-8")) <= MAX_NAME_BYTES and len(name.encode("utf-16-le")) // 2 <= MAX_NAME_BYTES
+        assert name.startswith("東" * 50) and name.endswith(".png")
+        assert os.path.getsize(path) > 0
+
+
+@given(st.lists(st.text(min_size=200, max_size=300), min_size=2, max_size=5, unique=True))
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_shortened_names_fit_every_os_and_stay_distinct(names):
+    from comfy_cluster.paths import MAX_NAME_BYTES, fit_name
+
+    fitted = [fit_name(n + ".png") for n in names]
+    for name in fitted:
+        assert len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
+        assert len(name.encode("utf-16-le", "surrogatepass")) // 2 <= MAX_NAME_BYTES
+    assert len(set(fitted)) == len(fitted)
+
+
+def test_a_taken_long_name_gets_a_distinct_shortened_name(tmp_path):
+    name = "東" * 84 + ".png"  # 252 bytes: fits, but not with the job's id added
+    first = unique_targets(str(tmp_path), [OutputFile(filename=name, subfolder="", type="output", node="9")], tag="abcd1234")
+    second = unique_targets(str(tmp_path), [OutputFile(filename=name, subfolder="", type="output", node="9")], tag="abcd1234")
+    assert first != second and all(len(os.path.basename(p).encode()) <= 255 for p in first + second)

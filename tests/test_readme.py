@@ -276,7 +276,7 @@ def test_try_it_installs_what_exists():
 
 def test_examples_named_in_readme_exist():
     text = open(README, encoding="utf-8").read()
-    names = set(re.findall(r"examples/[\w.#{}:]+", text))
+    names = set(re.findall(r"examples/[\w.#{}:/]+", text))
     assert "examples/invert_workflow_api.json" in names
     for name in names:
         name = name.replace("####", "0001").replace("{f:04d}", "0001").rstrip(".")
@@ -449,3 +449,44 @@ def test_gateway_argv_forms_of_every_shell(command_line, expected):
     readme = open(README, encoding="utf-8").read()
     for shown in re.findall(r"--argv (\S+)`", readme):  # every --argv README shows
         assert _argv(shown)
+
+
+def test_windows_blocks_use_their_own_shells_syntax():
+    """cmd.exe and PowerShell blocks hold no bash-only syntax: PowerShell 5.1 has no ``&&``,
+    neither has ``export`` or ``$VAR``, and cmd.exe passes single quotes on as text."""
+    seen = set()
+    for lang, code, sec in blocks():
+        lines = [line for line in code.splitlines() if line.strip() and not line.lstrip().startswith(("#", "::"))]
+        if lang == "powershell":
+            assert not any("&&" in line or line.startswith("export ") for line in lines), (sec, code)
+        if lang == "bat":
+            assert not any(line.startswith("export ") or re.search(r"\s'\S", line) or "$" in line for line in lines), (sec, code)
+        seen.add(lang)
+    assert {"bat", "powershell"} <= seen
+    # README's bash command lines that a Windows user runs too have a PowerShell form.
+    text = open(README, encoding="utf-8").read()
+    assert 'pip install -e ".[test]"; python -m pytest' in text
+
+
+def test_example_docstring_sets_the_servers_in_every_shell():
+    import ast
+
+    doc = ast.get_docstring(ast.parse(open(os.path.join(ROOT, "examples", "submit_workflow.py"), encoding="utf-8").read())) or ""
+    forms = {
+        "bash": _bash_env(next(line for line in doc.splitlines() if "export NUKE_COMFYUI_SERVERS" in line)),
+        "cmd": _cmd_env(re.search(r"``(set NUKE_COMFYUI_SERVERS=[^`]+)``", doc).group(1)),
+        "powershell": _powershell_env(re.search(r"``(\$env:NUKE_COMFYUI_SERVERS = '[^`]+')``", doc).group(1)),
+    }
+    values = {shell: env["NUKE_COMFYUI_SERVERS"] for shell, env in forms.items()}
+    assert len(set(values.values())) == 1, values
+    servers_from_env({"NUKE_COMFYUI_SERVERS": values["cmd"]})
+
+
+def test_command_line_examples_read_the_same_in_every_shell():
+    """The Command line examples carry no quotes, ``$`` or globs, so cmd.exe and PowerShell
+    pass them exactly as bash does (and need no forms of their own)."""
+    (code,) = section_blocks("## Command line", "bash")
+    for line in code.splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert shlex.split(line) == windows_argv(line), line
+            assert not re.search(r"[$'\"*?`]", line), line

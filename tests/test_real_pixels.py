@@ -68,3 +68,15 @@ def test_real_mask_reaches_the_workflow_with_comfyuis_polarity(fake_nuke, real_e
     else:
         values, _ = read_exr_first_pixel(run.paths[0])
         assert values["R"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_real_srgb_over_exr_brings_mid_grey_back_and_clips_the_rest(fake_nuke, real_env, tmp_path):
+    node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", identity_workflow()), str(tmp_path / "out"), last=1, frame_input="")
+    _plate(node, (0.18, 4.0, -0.5, 1.0))
+    fake_nuke.user_set(node, "exr_tonemap", "sRGB")
+    fake_nuke.press(node, "execute")
+    run = wait_run(fake_nuke, node, timeout=240)
+    assert run.error is None, run.error
+    values, _ = read_exr_first_pixel(run.paths[0])
+    assert values["R"] == pytest.approx(0.18, abs=2e-3)
+    assert values["G"] == pytest.approx(1.0, abs=1e-3) and values["B"] == pytest.approx(0.0, abs=1e-6)

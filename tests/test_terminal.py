@@ -224,3 +224,10 @@ def test_a_job_event_delivered_after_the_summary_prints_nothing():
     progress.on_event(JobEvent("succeeded", "s1", index=1))
     assert out.getvalue() == shown
     assert progress.done == 2
+
+
+def test_help_lists_the_exit_statuses_as_readme_does():
+    out = subprocess.run([sys.executable, "-m", "comfy_cluster", "--help"], capture_output=True, text=True, timeout=60)
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md"), encoding="utf-8").read()
+    for code, words in (("2", "bad arguments"), ("3", "no server could take the job"), ("130", "Ctrl-C")):
+        assert f"{code} {words}" in out.stdout and f"| {code} | " in readme

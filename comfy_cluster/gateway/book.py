@@ -7,9 +7,9 @@ waiting, the next slot goes to the client served least (fair share), not to the 
 
 All state here lives on the gateway's event loop; the pool's callbacks (on library threads)
 are marshalled onto it with ``call_soon_threadsafe``, so no lock is needed and events keep
-their order. Every change that must outlive the process is written to the store through the
-:class:`~comfy_cluster.gateway.durable.Keeper`: a job's end is told to its client only once
-its history item is committed, and each attempt is recorded before its POST.
+their order. Every change that must outlive the process is written to the state store
+through the :class:`~comfy_cluster.gateway.durable.Keeper`: a job's end is told to its client
+only once its history item is committed, and each attempt is recorded before its POST.
 """
 
 from __future__ import annotations
@@ -25,18 +25,19 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..jobs import Job, JobEvent
 from ..state import PromptRow, Store
+from .auth import User
 from .durable import Keeper
 from .metrics import GatewayMetrics
+from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS, FileKey, History
 from .messages import Record, error_data, event_message, relabel, synthesized_history, terminal_message
-from .relay import Relay
+from .progress import NodeStates
+from .relay import Key, Relay
 from .uploads import Version
 
 __all__ = ["GatewayJob", "JobBook"]
 
 log = logging.getLogger(__name__)
 
-MAX_HISTORY = 10000
-FileKey = Tuple[str, str, str]  # (type, subfolder, filename)
 
 
 @dataclass(eq=False)
@@ -50,10 +51,14 @@ class GatewayJob:
     extra_data: Dict[str, Any]
     outputs: List[str]
     inputs: Dict[str, str] = field(default_factory=dict)
+    user: str = "default"  # who posted it (auth.User.name): who sees and manages it
+    owner: str = ""  # whose turn it counts for in the fair share (auth.User.owner)
+    # Keep its events for the client's next socket: posted while none was open (cleared once
+    # a socket opens, so a later socket never gets events of a prompt that ended before it).
+    keep: bool = False
     workflow: Optional[Dict[str, Any]] = None  # what the servers run, when it differs from prompt
     held: List[Version] = field(default_factory=list)
     state: str = "waiting"  # waiting (in the gateway), submitted (in the pool), running, done
-    owner: Optional[str] = None  # the authenticated user it is for (None: no users)
     created: float = field(default_factory=time.time)
     started_at: Optional[float] = None
     job: Optional[Job] = None
@@ -62,18 +67,30 @@ class GatewayJob:
     deleted: bool = False
     cancel_requested: bool = False
     server: Optional[str] = None  # where its current attempt runs
+    node: Optional[str] = None  # the node running now (what a preview is of)
     backlog: Optional[List[JobEvent]] = None  # events held until the job before it has ended
     blocked: List["GatewayJob"] = field(default_factory=list)  # jobs whose events wait for this one
     deferred_end: Optional[Tuple[Any, ...]] = None
     record: Record = field(default_factory=Record)
+    nodes: NodeStates = field(init=False)  # its progress_state, rebuilt from its events
+
+    def __post_init__(self) -> None:
+        self.nodes = NodeStates(self.prompt_id)
+
+    @property
+    def key(self) -> Key:
+        """The event stream of this prompt: its user's socket with its clientId."""
+        return (self.user, self.client_id)
 
     def queue_item(self) -> List[Any]:
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
 
     def row(self, bound: Dict[str, Tuple[str, str]]) -> PromptRow:
-        """What the store keeps of it (``bound``: node -> (digest, name) of its uploads)."""
-        body = {"prompt": self.prompt, "extra_data": self.extra_data, "outputs": self.outputs, "workflow": self.workflow}
-        return PromptRow(self.prompt_id, self.number, self.owner, self.client_id, body, created=self.created, inputs=dict(bound))
+        """What the store keeps of it (``bound``: node -> (digest, name) of its uploads);
+        the store's ``owner`` is the user who posted it."""
+        body = {"prompt": self.prompt, "extra_data": self.extra_data, "outputs": self.outputs, "workflow": self.workflow,
+                "owner": self.owner, "keep": self.keep}
+        return PromptRow(self.prompt_id, self.number, self.user, self.client_id, body, created=self.created, inputs=dict(bound))
 
 
 class JobBook:
@@ -90,22 +107,24 @@ class JobBook:
         release: Callable[[List[Version]], None],
         keeper: Keeper,
         metrics: Optional[GatewayMetrics] = None,
+        history_items: int = DEFAULT_HISTORY_ITEMS,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
         self._pool = pool
-        self._metrics = metrics
         self._keeper = keeper
         self._store: Store = keeper.store
+        self._metrics = metrics
+        self._history_items = history_items
         self._relay = relay
         self._loop = loop
         self._executor = executor
         self._capacity = capacity
         self._release = release
         self.active: Dict[str, GatewayJob] = {}
-        self.files: Dict[FileKey, str] = {}  # output files of unfinished jobs (the store has all)
-        self._files_of: Dict[str, List[FileKey]] = {}
+        self.history = History(history_items, history_bytes)
         self._waiting: Dict[str, Deque[GatewayJob]] = {}
         self._served: Dict[str, int] = {}
-        self._owned: Dict[str, int] = {}  # unfinished jobs per client (fair share forgets idle ones)
+        self._owned: Dict[str, int] = {}  # unfinished jobs per owner (fair share forgets idle ones)
         self._in_pool = 0
         self._number = 0
         # A pool with fair share of its own (pool.submit(..., owner=...)) gets every job at
@@ -121,10 +140,11 @@ class JobBook:
         return -number if front else number
 
     def add(self, gj: GatewayJob) -> None:
-        """Queue ``gj`` (already in the store)."""
+        """Accept a posted prompt (its ``user``, ``owner`` and ``keep`` already set; already
+        in the store)."""
         self._number = max(self._number, int(abs(gj.number)) + 1)
         self.active[gj.prompt_id] = gj
-        owner = gj.client_id
+        owner = gj.owner
         self._owned[owner] = self._owned.get(owner, 0) + 1
         self._served.setdefault(owner, 0)
         queue = self._waiting.setdefault(owner, collections.deque())
@@ -135,9 +155,21 @@ class JobBook:
         self.queue_changed()
         self.pump()
 
+    def socket_opened(self, key: Key) -> None:
+        """A socket for ``key`` opened and got the kept events: from now on its prompts'
+        events are live only (a later socket must not get them)."""
+        for gj in self.active.values():
+            if gj.keep and gj.key == key:
+                gj.keep = False
+
     @property
     def remaining(self) -> int:
         return len(self.active)
+
+    @property
+    def files(self) -> Dict[FileKey, str]:
+        """Which server holds each file a prompt made (for ``/view``)."""
+        return self.history.files
 
     def status_data(self) -> Dict[str, Any]:
         return {"status": {"exec_info": {"queue_remaining": self.remaining}}}
@@ -145,10 +177,13 @@ class JobBook:
     def queue_changed(self) -> None:
         self._relay.broadcast("status", self.status_data())
 
+    def _send(self, gj: GatewayJob, kind: str, data: Dict[str, Any]) -> None:
+        self._relay.send(gj.key, kind, data, keep=gj.keep)
+
     # -- fair share and the pool --------------------------------------------------------------
 
     def pump(self) -> None:
-        """Hand waiting jobs to the pool while it has room; least-served client first."""
+        """Hand waiting jobs to the pool while it has room; least-served owner first."""
         while self._in_pool < self._capacity():
             owners = [o for o, q in self._waiting.items() if q]
             if not owners:
@@ -172,7 +207,7 @@ class JobBook:
         call = self._call
         kwargs: Dict[str, Any] = {}
         if self.pool_takes_owner:
-            kwargs["owner"] = gj.client_id
+            kwargs["owner"] = gj.owner
         try:
             job = self._pool.submit(
                 gj.workflow or gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev),
@@ -198,11 +233,11 @@ class JobBook:
         return record
 
     def adopt(self, gj: GatewayJob, attempt_id: str, server: str) -> None:
-        """After a restart: follow ``gj``'s copy ``attempt_id`` on ``server`` (never post it
-        again). The pool runs it afresh if that server does not hold it."""
+        """After a restart or a take-over: follow ``gj``'s copy ``attempt_id`` on ``server``
+        (never post it again). The pool runs it afresh if that server does not hold it."""
         self._number = max(self._number, int(abs(gj.number)) + 1)
         self.active[gj.prompt_id] = gj
-        owner = gj.client_id
+        owner = gj.owner
         self._owned[owner] = self._owned.get(owner, 0) + 1
         self._served[owner] = self._served.get(owner, 0) + 1
         self._waiting.setdefault(owner, collections.deque())
@@ -213,7 +248,7 @@ class JobBook:
 
     def _adopt(self, gj: GatewayJob, attempt_id: str, server: str) -> None:
         call = self._call
-        kwargs: Dict[str, Any] = {"owner": gj.client_id} if self.pool_takes_owner else {}
+        kwargs: Dict[str, Any] = {"owner": gj.owner} if self.pool_takes_owner else {}
         try:
             job = self._pool.adopt(
                 gj.workflow or gj.prompt, server, attempt_id, inputs=gj.inputs or None,
@@ -236,7 +271,7 @@ class JobBook:
         self.pump()
 
     def _on_event(self, gj: GatewayJob, event: JobEvent) -> None:
-        if gj.state == "done" or gj.deleted:
+        if gj.state in ("done", "told") or gj.deleted:
             return
         if gj.backlog is not None:
             gj.backlog.append(event)
@@ -246,6 +281,7 @@ class JobBook:
                 self._metrics.moved(event.from_server)
             gj.server = event.to_server
             gj.record.reset()
+            gj.nodes.reset()
             self._unblock(gj)
             return
         if event.kind == "started" and event.server:
@@ -263,10 +299,12 @@ class JobBook:
                 return
             gj.server = event.server
         gj.record.note(event, gj.prompt_id)
+        if event.kind in ("executing", "progress"):
+            gj.node = event.node
         if event.kind == "preview":
             data = getattr(event, "data", None)
             if isinstance(data, (bytes, bytearray)):
-                self._relay.send_bytes(gj.client_id, bytes(data))
+                self._relay.send_preview(gj.key, bytes(data), gj.prompt_id, gj.node)
             return
         if event.kind == "started":
             if gj.started:
@@ -281,10 +319,14 @@ class JobBook:
                 return
             gj.cached_sent = True
         elif event.kind == "output" and event.server:
-            self._note_files(gj.prompt_id, event.server, [(f.type, f.subfolder, f.filename) for f in event.files])
+            keys = [(f.type, f.subfolder, f.filename) for f in event.files]
+            self.history.note_files(gj.prompt_id, event.server, keys)
+            self._keeper.later(self._store.note_files, gj.prompt_id, [(k, event.server) for k in keys])
         message = event_message(event, gj.prompt_id)
         if message is not None:
-            self._relay.send(gj.client_id, *message)
+            for state in gj.nodes.before(event):
+                self._send(gj, "progress_state", state)
+            self._send(gj, *message)
 
     def _on_done(self, gj: GatewayJob, job: Job) -> None:
         self._in_pool -= 1
@@ -310,10 +352,11 @@ class JobBook:
         if gj.backlog is not None and not gj.deleted:
             gj.deferred_end = (gj, status, item, error, result, server)
             return
+        told = gj.state == "told"  # the gateway stopped: the client already had its end
         gj.state = "done"
         self._release(gj.held)
         gj.held = []
-        owner = gj.client_id
+        owner = gj.owner
         self._owned[owner] -= 1
         if self._owned[owner] <= 0 and not self._waiting.get(owner):
             self._owned.pop(owner, None)
@@ -323,7 +366,7 @@ class JobBook:
             # Deleted while pending: no history, no events (as ComfyUI); the delete itself
             # told every socket the new queue length.
             self.active.pop(gj.prompt_id, None)
-            self._forget_files(gj.prompt_id)
+            self.history.forget_unrecorded(gj.prompt_id)
             self._keeper.later(self._store.delete_prompt, gj.prompt_id)
             self._unblock(gj)
             return
@@ -336,90 +379,90 @@ class JobBook:
                 for files in out.values() if isinstance(files, list)
                 for f in files if isinstance(f, dict) and isinstance(f.get("filename"), str)
             ]
-            self._note_files(gj.prompt_id, server, keys, store=False)
-        files = [(key, self.files[key]) for key in self._files_of.get(gj.prompt_id, [])]
+            self.history.note_files(gj.prompt_id, server, keys)
+        files = [(key, self.history.files[key]) for key in self.history.files_of(gj.prompt_id) if key in self.history.files]
         # Told to the client only once committed: a client that saw the end finds it in
         # /history, and a crash before the commit finds the job unfinished (never twice).
+        final = item
         self._keeper.later(
-            self._store.finish, gj.prompt_id, status, item, files, owner=gj.owner, client_id=gj.client_id,
-            created=gj.created, started=gj.started_at, keep=MAX_HISTORY, replica=self._keeper.replica,
-            then=lambda: self._told(gj, item, error, status),
+            self._store.finish, gj.prompt_id, status, item, files, owner=gj.user, client_id=gj.client_id,
+            created=gj.created, started=gj.started_at, keep=self._history_items, replica=self._keeper.replica,
+            then=lambda: self._told(gj, final, error, status, told),
         )
 
-    def _told(self, gj: GatewayJob, item: Dict[str, Any], error: Optional[BaseException], status: str) -> None:
-        """``gj``'s history item is committed: out of the queue, and its end told."""
+    def _told(self, gj: GatewayJob, item: Dict[str, Any], error: Optional[BaseException], status: str, told: bool) -> None:
+        """``gj``'s history item is committed: out of the queue, in /history, its end told."""
         self.active.pop(gj.prompt_id, None)
-        self._forget_files(gj.prompt_id)
+        self.history.add(gj.prompt_id, gj.user, item)
         if self._metrics is not None:
             self._metrics.job_ended(status, time.time() - gj.created)
-        owner = gj.client_id
-        end = terminal_message(item)
-        if end is None:
-            end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
-        self._relay.send(owner, end[0], relabel(end[1], gj.prompt_id))
-        self.queue_changed()
-        self._relay.send(owner, "executing", {"node": None, "prompt_id": gj.prompt_id})
+        if not told:
+            end = terminal_message(item)
+            if end is None:
+                end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
+            if end[0] == "execution_success":
+                for state in gj.nodes.succeeded():
+                    self._send(gj, "progress_state", state)
+            self._send(gj, end[0], relabel(end[1], gj.prompt_id))
+            self.queue_changed()
+            self._send(gj, "executing", {"node": None, "prompt_id": gj.prompt_id})
         self._unblock(gj)
 
-    def _note_files(self, prompt_id: str, server: str, keys: List[FileKey], *, store: bool = True) -> None:
-        mine = self._files_of.setdefault(prompt_id, [])
-        for key in keys:
-            self.files[key] = server
-            if key not in mine:
-                mine.append(key)
-        if store and keys:
-            self._keeper.later(self._store.note_files, prompt_id, [(k, server) for k in keys])
+    # -- queue, interrupt, history (each user sees and manages their own jobs) --------------
 
-    def _forget_files(self, prompt_id: str) -> None:
-        for key in self._files_of.pop(prompt_id, []):
-            self.files.pop(key, None)
+    def queue_json(self, viewer: User) -> Dict[str, Any]:
+        """``GET /queue``: the viewer's jobs; others' only counted (``queue_others``), so that
+        positions stay meaningful without showing their prompts."""
+        running = [gj for gj in self.active.values() if gj.state == "running"]
+        pending = sorted((gj for gj in self.active.values() if gj.state != "running"), key=lambda g: g.number)
+        out: Dict[str, Any] = {
+            "queue_running": [gj.queue_item() for gj in running if viewer.sees(gj.user)],
+            "queue_pending": [gj.queue_item() for gj in pending if viewer.sees(gj.user)],
+        }
+        hidden_running = len(running) - len(out["queue_running"])
+        hidden_pending = len(pending) - len(out["queue_pending"])
+        if hidden_running or hidden_pending:
+            out["queue_others"] = {"running": hidden_running, "pending": hidden_pending}
+        return out
 
-    # -- queue, interrupt, history ------------------------------------------------------------
-
-    def queue_json(self) -> Dict[str, Any]:
-        # A job whose end is being committed still shows where it was (as ComfyUI, which
-        # moves a job from its queue to its history at once).
-        running = [gj.queue_item() for gj in self.active.values() if gj.state == "running" or (gj.state == "done" and gj.started)]
-        pending = sorted((gj for gj in self.active.values() if gj.state not in ("running", "done")), key=lambda g: g.number)
-        return {"queue_running": running, "queue_pending": [gj.queue_item() for gj in pending]}
-
-    def delete_pending(self, ids: List[Any]) -> None:
-        """Drop jobs that have not started (running ones are left alone, as in ComfyUI)."""
+    def delete_pending(self, ids: List[Any], viewer: User) -> None:
+        """Drop the viewer's jobs that have not started (running ones are left alone, as in
+        ComfyUI)."""
         changed = False
         for pid in ids:
             gj = self.active.get(pid) if isinstance(pid, str) else None
-            if gj is None or gj.state in ("running", "done"):
+            if gj is None or gj.state in ("running", "done", "told") or not viewer.sees(gj.user):
                 continue
             changed = True
             self._drop(gj)
         if changed:
             self.queue_changed()
 
-    def clear_pending(self) -> None:
-        for gj in [g for g in self.active.values() if g.state in ("waiting", "submitted")]:
+    def clear_pending(self, viewer: User) -> None:
+        for gj in [g for g in self.active.values() if g.state in ("waiting", "submitted") and viewer.sees(g.user)]:
             self._drop(gj)
         self.queue_changed()
 
     def _drop(self, gj: GatewayJob) -> None:
         gj.deleted = True
         if gj.state == "waiting":
-            self._waiting[gj.client_id].remove(gj)
+            self._waiting[gj.owner].remove(gj)
             self._end(gj, "cancelled", None, None)
         else:
             # Out of the queue now; the pool confirms the cancel on its server later.
             self.active.pop(gj.prompt_id, None)
             self.cancel(gj)
 
-    def cancel_by_id(self, prompt_id: str) -> bool:
-        """The job API's cancel: a pending job leaves the queue, a running one is stopped;
-        False (nothing done) for a finished or unknown id."""
+    def cancel_by_id(self, prompt_id: str, viewer: User) -> bool:
+        """The job API's cancel: a pending job of the viewer leaves the queue, a running one
+        is stopped; False (nothing done) for a finished, unknown or another user's id."""
         gj = self.active.get(prompt_id)
-        if gj is None or gj.state == "done" or gj.deleted or gj.cancel_requested:
+        if gj is None or gj.state in ("done", "told") or gj.deleted or gj.cancel_requested or not viewer.sees(gj.user):
             return False
         if gj.state == "running" or gj.started:
             self.cancel(gj)
         else:
-            self.delete_pending([prompt_id])
+            self.delete_pending([prompt_id], viewer)
         return True
 
     def cancel(self, gj: GatewayJob) -> None:
@@ -429,11 +472,12 @@ class JobBook:
         if gj.job is not None:
             gj.job.cancel()
 
-    def interrupt(self, body: Any) -> None:
-        """``POST /interrupt``: the jobs it names stop if they run (``prompt_id``, or a
-        ``delete`` list as ComfyUI-for-Nuke sends); else a ``client_id``'s running jobs; with
-        neither, every gateway job running now (never a job of another client of the servers).
-        ComfyUI itself ignores such bodies and stops whatever runs."""
+    def interrupt(self, body: Any, viewer: User) -> None:
+        """``POST /interrupt``: the viewer's jobs it names stop if they run (``prompt_id``, or
+        a ``delete`` list as ComfyUI-for-Nuke sends); else a ``client_id``'s running jobs;
+        with neither, every running job of the viewer (an admin: of the gateway; never a job
+        of another client of the servers). ComfyUI itself ignores such bodies and stops
+        whatever runs."""
         body = body if isinstance(body, dict) else {}
         named = set()
         if isinstance(body.get("prompt_id"), str):
@@ -443,7 +487,7 @@ class JobBook:
         named_any = "prompt_id" in body or "delete" in body
         cid = body.get("client_id")
         for gj in list(self.active.values()):
-            if gj.state != "running":
+            if gj.state != "running" or not viewer.sees(gj.user):
                 continue
             if named_any and gj.prompt_id not in named:
                 continue
@@ -451,22 +495,48 @@ class JobBook:
                 continue
             self.cancel(gj)
 
-    def cancel_all(self) -> None:
-        """Cancel every unfinished job (the gateway is stopping)."""
+    def stop_all(self, reason: str) -> None:
+        """The gateway is stopping: tell each client the end of each of its prompts (an
+        ``execution_error`` naming ``reason``, then ``executing`` null), then cancel them all."""
         for queue in self._waiting.values():
             queue.clear()
         for gj in list(self.active.values()):
-            if gj.state == "waiting":
-                self._end(gj, "cancelled", None, None)
+            if gj.deleted:
+                continue
+            error = RuntimeError(reason)
+            data = error_data(gj.prompt_id, error)
+            data["exception_type"] = "GatewayStopped"
+            self._send(gj, "execution_error", data)
+            self._send(gj, "executing", {"node": None, "prompt_id": gj.prompt_id})
+            waiting = gj.state == "waiting"
+            gj.state = "told"
+            if waiting:
+                self._end(gj, "cancelled", None, error)
             else:
                 self.cancel(gj)
+        self.queue_changed()
 
-    async def history_json(self, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1) -> Dict[str, Any]:
-        """``/history`` and ``/history/<id>``, from the store (every replica's jobs)."""
+    async def history_json(self, viewer: User, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1) -> Dict[str, Any]:
+        """From memory (this gateway's, restored at start); one item another replica ended is
+        read from the store."""
         if prompt_id is not None:
-            item = await self._keeper.read(self._store.history_item, prompt_id)
-            return {prompt_id: item} if item is not None else {}
-        return dict(await self._keeper.read(self._store.history_page, max_items, offset))
+            found = self.history.get(prompt_id, viewer)
+            if not found:
+                row = await self.history_row(prompt_id)
+                if row is not None and viewer.sees(row["owner"] or "default"):
+                    found = {prompt_id: row["item"]}
+            return found
+        return self.history.page(viewer, max_items=max_items, offset=offset)
+
+    async def post_history(self, body: Dict[str, Any], viewer: User) -> None:
+        before = set(self.history.ids())
+        if body.get("clear"):
+            self.history.clear(viewer)
+        if isinstance(body.get("delete"), list):
+            self.history.delete(body["delete"], viewer)
+        gone = sorted(before - set(self.history.ids()))
+        if gone:
+            await self._keeper.run(self._store.delete_history, gone)
 
     async def history_rows(self, **kwargs: Any) -> Tuple[int, List[Dict[str, Any]]]:
         """Finished prompts for the job API (see :meth:`Store.history_rows`)."""
@@ -474,10 +544,3 @@ class JobBook:
 
     async def history_row(self, prompt_id: str) -> Optional[Dict[str, Any]]:
         return await self._keeper.read(self._store.history_row, prompt_id)
-
-    async def post_history(self, body: Dict[str, Any]) -> None:
-        if body.get("clear"):
-            await self._keeper.run(self._store.clear_history)
-        ids = [p for p in body.get("delete") or [] if isinstance(p, str)]
-        if ids:
-            await self._keeper.run(self._store.delete_history, ids)

@@ -1,8 +1,11 @@
 """``comfy-cluster gateway``: serve the cluster (``NUKE_COMFYUI_SERVERS``) as one ComfyUI URL.
 
-Prints one start-up line (address, servers, strategy) and serves until Ctrl-C or SIGTERM;
-then the gateway's unfinished jobs are cancelled on their servers and the pool is closed.
-This module prints: it is a terminal's user interface.
+Prints one start-up line (address, servers, strategy, who may use it) and serves until it is
+stopped in any of the ways the other commands know (Ctrl-C, SIGTERM, a closed terminal,
+Ctrl-Break, a closed Windows console: :mod:`comfy_cluster.stopping`); then every waiting client
+is told its prompts ended, the gateway's jobs are cancelled on their servers, and the pool is
+closed. ``comfy-cluster gateway add-user NAME`` adds a user to the users file and prints the
+new token once. This module prints: it is a terminal's user interface.
 """
 
 from __future__ import annotations
@@ -14,16 +17,23 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
-__all__ = ["run_gateway", "build_parser", "ENV_TOKEN"]
+from ..environment import unquote_env
+from ..stopping import Stopped, StopSignals, wait_sliced
+from .auth import add_user, check_token
+
+__all__ = ["run_gateway", "build_parser", "ENV_TOKEN", "ENV_USERS"]
 
 ENV_TOKEN = "COMFY_CLUSTER_GATEWAY_TOKEN"
+ENV_USERS = "COMFY_CLUSTER_GATEWAY_USERS"
+MB = 1024 * 1024
 EXAMPLE = (
     "examples:\n"
     "  NUKE_COMFYUI_SERVERS='[{\"name\": \"gpu1\", \"host\": \"gpu1\", \"port\": 8188}]' comfy-cluster gateway --port 8188\n"
-    "  comfy-cluster gateway --host 0.0.0.0 --token \"$SECRET\" --argv /mnt/comfyui/main.py\n"
-    "  comfy-cluster gateway --port 8188 --state postgresql://comfy@db.studio:5432/comfy   (replicas share it)\n"
+    "  comfy-cluster gateway add-user alice --users /etc/comfy-cluster/users.json   # prints alice's token\n"
+    "  comfy-cluster gateway --host 0.0.0.0 --users /etc/comfy-cluster/users.json --argv /mnt/comfyui/main.py\n"
+    "  comfy-cluster gateway --port 8188 --state postgresql://comfy@db.studio:5432/comfy --replica gw1   (replicas share it)\n"
     "then point any ComfyUI client at http://HOST:PORT (ComfyUI-for-Nuke: NUKE_COMFYUI_URL)."
 )
 
@@ -37,19 +47,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the network)")
     p.add_argument("--port", type=int, default=8188, help="port (default 8188)")
-    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${ENV_TOKEN}, else none)")
+    p.add_argument("--token", help=f"admin token: 'Authorization: Bearer TOKEN' sees and manages every job (default: ${ENV_TOKEN}, else none)")
+    p.add_argument("--users", help=f"users file (names and token hashes; 'add-user' writes it) (default: ${ENV_USERS}, else none)")
+    p.add_argument("--trust-user-header", action="store_true", help="take ComfyUI's comfy-user header as the user (a trusted network only)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help="a web origin allowed besides the gateway's own ('*': any); repeatable")
+    p.add_argument("--max-upload-size", type=float, default=100, metavar="MB", help="largest upload and request body in MB (default 100, as ComfyUI)")
+    p.add_argument("--ws-queue-size", type=float, default=32, metavar="MB", help="MB queued per client socket before previews are dropped, then the socket closed (default 32)")
+    p.add_argument("--history-items", type=int, default=10000, help="history items kept (default 10000, as ComfyUI)")
+    p.add_argument("--history-size", type=float, default=256, metavar="MB", help="MB of history kept (default 256)")
     p.add_argument(
         "--state",
         help="where prompts, history and uploads are kept: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
         "(default: $COMFY_CLUSTER_GATEWAY_STATE, else gateway.sqlite3 in your data folder)",
     )
     p.add_argument("--replica", help="this replica's name on a PostgreSQL state (default HOST:PORT; keep it across restarts)")
-    p.add_argument("--strategy", help="least_loaded, round_robin, priority or fastest_completion")
+    p.add_argument("--strategy", help="warm_models (default), least_loaded, round_robin, priority or fastest_completion")
     p.add_argument("--argv", help="ComfyUI's main.py path (or a JSON list) reported as argv in /system_stats (clients derive its folder from argv[0])")
     p.add_argument("--front-end-root", metavar="DIR", help="serve this ComfyUI frontend build (default: the installed comfyui-frontend-package)")
     p.add_argument("--multi-user", action="store_true", help="ComfyUI's multi-user mode: users pick a profile; settings and workflows per user")
     p.add_argument("--user-directory", metavar="DIR", help="where the web UI's users, settings and workflows are kept (default ~/.comfy-cluster/gateway-user)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    return p
+
+
+def _users_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="comfy-cluster gateway add-user", description="Add a gateway user (or give them a new token); prints the token once.")
+    p.add_argument("name", help="user name (letters, digits, _.@-)")
+    p.add_argument("--users", help=f"users file (default: ${ENV_USERS})")
+    p.add_argument("--admin", action="store_true", help="the user sees and manages every job")
     return p
 
 
@@ -85,8 +110,44 @@ def _argv(text: Optional[str]) -> Optional[List[str]]:
     return value
 
 
+def _env(environ: Mapping[str, str], name: str) -> Optional[str]:
+    """A gateway variable, cmd.exe quotes removed; None when unset."""
+    raw = environ.get(name)
+    return None if raw is None else unquote_env(name, raw)
+
+
+def _token(arg: Optional[str], environ: Mapping[str, str]) -> Optional[str]:
+    if arg is not None:
+        return check_token(arg, "--token")
+    return check_token(_env(environ, ENV_TOKEN), ENV_TOKEN)
+
+
+def _add_user(argv: Sequence[str]) -> int:
+    args = _users_parser().parse_args(argv)
+    path = args.users or _env(os.environ, ENV_USERS)
+    if not path:
+        print(f"comfy-cluster gateway add-user: give --users FILE (or set {ENV_USERS})", file=sys.stderr)
+        return 2
+    try:
+        token = add_user(path, args.name, admin=args.admin)
+    except (OSError, ValueError) as exc:
+        print(f"comfy-cluster gateway add-user: {exc}", file=sys.stderr)
+        return 2
+    print(f"user {args.name} added to {path}{' (admin)' if args.admin else ''}; their token (shown once):", file=sys.stderr)
+    print(token, flush=True)
+    return 0
+
+
+def _who(token: Optional[str], users: Optional[str], header: bool) -> str:
+    parts = (["admin token"] if token else []) + ([f"users from {users}"] if users else []) + (["comfy-user header trusted"] if header else [])
+    return ", " + ", ".join(parts) if parts else ", no token or users"
+
+
 def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threading.Event] = None) -> int:
     """Run the command; ``stop`` (for tests) ends it like SIGTERM does."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["add-user"]:
+        return _add_user(argv[1:])
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -98,11 +159,22 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
     except ImportError as exc:
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
-    token = args.token if args.token is not None else os.environ.get(ENV_TOKEN) or None
+    try:
+        token = _token(args.token, os.environ)
+        users = args.users or _env(os.environ, ENV_USERS) or None
+        extra = _argv(args.argv)
+        options: Any = dict(
+            token=token, users=users, trust_user_header=args.trust_user_header, allow_origins=args.allow_origin, argv=extra,
+            max_upload_size=int(args.max_upload_size * MB), ws_queue_bytes=int(args.ws_queue_size * MB),
+            history_items=args.history_items, history_bytes=int(args.history_size * MB),
+            front_end_root=args.front_end_root, multi_user=args.multi_user, user_dir=args.user_directory,
+        )
+        kwargs: Any = {"strategy": args.strategy} if args.strategy else {}
+    except (ComfyClusterError, ValueError) as exc:
+        print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
+        return 2
     url = args.state or default_state_url()
     try:
-        extra = _argv(args.argv)
-        kwargs: Any = {"strategy": args.strategy} if args.strategy else {}
         store = Store(url)
     except (StateURLError, ValueError) as exc:
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
@@ -119,18 +191,7 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
     try:
-        gateway = Gateway(
-            pool,
-            host=args.host,
-            port=args.port,
-            token=token,
-            argv=extra,
-            front_end_root=args.front_end_root,
-            multi_user=args.multi_user,
-            user_dir=args.user_directory,
-            state=store,
-            replica=args.replica,
-        )
+        gateway = Gateway(pool, host=args.host, port=args.port, state=store, replica=args.replica, **options)
         gateway.start()
     except (OSError, ValueError) as exc:
         pool.close()
@@ -138,27 +199,22 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
         print(f"comfy-cluster gateway: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     done = stop or threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     names = ", ".join(s.name for s in pool.servers)
-    auth = ", token required" if token else ""
-    if gateway.replicas is not None:
-        auth += f", replica {gateway.replicas.shared.replica}"
-    print(f"comfy-cluster gateway on {gateway.url} -> {len(pool.servers)} server(s): {names} (strategy {pool.strategy}{auth}; state {safe_url(url)})", flush=True)
+    replica = f", replica {gateway.replicas.shared.replica}" if gateway.replicas is not None else ""
+    print(f"comfy-cluster gateway on {gateway.url} -> {len(pool.servers)} server(s): {names} (strategy {pool.strategy}{_who(token, users, args.trust_user_header)}{replica}; state {safe_url(url)})", flush=True)
+    if gateway.exposure_warning:
+        print(f"comfy-cluster gateway: WARNING: {gateway.exposure_warning}", file=sys.stderr, flush=True)
     code = 0
-    try:
-        while not done.wait(0.5):  # wake up now and then so Ctrl-C is seen on every platform
-            pass
-    except KeyboardInterrupt:
-        code = 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        handing_over = gateway.replicas is not None
-        what = "handing unfinished jobs over to the other replicas" if handing_over else "cancelling unfinished jobs"
-        print(f"comfy-cluster gateway: stopping; {what}", file=sys.stderr, flush=True)
-        gateway.stop()
-        pool.close(cancel=not handing_over)
-        store.close()
+    with StopSignals():
+        try:
+            wait_sliced(done.wait)  # slices: signals are handled between them on every platform
+        except Stopped as stopped:
+            code = 0 if stopped.signum == signal.SIGTERM else stopped.exit_code  # SIGTERM: a service's stop
+        finally:
+            handing_over = gateway.replicas is not None
+            what = "handing unfinished jobs over to the other replicas" if handing_over else "telling clients, cancelling unfinished jobs"
+            print(f"comfy-cluster gateway: stopping; {what}", file=sys.stderr, flush=True)
+            gateway.stop()
+            pool.close(cancel=not handing_over)
+            store.close()
     return code

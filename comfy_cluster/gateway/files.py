@@ -10,13 +10,14 @@ the gateway's own uploads.
 from __future__ import annotations
 
 import json
-from typing import Awaitable, Callable, Mapping, Optional, Tuple
+from typing import Awaitable, Callable, Dict, Mapping, Optional, Tuple
 
 import aiohttp
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import ServerConfig
+from .auth import server_query
 from .durable import Keeper
 from .info import ssl_for
 from .uploads import UploadError, UploadStore, split_reference
@@ -25,36 +26,62 @@ __all__ = ["receive_upload", "serve_view"]
 
 _ANNOTATIONS = ((" [input]", "input"), (" [output]", "output"), (" [temp]", "temp"))
 _CHUNK = 256 * 1024
+_FIELDS = ("subfolder", "type", "overwrite")
+_FIELD_BYTES = 4096
 
 
 async def receive_upload(request: web.Request, store: UploadStore, keeper: Keeper) -> web.StreamResponse:
-    """``/upload/image`` and ``/upload/mask``: kept by the gateway, and its bytes in the
-    state store before the answer (a restart, or another replica, finds them there). A mask
-    is stored as sent (the gateway does not composite it onto ``original_ref`` as ComfyUI does)."""
+    """``/upload/image`` and ``/upload/mask``: kept by the gateway, streamed to disk as they
+    arrive (never whole in memory), 413 beyond the store's file size limit, and in the state
+    store before the answer (a restart, or another replica, finds it there). A mask is stored as
+    sent (the gateway does not composite it onto ``original_ref`` as ComfyUI does)."""
+    incoming = None
+    fields: Dict[str, str] = {}
+    filename = ""
     try:
-        post = await request.post()
+        try:
+            reader = await request.multipart()
+        except (AssertionError, ValueError, KeyError):  # not multipart: ComfyUI answers 400 too
+            return web.Response(status=400)
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "image" and part.filename and incoming is None:
+                filename = part.filename
+                incoming = store.new_file()
+                while True:
+                    chunk = await part.read_chunk(_CHUNK)
+                    if not chunk:
+                        break
+                    incoming.write(chunk)
+            elif part.name in _FIELDS and part.name not in fields:
+                fields[part.name] = (await part.read(decode=True))[:_FIELD_BYTES].decode("utf-8", "replace")
+            else:
+                await part.release()
+        if incoming is None:
+            return web.Response(status=400)
+        answer = store.put_file(
+            filename,
+            incoming,
+            subfolder=fields.get("subfolder", ""),
+            type_=fields.get("type") or "input",
+            overwrite=fields.get("overwrite") in ("true", "1"),
+        )
+        incoming = None  # moved into the store, or deleted by it
+        key = (answer["type"], answer["subfolder"], answer["name"])
+        version = store.lookup(key)
+        if version is not None:
+            await keeper.run(keeper.store.put_upload_file, key, version.digest, version.path)
     except HttpProcessingError as exc:  # a malformed multipart part (bad header bytes)
         return web.Response(status=exc.code if 400 <= exc.code < 500 else 400, text=f"upload: {exc.message}")
-    image = post.get("image")
-    if not isinstance(image, web.FileField) or not image.filename:
-        return web.Response(status=400)
-    subfolder = post.get("subfolder", "")
-    kind = post.get("type") or "input"
-    data = image.file.read()
-    try:
-        answer = store.put(
-            image.filename,
-            data,
-            subfolder=subfolder if isinstance(subfolder, str) else "",
-            type_=kind if isinstance(kind, str) else "",
-            overwrite=post.get("overwrite") in ("true", "1"),
-        )
     except UploadError as exc:
         return web.Response(status=exc.status, text=str(exc))
-    key = (answer["type"], answer["subfolder"], answer["name"])
-    version = store.lookup(key)
-    if version is not None:
-        await keeper.run(keeper.store.put_upload, key, version.digest, data)
+    finally:
+        if incoming is not None:
+            incoming.discard()
     return web.Response(text=json.dumps(answer), content_type="application/json")
 
 
@@ -87,7 +114,9 @@ async def serve_view(
     server = servers.get(name) if name else None
     if server is None:
         return web.Response(status=404)
-    params = dict(q, filename=filename, type=kind)  # preview=, channel= pass through
+    # preview=, channel= pass through; the gateway's own token never goes to a server
+    params = server_query(q)
+    params.update(filename=filename, type=kind)
     async with session.get(server.url + "/view", params=params, headers=server.headers, ssl=ssl_for(server)) as resp:
         if resp.status != 200:
             return web.Response(status=resp.status)

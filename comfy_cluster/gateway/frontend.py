@@ -126,8 +126,17 @@ class Frontend:
         answer = await stream_first(request, self._info.session, self._servers, await self._online())
         return answer if answer is not None else web.Response(status=404)
 
+    @staticmethod
+    async def _no_cache(request: web.Request, response: web.StreamResponse) -> None:
+        # ComfyUI's cache_control: scripts, styles and index*.json are revalidated, so a
+        # browser picks up another frontend (or a server's new extension) at once.
+        name = request.path.rsplit("/", 1)[-1]
+        if request.path.endswith((".js", ".css")) or (name.startswith("index") and name.endswith(".json")):
+            response.headers.setdefault("Cache-Control", "no-cache")
+
     def add_static(self, app: web.Application) -> None:
         """The file routes, after every API route (the web root's static route takes the rest)."""
+        app.on_response_prepare.append(self._no_cache)
         app.router.add_route("GET", "/extensions/{tail:.+}", self.extension_file)
         for prefix in ("/api", ""):
             app.router.add_route("GET", prefix + "/workflow_templates/{module}/{file:.+}", self.custom_template)

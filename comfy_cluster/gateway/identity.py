@@ -2,12 +2,15 @@
 
 ComfyUI's rule: in multi-user mode the ``comfy-user`` header names the user (the web page
 sends the user picked on its user screen); otherwise, or without the header, the user is
-``"default"``. Authentication (tokens per user) replaces :func:`request_user` alone.
+``"default"``. The gateway's middleware decides it (:mod:`.auth`: a token's user first, the
+header where it is trusted, as in multi-user mode); this module only reads it.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
+
+from . import auth
 
 __all__ = ["request_user", "MULTI_USER", "DEFAULT_USER"]
 
@@ -17,9 +20,6 @@ MULTI_USER = web.AppKey("comfy_cluster_multi_user", bool)
 
 
 def request_user(request: web.Request) -> str:
-    """The user id ``request`` acts for (not checked against the known users here)."""
-    if request.app.get(MULTI_USER, False):
-        header = request.headers.get("comfy-user")
-        if header is not None:
-            return header
-    return DEFAULT_USER
+    """The user id ``request`` acts for: the name :func:`.auth.request_user` decided (the one
+    place that knows tokens, users and the ``comfy-user`` header; ``"default"`` without users)."""
+    return auth.request_user(request).name

@@ -185,7 +185,8 @@ class ClusterInfo:
             if isinstance(answer, dict):
                 for k, v in answer.items():
                     merged.setdefault(k, v)
-        # The gateway receives uploads itself, and relays previews as the servers send them.
+        # The gateway receives uploads itself, and gives previews their node and prompt
+        # (previews.with_metadata) to a client that asks, as a server does.
         merged["max_upload_size"] = max_upload_size
-        merged.setdefault("supports_preview_metadata", False)
+        merged["supports_preview_metadata"] = True
         return merged

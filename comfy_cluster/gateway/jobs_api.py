@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from aiohttp import web
 
+from .auth import User, request_user
 from .book import GatewayJob, JobBook
 
 __all__ = ["JobRoutes", "STATUSES"]
@@ -162,16 +163,19 @@ class JobRoutes:
             except ValueError:
                 return _json({"error": "offset must be an integer"}, 400)
         workflow_id = q.get("workflow_id")
-        jobs = [queued_job(gj) for gj in list(self._book.active.values()) if gj.state != "done" and not gj.deleted]
+        viewer = request_user(request)
+        jobs = [queued_job(gj) for gj in list(self._book.active.values())
+                if gj.state not in ("done", "told") and not gj.deleted and viewer.sees(gj.user)]
         jobs = [j for j in jobs if j["status"] in wanted]
         finished = [_TO_STORE[s] for s in wanted if s in _TO_STORE]
         total_finished = 0
         if finished:
             # Only the first offset+limit of each side can be on this page (by creation time).
-            by_created = sort_by == "created_at" and workflow_id is None
+            # Another user's rows are read and left out (an admin sees every row).
+            by_created = sort_by == "created_at" and workflow_id is None and viewer.admin
             top = offset + limit if (limit is not None and by_created) else None
             total_finished, rows = await self._book.history_rows(statuses=finished, newest_first=sort_order == "desc", limit=top)
-            jobs += [finished_job(r) for r in rows]
+            jobs += [finished_job(r) for r in rows if viewer.sees(r["owner"] or "default")]
             if not by_created:
                 total_finished = 0  # every row was read: counted below
             else:
@@ -186,20 +190,23 @@ class JobRoutes:
 
     async def get_job(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["job_id"]
+        viewer = request_user(request)
         gj = self._book.active.get(job_id)
-        if gj is not None and gj.state != "done" and not gj.deleted:
+        if gj is not None and gj.state not in ("done", "told") and not gj.deleted and viewer.sees(gj.user):
             return _json(queued_job(gj, full=True))
         row = await self._book.history_row(job_id)
-        if row is None:
+        if row is None or not viewer.sees(row["owner"] or "default"):
             return _json({"error": "Job not found"}, 404)
         return _json(finished_job(row, full=True))
 
     async def cancel_one(self, request: web.Request) -> web.StreamResponse:
-        return _json({"cancelled": await self._cancel(request.match_info["job_id"])})
+        return _json({"cancelled": await self._cancel(request.match_info["job_id"], request_user(request))})
 
-    async def _cancel(self, job_id: str) -> bool:
+    async def _cancel(self, job_id: str, viewer: User) -> bool:
         if job_id in self._book.active or self._remote_cancel is None:
-            return self._book.cancel_by_id(job_id)
+            return self._book.cancel_by_id(job_id, viewer)
+        if not viewer.admin:
+            return False  # another replica's prompt: only an admin cancels what it cannot see here
         return await self._remote_cancel(job_id)
 
     async def cancel_many(self, request: web.Request) -> web.StreamResponse:
@@ -214,6 +221,7 @@ class JobRoutes:
         if bad:
             return _json({"error": "job_ids contains invalid id(s)", "invalid_ids": bad}, 400)
         cancelled = False
+        viewer = request_user(request)
         for job_id in ids:
-            cancelled = await self._cancel(job_id) or cancelled
+            cancelled = await self._cancel(job_id, viewer) or cancelled
         return _json({"cancelled": cancelled})

@@ -79,5 +79,5 @@ def live_state(active: Iterable[Any], servers: List[str], online: Iterable[str],
         if gj.started and gj.server:
             running[gj.server] += 1
         elif not gj.started:
-            waiting[gj.owner or gj.client_id or "-"] += 1
+            waiting[gj.user or gj.client_id or "-"] += 1
     return {"waiting": dict(waiting), "running": dict(running), "servers": servers, "online": set(online), "leases": leases}

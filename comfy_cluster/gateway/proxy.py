@@ -12,6 +12,7 @@ from aiohttp import web
 from yarl import URL
 
 from ..config import ServerConfig
+from .auth import server_query
 from .info import ssl_for
 
 __all__ = ["stream_first", "Online"]
@@ -37,7 +38,7 @@ async def stream_first(
         server = servers.get(name)
         if server is None:
             continue
-        url = URL(server.url + raw, encoded=True).with_query(request.rel_url.query)
+        url = URL(server.url + raw, encoded=True).with_query(server_query(request.rel_url.query))  # never the token
         try:
             async with session.get(url, headers=server.headers, ssl=ssl_for(server), timeout=_TIMEOUT) as resp:
                 if resp.status != 200:

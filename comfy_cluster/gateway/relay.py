@@ -1,9 +1,20 @@
-"""The gateway's client websockets: one per clientId, events written in order.
+"""The gateway's client websockets: one per (user, clientId), events written in order, in
+bounded memory.
 
-Unlike ComfyUI, which drops events for a client whose socket is not open, the gateway keeps
-a client's job events until its socket connects (bounded), because clients such as
-ComfyUI-for-Nuke post their prompt without waiting for the socket. Binary preview frames are
-not kept: they are only worth something live. Everything here runs on the gateway's loop.
+A clientId's stream belongs to the user who opened it: sockets and the frames kept for them
+are keyed by ``(user name, clientId)``, so another user sending the same clientId gets a
+stream of their own and never sees these events.
+
+Events for a client with no open socket are kept only for the prompts the book asks to keep
+(those posted while no socket of that client was open: clients such as ComfyUI-for-Nuke post
+before their socket connects); the next socket gets them once. Binary preview frames are never
+kept: they are only worth something live.
+
+Memory: each socket's queue is bounded in bytes (``queue_bytes``). A client that lags loses
+preview frames first (a preview is queued only while the queue is under half the bound); when
+a JSON frame no longer fits, the socket is closed with code 1013 (try again later) and a
+warning is logged: the client reconnects and reads ``/history``. Kept frames are bounded per
+client and in all, in frames and bytes. Everything here runs on the gateway's loop.
 """
 
 from __future__ import annotations
@@ -12,130 +23,247 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Callable, Deque, Dict, Optional, Union
+from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
 from aiohttp import web
 
-__all__ = ["Relay"]
+from .previews import with_metadata
+
+__all__ = ["Relay", "Key", "DEFAULT_QUEUE_BYTES", "CLOSE_TOO_SLOW"]
 
 log = logging.getLogger(__name__)
 
 Frame = Union[str, bytes]
-#: Frames kept for one client without a socket, clients kept at most, and frames in all (the
-#: oldest clients' frames go first): a script that posts without ever opening a socket costs
-#: bounded memory.
+Key = Tuple[str, str]  # (user name, clientId)
+#: Bytes queued for one socket at most (settable: ``Gateway(ws_queue_bytes=)``).
+DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
+#: Close code for a client too slow to keep up (RFC 6455: try again later).
+CLOSE_TOO_SLOW = 1013
+#: Frames kept for one client without a socket, clients kept at most, frames and bytes in all
+#: (the oldest clients' frames go first): a script that posts without ever opening a socket
+#: costs bounded memory.
 MAX_KEPT_FRAMES = 5000
 MAX_KEPT_CLIENTS = 1000
 MAX_KEPT_TOTAL = 100_000
-#: Frames queued for one slow socket before it is dropped (it reconnects and reconciles).
-MAX_QUEUED_FRAMES = 20000
+MAX_KEPT_BYTES = 64 * 1024 * 1024
+_CLOSE_WAIT = 10.0
 
 
 class _Client:
-    def __init__(self, sid: str, ws: web.WebSocketResponse) -> None:
-        self.sid = sid
+    """One socket's queue and writer task (frames leave in order)."""
+
+    def __init__(self, key: Key, ws: web.WebSocketResponse, transport: Any, limit: int) -> None:
+        self.key = key
         self.ws = ws
-        self.queue: "asyncio.Queue[Optional[Frame]]" = asyncio.Queue()
+        self.transport = transport
+        self.limit = limit
+        self.frames: Deque[Frame] = collections.deque()
+        self.bytes = 0
+        self.dropped_previews = 0
+        self.closed = False
+        self.overflowed = False
+        self._wake = asyncio.Event()
         self.writer: Optional["asyncio.Task[None]"] = None
 
     async def write(self) -> None:
         try:
             while True:
-                frame = await self.queue.get()
-                if frame is None:
-                    return
+                while not self.frames:
+                    if self.closed:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                frame = self.frames.popleft()
+                self.bytes -= len(frame)
                 if isinstance(frame, bytes):
                     await self.ws.send_bytes(frame)
                 else:
                     await self.ws.send_str(frame)
         except (ConnectionError, RuntimeError) as exc:
-            log.debug("websocket %s: send failed: %s", self.sid, exc)
+            log.debug("websocket %s: send failed: %s", self.key[1], exc)
 
     def put(self, frame: Frame) -> None:
-        if self.queue.qsize() >= MAX_QUEUED_FRAMES:
-            log.warning("websocket %s is not reading; closing it", self.sid)
-            asyncio.get_running_loop().create_task(self.ws.close())
+        if self.closed:
             return
-        self.queue.put_nowait(frame)
+        size = len(frame)
+        if isinstance(frame, bytes):
+            if self.bytes + size > self.limit // 2:
+                self.dropped_previews += 1  # a lagging client loses previews first
+                return
+        elif self.bytes + size > self.limit:
+            self._drop_previews(self.bytes + size - self.limit)
+            if self.bytes + size > self.limit:
+                self._overflow()
+                return
+        self.frames.append(frame)
+        self.bytes += size
+        self._wake.set()
+
+    def _drop_previews(self, need: int) -> None:
+        kept: Deque[Frame] = collections.deque()
+        for frame in self.frames:
+            if need > 0 and isinstance(frame, bytes):
+                need -= len(frame)
+                self.bytes -= len(frame)
+                self.dropped_previews += 1
+            else:
+                kept.append(frame)
+        self.frames = kept
+
+    def _overflow(self) -> None:
+        user, sid = self.key
+        log.warning(
+            "websocket of client %s (user %s) is too slow: over %d bytes queued; closing it with code %d",
+            sid[:80], user, self.limit, CLOSE_TOO_SLOW,
+        )
+        self.overflowed = True
+        self.finish()
+        asyncio.get_running_loop().create_task(self._close_now())
+
+    async def _close_now(self) -> None:
+        if self.writer is not None:
+            self.writer.cancel()
+        try:
+            await asyncio.wait_for(self.ws.close(code=CLOSE_TOO_SLOW, message=b"client too slow: reconnect and read /history"), _CLOSE_WAIT)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+        if self.transport is not None:
+            self.transport.abort()  # it does not read: the close frame may never get through
+
+    def finish(self) -> None:
+        """No more frames: the writer ends once the queue is written."""
+        self.closed = True
+        self._wake.set()
+
+
+class _Kept:
+    """Frames kept for one client without a socket."""
+
+    def __init__(self) -> None:
+        self.frames: Deque[str] = collections.deque()
+        self.bytes = 0
 
 
 class Relay:
-    """Client sockets by clientId, frames kept for clients not connected yet.
+    """Client sockets by (user, clientId), frames kept for clients not connected yet.
 
-    ``publish(sid, frame)``, when set (replicas), is also given each JSON frame for a client
-    whose socket is not here: the replica that holds it sends it (:meth:`deliver`)."""
+    ``publish(key, frame, keep)``, when set (replicas), is also given each JSON frame for a
+    client whose socket is not here: the replica that holds it sends it (:meth:`deliver`)."""
 
-    def __init__(self) -> None:
-        self.publish: Optional[Callable[[str, str], None]] = None
-        self._clients: Dict[str, _Client] = {}
-        self._kept: "collections.OrderedDict[str, Deque[Frame]]" = collections.OrderedDict()
+    def __init__(self, queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
+        if queue_bytes < 64 * 1024:
+            raise ValueError(f"ws_queue_bytes={queue_bytes}: give at least 65536 bytes")
+        self.queue_bytes = queue_bytes
+        #: Deliver a user's events to an anonymous socket of the same clientId when that user
+        #: has none (a trusted network: ComfyUI's web page opens its socket without a header).
+        self.anonymous_sees_named = False
+        self.anonymous_name = "default"
+        self.publish: Optional[Callable[[Key, str, bool], None]] = None
+        self._clients: Dict[Key, _Client] = {}
+        self._kept: "collections.OrderedDict[Key, _Kept]" = collections.OrderedDict()
         self._kept_total = 0
+        self._kept_bytes = 0
+        self._with_metadata: Set[Key] = set()  # clients that asked for previews with metadata
 
     @property
     def connected(self) -> int:
         return len(self._clients)
 
-    def is_connected(self, sid: str) -> bool:
-        return sid in self._clients
+    def is_connected(self, key: Key) -> bool:
+        return self._client_for(key) is not None
 
-    def attach(self, sid: str, ws: web.WebSocketResponse, first: Dict[str, Any]) -> _Client:
-        """Register ``ws`` for ``sid`` (a newer socket replaces an older one), queue the first
+    def attach(self, key: Key, ws: web.WebSocketResponse, first: Dict[str, Any], transport: Any = None) -> _Client:
+        """Register ``ws`` for ``key`` (a newer socket replaces an older one), queue the first
         frame and then whatever was kept for this client."""
-        old = self._clients.pop(sid, None)
+        old = self._clients.pop(key, None)
         if old is not None:
-            old.queue.put_nowait(None)
-        client = _Client(sid, ws)
-        self._clients[sid] = client
+            old.finish()
+        client = _Client(key, ws, transport, self.queue_bytes)
+        self._clients[key] = client
         client.put(json.dumps(first))
-        kept = self._kept.pop(sid, ())
-        self._kept_total -= len(kept)
-        for frame in kept:
+        for frame in self._take_kept(key):
             client.put(frame)
         client.writer = asyncio.get_running_loop().create_task(client.write())
         return client
 
     def detach(self, client: _Client) -> None:
-        if self._clients.get(client.sid) is client:
-            del self._clients[client.sid]
-        client.queue.put_nowait(None)
+        if self._clients.get(client.key) is client:
+            del self._clients[client.key]
+            self._with_metadata.discard(client.key)
+        client.finish()
 
-    def send(self, sid: str, kind: str, data: Dict[str, Any]) -> None:
-        """A JSON event for one client; kept for it when its socket is not open."""
-        self._send(sid, json.dumps({"type": kind, "data": data}), keep=True)
+    def _client_for(self, key: Key) -> Optional[_Client]:
+        client = self._clients.get(key)
+        if client is None and self.anonymous_sees_named and key[0] != self.anonymous_name:
+            client = self._clients.get((self.anonymous_name, key[1]))
+        return client
 
-    def send_bytes(self, sid: str, frame: bytes) -> None:
+    def send(self, key: Key, kind: str, data: Dict[str, Any], *, keep: bool = False) -> None:
+        """A JSON event for one client; kept for its next socket when none is open and
+        ``keep`` (a prompt posted while the client had no socket)."""
+        frame = json.dumps({"type": kind, "data": data})
+        client = self._client_for(key)
+        if client is not None:
+            client.put(frame)
+            return
+        if self.publish is not None and key[1]:
+            self.publish(key, frame, keep)
+        if keep and key[1]:
+            self._keep(key, frame)
+
+    def deliver(self, key: Key, frame: str, keep: bool) -> None:
+        """A frame another replica published: sent if the client's socket is here, else kept
+        when ``keep``."""
+        client = self._client_for(key)
+        if client is not None:
+            client.put(frame)
+        elif keep and key[1]:
+            self._keep(key, frame)
+
+    def send_bytes(self, key: Key, frame: bytes) -> None:
         """A binary frame for one client (dropped when its socket is not open)."""
-        self._send(sid, frame, keep=False)
-
-    def _send(self, sid: str, frame: Frame, keep: bool) -> None:
-        client = self._clients.get(sid)
+        client = self._client_for(key)
         if client is not None:
             client.put(frame)
-            return
-        if not keep or not sid:
-            return
-        if self.publish is not None and isinstance(frame, str):
-            self.publish(sid, frame)
-        self._keep(sid, frame)
 
-    def deliver(self, sid: str, frame: str) -> None:
-        """A frame another replica published: sent if the client's socket is here, else kept."""
-        client = self._clients.get(sid)
+    def want_metadata(self, key: Key) -> None:
+        """``key``'s socket said ``supports_preview_metadata`` (ComfyUI's page does): its
+        previews come as ComfyUI's PREVIEW_IMAGE_WITH_METADATA frames, until it closes."""
+        if key in self._clients:
+            self._with_metadata.add(key)
+
+    def send_preview(self, key: Key, frame: bytes, prompt_id: str, node: Optional[str]) -> None:
+        """A preview frame of ``node`` of ``prompt_id`` for one client, in the form it asked for."""
+        client = self._client_for(key)
         if client is not None:
-            client.put(frame)
-        elif sid:
-            self._keep(sid, frame)
+            client.put(with_metadata(frame, prompt_id, node) if client.key in self._with_metadata else frame)
 
-    def _keep(self, sid: str, frame: Frame) -> None:
-        kept = self._kept.get(sid)
+    def _keep(self, key: Key, frame: str) -> None:
+        kept = self._kept.get(key)
         if kept is None:
-            kept = self._kept[sid] = collections.deque(maxlen=MAX_KEPT_FRAMES)
-        if len(kept) < MAX_KEPT_FRAMES:
-            self._kept_total += 1  # (a full deque drops its oldest frame: the total stays)
-        kept.append(frame)
-        while len(self._kept) > 1 and (len(self._kept) > MAX_KEPT_CLIENTS or self._kept_total > MAX_KEPT_TOTAL):
+            kept = self._kept[key] = _Kept()
+        kept.frames.append(frame)
+        kept.bytes += len(frame)
+        self._kept_total += 1
+        self._kept_bytes += len(frame)
+        # One client's kept frames must fit its socket's queue once it connects.
+        while len(kept.frames) > MAX_KEPT_FRAMES or kept.bytes > self.queue_bytes // 2:
+            old = kept.frames.popleft()
+            kept.bytes -= len(old)
+            self._kept_total -= 1
+            self._kept_bytes -= len(old)
+        while len(self._kept) > 1 and (len(self._kept) > MAX_KEPT_CLIENTS or self._kept_total > MAX_KEPT_TOTAL or self._kept_bytes > MAX_KEPT_BYTES):
             _, dropped = self._kept.popitem(last=False)
-            self._kept_total -= len(dropped)
+            self._kept_total -= len(dropped.frames)
+            self._kept_bytes -= dropped.bytes
+
+    def _take_kept(self, key: Key) -> Deque[str]:
+        kept = self._kept.pop(key, None)
+        if kept is None:
+            return collections.deque()
+        self._kept_total -= len(kept.frames)
+        self._kept_bytes -= kept.bytes
+        return kept.frames
 
     def broadcast(self, kind: str, data: Dict[str, Any]) -> None:
         """A JSON event for every open socket (status frames)."""
@@ -148,10 +276,35 @@ class Relay:
         """Frames kept for clients without a socket, in all."""
         return self._kept_total
 
+    def dropped_previews(self, key: Key) -> Optional[int]:
+        """Preview frames dropped for ``key``'s open socket so far (None when none is open)."""
+        client = self._clients.get(key)
+        return client.dropped_previews if client is not None else None
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued for open sockets, in all."""
+        return sum(c.bytes for c in self._clients.values())
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until every socket's queue is written."""
+        writers = [c.writer for c in self._clients.values() if c.writer is not None]
+        for c in self._clients.values():
+            c.finish()
+        if writers:
+            await asyncio.wait(writers, timeout=timeout)
+
     async def close(self) -> None:
         for client in list(self._clients.values()):
-            client.queue.put_nowait(None)
-            await client.ws.close()
+            client.finish()
+            if client.writer is not None:
+                client.writer.cancel()
+            try:
+                await asyncio.wait_for(client.ws.close(), _CLOSE_WAIT)
+            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                if client.transport is not None:
+                    client.transport.abort()
         self._clients.clear()
         self._kept.clear()
         self._kept_total = 0
+        self._kept_bytes = 0

@@ -117,7 +117,8 @@ class ReplicaLink:
             if frame is None and data.get("id") is not None:
                 frame = self.shared.frame(int(data["id"]))
             if isinstance(frame, str):
-                self._on_loop(self._relay.deliver, str(data["client_id"]), frame)
+                key = (str(data.get("user") or ""), str(data["client_id"]))
+                self._on_loop(self._relay.deliver, key, frame, bool(data.get("keep")))
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -127,8 +128,8 @@ class ReplicaLink:
 
     # -- on the loop --------------------------------------------------------------------------
 
-    def _publish(self, sid: str, frame: str) -> None:
-        self._keeper.later(self.shared.publish, sid, frame)
+    def _publish(self, key: Tuple[str, str], frame: str, keep: bool) -> None:
+        self._keeper.later(self.shared.publish, key[1], frame, user=key[0], keep=keep)
 
     def _cancel_here(self, prompt_id: str) -> None:
         gj = self._book.active.get(prompt_id)

@@ -30,6 +30,11 @@ async def restore_jobs(keeper: Keeper, uploads: UploadStore, book: JobBook, serv
         data = await keeper.read(store.blob, digest)
         if data is not None:
             uploads.restore(key, data)
+    # The newest history items back in memory (older ones, and other replicas', are read
+    # from the store when asked for).
+    _, done = await keeper.read(store.history_rows, newest_first=True, limit=book.history.max_items)
+    for item in reversed(done):
+        book.history.add(item["prompt_id"], item["owner"] or "default", item["item"])
     rows: List[PromptRow] = await keeper.read(store.unfinished, keeper.replica)
     await take_up(keeper, uploads, book, rows, servers)
     if rows:
@@ -48,7 +53,8 @@ async def take_up(keeper: Keeper, uploads: UploadStore, book: JobBook, rows: Seq
         gj = GatewayJob(
             prompt_id=row.prompt_id, number=row.number, client_id=row.client_id, prompt=body.get("prompt") or {},
             extra_data=body.get("extra_data") or {}, outputs=body.get("outputs") or [], inputs=inputs, held=held,
-            workflow=body.get("workflow"), owner=row.owner, created=row.created, started_at=row.started,
+            workflow=body.get("workflow"), user=row.owner or "default", owner=str(body.get("owner") or ""),
+            keep=bool(body.get("keep")), created=row.created, started_at=row.started,
         )
         gj.cancel_requested = row.cancel
         copies = [(aid, server) for aid, server, _phase in row.attempts if server in known]

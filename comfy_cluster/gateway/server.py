@@ -10,36 +10,40 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hmac
 import json
 import logging
 import os
 import shutil
 import socket
 import threading
+import time
 import uuid
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 from aiohttp import WSMsgType, web
 from sqlalchemy.exc import IntegrityError
 
+from ..state import Store
+from ..state.shared import SharedQueue
+from .auth import Authenticator, UsersFile, request_user
 from .book import GatewayJob, JobBook
 from .dbusers import DbUserStore
 from .durable import Keeper, open_store
-from .replicas import ReplicaLink
-from .restore import restore_jobs
 from .files import receive_upload, serve_view
 from .folders import with_folders_copied
 from .frontend import Frontend, check_front_end_root
+from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS
 from .identity import MULTI_USER
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
 from .jobs_api import JobRoutes
 from .metrics import GatewayMetrics
+from .network import guard, listens_beyond_loopback, self_loop_servers
 from .online import OnlineView
-from ..state import Store
-from ..state.shared import SharedQueue
-from .relay import Relay
+from .queue_routes import queue_routes, read_json
+from .relay import DEFAULT_QUEUE_BYTES, Relay
+from .replicas import ReplicaLink
+from .restore import restore_jobs
 from .uploads import UploadStore
 from .userdata import userdata_routes
 from .userstore import FileUserStore, UserStore, default_user_dir
@@ -51,7 +55,8 @@ __all__ = ["Gateway", "DEFAULT_MAX_UPLOAD"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD = 100 * 1024 * 1024
-_PLAIN_500 = "500 Internal Server Error\n\nServer got itself in trouble"
+#: Seconds a stopping gateway waits for the servers to confirm its jobs' cancels.
+STOP_GRACE = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -62,30 +67,34 @@ def _json(data: Any, status: int = 200) -> web.Response:
 class Gateway:
     """Serve ``pool`` as one ComfyUI server on ``host:port`` (``port=0``: a free port).
 
-    ``token``: when set, every request must carry ``Authorization: Bearer <token>`` (or
-    ``?token=<token>``, for websocket clients that cannot send headers). ``argv``: what
+    Who may ask (see :mod:`.auth`): ``token`` is the admin token (sees and manages every job);
+    ``users``, a users file path, gives each user a token of their own;
+    ``trust_user_header`` takes ComfyUI's ``comfy-user`` header as the user (a trusted
+    network). With a token or users, every request must carry ``Authorization: Bearer
+    <token>`` (or ``?token=<token>``, for websocket clients that cannot send headers).
+    ``allow_origins``: web origins allowed besides the gateway's own (``"*"``: any); others get
+    403, as ComfyUI. ``ws_queue_bytes``: bytes queued per client socket before previews are
+    dropped and then the socket is closed; ``history_items``/``history_bytes`` bound the
+    history. ``max_upload_size``: bytes per request body and per uploaded file. ``argv``: what
     ``/system_stats`` reports as ComfyUI's command line (clients such as ComfyUI-for-Nuke's
     shared mode derive the ComfyUI folder from ``argv[0]``). ``max_in_pool``: jobs handed to
     the pool at once (default: all of them; the pool's dispatcher gives each free server slot
     to the client with the fewest jobs on the servers). With a limit, the rest wait in the
     gateway, which then gives the next place to the client it has served least.
 
-    ``state``: where prompts, attempts, history and uploads are kept (a
-    :class:`~comfy_cluster.state.Store` or its URL). Started on a store that holds unfinished
-    prompts (the gateway was killed), it follows their copies on the servers again by
-    prompt id and queues the rest. Default: a temporary SQLite file deleted at :meth:`stop`.
-    The pool's ``client_id`` should be ``store.client_id()`` so the servers send the events
-    of those jobs to it again (``comfy-cluster gateway`` does this).
-
-    On a PostgreSQL store the gateway is one *replica* (named ``replica``; default
-    ``HOST:PORT``) of a service: one queue for all replicas, events to whichever replica
-    holds the client's socket, a dead replica's prompts taken over (see README "Run it for
-    a studio"). :meth:`stop` then hands its prompts over instead of cancelling them.
-
     The web UI (README "The web UI on the cluster"): ``front_end_root``, a ComfyUI frontend
     build to serve instead of the installed ``comfyui-frontend-package``; ``multi_user``,
-    ComfyUI's ``--multi-user``; ``user_store``, where users' settings and files are kept
-    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``).
+    ComfyUI's ``--multi-user`` (implies ``trust_user_header``); ``user_store``, where users' settings and files are kept
+    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``; replicas:
+    the state store).
+
+    ``state``: where prompts, attempts, history and uploads are kept (a
+    :class:`~comfy_cluster.state.Store` or its URL; default: a temporary SQLite file deleted
+    at :meth:`stop`). Started on a store holding unfinished prompts (the gateway was killed),
+    it follows their copies on the servers by prompt id and queues the rest; the pool's
+    ``client_id`` should be ``store.client_id()`` (``comfy-cluster gateway`` does this). On a
+    PostgreSQL store it is one *replica* (``replica``, default ``HOST:PORT``) of a service
+    sharing one queue (README "Run it for a studio"); :meth:`stop` then hands its prompts over.
     """
 
     def __init__(
@@ -95,24 +104,36 @@ class Gateway:
         port: int = 8188,
         token: Optional[str] = None,
         *,
+        users: Optional[str] = None,
+        trust_user_header: bool = False,
+        allow_origins: Sequence[str] = (),
         argv: Optional[List[str]] = None,
         max_upload_size: int = DEFAULT_MAX_UPLOAD,
         upload_dir: Optional[str] = None,
         info_ttl: float = 30.0,
         max_in_pool: Optional[int] = None,
-        state: Any = None,
-        replica: Optional[str] = None,
+        ws_queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        history_items: int = DEFAULT_HISTORY_ITEMS,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
         front_end_root: Optional[str] = None,
         multi_user: bool = False,
         user_dir: Optional[str] = None,
         user_store: Optional[UserStore] = None,
+        state: Any = None,
+        replica: Optional[str] = None,
     ) -> None:
         self.pool = pool
         self._state = state
         self._replica = replica
+        if hasattr(pool, "use_cache_affinity"):
+            pool.use_cache_affinity()  # an identical prompt goes where ComfyUI has it cached
         self.host = host
         self._port = port
-        self._token = token
+        # ComfyUI's multi-user mode is exactly "the comfy-user header names the user".
+        trust_user_header = trust_user_header or multi_user
+        self.auth = Authenticator(token, UsersFile(users) if users else None, trust_user_header=trust_user_header)
+        self._allow_origins = tuple(o.rstrip("/") for o in allow_origins)
+        self._history_bounds = (history_items, history_bytes)
         self._argv = argv
         self._max_upload = max_upload_size
         self._upload_dir = upload_dir
@@ -130,14 +151,17 @@ class Gateway:
         self._submitter: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._helpers: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self.online = OnlineView(pool, lambda: self._helpers)
-        self.relay = Relay()
+        self.relay = Relay(ws_queue_bytes)
+        # ComfyUI's page opens its socket without the user header: on a trusted network an
+        # anonymous socket gets the events of the user who posts with its clientId.
+        self.relay.anonymous_sees_named = trust_user_header and not self.auth.required
         self.uploads: Optional[UploadStore] = None
         self.info: Optional[ClusterInfo] = None
         self.book: Optional[JobBook] = None
         self.keeper: Optional[Keeper] = None
         self.replicas: Optional[ReplicaLink] = None
-        self.metrics = GatewayMetrics(lambda: self.online.live_numbers(self.book.active.values() if self.book else ()))
         self._state_folder: Optional[str] = None
+        self.metrics = GatewayMetrics(lambda: self.online.live_numbers(self.book.active.values() if self.book else ()))
 
     def __repr__(self) -> str:
         return f"Gateway({self.url!r}, servers={[s.name for s in self.pool.servers]!r})"
@@ -161,10 +185,17 @@ class Gateway:
     def start(self) -> "Gateway":
         """Start serving on a thread of its own; returns once the port is listening.
 
-        Raises :class:`OSError` (for instance, the port is taken) with the address in it.
+        Raises :class:`OSError` (for instance, the port is taken) with the address in it,
+        and :class:`ValueError` when the cluster names the gateway's own address.
         """
         if self._thread is not None:
             raise RuntimeError("the gateway is already started")
+        loops = self_loop_servers(self.host, self._port, self.pool.servers)
+        if loops:
+            raise ValueError(
+                f"the cluster contains the gateway itself ({', '.join(loops)} is {self.host}:{self._port}): "
+                "set NUKE_COMFYUI_SERVERS to the ComfyUI servers, and point clients (NUKE_COMFYUI_URL) at the gateway"
+            )
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._thread = threading.Thread(target=self._run_loop, args=(loop,), name="comfy-cluster-gateway", daemon=True)
@@ -175,7 +206,19 @@ class Gateway:
             self._shutdown_loop()
             raise
         log.info("gateway listening on %s", self.url)
+        if listens_beyond_loopback(self.host) and not self.auth.required:
+            log.warning("%s", self.exposure_warning)
         return self
+
+    @property
+    def exposure_warning(self) -> Optional[str]:
+        """The warning for a gateway reachable from other machines without a token or users."""
+        if not listens_beyond_loopback(self.host) or self.auth.required:
+            return None
+        return (
+            f"the gateway listens on {self.host} (beyond this machine) with no token or users: anyone on the "
+            "network can run, see and cancel jobs; give --token or --users"
+        )
 
     def stop(self) -> None:
         """Cancel the gateway's unfinished jobs, close every client socket, stop listening.
@@ -233,9 +276,9 @@ class Gateway:
         name = None
         if store.dialect == "postgresql":
             name = self._replica or f"{socket.gethostname()}:{self._port or uuid.uuid4().hex[:8]}"
+            if not self._user_store_given:
+                self.user_store = DbUserStore(store)
         self.keeper = keeper = Keeper(store, loop, replica=name)
-        if name is not None and not self._user_store_given:
-            self.user_store = DbUserStore(store)
         self.uploads = UploadStore(self._upload_dir, max_file_bytes=self._max_upload)
         self.info = ClusterInfo(self.pool.servers, self._online, ttl=self._info_ttl, argv=self._argv)
         self.book = JobBook(
@@ -247,13 +290,14 @@ class Gateway:
             release=self.uploads.release,
             keeper=keeper,
             metrics=self.metrics,
+            history_items=self._history_bounds[0],
+            history_bytes=self._history_bounds[1],
         )
         await restore_jobs(keeper, self.uploads, self.book, [s.name for s in self.pool.servers])
         if name is not None:
-            shared = SharedQueue(store, name, self.url)
-            self.replicas = ReplicaLink(shared, keeper, self.book, self.relay, self.uploads, loop,
+            self.replicas = ReplicaLink(SharedQueue(store, name, self.url), keeper, self.book, self.relay, self.uploads, loop,
                                         [s.name for s in self.pool.servers], lambda: self.online.free_slots(self._b.active.values()))
-        app = web.Application(client_max_size=self._max_upload, middlewares=[self._middleware])
+        app = web.Application(client_max_size=self._max_upload, middlewares=[guard(self.auth, self._allow_origins)])
         app[MULTI_USER] = self._multi_user
         self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -278,12 +322,35 @@ class Gateway:
             # cancelling them; close the pool with cancel=False.
             await asyncio.get_running_loop().run_in_executor(self._helpers, self.replicas.stop)
         elif self.book is not None:
-            self.book.cancel_all()
+            # Each waiting client first hears that its prompts ended (the gateway stopped),
+            # then the jobs are cancelled on their servers.
+            self.book.stop_all("the comfy-cluster gateway stopped; the prompt was cancelled")
+            await self._wait_cancelled(STOP_GRACE)
+        await self.relay.flush(timeout=2.0)
         await self.relay.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.info is not None:
             await self.info.close()
+
+    async def _wait_cancelled(self, timeout: float) -> None:
+        """Wait (bounded) until the pool has confirmed the end of every cancelled job."""
+        book = self.book
+        if book is None:
+            return
+        jobs = [gj.job for gj in list(book.active.values()) if gj.job is not None]
+        if not jobs:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def all_done() -> bool:
+            return all(j.wait(max(0.0, deadline - time.monotonic())) for j in jobs)
+
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._helpers, all_done), timeout + 1.0)
+        except asyncio.TimeoutError:
+            log.warning("gateway stopping: %d job(s) not confirmed cancelled within %.0f s", len(jobs), timeout)
 
     def _capacity(self) -> int:
         if self._max_in_pool is not None:
@@ -292,14 +359,14 @@ class Gateway:
             return 1 << 30  # the pool queues them and does the fair share itself
         return sum(s.max_queue for s in self.pool.servers if s.enabled) or 1
 
+    async def _online(self) -> List[str]:
+        return await self.online.names()
+
     async def _metrics_route(self, request: web.Request) -> web.StreamResponse:
         await self._online()  # refreshed in the background when older than a second
         if self.replicas is not None:
             self.online.leases = await self._k.read(self.replicas.shared.held_per_replica)
         return await self.metrics.handler(request)
-
-    async def _online(self) -> List[str]:
-        return await self.online.names()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -309,16 +376,10 @@ class Gateway:
             ("GET", "/ws", self._ws),
             ("GET", "/prompt", self._get_prompt),
             ("POST", "/prompt", self._post_prompt),
-            ("GET", "/queue", self._get_queue),
-            ("POST", "/queue", self._post_queue),
-            ("POST", "/interrupt", self._interrupt),
-            ("GET", "/history", self._get_history),
-            ("GET", "/history/{prompt_id}", self._get_history_item),
-            ("POST", "/history", self._post_history),
             ("POST", "/upload/image", self._upload_image),
             ("POST", "/upload/mask", self._upload_image),
             ("GET", "/view", self._view),
-        ] + info_routes(self.info, self._max_upload)
+        ] + queue_routes(self._b) + info_routes(self.info, self._max_upload)
         servers = {s.name: s for s in self.pool.servers}
         web_ui = Frontend(self.info, servers, self._online, self._front_end_root)
         routes += web_ui.routes() + webinfo_routes(self.info, servers, self._online) + userdata_routes(self.user_store)
@@ -326,35 +387,11 @@ class Gateway:
         for prefix in ("", "/api"):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
-        assert self.book is not None
         remote = self.replicas.cancel if self.replicas is not None else None
-        for method, path, handler in JobRoutes(self.book, remote_cancel=remote).routes():  # under /api only, as ComfyUI
+        for method, path, handler in JobRoutes(self._b, remote_cancel=remote).routes():  # under /api only, as ComfyUI
             app.router.add_route(method, path, handler)
         app.router.add_route("GET", "/metrics", self._metrics_route)
         web_ui.add_static(app)  # last: the web root's files answer what no route does
-
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._token is not None and not self._authorized(request):
-            return web.Response(status=401, text="401: Unauthorized (comfy-cluster gateway token)")
-        try:
-            return await handler(request)
-        except web.HTTPException:
-            raise
-        except (asyncio.CancelledError, ConnectionError):
-            raise
-        except Exception:  # noqa: BLE001 - ComfyUI answers its plain-text 500
-            log.debug("gateway: %s %s raised", request.method, request.path, exc_info=True)
-            return web.Response(status=500, text=_PLAIN_500, content_type="text/plain")
-
-    def _authorized(self, request: web.Request) -> bool:
-        assert self._token is not None
-        expected = self._token.encode()
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), expected):
-            return True
-        given = request.query.get("token")
-        return given is not None and hmac.compare_digest(given.encode(), expected)
 
     @property
     def _k(self) -> Keeper:
@@ -366,17 +403,15 @@ class Gateway:
         assert self.book is not None
         return self.book
 
-    @staticmethod
-    async def _read_json(request: web.Request) -> Any:
-        return json.loads((await request.read()).decode("utf-8"))  # raises: plain 500
-
     # -- the websocket ------------------------------------------------------------------------
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         sid = request.query.get("clientId") or uuid.uuid4().hex
+        key = (request_user(request).name, sid)
         ws = web.WebSocketResponse(max_msg_size=self._max_upload, heartbeat=None)
         await ws.prepare(request)
-        client = self.relay.attach(sid, ws, {"type": "status", "data": dict(self._b.status_data(), sid=sid)})
+        client = self.relay.attach(key, ws, {"type": "status", "data": dict(self._b.status_data(), sid=sid)}, request.transport)
+        self._b.socket_opened(key)
         try:
             first = True
             async for msg in ws:
@@ -386,7 +421,10 @@ class Gateway:
                     except ValueError:
                         data = None
                     if isinstance(data, dict) and data.get("type") == "feature_flags":
-                        self.relay.send(sid, "feature_flags", await self._feature_dict())
+                        flags = data.get("data")
+                        if isinstance(flags, dict) and flags.get("supports_preview_metadata"):
+                            self.relay.want_metadata(key)
+                        self.relay.send(key, "feature_flags", await self._feature_dict())
                 first = False
         finally:
             self.relay.detach(client)
@@ -398,7 +436,7 @@ class Gateway:
         return _json(self._b.status_data()["status"])
 
     async def _post_prompt(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read_json(request)
+        body = await read_json(request)
         if not isinstance(body, dict):
             if isinstance(body, (list, str)):
                 return _json(error_body("no_prompt", "No prompt provided", "No prompt provided"), 400)
@@ -437,10 +475,15 @@ class Gateway:
                 self.uploads.release(versions)
                 raise
         number: Any = float(body["number"]) if "number" in body else book.next_number(bool(body.get("front")))
+        user = request_user(request)
+        cid = str(client_id or "")
         gj = GatewayJob(
             prompt_id=given or str(uuid.uuid4()),
             number=number,
-            client_id=str(client_id or ""),
+            client_id=cid,
+            user=user.name,
+            owner=user.owner,
+            keep=not self.relay.is_connected((user.name, cid)),
             prompt=prompt,
             extra_data=extra_data,
             outputs=outputs,
@@ -466,48 +509,6 @@ class Gateway:
             book.add(gj)
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})
 
-    async def _get_queue(self, request: web.Request) -> web.StreamResponse:
-        if self.replicas is not None:  # every replica's prompts
-            return _json(await self.replicas.queue_json())
-        return _json(self._b.queue_json())
-
-    async def _post_queue(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read_json(request)
-        if not isinstance(body, dict):
-            raise TypeError("queue request must be an object")
-        if body.get("clear"):
-            self._b.clear_pending()
-        if isinstance(body.get("delete"), list):
-            self._b.delete_pending(body["delete"])
-        return web.Response(status=200)
-
-    async def _interrupt(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await self._read_json(request)
-        except ValueError:
-            body = {}
-        self._b.interrupt(body)
-        pid = body.get("prompt_id") if isinstance(body, dict) else None
-        if self.replicas is not None and isinstance(pid, str) and pid not in self._b.active:
-            await self.replicas.cancel(pid)  # followed by another replica
-        return web.Response(status=200)
-
-    async def _get_history(self, request: web.Request) -> web.StreamResponse:
-        q = request.query
-        max_items = int(q["max_items"]) if "max_items" in q else None
-        offset = int(q["offset"]) if "offset" in q else -1
-        return _json(await self._b.history_json(max_items=max_items, offset=offset))
-
-    async def _get_history_item(self, request: web.Request) -> web.StreamResponse:
-        return _json(await self._b.history_json(prompt_id=request.match_info["prompt_id"]))
-
-    async def _post_history(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read_json(request)
-        if not isinstance(body, dict):
-            raise TypeError("history request must be an object")
-        await self._b.post_history(body)
-        return web.Response(status=200)
-
     # -- files --------------------------------------------------------------------------------
 
     async def _upload_image(self, request: web.Request) -> web.StreamResponse:
@@ -519,7 +520,7 @@ class Gateway:
         return await serve_view(request, self.uploads, self._server_of, {s.name: s for s in self.pool.servers}, self.info.session)
 
     async def _server_of(self, key: Tuple[str, str, str]) -> Optional[str]:
-        """The server that made an output file: a running job's (memory), else the store's."""
+        """The server that made an output file: in memory, else as the store recorded it."""
         name = self._b.files.get(key)
         if name is None:
             name = await self._k.read(self._k.store.file_server, key)

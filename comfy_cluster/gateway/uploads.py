@@ -21,9 +21,9 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Set, Tuple
 
-__all__ = ["UploadStore", "UploadError", "Version", "split_reference"]
+__all__ = ["UploadStore", "UploadError", "IncomingFile", "Version", "split_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,41 @@ def split_reference(value: str) -> Optional[Key]:
     return ("input", sub.strip("/"), name)
 
 
+class IncomingFile:
+    """An upload being received: written to a temporary file in the store as it arrives,
+    hashed on the way, refused (413) beyond ``limit`` bytes."""
+
+    def __init__(self, root: str, limit: int) -> None:
+        fd, self.path = tempfile.mkstemp(prefix=".incoming-", dir=root)
+        self._fh: Optional[BinaryIO] = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.limit = limit
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise UploadError(f"upload: file exceeds {self.limit} bytes", status=413)
+        assert self._fh is not None
+        self._fh.write(chunk)
+        self._hash.update(chunk)
+
+    def close(self) -> str:
+        """Finish writing; the content's SHA-256."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        """Delete the temporary file unless it was moved into the store."""
+        self.close()
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+
+
 class UploadStore:
     """The gateway's uploads (thread-confined: used on the gateway's loop thread only)."""
 
@@ -103,15 +138,32 @@ class UploadStore:
         return len(self._current)
 
     def put(self, name: str, data: bytes, *, subfolder: str = "", type_: str = "input", overwrite: bool = False) -> Dict[str, str]:
-        """Store one upload; the answer ComfyUI gives (``{"name", "subfolder", "type"}``).
+        """Store one upload given as bytes (see :meth:`put_file`)."""
+        if len(data) > self.max_file_bytes:
+            raise UploadError(f"upload: file exceeds {self.max_file_bytes} bytes", status=413)
+        sink = self.new_file()
+        sink.write(data)
+        return self.put_file(name, sink, subfolder=subfolder, type_=type_, overwrite=overwrite)
+
+    def new_file(self) -> "IncomingFile":
+        """A file in the store to stream an upload into, then give to :meth:`put_file`."""
+        return IncomingFile(self.root, self.max_file_bytes)
+
+    def put_file(self, name: str, incoming: "IncomingFile", *, subfolder: str = "", type_: str = "input", overwrite: bool = False) -> Dict[str, str]:
+        """Store one upload streamed to disk; the answer ComfyUI gives (``{"name", "subfolder",
+        "type"}``). The incoming file is moved into the store or deleted, whatever happens.
 
         Without ``overwrite`` a different file under a taken name is stored as
         ``name (1).ext``, as ComfyUI does; the same bytes keep the name.
         """
+        try:
+            return self._put_file(name, incoming, subfolder=subfolder, type_=type_, overwrite=overwrite)
+        finally:
+            incoming.discard()
+
+    def _put_file(self, name: str, incoming: "IncomingFile", *, subfolder: str, type_: str, overwrite: bool) -> Dict[str, str]:
         if type_ not in UPLOAD_TYPES:
             raise UploadError(f"upload: unknown type {type_[:20]!r}")
-        if len(data) > self.max_file_bytes:
-            raise UploadError(f"upload: file exceeds {self.max_file_bytes} bytes", status=413)
         parts = name.replace("\\", "/").split("/")
         if ".." in parts:
             raise UploadError("upload: file name escapes the input folder")
@@ -119,7 +171,8 @@ class UploadStore:
             subfolder, name = "/".join([subfolder] + parts[:-1]), parts[-1]
         name = clean_name(name)
         sub = clean_subfolder(subfolder)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = incoming.close()
+        size = incoming.size
         if not overwrite:
             stem, ext = os.path.splitext(name)
             counter = 1
@@ -130,19 +183,18 @@ class UploadStore:
         old = self._current.get(key)
         if old is not None and old.digest == digest:
             return {"name": name, "subfolder": sub, "type": type_}
-        self._make_room(len(data))
+        self._make_room(size)
         # One folder per version: versions of "frame.png" never overwrite each other here
         # (the pool uploads a file under its own name, in a subfolder named by its content).
         self._seq += 1
         folder = os.path.join(self.root, str(self._seq))
         os.makedirs(folder)
         path = os.path.join(folder, name)
-        with open(path, "wb") as fh:
-            fh.write(data)
-        self._total += len(data)
+        os.replace(incoming.path, path)
+        self._total += size
         if key not in self._current and type_ == "input" and sub:
             self._subfolders[sub] = self._subfolders.get(sub, 0) + 1
-        self._current[key] = Version(path, len(data), digest)
+        self._current[key] = Version(path, size, digest)
         if old is not None:
             old.current = False
             self._drop_if_unused(old)

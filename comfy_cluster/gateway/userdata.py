@@ -14,7 +14,7 @@ import json
 import mimetypes
 import re
 import uuid
-from typing import Any, Awaitable, Callable, Dict, List, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -43,6 +43,14 @@ def _relative(path: str, folder: str) -> str:
 class _Routes:
     def __init__(self, store: UserStore) -> None:
         self.store = store
+        # Settings are read, changed and written whole: one change at a time, or two settings
+        # posted at once (the page does) would each write the file without the other's.
+        self._settings_lock: Optional[asyncio.Lock] = None
+
+    def _lock(self) -> asyncio.Lock:
+        if self._settings_lock is None:
+            self._settings_lock = asyncio.Lock()  # made on the loop that uses it
+        return self._settings_lock
 
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
         # The store may be files or a database: never on the loop thread.
@@ -100,15 +108,20 @@ class _Routes:
         return _json(settings.get(request.match_info["id"]))
 
     async def post_settings(self, request: web.Request) -> web.StreamResponse:
-        user, settings = await self._settings(request)
+        await self._settings(request)  # ComfyUI: an unknown user's 401 comes before the body
         new = await request.json()
-        await self._save(user, {**settings, **new})  # a non-object body: plain 500, as ComfyUI
+        async with self._lock():
+            user, settings = await self._settings(request)
+            await self._save(user, {**settings, **new})  # a non-object body: plain 500, as ComfyUI
         return web.Response(status=200)
 
     async def post_setting(self, request: web.Request) -> web.StreamResponse:
-        user, settings = await self._settings(request)
-        settings[request.match_info["id"]] = await request.json()
-        await self._save(user, settings)
+        await self._settings(request)
+        value = await request.json()
+        async with self._lock():
+            user, settings = await self._settings(request)
+            settings[request.match_info["id"]] = value
+            await self._save(user, settings)
         return web.Response(status=200)
 
     # -- userdata -----------------------------------------------------------------------------

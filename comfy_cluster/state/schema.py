@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
-__all__ = ["metadata", "frames", "meta", "prompts", "prompt_inputs", "attempts", "history", "files", "uploads", "blobs", "settings", "userdata", "leases", "replicas"]
+__all__ = ["metadata", "blob_chunks", "frames", "meta", "prompts", "prompt_inputs", "attempts", "history", "files", "uploads", "blobs", "settings", "userdata", "leases", "replicas"]
 
 metadata = MetaData()
 
@@ -97,6 +97,15 @@ blobs = Table(
     "cc_blobs", metadata,
     Column("digest", String(64), primary_key=True),
     Column("size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+#: Upload bytes, by content, in chunks of at most 1 MiB (``cc_blobs`` holds each upload's
+#: size; its ``data`` is empty for a chunked upload).
+blob_chunks = Table(
+    "cc_blob_chunks", metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True),
     Column("data", LargeBinary, nullable=False),
 )
 

@@ -133,14 +133,16 @@ class SharedQueue:
 
     # -- events -------------------------------------------------------------------------------
 
-    def publish(self, client_id: str, frame: str) -> None:
-        """A client's frame for the replica holding its socket."""
-        payload = json.dumps({"from": self.replica, "client_id": client_id, "frame": frame})
+    def publish(self, client_id: str, frame: str, *, user: str = "", keep: bool = False) -> None:
+        """A client's frame for the replica holding its socket (``keep``: kept there for the
+        client's next socket when it has none)."""
+        head = {"from": self.replica, "client_id": client_id, "user": user, "keep": keep}
+        payload = json.dumps(dict(head, frame=frame))
         with self.store.transaction() as conn:
             if len(payload.encode()) > MAX_PAYLOAD:
                 fid = conn.execute(t.frames.insert().values(client_id=client_id, frame=frame, created=self._clock())
                                    .returning(t.frames.c.id)).scalar()
-                payload = json.dumps({"from": self.replica, "client_id": client_id, "id": fid})
+                payload = json.dumps(dict(head, id=fid))
             conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_EVENTS, "p": payload})
 
     def frame(self, frame_id: int) -> Optional[str]:

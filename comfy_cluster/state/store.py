@@ -312,6 +312,36 @@ class Store:
             conn.execute(t.uploads.insert().values(type=kind, subfolder=sub, name=name, digest=digest, size=len(data), created=self._clock()))
             self._drop_unused_blobs(conn)
 
+    def put_upload_file(self, key: Tuple[str, str, str], digest: str, path: str, chunk: int = 1 << 20) -> None:
+        """As :meth:`put_upload`, the bytes read from ``path`` in chunks (never whole in memory)."""
+        kind, sub, name = key
+        with self.transaction() as conn:
+            if conn.execute(sa.select(t.blobs.c.digest).where(t.blobs.c.digest == digest)).first() is None:
+                size = 0
+                with open(path, "rb") as fh:
+                    for seq, part in enumerate(iter(lambda: fh.read(chunk), b"")):
+                        conn.execute(t.blob_chunks.insert().values(digest=digest, seq=seq, data=part))
+                        size += len(part)
+                conn.execute(t.blobs.insert().values(digest=digest, size=size, data=b""))
+            else:
+                size = int(conn.execute(sa.select(t.blobs.c.size).where(t.blobs.c.digest == digest)).scalar() or 0)
+            conn.execute(t.uploads.delete().where(sa.and_(t.uploads.c.type == kind, t.uploads.c.subfolder == sub, t.uploads.c.name == name)))
+            conn.execute(t.uploads.insert().values(type=kind, subfolder=sub, name=name, digest=digest, size=size, created=self._clock()))
+            self._drop_unused_blobs(conn)
+
+    def blob_to_file(self, digest: str, path: str) -> bool:
+        """Write an upload's bytes to ``path`` chunk by chunk; False when the store has none."""
+        with self.reading() as conn:
+            row = conn.execute(sa.select(t.blobs.c.data).where(t.blobs.c.digest == digest)).first()
+            if row is None:
+                return False
+            with open(path, "wb") as fh:
+                fh.write(bytes(row[0]))
+                q = sa.select(t.blob_chunks.c.data).where(t.blob_chunks.c.digest == digest).order_by(t.blob_chunks.c.seq)
+                for (part,) in conn.execute(q):
+                    fh.write(bytes(part))
+        return True
+
     def drop_upload(self, key: Tuple[str, str, str]) -> None:
         kind, sub, name = key
         with self.transaction() as conn:
@@ -325,11 +355,16 @@ class Store:
         return [((r["type"], r["subfolder"], r["name"]), r["digest"], r["size"]) for r in rows]
 
     def blob(self, digest: str) -> Optional[bytes]:
+        """An upload's bytes (whole: for small files; see :meth:`blob_to_file`)."""
         with self.reading() as conn:
             data = conn.execute(sa.select(t.blobs.c.data).where(t.blobs.c.digest == digest)).scalar()
-        return bytes(data) if data is not None else None
+            if data is None:
+                return None
+            parts = conn.execute(sa.select(t.blob_chunks.c.data).where(t.blob_chunks.c.digest == digest).order_by(t.blob_chunks.c.seq)).scalars().all()
+        return bytes(data) + b"".join(bytes(p) for p in parts)
 
     @staticmethod
     def _drop_unused_blobs(conn: Connection) -> None:
         used = sa.union(sa.select(t.uploads.c.digest), sa.select(t.prompt_inputs.c.digest)).subquery()
         conn.execute(t.blobs.delete().where(t.blobs.c.digest.not_in(sa.select(used.c.digest))))
+        conn.execute(t.blob_chunks.delete().where(t.blob_chunks.c.digest.not_in(sa.select(t.blobs.c.digest))))

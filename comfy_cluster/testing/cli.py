@@ -73,6 +73,10 @@ def build_parser(prog: str = "comfy-cluster mock-server") -> argparse.ArgumentPa
         default=None,
         help="comma-separated checkpoint names (default v1-5-pruned-emaonly.safetensors)",
     )
+    parser.add_argument(
+        "--model-load-seconds", type=float, default=0.0, metavar="S",
+        help="a job whose checkpoint differs from the one last loaded takes S seconds longer (at speed 1; default 0)",
+    )
     parser.add_argument("--name", default="mock", help="server name used in logs (default mock)")
     parser.add_argument("--node-types", default=None, help="comma-separated node types to offer (default: all)")
     parser.add_argument("--comfyui-version", default="0.3.64", help="version reported by /system_stats")
@@ -137,7 +141,7 @@ def apply_command(server: "MockComfyServer", line: str) -> Optional[str]:
         return (
             f"{server.url} fault={fault.value if fault else 'off'} latency={server.latency:g}s speed={server.speed:g} "
             f"paused={server.jobs_paused} running={running} pending={len(pending)} clients={len(server.connected_clients())} "
-            f"done={len(server.executed_prompt_ids)}"
+            f"done={len(server.executed_prompt_ids)} model={server.loaded_model or '-'} loads={server.model_loads}"
         )
     reply = _apply_injected(server, command, rest)
     if reply is not None:
@@ -212,6 +216,7 @@ def run_mock_server(argv: Sequence[str], stdin: Optional[TextIO] = None, stdout:
         server = MockComfyServer(
             name=args.name,
             speed=args.speed,
+            model_load_seconds=args.model_load_seconds,
             models=_split(args.models) or DEFAULT_MODELS,
             node_types=_split(args.node_types),
             version=args.comfyui_version,
@@ -225,7 +230,8 @@ def run_mock_server(argv: Sequence[str], stdin: Optional[TextIO] = None, stdout:
         return 1
     stop = threading.Event()
     try:
-        out.write(f"mock ComfyUI '{server.name}' listening on {server.url} (speed {server.speed:g}, models {', '.join(server.models)})\n")
+        load = f", a checkpoint load takes {server.model_load_seconds:g} s" if server.model_load_seconds else ""
+        out.write(f"mock ComfyUI '{server.name}' listening on {server.url} (speed {server.speed:g}, models {', '.join(server.models)}{load})\n")
         out.write("Ctrl-C stops it; type 'help' for fault commands\n")
         out.flush()
         source = stdin if stdin is not None else sys.stdin

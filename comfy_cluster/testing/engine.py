@@ -276,6 +276,7 @@ class Engine:
         """Forget everything a real restart forgets (queue, running job, history, cache)."""
         await self.stop()
         self._reset_state()
+        self.env.memory.loaded = None  # a new process has no model loaded
         self.start()
 
     # --- queue info ----------------------------------------------------------------------

@@ -67,6 +67,9 @@ class RouteFault(enum.Enum):
 
     #: Answer a plain-text 500 without running the handler.
     ERROR_500 = "500"
+    #: Answer another HTTP status (a proxy in front of the server: 401, 403, 404, 413, 429,
+    #: ...) with a plain-text body, without running the handler; ``fail_route("/prompt", "429")``.
+    STATUS = "status"
     #: Hold the request unanswered (the handler does not run) until released or the delay passes.
     HANG = "hang"
     #: Cut the connection without an answer (the handler does not run).
@@ -77,10 +80,15 @@ class RouteFault(enum.Enum):
 
 
 def parse_route_fault(value: Union[str, RouteFault]) -> RouteFault:
-    """Turn ``"500"``, ``"hang"``, ``"timeout"``, ``"reset"`` or ``"stall"`` into a :class:`RouteFault`."""
+    """Turn ``"500"``, ``"hang"``, ``"timeout"``, ``"reset"``, ``"stall"`` or another HTTP error
+    status (``"429"``: :attr:`RouteFault.STATUS`) into a :class:`RouteFault`."""
     if isinstance(value, RouteFault):
         return value
     key = value.strip().lower()
+    if key.isdigit() and key != "500":
+        if not 400 <= int(key) <= 599:
+            raise ValueError(f"route fault status {value!r} must be an HTTP error status (400-599)")
+        return RouteFault.STATUS
     aliases = {"500": RouteFault.ERROR_500, "error": RouteFault.ERROR_500, "hang": RouteFault.HANG,
                "timeout": RouteFault.HANG, "reset": RouteFault.RESET, "stall": RouteFault.STALL}
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http
 import logging
 import threading
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, TypeVar, Union
@@ -70,17 +71,18 @@ class InjectedFaults:
         delay: Optional[float] = None,
     ) -> None:
         """Make the next ``count`` requests to ``path`` (None: all, until cleared) show ``kind``:
-        ``500``, ``hang`` (unanswered, the handler does not run), ``reset`` (connection cut) or
+        ``500``, another HTTP error status such as ``"429"`` (a proxy's answer), ``hang`` (unanswered, the handler does not run), ``reset`` (connection cut) or
         ``stall`` (the handler runs, then the answer is held). Held requests wait ``delay``
         seconds, or until :meth:`release_held` / :meth:`clear_route_faults` when None.
         ``path`` also takes the routes below it (``/history`` takes ``/history/<id>``); the
         ``/api`` prefix is ignored. Rules are tried in the order they were added."""
         parsed = parse_route_fault(kind)
+        status = int(kind) if parsed is RouteFault.STATUS and isinstance(kind, str) else 500
         if count is not None and count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
         if delay is not None and delay < 0:
             raise ValueError("delay must not be negative")
-        self._route_rules.add(RouteRule(path=path, kind=parsed, method=method, remaining=count, delay=delay))
+        self._route_rules.add(RouteRule(path=path, kind=parsed, method=method, remaining=count, delay=delay, status=status))
         logger.info("mock %s: %s %s -> %s (%s)", self._name, method or "*", path, parsed.value, count or "until cleared")
 
     def stall_prompt(self, delay: Optional[float] = None, count: Optional[int] = None) -> None:
@@ -121,6 +123,9 @@ class InjectedFaults:
     ) -> web.StreamResponse:
         if rule.kind is RouteFault.ERROR_500:
             return web.Response(status=500, text=_PLAIN_500, content_type="text/plain")
+        if rule.kind is RouteFault.STATUS:  # what a proxy in front of ComfyUI answers
+            phrase = next((h.phrase for h in http.HTTPStatus if h.value == rule.status), "Error")
+            return web.Response(status=rule.status, text=f"{rule.status} {phrase}", content_type="text/plain")
         if rule.kind is RouteFault.RESET:
             if request.transport is not None:
                 request.transport.abort()

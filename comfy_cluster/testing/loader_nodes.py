@@ -16,6 +16,15 @@ from .nodes import MockModel, NodeContext, NodeDef, NodeEnv, NodeResult
 __all__ = ["LOADER_NODES"]
 
 
+class _V3NodeDef(NodeDef):
+    """A node written with ComfyUI's v3 node API: its ``/object_info`` entry has more fields."""
+
+    def object_info(self, env: NodeEnv) -> Dict[str, Any]:
+        info = super().object_info(env)
+        info.update(output_tooltips=[None] * len(self.outputs), api_node=False, deprecated=False, experimental=False)
+        return info
+
+
 def _loader(name: str, display: str, category: str, module: str, outputs: Tuple[str, ...], required: Dict[str, Any], description: str = "") -> NodeDef:
     async def run(ctx: NodeContext, **inputs: Any) -> NodeResult:
         source = str(next(iter(inputs.values()), ""))
@@ -24,7 +33,8 @@ def _loader(name: str, display: str, category: str, module: str, outputs: Tuple[
     def spec(env: NodeEnv) -> Dict[str, Dict[str, Any]]:
         return {"required": {k: ([list(env.models)] if v == "CHECKPOINTS" else v) for k, v in required.items()}}
 
-    return NodeDef(name=name, display_name=display, category=category, inputs=spec, outputs=outputs, run=run, description=description, python_module=module)
+    kind = _V3NodeDef if "COMBO" in str(required) else NodeDef  # the v3 API's combo spelling
+    return kind(name=name, display_name=display, category=category, inputs=spec, outputs=outputs, run=run, description=description, python_module=module)
 
 
 _LORA_DOC = (

@@ -124,6 +124,22 @@ class MockConditioning:
 
 
 @dataclass
+class ModelMemory:
+    """The checkpoint a server has loaded (in VRAM), as ComfyUI keeps the last one it loaded.
+
+    A CheckpointLoaderSimple that needs another checkpoint spends ``load_seconds`` (at speed
+    1, like every node) loading it; one loaded already costs nothing. A restart unloads it.
+    """
+
+    load_seconds: float = 0.0
+    loaded: Optional[str] = None
+    #: VRAM a loaded checkpoint takes (what /system_stats shows as used).
+    model_bytes: int = 2 * 1024**3
+    #: Loads done so far (a figure for tests and benchmarks).
+    loads: int = 0
+
+
+@dataclass
 class NodeEnv:
     """Per-server facts that input lists and validation depend on."""
 
@@ -131,6 +147,7 @@ class NodeEnv:
     output_dir: str
     temp_dir: str
     models: Sequence[str]
+    memory: ModelMemory = field(default_factory=ModelMemory)
 
     def input_files(self) -> List[str]:
         """Image files at the top of the input folder, sorted, like ComfyUI's LoadImage list."""
@@ -420,6 +437,13 @@ async def _preview_image(ctx: NodeContext, images: Any) -> NodeResult:
 async def _checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
     if ckpt_name not in ctx.env.models:
         raise FileNotFoundError(f"Model in folder 'checkpoints' with filename '{ckpt_name}' not found.")
+    memory = ctx.env.memory
+    if memory.loaded != ckpt_name:
+        memory.loaded = None  # the old one leaves VRAM first; an interrupted load leaves none
+        if memory.load_seconds > 0:
+            await ctx.sleep(memory.load_seconds)
+        memory.loaded = ckpt_name
+        memory.loads += 1
     return (MockModel("MODEL", ckpt_name), MockModel("CLIP", ckpt_name), MockModel("VAE", ckpt_name)), None
 
 

@@ -128,7 +128,8 @@ async def _invert_mask(ctx: NodeContext, mask: Any) -> NodeResult:
 async def _mask_to_image(ctx: NodeContext, mask: Any) -> NodeResult:
     mask = _mask_arg(mask)
     v = 0.0 if mask.value is None else float(mask.value)
-    return (MockImage(mask.width, mask.height, 1, (_to_byte(v),) * 3, (v, v, v)),), None  # type: ignore[arg-type]
+    byte = _to_byte(v)
+    return (MockImage(mask.width, mask.height, 1, (byte, byte, byte), (v, v, v)),), None
 
 
 # --- EXR (ComfyUI-HQ-Image-Save) -------------------------------------------------------------

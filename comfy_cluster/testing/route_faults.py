@@ -34,6 +34,7 @@ class RouteRule:
     remaining: Optional[int] = None
     delay: Optional[float] = None
     hits: int = 0
+    status: int = 500  # the answer's status for RouteFault.STATUS
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method != method.upper():

@@ -16,6 +16,7 @@ The listening socket is managed here rather than by an aiohttp site, so that "re
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import hashlib
 import json
@@ -39,7 +40,7 @@ from .faults import Fault, parse_fault
 from .injected import InjectedFaults
 from .loader_nodes import LOADER_NODES
 from .wsclient import WsClient
-from .nodes import BUILTIN_NODES, NodeDef, NodeEnv
+from .nodes import BUILTIN_NODES, ModelMemory, NodeDef, NodeEnv
 from .pixels import CORE_PIXEL_NODES, NODE_PACKS
 from .route_faults import RouteRules
 from .webroutes import MockWeb
@@ -98,7 +99,9 @@ class MockComfyServer(InjectedFaults):
     :data:`.loader_nodes.LOADER_NODES` and the mask nodes of :mod:`.pixels`), ``node_packs``
     custom node packs installed besides (``"ComfyUI-HQ-Image-Save"``: LoadEXR and SaveEXR),
     ``speed`` divides the time TestSleep and KSampler take, ``web_extensions`` stands for
-    custom node packs' web folders (see :mod:`.webroutes`).
+    custom node packs' web folders (see :mod:`.webroutes`). ``model_load_seconds``: a job
+    whose checkpoint differs from the one this server last loaded takes that much longer (at
+    speed 1), and a loaded checkpoint shows in ``/system_stats`` VRAM.
     """
 
     def __init__(
@@ -117,7 +120,11 @@ class MockComfyServer(InjectedFaults):
         port: int = 0,
         ssl_context: Optional["ssl.SSLContext"] = None,
         web_extensions: Optional[Mapping[str, Mapping[str, Union[str, bytes]]]] = None,
+        model_load_seconds: float = 0.0,
     ) -> None:
+        if not model_load_seconds >= 0:
+            raise ValueError(f"model_load_seconds must be >= 0, got {model_load_seconds}")
+        self._memory = ModelMemory(load_seconds=float(model_load_seconds))
         if isinstance(models, Mapping):
             self._model_folders: Dict[str, List[str]] = {str(k): [str(m) for m in v] for k, v in models.items()}
         else:
@@ -127,8 +134,8 @@ class MockComfyServer(InjectedFaults):
         if unknown_packs:
             raise ValueError(f"unknown node packs {unknown_packs}; known: {sorted(NODE_PACKS)}")
         known = {**BUILTIN_NODES, **LOADER_NODES, **CORE_PIXEL_NODES}
-        for pack in NODE_PACKS.values():
-            known.update(pack)
+        for pack_nodes in NODE_PACKS.values():
+            known.update(pack_nodes)
         if node_types is None:
             registry = {**BUILTIN_NODES, **LOADER_NODES, **CORE_PIXEL_NODES}
         else:
@@ -155,6 +162,7 @@ class MockComfyServer(InjectedFaults):
             logger.warning("mock server %s listens on %s: it has no authentication", name, host)
 
         self._lock = threading.RLock()
+        self._queries: "collections.deque[Tuple[str, Dict[str, str]]]" = collections.deque(maxlen=10000)  # the newest
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._started = False
@@ -233,6 +241,20 @@ class MockComfyServer(InjectedFaults):
         return list(self._model_folders.get("checkpoints", []))
 
     @property
+    def loaded_model(self) -> Optional[str]:
+        """The checkpoint loaded now (None: none since start or restart)."""
+        return self._memory.loaded
+
+    @property
+    def model_load_seconds(self) -> float:
+        return self._memory.load_seconds
+
+    @property
+    def model_loads(self) -> int:
+        """How many times a checkpoint was loaded since start (a restart does not reset it)."""
+        return self._memory.loads
+
+    @property
     def node_types(self) -> List[str]:
         return list(self._registry)
 
@@ -290,6 +312,17 @@ class MockComfyServer(InjectedFaults):
             return list(self._engine.interrupt_requests) if self._engine else []
 
     @property
+    def request_queries(self) -> List[Tuple[str, Dict[str, str]]]:
+        """``(path, query)`` of every request, in order (what a client or gateway sent)."""
+        with self._lock:
+            return list(self._queries)
+
+    @property
+    def view_queries(self) -> List[Dict[str, str]]:
+        """The query of every GET /view, in order."""
+        return [q for path, q in self.request_queries if path in ("/view", "/api/view")]
+
+    @property
     def queue_delete_requests(self) -> List[Any]:
         """Bodies posted to POST /queue (``{"delete": [...]}`` or ``{"clear": true}``)."""
         with self._lock:
@@ -331,7 +364,7 @@ class MockComfyServer(InjectedFaults):
         for sub in ("input", "output", "temp"):
             dirs[sub] = os.path.join(self._tmpdir, sub)
             os.makedirs(dirs[sub])
-        self._env = NodeEnv(dirs["input"], dirs["output"], dirs["temp"], self._model_folders.get("checkpoints", []))
+        self._env = NodeEnv(dirs["input"], dirs["output"], dirs["temp"], self._model_folders.get("checkpoints", []), self._memory)
         self._engine = Engine(env=self._env, registry=self._registry, sink=_Sink(self), speed=lambda: self._speed, lock=self._lock)
         loop = asyncio.new_event_loop()
         self._loop = loop
@@ -757,6 +790,7 @@ class MockComfyServer(InjectedFaults):
         fault = self._fault
         with self._lock:
             self._request_count += 1
+            self._queries.append((request.path, dict(request.query)))
         rule = self._route_rules.take(request.method, request.path)
         if rule is not None:
             return await self._route_fault(rule, request, handler)
@@ -887,6 +921,8 @@ class MockComfyServer(InjectedFaults):
         device_type = self.device_name.split(":")[0].strip().lower() or "cpu"
         if device_type not in ("cpu", "cuda", "mps", "xpu", "npu", "mlu"):
             device_type = "cuda"
+        used = self._memory.model_bytes if self._memory.loaded is not None else 0
+        vram_free = max(0, self.vram_free - used)
         return _json(
             {
                 "system": {
@@ -911,9 +947,9 @@ class MockComfyServer(InjectedFaults):
                         "type": device_type,
                         "index": None if device_type == "cpu" else 0,
                         "vram_total": self.vram_total,
-                        "vram_free": self.vram_free,
+                        "vram_free": vram_free,
                         "torch_vram_total": self.vram_total,
-                        "torch_vram_free": self.vram_free,
+                        "torch_vram_free": vram_free,
                     }
                 ],
             }

@@ -28,8 +28,8 @@ import nuke
 from .quiet import no_undo
 
 __all__ = [
-    "UNTITLED_ROOT", "UID_KNOB", "script_path", "project_dir", "evaluate_path", "node_uid", "renew_uid_of_copy", "output_base",
-    "new_version", "VERSION_RE",
+    "UNTITLED_ROOT", "UID_KNOB", "script_path", "project_dir", "evaluate_path", "node_uid", "find_node", "renew_uid_of_copy", "output_base",
+    "version_folder", "new_version", "VERSION_RE",
 ]
 
 # An unsaved script has no folder: its results go under the user's home, by node id.
@@ -102,6 +102,15 @@ def _all_ids(exclude: nuke.Node) -> Set[str]:
     return ids
 
 
+def find_node(uid: str) -> Optional[nuke.Node]:
+    """The node of the script with id ``uid`` (in any group), or None (main thread)."""
+    for other in nuke.allNodes(group=nuke.root(), recurseGroups=True):
+        knob = other.knob(UID_KNOB)
+        if knob is not None and str(knob.value()).strip() == uid:
+            return other
+    return None
+
+
 def renew_uid_of_copy(node: nuke.Node) -> bool:
     """The onCreate hook (GUI only): a node whose id another node of the script already has is a
     copy (paste, duplicate) and gets an id of its own, so it never writes into the original's
@@ -132,6 +141,16 @@ def output_base(node: nuke.Node, home: Optional[str] = None) -> str:
         return os.path.join(os.path.expanduser(home or UNTITLED_ROOT), folder)
     stem = os.path.splitext(os.path.basename(script))[0]
     return os.path.join(project_dir(), "comfyui", stem, folder)
+
+
+def version_folder(base: str, reuse: str = "") -> str:
+    """The version folder of a run: ``reuse`` (``v004``, or an absolute folder: farm chunks and
+    re-runs of failed frames), created when missing, else a new one (:func:`new_version`)."""
+    if reuse:
+        path = os.path.join(base, reuse)
+        os.makedirs(path, exist_ok=True)
+        return path
+    return new_version(base)
 
 
 def new_version(base: str) -> str:

@@ -29,17 +29,21 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+from comfy_cluster import ComfyClusterError
+
 __all__ = [
-    "FORMATS", "AUTO", "EXR", "PNG", "EXR_NODES", "PNG_NOTE", "EXR_NOTE", "AUTO_NOTE", "DATATYPES",
-    "Converted", "to_exr", "note_for",
+    "FORMATS", "AUTO", "EXR", "PNG", "EXR_NODES", "PNG_NOTE", "EXR_NOTE", "EXR_SRGB_NOTE", "exr_note", "AUTO_NOTE", "DATATYPES", "TONEMAPS",
+    "Converted", "to_exr", "choose", "note_for",
 ]
 
 AUTO, EXR, PNG = "auto", "exr", "png"
 FORMATS = [AUTO, EXR, PNG]
 DATATYPES = ["16 bit half", "32 bit float"]  # Nuke's Write ``datatype`` for exr
+TONEMAPS = ["linear", "sRGB"]  # what the workflow works in (LoadEXR/SaveEXR ``tonemap``)
 EXR_NODES = ("LoadEXR", "SaveEXR")
 PNG_NOTE = "8-bit round trip: values outside 0-1 are clipped"
 EXR_NOTE = "linear EXR round trip: values outside 0-1 kept"
+EXR_SRGB_NOTE = "EXR, the workflow sees sRGB: values outside 0-1 are clipped"
 AUTO_NOTE = "EXR where the servers have LoadEXR/SaveEXR (ComfyUI-HQ-Image-Save); else " + PNG_NOTE
 _LOADERS = ("LoadImage", "LoadImageMask")
 _SAVERS = ("SaveImage", "SaveEXR")
@@ -48,6 +52,29 @@ _SAVERS = ("SaveImage", "SaveEXR")
 def note_for(choice: str) -> str:
     """What the node's face says before a run, for its "pixels" choice."""
     return {EXR: EXR_NOTE, PNG: PNG_NOTE}.get(choice, AUTO_NOTE)
+
+
+def choose(pool: Any, workflow: Mapping[str, Any], loaders: Sequence[str], pixels: str) -> str:
+    """:data:`EXR` or :data:`PNG` for a run with the ``pixels`` choice: EXR when asked or
+    possible (a server that can run the job has LoadEXR/SaveEXR: capability routing then sends
+    the jobs there). ``exr`` where no server can: ComfyClusterError naming each server's reason.
+    ``pool`` is a :class:`~comfy_cluster.ServerPool` (its ``capabilities``)."""
+    if pixels == PNG:
+        return PNG
+    able = pool.capabilities(to_exr(workflow, loaders, "probe").workflow)
+    if any(why is None for why in able.values()):
+        return EXR
+    if pixels == EXR:
+        why = "; ".join(f"{name}: {reason}" for name, reason in sorted(able.items())) or "no server online"
+        raise ComfyClusterError(
+            f"no server can run the workflow with LoadEXR and SaveEXR (ComfyUI-HQ-Image-Save) - {why}. Set 'pixels' to auto or png."
+        )
+    return PNG
+
+
+def exr_note(tonemap: str) -> str:
+    """What the node's face says of an EXR round trip in which the workflow sees ``tonemap``."""
+    return EXR_SRGB_NOTE if tonemap == "sRGB" else EXR_NOTE
 
 
 @dataclass(frozen=True)
@@ -76,9 +103,13 @@ def _relink(workflow: Dict[str, Any], mapping: Mapping[Tuple[str, int], Tuple[st
                     inputs[name] = [new[0], new[1]]
 
 
-def to_exr(workflow: Mapping[str, Any], loaders: Sequence[str], token: str) -> Converted:
+def to_exr(workflow: Mapping[str, Any], loaders: Sequence[str], token: str, tonemap: str = "linear") -> Converted:
     """``workflow`` with the ``loaders`` (the node ids the node's inputs go to) reading EXR and
-    every ``SaveImage``/``SaveEXR`` writing linear EXR under ``comfy_cluster/<token>/``."""
+    every ``SaveImage``/``SaveEXR`` writing EXR under ``comfy_cluster/<token>/``.
+
+    ``tonemap`` is what the workflow works in: ``linear`` (the script's values as they are,
+    outside 0-1 too) or ``sRGB`` (the pack converts linear to sRGB on load, clipped to 0-1, and
+    back on save: what image models expect)."""
     wf: Dict[str, Any] = copy.deepcopy(dict(workflow))
     mapping: Dict[Tuple[str, int], Tuple[str, int]] = {}
     inverts: Dict[str, Any] = {}
@@ -90,7 +121,7 @@ def to_exr(workflow: Mapping[str, Any], loaders: Sequence[str], token: str) -> C
         meta = spec.get("_meta")
         wf[node_id] = {
             "class_type": "LoadEXR",
-            "inputs": {"filepath": "", "tonemap": "linear", "image_load_cap": 0, "skip_first_images": 0, "select_every_nth": 1},
+            "inputs": {"filepath": "", "tonemap": tonemap, "image_load_cap": 0, "skip_first_images": 0, "select_every_nth": 1},
         }
         if isinstance(meta, dict):
             wf[node_id]["_meta"] = meta
@@ -106,12 +137,12 @@ def to_exr(workflow: Mapping[str, Any], loaders: Sequence[str], token: str) -> C
             continue
         found = spec.get("inputs")
         inputs: Dict[str, Any] = found if isinstance(found, dict) else {}
-        # An artist's own SaveEXR keeps its tonemap; a converted SaveImage writes linear.
-        tonemap = inputs.get("tonemap", "linear") if spec["class_type"] == "SaveEXR" else "linear"
+        # An artist's own SaveEXR keeps its tonemap; a converted SaveImage uses the node's.
+        save_tonemap = inputs.get("tonemap", tonemap) if spec["class_type"] == "SaveEXR" else tonemap
         base = _safe(node_id)
         spec["class_type"] = "SaveEXR"
         spec["inputs"] = {
-            "images": inputs.get("images"), "filename_prefix": f"{folder}/{base}", "tonemap": tonemap,
+            "images": inputs.get("images"), "filename_prefix": f"{folder}/{base}", "tonemap": save_tonemap,
             "version": -1, "start_frame": 1, "frame_pad": 4, "save_workflow": "none",
         }
         outputs.append((folder, f"{base}_00001_.exr"))

@@ -9,6 +9,7 @@ once it listens, and it is stopped (and its pool closed) on exit.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import Any, Optional, Tuple
 
 import nuke
 
-__all__ = ["ENV", "TOKEN_ENV", "DEFAULT_ADDRESS", "parse_address", "start", "start_from_env", "start_from_menu", "stop", "url"]
+__all__ = ["ENV", "TOKEN_ENV", "DEFAULT_ADDRESS", "parse_address", "pool", "start", "start_from_env", "start_from_menu", "stop", "url"]
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,24 @@ def parse_address(text: str) -> Tuple[str, int]:
     return host, port
 
 
+def _env(name: str) -> Optional[str]:
+    """A gateway variable with cmd.exe's quotes removed (as every other variable); None when unset."""
+    from comfy_cluster.environment import unquote_env
+
+    raw = os.environ.get(name)
+    return None if raw is None else unquote_env(name, raw)
+
+
 def url() -> Optional[str]:
     """The running gateway's URL, or None."""
     with _lock:
         return str(_gateway.url) if _gateway is not None else None
+
+
+def pool() -> Any:
+    """The running gateway's ServerPool, or None (runs share it: see .session)."""
+    with _lock:
+        return _pool if _gateway is not None else None
 
 
 def start(address: str) -> str:
@@ -70,18 +85,29 @@ def start(address: str) -> str:
                 f"the gateway needs aiohttp in Nuke's Python ({exc}); install it with nuke_setup.py --gateway"
             ) from None
         from comfy_cluster import ComfyClusterError, ServerPool
+        from comfy_cluster.gateway.auth import check_token
 
         from . import run as run_mod
 
+        try:
+            token = check_token(_env(TOKEN_ENV), TOKEN_ENV)
+        except ValueError as exc:
+            raise GatewayError(f"gateway: {exc}") from None
         try:
             pool = ServerPool.from_env(**run_mod.pool_options)
         except ComfyClusterError as exc:
             raise GatewayError(f"gateway: {exc}") from None
         try:
-            gateway = Gateway(pool, host=host, port=port, token=os.environ.get(TOKEN_ENV) or None)
+            gateway = Gateway(pool, host=host, port=port, token=token)
             gateway.start()
         except Exception as exc:
             pool.close()
+            if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+                # A second Nuke started with the same NUKE_COMFYUI_GATEWAY: the first one serves.
+                raise GatewayError(
+                    f"gateway: {host}:{port} is taken (another Nuke's gateway?); this Nuke's nodes work without it, "
+                    f"or set {ENV} to another port"
+                ) from None
             raise GatewayError(f"gateway on {host}:{port} did not start: {exc}") from None
         _gateway, _pool = gateway, pool
         log.info("gateway listening on %s", gateway.url)
@@ -105,7 +131,7 @@ def stop() -> bool:
 
 def start_from_env() -> Optional[str]:
     """At start-up: start on ``NUKE_COMFYUI_GATEWAY`` when set; a problem goes to the terminal."""
-    address = os.environ.get(ENV, "").strip()
+    address = _env(ENV) or ""
     if not address:
         return None
     try:
@@ -118,7 +144,7 @@ def start_from_env() -> Optional[str]:
 def start_from_menu() -> Optional[str]:
     """The menu entry: start on ``NUKE_COMFYUI_GATEWAY`` or 127.0.0.1:8189 and say where."""
     try:
-        address = url() or start(os.environ.get(ENV, "").strip() or DEFAULT_ADDRESS)
+        address = url() or start(_env(ENV) or DEFAULT_ADDRESS)
     except GatewayError as exc:
         nuke.message(str(exc))
         return None

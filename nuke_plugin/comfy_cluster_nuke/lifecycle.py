@@ -5,10 +5,13 @@ another script) or quitting Nuke must not leave them running, nor a gateway list
 
 * A copy of a run node pasted next to its original gets an id of its own (``nuke.addOnCreate``,
   GUI only), so the two never share output folders.
-* On script close (``nuke.addOnScriptClose``, main thread) every run is asked to cancel; its
-  worker cancels the jobs on their servers without needing the main thread.
-* At exit (``atexit``) Nuke's event loop is gone, so each run's batch is cancelled right there
-  and the runs are given a few seconds to end; the gateway is stopped.
+* On script close (``nuke.addOnScriptClose``, main thread), which Nuke also runs when it quits,
+  every run's jobs are cancelled right there and the hook waits (at most
+  :data:`EXIT_WAIT_SECONDS`) until the servers have let them go: when Nuke quits, the process
+  may end right after its hooks, before a worker thread would have done it, and whether
+  Python's ``atexit`` runs then is not documented (Foundry's callbacks are the documented
+  hook). Cancelling is quick: the freeze of the close is one round trip per server.
+* At exit (``atexit``, when it runs) the same again, and the gateway is stopped.
 """
 
 from __future__ import annotations
@@ -71,9 +74,17 @@ def _on_create() -> None:
 
 
 def _on_script_close() -> None:
-    count = cancel_all()
+    count = cancel_all(now=True)
     if count:
         log.info("script closed: cancelling %d ComfyUI Cluster run(s)", count)
+        _wait_jobs_ended()
+
+
+def _wait_jobs_ended() -> None:
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    for run in _runs():
+        if not run.jobs_ended(max(0.0, deadline - time.monotonic())):
+            log.warning("%s: its jobs were not confirmed cancelled in %.0f s", run.settings.node_name, EXIT_WAIT_SECONDS)
 
 
 def at_exit() -> None:

@@ -25,26 +25,27 @@ import nuke
 
 from comfy_cluster import STRATEGIES, ComfyClusterError, load_workflow
 
-from . import exchange
+from . import colorspace, exchange
 from .destinations import UID_KNOB, evaluate_path
-from .quiet import quiet_set, set_pixels_note, set_status
+from .quiet import no_undo, quiet_set, set_pixels_note, set_status
 
 __all__ = [
-    "NODE_LABEL", "MARKER_KNOB", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB",
+    "NODE_LABEL", "MARKER_KNOB", "MARKER_VERSION", "KNOB_CHANGED_CMD", "new_knobs", "NONE_CHOICE", "DEFAULT_STRATEGY", "INPUT_KNOBS", "UID_KNOB",
     "create", "is_run_node", "knob_changed", "load_image_choices", "refresh_load_image_choices",
     "chosen_load_image", "choice", "set_pixels_note", "set_status", "LOADER_TYPES", "MASK_CHANNELS", "quiet_set", "update_read_node", "input_colorspace", "show_result",
 ]
 
 NODE_LABEL = "ComfyUI Cluster Run"
 MARKER_KNOB = "comfy_cluster_run"  # a hidden knob that marks our groups (and their version)
-MARKER_VERSION = "2"  # the knobs and inner nodes of this version (1: before per-node folders)
+MARKER_VERSION = "3"  # the knobs of this version (1: before per-node folders; 2: before issue 19) (.migrate)
 NONE_CHOICE = "(none)"
 DEFAULT_STRATEGY = "default"
 IDS_KNOB = "load_image_ids"
 INPUT_NAMES = ("plate", "mask", "ref")
 # (group input, enumeration knob, what the user calls it)
 INPUT_KNOBS: Tuple[Tuple[int, str, str], ...] = ((0, "load_image_node", "plate"), (1, "mask_node", "mask"), (2, "ref_node", "reference"))
-SHOW_CHOICES = ["result", "input"]
+SHOW_CHOICES = ["result", "input", "preview"]  # preview: sampling as it runs (.preview)
+_SWITCH_INPUT = {"input": 0, "result": 1, "preview": 2}
 #: The workflow nodes an input can go to (LoadImageMask: the mask, with its channel).
 LOADER_TYPES = ("LoadImage", "LoadImageMask")
 MASK_CHANNELS = ["alpha", "red", "green", "blue"]
@@ -61,7 +62,18 @@ _EXECUTE_CMD = _cmd("run", "execute(nuke.thisNode())")
 _EXECUTE_FRAME_CMD = _cmd("run", "execute_current_frame(nuke.thisNode())")
 _RERUN_CMD = _cmd("run", "rerun_failed(nuke.thisNode())")
 _CANCEL_CMD = _cmd("run", "cancel(nuke.thisNode())")
-_KNOB_CHANGED_CMD = _cmd("node", "knob_changed(nuke.thisNode(), nuke.thisKnob())")
+# Kept in the .nk and run on every knob change: where the plugin is not installed (a render
+# node, a vendor opening the script) it must do nothing rather than raise on every change.
+# serverinfo.knob_changed runs knob_changed below, then asks the servers in the background.
+KNOB_CHANGED_CMD = (
+    "try:\n"
+    "    _ccn = __import__('comfy_cluster_nuke.serverinfo').serverinfo\n"
+    "except ImportError:\n"
+    "    pass\n"
+    "else:\n"
+    "    _ccn.knob_changed(nuke.thisNode(), nuke.thisKnob())\n"
+    "    del _ccn\n"
+)
 
 
 def _target_group() -> nuke.Group:
@@ -99,31 +111,50 @@ def create(inpanel: bool = True) -> nuke.Group:
         if upstream is not None and upstream is not group:
             # A Group has no input when created, so createNode could not connect it; do it now.
             group.setInput(0, upstream)
-        _add_knobs(group)
-        group["knobChanged"].setValue(_KNOB_CHANGED_CMD)
+        for knob in new_knobs(group, upstream if upstream is not group else None):
+            group.addKnob(knob)
+        group["knobChanged"].setValue(KNOB_CHANGED_CMD)
     if inpanel and nuke.GUI:
         group.showControlPanel()
     return group
 
 
-def _hidden(group: nuke.Group, name: str, value: str = "") -> None:
+class _KnobSink:
+    """Stands in for the node while a new node's knobs are made: collects them, in order."""
+
+    def __init__(self) -> None:
+        self.knobs: List[nuke.Knob] = []
+
+    def addKnob(self, knob: nuke.Knob) -> None:
+        self.knobs.append(knob)
+
+
+def new_knobs(node: nuke.Group, upstream: Optional[nuke.Node] = None) -> List[nuke.Knob]:
+    """The knobs a new node has, made for ``node`` but not added (creation, and :mod:`.migrate`)."""
+    sink = _KnobSink()
+    _add_knobs(sink, node, upstream)
+    return sink.knobs
+
+
+def _hidden(group: Any, name: str, value: str = "") -> None:
     knob = nuke.String_Knob(name, name)
     knob.setValue(value)
     knob.setFlag(nuke.INVISIBLE)
     group.addKnob(knob)
 
 
-def _button(group: nuke.Group, name: str, label: str, command: str, newline: bool) -> None:
+def _button(group: Any, name: str, label: str, command: str, newline: bool) -> None:
     knob = nuke.PyScript_Knob(name, label, command)
     if not newline:
         knob.clearFlag(nuke.STARTLINE)
     group.addKnob(knob)
 
 
-def _add_knobs(group: nuke.Group) -> None:
+def _add_knobs(group: Any, node: nuke.Group, upstream: Optional[nuke.Node] = None) -> None:
     import uuid
 
-    root = nuke.root()
+    # The frame range of the plate it is made on (a Read of 1001-1050 in a 1-100 script), else the script's.
+    frames_of = upstream if upstream is not None else nuke.root()
     group.addKnob(nuke.Tab_Knob("comfy_cluster", "ComfyUI Cluster"))
     _hidden(group, MARKER_KNOB, MARKER_VERSION)
     _hidden(group, UID_KNOB, uuid.uuid4().hex[:8])
@@ -155,16 +186,23 @@ def _add_knobs(group: nuke.Group) -> None:
     datatype.setTooltip("Precision of the EXR files sent to ComfyUI.")
     datatype.clearFlag(nuke.STARTLINE)
     group.addKnob(datatype)
+    space = nuke.Enumeration_Knob("exr_tonemap", "workflow sees", exchange.TONEMAPS)
+    space.setTooltip(
+        "EXR only. linear: the script's values as they are (outside 0-1 kept); "
+        "sRGB: converted to sRGB 0-1 on load and back to linear on save (what image models expect; values outside 0-1 clipped)."
+    )
+    space.clearFlag(nuke.STARTLINE)
+    group.addKnob(space)
     group.addKnob(nuke.Text_Knob("pixels_note", "", exchange.note_for(exchange.AUTO)))
 
     frame_input = nuke.String_Knob("frame_input", "frame number to")
     frame_input.setTooltip("Optional NODE.INPUT that receives the frame number, for example 3.seed.")
     group.addKnob(frame_input)
     first = nuke.Int_Knob("first", "frame range")
-    first.setValue(root.firstFrame())
+    first.setValue(frames_of.firstFrame())
     group.addKnob(first)
     last = nuke.Int_Knob("last", "")
-    last.setValue(root.lastFrame())
+    last.setValue(frames_of.lastFrame())
     last.clearFlag(nuke.STARTLINE)
     group.addKnob(last)
 
@@ -174,9 +212,7 @@ def _add_knobs(group: nuke.Group) -> None:
     output_dir = nuke.File_Knob("output_dir", "output folder")
     output_dir.setTooltip("Empty: <script folder>/comfyui/<script>/<node>_<id>/. Each run writes a new vNNN folder inside.")
     group.addKnob(output_dir)
-    colorspace = nuke.String_Knob("colorspace", "file colorspace")
-    colorspace.setTooltip("Colorspace of the images sent to and read back from ComfyUI. Empty: the script's 8-bit default (sRGB).")
-    group.addKnob(colorspace)
+    group.addKnob(colorspace.make_knob(colorspace.script_colorspaces(node)))
     extra = nuke.String_Knob("extra_params", "parameters as knobs")
     extra.setTooltip("Besides prompts and sampler settings, more NODE.INPUT entries to show as knobs (for example 6.text 3.cfg).")
     group.addKnob(extra)
@@ -187,7 +223,10 @@ def _add_knobs(group: nuke.Group) -> None:
     _button(group, "cancel", "Cancel", _CANCEL_CMD, False)
     group.addKnob(nuke.Text_Knob("status", "status", "idle"))
     show = nuke.Enumeration_Knob("show", "output", SHOW_CHOICES)
-    show.setTooltip("result: the frames ComfyUI made (a Read inside this node); input: the plate, passed through.")
+    show.setTooltip(
+        "result: the frames ComfyUI made (a Read inside this node); input: the plate, passed through; "
+        "preview: the latest sampling preview of a run going on."
+    )
     show.setValue("input")  # nothing made yet; a run switches it to result
     group.addKnob(show)
 
@@ -208,6 +247,21 @@ def knob_changed(node: nuke.Node, knob: Optional[nuke.Knob]) -> None:
         _apply_show(node)
     elif name == "pixels":
         set_pixels_note(node, exchange.note_for(str(knob.value())))
+    elif name == "inputChange":  # a dummy knob: an input was connected or changed
+        _follow_plate_range(node)
+
+
+def _follow_plate_range(node: nuke.Node) -> None:
+    """A plate connected to a node whose range the artist never set (still the script's):
+    the range becomes the plate's, as when the node is made on a selected plate."""
+    plate = node.input(0)
+    first, last = node.knob("first"), node.knob("last")
+    if plate is None or first is None or last is None:
+        return
+    root = nuke.root()
+    if (int(first.value()), int(last.value())) == (root.firstFrame(), root.lastFrame()):
+        first.setValue(plate.firstFrame())
+        last.setValue(plate.lastFrame())
 
 
 def load_image_choices(workflow_path: str) -> Tuple[List[str], List[Optional[str]], Optional[str]]:
@@ -282,14 +336,9 @@ def choice(node: nuke.Node, knob_name: str, default: str) -> str:
 
 
 def input_colorspace(node: nuke.Node) -> str:
-    """The colorspace of the files exchanged with ComfyUI: the node's knob, else the script's
-    8-bit default, else sRGB (what ComfyUI's PNGs are)."""
-    own = str(node["colorspace"].value()).strip()
-    if own:
-        return own
-    default = nuke.root().knob("int8Lut")
-    value = str(default.value()).strip() if default is not None else ""
-    return value or "sRGB"
+    """The colorspace of the files exchanged with ComfyUI: the node's choice, or the script's
+    8-bit default; ValueError when the script's OCIO config lacks it (:mod:`.colorspace`)."""
+    return colorspace.resolve(node)
 
 
 def _inner(node: nuke.Node, name: str) -> Optional[nuke.Node]:
@@ -300,7 +349,7 @@ def _inner(node: nuke.Node, name: str) -> Optional[nuke.Node]:
 def _apply_show(node: nuke.Node) -> None:
     switch = _inner(node, SWITCH)
     if switch is not None:
-        quiet_set(switch["which"], 1 if str(node["show"].value()) == "result" else 0)
+        quiet_set(switch["which"], _SWITCH_INPUT.get(str(node["show"].value()), 0))
 
 
 def show_result(node: nuke.Node) -> None:
@@ -317,25 +366,28 @@ def update_read_node(node: nuke.Node, pattern: str, first: int, last: int, color
     held neighbour: a render through the node (``nuke -x``, the farm) stops on it instead of
     delivering a placeholder, and the Viewer names the missing file.
     """
-    assert isinstance(node, nuke.Group)
-    read = _inner(node, RESULT_READ)
-    if read is None:  # an artist deleted it: make it again
-        with node:
-            read = nuke.nodes.Read()
-            read.setName(RESULT_READ)
-            switch = _inner(node, SWITCH)
-            if switch is not None:
-                switch.setInput(1, read)
-    file_knob = read["file"]
-    assert isinstance(file_knob, nuke.File_Knob)
-    # One call sets the path and the frame range (first/last and origfirst/origlast).
-    file_knob.fromUserText(f"{pattern} {first}-{last}")
-    read["raw"].setValue(raw)
-    if not raw:
-        read["colorspace"].setValue(colorspace)
-    read["on_error"].setValue("error")
-    reload_knob = read.knob("reload")
-    if isinstance(reload_knob, nuke.Script_Knob):
-        reload_knob.execute()  # new files under the same name: drop Nuke's cached frames
+    # A run's bookkeeping is no edit of the artist's: no undo step (Ctrl+Z after a run must not
+    # revert the Read), but the script is modified (saving it keeps the result in view).
+    with no_undo(keep_modified=False):
+        assert isinstance(node, nuke.Group)
+        read = _inner(node, RESULT_READ)
+        if read is None:  # an artist deleted it: make it again
+            with node:
+                read = nuke.nodes.Read()
+                read.setName(RESULT_READ)
+                switch = _inner(node, SWITCH)
+                if switch is not None:
+                    switch.setInput(1, read)
+        file_knob = read["file"]
+        assert isinstance(file_knob, nuke.File_Knob)
+        # One call sets the path and the frame range (first/last and origfirst/origlast).
+        file_knob.fromUserText(f"{pattern} {first}-{last}")
+        read["raw"].setValue(raw)
+        if not raw:
+            read["colorspace"].setValue(colorspace)
+        read["on_error"].setValue("error")
+        reload_knob = read.knob("reload")
+        if isinstance(reload_knob, nuke.Script_Knob):
+            reload_knob.execute()  # new files under the same name: drop Nuke's cached frames
     show_result(node)
     return read

@@ -1,8 +1,11 @@
 """The workflow's simple parameters as knobs on the node, sent with every job.
 
-When a workflow is chosen, its prompt texts (``CLIPTextEncode.text``) and sampler settings
-(``seed``/``noise_seed``, ``steps``, ``cfg``, ``denoise`` of ``KSampler``/``KSamplerAdvanced``)
-appear as knobs, plus any ``NODE.INPUT`` the artist lists in "also as knobs". Seeds, and whole
+When a workflow is chosen, its prompt texts (``CLIPTextEncode.text``), sampler settings
+(``seed``/``noise_seed``, ``steps``, ``cfg``, ``denoise``, ``sampler_name``, ``scheduler`` of
+``KSampler``/``KSamplerAdvanced``) and models (``ckpt_name``, ``lora_name``) appear as knobs,
+plus any ``NODE.INPUT`` the artist lists in "also as knobs". List inputs (models, samplers)
+become pickers of the values every server able to run the workflow has, once the servers'
+``/object_info`` is read (:mod:`.serverinfo`). Seeds, and whole
 numbers outside Nuke's 32-bit ``Int_Knob``, are text knobs holding the exact number (exported
 workflows hold seeds such as 156680208700286; ComfyUI takes up to 2**64-1). A knob starts at
 the workflow's value; its value (an animated one evaluated at each frame) replaces the
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import nuke
 
@@ -23,13 +26,15 @@ from comfy_cluster import ComfyClusterError, load_workflow
 
 from .quiet import quiet_set
 
-__all__ = ["MAP_KNOB", "AUTO_INPUTS", "SEED_INPUTS", "find_params", "refresh_knobs", "values_per_frame", "apply"]
+__all__ = ["MAP_KNOB", "AUTO_INPUTS", "SEED_INPUTS", "find_params", "refresh_knobs", "values_per_frame", "apply_choices", "apply"]
 
 MAP_KNOB = "param_map"
 AUTO_INPUTS: Dict[str, Tuple[str, ...]] = {
     "CLIPTextEncode": ("text",),
-    "KSampler": ("seed", "steps", "cfg", "denoise"),
-    "KSamplerAdvanced": ("noise_seed", "steps", "cfg"),
+    "KSampler": ("seed", "steps", "cfg", "denoise", "sampler_name", "scheduler"),
+    "KSamplerAdvanced": ("noise_seed", "steps", "cfg", "sampler_name", "scheduler"),
+    "CheckpointLoaderSimple": ("ckpt_name",),
+    "LoraLoader": ("lora_name",),
 }
 
 
@@ -138,6 +143,8 @@ def _whole_number(knob: nuke.Knob) -> int:
 
 
 def _value_at(knob: nuke.Knob, frame: int, original: Any = None) -> Any:
+    if isinstance(knob, nuke.Enumeration_Knob):
+        return str(knob.value())  # a picker: the chosen item's text
     if isinstance(original, int) and not isinstance(original, bool) and not isinstance(knob, nuke.Array_Knob):
         return _whole_number(knob)  # an INT input held as text (64-bit)
     if isinstance(knob, nuke.Int_Knob):
@@ -161,6 +168,34 @@ def values_per_frame(node: nuke.Node, workflow: Dict[str, Any], frames: Sequence
         for frame in frames:
             out[frame][target] = _value_at(knob, frame, original)
     return out
+
+
+def apply_choices(node: nuke.Node, choices: Mapping[Tuple[str, str], Sequence[Any]]) -> List[str]:
+    """Turn the parameter knobs of list inputs (models, samplers...) into pickers of
+    ``choices`` (the values every eligible server has; main thread). The current value is kept,
+    listed first when a server lacks it; returns a line for each such knob."""
+    missing: List[str] = []
+    for knob_name, target in _map(node).items():
+        knob = node.knob(knob_name)
+        node_id, _, name = target.rpartition(".")
+        items = [str(c) for c in choices.get((node_id, name), ())]
+        if knob is None or not items or (isinstance(knob, nuke.Array_Knob) and not isinstance(knob, nuke.Enumeration_Knob)):
+            continue  # numbers stay numbers
+        current = str(knob.value())
+        if current and current not in items:
+            items = [current] + items
+            missing.append(f"{knob.label() or knob_name}: {current} is not on every server")
+        if isinstance(knob, nuke.Enumeration_Knob):
+            if list(knob.values()) != items:
+                knob.setValues(items)
+                quiet_set(knob, current if current in items else items[0])
+            continue
+        picker = nuke.Enumeration_Knob(knob_name, knob.label(), items)
+        picker.setTooltip("The values every server that can run the workflow has (its /object_info).")
+        node.removeKnob(knob)
+        node.addKnob(picker)
+        quiet_set(picker, current if current in items else items[0])
+    return missing
 
 
 def apply(workflow: Dict[str, Any], values: Dict[str, Any], skip: Optional[str] = None) -> None:

@@ -9,8 +9,13 @@ is left to the studio's defaults, which differ per show:
   an alpha of 0 into a full mask;
 * the mask through an Expression node: its matte in R, G, B and ``1 - matte`` in alpha, written
   raw, so ComfyUI's ``mask = 1 - alpha`` gives the matte;
-* full resolution even in proxy mode (the script's proxy switch is turned off for the render);
-* the main view only (a stereo script would write every view to the same file);
+* full resolution even in proxy mode: the script's proxy switch is turned off for the render
+  and back on right after, inside one main-thread call (no undo step, modified flag kept).
+  Decision (issue 19): Nuke offers no other way to render a Write at full size in proxy mode
+  (``execute`` has no proxy argument; a Write in proxy mode writes its proxy file at proxy
+  size), and ComfyUI must get the full-size plate; the Viewer may redraw once;
+* every view of a stereo (or multi-view) script, each to its own file (``%V``), each sent as a
+  job of its own; a single-view script's files carry no view name;
 * a frame that fails (a plate frame missing upstream) fails alone, with Nuke's words naming
   the file; the other frames are rendered and run (``continueOnError``);
 * the studio's Write callbacks (``onCreate``, ``beforeRender``...) do not run, the Write has
@@ -18,7 +23,8 @@ is left to the studio's defaults, which differ per show:
 
 Nuke runs queued main-thread calls while it renders, so a second run's render could start
 inside the first one's (Nuke: "already executing"): :func:`render_inputs` serialises them with a
-lock held by the calling worker thread, never by the main thread.
+lock held by the calling worker thread, never by the main thread, and waits while
+``nuke.executing()`` says Nuke renders something else (the artist's F7).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import nuke
 
@@ -42,18 +48,20 @@ _GLOBAL_CALLBACKS = ("onCreates", "onUserCreates", "beforeRenders", "beforeFrame
 _render_lock = threading.Lock()
 
 
-def input_pattern(folder: str, stem: str, number: int, ext: str = "png") -> str:
-    """``<folder>/<stem>_in<number>.####.<ext>`` with forward slashes (Nuke's file knobs).
+def input_pattern(folder: str, stem: str, number: int, ext: str = "png", views: bool = False) -> str:
+    """``<folder>/<stem>_in<number>.####.<ext>`` with forward slashes (Nuke's file knobs);
+    ``<stem>_in<number>_%V.####.<ext>`` with ``views``: every view to its own file.
 
     ``stem`` is the node's name and id: the files keep these names when uploaded, and two
     artists' ``ComfyUIClusterRun1`` must not send same-named plates to one server.
     """
-    return os.path.join(folder, f"{stem}_in{number}.####.{ext}").replace("\\", "/")
+    view = "_%V" if views else ""
+    return os.path.join(folder, f"{stem}_in{number}{view}.####.{ext}").replace("\\", "/")
 
 
-def input_file(folder: str, stem: str, number: int, frame: int, ext: str = "png") -> str:
-    """The file :func:`input_pattern` gives for ``frame``."""
-    return os.path.join(folder, f"{stem}_in{number}.{frame:04d}.{ext}")
+def input_file(folder: str, stem: str, number: int, frame: int, ext: str = "png", view: str = "") -> str:
+    """The file :func:`input_pattern` gives for ``frame`` (and ``view``, with views)."""
+    return frame_file(input_pattern(folder, stem, number, ext, bool(view)), frame, view)
 
 
 def frame_segments(frames: Sequence[int]) -> List[Tuple[int, int]]:
@@ -135,15 +143,16 @@ def _mask_polarity(source: nuke.Node, channel: str) -> nuke.Node:
 
 
 def _execute(write: nuke.Node, pattern: str, frames: Sequence[int], views: List[str]) -> Dict[int, str]:
-    """Render ``frames``; a frame that cannot render (a plate frame missing upstream) does not
-    stop the others. Returns frame -> Nuke's error, which names the missing file: the frames
-    that wrote nothing are rendered once more alone, without ``continueOnError``, to get it."""
+    """Render ``frames`` in ``views``; a frame that cannot render (a plate frame missing
+    upstream) does not stop the others. Returns frame -> Nuke's error, which names the missing
+    file: the frames that wrote nothing are rendered once more alone, without
+    ``continueOnError``, to get it."""
     for first, last in frame_segments(frames):
         nuke.execute(write, first, last, 1, views, continueOnError=True)
     failed: Dict[int, str] = {}
     for frame in frames:
-        path = frame_file(pattern, frame)
-        if os.path.isfile(path):
+        paths = [frame_file(pattern, frame, v) for v in views]
+        if all(os.path.isfile(p) for p in paths):
             continue
         try:
             nuke.execute(write, frame, frame, 1, views)
@@ -152,20 +161,24 @@ def _execute(write: nuke.Node, pattern: str, frames: Sequence[int], views: List[
                 raise
             failed[frame] = str(exc).strip() or f"no image for frame {frame}"
         else:
-            if not os.path.isfile(path):
+            if not all(os.path.isfile(p) for p in paths):
                 failed[frame] = f"Nuke wrote no file for frame {frame}"
     return failed
 
 
-def frame_file(pattern: str, frame: int) -> str:
-    """The file of ``frame`` in a ``####`` pattern."""
+def frame_file(pattern: str, frame: int, view: str = "") -> str:
+    """The file of ``frame`` (and ``view`` for ``%V``/``%v``) in a ``####`` pattern."""
+    pattern = pattern.replace("%V", view).replace("%v", view[:1].lower())
     return re.sub(r"#+", lambda m: f"{frame:0{len(m.group(0))}d}", pattern)
 
 
-def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], fmt: FileFormat) -> Dict[int, str]:
+def _render_on_main(
+    node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], fmt: FileFormat, views: Sequence[str]
+) -> Optional[Dict[int, str]]:
     assert isinstance(node, nuke.Group)
-    views = nuke.views()
-    main_view = views[:1]
+    if nuke.executing():  # the artist's own render (F7) runs queued calls between its frames
+        return None
+    render_views = list(views) or nuke.views()[:1]
     failed: Dict[int, str] = {}
     with _quiet_script(), _no_studio_callbacks(), node:
         sources = {int(n["number"].value()): n for n in nuke.allNodes("Input")}
@@ -200,7 +213,7 @@ def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frame
                         raise RunError(
                             f"{node.name()}: colorspace {fmt.colorspace!r} is not one of this script's; set 'file colorspace'"
                         ) from None
-                for frame, error in _execute(write, pattern, frames, main_view).items():
+                for frame, error in _execute(write, pattern, frames, render_views).items():
                     failed.setdefault(frame, error)
             finally:
                 for made_node in reversed(made):
@@ -208,10 +221,28 @@ def _render_on_main(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frame
     return failed
 
 
-def render_inputs(node: nuke.Node, jobs: Sequence[Tuple[InputMap, str]], frames: Sequence[int], fmt: FileFormat) -> Dict[int, str]:
-    """Render each ``(input, pattern)`` for ``frames``; any thread. One render at a time.
-    Returns the frames that could not be rendered, with Nuke's reason."""
+def render_inputs(
+    node: nuke.Node,
+    jobs: Sequence[Tuple[InputMap, str]],
+    frames: Sequence[int],
+    fmt: FileFormat,
+    busy: Optional[Callable[[], bool]] = None,
+    views: Sequence[str] = (),
+) -> Dict[int, str]:
+    """Render each ``(input, pattern)`` for ``frames`` in every one of ``views`` (the patterns
+    then hold ``%V``; none: the main view); any thread but Nuke's main thread. One render at a
+    time. Returns the frames that could not be rendered (in some view), with Nuke's reason.
+
+    While Nuke renders something else (the artist's F7, which runs queued main-thread calls
+    between its frames: a render started there fails with "already executing") it waits:
+    ``busy()`` is called each time, waits a little and returns True to give up (a cancel).
+    """
     from . import mainthread
 
     with _render_lock:
-        return dict(mainthread.call(_render_on_main, node, jobs, frames, fmt) or {})
+        while True:
+            failed = mainthread.call(_render_on_main, node, jobs, frames, fmt, views)
+            if failed is not None:
+                return dict(failed)
+            if busy is None or busy():
+                raise RunError(f"{node.name()}: Nuke is rendering; run it again when the render is over")

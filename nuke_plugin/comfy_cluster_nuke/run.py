@@ -16,6 +16,7 @@ What a run does is in :mod:`.runner`; where it writes, :mod:`.destinations`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import List, Optional, Sequence, Union
@@ -24,7 +25,7 @@ import nuke
 
 from comfy_cluster import ComfyClusterError
 
-from . import mainthread
+from . import destinations, ledger, mainthread
 from . import node as node_mod
 from .report import describe_error
 from .runner import POLL_SECONDS, Run, RunCancelled, pool_options
@@ -41,6 +42,7 @@ __all__ = [
     "start",
     "submit",
     "cancel",
+    "reap",
     "is_running",
     "current",
     "all_runs",
@@ -54,6 +56,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Runs in progress by the node's id (destinations.node_uid), never by its name: renaming the
+# node, or moving it into a group (a cut and paste: a new node object, same id), while it runs
+# must leave Cancel working and Execute refusing a second run.
 _runs: dict = {}
 _runs_lock = threading.Lock()
 
@@ -69,16 +74,16 @@ def _as_node(node: Union[nuke.Node, str]) -> nuke.Node:
 
 def _forget(run: Run) -> None:
     with _runs_lock:
-        if _runs.get(run.settings.full_name) is run:
-            del _runs[run.settings.full_name]
+        if _runs.get(run.settings.uid) is run:
+            del _runs[run.settings.uid]
 
 
 def _register(node: nuke.Node, settings: Settings, *, interactive: bool, dialogs: bool) -> Run:
     with _runs_lock:
-        if settings.full_name in _runs:
+        if settings.uid in _runs:
             raise RunError(f"{settings.node_name} is already running; cancel it first.")
         run = Run(node, settings, interactive=interactive, dialogs=dialogs, on_end=_forget)
-        _runs[settings.full_name] = run
+        _runs[settings.uid] = run
     return run
 
 
@@ -87,9 +92,9 @@ def _failed_frames(node: nuke.Node) -> List[int]:
     return [int(t) for t in text if t.lstrip("-").isdigit()]
 
 
-def _button(node: nuke.Node, frames: Optional[Sequence[int]] = None, reuse_version: str = "") -> Optional[Run]:
+def _button(node: nuke.Node, frames: Optional[Sequence[int]] = None, reuse_version: str = "", carry_from: str = "") -> Optional[Run]:
     try:
-        settings = read_settings(node, frames=frames, reuse_version=reuse_version)
+        settings = read_settings(node, frames=frames, reuse_version=reuse_version, carry_from=carry_from)
         run = _register(node, settings, interactive=bool(nuke.GUI), dialogs=True)
     except RunError as exc:
         node_mod.set_status(node, f"not started - {exc}")
@@ -113,8 +118,10 @@ def execute(node: nuke.Node) -> Optional[Run]:
 
 
 def execute_current_frame(node: nuke.Node) -> Optional[Run]:
-    """The Current frame button: only the frame the Viewer shows, for a quick look."""
-    return _button(node, frames=[int(nuke.frame())])
+    """The Current frame button: only the frame the Viewer shows, for a quick look. Its new
+    version also holds the other frames of the last run (linked), so the Read keeps showing
+    that run around the new frame instead of holding the one new frame over the range."""
+    return _button(node, frames=[int(nuke.frame())], carry_from=str(node["last_version"].value()))
 
 
 def rerun_failed(node: nuke.Node) -> Optional[Run]:
@@ -140,7 +147,8 @@ def start(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None) -
 
 
 def submit(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None, version: str = "") -> List[str]:
-    """Run ``node`` and wait (``nuke -t``, or a worker thread): returns the frame files in order.
+    """Run ``node`` and wait (``nuke -t``, or a worker thread): returns the frame files in order
+    (in a multi-view script, each frame's file per view, in the views' order).
 
     ``frames`` overrides the node's range; ``version`` (``"v004"``, or a folder) writes into that
     version folder instead of a new one: farm tasks of one node's range share a version.
@@ -164,10 +172,22 @@ def submit(node: Union[nuke.Node, str], frames: Optional[Sequence[int]] = None, 
         raise RunCancelled(f"{settings.node_name}: interrupted") from None
 
 
+def reap(node: Union[nuke.Node, str], version: str) -> int:
+    """Cancel, on their servers, the jobs that runs killed without a signal left in ``version``
+    of ``node`` (their job ledgers, see :mod:`.ledger`); how many. Not on the GUI main thread
+    (it talks to the servers). The farm script's ``--reap``."""
+    from comfy_cluster.environment import servers_from_env
+
+    target = mainthread.call(_as_node, node)
+    base = mainthread.call(destinations.output_base, target)
+    servers, _ = servers_from_env()
+    return ledger.reap(os.path.join(base, version), servers)
+
+
 def cancel(node: nuke.Node) -> bool:
     """The Cancel button: cancel the node's run, every job where it is. False if none runs."""
     with _runs_lock:
-        run = _runs.get(node.fullName())
+        run = _runs.get(destinations.node_uid(node))
     if run is None:
         node_mod.set_status(node, "nothing to cancel")
         return False
@@ -179,7 +199,7 @@ def cancel(node: nuke.Node) -> bool:
 def current(node: nuke.Node) -> Optional[Run]:
     """The node's run in progress, if any (main thread)."""
     with _runs_lock:
-        return _runs.get(node.fullName())
+        return _runs.get(destinations.node_uid(node))
 
 
 def is_running(node: nuke.Node) -> bool:

@@ -22,7 +22,7 @@ from . import node as node_mod
 from . import params
 from .destinations import evaluate_path
 
-__all__ = ["RunError", "InputMap", "Settings", "read_settings", "evaluate_path", "default_strategy", "set_default_strategy"]
+__all__ = ["pool_options", "RunError", "InputMap", "Settings", "read_settings", "evaluate_path", "default_strategy", "set_default_strategy"]
 
 
 class RunError(ComfyClusterError):
@@ -37,6 +37,10 @@ class RunError(ComfyClusterError):
         self.errors: Dict[int, BaseException] = dict(errors or {})
         self.paths: List[str] = list(paths)
 
+
+#: Extra keyword arguments for every ServerPool of the plugin (for example
+#: ``{"server_lost_after": 5.0}``); set it from a studio's menu.py.
+pool_options: Dict[str, Any] = {}
 
 _default_strategy: Optional[str] = None
 
@@ -84,9 +88,12 @@ class Settings:
     reuse_version: str  # "" for a new version; a re-run of failed frames reuses the last one
     colorspace: str
     uid: str  # the node's id (destinations.node_uid)
+    carry_from: str = ""  # "Current frame": the version whose other frames the new one keeps
     pixels: str = "auto"  # exchange.AUTO/EXR/PNG: how pixels travel (exchange)
     exr_datatype: str = "16 bit half"
+    exr_tonemap: str = "linear"  # what the workflow works in over EXR (exchange.TONEMAPS)
     mask_channel: str = "alpha"  # the mask input's channel holding the matte
+    views: Tuple[str, ...] = ()  # a stereo/multi-view script's views, each run; () for one view
     params: Dict[int, Dict[str, Any]] = field(default_factory=dict, repr=False)  # frame -> {"3.seed": 7}
 
     @property
@@ -134,14 +141,23 @@ def _inputs(node: nuke.Node, name: str, workflow: Dict[str, Any]) -> Tuple[Input
     return tuple(out)
 
 
-def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, reuse_version: str = "") -> Settings:
+def _views() -> Tuple[str, ...]:
+    """Every view of a multi-view script (each is rendered and run); () with one view."""
+    views = tuple(str(v) for v in nuke.views())
+    return views if len(views) > 1 else ()
+
+
+def read_settings(
+    node: nuke.Node, *, frames: Optional[Sequence[int]] = None, reuse_version: str = "", carry_from: str = ""
+) -> Settings:
     """Read and check the knobs of ``node`` (main thread); raises :class:`RunError` with a
     message meant for the user. ``frames`` overrides the node's range (current frame, re-run)."""
     if not node_mod.is_run_node(node):
         raise RunError(f"{node.name()} is not a {node_mod.NODE_LABEL} node")
     name = node.name()
-    if str(node[node_mod.MARKER_KNOB].value()) != node_mod.MARKER_VERSION:
-        raise RunError(f"{name} was made by an older comfy-cluster; create the node again (ComfyUI Cluster menu).")
+    from .migrate import migrate  # made by an older plugin: brought up to date, settings kept
+
+    migrate(node)
     workflow_path = evaluate_path(node["workflow"])
     if not workflow_path:
         raise RunError(f"{name}: choose a workflow file (in ComfyUI: Workflow > Export (API)).")
@@ -169,6 +185,11 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
     if not chosen_frames:
         raise RunError(f"{name}: no frame to run.")
 
+    try:  # before any GPU work: a wrong name used to surface only when the result was read back
+        file_colorspace = node_mod.input_colorspace(node)
+    except ValueError as exc:
+        raise RunError(f"{name}: {exc}") from None
+
     strategy = str(node["strategy"].value())
     chosen = default_strategy() if strategy == node_mod.DEFAULT_STRATEGY else strategy
     try:
@@ -186,10 +207,13 @@ def read_settings(node: nuke.Node, *, frames: Optional[Sequence[int]] = None, re
         strategy=chosen,
         output_base=destinations.output_base(node),
         reuse_version=reuse_version,
-        colorspace=node_mod.input_colorspace(node),
+        carry_from=carry_from,
+        colorspace=file_colorspace,
         uid=destinations.node_uid(node),
         pixels=node_mod.choice(node, "pixels", exchange.AUTO),
         exr_datatype=node_mod.choice(node, "exr_datatype", exchange.DATATYPES[0]),
+        exr_tonemap=node_mod.choice(node, "exr_tonemap", exchange.TONEMAPS[0]),
         mask_channel=node_mod.choice(node, "mask_channel", "alpha"),
+        views=_views(),
         params=values,
     )

@@ -7,8 +7,10 @@ the studio, so those files only call :func:`init` and :func:`menus` and leave no
   on ``sys.path``, so the plugin always uses the library it was shipped with.
 * The dependencies come from ``COMFY_CLUSTER_LIBS`` (default ``~/.nuke/comfy_cluster_libs``),
   from the subfolder for the running Nuke's Python version and platform
-  (``py310-linux-x86_64``...). It is *appended* to ``sys.path``: a studio's own ``urllib3``,
-  ``certifi`` or ``typing_extensions`` keep winning.
+  (``py310-linux-x86_64``...). It is *appended* to ``sys.path``: a studio's own ``urllib3``
+  or ``certifi`` keep winning. ``typing_extensions`` is the exception: pydantic needs a recent
+  one and pipeline folders often hold an old one, so ours is loaded (it stays backward
+  compatible); if another plugin imported an old one before, the message says so.
 * The check really imports ``pydantic_core`` (a wheel built for another Python or machine is
   found but does not load; the pure-Python dependencies are only looked up) and, when something is missing, prints the exact command that
   installs it for this Nuke: its own Python, quoted, and its platform.
@@ -42,7 +44,9 @@ def plugin_dir() -> str:
 def libs_root(environ: Optional[Mapping[str, str]] = None) -> str:
     """``COMFY_CLUSTER_LIBS`` or ``~/.nuke/comfy_cluster_libs``: the folder of the per-version folders."""
     env = os.environ if environ is None else environ
-    return os.path.abspath(os.path.expanduser(os.path.expandvars(env.get(LIBS_ENV) or DEFAULT_LIBS)))
+    # cmd.exe keeps the quotes of set COMFY_CLUSTER_LIBS="C:\studio\libs": one pair is removed.
+    value = _setup_module().unquote(env.get(LIBS_ENV, ""))
+    return os.path.abspath(os.path.expanduser(os.path.expandvars(value or DEFAULT_LIBS)))
 
 
 def _setup_module() -> Any:
@@ -72,7 +76,45 @@ def setup_paths(
         sys.path.append(libs)
         added.append(libs)
     importlib.invalidate_caches()
+    _prefer_ours(libs)
     return added, libs
+
+
+# Loaded from the dependency folder even when an older copy comes first on sys.path: pydantic
+# needs a recent typing_extensions (pydantic_core imports names such as Sentinel), and studio
+# pipeline folders often carry an old one. It is backward compatible by its own policy, so the
+# studio's tools keep working with ours.
+PREFERRED = ("typing_extensions",)
+
+
+def _prefer_ours(libs: str) -> None:
+    for name in PREFERRED:
+        ours = os.path.join(libs, name + ".py")
+        if name in sys.modules or not os.path.isfile(ours):
+            continue  # already imported (by another plugin): see foreign_module()
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin and os.path.dirname(os.path.abspath(spec.origin)) == libs:
+            continue
+        mine = importlib.util.spec_from_file_location(name, ours)
+        if mine is None or mine.loader is None:
+            continue
+        module = importlib.util.module_from_spec(mine)
+        sys.modules[name] = module
+        try:
+            mine.loader.exec_module(module)
+        except Exception:
+            del sys.modules[name]
+
+
+def foreign_module(libs: str) -> Optional[str]:
+    """A preferred module (typing_extensions) that was imported from elsewhere before
+    ``init.py`` ran (another plugin's), whose file; None when ours or none."""
+    for name in PREFERRED:
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None) if module is not None else None
+        if origin and os.path.isfile(os.path.join(libs, name + ".py")) and os.path.dirname(os.path.abspath(origin)) != libs:
+            return str(origin)
+    return None
 
 
 def check_dependencies(names: Optional[Tuple[str, ...]] = None) -> List[Tuple[str, str]]:
@@ -158,6 +200,14 @@ def init(environ: Optional[Mapping[str, str]] = None) -> bool:
             lifecycle.install()
         return True
     names = ", ".join(f"{name} ({why})" for name, why in missing)
+    foreign = foreign_module(libs)
+    if foreign is not None:  # installing again would change nothing: say what would
+        sys.stderr.write(
+            f"comfy-cluster: the ComfyUI Cluster node cannot work: {names}. An older {foreign} was imported "
+            f"before comfy-cluster's init.py (by a plugin earlier on NUKE_PATH); put comfy-cluster's "
+            f"nuke_plugin folder before that plugin on NUKE_PATH, or upgrade that copy.\n"
+        )
+        return False
     sys.stderr.write(
         f"comfy-cluster: the ComfyUI Cluster node cannot work: {names} missing or not loading (looked in {libs} for this Nuke).\n"
         f"{install_hint(libs)}\n"

@@ -39,6 +39,10 @@ def fake_nuke() -> Iterator[Any]:
 
         _fake.reset()
         yield _fake
+        info = sys.modules.get("comfy_cluster_nuke.serverinfo")
+        if info is not None:  # background questions to the servers (GUI knob changes)
+            for thread in info.started():
+                thread.join(15.0)
         _fake.shutdown()  # release a worker still waiting on the main thread
         if "comfy_cluster_nuke.run" in sys.modules:
             assert sys.modules["comfy_cluster_nuke.run"]._wait_all(15.0), "a plugin run did not end"

@@ -24,15 +24,19 @@ where a mistake would only show up inside Nuke:
 Test-side controls (pumping the main loop, simulating clicks on Cancel, reading recorded
 dialogs) live in :mod:`nuke._fake`; everything private here starts with an underscore.
 
-Parts, one concern each, all re-exported here: :mod:`._knobs`, :mod:`._nodes` (nodes, the
-classes' knobs, undo, the modified flag), :mod:`._ui` (ProgressTask, menus),
-:mod:`._callbacks` (global callbacks, Tcl), :mod:`._render` (``execute``), :mod:`._script`
-(saving, opening, copy and paste). They reach shared state through ``nuke._x`` at call time.
+Parts, one concern each, all re-exported here: :mod:`._knobs` (numbers, pulldowns),
+:mod:`._text_knobs` (text, files, buttons), :mod:`._ocio` (colorspace knobs from an OCIO
+config), :mod:`._nodes` (nodes, the classes' knobs, undo, the modified flag), :mod:`._ui`
+(ProgressTask, menus), :mod:`._callbacks` (global callbacks, Tcl), :mod:`._render`
+(``execute``, Read errors and hold), :mod:`._session` (frame, views, dialogs, menus, plugin
+paths), :mod:`._script` (saving, opening, copy and paste). ``nuke -t`` in a process of its
+own: ``tests/nuke_fake/nuke_t.py``. They reach shared state through ``nuke._x`` at call time.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import re
 import sys
 import threading
@@ -58,6 +62,7 @@ ENDLINE: int = 0x0000000000002000
 NO_ANIMATION: int = 0x0000000000000100
 READ_ONLY: int = 0x0000000010000000
 DISABLED: int = 0x0000000000000080
+STRIP_CASCADE_PREFIX: int = 0x0000000000000001  # a pulldown whose value has no menu path
 
 
 # --- thread discipline ------------------------------------------------------------------------
@@ -157,13 +162,17 @@ def _run_queued(item: _QueuedCall) -> None:
 
 # The fake in parts, one concern each; everything is reachable here as in Nuke.
 from ._knobs import (  # noqa: E402,F401
-    AColor_Knob, Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, EvalString_Knob, File_Knob,
-    Int_Knob, Knob, Multiline_Eval_String_Knob, PyScript_Knob, PythonKnob, Script_Knob,
-    String_Knob, Tab_Knob, Text_Knob, Unsigned_Knob, _flush_after, _install_knob_changed_hooks,
-    _require_number, _require_str,
+    AColor_Knob, Array_Knob, Boolean_Knob, Double_Knob, Enumeration_Knob, Int_Knob, Knob, Unsigned_Knob,
+    _flush_after, _install_knob_changed_hooks, _require_number, _require_str,
 )
+from ._text_knobs import (  # noqa: E402,F401
+    EvalString_Knob, File_Knob, Multiline_Eval_String_Knob, PyScript_Knob, PythonKnob, Script_Knob, String_Knob,
+    Tab_Knob, Text_Knob,
+)
+from . import _ocio  # noqa: E402,F401
+from ._ocio import _ColorspaceKnob, getColorspaceList  # noqa: E402,F401
 from ._nodes import (  # noqa: E402,F401
-    Group, Node, Root, Undo, _CLASS_KNOBS, _COLORSPACES, _COMMON_KNOBS, _FILE_TYPES,
+    Group, Node, Root, Undo, _CLASS_KNOBS, _COMMON_KNOBS, _FILE_TYPES,
     _KNOWN_CLASSES, _MAX_INPUTS, _SOURCE_CLASSES, _changed, _enum_default, _flush_knob_changed,
     _in_knob_changed, _modified, _pending_knob_changed, _undo_state, _undo_steps,
 )
@@ -205,47 +214,9 @@ _frame = [1]
 _last_hit: List[Optional[Group]] = [None]
 _executing = [False]
 _render_details: List[Dict[str, Any]] = []
+_render_frame_hooks: List[Callable[[str, int], None]] = []  # the test acts between a render's frames
 _hiero = [False]
 _script_editor = [False]  # a Script Editor call is running on the main thread
-
-def executing(f: Optional[float] = None) -> bool:
-    """Whether a render (an Executable node: a Write through ``execute``, or the artist's F7)
-    is going on (Foundry, Python API reference, ``nuke.executing``: "Returns whether an
-    Executable Node is currently active or not")."""
-    _main_only("executing")
-    return bool(_executing[0])
-
-
-def views() -> List[str]:
-    _main_only("views")
-    return list(_views)
-
-
-def frame(f: Optional[int] = None) -> int:
-    _main_only("frame")
-    if f is not None:
-        _frame[0] = int(f)
-    return _frame[0]
-
-
-def lastHitGroup() -> Group:
-    """The group whose node graph the user clicked last (the context group if none)."""
-    _main_only("lastHitGroup")
-    group = _last_hit[0]
-    return group if group is not None and not group._deleted else _context[-1]
-
-
-def scriptName() -> str:
-    _main_only("scriptName")
-    name = str(_root._knobs["name"]._value)
-    if not name:
-        raise RuntimeError("no script name (the script was never saved)")
-    return name
-
-
-def modified() -> bool:
-    _main_only("modified")
-    return _modified[0]
 
 
 def _unique_name(group: Group, base: str) -> str:
@@ -400,49 +371,6 @@ def thisGroup() -> Group:
     return _context[-1]
 
 
-def message(prompt: str) -> None:
-    """A dialog (recorded); without a GUI Nuke prints it to the terminal."""
-    _main_only("message")
-    if not isinstance(prompt, str):
-        raise TypeError("message() argument must be str")
-    _messages.append(prompt)
-    if not GUI:
-        print(prompt)
-
-
-def alert(prompt: str) -> None:
-    message(prompt)
-
-
-def tprint(*args: Any, sep: str = " ", end: str = "\n", file: Any = None) -> None:
-    print(*args, sep=sep, end=end, file=file or sys.stdout)
-
-
-def warning(message: str) -> None:
-    sys.stderr.write(f"Warning: {message}\n")
-
-
-def menu(name: str) -> Optional[Menu]:
-    """A menu; a Hiero session (``env['hiero']``) has no node graph, hence no "Nodes" toolbar."""
-    _main_only("menu")
-    if name == "Nodes" and env.get("hiero"):
-        return None
-    if name not in _menus:
-        _menus[name] = Menu(name)
-    return _menus[name]
-
-
-def pluginAddPath(args: str, addToSysPath: bool = True) -> None:
-    _main_only("pluginAddPath")
-    if args not in _plugin_paths:
-        _plugin_paths.insert(0, args)
-    if addToSysPath and args not in sys.path:
-        sys.path.insert(0, args)
-
-
-def pluginPath() -> List[str]:
-    return list(_plugin_paths)
-
 
 def _script_globals() -> Dict[str, Any]:
     # Nuke runs knob and menu commands in __main__, where ``nuke`` is imported.
@@ -487,5 +415,10 @@ def _iter_tasks() -> Iterator[ProgressTask]:
             yield task
 
 
-# Saving, opening, copy and paste live in their own module (re-exported: Nuke has them here).
+# The session (frame, views, dialogs, menus...) and saving, opening, copy and paste live in
+# modules of their own (re-exported: Nuke has them here).
+from ._session import (  # noqa: E402,F401
+    alert, executing, frame, lastHitGroup, menu, message, modified, pluginAddPath, pluginPath, script_directory,
+    scriptName, tprint, views, warning,
+)
 from ._script import nodeCopy, nodePaste, scriptOpen, scriptSave  # noqa: E402,F401

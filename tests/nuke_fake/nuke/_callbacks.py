@@ -66,9 +66,15 @@ def filenameFilter(filename: str) -> str:
 
 
 
+_PYTHON_CALL = re.compile(r"\[python\s+(?:-exec\s+)?\{(.*?)\}\s*\]", re.S)
+
+
 def _tcl(text: str) -> str:
     """The Tcl in file paths a plugin meets: [value root.name], [file dirname ...], [file rootname
-    [file tail ...]], [value root.project_directory], $env(NAME)."""
+    [file tail ...]], [value root.project_directory], $env(NAME), and [python {EXPR}], which
+    studios use in ``project_directory`` (Foundry, Nuke User Guide, "Expressions": the Tcl
+    ``python`` command evaluates a Python expression in Nuke's ``__main__`` and gives its value
+    as text). The Python runs first: its code may hold brackets of its own."""
     def value_of(path: str) -> str:
         node_name, _, knob_name = path.partition(".")
         node = _n._root if node_name == "root" else _n._find(_n._root, node_name)
@@ -95,6 +101,7 @@ def _tcl(text: str) -> str:
             t = t[:start] + inner(t[start + 1 : end]) + t[end + 1 :]
         return t
 
+    text = _PYTHON_CALL.sub(lambda m: str(eval(m.group(1), _n._script_globals())), text)
     text = re.sub(r"\$env\((\w+)\)", lambda m: os.environ.get(m.group(1), ""), text)
     return evaluate_brackets(text)
 

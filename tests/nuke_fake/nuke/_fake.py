@@ -43,6 +43,9 @@ __all__ = [
     "set_frame_range",
     "queued",
     "run_nuke_t",
+    "on_render_frame",
+    "set_ocio_config",
+    "quit",
     "read_frame",
     "strip_frame_range",
 ]
@@ -63,6 +66,7 @@ def reset() -> None:
         _nuke._violations.clear()
         _nuke._errors.clear()
         _nuke._tasks.clear()
+    _nuke._ocio._config[0] = "nuke-default"
     root = _nuke._new_node("Root", None)
     root._knobs["name"]._value = ""
     root._knobs["first_frame"]._value = 1
@@ -91,6 +95,7 @@ def reset() -> None:
     _nuke._pending_knob_changed.clear()
     _nuke._in_knob_changed.clear()
     _nuke.rawArgs[:] = []
+    _nuke._render_frame_hooks.clear()
     set_gui(True)
 
 
@@ -313,11 +318,39 @@ def cancel_render_after(frames: Optional[int]) -> None:
     _nuke._render_cancel_after = frames
 
 
-def read_frame(read: "_nuke.Node", frame: int) -> Tuple[str, str]:
-    """What the artist sees of Read ``read`` at ``frame`` (see ``nuke._render._read_frame``)."""
+def quit() -> None:
+    """Nuke quits (File > Quit, ``nuke.scriptExit()``): the script's onScriptClose callbacks run
+    (Foundry, Python Developers Guide, "Callbacks": onScriptClose runs "when a script is
+    closed", and quitting closes it), then the event loop stops for good: nothing queued runs
+    any more, and a worker waiting in ``executeInMainThreadWithResult`` gets ``None``. Python's
+    ``atexit`` handlers are *not* run: whether Nuke runs them on its way out is not documented,
+    so a plugin must not rely on them (the worse case is modelled)."""
+    _nuke._main_only("_fake.quit")
+    _nuke._fire(_nuke.onScriptCloses, _nuke._root)
+    with _nuke._queue_cond:
+        _nuke._queue.clear()
+    _nuke._shutdown.set()
+
+
+def set_ocio_config(name: str) -> None:
+    """The script's OCIO config: ``nuke-default``, ``aces_1.2`` (Nuke 14) or ``aces_studio_2.1``
+    (Nuke 16); every colorspace knob lists that config's spaces and roles from now on."""
+    _nuke._ocio._set_config(name)
+
+
+def on_render_frame(hook: Optional[Callable[[str, int], None]]) -> None:
+    """Call ``hook(write node full name, frame)`` on the main thread after each frame any
+    ``nuke.execute`` renders, inside the render (None: no hook). The artist's F7 render, held
+    at a frame while the test checks what the plugin does meanwhile."""
+    _nuke._render_frame_hooks[:] = [hook] if hook is not None else []
+
+
+def read_frame(read: "_nuke.Node", frame: int, view: str = "") -> Tuple[str, str]:
+    """What the artist sees of Read ``read`` at ``frame`` in ``view`` (default: the main view;
+    see ``nuke._render._read_frame``)."""
     from nuke._render import _read_frame
 
-    return _read_frame(read, frame)
+    return _read_frame(read, frame, view)
 
 
 def strip_frame_range(args: List[str]) -> List[str]:

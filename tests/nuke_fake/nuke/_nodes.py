@@ -7,8 +7,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import nuke as _n
 
-# The "default" entry is what a Write/Read uses when nobody sets it: the studio's choice.
-_COLORSPACES: List[str] = ["default", "linear", "sRGB", "rec709", "Gamma2.2", "ACES - ACEScg", "Output - sRGB"]
 # The knobs each node class has, besides the common ones. Only what the plugin touches.
 _COMMON_KNOBS: List[Tuple[str, Callable[[str], _n.Knob]]] = [
     ("name", lambda n: _n.String_Knob(n)),
@@ -33,7 +31,7 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         # A missing or unreadable frame: an error (the default: a render stops), or an image.
         ("on_error", lambda n: _n.Enumeration_Knob(n, n, ["error", "black", "checkerboard", "nearest frame"])),
         ("raw", lambda n: _n.Boolean_Knob(n)),
-        ("colorspace", lambda n: _n.Enumeration_Knob(n, n, _COLORSPACES)),
+        ("colorspace", lambda n: _n._ColorspaceKnob(n)),  # from the OCIO config (_ocio)
         ("reload", lambda n: _n.Script_Knob(n, "Reload", "")),
     ],
     "Write": [
@@ -42,10 +40,11 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         ("file_type", lambda n: _n.Enumeration_Knob(n, n, _FILE_TYPES)),
         # Nuke's default: all four channels.
         ("channels", lambda n: _enum_default(_n.Enumeration_Knob(n, n, ["rgb", "rgba", "alpha", "all"]), "rgba")),
-        ("colorspace", lambda n: _n.Enumeration_Knob(n, n, _COLORSPACES)),
+        ("colorspace", lambda n: _n._ColorspaceKnob(n)),  # from the OCIO config (_ocio)
         ("views", lambda n: _n.String_Knob(n)),
         ("raw", lambda n: _n.Boolean_Knob(n)),
-        # The per-format knob: png "8 bit"/"16 bit", exr "16 bit half"/"32 bit float".
+        # The per-format knob (Foundry, Nuke Reference Guide, "Write"): png "8 bit"/"16 bit",
+        # exr "16 bit half"/"32 bit float".
         ("datatype", lambda n: _n.Enumeration_Knob(n, n, ["8 bit", "16 bit", "16 bit half", "32 bit float"])),
         ("create_directories", lambda n: _n.Boolean_Knob(n)),
         ("beforeRender", lambda n: _n.PythonKnob(n)),
@@ -56,7 +55,8 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
     "Input": [("number", lambda n: _n.Int_Knob(n))],
     "Switch": [("which", lambda n: _n.Int_Knob(n))],
     "Constant": [("color", lambda n: _n.AColor_Knob(n))],
-    # Nuke's Expression node: expr0..expr3 write red, green, blue and alpha (empty: unchanged).
+    # Nuke's Expression node (Foundry, Nuke Reference Guide, "Expression"): expr0..expr3 write
+    # the channels of channel0..channel3, by default red, green, blue and alpha (empty: unchanged).
     "Expression": [(f"expr{i}", lambda n: _n.String_Knob(n)) for i in range(4)],
     "Root": [
         ("first_frame", lambda n: _n.Int_Knob(n)),
@@ -64,7 +64,7 @@ _CLASS_KNOBS: Dict[str, List[Tuple[str, Callable[[str], _n.Knob]]]] = {
         ("fps", lambda n: _n.Array_Knob(n)),
         ("project_directory", lambda n: _n.File_Knob(n)),
         ("proxy", lambda n: _n.Boolean_Knob(n)),
-        ("int8Lut", lambda n: _enum_default(_n.Enumeration_Knob(n, n, _COLORSPACES), "sRGB")),
+        ("int8Lut", lambda n: _n._ColorspaceKnob(n, n, root=True)),  # the 8-bit default, per config
     ],
 }
 _MAX_INPUTS = {"Read": 0, "Write": 1, "Input": 0, "Output": 1, "Constant": 0, "ColorBars": 0, "NoOp": 1, "Dot": 1, "Root": 0, "Switch": 10, "Expression": 1}
@@ -214,7 +214,10 @@ class Node:
             return False
         while len(self._inputs) <= i:
             self._inputs.append(None)
+        changed = self._inputs[i] is not node
         self._inputs[i] = node
+        if changed:
+            _input_changed(self)
         return True
 
     def dependent(self, mask: int = 0, forceEvaluate: bool = True) -> List[Node]:
@@ -390,6 +393,21 @@ def _changed(knob: _n.Knob) -> None:
 
 _in_knob_changed: List[Any] = []
 _pending_knob_changed: List[Tuple[Any, Any]] = []
+
+
+def _input_changed(owner: Any) -> None:
+    """An input of ``owner`` changed: with its panel open, its ``knobChanged`` runs with a dummy
+    knob named ``inputChange`` (Foundry, Python API reference, ``nuke.addKnobChanged``: "This
+    is also called with dummy knobs when the control panel is opened or when the inputs to the
+    node changes")."""
+    code = owner._knobs["knobChanged"]._value if "knobChanged" in owner._knobs else ""
+    if not code or not getattr(owner, "_panel_open", False) or owner in _in_knob_changed:
+        return
+    _in_knob_changed.append(owner)
+    try:
+        _n._run_script(str(code), owner, _n.Knob("inputChange"))
+    finally:
+        _in_knob_changed.remove(owner)
 
 
 def _flush_knob_changed() -> None:

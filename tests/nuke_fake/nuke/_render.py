@@ -79,7 +79,6 @@ def execute(nameOrNode: Union[_n.Node, str], start: int, end: int, incr: int = 1
         for i, frame_number in enumerate(range(start, end + 1, incr)):
             if _n._render_cancel_after is not None and i >= _n._render_cancel_after:
                 raise RuntimeError("Cancelled")
-            path = _frame_path(pattern, frame_number)
             if source._cls == "Read":
                 try:
                     _read_frame(source, frame_number)
@@ -87,18 +86,27 @@ def execute(nameOrNode: Union[_n.Node, str], start: int, end: int, incr: int = 1
                     if continueOnError:
                         continue
                     raise
-            folder = os.path.dirname(path)
-            if folder and not os.path.isdir(folder) and not node._knobs["create_directories"]._value:
-                raise RuntimeError(f"{node.name()}: Can't write {path}: No such file or directory")
-            os.makedirs(folder or ".", exist_ok=True)
-            _write_frame(node, path, file_type, channels, _colour(source, expressions, frame_number))
+            # Every view is written to its own path only when the path says %V (or %v): Foundry,
+            # Nuke User Guide, "Stereoscopic Scripts > Rendering Stereoscopic Images": %V in the
+            # Write's file name is replaced by the view's name, %v by its initial; else each
+            # view overwrites the one before.
+            for view in rendered_views:
+                path = _frame_path(pattern, frame_number, view)
+                folder = os.path.dirname(path)
+                if folder and not os.path.isdir(folder) and not node._knobs["create_directories"]._value:
+                    raise RuntimeError(f"{node.name()}: Can't write {path}: No such file or directory")
+                os.makedirs(folder or ".", exist_ok=True)
+                view_index = list(_n._views).index(view) if view in _n._views else 0
+                _write_frame(node, path, file_type, channels, _colour(source, expressions, frame_number, view_index))
             _pump_during_render()
+            for hook in list(_n._render_frame_hooks):
+                hook(node.fullName(), frame_number)
     finally:
         _n._executing[0] = False
     _n._fire(_n.afterRenders, node)
 
 
-def _read_frame(read: _n.Node, frame: int) -> Tuple[str, str]:
+def _read_frame(read: _n.Node, frame: int, view: str = "") -> Tuple[str, str]:
     """What a Read node gives at ``frame``: ``("file", path)``, ``("black", "")`` or
     ``("checkerboard", "")``; raises RuntimeError (Nuke's "Read error") for a frame it cannot
     read when its ``on_error`` is ``error``.
@@ -124,7 +132,8 @@ def _read_frame(read: _n.Node, frame: int) -> Tuple[str, str]:
             period = 2 * (span - 1)
             offset = (frame - first) % period
             wanted = first + (offset if offset < span else period - offset)
-    path = _frame_path(pattern, wanted)
+    view = view or (_n._views[0] if _n._views else "main")  # the Viewer shows the main view
+    path = _frame_path(pattern, wanted, view)
     if pattern and os.path.isfile(path):
         return ("file", path)
     on_error = str(read["on_error"].value())
@@ -135,7 +144,7 @@ def _read_frame(read: _n.Node, frame: int) -> Tuple[str, str]:
     if on_error == "nearest frame":
         for distance in range(1, last - first + 1):
             for candidate in (wanted - distance, wanted + distance):
-                near = _frame_path(pattern, candidate)
+                near = _frame_path(pattern, candidate, view)
                 if first <= candidate <= last and os.path.isfile(near):
                     return ("file", near)
     raise RuntimeError(f"{read.fullName()}: Read error: {path}: No such file or directory")
@@ -151,7 +160,8 @@ def _pump_during_render() -> None:
         _n._run_queued(item)
 
 
-def _frame_path(pattern: str, frame: int) -> str:
+def _frame_path(pattern: str, frame: int, view: str = "") -> str:
+    pattern = pattern.replace("%V", view).replace("%v", view[:1].lower())
     pattern = re.sub(r"#+", lambda m: f"{frame:0{len(m.group(0))}d}", pattern)
     return re.sub(r"%(0?\d*)d", lambda m: ("%" + m.group(1) + "d") % frame, pattern)
 
@@ -168,14 +178,15 @@ def _upstream_expressions(node: _n.Node) -> List[_n.Node]:
     return out
 
 
-def _colour(source: _n.Node, expressions: List[_n.Node], frame: int) -> Tuple[List[float], bool]:
+def _colour(source: _n.Node, expressions: List[_n.Node], frame: int, view_index: int = 0) -> Tuple[List[float], bool]:
     """``([r, g, b, a], encoded)``: the pixel reaching the Write; ``encoded`` for the test
-    pattern, whose 8-bit values are written as they are."""
+    pattern (different per frame and per view, so each eye's files differ), whose 8-bit values
+    are written as they are."""
     knob = source._knobs.get("color")
     if source._cls == "Constant" and isinstance(knob, _n.AColor_Knob) and knob._touched:
         rgba, encoded = list(knob._values), False
     else:
-        rgba, encoded = [((frame * 37) % 256) / 255.0, 64 / 255.0, 128 / 255.0, 1.0], True
+        rgba, encoded = [((frame * 37 + 101 * view_index) % 256) / 255.0, 64 / 255.0, 128 / 255.0, 1.0], True
     for expr in expressions:
         env = dict(zip("rgba", rgba))
         new = []

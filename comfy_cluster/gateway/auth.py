@@ -1,0 +1,248 @@
+"""Who is asking: the gateway's users, tokens and the ``comfy-user`` header, in one place.
+
+Every request gets one :class:`User` (:func:`request_user`), decided by :class:`Authenticator`:
+
+* ``Authorization: Bearer TOKEN`` (or ``?token=TOKEN`` for websocket clients that cannot send
+  headers): the gateway's admin token (``--token``), or a user's token from the users file;
+* ``comfy-user: NAME`` (ComfyUI's multi-user header), only with ``trust_user_header`` (a
+  trusted network: anyone can send any name); with a users file the name must be in it;
+* nothing: when neither a token nor a users file is configured, an anonymous user (ComfyUI
+  without users: everyone sees everything); else 401.
+
+The users file is JSON ``{"users": {"NAME": {"token_sha256": HEX, "admin": false}}}``: only
+hashes of the tokens are stored, so the file is no secret. :func:`add_user` makes a token
+and prints nothing: the command line shows it once. The file is read again when it changes,
+so added users need no restart.
+
+Fair share, visibility and event streams all key on :attr:`User.owner` and :attr:`User.name`,
+never on the ``client_id`` a client chooses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+__all__ = [
+    "User",
+    "Authenticator",
+    "UsersFile",
+    "add_user",
+    "check_token",
+    "server_query",
+    "request_user",
+    "token_hash",
+    "USER_HEADER",
+    "ANONYMOUS",
+]
+
+log = logging.getLogger(__name__)
+
+USER_HEADER = "comfy-user"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+
+try:  # aiohttp >= 3.10 wants typed keys for request storage
+    from aiohttp.web import RequestKey
+
+    _REQUEST_KEY: Any = RequestKey("comfy_cluster_user", object)
+except ImportError:  # pragma: no cover - older aiohttp
+    _REQUEST_KEY = "comfy_cluster_user"
+
+
+@dataclass(frozen=True)
+class User:
+    """The one identity of a request.
+
+    ``name``: the user (``"default"`` for anonymous requests, as ComfyUI's single user);
+    storage and event streams are per name. ``admin``: sees and manages every job.
+    ``owner``: whose turn a job counts for in the fair share (a user's name; an anonymous
+    request's remote address, so that machines share fairly without users).
+    ``identified``: the name was proven (token) or asserted (trusted header).
+    """
+
+    name: str
+    admin: bool = False
+    owner: str = ""
+    identified: bool = True
+
+    def sees(self, name: str) -> bool:
+        """May this user see and manage a job of user ``name``?"""
+        return self.admin or name == self.name
+
+
+ANONYMOUS = User("default", admin=True, owner="", identified=False)
+
+
+def token_hash(token: str) -> str:
+    """The hex SHA-256 stored for a token (tokens are random: no slow hash is needed)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def check_token(token: Optional[str], what: str) -> Optional[str]:
+    """``token`` if usable; None when not given; ValueError (one line) when empty or only quotes.
+
+    An empty token usually means an unset variable (``--token "$SECRET"``): every request
+    would then be refused, silently. cmd.exe keeps quotes in ``set VAR="..."``: one pair is
+    removed (``unquote_env``) before this check.
+    """
+    if token is None:
+        return None
+    stripped = token.strip()
+    if not stripped.strip("'\""):
+        raise ValueError(f"{what} is empty{' (only quotes)' if stripped else ''}: is the variable you passed set? Give a token, or none to run without one")
+    if stripped != token:
+        raise ValueError(f"{what} starts or ends with blanks: give the token alone")
+    return token
+
+
+class UsersFile:
+    """The users file (name -> token hash, admin), re-read when its modification time changes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: Optional[Tuple[int, int]] = None
+        self._by_hash: Dict[str, Tuple[str, bool]] = {}
+        self._names: Dict[str, bool] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the file (raises ValueError with the path for a broken one; a missing file is
+        an empty list of users)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._stamp, self._by_hash, self._names = None, {}, {}
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        users = _read_users(self.path)
+        self._by_hash = {entry["token_sha256"]: (name, bool(entry.get("admin"))) for name, entry in users.items()}
+        self._names = {name: bool(entry.get("admin")) for name, entry in users.items()}
+        self._stamp = stamp
+
+    def by_token(self, token: str) -> Optional[User]:
+        found = self._by_hash.get(token_hash(token))
+        return User(found[0], admin=found[1], owner=found[0]) if found else None
+
+    def by_name(self, name: str) -> Optional[User]:
+        admin = self._names.get(name)
+        return User(name, admin=admin, owner=name) if admin is not None else None
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _read_users(path: str) -> Dict[str, Dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"users file {path}: {exc}") from None
+    users = data.get("users") if isinstance(data, dict) else None
+    if not isinstance(users, dict):
+        raise ValueError(f'users file {path}: expected {{"users": {{NAME: {{"token_sha256": ..., "admin": false}}}}}}')
+    for name, entry in users.items():
+        if not _NAME.match(name) or not isinstance(entry, dict) or not isinstance(entry.get("token_sha256"), str):
+            raise ValueError(f"users file {path}: bad entry for user {name[:64]!r}")
+    return users
+
+
+def add_user(path: str, name: str, *, admin: bool = False) -> str:
+    """Add (or give a new token to) user ``name`` in the users file; returns the new token.
+
+    The file is replaced atomically and readable by its owner only (it holds no secret, but
+    whoever can write it can add users).
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"user name {name[:64]!r}: use letters, digits and _.@- (at most 128, starting with a letter or digit)")
+    users = _read_users(path) if os.path.exists(path) else {}
+    token = secrets.token_urlsafe(32)
+    users[name] = {"token_sha256": token_hash(token), "admin": admin}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".users-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"users": users}, fh, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return token
+
+
+class Authenticator:
+    """Decides the :class:`User` of a request (see the module docstring)."""
+
+    def __init__(self, token: Optional[str] = None, users: Optional[UsersFile] = None, *, trust_user_header: bool = False) -> None:
+        self._token = check_token(token, "the gateway token")
+        self._users = users
+        self.trust_user_header = trust_user_header
+
+    @property
+    def required(self) -> bool:
+        """True when a request with no identity is refused (a token or a users file is set)."""
+        return self._token is not None or self._users is not None
+
+    def identify(self, headers: Any, query: Any, remote: Optional[str]) -> Optional[User]:
+        """The user of a request, or None (answer 401). ``headers``/``query``: mappings."""
+        given = None
+        header = headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            given = header[7:]
+        elif "token" in query:
+            given = query.get("token")
+        if given:
+            user = self._by_token(given)
+            if user is not None:
+                return user
+            return None  # a wrong token is refused even where anonymous requests are allowed
+        if self.trust_user_header and headers.get(USER_HEADER):
+            return self._by_header(headers[USER_HEADER])
+        if self.required:
+            return None
+        # Without users anonymous requests see all jobs (ComfyUI's single user); beside trusted
+        # user names they see only the anonymous ones.
+        return User(ANONYMOUS.name, admin=not self.trust_user_header, owner=f"host:{remote or '?'}", identified=False)
+
+    def _by_token(self, given: str) -> Optional[User]:
+        if self._token is not None and hmac.compare_digest(given.encode(), self._token.encode()):
+            return User("admin", admin=True, owner="admin")
+        if self._users is not None:
+            self._users.reload()
+            return self._users.by_token(given)
+        return None
+
+    def _by_header(self, name: str) -> Optional[User]:
+        name = name.strip()
+        if self._users is not None and len(self._users):
+            self._users.reload()
+            return self._users.by_name(name)
+        return User(name, owner=name) if _NAME.match(name) else None
+
+
+def server_query(query: Any) -> Dict[str, str]:
+    """A client's query as it may go on to a server: without the gateway's ``token``. Every
+    request the gateway makes on a client's behalf takes its query from here."""
+    return {k: v for k, v in query.items() if k != "token"}
+
+
+def request_user(request: Any) -> User:
+    """The authenticated :class:`User` of an aiohttp request (set by the gateway's middleware;
+    anonymous when none was set, e.g. a request the middleware did not see)."""
+    user = request.get(_REQUEST_KEY)
+    return user if isinstance(user, User) else ANONYMOUS
+
+
+def set_request_user(request: Any, user: User) -> None:
+    """Record ``user`` on the request (the gateway's middleware only)."""
+    request[_REQUEST_KEY] = user
