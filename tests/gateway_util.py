@@ -136,13 +136,16 @@ def of_prompt(frames: Sequence[Frame], prompt_id: str) -> List[Dict[str, Any]]:
 class ScriptClient:
     """A plain script client: socket first, then post, follow by prompt_id, read history."""
 
-    def __init__(self, url: str, token: Optional[str] = None) -> None:
+    def __init__(self, url: str, token: Optional[str] = None, cookies: Optional[Dict[str, str]] = None) -> None:
         self.url = url
         self.client_id = str(uuid.uuid4())
         self.http = requests.Session()
         headers = [f"Authorization: Bearer {token}"] if token else []
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
+        if cookies:  # a signed-in browser: its session cookie on every request and the socket
+            self.http.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+            headers.append("Cookie: " + self.http.headers["Cookie"])
         self.socket = _Socket(url, self.client_id, headers)
         self.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "status")
 

@@ -25,6 +25,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from comfy_cluster.gateway.auth import add_user
 from comfy_cluster.testing import MockComfyServer, wait_until
 from comfy_cluster.testing.workflows import txt2img_workflow
 from gateway_util import gateway_over
@@ -153,7 +154,9 @@ def test_page_runs_a_graph_on_the_cluster(browser: Any, servers: List[MockComfyS
 
 
 def test_cancel_stops_the_pages_job_only_and_panels_show_jobs_after_reload(browser: Any, servers: List[MockComfyServer], tmp_path: Any) -> None:
-    with gateway_over(servers, gateway_kwargs={"user_dir": str(tmp_path / "user")}) as gw:
+    # least_loaded: both jobs must run at once, one per server; warm_models (the default) may
+    # rightly keep the page's job waiting for the server that has its checkpoint loaded.
+    with gateway_over(servers, gateway_kwargs={"user_dir": str(tmp_path / "user")}, strategy="least_loaded") as gw:
         _open_page(browser, gw.url)
         _pick_template(browser)
         for s in servers:  # both jobs stay running until the cancel is over
@@ -203,3 +206,51 @@ def test_multi_user_page_asks_who_you_are_and_keeps_your_settings(browser: Any, 
         assert mine["Comfy.InstalledVersion"] == "1.27.10"
         assert not (user_dir / "default").exists()
         assert requests.get(gw.url + "/api/settings", timeout=30).status_code == 401  # no user named
+
+
+def test_users_sign_in_on_the_login_page_and_see_only_their_own_jobs(browser: Any, servers: List[MockComfyServer], tmp_path: Any) -> None:
+    users_file = str(tmp_path / "users.json")
+    alice, bob = add_user(users_file, "alice"), add_user(users_file, "bob")
+    with gateway_over(servers, gateway_kwargs={"user_dir": str(tmp_path / "user"), "users": users_file}) as gw:
+        # bob's job, run by a script with his token: alice must not see it.
+        theirs = requests.post(gw.url + "/prompt", json={"prompt": txt2img_workflow(ckpt_name=MODEL, seed=3)}, headers={"Authorization": f"Bearer {bob}"}, timeout=30)
+        bobs = theirs.json()["prompt_id"]
+        wait_until(lambda: requests.get(gw.url + f"/history/{bobs}", headers={"Authorization": f"Bearer {bob}"}, timeout=30).json(), 60, message="bob's job done")
+        browser.get(gw.url + "/")
+        field = WebDriverWait(browser, 60).until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "input#token"))[0]
+        assert "/login?next=" in browser.current_url
+        field.send_keys("not-her-token")
+        field.submit()
+        error = WebDriverWait(browser, 60).until(lambda drv: drv.find_elements(By.CSS_SELECTOR, ".error"))[0]
+        assert error.text.startswith("wrong token")
+        assert [m.split(" - ")[0] for m in _failed_resources(browser, gw.url)] == [gw.url + "/login"]  # its 401
+        _screenshot(browser, tmp_path, "webui-sign-in.png")
+        browser.find_element(By.CSS_SELECTOR, "input#token").send_keys(alice)
+        browser.find_element(By.CSS_SELECTOR, "input#token").submit()
+        _wait(browser, "!!(window.app && window.app.graph && window.comfyAPI && window.__ccHello)", "the editor after signing in")
+        assert browser.current_url == gw.url + "/"
+        assert browser.execute_script("return document.cookie") == "", "the session cookie is HttpOnly"
+        browser.execute_script(HOOK)
+        _pick_template(browser)
+        browser.find_element(By.XPATH, "//button[normalize-space(.)='Run']").click()
+        _wait(browser, "window.__ev.some(e => e[0] === 'execution_success')", "her run's end (events on her socket)")
+        [mine] = _events(browser, "execution_success")
+        history = requests.get(gw.url + "/history", headers={"Authorization": f"Bearer {alice}"}, timeout=30).json()
+        assert list(history) == [mine], "the page's job is alice's"
+        browser.find_element(By.CSS_SELECTOR, "button.queue-tab-button").click()
+        _wait(browser, "document.querySelectorAll('.task-item').length >= 1", "the queue panel")
+        assert browser.execute_script("return document.querySelectorAll('.task-item').length") == 1, "only her job, not bob's"
+        settings = tmp_path / "user" / "alice" / "comfy.settings.json"
+        wait_until(lambda: settings.exists() and "Comfy.InstalledVersion" in json.loads(settings.read_text()), 60, message="her settings in her folder")
+        failed = _failed_resources(browser, gw.url)
+        assert failed == [], "\n".join(failed)
+        # A link from another site (a wiki, a chat) brings no SameSite=Strict cookie: the login
+        # page asks the gateway from its own origin and goes on to the editor without a token.
+        browser.get(f"data:text/html,<a id=go href='{gw.url}/'>the studio's ComfyUI</a>")
+        browser.find_element(By.ID, "go").click()
+        _wait(browser, "!!(window.app && window.app.graph && window.__ccHello)", "the editor, reached by a link from elsewhere")
+        # Signing out: the next page load asks again.
+        browser.get(gw.url + "/logout")
+        WebDriverWait(browser, 60).until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "input#token"))
+        browser.get(gw.url + "/")
+        WebDriverWait(browser, 60).until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "input#token"))

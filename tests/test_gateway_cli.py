@@ -77,6 +77,10 @@ def test_gateway_command_reports_bad_configuration_in_one_line(mock_cluster_fact
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert err.strip().splitlines() == ["comfy-cluster gateway: --argv: expected one path or a JSON list of strings"]
+    proc = _start(cluster, str(tmp_path), "--session-hours", "0")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == ["comfy-cluster gateway: --session-hours 0: give a positive number of hours"]
 
 
 @pytest.mark.parametrize("url, message", [

@@ -4,6 +4,8 @@ Every request gets one :class:`User` (:func:`request_user`), decided by :class:`
 
 * ``Authorization: Bearer TOKEN`` (or ``?token=TOKEN`` for websocket clients that cannot send
   headers): the gateway's admin token (``--token``), or a user's token from the users file;
+* a web UI session cookie (:mod:`.sessions`, opened by signing in at ``/login``: :mod:`.login`),
+  while its user still has the token they signed in with;
 * ``comfy-user: NAME`` (ComfyUI's multi-user header), only with ``trust_user_header`` (a
   trusted network: anyone can send any name); with a users file the name must be in it;
 * nothing: when neither a token nor a users file is configured, an anonymous user (ComfyUI
@@ -29,7 +31,9 @@ import re
 import secrets
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .sessions import Sessions
 
 __all__ = [
     "User",
@@ -42,11 +46,13 @@ __all__ = [
     "token_hash",
     "USER_HEADER",
     "ANONYMOUS",
+    "session_cookie_name",
 ]
 
 log = logging.getLogger(__name__)
 
 USER_HEADER = "comfy-user"
+SESSION_COOKIE = "comfy_cluster_session"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 
 try:  # aiohttp >= 3.10 wants typed keys for request storage
@@ -111,6 +117,7 @@ class UsersFile:
         self._stamp: Optional[Tuple[int, int]] = None
         self._by_hash: Dict[str, Tuple[str, bool]] = {}
         self._names: Dict[str, bool] = {}
+        self._hashes: Dict[str, str] = {}
         self.reload()
 
     def reload(self) -> None:
@@ -119,7 +126,7 @@ class UsersFile:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            self._stamp, self._by_hash, self._names = None, {}, {}
+            self._stamp, self._by_hash, self._names, self._hashes = None, {}, {}, {}
             return
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
@@ -127,6 +134,7 @@ class UsersFile:
         users = _read_users(self.path)
         self._by_hash = {entry["token_sha256"]: (name, bool(entry.get("admin"))) for name, entry in users.items()}
         self._names = {name: bool(entry.get("admin")) for name, entry in users.items()}
+        self._hashes = {name: entry["token_sha256"] for name, entry in users.items()}
         self._stamp = stamp
 
     def by_token(self, token: str) -> Optional[User]:
@@ -136,6 +144,10 @@ class UsersFile:
     def by_name(self, name: str) -> Optional[User]:
         admin = self._names.get(name)
         return User(name, admin=admin, owner=name) if admin is not None else None
+
+    def hash_of(self, name: str) -> Optional[str]:
+        """The token hash user ``name`` has now (None: no such user)."""
+        return self._hashes.get(name)
 
     def __len__(self) -> int:
         return len(self._names)
@@ -183,18 +195,27 @@ def add_user(path: str, name: str, *, admin: bool = False) -> str:
 class Authenticator:
     """Decides the :class:`User` of a request (see the module docstring)."""
 
-    def __init__(self, token: Optional[str] = None, users: Optional[UsersFile] = None, *, trust_user_header: bool = False) -> None:
+    def __init__(
+        self,
+        token: Optional[str] = None,
+        users: Optional[UsersFile] = None,
+        *,
+        trust_user_header: bool = False,
+        sessions: Optional[Sessions] = None,
+    ) -> None:
         self._token = check_token(token, "the gateway token")
         self._users = users
         self.trust_user_header = trust_user_header
+        self.sessions = sessions if sessions is not None else Sessions()
 
     @property
     def required(self) -> bool:
         """True when a request with no identity is refused (a token or a users file is set)."""
         return self._token is not None or self._users is not None
 
-    def identify(self, headers: Any, query: Any, remote: Optional[str]) -> Optional[User]:
-        """The user of a request, or None (answer 401). ``headers``/``query``: mappings."""
+    def identify(self, headers: Any, query: Any, remote: Optional[str], cookies: Optional[Mapping[str, str]] = None) -> Optional[User]:
+        """The user of a request, or None (answer 401). ``headers``/``query``/``cookies``:
+        mappings. A token wins over a session cookie, which wins over the ``comfy-user`` header."""
         given = None
         header = headers.get("Authorization", "")
         if header.startswith("Bearer "):
@@ -206,6 +227,11 @@ class Authenticator:
             if user is not None:
                 return user
             return None  # a wrong token is refused even where anonymous requests are allowed
+        session_id = cookies.get(session_cookie_name(headers.get("Host"))) if cookies and self.required else None
+        if session_id:
+            user = self.session_user(session_id)
+            if user is not None:
+                return user  # an ended session counts as none: the header or a 401 follows
         if self.trust_user_header and headers.get(USER_HEADER):
             return self._by_header(headers[USER_HEADER])
         if self.required:
@@ -213,6 +239,37 @@ class Authenticator:
         # Without users anonymous requests see all jobs (ComfyUI's single user); beside trusted
         # user names they see only the anonymous ones.
         return User(ANONYMOUS.name, admin=not self.trust_user_header, owner=f"host:{remote or '?'}", identified=False)
+
+    def sign_in(self, token: str) -> Optional[Tuple[User, str]]:
+        """Open a web UI session for ``token``'s user: ``(user, session id)``; None for a token
+        that is neither the admin token nor a user's (or when no sign-in is needed)."""
+        user = self._by_token(token) if self.required else None
+        if user is None:
+            return None
+        is_admin_token = self._token is not None and hmac.compare_digest(token.encode(), self._token.encode())
+        return user, self.sessions.open(user.name, token_hash(token), is_admin_token)
+
+    def sign_out(self, session_id: str) -> None:
+        """End a web UI session."""
+        self.sessions.end(session_id)
+
+    def session_user(self, session_id: str) -> Optional[User]:
+        """The user of a live session, while the credential it was opened with is still theirs:
+        a new token for the user (``add-user`` again) or their removal ends their sessions."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        if session.admin:
+            if self._token is not None and hmac.compare_digest(session.proof, token_hash(self._token)):
+                return User("admin", admin=True, owner="admin")
+            return None
+        if self._users is None:
+            return None
+        self._users.reload()
+        current = self._users.hash_of(session.user)
+        if current is None or not hmac.compare_digest(current, session.proof):
+            return None
+        return self._users.by_name(session.user)
 
     def _by_token(self, given: str) -> Optional[User]:
         if self._token is not None and hmac.compare_digest(given.encode(), self._token.encode()):
@@ -228,6 +285,15 @@ class Authenticator:
             self._users.reload()
             return self._users.by_name(name)
         return User(name, owner=name) if _NAME.match(name) else None
+
+
+def session_cookie_name(host: Optional[str]) -> str:
+    """The session cookie's name for a gateway reached as ``host`` (the ``Host`` header).
+
+    Browsers send a host's cookies to every port of it: two gateways on one machine would
+    overwrite each other's session. The port in the name keeps them apart."""
+    port = (host or "").rsplit(":", 1)[-1] if host and not host.endswith("]") else ""
+    return f"{SESSION_COOKIE}_{port}" if port.isdigit() else SESSION_COOKIE
 
 
 def server_query(query: Any) -> Dict[str, str]:

@@ -34,7 +34,8 @@ EXAMPLE = (
     "  comfy-cluster gateway add-user alice --users /etc/comfy-cluster/users.json   # prints alice's token\n"
     "  comfy-cluster gateway --host 0.0.0.0 --users /etc/comfy-cluster/users.json --argv /mnt/comfyui/main.py\n"
     "  comfy-cluster gateway --port 8188 --state postgresql://comfy@db.studio:5432/comfy --replica gw1   (replicas share it)\n"
-    "then point any ComfyUI client at http://HOST:PORT (ComfyUI-for-Nuke: NUKE_COMFYUI_URL)."
+    "then point any ComfyUI client at http://HOST:PORT (ComfyUI-for-Nuke: NUKE_COMFYUI_URL);\n"
+    "artists open http://HOST:PORT/ in a browser and sign in with their token (once; /logout ends it)."
 )
 
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--front-end-root", metavar="DIR", help="serve this ComfyUI frontend build (default: the installed comfyui-frontend-package)")
     p.add_argument("--multi-user", action="store_true", help="ComfyUI's multi-user mode: users pick a profile; settings and workflows per user")
     p.add_argument("--user-directory", metavar="DIR", help="where the web UI's users, settings and workflows are kept (default ~/.comfy-cluster/gateway-user)")
+    p.add_argument("--session-hours", type=float, default=168, metavar="H", help="how long a web UI sign-in (/login) lasts (default 168: a week)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     return p
 
@@ -156,11 +158,14 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
         from ..pool import ServerPool
         from ..state import StateURLError, Store, default_state_url, safe_url
         from . import Gateway
+        from .sessions import Sessions
     except ImportError as exc:
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
     try:
         token = _token(args.token, os.environ)
+        if not args.session_hours > 0:
+            raise ValueError(f"--session-hours {args.session_hours:g}: give a positive number of hours")
         users = args.users or _env(os.environ, ENV_USERS) or None
         extra = _argv(args.argv)
         options: Any = dict(
@@ -168,6 +173,7 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
             max_upload_size=int(args.max_upload_size * MB), ws_queue_bytes=int(args.ws_queue_size * MB),
             history_items=args.history_items, history_bytes=int(args.history_size * MB),
             front_end_root=args.front_end_root, multi_user=args.multi_user, user_dir=args.user_directory,
+            sessions=Sessions(ttl=args.session_hours * 3600),
         )
         kwargs: Any = {"strategy": args.strategy} if args.strategy else {}
     except (ComfyClusterError, ValueError) as exc:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ..config import ServerConfig
 from .info import ClusterInfo
+from .login import PUBLIC
 from .proxy import Online, stream_first
 
 __all__ = ["Frontend", "package_dir", "check_front_end_root"]
@@ -144,7 +145,7 @@ class Frontend:
             if folder is not None:
                 app.router.add_static(url, folder)
         if self.web_root is not None:
-            app.router.add_static("/", self.web_root)
+            app.router.add_static("/", self.web_root, name=PUBLIC)  # no sign-in needed (login.py)
 
     def routes(self) -> List[Tuple[str, str, Handler]]:
         """The API routes of the page's files (with and without ``/api``, as every route)."""

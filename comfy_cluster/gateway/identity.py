@@ -2,8 +2,9 @@
 
 ComfyUI's rule: in multi-user mode the ``comfy-user`` header names the user (the web page
 sends the user picked on its user screen); otherwise, or without the header, the user is
-``"default"``. The gateway's middleware decides it (:mod:`.auth`: a token's user first, the
-header where it is trusted, as in multi-user mode); this module only reads it.
+``"default"``. The gateway's middleware decides it (:mod:`.auth`: a token's user first, then
+the user signed in to the web UI (session cookie, :mod:`.login`), then the header where it is
+trusted, as in multi-user mode); this module only reads it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from typing import Awaitable, Callable, Iterable, List, Optional, Sequence, Set
 from aiohttp import web
 
 from ..config import ServerConfig
-from .auth import Authenticator, set_request_user
+from .auth import ANONYMOUS, Authenticator, User, set_request_user
+from .login import is_open, to_login, token_to_cookie, wants_page
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _PLAIN_500 = "500 Internal Server Error\n\nServer got itself in trouble"
@@ -36,7 +37,8 @@ _ANY = {"0.0.0.0", "::", ""}
 
 def guard(auth: Authenticator, allowed: Sequence[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The gateway's middleware: the Origin check (403), CORS for ``allowed`` origins, who is
-    asking (401 when nobody may be; else :func:`.auth.request_user` gives the user), and
+    asking (401 when nobody may be, or the login page for a browser's page request; else
+    :func:`.auth.request_user` gives the user; the sign-in routes answer anyone), and
     ComfyUI's plain-text 500 for a handler that raises."""
 
     @web.middleware
@@ -48,10 +50,18 @@ def guard(auth: Authenticator, allowed: Sequence[str]) -> Callable[..., Awaitabl
         extra = cors_headers(request, allowed)
         if request.method == "OPTIONS" and extra:
             return web.Response(headers=extra)  # a browser's preflight carries no credentials
-        user = auth.identify(request.headers, request.query, request.remote)
+        if is_open(request):  # signing in (login.py) needs no credentials
+            user: Optional[User] = ANONYMOUS
+        else:
+            user = auth.identify(request.headers, request.query, request.remote, request.cookies)
         if user is None:
+            if wants_page(request):
+                return to_login(request)  # a browser: the login page, then back here
             return web.Response(status=401, text="401: Unauthorized (comfy-cluster gateway token or user)", headers=extra)
         set_request_user(request, user)
+        signed_in = token_to_cookie(request, auth)  # a page opened with ?token=: a session instead
+        if signed_in is not None:
+            return signed_in
         try:
             response = await handler(request)
         except web.HTTPException:

@@ -38,12 +38,14 @@ from .info import ClusterInfo
 from .info_routes import index_page, info_routes
 from .jobs_api import JobRoutes
 from .metrics import GatewayMetrics
+from .login import login_routes
 from .network import guard, listens_beyond_loopback, self_loop_servers
 from .online import OnlineView
 from .queue_routes import queue_routes, read_json
 from .relay import DEFAULT_QUEUE_BYTES, Relay
 from .replicas import ReplicaLink
 from .restore import restore_jobs
+from .sessions import Sessions
 from .uploads import UploadStore
 from .userdata import userdata_routes
 from .userstore import FileUserStore, UserStore, default_user_dir
@@ -85,8 +87,8 @@ class Gateway:
     The web UI (README "The web UI on the cluster"): ``front_end_root``, a ComfyUI frontend
     build to serve instead of the installed ``comfyui-frontend-package``; ``multi_user``,
     ComfyUI's ``--multi-user`` (implies ``trust_user_header``); ``user_store``, where users' settings and files are kept
-    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``; replicas:
-    the state store).
+    (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``); ``sessions``:
+    the page's sign-ins at ``/login`` with a token or users (default: a week, in memory).
 
     ``state``: where prompts, attempts, history and uploads are kept (a
     :class:`~comfy_cluster.state.Store` or its URL; default: a temporary SQLite file deleted
@@ -121,6 +123,7 @@ class Gateway:
         user_store: Optional[UserStore] = None,
         state: Any = None,
         replica: Optional[str] = None,
+        sessions: Optional[Sessions] = None,
     ) -> None:
         self.pool = pool
         self._state = state
@@ -131,7 +134,7 @@ class Gateway:
         self._port = port
         # ComfyUI's multi-user mode is exactly "the comfy-user header names the user".
         trust_user_header = trust_user_header or multi_user
-        self.auth = Authenticator(token, UsersFile(users) if users else None, trust_user_header=trust_user_header)
+        self.auth = Authenticator(token, UsersFile(users) if users else None, trust_user_header=trust_user_header, sessions=sessions)
         self._allow_origins = tuple(o.rstrip("/") for o in allow_origins)
         self._history_bounds = (history_items, history_bytes)
         self._argv = argv
@@ -298,7 +301,7 @@ class Gateway:
             self.replicas = ReplicaLink(SharedQueue(store, name, self.url), keeper, self.book, self.relay, self.uploads, loop,
                                         [s.name for s in self.pool.servers], lambda: self.online.free_slots(self._b.active.values()))
         app = web.Application(client_max_size=self._max_upload, middlewares=[guard(self.auth, self._allow_origins)])
-        app[MULTI_USER] = self._multi_user
+        app[MULTI_USER] = self._multi_user and not self.auth.required  # with sign-in, it names the user
         self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -379,7 +382,7 @@ class Gateway:
             ("POST", "/upload/image", self._upload_image),
             ("POST", "/upload/mask", self._upload_image),
             ("GET", "/view", self._view),
-        ] + queue_routes(self._b) + info_routes(self.info, self._max_upload)
+        ] + queue_routes(self._b) + info_routes(self.info, self._max_upload) + login_routes(self.auth)
         servers = {s.name: s for s in self.pool.servers}
         web_ui = Frontend(self.info, servers, self._online, self._front_end_root)
         routes += web_ui.routes() + webinfo_routes(self.info, servers, self._online) + userdata_routes(self.user_store)

@@ -163,6 +163,7 @@ class MockComfyServer(InjectedFaults):
 
         self._lock = threading.RLock()
         self._queries: "collections.deque[Tuple[str, Dict[str, str]]]" = collections.deque(maxlen=10000)  # the newest
+        self._headers: "collections.deque[Tuple[str, Dict[str, str]]]" = collections.deque(maxlen=10000)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._started = False
@@ -316,6 +317,12 @@ class MockComfyServer(InjectedFaults):
         """``(path, query)`` of every request, in order (what a client or gateway sent)."""
         with self._lock:
             return list(self._queries)
+
+    @property
+    def request_headers(self) -> List[Tuple[str, Dict[str, str]]]:
+        """``(path, headers)`` of every request, in order; header names in lower case."""
+        with self._lock:
+            return list(self._headers)
 
     @property
     def view_queries(self) -> List[Dict[str, str]]:
@@ -791,6 +798,7 @@ class MockComfyServer(InjectedFaults):
         with self._lock:
             self._request_count += 1
             self._queries.append((request.path, dict(request.query)))
+            self._headers.append((request.path, {k.lower(): v for k, v in request.headers.items()}))
         rule = self._route_rules.take(request.method, request.path)
         if rule is not None:
             return await self._route_fault(rule, request, handler)
