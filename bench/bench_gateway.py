@@ -16,13 +16,15 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from typing import Iterator, List, NamedTuple, Sequence
+from typing import Iterator, List, NamedTuple, Optional, Sequence
 
 import requests
 import websocket
@@ -57,9 +59,11 @@ class Procs(NamedTuple):
 
 
 @contextlib.contextmanager
-def processes(mocks: int = 1, speed: float = 1000.0) -> Iterator[Procs]:
-    """``mocks`` mock servers and one gateway over them, each a process of its own."""
+def processes(mocks: int = 1, speed: float = 1000.0, state: Optional[str] = None) -> Iterator[Procs]:
+    """``mocks`` mock servers and one gateway over them, each a process of its own; the
+    gateway's state in ``state`` (default: a SQLite file in a temporary folder)."""
     procs: List["subprocess.Popen[bytes]"] = []
+    folder = tempfile.mkdtemp(prefix="bench-gateway-")
     try:
         urls = []
         for i in range(mocks):
@@ -72,7 +76,8 @@ def processes(mocks: int = 1, speed: float = 1000.0) -> Iterator[Procs]:
             urls.append(url)
         gport = free_port()
         env = dict(os.environ, NUKE_COMFYUI_SERVERS=json.dumps([{"name": f"m{i}", "url": u, "max_queue": 2} for i, u in enumerate(urls)]))
-        g = subprocess.Popen([sys.executable, "-m", "comfy_cluster", "gateway", "--port", str(gport)], env=env,
+        state = state or f"sqlite:///{folder}/gateway.sqlite3"
+        g = subprocess.Popen([sys.executable, "-m", "comfy_cluster", "gateway", "--port", str(gport), "--state", state], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(g)
         gurl = f"http://127.0.0.1:{gport}"
@@ -86,6 +91,7 @@ def processes(mocks: int = 1, speed: float = 1000.0) -> Iterator[Procs]:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def client_jobs(url: str, jobs: int, seed0: int) -> List[float]:

@@ -50,11 +50,11 @@ class Attempt:
 
     __slots__ = ("control", "server", "number", "prompt_id", "phase", "lost_at", "posted", "cold")
 
-    def __init__(self, control: "JobControl", server: str, number: int) -> None:
+    def __init__(self, control: "JobControl", server: str, number: int, prompt_id: Optional[str] = None) -> None:
         self.control = control
         self.server = server
         self.number = number
-        self.prompt_id = str(uuid.uuid4())
+        self.prompt_id = prompt_id or str(uuid.uuid4())
         self.phase = AttemptPhase.RESERVED
         self.lost_at: Optional[float] = None
         self.posted = False
@@ -91,6 +91,7 @@ class Ledger:
             attempt.phase = AttemptPhase.ENDED
         if gone is None:
             return False
+        attempt.control.note_attempt(attempt, "ended")
         self._monitor.job_released(attempt.server, seconds=seconds, ok=ok, cold=attempt.cold)
         self._on_release()
         return True

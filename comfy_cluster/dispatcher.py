@@ -16,7 +16,7 @@ import enum
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, Hashable, Iterator, List, Optional, Sequence, Set
+from typing import Any, Callable, Deque, Dict, Hashable, Iterator, List, Optional, Sequence, Set
 
 from .errors import ComfyClusterError, ServerError
 from .jobs import JobControl
@@ -126,6 +126,12 @@ class Dispatcher:
         with self._cond:
             self._woken = True
             self._cond.notify_all()
+
+    def adopted(self, job: Any) -> None:
+        """A job followed on a server without being dispatched (it counts there)."""
+        with self._cond:
+            self._running[job.owner] += 1
+            self._served[job.owner] += 1
 
     def attempt_ended(self, job: JobControl) -> None:
         """A job's attempt is over (its owner has one fewer job on servers)."""

@@ -73,6 +73,9 @@ class Job:
         self.created = time.monotonic()
         self.batch: Any = None
         self._on_event = on_event
+        #: ``fn(prompt_id, server, phase)``, called inline: ``"reserved"`` before each POST
+        #: (an exception stops the POST), ``"ended"`` once that copy's end is confirmed.
+        self._on_attempt: Optional[Callable[[str, str, str], None]] = None
         self._cond = threading.Condition()
         # Guarded by _cond:
         self._status = "queued"
@@ -270,6 +273,20 @@ class Job:
             if not self._final:
                 self._status = "queued"
 
+    def _note_attempt(self, attempt: "Attempt", phase: str) -> None:
+        """Tell ``on_attempt`` about ``attempt`` (inline, on the library thread that knows).
+        A failure to note an end is logged, never raised: the end stands."""
+        fn = self._on_attempt
+        if fn is None:
+            return
+        if phase == "reserved":
+            fn(attempt.prompt_id, attempt.server, phase)
+            return
+        try:
+            fn(attempt.prompt_id, attempt.server, phase)
+        except Exception:  # noqa: BLE001 - the copy's end is confirmed whatever its record says
+            log.exception("on_attempt failed for %s on %s", attempt.prompt_id, attempt.server)
+
     def _emit(self, kind: str, server: Optional[str], **fields: Any) -> None:
         """Record a non-terminal event and queue it for ``on_event``. Dropped once the job is
         final: the terminal event is always a job's last. ``job.events`` keeps only the last
@@ -443,6 +460,10 @@ class JobControl:
     def started(self, at: float) -> None:
         """Runner only: the job runs on its server now."""
         self.job._started(at)
+
+    def note_attempt(self, attempt: "Attempt", phase: str) -> None:
+        """Runners and the ledger: see :meth:`Job._note_attempt`."""
+        self.job._note_attempt(attempt, phase)
 
     def attach_inbox(self, inbox: "Optional[queue.Queue[Dict[str, Any]]]") -> None:
         """Runner only: where a cancel request is posted while the runner follows the job."""

@@ -21,7 +21,7 @@ from .client import ComfyClient
 from .errors import ComfyClusterError, JobFailed, ServerError, WorkflowError
 from .jobs import JobControl, JobResult
 from .loaders import PATH_INPUTS, input_directory, input_for, server_path
-from .runner import Outcome, RunnerContext, run_attempt
+from .runner import Outcome, RunnerContext, follow_attempt, run_attempt
 from .status import StatusMonitor
 from .workflow import set_inputs
 
@@ -76,9 +76,10 @@ class Runners:
         self._lock = threading.Lock()
         self._threads: Set[threading.Thread] = set()
 
-    def launch(self, attempt: Attempt) -> None:
-        """Start ``attempt``'s runner thread (the scheduler, once the attempt is reserved)."""
-        thread = threading.Thread(target=self._run, args=(attempt,), name=f"comfy-cluster-job-{attempt.server}", daemon=True)
+    def launch(self, attempt: Attempt, *, follow_only: bool = False) -> None:
+        """Start ``attempt``'s runner thread (the scheduler, once the attempt is reserved).
+        ``follow_only``: the copy is on its server already (adopted): follow it, never post."""
+        thread = threading.Thread(target=self._run, args=(attempt, follow_only), name=f"comfy-cluster-job-{attempt.server}", daemon=True)
         with self._lock:
             self._threads.add(thread)
         thread.start()
@@ -108,10 +109,11 @@ class Runners:
             cut=self._cut,
         )
 
-    def _run(self, attempt: Attempt) -> None:
+    def _run(self, attempt: Attempt, follow_only: bool = False) -> None:
         name = attempt.server
         try:
-            outcome = run_attempt(attempt, self.context(attempt))
+            run = follow_attempt if follow_only else run_attempt
+            outcome = run(attempt, self.context(attempt))
         except Exception as exc:  # never lose a job to a bug: fail it with the reason
             log.exception("job attempt on %s crashed", name)
             outcome = Outcome("failed", error=ServerError(f"{name}: internal error: {exc!r}", server=name), confirmed=False)

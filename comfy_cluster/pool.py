@@ -86,6 +86,7 @@ class ServerPool:
         wait_for_server: float = 30.0,
         ws_connect_timeout: float = 5.0,
         rng: Optional[random.Random] = None,
+        client_id: Optional[str] = None,
     ) -> None:
         configs: List[ServerConfig] = []
         for i, s in enumerate(servers):
@@ -106,7 +107,9 @@ class ServerPool:
         # affinity on later without replacing the object they hold.
         self._strategy = CacheAffinity(get_strategy(strategy, rng), enabled=False)
         self._clock = clock
-        self.client_id = str(uuid.uuid4())
+        # The websocket clientId the servers route our jobs' events to: a process that follows
+        # jobs an earlier one posted (a restarted gateway) passes the same id to get them.
+        self.client_id = client_id or str(uuid.uuid4())
         self._clients: Dict[str, ComfyClient] = {s.name: ComfyClient(s, timeout=request_timeout) for s in configs}
         self._monitor = StatusMonitor(
             configs, self._clients, ttl=status_ttl, clock=clock, probe_timeout=probe_timeout,
@@ -141,8 +144,8 @@ class ServerPool:
     def _wake(self) -> None:
         self._scheduler.wake()
 
-    def _launch(self, attempt: Attempt) -> None:
-        self._runners.launch(attempt)
+    def _launch(self, attempt: Attempt, *, follow_only: bool = False) -> None:
+        self._runners.launch(attempt, follow_only=follow_only)
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> "ServerPool":
@@ -259,6 +262,7 @@ class ServerPool:
         on_event: Optional[Callable[[JobEvent], None]] = None,
         retries: int = 2,
         owner: Optional[str] = None,
+        on_attempt: Optional[Callable[[str, str, str], None]] = None,
     ) -> Job:
         """Run ``workflow`` on the cluster; returns a :class:`Job` at once.
 
@@ -270,10 +274,44 @@ class ServerPool:
         ``owner`` names who the job is for (a user of a shared gateway): when jobs of several
         owners wait, the next free server slot goes to the owner with the fewest jobs on the
         servers now (then the fewest served so far), not to the oldest job.
+
+        ``on_attempt(prompt_id, server, phase)`` is called inline on a library thread:
+        ``"reserved"`` before each ``POST /prompt`` (if it raises, nothing is posted and the
+        job fails), ``"ended"`` once that copy's end on its server is confirmed. A process
+        that records them can follow its jobs after a crash with :meth:`adopt`.
         """
         (control,) = self._prepare([workflow], [inputs], on_event=on_event, retries=retries, owner=owner)
+        control.job._on_attempt = on_attempt
         self._enqueue([control])
         return control.job
+
+    def adopt(
+        self,
+        workflow: WorkflowLike,
+        server: str,
+        prompt_id: str,
+        *,
+        inputs: Optional[Mapping[str, str]] = None,
+        on_event: Optional[Callable[[JobEvent], None]] = None,
+        retries: int = 2,
+        owner: Optional[str] = None,
+        on_attempt: Optional[Callable[[str, str, str], None]] = None,
+    ) -> Job:
+        """A :class:`Job` for ``workflow`` already posted to ``server`` as ``prompt_id`` (by an
+        earlier process: a gateway that restarted, a replica that died). It is followed there
+        to its end, never posted again; if the server does not hold it (it never arrived, or
+        the server restarted) it runs like a submitted job, on any server. Arguments as in
+        :meth:`submit`. Raises :class:`ConfigError` for a server not in the pool."""
+        self._check_open()
+        config = self._by_name.get(server)
+        if config is None:
+            raise ConfigError(f"adopt: no server named {server!r} in the pool")
+        job = Job(load_workflow(workflow), inputs={str(k): os.fspath(v) for k, v in (inputs or {}).items()},
+                  on_event=on_event, retries=retries, owner=owner)
+        job._on_attempt = on_attempt
+        control = JobControl(job, seq=next(self._seq), executor=self._callbacks, on_cancel=self._scheduler.wake, download=self._download_for)
+        self._scheduler.adopt(control, config, prompt_id)
+        return job
 
     def _prepare(
         self, workflows: Sequence[WorkflowLike], inputs: Sequence[Optional[Mapping[str, str]]], *,
@@ -378,7 +416,7 @@ class ServerPool:
         if self._closed.is_set():
             raise ComfyClusterError("the pool is closed")
 
-    def close(self) -> None:
+    def close(self, *, cancel: bool = True) -> None:
         """Cancel unfinished jobs (on their servers too), stop every thread, close every socket.
 
         Bounded whatever servers and user code do: runners get ``CLOSE_GRACE`` seconds to
@@ -389,6 +427,10 @@ class ServerPool:
         is alive except the callback thread while a callback that has not returned holds it
         (it then runs the terminal events and done-callbacks queued behind that callback, and
         ends; progress events still queued are dropped).
+
+        ``cancel=False`` leaves the jobs running on their servers (another process that
+        recorded them follows them there: a gateway replica handing over) and only cuts
+        the connections; their ``Job`` objects end as cancelled here.
         """
         if self._closed.is_set():
             return
@@ -396,10 +438,10 @@ class ServerPool:
         for control in self._scheduler.close():
             control.cancelled(None, "cancelled: pool closed")
         running = self._ledger.live()
-        for a in running:
-            a.job.cancel()
-        deadline = time.monotonic() + CLOSE_GRACE
-        self._runners.join(deadline)
+        if cancel:
+            for a in running:
+                a.job.cancel()
+            self._runners.join(time.monotonic() + CLOSE_GRACE)
         self._cut.set()
         for client in self._clients.values():
             client.close()  # cuts requests still hanging (a server that never answers)

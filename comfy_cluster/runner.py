@@ -24,7 +24,7 @@ from .policy import Action, Decision, Phase, decide, follow_timeout
 if TYPE_CHECKING:  # pragma: no cover
     from .events import ServerSocket
 
-__all__ = ["Outcome", "RunnerContext", "run_attempt", "is_server_specific"]
+__all__ = ["Outcome", "RunnerContext", "run_attempt", "follow_attempt", "is_server_specific"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,13 @@ def run_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
         position = ctx.position()
         body = {"prompt": workflow, "client_id": ctx.client_id, "prompt_id": attempt.prompt_id}
         try:
+            # Recorded before the POST (a gateway's store): a process that dies after the
+            # server took the job finds it there by this id, and never posts it twice.
+            job.note_attempt(attempt, "reserved")
+        except Exception as exc:  # noqa: BLE001 - nothing was sent: the job fails, told why
+            log.warning("job attempt on %s not recorded: %s", name, exc)
+            return Outcome("failed", error=ComfyClusterError(f"attempt not recorded: {exc}"))
+        try:
             with ctx.post_gate:
                 if job.cancel_requested:
                     return Outcome("cancelled", reason="cancelled before submission")
@@ -143,12 +150,47 @@ def run_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
             if answer.get("prompt_id") != attempt.prompt_id:
                 # An old server that ignores client-chosen ids: follow the id it gave.
                 sock.unregister(attempt.prompt_id)
+                job.note_attempt(attempt, "ended")
                 attempt.prompt_id = str(answer["prompt_id"])
                 sock.register(attempt.prompt_id, inbox.put)
+                job.note_attempt(attempt, "reserved")
         job.posted(attempt)
         job.emit("submitted", name)
         job.emit("queued", name, position=position)
         return _Follower(attempt, ctx, inbox).run()
+    finally:
+        sock.unregister(attempt.prompt_id)
+        job.attach_inbox(None)
+
+
+def follow_attempt(attempt: Attempt, ctx: RunnerContext) -> Outcome:
+    """Follow ``attempt``, posted to its server by an earlier process (a gateway restarted,
+    or a replica that died), to its end; never posts. An attempt the server does not hold
+    (queued, running or in its history) never arrived there: it ``move``s, confirmed, and
+    runs elsewhere. Never raises."""
+    job = attempt.control
+    inbox: "queue.Queue[Dict[str, Any]]" = queue.Queue()
+    sock = ctx.socket
+    sock.register(attempt.prompt_id, inbox.put)
+    job.attach_inbox(inbox)
+    try:
+        try:
+            sock.ensure_connected()
+        except ComfyClusterError as exc:
+            log.debug("%s: websocket not connected for an adopted job (%s): following by polling", attempt.server, exc)
+        attempt.posted = True
+        attempt.phase = AttemptPhase.POSTED
+        job.posted(attempt)
+        follower = _Follower(attempt, ctx, inbox)
+        first = follower.reconcile()  # it may have ended while nobody listened
+        if first is not None:
+            if first.kind == "move" and first.confirmed:
+                first.reason = "not on its server when adopted (never arrived there)"
+            return first
+        job.emit("submitted", attempt.server)
+        if follower.started is not None:
+            job.emit("started", attempt.server)
+        return follower.run()
     finally:
         sock.unregister(attempt.prompt_id)
         job.attach_inbox(None)
@@ -232,7 +274,7 @@ class _Follower:
                 elif isinstance(kind, str) and not kind.startswith("_"):
                     self.deaf_maybe = False  # the server still routes our events to us
             if reconcile:
-                out = self._reconcile()
+                out = self.reconcile()
                 if out is not None:
                     return out
                 continue
@@ -256,7 +298,7 @@ class _Follower:
         down = Decision(Action.MOVE, mark_down=True, maybe_there=True)
         return _move(exc, down, self.name, confirmed=False, prefix="stopped answering: ")
 
-    def _reconcile(self) -> Optional[Outcome]:
+    def reconcile(self) -> Optional[Outcome]:
         client = self.ctx.client
         try:
             # The queue first, then the history: ComfyUI moves a finished job from one to the

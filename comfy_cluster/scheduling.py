@@ -46,7 +46,7 @@ class Scheduler:
         ledger: Ledger,
         strategy: Any,
         *,
-        launch: Callable[[Attempt], None],
+        launch: Callable[..., None],
         clock: Callable[[], float],
         wait_for_server: float,
     ) -> None:
@@ -105,6 +105,15 @@ class Scheduler:
 
     def attempt_ended(self, control: JobControl) -> None:
         self._queue.attempt_ended(control)
+
+    def adopt(self, control: JobControl, server: ServerConfig, prompt_id: str) -> None:
+        """Make ``control``'s first attempt the copy ``prompt_id`` already on ``server`` and
+        follow it (counted on the server and for its owner, as a dispatched attempt)."""
+        attempt = Attempt(control, server.name, 1, prompt_id=prompt_id)
+        control.claim(attempt, server)
+        self._ledger.reserve(attempt)
+        self._queue.adopted(control)
+        self._launch(attempt, follow_only=True)
 
     def pending(self, batch: object = None) -> int:
         return self._queue.pending(batch)

@@ -36,3 +36,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if "real_comfyui" in i.keywords])
         items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    """One real PostgreSQL server (its own cluster in a temporary folder) for the session."""
+    from comfy_cluster.testing.postgres import postgres_server
+
+    with postgres_server("postgres_tests") as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    import uuid
+
+    import psycopg
+
+    name = "t" + uuid.uuid4().hex[:12]
+    base = postgres_server_url.rsplit("/", 1)[0]
+    host_port = base.split("@", 1)[1]
+    host, port = host_port.split(":")
+    with psycopg.connect(f"host={host} port={port} user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{base}/{name}"

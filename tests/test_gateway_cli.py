@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Callable, List
 
 import pytest
@@ -19,8 +20,9 @@ from comfy_cluster.testing.workflows import sleep_workflow
 pytestmark = pytest.mark.timeout(60)
 
 
-def _start(cluster: MockCluster, *args: str) -> "subprocess.Popen[str]":
-    env = dict(os.environ, NUKE_COMFYUI_SERVERS=cluster.servers_json())
+def _start(cluster: MockCluster, state_dir: str, *args: str) -> "subprocess.Popen[str]":
+    # Never the developer's own data folder: the default state lives there.
+    env = dict(os.environ, NUKE_COMFYUI_SERVERS=cluster.servers_json(), COMFY_CLUSTER_GATEWAY_STATE=f"sqlite:///{state_dir}/gw.sqlite3")
     env.pop("COMFY_CLUSTER_GATEWAY_TOKEN", None)
     return subprocess.Popen(
         [sys.executable, "-m", "comfy_cluster", "gateway", "--port", "0", *args],
@@ -34,15 +36,15 @@ def _start(cluster: MockCluster, *args: str) -> "subprocess.Popen[str]":
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
-def test_gateway_command_tells_clients_and_cancels_on_every_stop(mock_cluster_factory: Callable[..., MockCluster], sig: int, code: int) -> None:
+def test_gateway_command_tells_clients_and_cancels_on_every_stop(mock_cluster_factory: Callable[..., MockCluster], sig: int, code: int, tmp_path: Path) -> None:
     # SIGHUP (a closed terminal) used to kill it on the spot, leaving its jobs on the GPUs; the
     # stops it did handle closed the clients' sockets without a word about their prompts.
     cluster = mock_cluster_factory(speeds=(1.0, 1.0))
-    proc = _start(cluster, "--strategy", "round_robin", "--token", "t0ken")
+    proc = _start(cluster, str(tmp_path), "--strategy", "round_robin", "--token", "t0ken")
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        match = re.match(r"comfy-cluster gateway on (http://127\.0\.0\.1:\d+) -> 2 server\(s\): mock1, mock2 \(strategy round_robin, (?:admin token|token required)\)", line)
+        match = re.match(r"comfy-cluster gateway on (http://127\.0\.0\.1:\d+) -> 2 server\(s\): mock1, mock2 \(strategy round_robin, (?:admin token|token required); state sqlite:///.*/gw\.sqlite3\)", line)
         assert match, line
         url = match.group(1)
         client = ScriptClient(url, token="t0ken")
@@ -69,13 +71,27 @@ def test_gateway_command_tells_clients_and_cancels_on_every_stop(mock_cluster_fa
         assert s.executed_prompt_ids == []
 
 
-def test_gateway_command_reports_bad_configuration_in_one_line(mock_cluster_factory: Callable[..., MockCluster]) -> None:
+def test_gateway_command_reports_bad_configuration_in_one_line(mock_cluster_factory: Callable[..., MockCluster], tmp_path: Path) -> None:
     cluster = mock_cluster_factory(speeds=(1.0,))
-    proc = _start(cluster, "--argv", "[1]")
+    proc = _start(cluster, str(tmp_path), "--argv", "[1]")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert err.strip().splitlines() == ["comfy-cluster gateway: --argv: expected one path or a JSON list of strings"]
-    proc = _start(cluster, "--session-hours", "0")
+    proc = _start(cluster, str(tmp_path), "--session-hours", "0")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert err.strip().splitlines() == ["comfy-cluster gateway: --session-hours 0: give a positive number of hours"]
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://u@h/db", "state: unknown kind 'mysql' in 'mysql://u@h/db': use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"),
+    ("sqlite://rel.db", "state: 'sqlite://rel.db': a SQLite URL is sqlite:///PATH (three slashes)"),
+    ("postgresql://u:s3cret@127.0.0.1:notaport/db", "state: 'postgresql://u:***@127.0.0.1:notaport/db': the port is not a number"),
+])
+def test_gateway_command_reports_a_bad_state_url_in_one_line(mock_cluster_factory: Callable[..., MockCluster], tmp_path: Path, url: str, message: str) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    proc = _start(cluster, str(tmp_path), "--state", url)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == [f"comfy-cluster gateway: {message}"]
+    assert "s3cret" not in err

@@ -7,7 +7,9 @@ waiting, the next slot goes to the client served least (fair share), not to the 
 
 All state here lives on the gateway's event loop; the pool's callbacks (on library threads)
 are marshalled onto it with ``call_soon_threadsafe``, so no lock is needed and events keep
-their order.
+their order. Every change that must outlive the process is written to the state store
+through the :class:`~comfy_cluster.gateway.durable.Keeper`: a job's end is told to its client
+only once its history item is committed, and each attempt is recorded before its POST.
 """
 
 from __future__ import annotations
@@ -17,65 +19,24 @@ import collections
 import concurrent.futures
 import inspect
 import logging
-from dataclasses import dataclass, field
+import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..jobs import Job, JobEvent
+from ..state import Store
 from .auth import User
+from .durable import Keeper
+from .gatewayjob import GatewayJob
+from .metrics import GatewayMetrics
 from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS, FileKey, History
-from .messages import Record, error_data, event_message, relabel, synthesized_history, terminal_message
-from .progress import NodeStates
+from .messages import error_data, event_message, relabel, synthesized_history, terminal_message
 from .relay import Key, Relay
 from .uploads import Version
 
-__all__ = ["GatewayJob", "JobBook"]
+__all__ = ["GatewayJob", "JobBook"]  # GatewayJob lives in .gatewayjob
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass(eq=False)
-class GatewayJob:
-    """One prompt posted to the gateway, whatever attempts the pool makes for it."""
-
-    prompt_id: str
-    number: float
-    client_id: str
-    prompt: Dict[str, Any]
-    extra_data: Dict[str, Any]
-    outputs: List[str]
-    inputs: Dict[str, str] = field(default_factory=dict)
-    user: str = "default"  # who posted it (auth.User.name): who sees and manages it
-    owner: str = ""  # whose turn it counts for in the fair share (auth.User.owner)
-    # Keep its events for the client's next socket: posted while none was open (cleared once
-    # a socket opens, so a later socket never gets events of a prompt that ended before it).
-    keep: bool = False
-    workflow: Optional[Dict[str, Any]] = None  # what the servers run, when it differs from prompt
-    held: List[Version] = field(default_factory=list)
-    state: str = "waiting"  # waiting (in the gateway), submitted (in the pool), running, done
-    job: Optional[Job] = None
-    started: bool = False
-    cached_sent: bool = False
-    deleted: bool = False
-    cancel_requested: bool = False
-    server: Optional[str] = None  # where its current attempt runs
-    node: Optional[str] = None  # the node running now (what a preview is of)
-    backlog: Optional[List[JobEvent]] = None  # events held until the job before it has ended
-    blocked: List["GatewayJob"] = field(default_factory=list)  # jobs whose events wait for this one
-    deferred_end: Optional[Tuple[Any, ...]] = None
-    record: Record = field(default_factory=Record)
-    nodes: NodeStates = field(init=False)  # its progress_state, rebuilt from its events
-
-    def __post_init__(self) -> None:
-        self.nodes = NodeStates(self.prompt_id)
-
-    @property
-    def key(self) -> Key:
-        """The event stream of this prompt: its user's socket with its clientId."""
-        return (self.user, self.client_id)
-
-    def queue_item(self) -> List[Any]:
-        return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
 
 
 class JobBook:
@@ -90,10 +51,16 @@ class JobBook:
         *,
         capacity: Callable[[], int],
         release: Callable[[List[Version]], None],
+        keeper: Keeper,
+        metrics: Optional[GatewayMetrics] = None,
         history_items: int = DEFAULT_HISTORY_ITEMS,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
         self._pool = pool
+        self._keeper = keeper
+        self._store: Store = keeper.store
+        self._metrics = metrics
+        self._history_items = history_items
         self._relay = relay
         self._loop = loop
         self._executor = executor
@@ -119,7 +86,9 @@ class JobBook:
         return -number if front else number
 
     def add(self, gj: GatewayJob) -> None:
-        """Accept a posted prompt (its ``user``, ``owner`` and ``keep`` already set)."""
+        """Accept a posted prompt (its ``user``, ``owner`` and ``keep`` already set; already
+        in the store)."""
+        self._number = max(self._number, int(abs(gj.number)) + 1)
         self.active[gj.prompt_id] = gj
         owner = gj.owner
         self._owned[owner] = self._owned.get(owner, 0) + 1
@@ -186,7 +155,50 @@ class JobBook:
         if self.pool_takes_owner:
             kwargs["owner"] = gj.owner
         try:
-            job = self._pool.submit(gj.workflow or gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev), **kwargs)
+            job = self._pool.submit(
+                gj.workflow or gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev),
+                on_attempt=self._attempt_recorder(gj), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - told to the client as the job's error
+            call(self._submit_failed, gj, exc)
+            return
+        call(self._submitted, gj, job)
+        job.add_done_callback(lambda j: call(self._on_done, gj, j))
+
+    def _attempt_recorder(self, gj: GatewayJob) -> Callable[[str, str, str], None]:
+        """The pool's ``on_attempt``: on the library thread, inline (before the POST)."""
+        store, replica, metrics = self._store, self._keeper.replica, self._metrics
+
+        def record(attempt_id: str, server: str, phase: str) -> None:
+            if phase == "reserved":
+                store.reserve_attempt(attempt_id, gj.prompt_id, server, replica)
+                if metrics is not None:
+                    metrics.attempt(server)
+            else:
+                store.end_attempt(attempt_id)
+
+        return record
+
+    def adopt(self, gj: GatewayJob, attempt_id: str, server: str) -> None:
+        """After a restart or a take-over: follow ``gj``'s copy ``attempt_id`` on ``server``
+        (never post it again). The pool runs it afresh if that server does not hold it."""
+        self._number = max(self._number, int(abs(gj.number)) + 1)
+        self.active[gj.prompt_id] = gj
+        owner = gj.owner
+        self._owned[owner] = self._owned.get(owner, 0) + 1
+        self._served[owner] = self._served.get(owner, 0) + 1
+        self._waiting.setdefault(owner, collections.deque())
+        self._in_pool += 1
+        gj.state = "submitted"
+        gj.server = server
+        self._executor.submit(self._adopt, gj, attempt_id, server)
+
+    def _adopt(self, gj: GatewayJob, attempt_id: str, server: str) -> None:
+        call = self._call
+        kwargs: Dict[str, Any] = {"owner": gj.owner} if self.pool_takes_owner else {}
+        try:
+            job = self._pool.adopt(
+                gj.workflow or gj.prompt, server, attempt_id, inputs=gj.inputs or None,
+                on_event=lambda ev: call(self._on_event, gj, ev), on_attempt=self._attempt_recorder(gj), **kwargs)
         except Exception as exc:  # noqa: BLE001 - told to the client as the job's error
             call(self._submit_failed, gj, exc)
             return
@@ -211,6 +223,8 @@ class JobBook:
             gj.backlog.append(event)
             return
         if event.kind == "retrying":
+            if self._metrics is not None:
+                self._metrics.moved(event.from_server)
             gj.server = event.to_server
             gj.record.reset()
             gj.nodes.reset()
@@ -243,13 +257,17 @@ class JobBook:
                 return  # a later attempt after a move: the client sees one job
             gj.started = True
             gj.state = "running"
+            gj.started_at = time.time()
+            self._keeper.later(self._store.set_state, gj.prompt_id, "running", started=gj.started_at)
             self.queue_changed()
         elif event.kind == "cached":
             if gj.cached_sent:
                 return
             gj.cached_sent = True
         elif event.kind == "output" and event.server:
-            self.history.note_files(gj.prompt_id, event.server, [(f.type, f.subfolder, f.filename) for f in event.files])
+            keys = [(f.type, f.subfolder, f.filename) for f in event.files]
+            self.history.note_files(gj.prompt_id, event.server, keys)
+            self._keeper.later(self._store.note_files, gj.prompt_id, [(k, event.server) for k in keys])
         message = event_message(event, gj.prompt_id)
         if message is not None:
             for state in gj.nodes.before(event):
@@ -282,7 +300,6 @@ class JobBook:
             return
         told = gj.state == "told"  # the gateway stopped: the client already had its end
         gj.state = "done"
-        self.active.pop(gj.prompt_id, None)
         self._release(gj.held)
         gj.held = []
         owner = gj.owner
@@ -294,7 +311,9 @@ class JobBook:
         if gj.deleted:
             # Deleted while pending: no history, no events (as ComfyUI); the delete itself
             # told every socket the new queue length.
+            self.active.pop(gj.prompt_id, None)
             self.history.forget_unrecorded(gj.prompt_id)
+            self._keeper.later(self._store.delete_prompt, gj.prompt_id)
             self._unblock(gj)
             return
         if item is None:
@@ -307,7 +326,22 @@ class JobBook:
                 for f in files if isinstance(f, dict) and isinstance(f.get("filename"), str)
             ]
             self.history.note_files(gj.prompt_id, server, keys)
+        files = [(key, self.history.files[key]) for key in self.history.files_of(gj.prompt_id) if key in self.history.files]
+        # Told to the client only once committed: a client that saw the end finds it in
+        # /history, and a crash before the commit finds the job unfinished (never twice).
+        final = item
+        self._keeper.later(
+            self._store.finish, gj.prompt_id, status, item, files, owner=gj.user, client_id=gj.client_id,
+            created=gj.created, started=gj.started_at, keep=self._history_items, replica=self._keeper.replica,
+            then=lambda: self._told(gj, final, error, status, told),
+        )
+
+    def _told(self, gj: GatewayJob, item: Dict[str, Any], error: Optional[BaseException], status: str, told: bool) -> None:
+        """``gj``'s history item is committed: out of the queue, in /history, its end told."""
+        self.active.pop(gj.prompt_id, None)
         self.history.add(gj.prompt_id, gj.user, item)
+        if self._metrics is not None:
+            self._metrics.job_ended(status, time.time() - gj.created)
         if not told:
             end = terminal_message(item)
             if end is None:
@@ -365,7 +399,21 @@ class JobBook:
             self.active.pop(gj.prompt_id, None)
             self.cancel(gj)
 
+    def cancel_by_id(self, prompt_id: str, viewer: User) -> bool:
+        """The job API's cancel: a pending job of the viewer leaves the queue, a running one
+        is stopped; False (nothing done) for a finished, unknown or another user's id."""
+        gj = self.active.get(prompt_id)
+        if gj is None or gj.state in ("done", "told") or gj.deleted or gj.cancel_requested or not viewer.sees(gj.user):
+            return False
+        if gj.state == "running" or gj.started:
+            self.cancel(gj)
+        else:
+            self.delete_pending([prompt_id], viewer)
+        return True
+
     def cancel(self, gj: GatewayJob) -> None:
+        if not gj.cancel_requested:
+            self._keeper.later(self._store.request_cancel, gj.prompt_id)
         gj.cancel_requested = True
         if gj.job is not None:
             gj.job.cancel()
@@ -414,13 +462,31 @@ class JobBook:
                 self.cancel(gj)
         self.queue_changed()
 
-    def history_json(self, viewer: User, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1) -> Dict[str, Any]:
+    async def history_json(self, viewer: User, prompt_id: Optional[str] = None, max_items: Optional[int] = None, offset: int = -1) -> Dict[str, Any]:
+        """From memory (this gateway's, restored at start); one item another replica ended is
+        read from the store."""
         if prompt_id is not None:
-            return self.history.get(prompt_id, viewer)
+            found = self.history.get(prompt_id, viewer)
+            if not found:
+                row = await self.history_row(prompt_id)
+                if row is not None and viewer.sees(row["owner"] or "default"):
+                    found = {prompt_id: row["item"]}
+            return found
         return self.history.page(viewer, max_items=max_items, offset=offset)
 
-    def post_history(self, body: Dict[str, Any], viewer: User) -> None:
+    async def post_history(self, body: Dict[str, Any], viewer: User) -> None:
+        before = set(self.history.ids())
         if body.get("clear"):
             self.history.clear(viewer)
         if isinstance(body.get("delete"), list):
             self.history.delete(body["delete"], viewer)
+        gone = sorted(before - set(self.history.ids()))
+        if gone:
+            await self._keeper.run(self._store.delete_history, gone)
+
+    async def history_rows(self, **kwargs: Any) -> Tuple[int, List[Dict[str, Any]]]:
+        """Finished prompts for the job API (see :meth:`Store.history_rows`)."""
+        return await self._keeper.read(self._store.history_rows, **kwargs)
+
+    async def history_row(self, prompt_id: str) -> Optional[Dict[str, Any]]:
+        return await self._keeper.read(self._store.history_row, prompt_id)

@@ -33,6 +33,7 @@ EXAMPLE = (
     "  NUKE_COMFYUI_SERVERS='[{\"name\": \"gpu1\", \"host\": \"gpu1\", \"port\": 8188}]' comfy-cluster gateway --port 8188\n"
     "  comfy-cluster gateway add-user alice --users /etc/comfy-cluster/users.json   # prints alice's token\n"
     "  comfy-cluster gateway --host 0.0.0.0 --users /etc/comfy-cluster/users.json --argv /mnt/comfyui/main.py\n"
+    "  comfy-cluster gateway --port 8188 --state postgresql://comfy@db.studio:5432/comfy --replica gw1   (replicas share it)\n"
     "then point any ComfyUI client at http://HOST:PORT (ComfyUI-for-Nuke: NUKE_COMFYUI_URL);\n"
     "artists open http://HOST:PORT/ in a browser and sign in with their token (once; /logout ends it)."
 )
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ws-queue-size", type=float, default=32, metavar="MB", help="MB queued per client socket before previews are dropped, then the socket closed (default 32)")
     p.add_argument("--history-items", type=int, default=10000, help="history items kept (default 10000, as ComfyUI)")
     p.add_argument("--history-size", type=float, default=256, metavar="MB", help="MB of history kept (default 256)")
+    p.add_argument(
+        "--state",
+        help="where prompts, history and uploads are kept: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+        "(default: $COMFY_CLUSTER_GATEWAY_STATE, else gateway.sqlite3 in your data folder)",
+    )
+    p.add_argument("--replica", help="this replica's name on a PostgreSQL state (default HOST:PORT; keep it across restarts)")
     p.add_argument("--strategy", help="warm_models (default), least_loaded, round_robin, priority or fastest_completion")
     p.add_argument("--argv", help="ComfyUI's main.py path (or a JSON list) reported as argv in /system_stats (clients derive its folder from argv[0])")
     p.add_argument("--front-end-root", metavar="DIR", help="serve this ComfyUI frontend build (default: the installed comfyui-frontend-package)")
@@ -149,6 +156,7 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
     try:
         from ..errors import ComfyClusterError
         from ..pool import ServerPool
+        from ..state import StateURLError, Store, default_state_url, safe_url
         from . import Gateway
         from .sessions import Sessions
     except ImportError as exc:
@@ -168,20 +176,38 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
             sessions=Sessions(ttl=args.session_hours * 3600),
         )
         kwargs: Any = {"strategy": args.strategy} if args.strategy else {}
-        pool = ServerPool.from_env(**kwargs)
     except (ComfyClusterError, ValueError) as exc:
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
+    url = args.state or default_state_url()
     try:
-        gateway = Gateway(pool, host=args.host, port=args.port, **options)
+        store = Store(url)
+    except (StateURLError, ValueError) as exc:
+        print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the database refused: one line, no password
+        print(f"comfy-cluster gateway: state {safe_url(url)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 2
+    try:
+        # The same clientId as before a restart: the servers send it the events of the
+        # jobs it follows again (each replica has its own).
+        pool = ServerPool.from_env(client_id=store.client_id(args.replica or "default"), **kwargs)
+    except (ComfyClusterError, ValueError) as exc:
+        store.close()
+        print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        gateway = Gateway(pool, host=args.host, port=args.port, state=store, replica=args.replica, **options)
         gateway.start()
     except (OSError, ValueError) as exc:
         pool.close()
+        store.close()
         print(f"comfy-cluster gateway: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     done = stop or threading.Event()
     names = ", ".join(s.name for s in pool.servers)
-    print(f"comfy-cluster gateway on {gateway.url} -> {len(pool.servers)} server(s): {names} (strategy {pool.strategy}{_who(token, users, args.trust_user_header)})", flush=True)
+    replica = f", replica {gateway.replicas.shared.replica}" if gateway.replicas is not None else ""
+    print(f"comfy-cluster gateway on {gateway.url} -> {len(pool.servers)} server(s): {names} (strategy {pool.strategy}{_who(token, users, args.trust_user_header)}{replica}; state {safe_url(url)})", flush=True)
     if gateway.exposure_warning:
         print(f"comfy-cluster gateway: WARNING: {gateway.exposure_warning}", file=sys.stderr, flush=True)
     code = 0
@@ -191,7 +217,10 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
         except Stopped as stopped:
             code = 0 if stopped.signum == signal.SIGTERM else stopped.exit_code  # SIGTERM: a service's stop
         finally:
-            print("comfy-cluster gateway: stopping; telling clients, cancelling unfinished jobs", file=sys.stderr, flush=True)
+            handing_over = gateway.replicas is not None
+            what = "handing unfinished jobs over to the other replicas" if handing_over else "telling clients, cancelling unfinished jobs"
+            print(f"comfy-cluster gateway: stopping; {what}", file=sys.stderr, flush=True)
             gateway.stop()
-            pool.close()
+            pool.close(cancel=not handing_over)
+            store.close()
     return code

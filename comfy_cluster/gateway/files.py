@@ -10,7 +10,7 @@ the gateway's own uploads.
 from __future__ import annotations
 
 import json
-from typing import Dict, Mapping, Tuple
+from typing import Awaitable, Callable, Dict, Mapping, Optional, Tuple
 
 import aiohttp
 from aiohttp import BodyPartReader, web
@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import ServerConfig
 from .auth import server_query
+from .durable import Keeper
 from .info import ssl_for
 from .uploads import UploadError, UploadStore, split_reference
 
@@ -29,9 +30,10 @@ _FIELDS = ("subfolder", "type", "overwrite")
 _FIELD_BYTES = 4096
 
 
-async def receive_upload(request: web.Request, store: UploadStore) -> web.StreamResponse:
+async def receive_upload(request: web.Request, store: UploadStore, keeper: Keeper) -> web.StreamResponse:
     """``/upload/image`` and ``/upload/mask``: kept by the gateway, streamed to disk as they
-    arrive (never whole in memory), 413 beyond the store's file size limit. A mask is stored as
+    arrive (never whole in memory), 413 beyond the store's file size limit, and in the state
+    store before the answer (a restart, or another replica, finds it there). A mask is stored as
     sent (the gateway does not composite it onto ``original_ref`` as ComfyUI does)."""
     incoming = None
     fields: Dict[str, str] = {}
@@ -69,6 +71,10 @@ async def receive_upload(request: web.Request, store: UploadStore) -> web.Stream
             overwrite=fields.get("overwrite") in ("true", "1"),
         )
         incoming = None  # moved into the store, or deleted by it
+        key = (answer["type"], answer["subfolder"], answer["name"])
+        version = store.lookup(key)
+        if version is not None:
+            await keeper.run(keeper.store.put_upload_file, key, version.digest, version.path)
     except HttpProcessingError as exc:  # a malformed multipart part (bad header bytes)
         return web.Response(status=exc.code if 400 <= exc.code < 500 else 400, text=f"upload: {exc.message}")
     except UploadError as exc:
@@ -82,7 +88,7 @@ async def receive_upload(request: web.Request, store: UploadStore) -> web.Stream
 async def serve_view(
     request: web.Request,
     store: UploadStore,
-    files: Mapping[Tuple[str, str, str], str],
+    server_of: Callable[[Tuple[str, str, str]], Awaitable[Optional[str]]],
     servers: Mapping[str, ServerConfig],
     session: aiohttp.ClientSession,
 ) -> web.StreamResponse:
@@ -104,7 +110,7 @@ async def serve_view(
         if version is None:
             return web.Response(status=404)
         return web.FileResponse(version.path, headers={"Content-Disposition": f'filename="{filename}"'})
-    name = files.get((kind, subfolder, filename))
+    name = await server_of((kind, subfolder, filename))
     server = servers.get(name) if name else None
     if server is None:
         return web.Response(status=404)

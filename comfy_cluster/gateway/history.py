@@ -70,6 +70,14 @@ class History:
             if key not in mine:
                 mine.append(key)
 
+    def files_of(self, prompt_id: str) -> List[FileKey]:
+        """The files ``prompt_id`` made, as noted so far."""
+        return list(self._files_of.get(prompt_id, []))
+
+    def ids(self) -> List[str]:
+        """The prompt ids held, oldest first."""
+        return list(self._entries)
+
     def _forget_files(self, prompt_id: str) -> None:
         for key in self._files_of.pop(prompt_id, []):
             self.files.pop(key, None)

@@ -54,16 +54,16 @@ def queue_routes(book: JobBook) -> List[Tuple[str, str, Handler]]:
         q = request.query
         max_items = int(q["max_items"]) if "max_items" in q else None
         offset = int(q["offset"]) if "offset" in q else -1
-        return _json(book.history_json(request_user(request), max_items=max_items, offset=offset))
+        return _json(await book.history_json(request_user(request), max_items=max_items, offset=offset))
 
     async def get_history_item(request: web.Request) -> web.StreamResponse:
-        return _json(book.history_json(request_user(request), prompt_id=request.match_info["prompt_id"]))
+        return _json(await book.history_json(request_user(request), prompt_id=request.match_info["prompt_id"]))
 
     async def post_history(request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
         if not isinstance(body, dict):
             raise TypeError("history request must be an object")
-        book.post_history(body, request_user(request))
+        await book.post_history(body, request_user(request))
         return web.Response(status=200)
 
     return [

@@ -23,7 +23,7 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Deque, Dict, Optional, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
 from aiohttp import web
 
@@ -145,7 +145,10 @@ class _Kept:
 
 
 class Relay:
-    """Client sockets by (user, clientId), frames kept for clients not connected yet."""
+    """Client sockets by (user, clientId), frames kept for clients not connected yet.
+
+    ``publish(key, frame, keep)``, when set (replicas), is also given each JSON frame for a
+    client whose socket is not here: the replica that holds it sends it (:meth:`deliver`)."""
 
     def __init__(self, queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
         if queue_bytes < 64 * 1024:
@@ -155,6 +158,7 @@ class Relay:
         #: has none (a trusted network: ComfyUI's web page opens its socket without a header).
         self.anonymous_sees_named = False
         self.anonymous_name = "default"
+        self.publish: Optional[Callable[[Key, str, bool], None]] = None
         self._clients: Dict[Key, _Client] = {}
         self._kept: "collections.OrderedDict[Key, _Kept]" = collections.OrderedDict()
         self._kept_total = 0
@@ -198,6 +202,18 @@ class Relay:
         """A JSON event for one client; kept for its next socket when none is open and
         ``keep`` (a prompt posted while the client had no socket)."""
         frame = json.dumps({"type": kind, "data": data})
+        client = self._client_for(key)
+        if client is not None:
+            client.put(frame)
+            return
+        if self.publish is not None and key[1]:
+            self.publish(key, frame, keep)
+        if keep and key[1]:
+            self._keep(key, frame)
+
+    def deliver(self, key: Key, frame: str, keep: bool) -> None:
+        """A frame another replica published: sent if the client's socket is here, else kept
+        when ``keep``."""
         client = self._client_for(key)
         if client is not None:
             client.put(frame)

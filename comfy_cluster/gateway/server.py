@@ -12,15 +12,23 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import os
+import shutil
+import socket
 import threading
 import time
 import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 from aiohttp import WSMsgType, web
+from sqlalchemy.exc import IntegrityError
 
+from ..state import Store
+from ..state.shared import SharedQueue
 from .auth import Authenticator, UsersFile, request_user
 from .book import GatewayJob, JobBook
+from .dbusers import DbUserStore
+from .durable import Keeper, open_store
 from .files import receive_upload, serve_view
 from .folders import with_folders_copied
 from .frontend import Frontend, check_front_end_root
@@ -28,10 +36,15 @@ from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS
 from .identity import MULTI_USER
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
+from .jobs_api import JobRoutes
+from .metrics import GatewayMetrics
 from .login import login_routes
 from .network import guard, listens_beyond_loopback, self_loop_servers
+from .online import OnlineView
 from .queue_routes import queue_routes, read_json
 from .relay import DEFAULT_QUEUE_BYTES, Relay
+from .replicas import ReplicaLink
+from .restore import restore_jobs
 from .sessions import Sessions
 from .uploads import UploadStore
 from .userdata import userdata_routes
@@ -76,6 +89,14 @@ class Gateway:
     ComfyUI's ``--multi-user`` (implies ``trust_user_header``); ``user_store``, where users' settings and files are kept
     (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``); ``sessions``:
     the page's sign-ins at ``/login`` with a token or users (default: a week, in memory).
+
+    ``state``: where prompts, attempts, history and uploads are kept (a
+    :class:`~comfy_cluster.state.Store` or its URL; default: a temporary SQLite file deleted
+    at :meth:`stop`). Started on a store holding unfinished prompts (the gateway was killed),
+    it follows their copies on the servers by prompt id and queues the rest; the pool's
+    ``client_id`` should be ``store.client_id()`` (``comfy-cluster gateway`` does this). On a
+    PostgreSQL store it is one *replica* (``replica``, default ``HOST:PORT``) of a service
+    sharing one queue (README "Run it for a studio"); :meth:`stop` then hands its prompts over.
     """
 
     def __init__(
@@ -100,9 +121,13 @@ class Gateway:
         multi_user: bool = False,
         user_dir: Optional[str] = None,
         user_store: Optional[UserStore] = None,
+        state: Any = None,
+        replica: Optional[str] = None,
         sessions: Optional[Sessions] = None,
     ) -> None:
         self.pool = pool
+        self._state = state
+        self._replica = replica
         if hasattr(pool, "use_cache_affinity"):
             pool.use_cache_affinity()  # an identical prompt goes where ComfyUI has it cached
         self.host = host
@@ -119,14 +144,16 @@ class Gateway:
         self._max_in_pool = max_in_pool
         self._front_end_root = check_front_end_root(front_end_root) if front_end_root else None
         self._multi_user = multi_user
+        # Replicas keep users' data in their shared store (set once it is open); a single
+        # gateway in files under user_dir, ComfyUI's own layout, unless told otherwise.
+        self._user_store_given = user_store is not None or user_dir is not None
         self.user_store = user_store if user_store is not None else FileUserStore(user_dir or default_user_dir())
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._runner: Optional[web.AppRunner] = None
         self._submitter: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._helpers: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._online_cache: Tuple[float, List[str]] = (-1.0, [])
-        self._online_task: "Optional[asyncio.Task[List[str]]]" = None
+        self.online = OnlineView(pool, lambda: self._helpers)
         self.relay = Relay(ws_queue_bytes)
         # ComfyUI's page opens its socket without the user header: on a trusted network an
         # anonymous socket gets the events of the user who posts with its clientId.
@@ -134,6 +161,10 @@ class Gateway:
         self.uploads: Optional[UploadStore] = None
         self.info: Optional[ClusterInfo] = None
         self.book: Optional[JobBook] = None
+        self.keeper: Optional[Keeper] = None
+        self.replicas: Optional[ReplicaLink] = None
+        self._state_folder: Optional[str] = None
+        self.metrics = GatewayMetrics(lambda: self.online.live_numbers(self.book.active.values() if self.book else ()))
 
     def __repr__(self) -> str:
         return f"Gateway({self.url!r}, servers={[s.name for s in self.pool.servers]!r})"
@@ -230,6 +261,13 @@ class Gateway:
                 ex.shutdown(wait=True, cancel_futures=True)  # bounded: a probe has a timeout
         if self.uploads is not None:
             self.uploads.close()
+        if self.keeper is not None:
+            self.keeper.close()
+            if self._state_folder is not None or not isinstance(self._state, Store):
+                self.keeper.store.close()
+            if self._state_folder is not None:
+                shutil.rmtree(self._state_folder, ignore_errors=True)
+            self.keeper = None
         self._thread = None
         self._loop = None
 
@@ -237,6 +275,13 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._submitter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="comfy-cluster-gateway-submit")
         self._helpers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="comfy-cluster-gateway-status")
+        store, self._state_folder = await loop.run_in_executor(self._helpers, open_store, self._state)
+        name = None
+        if store.dialect == "postgresql":
+            name = self._replica or f"{socket.gethostname()}:{self._port or uuid.uuid4().hex[:8]}"
+            if not self._user_store_given:
+                self.user_store = DbUserStore(store)
+        self.keeper = keeper = Keeper(store, loop, replica=name)
         self.uploads = UploadStore(self._upload_dir, max_file_bytes=self._max_upload)
         self.info = ClusterInfo(self.pool.servers, self._online, ttl=self._info_ttl, argv=self._argv)
         self.book = JobBook(
@@ -246,9 +291,15 @@ class Gateway:
             self._submitter,
             capacity=self._capacity,
             release=self.uploads.release,
+            keeper=keeper,
+            metrics=self.metrics,
             history_items=self._history_bounds[0],
             history_bytes=self._history_bounds[1],
         )
+        await restore_jobs(keeper, self.uploads, self.book, [s.name for s in self.pool.servers])
+        if name is not None:
+            self.replicas = ReplicaLink(SharedQueue(store, name, self.url), keeper, self.book, self.relay, self.uploads, loop,
+                                        [s.name for s in self.pool.servers], lambda: self.online.free_slots(self._b.active.values()))
         app = web.Application(client_max_size=self._max_upload, middlewares=[guard(self.auth, self._allow_origins)])
         app[MULTI_USER] = self._multi_user and not self.auth.required  # with sign-in, it names the user
         self._add_routes(app)
@@ -263,11 +314,17 @@ class Gateway:
         server = getattr(site, "_server", None)
         if self._port == 0 and server is not None and server.sockets:
             self._port = server.sockets[0].getsockname()[1]
+        if self.replicas is not None:
+            self.replicas.shared.url = self.url
+            await loop.run_in_executor(self._helpers, self.replicas.start)
 
     async def _astop(self) -> None:
-        if self._online_task is not None:
-            self._online_task.cancel()
-        if self.book is not None:
+        self.online.cancel()
+        if self.replicas is not None:
+            # A replica hands its prompts over (the others take them at once) instead of
+            # cancelling them; close the pool with cancel=False.
+            await asyncio.get_running_loop().run_in_executor(self._helpers, self.replicas.stop)
+        elif self.book is not None:
             # Each waiting client first hears that its prompts ended (the gateway stopped),
             # then the jobs are cancelled on their servers.
             self.book.stop_all("the comfy-cluster gateway stopped; the prompt was cancelled")
@@ -306,20 +363,13 @@ class Gateway:
         return sum(s.max_queue for s in self.pool.servers if s.enabled) or 1
 
     async def _online(self) -> List[str]:
-        """Names of online servers, from the pool's status. Re-read in the background at most
-        every second: a request never waits on a probe, except for the very first reading."""
-        at, names = self._online_cache
-        if at < 0:
-            return await self._read_online()
-        if time.monotonic() - at >= 1.0 and (self._online_task is None or self._online_task.done()):
-            self._online_task = asyncio.get_running_loop().create_task(self._read_online())
-        return names
+        return await self.online.names()
 
-    async def _read_online(self) -> List[str]:
-        statuses = await asyncio.get_running_loop().run_in_executor(self._helpers, self.pool.status)
-        names = [s.name for s in statuses if s.online]
-        self._online_cache = (time.monotonic(), names)
-        return names
+    async def _metrics_route(self, request: web.Request) -> web.StreamResponse:
+        await self._online()  # refreshed in the background when older than a second
+        if self.replicas is not None:
+            self.online.leases = await self._k.read(self.replicas.shared.held_per_replica)
+        return await self.metrics.handler(request)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -340,7 +390,16 @@ class Gateway:
         for prefix in ("", "/api"):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
+        remote = self.replicas.cancel if self.replicas is not None else None
+        for method, path, handler in JobRoutes(self._b, remote_cancel=remote).routes():  # under /api only, as ComfyUI
+            app.router.add_route(method, path, handler)
+        app.router.add_route("GET", "/metrics", self._metrics_route)
         web_ui.add_static(app)  # last: the web root's files answer what no route does
+
+    @property
+    def _k(self) -> Keeper:
+        assert self.keeper is not None
+        return self.keeper
 
     @property
     def _b(self) -> JobBook:
@@ -435,18 +494,40 @@ class Gateway:
             held=versions,
             workflow=workflow,
         )
-        book.add(gj)
+        bound = {node: (v.digest, os.path.basename(v.path)) for node, v in zip(inputs, versions)}
+        try:
+            # Committed before the answer: a prompt_id the client was given is never lost.
+            await self._k.run(self._k.store.add_prompt, gj.row(bound))
+        except IntegrityError:  # that prompt_id is queued already (a POST sent again, another replica)
+            self.uploads.release(versions)
+            return _json(error_body("invalid_prompt_id", "Invalid prompt_id", "prompt_id must be a new non-empty string"), 400)
+        except Exception:
+            self.uploads.release(versions)
+            raise
+        if self.replicas is not None:
+            # Into the one queue: the replica with room claims it (maybe this one).
+            self.uploads.release(versions)
+            self._k.later(self.replicas.shared.queue_changed)
+        else:
+            book.add(gj)
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})
 
     # -- files --------------------------------------------------------------------------------
 
     async def _upload_image(self, request: web.Request) -> web.StreamResponse:
         assert self.uploads is not None
-        return await receive_upload(request, self.uploads)
+        return await receive_upload(request, self.uploads, self._k)
 
     async def _view(self, request: web.Request) -> web.StreamResponse:
         assert self.uploads is not None and self.info is not None
-        return await serve_view(request, self.uploads, self._b.files, {s.name: s for s in self.pool.servers}, self.info.session)
+        return await serve_view(request, self.uploads, self._server_of, {s.name: s for s in self.pool.servers}, self.info.session)
+
+    async def _server_of(self, key: Tuple[str, str, str]) -> Optional[str]:
+        """The server that made an output file: in memory, else as the store recorded it."""
+        name = self._b.files.get(key)
+        if name is None:
+            name = await self._k.read(self._k.store.file_server, key)
+        return name
 
     async def _feature_dict(self) -> Dict[str, Any]:
         assert self.info is not None

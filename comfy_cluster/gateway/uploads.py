@@ -200,6 +200,23 @@ class UploadStore:
             self._drop_if_unused(old)
         return {"name": name, "subfolder": sub, "type": type_}
 
+    def restore(self, key: Key, data: bytes) -> None:
+        """Make ``data`` the current upload under ``key`` again (after a restart)."""
+        kind, sub, name = key
+        self.put(name, data, subfolder=sub, type_=kind, overwrite=True)
+
+    def keep(self, name: str, data: bytes) -> Version:
+        """A version that is no current upload (a waiting prompt's bound file, restored after
+        a restart); :meth:`hold` it, and :meth:`release` drops it."""
+        self._seq += 1
+        folder = os.path.join(self.root, str(self._seq))
+        os.makedirs(folder)
+        path = os.path.join(folder, clean_name(name))
+        with open(path, "wb") as fh:
+            fh.write(data)
+        self._total += len(data)
+        return Version(path, len(data), hashlib.sha256(data).hexdigest(), current=False)
+
     def lookup(self, key: Key) -> Optional[Version]:
         return self._current.get(key)
 

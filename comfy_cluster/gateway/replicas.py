@@ -1,0 +1,178 @@
+"""``ReplicaLink``: this gateway as one replica of a service sharing a PostgreSQL database.
+
+Two threads of its own (blocking psycopg, as the library's threads are): the *heartbeat*
+writes this replica's heartbeat every second and takes over the prompts of replicas whose
+heartbeat stopped; the *listener* receives ``NOTIFY``: client frames for the sockets held
+here, wake-ups of the claimer, and cancels of prompts this replica follows. Claims run on
+the gateway's state thread whenever the servers have room. See
+:class:`~comfy_cluster.state.shared.SharedQueue` for the database side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+from ..state import PromptRow
+from ..state.shared import CHANNEL_CANCEL, CHANNEL_EVENTS, CHANNEL_QUEUE, SharedQueue
+from .book import JobBook
+from .durable import Keeper
+from .relay import Relay
+from .restore import take_up
+from .uploads import UploadStore
+
+__all__ = ["ReplicaLink"]
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = 1.0
+CLAIM_EVERY = 0.5
+
+
+class ReplicaLink:
+    """Runs replica ``shared.replica`` of the service (see the module docstring)."""
+
+    def __init__(self, shared: SharedQueue, keeper: Keeper, book: JobBook, relay: Relay, uploads: UploadStore,
+                 loop: asyncio.AbstractEventLoop, servers: Sequence[str], free_slots: Callable[[], int]) -> None:
+        self.shared = shared
+        self._keeper = keeper
+        self._book = book
+        self._relay = relay
+        self._uploads = uploads
+        self._loop = loop
+        self._servers = list(servers)
+        self._free_slots = free_slots
+        self._stop = threading.Event()
+        self._threads: List[threading.Thread] = []
+        self._claiming = False
+        self._claim_again = False
+        self.taken_over: List[Tuple[str, int]] = []  # (dead replica, prompts): for logs and tests
+        relay.publish = self._publish
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.shared.beat()
+        for name, target in (("heartbeat", self._heartbeat), ("listen", self._listen)):
+            thread = threading.Thread(target=target, name=f"comfy-cluster-gateway-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._loop.call_soon_threadsafe(self.claim_soon)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        try:
+            self.shared.leave()
+        except Exception as exc:  # noqa: BLE001 - the others find it dead a few seconds later
+            log.warning("replica %s: could not sign off: %s", self.shared.replica, exc)
+
+    # -- threads ------------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        ticks = 0
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                self.shared.beat()
+                for dead, rows in self.shared.take_over():
+                    log.warning("replica %s: replica %s is dead; taking over its %d prompt(s)", self.shared.replica, dead, len(rows))
+                    self._on_loop(self._take_up, dead, rows)
+                ticks += 1
+                if ticks % 60 == 0:
+                    self.shared.drop_old_frames()
+            except Exception as exc:  # noqa: BLE001 - the database may be back at the next beat
+                log.error("replica %s: heartbeat failed: %s", self.shared.replica, exc)
+
+    def _listen(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.shared.store.url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+                    for channel in (CHANNEL_EVENTS, CHANNEL_QUEUE, CHANNEL_CANCEL):
+                        conn.execute(f"LISTEN {channel}")
+                    self._on_loop(self.claim_soon)  # anything posted while not listening
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=CLAIM_EVERY):
+                            self._on_notify(note.channel, note.payload)
+                        self._on_loop(self.claim_soon)
+            except Exception as exc:  # noqa: BLE001 - reconnect; frames missed meanwhile are in /history
+                log.error("replica %s: listening failed: %s", self.shared.replica, exc)
+                self._stop.wait(1.0)
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == CHANNEL_QUEUE:
+            self._on_loop(self.claim_soon)
+            return
+        data = json.loads(payload)
+        if channel == CHANNEL_CANCEL:
+            if data.get("replica") == self.shared.replica:
+                self._on_loop(self._cancel_here, data["prompt_id"])
+        elif channel == CHANNEL_EVENTS and data.get("from") != self.shared.replica:
+            frame = data.get("frame")
+            if frame is None and data.get("id") is not None:
+                frame = self.shared.frame(int(data["id"]))
+            if isinstance(frame, str):
+                key = (str(data.get("user") or ""), str(data["client_id"]))
+                self._on_loop(self._relay.deliver, key, frame, bool(data.get("keep")))
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            log.debug("gateway stopped: replica message dropped")
+
+    # -- on the loop --------------------------------------------------------------------------
+
+    def _publish(self, key: Tuple[str, str], frame: str, keep: bool) -> None:
+        self._keeper.later(self.shared.publish, key[1], frame, user=key[0], keep=keep)
+
+    def _cancel_here(self, prompt_id: str) -> None:
+        gj = self._book.active.get(prompt_id)
+        if gj is not None and gj.state != "done":
+            self._book.cancel(gj)
+
+    def _take_up(self, dead: str, rows: List[PromptRow]) -> None:
+        self.taken_over.append((dead, len(rows)))
+        self._loop.create_task(take_up(self._keeper, self._uploads, self._book, rows, self._servers))
+
+    def claim_soon(self) -> None:
+        """Claim waiting prompts if the servers have room (one claim at a time)."""
+        if self._stop.is_set():
+            return
+        if self._claiming:
+            self._claim_again = True
+            return
+        self._claiming = True
+        self._loop.create_task(self._claim())
+
+    async def _claim(self) -> None:
+        try:
+            while True:
+                self._claim_again = False
+                n = self._free_slots()
+                if n > 0:
+                    rows = await self._keeper.run(self.shared.claim, n)
+                    if rows:
+                        await take_up(self._keeper, self._uploads, self._book, rows, self._servers)
+                        self._claim_again = True
+                if not self._claim_again:
+                    return
+        except Exception as exc:  # noqa: BLE001 - tried again at the next wake-up
+            log.error("replica %s: claiming failed: %s", self.shared.replica, exc)
+        finally:
+            self._claiming = False
+
+    async def cancel(self, prompt_id: str) -> bool:
+        """Cancel a prompt this replica does not follow: True if it was waiting or running."""
+        return await self._keeper.run(self.shared.cancel, prompt_id) != "unknown"
+
+    async def queue_json(self) -> Dict[str, Any]:
+        """``/queue`` of the whole service: every replica's unfinished prompts."""
+        rows = await self._keeper.read(self.shared.queue_rows)
+        items = [(r["state"], [r["number"], r["prompt_id"], r["body"].get("prompt"), r["body"].get("extra_data"), r["body"].get("outputs")]) for r in rows]
+        return {"queue_running": [i for st, i in items if st == "running"], "queue_pending": [i for st, i in items if st != "running"]}

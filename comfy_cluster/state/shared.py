@@ -1,0 +1,159 @@
+"""``SharedQueue``: replicas of the gateway on one PostgreSQL database as one service.
+
+* **One queue.** A posted prompt is a row nobody holds; a replica with room *claims* the next
+  ones (``FOR UPDATE SKIP LOCKED``: two replicas never claim the same row), the client with
+  the fewest prompts held first (fair share across replicas), then by number.
+* **Heartbeats.** Each replica writes its heartbeat every second; one older than
+  ``dead_after`` seconds is dead, and the first replica to see it takes over its prompts
+  (each row is taken by one replica only) and follows their copies on the servers by
+  prompt id.
+* **Events.** A client's frames are published with ``NOTIFY`` (frames above the payload
+  limit go through ``cc_frames``); the replica that holds the client's socket sends them.
+
+Blocking and thread-safe, like :class:`~comfy_cluster.state.Store`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import sqlalchemy as sa
+
+from . import schema as t
+from .store import PromptRow, Store
+
+__all__ = ["SharedQueue", "CHANNEL_EVENTS", "CHANNEL_QUEUE", "CHANNEL_CANCEL"]
+
+CHANNEL_EVENTS = "cc_events"
+CHANNEL_QUEUE = "cc_queue"
+CHANNEL_CANCEL = "cc_cancel"
+#: NOTIFY payloads must stay under 8000 bytes; larger frames go through a table.
+MAX_PAYLOAD = 7000
+
+
+class SharedQueue:
+    """The shared queue, heartbeats and events of replica ``replica`` in ``store``."""
+
+    def __init__(self, store: Store, replica: str, url: str, *, dead_after: float = 3.0, clock: Any = time.time) -> None:
+        if store.dialect != "postgresql":
+            raise ValueError("replicas share a PostgreSQL database (SQLite serves one gateway)")
+        self.store = store
+        self.replica = replica
+        self.url = url
+        self.dead_after = dead_after
+        self._clock = clock
+
+    # -- heartbeats and take-over -------------------------------------------------------------
+
+    def beat(self) -> None:
+        """Write this replica's heartbeat (registering it on the first call)."""
+        now = self._clock()
+        with self.store.transaction() as conn:
+            done = conn.execute(t.replicas.update().where(t.replicas.c.replica == self.replica).values(heartbeat=now, url=self.url))
+            if not done.rowcount:
+                conn.execute(t.replicas.insert().values(replica=self.replica, url=self.url, heartbeat=now))
+
+    def leave(self) -> None:
+        """This replica stops (its prompts stay its own until it comes back or is taken over)."""
+        with self.store.transaction() as conn:
+            conn.execute(t.replicas.update().where(t.replicas.c.replica == self.replica).values(heartbeat=0.0))
+
+    def take_over(self) -> List[Tuple[str, List[PromptRow]]]:
+        """Prompts of replicas found dead, now held by this one: ``[(dead replica, rows)]``."""
+        cutoff = self._clock() - self.dead_after
+        out: List[Tuple[str, List[PromptRow]]] = []
+        with self.store.transaction() as conn:
+            dead = conn.execute(
+                sa.select(t.replicas.c.replica).where(sa.and_(t.replicas.c.heartbeat < cutoff, t.replicas.c.replica != self.replica))
+                .with_for_update(skip_locked=True)).scalars().all()
+            for name in dead:
+                conn.execute(t.replicas.delete().where(t.replicas.c.replica == name))
+                ids = conn.execute(t.prompts.update().where(t.prompts.c.replica == name)
+                                   .values(replica=self.replica, updated=self._clock()).returning(t.prompts.c.prompt_id)).scalars().all()
+                if ids:
+                    out.append((name, self.store.prompt_rows(conn, t.prompts.c.prompt_id.in_(list(ids)))))
+        return out
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    def claim(self, n: int) -> List[PromptRow]:
+        """Up to ``n`` waiting prompts, now held by this replica (fair share, then number)."""
+        if n <= 0:
+            return []
+        p = t.prompts.alias("p")
+        held = (sa.select(sa.func.count()).select_from(t.prompts)
+                .where(sa.and_(t.prompts.c.client_id == p.c.client_id, t.prompts.c.replica.is_not(None))).scalar_subquery())
+        with self.store.transaction() as conn:
+            ids = conn.execute(
+                sa.select(p.c.prompt_id).where(sa.and_(p.c.replica.is_(None), p.c.state == "waiting"))
+                .order_by(held, p.c.number, p.c.created).limit(n).with_for_update(skip_locked=True, of=p)).scalars().all()
+            if not ids:
+                return []
+            conn.execute(t.prompts.update().where(t.prompts.c.prompt_id.in_(ids)).values(replica=self.replica, state="submitted", updated=self._clock()))
+            rows = self.store.prompt_rows(conn, t.prompts.c.prompt_id.in_(ids))
+        order = {pid: i for i, pid in enumerate(ids)}
+        return sorted(rows, key=lambda r: order[r.prompt_id])
+
+    def waiting(self) -> int:
+        """Prompts nobody holds yet."""
+        with self.store.reading() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t.prompts)
+                                    .where(sa.and_(t.prompts.c.replica.is_(None), t.prompts.c.state == "waiting"))).scalar() or 0)
+
+    def queue_rows(self) -> List[Dict[str, Any]]:
+        """Every unfinished prompt (all replicas), for ``/queue`` and the job API."""
+        with self.store.reading() as conn:
+            rows = conn.execute(sa.select(t.prompts).order_by(t.prompts.c.number)).mappings().all()
+        return [dict(r, body=json.loads(r["body"])) for r in rows]
+
+    def held_per_replica(self) -> Dict[str, int]:
+        """Unfinished prompts each live replica holds."""
+        with self.store.reading() as conn:
+            live = conn.execute(sa.select(t.replicas.c.replica)).scalars().all()
+            counts: Dict[Any, Any] = dict(conn.execute(sa.select(t.prompts.c.replica, sa.func.count()).where(t.prompts.c.replica.is_not(None))
+                                       .group_by(t.prompts.c.replica)).all())
+        return {name: int(counts.get(name, 0)) for name in live}
+
+    def cancel(self, prompt_id: str) -> str:
+        """Cancel a prompt wherever it is: ``"deleted"`` (nobody held it: gone, no history),
+        ``"told"`` (its replica is told to stop it), ``"unknown"`` (finished or never posted)."""
+        with self.store.transaction() as conn:
+            row = conn.execute(sa.select(t.prompts.c.replica, t.prompts.c.state).where(t.prompts.c.prompt_id == prompt_id)
+                               .with_for_update()).first()
+            if row is None:
+                return "unknown"
+            if row[0] is None:
+                self.store.forget_prompt(conn, prompt_id)
+                return "deleted"
+            conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(cancel=True, updated=self._clock()))
+            conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_CANCEL, "p": json.dumps({"replica": row[0], "prompt_id": prompt_id})})
+        return "told"
+
+    # -- events -------------------------------------------------------------------------------
+
+    def publish(self, client_id: str, frame: str, *, user: str = "", keep: bool = False) -> None:
+        """A client's frame for the replica holding its socket (``keep``: kept there for the
+        client's next socket when it has none)."""
+        head = {"from": self.replica, "client_id": client_id, "user": user, "keep": keep}
+        payload = json.dumps(dict(head, frame=frame))
+        with self.store.transaction() as conn:
+            if len(payload.encode()) > MAX_PAYLOAD:
+                fid = conn.execute(t.frames.insert().values(client_id=client_id, frame=frame, created=self._clock())
+                                   .returning(t.frames.c.id)).scalar()
+                payload = json.dumps(dict(head, id=fid))
+            conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_EVENTS, "p": payload})
+
+    def frame(self, frame_id: int) -> Optional[str]:
+        with self.store.reading() as conn:
+            return conn.execute(sa.select(t.frames.c.frame).where(t.frames.c.id == frame_id)).scalar()
+
+    def queue_changed(self) -> None:
+        """Wake every replica's claimer (a prompt was posted, or room was made)."""
+        with self.store.transaction() as conn:
+            conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": CHANNEL_QUEUE})
+
+    def drop_old_frames(self, older_than: float = 600.0) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(t.frames.delete().where(t.frames.c.created < self._clock() - older_than))
