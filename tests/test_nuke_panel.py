@@ -85,7 +85,7 @@ def test_refresh_button_and_strategy(fake_nuke, cluster):
     assert panel.rows[0].value().startswith("OFFLINE")
     assert panel.summary_knob.value().startswith("2 of 3 online")
 
-    assert "least_loaded (default)" in panel.summary_knob.value()
+    assert "warm_models (default)" in panel.summary_knob.value()
     fake_nuke.panel_set(panel, "strategy", "round_robin")
     try:
         assert run_mod.default_strategy() == "round_robin"

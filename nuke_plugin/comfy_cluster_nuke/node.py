@@ -207,7 +207,7 @@ def _add_knobs(group: Any, node: nuke.Group, upstream: Optional[nuke.Node] = Non
     group.addKnob(last)
 
     strategy = nuke.Enumeration_Knob("strategy", "strategy", [DEFAULT_STRATEGY] + sorted(STRATEGIES))
-    strategy.setTooltip("How frames are spread over the servers. 'default': the servers panel's choice, else NUKE_COMFYUI_STRATEGY, else least_loaded.")
+    strategy.setTooltip("How frames are spread over the servers. 'default': the servers panel's choice, else NUKE_COMFYUI_STRATEGY, else warm_models.")
     group.addKnob(strategy)
     output_dir = nuke.File_Knob("output_dir", "output folder")
     output_dir.setTooltip("Empty: <script folder>/comfyui/<script>/<node>_<id>/. Each run writes a new vNNN folder inside.")

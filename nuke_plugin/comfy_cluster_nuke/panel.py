@@ -18,6 +18,7 @@ import nuke
 import nukescripts
 
 from comfy_cluster import STRATEGIES, ComfyClusterError, ServerPool, ServerStatus
+from comfy_cluster.balance import DEFAULT_STRATEGY
 from comfy_cluster.config import servers_from_env, strategy_from_env
 
 from . import mainthread
@@ -161,7 +162,7 @@ class ServersPanel(nukescripts.PythonPanel):
         if chosen:
             return f"strategy {chosen} (chosen here)"
         env = strategy_from_env()
-        return f"strategy {env} (NUKE_COMFYUI_STRATEGY)" if env else "strategy least_loaded (default)"
+        return f"strategy {env} (NUKE_COMFYUI_STRATEGY)" if env else f"strategy {DEFAULT_STRATEGY} (default)"
 
 
 _panel: Optional[ServersPanel] = None

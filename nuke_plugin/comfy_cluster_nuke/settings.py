@@ -54,7 +54,7 @@ def set_default_strategy(name: Optional[str]) -> None:
 
 
 def default_strategy() -> Optional[str]:
-    """The servers panel's choice, or None (then ``NUKE_COMFYUI_STRATEGY`` or least_loaded)."""
+    """The servers panel's choice, or None (then ``NUKE_COMFYUI_STRATEGY`` or warm_models, the pool's default)."""
     return _default_strategy
 
 
