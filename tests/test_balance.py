@@ -17,6 +17,7 @@ from comfy_cluster.balance import (
     RoundRobin,
     expected_seconds,
     get_strategy,
+    strategy_name,
 )
 from comfy_cluster.dispatch import plan_threshold
 from comfy_cluster.status import ServerStatus
@@ -51,11 +52,12 @@ def test_least_loaded_counts_unseen_submissions():
     assert LeastLoaded().select(cands, None).name == "s1"
 
 
-def test_least_loaded_breaks_ties_at_random_not_always_first():
-    cands = [cand(i) for i in range(4)]
+@pytest.mark.parametrize("n", [2, 4])
+def test_least_loaded_breaks_ties_at_random_not_always_first(n):
+    cands = [cand(i) for i in range(n)]
     strategy = LeastLoaded(random.Random(7))
-    picks = Counter(strategy.select(cands, None).name for _ in range(400))
-    assert set(picks) == {"s0", "s1", "s2", "s3"}
+    picks = Counter(strategy.select(cands, None).name for _ in range(100 * n))
+    assert set(picks) == {f"s{i}" for i in range(n)}
     assert min(picks.values()) > 50
 
 
@@ -114,6 +116,18 @@ def test_expected_seconds_from_weight_then_learned():
     assert expected_seconds([sa2, sb], [a, b]) == [8.0, 2.0]
 
 
+def test_expected_seconds_of_a_new_server_come_from_every_learned_speed_scaled_by_weight():
+    # a (weight 2) learned 4 s a job and c (weight 1) 2 s: a unit of weight takes 8 s and
+    # 2 s, 5 s on average. b (weight 4, no data yet) is expected to take 5 / 4 s; the learned
+    # servers keep their own figures.
+    a = ServerConfig(name="a", host="h", weight=2)
+    b = ServerConfig(name="b", host="h", weight=4)
+    c = ServerConfig(name="c", host="h", weight=1)
+    statuses = [ServerStatus(name="a", url=a.url, avg_job_seconds=4.0), ServerStatus(name="b", url=b.url),
+                ServerStatus(name="c", url=c.url, avg_job_seconds=2.0)]
+    assert expected_seconds(statuses, [a, b, c]) == [4.0, 1.25, 2.0]
+
+
 def test_get_strategy_by_name_object_or_callable():
     assert get_strategy("round-robin").name == "round_robin"
     obj = LeastLoaded()
@@ -126,6 +140,35 @@ def test_get_strategy_by_name_object_or_callable():
     assert s.select([cand(0), cand(1)], None).name == "s1"
     with pytest.raises(ConfigError, match="valid: fastest_completion, least_loaded, priority, round_robin"):
         get_strategy("fastest")
+
+
+@pytest.mark.parametrize("wrong, named", [(42, "int"), (None, "NoneType"), ([LeastLoaded()], "list")])
+def test_a_strategy_that_is_no_strategy_is_refused_naming_what_was_given(wrong, named):
+    with pytest.raises(ConfigError) as err:
+        get_strategy(wrong)
+    assert str(err.value) == f"strategy: must be a name, an object with select(), or a callable, got {named}"
+
+
+class Nearest:  # a user's strategy object without a ``name``
+    def select(self, candidates, workflow):
+        return candidates[0]
+
+
+class Named:
+    name = "studio_rules"
+
+    def select(self, candidates, workflow):
+        return candidates[0]
+
+
+def test_a_strategys_shown_name_is_its_own_else_its_class_name():
+    assert strategy_name(get_strategy("least_loaded")) == "least_loaded"
+    assert strategy_name(get_strategy("warm-models")) == "warm_models"
+    assert strategy_name(Named()) == "studio_rules"
+    assert strategy_name(Nearest()) == "Nearest"
+    odd = Nearest()
+    odd.name = 3  # a name that is not text is not shown
+    assert strategy_name(odd) == "Nearest"
 
 
 @pytest.mark.parametrize(

@@ -320,3 +320,130 @@ def test_the_scheduler_sends_a_waiting_job_cold_once_its_wait_costs_the_load_it_
         assert attempt.server == "y" and attempt.control.job.workflow["3"]["inputs"]["seed"] == 2
     finally:
         sched.close()
+
+
+# -- warm_models' estimates, one rule at a time (snapshots: s<i>, load, what is loaded, learned
+# seconds per job ``avg`` and per cold job ``cold``, so a load costs cold - avg) ------------------
+
+NO_MODEL = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+
+
+def _picks(candidates, workflow, seeds=range(20)):
+    """Every server warm_models picks over many random sources: one name when no tie is left to chance."""
+    return {WarmModels(random.Random(s)).select(candidates, workflow).name for s in seeds}
+
+
+def test_warm_models_counts_the_load_learned_on_each_server_else_the_average_learned_elsewhere():
+    wf = txt2img_workflow(ckpt_name=A)
+    w = warmth_of(wf)
+    # Each server's own load time: s0 loads in 8 s (idle: 9 s), s1 in 1 s (2 queued: 4 s).
+    assert _picks([cand(0, avg=1.0, cold=9.0), cand(1, load=2, avg=1.0, cold=2.0)], wf) == {"s1"}
+    # s1 never loaded here: it is guessed from s2 and s3 (4 s and 6 s: 5 s). s0 has the model,
+    # three jobs deep (4 s); s1 would take 6 s ...
+    far = [cand(2, load=5, avg=1.0, cold=5.0), cand(3, load=5, avg=1.0, cold=7.0)]
+    assert _picks([cand(0, load=3, models=w.models, avg=1.0), cand(1, avg=1.0), *far], wf) == {"s0"}
+    # ... and beats s0 six jobs deep (7 s).
+    assert _picks([cand(0, load=6, models=w.models, avg=1.0), cand(1, avg=1.0), *far], wf) == {"s1"}
+
+
+def test_warm_models_counts_the_queue_in_seconds_and_a_running_jobs_overrun():
+    strategy = WarmModels(random.Random(1))
+    nothing = warmth_of(NO_MODEL)
+    # Two 2 s jobs ahead (6 s to finish ours) lose to an idle server that takes 5 s.
+    assert _picks([cand(0, load=2, avg=2.0), cand(1, avg=5.0)], NO_MODEL) == {"s1"}
+    # A job on time (0.5 s of its 1 s) counts as its expected second: 2 s beat 2.5 s ...
+    busy, slower = cand(0, load=1, avg=1.0), cand(1, avg=2.5)
+    assert strategy.place([busy, slower], [busy, slower], nothing, {}, running={"s0": 0.5}).name == "s0"
+    # ... and so does a job queued, not running yet: 0.5 s + 0.5 s beat an idle 1.2 s.
+    short = cand(0, load=1, avg=0.5)
+    assert strategy.place([short, cand(1, avg=1.2)], [short, cand(1, avg=1.2)], nothing, {}).name == "s0"
+    # A running job 5 s past its expected second counts 6 s: the server two jobs deep (3 s) wins.
+    for seed in range(20):
+        late, deeper = cand(0, load=1, avg=1.0), cand(1, load=2, avg=1.0)
+        assert WarmModels(random.Random(seed)).place([late, deeper], [late, deeper], nothing, {}, running={"s0": 6.0}).name == "s1"
+
+
+def test_an_identical_prompt_costs_a_tenth_of_a_job_where_it_ran_last():
+    wf = txt2img_workflow(ckpt_name=A, seed=7)
+    w = warmth_of(wf)
+    # Cached on a slow server (a 2 s job there: 0.2 s) beats a fresh run on a fast one (1 s) ...
+    assert _picks([cand(0, models=w.models, prompt=w.prompt, avg=2.0), cand(1, models=w.models, avg=1.0)], wf) == {"s0"}
+    # ... but a tenth of a 20 s job (2 s) loses to a 1.5 s run.
+    assert _picks([cand(0, models=w.models, prompt=w.prompt, avg=20.0), cand(1, models=w.models, avg=1.5)], wf) == {"s1"}
+    # A workflow given as nothing (no prompt to compare) gets no discount, wherever it goes.
+    assert _picks([cand(0, load=2), cand(1, load=1)], None) == {"s1"}
+
+
+def test_shared_nodes_break_a_tie_and_never_outweigh_a_shorter_queue():
+    wf = txt2img_workflow(ckpt_name=A, seed=7)
+    w = warmth_of(wf)
+    other = warmth_of(txt2img_workflow(ckpt_name=A, seed=8))  # same loader and text encodings
+    assert len(set(other.nodes) & set(w.nodes)) == 4
+    # Equal cost: the server holding the job's text encodings, whatever the random source.
+    assert _picks([cand(0, models=w.models), cand(1, models=w.models, prompt=other.prompt, nodes=other.nodes)], wf) == {"s1"}
+    # One job more ahead is a whole second: the idle server, even holding none of them.
+    assert _picks([cand(0, models=w.models), cand(1, load=1, models=w.models, prompt=other.prompt, nodes=other.nodes)], wf) == {"s0"}
+
+
+def test_place_spreads_the_backlog_over_every_warm_server():
+    wa = warmth_of(txt2img_workflow(ckpt_name=A))
+    strategy = WarmModels(random.Random(1))
+    # Two warm servers, full, two jobs each; an idle cold one costs a load (4 s) and a run.
+    warm = [cand(0, load=2, models=wa.models, avg=1.0), cand(2, load=2, models=wa.models, avg=1.0)]
+    idle = cand(1, avg=1.0, cold=5.0)
+    # (4 + 1) jobs over two servers: 2.5 s, shorter than 5 s: wait for them ...
+    assert strategy.place([idle], [*warm, idle], wa, {wa.models: 1}) is None
+    # ... but (4 + 7) over two: 5.5 s: warm a third server.
+    assert strategy.place([idle], [*warm, idle], wa, {wa.models: 7}).name == "s1"
+    # The job being placed counts in the backlog even when ``waiting`` leaves it out:
+    # (4 + 1) / 2 = 2.5 s <= 2.75 s, while (4 + 2) / 2 = 3 s would not be.
+    near = cand(1, avg=1.0, cold=2.75)
+    assert strategy.place([near], [*warm, near], wa, {}) is None
+    assert strategy.place([near], [*warm, near], wa, {wa.models: 2}).name == "s1"
+
+
+def test_place_weighs_sub_second_jobs_in_seconds():
+    wa = warmth_of(txt2img_workflow(ckpt_name=A))
+    strategy = WarmModels(random.Random(1))
+    # 0.4 s jobs: the warm server's backlog (its queued job + this one) is 0.8 s; the idle cold
+    # server loads in 0.4 s and runs in 0.5 s (0.9 s): the job has not waited yet, so it waits.
+    warm, idle = cand(0, load=1, models=wa.models, avg=0.4), cand(1, avg=0.5, cold=0.9)
+    assert strategy.place([idle], [warm, idle], wa, {wa.models: 1}) is None
+    assert strategy.place([idle], [warm, idle], wa, {wa.models: 1}, waited=0.9).name == "s1"
+
+
+def test_place_guesses_a_servers_load_from_those_that_learned_it():
+    wa = warmth_of(txt2img_workflow(ckpt_name=A))
+    strategy = WarmModels(random.Random(1))
+    # s0 (warm, full, two jobs) learned a 4 s load; idle s1 never loaded: guessed 4 s + a run.
+    warm, idle = cand(0, load=2, models=wa.models, avg=1.0, cold=5.0), cand(1, avg=1.0)
+    assert strategy.place([idle], [warm, idle], wa, {wa.models: 1}) is None  # 3 s < 5 s: wait
+    # Both with room and busy: warm s0 three deep (4 s) beats cold s1 one deep (1 + 4 + 1 s);
+    # s2 (full) is where the 4 s were learned.
+    warm3, cold1, full = cand(0, load=3, models=wa.models, avg=1.0), cand(1, load=1, avg=1.0), cand(2, load=2, avg=1.0, cold=5.0)
+    assert strategy.place([warm3, cold1], [warm3, cold1, full], wa, {wa.models: 1}).name == "s0"
+    # Gone cold after the wait: the cold server whose learned load is shortest (3 s), not the
+    # one never measured (guessed from 8 s and 3 s).
+    slow_load = cand(0, load=1, models=wa.models, avg=1.0, cold=9.0)
+    never, quick = cand(1, avg=1.0), cand(2, avg=1.0, cold=4.0)
+    assert strategy.place([never, quick], [slow_load, never, quick], wa, {wa.models: 1}, waited=100.0).name == "s2"
+
+
+def test_place_counts_overruns_among_warm_servers_with_room_and_among_cold_ones():
+    wa = warmth_of(txt2img_workflow(ckpt_name=A))
+    for seed in range(20):
+        strategy = WarmModels(random.Random(seed))
+        # Two warm servers with room, one job each; s0's has run 5 s of its expected second.
+        late, on_time = cand(0, load=1, models=wa.models, avg=1.0), cand(1, load=1, models=wa.models, avg=1.0)
+        assert strategy.place([late, on_time], [late, on_time], wa, {wa.models: 1},
+                              running={"s0": 5.0, "s1": 0.5}).name == "s1"
+        # No warm server: of two busy cold ones, the one whose job is on time.
+        late, on_time = cand(0, load=1, avg=1.0), cand(1, load=1, avg=1.0)
+        assert strategy.place([late, on_time], [late, on_time], wa, {wa.models: 1},
+                              running={"s0": 6.0, "s1": 0.5}).name == "s1"
+    # A cold server whose own job overran is no better than the warm backlog: s0 (warm, full)
+    # owes 4 s; s1 would cost its 1 + 4 s overrun, a 1 s load and a run (7 s): wait.
+    full_warm = cand(0, load=2, models=wa.models, avg=1.0)
+    cold_late = cand(1, load=1, avg=1.0, cold=2.0)
+    assert WarmModels(random.Random(1)).place([cold_late], [full_warm, cold_late], wa, {wa.models: 2},
+                                              running={"s1": 5.0}) is None
