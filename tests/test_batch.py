@@ -231,3 +231,27 @@ def test_the_plan_keeps_a_job_from_a_slow_server_that_a_fast_one_finishes_sooner
         results = pool.map([sleep_workflow(1.0, steps=1, seed=i) for i in range(3)], timeout=60)
     assert [r.server for r in results] == [fast.name] * 3
     assert slow.executed_prompt_ids == []
+
+
+def test_servers_working_counts_each_servers_jobs_there_now(mock_cluster_factory):
+    """``servers_working()`` (the Nuke panel's "working: ...") counts the batch's jobs on each
+    server now: queued there or running, not those waiting in the pool's queue, not those
+    ended, and not a job moved off a server that went away (it waits for room elsewhere)."""
+    cluster = mock_cluster_factory(speeds=(1, 1))
+    gone, other = cluster.servers
+    servers = [dict(name=gone.name, url=gone.url, max_queue=2), dict(name=other.name, url=other.url, max_queue=2)]
+    with ServerPool(servers, **FAST) as pool:
+        for s in cluster.servers:  # nothing ends before it is counted, however loaded the machine
+            s.pause_jobs()
+        batch = pool.map_async([sleep_workflow(0.05, steps=1, seed=i) for i in range(5)])
+        wait_until(lambda: sum(1 for j in batch.jobs if j.prompt_id) == 4, what="two jobs on each server")
+        assert batch.servers_working() == {gone.name: 2, other.name: 2}  # one running, one queued on each
+        gone.set_fault("refuse")  # the machine goes away with its two jobs
+        moved = [j for j in batch.jobs if j.server is not None and j.server.name == gone.name]
+        wait_until(lambda: all(j.failures for j in moved), what="both jobs moved off the lost server")
+        assert all(not j.done for j in moved)
+        assert batch.servers_working() == {other.name: 2}
+        other.resume_jobs()
+        assert batch.wait(60)
+        assert batch.servers_working() == {}
+        assert [r.server for r in batch.results()] == [other.name] * 5
