@@ -255,6 +255,15 @@ class Job:
         with self._cond:
             self._prompt_id = attempt.prompt_id
 
+    def _holder(self) -> Optional[str]:
+        """The server holding the job's current attempt (its POST taken there), else None:
+        waiting in the pool's queue (moved off a server too), being sent, or ended."""
+        with self._cond:
+            attempt = self._attempt
+            if self._final or attempt is None or self._prompt_id != attempt.prompt_id:
+                return None
+            return attempt.server
+
     def _started(self, at: float) -> None:
         """Runner only: the job runs on its server now."""
         with self._cond:
@@ -446,6 +455,11 @@ class JobControl:
     def last_exec_start(self) -> Optional[float]:
         """When an attempt of it was last seen starting to execute (the runner's clock)."""
         return self.job._last_exec_start
+
+    @property
+    def holder(self) -> Optional[str]:
+        """The server that holds the job now (queued or running there), else None."""
+        return self.job._holder()
 
     # -- state changes -------------------------------------------------------------------------
 

@@ -107,11 +107,13 @@ class Batch:
             return self._ended, self._failed, len(self.jobs)
 
     def servers_working(self) -> Dict[str, int]:
-        """Server name -> number of this batch's jobs there now."""
+        """Server name -> number of this batch's jobs there now (queued or running there; not
+        those waiting in the pool's queue, even after a server they left)."""
         out: Dict[str, int] = {}
-        for job in list(self.jobs):
-            if not job.done and job.server is not None and job.status in ("queued", "running") and job.prompt_id:
-                out[job.server.name] = out.get(job.server.name, 0) + 1
+        for control in list(self._controls):
+            name = control.holder
+            if name is not None:
+                out[name] = out.get(name, 0) + 1
         return out
 
     def _job_ended(self, job: Job) -> None:
