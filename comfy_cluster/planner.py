@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .balance import Candidate
 from .errors import ComfyClusterError
-from .jobs import Job, JobControl, JobEvent
+from .jobs import Job, JobControl
 from .server_config import ServerConfig
 
 __all__ = ["Batch", "plan_threshold", "inputs_per_job"]
@@ -64,18 +64,14 @@ class Batch:
     where it is; ``counts()`` gives ``(done, failed, total)`` for progress bars.
     """
 
-    planned = True
-
     def __init__(
         self,
         *,
-        on_event: Optional[Callable[[JobEvent], None]] = None,
         fail_fast: bool = False,
         quiet_posts: Callable[[], None] = lambda: None,
     ) -> None:
         """Made by :meth:`ServerPool.map_async`, which hands it its jobs with :meth:`attach`.
         ``quiet_posts`` waits (briefly) until no POST of the pool is in flight."""
-        self._on_event = on_event
         self.fail_fast = fail_fast
         self._quiet_posts = quiet_posts
         self.jobs: List[Job] = []

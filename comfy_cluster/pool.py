@@ -391,7 +391,7 @@ class ServerPool:
         sends nothing), and every job is queued at once: none is dispatched before the last
         one is queued, so ``fail_fast`` and ``cancel`` reach every job."""
         items = list(workflows)
-        batch = Batch(on_event=on_event, fail_fast=fail_fast, quiet_posts=self._post_gate.quiet)
+        batch = Batch(fail_fast=fail_fast, quiet_posts=self._post_gate.quiet)
         controls = self._prepare(items, inputs_per_job(inputs, len(items)), on_event=on_event, retries=retries, owner=owner, batch=batch)
         batch.attach(controls)
         if controls:
