@@ -259,8 +259,8 @@ class Job:
         """The server holding the job's current attempt (its POST taken there), else None:
         waiting in the pool's queue (moved off a server too), being sent, or ended."""
         with self._cond:
-            attempt = self._attempt
-            if self._final or attempt is None or self._prompt_id != attempt.prompt_id:
+            attempt = self._attempt  # None once final (_finish clears it)
+            if attempt is None or self._prompt_id != attempt.prompt_id:
                 return None
             return attempt.server
 

@@ -142,3 +142,23 @@ def test_job_events_keep_the_last_preview_only():
     previews = [e for e in job.events if e.kind == "preview"]
     assert len(previews) == 1 and previews[0].data == bytes([49]) * 10
     assert len(job.events) == 51
+
+
+def test_a_job_is_held_by_a_server_from_its_post_until_it_moves_or_ends():
+    """``JobControl.holder`` (what a batch's ``servers_working`` counts): the server that
+    took the job's current attempt; none before the POST is taken, after a move, or at the end."""
+    control = JobControl(Job(sleep_workflow()))
+    assert control.holder is None  # waiting in the pool's queue
+    first = Attempt(control, "a", 1)
+    assert control.claim(first, ServerConfig(name="a", url="http://127.0.0.1:9001"))
+    assert control.holder is None  # being sent
+    control.posted(first)
+    assert control.holder == "a"
+    control.attempt_ended(first, ("a", "stopped answering"))
+    assert control.holder is None  # moved: back in the pool's queue, though "a" was its last server
+    second = Attempt(control, "b", 2)
+    assert control.claim(second, ServerConfig(name="b", url="http://127.0.0.1:9002"))
+    control.posted(second)
+    assert control.holder == "b"
+    control.fail("b", RuntimeError("broke"))
+    assert control.holder is None
