@@ -204,3 +204,13 @@ def test_named_strategies_take_the_given_random_source(name):
     b = get_strategy(name, random.Random(3))
     assert [a.select(cands, None).name for _ in range(20)] == [b.select(cands, None).name for _ in range(20)]
     assert len({a.select(cands, None).name for _ in range(50)}) > 1
+
+
+def test_a_custom_function_places_by_the_workflow_it_is_shown():
+    def by_size(candidates, workflow):  # big frames to the last server
+        return candidates[-1] if workflow["1"]["inputs"]["width"] > 2048 else candidates[0]
+
+    strategy = get_strategy(by_size)
+    cands = [cand(0), cand(1)]
+    assert strategy.select(cands, {"1": {"class_type": "EmptyImage", "inputs": {"width": 4096}}}).name == "s1"
+    assert strategy.select(cands, {"1": {"class_type": "EmptyImage", "inputs": {"width": 1024}}}).name == "s0"

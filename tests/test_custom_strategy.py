@@ -22,10 +22,10 @@ def by_seed(candidates: Sequence[Any], workflow: Any) -> Any:
 def test_a_custom_function_is_shown_each_workflow_and_named_by_its_function(mock_cluster_factory):
     cluster = mock_cluster_factory(speeds=(4, 4))
     first, second = sorted(s.name for s in cluster.servers)
-    with ServerPool(servers_of(cluster), strategy=by_seed, **FAST) as pool:
+    with ServerPool(servers_of(cluster, max_queue=8), strategy=by_seed, **FAST) as pool:  # both always have room
         assert pool.strategy == "by_seed"
-        results = pool.map([sleep_workflow(0.01, steps=1, seed=s) for s in (10, 11, 12, 13)], timeout=60)
-    assert [r.server for r in results] == [first, second, first, second]
+        jobs = [pool.submit(sleep_workflow(0.01, steps=1, seed=s)) for s in (10, 11, 13, 15, 12)]
+        assert [j.result(timeout=60).server for j in jobs] == [first, second, second, second, first]
 
 
 class Elsewhere:
