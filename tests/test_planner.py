@@ -74,6 +74,31 @@ def test_the_batchs_last_job_waits_for_the_fast_server_that_finishes_it_sooner()
 # -- bookkeeping: counts, the end, fail-fast ---------------------------------------------------------
 
 
+def _returns(fn: Any) -> Any:
+    """``fn()``'s outcome (its value or its exception), run on a thread so that a wait that
+    ignores its timeout fails this test instead of hanging it."""
+    box: List[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(("value", fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box.append(("error", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HANG)
+    assert box, "the call did not return: its timeout was not kept"
+    return box[0]
+
+
+def _all_ended(batch: Batch) -> bool:
+    """``batch.wait(0)``, which must answer at once whether or not every job has ended."""
+    kind, value = _returns(lambda: batch.wait(0))
+    assert kind == "value"
+    return value
+
+
 def _batch(n: int, **kwargs: Any) -> Tuple[Batch, List[JobControl]]:
     batch = Batch(**kwargs)
     controls = [JobControl(Job({"1": {"class_type": "EmptyImage", "inputs": {"seed": i}}}, index=i), seq=i) for i in range(n)]
@@ -91,13 +116,13 @@ def test_counts_say_how_many_ended_and_failed_and_the_batch_is_done_only_when_al
     batch, controls = _batch(4)
     assert batch.counts() == (0, 0, 4) and len(batch) == 4
     controls[0].fail("s0", JobFailed("frame 1 broke"))
-    assert batch.counts() == (1, 1, 4) and batch.wait(0) is False
+    assert batch.counts() == (1, 1, 4) and not _all_ended(batch)
     controls[1].succeed("s0", _result(1))
     controls[2].fail("s0", JobFailed("frame 3 broke"))
-    assert batch.counts() == (3, 2, 4) and batch.wait(0) is False
+    assert batch.counts() == (3, 2, 4) and not _all_ended(batch)
     assert not controls[3].cancel_requested  # no fail_fast: the others go on
     controls[3].cancelled(None, "cancelled by the artist")
-    assert batch.counts() == (4, 2, 4) and batch.wait(0) is True
+    assert batch.counts() == (4, 2, 4) and _all_ended(batch)
     out = batch.results(return_exceptions=True)
     assert [type(o) for o in out] == [JobFailed, JobResult, JobFailed, JobCancelled]
     with pytest.raises(JobFailed, match="frame 1 broke"):  # the first error in input order
@@ -106,7 +131,7 @@ def test_counts_say_how_many_ended_and_failed_and_the_batch_is_done_only_when_al
 
 def test_a_batch_of_one_job_is_done_when_it_ends():
     batch, (control,) = _batch(1)
-    assert batch.wait(0) is False
+    assert not _all_ended(batch)
     control.succeed("s0", _result(0))
     assert batch.wait(HANG) and batch.results() == [_result(0)]
 
@@ -127,24 +152,6 @@ def test_fail_fast_cancels_every_other_job_at_the_first_failure():
 
 
 # -- waiting and results with a timeout ---------------------------------------------------------------
-
-
-def _returns(fn: Any) -> Any:
-    """``fn()``'s outcome (its value or its exception), run on a thread so that a wait that
-    ignores its timeout fails this test instead of hanging it."""
-    box: List[Any] = []
-
-    def run() -> None:
-        try:
-            box.append(("value", fn()))
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            box.append(("error", exc))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(HANG)
-    assert box, "the call did not return: its timeout was not kept"
-    return box[0]
 
 
 def test_waiting_on_an_unfinished_batch_returns_when_the_timeout_is_up():
