@@ -447,3 +447,48 @@ def test_place_counts_overruns_among_warm_servers_with_room_and_among_cold_ones(
     cold_late = cand(1, load=1, avg=1.0, cold=2.0)
     assert WarmModels(random.Random(1)).place([cold_late], [full_warm, cold_late], wa, {wa.models: 2},
                                               running={"s1": 5.0}) is None
+
+
+def test_a_loaders_model_is_named_by_its_input_or_by_its_file_extension():
+    wf = {
+        # A model named without an extension (a diffusers folder): its *_name input says it is one.
+        "1": {"class_type": "DiffusersLoader", "inputs": {"model_name": "sdxl-base-1.0"}},
+        # An input not named *_name: a model by its extension, in any case.
+        "2": {"class_type": "UpscaleModelLoaderCustom", "inputs": {"model_path": "Upscale/4x_Ultra.PTH", "tile": "auto"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "plate.png"}},
+        "4": {"inputs": {"ckpt_name": "no_class.safetensors"}},  # no class_type: not a loader
+    }
+    assert model_files(wf) == ("model_name=sdxl-base-1.0", "model_path=Upscale/4x_Ultra.PTH")
+
+
+def test_warmth_keys_tell_node_types_apart_and_ignore_the_order_of_a_nodes_settings():
+    save = txt2img_workflow(ckpt_name=A, seed=1)
+    preview = copy.deepcopy(save)
+    out = next(k for k, n in save.items() if n["class_type"] == "SaveImage")
+    preview[out]["class_type"] = "PreviewImage"  # same inputs, another node: not the cached one
+    assert warmth_of(save).prompt != warmth_of(preview).prompt
+    # A setting given as a mapping, its keys in another order (another tool wrote the file).
+    one, other = copy.deepcopy(save), copy.deepcopy(save)
+    one[out]["inputs"]["meta"] = {"shot": "sh010", "artist": "ana"}
+    other[out]["inputs"]["meta"] = {"artist": "ana", "shot": "sh010"}
+    assert warmth_of(one).prompt == warmth_of(other).prompt
+
+
+def test_a_workflow_comfyui_refuses_for_its_links_fails_with_comfyuis_message(mock_cluster_factory):
+    # A link to a node that is not there, and a link cycle: placing them (warm_models keys
+    # every node through its links) must not crash; ComfyUI's validation says what is wrong.
+    from comfy_cluster import WorkflowError
+
+    cluster = mock_cluster_factory(speeds=(4.0,), models=[A])
+    dangling = txt2img_workflow(ckpt_name=A, seed=1)
+    node, name = next((k, i) for k, n in dangling.items() for i, v in n["inputs"].items() if isinstance(v, list))
+    dangling[node]["inputs"][name] = ["99", 0]
+    cycle = txt2img_workflow(ckpt_name=A, seed=2)
+    first = next(k for k, n in cycle.items() if n["class_type"] == "CheckpointLoaderSimple")
+    last = next(k for k, n in cycle.items() if n["class_type"] == "SaveImage")
+    cycle[first]["inputs"]["ckpt_name"] = [last, 0]
+    with ServerPool([{"name": "m", "url": cluster.servers[0].url}], background_status=False) as pool:
+        for wf in (dangling, cycle):
+            job = pool.submit(wf)
+            assert job.wait(60) and job.status == "failed"
+            assert isinstance(job.exception(), WorkflowError), job.exception()

@@ -47,6 +47,7 @@ TESTS: Dict[str, List[str]] = {
     "balance": ["tests/test_balance.py", "tests/test_core_units.py", "tests/test_warm.py", "tests/test_custom_strategy.py"],
     "dispatcher": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py", "tests/test_promises.py"],
     "runner": ["tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_reliability.py", "tests/test_promises.py", "tests/test_completion.py"],
+    "warm": ["tests/test_warm.py"],
     "planner": ["tests/test_planner.py", "tests/test_batch.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_promises.py", "tests/test_completion.py"],
     "scheduling": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py"],
     "status": ["tests/test_status.py", "tests/test_core_units.py"],
