@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-from helpers import servers_of, sleep_workflow
+from helpers import servers_of, sleep_workflow, wait_until
 
 from comfy_cluster import ConfigError, ServerPool
 
@@ -22,8 +22,10 @@ def by_seed(candidates: Sequence[Any], workflow: Any) -> Any:
 def test_a_custom_function_is_shown_each_workflow_and_named_by_its_function(mock_cluster_factory):
     cluster = mock_cluster_factory(speeds=(4, 4))
     first, second = sorted(s.name for s in cluster.servers)
-    with ServerPool(servers_of(cluster, max_queue=8), strategy=by_seed, **FAST) as pool:  # both always have room
+    with ServerPool(servers_of(cluster, max_queue=8), strategy=by_seed, status_ttl=3600.0, **FAST) as pool:  # room for all
         assert pool.strategy == "by_seed"
+        # Both known online first: each job is then shown both servers (room for all five).
+        wait_until(lambda: all(s.online for s in pool.status(refresh=True)), what="both servers online")
         jobs = [pool.submit(sleep_workflow(0.01, steps=1, seed=s)) for s in (10, 11, 13, 15, 12)]
         assert [j.result(timeout=60).server for j in jobs] == [first, second, second, second, first]
 
