@@ -257,3 +257,18 @@ def test_without_the_status_thread_a_waiting_job_goes_to_a_server_that_came_back
         assert second.result(timeout=30).server == away.name
         busy.resume_jobs()
         assert first.result(timeout=30).server == busy.name
+
+
+def test_submit_does_not_refuse_a_job_because_every_server_is_full(mock_comfy):
+    """README: ``submit`` does not raise for full servers: the job waits locally for room
+    (while ``select`` says "full")."""
+    mock_comfy.pause_jobs()
+    with ServerPool([{"name": "m", "url": mock_comfy.url, "max_queue": 1}], background_status=False) as pool:
+        first = pool.submit(sleep_workflow())
+        wait_until(lambda: first.server is not None, what="the first job placed")
+        with pytest.raises(NoServerAvailable, match="full"):
+            pool.select()
+        second = pool.submit(sleep_workflow())  # accepted: waits for the slot
+        assert second.server is None
+        mock_comfy.resume_jobs()
+        assert first.result(timeout=30).server == "m" and second.result(timeout=30).server == "m"

@@ -8,6 +8,7 @@ Usage (from the repository root, with the test extra and mutmut installed)::
     python tools/mutate.py --list              # the modules and the tests each runs against
     python tools/mutate.py policy --survivors  # show the diff of each surviving mutant
     python tools/mutate.py jobs --only 'comfy_cluster.jobs.x*Job*_finish*'   # scoped: these mutants only
+    python tools/mutate.py selection --retest  # after adding tests: re-run only the mutants not killed
 
 Each module is mutated in its own scratch copy of the tree, ``.mutation/<module>/`` (ignored by
 git), with a generated ``[tool.mutmut]`` section that mutates that module only and selects the
@@ -149,6 +150,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--tests", nargs="+", metavar="FILE", help="run against these test files instead of TESTS[module]")
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
                         help="run only the mutants whose names match (mutmut's glob; repeatable); the score then counts those")
+    parser.add_argument("--retest", action="store_true",
+                        help="re-run only the mutants not killed in the last run (after adding tests); the score counts all")
     args = parser.parse_args(argv)
     if args.list:
         for name, tests in TESTS.items():
@@ -163,8 +166,13 @@ def main(argv: List[str]) -> int:
         dest = _sync(module, args.tests or ())
         started = time.monotonic()
         env = dict(os.environ, PYTHONPATH=str(dest))
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *args.only],
-                       cwd=dest, env=env, stdout=subprocess.DEVNULL)
+        names = list(args.only)
+        if args.retest:
+            # mutmut keeps a verdict once given; naming a mutant makes it run again.
+            names = score(module, dest, 0.0, args.only)[1]
+        if names or not args.retest:
+            subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *names],
+                           cwd=dest, env=env, stdout=subprocess.DEVNULL)
         result, survivors = score(module, dest, time.monotonic() - started, args.only)
         print(json.dumps(result))
         for name in survivors:
