@@ -5,6 +5,7 @@ often a failing server is asked); most were written against a surviving mutant o
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, List
 
@@ -73,6 +74,10 @@ def test_a_node_list_that_cannot_be_read_is_asked_again_only_after_a_doubling_ba
     clock.advance(2.0)
     caps.fetch(["m"], wait=True)
     assert _object_info_reads(mock_comfy) == reads + 2  # the backoff started again at 2 s
+    caps.forget("m")  # it went away and came back: its failure is forgotten too
+    assert caps.get("m") == (None, UNKNOWN)
+    caps.fetch(["m"], wait=True)
+    assert _object_info_reads(mock_comfy) == reads + 3
 
 
 def test_one_failing_node_list_does_not_stop_the_others_being_read(mock_cluster_factory, probe_executor):
@@ -240,9 +245,10 @@ def test_without_the_status_thread_an_offline_server_is_asked_again_once_its_bac
         assert pool.select().name == "m"
 
 
-def test_without_the_status_thread_a_waiting_job_goes_to_a_server_that_came_back(mock_cluster_factory):
+def test_without_the_status_thread_a_waiting_job_goes_to_a_server_that_came_back(mock_cluster_factory, caplog):
     """No caller asks for the status: the dispatcher itself re-probes an offline server once
-    its backoff is over, and a job waiting for room goes there."""
+    its backoff is over (to the instant), and a job waiting for room goes there; nothing is
+    logged as an error on the way."""
     cluster = mock_cluster_factory(speeds=(1, 1))
     busy, away = cluster.servers
     clock = FakeClock()
@@ -253,10 +259,11 @@ def test_without_the_status_thread_a_waiting_job_goes_to_a_server_that_came_back
         wait_until(lambda: first.server is not None, what="the first job placed")
         second = pool.submit(sleep_workflow())
         away.set_fault(None)
-        clock.advance(1000)  # every backoff is over
+        clock.advance(pool._monitor.snapshot(away.name).next_probe_at - clock.now)  # its backoff is over, exactly
         assert second.result(timeout=30).server == away.name
         busy.resume_jobs()
         assert first.result(timeout=30).server == busy.name
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_submit_does_not_refuse_a_job_because_every_server_is_full(mock_comfy):
