@@ -169,8 +169,10 @@ def main(argv: List[str]) -> int:
         env = dict(os.environ, PYTHONPATH=str(dest))
         names = list(args.only)
         if args.retest:
-            # mutmut keeps a verdict once given; naming a mutant makes it run again.
+            # mutmut keeps a verdict once given; naming a mutant makes it run again. Its map of
+            # tests per function is rebuilt: an incremental update for new tests keeps only those.
             names = score(module, dest, 0.0, args.only)[1]
+            (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         if names or not args.retest:
             subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *names],
                            cwd=dest, env=env, stdout=subprocess.DEVNULL)
