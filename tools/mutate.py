@@ -53,7 +53,7 @@ TESTS: Dict[str, List[str]] = {
     "scheduling": ["tests/test_scheduling.py", "tests/test_parts.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py", "tests/test_warm.py",
                    "tests/test_adopt.py", "tests/test_promises.py"],
     "status": ["tests/test_status.py", "tests/test_core_units.py"],
-    "events": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py"],
+    "events": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_security.py"],
     "gateway/book": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_users.py"],
     "gateway/relay": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py"],
 }
