@@ -271,7 +271,9 @@ def evaluate(
         elif not ignore_full:
             reasons[c.name] = f"full ({c.status.in_flight} of max_queue {c.server.max_queue} jobs)"
             full.append(c.name)
-    return [], reasons, full, unknown
+    # In config order (README promises it), whichever filter dropped each server.
+    ordered = {srv.name: reasons[srv.name] for srv in servers if srv.name in reasons}
+    return [], ordered, full, unknown
 
 
 def pick(strategy: Any, name: str, candidates: Sequence[Candidate], workflow: Optional[Mapping[str, Any]]) -> ServerConfig:

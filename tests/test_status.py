@@ -232,3 +232,23 @@ def test_cli_status_json_and_exit_code(mock_comfy, monkeypatch):
     assert "NAME" in table.stdout and "dead" in table.stdout and "refused" in table.stdout
     env["NUKE_COMFYUI_SERVERS"] = json.dumps([{"name": "dead", "host": "127.0.0.1", "port": closed_port()}])
     assert _cli(["status", "--json"], env).returncode == 1
+
+
+def test_a_server_going_offline_is_logged_once_per_outage_naming_it_and_why(caplog):
+    """One warning when a server goes offline (naming it and the reason), none for each
+    re-probe while it stays down, nothing at ERROR level; the first re-probe comes after half
+    a second (then doubling)."""
+    import logging
+
+    clock = FakeClock()
+    port = closed_port()
+    caplog.set_level(logging.INFO, logger="comfy_cluster")
+    with ServerPool([{"name": "dead", "host": "127.0.0.1", "port": port}], background_status=False, clock=clock) as pool:
+        st = pool.status()[0]
+        assert st.next_probe_at - clock.now == pytest.approx(0.5)
+        for _ in range(3):
+            clock.advance(1000)
+            assert not pool.status()[0].online
+    offline = [r.getMessage() for r in caplog.records if "offline" in r.getMessage()]
+    assert offline == ["server dead is offline: connection refused"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

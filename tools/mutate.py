@@ -8,6 +8,7 @@ Usage (from the repository root, with the test extra and mutmut installed)::
     python tools/mutate.py --list              # the modules and the tests each runs against
     python tools/mutate.py policy --survivors  # show the diff of each surviving mutant
     python tools/mutate.py jobs --only 'comfy_cluster.jobs.x*Job*_finish*'   # scoped: these mutants only
+    python tools/mutate.py selection --retest  # after adding tests: re-run only the mutants not killed
 
 Each module is mutated in its own scratch copy of the tree, ``.mutation/<module>/`` (ignored by
 git), with a generated ``[tool.mutmut]`` section that mutates that module only and selects the
@@ -43,15 +44,17 @@ TESTS: Dict[str, List[str]] = {
                "tests/test_promises.py"],
     "attempt": ["tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_promises.py"],
     "jobs": ["tests/test_promises.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
-    "selection": ["tests/test_core_units.py", "tests/test_status.py", "tests/test_balance.py"],
+    "selection": ["tests/test_selection.py", "tests/test_core_units.py", "tests/test_status.py", "tests/test_balance.py",
+                  "tests/test_parts.py", "tests/test_loaders.py", "tests/test_warm.py"],
     "balance": ["tests/test_balance.py", "tests/test_core_units.py", "tests/test_warm.py", "tests/test_custom_strategy.py"],
     "dispatcher": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py", "tests/test_promises.py"],
     "runner": ["tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_reliability.py", "tests/test_promises.py", "tests/test_completion.py"],
     "warm": ["tests/test_warm.py"],
     "planner": ["tests/test_planner.py", "tests/test_batch.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_promises.py", "tests/test_completion.py"],
-    "scheduling": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py"],
-    "status": ["tests/test_status.py", "tests/test_core_units.py"],
-    "events": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py"],
+    "scheduling": ["tests/test_scheduling.py", "tests/test_parts.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py", "tests/test_warm.py",
+                   "tests/test_adopt.py", "tests/test_promises.py"],
+    "status": ["tests/test_status.py", "tests/test_core_units.py", "tests/test_selection.py"],
+    "events": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_security.py"],
     "gateway/book": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_users.py"],
     "gateway/relay": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py"],
 }
@@ -149,6 +152,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--tests", nargs="+", metavar="FILE", help="run against these test files instead of TESTS[module]")
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
                         help="run only the mutants whose names match (mutmut's glob; repeatable); the score then counts those")
+    parser.add_argument("--retest", action="store_true",
+                        help="re-run only the mutants not killed in the last run (after adding tests); the score counts all")
     args = parser.parse_args(argv)
     if args.list:
         for name, tests in TESTS.items():
@@ -163,8 +168,15 @@ def main(argv: List[str]) -> int:
         dest = _sync(module, args.tests or ())
         started = time.monotonic()
         env = dict(os.environ, PYTHONPATH=str(dest))
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *args.only],
-                       cwd=dest, env=env, stdout=subprocess.DEVNULL)
+        names = list(args.only)
+        if args.retest:
+            # mutmut keeps a verdict once given; naming a mutant makes it run again. Its map of
+            # tests per function is rebuilt: an incremental update for new tests keeps only those.
+            names = score(module, dest, 0.0, args.only)[1]
+            (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        if names or not args.retest:
+            subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *names],
+                           cwd=dest, env=env, stdout=subprocess.DEVNULL)
         result, survivors = score(module, dest, time.monotonic() - started, args.only)
         print(json.dumps(result))
         for name in survivors:
