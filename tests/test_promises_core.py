@@ -12,7 +12,7 @@ import threading
 from typing import Any, Dict, List, Sequence
 
 import pytest
-from helpers import wait_until
+from helpers import ThawableClock, wait_until
 
 from comfy_cluster import ServerPool
 from comfy_cluster.testing import MockComfyServer
@@ -69,4 +69,130 @@ def test_a_result_read_that_fails_once_still_gives_every_output_of_the_job(mock_
         mock_comfy.resume_jobs()
     assert not mock_comfy.route_faults(), "the result was never read"
     assert sorted(f.filename.split("_")[0] for f in result.files) == ["first", "second"], result.files
+    assert mock_comfy.execution_counts() == {job.prompt_id: 1}
+
+
+class Front:
+    """A loopback TCP forwarder in front of one mock server, standing for the network between
+    the pool and a ComfyUI that goes away at a given request. When a request starting with
+    ``cut_at`` arrives (``b"GET /history/"``), that connection is cut unanswered and nothing
+    listens any more: every new connection is refused. Open websockets stay (a process's own
+    sockets outlive its listener for a moment) so the job's events still arrive.
+    :meth:`listen_again` brings the server back on the same port."""
+
+    def __init__(self, target: MockComfyServer, cut_at: bytes) -> None:
+        self._target = ("127.0.0.1", target.port)
+        self._cut_at = cut_at
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self._http: List[socket.socket] = []
+        self._all: List[socket.socket] = []
+        self.stopped = threading.Event()
+        self._serve(self._listener)
+
+    def _serve(self, listener: socket.socket) -> None:
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            with self._lock:
+                self._http += [client, upstream]
+                self._all += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _stop(self) -> None:
+        with contextlib.suppress(OSError):  # shutdown wakes the accepting thread
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            idle, self._http = self._http, []
+        for s in idle:  # the pool would reuse an idle keep-alive connection
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self.stopped.set()
+
+    def listen_again(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._serve(self._listener)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, request_side: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if request_side and data.startswith(b"GET /ws"):
+                    with self._lock:  # a websocket: it stays when the server goes
+                        self._http = [s for s in self._http if s not in (src, dst)]
+                if request_side and not self.stopped.is_set() and data.startswith(self._cut_at):
+                    self._stop()
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            sockets = list(self._all)
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+@pytest.mark.parametrize("then", ["back", "gone"])
+def test_a_server_that_refuses_the_result_read_is_waited_for_briefly(mock_comfy: MockComfyServer, then: str) -> None:
+    """The table's (history, refused) row: the job ended on its server and, as its result is
+    read, the server stops listening. The pool's clock is frozen, so only refusals decide.
+    "back": while the clock stands, the pool keeps trying, and once the server listens again
+    the result holds every file (also the one whose event was lost). "gone": once 2 s of
+    refusals have passed on the pool's clock, the job ends with what its events said, although
+    the pool's loss window (``server_lost_after``) is an hour; it never runs again (mutants:
+    the row's window 0, so the first refusal gives up and "first" is missing; or its 2 s
+    dropped, so the job waits the hour)."""
+    clock = ThawableClock()
+    front = Front(mock_comfy, cut_at=b"GET /history/")
+    mock_comfy.pause_jobs()
+    mock_comfy.mute_websockets()
+    try:
+        with ServerPool([{"name": "m", "url": front.url}], **dict(FAST, clock=clock, background_status=False,
+                                                                  status_ttl=3600.0, reconcile_interval=3600.0,
+                                                                  server_lost_after=3600.0)) as pool:
+            job = pool.submit(two_saves(seed=22 if then == "back" else 23))
+            wait_until(lambda: saved(mock_comfy, "first"), what="the first output written")
+            mock_comfy.unmute_websockets()
+            mock_comfy.resume_jobs()
+            assert front.stopped.wait(60), "the result was never read"
+            if then == "back":
+                # Refused while the pool's clock stands still: the job must not give up (with
+                # the mutant it ends at the first refusal; nothing announces a refusal, so a
+                # second of real time lets a few of them happen).
+                assert not job.wait(1.0), job.result(0).files
+                front.listen_again()
+                result = job.result(timeout=60)
+                assert sorted(f.filename.split("_")[0] for f in result.files) == ["first", "second"], result.files
+            else:
+                # The pool's clock moves on (nothing announces the refusals it counts) up to
+                # two minutes: far longer than 2 s, far less than server_lost_after.
+                while not job.wait(0.25) and clock.now < 1000.0 + 120.0:
+                    clock.advance(1.0)
+                result = job.result(timeout=0)
+                assert [f.filename.split("_")[0] for f in result.files] == ["second"], result.files
+            clock.thaw()  # the pool closes in real time
+    finally:
+        mock_comfy.unmute_websockets()
+        mock_comfy.resume_jobs()
+        front.close()
     assert mock_comfy.execution_counts() == {job.prompt_id: 1}
