@@ -196,3 +196,93 @@ def test_a_server_that_refuses_the_result_read_is_waited_for_briefly(mock_comfy:
         mock_comfy.resume_jobs()
         front.close()
     assert mock_comfy.execution_counts() == {job.prompt_id: 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cancel and clean-up (attempt.py): bounded, and retried until the copy is gone.
+
+
+def first_of(name: str) -> Any:
+    """A strategy that takes ``name`` whenever it is a candidate (else the first candidate)."""
+    return lambda candidates, workflow: next((c for c in candidates if c.name == name), candidates[0])
+
+
+def sleep_job(seed: int, prefix: str = "t") -> Dict[str, Any]:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": seed % 1000}},
+        "2": {"class_type": "TestSleep", "inputs": {"image": ["1", 0], "seconds": 0.05, "steps": 1, "seed": seed}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+#: A pool whose own requests may wait long for an answer (a studio's slow proxy): the reads
+#: that follow and cancel a job still give up after FOLLOW_TIMEOUT's 5 s.
+PATIENT = dict(request_timeout=(1.0, 300.0), reconcile_interval=3600.0, background_status=False, status_ttl=3600.0)
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/queue"), ("GET", "/queue"), ("POST", "/interrupt")])
+def test_cancel_ends_the_job_although_a_cancel_request_is_never_answered(mock_comfy: MockComfyServer, method: str, path: str) -> None:
+    """``cancel()`` of a running job ends it ``cancelled`` within the loss window even when
+    one of the requests that remove it from its server (the delete, the queue read between,
+    the interrupt) is never answered: each is bounded by the follow timeout, not by the pool's
+    long ``request_timeout``, and retried (mutants: ``cancel_on_server``'s requests made with
+    the pool's request timeout, 300 s here)."""
+    mock_comfy.pause_jobs()
+    try:
+        with pool_of([mock_comfy], {}, **PATIENT) as pool:
+            job = pool.submit(sleep_job(31))
+            wait_until(lambda: mock_comfy.queue_snapshot()[0], what="the job running")
+            mock_comfy.fail_route(path, "hang", method=method, count=1)
+            assert job.cancel() is True
+            assert job.wait(60), f"cancel() still waiting for an answer to {method} {path}"
+            assert job.status == "cancelled"
+            mock_comfy.clear_route_faults()
+    finally:
+        mock_comfy.clear_route_faults()
+        mock_comfy.resume_jobs()
+
+
+def test_a_batch_cancel_does_not_wait_for_a_post_that_is_never_answered(mock_comfy: MockComfyServer) -> None:
+    """``batch.cancel()`` waits only briefly for the pool's POSTs in flight (so that a
+    cancelled batch's next job never starts between the delete and the interrupt): a POST
+    whose answer never comes does not block it, and every job of the batch ends cancelled
+    (mutants: ``PostGate.quiet`` without its patience, waiting for the POST's answer)."""
+    mock_comfy.pause_jobs()
+    mock_comfy.stall_prompt()  # the server queues each job; the answer never comes
+    try:
+        with pool_of([mock_comfy], {"max_queue": 2}, **PATIENT) as pool:
+            batch = pool.map_async([sleep_job(32), sleep_job(33)])
+            wait_until(lambda: mock_comfy.held_requests() == 2, what="both POSTs held")
+            cancelling = threading.Thread(target=batch.cancel, daemon=True)
+            cancelling.start()
+            cancelling.join(30)
+            assert not cancelling.is_alive(), "batch.cancel() waits for a POST that is never answered"
+            mock_comfy.clear_route_faults()  # the answers come: each runner removes its job
+            results = batch.results(timeout=60, return_exceptions=True)
+        assert [job.status for job in batch.jobs] == ["cancelled", "cancelled"], results
+    finally:
+        mock_comfy.clear_route_faults()
+        mock_comfy.resume_jobs()
+
+
+def test_a_copy_left_on_a_server_is_removed_although_the_first_try_fails(mock_cluster_factory: Any) -> None:
+    """A job moved away from a server that went out of reach leaves a copy there; once the
+    server answers again (one probe), the copy is removed, and a failed try (a 500 on the
+    interrupt) is retried at once, not left for a later probe, which here never comes
+    (mutants: ``remove_copies`` giving up or crashing at its first failed request)."""
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    s1, s2 = cluster.servers
+    s1.pause_jobs()  # the copy on s1 only ends when the pool removes it
+    try:
+        with pool_of(cluster.servers, {}, strategy=first_of("s1"), background_status=False, status_ttl=3600.0) as pool:
+            job = pool.submit(sleep_job(34, prefix="moved"))
+            wait_until(lambda: s1.queue_snapshot()[0], what="the job runs on s1")
+            s1.fail_route("/interrupt", "500", method="POST", count=1)
+            s1.refuse_for(3.0)  # longer than server_lost_after: the job moves to s2
+            assert job.result(timeout=60).server == "s2"
+            wait_until(lambda: [st.online for st in pool.status(refresh=True)] == [True, True], what="s1 answering again")
+            wait_until(lambda: s1.queue_snapshot() == ([], []), what="the copy removed from s1")
+            assert not s1.route_faults(), "the interrupt never failed"
+    finally:
+        s1.resume_jobs()
+    assert [r.outcome for r in s1.executions] == ["interrupted"]
