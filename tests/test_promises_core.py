@@ -80,9 +80,15 @@ class Front:
     sockets outlive its listener for a moment) so the job's events still arrive.
     :meth:`listen_again` brings the server back on the same port."""
 
-    def __init__(self, target: MockComfyServer, cut_at: bytes) -> None:
+    def __init__(self, target: MockComfyServer, cut_at: bytes = b"", hold_at: bytes = b"") -> None:
         self._target = ("127.0.0.1", target.port)
         self._cut_at = cut_at
+        # ``hold_at``: the first request starting with it is kept from the server (the client
+        # times out and goes) until :meth:`deliver`: a request stuck on its way.
+        self._hold_at = hold_at
+        self._held: List[bytes] = []
+        self._held_to: List[socket.socket] = []
+        self.holding = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -132,15 +138,27 @@ class Front:
                 if request_side and data.startswith(b"GET /ws"):
                     with self._lock:  # a websocket: it stays when the server goes
                         self._http = [s for s in self._http if s not in (src, dst)]
-                if request_side and not self.stopped.is_set() and data.startswith(self._cut_at):
+                if request_side and self._cut_at and not self.stopped.is_set() and data.startswith(self._cut_at):
                     self._stop()
                     break
+                if request_side and (dst in self._held_to or (self._hold_at and not self.holding.is_set()
+                                                               and data.startswith(self._hold_at))):
+                    self._held_to = [dst]
+                    self._held.append(data)
+                    self.holding.set()
+                    continue
                 dst.sendall(data)
         except OSError:
             pass
         for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.close()
+            if s not in self._held_to:  # kept open for the held request
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def deliver(self) -> None:
+        """Send the held request on to the server (its client is long gone)."""
+        upstream = self._held_to[0]
+        upstream.sendall(b"".join(self._held))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -292,3 +310,32 @@ def test_copies_left_on_a_server_are_removed_although_the_first_try_fails(mock_c
         s1.clear_route_faults()
         s1.resume_jobs()
     assert sorted(r.outcome or "" for r in s1.executions) == ["interrupted"]  # the queued copy never ran
+
+
+def test_a_post_still_on_its_way_when_the_job_moved_is_removed_when_it_lands(mock_cluster_factory: Any) -> None:
+    """A ``POST /prompt`` that gets no answer in time may still reach the server's queue
+    later (a request stuck on its way): the job moves at once, and the copy it may leave is
+    watched for a grace period on the pool's clock (frozen here) instead of being written off
+    at the first look: when the request lands, the copy is removed before it can run to the
+    end, so the job does not run twice (mutants: ``remove_copies``' POST grace ignored)."""
+    clock = ThawableClock()
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    s1, s2 = cluster.servers
+    front = Front(s1, hold_at=b"POST /prompt")
+    s1.pause_jobs()  # a copy that lands stays there until removed
+    configs = [{"name": "s1", "url": front.url}, {"name": "s2", "url": s2.url}]
+    try:
+        with ServerPool(configs, **dict(FAST, strategy=first_of("s1"), clock=clock, background_status=False,
+                                        status_ttl=3600.0)) as pool:
+            job = pool.submit(sleep_job(41, prefix="late"))
+            assert job.result(timeout=60).server == "s2"
+            assert front.holding.is_set()
+            front.deliver()  # the request reaches ComfyUI: the copy is queued on s1
+            wait_until(lambda: s1.received_prompts, what="the late copy on s1")
+            wait_until(lambda: (pool.status(refresh=True), s1.queue_snapshot() == ([], []))[1],
+                       timeout=60, what="the late copy removed from s1")
+            clock.thaw()
+    finally:
+        s1.resume_jobs()
+        front.close()
+    assert [r.outcome for r in s1.executions] in ([], ["interrupted"])
