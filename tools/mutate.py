@@ -45,7 +45,7 @@ TESTS: Dict[str, List[str]] = {
     "jobs": ["tests/test_promises_core.py", "tests/test_promises.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
     "selection": ["tests/test_core_units.py", "tests/test_status.py", "tests/test_balance.py"],
     "balance": ["tests/test_balance.py", "tests/test_core_units.py", "tests/test_warm.py"],
-    "dispatcher": ["tests/test_promises_core.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py", "tests/test_promises.py"],
+    "dispatcher": ["tests/test_dispatcher.py", "tests/test_parts.py", "tests/test_promises_core.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py", "tests/test_promises.py"],
     "runner": ["tests/test_promises_core.py", "tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_reliability.py", "tests/test_promises.py", "tests/test_completion.py"],
     "planner": ["tests/test_batch.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_promises.py", "tests/test_completion.py"],
     "scheduling": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py"],
