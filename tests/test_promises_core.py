@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
+import ssl
 import threading
 from typing import Any, Dict, List, Sequence
 
@@ -16,6 +18,8 @@ from helpers import ThawableClock, wait_until
 
 from comfy_cluster import ServerPool
 from comfy_cluster.testing import MockComfyServer
+from comfy_cluster.testing.png import png_bytes
+from comfy_cluster.testing.workflows import load_image_workflow
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -339,3 +343,115 @@ def test_a_post_still_on_its_way_when_the_job_moved_is_removed_when_it_lands(moc
         s1.resume_jobs()
         front.close()
     assert [r.outcome for r in s1.executions] in ([], ["interrupted"])
+
+
+TLS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tls")
+
+
+class TlsFrontBreaksAfterUpload:
+    """An HTTPS front (TLS ends here, plain HTTP to the mock behind) whose TLS breaks once an
+    input upload has been answered: every new connection then gets a plain-text answer to its
+    TLS hello, as a misconfigured or restarted proxy gives. The upload's connection is closed
+    after its answer and idle ones are cut, so the ``POST /prompt`` that follows needs a new
+    connection; open websockets stay. One thread per connection (an SSL socket is not shared
+    between threads)."""
+
+    def __init__(self, target: MockComfyServer) -> None:
+        self._target = ("127.0.0.1", target.port)
+        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._ctx.load_cert_chain(os.path.join(TLS_DIR, "server.pem"), os.path.join(TLS_DIR, "server.key"))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.broken = threading.Event()
+        self._lock = threading.Lock()
+        self._idle: List[socket.socket] = []
+        self._all: List[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._all.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            if self.broken.is_set():
+                client.recv(65536)  # the TLS hello, answered in plain text
+                client.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            tls = self._ctx.wrap_socket(client, server_side=True)
+            upstream = socket.create_connection(self._target)
+            with self._lock:
+                self._all += [tls, upstream]
+                self._idle.append(tls)
+            self._relay(tls, upstream)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                client.close()
+
+    def _relay(self, tls: ssl.SSLSocket, upstream: socket.socket) -> None:
+        uploading = False
+        while True:
+            readable = [tls] if tls.pending() else select.select([tls, upstream], [], [])[0]
+            for src in readable:
+                data = src.recv(65536)
+                if not data:
+                    upstream.close()
+                    return
+                if src is tls:
+                    if data.startswith(b"GET /ws"):
+                        with self._lock:  # a websocket: it stays when the TLS breaks
+                            self._idle.remove(tls)
+                    uploading = uploading or data.startswith(b"POST /upload/image")
+                    upstream.sendall(data)
+                elif uploading and b"\r\n\r\n" in data:
+                    self.broken.set()
+                    tls.sendall(data.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+                    with self._lock:
+                        idle = [s for s in self._idle if s is not tls]
+                    for s in idle:
+                        with contextlib.suppress(OSError):
+                            s.shutdown(socket.SHUT_RDWR)
+                    upstream.close()
+                    return
+                else:
+                    tls.sendall(data)
+
+    def close(self) -> None:
+        with self._lock:
+            sockets = list(self._all)
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_a_tls_failure_between_upload_and_post_moves_the_job_at_once(mock_cluster_factory: Any, tmp_path: Any) -> None:
+    """The table's (post, tls) row: the job's input is on s1 (over HTTPS), then s1's TLS breaks
+    before the ``POST /prompt``: nothing was sent, so the job moves to s2 at once and runs
+    there, and s1 is marked offline, so the next job goes straight to s2 (mutants: the row
+    fails the job, or leaves s1 online)."""
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    s1, s2 = cluster.servers
+    front = TlsFrontBreaksAfterUpload(s1)
+    plate = tmp_path / "plate.png"
+    plate.write_bytes(png_bytes(8, 8, (7, 8, 9)))
+    configs = [{"name": "s1", "url": front.url, "verify_tls": os.path.join(TLS_DIR, "ca.pem")}, {"name": "s2", "url": s2.url}]
+    try:
+        with ServerPool(configs, **dict(FAST, strategy=first_of("s1"), status_ttl=3600.0)) as pool:
+            job = pool.submit(load_image_workflow("plate.png", prefix="plate"), inputs={"1": str(plate)})
+            assert job.result(timeout=60).server == "s2"
+            second = pool.submit(sleep_job(51))
+            assert second.result(timeout=60).server == "s2"
+            assert [e.kind for e in second.events if e.kind == "retrying"] == []
+    finally:
+        front.close()
+    assert front.broken.is_set() and len(s1.received_prompts) == 0
+    moved = [(e.from_server, e.to_server, e.reason) for e in job.events if e.kind == "retrying"]
+    assert len(moved) == 1 and moved[0][:2] == ("s1", "s2") and "TLS" in (moved[0][2] or ""), moved
