@@ -455,3 +455,41 @@ def test_a_tls_failure_between_upload_and_post_moves_the_job_at_once(mock_cluste
     assert front.broken.is_set() and len(s1.received_prompts) == 0
     moved = [(e.from_server, e.to_server, e.reason) for e in job.events if e.kind == "retrying"]
     assert len(moved) == 1 and moved[0][:2] == ("s1", "s2") and "TLS" in (moved[0][2] or ""), moved
+
+
+def test_each_copy_is_recorded_before_its_post_and_at_its_confirmed_end(mock_comfy: MockComfyServer) -> None:
+    """``on_attempt`` (a gateway's durable record of the copies it sent) hears of each copy
+    twice: "reserved" before its POST and "ended" once its end there is confirmed, with the
+    copy's prompt_id and server; and the server's status learns how long the job took
+    (``avg_job_seconds``) and that it succeeded (mutants: the ledger's release telling
+    ``on_attempt`` nothing or another phase, or the status without the job's time)."""
+    seen: List[Any] = []
+    with pool_of([mock_comfy], {}) as pool:
+        job = pool.submit(sleep_job(61), on_attempt=lambda *record: seen.append(record))
+        job.result(timeout=60)
+        wait_until(lambda: len(seen) == 2, what="the copy's end recorded")
+        status = pool.status()[0]
+    assert seen == [(job.prompt_id, mock_comfy.name, "reserved"), (job.prompt_id, mock_comfy.name, "ended")]
+    assert status.jobs_succeeded == 1 and status.in_flight == 0
+    assert status.avg_job_seconds is not None and status.avg_job_seconds > 0
+
+
+def test_copies_left_by_two_outages_of_one_server_are_both_removed(mock_cluster_factory: Any) -> None:
+    """A server out of reach twice, each time leaving a copy of a job that moved: the clean-up
+    after the first outage does not keep the second copy from being removed (mutants: the
+    server left marked "being cleaned" after its clean-up, so no later one ever runs)."""
+    cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
+    s1, s2 = cluster.servers
+    s1.pause_jobs()
+    try:
+        with pool_of(cluster.servers, {}, strategy=first_of("s1"), **PATIENT) as pool:
+            for n in range(2):
+                job = pool.submit(sleep_job(71 + n, prefix=f"outage{n}"))
+                wait_until(lambda: s1.queue_snapshot()[0], what="the job runs on s1")
+                s1.refuse_for(3.0)  # longer than server_lost_after: the job moves to s2
+                assert job.result(timeout=60).server == "s2"
+                wait_until(lambda: s1.queue_snapshot() == ([], []), timeout=60, what=f"copy {n} removed from s1")
+                wait_until(lambda: pool.status()[0].in_flight == 0, timeout=60, what="s1 counting no job of ours")
+    finally:
+        s1.resume_jobs()
+    assert [r.outcome for r in s1.executions] == ["interrupted", "interrupted"]
