@@ -493,3 +493,22 @@ def test_copies_left_by_two_outages_of_one_server_are_both_removed(mock_cluster_
     finally:
         s1.resume_jobs()
     assert [r.outcome for r in s1.executions] == ["interrupted", "interrupted"]
+
+
+def test_a_job_that_loaded_a_model_is_timed_apart_from_jobs_that_did_not(mock_cluster_factory: Any) -> None:
+    """A server's status keeps two job times (README): ``cold_job_seconds`` from jobs that had
+    to load their model, ``avg_job_seconds`` from those that found it loaded; the warm-model
+    strategy weighs a load with their difference (mutants: the release of a copy not telling
+    the status whether it was cold)."""
+    from comfy_cluster.testing.workflows import txt2img_workflow
+
+    cluster = mock_cluster_factory(speeds=(1.0,), models=["a.safetensors"], model_load_seconds=0.05)
+    with pool_of(cluster.servers, {}) as pool:
+        pool.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=1)).result(timeout=60)
+        wait_until(lambda: pool.status()[0].jobs_succeeded == 1, what="the first job counted")
+        cold = pool.status()[0]
+        pool.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=2)).result(timeout=60)
+        wait_until(lambda: pool.status()[0].jobs_succeeded == 2, what="the second job counted")
+        warm = pool.status()[0]
+    assert cold.cold_job_seconds is not None and cold.avg_job_seconds is None
+    assert warm.avg_job_seconds is not None and warm.cold_job_seconds == cold.cold_job_seconds
