@@ -512,3 +512,68 @@ def test_a_job_that_loaded_a_model_is_timed_apart_from_jobs_that_did_not(mock_cl
         warm = pool.status()[0]
     assert cold.cold_job_seconds is not None and cold.avg_job_seconds is None
     assert warm.avg_job_seconds is not None and warm.cold_job_seconds == cold.cold_job_seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# What a running job reports (runner.py): its events, and how it ended when the server ended it.
+
+
+def test_a_job_reports_its_run_as_comfyui_tells_it(mock_comfy: MockComfyServer) -> None:
+    """The events of a job whose first node is cached from the job before: started, cached
+    (naming the cached node), executing per node, progress (value of max, per node), output
+    (the files), then succeeded (mutants: ``_on_message`` dropping or mislabelling a kind)."""
+    events: List[Any] = []
+    with pool_of([mock_comfy], {}) as pool:
+        pool.submit(sleep_job(81)).result(timeout=60)
+        wf = sleep_job(81)
+        wf["2"]["inputs"]["seed"] = 82  # node 1 is the same: cached; the sleep is not
+        wf["2"]["inputs"]["steps"] = 2
+        job = pool.submit(wf, on_event=events.append)
+        job.result(timeout=60)
+        wait_until(lambda: events and events[-1].kind == "succeeded", what="the last event delivered")
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "submitted" and kinds.index("started") < kinds.index("cached") < kinds.index("executing")
+    cached = next(e for e in events if e.kind == "cached")
+    assert cached.nodes == ("1",) and cached.server == mock_comfy.name
+    assert [e.node for e in events if e.kind == "executing"] == ["2", "3"]
+    progress = [(e.node, e.value, e.max) for e in events if e.kind == "progress"]
+    assert progress and progress[-1] == ("2", 2.0, 2.0) and all(m == 2.0 for _, _, m in progress)
+    (output,) = [e for e in events if e.kind == "output"]
+    assert output.node == "3" and [f.filename for f in output.files] == [f.filename for f in job.result().files]
+    assert kinds[-1] == "succeeded"
+
+
+def test_a_job_interrupted_on_its_server_by_someone_else_ends_cancelled_saying_so(mock_comfy: MockComfyServer) -> None:
+    """Another client interrupts what runs on the server (ComfyUI's Cancel button): the job
+    ends ``cancelled``, its reason saying it was interrupted on the server, and it is not run
+    again (mutants: the interruption taken for our own cancel, or for a failure)."""
+    import requests
+
+    mock_comfy.pause_jobs()
+    try:
+        with pool_of([mock_comfy], {}) as pool:
+            job = pool.submit(sleep_job(83))
+            wait_until(lambda: mock_comfy.queue_snapshot()[0], what="the job running")
+            requests.post(mock_comfy.url + "/interrupt", json={}, timeout=10).raise_for_status()
+            assert job.wait(60)
+    finally:
+        mock_comfy.resume_jobs()
+    assert job.status == "cancelled" and job.events[-1].reason == "interrupted on the server"
+    assert mock_comfy.execution_counts() == {job.prompt_id: 1}
+
+
+def test_a_failed_job_names_the_node_and_comfyuis_exception(mock_comfy: MockComfyServer) -> None:
+    """A node that raises: the job's error names the node (id and type), ComfyUI's exception
+    type and message, and carries its traceback, the job's prompt_id and server (mutants:
+    ``_job_failed`` dropping a field)."""
+    from comfy_cluster.errors import JobFailed
+    from comfy_cluster.testing.workflows import fail_workflow
+
+    with pool_of([mock_comfy], {}) as pool:
+        job = pool.submit(fail_workflow("the GPU caught fire"))
+        assert job.wait(60)
+    error = job.exception()
+    assert isinstance(error, JobFailed)
+    assert (error.node_id, error.node_type, error.prompt_id, error.server) == ("2", "TestFail", job.prompt_id, mock_comfy.name)
+    assert error.exception_message == "the GPU caught fire" and error.exception_type and error.traceback
+    assert "node 2 (TestFail)" in str(error) and "the GPU caught fire" in str(error)
