@@ -577,3 +577,38 @@ def test_a_failed_job_names_the_node_and_comfyuis_exception(mock_comfy: MockComf
     assert (error.node_id, error.node_type, error.prompt_id, error.server) == ("2", "TestFail", job.prompt_id, mock_comfy.name)
     assert error.exception_message == "the GPU caught fire" and error.exception_type and error.traceback
     assert "node 2 (TestFail)" in str(error) and "the GPU caught fire" in str(error)
+
+
+@pytest.mark.parametrize("how", ["succeeds", "fails", "interrupted"])
+def test_a_job_whose_events_are_all_lost_ends_as_its_servers_history_says(mock_comfy: MockComfyServer, how: str) -> None:
+    """A half-open websocket loses every event of the job: the pool learns its end from the
+    server's queue and history, with the same outcome a user would have got from the events:
+    the files, or the failing node and ComfyUI's message, or "interrupted on the server"
+    (mutants: ``_from_history`` misreading an error or an interruption)."""
+    import requests
+
+    from comfy_cluster.testing.workflows import fail_workflow
+
+    mock_comfy.mute_websockets()
+    if how == "interrupted":
+        mock_comfy.pause_jobs()
+    try:
+        with pool_of([mock_comfy], {}) as pool:
+            job = pool.submit(fail_workflow("no VRAM left") if how == "fails" else sleep_job(91))
+            if how == "interrupted":
+                wait_until(lambda: mock_comfy.queue_snapshot()[0], what="the job running")
+                requests.post(mock_comfy.url + "/interrupt", json={}, timeout=10).raise_for_status()
+            assert job.wait(60)
+    finally:
+        mock_comfy.unmute_websockets()
+        mock_comfy.resume_jobs()
+    if how == "succeeds":
+        assert job.status == "succeeded" and [f.filename.split("_")[0] for f in job.result().files] == ["t"]
+    elif how == "fails":
+        error = job.exception()
+        assert job.status == "failed" and (error.node_id, error.node_type) == ("2", "TestFail")
+        assert error.exception_message == "no VRAM left" and error.prompt_id == job.prompt_id
+    else:
+        assert job.status == "cancelled" and job.events[-1].reason == "interrupted on the server"
+    assert [e.kind for e in job.events if e.kind == "retrying"] == []
+    assert mock_comfy.execution_counts() == {job.prompt_id: 1}
