@@ -258,3 +258,39 @@ def test_pending_counts_waiting_jobs_per_batch_and_close_hands_them_back() -> No
     with pytest.raises(ComfyClusterError, match="closed"):
         d.add([control(4)])
     assert slots.started.empty() and slots.ended.empty()
+
+
+def test_a_job_adopted_on_a_server_counts_in_its_owners_share() -> None:
+    """A job followed on a server without being dispatched (a gateway that restarted adopts
+    its jobs) counts for its owner as one dispatched: the other owner's job goes first."""
+    slots = Slots()
+    d = dispatcher_over(slots)
+    try:
+        d.adopted(control(0, "ann", 0))
+        d.add([control(1, "ann", 1), control(2, "bob", 2)])
+        slots.give(d)
+        assert slots.started.get(timeout=30) == "2"
+    finally:
+        d.close()
+
+
+def test_a_failing_look_at_the_queue_does_not_stop_the_dispatcher() -> None:
+    """A bug in the background work of a pass (``tick``) is logged and the dispatcher looks
+    again: the jobs waiting are still dispatched."""
+    slots = Slots()
+    failures = [1]
+
+    def tick() -> Optional[float]:
+        if failures:
+            failures.pop()
+            raise RuntimeError("a bug in the status view")
+        return None
+
+    d = dispatcher_over(slots, tick=tick)
+    try:
+        d.add([control(1)])
+        wait_until(lambda: not failures, what="the failing pass")
+        slots.give(d)
+        assert slots.started.get(timeout=30) == "1"
+    finally:
+        d.close()
