@@ -78,7 +78,7 @@ def _sync(module: str, tests_override: Sequence[str] = ()) -> Path:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
-    tests = [t for t in (tests_override or TESTS[module]) if (ROOT / t).is_file()]
+    tests = [t for t in (tests_override or TESTS[module]) if (ROOT / t.split("::")[0]).is_file()]  # a file or a test id
     config = (ROOT / "pyproject.toml").read_text(encoding="utf-8") + (
         "\n[tool.mutmut]\n"
         'source_paths = ["comfy_cluster"]\n'
@@ -146,7 +146,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     parser.add_argument("--survivors", action="store_true", help="show each surviving mutant's diff")
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutants (default 2)")
-    parser.add_argument("--tests", nargs="+", metavar="FILE", help="run against these test files instead of TESTS[module]")
+    parser.add_argument("--tests", nargs="+", metavar="FILE", help="run against these test files (or test ids, file::name) instead of TESTS[module]")
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
                         help="run only the mutants whose names match (mutmut's glob; repeatable); the score then counts those")
     args = parser.parse_args(argv)
