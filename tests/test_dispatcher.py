@@ -294,3 +294,40 @@ def test_a_failing_look_at_the_queue_does_not_stop_the_dispatcher() -> None:
         assert slots.started.get(timeout=30) == "1"
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("ann, bob, first", [
+    # (dispatched, adopted, ended) per owner before each queues one more job (ann's is older)
+    ((0, 2, 0), (2, 0, 1), "bob"),  # ann has 2 running, bob 1
+    ((0, 1, 0), (1, 0, 0), "ann"),  # 1 running each, 1 served each: the older job
+    ((0, 2, 2), (1, 0, 1), "bob"),  # none running; ann served 2, bob 1
+    ((0, 1, 1), (1, 0, 1), "ann"),  # none running, 1 served each: the older job
+    ((2, 0, 1), (1, 0, 0), "bob"),  # 1 running each; ann served 2, bob 1
+])
+def test_fair_share_weighs_jobs_running_then_jobs_served(ann: Tuple[int, int, int], bob: Tuple[int, int, int], first: str) -> None:
+    """The next slot goes to the owner with the fewest jobs on servers now, then the fewest
+    dispatched ever (adopted jobs count as dispatched), then the older job: each count as
+    exact as the user's share (mutants: a count set instead of added to, by 2, or down)."""
+    slots = Slots()
+    d = dispatcher_over(slots)
+    seq = iter(range(1000))
+    try:
+        for owner, (dispatched, adopted, ended) in (("ann", ann), ("bob", bob)):
+            mine = [control(next(seq), owner, next(seq)) for _ in range(dispatched)]
+            if mine:
+                d.add(mine)
+                slots.give(d, dispatched)
+                for _ in mine:
+                    slots.started.get(timeout=30)
+            for _ in range(adopted):
+                held = control(next(seq), owner, next(seq))
+                d.adopted(held)
+                mine.append(held)
+            for job in mine[:ended]:
+                d.attempt_ended(job)
+        wanted = {"ann": control(900, "ann", 900), "bob": control(901, "bob", 901)}
+        d.add([wanted["ann"], wanted["bob"]])
+        slots.give(d)
+        assert slots.started.get(timeout=30) == str(wanted[first].job.index)
+    finally:
+        d.close()
