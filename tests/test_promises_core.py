@@ -256,7 +256,7 @@ def test_cancel_ends_the_job_although_a_cancel_request_is_never_answered(mock_co
             wait_until(lambda: mock_comfy.queue_snapshot()[0], what="the job running")
             mock_comfy.fail_route(path, "hang", method=method, count=1)
             assert job.cancel() is True
-            assert job.wait(60), f"cancel() still waiting for an answer to {method} {path}"
+            assert job.wait(30), f"cancel() still waiting for an answer to {method} {path}"
             assert job.status == "cancelled"
             mock_comfy.clear_route_faults()
     finally:
@@ -277,7 +277,7 @@ def test_a_batch_cancel_does_not_wait_for_a_post_that_is_never_answered(mock_com
             wait_until(lambda: mock_comfy.held_requests() == 2, what="both POSTs held")
             cancelling = threading.Thread(target=batch.cancel, daemon=True)
             cancelling.start()
-            cancelling.join(30)
+            cancelling.join(15)
             assert not cancelling.is_alive(), "batch.cancel() waits for a POST that is never answered"
             mock_comfy.clear_route_faults()  # the answers come: each runner removes its job
             results = batch.results(timeout=60, return_exceptions=True)
@@ -307,8 +307,8 @@ def test_copies_left_on_a_server_are_removed_although_the_first_try_fails(mock_c
             s1.fail_route(path, kind, method=method, count=1)  # the first such request once s1 is back
             s1.refuse_for(3.0)  # longer than server_lost_after: the jobs move to s2
             assert [job.result(timeout=60).server for job in jobs] == ["s2", "s2"]
-            wait_until(lambda: s1.queue_snapshot() == ([], []), timeout=60, what="the copies removed from s1")
-            wait_until(lambda: pool.status()[0].in_flight == 0, timeout=60, what="s1 counting no job of ours")
+            wait_until(lambda: s1.queue_snapshot() == ([], []), timeout=20, what="the copies removed from s1")
+            wait_until(lambda: pool.status()[0].in_flight == 0, timeout=20, what="s1 counting no job of ours")
             assert not s1.route_faults(), f"{method} {path} never failed"
     finally:
         s1.clear_route_faults()
@@ -337,7 +337,7 @@ def test_a_post_still_on_its_way_when_the_job_moved_is_removed_when_it_lands(moc
             front.deliver()  # the request reaches ComfyUI: the copy is queued on s1
             wait_until(lambda: s1.received_prompts, what="the late copy on s1")
             wait_until(lambda: (pool.status(refresh=True), s1.queue_snapshot() == ([], []))[1],
-                       timeout=60, what="the late copy removed from s1")
+                       timeout=20, what="the late copy removed from s1")
             clock.thaw()
     finally:
         s1.resume_jobs()
@@ -488,8 +488,8 @@ def test_copies_left_by_two_outages_of_one_server_are_both_removed(mock_cluster_
                 wait_until(lambda: s1.queue_snapshot()[0], what="the job runs on s1")
                 s1.refuse_for(3.0)  # longer than server_lost_after: the job moves to s2
                 assert job.result(timeout=60).server == "s2"
-                wait_until(lambda: s1.queue_snapshot() == ([], []), timeout=60, what=f"copy {n} removed from s1")
-                wait_until(lambda: pool.status()[0].in_flight == 0, timeout=60, what="s1 counting no job of ours")
+                wait_until(lambda: s1.queue_snapshot() == ([], []), timeout=20, what=f"copy {n} removed from s1")
+                wait_until(lambda: pool.status()[0].in_flight == 0, timeout=20, what="s1 counting no job of ours")
     finally:
         s1.resume_jobs()
     assert [r.outcome for r in s1.executions] == ["interrupted", "interrupted"]
