@@ -537,7 +537,7 @@ def test_a_job_reports_its_run_as_comfyui_tells_it(mock_comfy: MockComfyServer) 
     assert cached.nodes == ("1",) and cached.server == mock_comfy.name
     assert [e.node for e in events if e.kind == "executing"] == ["2", "3"]
     progress = [(e.node, e.value, e.max) for e in events if e.kind == "progress"]
-    assert progress and progress[-1] == ("2", 2.0, 2.0) and all(m == 2.0 for _, _, m in progress)
+    assert progress == [("2", 1.0, 2.0), ("2", 2.0, 2.0)]
     (output,) = [e for e in events if e.kind == "output"]
     assert output.node == "3" and [f.filename for f in output.files] == [f.filename for f in job.result().files]
     assert kinds[-1] == "succeeded"
@@ -612,3 +612,23 @@ def test_a_job_whose_events_are_all_lost_ends_as_its_servers_history_says(mock_c
         assert job.status == "cancelled" and job.events[-1].reason == "interrupted on the server"
     assert [e.kind for e in job.events if e.kind == "retrying"] == []
     assert mock_comfy.execution_counts() == {job.prompt_id: 1}
+
+
+def test_a_job_cancelled_while_its_input_uploads_is_never_posted(mock_comfy: MockComfyServer, tmp_path: Any) -> None:
+    """Cancel stops the job where it is: cancelled while its input is on its way to the
+    server, it is never sent to the server's queue (so it never runs there, not even for a
+    moment) and ends ``cancelled`` (mutant: the cancel check before ``POST /prompt`` removed,
+    so the job is posted and only then removed)."""
+    plate = tmp_path / "plate.png"
+    plate.write_bytes(png_bytes(8, 8, (1, 1, 1)))
+    mock_comfy.fail_route("/upload/image", "hang", method="POST", count=1)  # held, then answered
+    try:
+        with pool_of([mock_comfy], {}, request_timeout=(1.0, 60.0)) as pool:
+            job = pool.submit(load_image_workflow("plate.png", prefix="plate"), inputs={"1": str(plate)})
+            wait_until(lambda: mock_comfy.held_requests() == 1, what="the upload on its way")
+            assert job.cancel() is True
+            mock_comfy.release_held()
+            assert job.wait(30) and job.status == "cancelled"
+    finally:
+        mock_comfy.clear_route_faults()
+    assert mock_comfy.received_prompts == []
