@@ -66,6 +66,22 @@ class FakeClock:
         self.now += seconds
 
 
+class ThawableClock(FakeClock):
+    """A FakeClock that can be set running: real time on from where it stands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thawed_at: Optional[float] = None
+
+    def thaw(self) -> None:
+        self._thawed_at = time.monotonic()
+
+    def __call__(self) -> float:
+        if self._thawed_at is None:
+            return self.now
+        return self.now + (time.monotonic() - self._thawed_at)
+
+
 def kinds(events: List[Any]) -> List[str]:
     return [e.kind for e in events]
 

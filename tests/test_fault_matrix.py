@@ -44,13 +44,12 @@ import contextlib
 import hashlib
 import random
 import threading
-import time
 import uuid
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 import requests
-from helpers import FakeClock, wait_until
+from helpers import ThawableClock, wait_until
 
 from comfy_cluster import ComfyClusterError, ServerPool
 from comfy_cluster.testing import MockComfyServer
@@ -307,22 +306,6 @@ def test_concurrent_downloads_into_one_folder_never_share_a_path(mock_cluster_fa
 
 # ---------------------------------------------------------------------------------------------
 # 4. A short outage fails queued jobs.
-
-
-class ThawableClock(FakeClock):
-    """A FakeClock that can be set running: real time on from where it stands."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._thawed_at: Optional[float] = None
-
-    def thaw(self) -> None:
-        self._thawed_at = time.monotonic()
-
-    def __call__(self) -> float:
-        if self._thawed_at is None:
-            return self.now
-        return self.now + (time.monotonic() - self._thawed_at)
 
 
 def test_outage_clock_measures_only_the_current_outage(mock_comfy: MockComfyServer) -> None:

@@ -42,13 +42,14 @@ EQUIVALENT = ROOT / "tools" / "mutation_equivalent.txt"
 TESTS: Dict[str, List[str]] = {
     "policy": ["tests/test_policy.py", "tests/test_fault_matrix.py", "tests/test_faults_classify.py", "tests/test_completion.py",
                "tests/test_promises.py"],
-    "attempt": ["tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_promises.py"],
-    "jobs": ["tests/test_promises.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
+    "attempt": ["tests/test_promises_core.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_promises.py"],
+    "jobs": ["tests/test_promises_core.py", "tests/test_promises.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
     "selection": ["tests/test_selection.py", "tests/test_core_units.py", "tests/test_status.py", "tests/test_balance.py",
                   "tests/test_parts.py", "tests/test_loaders.py", "tests/test_warm.py"],
     "balance": ["tests/test_balance.py", "tests/test_core_units.py", "tests/test_warm.py", "tests/test_custom_strategy.py"],
-    "dispatcher": ["tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py", "tests/test_promises.py"],
-    "runner": ["tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_reliability.py", "tests/test_promises.py", "tests/test_completion.py"],
+    "dispatcher": ["tests/test_dispatcher.py", "tests/test_parts.py", "tests/test_core_units.py", "tests/test_promises.py", "tests/test_adopt.py",
+                   "tests/test_completion.py", "tests/test_jobs.py"],
+    "runner": ["tests/test_promises_core.py", "tests/test_adopt.py", "tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_reliability.py", "tests/test_promises.py", "tests/test_completion.py"],
     "warm": ["tests/test_warm.py"],
     "planner": ["tests/test_planner.py", "tests/test_batch.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_promises.py", "tests/test_completion.py"],
     "scheduling": ["tests/test_scheduling.py", "tests/test_parts.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py", "tests/test_warm.py",
@@ -81,7 +82,7 @@ def _sync(module: str, tests_override: Sequence[str] = ()) -> Path:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
-    tests = [t for t in (tests_override or TESTS[module]) if (ROOT / t).is_file()]
+    tests = [t for t in (tests_override or TESTS[module]) if (ROOT / t.split("::")[0]).is_file()]  # a file or a test id
     config = (ROOT / "pyproject.toml").read_text(encoding="utf-8") + (
         "\n[tool.mutmut]\n"
         'source_paths = ["comfy_cluster"]\n'
@@ -149,7 +150,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     parser.add_argument("--survivors", action="store_true", help="show each surviving mutant's diff")
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutants (default 2)")
-    parser.add_argument("--tests", nargs="+", metavar="FILE", help="run against these test files instead of TESTS[module]")
+    parser.add_argument("--tests", nargs="+", metavar="FILE", help="run against these test files (or test ids, file::name) instead of TESTS[module]")
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
                         help="run only the mutants whose names match (mutmut's glob; repeatable); the score then counts those")
     parser.add_argument("--retest", action="store_true",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_promises.py", "tests/test_completion.py", "tests/test_fault_matrix.py", "tests/test_jobs.py",
+TESTS = ["tests/test_promises.py", "tests/test_promises_core.py", "tests/test_completion.py", "tests/test_fault_matrix.py", "tests/test_jobs.py",
          "tests/test_status.py", "tests/test_reliability.py", "tests/test_mock_faults_injected.py"]
 ENV = "COMFY_CLUSTER_TABLE_MUTANT"
 
