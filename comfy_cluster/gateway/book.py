@@ -174,7 +174,8 @@ class JobBook:
                 if metrics is not None:
                     metrics.attempt(server)
             else:
-                store.end_attempt(attempt_id)
+                # Not waited for: restarts follow a prompt's newest copy, ended or not.
+                store.group.submit_method(store.end_attempt, attempt_id).add_done_callback(Keeper.log_failure)
 
         return record
 

@@ -1,8 +1,11 @@
 """``Store``: the gateway's state in a database (SQLAlchemy Core; SQLite or PostgreSQL).
 
-Every method is blocking and thread-safe: the gateway calls them on a thread of its own,
-never on its event loop. Each method is one transaction. On SQLite (one gateway process)
-writes are serialized by a lock, so a busy database never fails a write.
+Every method is blocking and thread-safe: the gateway never calls them on its event loop.
+Writes go through the store's :class:`~comfy_cluster.state.group.GroupCommit`: each is
+atomic and returns once committed, and writes asked at the same time share one commit
+(``store.group.submit_method(store.finish, ...)`` queues one without waiting). On SQLite
+(one gateway process) transactions are serialized by a lock, so a busy database never
+fails a write.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import schema as t
 from .engine import make_engine, migrate
+from .group import GroupCommit, Refused, batched
 from .urls import safe_url
 
 __all__ = ["Store", "PromptRow", "FileKey", "Fenced"]
@@ -29,7 +33,7 @@ __all__ = ["Store", "PromptRow", "FileKey", "Fenced"]
 FileKey = Tuple[str, str, str]  # (type, subfolder, filename)
 
 
-class Fenced(RuntimeError):
+class Fenced(Refused):
     """The prompt is no longer this replica's (another took it over, or it was deleted):
     nothing was written, and this replica must not act on it."""
 
@@ -63,6 +67,8 @@ class Store:
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
         migrate(self.engine)
+        #: Every write below goes through it (see the module docstring).
+        self.group = GroupCommit(self.transaction)
 
     def __repr__(self) -> str:
         return f"Store({safe_url(self.url)!r})"
@@ -72,6 +78,8 @@ class Store:
         return self.engine.dialect.name
 
     def close(self) -> None:
+        """Commit the writes queued so far, then close the connections."""
+        self.group.close()
         self.engine.dispose()
 
     @contextlib.contextmanager
@@ -92,14 +100,14 @@ class Store:
 
     # -- facts --------------------------------------------------------------------------------
 
-    def fact(self, key: str, make: Any = None) -> Optional[str]:
+    @batched
+    def fact(self, conn: Connection, key: str, make: Any = None) -> Optional[str]:
         """A stored fact; with ``make`` (a callable), made and stored when missing."""
-        with self.transaction() as conn:
-            value = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == key)).scalar()
-            if value is None and make is not None:
-                value = str(make())
-                conn.execute(t.meta.insert().values(key=key, value=value))
-            return value
+        value = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == key)).scalar()
+        if value is None and make is not None:
+            value = str(make())
+            conn.execute(t.meta.insert().values(key=key, value=value))
+        return value
 
     def client_id(self, replica: str = "default") -> str:
         """The websocket clientId of this gateway's pool: the same after a restart, so the
@@ -110,40 +118,44 @@ class Store:
 
     # -- prompts ------------------------------------------------------------------------------
 
-    def add_prompt(self, row: PromptRow) -> None:
+    @batched
+    def add_prompt(self, conn: Connection, row: PromptRow, replica: Optional[str] = None) -> None:
+        """A posted prompt (``replica`` given: already held by that replica)."""
         now = self._clock()
-        with self.transaction() as conn:
-            conn.execute(t.prompts.insert().values(
-                prompt_id=row.prompt_id, number=row.number, owner=row.owner, client_id=row.client_id,
-                body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now,
-            ))
-            if row.inputs:
-                conn.execute(t.prompt_inputs.insert(), [
-                    {"prompt_id": row.prompt_id, "node": node, "digest": d, "name": n} for node, (d, n) in row.inputs.items()
-                ])
+        conn.execute(t.prompts.insert().values(
+            prompt_id=row.prompt_id, number=row.number, owner=row.owner, client_id=row.client_id,
+            body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now,
+            replica=replica,
+        ))
+        if row.inputs:
+            conn.execute(t.prompt_inputs.insert(), [
+                {"prompt_id": row.prompt_id, "node": node, "digest": d, "name": n} for node, (d, n) in row.inputs.items()
+            ])
 
-    def set_state(self, prompt_id: str, state: str, *, started: Optional[float] = None) -> None:
+    @batched
+    def set_state(self, conn: Connection, prompt_id: str, state: str, *, started: Optional[float] = None) -> None:
         values: Dict[str, Any] = {"state": state, "updated": self._clock()}
         if started is not None:
             values["started"] = started
-        with self.transaction() as conn:
-            conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(**values))
+        conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(**values))
 
-    def request_cancel(self, prompt_id: str) -> None:
-        with self.transaction() as conn:
-            conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(cancel=True, updated=self._clock()))
+    @batched
+    def request_cancel(self, conn: Connection, prompt_id: str) -> None:
+        conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(cancel=True, updated=self._clock()))
 
-    def delete_prompt(self, prompt_id: str) -> None:
+    @batched
+    def delete_prompt(self, conn: Connection, prompt_id: str) -> None:
         """A prompt deleted before it ran: no history (as ComfyUI)."""
-        with self.transaction() as conn:
-            self.forget_prompt(conn, prompt_id)
+        self.forget_prompt(conn, prompt_id)
 
     def forget_prompt(self, conn: Connection, prompt_id: str) -> None:
         """Remove an unfinished prompt and what it holds (in ``conn``'s transaction)."""
         conn.execute(t.prompts.delete().where(t.prompts.c.prompt_id == prompt_id))
-        conn.execute(t.prompt_inputs.delete().where(t.prompt_inputs.c.prompt_id == prompt_id))
+        digests = conn.execute(t.prompt_inputs.delete().where(t.prompt_inputs.c.prompt_id == prompt_id)
+                               .returning(t.prompt_inputs.c.digest)).scalars().all()
         conn.execute(t.attempts.delete().where(t.attempts.c.prompt_id == prompt_id))
-        self._drop_unused_blobs(conn)
+        if digests:  # only the bytes it was bound to can have become unused
+            self._drop_unused_blobs(conn, list(set(digests)))
 
     def unfinished(self, replica: Any = ...) -> List[PromptRow]:
         """Every prompt not finished (``replica`` given: only the ones it holds), oldest
@@ -180,45 +192,45 @@ class Store:
         row = conn.execute(q).first()
         return row is not None and row[0] == replica
 
-    def reserve_attempt(self, attempt_id: str, prompt_id: str, server: str, replica: Optional[str] = None) -> None:
+    @batched
+    def reserve_attempt(self, conn: Connection, attempt_id: str, prompt_id: str, server: str, replica: Optional[str] = None) -> None:
         """Recorded before the attempt's POST (so a crash after it still knows the copy).
         Raises :class:`Fenced` when ``replica`` no longer holds the prompt."""
-        with self.transaction() as conn:
-            if not self._mine(conn, prompt_id, replica):
-                raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
-            conn.execute(t.attempts.insert().values(
-                attempt_id=attempt_id, prompt_id=prompt_id, server=server, phase="reserved", replica=replica, created=self._clock()))
+        if not self._mine(conn, prompt_id, replica):
+            raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
+        conn.execute(t.attempts.insert().values(
+            attempt_id=attempt_id, prompt_id=prompt_id, server=server, phase="reserved", replica=replica, created=self._clock()))
 
-    def end_attempt(self, attempt_id: str) -> None:
+    @batched
+    def end_attempt(self, conn: Connection, attempt_id: str) -> None:
         """The copy's end on its server is confirmed. The row stays until its prompt has
         finished: a crash between this and the prompt's end finds the copy's result on its
-        server (by this id) rather than running the prompt again."""
-        with self.transaction() as conn:
-            conn.execute(t.attempts.update().where(t.attempts.c.attempt_id == attempt_id).values(phase="ended"))
+        server (by this id) rather than running the prompt again. (Restarts follow a
+        prompt's newest copy, ended or not: this row is for the ledger's readers, and
+        need not be committed before anything else happens.)"""
+        conn.execute(t.attempts.update().where(t.attempts.c.attempt_id == attempt_id).values(phase="ended"))
 
     # -- history ------------------------------------------------------------------------------
 
-    def finish(self, prompt_id: str, status: str, item: Dict[str, Any], files: Sequence[Tuple[FileKey, str]],
+    @batched
+    def finish(self, conn: Connection, prompt_id: str, status: str, item: Dict[str, Any], files: Sequence[Tuple[FileKey, str]],
                *, owner: Optional[str], client_id: str, created: float, started: Optional[float], keep: int,
                replica: Optional[str] = None) -> None:
         """The prompt's end: its history item and output files recorded, the prompt gone from
-        the queue, the history trimmed to its newest ``keep`` items. One transaction.
+        the queue, the history trimmed to its newest ``keep`` items. Atomic.
         Raises :class:`Fenced` (nothing written) when ``replica`` no longer holds it."""
-        now = self._clock()
-        with self.transaction() as conn:
-            if not self._mine(conn, prompt_id, replica):
-                raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
-            conn.execute(t.history.delete().where(t.history.c.prompt_id == prompt_id))
-            conn.execute(t.history.insert().values(
-                prompt_id=prompt_id, owner=owner, client_id=client_id, status=status, item=json.dumps(item),
-                created=created, started=started, ended=now))
-            self.record_files(conn, prompt_id, files)
-            self.forget_prompt(conn, prompt_id)
-            count = conn.execute(sa.select(sa.func.count()).select_from(t.history)).scalar() or 0
-            if count > keep:
-                cut = conn.execute(sa.select(t.history.c.seq).order_by(t.history.c.seq.desc()).offset(keep).limit(1)).scalar()
-                if cut is not None:
-                    self._delete_history(conn, t.history.c.seq <= cut)
+        if not self._mine(conn, prompt_id, replica):
+            raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
+        conn.execute(t.history.delete().where(t.history.c.prompt_id == prompt_id))
+        conn.execute(t.history.insert().values(
+            prompt_id=prompt_id, owner=owner, client_id=client_id, status=status, item=json.dumps(item),
+            created=created, started=started, ended=self._clock()))
+        self.record_files(conn, prompt_id, files)
+        self.forget_prompt(conn, prompt_id)
+        # The newest ``keep`` items stay: one walk down the seq index (not a count of all).
+        cut = conn.execute(sa.select(t.history.c.seq).order_by(t.history.c.seq.desc()).offset(keep).limit(1)).scalar()
+        if cut is not None:
+            self._delete_history(conn, t.history.c.seq <= cut)
 
     def _delete_history(self, conn: Connection, where: Any) -> None:
         gone = [r[0] for r in conn.execute(sa.select(t.history.c.prompt_id).where(where))]
@@ -269,21 +281,21 @@ class Store:
         out["item"] = json.loads(out["item"])
         return out
 
-    def delete_history(self, prompt_ids: Sequence[str]) -> None:
-        with self.transaction() as conn:
-            self._delete_history(conn, t.history.c.prompt_id.in_(list(prompt_ids)))
+    @batched
+    def delete_history(self, conn: Connection, prompt_ids: Sequence[str]) -> None:
+        self._delete_history(conn, t.history.c.prompt_id.in_(list(prompt_ids)))
 
-    def clear_history(self) -> None:
-        with self.transaction() as conn:
-            conn.execute(t.history.delete())
-            conn.execute(t.files.delete())
+    @batched
+    def clear_history(self, conn: Connection) -> None:
+        conn.execute(t.history.delete())
+        conn.execute(t.files.delete())
 
     # -- output files -------------------------------------------------------------------------
 
-    def note_files(self, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
+    @batched
+    def note_files(self, conn: Connection, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
         """Output files of a running prompt (``/view`` works before it has ended)."""
-        with self.transaction() as conn:
-            self.record_files(conn, prompt_id, files)
+        self.record_files(conn, prompt_id, files)
 
     def record_files(self, conn: Connection, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
         """Upsert ``files`` (in ``conn``'s transaction): two servers may make files of one
@@ -342,11 +354,11 @@ class Store:
                     fh.write(bytes(part))
         return True
 
-    def drop_upload(self, key: Tuple[str, str, str]) -> None:
+    @batched
+    def drop_upload(self, conn: Connection, key: Tuple[str, str, str]) -> None:
         kind, sub, name = key
-        with self.transaction() as conn:
-            conn.execute(t.uploads.delete().where(sa.and_(t.uploads.c.type == kind, t.uploads.c.subfolder == sub, t.uploads.c.name == name)))
-            self._drop_unused_blobs(conn)
+        conn.execute(t.uploads.delete().where(sa.and_(t.uploads.c.type == kind, t.uploads.c.subfolder == sub, t.uploads.c.name == name)))
+        self._drop_unused_blobs(conn)
 
     def uploads(self) -> List[Tuple[Tuple[str, str, str], str, int]]:
         """The upload index, oldest first: ``(key, digest, size)``."""
@@ -364,7 +376,14 @@ class Store:
         return bytes(data) + b"".join(bytes(p) for p in parts)
 
     @staticmethod
-    def _drop_unused_blobs(conn: Connection) -> None:
+    def _drop_unused_blobs(conn: Connection, digests: Optional[List[str]] = None) -> None:
+        """Delete upload bytes nothing names any more (``digests``: only among these)."""
         used = sa.union(sa.select(t.uploads.c.digest), sa.select(t.prompt_inputs.c.digest)).subquery()
-        conn.execute(t.blobs.delete().where(t.blobs.c.digest.not_in(sa.select(used.c.digest))))
-        conn.execute(t.blob_chunks.delete().where(t.blob_chunks.c.digest.not_in(sa.select(t.blobs.c.digest))))
+        where = t.blobs.c.digest.not_in(sa.select(used.c.digest))
+        if digests is not None:
+            where = sa.and_(t.blobs.c.digest.in_(digests), where)
+        conn.execute(t.blobs.delete().where(where))
+        chunks = t.blob_chunks.c.digest.not_in(sa.select(t.blobs.c.digest))
+        if digests is not None:
+            chunks = sa.and_(t.blob_chunks.c.digest.in_(digests), chunks)
+        conn.execute(t.blob_chunks.delete().where(chunks))

@@ -1,0 +1,230 @@
+"""``GroupCommit``: the store's writes, many to one transaction (group commit).
+
+Every write of the gateway's state goes through one queue per store. A thread of its own
+takes everything queued so far (up to ``max_batch``), runs each write in one transaction and
+commits once; then each caller is told, through its own
+:class:`concurrent.futures.Future`. A write asked while a commit runs waits for the next
+commit, which also carries every write asked meanwhile: under load a commit (one ``fsync``
+on a durable database, one round trip per statement plus one for ``COMMIT``) is shared by
+all the requests that came in while the previous one ran, and nobody is answered before
+the commit that holds their row. Writes run in the order they were asked.
+
+A write that refuses (raises :class:`Refused`, having written nothing) fails alone; the
+others in its batch are committed. Any other failure rolls the batch back and each of its
+writes is run again in a transaction of its own, so one bad write never fails another.
+A failure that may pass (a deadlock, a lost connection, a busy SQLite file) is tried again
+after :data:`RETRY_DELAYS`.
+
+Writes are decorated methods (:func:`batched`): ``method(self, conn, *args)`` is called as
+``obj.method(*args)`` (blocking: returns once committed) or queued without waiting with
+``group.submit_method(obj.method, *args)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import logging
+import threading
+import time
+from typing import Any, Callable, ContextManager, Deque, List, Optional, Tuple, TypeVar
+
+from sqlalchemy.engine import Connection
+
+__all__ = ["GroupCommit", "Refused", "batched", "transient", "RETRY_DELAYS"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds between tries of a write that failed for a passing reason: 5 tries in about 6 s,
+#: then the write fails (its caller is told).
+RETRY_DELAYS = (0.2, 0.4, 0.8, 1.6, 3.2)
+
+
+class Refused(RuntimeError):
+    """Raised by a write that wrote nothing (a check found it must not): it fails alone,
+    the rest of its batch is committed."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a database error may pass if the write is tried again."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return False
+    text = str(exc).lower()
+    return bool(exc.connection_invalidated or "deadlock" in text or "could not serialize" in text or "database is locked" in text)
+
+
+class _Entry:
+    __slots__ = ("op", "args", "kwargs", "future")
+
+    def __init__(self, op: Callable[..., Any], args: Tuple[Any, ...], kwargs: Any) -> None:
+        self.op, self.args, self.kwargs = op, args, kwargs
+        self.future: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+
+    def run(self, conn: Connection) -> Any:
+        return self.op(self.args[0], conn, *self.args[1:], **self.kwargs)
+
+
+class GroupCommit:
+    """Writes queued by any thread, committed together by one thread (see the module
+    docstring). ``begin()`` opens one write transaction (committed when its block ends)."""
+
+    def __init__(self, begin: Callable[[], ContextManager[Connection]], *, max_batch: int = 500,
+                 retry_delays: Tuple[float, ...] = RETRY_DELAYS, name: str = "comfy-cluster-state-commit") -> None:
+        self._begin = begin
+        self._max_batch = max_batch
+        self._retry_delays = retry_delays
+        self._name = name
+        self._cond = threading.Condition()
+        self._queue: Deque[_Entry] = collections.deque()
+        self._thread: Optional[threading.Thread] = None
+        self._busy = False  # a commit runs (on the thread, or inline in run())
+        self._closed = False
+        #: Transactions committed and writes they carried (for tests and /metrics).
+        self.commits = 0
+        self.writes = 0
+
+    def __repr__(self) -> str:
+        return f"<GroupCommit {len(self._queue)} queued, {self.writes} writes in {self.commits} commits>"
+
+    def submit(self, op: Callable[..., T], obj: Any, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
+        """Queue ``op(obj, conn, *args, **kwargs)``; its future is done once committed."""
+        entry = _Entry(op, (obj, *args), kwargs)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the state store is closed")
+            self._queue.append(entry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return entry.future
+
+    def submit_method(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
+        """Queue a :func:`batched` bound method without waiting for its commit."""
+        op = getattr(method, "batched_op", None)
+        if op is None:
+            raise TypeError(f"{getattr(method, '__qualname__', method)} is not a batched write")
+        return self.submit(op, method.__self__, *args, **kwargs)  # type: ignore[attr-defined]
+
+    def run(self, op: Callable[..., T], obj: Any, *args: Any, **kwargs: Any) -> T:
+        """``op(obj, conn, ...)`` committed (blocking); its exception raised here. With
+        nothing queued and no commit running, the calling thread commits it itself (no
+        hand-over to the commit thread and back)."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("a batched write cannot wait for another from inside a commit")
+        with self._cond:
+            inline = not self._busy and not self._queue and not self._closed
+            if inline:
+                self._busy = True
+        if not inline:
+            return self.submit(op, obj, *args, **kwargs).result()
+        entry = _Entry(op, (obj, *args), kwargs)
+        entry.future.set_running_or_notify_cancel()
+        try:
+            self._commit([entry])
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+        return entry.future.result()
+
+    def flush(self) -> None:
+        """Return once every write queued before this call is done."""
+        if self._thread is not None and not self._closed:
+            self.run(_nothing, None)
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    # -- the commit thread --------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while (not self._queue or self._busy) and not self._closed:
+                    self._cond.wait()
+                while self._busy:  # closing: the inline commit ends first
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+                self._busy = True
+            try:
+                self._commit([e for e in batch if e.future.set_running_or_notify_cancel()])
+            finally:
+                with self._cond:
+                    self._busy = False
+
+    def _commit(self, batch: List[_Entry]) -> None:
+        if not batch:
+            return
+        done: List[Tuple[_Entry, bool, Any]] = []
+        try:
+            with self._begin() as conn:
+                for entry in batch:
+                    try:
+                        done.append((entry, True, entry.run(conn)))
+                    except Refused as exc:
+                        done.append((entry, False, exc))
+        except Exception as exc:  # noqa: BLE001 - each write again on its own, so one bad write fails alone
+            if len(batch) > 1 or transient(exc):
+                log.debug("gateway state: a batch of %d write(s) failed (%s); each on its own", len(batch), exc)
+                for entry in batch:
+                    self._alone(entry)
+            else:
+                batch[0].future.set_exception(exc)
+            return
+        self.commits += 1
+        self.writes += len(batch)
+        for entry, ok, value in done:
+            if ok:
+                entry.future.set_result(value)
+            else:
+                entry.future.set_exception(value)
+
+    def _alone(self, entry: _Entry) -> None:
+        """One write in a transaction of its own, tried again while its failure may pass."""
+        for delay in (*self._retry_delays, None):
+            try:
+                with self._begin() as conn:
+                    value = entry.run(conn)
+            except Exception as exc:  # noqa: BLE001 - told to the write's caller
+                if delay is None or not transient(exc):
+                    entry.future.set_exception(exc)
+                    return
+                log.warning("gateway state: %s failed (%s); trying again in %.1f s", getattr(entry.op, "__name__", entry.op),
+                            str(exc).splitlines()[0], delay)
+                time.sleep(delay)
+                continue
+            self.commits += 1
+            self.writes += 1
+            entry.future.set_result(value)
+            return
+
+
+def batched(op: Callable[..., T]) -> Callable[..., T]:
+    """Decorator for a write ``op(self, conn, *args)`` of an object with a ``group``
+    (:class:`GroupCommit`): calling ``obj.op(*args)`` queues it and returns once committed;
+    ``obj.group.submit_method(obj.op, *args)`` queues it without waiting."""
+
+    @functools.wraps(op)
+    def method(self: Any, *args: Any, **kwargs: Any) -> T:
+        return self.group.run(op, self, *args, **kwargs)  # type: ignore[no-any-return]
+
+    method.batched_op = op  # type: ignore[attr-defined]
+    return method
+
+
+def _nothing(_obj: Any, _conn: Connection) -> None:
+    """A write that writes nothing (:meth:`GroupCommit.flush`)."""
