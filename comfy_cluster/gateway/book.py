@@ -24,6 +24,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..jobs import Job, JobEvent
 from ..state import Store
+from ..state.group import submit
 from .auth import User
 from .durable import Keeper
 from .gatewayjob import GatewayJob
@@ -175,7 +176,7 @@ class JobBook:
                     metrics.attempt(server)
             else:
                 # Not waited for: restarts follow a prompt's newest copy, ended or not.
-                store.group.submit_method(store.end_attempt, attempt_id).add_done_callback(Keeper.log_failure)
+                submit(store.end_attempt, attempt_id).add_done_callback(Keeper.log_failure)
 
         return record
 

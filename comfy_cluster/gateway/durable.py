@@ -18,7 +18,7 @@ import tempfile
 from typing import Any, Callable, Optional, TypeVar
 
 from ..state import Fenced, Store
-from ..state.group import GroupCommit
+from ..state.group import is_batched, submit
 
 __all__ = ["Keeper", "open_store"]
 
@@ -53,9 +53,8 @@ class Keeper:
     def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
         """A batched write (see :mod:`comfy_cluster.state.group`) joins the next group commit,
         in the order asked; any other blocking write runs on the writer thread."""
-        if hasattr(fn, "batched_op"):
-            group: GroupCommit = fn.__self__.group  # type: ignore[attr-defined]
-            return group.submit_method(fn, *args, **kwargs)
+        if is_batched(fn):
+            return submit(fn, *args, **kwargs)
         return self._writer.submit(fn, *args, **kwargs)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -101,5 +100,5 @@ class Keeper:
         """Finish the writes asked so far, then stop the threads."""
         self._closed = True
         self._writer.shutdown(wait=True)
-        self.store.group.flush()
+        self.store.flush()
         self._readers.shutdown(wait=True)

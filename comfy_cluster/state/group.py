@@ -17,7 +17,9 @@ after :data:`RETRY_DELAYS`.
 
 Writes are decorated methods (:func:`batched`): ``method(self, conn, *args)`` is called as
 ``obj.method(*args)`` (blocking: returns once committed) or queued without waiting with
-``group.submit_method(obj.method, *args)``.
+``submit(obj.method, *args)``. An object may have several *lanes* (``obj.lane(name)``), each
+a group commit of its own: a lane's writes never wait behind another lane's (on PostgreSQL
+they run at the same time, on connections of their own), and are ordered within it only.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ import functools
 import logging
 import threading
 import time
-from typing import Any, Callable, ContextManager, Deque, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, ContextManager, Deque, Dict, List, Optional, Tuple, TypeVar
 
 from sqlalchemy.engine import Connection
 
-__all__ = ["GroupCommit", "Refused", "batched", "transient", "RETRY_DELAYS"]
+__all__ = ["GroupCommit", "Refused", "batched", "submit", "transient", "RETRY_DELAYS", "MAIN"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: The lane of a write unless it names another.
+MAIN = "main"
 
 #: Seconds between tries of a write that failed for a passing reason: 5 tries in about 6 s,
 #: then the write fails (its caller is told).
@@ -73,7 +78,7 @@ class GroupCommit:
     """Writes queued by any thread, committed together by one thread (see the module
     docstring). ``begin()`` opens one write transaction (committed when its block ends)."""
 
-    def __init__(self, begin: Callable[[], ContextManager[Connection]], *, max_batch: int = 500,
+    def __init__(self, begin: Callable[[], ContextManager[Connection]], *, max_batch: int = 128,
                  retry_delays: Tuple[float, ...] = RETRY_DELAYS, name: str = "comfy-cluster-state-commit") -> None:
         self._begin = begin
         self._max_batch = max_batch
@@ -84,12 +89,30 @@ class GroupCommit:
         self._thread: Optional[threading.Thread] = None
         self._busy = False  # a commit runs (on the thread, or inline in run())
         self._closed = False
+        # Items ops handed over for one statement at the end of their transaction (defer()).
+        self._deferred: Dict[str, List[Any]] = {}
+        self._flushers: Dict[str, Callable[[Connection, List[Any]], None]] = {}
         #: Transactions committed and writes they carried (for tests and /metrics).
         self.commits = 0
         self.writes = 0
 
     def __repr__(self) -> str:
         return f"<GroupCommit {len(self._queue)} queued, {self.writes} writes in {self.commits} commits>"
+
+    def on_flush(self, key: str, flush: Callable[[Connection, List[Any]], None]) -> None:
+        """``flush(conn, items)`` runs before each commit that has items deferred under
+        ``key`` (in the order they were deferred)."""
+        self._flushers[key] = flush
+
+    def defer(self, key: str, item: Any) -> None:
+        """From inside a write: hand ``item`` to the flusher of ``key``, which sends all of
+        this transaction's items in one statement just before the commit."""
+        self._deferred.setdefault(key, []).append(item)
+
+    def _flush(self, conn: Connection) -> None:
+        deferred, self._deferred = self._deferred, {}
+        for key, items in deferred.items():
+            self._flushers[key](conn, items)
 
     def submit(self, op: Callable[..., T], obj: Any, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
         """Queue ``op(obj, conn, *args, **kwargs)``; its future is done once committed."""
@@ -103,13 +126,6 @@ class GroupCommit:
                 self._thread.start()
             self._cond.notify_all()
         return entry.future
-
-    def submit_method(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
-        """Queue a :func:`batched` bound method without waiting for its commit."""
-        op = getattr(method, "batched_op", None)
-        if op is None:
-            raise TypeError(f"{getattr(method, '__qualname__', method)} is not a batched write")
-        return self.submit(op, method.__self__, *args, **kwargs)  # type: ignore[attr-defined]
 
     def run(self, op: Callable[..., T], obj: Any, *args: Any, **kwargs: Any) -> T:
         """``op(obj, conn, ...)`` committed (blocking); its exception raised here. With
@@ -170,6 +186,7 @@ class GroupCommit:
         if not batch:
             return
         done: List[Tuple[_Entry, bool, Any]] = []
+        self._deferred = {}
         try:
             with self._begin() as conn:
                 for entry in batch:
@@ -177,6 +194,7 @@ class GroupCommit:
                         done.append((entry, True, entry.run(conn)))
                     except Refused as exc:
                         done.append((entry, False, exc))
+                self._flush(conn)
         except Exception as exc:  # noqa: BLE001 - each write again on its own, so one bad write fails alone
             if len(batch) > 1 or transient(exc):
                 log.debug("gateway state: a batch of %d write(s) failed (%s); each on its own", len(batch), exc)
@@ -196,9 +214,11 @@ class GroupCommit:
     def _alone(self, entry: _Entry) -> None:
         """One write in a transaction of its own, tried again while its failure may pass."""
         for delay in (*self._retry_delays, None):
+            self._deferred = {}
             try:
                 with self._begin() as conn:
                     value = entry.run(conn)
+                    self._flush(conn)
             except Exception as exc:  # noqa: BLE001 - told to the write's caller
                 if delay is None or not transient(exc):
                     entry.future.set_exception(exc)
@@ -213,17 +233,35 @@ class GroupCommit:
             return
 
 
-def batched(op: Callable[..., T]) -> Callable[..., T]:
-    """Decorator for a write ``op(self, conn, *args)`` of an object with a ``group``
-    (:class:`GroupCommit`): calling ``obj.op(*args)`` queues it and returns once committed;
-    ``obj.group.submit_method(obj.op, *args)`` queues it without waiting."""
+def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN) -> Any:
+    """Decorator (``@batched`` or ``@batched(lane=...)``) for a write ``op(self, conn, *args)``
+    of an object whose ``lane(name)`` is a :class:`GroupCommit`: ``obj.op(*args)`` queues it
+    in that lane and returns once committed; :func:`submit` queues it without waiting."""
 
-    @functools.wraps(op)
-    def method(self: Any, *args: Any, **kwargs: Any) -> T:
-        return self.group.run(op, self, *args, **kwargs)  # type: ignore[no-any-return]
+    def wrap(op: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(op)
+        def method(self: Any, *args: Any, **kwargs: Any) -> T:
+            return self.lane(lane).run(op, self, *args, **kwargs)  # type: ignore[no-any-return]
 
-    method.batched_op = op  # type: ignore[attr-defined]
-    return method
+        method.batched_op = op  # type: ignore[attr-defined]
+        method.batched_lane = lane  # type: ignore[attr-defined]
+        return method
+
+    return wrap(op) if op is not None else wrap
+
+
+def is_batched(fn: Any) -> bool:
+    """Whether ``fn`` is a bound :func:`batched` write."""
+    return hasattr(fn, "batched_op") and hasattr(fn, "__self__")
+
+
+def submit(method: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
+    """Queue a bound :func:`batched` write in its lane without waiting; its future is done
+    once committed."""
+    if not is_batched(method):
+        raise TypeError(f"{getattr(method, '__qualname__', method)} is not a batched write")
+    obj = method.__self__  # type: ignore[attr-defined]
+    return obj.lane(method.batched_lane).submit(method.batched_op, obj, *args, **kwargs)  # type: ignore[attr-defined,no-any-return]
 
 
 def _nothing(_obj: Any, _conn: Connection) -> None:

@@ -16,6 +16,7 @@ wake-ups share the store's group commit.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -24,7 +25,7 @@ import sqlalchemy as sa
 
 from . import schema as t
 from .group import GroupCommit, batched
-from .store import PromptRow, Store
+from .store import POSTS, PromptRow, Store
 
 __all__ = ["SharedQueue", "CHANNEL_EVENTS", "CHANNEL_QUEUE", "CHANNEL_CANCEL"]
 
@@ -46,11 +47,17 @@ class SharedQueue:
         self.url = url
         self.dead_after = dead_after
         self._clock = clock
+        self._frames = itertools.count()
+        store.group.on_flush(CHANNEL_EVENTS, _notify_all)
 
     @property
     def group(self) -> GroupCommit:
-        """The store's group commit (this queue's writes share its transactions)."""
+        """The store's main lane (frames are sent with its commits)."""
         return self.store.group
+
+    def lane(self, name: str) -> GroupCommit:
+        """The store's lanes: this queue's writes share their transactions."""
+        return self.store.lane(name)
 
     # -- heartbeats and take-over -------------------------------------------------------------
 
@@ -144,19 +151,20 @@ class SharedQueue:
     def publish(self, conn: Any, client_id: str, frame: str, *, user: str = "", keep: bool = False) -> None:
         """A client's frame for the replica holding its socket (``keep``: kept there for the
         client's next socket when it has none). Sent when its transaction commits."""
-        head = {"from": self.replica, "client_id": client_id, "user": user, "keep": keep}
+        # A number of its own: PostgreSQL delivers equal payloads of one transaction once.
+        head = {"from": self.replica, "n": next(self._frames), "client_id": client_id, "user": user, "keep": keep}
         payload = json.dumps(dict(head, frame=frame))
         if len(payload.encode()) > MAX_PAYLOAD:
             fid = conn.execute(t.frames.insert().values(client_id=client_id, frame=frame, created=self._clock())
                                .returning(t.frames.c.id)).scalar()
             payload = json.dumps(dict(head, id=fid))
-        conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_EVENTS, "p": payload})
+        self.group.defer(CHANNEL_EVENTS, payload)  # all of this commit's frames in one statement
 
     def frame(self, frame_id: int) -> Optional[str]:
         with self.store.reading() as conn:
             return conn.execute(sa.select(t.frames.c.frame).where(t.frames.c.id == frame_id)).scalar()
 
-    @batched
+    @batched(lane=POSTS)
     def queue_changed(self, conn: Any) -> None:
         """Wake every replica's claimer (a prompt was posted, or room was made)."""
         conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": CHANNEL_QUEUE})
@@ -164,3 +172,10 @@ class SharedQueue:
     def drop_old_frames(self, older_than: float = 600.0) -> None:
         with self.store.transaction() as conn:
             conn.execute(t.frames.delete().where(t.frames.c.created < self._clock() - older_than))
+
+
+def _notify_all(conn: Any, payloads: List[str]) -> None:
+    """``NOTIFY`` each frame on :data:`CHANNEL_EVENTS`, in order, in one statement."""
+    # One JSON array (encoded in C) rather than a text[] parameter (escaped in Python).
+    conn.execute(sa.text("SELECT pg_notify(:c, p) FROM json_array_elements_text(CAST(:ps AS json)) WITH ORDINALITY AS f(p, i) ORDER BY i"),
+                 {"c": CHANNEL_EVENTS, "ps": json.dumps(payloads)})

@@ -1,9 +1,11 @@
 """``Store``: the gateway's state in a database (SQLAlchemy Core; SQLite or PostgreSQL).
 
 Every method is blocking and thread-safe: the gateway never calls them on its event loop.
-Writes go through the store's :class:`~comfy_cluster.state.group.GroupCommit`: each is
+Writes go through the store's group commit (:mod:`comfy_cluster.state.group`): each is
 atomic and returns once committed, and writes asked at the same time share one commit
-(``store.group.submit_method(store.finish, ...)`` queues one without waiting). On SQLite
+(``group.submit(store.finish, ...)`` queues one without waiting). Posted prompts have a
+lane of their own (:data:`POSTS`), so that answering a POST never waits behind the commits
+of running jobs. On SQLite
 (one gateway process) transactions are serialized by a lock, so a busy database never
 fails a write.
 """
@@ -25,12 +27,15 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import schema as t
 from .engine import make_engine, migrate
-from .group import GroupCommit, Refused, batched
+from .group import MAIN, GroupCommit, Refused, batched
 from .urls import safe_url
 
 __all__ = ["Store", "PromptRow", "FileKey", "Fenced"]
 
 FileKey = Tuple[str, str, str]  # (type, subfolder, filename)
+
+#: The lane of posted prompts (new rows only: they never wait for a running job's writes).
+POSTS = "posts"
 
 
 class Fenced(Refused):
@@ -67,8 +72,8 @@ class Store:
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
         migrate(self.engine)
-        #: Every write below goes through it (see the module docstring).
-        self.group = GroupCommit(self.transaction)
+        # Every write below goes through one of them (see the module docstring).
+        self._lanes = {MAIN: GroupCommit(self.transaction), POSTS: GroupCommit(self.transaction, name="comfy-cluster-state-posts")}
 
     def __repr__(self) -> str:
         return f"Store({safe_url(self.url)!r})"
@@ -77,9 +82,24 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def lane(self, name: str) -> GroupCommit:
+        """The group commit of lane ``name`` (see :mod:`comfy_cluster.state.group`)."""
+        return self._lanes[name]
+
+    @property
+    def group(self) -> GroupCommit:
+        """The main lane: every write but posted prompts."""
+        return self._lanes[MAIN]
+
+    def flush(self) -> None:
+        """Return once every write queued so far is done."""
+        for lane in self._lanes.values():
+            lane.flush()
+
     def close(self) -> None:
         """Commit the writes queued so far, then close the connections."""
-        self.group.close()
+        for lane in self._lanes.values():
+            lane.close()
         self.engine.dispose()
 
     @contextlib.contextmanager
@@ -118,7 +138,7 @@ class Store:
 
     # -- prompts ------------------------------------------------------------------------------
 
-    @batched
+    @batched(lane=POSTS)
     def add_prompt(self, conn: Connection, row: PromptRow, replica: Optional[str] = None) -> None:
         """A posted prompt (``replica`` given: already held by that replica)."""
         now = self._clock()
