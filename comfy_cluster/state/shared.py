@@ -49,6 +49,7 @@ class SharedQueue:
         self._clock = clock
         self._frames = itertools.count()
         store.group.on_flush(CHANNEL_EVENTS, _notify_all)
+        store.lane(POSTS).on_flush(CHANNEL_QUEUE, _wake_all)
 
     @property
     def group(self) -> GroupCommit:
@@ -165,6 +166,20 @@ class SharedQueue:
             return conn.execute(sa.select(t.frames.c.frame).where(t.frames.c.id == frame_id)).scalar()
 
     @batched(lane=POSTS)
+    def post(self, conn: Any, row: PromptRow, take: bool) -> bool:
+        """A posted prompt into the one queue; True when this replica holds it at once: it
+        may ``take`` it (its servers have room) and no prompt waits for a replica (those go
+        first). Otherwise every replica's claimer is woken (one NOTIFY per commit)."""
+        replica: Any = None
+        if take:
+            waiting = sa.exists().where(sa.and_(t.prompts.c.replica.is_(None), t.prompts.c.state == "waiting"))
+            replica = sa.case((waiting, sa.null()), else_=sa.literal(self.replica))
+        held = self.store.insert_prompt(conn, row, replica) == self.replica
+        if not held:
+            self.lane(POSTS).defer(CHANNEL_QUEUE, None)
+        return held
+
+    @batched(lane=POSTS)
     def queue_changed(self, conn: Any) -> None:
         """Wake every replica's claimer (a prompt was posted, or room was made)."""
         conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": CHANNEL_QUEUE})
@@ -179,3 +194,8 @@ def _notify_all(conn: Any, payloads: List[str]) -> None:
     # One JSON array (encoded in C) rather than a text[] parameter (escaped in Python).
     conn.execute(sa.text("SELECT pg_notify(:c, p) FROM json_array_elements_text(CAST(:ps AS json)) WITH ORDINALITY AS f(p, i) ORDER BY i"),
                  {"c": CHANNEL_EVENTS, "ps": json.dumps(payloads)})
+
+
+def _wake_all(conn: Any, _items: List[Any]) -> None:
+    """Wake every replica's claimer once for a commit's posted prompts."""
+    conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": CHANNEL_QUEUE})

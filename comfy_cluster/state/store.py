@@ -139,18 +139,24 @@ class Store:
     # -- prompts ------------------------------------------------------------------------------
 
     @batched(lane=POSTS)
-    def add_prompt(self, conn: Connection, row: PromptRow, replica: Optional[str] = None) -> None:
-        """A posted prompt (``replica`` given: already held by that replica)."""
+    def add_prompt(self, conn: Connection, row: PromptRow) -> None:
+        """A posted prompt."""
+        self.insert_prompt(conn, row)
+
+    def insert_prompt(self, conn: Connection, row: PromptRow, replica: Any = None) -> Optional[str]:
+        """Insert ``row`` (in ``conn``'s transaction) held by ``replica`` (a name, or an SQL
+        expression giving one or NULL); returns the replica that holds it."""
         now = self._clock()
-        conn.execute(t.prompts.insert().values(
+        held = conn.execute(t.prompts.insert().values(
             prompt_id=row.prompt_id, number=row.number, owner=row.owner, client_id=row.client_id,
             body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now,
             replica=replica,
-        ))
+        ).returning(t.prompts.c.replica)).scalar()
         if row.inputs:
             conn.execute(t.prompt_inputs.insert(), [
                 {"prompt_id": row.prompt_id, "node": node, "digest": d, "name": n} for node, (d, n) in row.inputs.items()
             ])
+        return held
 
     @batched
     def set_state(self, conn: Connection, prompt_id: str, state: str, *, started: Optional[float] = None) -> None:
