@@ -72,8 +72,12 @@ class Store:
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
         migrate(self.engine)
+        # The group commit's own connections, not tested with a round trip before each
+        # commit: a write that fails on a dropped one is tried again on a fresh one.
+        self._write_engine: Engine = self.engine if self._sqlite else make_engine(url, ping=False)
         # Every write below goes through one of them (see the module docstring).
-        self._lanes = {MAIN: GroupCommit(self.transaction), POSTS: GroupCommit(self.transaction, name="comfy-cluster-state-posts")}
+        self._lanes = {MAIN: GroupCommit(self._group_transaction),
+                       POSTS: GroupCommit(self._group_transaction, name="comfy-cluster-state-posts")}
 
     def __repr__(self) -> str:
         return f"Store({safe_url(self.url)!r})"
@@ -101,6 +105,7 @@ class Store:
         for lane in self._lanes.values():
             lane.close()
         self.engine.dispose()
+        self._write_engine.dispose()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -110,6 +115,15 @@ class Store:
                 yield conn
         else:
             with self.engine.begin() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _group_transaction(self) -> Iterator[Connection]:
+        if self._sqlite:
+            with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            with self._write_engine.begin() as conn:
                 yield conn
 
     @contextlib.contextmanager
@@ -174,9 +188,11 @@ class Store:
         """A prompt deleted before it ran: no history (as ComfyUI)."""
         self.forget_prompt(conn, prompt_id)
 
-    def forget_prompt(self, conn: Connection, prompt_id: str) -> None:
-        """Remove an unfinished prompt and what it holds (in ``conn``'s transaction)."""
-        conn.execute(t.prompts.delete().where(t.prompts.c.prompt_id == prompt_id))
+    def forget_prompt(self, conn: Connection, prompt_id: str, *, row_gone: bool = False) -> None:
+        """Remove an unfinished prompt and what it holds (in ``conn``'s transaction;
+        ``row_gone``: its own row is deleted already)."""
+        if not row_gone:
+            conn.execute(t.prompts.delete().where(t.prompts.c.prompt_id == prompt_id))
         digests = conn.execute(t.prompt_inputs.delete().where(t.prompt_inputs.c.prompt_id == prompt_id)
                                .returning(t.prompt_inputs.c.digest)).scalars().all()
         conn.execute(t.attempts.delete().where(t.attempts.c.prompt_id == prompt_id))
@@ -210,22 +226,25 @@ class Store:
 
     # -- the attempt ledger -------------------------------------------------------------------
 
-    def _mine(self, conn: Connection, prompt_id: str, replica: Optional[str]) -> bool:
-        """Whether ``replica`` holds ``prompt_id`` (locked until the transaction ends)."""
-        q = sa.select(t.prompts.c.replica).where(t.prompts.c.prompt_id == prompt_id)
-        if not self._sqlite:
-            q = q.with_for_update()
-        row = conn.execute(q).first()
-        return row is not None and row[0] == replica
+    @staticmethod
+    def _held(prompt_id: str, replica: Optional[str]) -> Any:
+        """``prompt_id``'s row while ``replica`` holds it."""
+        return sa.and_(t.prompts.c.prompt_id == prompt_id, t.prompts.c.replica.is_(None) if replica is None else t.prompts.c.replica == replica)
 
     @batched
     def reserve_attempt(self, conn: Connection, attempt_id: str, prompt_id: str, server: str, replica: Optional[str] = None) -> None:
         """Recorded before the attempt's POST (so a crash after it still knows the copy).
         Raises :class:`Fenced` when ``replica`` no longer holds the prompt."""
-        if not self._mine(conn, prompt_id, replica):
+        # One statement: the row is inserted only while the prompt is ours, and the prompt's
+        # row stays locked until the commit (a take-over waits, then sees this attempt).
+        held = (sa.select(t.prompts.c.prompt_id, sa.literal(attempt_id), sa.literal(server), sa.literal("reserved"),
+                          sa.literal(replica, sa.String), sa.literal(self._clock()))
+                .where(self._held(prompt_id, replica)))
+        if not self._sqlite:
+            held = held.with_for_update()
+        cols = ["prompt_id", "attempt_id", "server", "phase", "replica", "created"]
+        if conn.execute(t.attempts.insert().from_select(cols, held).returning(t.attempts.c.attempt_id)).first() is None:
             raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
-        conn.execute(t.attempts.insert().values(
-            attempt_id=attempt_id, prompt_id=prompt_id, server=server, phase="reserved", replica=replica, created=self._clock()))
 
     @batched
     def end_attempt(self, conn: Connection, attempt_id: str) -> None:
@@ -245,14 +264,15 @@ class Store:
         """The prompt's end: its history item and output files recorded, the prompt gone from
         the queue, the history trimmed to its newest ``keep`` items. Atomic.
         Raises :class:`Fenced` (nothing written) when ``replica`` no longer holds it."""
-        if not self._mine(conn, prompt_id, replica):
+        # Out of the queue first: no row deleted means not ours (and nothing written).
+        if conn.execute(t.prompts.delete().where(self._held(prompt_id, replica)).returning(t.prompts.c.prompt_id)).first() is None:
             raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
         conn.execute(t.history.delete().where(t.history.c.prompt_id == prompt_id))
         conn.execute(t.history.insert().values(
             prompt_id=prompt_id, owner=owner, client_id=client_id, status=status, item=json.dumps(item),
             created=created, started=started, ended=self._clock()))
         self.record_files(conn, prompt_id, files)
-        self.forget_prompt(conn, prompt_id)
+        self.forget_prompt(conn, prompt_id, row_gone=True)
         # The newest ``keep`` items stay: one walk down the seq index (not a count of all).
         cut = conn.execute(sa.select(t.history.c.seq).order_by(t.history.c.seq.desc()).offset(keep).limit(1)).scalar()
         if cut is not None:

@@ -1,0 +1,133 @@
+"""The state store's group commit (comfy_cluster/state/group.py) on real SQLite and a real
+PostgreSQL server: writes asked while a commit runs share the next one, each caller is told
+only once its write is committed, one bad write fails alone, order is kept within a lane,
+and a replica that no longer holds a prompt writes nothing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from comfy_cluster.state import Fenced, PromptRow, Store
+from comfy_cluster.state import schema as t
+from comfy_cluster.state.group import MAIN, GroupCommit, Refused, submit
+from comfy_cluster.state.store import POSTS
+
+TIMEOUT = 60
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    url = f"sqlite:///{tmp_path}/state.sqlite3" if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
+    s = Store(url)
+    yield s
+    s.close()
+
+
+def _row(pid: str, number: float = 0) -> PromptRow:
+    return PromptRow(pid, number, None, "c", {"prompt": {}})
+
+
+def _hold_the_lane(store: Store, lane: str) -> "tuple[threading.Event, threading.Event]":
+    """A write in ``lane`` that stays in its commit until ``release`` is set."""
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking(_obj: Any, conn: Any) -> None:
+        entered.set()
+        assert release.wait(TIMEOUT)
+
+    store.lane(lane).submit(blocking, store)
+    assert entered.wait(TIMEOUT)
+    return entered, release
+
+
+def test_writes_asked_while_a_commit_runs_share_the_next_commit(store: Store) -> None:
+    lane = store.lane(POSTS)
+    _, release = _hold_the_lane(store, POSTS)
+    before = lane.commits
+    futures = [submit(store.add_prompt, _row(f"p{i}", i)) for i in range(20)]
+    assert not any(f.done() for f in futures)  # nobody is told before its commit
+    release.set()
+    for f in futures:
+        f.result(TIMEOUT)
+    assert lane.commits - before == 2  # the held one, then all twenty together
+    assert [r.prompt_id for r in store.unfinished()] == [f"p{i}" for i in range(20)]
+
+
+def test_a_write_told_done_is_committed_for_another_connection(store: Store) -> None:
+    submit(store.add_prompt, _row("p1")).result(TIMEOUT)
+    with store.reading() as conn:  # a connection of its own: sees committed rows only
+        assert conn.execute(t.prompts.select().where(t.prompts.c.prompt_id == "p1")).first() is not None
+
+
+def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(store: Store) -> None:
+    store.add_prompt(_row("dup"))
+    _, release = _hold_the_lane(store, POSTS)
+    good1 = submit(store.add_prompt, _row("a", 1))
+    bad = submit(store.add_prompt, _row("dup", 2))  # the same prompt_id again: a unique violation
+    good2 = submit(store.add_prompt, _row("b", 3))
+    release.set()
+    good1.result(TIMEOUT)
+    good2.result(TIMEOUT)
+    with pytest.raises(IntegrityError):
+        bad.result(TIMEOUT)
+    assert sorted(r.prompt_id for r in store.unfinished()) == ["a", "b", "dup"]
+
+
+def test_a_refused_write_fails_alone_without_undoing_the_others(store: Store) -> None:
+    """A replica that no longer holds a prompt (taken over) records no attempt and no end
+    for it; writes batched with it still commit."""
+    store.add_prompt(_row("mine"))
+    store.add_prompt(_row("theirs"))
+    with store.transaction() as conn:
+        conn.execute(t.prompts.update().values(replica="r1"))
+    _, release = _hold_the_lane(store, MAIN)
+    ok = submit(store.reserve_attempt, "a1", "mine", "gpu1", "r1")
+    fenced = submit(store.reserve_attempt, "a2", "theirs", "gpu1", "r2")
+    ended = submit(store.finish, "theirs", "succeeded", {}, [], owner=None, client_id="c", created=0.0, started=None, keep=10, replica="r2")
+    release.set()
+    ok.result(TIMEOUT)
+    for f in (fenced, ended):
+        with pytest.raises(Fenced):
+            f.result(TIMEOUT)
+    rows = {r.prompt_id: r for r in store.unfinished()}
+    assert rows["mine"].attempts == [("a1", "gpu1", "reserved")]
+    assert rows["theirs"].attempts == [] and store.history_item("theirs") is None
+
+
+def test_writes_of_one_lane_commit_in_the_order_asked(store: Store) -> None:
+    """A job's writes are asked in order (attempt, state, end): the end deletes what came
+    before, so the later write must never run first."""
+    store.add_prompt(_row("p"))
+    futures = [submit(store.reserve_attempt, "a1", "p", "gpu1"), submit(store.set_state, "p", "running", started=5.0),
+               submit(store.finish, "p", "succeeded", {"n": 1}, [], owner=None, client_id="c", created=0.0, started=5.0, keep=10)]
+    for f in futures:
+        f.result(TIMEOUT)
+    assert store.unfinished() == [] and store.history_item("p") == {"n": 1}
+
+
+def test_a_blocking_write_with_nothing_queued_commits_on_the_callers_thread(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/s.sqlite3")
+    seen: List[str] = []
+
+    def where(_obj: Any, conn: Any) -> None:
+        seen.append(threading.current_thread().name)
+
+    store.group.run(where, store)
+    assert seen == [threading.current_thread().name]
+    store.close()
+
+
+def test_a_write_asked_after_close_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    group = GroupCommit(lambda: None)  # type: ignore[arg-type,return-value]
+    group.close()
+    with pytest.raises(RuntimeError, match="state store is closed"):
+        group.submit(lambda _o, _c: None, None)
+
+
+def test_refused_is_the_base_of_fenced() -> None:
+    assert issubclass(Fenced, Refused)
