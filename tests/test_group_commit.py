@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from comfy_cluster.state import Fenced, PromptRow, Store
 from comfy_cluster.state import schema as t
-from comfy_cluster.state.group import MAIN, GroupCommit, Refused, submit
+from comfy_cluster.state.group import MAIN, GroupCommit, Refused, submit, submit_lazy
 from comfy_cluster.state.store import POSTS
 
 TIMEOUT = 60
@@ -108,6 +108,40 @@ def test_writes_of_one_lane_commit_in_the_order_asked(store: Store) -> None:
     for f in futures:
         f.result(TIMEOUT)
     assert store.unfinished() == [] and store.history_item("p") == {"n": 1}
+
+
+def test_a_lazy_write_rides_with_the_next_write_that_is_waited_for(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/s.sqlite3", lazy_delay=3600)
+    store.add_prompt(_row("p"))
+    before = store.group.commits
+    running = submit_lazy(store.set_state, "p", "running", started=5.0)
+    files = submit_lazy(store.note_files, "p", [(("output", "", "a.png"), "gpu1")])
+    assert not running.done() and not files.done()  # no commit of their own
+    store.reserve_attempt("a1", "p", "gpu1")  # waited for: one commit carries all three
+    assert running.done() and files.done() and store.group.commits - before == 1
+    row = store.unfinished()[0]
+    assert (row.state, row.started, row.attempts) == ("running", 5.0, [("a1", "gpu1", "reserved")])
+    assert store.file_server(("output", "", "a.png")) == "gpu1"
+    store.close()
+
+
+def test_a_lazy_write_alone_is_committed_after_its_delay(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/s.sqlite3", lazy_delay=0.05)
+    store.add_prompt(_row("p"))
+    submit_lazy(store.request_cancel, "p").result(TIMEOUT)
+    assert store.unfinished()[0].cancel
+    store.close()
+
+
+def test_close_commits_the_lazy_writes_still_queued(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.sqlite3"
+    store = Store(url, lazy_delay=3600)
+    store.add_prompt(_row("p"))
+    submit_lazy(store.set_state, "p", "running")
+    store.close()
+    again = Store(url)
+    assert again.unfinished()[0].state == "running"
+    again.close()
 
 
 def test_a_blocking_write_with_nothing_queued_commits_on_the_callers_thread(tmp_path: Path) -> None:

@@ -15,6 +15,11 @@ writes is run again in a transaction of its own, so one bad write never fails an
 A failure that may pass (a deadlock, a lost connection, a busy SQLite file) is tried again
 after :data:`RETRY_DELAYS`.
 
+A *lazy* write (:func:`submit_lazy`: one nobody waits for, such as a job's "running" state)
+causes no commit of its own: it rides with the next write someone waits for, or is
+committed ``lazy_delay`` seconds after it was asked (a crash may lose it; it restates what
+the process knows and can find out again).
+
 Writes are decorated methods (:func:`batched`): ``method(self, conn, *args)`` is called as
 ``obj.method(*args)`` (blocking: returns once committed) or queued without waiting with
 ``submit(obj.method, *args)``. An object may have several *lanes* (``obj.lane(name)``), each
@@ -34,7 +39,7 @@ from typing import Any, Callable, ContextManager, Deque, Dict, List, Optional, T
 
 from sqlalchemy.engine import Connection
 
-__all__ = ["GroupCommit", "Refused", "batched", "submit", "transient", "RETRY_DELAYS", "MAIN"]
+__all__ = ["GroupCommit", "Refused", "batched", "submit", "submit_lazy", "transient", "RETRY_DELAYS", "MAIN"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +69,11 @@ def transient(exc: BaseException) -> bool:
 
 
 class _Entry:
-    __slots__ = ("op", "args", "kwargs", "future")
+    __slots__ = ("op", "args", "kwargs", "future", "lazy", "asked")
 
-    def __init__(self, op: Callable[..., Any], args: Tuple[Any, ...], kwargs: Any) -> None:
-        self.op, self.args, self.kwargs = op, args, kwargs
+    def __init__(self, op: Callable[..., Any], args: Tuple[Any, ...], kwargs: Any, lazy: bool = False) -> None:
+        self.op, self.args, self.kwargs, self.lazy = op, args, kwargs, lazy
+        self.asked = time.monotonic()
         self.future: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
 
     def run(self, conn: Connection) -> Any:
@@ -78,9 +84,11 @@ class GroupCommit:
     """Writes queued by any thread, committed together by one thread (see the module
     docstring). ``begin()`` opens one write transaction (committed when its block ends)."""
 
-    def __init__(self, begin: Callable[[], ContextManager[Connection]], *, max_batch: int = 128,
+    def __init__(self, begin: Callable[[], ContextManager[Connection]], *, max_batch: int = 128, lazy_delay: float = 0.5,
                  retry_delays: Tuple[float, ...] = RETRY_DELAYS, name: str = "comfy-cluster-state-commit") -> None:
         self._begin = begin
+        self._lazy_delay = lazy_delay
+        self._eager = 0  # queued writes that are not lazy
         self._max_batch = max_batch
         self._retry_delays = retry_delays
         self._name = name
@@ -116,11 +124,19 @@ class GroupCommit:
 
     def submit(self, op: Callable[..., T], obj: Any, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
         """Queue ``op(obj, conn, *args, **kwargs)``; its future is done once committed."""
-        entry = _Entry(op, (obj, *args), kwargs)
+        return self._enqueue(_Entry(op, (obj, *args), kwargs))
+
+    def submit_lazy(self, op: Callable[..., T], obj: Any, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
+        """As :meth:`submit`, committed with the next write that is not lazy (or after
+        ``lazy_delay`` seconds)."""
+        return self._enqueue(_Entry(op, (obj, *args), kwargs, lazy=True))
+
+    def _enqueue(self, entry: _Entry) -> "concurrent.futures.Future[Any]":
         with self._cond:
             if self._closed:
                 raise RuntimeError("the state store is closed")
             self._queue.append(entry)
+            self._eager += not entry.lazy
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
                 self._thread.start()
@@ -129,20 +145,21 @@ class GroupCommit:
 
     def run(self, op: Callable[..., T], obj: Any, *args: Any, **kwargs: Any) -> T:
         """``op(obj, conn, ...)`` committed (blocking); its exception raised here. With
-        nothing queued and no commit running, the calling thread commits it itself (no
-        hand-over to the commit thread and back)."""
+        no commit running and nothing but lazy writes queued, the calling thread commits it
+        (with those) itself: no hand-over to the commit thread and back."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("a batched write cannot wait for another from inside a commit")
+        entry = _Entry(op, (obj, *args), kwargs)
         with self._cond:
-            inline = not self._busy and not self._queue and not self._closed
+            inline = not self._busy and not self._eager and len(self._queue) < self._max_batch and not self._closed
             if inline:
                 self._busy = True
+                batch = list(self._queue) + [entry]
+                self._queue.clear()
         if not inline:
-            return self.submit(op, obj, *args, **kwargs).result()
-        entry = _Entry(op, (obj, *args), kwargs)
-        entry.future.set_running_or_notify_cancel()
+            return self._enqueue(entry).result()
         try:
-            self._commit([entry])
+            self._commit([e for e in batch if e.future.set_running_or_notify_cancel()])
         finally:
             with self._cond:
                 self._busy = False
@@ -168,13 +185,20 @@ class GroupCommit:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while (not self._queue or self._busy) and not self._closed:
-                    self._cond.wait()
+                while not self._closed:
+                    if self._queue and not self._busy:
+                        wait = 0.0 if self._eager else self._queue[0].asked + self._lazy_delay - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait()
                 while self._busy:  # closing: the inline commit ends first
                     self._cond.wait()
                 if not self._queue:
                     return
                 batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+                self._eager -= sum(not e.lazy for e in batch)
                 self._busy = True
             try:
                 self._commit([e for e in batch if e.future.set_running_or_notify_cancel()])
@@ -258,10 +282,22 @@ def is_batched(fn: Any) -> bool:
 def submit(method: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
     """Queue a bound :func:`batched` write in its lane without waiting; its future is done
     once committed."""
+    lane, op, obj = _parts(method)
+    return lane.submit(op, obj, *args, **kwargs)
+
+
+def submit_lazy(method: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
+    """As :func:`submit`, a lazy write (see the module docstring)."""
+    lane, op, obj = _parts(method)
+    return lane.submit_lazy(op, obj, *args, **kwargs)
+
+
+def _parts(method: Callable[..., Any]) -> Tuple[GroupCommit, Callable[..., Any], Any]:
+    """``(lane, op, object)`` of a bound :func:`batched` write."""
     if not is_batched(method):
         raise TypeError(f"{getattr(method, '__qualname__', method)} is not a batched write")
     obj = method.__self__  # type: ignore[attr-defined]
-    return obj.lane(method.batched_lane).submit(method.batched_op, obj, *args, **kwargs)  # type: ignore[attr-defined,no-any-return]
+    return obj.lane(method.batched_lane), method.batched_op, obj  # type: ignore[attr-defined]
 
 
 def _nothing(_obj: Any, _conn: Connection) -> None:

@@ -65,7 +65,7 @@ class PromptRow:
 class Store:
     """The gateway's state at ``url`` (migrated to the newest schema when opened)."""
 
-    def __init__(self, url: str, *, clock: Any = time.time) -> None:
+    def __init__(self, url: str, *, clock: Any = time.time, lazy_delay: float = 0.5) -> None:
         self.url = url
         self.engine: Engine = make_engine(url)
         self._clock = clock
@@ -76,7 +76,7 @@ class Store:
         # commit: a write that fails on a dropped one is tried again on a fresh one.
         self._write_engine: Engine = self.engine if self._sqlite else make_engine(url, ping=False)
         # Every write below goes through one of them (see the module docstring).
-        self._lanes = {MAIN: GroupCommit(self._group_transaction),
+        self._lanes = {MAIN: GroupCommit(self._group_transaction, lazy_delay=lazy_delay),
                        POSTS: GroupCommit(self._group_transaction, name="comfy-cluster-state-posts")}
 
     def __repr__(self) -> str:
