@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from . import schema as t
+from . import statements as q
 from .engine import make_engine, migrate
 from .group import MAIN, GroupCommit, Refused, batched
 from .urls import safe_url
@@ -161,11 +160,12 @@ class Store:
         """Insert ``row`` (in ``conn``'s transaction) held by ``replica`` (a name, or an SQL
         expression giving one or NULL); returns the replica that holds it."""
         now = self._clock()
-        held = conn.execute(t.prompts.insert().values(
-            prompt_id=row.prompt_id, number=row.number, owner=row.owner, client_id=row.client_id,
-            body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now,
-            replica=replica,
-        ).returning(t.prompts.c.replica)).scalar()
+        values = dict(prompt_id=row.prompt_id, number=row.number, owner=row.owner, client_id=row.client_id,
+                      body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now)
+        if replica is None or isinstance(replica, str):
+            held = conn.execute(q.INSERT_PROMPT, dict(values, replica=replica)).scalar()
+        else:
+            held = conn.execute(t.prompts.insert().values(replica=replica, **values).returning(t.prompts.c.replica)).scalar()
         if row.inputs:
             conn.execute(t.prompt_inputs.insert(), [
                 {"prompt_id": row.prompt_id, "node": node, "digest": d, "name": n} for node, (d, n) in row.inputs.items()
@@ -174,10 +174,8 @@ class Store:
 
     @batched
     def set_state(self, conn: Connection, prompt_id: str, state: str, *, started: Optional[float] = None) -> None:
-        values: Dict[str, Any] = {"state": state, "updated": self._clock()}
-        if started is not None:
-            values["started"] = started
-        conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(**values))
+        values = {"pid": prompt_id, "state": state, "now": self._clock(), "started": started}
+        conn.execute(q.SET_STATE if started is None else q.SET_STATE_STARTED, values)
 
     @batched
     def request_cancel(self, conn: Connection, prompt_id: str) -> None:
@@ -193,9 +191,8 @@ class Store:
         ``row_gone``: its own row is deleted already)."""
         if not row_gone:
             conn.execute(t.prompts.delete().where(t.prompts.c.prompt_id == prompt_id))
-        digests = conn.execute(t.prompt_inputs.delete().where(t.prompt_inputs.c.prompt_id == prompt_id)
-                               .returning(t.prompt_inputs.c.digest)).scalars().all()
-        conn.execute(t.attempts.delete().where(t.attempts.c.prompt_id == prompt_id))
+        digests = conn.execute(q.DELETE_INPUTS, {"pid": prompt_id}).scalars().all()
+        conn.execute(q.DELETE_ATTEMPTS, {"pid": prompt_id})
         if digests:  # only the bytes it was bound to can have become unused
             self._drop_unused_blobs(conn, list(set(digests)))
 
@@ -226,24 +223,14 @@ class Store:
 
     # -- the attempt ledger -------------------------------------------------------------------
 
-    @staticmethod
-    def _held(prompt_id: str, replica: Optional[str]) -> Any:
-        """``prompt_id``'s row while ``replica`` holds it."""
-        return sa.and_(t.prompts.c.prompt_id == prompt_id, t.prompts.c.replica.is_(None) if replica is None else t.prompts.c.replica == replica)
-
     @batched
     def reserve_attempt(self, conn: Connection, attempt_id: str, prompt_id: str, server: str, replica: Optional[str] = None) -> None:
         """Recorded before the attempt's POST (so a crash after it still knows the copy).
         Raises :class:`Fenced` when ``replica`` no longer holds the prompt."""
         # One statement: the row is inserted only while the prompt is ours, and the prompt's
         # row stays locked until the commit (a take-over waits, then sees this attempt).
-        held = (sa.select(t.prompts.c.prompt_id, sa.literal(attempt_id), sa.literal(server), sa.literal("reserved"),
-                          sa.literal(replica, sa.String), sa.literal(self._clock()))
-                .where(self._held(prompt_id, replica)))
-        if not self._sqlite:
-            held = held.with_for_update()
-        cols = ["prompt_id", "attempt_id", "server", "phase", "replica", "created"]
-        if conn.execute(t.attempts.insert().from_select(cols, held).returning(t.attempts.c.attempt_id)).first() is None:
+        values = {"pid": prompt_id, "attempt_id": attempt_id, "server": server, "replica": replica, "created": self._clock()}
+        if conn.execute(q.RESERVE if self._sqlite else q.RESERVE_LOCKED, values).first() is None:
             raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
 
     @batched
@@ -253,7 +240,7 @@ class Store:
         server (by this id) rather than running the prompt again. (Restarts follow a
         prompt's newest copy, ended or not: this row is for the ledger's readers, and
         need not be committed before anything else happens.)"""
-        conn.execute(t.attempts.update().where(t.attempts.c.attempt_id == attempt_id).values(phase="ended"))
+        conn.execute(q.END_ATTEMPT, {"aid": attempt_id})
 
     # -- history ------------------------------------------------------------------------------
 
@@ -265,16 +252,15 @@ class Store:
         the queue, the history trimmed to its newest ``keep`` items. Atomic.
         Raises :class:`Fenced` (nothing written) when ``replica`` no longer holds it."""
         # Out of the queue first: no row deleted means not ours (and nothing written).
-        if conn.execute(t.prompts.delete().where(self._held(prompt_id, replica)).returning(t.prompts.c.prompt_id)).first() is None:
+        if conn.execute(q.TAKE_OUT, {"pid": prompt_id, "replica": replica}).first() is None:
             raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
-        conn.execute(t.history.delete().where(t.history.c.prompt_id == prompt_id))
-        conn.execute(t.history.insert().values(
-            prompt_id=prompt_id, owner=owner, client_id=client_id, status=status, item=json.dumps(item),
-            created=created, started=started, ended=self._clock()))
+        conn.execute(q.DELETE_HISTORY_ITEM, {"pid": prompt_id})
+        conn.execute(q.INSERT_HISTORY, {"prompt_id": prompt_id, "owner": owner, "client_id": client_id, "status": status,
+                                        "item": json.dumps(item), "created": created, "started": started, "ended": self._clock()})
         self.record_files(conn, prompt_id, files)
         self.forget_prompt(conn, prompt_id, row_gone=True)
         # The newest ``keep`` items stay: one walk down the seq index (not a count of all).
-        cut = conn.execute(sa.select(t.history.c.seq).order_by(t.history.c.seq.desc()).offset(keep).limit(1)).scalar()
+        cut = conn.execute(q.HISTORY_CUT, {"keep": keep}).scalar()
         if cut is not None:
             self._delete_history(conn, t.history.c.seq <= cut)
 
@@ -346,11 +332,8 @@ class Store:
     def record_files(self, conn: Connection, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
         """Upsert ``files`` (in ``conn``'s transaction): two servers may make files of one
         name, and two replicas may record them at once; the later one wins, neither fails."""
-        insert = pg_insert if not self._sqlite else sqlite_insert
         for (kind, sub, name), server in files:
-            stmt = insert(t.files).values(type=kind, subfolder=sub, filename=name, server=server, prompt_id=prompt_id)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["type", "subfolder", "filename"],
-                                                    set_={"server": server, "prompt_id": prompt_id}))
+            conn.execute(q.UPSERT_FILE[self.dialect], {"type": kind, "subfolder": sub, "filename": name, "server": server, "prompt_id": prompt_id})
 
     def file_server(self, key: FileKey) -> Optional[str]:
         kind, sub, name = key
