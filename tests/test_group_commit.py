@@ -15,7 +15,6 @@ from sqlalchemy.exc import IntegrityError
 from comfy_cluster.state import Fenced, PromptRow, Store
 from comfy_cluster.state import schema as t
 from comfy_cluster.state.group import MAIN, GroupCommit, Refused, submit, submit_lazy
-from comfy_cluster.state.store import POSTS
 
 TIMEOUT = 60
 
@@ -46,16 +45,30 @@ def _hold_the_lane(store: Store, lane: str) -> "tuple[threading.Event, threading
 
 
 def test_writes_asked_while_a_commit_runs_share_the_next_commit(store: Store) -> None:
-    lane = store.lane(POSTS)
-    _, release = _hold_the_lane(store, POSTS)
+    lane = store.group
+    store.add_prompt(_row("p"))
+    _, release = _hold_the_lane(store, MAIN)
     before = lane.commits
-    futures = [submit(store.add_prompt, _row(f"p{i}", i)) for i in range(20)]
+    futures = [submit(store.note_files, "p", [(("output", "", f"f{i}.png"), "gpu1")]) for i in range(20)]
     assert not any(f.done() for f in futures)  # nobody is told before its commit
     release.set()
     for f in futures:
         f.result(TIMEOUT)
     assert lane.commits - before == 2  # the held one, then all twenty together
-    assert [r.prompt_id for r in store.unfinished()] == [f"p{i}" for i in range(20)]
+    assert all(store.file_server(("output", "", f"f{i}.png")) == "gpu1" for i in range(20))
+
+
+def test_a_posted_prompt_never_waits_behind_a_running_jobs_commit(postgres_url: str) -> None:
+    """PostgreSQL: posts commit on connections of their own. (SQLite has one writer: a post
+    waits for the commit in progress, never for the writes queued behind it.)"""
+    store = Store(postgres_url)
+    _, release = _hold_the_lane(store, MAIN)
+    try:
+        submit(store.add_prompt, _row("p")).result(TIMEOUT)  # committed while the main lane is held
+    finally:
+        release.set()
+    assert [r.prompt_id for r in store.unfinished()] == ["p"]
+    store.close()
 
 
 def test_a_write_told_done_is_committed_for_another_connection(store: Store) -> None:
@@ -66,16 +79,18 @@ def test_a_write_told_done_is_committed_for_another_connection(store: Store) -> 
 
 def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(store: Store) -> None:
     store.add_prompt(_row("dup"))
-    _, release = _hold_the_lane(store, POSTS)
-    good1 = submit(store.add_prompt, _row("a", 1))
-    bad = submit(store.add_prompt, _row("dup", 2))  # the same prompt_id again: a unique violation
-    good2 = submit(store.add_prompt, _row("b", 3))
+    store.add_prompt(_row("p"))
+    _, release = _hold_the_lane(store, MAIN)
+    good1 = submit(store.reserve_attempt, "a1", "p", "gpu1")
+    bad = submit(store.reserve_attempt, "a1", "dup", "gpu1")  # the same attempt id again: a unique violation
+    good2 = submit(store.set_state, "p", "running")
     release.set()
     good1.result(TIMEOUT)
     good2.result(TIMEOUT)
     with pytest.raises(IntegrityError):
         bad.result(TIMEOUT)
-    assert sorted(r.prompt_id for r in store.unfinished()) == ["a", "b", "dup"]
+    rows = {r.prompt_id: r for r in store.unfinished()}
+    assert rows["p"].attempts == [("a1", "gpu1", "reserved")] and rows["p"].state == "running" and rows["dup"].attempts == []
 
 
 def test_a_refused_write_fails_alone_without_undoing_the_others(store: Store) -> None:

@@ -39,11 +39,13 @@ from typing import Any, Callable, ContextManager, Deque, Dict, List, Optional, T
 
 from sqlalchemy.engine import Connection
 
-__all__ = ["GroupCommit", "Refused", "batched", "submit", "submit_lazy", "transient", "RETRY_DELAYS", "MAIN"]
+__all__ = ["GroupCommit", "Refused", "batched", "defer", "submit", "submit_lazy", "transient", "RETRY_DELAYS", "MAIN"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_here = threading.local()  # .group: the GroupCommit whose transaction runs on this thread
 
 #: The lane of a write unless it names another.
 MAIN = "main"
@@ -111,6 +113,11 @@ class GroupCommit:
         """``flush(conn, items)`` runs before each commit that has items deferred under
         ``key`` (in the order they were deferred)."""
         self._flushers[key] = flush
+
+    @property
+    def load(self) -> int:
+        """Writes queued or being committed (to pick the least busy of several lanes)."""
+        return len(self._queue) + self._busy
 
     def defer(self, key: str, item: Any) -> None:
         """From inside a write: hand ``item`` to the flusher of ``key``, which sends all of
@@ -211,6 +218,7 @@ class GroupCommit:
             return
         done: List[Tuple[_Entry, bool, Any]] = []
         self._deferred = {}
+        _here.group = self
         try:
             with self._begin() as conn:
                 for entry in batch:
@@ -239,6 +247,7 @@ class GroupCommit:
         """One write in a transaction of its own, tried again while its failure may pass."""
         for delay in (*self._retry_delays, None):
             self._deferred = {}
+            _here.group = self
             try:
                 with self._begin() as conn:
                     value = entry.run(conn)
@@ -255,6 +264,14 @@ class GroupCommit:
             self.writes += 1
             entry.future.set_result(value)
             return
+
+
+def defer(key: str, item: Any) -> None:
+    """From inside a write: :meth:`GroupCommit.defer` on the group committing it."""
+    group = getattr(_here, "group", None)
+    if group is None:
+        raise RuntimeError("defer() is for a batched write, inside its commit")
+    group.defer(key, item)
 
 
 def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN) -> Any:

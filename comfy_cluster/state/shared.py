@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import sqlalchemy as sa
 
 from . import schema as t
-from .group import GroupCommit, batched
+from .group import GroupCommit, batched, defer
 from .store import POSTS, PromptRow, Store
 
 __all__ = ["SharedQueue", "CHANNEL_EVENTS", "CHANNEL_QUEUE", "CHANNEL_CANCEL"]
@@ -48,8 +48,8 @@ class SharedQueue:
         self.dead_after = dead_after
         self._clock = clock
         self._frames = itertools.count()
-        store.group.on_flush(CHANNEL_EVENTS, _notify_all)
-        store.lane(POSTS).on_flush(CHANNEL_QUEUE, _wake_all)
+        store.on_flush(CHANNEL_EVENTS, _notify_all)
+        store.on_flush(CHANNEL_QUEUE, _wake_all)
 
     @property
     def group(self) -> GroupCommit:
@@ -159,7 +159,7 @@ class SharedQueue:
             fid = conn.execute(t.frames.insert().values(client_id=client_id, frame=frame, created=self._clock())
                                .returning(t.frames.c.id)).scalar()
             payload = json.dumps(dict(head, id=fid))
-        self.group.defer(CHANNEL_EVENTS, payload)  # all of this commit's frames in one statement
+        defer(CHANNEL_EVENTS, payload)  # all of this commit's frames in one statement
 
     def frame(self, frame_id: int) -> Optional[str]:
         with self.store.reading() as conn:
@@ -176,7 +176,7 @@ class SharedQueue:
             replica = sa.case((waiting, sa.null()), else_=sa.literal(self.replica))
         held = self.store.insert_prompt(conn, row, replica) == self.replica
         if not held:
-            self.lane(POSTS).defer(CHANNEL_QUEUE, None)
+            defer(CHANNEL_QUEUE, None)
         return held
 
     @batched(lane=POSTS)

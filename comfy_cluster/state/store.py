@@ -35,6 +35,8 @@ FileKey = Tuple[str, str, str]  # (type, subfolder, filename)
 
 #: The lane of posted prompts (new rows only: they never wait for a running job's writes).
 POSTS = "posts"
+#: Lanes of posted prompts on PostgreSQL (SQLite has one writer at a time anyway).
+POST_LANES = 3
 
 
 class Fenced(Refused):
@@ -75,8 +77,12 @@ class Store:
         # commit: a write that fails on a dropped one is tried again on a fresh one.
         self._write_engine: Engine = self.engine if self._sqlite else make_engine(url, ping=False)
         # Every write below goes through one of them (see the module docstring).
-        self._lanes = {MAIN: GroupCommit(self._group_transaction, lazy_delay=lazy_delay),
-                       POSTS: GroupCommit(self._group_transaction, name="comfy-cluster-state-posts")}
+        # Posted prompts are new rows, in no order among themselves: on PostgreSQL several
+        # lanes commit them at the same time (each on a connection of its own).
+        posts = 1 if self._sqlite else POST_LANES
+        self._lanes: Dict[str, List[GroupCommit]] = {
+            MAIN: [GroupCommit(self._group_transaction, lazy_delay=lazy_delay)],
+            POSTS: [GroupCommit(self._group_transaction, name=f"comfy-cluster-state-posts-{i}") for i in range(posts)]}
 
     def __repr__(self) -> str:
         return f"Store({safe_url(self.url)!r})"
@@ -86,23 +92,32 @@ class Store:
         return self.engine.dialect.name
 
     def lane(self, name: str) -> GroupCommit:
-        """The group commit of lane ``name`` (see :mod:`comfy_cluster.state.group`)."""
-        return self._lanes[name]
+        """The group commit of lane ``name`` (see :mod:`comfy_cluster.state.group`); of
+        several, the least busy."""
+        return min(self._lanes[name], key=lambda g: g.load)
 
     @property
     def group(self) -> GroupCommit:
         """The main lane: every write but posted prompts."""
-        return self._lanes[MAIN]
+        return self._lanes[MAIN][0]
+
+    def on_flush(self, key: str, flush: Any) -> None:
+        """:meth:`GroupCommit.on_flush` on every lane."""
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.on_flush(key, flush)
 
     def flush(self) -> None:
         """Return once every write queued so far is done."""
-        for lane in self._lanes.values():
-            lane.flush()
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.flush()
 
     def close(self) -> None:
         """Commit the writes queued so far, then close the connections."""
-        for lane in self._lanes.values():
-            lane.close()
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.close()
         self.engine.dispose()
         self._write_engine.dispose()
 
