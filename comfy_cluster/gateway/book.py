@@ -24,7 +24,6 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..jobs import Job, JobEvent
 from ..state import Store
-from ..state.group import submit_lazy
 from .auth import User
 from .durable import Keeper
 from .gatewayjob import GatewayJob
@@ -175,8 +174,7 @@ class JobBook:
                 if metrics is not None:
                     metrics.attempt(server)
             else:
-                # Lazy: restarts follow a prompt's newest copy, ended or not.
-                submit_lazy(store.end_attempt, attempt_id).add_done_callback(Keeper.log_failure)
+                store.end_attempt(attempt_id)
 
         return record
 
@@ -260,7 +258,7 @@ class JobBook:
             gj.started = True
             gj.state = "running"
             gj.started_at = time.time()
-            self._keeper.later(self._store.set_state, gj.prompt_id, "running", started=gj.started_at, lazy=True)
+            self._keeper.later(self._store.set_state, gj.prompt_id, "running", started=gj.started_at)
             self.queue_changed()
         elif event.kind == "cached":
             if gj.cached_sent:
@@ -269,7 +267,7 @@ class JobBook:
         elif event.kind == "output" and event.server:
             keys = [(f.type, f.subfolder, f.filename) for f in event.files]
             self.history.note_files(gj.prompt_id, event.server, keys)
-            self._keeper.later(self._store.note_files, gj.prompt_id, [(k, event.server) for k in keys], lazy=True)
+            self._keeper.later(self._store.note_files, gj.prompt_id, [(k, event.server) for k in keys])
         message = event_message(event, gj.prompt_id)
         if message is not None:
             for state in gj.nodes.before(event):

@@ -18,7 +18,7 @@ import tempfile
 from typing import Any, Callable, Optional, TypeVar
 
 from ..state import Fenced, Store
-from ..state.group import is_batched, submit, submit_lazy
+from ..state.group import is_batched, submit
 
 __all__ = ["Keeper", "open_store"]
 
@@ -50,12 +50,12 @@ class Keeper:
         self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="comfy-cluster-gateway-read")
         self._closed = False
 
-    def _submit(self, fn: Callable[..., T], *args: Any, lazy: bool = False, **kwargs: Any) -> "concurrent.futures.Future[T]":
+    def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
         """A batched write (see :mod:`comfy_cluster.state.group`) joins the next group commit,
-        in the order asked (``lazy``: one that needs no commit of its own); any other
-        blocking write runs on the writer thread."""
+        in the order asked (a lazy one, with the next that is not); any other blocking
+        write runs on the writer thread."""
         if is_batched(fn):
-            return (submit_lazy if lazy else submit)(fn, *args, **kwargs)
+            return submit(fn, *args, **kwargs)
         return self._writer.submit(fn, *args, **kwargs)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -66,15 +66,13 @@ class Keeper:
         """A read (not ordered with writes: read what a committed write left)."""
         return await asyncio.wrap_future(self._readers.submit(fn, *args, **kwargs))
 
-    def later(self, fn: Callable[..., Any], *args: Any, then: Optional[Callable[[], None]] = None, lazy: bool = False, **kwargs: Any) -> None:
+    def later(self, fn: Callable[..., Any], *args: Any, then: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
         """A write in order; ``then()`` runs on the loop once it is committed (not when it
         failed: the failure is logged; what it recorded stays unfinished in the store, and
-        is taken up again after a restart). ``lazy``: a write that restates what this
-        process knows, committed with the next one that matters (see
-        :mod:`comfy_cluster.state.group`)."""
+        is taken up again after a restart)."""
         if self._closed:
             return
-        future = self._submit(fn, *args, lazy=lazy, **kwargs)
+        future = self._submit(fn, *args, **kwargs)
         if then is None:
             future.add_done_callback(self.log_failure)
             return

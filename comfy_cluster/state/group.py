@@ -274,10 +274,11 @@ def defer(key: str, item: Any) -> None:
     group.defer(key, item)
 
 
-def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN) -> Any:
-    """Decorator (``@batched`` or ``@batched(lane=...)``) for a write ``op(self, conn, *args)``
-    of an object whose ``lane(name)`` is a :class:`GroupCommit`: ``obj.op(*args)`` queues it
-    in that lane and returns once committed; :func:`submit` queues it without waiting."""
+def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN, lazy: bool = False) -> Any:
+    """Decorator (``@batched`` or ``@batched(lane=..., lazy=...)``) for a write
+    ``op(self, conn, *args)`` of an object whose ``lane(name)`` is a :class:`GroupCommit`:
+    ``obj.op(*args)`` queues it in that lane and returns once committed; :func:`submit`
+    queues it without waiting (``lazy``: as a lazy write, see the module docstring)."""
 
     def wrap(op: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(op)
@@ -286,6 +287,7 @@ def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN) -> Any:
 
         method.batched_op = op  # type: ignore[attr-defined]
         method.batched_lane = lane  # type: ignore[attr-defined]
+        method.batched_lazy = lazy  # type: ignore[attr-defined]
         return method
 
     return wrap(op) if op is not None else wrap
@@ -297,9 +299,11 @@ def is_batched(fn: Any) -> bool:
 
 
 def submit(method: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
-    """Queue a bound :func:`batched` write in its lane without waiting; its future is done
-    once committed."""
+    """Queue a bound :func:`batched` write in its lane without waiting (lazily if it was
+    declared lazy); its future is done once committed."""
     lane, op, obj = _parts(method)
+    if method.batched_lazy:  # type: ignore[attr-defined]
+        return lane.submit_lazy(op, obj, *args, **kwargs)
     return lane.submit(op, obj, *args, **kwargs)
 
 

@@ -187,7 +187,7 @@ class Store:
             ])
         return held
 
-    @batched
+    @batched(lazy=True)  # a restatement: restarts take the state from the servers again
     def set_state(self, conn: Connection, prompt_id: str, state: str, *, started: Optional[float] = None) -> None:
         values = {"pid": prompt_id, "state": state, "now": self._clock(), "started": started}
         conn.execute(q.SET_STATE if started is None else q.SET_STATE_STARTED, values)
@@ -339,7 +339,7 @@ class Store:
 
     # -- output files -------------------------------------------------------------------------
 
-    @batched
+    @batched(lazy=True)  # the end records every file again
     def note_files(self, conn: Connection, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
         """Output files of a running prompt (``/view`` works before it has ended)."""
         self.record_files(conn, prompt_id, files)
