@@ -283,7 +283,7 @@ def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN, lazy: bo
     def wrap(op: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(op)
         def method(self: Any, *args: Any, **kwargs: Any) -> T:
-            return self.lane(lane).run(op, self, *args, **kwargs)  # type: ignore[no-any-return]
+            return self.lane(lane).run(op, self, *args, **kwargs)
 
         method.batched_op = op  # type: ignore[attr-defined]
         method.batched_lane = lane  # type: ignore[attr-defined]

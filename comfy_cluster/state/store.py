@@ -423,11 +423,11 @@ class Store:
     def _drop_unused_blobs(conn: Connection, digests: Optional[List[str]] = None) -> None:
         """Delete upload bytes nothing names any more (``digests``: only among these)."""
         used = sa.union(sa.select(t.uploads.c.digest), sa.select(t.prompt_inputs.c.digest)).subquery()
-        where = t.blobs.c.digest.not_in(sa.select(used.c.digest))
+        where: Any = t.blobs.c.digest.not_in(sa.select(used.c.digest))
         if digests is not None:
             where = sa.and_(t.blobs.c.digest.in_(digests), where)
         conn.execute(t.blobs.delete().where(where))
-        chunks = t.blob_chunks.c.digest.not_in(sa.select(t.blobs.c.digest))
+        chunks: Any = t.blob_chunks.c.digest.not_in(sa.select(t.blobs.c.digest))
         if digests is not None:
             chunks = sa.and_(t.blob_chunks.c.digest.in_(digests), chunks)
         conn.execute(t.blob_chunks.delete().where(chunks))
