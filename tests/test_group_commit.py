@@ -180,3 +180,17 @@ def test_a_write_asked_after_close_is_refused_with_a_clear_error(tmp_path: Path)
 
 def test_refused_is_the_base_of_fenced() -> None:
     assert issubclass(Fenced, Refused)
+
+
+def test_an_attempts_end_is_recorded_without_waiting_for_a_commit(store: Store) -> None:
+    """The library notes an attempt's end inline on its thread: that must not wait for a
+    commit (restarts follow the newest copy, ended or not); it rides with the next one."""
+    store.add_prompt(_row("p"))
+    store.reserve_attempt("a1", "p", "gpu1")
+    _, release = _hold_the_lane(store, MAIN)
+    try:
+        assert store.end_attempt("a1") is None  # returned while the lane is held
+    finally:
+        release.set()
+    store.flush()
+    assert store.unfinished()[0].attempts == [("a1", "gpu1", "ended")]

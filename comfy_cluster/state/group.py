@@ -274,15 +274,20 @@ def defer(key: str, item: Any) -> None:
     group.defer(key, item)
 
 
-def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN, lazy: bool = False) -> Any:
-    """Decorator (``@batched`` or ``@batched(lane=..., lazy=...)``) for a write
+def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN, lazy: bool = False, wait: bool = True) -> Any:
+    """Decorator (``@batched`` or ``@batched(lane=..., lazy=..., wait=...)``) for a write
     ``op(self, conn, *args)`` of an object whose ``lane(name)`` is a :class:`GroupCommit`:
-    ``obj.op(*args)`` queues it in that lane and returns once committed; :func:`submit`
-    queues it without waiting (``lazy``: as a lazy write, see the module docstring)."""
+    ``obj.op(*args)`` queues it in that lane and returns once committed (``wait=False``:
+    returns at once, a failure logged); :func:`submit` queues it without waiting
+    (``lazy``: as a lazy write, see the module docstring)."""
 
     def wrap(op: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(op)
-        def method(self: Any, *args: Any, **kwargs: Any) -> T:
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if not wait:
+                future = (self.lane(lane).submit_lazy if lazy else self.lane(lane).submit)(op, self, *args, **kwargs)
+                future.add_done_callback(_log_failure)
+                return None
             return self.lane(lane).run(op, self, *args, **kwargs)
 
         method.batched_op = op  # type: ignore[attr-defined]
@@ -291,6 +296,12 @@ def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN, lazy: bo
         return method
 
     return wrap(op) if op is not None else wrap
+
+
+def _log_failure(future: "concurrent.futures.Future[Any]") -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("gateway state write failed: %s", exc, exc_info=exc)
 
 
 def is_batched(fn: Any) -> bool:

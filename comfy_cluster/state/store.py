@@ -248,13 +248,13 @@ class Store:
         if conn.execute(q.RESERVE if self._sqlite else q.RESERVE_LOCKED, values).first() is None:
             raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
 
-    @batched
+    @batched(lazy=True, wait=False)
     def end_attempt(self, conn: Connection, attempt_id: str) -> None:
         """The copy's end on its server is confirmed. The row stays until its prompt has
         finished: a crash between this and the prompt's end finds the copy's result on its
-        server (by this id) rather than running the prompt again. (Restarts follow a
-        prompt's newest copy, ended or not: this row is for the ledger's readers, and
-        need not be committed before anything else happens.)"""
+        server (by this id) rather than running the prompt again. Returns at once: lazy,
+        committed with the next write someone waits for (restarts follow a prompt's newest
+        copy, ended or not, so nothing may wait for this row)."""
         conn.execute(q.END_ATTEMPT, {"aid": attempt_id})
 
     # -- history ------------------------------------------------------------------------------
