@@ -194,3 +194,26 @@ def test_an_attempts_end_is_recorded_without_waiting_for_a_commit(store: Store) 
         release.set()
     store.flush()
     assert store.unfinished()[0].attempts == [("a1", "gpu1", "ended")]
+
+
+def test_lazy_writes_about_a_prompt_its_end_deletes_are_not_run(tmp_path: Path) -> None:
+    """A job's running state, output files and attempt end, queued lazily, are dropped when
+    its end is in the same commit (what they would write goes with the prompt): one commit,
+    the end's statements only, and the history has what the end recorded."""
+    store = Store(f"sqlite:///{tmp_path}/s.sqlite3", lazy_delay=3600)
+    store.add_prompt(_row("p"))
+    store.reserve_attempt("a1", "p", "gpu1")
+    ran: List[str] = []
+    lazies = [submit(store.set_state, "p", "running", started=1.0), submit(store.note_files, "p", [(("output", "", "x.png"), "gpu1")])]
+    store.end_attempt("a1")
+    from sqlalchemy import event
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        ran.append(statement.split()[0] + " " + statement.split()[2])
+
+    store.finish("p", "succeeded", {"n": 1}, [(("output", "", "x.png"), "gpu1")], owner=None, client_id="c", created=0.0, started=1.0, keep=10)
+    assert all(f.done() for f in lazies)
+    assert not any(r.startswith("UPDATE") for r in ran), ran  # no state, no attempt phase written
+    assert store.history_item("p") == {"n": 1} and store.file_server(("output", "", "x.png")) == "gpu1"
+    store.close()

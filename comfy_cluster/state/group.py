@@ -18,7 +18,8 @@ after :data:`RETRY_DELAYS`.
 A *lazy* write (:func:`submit_lazy`: one nobody waits for, such as a job's "running" state)
 causes no commit of its own: it rides with the next write someone waits for, or is
 committed ``lazy_delay`` seconds after it was asked (a crash may lose it; it restates what
-the process knows and can find out again).
+the process knows and can find out again). A lazy write *about* something (a prompt) that
+a later write of the same batch *ends* (deletes) is not run at all.
 
 Writes are decorated methods (:func:`batched`): ``method(self, conn, *args)`` is called as
 ``obj.method(*args)`` (blocking: returns once committed) or queued without waiting with
@@ -213,7 +214,26 @@ class GroupCommit:
                 with self._cond:
                     self._busy = False
 
+    @staticmethod
+    def _superseded(batch: List[_Entry]) -> List[_Entry]:
+        """``batch`` without the lazy writes about what a later write in it ends (they are
+        told done: what they would write is deleted in the same commit)."""
+        ended: set = set()
+        keep: List[_Entry] = []
+        for entry in reversed(batch):
+            about = getattr(entry.op, "batched_about", None)
+            key = about(*entry.args, **entry.kwargs) if about is not None else None
+            if entry.lazy and key is not None and key in ended:
+                entry.future.set_result(None)
+                continue
+            if key is not None and getattr(entry.op, "batched_ends", False):
+                ended.add(key)
+            keep.append(entry)
+        keep.reverse()
+        return keep
+
     def _commit(self, batch: List[_Entry]) -> None:
+        batch = self._superseded(batch)
         if not batch:
             return
         done: List[Tuple[_Entry, bool, Any]] = []
@@ -274,14 +294,19 @@ def defer(key: str, item: Any) -> None:
     group.defer(key, item)
 
 
-def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN, lazy: bool = False, wait: bool = True) -> Any:
-    """Decorator (``@batched`` or ``@batched(lane=..., lazy=..., wait=...)``) for a write
-    ``op(self, conn, *args)`` of an object whose ``lane(name)`` is a :class:`GroupCommit`:
-    ``obj.op(*args)`` queues it in that lane and returns once committed (``wait=False``:
-    returns at once, a failure logged); :func:`submit` queues it without waiting
-    (``lazy``: as a lazy write, see the module docstring)."""
+def batched(op: Optional[Callable[..., T]] = None, *, lane: str = MAIN, lazy: bool = False, wait: bool = True,
+            about: Optional[Callable[..., Optional[str]]] = None, ends: bool = False) -> Any:
+    """Decorator (``@batched`` or ``@batched(lane=..., lazy=..., wait=..., about=..., ends=...)``)
+    for a write ``op(self, conn, *args)`` of an object whose ``lane(name)`` is a
+    :class:`GroupCommit`: ``obj.op(*args)`` queues it in that lane and returns once committed
+    (``wait=False``: returns at once, a failure logged); :func:`submit` queues it without
+    waiting (``lazy``: as a lazy write, see the module docstring). ``about(self, *args,
+    **kwargs)`` names what the write is about; ``ends``: it deletes that."""
 
     def wrap(op: Callable[..., T]) -> Callable[..., T]:
+        op.batched_about = about  # type: ignore[attr-defined]
+        op.batched_ends = ends  # type: ignore[attr-defined]
+
         @functools.wraps(op)
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             if not wait:

@@ -72,6 +72,9 @@ class Store:
         self._clock = clock
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
+        #: Each attempt's prompt, for its lazy end (skipped when the prompt's end is in the
+        #: same commit). Written and read on the thread committing.
+        self.attempt_prompt: Dict[str, str] = {}
         migrate(self.engine)
         # The group commit's own connections, not tested with a round trip before each
         # commit: a write that fails on a dropped one is tried again on a fresh one.
@@ -187,7 +190,7 @@ class Store:
             ])
         return held
 
-    @batched(lazy=True)  # a restatement: restarts take the state from the servers again
+    @batched(lazy=True, about=lambda _s, prompt_id, *_a, **_k: prompt_id)  # restated: restarts ask the servers
     def set_state(self, conn: Connection, prompt_id: str, state: str, *, started: Optional[float] = None) -> None:
         values = {"pid": prompt_id, "state": state, "now": self._clock(), "started": started}
         conn.execute(q.SET_STATE if started is None else q.SET_STATE_STARTED, values)
@@ -196,7 +199,7 @@ class Store:
     def request_cancel(self, conn: Connection, prompt_id: str) -> None:
         conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(cancel=True, updated=self._clock()))
 
-    @batched
+    @batched(about=lambda _s, prompt_id: prompt_id, ends=True)
     def delete_prompt(self, conn: Connection, prompt_id: str) -> None:
         """A prompt deleted before it ran: no history (as ComfyUI)."""
         self.forget_prompt(conn, prompt_id)
@@ -247,8 +250,11 @@ class Store:
         values = {"pid": prompt_id, "attempt_id": attempt_id, "server": server, "replica": replica, "created": self._clock()}
         if conn.execute(q.RESERVE if self._sqlite else q.RESERVE_LOCKED, values).first() is None:
             raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
+        if len(self.attempt_prompt) > 100_000:  # ends never noted (a crash of the caller): forget them
+            self.attempt_prompt.clear()
+        self.attempt_prompt[attempt_id] = prompt_id
 
-    @batched(lazy=True, wait=False)
+    @batched(lazy=True, wait=False, about=lambda s, attempt_id: s.attempt_prompt.pop(attempt_id, None))
     def end_attempt(self, conn: Connection, attempt_id: str) -> None:
         """The copy's end on its server is confirmed. The row stays until its prompt has
         finished: a crash between this and the prompt's end finds the copy's result on its
@@ -259,7 +265,7 @@ class Store:
 
     # -- history ------------------------------------------------------------------------------
 
-    @batched
+    @batched(about=lambda _s, prompt_id, *_a, **_k: prompt_id, ends=True)
     def finish(self, conn: Connection, prompt_id: str, status: str, item: Dict[str, Any], files: Sequence[Tuple[FileKey, str]],
                *, owner: Optional[str], client_id: str, created: float, started: Optional[float], keep: int,
                replica: Optional[str] = None) -> None:
@@ -339,7 +345,7 @@ class Store:
 
     # -- output files -------------------------------------------------------------------------
 
-    @batched(lazy=True)  # the end records every file again
+    @batched(lazy=True, about=lambda _s, prompt_id, *_a, **_k: prompt_id)  # the end records every file again
     def note_files(self, conn: Connection, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
         """Output files of a running prompt (``/view`` works before it has ended)."""
         self.record_files(conn, prompt_id, files)
