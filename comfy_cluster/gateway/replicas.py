@@ -4,7 +4,8 @@ Two threads of its own (blocking psycopg, as the library's threads are): the *he
 writes this replica's heartbeat every second and takes over the prompts of replicas whose
 heartbeat stopped; the *listener* receives ``NOTIFY``: client frames for the sockets held
 here, wake-ups of the claimer, and cancels of prompts this replica follows. Claims run on
-the gateway's state thread whenever the servers have room. See
+the group commit of the state store whenever the servers have room (a prompt posted here while
+they have room and nothing waits is held at once, with no claim). See
 :class:`~comfy_cluster.state.shared.SharedQueue` for the database side.
 """
 
