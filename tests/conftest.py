@@ -61,3 +61,11 @@ def postgres_url(postgres_server_url: str) -> str:
     with psycopg.connect(f"host={host} port={port} user=postgres dbname=postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{base}/{name}"
+
+
+@pytest.fixture(autouse=True)
+def _own_data_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own user data folder: a gateway started without ``--state`` keeps its
+    state there, never in the real ``~/.local/share/comfy-cluster`` (which another checkout's
+    newer schema would make every later run refuse)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data")))

@@ -1,8 +1,9 @@
 """``Keeper``: the gateway's bridge to its :class:`~comfy_cluster.state.Store`.
 
-The store is blocking; the gateway's loop never waits on it directly. Writes go, in the
-order they were asked, to one thread of their own (``later``); a request that must not be
-answered before its row is committed awaits it (``run``). The attempt ledger is written
+The store is blocking; the gateway's loop never waits on it directly. Writes join the
+store's group commit in the order they were asked (``later``: the loop goes on; writes
+asked at about the same time share one transaction); a request that must not be answered
+before its row is committed awaits it (``run``). The attempt ledger is written
 inline by the library thread that posts (before the POST), so a crash never leaves a copy
 on a server that the store does not know.
 """
@@ -14,10 +15,10 @@ import concurrent.futures
 import logging
 import os
 import tempfile
-import time
 from typing import Any, Callable, Optional, TypeVar
 
 from ..state import Fenced, Store
+from ..state.group import is_batched, submit
 
 __all__ = ["Keeper", "open_store"]
 
@@ -37,28 +38,6 @@ def open_store(state: Any) -> "tuple[Store, Optional[str]]":
     return Store(str(state)), None
 
 
-#: Seconds between tries of a write that failed for a passing reason (a deadlock, a
-#: connection cut): 5 tries in about 6 s, then it is logged as failed.
-RETRY_DELAYS = (0.2, 0.4, 0.8, 1.6, 3.2)
-
-
-def _retried(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``fn(*args)``, tried again after a database error that may pass (not a refusal of the
-    write itself, such as :class:`Fenced`)."""
-    from sqlalchemy.exc import DBAPIError
-
-    for delay in RETRY_DELAYS:
-        try:
-            return fn(*args, **kwargs)
-        except DBAPIError as exc:
-            if not (exc.connection_invalidated or "deadlock" in str(exc).lower() or "could not serialize" in str(exc).lower()
-                    or "database is locked" in str(exc).lower()):
-                raise
-            log.warning("gateway state: %s failed (%s); trying again in %.1f s", getattr(fn, "__name__", fn), str(exc).splitlines()[0], delay)
-            time.sleep(delay)
-    return fn(*args, **kwargs)
-
-
 class Keeper:
     """Ordered, non-blocking writes to ``store`` for code on ``loop``."""
 
@@ -66,13 +45,22 @@ class Keeper:
         self.store = store
         self.replica = replica
         self._loop = loop
+        # Writes that are not batched (an upload's bytes: a long transaction of its own).
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="comfy-cluster-gateway-state")
         self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="comfy-cluster-gateway-read")
         self._closed = False
 
+    def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
+        """A batched write (see :mod:`comfy_cluster.state.group`) joins the next group commit,
+        in the order asked (a lazy one, with the next that is not); any other blocking
+        write runs on the writer thread."""
+        if is_batched(fn):
+            return submit(fn, *args, **kwargs)
+        return self._writer.submit(fn, *args, **kwargs)
+
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A write, in order after every earlier one; returns once committed."""
-        return await asyncio.wrap_future(self._writer.submit(fn, *args, **kwargs))
+        return await asyncio.wrap_future(self._submit(fn, *args, **kwargs))
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A read (not ordered with writes: read what a committed write left)."""
@@ -84,13 +72,13 @@ class Keeper:
         is taken up again after a restart)."""
         if self._closed:
             return
-        future = self._writer.submit(_retried, fn, *args, **kwargs)
+        future = self._submit(fn, *args, **kwargs)
         if then is None:
-            future.add_done_callback(self._log_failure)
+            future.add_done_callback(self.log_failure)
             return
 
         def done(f: "concurrent.futures.Future[Any]") -> None:
-            self._log_failure(f)
+            self.log_failure(f)
             if f.exception() is not None:
                 return
             try:
@@ -101,7 +89,8 @@ class Keeper:
         future.add_done_callback(done)
 
     @staticmethod
-    def _log_failure(f: "concurrent.futures.Future[Any]") -> None:
+    def log_failure(f: "concurrent.futures.Future[Any]") -> None:
+        """A done callback for a write nobody waits for: its failure logged."""
         exc = f.exception()
         if isinstance(exc, Fenced):
             log.warning("gateway state: %s (another replica took it over)", exc)
@@ -112,4 +101,5 @@ class Keeper:
         """Finish the writes asked so far, then stop the threads."""
         self._closed = True
         self._writer.shutdown(wait=True)
+        self.store.flush()
         self._readers.shutdown(wait=True)

@@ -4,7 +4,8 @@ Two threads of its own (blocking psycopg, as the library's threads are): the *he
 writes this replica's heartbeat every second and takes over the prompts of replicas whose
 heartbeat stopped; the *listener* receives ``NOTIFY``: client frames for the sockets held
 here, wake-ups of the claimer, and cancels of prompts this replica follows. Claims run on
-the gateway's state thread whenever the servers have room. See
+the group commit of the state store whenever the servers have room (a prompt posted here while
+they have room and nothing waits is held at once, with no claim). See
 :class:`~comfy_cluster.state.shared.SharedQueue` for the database side.
 """
 
@@ -49,6 +50,7 @@ class ReplicaLink:
         self._threads: List[threading.Thread] = []
         self._claiming = False
         self._claim_again = False
+        self._posting = 0  # posted prompts this replica may hold at once, being committed
         self.taken_over: List[Tuple[str, int]] = []  # (dead replica, prompts): for logs and tests
         relay.publish = self._publish
 
@@ -166,6 +168,17 @@ class ReplicaLink:
             log.error("replica %s: claiming failed: %s", self.shared.replica, exc)
         finally:
             self._claiming = False
+
+    async def post(self, row: PromptRow) -> bool:
+        """Store a posted prompt (committed on return). True: this replica holds it (its
+        servers have room and no prompt waited): the caller runs it at once, with no claim
+        round trip. False: it is in the one queue, every replica woken to claim it."""
+        take = self._free_slots() - self._posting > 0
+        self._posting += take
+        try:
+            return await self._keeper.run(self.shared.post, row, take)
+        finally:
+            self._posting -= take
 
     async def cancel(self, prompt_id: str) -> bool:
         """Cancel a prompt this replica does not follow: True if it was waiting or running."""

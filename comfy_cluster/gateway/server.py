@@ -495,19 +495,22 @@ class Gateway:
             workflow=workflow,
         )
         bound = {node: (v.digest, os.path.basename(v.path)) for node, v in zip(inputs, versions)}
+        held = False  # replicas: this one holds it at once
         try:
             # Committed before the answer: a prompt_id the client was given is never lost.
-            await self._k.run(self._k.store.add_prompt, gj.row(bound))
+            if self.replicas is not None:
+                held = await self.replicas.post(gj.row(bound))
+            else:
+                await self._k.run(self._k.store.add_prompt, gj.row(bound))
         except IntegrityError:  # that prompt_id is queued already (a POST sent again, another replica)
             self.uploads.release(versions)
             return _json(error_body("invalid_prompt_id", "Invalid prompt_id", "prompt_id must be a new non-empty string"), 400)
         except Exception:
             self.uploads.release(versions)
             raise
-        if self.replicas is not None:
-            # Into the one queue: the replica with room claims it (maybe this one).
+        if self.replicas is not None and not held:
+            # In the one queue: the replica with room claims it (maybe this one).
             self.uploads.release(versions)
-            self._k.later(self.replicas.shared.queue_changed)
         else:
             book.add(gj)
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})

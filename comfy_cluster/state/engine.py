@@ -22,8 +22,10 @@ HEAD = "0003"
 _LOCK_KEY = 0x63637374  # 'ccst': the advisory lock PostgreSQL replicas migrate under
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for a state URL (the SQLite file's folder is created)."""
+def make_engine(url: str, *, ping: bool = True) -> Engine:
+    """An engine for a state URL (the SQLite file's folder is created). ``ping``
+    (PostgreSQL): test each connection taken from the pool with a round trip first (the
+    group commit does without: it tries a write again on a fresh connection instead)."""
     target = engine_url(url)
     if target.startswith("sqlite"):
         path = target[len("sqlite+pysqlite:///"):]
@@ -48,7 +50,7 @@ def make_engine(url: str) -> Engine:
         import psycopg  # noqa: F401 - the driver must be there; a clear message if not
     except ImportError:
         raise StateURLError("state: PostgreSQL needs psycopg 3: pip install 'comfy-cluster[gateway]'") from None
-    return sa.create_engine(target, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return sa.create_engine(target, pool_size=10, max_overflow=20, pool_pre_ping=ping)
 
 
 def migrate(engine: Engine) -> None:

@@ -10,11 +10,13 @@
 * **Events.** A client's frames are published with ``NOTIFY`` (frames above the payload
   limit go through ``cc_frames``); the replica that holds the client's socket sends them.
 
-Blocking and thread-safe, like :class:`~comfy_cluster.state.Store`.
+Blocking and thread-safe, like :class:`~comfy_cluster.state.Store`; claims, cancels, frames and
+wake-ups share the store's group commit.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -22,7 +24,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import sqlalchemy as sa
 
 from . import schema as t
-from .store import PromptRow, Store
+from .group import GroupCommit, batched, defer
+from .store import POSTS, PromptRow, Store
 
 __all__ = ["SharedQueue", "CHANNEL_EVENTS", "CHANNEL_QUEUE", "CHANNEL_CANCEL"]
 
@@ -44,6 +47,18 @@ class SharedQueue:
         self.url = url
         self.dead_after = dead_after
         self._clock = clock
+        self._frames = itertools.count()
+        store.on_flush(CHANNEL_EVENTS, _notify_all)
+        store.on_flush(CHANNEL_QUEUE, _wake_all)
+
+    @property
+    def group(self) -> GroupCommit:
+        """The store's main lane (frames are sent with its commits)."""
+        return self.store.group
+
+    def lane(self, name: str) -> GroupCommit:
+        """The store's lanes: this queue's writes share their transactions."""
+        return self.store.lane(name)
 
     # -- heartbeats and take-over -------------------------------------------------------------
 
@@ -78,21 +93,21 @@ class SharedQueue:
 
     # -- the queue ----------------------------------------------------------------------------
 
-    def claim(self, n: int) -> List[PromptRow]:
+    @batched
+    def claim(self, conn: Any, n: int) -> List[PromptRow]:
         """Up to ``n`` waiting prompts, now held by this replica (fair share, then number)."""
         if n <= 0:
             return []
         p = t.prompts.alias("p")
         held = (sa.select(sa.func.count()).select_from(t.prompts)
                 .where(sa.and_(t.prompts.c.client_id == p.c.client_id, t.prompts.c.replica.is_not(None))).scalar_subquery())
-        with self.store.transaction() as conn:
-            ids = conn.execute(
-                sa.select(p.c.prompt_id).where(sa.and_(p.c.replica.is_(None), p.c.state == "waiting"))
-                .order_by(held, p.c.number, p.c.created).limit(n).with_for_update(skip_locked=True, of=p)).scalars().all()
-            if not ids:
-                return []
-            conn.execute(t.prompts.update().where(t.prompts.c.prompt_id.in_(ids)).values(replica=self.replica, state="submitted", updated=self._clock()))
-            rows = self.store.prompt_rows(conn, t.prompts.c.prompt_id.in_(ids))
+        ids = conn.execute(
+            sa.select(p.c.prompt_id).where(sa.and_(p.c.replica.is_(None), p.c.state == "waiting"))
+            .order_by(held, p.c.number, p.c.created).limit(n).with_for_update(skip_locked=True, of=p)).scalars().all()
+        if not ids:
+            return []
+        conn.execute(t.prompts.update().where(t.prompts.c.prompt_id.in_(ids)).values(replica=self.replica, state="submitted", updated=self._clock()))
+        rows = self.store.prompt_rows(conn, t.prompts.c.prompt_id.in_(ids))
         order = {pid: i for i, pid in enumerate(ids)}
         return sorted(rows, key=lambda r: order[r.prompt_id])
 
@@ -116,44 +131,71 @@ class SharedQueue:
                                        .group_by(t.prompts.c.replica)).all())
         return {name: int(counts.get(name, 0)) for name in live}
 
-    def cancel(self, prompt_id: str) -> str:
+    @batched
+    def cancel(self, conn: Any, prompt_id: str) -> str:
         """Cancel a prompt wherever it is: ``"deleted"`` (nobody held it: gone, no history),
         ``"told"`` (its replica is told to stop it), ``"unknown"`` (finished or never posted)."""
-        with self.store.transaction() as conn:
-            row = conn.execute(sa.select(t.prompts.c.replica, t.prompts.c.state).where(t.prompts.c.prompt_id == prompt_id)
-                               .with_for_update()).first()
-            if row is None:
-                return "unknown"
-            if row[0] is None:
-                self.store.forget_prompt(conn, prompt_id)
-                return "deleted"
-            conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(cancel=True, updated=self._clock()))
-            conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_CANCEL, "p": json.dumps({"replica": row[0], "prompt_id": prompt_id})})
+        row = conn.execute(sa.select(t.prompts.c.replica, t.prompts.c.state).where(t.prompts.c.prompt_id == prompt_id)
+                           .with_for_update()).first()
+        if row is None:
+            return "unknown"
+        if row[0] is None:
+            self.store.forget_prompt(conn, prompt_id)
+            return "deleted"
+        conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(cancel=True, updated=self._clock()))
+        conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_CANCEL, "p": json.dumps({"replica": row[0], "prompt_id": prompt_id})})
         return "told"
 
     # -- events -------------------------------------------------------------------------------
 
-    def publish(self, client_id: str, frame: str, *, user: str = "", keep: bool = False) -> None:
+    @batched
+    def publish(self, conn: Any, client_id: str, frame: str, *, user: str = "", keep: bool = False) -> None:
         """A client's frame for the replica holding its socket (``keep``: kept there for the
-        client's next socket when it has none)."""
-        head = {"from": self.replica, "client_id": client_id, "user": user, "keep": keep}
+        client's next socket when it has none). Sent when its transaction commits."""
+        # A number of its own: PostgreSQL delivers equal payloads of one transaction once.
+        head = {"from": self.replica, "n": next(self._frames), "client_id": client_id, "user": user, "keep": keep}
         payload = json.dumps(dict(head, frame=frame))
-        with self.store.transaction() as conn:
-            if len(payload.encode()) > MAX_PAYLOAD:
-                fid = conn.execute(t.frames.insert().values(client_id=client_id, frame=frame, created=self._clock())
-                                   .returning(t.frames.c.id)).scalar()
-                payload = json.dumps(dict(head, id=fid))
-            conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_EVENTS, "p": payload})
+        if len(payload.encode()) > MAX_PAYLOAD:
+            fid = conn.execute(t.frames.insert().values(client_id=client_id, frame=frame, created=self._clock())
+                               .returning(t.frames.c.id)).scalar()
+            payload = json.dumps(dict(head, id=fid))
+        defer(CHANNEL_EVENTS, payload)  # all of this commit's frames in one statement
 
     def frame(self, frame_id: int) -> Optional[str]:
         with self.store.reading() as conn:
             return conn.execute(sa.select(t.frames.c.frame).where(t.frames.c.id == frame_id)).scalar()
 
-    def queue_changed(self) -> None:
+    @batched(lane=POSTS)
+    def post(self, conn: Any, row: PromptRow, take: bool) -> bool:
+        """A posted prompt into the one queue; True when this replica holds it at once: it
+        may ``take`` it (its servers have room) and no prompt waits for a replica (those go
+        first). Otherwise every replica's claimer is woken (one NOTIFY per commit)."""
+        replica: Any = None
+        if take:
+            waiting = sa.exists().where(sa.and_(t.prompts.c.replica.is_(None), t.prompts.c.state == "waiting"))
+            replica = sa.case((waiting, sa.null()), else_=sa.literal(self.replica))
+        held = self.store.insert_prompt(conn, row, replica) == self.replica
+        if not held:
+            defer(CHANNEL_QUEUE, None)
+        return held
+
+    @batched(lane=POSTS)
+    def queue_changed(self, conn: Any) -> None:
         """Wake every replica's claimer (a prompt was posted, or room was made)."""
-        with self.store.transaction() as conn:
-            conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": CHANNEL_QUEUE})
+        conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": CHANNEL_QUEUE})
 
     def drop_old_frames(self, older_than: float = 600.0) -> None:
         with self.store.transaction() as conn:
             conn.execute(t.frames.delete().where(t.frames.c.created < self._clock() - older_than))
+
+
+def _notify_all(conn: Any, payloads: List[str]) -> None:
+    """``NOTIFY`` each frame on :data:`CHANNEL_EVENTS`, in order, in one statement."""
+    # One JSON array (encoded in C) rather than a text[] parameter (escaped in Python).
+    conn.execute(sa.text("SELECT pg_notify(:c, p) FROM json_array_elements_text(CAST(:ps AS json)) WITH ORDINALITY AS f(p, i) ORDER BY i"),
+                 {"c": CHANNEL_EVENTS, "ps": json.dumps(payloads)})
+
+
+def _wake_all(conn: Any, _items: List[Any]) -> None:
+    """Wake every replica's claimer once for a commit's posted prompts."""
+    conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": CHANNEL_QUEUE})

@@ -1,8 +1,13 @@
 """``Store``: the gateway's state in a database (SQLAlchemy Core; SQLite or PostgreSQL).
 
-Every method is blocking and thread-safe: the gateway calls them on a thread of its own,
-never on its event loop. Each method is one transaction. On SQLite (one gateway process)
-writes are serialized by a lock, so a busy database never fails a write.
+Every method is blocking and thread-safe: the gateway never calls them on its event loop.
+Writes go through the store's group commit (:mod:`comfy_cluster.state.group`): each is
+atomic and returns once committed, and writes asked at the same time share one commit
+(``group.submit(store.finish, ...)`` queues one without waiting). Posted prompts have a
+lane of their own (:data:`POSTS`), so that answering a POST never waits behind the commits
+of running jobs. On SQLite
+(one gateway process) transactions are serialized by a lock, so a busy database never
+fails a write.
 """
 
 from __future__ import annotations
@@ -16,20 +21,25 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from . import schema as t
+from . import statements as q
 from .engine import make_engine, migrate
+from .group import MAIN, GroupCommit, Refused, batched
 from .urls import safe_url
 
 __all__ = ["Store", "PromptRow", "FileKey", "Fenced"]
 
 FileKey = Tuple[str, str, str]  # (type, subfolder, filename)
 
+#: The lane of posted prompts (new rows only: they never wait for a running job's writes).
+POSTS = "posts"
+#: Lanes of posted prompts on PostgreSQL (SQLite has one writer at a time anyway).
+POST_LANES = 3
 
-class Fenced(RuntimeError):
+
+class Fenced(Refused):
     """The prompt is no longer this replica's (another took it over, or it was deleted):
     nothing was written, and this replica must not act on it."""
 
@@ -56,13 +66,26 @@ class PromptRow:
 class Store:
     """The gateway's state at ``url`` (migrated to the newest schema when opened)."""
 
-    def __init__(self, url: str, *, clock: Any = time.time) -> None:
+    def __init__(self, url: str, *, clock: Any = time.time, lazy_delay: float = 0.5) -> None:
         self.url = url
         self.engine: Engine = make_engine(url)
         self._clock = clock
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
+        #: Each attempt's prompt, for its lazy end (skipped when the prompt's end is in the
+        #: same commit). Written and read on the thread committing.
+        self.attempt_prompt: Dict[str, str] = {}
         migrate(self.engine)
+        # The group commit's own connections, not tested with a round trip before each
+        # commit: a write that fails on a dropped one is tried again on a fresh one.
+        self._write_engine: Engine = self.engine if self._sqlite else make_engine(url, ping=False)
+        # Every write below goes through one of them (see the module docstring).
+        # Posted prompts are new rows, in no order among themselves: on PostgreSQL several
+        # lanes commit them at the same time (each on a connection of its own).
+        posts = 1 if self._sqlite else POST_LANES
+        self._lanes: Dict[str, List[GroupCommit]] = {
+            MAIN: [GroupCommit(self._group_transaction, lazy_delay=lazy_delay)],
+            POSTS: [GroupCommit(self._group_transaction, name=f"comfy-cluster-state-posts-{i}") for i in range(posts)]}
 
     def __repr__(self) -> str:
         return f"Store({safe_url(self.url)!r})"
@@ -71,8 +94,35 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def lane(self, name: str) -> GroupCommit:
+        """The group commit of lane ``name`` (see :mod:`comfy_cluster.state.group`); of
+        several, the least busy."""
+        return min(self._lanes[name], key=lambda g: g.load)
+
+    @property
+    def group(self) -> GroupCommit:
+        """The main lane: every write but posted prompts."""
+        return self._lanes[MAIN][0]
+
+    def on_flush(self, key: str, flush: Any) -> None:
+        """:meth:`GroupCommit.on_flush` on every lane."""
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.on_flush(key, flush)
+
+    def flush(self) -> None:
+        """Return once every write queued so far is done."""
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.flush()
+
     def close(self) -> None:
+        """Commit the writes queued so far, then close the connections."""
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.close()
         self.engine.dispose()
+        self._write_engine.dispose()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -85,6 +135,15 @@ class Store:
                 yield conn
 
     @contextlib.contextmanager
+    def _group_transaction(self) -> Iterator[Connection]:
+        if self._sqlite:
+            with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            with self._write_engine.begin() as conn:
+                yield conn
+
+    @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
         """A connection for reads."""
         with self.engine.connect() as conn:
@@ -92,14 +151,14 @@ class Store:
 
     # -- facts --------------------------------------------------------------------------------
 
-    def fact(self, key: str, make: Any = None) -> Optional[str]:
+    @batched
+    def fact(self, conn: Connection, key: str, make: Any = None) -> Optional[str]:
         """A stored fact; with ``make`` (a callable), made and stored when missing."""
-        with self.transaction() as conn:
-            value = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == key)).scalar()
-            if value is None and make is not None:
-                value = str(make())
-                conn.execute(t.meta.insert().values(key=key, value=value))
-            return value
+        value = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == key)).scalar()
+        if value is None and make is not None:
+            value = str(make())
+            conn.execute(t.meta.insert().values(key=key, value=value))
+        return value
 
     def client_id(self, replica: str = "default") -> str:
         """The websocket clientId of this gateway's pool: the same after a restart, so the
@@ -110,40 +169,50 @@ class Store:
 
     # -- prompts ------------------------------------------------------------------------------
 
-    def add_prompt(self, row: PromptRow) -> None:
+    @batched(lane=POSTS)
+    def add_prompt(self, conn: Connection, row: PromptRow) -> None:
+        """A posted prompt."""
+        self.insert_prompt(conn, row)
+
+    def insert_prompt(self, conn: Connection, row: PromptRow, replica: Any = None) -> Optional[str]:
+        """Insert ``row`` (in ``conn``'s transaction) held by ``replica`` (a name, or an SQL
+        expression giving one or NULL); returns the replica that holds it."""
         now = self._clock()
-        with self.transaction() as conn:
-            conn.execute(t.prompts.insert().values(
-                prompt_id=row.prompt_id, number=row.number, owner=row.owner, client_id=row.client_id,
-                body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now,
-            ))
-            if row.inputs:
-                conn.execute(t.prompt_inputs.insert(), [
-                    {"prompt_id": row.prompt_id, "node": node, "digest": d, "name": n} for node, (d, n) in row.inputs.items()
-                ])
+        values = dict(prompt_id=row.prompt_id, number=row.number, owner=row.owner, client_id=row.client_id,
+                      body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now)
+        if replica is None or isinstance(replica, str):
+            held = conn.execute(q.INSERT_PROMPT, dict(values, replica=replica)).scalar()
+        else:
+            held = conn.execute(t.prompts.insert().values(replica=replica, **values).returning(t.prompts.c.replica)).scalar()
+        if row.inputs:
+            conn.execute(t.prompt_inputs.insert(), [
+                {"prompt_id": row.prompt_id, "node": node, "digest": d, "name": n} for node, (d, n) in row.inputs.items()
+            ])
+        return held
 
-    def set_state(self, prompt_id: str, state: str, *, started: Optional[float] = None) -> None:
-        values: Dict[str, Any] = {"state": state, "updated": self._clock()}
-        if started is not None:
-            values["started"] = started
-        with self.transaction() as conn:
-            conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(**values))
+    @batched(lazy=True, about=lambda _s, prompt_id, *_a, **_k: prompt_id)  # restated: restarts ask the servers
+    def set_state(self, conn: Connection, prompt_id: str, state: str, *, started: Optional[float] = None) -> None:
+        values = {"pid": prompt_id, "state": state, "now": self._clock(), "started": started}
+        conn.execute(q.SET_STATE if started is None else q.SET_STATE_STARTED, values)
 
-    def request_cancel(self, prompt_id: str) -> None:
-        with self.transaction() as conn:
-            conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(cancel=True, updated=self._clock()))
+    @batched
+    def request_cancel(self, conn: Connection, prompt_id: str) -> None:
+        conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == prompt_id).values(cancel=True, updated=self._clock()))
 
-    def delete_prompt(self, prompt_id: str) -> None:
+    @batched(about=lambda _s, prompt_id: prompt_id, ends=True)
+    def delete_prompt(self, conn: Connection, prompt_id: str) -> None:
         """A prompt deleted before it ran: no history (as ComfyUI)."""
-        with self.transaction() as conn:
-            self.forget_prompt(conn, prompt_id)
+        self.forget_prompt(conn, prompt_id)
 
-    def forget_prompt(self, conn: Connection, prompt_id: str) -> None:
-        """Remove an unfinished prompt and what it holds (in ``conn``'s transaction)."""
-        conn.execute(t.prompts.delete().where(t.prompts.c.prompt_id == prompt_id))
-        conn.execute(t.prompt_inputs.delete().where(t.prompt_inputs.c.prompt_id == prompt_id))
-        conn.execute(t.attempts.delete().where(t.attempts.c.prompt_id == prompt_id))
-        self._drop_unused_blobs(conn)
+    def forget_prompt(self, conn: Connection, prompt_id: str, *, row_gone: bool = False) -> None:
+        """Remove an unfinished prompt and what it holds (in ``conn``'s transaction;
+        ``row_gone``: its own row is deleted already)."""
+        if not row_gone:
+            conn.execute(t.prompts.delete().where(t.prompts.c.prompt_id == prompt_id))
+        digests = conn.execute(q.DELETE_INPUTS, {"pid": prompt_id}).scalars().all()
+        conn.execute(q.DELETE_ATTEMPTS, {"pid": prompt_id})
+        if digests:  # only the bytes it was bound to can have become unused
+            self._drop_unused_blobs(conn, list(set(digests)))
 
     def unfinished(self, replica: Any = ...) -> List[PromptRow]:
         """Every prompt not finished (``replica`` given: only the ones it holds), oldest
@@ -172,53 +241,49 @@ class Store:
 
     # -- the attempt ledger -------------------------------------------------------------------
 
-    def _mine(self, conn: Connection, prompt_id: str, replica: Optional[str]) -> bool:
-        """Whether ``replica`` holds ``prompt_id`` (locked until the transaction ends)."""
-        q = sa.select(t.prompts.c.replica).where(t.prompts.c.prompt_id == prompt_id)
-        if not self._sqlite:
-            q = q.with_for_update()
-        row = conn.execute(q).first()
-        return row is not None and row[0] == replica
-
-    def reserve_attempt(self, attempt_id: str, prompt_id: str, server: str, replica: Optional[str] = None) -> None:
+    @batched
+    def reserve_attempt(self, conn: Connection, attempt_id: str, prompt_id: str, server: str, replica: Optional[str] = None) -> None:
         """Recorded before the attempt's POST (so a crash after it still knows the copy).
         Raises :class:`Fenced` when ``replica`` no longer holds the prompt."""
-        with self.transaction() as conn:
-            if not self._mine(conn, prompt_id, replica):
-                raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
-            conn.execute(t.attempts.insert().values(
-                attempt_id=attempt_id, prompt_id=prompt_id, server=server, phase="reserved", replica=replica, created=self._clock()))
+        # One statement: the row is inserted only while the prompt is ours, and the prompt's
+        # row stays locked until the commit (a take-over waits, then sees this attempt).
+        values = {"pid": prompt_id, "attempt_id": attempt_id, "server": server, "replica": replica, "created": self._clock()}
+        if conn.execute(q.RESERVE if self._sqlite else q.RESERVE_LOCKED, values).first() is None:
+            raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
+        if len(self.attempt_prompt) > 100_000:  # ends never noted (a crash of the caller): forget them
+            self.attempt_prompt.clear()
+        self.attempt_prompt[attempt_id] = prompt_id
 
-    def end_attempt(self, attempt_id: str) -> None:
+    @batched(lazy=True, wait=False, about=lambda s, attempt_id: s.attempt_prompt.pop(attempt_id, None))
+    def end_attempt(self, conn: Connection, attempt_id: str) -> None:
         """The copy's end on its server is confirmed. The row stays until its prompt has
         finished: a crash between this and the prompt's end finds the copy's result on its
-        server (by this id) rather than running the prompt again."""
-        with self.transaction() as conn:
-            conn.execute(t.attempts.update().where(t.attempts.c.attempt_id == attempt_id).values(phase="ended"))
+        server (by this id) rather than running the prompt again. Returns at once: lazy,
+        committed with the next write someone waits for (restarts follow a prompt's newest
+        copy, ended or not, so nothing may wait for this row)."""
+        conn.execute(q.END_ATTEMPT, {"aid": attempt_id})
 
     # -- history ------------------------------------------------------------------------------
 
-    def finish(self, prompt_id: str, status: str, item: Dict[str, Any], files: Sequence[Tuple[FileKey, str]],
+    @batched(about=lambda _s, prompt_id, *_a, **_k: prompt_id, ends=True)
+    def finish(self, conn: Connection, prompt_id: str, status: str, item: Dict[str, Any], files: Sequence[Tuple[FileKey, str]],
                *, owner: Optional[str], client_id: str, created: float, started: Optional[float], keep: int,
                replica: Optional[str] = None) -> None:
         """The prompt's end: its history item and output files recorded, the prompt gone from
-        the queue, the history trimmed to its newest ``keep`` items. One transaction.
+        the queue, the history trimmed to its newest ``keep`` items. Atomic.
         Raises :class:`Fenced` (nothing written) when ``replica`` no longer holds it."""
-        now = self._clock()
-        with self.transaction() as conn:
-            if not self._mine(conn, prompt_id, replica):
-                raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
-            conn.execute(t.history.delete().where(t.history.c.prompt_id == prompt_id))
-            conn.execute(t.history.insert().values(
-                prompt_id=prompt_id, owner=owner, client_id=client_id, status=status, item=json.dumps(item),
-                created=created, started=started, ended=now))
-            self.record_files(conn, prompt_id, files)
-            self.forget_prompt(conn, prompt_id)
-            count = conn.execute(sa.select(sa.func.count()).select_from(t.history)).scalar() or 0
-            if count > keep:
-                cut = conn.execute(sa.select(t.history.c.seq).order_by(t.history.c.seq.desc()).offset(keep).limit(1)).scalar()
-                if cut is not None:
-                    self._delete_history(conn, t.history.c.seq <= cut)
+        # Out of the queue first: no row deleted means not ours (and nothing written).
+        if conn.execute(q.TAKE_OUT, {"pid": prompt_id, "replica": replica}).first() is None:
+            raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
+        conn.execute(q.DELETE_HISTORY_ITEM, {"pid": prompt_id})
+        conn.execute(q.INSERT_HISTORY, {"prompt_id": prompt_id, "owner": owner, "client_id": client_id, "status": status,
+                                        "item": json.dumps(item), "created": created, "started": started, "ended": self._clock()})
+        self.record_files(conn, prompt_id, files)
+        self.forget_prompt(conn, prompt_id, row_gone=True)
+        # The newest ``keep`` items stay: one walk down the seq index (not a count of all).
+        cut = conn.execute(q.HISTORY_CUT, {"keep": keep}).scalar()
+        if cut is not None:
+            self._delete_history(conn, t.history.c.seq <= cut)
 
     def _delete_history(self, conn: Connection, where: Any) -> None:
         gone = [r[0] for r in conn.execute(sa.select(t.history.c.prompt_id).where(where))]
@@ -269,30 +334,27 @@ class Store:
         out["item"] = json.loads(out["item"])
         return out
 
-    def delete_history(self, prompt_ids: Sequence[str]) -> None:
-        with self.transaction() as conn:
-            self._delete_history(conn, t.history.c.prompt_id.in_(list(prompt_ids)))
+    @batched
+    def delete_history(self, conn: Connection, prompt_ids: Sequence[str]) -> None:
+        self._delete_history(conn, t.history.c.prompt_id.in_(list(prompt_ids)))
 
-    def clear_history(self) -> None:
-        with self.transaction() as conn:
-            conn.execute(t.history.delete())
-            conn.execute(t.files.delete())
+    @batched
+    def clear_history(self, conn: Connection) -> None:
+        conn.execute(t.history.delete())
+        conn.execute(t.files.delete())
 
     # -- output files -------------------------------------------------------------------------
 
-    def note_files(self, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
+    @batched(lazy=True, about=lambda _s, prompt_id, *_a, **_k: prompt_id)  # the end records every file again
+    def note_files(self, conn: Connection, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
         """Output files of a running prompt (``/view`` works before it has ended)."""
-        with self.transaction() as conn:
-            self.record_files(conn, prompt_id, files)
+        self.record_files(conn, prompt_id, files)
 
     def record_files(self, conn: Connection, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
         """Upsert ``files`` (in ``conn``'s transaction): two servers may make files of one
         name, and two replicas may record them at once; the later one wins, neither fails."""
-        insert = pg_insert if not self._sqlite else sqlite_insert
         for (kind, sub, name), server in files:
-            stmt = insert(t.files).values(type=kind, subfolder=sub, filename=name, server=server, prompt_id=prompt_id)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["type", "subfolder", "filename"],
-                                                    set_={"server": server, "prompt_id": prompt_id}))
+            conn.execute(q.UPSERT_FILE[self.dialect], {"type": kind, "subfolder": sub, "filename": name, "server": server, "prompt_id": prompt_id})
 
     def file_server(self, key: FileKey) -> Optional[str]:
         kind, sub, name = key
@@ -342,11 +404,11 @@ class Store:
                     fh.write(bytes(part))
         return True
 
-    def drop_upload(self, key: Tuple[str, str, str]) -> None:
+    @batched
+    def drop_upload(self, conn: Connection, key: Tuple[str, str, str]) -> None:
         kind, sub, name = key
-        with self.transaction() as conn:
-            conn.execute(t.uploads.delete().where(sa.and_(t.uploads.c.type == kind, t.uploads.c.subfolder == sub, t.uploads.c.name == name)))
-            self._drop_unused_blobs(conn)
+        conn.execute(t.uploads.delete().where(sa.and_(t.uploads.c.type == kind, t.uploads.c.subfolder == sub, t.uploads.c.name == name)))
+        self._drop_unused_blobs(conn)
 
     def uploads(self) -> List[Tuple[Tuple[str, str, str], str, int]]:
         """The upload index, oldest first: ``(key, digest, size)``."""
@@ -364,7 +426,14 @@ class Store:
         return bytes(data) + b"".join(bytes(p) for p in parts)
 
     @staticmethod
-    def _drop_unused_blobs(conn: Connection) -> None:
+    def _drop_unused_blobs(conn: Connection, digests: Optional[List[str]] = None) -> None:
+        """Delete upload bytes nothing names any more (``digests``: only among these)."""
         used = sa.union(sa.select(t.uploads.c.digest), sa.select(t.prompt_inputs.c.digest)).subquery()
-        conn.execute(t.blobs.delete().where(t.blobs.c.digest.not_in(sa.select(used.c.digest))))
-        conn.execute(t.blob_chunks.delete().where(t.blob_chunks.c.digest.not_in(sa.select(t.blobs.c.digest))))
+        where: Any = t.blobs.c.digest.not_in(sa.select(used.c.digest))
+        if digests is not None:
+            where = sa.and_(t.blobs.c.digest.in_(digests), where)
+        conn.execute(t.blobs.delete().where(where))
+        chunks: Any = t.blob_chunks.c.digest.not_in(sa.select(t.blobs.c.digest))
+        if digests is not None:
+            chunks = sa.and_(t.blob_chunks.c.digest.in_(digests), chunks)
+        conn.execute(t.blob_chunks.delete().where(chunks))
