@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .auth import request_user
 from .book import JobBook
+from .listing import Listing
 
 __all__ = ["queue_routes", "read_json"]
 
@@ -25,11 +26,12 @@ async def read_json(request: web.Request) -> Any:
     return json.loads((await request.read()).decode("utf-8"))
 
 
-def queue_routes(book: JobBook) -> List[Tuple[str, str, Handler]]:
-    """``(method, path, handler)`` for the queue and history routes."""
+def queue_routes(book: JobBook, listing: Listing) -> List[Tuple[str, str, Handler]]:
+    """``(method, path, handler)`` for the queue and history routes (lists from ``listing``;
+    changes through ``book``)."""
 
     async def get_queue(request: web.Request) -> web.StreamResponse:
-        return _json(book.queue_json(request_user(request)))
+        return _json(await listing.queue(request_user(request)))
 
     async def post_queue(request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
@@ -54,16 +56,16 @@ def queue_routes(book: JobBook) -> List[Tuple[str, str, Handler]]:
         q = request.query
         max_items = int(q["max_items"]) if "max_items" in q else None
         offset = int(q["offset"]) if "offset" in q else -1
-        return _json(await book.history_json(request_user(request), max_items=max_items, offset=offset))
+        return _json(await listing.history(request_user(request), max_items=max_items, offset=offset))
 
     async def get_history_item(request: web.Request) -> web.StreamResponse:
-        return _json(await book.history_json(request_user(request), prompt_id=request.match_info["prompt_id"]))
+        return _json(await listing.history(request_user(request), prompt_id=request.match_info["prompt_id"]))
 
     async def post_history(request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
         if not isinstance(body, dict):
             raise TypeError("history request must be an object")
-        await book.post_history(body, request_user(request))
+        await listing.post_history(body, request_user(request))
         return web.Response(status=200)
 
     return [

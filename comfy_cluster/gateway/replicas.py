@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 from ..state import PromptRow
 from ..state.shared import CHANNEL_CANCEL, CHANNEL_EVENTS, CHANNEL_QUEUE, SharedQueue
@@ -170,9 +170,3 @@ class ReplicaLink:
     async def cancel(self, prompt_id: str) -> bool:
         """Cancel a prompt this replica does not follow: True if it was waiting or running."""
         return await self._keeper.run(self.shared.cancel, prompt_id) != "unknown"
-
-    async def queue_json(self) -> Dict[str, Any]:
-        """``/queue`` of the whole service: every replica's unfinished prompts."""
-        rows = await self._keeper.read(self.shared.queue_rows)
-        items = [(r["state"], [r["number"], r["prompt_id"], r["body"].get("prompt"), r["body"].get("extra_data"), r["body"].get("outputs")]) for r in rows]
-        return {"queue_running": [i for st, i in items if st == "running"], "queue_pending": [i for st, i in items if st != "running"]}

@@ -37,6 +37,7 @@ from .identity import MULTI_USER
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
 from .jobs_api import JobRoutes
+from .listing import Listing
 from .metrics import GatewayMetrics
 from .login import login_routes
 from .network import guard, listens_beyond_loopback, self_loop_servers
@@ -375,6 +376,8 @@ class Gateway:
 
     def _add_routes(self, app: web.Application) -> None:
         assert self.info is not None
+        # Replicas list from the shared store: every replica answers the same.
+        listing = Listing(self._b, self._k, shared=self.replicas.shared if self.replicas is not None else None)
         routes: List[Tuple[str, str, Handler]] = [
             ("GET", "/ws", self._ws),
             ("GET", "/prompt", self._get_prompt),
@@ -382,7 +385,7 @@ class Gateway:
             ("POST", "/upload/image", self._upload_image),
             ("POST", "/upload/mask", self._upload_image),
             ("GET", "/view", self._view),
-        ] + queue_routes(self._b) + info_routes(self.info, self._max_upload) + login_routes(self.auth)
+        ] + queue_routes(self._b, listing) + info_routes(self.info, self._max_upload) + login_routes(self.auth)
         servers = {s.name: s for s in self.pool.servers}
         web_ui = Frontend(self.info, servers, self._online, self._front_end_root)
         routes += web_ui.routes() + webinfo_routes(self.info, servers, self._online) + userdata_routes(self.user_store)
@@ -391,7 +394,7 @@ class Gateway:
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
         remote = self.replicas.cancel if self.replicas is not None else None
-        for method, path, handler in JobRoutes(self._b, remote_cancel=remote).routes():  # under /api only, as ComfyUI
+        for method, path, handler in JobRoutes(self._b, listing, remote_cancel=remote).routes():  # under /api only, as ComfyUI
             app.router.add_route(method, path, handler)
         app.router.add_route("GET", "/metrics", self._metrics_route)
         web_ui.add_static(app)  # last: the web root's files answer what no route does

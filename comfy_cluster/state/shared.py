@@ -108,6 +108,13 @@ class SharedQueue:
             rows = conn.execute(sa.select(t.prompts).order_by(t.prompts.c.number)).mappings().all()
         return [dict(r, body=json.loads(r["body"])) for r in rows]
 
+    def queue_row(self, prompt_id: str) -> Optional[Dict[str, Any]]:
+        """One unfinished prompt (any replica's), as :meth:`queue_rows` gives them; None when
+        it is not in the queue."""
+        with self.store.reading() as conn:
+            row = conn.execute(sa.select(t.prompts).where(t.prompts.c.prompt_id == prompt_id)).mappings().first()
+        return dict(row, body=json.loads(row["body"])) if row is not None else None
+
     def held_per_replica(self) -> Dict[str, int]:
         """Unfinished prompts each live replica holds."""
         with self.store.reading() as conn:

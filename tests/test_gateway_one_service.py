@@ -1,0 +1,89 @@
+"""Replicas of the gateway on one real PostgreSQL server are one service: whichever replica a
+load balancer picks answers the same lists (``/queue``, ``/history``, ``/api/jobs``) and one
+job's detail, whoever posted, claimed or finished the prompts. In one process (real HTTP,
+real sockets, a real PostgreSQL): the crash cases run as processes in test_gateway_replicas."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Iterator, List, Tuple
+
+import pytest
+import requests
+from gateway_util import FAST_POOL, ScriptClient
+
+from comfy_cluster import ServerPool
+from comfy_cluster.gateway import Gateway
+from comfy_cluster.testing import MockCluster, wait_until
+from comfy_cluster.testing.workflows import sleep_workflow
+
+pytestmark = pytest.mark.timeout(90)
+Factory = Callable[..., MockCluster]
+
+
+@contextlib.contextmanager
+def replicas_over(cluster: MockCluster, state: str, n: int = 2, **gateway_kwargs: Any) -> Iterator[List[Gateway]]:
+    """``n`` started replicas (each with a pool of its own) over ``cluster`` on ``state``."""
+    made: List[Tuple[Gateway, ServerPool]] = []
+    try:
+        for i in range(n):
+            pool = ServerPool([{"url": s.url, "name": s.name, "max_queue": 1} for s in cluster], **FAST_POOL)
+            gw = Gateway(pool, port=0, state=state, replica=f"r{i}", **gateway_kwargs)
+            made.append((gw, pool))
+            gw.start()
+        yield [gw for gw, _ in made]
+    finally:
+        for gw, pool in made:
+            gw.stop()
+            pool.close()
+
+
+def _lists(url: str) -> Dict[str, Any]:
+    """What one replica lists: job statuses, the queue's running and pending ids, history ids."""
+    jobs = requests.get(url + "/api/jobs", timeout=10).json()["jobs"]
+    queue = requests.get(url + "/queue", timeout=10).json()
+    return {
+        "jobs": {j["id"]: j["status"] for j in jobs},
+        "running": [i[1] for i in queue["queue_running"]],
+        "pending": sorted(i[1] for i in queue["queue_pending"]),
+        "history": sorted(requests.get(url + "/history", timeout=10).json()),
+    }
+
+
+def test_every_replica_lists_the_same_queue_history_and_jobs(mock_cluster_factory: Factory, postgres_url: str) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with replicas_over(cluster, postgres_url) as (a, b):
+        ca, cb = ScriptClient(a.url), ScriptClient(b.url)
+        try:
+            done = [c.run(sleep_workflow(seconds=0.02, steps=1, seed=i)) for i, c in enumerate((ca, cb))]
+            for c, pid in zip((ca, cb), done):
+                c.follow(pid)
+            running = ca.run(sleep_workflow(seconds=60.0, steps=60, seed=10))
+            wait_until(lambda: cluster[0].queue_snapshot()[0], timeout=30, message="the long job running")
+            pending = [cb.run(sleep_workflow(seconds=60.0, steps=60, seed=11)), ca.run(sleep_workflow(seconds=60.0, steps=60, seed=12))]
+            want = {
+                "jobs": dict({p: "completed" for p in done}, **{running: "in_progress"}, **{p: "pending" for p in pending}),
+                "running": [running],
+                "pending": sorted(pending),
+                "history": sorted(done),
+            }
+            for gw in (a, b):
+                seen: List[Dict[str, Any]] = []
+                try:
+                    wait_until(lambda: seen.append(_lists(gw.url)) or seen[-1] == want, timeout=30, message=f"{gw.url} lists the whole service")
+                finally:
+                    assert seen[-1] == want, (gw.url, seen[-1], want)
+                assert sorted(requests.get(gw.url + "/history", params={"max_items": "1"}, timeout=10).json()) == [done[-1]]
+                for pid, status in want["jobs"].items():
+                    detail = requests.get(f"{gw.url}/api/jobs/{pid}", timeout=10)
+                    assert detail.status_code == 200 and detail.json()["status"] == status, (gw.url, pid, detail.text)
+            # A history item deleted on one replica is gone on every replica.
+            assert requests.post(b.url + "/history", json={"delete": [done[0]]}, timeout=10).status_code == 200
+            for gw in (a, b):
+                assert requests.get(f"{gw.url}/history/{done[0]}", timeout=10).json() == {}
+                assert sorted(requests.get(gw.url + "/history", timeout=10).json()) == [done[1]]
+            cancelled = requests.post(a.url + "/api/jobs/cancel", json={"job_ids": [running, *pending]}, timeout=10).json()
+            assert cancelled == {"cancelled": True}
+        finally:
+            ca.close()
+            cb.close()
