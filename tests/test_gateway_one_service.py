@@ -1,6 +1,7 @@
 """Replicas of the gateway on one real PostgreSQL server are one service: whichever replica a
 load balancer picks answers the same lists (``/queue``, ``/history``, ``/api/jobs``) and one
-job's detail, whoever posted, claimed or finished the prompts. In one process (real HTTP,
+job's detail, whoever posted, claimed or finished the prompts, and honours the same web
+sign-ins (no sticky routing). In one process (real HTTP,
 real sockets, a real PostgreSQL): the crash cases run as processes in test_gateway_replicas."""
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 import requests
+import sqlalchemy as sa
 from gateway_util import FAST_POOL, ScriptClient
 
 from comfy_cluster import ServerPool
 from comfy_cluster.gateway import Gateway
+from comfy_cluster.gateway.auth import add_user, session_cookie_name
+from comfy_cluster.state import Store, schema
 from comfy_cluster.testing import MockCluster, wait_until
 from comfy_cluster.testing.workflows import sleep_workflow
 
@@ -87,3 +91,31 @@ def test_every_replica_lists_the_same_queue_history_and_jobs(mock_cluster_factor
         finally:
             ca.close()
             cb.close()
+
+
+def test_a_sign_in_on_one_replica_holds_on_every_replica_until_signed_out(mock_cluster_factory: Factory, postgres_url: str, tmp_path: Any) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    path = str(tmp_path / "users.json")
+    token = add_user(path, "alice")
+    with replicas_over(cluster, postgres_url, users=path) as (a, b):
+        form = requests.post(a.url + "/login", data={"token": token, "next": "/"}, allow_redirects=False, timeout=10)
+        assert form.status_code == 303
+        [session_id] = [c.value for c in form.cookies]
+
+        def as_signed_in(gw: Gateway, path: str, method: str = "GET") -> requests.Response:
+            # Behind a load balancer both replicas have one host name: the same cookie name.
+            name = session_cookie_name(gw.url.split("//", 1)[1])
+            return requests.request(method, gw.url + path, cookies={name: session_id}, allow_redirects=False, timeout=10)
+
+        for gw in (a, b):
+            assert as_signed_in(gw, "/queue").status_code == 200
+            assert as_signed_in(gw, "/login/status").json()["user"] == "alice"
+        store = Store(postgres_url)
+        try:
+            with store.reading() as conn:  # only the id's hash is kept
+                assert session_id not in str(conn.execute(sa.select(schema.sessions)).all())
+        finally:
+            store.close()
+        assert as_signed_in(b, "/logout", "POST").status_code == 200
+        for gw in (a, b):
+            assert as_signed_in(gw, "/queue").status_code == 401

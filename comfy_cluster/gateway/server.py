@@ -27,6 +27,7 @@ from ..state import Store
 from ..state.shared import SharedQueue
 from .auth import Authenticator, UsersFile, request_user
 from .book import GatewayJob, JobBook
+from .dbsessions import DbSessionStore
 from .dbusers import DbUserStore
 from .durable import Keeper, open_store
 from .files import receive_upload, serve_view
@@ -282,6 +283,9 @@ class Gateway:
             name = self._replica or f"{socket.gethostname()}:{self._port or uuid.uuid4().hex[:8]}"
             if not self._user_store_given:
                 self.user_store = DbUserStore(store)
+        if not self.auth.sessions.store_given:
+            # Sign-ins outlive a restart, and every replica honours them (no sticky routing).
+            self.auth.sessions.store = DbSessionStore(store)
         self.keeper = keeper = Keeper(store, loop, replica=name)
         self.uploads = UploadStore(self._upload_dir, max_file_bytes=self._max_upload)
         self.info = ClusterInfo(self.pool.servers, self._online, ttl=self._info_ttl, argv=self._argv)

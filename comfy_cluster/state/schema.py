@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
-__all__ = ["metadata", "blob_chunks", "frames", "meta", "prompts", "prompt_inputs", "attempts", "history", "files", "uploads", "blobs", "settings", "userdata", "leases", "replicas"]
+__all__ = ["metadata", "blob_chunks", "frames", "meta", "prompts", "prompt_inputs", "attempts", "history", "files", "uploads", "blobs", "settings", "userdata", "leases", "replicas", "sessions"]
 
 metadata = MetaData()
 
@@ -145,3 +145,14 @@ frames = Table(
     Column("frame", Text, nullable=False),
     Column("created", Float, nullable=False),
 )
+
+#: Web UI sign-in sessions, by the SHA-256 of the session id (never the id itself).
+sessions = Table(
+    "cc_sessions", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("user", String(200), nullable=False),
+    Column("proof", String(128), nullable=False),  # the fingerprint of the credential used
+    Column("admin", Boolean, nullable=False),
+    Column("expires", Float, nullable=False),
+)
+Index("cc_sessions_expires", sessions.c.expires)
