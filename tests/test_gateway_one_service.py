@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 import pytest
 import requests
 import sqlalchemy as sa
-from gateway_util import FAST_POOL, ScriptClient
+from gateway_util import FAST_POOL, ScriptClient, _Socket, is_done, of_prompt
 
 from comfy_cluster import ServerPool
 from comfy_cluster.gateway import Gateway
@@ -119,3 +119,26 @@ def test_a_sign_in_on_one_replica_holds_on_every_replica_until_signed_out(mock_c
         assert as_signed_in(b, "/logout", "POST").status_code == 200
         for gw in (a, b):
             assert as_signed_in(gw, "/queue").status_code == 401
+
+
+def test_a_client_that_moves_to_another_replica_gets_each_end_once(mock_cluster_factory: Factory, postgres_url: str) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with replicas_over(cluster, postgres_url) as (a, b):
+        cid = "artist-1"
+        first = _Socket(a.url, cid)
+        first.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "status")
+        # Posted through the other replica (a load balancer's choice): kept there for the client.
+        r = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=0.05, steps=2, seed=1), "client_id": cid}, timeout=10)
+        pid = r.json()["prompt_id"]
+        seen = first.wait_for(is_done(pid))
+        first.close()
+        running = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=0.3, steps=3, seed=2), "client_id": cid}, timeout=10).json()["prompt_id"]
+        later = _Socket(b.url, cid)  # the client reconnects, now to the replica that kept its frames
+        try:
+            frames = seen + later.wait_for(is_done(running))
+            for p in (pid, running):
+                ends = [f["type"] for f in of_prompt(frames, p) if f["type"] in ("execution_success", "execution_error", "execution_interrupted")]
+                assert ends == ["execution_success"], (p, ends)
+                assert sum(1 for f in frames if is_done(p)(f)) == 1, p
+        finally:
+            later.close()

@@ -178,9 +178,10 @@ class JobBook:
 
         return record
 
-    def adopt(self, gj: GatewayJob, attempt_id: str, server: str) -> None:
+    def adopt(self, gj: GatewayJob, attempt_id: str, server: str, client_id: Optional[str] = None) -> None:
         """After a restart or a take-over: follow ``gj``'s copy ``attempt_id`` on ``server``
-        (never post it again). The pool runs it afresh if that server does not hold it."""
+        (never post it again; ``client_id``: the dead replica's pool's, whose socket gets its
+        events). The pool runs it afresh if that server does not hold it."""
         self._number = max(self._number, int(abs(gj.number)) + 1)
         self.active[gj.prompt_id] = gj
         owner = gj.owner
@@ -190,11 +191,13 @@ class JobBook:
         self._in_pool += 1
         gj.state = "submitted"
         gj.server = server
-        self._executor.submit(self._adopt, gj, attempt_id, server)
+        self._executor.submit(self._adopt, gj, attempt_id, server, client_id)
 
-    def _adopt(self, gj: GatewayJob, attempt_id: str, server: str) -> None:
+    def _adopt(self, gj: GatewayJob, attempt_id: str, server: str, client_id: Optional[str]) -> None:
         call = self._call
         kwargs: Dict[str, Any] = {"owner": gj.owner} if self.pool_takes_owner else {}
+        if client_id is not None:
+            kwargs["client_id"] = client_id
         try:
             job = self._pool.adopt(
                 gj.workflow or gj.prompt, server, attempt_id, inputs=gj.inputs or None,

@@ -10,6 +10,12 @@ Events for a client with no open socket are kept only for the prompts the book a
 before their socket connects); the next socket gets them once. Binary preview frames are never
 kept: they are only worth something live.
 
+Each client gets each prompt's end once (dedupe by prompt id): the first ``execution_success``/
+``_error``/``_interrupted`` of a prompt for a client, then its ``executing`` null; any later
+copy of them (a frame kept on several replicas, a job adopted after a failover) and any later
+frame of that prompt is dropped. Replicas tell each other (``publish_told``) once an end was
+written to a client's socket, and drop the copies they kept for it.
+
 Memory: each socket's queue is bounded in bytes (``queue_bytes``). A client that lags loses
 preview frames first (a preview is queued only while the queue is under half the bound); when
 a JSON frame no longer fits, the socket is closed with code 1013 (try again later) and a
@@ -35,6 +41,11 @@ log = logging.getLogger(__name__)
 
 Frame = Union[str, bytes]
 Key = Tuple[str, str]  # (user name, clientId)
+#: A prompt's end (one per client) and the frame that closes it.
+END_KINDS = ("execution_success", "execution_error", "execution_interrupted")
+END, CLOSE = "end", "close"
+#: Prompts whose end a client got, remembered at most (the oldest are forgotten first).
+MAX_ENDS = 100_000
 #: Bytes queued for one socket at most (settable: ``Gateway(ws_queue_bytes=)``).
 DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
 #: Close code for a client too slow to keep up (RFC 6455: try again later).
@@ -49,15 +60,35 @@ MAX_KEPT_BYTES = 64 * 1024 * 1024
 _CLOSE_WAIT = 10.0
 
 
+def role_of(kind: str, data: Dict[str, Any]) -> str:
+    """``END`` for a prompt's end, ``CLOSE`` for the ``executing`` null after it, else ``""``."""
+    if kind in END_KINDS:
+        return END
+    if kind == "executing" and data.get("node") is None:
+        return CLOSE
+    return ""
+
+
+class _Told:
+    """A mark in a socket's queue: the end of ``prompt_id`` for ``key`` has been written."""
+
+    __slots__ = ("key", "prompt_id")
+
+    def __init__(self, key: Key, prompt_id: str) -> None:
+        self.key = key
+        self.prompt_id = prompt_id
+
+
 class _Client:
     """One socket's queue and writer task (frames leave in order)."""
 
-    def __init__(self, key: Key, ws: web.WebSocketResponse, transport: Any, limit: int) -> None:
+    def __init__(self, key: Key, ws: web.WebSocketResponse, transport: Any, limit: int, on_told: Callable[[_Told], None]) -> None:
         self.key = key
         self.ws = ws
         self.transport = transport
         self.limit = limit
-        self.frames: Deque[Frame] = collections.deque()
+        self.on_told = on_told
+        self.frames: Deque[Union[Frame, _Told]] = collections.deque()
         self.bytes = 0
         self.dropped_previews = 0
         self.closed = False
@@ -74,6 +105,9 @@ class _Client:
                     self._wake.clear()
                     await self._wake.wait()
                 frame = self.frames.popleft()
+                if isinstance(frame, _Told):
+                    self.on_told(frame)  # the frames before it are written
+                    continue
                 self.bytes -= len(frame)
                 if isinstance(frame, bytes):
                     await self.ws.send_bytes(frame)
@@ -81,6 +115,12 @@ class _Client:
                     await self.ws.send_str(frame)
         except (ConnectionError, RuntimeError) as exc:
             log.debug("websocket %s: send failed: %s", self.key[1], exc)
+
+    def mark(self, told: _Told) -> None:
+        """``told`` once every frame queued so far is written."""
+        if not self.closed:
+            self.frames.append(told)
+            self._wake.set()
 
     def put(self, frame: Frame) -> None:
         if self.closed:
@@ -100,7 +140,7 @@ class _Client:
         self._wake.set()
 
     def _drop_previews(self, need: int) -> None:
-        kept: Deque[Frame] = collections.deque()
+        kept: Deque[Union[Frame, _Told]] = collections.deque()
         for frame in self.frames:
             if need > 0 and isinstance(frame, bytes):
                 need -= len(frame)
@@ -137,18 +177,20 @@ class _Client:
 
 
 class _Kept:
-    """Frames kept for one client without a socket."""
+    """Frames kept for one client without a socket: ``(frame, prompt_id, role)``."""
 
     def __init__(self) -> None:
-        self.frames: Deque[str] = collections.deque()
+        self.frames: Deque[Tuple[str, Optional[str], str]] = collections.deque()
         self.bytes = 0
 
 
 class Relay:
     """Client sockets by (user, clientId), frames kept for clients not connected yet.
 
-    ``publish(key, frame, keep)``, when set (replicas), is also given each JSON frame for a
-    client whose socket is not here: the replica that holds it sends it (:meth:`deliver`)."""
+    ``publish(key, frame, keep, prompt_id, role)``, when set (replicas), is also given each
+    JSON frame for a client whose socket is not here: the replica that holds it sends it
+    (:meth:`deliver`). ``publish_told(key, prompt_id)``, when set, is told once a prompt's end
+    was written to a socket here: the other replicas drop their copies (:meth:`told_elsewhere`)."""
 
     def __init__(self, queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
         if queue_bytes < 64 * 1024:
@@ -158,8 +200,11 @@ class Relay:
         #: has none (a trusted network: ComfyUI's web page opens its socket without a header).
         self.anonymous_sees_named = False
         self.anonymous_name = "default"
-        self.publish: Optional[Callable[[Key, str, bool], None]] = None
+        self.publish: Optional[Callable[[Key, str, bool, Optional[str], str], None]] = None
+        self.publish_told: Optional[Callable[[Key, str], None]] = None
         self._clients: Dict[Key, _Client] = {}
+        # (key, prompt_id) -> END (its end went to the client) or CLOSE (and its executing null)
+        self._ends: "collections.OrderedDict[Tuple[Key, str], str]" = collections.OrderedDict()
         self._kept: "collections.OrderedDict[Key, _Kept]" = collections.OrderedDict()
         self._kept_total = 0
         self._kept_bytes = 0
@@ -178,11 +223,13 @@ class Relay:
         old = self._clients.pop(key, None)
         if old is not None:
             old.finish()
-        client = _Client(key, ws, transport, self.queue_bytes)
+        client = _Client(key, ws, transport, self.queue_bytes, self._told_here)
         self._clients[key] = client
         client.put(json.dumps(first))
-        for frame in self._take_kept(key):
+        for frame, pid, role in self._take_kept(key):
             client.put(frame)
+            if role == END and pid is not None:
+                client.mark(_Told(key, pid))
         client.writer = asyncio.get_running_loop().create_task(client.write())
         return client
 
@@ -201,24 +248,79 @@ class Relay:
     def send(self, key: Key, kind: str, data: Dict[str, Any], *, keep: bool = False) -> None:
         """A JSON event for one client; kept for its next socket when none is open and
         ``keep`` (a prompt posted while the client had no socket)."""
+        pid = data.get("prompt_id")
+        pid = pid if isinstance(pid, str) else None
+        role = role_of(kind, data)
+        if not self._admit(key, pid, role):
+            return
         frame = json.dumps({"type": kind, "data": data})
         client = self._client_for(key)
         if client is not None:
-            client.put(frame)
+            self._put(client, key, frame, pid, role)
             return
         if self.publish is not None and key[1]:
-            self.publish(key, frame, keep)
+            self.publish(key, frame, keep, pid, role)
         if keep and key[1]:
-            self._keep(key, frame)
+            self._keep(key, frame, pid, role)
 
-    def deliver(self, key: Key, frame: str, keep: bool) -> None:
+    def deliver(self, key: Key, frame: str, keep: bool, prompt_id: Optional[str] = None, role: str = "") -> None:
         """A frame another replica published: sent if the client's socket is here, else kept
         when ``keep``."""
+        if not self._admit(key, prompt_id, role):
+            return
         client = self._client_for(key)
         if client is not None:
-            client.put(frame)
+            self._put(client, key, frame, prompt_id, role)
         elif keep and key[1]:
-            self._keep(key, frame)
+            self._keep(key, frame, prompt_id, role)
+
+    @staticmethod
+    def _put(client: _Client, key: Key, frame: str, prompt_id: Optional[str], role: str) -> None:
+        client.put(frame)
+        if role == END and prompt_id is not None:
+            client.mark(_Told(key, prompt_id))
+
+    def _admit(self, key: Key, prompt_id: Optional[str], role: str) -> bool:
+        """False for a frame of a prompt whose end ``key`` got already (its first end, then
+        its ``executing`` null, pass; nothing after)."""
+        if prompt_id is None:
+            return True
+        ends = self._ends
+        state = ends.get((key, prompt_id))
+        if state == CLOSE:
+            return False
+        if state == END:
+            if role != CLOSE:
+                return False
+            ends[(key, prompt_id)] = CLOSE
+            return True
+        if role == END:
+            ends[(key, prompt_id)] = END
+            while len(ends) > MAX_ENDS:
+                ends.popitem(last=False)
+        return True
+
+    def _told_here(self, told: _Told) -> None:
+        if self.publish_told is not None:
+            self.publish_told(told.key, told.prompt_id)
+
+    def told_elsewhere(self, key: Key, prompt_id: str) -> None:
+        """Another replica wrote ``prompt_id``'s end to ``key``'s socket: nothing more of that
+        prompt goes to that client from here (the frames kept for it are dropped)."""
+        self._ends[(key, prompt_id)] = CLOSE
+        self._ends.move_to_end((key, prompt_id))
+        while len(self._ends) > MAX_ENDS:
+            self._ends.popitem(last=False)
+        kept = self._kept.get(key)
+        if kept is None:
+            return
+        left = collections.deque(f for f in kept.frames if f[1] != prompt_id)
+        gone = len(kept.frames) - len(left)
+        if gone:
+            size = sum(len(f[0]) for f in left)
+            self._kept_total -= gone
+            self._kept_bytes -= kept.bytes - size
+            kept.frames, kept.bytes = left, size
 
     def send_bytes(self, key: Key, frame: bytes) -> None:
         """A binary frame for one client (dropped when its socket is not open)."""
@@ -238,17 +340,17 @@ class Relay:
         if client is not None:
             client.put(with_metadata(frame, prompt_id, node) if client.key in self._with_metadata else frame)
 
-    def _keep(self, key: Key, frame: str) -> None:
+    def _keep(self, key: Key, frame: str, prompt_id: Optional[str], role: str) -> None:
         kept = self._kept.get(key)
         if kept is None:
             kept = self._kept[key] = _Kept()
-        kept.frames.append(frame)
+        kept.frames.append((frame, prompt_id, role))
         kept.bytes += len(frame)
         self._kept_total += 1
         self._kept_bytes += len(frame)
         # One client's kept frames must fit its socket's queue once it connects.
         while len(kept.frames) > MAX_KEPT_FRAMES or kept.bytes > self.queue_bytes // 2:
-            old = kept.frames.popleft()
+            old, _, _ = kept.frames.popleft()
             kept.bytes -= len(old)
             self._kept_total -= 1
             self._kept_bytes -= len(old)
@@ -257,7 +359,7 @@ class Relay:
             self._kept_total -= len(dropped.frames)
             self._kept_bytes -= dropped.bytes
 
-    def _take_kept(self, key: Key) -> Deque[str]:
+    def _take_kept(self, key: Key) -> Deque[Tuple[str, Optional[str], str]]:
         kept = self._kept.pop(key, None)
         if kept is None:
             return collections.deque()

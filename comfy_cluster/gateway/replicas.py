@@ -3,7 +3,8 @@
 Two threads of its own (blocking psycopg, as the library's threads are): the *heartbeat*
 writes this replica's heartbeat every second and takes over the prompts of replicas whose
 heartbeat stopped; the *listener* receives ``NOTIFY``: client frames for the sockets held
-here, wake-ups of the claimer, and cancels of prompts this replica follows. Claims run on
+here (and word that another replica told a client a prompt's end), wake-ups of the claimer,
+and cancels of prompts this replica follows. Claims run on
 the gateway's state thread whenever the servers have room. See
 :class:`~comfy_cluster.state.shared.SharedQueue` for the database side.
 """
@@ -14,7 +15,7 @@ import asyncio
 import json
 import logging
 import threading
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from ..state import PromptRow
 from ..state.shared import CHANNEL_CANCEL, CHANNEL_EVENTS, CHANNEL_QUEUE, SharedQueue
@@ -51,6 +52,7 @@ class ReplicaLink:
         self._claim_again = False
         self.taken_over: List[Tuple[str, int]] = []  # (dead replica, prompts): for logs and tests
         relay.publish = self._publish
+        relay.publish_told = self._publish_told
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -113,12 +115,17 @@ class ReplicaLink:
             if data.get("replica") == self.shared.replica:
                 self._on_loop(self._cancel_here, data["prompt_id"])
         elif channel == CHANNEL_EVENTS and data.get("from") != self.shared.replica:
+            key = (str(data.get("user") or ""), str(data["client_id"]))
+            pid = data.get("prompt_id")
+            pid = pid if isinstance(pid, str) else None
+            if data.get("told") and pid is not None:
+                self._on_loop(self._relay.told_elsewhere, key, pid)
+                return
             frame = data.get("frame")
             if frame is None and data.get("id") is not None:
                 frame = self.shared.frame(int(data["id"]))
             if isinstance(frame, str):
-                key = (str(data.get("user") or ""), str(data["client_id"]))
-                self._on_loop(self._relay.deliver, key, frame, bool(data.get("keep")))
+                self._on_loop(self._relay.deliver, key, frame, bool(data.get("keep")), pid, str(data.get("role") or ""))
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -128,8 +135,11 @@ class ReplicaLink:
 
     # -- on the loop --------------------------------------------------------------------------
 
-    def _publish(self, key: Tuple[str, str], frame: str, keep: bool) -> None:
-        self._keeper.later(self.shared.publish, key[1], frame, user=key[0], keep=keep)
+    def _publish(self, key: Tuple[str, str], frame: str, keep: bool, prompt_id: Optional[str], role: str) -> None:
+        self._keeper.later(self.shared.publish, key[1], frame, user=key[0], keep=keep, prompt_id=prompt_id, role=role)
+
+    def _publish_told(self, key: Tuple[str, str], prompt_id: str) -> None:
+        self._keeper.later(self.shared.publish_told, key[1], prompt_id, user=key[0])
 
     def _cancel_here(self, prompt_id: str) -> None:
         gj = self._book.active.get(prompt_id)
@@ -138,7 +148,13 @@ class ReplicaLink:
 
     def _take_up(self, dead: str, rows: List[PromptRow]) -> None:
         self.taken_over.append((dead, len(rows)))
-        self._loop.create_task(take_up(self._keeper, self._uploads, self._book, rows, self._servers))
+        self._loop.create_task(self._adopt(dead, rows))
+
+    async def _adopt(self, dead: str, rows: List[PromptRow]) -> None:
+        # The servers send the events of the dead replica's copies to its pool's clientId:
+        # this replica follows them under that id (nobody else listens there now).
+        client_id = await self._keeper.read(self.shared.store.fact, f"client_id:{dead}")
+        await take_up(self._keeper, self._uploads, self._book, rows, self._servers, client_id=client_id, keep=True)
 
     def claim_soon(self) -> None:
         """Claim waiting prompts if the servers have room (one claim at a time)."""

@@ -140,16 +140,25 @@ class SharedQueue:
 
     # -- events -------------------------------------------------------------------------------
 
-    def publish(self, client_id: str, frame: str, *, user: str = "", keep: bool = False) -> None:
+    def publish(self, client_id: str, frame: str, *, user: str = "", keep: bool = False, prompt_id: Optional[str] = None,
+                role: str = "") -> None:
         """A client's frame for the replica holding its socket (``keep``: kept there for the
-        client's next socket when it has none)."""
-        head = {"from": self.replica, "client_id": client_id, "user": user, "keep": keep}
+        client's next socket when it has none; ``prompt_id`` and ``role``: what the frame is
+        of, for the dedupe of ends)."""
+        head = {"from": self.replica, "client_id": client_id, "user": user, "keep": keep, "prompt_id": prompt_id, "role": role}
         payload = json.dumps(dict(head, frame=frame))
         with self.store.transaction() as conn:
             if len(payload.encode()) > MAX_PAYLOAD:
                 fid = conn.execute(t.frames.insert().values(client_id=client_id, frame=frame, created=self._clock())
                                    .returning(t.frames.c.id)).scalar()
                 payload = json.dumps(dict(head, id=fid))
+            conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_EVENTS, "p": payload})
+
+    def publish_told(self, client_id: str, prompt_id: str, *, user: str = "") -> None:
+        """This replica wrote ``prompt_id``'s end to the client's socket: the others drop the
+        copies of its frames they kept for the client."""
+        payload = json.dumps({"from": self.replica, "client_id": client_id, "user": user, "prompt_id": prompt_id, "told": True})
+        with self.store.transaction() as conn:
             conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_EVENTS, "p": payload})
 
     def frame(self, frame_id: int) -> Optional[str]:
