@@ -357,22 +357,8 @@ class JobBook:
             self._send(gj, "executing", {"node": None, "prompt_id": gj.prompt_id})
         self._unblock(gj)
 
-    # -- queue, interrupt, history (each user sees and manages their own jobs) --------------
-
-    def queue_json(self, viewer: User) -> Dict[str, Any]:
-        """``GET /queue``: the viewer's jobs; others' only counted (``queue_others``), so that
-        positions stay meaningful without showing their prompts."""
-        running = [gj for gj in self.active.values() if gj.state == "running"]
-        pending = sorted((gj for gj in self.active.values() if gj.state != "running"), key=lambda g: g.number)
-        out: Dict[str, Any] = {
-            "queue_running": [gj.queue_item() for gj in running if viewer.sees(gj.user)],
-            "queue_pending": [gj.queue_item() for gj in pending if viewer.sees(gj.user)],
-        }
-        hidden_running = len(running) - len(out["queue_running"])
-        hidden_pending = len(pending) - len(out["queue_pending"])
-        if hidden_running or hidden_pending:
-            out["queue_others"] = {"running": hidden_running, "pending": hidden_pending}
-        return out
+    # -- queue, interrupt, history (each user sees and manages their own jobs; the lists are
+    # in .listing) ---------------------------------------------------------------------------
 
     def delete_pending(self, ids: List[Any], viewer: User) -> None:
         """Drop the viewer's jobs that have not started (running ones are left alone, as in

@@ -54,15 +54,19 @@ class Listing:
         self._keeper = keeper
         self._shared = shared  # a SharedQueue: replicas
 
-    async def unfinished(self, viewer: User) -> List[Unfinished]:
-        """The viewer's unfinished prompts (an admin: all), by number."""
+    async def _every(self) -> List[Unfinished]:
+        """Every unfinished prompt, by number."""
         if self._shared is None:
             jobs = [Unfinished.of_job(gj) for gj in list(self._book.active.values())
                     if gj.state not in ("done", "told") and not gj.deleted]
         else:
             jobs = [Unfinished.of_row(r) for r in await self._keeper.read(self._shared.queue_rows)]
         jobs.sort(key=lambda u: (u.number, u.created))
-        return [u for u in jobs if viewer.sees(u.user)]
+        return jobs
+
+    async def unfinished(self, viewer: User) -> List[Unfinished]:
+        """The viewer's unfinished prompts (an admin: all), by number."""
+        return [u for u in await self._every() if viewer.sees(u.user)]
 
     async def unfinished_one(self, prompt_id: str, viewer: User) -> Optional[Unfinished]:
         """One unfinished prompt the viewer sees, or None."""
@@ -79,10 +83,7 @@ class Listing:
     async def queue(self, viewer: User) -> Dict[str, Any]:
         """``GET /queue``: the viewer's prompts; others' only counted (``queue_others``), so
         that positions stay meaningful without showing their prompts."""
-        if self._shared is None:
-            return self._book.queue_json(viewer)
-        every = [Unfinished.of_row(r) for r in await self._keeper.read(self._shared.queue_rows)]
-        every.sort(key=lambda u: (u.number, u.created))
+        every = await self._every()
         running = [u for u in every if u.running]
         pending = [u for u in every if not u.running]
         out: Dict[str, Any] = {
