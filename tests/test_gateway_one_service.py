@@ -43,7 +43,8 @@ def replicas_over(cluster: MockCluster, state: str, n: int = 2, **gateway_kwargs
 
 
 def _lists(url: str) -> Dict[str, Any]:
-    """What one replica lists: job statuses, the queue's running and pending ids, history ids."""
+    """What one replica lists: job statuses, the queue's running and pending ids, history ids,
+    the queue's length."""
     jobs = requests.get(url + "/api/jobs", timeout=10).json()["jobs"]
     queue = requests.get(url + "/queue", timeout=10).json()
     return {
@@ -51,6 +52,7 @@ def _lists(url: str) -> Dict[str, Any]:
         "running": [i[1] for i in queue["queue_running"]],
         "pending": sorted(i[1] for i in queue["queue_pending"]),
         "history": sorted(requests.get(url + "/history", timeout=10).json()),
+        "remaining": requests.get(url + "/prompt", timeout=10).json()["exec_info"]["queue_remaining"],
     }
 
 
@@ -70,6 +72,7 @@ def test_every_replica_lists_the_same_queue_history_and_jobs(mock_cluster_factor
                 "running": [running],
                 "pending": sorted(pending),
                 "history": sorted(done),
+                "remaining": 3,  # what ComfyUI's page shows as the queue's length
             }
             for gw in (a, b):
                 seen: List[Dict[str, Any]] = []

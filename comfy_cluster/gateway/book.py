@@ -67,6 +67,8 @@ class JobBook:
         self._capacity = capacity
         self._release = release
         self.active: Dict[str, GatewayJob] = {}
+        #: Replicas: the whole service's unfinished prompts (read by the ReplicaLink).
+        self.shared_remaining: Optional[int] = None
         self.history = History(history_items, history_bytes)
         self._waiting: Dict[str, Deque[GatewayJob]] = {}
         self._served: Dict[str, int] = {}
@@ -110,7 +112,7 @@ class JobBook:
 
     @property
     def remaining(self) -> int:
-        return len(self.active)
+        return len(self.active) if self.shared_remaining is None else self.shared_remaining
 
     @property
     def files(self) -> Dict[FileKey, str]:

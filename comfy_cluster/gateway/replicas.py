@@ -1,12 +1,12 @@
 """``ReplicaLink``: this gateway as one replica of a service sharing a PostgreSQL database.
 
 Two threads of its own (blocking psycopg, as the library's threads are): the *heartbeat*
-writes this replica's heartbeat every second and takes over the prompts of replicas whose
-heartbeat stopped; the *listener* receives ``NOTIFY``: client frames for the sockets held
-here (and word that another replica told a client a prompt's end), wake-ups of the claimer,
-and cancels of prompts this replica follows. Claims run on
-the gateway's state thread whenever the servers have room. See
-:class:`~comfy_cluster.state.shared.SharedQueue` for the database side.
+writes this replica's heartbeat every second, reads the service's queue length (the status
+frames' ``queue_remaining``) and takes over the prompts of replicas whose heartbeat stopped;
+the *listener* receives ``NOTIFY``: client frames for the sockets held here (and word that
+another replica told a client a prompt's end), wake-ups of the claimer, and cancels of
+prompts this replica follows. Claims run on the gateway's state thread whenever the servers
+have room. See :class:`~comfy_cluster.state.shared.SharedQueue` for the database side.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class ReplicaLink:
         while not self._stop.wait(HEARTBEAT):
             try:
                 self.shared.beat()
+                self._on_loop(self._remaining, self.shared.unfinished_count())
                 for dead, rows in self.shared.take_over():
                     log.warning("replica %s: replica %s is dead; taking over its %d prompt(s)", self.shared.replica, dead, len(rows))
                     self._on_loop(self._take_up, dead, rows)
@@ -140,6 +141,12 @@ class ReplicaLink:
 
     def _publish_told(self, key: Tuple[str, str], prompt_id: str) -> None:
         self._keeper.later(self.shared.publish_told, key[1], prompt_id, user=key[0])
+
+    def _remaining(self, count: int) -> None:
+        """The service's queue length, for the status frames of every socket held here."""
+        if count != self._book.shared_remaining:
+            self._book.shared_remaining = count
+            self._book.queue_changed()
 
     def _cancel_here(self, prompt_id: str) -> None:
         gj = self._book.active.get(prompt_id)

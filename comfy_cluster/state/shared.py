@@ -102,6 +102,11 @@ class SharedQueue:
             return int(conn.execute(sa.select(sa.func.count()).select_from(t.prompts)
                                     .where(sa.and_(t.prompts.c.replica.is_(None), t.prompts.c.state == "waiting"))).scalar() or 0)
 
+    def unfinished_count(self) -> int:
+        """Unfinished prompts of the whole service (waiting, or held by any replica)."""
+        with self.store.reading() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t.prompts)).scalar() or 0)
+
     def queue_rows(self) -> List[Dict[str, Any]]:
         """Every unfinished prompt (all replicas), for ``/queue`` and the job API."""
         with self.store.reading() as conn:
