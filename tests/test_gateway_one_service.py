@@ -145,3 +145,35 @@ def test_a_client_that_moves_to_another_replica_gets_each_end_once(mock_cluster_
                 assert sum(1 for f in frames if is_done(p)(f)) == 1, p
         finally:
             later.close()
+
+
+def _holders(url: str) -> Dict[str, Any]:
+    """prompt_id -> the replica holding it (None: waiting for a claim), from the database."""
+    store = Store(url)
+    try:
+        with store.reading() as conn:
+            return {str(p): r for p, r in conn.execute(sa.select(schema.prompts.c.prompt_id, schema.prompts.c.replica)).all()}
+    finally:
+        store.close()
+
+
+def test_interrupt_and_queue_delete_reach_a_prompt_on_any_replica(mock_cluster_factory: Factory, postgres_url: str) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with replicas_over(cluster, postgres_url) as gws:
+        client = ScriptClient(gws[0].url)
+        try:
+            running = client.run(sleep_workflow(seconds=60.0, steps=60, seed=1))
+            wait_until(lambda: cluster[0].queue_snapshot()[0], timeout=30, message="the job running")
+            pending = client.run(sleep_workflow(seconds=60.0, steps=60, seed=2))
+            holders = _holders(postgres_url)
+            # Asked of a replica that does not hold them (as ComfyUI-for-Nuke cancels: both calls).
+            far = next(gw for gw in gws if f"r{gws.index(gw)}" != holders[pending])
+            assert requests.post(far.url + "/queue", json={"delete": [pending]}, timeout=10).status_code == 200
+            for gw in gws:
+                wait_until(lambda: not requests.get(gw.url + "/queue", timeout=10).json()["queue_pending"], timeout=30, message="the pending prompt gone")
+            other = next(gw for gw in gws if f"r{gws.index(gw)}" != holders[running])
+            assert requests.post(other.url + "/interrupt", json={"prompt_id": running}, timeout=10).status_code == 200
+            assert [f["type"] for f in client.follow(running) if f["type"].startswith("execution_")][-1] == "execution_interrupted"
+            assert pending not in cluster[0].executed_prompt_ids and requests.get(f"{gws[0].url}/history/{pending}", timeout=10).json() == {}
+        finally:
+            client.close()

@@ -207,9 +207,9 @@ class JobRoutes:
     async def _cancel(self, job_id: str, viewer: User) -> bool:
         if job_id in self._book.active or self._remote_cancel is None:
             return self._book.cancel_by_id(job_id, viewer)
-        if not viewer.admin:
-            return False  # another replica's prompt: only an admin cancels what it cannot see here
-        return await self._remote_cancel(job_id)
+        if await self._listing.unfinished_one(job_id, viewer) is None:
+            return False  # finished, unknown, or another user's
+        return await self._remote_cancel(job_id)  # held by another replica, or by none yet
 
     async def cancel_many(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -26,6 +26,7 @@ class Unfinished:
     prompt_id: str
     number: float
     user: str
+    client_id: str
     running: bool
     created: float
     prompt: Any
@@ -34,13 +35,14 @@ class Unfinished:
 
     @classmethod
     def of_job(cls, gj: GatewayJob) -> "Unfinished":
-        return cls(gj.prompt_id, gj.number, gj.user, gj.state == "running" or gj.started, gj.created, gj.prompt, gj.extra_data, gj.outputs)
+        return cls(gj.prompt_id, gj.number, gj.user, gj.client_id, gj.state == "running" or gj.started, gj.created, gj.prompt,
+                   gj.extra_data, gj.outputs)
 
     @classmethod
     def of_row(cls, row: Dict[str, Any]) -> "Unfinished":
         body = row["body"]
-        return cls(row["prompt_id"], row["number"], row["owner"] or "default", row["state"] == "running", row["created"],
-                   body.get("prompt"), body.get("extra_data"), body.get("outputs"))
+        return cls(row["prompt_id"], row["number"], row["owner"] or "default", row["client_id"], row["state"] == "running",
+                   row["created"], body.get("prompt"), body.get("extra_data"), body.get("outputs"))
 
     def queue_item(self) -> List[Any]:
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]

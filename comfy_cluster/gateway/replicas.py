@@ -19,6 +19,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from ..state import PromptRow
 from ..state.shared import CHANNEL_CANCEL, CHANNEL_EVENTS, CHANNEL_QUEUE, SharedQueue
+from .auth import User
 from .book import JobBook
 from .durable import Keeper
 from .relay import Relay
@@ -30,6 +31,7 @@ __all__ = ["ReplicaLink"]
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 1.0
+ADMIN = User("admin", admin=True, owner="admin")  # who a cancel from another replica acts as
 CLAIM_EVERY = 0.5
 
 
@@ -149,9 +151,9 @@ class ReplicaLink:
             self._book.queue_changed()
 
     def _cancel_here(self, prompt_id: str) -> None:
-        gj = self._book.active.get(prompt_id)
-        if gj is not None and gj.state != "done":
-            self._book.cancel(gj)
+        """Another replica was asked to cancel a prompt held here: a pending one leaves the
+        queue, a running one is stopped (the job API's cancel)."""
+        self._book.cancel_by_id(prompt_id, ADMIN)
 
     def _take_up(self, dead: str, rows: List[PromptRow]) -> None:
         self.taken_over.append((dead, len(rows)))

@@ -376,7 +376,8 @@ class Gateway:
         listing = Listing(self._b, self._k, shared=shared)  # replicas: from the store, the same on each
         client_routes = PromptRoutes(self._b, self._k, self.uploads, self.info, self.relay, self.pool.servers, self._online,
                                      self._max_upload, shared_queue_changed=shared.queue_changed if shared is not None else None)
-        routes: List[Tuple[str, str, Handler]] = (client_routes.routes() + queue_routes(self._b, listing)
+        remote = self.replicas.cancel if self.replicas is not None else None
+        routes: List[Tuple[str, str, Handler]] = (client_routes.routes() + queue_routes(self._b, listing, remote)
                                                   + info_routes(self.info, self._max_upload) + login_routes(self.auth))
         servers = {s.name: s for s in self.pool.servers}
         web_ui = Frontend(self.info, servers, self._online, self._front_end_root)
@@ -385,7 +386,6 @@ class Gateway:
         for prefix in ("", "/api"):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
-        remote = self.replicas.cancel if self.replicas is not None else None
         for method, path, handler in JobRoutes(self._b, listing, remote_cancel=remote).routes():  # under /api only, as ComfyUI
             app.router.add_route(method, path, handler)
         app.router.add_route("GET", "/metrics", self._metrics_route)
