@@ -13,7 +13,8 @@ kept: they are only worth something live.
 Each client gets each prompt's end once (dedupe by prompt id): the first ``execution_success``/
 ``_error``/``_interrupted`` of a prompt for a client, then its ``executing`` null; any later
 copy of them (a frame kept on several replicas, a job adopted after a failover) and any later
-frame of that prompt is dropped. Replicas tell each other (``publish_told``) once an end was
+frame of that prompt is dropped, until an ``execution_start`` of that prompt_id (a client may
+post the same prompt_id again once it ended). Replicas tell each other (``publish_told``) once an end was
 written to a client's socket, and drop the copies they kept for it.
 
 Memory: each socket's queue is bounded in bytes (``queue_bytes``). A client that lags loses
@@ -43,9 +44,10 @@ Frame = Union[str, bytes]
 Key = Tuple[str, str]  # (user name, clientId)
 #: A prompt's end (one per client) and the frame that closes it.
 END_KINDS = ("execution_success", "execution_error", "execution_interrupted")
-END, CLOSE = "end", "close"
-#: Prompts whose end a client got, remembered at most (the oldest are forgotten first).
-MAX_ENDS = 100_000
+END, CLOSE, START = "end", "close", "start"
+#: Prompts whose end a client got, remembered at most (the oldest are forgotten first): ends
+#: come twice only around a reconnect, so the newest prompts are the ones that matter.
+MAX_ENDS = 20_000
 #: Bytes queued for one socket at most (settable: ``Gateway(ws_queue_bytes=)``).
 DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
 #: Close code for a client too slow to keep up (RFC 6455: try again later).
@@ -61,11 +63,14 @@ _CLOSE_WAIT = 10.0
 
 
 def role_of(kind: str, data: Dict[str, Any]) -> str:
-    """``END`` for a prompt's end, ``CLOSE`` for the ``executing`` null after it, else ``""``."""
+    """``END`` for a prompt's end, ``CLOSE`` for the ``executing`` null after it, ``START`` for
+    its ``execution_start``, else ``""``."""
     if kind in END_KINDS:
         return END
     if kind == "executing" and data.get("node") is None:
         return CLOSE
+    if kind == "execution_start":
+        return START
     return ""
 
 
@@ -287,6 +292,11 @@ class Relay:
             return True
         ends = self._ends
         state = ends.get((key, prompt_id))
+        if role == START and state is not None:
+            # A prompt_id the client sent again after its end (ComfyUI lets clients choose
+            # them): a new run, with an end of its own.
+            del ends[(key, prompt_id)]
+            return True
         if state == CLOSE:
             return False
         if state == END:
