@@ -279,6 +279,7 @@ class Gateway:
             # Sign-ins outlive a restart, and every replica honours them (no sticky routing).
             self.auth.sessions.store = DbSessionStore(store)
         self.keeper = keeper = Keeper(store, loop, replica=name)
+        self.auth.sessions.offload = keeper.read  # bounded threads, stopped with the gateway
         self.uploads = UploadStore(self._upload_dir, max_file_bytes=self._max_upload)
         self.info = ClusterInfo(self.pool.servers, self._online, ttl=self._info_ttl, argv=self._argv)
         self.book = JobBook(

@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar, cast
 
 __all__ = ["Session", "SessionStore", "MemorySessionStore", "Sessions", "DEFAULT_SESSION_SECONDS"]
 
@@ -117,6 +117,9 @@ class Sessions:
         self.store: SessionStore = store if store is not None else MemorySessionStore()
         #: False: the gateway may keep the sessions in its state store instead.
         self.store_given = store is not None
+        #: Runs a blocking store call off the loop (the gateway sets its state readers);
+        #: None: the loop's default executor.
+        self.offload: Optional[Callable[..., Awaitable[Any]]] = None
         self.ttl = ttl
         self._clock = clock
         self._next_purge = 0.0
@@ -155,6 +158,8 @@ class Sessions:
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         if not self.store.blocking:
             return fn(*args)
+        if self.offload is not None:
+            return cast(T, await self.offload(fn, *args))
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def aopen(self, user: str, proof: str, admin: bool) -> str:
