@@ -82,7 +82,9 @@ class Gateway:
     build to serve instead of the installed ``comfyui-frontend-package``; ``multi_user``,
     ComfyUI's ``--multi-user`` (implies ``trust_user_header``); ``user_store``, where users' settings and files are kept
     (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``); ``sessions``:
-    the page's sign-ins at ``/login`` with a token or users (default: a week, in memory).
+    the page's sign-ins at ``/login`` with a token or users (default: a week, kept in the
+    ``state`` store unless given a store of their own: they outlive a restart, and every
+    replica honours them).
 
     ``state``: where prompts, attempts, history and uploads are kept (a
     :class:`~comfy_cluster.state.Store` or its URL; default: a temporary SQLite file deleted
