@@ -29,9 +29,10 @@ Factory = Callable[..., MockCluster]
 def replicas_over(cluster: MockCluster, state: str, n: int = 2, **gateway_kwargs: Any) -> Iterator[List[Gateway]]:
     """``n`` started replicas (each with a pool of its own) over ``cluster`` on ``state``."""
     made: List[Tuple[Gateway, ServerPool]] = []
+    options: Any = FAST_POOL
     try:
         for i in range(n):
-            pool = ServerPool([{"url": s.url, "name": s.name, "max_queue": 1} for s in cluster], **FAST_POOL)
+            pool = ServerPool([{"url": s.url, "name": s.name, "max_queue": 1} for s in cluster], **options)
             gw = Gateway(pool, port=0, state=state, replica=f"r{i}", **gateway_kwargs)
             made.append((gw, pool))
             gw.start()
@@ -67,7 +68,7 @@ def test_every_replica_lists_the_same_queue_history_and_jobs(mock_cluster_factor
             running = ca.run(sleep_workflow(seconds=60.0, steps=60, seed=10))
             wait_until(lambda: cluster[0].queue_snapshot()[0], timeout=30, message="the long job running")
             pending = [cb.run(sleep_workflow(seconds=60.0, steps=60, seed=11)), ca.run(sleep_workflow(seconds=60.0, steps=60, seed=12))]
-            want = {
+            want: Dict[str, Any] = {
                 "jobs": dict({p: "completed" for p in done}, **{running: "in_progress"}, **{p: "pending" for p in pending}),
                 "running": [running],
                 "pending": sorted(pending),
@@ -76,8 +77,13 @@ def test_every_replica_lists_the_same_queue_history_and_jobs(mock_cluster_factor
             }
             for gw in (a, b):
                 seen: List[Dict[str, Any]] = []
+
+                def agrees() -> bool:
+                    seen.append(_lists(gw.url))
+                    return seen[-1] == want
+
                 try:
-                    wait_until(lambda: seen.append(_lists(gw.url)) or seen[-1] == want, timeout=30, message=f"{gw.url} lists the whole service")
+                    wait_until(agrees, timeout=30, message=f"{gw.url} lists the whole service")
                 finally:
                     assert seen[-1] == want, (gw.url, seen[-1], want)
                 assert sorted(requests.get(gw.url + "/history", params={"max_items": "1"}, timeout=10).json()) == [done[-1]]
@@ -103,7 +109,7 @@ def test_a_sign_in_on_one_replica_holds_on_every_replica_until_signed_out(mock_c
     with replicas_over(cluster, postgres_url, users=path) as (a, b):
         form = requests.post(a.url + "/login", data={"token": token, "next": "/"}, allow_redirects=False, timeout=10)
         assert form.status_code == 303
-        [session_id] = [c.value for c in form.cookies]
+        [session_id] = [str(c.value) for c in form.cookies]
 
         def as_signed_in(gw: Gateway, path: str, method: str = "GET") -> requests.Response:
             # Behind a load balancer both replicas have one host name: the same cookie name.

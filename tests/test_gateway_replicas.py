@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 import requests
@@ -76,7 +76,7 @@ def test_replicas_share_one_queue_and_take_over_a_killed_one(mock_cluster_factor
         killed_at = time.monotonic()
         live = [r for r in replicas if r is not victim]
         # Its clients reconnect (a load balancer sends them to a live replica) with their clientId.
-        before: Dict[str, List[object]] = collections.defaultdict(list)
+        before: Dict[str, List[Any]] = collections.defaultdict(list)
         for i, r in enumerate(replicas):
             cid = f"client-{i}"
             if r is victim:
