@@ -14,8 +14,10 @@ Each client gets each prompt's end once (dedupe by prompt id): the first ``execu
 ``_error``/``_interrupted`` of a prompt for a client, then its ``executing`` null; any later
 copy of them (a frame kept on several replicas, a job adopted after a failover) and any later
 frame of that prompt is dropped, until an ``execution_start`` of that prompt_id (a client may
-post the same prompt_id again once it ended). Replicas tell each other (``publish_told``) once an end was
-written to a client's socket, and drop the copies they kept for it.
+post the same prompt_id again once it ended). Replicas: an end that other replicas may have
+kept a copy of is recorded in the store (``record_told``) before it is written to the socket,
+and the others drop their copies; a replica checks the record before it replays kept ends to
+a socket that opens (``check_told``), so the client may reconnect anywhere.
 
 Memory: each socket's queue is bounded in bytes (``queue_bytes``). A client that lags loses
 preview frames first (a preview is queued only while the queue is under half the bound); when
@@ -30,7 +32,7 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from aiohttp import web
 
@@ -60,6 +62,9 @@ MAX_KEPT_CLIENTS = 1000
 MAX_KEPT_TOTAL = 100_000
 MAX_KEPT_BYTES = 64 * 1024 * 1024
 _CLOSE_WAIT = 10.0
+#: Seconds an end waits for its record at most (a database that does not answer must not
+#: stop a client's events: it may then, rarely, get that end twice).
+GATE_WAIT = 5.0
 
 
 def role_of(kind: str, data: Dict[str, Any]) -> str:
@@ -74,26 +79,25 @@ def role_of(kind: str, data: Dict[str, Any]) -> str:
     return ""
 
 
-class _Told:
-    """A mark in a socket's queue: the end of ``prompt_id`` for ``key`` has been written."""
+class _Gate:
+    """A wait in a socket's queue: the frames after it are written once ``task`` is done (the
+    record that the end after it is told), or after ``GATE_WAIT`` seconds whatever happens."""
 
-    __slots__ = ("key", "prompt_id")
+    __slots__ = ("task",)
 
-    def __init__(self, key: Key, prompt_id: str) -> None:
-        self.key = key
-        self.prompt_id = prompt_id
+    def __init__(self, task: "asyncio.Future[Any]") -> None:
+        self.task = task
 
 
 class _Client:
     """One socket's queue and writer task (frames leave in order)."""
 
-    def __init__(self, key: Key, ws: web.WebSocketResponse, transport: Any, limit: int, on_told: Callable[[_Told], None]) -> None:
+    def __init__(self, key: Key, ws: web.WebSocketResponse, transport: Any, limit: int) -> None:
         self.key = key
         self.ws = ws
         self.transport = transport
         self.limit = limit
-        self.on_told = on_told
-        self.frames: Deque[Union[Frame, _Told]] = collections.deque()
+        self.frames: Deque[Union[Frame, _Gate]] = collections.deque()
         self.bytes = 0
         self.dropped_previews = 0
         self.closed = False
@@ -110,8 +114,8 @@ class _Client:
                     self._wake.clear()
                     await self._wake.wait()
                 frame = self.frames.popleft()
-                if isinstance(frame, _Told):
-                    self.on_told(frame)  # the frames before it are written
+                if isinstance(frame, _Gate):
+                    await _passed(frame)
                     continue
                 self.bytes -= len(frame)
                 if isinstance(frame, bytes):
@@ -121,10 +125,10 @@ class _Client:
         except (ConnectionError, RuntimeError) as exc:
             log.debug("websocket %s: send failed: %s", self.key[1], exc)
 
-    def mark(self, told: _Told) -> None:
-        """``told`` once every frame queued so far is written."""
+    def gate(self, gate: _Gate) -> None:
+        """The frames queued after this wait for ``gate``."""
         if not self.closed:
-            self.frames.append(told)
+            self.frames.append(gate)
             self._wake.set()
 
     def put(self, frame: Frame) -> None:
@@ -145,7 +149,7 @@ class _Client:
         self._wake.set()
 
     def _drop_previews(self, need: int) -> None:
-        kept: Deque[Union[Frame, _Told]] = collections.deque()
+        kept: Deque[Union[Frame, _Gate]] = collections.deque()
         for frame in self.frames:
             if need > 0 and isinstance(frame, bytes):
                 need -= len(frame)
@@ -181,6 +185,15 @@ class _Client:
         self._wake.set()
 
 
+async def _passed(gate: _Gate) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(gate.task), GATE_WAIT)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the end goes out anyway (maybe twice, never lost)
+        log.warning("could not record a prompt's end as told (%s); sending it anyway", exc or type(exc).__name__)
+
+
 class _Kept:
     """Frames kept for one client without a socket: ``(frame, prompt_id, role)``."""
 
@@ -194,8 +207,9 @@ class Relay:
 
     ``publish(key, frame, keep, prompt_id, role)``, when set (replicas), is also given each
     JSON frame for a client whose socket is not here: the replica that holds it sends it
-    (:meth:`deliver`). ``publish_told(key, prompt_id)``, when set, is told once a prompt's end
-    was written to a socket here: the other replicas drop their copies (:meth:`told_elsewhere`)."""
+    (:meth:`deliver`). ``record_told(key, prompt_id)`` (a coroutine), when set, records that
+    a prompt's end goes to a socket here before it is written, when other replicas may have
+    kept a copy of it (they drop it: :meth:`told_elsewhere`)."""
 
     def __init__(self, queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
         if queue_bytes < 64 * 1024:
@@ -206,7 +220,9 @@ class Relay:
         self.anonymous_sees_named = False
         self.anonymous_name = "default"
         self.publish: Optional[Callable[[Key, str, bool, Optional[str], str], None]] = None
-        self.publish_told: Optional[Callable[[Key, str], None]] = None
+        self.record_told: Optional[Callable[[Key, str], Awaitable[Any]]] = None
+        #: Replicas: which of these prompts' ends ``key`` got already (from the store).
+        self.check_told: Optional[Callable[[Key, List[str]], Awaitable[List[str]]]] = None
         self._clients: Dict[Key, _Client] = {}
         # (key, prompt_id) -> END (its end went to the client) or CLOSE (and its executing null)
         self._ends: "collections.OrderedDict[Tuple[Key, str], str]" = collections.OrderedDict()
@@ -228,13 +244,11 @@ class Relay:
         old = self._clients.pop(key, None)
         if old is not None:
             old.finish()
-        client = _Client(key, ws, transport, self.queue_bytes, self._told_here)
+        client = _Client(key, ws, transport, self.queue_bytes)
         self._clients[key] = client
         client.put(json.dumps(first))
         for frame, pid, role in self._take_kept(key):
-            client.put(frame)
-            if role == END and pid is not None:
-                client.mark(_Told(key, pid))
+            self._put(client, key, frame, pid, role, copied=True)  # other replicas kept it too
         client.writer = asyncio.get_running_loop().create_task(client.write())
         return client
 
@@ -261,7 +275,7 @@ class Relay:
         frame = json.dumps({"type": kind, "data": data})
         client = self._client_for(key)
         if client is not None:
-            self._put(client, key, frame, pid, role)
+            self._put(client, key, frame, pid, role, copied=False)
             return
         if self.publish is not None and key[1]:
             self.publish(key, frame, keep, pid, role)
@@ -275,15 +289,26 @@ class Relay:
             return
         client = self._client_for(key)
         if client is not None:
-            self._put(client, key, frame, prompt_id, role)
+            self._put(client, key, frame, prompt_id, role, copied=keep)  # keep: the others kept it too
         elif keep and key[1]:
             self._keep(key, frame, prompt_id, role)
 
-    @staticmethod
-    def _put(client: _Client, key: Key, frame: str, prompt_id: Optional[str], role: str) -> None:
+    def _put(self, client: _Client, key: Key, frame: str, prompt_id: Optional[str], role: str, *, copied: bool) -> None:
+        """Queue ``frame``; an end other replicas may hold a copy of (``copied``) waits until
+        it is recorded as told."""
+        if role == END and copied and prompt_id is not None and self.record_told is not None:
+            client.gate(_Gate(asyncio.ensure_future(self.record_told(key, prompt_id))))
         client.put(frame)
-        if role == END and prompt_id is not None:
-            client.mark(_Told(key, prompt_id))
+
+    async def settle_kept(self, key: Key) -> None:
+        """Before a socket for ``key`` opens: drop the kept frames of prompts whose end the
+        client got already through another replica (the record is committed before such an
+        end is written, so a client that saw it finds it recorded here)."""
+        kept = self._kept.get(key)
+        ends = [pid for _, pid, role in kept.frames if role == END and pid is not None] if kept is not None else []
+        if ends and self.check_told is not None:
+            for pid in await self.check_told(key, ends):
+                self.told_elsewhere(key, pid)
 
     def _admit(self, key: Key, prompt_id: Optional[str], role: str) -> bool:
         """False for a frame of a prompt whose end ``key`` got already (its first end, then
@@ -310,13 +335,9 @@ class Relay:
                 ends.popitem(last=False)
         return True
 
-    def _told_here(self, told: _Told) -> None:
-        if self.publish_told is not None:
-            self.publish_told(told.key, told.prompt_id)
-
     def told_elsewhere(self, key: Key, prompt_id: str) -> None:
-        """Another replica wrote ``prompt_id``'s end to ``key``'s socket: nothing more of that
-        prompt goes to that client from here (the frames kept for it are dropped)."""
+        """``prompt_id``'s end went to ``key``'s socket (on another replica): nothing more of
+        that prompt goes to that client from here (the frames kept for it are dropped)."""
         self._ends[(key, prompt_id)] = CLOSE
         self._ends.move_to_end((key, prompt_id))
         while len(self._ends) > MAX_ENDS:

@@ -54,7 +54,8 @@ class ReplicaLink:
         self._claim_again = False
         self.taken_over: List[Tuple[str, int]] = []  # (dead replica, prompts): for logs and tests
         relay.publish = self._publish
-        relay.publish_told = self._publish_told
+        relay.record_told = self._record_told
+        relay.check_told = self._check_told
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -141,8 +142,11 @@ class ReplicaLink:
     def _publish(self, key: Tuple[str, str], frame: str, keep: bool, prompt_id: Optional[str], role: str) -> None:
         self._keeper.later(self.shared.publish, key[1], frame, user=key[0], keep=keep, prompt_id=prompt_id, role=role)
 
-    def _publish_told(self, key: Tuple[str, str], prompt_id: str) -> None:
-        self._keeper.later(self.shared.publish_told, key[1], prompt_id, user=key[0])
+    async def _record_told(self, key: Tuple[str, str], prompt_id: str) -> None:
+        await self._keeper.run(self.shared.publish_told, key[1], prompt_id, user=key[0])
+
+    async def _check_told(self, key: Tuple[str, str], prompt_ids: List[str]) -> List[str]:
+        return await self._keeper.read(self.shared.told, key[1], prompt_ids, user=key[0])
 
     def _remaining(self, count: int) -> None:
         """The service's queue length, for the status frames of every socket held here."""

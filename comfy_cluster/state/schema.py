@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
-__all__ = ["metadata", "blob_chunks", "frames", "meta", "prompts", "prompt_inputs", "attempts", "history", "files", "uploads", "blobs", "settings", "userdata", "leases", "replicas", "sessions"]
+__all__ = ["metadata", "blob_chunks", "frames", "meta", "prompts", "prompt_inputs", "attempts", "history", "files", "uploads", "blobs", "settings", "userdata", "leases", "replicas", "sessions", "told"]
 
 metadata = MetaData()
 
@@ -156,3 +156,14 @@ sessions = Table(
     Column("expires", Float, nullable=False),
 )
 Index("cc_sessions_expires", sessions.c.expires)
+
+#: Replicas: a prompt's end written to a client's socket (by the replica holding it), so that
+#: no replica sends that client the copy it kept (the client may reconnect anywhere).
+told = Table(
+    "cc_told", metadata,
+    Column("user", String(200), primary_key=True),
+    Column("client_id", String(200), primary_key=True),
+    Column("prompt_id", String(200), primary_key=True),
+    Column("created", Float, nullable=False),
+)
+Index("cc_told_created", told.c.created)

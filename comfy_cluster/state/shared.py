@@ -160,11 +160,22 @@ class SharedQueue:
             conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_EVENTS, "p": payload})
 
     def publish_told(self, client_id: str, prompt_id: str, *, user: str = "") -> None:
-        """This replica wrote ``prompt_id``'s end to the client's socket: the others drop the
-        copies of its frames they kept for the client."""
+        """Record that ``prompt_id``'s end is being written to the client's socket here
+        (committed before it is written), and tell the other replicas: they drop the copies
+        of its frames they kept for the client."""
         payload = json.dumps({"from": self.replica, "client_id": client_id, "user": user, "prompt_id": prompt_id, "told": True})
         with self.store.transaction() as conn:
+            exists = conn.execute(sa.select(t.told.c.prompt_id).where(sa.and_(
+                t.told.c.user == user, t.told.c.client_id == client_id, t.told.c.prompt_id == prompt_id))).first()
+            if exists is None:
+                conn.execute(t.told.insert().values(user=user, client_id=client_id, prompt_id=prompt_id, created=self._clock()))
             conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL_EVENTS, "p": payload})
+
+    def told(self, client_id: str, prompt_ids: List[str], *, user: str = "") -> List[str]:
+        """Which of ``prompt_ids`` had their end written to the client already (any replica)."""
+        with self.store.reading() as conn:
+            return list(conn.execute(sa.select(t.told.c.prompt_id).where(sa.and_(
+                t.told.c.user == user, t.told.c.client_id == client_id, t.told.c.prompt_id.in_(prompt_ids)))).scalars())
 
     def frame(self, frame_id: int) -> Optional[str]:
         with self.store.reading() as conn:
@@ -176,5 +187,8 @@ class SharedQueue:
             conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": CHANNEL_QUEUE})
 
     def drop_old_frames(self, older_than: float = 600.0) -> None:
+        """Forget large frames and told ends older than ``older_than`` seconds (a client that
+        reconnects later reads ``/history``; replicas keep a client's frames in bounded memory)."""
         with self.store.transaction() as conn:
             conn.execute(t.frames.delete().where(t.frames.c.created < self._clock() - older_than))
+            conn.execute(t.told.delete().where(t.told.c.created < self._clock() - older_than))

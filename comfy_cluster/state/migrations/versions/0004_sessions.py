@@ -1,4 +1,5 @@
-"""Web UI sign-in sessions in the store (every replica honours them; a restart keeps them).
+"""Web UI sign-in sessions in the store (every replica honours them; a restart keeps them),
+and the ends told to clients (replicas send each end to a client once).
 
 Revision ID: 0004
 Revises: 0003
@@ -23,8 +24,18 @@ def upgrade() -> None:
         sa.Column("expires", sa.Float, nullable=False),
     )
     op.create_index("cc_sessions_expires", "cc_sessions", ["expires"])
+    op.create_table(
+        "cc_told",
+        sa.Column("user", sa.String(200), primary_key=True),
+        sa.Column("client_id", sa.String(200), primary_key=True),
+        sa.Column("prompt_id", sa.String(200), primary_key=True),
+        sa.Column("created", sa.Float, nullable=False),
+    )
+    op.create_index("cc_told_created", "cc_told", ["created"])
 
 
 def downgrade() -> None:
+    op.drop_index("cc_told_created", "cc_told")
+    op.drop_table("cc_told")
     op.drop_index("cc_sessions_expires", "cc_sessions")
     op.drop_table("cc_sessions")
