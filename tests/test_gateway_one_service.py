@@ -6,6 +6,7 @@ real sockets, a real PostgreSQL): the crash cases run as processes in test_gatew
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
@@ -86,15 +87,18 @@ def test_every_replica_lists_the_same_queue_history_and_jobs(mock_cluster_factor
                     wait_until(agrees, timeout=30, message=f"{gw.url} lists the whole service")
                 finally:
                     assert seen[-1] == want, (gw.url, seen[-1], want)
-                assert sorted(requests.get(gw.url + "/history", params={"max_items": "1"}, timeout=10).json()) == [done[-1]]
+                newest = list(requests.get(gw.url + "/history", timeout=10).json())[-1]  # oldest first, as ComfyUI
+                assert list(requests.get(gw.url + "/history", params={"max_items": "1"}, timeout=10).json()) == [newest]
                 for pid, status in want["jobs"].items():
                     detail = requests.get(f"{gw.url}/api/jobs/{pid}", timeout=10)
                     assert detail.status_code == 200 and detail.json()["status"] == status, (gw.url, pid, detail.text)
-            # A history item deleted on one replica is gone on every replica.
+            # A history item deleted on one replica is gone on every replica (from the list once
+            # the other replica's last read of it is half a second old).
             assert requests.post(b.url + "/history", json={"delete": [done[0]]}, timeout=10).status_code == 200
             for gw in (a, b):
                 assert requests.get(f"{gw.url}/history/{done[0]}", timeout=10).json() == {}
-                assert sorted(requests.get(gw.url + "/history", timeout=10).json()) == [done[1]]
+                wait_until(lambda: sorted(requests.get(gw.url + "/history", timeout=10).json()) == [done[1]], timeout=10,
+                           message="the deleted item out of the list")
             cancelled = requests.post(a.url + "/api/jobs/cancel", json={"job_ids": [running, *pending]}, timeout=10).json()
             assert cancelled == {"cancelled": True}
         finally:
@@ -181,5 +185,55 @@ def test_interrupt_and_queue_delete_reach_a_prompt_on_any_replica(mock_cluster_f
             assert requests.post(other.url + "/interrupt", json={"prompt_id": running}, timeout=10).status_code == 200
             assert [f["type"] for f in client.follow(running) if f["type"].startswith("execution_")][-1] == "execution_interrupted"
             assert pending not in cluster[0].executed_prompt_ids and requests.get(f"{gws[0].url}/history/{pending}", timeout=10).json() == {}
+        finally:
+            client.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pages_asking_at_once_share_one_read_of_the_store(mock_cluster_factory: Factory, postgres_url: str) -> None:
+    """ComfyUI's page re-reads /queue and /history on every status frame: a hundred pages must
+    not cost a hundred reads of the shared store (a read serves the others for half a second,
+    unless this replica changed the queue meanwhile)."""
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with replicas_over(cluster, postgres_url) as (a, b):
+        clock = _Clock()
+        assert a.listing is not None and a.replicas is not None
+        a.listing.clock = clock
+        shared, store = a.replicas.shared, a.replicas.shared.store
+        reads: List[str] = []
+        queue_rows, history_page = shared.queue_rows, store.history_page
+        shared.queue_rows = lambda: reads.append("queue") or queue_rows()  # type: ignore[method-assign]
+        store.history_page = lambda *a, **k: reads.append("history") or history_page(*a, **k)  # type: ignore[method-assign]
+        client = ScriptClient(b.url)
+        try:
+            running = client.run(sleep_workflow(seconds=60.0, steps=60, seed=1))
+            # Quiet: the job runs and replica a knows the queue's length (no change until it ends).
+            wait_until(lambda: cluster[0].queue_snapshot()[0] and a.book is not None and a.book.shared_remaining == 1, timeout=30,
+                       message="the job running, counted on replica a")
+            with concurrent.futures.ThreadPoolExecutor(10) as pool:
+                queues = list(pool.map(lambda _: requests.get(a.url + "/queue", timeout=10).json(), range(20)))
+                pages = list(pool.map(lambda _: requests.get(a.url + "/history", params={"max_items": "64"}, timeout=10).json(), range(20)))
+            assert reads.count("queue") == 1 and reads.count("history") == 1, reads
+            assert all(q == queues[0] for q in queues) and all(p == pages[0] for p in pages)
+            assert [i[1] for i in queues[0]["queue_running"] + queues[0]["queue_pending"]] == [running]
+            clock.now += 0.5
+            requests.get(a.url + "/queue", timeout=10)
+            assert reads.count("queue") == 2
+            # This replica's own change is seen at once: posted through it, listed by it.
+            posted = ScriptClient(a.url)
+            try:
+                pid = posted.run(sleep_workflow(seconds=60.0, steps=60, seed=2))
+                queue = requests.get(a.url + "/queue", timeout=10).json()
+                assert pid in [i[1] for i in queue["queue_running"] + queue["queue_pending"]]
+            finally:
+                posted.close()
+            requests.post(a.url + "/api/jobs/cancel", json={"job_ids": [running, pid]}, timeout=10)
         finally:
             client.close()

@@ -69,6 +69,7 @@ class JobBook:
         self.active: Dict[str, GatewayJob] = {}
         #: Replicas: the whole service's unfinished prompts (read by the ReplicaLink).
         self.shared_remaining: Optional[int] = None
+        self.changes = 0  # counts queue changes seen here (what was listed before is stale)
         self.history = History(history_items, history_bytes)
         self._waiting: Dict[str, Deque[GatewayJob]] = {}
         self._served: Dict[str, int] = {}
@@ -123,6 +124,7 @@ class JobBook:
         return {"status": {"exec_info": {"queue_remaining": self.remaining}}}
 
     def queue_changed(self) -> None:
+        self.changes += 1
         self._relay.broadcast("status", self.status_data())
 
     def _send(self, gj: GatewayJob, kind: str, data: Dict[str, Any]) -> None:

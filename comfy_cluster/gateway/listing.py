@@ -9,14 +9,21 @@ whichever replica ended them; a history item deleted on one is gone on all.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
 
 from .auth import User
 from .book import GatewayJob, JobBook
 from .durable import Keeper
 
-__all__ = ["Listing", "Unfinished"]
+__all__ = ["Listing", "Unfinished", "SHARED_TTL"]
+
+T = TypeVar("T")
+#: Seconds one read of the shared store answers the lists (see :class:`Listing`).
+SHARED_TTL = 0.5
+MAX_READS = 256  # distinct lists cached at once (history pages per user and size)
 
 
 @dataclass
@@ -49,12 +56,35 @@ class Unfinished:
 
 
 class Listing:
-    """The lists of ``book`` (one gateway) or, with ``shared`` (replicas), of the store."""
+    """The lists of ``book`` (one gateway) or, with ``shared`` (replicas), of the store.
 
-    def __init__(self, book: JobBook, keeper: Keeper, *, shared: Any = None) -> None:
+    ComfyUI's page reads ``/queue`` and ``/history`` again on every status frame, so many pages
+    ask at once: on replicas one read of the store serves every request for ``SHARED_TTL``
+    seconds (``clock``), unless this replica's queue changed meanwhile (another replica's
+    change reaches it within a heartbeat, as a status frame)."""
+
+    def __init__(self, book: JobBook, keeper: Keeper, *, shared: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._book = book
         self._keeper = keeper
         self._shared = shared  # a SharedQueue: replicas
+        self.clock = clock
+        self._reads: Dict[Any, Tuple[float, int, "asyncio.Future[Any]"]] = {}
+
+    async def _read(self, key: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args)`` read from the store, or the same read made less than ``SHARED_TTL``
+        seconds ago (or still under way) with no change of this replica's queue since."""
+        now, version = self.clock(), self._book.changes
+        hit = self._reads.get(key)
+        if hit is None or hit[1] != version or now - hit[0] >= SHARED_TTL:
+            if len(self._reads) >= MAX_READS:
+                self._reads = {k: v for k, v in self._reads.items() if now - v[0] < SHARED_TTL and v[1] == version}
+            hit = self._reads[key] = (now, version, asyncio.ensure_future(self._keeper.read(fn, *args, **kwargs)))
+        try:
+            return cast(T, await asyncio.shield(hit[2]))
+        except Exception:
+            if self._reads.get(key) is hit:
+                del self._reads[key]  # a failed read is not served again
+            raise
 
     async def _every(self) -> List[Unfinished]:
         """Every unfinished prompt, by number."""
@@ -62,7 +92,7 @@ class Listing:
             jobs = [Unfinished.of_job(gj) for gj in list(self._book.active.values())
                     if gj.state not in ("done", "told") and not gj.deleted]
         else:
-            jobs = [Unfinished.of_row(r) for r in await self._keeper.read(self._shared.queue_rows)]
+            jobs = [Unfinished.of_row(r) for r in await self._read("queue", self._shared.queue_rows)]
         jobs.sort(key=lambda u: (u.number, u.created))
         return jobs
 
@@ -107,7 +137,7 @@ class Listing:
             row = await self._keeper.read(store.history_row, prompt_id)
             return {prompt_id: row["item"]} if row is not None and viewer.sees(row["owner"] or "default") else {}
         owner = None if viewer.admin else viewer.name
-        return dict(await self._keeper.read(store.history_page, max_items, offset, owner=owner))
+        return dict(await self._read(("history", max_items, offset, owner), store.history_page, max_items, offset, owner=owner))
 
     async def post_history(self, body: Dict[str, Any], viewer: User) -> None:
         """``POST /history``: ``clear`` and ``delete`` of the viewer's items."""
@@ -127,3 +157,4 @@ class Listing:
         if gone:
             self._book.history.delete(gone, viewer)
             await self._keeper.run(store.delete_history, sorted(set(gone)))
+            self._reads.clear()

@@ -161,6 +161,7 @@ class PromptRoutes:
             # Into the one queue: the replica with room claims it (maybe this one).
             uploads.release(versions)
             self._keeper.later(self._shared_queue_changed)
+            book.queue_changed()  # this replica's sockets hear of it, its lists show it
         else:
             book.add(gj)
         return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})

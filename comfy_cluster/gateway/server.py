@@ -159,6 +159,7 @@ class Gateway:
         self.book: Optional[JobBook] = None
         self.keeper: Optional[Keeper] = None
         self.replicas: Optional[ReplicaLink] = None
+        self.listing: Optional[Listing] = None
         self._state_folder: Optional[str] = None
         self.metrics = GatewayMetrics(lambda: self.online.live_numbers(self.book.active.values() if self.book else ()))
 
@@ -376,7 +377,7 @@ class Gateway:
     def _add_routes(self, app: web.Application) -> None:
         assert self.info is not None and self.uploads is not None
         shared = self.replicas.shared if self.replicas is not None else None
-        listing = Listing(self._b, self._k, shared=shared)  # replicas: from the store, the same on each
+        self.listing = listing = Listing(self._b, self._k, shared=shared)  # replicas: from the store, the same on each
         client_routes = PromptRoutes(self._b, self._k, self.uploads, self.info, self.relay, self.pool.servers, self._online,
                                      self._max_upload, shared_queue_changed=shared.queue_changed if shared is not None else None)
         remote = self.replicas.cancel if self.replicas is not None else None
