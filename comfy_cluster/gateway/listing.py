@@ -86,19 +86,21 @@ class Listing:
                 del self._reads[key]  # a failed read is not served again
             raise
 
-    async def _every(self) -> List[Unfinished]:
-        """Every unfinished prompt, by number."""
+    async def _every(self, fresh: bool = False) -> List[Unfinished]:
+        """Every unfinished prompt, by number (``fresh``: never a shared earlier read)."""
         if self._shared is None:
             jobs = [Unfinished.of_job(gj) for gj in list(self._book.active.values())
                     if gj.state not in ("done", "told") and not gj.deleted]
         else:
-            jobs = [Unfinished.of_row(r) for r in await self._read("queue", self._shared.queue_rows)]
+            rows = await (self._keeper.read(self._shared.queue_rows) if fresh else self._read("queue", self._shared.queue_rows))
+            jobs = [Unfinished.of_row(r) for r in rows]
         jobs.sort(key=lambda u: (u.number, u.created))
         return jobs
 
-    async def unfinished(self, viewer: User) -> List[Unfinished]:
-        """The viewer's unfinished prompts (an admin: all), by number."""
-        return [u for u in await self._every() if viewer.sees(u.user)]
+    async def unfinished(self, viewer: User, *, fresh: bool = False) -> List[Unfinished]:
+        """The viewer's unfinished prompts (an admin: all), by number; ``fresh`` for a request
+        that acts on them (an interrupt must see a prompt that started a moment ago)."""
+        return [u for u in await self._every(fresh) if viewer.sees(u.user)]
 
     async def unfinished_one(self, prompt_id: str, viewer: User) -> Optional[Unfinished]:
         """One unfinished prompt the viewer sees, or None."""

@@ -46,7 +46,7 @@ def queue_routes(book: JobBook, listing: Listing, remote_cancel: Optional[Callab
     async def elsewhere(viewer: User, pick: Callable[[Unfinished], bool], local: Set[str]) -> None:
         if remote_cancel is None:
             return
-        for u in await listing.unfinished(viewer):
+        for u in await listing.unfinished(viewer, fresh=True):
             if u.prompt_id not in local and pick(u):
                 await remote_cancel(u.prompt_id)
 
