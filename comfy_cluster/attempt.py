@@ -48,9 +48,9 @@ class Attempt:
     """One try of a job (held by its ``control``) on ``server``. ``phase`` is written by its
     runner (and by the ledger on release); ``prompt_id`` is chosen here, before the POST."""
 
-    __slots__ = ("control", "server", "number", "prompt_id", "phase", "lost_at", "posted", "cold")
+    __slots__ = ("control", "server", "number", "prompt_id", "phase", "lost_at", "posted", "cold", "client_id")
 
-    def __init__(self, control: "JobControl", server: str, number: int, prompt_id: Optional[str] = None) -> None:
+    def __init__(self, control: "JobControl", server: str, number: int, prompt_id: Optional[str] = None, client_id: Optional[str] = None) -> None:
         self.control = control
         self.server = server
         self.number = number
@@ -59,6 +59,9 @@ class Attempt:
         self.lost_at: Optional[float] = None
         self.posted = False
         self.cold = False  # set on reserve: it must load a model its server will not have
+        # The websocket clientId it was posted under when not the pool's own (adopted from a
+        # process that died): the server sends its events there.
+        self.client_id = client_id
 
     @property
     def job(self) -> "Job":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import websocket
 
@@ -388,6 +388,8 @@ class ServerSockets:
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._made: Dict[str, ServerSocket] = {}
+        # Sockets under another clientId (adopted copies of a dead process), with their users.
+        self._borrowed: Dict[Tuple[str, str], Tuple[ServerSocket, int]] = {}
         self._closed = False
 
     def __getitem__(self, name: str) -> ServerSocket:
@@ -402,6 +404,32 @@ class ServerSockets:
                     sock.close()  # made after close: it never connects
         return sock
 
+    def borrow(self, name: str, client_id: str) -> ServerSocket:
+        """A socket to server ``name`` under ``client_id`` (not the pool's: a copy posted by a
+        process that died), shared by everyone who borrowed it until each gives it back."""
+        with self._lock:
+            sock, users = self._borrowed.get((name, client_id), (None, 0))
+            if sock is None:
+                on_status = self._on_status
+                sock = ServerSocket(self._servers[name], client_id, connect_timeout=self._connect_timeout,
+                                    on_status=lambda remaining: on_status(name, remaining))
+                if self._closed:
+                    sock.close()
+            self._borrowed[(name, client_id)] = (sock, users + 1)
+        return sock
+
+    def give_back(self, name: str, client_id: str) -> None:
+        """One borrower of ``(name, client_id)`` is done; the last one closes the socket."""
+        with self._lock:
+            sock, users = self._borrowed.get((name, client_id), (None, 0))
+            if sock is None:
+                return
+            if users > 1:
+                self._borrowed[(name, client_id)] = (sock, users - 1)
+                return
+            del self._borrowed[(name, client_id)]
+        sock.close()
+
     def made(self) -> List[ServerSocket]:
         """The sockets made so far."""
         with self._lock:
@@ -411,5 +439,6 @@ class ServerSockets:
         """Close every socket made (and any made from now on)."""
         with self._lock:
             self._closed = True
-        for sock in self.made():
+            borrowed = [sock for sock, _ in self._borrowed.values()]
+        for sock in self.made() + borrowed:
             sock.close()

@@ -98,8 +98,11 @@ class Runners:
         name = attempt.server
         job = attempt.job
         monitor, ledger = self._monitor, self._ledger
+        # An adopted copy posted under another clientId: read its events from a socket under
+        # that id (borrowed; given back when the runner ends).
+        socket = self._sockets.borrow(name, attempt.client_id) if attempt.client_id else self._sockets[name]
         return RunnerContext(
-            client=self._clients[name], socket=self._sockets[name], client_id=self._client_id,
+            client=self._clients[name], socket=socket, client_id=self._client_id,
             # The job itself is already counted in the load: the ones ahead of it.
             position=lambda: max(0, monitor.snapshot(name).load - 1),
             uploads=lambda client: self._uploaded_workflow(job.workflow, job.inputs, client),
@@ -117,6 +120,9 @@ class Runners:
         except Exception as exc:  # never lose a job to a bug: fail it with the reason
             log.exception("job attempt on %s crashed", name)
             outcome = Outcome("failed", error=ServerError(f"{name}: internal error: {exc!r}", server=name), confirmed=False)
+        finally:
+            if attempt.client_id:
+                self._sockets.give_back(name, attempt.client_id)
         try:
             self.attempt_done(attempt, outcome)
         finally:

@@ -296,12 +296,16 @@ class ServerPool:
         retries: int = 2,
         owner: Optional[str] = None,
         on_attempt: Optional[Callable[[str, str, str], None]] = None,
+        client_id: Optional[str] = None,
     ) -> Job:
         """A :class:`Job` for ``workflow`` already posted to ``server`` as ``prompt_id`` (by an
         earlier process: a gateway that restarted, a replica that died). It is followed there
         to its end, never posted again; if the server does not hold it (it never arrived, or
-        the server restarted) it runs like a submitted job, on any server. Arguments as in
-        :meth:`submit`. Raises :class:`ConfigError` for a server not in the pool."""
+        the server restarted) it runs like a submitted job, on any server. ``client_id``: the
+        websocket clientId it was posted under, when not this pool's (a dead process's): its
+        events are read from a socket under that id while it is followed (the process that
+        had it is gone, so nothing else listens there). Other arguments as in :meth:`submit`.
+        Raises :class:`ConfigError` for a server not in the pool."""
         self._check_open()
         config = self._by_name.get(server)
         if config is None:
@@ -310,7 +314,7 @@ class ServerPool:
                   on_event=on_event, retries=retries, owner=owner)
         job._on_attempt = on_attempt
         control = JobControl(job, seq=next(self._seq), executor=self._callbacks, on_cancel=self._scheduler.wake, download=self._download_for)
-        self._scheduler.adopt(control, config, prompt_id)
+        self._scheduler.adopt(control, config, prompt_id, client_id if client_id != self.client_id else None)
         return job
 
     def _prepare(

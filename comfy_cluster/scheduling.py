@@ -106,10 +106,11 @@ class Scheduler:
     def attempt_ended(self, control: JobControl) -> None:
         self._queue.attempt_ended(control)
 
-    def adopt(self, control: JobControl, server: ServerConfig, prompt_id: str) -> None:
-        """Make ``control``'s first attempt the copy ``prompt_id`` already on ``server`` and
-        follow it (counted on the server and for its owner, as a dispatched attempt)."""
-        attempt = Attempt(control, server.name, 1, prompt_id=prompt_id)
+    def adopt(self, control: JobControl, server: ServerConfig, prompt_id: str, client_id: Optional[str] = None) -> None:
+        """Make ``control``'s first attempt the copy ``prompt_id`` already on ``server`` (posted
+        under ``client_id``, when not the pool's) and follow it (counted on the server and for
+        its owner, as a dispatched attempt)."""
+        attempt = Attempt(control, server.name, 1, prompt_id=prompt_id, client_id=client_id)
         control.claim(attempt, server)
         self._ledger.reserve(attempt)
         self._queue.adopted(control)

@@ -57,3 +57,26 @@ def test_an_adopted_copy_the_server_never_got_runs_once_elsewhere(mock_cluster_f
             pool.adopt(sleep_workflow(), "nope", "x")
     finally:
         pool.close()
+
+
+def test_a_copy_posted_under_a_dead_pools_client_id_brings_its_progress_events(mock_cluster_factory: Factory) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    servers = [{"name": s.name, "url": s.url} for s in cluster]
+    seen: List[Tuple[str, str, str]] = []
+    dead = ServerPool(servers, client_id="replica-a", **FAST)
+    cluster[0].pause_jobs()
+    dead.submit(sleep_workflow(seconds=0.6, steps=6, seed=3), on_attempt=lambda *a: seen.append(a))
+    wait_until(lambda: cluster[0].queue_snapshot()[0], timeout=20, message="running on the server")
+    dead.close(cancel=False)  # replica a is gone; its copy runs on under its clientId
+    adopter = ServerPool(servers, client_id="replica-b", **FAST)
+    try:
+        events: List[str] = []
+        job = adopter.adopt(sleep_workflow(seconds=0.6, steps=6, seed=3), "mock1", seen[0][0], client_id="replica-a",
+                            on_event=lambda e: events.append(e.kind))
+        wait_until(lambda: "submitted" in events, timeout=20, message="the copy followed")
+        cluster[0].resume_jobs()
+        assert job.result(timeout=30).prompt_id == seen[0][0]
+        assert events.count("progress") == 6, events  # every step, read under replica a's clientId
+    finally:
+        adopter.close()
+    assert cluster[0].executed_prompt_ids == [seen[0][0]]

@@ -218,6 +218,21 @@ def test_queue_delete_and_clear_and_history_delete(mock_cluster_factory: Factory
             client.close()
 
 
+def test_a_prompt_id_sent_again_after_its_end_runs_and_ends_again(mock_cluster_factory: Factory) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with gateway_over(cluster) as gw:
+        client = ScriptClient(gw.url)
+        try:
+            for seed in (1, 2):
+                assert client.run(sleep_workflow(seconds=0.02, steps=1, seed=seed), prompt_id="my-render") == "my-render"
+                wait_until(lambda: sum(1 for f in client.socket.wait_for(lambda f: True) if is_done("my-render")(f)) == seed, timeout=20,
+                           message=f"end {seed} of my-render")
+            ends = [f["type"] for f in of_prompt(client.socket.wait_for(lambda f: True), "my-render") if f["type"] == "execution_success"]
+            assert ends == ["execution_success"] * 2 and len(cluster[0].executed_prompt_ids) == 2
+        finally:
+            client.close()
+
+
 def test_a_runtime_error_reaches_the_client_as_execution_error(mock_cluster_factory: Factory) -> None:
     cluster = mock_cluster_factory(speeds=(1.0,))
     with gateway_over(cluster) as gw:

@@ -222,6 +222,27 @@ def test_a_session_expires(mock_cluster_factory: Factory, tmp_path: Any) -> None
         assert s.get(gw.url + "/login/status", timeout=10).json()["user"] is None
 
 
+def test_a_session_survives_a_restart_on_the_same_state_and_expires_there(mock_cluster_factory: Factory, tmp_path: Any) -> None:
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    users = _users(tmp_path, "alice")
+    clock = Clock()
+    kwargs = {"users": users["path"], "state": f"sqlite:///{tmp_path}/gw.sqlite3", "sessions": Sessions(ttl=3600, clock=clock)}
+    with gateway_over(cluster, gateway_kwargs=kwargs) as gw:
+        kept, _ = _sign_in(gw.url, users["alice"])
+        [session_id] = _cookie(kept).values()
+        ended, _ = _sign_in(gw.url, users["alice"])
+        [ended_id] = _cookie(ended).values()
+        assert ended.post(gw.url + "/logout", timeout=10).status_code == 200
+    kwargs["sessions"] = Sessions(ttl=3600, clock=clock)  # a new process: nothing in memory
+    with gateway_over(cluster, gateway_kwargs=kwargs) as gw:
+        name = session_cookie_name(gw.url.split("//", 1)[1])  # another port: the same id under this gateway's name
+        assert requests.get(gw.url + "/queue", cookies={name: session_id}, timeout=10).status_code == 200
+        assert requests.get(gw.url + "/login/status", cookies={name: session_id}, timeout=10).json()["user"] == "alice"
+        assert requests.get(gw.url + "/queue", cookies={name: ended_id}, timeout=10).status_code == 401
+        clock.now += 3600
+        assert requests.get(gw.url + "/queue", cookies={name: session_id}, timeout=10).status_code == 401
+
+
 def test_origin_check_still_holds_for_cookies_and_the_login_form(mock_cluster_factory: Factory, tmp_path: Any) -> None:
     cluster = mock_cluster_factory(speeds=(1.0,))
     users = _users(tmp_path, "alice")

@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .sessions import Sessions
+from .sessions import Session, Sessions
 
 __all__ = [
     "User",
@@ -192,6 +192,18 @@ def add_user(path: str, name: str, *, admin: bool = False) -> str:
     return token
 
 
+_LOOK_UP: Any = object()  # identify(): read the session from the store
+
+
+def _given_token(headers: Any, query: Any) -> Optional[str]:
+    """The token the request carries (``Authorization: Bearer`` or ``?token=``), if any."""
+    header = headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return str(header[7:])
+    given = query.get("token") if "token" in query else None
+    return str(given) if given else None
+
+
 class Authenticator:
     """Decides the :class:`User` of a request (see the module docstring)."""
 
@@ -213,23 +225,27 @@ class Authenticator:
         """True when a request with no identity is refused (a token or a users file is set)."""
         return self._token is not None or self._users is not None
 
-    def identify(self, headers: Any, query: Any, remote: Optional[str], cookies: Optional[Mapping[str, str]] = None) -> Optional[User]:
+    def session_id_of(self, headers: Any, query: Any, cookies: Optional[Mapping[str, str]]) -> Optional[str]:
+        """The session id of the request's cookie when the session decides who asks (sign-in
+        is needed and no token was given); else None."""
+        if _given_token(headers, query) or not cookies or not self.required:
+            return None
+        return cookies.get(session_cookie_name(headers.get("Host"))) or None
+
+    def identify(self, headers: Any, query: Any, remote: Optional[str], cookies: Optional[Mapping[str, str]] = None,
+                 *, session: Any = _LOOK_UP) -> Optional[User]:
         """The user of a request, or None (answer 401). ``headers``/``query``/``cookies``:
-        mappings. A token wins over a session cookie, which wins over the ``comfy-user`` header."""
-        given = None
-        header = headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            given = header[7:]
-        elif "token" in query:
-            given = query.get("token")
+        mappings. A token wins over a session cookie, which wins over the ``comfy-user`` header.
+        ``session``: the cookie's session, when already read (:meth:`identify_async`)."""
+        given = _given_token(headers, query)
         if given:
             user = self._by_token(given)
             if user is not None:
                 return user
             return None  # a wrong token is refused even where anonymous requests are allowed
-        session_id = cookies.get(session_cookie_name(headers.get("Host"))) if cookies and self.required else None
+        session_id = self.session_id_of(headers, query, cookies)
         if session_id:
-            user = self.session_user(session_id)
+            user = self.user_of(self.sessions.get(session_id) if session is _LOOK_UP else session)
             if user is not None:
                 return user  # an ended session counts as none: the header or a 401 follows
         if self.trust_user_header and headers.get(USER_HEADER):
@@ -240,23 +256,33 @@ class Authenticator:
         # user names they see only the anonymous ones.
         return User(ANONYMOUS.name, admin=not self.trust_user_header, owner=f"host:{remote or '?'}", identified=False)
 
-    def sign_in(self, token: str) -> Optional[Tuple[User, str]]:
+    async def identify_async(self, headers: Any, query: Any, remote: Optional[str], cookies: Optional[Mapping[str, str]] = None) -> Optional[User]:
+        """:meth:`identify` on the event loop: the session is read off the loop when its
+        store is a database."""
+        session_id = self.session_id_of(headers, query, cookies)
+        session = await self.sessions.aget(session_id) if session_id else None
+        return self.identify(headers, query, remote, cookies, session=session)
+
+    async def sign_in(self, token: str) -> Optional[Tuple[User, str]]:
         """Open a web UI session for ``token``'s user: ``(user, session id)``; None for a token
         that is neither the admin token nor a user's (or when no sign-in is needed)."""
         user = self._by_token(token) if self.required else None
         if user is None:
             return None
         is_admin_token = self._token is not None and hmac.compare_digest(token.encode(), self._token.encode())
-        return user, self.sessions.open(user.name, token_hash(token), is_admin_token)
+        return user, await self.sessions.aopen(user.name, token_hash(token), is_admin_token)
 
-    def sign_out(self, session_id: str) -> None:
-        """End a web UI session."""
-        self.sessions.end(session_id)
+    async def sign_out(self, session_id: str) -> None:
+        """End a web UI session (on every replica: they share the store)."""
+        await self.sessions.aend(session_id)
 
-    def session_user(self, session_id: str) -> Optional[User]:
+    async def session_user(self, session_id: str) -> Optional[User]:
+        """The user of a live session (see :meth:`user_of`)."""
+        return self.user_of(await self.sessions.aget(session_id))
+
+    def user_of(self, session: Optional[Session]) -> Optional[User]:
         """The user of a live session, while the credential it was opened with is still theirs:
         a new token for the user (``add-user`` again) or their removal ends their sessions."""
-        session = self.sessions.get(session_id)
         if session is None:
             return None
         if session.admin:

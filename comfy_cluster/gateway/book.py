@@ -67,6 +67,9 @@ class JobBook:
         self._capacity = capacity
         self._release = release
         self.active: Dict[str, GatewayJob] = {}
+        #: Replicas: the whole service's unfinished prompts (read by the ReplicaLink).
+        self.shared_remaining: Optional[int] = None
+        self.changes = 0  # counts queue changes seen here (what was listed before is stale)
         self.history = History(history_items, history_bytes)
         self._waiting: Dict[str, Deque[GatewayJob]] = {}
         self._served: Dict[str, int] = {}
@@ -110,7 +113,7 @@ class JobBook:
 
     @property
     def remaining(self) -> int:
-        return len(self.active)
+        return len(self.active) if self.shared_remaining is None else self.shared_remaining
 
     @property
     def files(self) -> Dict[FileKey, str]:
@@ -121,6 +124,7 @@ class JobBook:
         return {"status": {"exec_info": {"queue_remaining": self.remaining}}}
 
     def queue_changed(self) -> None:
+        self.changes += 1
         self._relay.broadcast("status", self.status_data())
 
     def _send(self, gj: GatewayJob, kind: str, data: Dict[str, Any]) -> None:
@@ -178,9 +182,10 @@ class JobBook:
 
         return record
 
-    def adopt(self, gj: GatewayJob, attempt_id: str, server: str) -> None:
+    def adopt(self, gj: GatewayJob, attempt_id: str, server: str, client_id: Optional[str] = None) -> None:
         """After a restart or a take-over: follow ``gj``'s copy ``attempt_id`` on ``server``
-        (never post it again). The pool runs it afresh if that server does not hold it."""
+        (never post it again; ``client_id``: the dead replica's pool's, whose socket gets its
+        events). The pool runs it afresh if that server does not hold it."""
         self._number = max(self._number, int(abs(gj.number)) + 1)
         self.active[gj.prompt_id] = gj
         owner = gj.owner
@@ -190,11 +195,13 @@ class JobBook:
         self._in_pool += 1
         gj.state = "submitted"
         gj.server = server
-        self._executor.submit(self._adopt, gj, attempt_id, server)
+        self._executor.submit(self._adopt, gj, attempt_id, server, client_id)
 
-    def _adopt(self, gj: GatewayJob, attempt_id: str, server: str) -> None:
+    def _adopt(self, gj: GatewayJob, attempt_id: str, server: str, client_id: Optional[str]) -> None:
         call = self._call
         kwargs: Dict[str, Any] = {"owner": gj.owner} if self.pool_takes_owner else {}
+        if client_id is not None:
+            kwargs["client_id"] = client_id
         try:
             job = self._pool.adopt(
                 gj.workflow or gj.prompt, server, attempt_id, inputs=gj.inputs or None,
@@ -354,22 +361,8 @@ class JobBook:
             self._send(gj, "executing", {"node": None, "prompt_id": gj.prompt_id})
         self._unblock(gj)
 
-    # -- queue, interrupt, history (each user sees and manages their own jobs) --------------
-
-    def queue_json(self, viewer: User) -> Dict[str, Any]:
-        """``GET /queue``: the viewer's jobs; others' only counted (``queue_others``), so that
-        positions stay meaningful without showing their prompts."""
-        running = [gj for gj in self.active.values() if gj.state == "running"]
-        pending = sorted((gj for gj in self.active.values() if gj.state != "running"), key=lambda g: g.number)
-        out: Dict[str, Any] = {
-            "queue_running": [gj.queue_item() for gj in running if viewer.sees(gj.user)],
-            "queue_pending": [gj.queue_item() for gj in pending if viewer.sees(gj.user)],
-        }
-        hidden_running = len(running) - len(out["queue_running"])
-        hidden_pending = len(pending) - len(out["queue_pending"])
-        if hidden_running or hidden_pending:
-            out["queue_others"] = {"running": hidden_running, "pending": hidden_pending}
-        return out
+    # -- queue, interrupt, history (each user sees and manages their own jobs; the lists are
+    # in .listing) ---------------------------------------------------------------------------
 
     def delete_pending(self, ids: List[Any], viewer: User) -> None:
         """Drop the viewer's jobs that have not started (running ones are left alone, as in

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from typing import Any, List, Mapping, Optional, Sequence
@@ -188,16 +189,19 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
     except Exception as exc:  # noqa: BLE001 - the database refused: one line, no password
         print(f"comfy-cluster gateway: state {safe_url(url)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
         return 2
+    # A replica's name (by default host:port, as the gateway would choose) also names its
+    # pool's clientId: two replicas must never share one (each needs the events of its jobs).
+    replica = args.replica or (f"{socket.gethostname()}:{args.port}" if store.dialect == "postgresql" and args.port else None)
     try:
         # The same clientId as before a restart: the servers send it the events of the
         # jobs it follows again (each replica has its own).
-        pool = ServerPool.from_env(client_id=store.client_id(args.replica or "default"), **kwargs)
+        pool = ServerPool.from_env(client_id=store.client_id(replica or "default"), **kwargs)
     except (ComfyClusterError, ValueError) as exc:
         store.close()
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)
         return 2
     try:
-        gateway = Gateway(pool, host=args.host, port=args.port, state=store, replica=args.replica, **options)
+        gateway = Gateway(pool, host=args.host, port=args.port, state=store, replica=replica, **options)
         gateway.start()
     except (OSError, ValueError) as exc:
         pool.close()

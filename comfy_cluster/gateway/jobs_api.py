@@ -2,7 +2,8 @@
 paging), ``GET /api/jobs/{id}``, ``POST /api/jobs/{id}/cancel`` and ``POST /api/jobs/cancel``,
 in the shapes ComfyUI answers (its ``comfy_execution/jobs.py`` and ``server.py``).
 
-Running and pending jobs come from the gateway's queue, finished ones from the state store.
+Running and pending jobs come from the gateway's queue (replicas: the shared one), finished ones
+from the state store.
 A cancel covers a job wherever it is: a pending one leaves the queue, a running one is
 stopped on its server; finished or unknown ids are no-ops (``{"cancelled": false}``).
 """
@@ -15,7 +16,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from aiohttp import web
 
 from .auth import User, request_user
-from .book import GatewayJob, JobBook
+from .book import JobBook
+from .listing import Listing, Unfinished
 
 __all__ = ["JobRoutes", "STATUSES"]
 
@@ -47,15 +49,15 @@ def _ms(seconds: Optional[float]) -> Optional[int]:
     return int(seconds * 1000) if seconds is not None else None
 
 
-def queued_job(gj: GatewayJob, *, full: bool = False) -> Dict[str, Any]:
+def queued_job(u: Unfinished, *, full: bool = False) -> Dict[str, Any]:
     """A pending or running job in the job API's shape."""
     job = _pruned({
-        "id": gj.prompt_id, "status": IN_PROGRESS if gj.state == "running" or gj.started else PENDING,
-        "priority": gj.number, "create_time": _ms(gj.created), "outputs_count": 0,
-        "previewable_outputs_count": 0, "workflow_id": _workflow_id(gj.extra_data),
+        "id": u.prompt_id, "status": IN_PROGRESS if u.running else PENDING,
+        "priority": u.number, "create_time": _ms(u.created), "outputs_count": 0,
+        "previewable_outputs_count": 0, "workflow_id": _workflow_id(u.extra_data),
     })
     if full:
-        job["workflow"] = {"prompt": gj.prompt, "extra_data": gj.extra_data}
+        job["workflow"] = {"prompt": u.prompt, "extra_data": u.extra_data}
     return job
 
 
@@ -120,10 +122,11 @@ def _duration(job: Dict[str, Any]) -> float:
 
 
 class JobRoutes:
-    """The job API's handlers over the gateway's ``book``."""
+    """The job API's handlers over the gateway's ``book`` (lists from ``listing``)."""
 
-    def __init__(self, book: JobBook, *, remote_cancel: Optional[Callable[[str], Awaitable[bool]]] = None) -> None:
+    def __init__(self, book: JobBook, listing: Listing, *, remote_cancel: Optional[Callable[[str], Awaitable[bool]]] = None) -> None:
         self._book = book
+        self._listing = listing
         self._remote_cancel = remote_cancel  # replicas: a prompt another replica holds
 
     def routes(self) -> List[Tuple[str, str, Any]]:
@@ -164,8 +167,7 @@ class JobRoutes:
                 return _json({"error": "offset must be an integer"}, 400)
         workflow_id = q.get("workflow_id")
         viewer = request_user(request)
-        jobs = [queued_job(gj) for gj in list(self._book.active.values())
-                if gj.state not in ("done", "told") and not gj.deleted and viewer.sees(gj.user)]
+        jobs = [queued_job(u) for u in await self._listing.unfinished(viewer)]
         jobs = [j for j in jobs if j["status"] in wanted]
         finished = [_TO_STORE[s] for s in wanted if s in _TO_STORE]
         total_finished = 0
@@ -191,9 +193,9 @@ class JobRoutes:
     async def get_job(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["job_id"]
         viewer = request_user(request)
-        gj = self._book.active.get(job_id)
-        if gj is not None and gj.state not in ("done", "told") and not gj.deleted and viewer.sees(gj.user):
-            return _json(queued_job(gj, full=True))
+        unfinished = await self._listing.unfinished_one(job_id, viewer)
+        if unfinished is not None:
+            return _json(queued_job(unfinished, full=True))
         row = await self._book.history_row(job_id)
         if row is None or not viewer.sees(row["owner"] or "default"):
             return _json({"error": "Job not found"}, 404)
@@ -205,9 +207,9 @@ class JobRoutes:
     async def _cancel(self, job_id: str, viewer: User) -> bool:
         if job_id in self._book.active or self._remote_cancel is None:
             return self._book.cancel_by_id(job_id, viewer)
-        if not viewer.admin:
-            return False  # another replica's prompt: only an admin cancels what it cannot see here
-        return await self._remote_cancel(job_id)
+        if await self._listing.unfinished_one(job_id, viewer) is None:
+            return False  # finished, unknown, or another user's
+        return await self._remote_cancel(job_id)  # held by another replica, or by none yet
 
     async def cancel_many(self, request: web.Request) -> web.StreamResponse:
         try:

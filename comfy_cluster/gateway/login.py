@@ -113,9 +113,9 @@ def _cookie_options(request: web.Request) -> dict:
     return dict(path="/", httponly=True, samesite="Strict", secure=secure)
 
 
-def _signed_in(request: web.Request, auth: Authenticator, token: str, target: str) -> Optional[web.StreamResponse]:
+async def _signed_in(request: web.Request, auth: Authenticator, token: str, target: str) -> Optional[web.StreamResponse]:
     """Open a session for ``token`` and answer with its cookie and a redirect to ``target``."""
-    opened = auth.sign_in(token)
+    opened = await auth.sign_in(token)
     if opened is None:
         log.warning("gateway: sign-in refused from %s (wrong token)", request.remote)
         return None
@@ -132,7 +132,7 @@ def _from_elsewhere(request: web.Request) -> bool:
     return request.headers.get("Sec-Fetch-Site", "none").lower() not in ("none", "same-origin")
 
 
-def token_to_cookie(request: web.Request, auth: Authenticator) -> Optional[web.StreamResponse]:
+async def token_to_cookie(request: web.Request, auth: Authenticator) -> Optional[web.StreamResponse]:
     """A page opened with ``?token=`` (and no Authorization header): sign in, then the same URL
     without the token. None when the request is not such a page.
 
@@ -147,7 +147,7 @@ def token_to_cookie(request: web.Request, auth: Authenticator) -> Optional[web.S
     if _from_elsewhere(request):
         log.warning("gateway: a link from another site carried a token; not signed in (%s)", request.remote)
         return _see_other(target)
-    return _signed_in(request, auth, token, target)
+    return await _signed_in(request, auth, token, target)
 
 
 def _page(next_path: str, error: str = "") -> str:
@@ -161,13 +161,13 @@ def _page(next_path: str, error: str = "") -> str:
 def login_routes(auth: Authenticator) -> List[Tuple[str, str, Handler]]:
     """``(method, path, handler)`` of ``/login``, ``/login/status`` and ``/logout``."""
 
-    def current(request: web.Request) -> Optional[User]:
+    async def current(request: web.Request) -> Optional[User]:
         session_id = request.cookies.get(session_cookie_name(request.headers.get("Host")))
-        return auth.session_user(session_id) if session_id else None
+        return await auth.session_user(session_id) if session_id else None
 
     async def login_page(request: web.Request) -> web.StreamResponse:
         target = _local(request.query.get("next"))
-        if not auth.required or current(request) is not None:
+        if not auth.required or await current(request) is not None:
             return _see_other(target)  # nothing to sign in to, or signed in already
         return web.Response(text=_page(target), content_type="text/html", headers={"Cache-Control": "no-store"})
 
@@ -181,7 +181,7 @@ def login_routes(auth: Authenticator) -> List[Tuple[str, str, Handler]]:
         target = _local(str(form.get("next") or "/"))
         if not auth.required:
             return _see_other(target)
-        answer = _signed_in(request, auth, token, target) if token else None
+        answer = await _signed_in(request, auth, token, target) if token else None
         if answer is not None:
             return answer
         if "text/html" in request.headers.get("Accept", ""):
@@ -189,7 +189,7 @@ def login_routes(auth: Authenticator) -> List[Tuple[str, str, Handler]]:
         return web.Response(status=401, text=f"401: {WRONG_TOKEN}")
 
     async def status(request: web.Request) -> web.StreamResponse:
-        user = current(request)
+        user = await current(request)
         body = {"user": user.name if user is not None else None, "required": auth.required}
         return web.Response(text=json.dumps(body), content_type="application/json", headers={"Cache-Control": "no-store"})
 
@@ -199,7 +199,7 @@ def login_routes(auth: Authenticator) -> List[Tuple[str, str, Handler]]:
         name = session_cookie_name(request.headers.get("Host"))
         session_id = request.cookies.get(name)
         if session_id:
-            auth.sign_out(session_id)
+            await auth.sign_out(session_id)
         answer = _see_other("/login") if wants_page(request) else web.Response(text="signed out")
         answer.del_cookie(name, path="/")
         return answer

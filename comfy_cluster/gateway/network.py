@@ -53,13 +53,13 @@ def guard(auth: Authenticator, allowed: Sequence[str]) -> Callable[..., Awaitabl
         if is_open(request):  # signing in (login.py) needs no credentials
             user: Optional[User] = ANONYMOUS
         else:
-            user = auth.identify(request.headers, request.query, request.remote, request.cookies)
+            user = await auth.identify_async(request.headers, request.query, request.remote, request.cookies)
         if user is None:
             if wants_page(request):
                 return to_login(request)  # a browser: the login page, then back here
             return web.Response(status=401, text="401: Unauthorized (comfy-cluster gateway token or user)", headers=extra)
         set_request_user(request, user)
-        signed_in = token_to_cookie(request, auth)  # a page opened with ?token=: a session instead
+        signed_in = await token_to_cookie(request, auth)  # a page opened with ?token=: a session instead
         if signed_in is not None:
             return signed_in
         try:

@@ -10,6 +10,15 @@ Events for a client with no open socket are kept only for the prompts the book a
 before their socket connects); the next socket gets them once. Binary preview frames are never
 kept: they are only worth something live.
 
+Each client gets each prompt's end once (dedupe by prompt id): the first ``execution_success``/
+``_error``/``_interrupted`` of a prompt for a client, then its ``executing`` null; any later
+copy of them (a frame kept on several replicas, a job adopted after a failover) and any later
+frame of that prompt is dropped, until an ``execution_start`` of that prompt_id (a client may
+post the same prompt_id again once it ended). Replicas: an end that other replicas may have
+kept a copy of is recorded in the store (``record_told``) before it is written to the socket,
+and the others drop their copies; a replica checks the record before it replays kept ends to
+a socket that opens (``check_told``), so the client may reconnect anywhere.
+
 Memory: each socket's queue is bounded in bytes (``queue_bytes``). A client that lags loses
 preview frames first (a preview is queued only while the queue is under half the bound); when
 a JSON frame no longer fits, the socket is closed with code 1013 (try again later) and a
@@ -23,7 +32,7 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from aiohttp import web
 
@@ -35,6 +44,12 @@ log = logging.getLogger(__name__)
 
 Frame = Union[str, bytes]
 Key = Tuple[str, str]  # (user name, clientId)
+#: A prompt's end (one per client) and the frame that closes it.
+END_KINDS = ("execution_success", "execution_error", "execution_interrupted")
+END, CLOSE, START = "end", "close", "start"
+#: Prompts whose end a client got, remembered at most (the oldest are forgotten first): ends
+#: come twice only around a reconnect, so the newest prompts are the ones that matter.
+MAX_ENDS = 20_000
 #: Bytes queued for one socket at most (settable: ``Gateway(ws_queue_bytes=)``).
 DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
 #: Close code for a client too slow to keep up (RFC 6455: try again later).
@@ -47,6 +62,31 @@ MAX_KEPT_CLIENTS = 1000
 MAX_KEPT_TOTAL = 100_000
 MAX_KEPT_BYTES = 64 * 1024 * 1024
 _CLOSE_WAIT = 10.0
+#: Seconds an end waits for its record at most (a database that does not answer must not
+#: stop a client's events: it may then, rarely, get that end twice).
+GATE_WAIT = 5.0
+
+
+def role_of(kind: str, data: Dict[str, Any]) -> str:
+    """``END`` for a prompt's end, ``CLOSE`` for the ``executing`` null after it, ``START`` for
+    its ``execution_start``, else ``""``."""
+    if kind in END_KINDS:
+        return END
+    if kind == "executing" and data.get("node") is None:
+        return CLOSE
+    if kind == "execution_start":
+        return START
+    return ""
+
+
+class _Gate:
+    """A wait in a socket's queue: the frames after it are written once ``task`` is done (the
+    record that the end after it is told), or after ``GATE_WAIT`` seconds whatever happens."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: "asyncio.Future[Any]") -> None:
+        self.task = task
 
 
 class _Client:
@@ -57,7 +97,7 @@ class _Client:
         self.ws = ws
         self.transport = transport
         self.limit = limit
-        self.frames: Deque[Frame] = collections.deque()
+        self.frames: Deque[Union[Frame, _Gate]] = collections.deque()
         self.bytes = 0
         self.dropped_previews = 0
         self.closed = False
@@ -74,6 +114,9 @@ class _Client:
                     self._wake.clear()
                     await self._wake.wait()
                 frame = self.frames.popleft()
+                if isinstance(frame, _Gate):
+                    await _passed(frame)
+                    continue
                 self.bytes -= len(frame)
                 if isinstance(frame, bytes):
                     await self.ws.send_bytes(frame)
@@ -81,6 +124,12 @@ class _Client:
                     await self.ws.send_str(frame)
         except (ConnectionError, RuntimeError) as exc:
             log.debug("websocket %s: send failed: %s", self.key[1], exc)
+
+    def gate(self, gate: _Gate) -> None:
+        """The frames queued after this wait for ``gate``."""
+        if not self.closed:
+            self.frames.append(gate)
+            self._wake.set()
 
     def put(self, frame: Frame) -> None:
         if self.closed:
@@ -100,7 +149,7 @@ class _Client:
         self._wake.set()
 
     def _drop_previews(self, need: int) -> None:
-        kept: Deque[Frame] = collections.deque()
+        kept: Deque[Union[Frame, _Gate]] = collections.deque()
         for frame in self.frames:
             if need > 0 and isinstance(frame, bytes):
                 need -= len(frame)
@@ -136,19 +185,31 @@ class _Client:
         self._wake.set()
 
 
+async def _passed(gate: _Gate) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(gate.task), GATE_WAIT)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the end goes out anyway (maybe twice, never lost)
+        log.warning("could not record a prompt's end as told (%s); sending it anyway", exc or type(exc).__name__)
+
+
 class _Kept:
-    """Frames kept for one client without a socket."""
+    """Frames kept for one client without a socket: ``(frame, prompt_id, role)``."""
 
     def __init__(self) -> None:
-        self.frames: Deque[str] = collections.deque()
+        self.frames: Deque[Tuple[str, Optional[str], str]] = collections.deque()
         self.bytes = 0
 
 
 class Relay:
     """Client sockets by (user, clientId), frames kept for clients not connected yet.
 
-    ``publish(key, frame, keep)``, when set (replicas), is also given each JSON frame for a
-    client whose socket is not here: the replica that holds it sends it (:meth:`deliver`)."""
+    ``publish(key, frame, keep, prompt_id, role)``, when set (replicas), is also given each
+    JSON frame for a client whose socket is not here: the replica that holds it sends it
+    (:meth:`deliver`). ``record_told(key, prompt_id)`` (a coroutine), when set, records that
+    a prompt's end goes to a socket here before it is written, when other replicas may have
+    kept a copy of it (they drop it: :meth:`told_elsewhere`)."""
 
     def __init__(self, queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
         if queue_bytes < 64 * 1024:
@@ -158,8 +219,13 @@ class Relay:
         #: has none (a trusted network: ComfyUI's web page opens its socket without a header).
         self.anonymous_sees_named = False
         self.anonymous_name = "default"
-        self.publish: Optional[Callable[[Key, str, bool], None]] = None
+        self.publish: Optional[Callable[[Key, str, bool, Optional[str], str], None]] = None
+        self.record_told: Optional[Callable[[Key, str], Awaitable[Any]]] = None
+        #: Replicas: which of these prompts' ends ``key`` got already (from the store).
+        self.check_told: Optional[Callable[[Key, List[str]], Awaitable[List[str]]]] = None
         self._clients: Dict[Key, _Client] = {}
+        # (key, prompt_id) -> END (its end went to the client) or CLOSE (and its executing null)
+        self._ends: "collections.OrderedDict[Tuple[Key, str], str]" = collections.OrderedDict()
         self._kept: "collections.OrderedDict[Key, _Kept]" = collections.OrderedDict()
         self._kept_total = 0
         self._kept_bytes = 0
@@ -181,8 +247,8 @@ class Relay:
         client = _Client(key, ws, transport, self.queue_bytes)
         self._clients[key] = client
         client.put(json.dumps(first))
-        for frame in self._take_kept(key):
-            client.put(frame)
+        for frame, pid, role in self._take_kept(key):
+            self._put(client, key, frame, pid, role, copied=True)  # other replicas kept it too
         client.writer = asyncio.get_running_loop().create_task(client.write())
         return client
 
@@ -201,24 +267,91 @@ class Relay:
     def send(self, key: Key, kind: str, data: Dict[str, Any], *, keep: bool = False) -> None:
         """A JSON event for one client; kept for its next socket when none is open and
         ``keep`` (a prompt posted while the client had no socket)."""
+        pid = data.get("prompt_id")
+        pid = pid if isinstance(pid, str) else None
+        role = role_of(kind, data)
+        if not self._admit(key, pid, role):
+            return
         frame = json.dumps({"type": kind, "data": data})
         client = self._client_for(key)
         if client is not None:
-            client.put(frame)
+            self._put(client, key, frame, pid, role, copied=False)
             return
         if self.publish is not None and key[1]:
-            self.publish(key, frame, keep)
+            self.publish(key, frame, keep, pid, role)
         if keep and key[1]:
-            self._keep(key, frame)
+            self._keep(key, frame, pid, role)
 
-    def deliver(self, key: Key, frame: str, keep: bool) -> None:
+    def deliver(self, key: Key, frame: str, keep: bool, prompt_id: Optional[str] = None, role: str = "") -> None:
         """A frame another replica published: sent if the client's socket is here, else kept
         when ``keep``."""
+        if not self._admit(key, prompt_id, role):
+            return
         client = self._client_for(key)
         if client is not None:
-            client.put(frame)
+            self._put(client, key, frame, prompt_id, role, copied=keep)  # keep: the others kept it too
         elif keep and key[1]:
-            self._keep(key, frame)
+            self._keep(key, frame, prompt_id, role)
+
+    def _put(self, client: _Client, key: Key, frame: str, prompt_id: Optional[str], role: str, *, copied: bool) -> None:
+        """Queue ``frame``; an end other replicas may hold a copy of (``copied``) waits until
+        it is recorded as told."""
+        if role == END and copied and prompt_id is not None and self.record_told is not None:
+            client.gate(_Gate(asyncio.ensure_future(self.record_told(key, prompt_id))))
+        client.put(frame)
+
+    async def settle_kept(self, key: Key) -> None:
+        """Before a socket for ``key`` opens: drop the kept frames of prompts whose end the
+        client got already through another replica (the record is committed before such an
+        end is written, so a client that saw it finds it recorded here)."""
+        kept = self._kept.get(key)
+        ends = [pid for _, pid, role in kept.frames if role == END and pid is not None] if kept is not None else []
+        if ends and self.check_told is not None:
+            for pid in await self.check_told(key, ends):
+                self.told_elsewhere(key, pid)
+
+    def _admit(self, key: Key, prompt_id: Optional[str], role: str) -> bool:
+        """False for a frame of a prompt whose end ``key`` got already (its first end, then
+        its ``executing`` null, pass; nothing after)."""
+        if prompt_id is None:
+            return True
+        ends = self._ends
+        state = ends.get((key, prompt_id))
+        if role == START and state is not None:
+            # A prompt_id the client sent again after its end (ComfyUI lets clients choose
+            # them): a new run, with an end of its own.
+            del ends[(key, prompt_id)]
+            return True
+        if state == CLOSE:
+            return False
+        if state == END:
+            if role != CLOSE:
+                return False
+            ends[(key, prompt_id)] = CLOSE
+            return True
+        if role == END:
+            ends[(key, prompt_id)] = END
+            while len(ends) > MAX_ENDS:
+                ends.popitem(last=False)
+        return True
+
+    def told_elsewhere(self, key: Key, prompt_id: str) -> None:
+        """``prompt_id``'s end went to ``key``'s socket (on another replica): nothing more of
+        that prompt goes to that client from here (the frames kept for it are dropped)."""
+        self._ends[(key, prompt_id)] = CLOSE
+        self._ends.move_to_end((key, prompt_id))
+        while len(self._ends) > MAX_ENDS:
+            self._ends.popitem(last=False)
+        kept = self._kept.get(key)
+        if kept is None:
+            return
+        left = collections.deque(f for f in kept.frames if f[1] != prompt_id)
+        gone = len(kept.frames) - len(left)
+        if gone:
+            size = sum(len(f[0]) for f in left)
+            self._kept_total -= gone
+            self._kept_bytes -= kept.bytes - size
+            kept.frames, kept.bytes = left, size
 
     def send_bytes(self, key: Key, frame: bytes) -> None:
         """A binary frame for one client (dropped when its socket is not open)."""
@@ -238,17 +371,17 @@ class Relay:
         if client is not None:
             client.put(with_metadata(frame, prompt_id, node) if client.key in self._with_metadata else frame)
 
-    def _keep(self, key: Key, frame: str) -> None:
+    def _keep(self, key: Key, frame: str, prompt_id: Optional[str], role: str) -> None:
         kept = self._kept.get(key)
         if kept is None:
             kept = self._kept[key] = _Kept()
-        kept.frames.append(frame)
+        kept.frames.append((frame, prompt_id, role))
         kept.bytes += len(frame)
         self._kept_total += 1
         self._kept_bytes += len(frame)
         # One client's kept frames must fit its socket's queue once it connects.
         while len(kept.frames) > MAX_KEPT_FRAMES or kept.bytes > self.queue_bytes // 2:
-            old = kept.frames.popleft()
+            old, _, _ = kept.frames.popleft()
             kept.bytes -= len(old)
             self._kept_total -= 1
             self._kept_bytes -= len(old)
@@ -257,7 +390,7 @@ class Relay:
             self._kept_total -= len(dropped.frames)
             self._kept_bytes -= dropped.bytes
 
-    def _take_kept(self, key: Key) -> Deque[str]:
+    def _take_kept(self, key: Key) -> Deque[Tuple[str, Optional[str], str]]:
         kept = self._kept.pop(key, None)
         if kept is None:
             return collections.deque()

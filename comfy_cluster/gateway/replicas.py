@@ -1,12 +1,13 @@
 """``ReplicaLink``: this gateway as one replica of a service sharing a PostgreSQL database.
 
 Two threads of its own (blocking psycopg, as the library's threads are): the *heartbeat*
-writes this replica's heartbeat every second and takes over the prompts of replicas whose
-heartbeat stopped; the *listener* receives ``NOTIFY``: client frames for the sockets held
-here, wake-ups of the claimer, and cancels of prompts this replica follows. Claims run on
-the group commit of the state store whenever the servers have room (a prompt posted here while
-they have room and nothing waits is held at once, with no claim). See
-:class:`~comfy_cluster.state.shared.SharedQueue` for the database side.
+writes this replica's heartbeat every second, reads the service's queue length (the status
+frames' ``queue_remaining``) and takes over the prompts of replicas whose heartbeat stopped;
+the *listener* receives ``NOTIFY``: client frames for the sockets held here (and word that
+another replica told a client a prompt's end), wake-ups of the claimer, and cancels of
+prompts this replica follows. Claims run on the group commit of the state store whenever the
+servers have room (a prompt posted here while they have room and nothing waits is held at
+once, with no claim). See :class:`~comfy_cluster.state.shared.SharedQueue` for the database side.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import asyncio
 import json
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from ..state import PromptRow
 from ..state.shared import CHANNEL_CANCEL, CHANNEL_EVENTS, CHANNEL_QUEUE, SharedQueue
+from .auth import User
 from .book import JobBook
 from .durable import Keeper
 from .relay import Relay
@@ -30,6 +32,7 @@ __all__ = ["ReplicaLink"]
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 1.0
+ADMIN = User("admin", admin=True, owner="admin")  # who a cancel from another replica acts as
 CLAIM_EVERY = 0.5
 
 
@@ -53,6 +56,8 @@ class ReplicaLink:
         self._posting = 0  # posted prompts this replica may hold at once, being committed
         self.taken_over: List[Tuple[str, int]] = []  # (dead replica, prompts): for logs and tests
         relay.publish = self._publish
+        relay.record_told = self._record_told
+        relay.check_told = self._check_told
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -80,6 +85,7 @@ class ReplicaLink:
         while not self._stop.wait(HEARTBEAT):
             try:
                 self.shared.beat()
+                self._on_loop(self._remaining, self.shared.unfinished_count())
                 for dead, rows in self.shared.take_over():
                     log.warning("replica %s: replica %s is dead; taking over its %d prompt(s)", self.shared.replica, dead, len(rows))
                     self._on_loop(self._take_up, dead, rows)
@@ -115,12 +121,17 @@ class ReplicaLink:
             if data.get("replica") == self.shared.replica:
                 self._on_loop(self._cancel_here, data["prompt_id"])
         elif channel == CHANNEL_EVENTS and data.get("from") != self.shared.replica:
+            key = (str(data.get("user") or ""), str(data["client_id"]))
+            pid = data.get("prompt_id")
+            pid = pid if isinstance(pid, str) else None
+            if data.get("told") and pid is not None:
+                self._on_loop(self._relay.told_elsewhere, key, pid)
+                return
             frame = data.get("frame")
             if frame is None and data.get("id") is not None:
                 frame = self.shared.frame(int(data["id"]))
             if isinstance(frame, str):
-                key = (str(data.get("user") or ""), str(data["client_id"]))
-                self._on_loop(self._relay.deliver, key, frame, bool(data.get("keep")))
+                self._on_loop(self._relay.deliver, key, frame, bool(data.get("keep")), pid, str(data.get("role") or ""))
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -130,17 +141,35 @@ class ReplicaLink:
 
     # -- on the loop --------------------------------------------------------------------------
 
-    def _publish(self, key: Tuple[str, str], frame: str, keep: bool) -> None:
-        self._keeper.later(self.shared.publish, key[1], frame, user=key[0], keep=keep)
+    def _publish(self, key: Tuple[str, str], frame: str, keep: bool, prompt_id: Optional[str], role: str) -> None:
+        self._keeper.later(self.shared.publish, key[1], frame, user=key[0], keep=keep, prompt_id=prompt_id, role=role)
+
+    async def _record_told(self, key: Tuple[str, str], prompt_id: str) -> None:
+        await self._keeper.run(self.shared.publish_told, key[1], prompt_id, user=key[0])
+
+    async def _check_told(self, key: Tuple[str, str], prompt_ids: List[str]) -> List[str]:
+        return await self._keeper.read(self.shared.told, key[1], prompt_ids, user=key[0])
+
+    def _remaining(self, count: int) -> None:
+        """The service's queue length, for the status frames of every socket held here."""
+        if count != self._book.shared_remaining:
+            self._book.shared_remaining = count
+            self._book.queue_changed()
 
     def _cancel_here(self, prompt_id: str) -> None:
-        gj = self._book.active.get(prompt_id)
-        if gj is not None and gj.state != "done":
-            self._book.cancel(gj)
+        """Another replica was asked to cancel a prompt held here: a pending one leaves the
+        queue, a running one is stopped (the job API's cancel)."""
+        self._book.cancel_by_id(prompt_id, ADMIN)
 
     def _take_up(self, dead: str, rows: List[PromptRow]) -> None:
         self.taken_over.append((dead, len(rows)))
-        self._loop.create_task(take_up(self._keeper, self._uploads, self._book, rows, self._servers))
+        self._loop.create_task(self._adopt(dead, rows))
+
+    async def _adopt(self, dead: str, rows: List[PromptRow]) -> None:
+        # The servers send the events of the dead replica's copies to its pool's clientId:
+        # this replica follows them under that id (nobody else listens there now).
+        client_id = await self._keeper.read(self.shared.store.fact, f"client_id:{dead}")
+        await take_up(self._keeper, self._uploads, self._book, rows, self._servers, client_id=client_id, keep=True)
 
     def claim_soon(self) -> None:
         """Claim waiting prompts if the servers have room (one claim at a time)."""
@@ -183,9 +212,3 @@ class ReplicaLink:
     async def cancel(self, prompt_id: str) -> bool:
         """Cancel a prompt this replica does not follow: True if it was waiting or running."""
         return await self._keeper.run(self.shared.cancel, prompt_id) != "unknown"
-
-    async def queue_json(self) -> Dict[str, Any]:
-        """``/queue`` of the whole service: every replica's unfinished prompts."""
-        rows = await self._keeper.read(self.shared.queue_rows)
-        items = [(r["state"], [r["number"], r["prompt_id"], r["body"].get("prompt"), r["body"].get("extra_data"), r["body"].get("outputs")]) for r in rows]
-        return {"queue_running": [i for st, i in items if st == "running"], "queue_pending": [i for st, i in items if st != "running"]}

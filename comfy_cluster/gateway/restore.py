@@ -11,7 +11,7 @@ server's history, and one that had to move is judged again from the server as it
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..state import PromptRow
 from .book import GatewayJob, JobBook
@@ -42,8 +42,12 @@ async def restore_jobs(keeper: Keeper, uploads: UploadStore, book: JobBook, serv
     return len(rows)
 
 
-async def take_up(keeper: Keeper, uploads: UploadStore, book: JobBook, rows: Sequence[PromptRow], servers: Sequence[str]) -> None:
-    """Make each row a job of this gateway: followed on its server, or queued."""
+async def take_up(keeper: Keeper, uploads: UploadStore, book: JobBook, rows: Sequence[PromptRow], servers: Sequence[str],
+                  *, client_id: Optional[str] = None, keep: bool = False) -> None:
+    """Make each row a job of this gateway: followed on its server, or queued. Rows taken
+    over from a dead replica: ``client_id`` is its pool's (their copies' events go to it),
+    and ``keep`` keeps their events for their clients' next sockets (the sockets they had may
+    have died with it)."""
     known = set(servers)
     for row in rows:
         if row.prompt_id in book.active:
@@ -54,14 +58,14 @@ async def take_up(keeper: Keeper, uploads: UploadStore, book: JobBook, rows: Seq
             prompt_id=row.prompt_id, number=row.number, client_id=row.client_id, prompt=body.get("prompt") or {},
             extra_data=body.get("extra_data") or {}, outputs=body.get("outputs") or [], inputs=inputs, held=held,
             workflow=body.get("workflow"), user=row.owner or "default", owner=str(body.get("owner") or ""),
-            keep=bool(body.get("keep")), created=row.created, started_at=row.started,
+            keep=keep or bool(body.get("keep")), created=row.created, started_at=row.started,
         )
         gj.cancel_requested = row.cancel
         copies = [(aid, server) for aid, server, _phase in row.attempts if server in known]
         if copies:
             attempt_id, server = copies[-1]
             log.info("prompt %s: following its copy %s on %s", row.prompt_id, attempt_id, server)
-            book.adopt(gj, attempt_id, server)
+            book.adopt(gj, attempt_id, server, client_id)
         else:
             book.add(gj)
 

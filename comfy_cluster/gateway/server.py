@@ -10,38 +10,36 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
-import os
 import shutil
 import socket
 import threading
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, List, Optional, Sequence, Tuple
 
-from aiohttp import WSMsgType, web
-from sqlalchemy.exc import IntegrityError
+from aiohttp import web
 
 from ..state import Store
 from ..state.shared import SharedQueue
-from .auth import Authenticator, UsersFile, request_user
-from .book import GatewayJob, JobBook
+from .auth import Authenticator, UsersFile
+from .book import JobBook
+from .dbsessions import DbSessionStore
 from .dbusers import DbUserStore
 from .durable import Keeper, open_store
-from .files import receive_upload, serve_view
-from .folders import with_folders_copied
 from .frontend import Frontend, check_front_end_root
 from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS
 from .identity import MULTI_USER
 from .info import ClusterInfo
 from .info_routes import index_page, info_routes
 from .jobs_api import JobRoutes
+from .listing import Listing
 from .metrics import GatewayMetrics
 from .login import login_routes
 from .network import guard, listens_beyond_loopback, self_loop_servers
 from .online import OnlineView
-from .queue_routes import queue_routes, read_json
+from .prompt_routes import PromptRoutes
+from .queue_routes import queue_routes
 from .relay import DEFAULT_QUEUE_BYTES, Relay
 from .replicas import ReplicaLink
 from .restore import restore_jobs
@@ -49,7 +47,6 @@ from .sessions import Sessions
 from .uploads import UploadStore
 from .userdata import userdata_routes
 from .userstore import FileUserStore, UserStore, default_user_dir
-from .validate import error_body, validate_for_cluster
 from .webinfo import webinfo_routes
 
 __all__ = ["Gateway", "DEFAULT_MAX_UPLOAD"]
@@ -61,9 +58,6 @@ DEFAULT_MAX_UPLOAD = 100 * 1024 * 1024
 STOP_GRACE = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(data), content_type="application/json")
 
 
 class Gateway:
@@ -88,7 +82,9 @@ class Gateway:
     build to serve instead of the installed ``comfyui-frontend-package``; ``multi_user``,
     ComfyUI's ``--multi-user`` (implies ``trust_user_header``); ``user_store``, where users' settings and files are kept
     (default: files under ``user_dir``, default ``~/.comfy-cluster/gateway-user``); ``sessions``:
-    the page's sign-ins at ``/login`` with a token or users (default: a week, in memory).
+    the page's sign-ins at ``/login`` with a token or users (default: a week, kept in the
+    ``state`` store unless given a store of their own: they outlive a restart, and every
+    replica honours them).
 
     ``state``: where prompts, attempts, history and uploads are kept (a
     :class:`~comfy_cluster.state.Store` or its URL; default: a temporary SQLite file deleted
@@ -163,6 +159,7 @@ class Gateway:
         self.book: Optional[JobBook] = None
         self.keeper: Optional[Keeper] = None
         self.replicas: Optional[ReplicaLink] = None
+        self.listing: Optional[Listing] = None
         self._state_folder: Optional[str] = None
         self.metrics = GatewayMetrics(lambda: self.online.live_numbers(self.book.active.values() if self.book else ()))
 
@@ -281,7 +278,11 @@ class Gateway:
             name = self._replica or f"{socket.gethostname()}:{self._port or uuid.uuid4().hex[:8]}"
             if not self._user_store_given:
                 self.user_store = DbUserStore(store)
+        if not self.auth.sessions.store_given:
+            # Sign-ins outlive a restart, and every replica honours them (no sticky routing).
+            self.auth.sessions.store = DbSessionStore(store)
         self.keeper = keeper = Keeper(store, loop, replica=name)
+        self.auth.sessions.offload = keeper.read  # bounded threads, stopped with the gateway
         self.uploads = UploadStore(self._upload_dir, max_file_bytes=self._max_upload)
         self.info = ClusterInfo(self.pool.servers, self._online, ttl=self._info_ttl, argv=self._argv)
         self.book = JobBook(
@@ -374,15 +375,14 @@ class Gateway:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _add_routes(self, app: web.Application) -> None:
-        assert self.info is not None
-        routes: List[Tuple[str, str, Handler]] = [
-            ("GET", "/ws", self._ws),
-            ("GET", "/prompt", self._get_prompt),
-            ("POST", "/prompt", self._post_prompt),
-            ("POST", "/upload/image", self._upload_image),
-            ("POST", "/upload/mask", self._upload_image),
-            ("GET", "/view", self._view),
-        ] + queue_routes(self._b) + info_routes(self.info, self._max_upload) + login_routes(self.auth)
+        assert self.info is not None and self.uploads is not None
+        shared = self.replicas.shared if self.replicas is not None else None
+        self.listing = listing = Listing(self._b, self._k, shared=shared)  # replicas: from the store, the same on each
+        client_routes = PromptRoutes(self._b, self._k, self.uploads, self.info, self.relay, self.pool.servers, self._online,
+                                     self._max_upload, post_shared=self.replicas.post if self.replicas is not None else None)
+        remote = self.replicas.cancel if self.replicas is not None else None
+        routes: List[Tuple[str, str, Handler]] = (client_routes.routes() + queue_routes(self._b, listing, remote)
+                                                  + info_routes(self.info, self._max_upload) + login_routes(self.auth))
         servers = {s.name: s for s in self.pool.servers}
         web_ui = Frontend(self.info, servers, self._online, self._front_end_root)
         routes += web_ui.routes() + webinfo_routes(self.info, servers, self._online) + userdata_routes(self.user_store)
@@ -390,8 +390,7 @@ class Gateway:
         for prefix in ("", "/api"):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
-        remote = self.replicas.cancel if self.replicas is not None else None
-        for method, path, handler in JobRoutes(self._b, remote_cancel=remote).routes():  # under /api only, as ComfyUI
+        for method, path, handler in JobRoutes(self._b, listing, remote_cancel=remote).routes():  # under /api only, as ComfyUI
             app.router.add_route(method, path, handler)
         app.router.add_route("GET", "/metrics", self._metrics_route)
         web_ui.add_static(app)  # last: the web root's files answer what no route does
@@ -405,133 +404,3 @@ class Gateway:
     def _b(self) -> JobBook:
         assert self.book is not None
         return self.book
-
-    # -- the websocket ------------------------------------------------------------------------
-
-    async def _ws(self, request: web.Request) -> web.StreamResponse:
-        sid = request.query.get("clientId") or uuid.uuid4().hex
-        key = (request_user(request).name, sid)
-        ws = web.WebSocketResponse(max_msg_size=self._max_upload, heartbeat=None)
-        await ws.prepare(request)
-        client = self.relay.attach(key, ws, {"type": "status", "data": dict(self._b.status_data(), sid=sid)}, request.transport)
-        self._b.socket_opened(key)
-        try:
-            first = True
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT and first:
-                    try:
-                        data = json.loads(msg.data)
-                    except ValueError:
-                        data = None
-                    if isinstance(data, dict) and data.get("type") == "feature_flags":
-                        flags = data.get("data")
-                        if isinstance(flags, dict) and flags.get("supports_preview_metadata"):
-                            self.relay.want_metadata(key)
-                        self.relay.send(key, "feature_flags", await self._feature_dict())
-                first = False
-        finally:
-            self.relay.detach(client)
-        return ws
-
-    # -- prompts, queue, history --------------------------------------------------------------
-
-    async def _get_prompt(self, request: web.Request) -> web.StreamResponse:
-        return _json(self._b.status_data()["status"])
-
-    async def _post_prompt(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            if isinstance(body, (list, str)):
-                return _json(error_body("no_prompt", "No prompt provided", "No prompt provided"), 400)
-            raise TypeError("body must be an object")
-        if "prompt" not in body:
-            return _json(error_body("no_prompt", "No prompt provided", "No prompt provided"), 400)
-        prompt = body["prompt"]
-        book = self._b
-        given = body.get("prompt_id")
-        if given is not None and (not isinstance(given, str) or not given.strip() or len(given) > 200 or given in book.active):
-            return _json(error_body("invalid_prompt_id", "Invalid prompt_id", "prompt_id must be a new non-empty string"), 400)
-        extra_data = body.get("extra_data", {})
-        if not isinstance(extra_data, dict):
-            raise TypeError("'extra_data' must be an object")
-        extra_data = dict(extra_data)
-        client_id = body.get("client_id")
-        if client_id is not None:
-            extra_data["client_id"] = client_id
-        assert self.uploads is not None and self.info is not None
-        inputs, versions = self.uploads.bind(prompt) if isinstance(prompt, dict) else ({}, [])
-        # Held at once: an upload under the same name while this request awaits must not
-        # delete the file this prompt was bound to.
-        self.uploads.hold(versions)
-        infos = await self.info.object_infos()
-        ok, error, outputs, node_errors = validate_for_cluster(prompt, list(infos.values()), {n: {"image"} for n in inputs})
-        if not ok:
-            self.uploads.release(versions)
-            return _json({"error": error, "node_errors": node_errors}, 400)
-        workflow = None
-        if isinstance(prompt, dict):  # a loader naming an upload folder: copied to the servers
-            online = set(await self._online())
-            servers = [s for s in self.pool.servers if s.name in online]
-            try:
-                workflow = await with_folders_copied(prompt, self.uploads, self.info.session, servers)
-            except BaseException:
-                self.uploads.release(versions)
-                raise
-        number: Any = float(body["number"]) if "number" in body else book.next_number(bool(body.get("front")))
-        user = request_user(request)
-        cid = str(client_id or "")
-        gj = GatewayJob(
-            prompt_id=given or str(uuid.uuid4()),
-            number=number,
-            client_id=cid,
-            user=user.name,
-            owner=user.owner,
-            keep=not self.relay.is_connected((user.name, cid)),
-            prompt=prompt,
-            extra_data=extra_data,
-            outputs=outputs,
-            inputs=inputs,
-            held=versions,
-            workflow=workflow,
-        )
-        bound = {node: (v.digest, os.path.basename(v.path)) for node, v in zip(inputs, versions)}
-        held = False  # replicas: this one holds it at once
-        try:
-            # Committed before the answer: a prompt_id the client was given is never lost.
-            if self.replicas is not None:
-                held = await self.replicas.post(gj.row(bound))
-            else:
-                await self._k.run(self._k.store.add_prompt, gj.row(bound))
-        except IntegrityError:  # that prompt_id is queued already (a POST sent again, another replica)
-            self.uploads.release(versions)
-            return _json(error_body("invalid_prompt_id", "Invalid prompt_id", "prompt_id must be a new non-empty string"), 400)
-        except Exception:
-            self.uploads.release(versions)
-            raise
-        if self.replicas is not None and not held:
-            # In the one queue: the replica with room claims it (maybe this one).
-            self.uploads.release(versions)
-        else:
-            book.add(gj)
-        return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})
-
-    # -- files --------------------------------------------------------------------------------
-
-    async def _upload_image(self, request: web.Request) -> web.StreamResponse:
-        assert self.uploads is not None
-        return await receive_upload(request, self.uploads, self._k)
-
-    async def _view(self, request: web.Request) -> web.StreamResponse:
-        assert self.uploads is not None and self.info is not None
-        return await serve_view(request, self.uploads, self._server_of, {s.name: s for s in self.pool.servers}, self.info.session)
-
-    async def _server_of(self, key: Tuple[str, str, str]) -> Optional[str]:
-        """The server that made an output file: in memory, else as the store recorded it."""
-        name = self._b.files.get(key)
-        if name is None:
-            name = await self._k.read(self._k.store.file_server, key)
-        return name
-
-    async def _feature_dict(self) -> Dict[str, Any]:
-        assert self.info is not None
-        return await self.info.features(self._max_upload)

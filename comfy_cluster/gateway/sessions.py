@@ -7,24 +7,28 @@ user's name, a fingerprint of the credential used (so a new token for that user,
 removal from the users file, ends their sessions) and when it expires.
 
 Storage is a small interface, :class:`SessionStore`, keyed by the SHA-256 of the id (a copy of
-the store does not hand out live sessions). :class:`MemorySessionStore` keeps them in the
-gateway's memory: a restart signs everyone out. A database can implement the same four methods.
+the store does not hand out live sessions). :class:`MemorySessionStore` keeps them in memory (a
+restart signs everyone out); a gateway keeps them in its state store
+(:class:`~comfy_cluster.gateway.dbsessions.DbSessionStore`): they outlive a restart, and every
+replica of a service honours a sign-in made on any of them, and its sign-out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar, cast
 
 __all__ = ["Session", "SessionStore", "MemorySessionStore", "Sessions", "DEFAULT_SESSION_SECONDS"]
 
 #: A session lasts a working week unless set otherwise (``--session-hours``).
 DEFAULT_SESSION_SECONDS = 7 * 24 * 3600.0
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,10 @@ class Session:
 
 class SessionStore:
     """Where sessions are kept, by key (the SHA-256 hex of the session id). Implementations
-    must be thread-safe; the gateway calls them from its event loop (keep them quick)."""
+    must be thread-safe. The gateway calls them on its event loop unless ``blocking`` is true
+    (a database): then on a thread."""
+
+    blocking = False
 
     def put(self, key: str, session: Session) -> None:
         """Keep ``session`` under ``key``."""
@@ -107,7 +114,12 @@ class Sessions:
     def __init__(self, store: Optional[SessionStore] = None, ttl: float = DEFAULT_SESSION_SECONDS, clock: Clock = time.time) -> None:
         if ttl <= 0:
             raise ValueError(f"session lifetime must be positive, got {ttl!r} seconds")
-        self.store = store if store is not None else MemorySessionStore()
+        self.store: SessionStore = store if store is not None else MemorySessionStore()
+        #: False: the gateway may keep the sessions in its state store instead.
+        self.store_given = store is not None
+        #: Runs a blocking store call off the loop (the gateway sets its state readers);
+        #: None: the loop's default executor.
+        self.offload: Optional[Callable[..., Awaitable[Any]]] = None
         self.ttl = ttl
         self._clock = clock
         self._next_purge = 0.0
@@ -140,3 +152,24 @@ class Sessions:
         """Sign out: the id is no longer valid."""
         if session_id:
             self.store.delete(_key(session_id))
+
+    # -- from the event loop ------------------------------------------------------------------
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self.store.blocking:
+            return fn(*args)
+        if self.offload is not None:
+            return cast(T, await self.offload(fn, *args))
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def aopen(self, user: str, proof: str, admin: bool) -> str:
+        """:meth:`open`, off the loop when the store blocks."""
+        return await self._off_loop(self.open, user, proof, admin)
+
+    async def aget(self, session_id: str) -> Optional[Session]:
+        """:meth:`get`, off the loop when the store blocks."""
+        return await self._off_loop(self.get, session_id)
+
+    async def aend(self, session_id: str) -> None:
+        """:meth:`end`, off the loop when the store blocks."""
+        await self._off_loop(self.end, session_id)

@@ -18,7 +18,7 @@ __all__ = ["make_engine", "migrate", "HEAD"]
 log = logging.getLogger(__name__)
 
 #: The newest migration this code knows.
-HEAD = "0003"
+HEAD = "0004"
 _LOCK_KEY = 0x63637374  # 'ccst': the advisory lock PostgreSQL replicas migrate under
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
-__all__ = ["metadata", "blob_chunks", "frames", "meta", "prompts", "prompt_inputs", "attempts", "history", "files", "uploads", "blobs", "settings", "userdata", "leases", "replicas"]
+__all__ = ["metadata", "blob_chunks", "frames", "meta", "prompts", "prompt_inputs", "attempts", "history", "files", "uploads", "blobs", "settings", "userdata", "leases", "replicas", "sessions", "told"]
 
 metadata = MetaData()
 
@@ -145,3 +145,25 @@ frames = Table(
     Column("frame", Text, nullable=False),
     Column("created", Float, nullable=False),
 )
+
+#: Web UI sign-in sessions, by the SHA-256 of the session id (never the id itself).
+sessions = Table(
+    "cc_sessions", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("user", String(200), nullable=False),
+    Column("proof", String(128), nullable=False),  # the fingerprint of the credential used
+    Column("admin", Boolean, nullable=False),
+    Column("expires", Float, nullable=False),
+)
+Index("cc_sessions_expires", sessions.c.expires)
+
+#: Replicas: a prompt's end written to a client's socket (by the replica holding it), so that
+#: no replica sends that client the copy it kept (the client may reconnect anywhere).
+told = Table(
+    "cc_told", metadata,
+    Column("user", String(200), primary_key=True),
+    Column("client_id", String(200), primary_key=True),
+    Column("prompt_id", String(200), primary_key=True),
+    Column("created", Float, nullable=False),
+)
+Index("cc_told_created", told.c.created)

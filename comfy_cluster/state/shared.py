@@ -117,11 +117,23 @@ class SharedQueue:
             return int(conn.execute(sa.select(sa.func.count()).select_from(t.prompts)
                                     .where(sa.and_(t.prompts.c.replica.is_(None), t.prompts.c.state == "waiting"))).scalar() or 0)
 
+    def unfinished_count(self) -> int:
+        """Unfinished prompts of the whole service (waiting, or held by any replica)."""
+        with self.store.reading() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t.prompts)).scalar() or 0)
+
     def queue_rows(self) -> List[Dict[str, Any]]:
         """Every unfinished prompt (all replicas), for ``/queue`` and the job API."""
         with self.store.reading() as conn:
             rows = conn.execute(sa.select(t.prompts).order_by(t.prompts.c.number)).mappings().all()
         return [dict(r, body=json.loads(r["body"])) for r in rows]
+
+    def queue_row(self, prompt_id: str) -> Optional[Dict[str, Any]]:
+        """One unfinished prompt (any replica's), as :meth:`queue_rows` gives them; None when
+        it is not in the queue."""
+        with self.store.reading() as conn:
+            row = conn.execute(sa.select(t.prompts).where(t.prompts.c.prompt_id == prompt_id)).mappings().first()
+        return dict(row, body=json.loads(row["body"])) if row is not None else None
 
     def held_per_replica(self) -> Dict[str, int]:
         """Unfinished prompts each live replica holds."""
@@ -149,17 +161,39 @@ class SharedQueue:
     # -- events -------------------------------------------------------------------------------
 
     @batched
-    def publish(self, conn: Any, client_id: str, frame: str, *, user: str = "", keep: bool = False) -> None:
+    def publish(self, conn: Any, client_id: str, frame: str, *, user: str = "", keep: bool = False, prompt_id: Optional[str] = None,
+                role: str = "") -> None:
         """A client's frame for the replica holding its socket (``keep``: kept there for the
-        client's next socket when it has none). Sent when its transaction commits."""
+        client's next socket when it has none; ``prompt_id`` and ``role``: what the frame is
+        of, for the dedupe of ends). Sent when its transaction commits."""
         # A number of its own: PostgreSQL delivers equal payloads of one transaction once.
-        head = {"from": self.replica, "n": next(self._frames), "client_id": client_id, "user": user, "keep": keep}
+        head = {"from": self.replica, "n": next(self._frames), "client_id": client_id, "user": user, "keep": keep,
+                "prompt_id": prompt_id, "role": role}
         payload = json.dumps(dict(head, frame=frame))
         if len(payload.encode()) > MAX_PAYLOAD:
             fid = conn.execute(t.frames.insert().values(client_id=client_id, frame=frame, created=self._clock())
                                .returning(t.frames.c.id)).scalar()
             payload = json.dumps(dict(head, id=fid))
         defer(CHANNEL_EVENTS, payload)  # all of this commit's frames in one statement
+
+    @batched
+    def publish_told(self, conn: Any, client_id: str, prompt_id: str, *, user: str = "") -> None:
+        """Record that ``prompt_id``'s end is being written to the client's socket here
+        (committed before it is written), and tell the other replicas: they drop the copies
+        of its frames they kept for the client."""
+        payload = json.dumps({"from": self.replica, "n": next(self._frames), "client_id": client_id, "user": user,
+                              "prompt_id": prompt_id, "told": True})
+        exists = conn.execute(sa.select(t.told.c.prompt_id).where(sa.and_(
+            t.told.c.user == user, t.told.c.client_id == client_id, t.told.c.prompt_id == prompt_id))).first()
+        if exists is None:
+            conn.execute(t.told.insert().values(user=user, client_id=client_id, prompt_id=prompt_id, created=self._clock()))
+        defer(CHANNEL_EVENTS, payload)  # with this commit's frames, in order
+
+    def told(self, client_id: str, prompt_ids: List[str], *, user: str = "") -> List[str]:
+        """Which of ``prompt_ids`` had their end written to the client already (any replica)."""
+        with self.store.reading() as conn:
+            return list(conn.execute(sa.select(t.told.c.prompt_id).where(sa.and_(
+                t.told.c.user == user, t.told.c.client_id == client_id, t.told.c.prompt_id.in_(prompt_ids)))).scalars())
 
     def frame(self, frame_id: int) -> Optional[str]:
         with self.store.reading() as conn:
@@ -185,8 +219,11 @@ class SharedQueue:
         conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": CHANNEL_QUEUE})
 
     def drop_old_frames(self, older_than: float = 600.0) -> None:
+        """Forget large frames and told ends older than ``older_than`` seconds (a client that
+        reconnects later reads ``/history``; replicas keep a client's frames in bounded memory)."""
         with self.store.transaction() as conn:
             conn.execute(t.frames.delete().where(t.frames.c.created < self._clock() - older_than))
+            conn.execute(t.told.delete().where(t.told.c.created < self._clock() - older_than))
 
 
 def _notify_all(conn: Any, payloads: List[str]) -> None:

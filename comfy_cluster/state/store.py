@@ -296,14 +296,16 @@ class Store:
             text = conn.execute(sa.select(t.history.c.item).where(t.history.c.prompt_id == prompt_id)).scalar()
         return json.loads(text) if text is not None else None
 
-    def history_page(self, max_items: Optional[int] = None, offset: int = -1) -> List[Tuple[str, Dict[str, Any]]]:
+    def history_page(self, max_items: Optional[int] = None, offset: int = -1, *, owner: Optional[str] = None) -> List[Tuple[str, Dict[str, Any]]]:
         """``(prompt_id, item)`` oldest first, as ComfyUI's ``/history?max_items=&offset=``
-        (a negative offset with ``max_items``: the newest ``max_items``)."""
+        (a negative offset with ``max_items``: the newest ``max_items``); ``owner`` given:
+        only that user's items (an item without an owner is ``"default"``'s)."""
+        where = sa.true() if owner is None else sa.func.coalesce(t.history.c.owner, "default") == owner
         with self.reading() as conn:
             if offset < 0 and max_items is not None:
-                total = conn.execute(sa.select(sa.func.count()).select_from(t.history)).scalar() or 0
+                total = conn.execute(sa.select(sa.func.count()).select_from(t.history).where(where)).scalar() or 0
                 offset = max(0, total - max_items)
-            q = sa.select(t.history.c.prompt_id, t.history.c.item).order_by(t.history.c.seq).offset(max(0, offset))
+            q = sa.select(t.history.c.prompt_id, t.history.c.item).where(where).order_by(t.history.c.seq).offset(max(0, offset))
             if max_items is not None:
                 q = q.limit(max_items)
             rows = conn.execute(q).all()
