@@ -174,3 +174,19 @@ def callbacks_delivered(job: Any, timeout: float = 30.0) -> bool:
     delivered = threading.Event()
     job.add_done_callback(lambda _job: delivered.set())
     return delivered.wait(timeout)
+
+
+class OsWith:
+    """The ``os`` module with some functions replaced, to patch into one module under test
+    (``monkeypatch.setattr(localfiles, "os", OsWith(unlink=...))``): patching ``os`` itself
+    would also reach every other thread and fixture still running (a mock server's clean-up
+    calls ``os.unlink`` after the test's body, before the patch is undone)."""
+
+    def __init__(self, **overrides: Any) -> None:
+        import os
+
+        self._os = os
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._os, name)

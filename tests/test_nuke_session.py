@@ -130,6 +130,7 @@ def test_a_frame_held_a_moment_by_another_program_is_placed_after_a_retry(fake_n
     import os
 
     from comfy_cluster import localfiles
+    from helpers import OsWith
 
     real_replace = os.replace
     held = []
@@ -140,7 +141,7 @@ def test_a_frame_held_a_moment_by_another_program_is_placed_after_a_retry(fake_n
             raise PermissionError(13, "The process cannot access the file because it is being used by another process")
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(localfiles, "os", OsWith(replace=replace))  # the library's moves only
     monkeypatch.setattr(localfiles, "_sleep", lambda seconds: None)
     node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), first=1, last=2)
     fake_nuke.press(node, "execute")

@@ -25,7 +25,7 @@ from comfy_cluster.jobs import OutputFile
 from comfy_cluster.outputs import unique_targets
 from comfy_cluster.paths import is_inside, local_target, windows_safe_name
 
-from helpers import servers_of
+from helpers import OsWith, servers_of
 
 FAST = dict(background_status=False, ws_connect_timeout=5.0, probe_timeout=(5.0, 5.0), reconcile_interval=0.5, server_lost_after=2.0)
 
@@ -182,7 +182,7 @@ def test_replace_retries_while_the_file_is_held(tmp_path, monkeypatch, fake_time
     src.write_bytes(b"new")
     dst.write_bytes(b"")
     locked = _Locked(os.replace, 3)
-    monkeypatch.setattr(localfiles.os, "replace", locked)
+    monkeypatch.setattr(localfiles, "os", OsWith(replace=locked))
     localfiles.replace(str(src), str(dst))
     assert locked.calls == 4 and dst.read_bytes() == b"new"
 
@@ -190,7 +190,7 @@ def test_replace_retries_while_the_file_is_held(tmp_path, monkeypatch, fake_time
 def test_a_file_held_for_good_is_a_library_error_naming_it(tmp_path, monkeypatch, fake_time):
     src, dst = tmp_path / "a.part", tmp_path / "a.png"
     src.write_bytes(b"new")
-    monkeypatch.setattr(localfiles.os, "replace", _Locked(os.replace, 10**6))
+    monkeypatch.setattr(localfiles, "os", OsWith(replace=_Locked(os.replace, 10**6)))
     with pytest.raises(LocalFileError, match="a.png.*another program"):
         localfiles.replace(str(src), str(dst))
     assert fake_time[0] >= localfiles.LOCK_RETRY_SECONDS
@@ -209,7 +209,7 @@ def test_failed_download_keeps_the_first_error_and_leaves_nothing(mock_comfy, tm
         with pytest.raises(ServerError, match="404"):
             pool._download(pool.servers[0], _files("ok.png", "missing.png"), str(tmp_path / "out"))
         assert sorted(os.listdir(tmp_path / "out")) == ["ok.png"]  # no empty claim, no .part
-        monkeypatch.setattr(localfiles.os, "unlink", _Locked(os.unlink, 10**6))
+        monkeypatch.setattr(localfiles, "os", OsWith(unlink=_Locked(os.unlink, 10**6)))
         with pytest.raises(ServerError, match="404"):
             pool._download(pool.servers[0], _files("missing.png"), str(tmp_path / "out2"))
 
