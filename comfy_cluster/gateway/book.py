@@ -27,6 +27,7 @@ from ..state import Store
 from .auth import User
 from .durable import Keeper
 from .gatewayjob import GatewayJob
+from .mailbox import LoopMail
 from .metrics import GatewayMetrics
 from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS, FileKey, History
 from .messages import error_data, event_message, relabel, synthesized_history, terminal_message
@@ -63,6 +64,7 @@ class JobBook:
         self._history_items = history_items
         self._relay = relay
         self._loop = loop
+        self._mail = LoopMail(loop)  # the pool's callbacks, one wake-up of the loop per burst
         self._executor = executor
         self._capacity = capacity
         self._release = release
@@ -146,11 +148,9 @@ class JobBook:
             self._executor.submit(self._submit, gj)
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop (from a library thread); ignored once it has closed."""
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            log.debug("gateway stopped: %s dropped", getattr(fn, "__name__", fn))
+        """Run ``fn(*args)`` on the loop (from a library thread), in order; ignored once it
+        has closed."""
+        self._mail.post(fn, *args)
 
     def _submit(self, gj: GatewayJob) -> None:
         """On an executor thread: ``pool.submit`` may probe servers."""
