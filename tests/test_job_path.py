@@ -63,3 +63,26 @@ def test_a_server_without_execution_success_has_its_result_read_from_history(moc
         result = pool.submit(two_output_workflow(9, "old")).result(timeout=30)
     assert mock_comfy.answered(f"/history/{result.prompt_id}") == 1
     assert len(result.files) == 2 and result_files(result) == history_files(mock_comfy, result.prompt_id)
+
+
+def test_jobs_one_after_another_reuse_one_runner_thread_and_close_ends_it(mock_comfy: MockComfyServer) -> None:
+    """Seen before: a thread was started for every attempt (on the job's path, before its
+    POST). A runner whose attempt ended now takes the next one; close() ends the waiting ones."""
+    import threading
+
+    runners: List[threading.Thread] = []
+
+    def on_attempt(prompt_id: str, server: str, phase: str) -> None:
+        if phase == "reserved":
+            runners.append(threading.current_thread())  # inline, on the attempt's runner thread
+
+    before = {t for t in threading.enumerate() if t.name.startswith("comfy-cluster-job")}
+    pool = pool_of([mock_comfy], reconcile_interval=60.0)
+    try:
+        for i in range(3):
+            pool.submit(image_workflow(color=i, prefix="reuse"), on_attempt=on_attempt).result(timeout=30)
+    finally:
+        pool.close()
+    assert len(runners) == 3 and runners[1] is runners[0] and runners[2] is runners[0]
+    assert not runners[0].is_alive()
+    assert {t for t in threading.enumerate() if t.name.startswith("comfy-cluster-job")} <= before
