@@ -15,29 +15,17 @@ import logging
 import threading
 from typing import Any, Callable, Deque, Optional, Tuple
 
-__all__ = ["CallbackExecutor", "quick"]
+__all__ = ["CallbackExecutor"]
 
 log = logging.getLogger(__name__)
 
 Call = Tuple[Callable[..., Any], Tuple[Any, ...], bool]  # (fn, args, droppable)
 
-_QUICK = "comfy_cluster_quick"
-
-
-def quick(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark ``fn`` (an ``on_event`` or done callback) as library code that only hands the
-    call on (a gateway posting it to its event loop): it is run at once on the library thread
-    that has the event, in order, with no hand-over to the callback thread. It must return at
-    once and never call into the job (it runs under the job's lock). User code: never."""
-    setattr(fn, _QUICK, True)
-    return fn
-
 
 class CallbackExecutor:
     """Runs queued calls in order on one daemon thread, started on first use.
 
-    ``submit`` never blocks and never runs the call on the caller's thread (a :func:`quick`
-    call, library code, excepted). Nothing of the
+    ``submit`` never blocks and never runs the call on the caller's thread. Nothing of the
     library waits for a call here (a job is done before its callbacks are queued), so a call
     may block on anything the library does. :meth:`close` lets the thread run what is queued
     for at most ``drain_seconds``; if a call is still running then (user code that does not
@@ -55,11 +43,7 @@ class CallbackExecutor:
 
     def submit(self, fn: Callable[..., Any], *args: Any, droppable: bool = False) -> bool:
         """Queue ``fn(*args)``; True when queued (or, ``droppable`` after close, dropped).
-        False after close once the thread has ended: the caller runs the call itself. A
-        :func:`quick` call runs here, at once (True)."""
-        if getattr(fn, _QUICK, False):
-            _run_one(fn, args)
-            return True
+        False after close once the thread has ended: the caller runs the call itself."""
         with self._cond:
             if self._closed:
                 if droppable:

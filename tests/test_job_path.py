@@ -86,34 +86,3 @@ def test_jobs_one_after_another_reuse_one_runner_thread_and_close_ends_it(mock_c
     assert len(runners) == 3 and runners[1] is runners[0] and runners[2] is runners[0]
     assert not runners[0].is_alive()
     assert {t for t in threading.enumerate() if t.name.startswith("comfy-cluster-job")} <= before
-
-
-def test_a_quick_callback_gets_every_event_in_order_on_the_library_thread(mock_comfy: MockComfyServer) -> None:
-    """A gateway's callbacks only hand events on to its loop: marked quick, they run at once on
-    the library thread that has the event (no hand-over to the callback thread, one thread
-    wake-up less per event), in the same order as a user's callback gets them there."""
-    import threading
-
-    from comfy_cluster.callbacks import quick
-
-    fast: List[Tuple[str, str]] = []
-    slow: List[str] = []
-    done = threading.Event()
-
-    def on_fast(event: Any) -> None:
-        fast.append((event.kind, threading.current_thread().name))
-
-    def on_slow(event: Any) -> None:
-        slow.append(event.kind)
-
-    with pool_of([mock_comfy], reconcile_interval=60.0) as pool:
-        job = pool.submit(image_workflow(color=5, prefix="quick"), on_event=quick(on_fast))
-        job.add_done_callback(quick(lambda j: done.set()))
-        other = pool.submit(image_workflow(color=5, prefix="quick"), on_event=on_slow)
-        other.result(timeout=30)
-        assert job.wait(30) and done.wait(30)
-    # (close drained the callback thread: the user's callback has had every event.)
-    kinds = [k for k, _ in fast]
-    assert kinds[0] == "submitted" and kinds[-1] == "succeeded" and kinds == [e.kind for e in job.events]
-    assert all(not name.startswith("comfy-cluster-callbacks") for _, name in fast)
-    assert slow == [e.kind for e in other.events]

@@ -22,7 +22,6 @@ import logging
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from ..callbacks import quick
 from ..jobs import Job, JobEvent
 from ..state import Store
 from .auth import User
@@ -173,13 +172,13 @@ class JobBook(Controls):
             kwargs["owner"] = gj.owner
         try:
             job = self._pool.submit(
-                gj.workflow or gj.prompt, inputs=gj.inputs or None, on_event=quick(lambda ev: call(self._on_event, gj, ev)),
+                gj.workflow or gj.prompt, inputs=gj.inputs or None, on_event=lambda ev: call(self._on_event, gj, ev),
                 on_attempt=self._attempt_recorder(gj), **kwargs)
         except Exception as exc:  # noqa: BLE001 - told to the client as the job's error
             call(self._submit_failed, gj, exc)
             return
         call(self._submitted, gj, job)
-        job.add_done_callback(quick(lambda j: call(self._on_done, gj, j)))
+        job.add_done_callback(lambda j: call(self._on_done, gj, j))
 
     def _attempt_recorder(self, gj: GatewayJob) -> Callable[[str, str, str], None]:
         """The pool's ``on_attempt``: on the library thread, inline (before the POST)."""
@@ -222,12 +221,12 @@ class JobBook(Controls):
         try:
             job = self._pool.adopt(
                 gj.workflow or gj.prompt, server, attempt_id, inputs=gj.inputs or None,
-                on_event=quick(lambda ev: call(self._on_event, gj, ev)), on_attempt=self._attempt_recorder(gj), **kwargs)
+                on_event=lambda ev: call(self._on_event, gj, ev), on_attempt=self._attempt_recorder(gj), **kwargs)
         except Exception as exc:  # noqa: BLE001 - told to the client as the job's error
             call(self._submit_failed, gj, exc)
             return
         call(self._submitted, gj, job)
-        job.add_done_callback(quick(lambda j: call(self._on_done, gj, j)))
+        job.add_done_callback(lambda j: call(self._on_done, gj, j))
 
     def _submitted(self, gj: GatewayJob, job: Job) -> None:
         gj.job = job
