@@ -88,10 +88,11 @@ def test_users_settings_and_files_in_the_store_answer_as_the_file_store(mock_clu
 
 
 def test_a_prompt_whose_row_the_store_refuses_is_never_posted_and_leaves_no_trace(mock_cluster_factory: Factory, tmp_path: Path) -> None:
-    """Issue 20 (latency): a posted prompt is handed to the pool while its row is committed;
-    its copy is posted only once that commit succeeded. Here the store refuses the row (its
-    prompt_id is taken by a row the book does not hold): 400, nothing sent to a server, the
-    other row untouched, no history, no event; the next prompt runs as usual."""
+    """A prompt is handed to the pool only once its row is committed (a branch of issue 20
+    handed it over during the commit, to overlap the two; measured, it only delayed the
+    answer). The store refuses the row (its prompt_id is taken by a row the book does not
+    hold): 400, nothing sent to a server, the other row untouched, no history, no event; the
+    next prompt runs as usual."""
     from comfy_cluster.state import PromptRow, Store
 
     cluster = mock_cluster_factory(speeds=(1.0,))

@@ -107,17 +107,6 @@ class JobBook(Controls):
         self.queue_changed()
         self.pump()
 
-    def withdraw(self, gj: GatewayJob) -> None:
-        """``gj`` was added before its row was committed, and the store refused the row: it
-        leaves without a trace (no history, no event; never posted: its attempt waits for
-        that commit). Its uploads are released when it has left the pool."""
-        gj.withdrawn = True
-        if gj.state == "waiting":
-            self._waiting[gj.owner].remove(gj)
-            self._end(gj, "cancelled", None, None)
-        else:
-            self.active.pop(gj.prompt_id, None)  # the pool fails its attempt: _end then tidies up
-
     def socket_opened(self, key: Key) -> None:
         """A socket for ``key`` opened and got the kept events: from now on its prompts'
         events are live only (a later socket must not get them)."""
@@ -186,10 +175,6 @@ class JobBook(Controls):
 
         def record(attempt_id: str, server: str, phase: str) -> None:
             if phase == "reserved":
-                if gj.stored is not None:
-                    # Handed to the pool while its row was being committed: nothing is posted
-                    # before it is (its failure fails this attempt, nothing sent).
-                    gj.stored.result()
                 store.reserve_attempt(attempt_id, gj.prompt_id, server, replica)
                 if metrics is not None:
                     metrics.attempt(server)
@@ -240,7 +225,7 @@ class JobBook(Controls):
         self.pump()
 
     def _on_event(self, gj: GatewayJob, event: JobEvent) -> None:
-        if gj.state in ("done", "told") or gj.deleted or gj.withdrawn:
+        if gj.state in ("done", "told") or gj.deleted:
             return
         if gj.backlog is not None:
             gj.backlog.append(event)
@@ -331,12 +316,6 @@ class JobBook(Controls):
             self._owned.pop(owner, None)
             self._served.pop(owner, None)
             self._waiting.pop(owner, None)
-        if gj.withdrawn:
-            self.active.pop(gj.prompt_id, None)
-            self.history.forget_unrecorded(gj.prompt_id)
-            self._unblock(gj)
-            self.queue_changed()
-            return
         if gj.deleted:
             # Deleted while pending: no history, no events (as ComfyUI); the delete itself
             # told every socket the new queue length.

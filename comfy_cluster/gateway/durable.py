@@ -58,10 +58,6 @@ class Keeper:
             return submit(fn, *args, **kwargs)
         return self._writer.submit(fn, *args, **kwargs)
 
-    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
-        """A write, in order after every earlier one; its future is done once committed."""
-        return self._submit(fn, *args, **kwargs)
-
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A write, in order after every earlier one; returns once committed."""
         return await asyncio.wrap_future(self._submit(fn, *args, **kwargs))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -43,10 +42,6 @@ class GatewayJob:
     started: bool = False
     cached_sent: bool = False
     deleted: bool = False
-    # The commit of its row, when it was handed to the pool before that commit ended (its
-    # copy is posted only once it has); None once committed before (restored, replicas).
-    stored: "Optional[concurrent.futures.Future[Any]]" = None
-    withdrawn: bool = False  # its row was refused: it leaves without a trace (never posted)
     cancel_requested: bool = False
     server: Optional[str] = None  # where its current attempt runs
     node: Optional[str] = None  # the node running now (what a preview is of)

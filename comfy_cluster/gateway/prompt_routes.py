@@ -9,7 +9,6 @@ for replicas, left in the one shared queue for the replica with room.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import uuid
@@ -152,39 +151,19 @@ class PromptRoutes:
         )
         bound = {node: (v.digest, os.path.basename(v.path)) for node, v in zip(inputs, versions)}
         held = False  # replicas: this one holds it at once
-        if self._post_shared is None:
-            # Handed to the pool while its row is committed (the two overlap): its copy is
-            # posted only once the row is committed, and the answer waits for that commit
-            # too (a prompt_id the client was given is never lost).
-            gj.stored = self._keeper.submit(self._keeper.store.add_prompt, gj.row(bound))
-            book.add(gj)
-            stored = asyncio.wrap_future(gj.stored)
-            try:
-                await asyncio.shield(stored)  # a client that hangs up does not stop the write
-            except asyncio.CancelledError:
-                def refused(f: "asyncio.Future[Any]") -> None:
-                    if not f.cancelled() and f.exception() is not None:
-                        book.withdraw(gj)
-
-                stored.add_done_callback(refused)
-                raise
-            except IntegrityError:  # that prompt_id is queued already: never posted, no trace
-                book.withdraw(gj)  # its uploads are released once it has left the pool
-                return _invalid_id()
-            except Exception:
-                book.withdraw(gj)
-                raise
-            return _json({"prompt_id": gj.prompt_id, "number": number, "node_errors": node_errors})
         try:
             # Committed before the answer: a prompt_id the client was given is never lost.
-            held = await self._post_shared(gj.row(bound))
+            if self._post_shared is not None:
+                held = await self._post_shared(gj.row(bound))
+            else:
+                await self._keeper.run(self._keeper.store.add_prompt, gj.row(bound))
         except IntegrityError:  # that prompt_id is queued already (a POST sent again, another replica)
             uploads.release(versions)
             return _invalid_id()
         except Exception:
             uploads.release(versions)
             raise
-        if not held:
+        if self._post_shared is not None and not held:
             # In the one queue: the replica with room claims it (maybe this one).
             uploads.release(versions)
             book.queue_changed()  # this replica's sockets hear of it, its lists show it
