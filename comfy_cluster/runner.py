@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 from .attempt import Attempt, AttemptPhase, PostGate, cancel_on_server
+from .answers import job_failed
 from .client import ComfyClient, as_dict, as_list, iter_output_files
 from .errors import ComfyClusterError, JobFailed, LocalFileError, ServerError, WorkflowError
 from .jobs import OutputFile
@@ -400,7 +401,7 @@ class _Follower:
             self.success_seen = True
             self.success_raw = data
         elif kind == "execution_error":
-            return Outcome("failed", error=_job_failed(data, self.pid, name), raw=data)
+            return Outcome("failed", error=job_failed(data, self.pid, name), raw=data)
         elif kind == "execution_interrupted":
             reason = "cancelled" if job.cancel_requested else "interrupted on the server"
             return Outcome("cancelled", reason=reason, raw=data)
@@ -455,7 +456,7 @@ class _Follower:
         if status.get("status_str") == "error":
             for m in messages:
                 if isinstance(m, list) and len(m) == 2 and m[0] == "execution_error" and isinstance(m[1], dict):
-                    return Outcome("failed", error=_job_failed(m[1], self.pid, self.name))
+                    return Outcome("failed", error=job_failed(m[1], self.pid, self.name))
                 if isinstance(m, list) and len(m) == 2 and m[0] == "execution_interrupted":
                     return Outcome("cancelled", reason="cancelled" if self.job.cancel_requested else "interrupted on the server")
             return Outcome("failed", error=JobFailed(f"{self.name}: job {self.pid} ended with an error", prompt_id=self.pid, server=self.name))
@@ -464,21 +465,3 @@ class _Follower:
             outputs.setdefault(node, []).append(OutputFile(f["filename"], f["subfolder"], f["type"], node))
         started = self.started if self.started is not None else self.posted_at
         return Outcome("succeeded", outputs=outputs, exec_seconds=self.ctx.clock() - started)
-
-
-def _job_failed(data: Mapping[str, Any], prompt_id: str, server: str) -> JobFailed:
-    node_id = data.get("node_id")
-    node_type = data.get("node_type")
-    exc_type = str(data.get("exception_type") or "")
-    exc_msg = str(data.get("exception_message") or "").strip()
-    tb = as_list(data.get("traceback"))
-    return JobFailed(
-        f"{server}: node {node_id} ({node_type}) failed: {exc_type}: {exc_msg}",
-        prompt_id=prompt_id,
-        server=server,
-        node_id=str(node_id) if node_id is not None else None,
-        node_type=str(node_type) if node_type is not None else None,
-        exception_type=exc_type,
-        exception_message=exc_msg,
-        traceback=[str(t) for t in tb],
-    )
