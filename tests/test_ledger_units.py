@@ -1,0 +1,188 @@
+"""The record of every copy of a job put on a server (``comfy_cluster/attempt.py``), on its own.
+
+The ledger is what keeps "runs at least once" and "nothing left behind" honest: a copy is
+counted on its server from before its POST until its end there is confirmed, and only the
+copies whose server went out of reach are handed to the clean-up. These tests drive it with
+a recording status monitor and fake submit functions (no server, no sleeps); written
+against the mutants of ``attempt.py`` the pool-level tests never reached (docs/TESTING.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pytest
+from helpers import sleep_workflow
+
+from comfy_cluster.attempt import Attempt, AttemptPhase, CopyRemover, Ledger, PostGate
+from comfy_cluster.jobs import Job, JobControl
+from comfy_cluster.warm import Warmth
+
+
+class Monitor:
+    """Records what the ledger tells the status monitor; ``cold`` is its answer to a reservation."""
+
+    def __init__(self, cold: bool = False) -> None:
+        self.cold = cold
+        self.reserved: List[Tuple[str, Any]] = []
+        self.released: List[Tuple[str, Dict[str, Any]]] = []
+
+    def job_reserved(self, name: str, warmth: Any = None) -> bool:
+        self.reserved.append((name, warmth))
+        return self.cold
+
+    def job_released(self, name: str, **kw: Any) -> None:
+        self.released.append((name, kw))
+
+
+def _attempt(server: str, number: int = 1, workflow: Optional[Dict[str, Any]] = None, **kw: Any) -> Attempt:
+    return Attempt(JobControl(Job(workflow or sleep_workflow())), server, number, **kw)
+
+
+def test_an_attempt_starts_reserved_with_a_fresh_prompt_id_of_its_own():
+    control = JobControl(Job(sleep_workflow()))
+    first, second = Attempt(control, "a", 1), Attempt(control, "b", 2)
+    assert first.prompt_id != second.prompt_id and len(first.prompt_id) == len(second.prompt_id) == 36
+    assert (first.control, first.job, first.server, first.number) == (control, control.job, "a", 1)
+    assert (first.phase, first.lost_at, first.posted, first.cold, first.client_id) == (AttemptPhase.RESERVED, None, False, False, None)
+    adopted = Attempt(control, "c", 3, "given-id", "their-client")  # one recorded by a process that died
+    assert (adopted.prompt_id, adopted.client_id, adopted.number) == ("given-id", "their-client", 3)
+    assert repr(adopted) == "<Attempt given-id #3 on c reserved>"
+
+
+def test_the_ledger_counts_each_copy_on_its_server_and_learns_whether_it_is_cold():
+    monitor = Monitor(cold=True)
+    ledger = Ledger(["a", "b"], monitor, lambda: None)  # type: ignore[arg-type]
+    loader = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}}}
+    on_a, on_b, also_a = _attempt("a", workflow=loader), _attempt("b"), _attempt("a")
+    for attempt in (on_a, on_b, also_a):
+        ledger.reserve(attempt)
+    assert (ledger.count("a"), ledger.count("b")) == (2, 1)
+    assert monitor.reserved[0] == ("a", on_a.control.warmth) and isinstance(monitor.reserved[0][1], Warmth)
+    assert on_a.control.warmth.models  # what the job loads reaches the monitor, not an empty warmth
+    assert [name for name, _ in monitor.reserved] == ["a", "b", "a"]
+    assert on_a.cold and on_b.cold  # the monitor's answer is kept on the copy
+    warm = Ledger(["a"], Monitor(cold=False), lambda: None)  # type: ignore[arg-type]
+    kept = _attempt("a")
+    kept.cold = True
+    warm.reserve(kept)
+    assert kept.cold is False
+    assert set(map(id, ledger.live())) == {id(on_a), id(on_b), id(also_a)}
+    assert set(map(id, ledger.live("a"))) == {id(on_a), id(also_a)} and ledger.live("b") == [on_b]
+    assert ledger.unconfirmed("a") == [] and ledger.unconfirmed("b") == []
+
+
+def test_only_copies_out_of_reach_are_left_to_the_clean_up_and_a_release_is_told_once():
+    monitor = Monitor(cold=True)
+    woken: List[int] = []
+    ledger = Ledger(["a", "b"], monitor, lambda: woken.append(1))  # type: ignore[arg-type]
+    lost, running, elsewhere = _attempt("a"), _attempt("a"), _attempt("b")
+    for attempt in (lost, running, elsewhere):
+        ledger.reserve(attempt)
+    ledger.lose(lost, 7.5)
+    ledger.lose(elsewhere, 8.0)
+    assert ledger.unconfirmed("a") == [lost] and ledger.unconfirmed("b") == [elsewhere]
+    assert (lost.phase, lost.lost_at, running.phase) == (AttemptPhase.UNCONFIRMED, 7.5, AttemptPhase.RESERVED)
+    heard: List[Tuple[str, str]] = []
+    lost.control.job._on_attempt = lambda pid, server, phase: heard.append((server, phase))
+    assert ledger.release(lost, seconds=3.0, ok=True) is True
+    assert monitor.released == [("a", {"seconds": 3.0, "ok": True, "cold": True})]
+    assert heard == [("a", "ended")] and woken == [1]
+    assert ledger.release(lost) is False and woken == [1] and len(monitor.released) == 1
+    ledger.lose(lost, 9.0)  # released already: nothing to lose
+    assert ledger.unconfirmed("a") == [] and lost.lost_at == 7.5 and ledger.live("a") == [running]
+
+
+def test_a_batch_cancel_waits_for_posts_on_their_way_and_not_once_they_landed():
+    gate = PostGate(patience=60.0)
+    done = threading.Event()
+
+    def cancel() -> None:
+        gate.quiet()
+        done.set()
+
+    quiet_now = threading.Thread(target=cancel)
+    quiet_now.start()
+    quiet_now.join(30)  # no POST on its way: returns at once (the bound only rules out a hang)
+    assert done.is_set()
+    done.clear()
+    with gate:
+        with gate:  # two POSTs on their way
+            waiting = threading.Thread(target=cancel)
+            waiting.start()
+        assert not done.wait(0.05)  # one still on its way
+    waiting.join(30)  # woken by the last POST landing, not by the 60 s patience
+    assert done.is_set()
+
+
+def test_a_batch_cancel_gives_up_waiting_for_a_post_after_its_patience():
+    gate = PostGate(patience=0.01)
+    done = threading.Event()
+    with gate:
+        waiting = threading.Thread(target=lambda: (gate.quiet(), done.set()))
+        waiting.start()
+        waiting.join(30)
+        assert done.is_set()
+
+
+class Submit:
+    """The probe executor, recorded; ``refuse`` plays one shut down by close()."""
+
+    def __init__(self) -> None:
+        self.jobs: List[Callable[[], None]] = []
+        self.refuse = False
+
+    def __call__(self, fn: Callable[[], None]) -> None:
+        if self.refuse:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        self.jobs.append(fn)
+
+
+class Client:
+    """What remove_copies asks of a server: this one shows an empty queue."""
+
+    timeout = (1.0, 1.0)
+
+    def __init__(self) -> None:
+        self.deleted: List[List[str]] = []
+
+    def delete_pending(self, ids: List[str], timeout: Any = None) -> None:
+        self.deleted.append(list(ids))
+
+    def queue(self, timeout: Any = None) -> Tuple[List[str], List[str]]:
+        return [], []
+
+    def interrupt(self, prompt_id: str, timeout: Any = None) -> None:
+        raise AssertionError("nothing runs")
+
+
+def test_copies_are_removed_by_one_clean_up_per_server_at_a_time_and_none_after_close():
+    monitor = Monitor()
+    ledger = Ledger(["a", "b"], monitor, lambda: None)  # type: ignore[arg-type]
+    clients = {"a": Client(), "b": Client()}
+    submit, closed = Submit(), threading.Event()
+    remover = CopyRemover(clients, ledger, submit, lambda: 100.0, closed)  # type: ignore[arg-type]
+    lost = _attempt("a")
+    ledger.reserve(lost)
+    ledger.lose(lost, 1.0)
+    remover.schedule("a")
+    remover.schedule("a")  # one runs already for a
+    remover.schedule("b")
+    assert len(submit.jobs) == 2
+    submit.jobs[0]()  # the clean-up of a: its queue no longer holds the copy
+    assert clients["a"].deleted == [[lost.prompt_id]] and ledger.live() == [] and monitor.released[0][0] == "a"
+    assert clients["b"].deleted == []
+    remover.schedule("a")  # done: a new outage gets a new clean-up
+    assert len(submit.jobs) == 3
+    submit.refuse = True
+    remover.schedule("b")  # b's first clean-up has not run yet: no second one
+    submit.jobs[1]()
+    remover.schedule("b")  # the executor is shut down: nothing scheduled, and it says so by raising
+    submit.refuse = False
+    remover.schedule("b")  # a refused schedule does not leave the server marked as being cleaned
+    assert len(submit.jobs) == 4
+    closed.set()
+    submit.jobs[2]()
+    remover.schedule("a")
+    assert len(submit.jobs) == 4
