@@ -72,7 +72,6 @@ def test_a_new_job_is_queued_with_nothing_tried_and_its_own_copy_of_the_inputs()
     assert (job.prompt_id, job.server, job.attempts, job.tried, job.failures, job.events) == (None, None, 0, [], [], [])
     assert (job.retries, job.index, job.owner, job.batch) == (4, 3, "ann", None)
     assert before <= job.created <= time.monotonic()
-    assert not job.wait(0)
     assert Job(sleep_workflow()).inputs == {} and Job(sleep_workflow()).retries == 2
     control = JobControl(job, seq=7)
     assert (control.seq, control.owner, control.batch, control.final, control.holder) == (7, "ann", None, False, None)
@@ -127,13 +126,31 @@ def test_a_job_is_claimed_only_while_it_waits_and_nobody_cancelled_it():
     assert ended.job.server is None
 
 
+def _on_a_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()``'s value or error, asked on a thread: a wait that ignores its timeout fails
+    the test within the bound (which only rules out a hang) instead of hanging it."""
+    out: List[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(("value", fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            out.append(("error", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert out, "still waiting: the timeout was not kept"
+    return out[0]
+
+
 def test_wait_result_and_exception_give_the_end_or_say_what_was_not_finished():
     job = Job(sleep_workflow())
-    assert job.wait(0.01) is False
-    with pytest.raises(TimeoutError, match=r"job None not finished after 0.01 s"):
-        job.result(0.01)
-    with pytest.raises(TimeoutError, match=r"not finished after 0.02 s"):
-        job.exception(0.02)
+    assert _on_a_thread(lambda: job.wait(0.01)) == ("value", False)
+    kind, error = _on_a_thread(lambda: job.result(0.01))
+    assert kind == "error" and isinstance(error, TimeoutError) and str(error) == "job None not finished after 0.01 s"
+    kind, error = _on_a_thread(lambda: job.exception(0.02))
+    assert kind == "error" and isinstance(error, TimeoutError) and "not finished after 0.02 s" in str(error)
     control = JobControl(job)
     result = _result()
     assert control.succeed("a", result, raw={"k": 1}) is True
@@ -263,9 +280,24 @@ def test_user_code_the_callback_thread_cannot_take_runs_on_the_reporting_thread_
     with caplog.at_level(logging.ERROR, logger="comfy_cluster.jobs"):
         assert control.cancelled(None, "closing") is True
     assert seen == [("cancelled", threading.current_thread()), ("done", "cancelled"), ("after", "cancelled")]
-    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+    raised = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    # The log names the callback that raised (by its qualified name, not a repr with an address).
+    assert [r.getMessage() for r in raised] == [
+        "callback test_user_code_the_callback_thread_cannot_take_runs_on_the_reporting_thread_unless_droppable.<locals>.<lambda> raised"]
     job.add_done_callback(lambda j: seen.append(("late", j.status)))
     assert seen[-1] == ("late", "cancelled")
+
+    class Writer:  # a callable object (no __qualname__): the log shows its repr
+        def __call__(self, job: Job) -> None:
+            raise OSError("disk full")
+
+        def __repr__(self) -> str:
+            return "<writer of shot 010>"
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="comfy_cluster.jobs"):
+        job.add_done_callback(Writer())
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == ["callback <writer of shot 010> raised"]
     # A job outside a pool (no executor) runs everything on the reporting thread, progress too.
     alone: List[str] = []
     bare = Job(sleep_workflow(), on_event=lambda e: alone.append(e.kind))
@@ -277,6 +309,7 @@ def test_user_code_the_callback_thread_cannot_take_runs_on_the_reporting_thread_
 def test_the_end_listeners_run_once_inline_and_one_that_raises_stops_nothing(caplog):
     ex = Executor()
     control = JobControl(Job(sleep_workflow()), executor=ex)
+    attempt = _posted(control, "a")
     heard: List[Tuple[str, bool]] = []
     control.add_end_listener(lambda j: heard.append(("first", j.done)))
     control.add_end_listener(lambda j: 1 / 0)
@@ -284,7 +317,8 @@ def test_the_end_listeners_run_once_inline_and_one_that_raises_stops_nothing(cap
     with caplog.at_level(logging.ERROR, logger="comfy_cluster.jobs"):
         control.fail("a", RuntimeError("x"))
     assert heard == [("first", True), ("third", True)]
-    assert [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert [r.getMessage() for r in failed] == [f"end listener failed for job {attempt.prompt_id}"]
     assert ex.calls == []  # no on_event, no done-callback: nothing queued
     control.cancelled("a", "again")
     assert len(heard) == 2
@@ -310,7 +344,18 @@ def test_on_attempt_hears_each_copy_and_only_a_failed_reservation_stops_the_post
         control.note_attempt(attempt, "reserved")
     with caplog.at_level(logging.ERROR, logger="comfy_cluster.jobs"):
         control.note_attempt(attempt, "ended")  # the copy's end stands: logged, not raised
-    assert [r for r in caplog.records if r.levelno == logging.ERROR and attempt.prompt_id in r.getMessage()]
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert [r.getMessage() for r in failed] == [f"on_attempt failed for {attempt.prompt_id} on a"]
+
+
+def test_a_job_keeps_its_last_preview_only_when_previews_come_in_a_row():
+    seen: List[bytes] = []
+    job = Job(sleep_workflow(), on_event=lambda e: seen.append(e.data))
+    job._emit("executing", "a", node="2")
+    for i in range(3):
+        job._emit("preview", "a", data=bytes([i]))
+    assert [(e.kind, e.data) for e in job.events] == [("executing", None), ("preview", bytes([2]))]
+    assert seen == [None, bytes([0]), bytes([1]), bytes([2])]  # every frame still reaches on_event
 
 
 def test_download_keeps_the_result_order_filters_by_type_and_names_files_by_the_job():
