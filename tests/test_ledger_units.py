@@ -12,11 +12,12 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import pytest
 from helpers import sleep_workflow
 
-from comfy_cluster.attempt import Attempt, AttemptPhase, CopyRemover, Ledger, PostGate
+from comfy_cluster.attempt import Attempt, AttemptPhase, CopyRemover, Ledger, PostGate, cancel_on_server, remove_copies
+from comfy_cluster.errors import ServerError
 from comfy_cluster.jobs import Job, JobControl
+from comfy_cluster.policy import follow_timeout
 from comfy_cluster.warm import Warmth
 
 
@@ -46,9 +47,10 @@ def test_an_attempt_starts_reserved_with_a_fresh_prompt_id_of_its_own():
     assert first.prompt_id != second.prompt_id and len(first.prompt_id) == len(second.prompt_id) == 36
     assert (first.control, first.job, first.server, first.number) == (control, control.job, "a", 1)
     assert (first.phase, first.lost_at, first.posted, first.cold, first.client_id) == (AttemptPhase.RESERVED, None, False, False, None)
-    adopted = Attempt(control, "c", 3, "given-id", "their-client")  # one recorded by a process that died
-    assert (adopted.prompt_id, adopted.client_id, adopted.number) == ("given-id", "their-client", 3)
-    assert repr(adopted) == "<Attempt given-id #3 on c reserved>"
+    given = "0123456789abcdef0123456789abcdef0123"
+    adopted = Attempt(control, "c", 3, given, "their-client")  # one recorded by a process that died
+    assert (adopted.prompt_id, adopted.client_id, adopted.number) == (given, "their-client", 3)
+    assert repr(adopted) == "<Attempt 01234567 #3 on c reserved>"
 
 
 def test_the_ledger_counts_each_copy_on_its_server_and_learns_whether_it_is_cold():
@@ -102,17 +104,17 @@ def test_a_batch_cancel_waits_for_posts_on_their_way_and_not_once_they_landed():
         gate.quiet()
         done.set()
 
-    quiet_now = threading.Thread(target=cancel)
+    quiet_now = threading.Thread(target=cancel, daemon=True)
     quiet_now.start()
-    quiet_now.join(30)  # no POST on its way: returns at once (the bound only rules out a hang)
+    quiet_now.join(10)  # no POST on its way: returns at once (the bound only rules out a hang)
     assert done.is_set()
     done.clear()
     with gate:
         with gate:  # two POSTs on their way
-            waiting = threading.Thread(target=cancel)
+            waiting = threading.Thread(target=cancel, daemon=True)
             waiting.start()
         assert not done.wait(0.05)  # one still on its way
-    waiting.join(30)  # woken by the last POST landing, not by the 60 s patience
+    waiting.join(10)  # woken by the last POST landing, not by the 60 s patience
     assert done.is_set()
 
 
@@ -120,9 +122,9 @@ def test_a_batch_cancel_gives_up_waiting_for_a_post_after_its_patience():
     gate = PostGate(patience=0.01)
     done = threading.Event()
     with gate:
-        waiting = threading.Thread(target=lambda: (gate.quiet(), done.set()))
+        waiting = threading.Thread(target=lambda: (gate.quiet(), done.set()), daemon=True)
         waiting.start()
-        waiting.join(30)
+        waiting.join(10)  # the bound only rules out waiting for ever
         assert done.is_set()
 
 
@@ -186,3 +188,105 @@ def test_copies_are_removed_by_one_clean_up_per_server_at_a_time_and_none_after_
     submit.jobs[2]()
     remover.schedule("a")
     assert len(submit.jobs) == 4
+
+
+class Server:
+    """A server as the clean-up sees it: it lists ``pending``/``running`` ids until told to
+    drop them (``obeys``), answers with ``fail`` raised when set, and counts each request
+    with the read timeout it was given."""
+
+    timeout = (3.05, 300.0)  # the pool's request_timeout: a 300 s read
+
+    def __init__(self, pending: List[str] = (), running: List[str] = (), obeys: bool = True) -> None:  # type: ignore[assignment]
+        self.pending, self.running, self.obeys = list(pending), list(running), obeys
+        self.fail: Optional[Exception] = None
+        self.requests: List[Tuple[str, Any]] = []
+        self.on_request: Callable[[], None] = lambda: None
+
+    def _ask(self, what: str, timeout: Any) -> None:
+        self.requests.append((what, timeout))
+        self.on_request()
+        if self.fail is not None:
+            raise self.fail
+
+    def delete_pending(self, ids: List[str], timeout: Any = None) -> None:
+        self._ask("delete", timeout)
+        if self.obeys:
+            self.pending = [i for i in self.pending if i not in ids]
+
+    def queue(self, timeout: Any = None) -> Tuple[List[str], List[str]]:
+        self._ask("queue", timeout)
+        return list(self.running), list(self.pending)
+
+    def interrupt(self, prompt_id: str, timeout: Any = None) -> None:
+        self._ask("interrupt:" + prompt_id, timeout)
+        if self.obeys:
+            self.running = [i for i in self.running if i != prompt_id]
+
+
+def _lost_copies(server: str, n: int) -> Tuple[Ledger, List[Attempt]]:
+    ledger = Ledger([server], Monitor(), lambda: None)  # type: ignore[arg-type]
+    copies = [_attempt(server, i + 1) for i in range(n)]
+    for a in copies:
+        ledger.reserve(a)
+        ledger.lose(a, 0.0)
+    return ledger, copies
+
+
+def test_a_copy_the_server_still_lists_stays_counted_until_it_is_gone():
+    """Copies left by an outage are released only once the server's queue no longer lists
+    them: one the server keeps (a delete or interrupt it did not act on) stays counted, in
+    the pending list or the running one, and is tried again by the next clean-up."""
+
+    ledger, (waiting, running) = _lost_copies("a", 2)
+    deaf = Server(pending=[waiting.prompt_id], running=[running.prompt_id], obeys=False)
+    assert remove_copies(deaf, ledger, "a", lambda: 100.0, patience=0.3) == 0  # type: ignore[arg-type]
+    assert {a.prompt_id for a in ledger.unconfirmed("a")} == {waiting.prompt_id, running.prompt_id}
+    assert ("interrupt:" + running.prompt_id) in [w for w, _ in deaf.requests]  # running: interrupted
+    assert ("interrupt:" + waiting.prompt_id) not in [w for w, _ in deaf.requests]  # queued: deleted only
+    deaf.obeys = True
+    assert remove_copies(deaf, ledger, "a", lambda: 100.0, patience=0.3) == 2  # type: ignore[arg-type]
+    assert ledger.live() == []
+
+
+def test_the_clean_up_reads_are_bounded_like_a_followed_jobs_not_by_the_pools_request_timeout():
+    """A server that takes connections but never answers holds a clean-up (a probe thread)
+    for the follow timeout's read at most, never the pool's 300 s request timeout."""
+
+    ledger, (copy,) = _lost_copies("a", 1)
+    server = Server(running=[copy.prompt_id])
+    assert remove_copies(server, ledger, "a", lambda: 100.0, patience=5.0) == 1  # type: ignore[arg-type]
+    assert [w for w, _ in server.requests] == ["delete", "queue", "interrupt:" + copy.prompt_id, "queue"]
+    assert {t for _, t in server.requests} == {follow_timeout(300.0)} and follow_timeout(300.0)[1] < 300.0
+    server = Server(pending=["x"])
+    assert cancel_on_server(server, "x") is True  # type: ignore[arg-type]
+    assert {t for _, t in server.requests} == {follow_timeout(300.0)}
+
+
+def test_a_clean_up_stops_at_close_whether_its_requests_fail_or_the_copy_stays():
+    """Nothing reaches a server after close(): a clean-up that is retrying (its requests
+    fail, or the copy is still listed) returns at its next pause once the pool closes,
+    instead of trying again until its patience is over."""
+
+    for failing in (True, False):
+        ledger, (copy,) = _lost_copies("a", 1)
+        server = Server(pending=[copy.prompt_id], obeys=False)
+        if failing:
+            server.fail = ServerError("a: 500", server="a", status=500)
+        closed = threading.Event()
+        server.on_request = closed.set  # the pool closes while the first request is under way
+        assert remove_copies(server, ledger, "a", lambda: 100.0, closed=closed, patience=5.0) == 0  # type: ignore[arg-type]
+        asked = [w for w, _ in server.requests]
+        assert asked == (["delete"] if failing else ["delete", "queue", "queue"])
+        assert ledger.unconfirmed("a") == [copy]  # left counted: not confirmed gone
+
+
+def test_a_scheduled_clean_up_stops_retrying_when_the_pool_closes():
+    ledger, (copy,) = _lost_copies("a", 1)
+    server = Server(pending=[copy.prompt_id])
+    server.fail = ServerError("a: 500", server="a", status=500)
+    closed, submit = threading.Event(), Submit()
+    server.on_request = closed.set  # the pool closes while the first try is under way
+    CopyRemover({"a": server}, ledger, submit, lambda: 100.0, closed).schedule("a")  # type: ignore[arg-type]
+    submit.jobs[0]()
+    assert [w for w, _ in server.requests] == ["delete"] and ledger.unconfirmed("a") == [copy]
