@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
@@ -20,6 +21,9 @@ from comfy_cluster.errors import ServerError
 from comfy_cluster.server_config import ServerConfig
 from comfy_cluster.status import EMA_ALPHA, ServerStatus, StatusMonitor
 from comfy_cluster.warm import Warmth
+
+# Bounds on waits for the threads: they only rule out a hang (the work takes milliseconds).
+BOUND = 8.0
 
 
 class Client:
@@ -34,6 +38,10 @@ class Client:
         self.probes = 0
         self.stats_reads = 0
         self.timeouts: List[Any] = []
+        self.stats_timeouts: List[Any] = []
+        self.threads: List[threading.Thread] = []
+        self.barrier: Optional[threading.Barrier] = None
+        self.on_queue: Any = lambda: None
         self.gate: Optional[threading.Event] = None
         self.entered = threading.Event()
 
@@ -41,7 +49,11 @@ class Client:
         assert probe
         self.probes += 1
         self.timeouts.append(timeout)
+        self.threads.append(threading.current_thread())
+        self.on_queue()
         self.entered.set()
+        if self.barrier is not None:
+            self.barrier.wait()
         if self.gate is not None:
             assert self.gate.wait(30)
         if isinstance(self.queue_answer, BaseException):
@@ -51,6 +63,8 @@ class Client:
     def system_stats(self, timeout: Any = None, probe: bool = False) -> Dict[str, Any]:
         assert probe
         self.stats_reads += 1
+        self.stats_timeouts.append(timeout)
+        self.threads.append(threading.current_thread())
         if isinstance(self.stats_answer, BaseException):
             raise self.stats_answer
         return self.stats_answer
@@ -93,11 +107,14 @@ def test_a_probe_reads_the_whole_queue_and_the_servers_stats_once():
         monitor.close()
 
 
-def test_stats_a_server_could_not_give_are_asked_again_and_odd_values_are_left_out():
-    monitor, clients, _ = _monitor()
+def test_stats_a_server_could_not_give_are_asked_again_and_odd_values_are_left_out(caplog):
+    monitor, clients, _ = _monitor(probe_timeout=(1.5, 2.5))
     try:
         clients["a"].stats_answer = ServerError("a: 500")
-        monitor.refresh(force=True)
+        with caplog.at_level(logging.DEBUG, logger="comfy_cluster.status"):
+            monitor.refresh(force=True)
+        assert "system_stats of a failed: a: 500" in [r.getMessage() for r in caplog.records]
+        assert clients["a"].stats_timeouts == [(1.5, 2.5)]  # bounded like the probe, not by the pool's request timeout
         snap = monitor.snapshot("a")
         assert snap.online and snap.comfyui_version is None
         clients["a"].stats_answer = {"system": {"comfyui_version": 3},
@@ -145,7 +162,7 @@ def test_a_failed_probe_says_why_without_the_servers_name_twice_and_a_bug_is_nam
         with caplog.at_level(logging.ERROR, logger="comfy_cluster.status"):
             monitor.refresh()
         assert monitor.snapshot("gpu1").error == "probe error: ValueError"
-        assert [r for r in caplog.records if r.levelno == logging.ERROR and "gpu1" in r.getMessage() and r.exc_info]
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.exc_info] == ["probe of gpu1 failed unexpectedly"]
         assert monitor.snapshot("gpu1").consecutive_failures == 3
     finally:
         monitor.close()
@@ -156,17 +173,52 @@ def test_a_server_coming_back_is_logged_once_and_told_to_the_listeners(caplog):
     changes: List[Tuple[ServerStatus, ServerStatus]] = []
     monitor.add_listener(lambda old, new: changes.append((old, new)))
     try:
+        def said() -> List[str]:
+            out = [r.getMessage() for r in caplog.records if r.name == "comfy_cluster.status"]
+            caplog.clear()
+            return out
+
         with caplog.at_level(logging.INFO, logger="comfy_cluster.status"):
-            monitor.refresh()  # online at the first probe: not "back"
+            monitor.refresh()
+            assert said() == []  # online at the first probe: not "back"
             monitor.mark_failed("gpu1", "connection reset")
+            assert said() == ["server gpu1 is offline: connection reset"]
             clock.advance(60)
             monitor.refresh()
+            assert said() == ["server gpu1 is back online"]
             clock.advance(60)
-            monitor.refresh()  # online already: not "back" again
-        back = [r.getMessage() for r in caplog.records if "back online" in r.getMessage()]
-        assert back == ["server gpu1 is back online"]
-        assert [(o.online, n.online) for o, n in changes] == [(False, True), (True, False), (False, True), (True, True)]
+            monitor.refresh()
+            assert said() == []  # online already: not "back" again
+            clients["gpu1"].queue_answer = ServerError("gpu1: connection refused", server="gpu1")
+            clock.advance(60)
+            monitor.refresh()
+            assert said() == ["server gpu1 is offline: connection refused"]
+            clock.advance(60)
+            monitor.refresh()  # still away: the outage was said once
+            assert said() == [] and monitor.snapshot("gpu1").consecutive_failures == 2
+        assert [(o.online, n.online) for o, n in changes][:4] == [(False, True), (True, False), (False, True), (True, True)]
         assert changes[1][1].error == "connection reset" and changes[2][1].error is None
+    finally:
+        monitor.close()
+
+
+def test_a_server_away_from_the_start_is_said_offline_once_and_backs_off_doubling_to_its_cap(caplog):
+    monitor, clients, clock = _monitor(("gpu2",), backoff_cap=3.0)
+    clients["gpu2"].queue_answer = ServerError("gpu2: connection refused", server="gpu2")
+    try:
+        waits = []
+        with caplog.at_level(logging.INFO, logger="comfy_cluster.status"):
+            for _ in range(5):
+                monitor.refresh()
+                snap = monitor.snapshot("gpu2")
+                waits.append(snap.next_probe_at - clock.now)
+                assert monitor.due() == [] and monitor.due(include_offline=False) == []
+                clock.advance(waits[-1] - 0.01)
+                assert monitor.due() == []  # not before its backoff is over
+                clock.advance(0.01)
+                assert monitor.due() == ["gpu2"] and monitor.due(include_offline=False) == []
+        assert waits == [0.5, 1.0, 2.0, 3.0, 3.0]
+        assert [r.getMessage() for r in caplog.records] == ["server gpu2 is offline: connection refused"]
     finally:
         monitor.close()
 
@@ -179,7 +231,7 @@ def test_a_failing_listener_does_not_stop_the_others(caplog):
     try:
         with caplog.at_level(logging.ERROR, logger="comfy_cluster.status"):
             monitor.refresh()
-        assert heard == [True] and [r for r in caplog.records if r.exc_info]
+        assert heard == [True] and [r.getMessage() for r in caplog.records if r.exc_info] == ["status listener failed"]
     finally:
         monitor.close()
 
@@ -201,6 +253,9 @@ def test_our_jobs_count_on_a_server_until_it_shows_them_and_until_they_leave():
         monitor.queue_reading("a", 2)  # the server shows two of them: one running, one waiting
         snap = monitor.snapshot("a")
         assert (snap.queue_running, snap.queue_pending, snap.unseen, snap.in_flight, snap.load) == (1, 1, 0, 3, 3)
+        monitor.queue_reading("a", 1)
+        snap = monitor.snapshot("a")
+        assert (snap.queue_running, snap.queue_pending) == (1, 0)  # one job: it runs
         monitor.queue_reading("a", 5)
         snap = monitor.snapshot("a")
         assert (snap.queue_running, snap.queue_pending, snap.load) == (1, 4, 5)
@@ -209,8 +264,12 @@ def test_our_jobs_count_on_a_server_until_it_shows_them_and_until_they_leave():
         assert (snap.queue_running, snap.queue_pending, snap.load) == (0, 0, 3)  # never below our own jobs there
         monitor.queue_reading("a", -1)  # no reading
         assert monitor.snapshot("a") == snap
+        versions = [monitor.version]
         monitor.job_released("a")
+        versions.append(monitor.version)
         monitor.job_released("a", ok=False)
+        versions.append(monitor.version)
+        assert len(set(versions)) == 3  # readers cache what they derive until it changes
         snap = monitor.snapshot("a")
         assert (snap.in_flight, snap.jobs_succeeded, snap.jobs_failed, snap.avg_job_seconds) == (1, 0, 1, None)
         monitor.job_released("a", ok=True, seconds=0.0)  # no duration to learn from
@@ -264,6 +323,18 @@ def test_job_durations_are_learned_per_server_apart_for_jobs_that_loaded_a_model
         monitor.close()
 
 
+def test_a_server_not_probed_yet_shows_its_address_and_whether_it_is_enabled():
+    clients = {"on": Client("on"), "off": Client("off")}
+    servers = [ServerConfig(name="on", url="http://127.0.0.1:9001"), ServerConfig(name="off", url="http://127.0.0.1:9002", enabled=False)]
+    monitor = StatusMonitor(servers, clients, clock=FakeClock(), background=False)  # type: ignore[arg-type]
+    try:
+        on, off = monitor.snapshots()
+        assert (on.url, on.enabled, on.checked, on.online) == ("http://127.0.0.1:9001", True, False, False)
+        assert (off.url, off.enabled) == ("http://127.0.0.1:9002", False)
+    finally:
+        monitor.close()
+
+
 def test_the_status_as_json_has_the_load_and_the_model_load_time_but_no_cache_keys():
     snap = ServerStatus(name="a", url="http://x", queue_running=1, queue_pending=2, unseen=1, in_flight=1,
                         avg_job_seconds=2.0, cold_job_seconds=5.0, node_keys=("k",))
@@ -275,20 +346,23 @@ def test_the_status_as_json_has_the_load_and_the_model_load_time_but_no_cache_ke
 
 
 def test_a_server_being_probed_is_waited_for_not_probed_twice():
-    monitor, clients, _ = _monitor()
+    """A second caller waits for the probe under way (woken when it ends, not at the bound
+    of 10 minutes set here), and still probes the other servers it asked for."""
+    monitor, clients, _ = _monitor(("a", "b"), probe_timeout=(300.0, 300.0))
     clients["a"].gate = threading.Event()
     done: List[str] = []
-    first = threading.Thread(target=lambda: (monitor.probe(["a"]), done.append("first")))
+    first = threading.Thread(target=lambda: (monitor.probe(["a"]), done.append("first")), daemon=True)
     try:
         first.start()
-        assert clients["a"].entered.wait(30)
-        second = threading.Thread(target=lambda: (monitor.probe(["a"]), done.append("second")))
+        assert clients["a"].entered.wait(BOUND)
+        second = threading.Thread(target=lambda: (monitor.probe(["a", "b"]), done.append("second")), daemon=True)
         second.start()
+        wait_until(lambda: monitor.snapshot("b").online, what="b probed by the second caller", timeout=BOUND)
         monitor.probe(["a"], wait_for_them=False)  # neither waits nor probes again
         assert done == [] and clients["a"].probes == 1
         clients["a"].gate.set()
-        first.join(30)
-        second.join(30)
+        first.join(BOUND)
+        second.join(BOUND)
         assert sorted(done) == ["first", "second"] and monitor.snapshot("a").online
         assert clients["a"].probes == 1
         monitor.probe(["a"])  # that probe is over: a new one is made
@@ -298,12 +372,72 @@ def test_a_server_being_probed_is_waited_for_not_probed_twice():
         monitor.close()
 
 
+def test_every_server_is_probed_at_once_on_the_probe_threads():
+    """Probes run in parallel, one per server (eight here, each held until all eight are under
+    way), on threads named for the library, and the stats beside them."""
+    names = tuple(f"s{i}" for i in range(8))
+    monitor, clients, _ = _monitor(names)
+    barrier = threading.Barrier(len(names), timeout=BOUND)
+    for c in clients.values():
+        c.barrier = barrier
+    try:
+        monitor.refresh()
+        assert all(monitor.snapshot(n).online and monitor.snapshot(n).device_name for n in names)
+        threads = {t for c in clients.values() for t in c.threads}
+        assert all(t.name.startswith("comfy-cluster-probe") for t in threads) and len(threads) >= len(names)
+    finally:
+        monitor.close()
+
+
+def test_the_probe_executor_shut_down_under_a_probe_leaves_nothing_to_wait_for():
+    """close() shuts the probe executor down after it marks the monitor closed; a probe
+    asked for in between finds the executor gone and must not leave the server marked as
+    being probed (a later probe would wait for one never made: 10 minutes here)."""
+    monitor, clients, _ = _monitor(("a",), probe_timeout=(300.0, 300.0))
+    monitor._executor.shutdown()  # noqa: SLF001 - the state close() leaves between its two steps
+    errors: List[BaseException] = []
+
+    def ask() -> None:
+        try:
+            monitor.probe(["a"])
+            monitor.probe(["a"])
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+
+    asked = threading.Thread(target=ask, daemon=True)
+    asked.start()
+    asked.join(BOUND)
+    assert not asked.is_alive() and errors == [] and clients["a"].probes == 0
+    monitor.close()
+
+
+def test_the_round_trip_of_a_probe_is_shown_in_milliseconds(monkeypatch):
+    import comfy_cluster.status as status_module
+
+    class Time:  # the monitor's time module: a round-trip clock the fake server moves
+        counter = 100.0
+        monotonic = staticmethod(time.monotonic)
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            return cls.counter
+
+    monkeypatch.setattr(status_module, "time", Time)
+    monitor, clients, _ = _monitor()
+    try:
+        clients["a"].on_queue = lambda: setattr(Time, "counter", Time.counter + 0.25)
+        monitor.refresh()
+        assert monitor.snapshot("a").rtt_ms == pytest.approx(250.0)
+    finally:
+        monitor.close()
+
+
 def test_a_probe_not_waited_for_still_lands():
     monitor, clients, _ = _monitor()
     try:
         monitor.probe(["a"], wait_for_them=False)
-        wait_until(lambda: monitor.snapshot("a").online and monitor.snapshot("a").device_name, what="the probe")
-        assert monitor.submit(lambda x: x * 2, 21).result(30) == 42
+        wait_until(lambda: monitor.snapshot("a").online and monitor.snapshot("a").device_name, what="the probe", timeout=BOUND)
+        assert monitor.submit(lambda x: x * 2, 21).result(BOUND) == 42
     finally:
         monitor.close()
 
@@ -315,19 +449,24 @@ def test_nothing_is_probed_after_close_and_asking_returns_at_once():
     monitor.close()
     asked = threading.Thread(target=lambda: [monitor.probe(["a", "b"]), monitor.refresh(force=True), monitor.probe(["a"])], daemon=True)
     asked.start()
-    asked.join(30)  # the bound only rules out the 10 minutes
+    asked.join(BOUND)  # the bound only rules out the 10 minutes
     assert not asked.is_alive()
     assert clients["a"].probes == clients["b"].probes == 0
 
 
-def test_the_probe_thread_keeps_the_status_fresh_and_is_gone_after_close():
-    monitor, clients, _ = _monitor(("a", "b"), background=True, ttl=0.05, clock=__import__("time").monotonic)
-    try:
-        assert monitor.background
-        # Re-probed every ttl without anyone asking (the bound only rules out a hang).
-        wait_until(lambda: clients["a"].probes >= 3 and clients["b"].probes >= 3, what="probes every ttl")
-    finally:
-        monitor.close()
+def test_the_probe_thread_keeps_the_status_fresh_and_is_gone_after_close(caplog):
+    with caplog.at_level(logging.WARNING, logger="comfy_cluster.status"):
+        monitor, clients, _ = _monitor(("a", "b"), background=True, ttl=0.05, clock=time.monotonic)
+        try:
+            assert monitor.background
+            # Re-probed every ttl without anyone asking (the bound only rules out a hang).
+            wait_until(lambda: clients["a"].probes >= 3 and clients["b"].probes >= 3, what="probes every ttl", timeout=BOUND)
+            # A daemon thread named for the library: a process that never closes its pool can exit.
+            status = [t for t in threading.enumerate() if t.name == "comfy-cluster-status"]
+            assert len(status) == 1 and status[0].daemon
+        finally:
+            monitor.close()
+    assert caplog.records == []  # the loop ran without an error
     assert not [t for t in threading.enumerate() if t.name.startswith("comfy-cluster-status") or t.name.startswith("comfy-cluster-probe")]
     after = clients["a"].probes
     monitor.close()  # twice: harmless
@@ -337,10 +476,10 @@ def test_the_probe_thread_keeps_the_status_fresh_and_is_gone_after_close():
 def test_a_check_asked_for_wakes_the_probe_thread_and_an_error_in_its_loop_does_not_stop_it(caplog):
     monitor, clients, clock = _monitor(background=True, ttl=3600.0)
     try:
-        wait_until(lambda: monitor.snapshot("a").checked, what="the first probe")
+        wait_until(lambda: monitor.snapshot("a").checked, what="the first probe", timeout=BOUND)
         clock.advance(3600.0)
         monitor.request_check()  # not the hour's wait: at once
-        wait_until(lambda: clients["a"].probes == 2, what="the asked-for probe")
+        wait_until(lambda: clients["a"].probes == 2, what="the asked-for probe", timeout=BOUND)
         real_due = monitor.due
         calls: List[int] = []
 
@@ -354,20 +493,35 @@ def test_a_check_asked_for_wakes_the_probe_thread_and_an_error_in_its_loop_does_
         clock.advance(3600.0)
         with caplog.at_level(logging.ERROR, logger="comfy_cluster.status"):
             monitor.request_check()
-            wait_until(lambda: clients["a"].probes == 3, what="the loop going on after the error")
-        assert [r for r in caplog.records if r.exc_info and "loop failed" in r.getMessage()]
+            wait_until(lambda: clients["a"].probes == 3, what="the loop going on after the error", timeout=BOUND)
+        assert [r.getMessage() for r in caplog.records if r.exc_info] == ["status monitor loop failed"]
     finally:
         monitor.close()
+
+
+def test_the_probe_thread_comes_back_to_an_offline_server_at_the_end_of_its_backoff_not_its_ttl(caplog):
+    """On the real clock: the status is good for an hour, but a server a job saw fail is
+    probed again once its backoff (50 ms here) is over (the bound only rules out a hang)."""
+    with caplog.at_level(logging.ERROR, logger="comfy_cluster.status"):
+        monitor, clients, _ = _monitor(background=True, ttl=3600.0, backoff_base=0.05, clock=time.monotonic)
+        try:
+            wait_until(lambda: monitor.snapshot("a").checked, what="the first probe", timeout=BOUND)
+            monitor.mark_failed("a", "connection refused")
+            wait_until(lambda: monitor.snapshot("a").online, what="the re-probe after the backoff", timeout=BOUND)
+            assert clients["a"].probes == 2
+        finally:
+            monitor.close()
+    assert caplog.records == []
 
 
 def test_a_failure_seen_by_a_job_wakes_the_probe_thread_for_the_backoff():
     monitor, clients, clock = _monitor(background=True, ttl=3600.0)
     try:
-        wait_until(lambda: monitor.snapshot("a").checked, what="the first probe")
+        wait_until(lambda: monitor.snapshot("a").checked, what="the first probe", timeout=BOUND)
         monitor.mark_failed("a", "connection refused")
         snap = monitor.snapshot("a")
         assert not snap.online and snap.next_probe_at == clock.now + 0.5
         clock.advance(0.5)  # the backoff is over; the thread, woken by the failure, probes at its end
-        wait_until(lambda: monitor.snapshot("a").online, what="the re-probe after the backoff")
+        wait_until(lambda: monitor.snapshot("a").online, what="the re-probe after the backoff", timeout=BOUND)
     finally:
         monitor.close()
