@@ -191,7 +191,8 @@ async def _passed(gate: _Gate) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - the end goes out anyway (maybe twice, never lost)
-        log.warning("could not record a prompt's end as told (%s); sending it anyway", exc or type(exc).__name__)
+        # An exception is always true: its text may be empty (a time-out's is), so name its type then.
+        log.warning("could not record a prompt's end as told (%s); sending it anyway", str(exc) or type(exc).__name__)
 
 
 class _Kept:
