@@ -531,12 +531,6 @@ def test_a_message_over_the_cap_is_refused_and_the_socket_reconnects(script):
         sock.close()
 
 
-def test_the_default_cap_is_16_mib():
-    from comfy_cluster.events import MAX_MESSAGE_BYTES
-
-    assert MAX_MESSAGE_BYTES == 16 * 1024 * 1024
-
-
 # ---------------------------------------------------------------------------------------------
 # The pool's sockets: one per server, borrowed ones shared, none after close().
 

@@ -55,9 +55,11 @@ TESTS: Dict[str, List[str]] = {
     "scheduling": ["tests/test_scheduling.py", "tests/test_parts.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py", "tests/test_warm.py",
                    "tests/test_adopt.py", "tests/test_promises.py"],
     "status": ["tests/test_status.py", "tests/test_core_units.py", "tests/test_selection.py"],
-    "events": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_security.py"],
+    "events": ["tests/test_events.py", "tests/test_portable_tls.py::test_https_and_wss_share_one_context", "tests/test_security.py",
+               "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
     "gateway/book": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_users.py"],
-    "gateway/relay": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py"],
+    "gateway/relay": ["tests/test_relay.py", "tests/test_gateway_units.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py",
+                      "tests/test_gateway.py"],
 }
 CORE = list(TESTS)
 # Copied beside the code: tests read docs (the failure table), README snippets and the Nuke package.
@@ -89,7 +91,7 @@ def _sync(module: str, tests_override: Sequence[str] = ()) -> Path:
         f"only_mutate = [{json.dumps(_source(module))}]\n"
         f"also_copy = {json.dumps(ALSO_COPY)}\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-p", "no:randomly"]\n'
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-p", "no:randomly", "-p", "tools.mutation_order"]\n'
     )
     (dest / "pyproject.toml").write_text(config, encoding="utf-8")
     return dest
@@ -168,7 +170,8 @@ def main(argv: List[str]) -> int:
     for module in modules:
         dest = _sync(module, args.tests or ())
         started = time.monotonic()
-        env = dict(os.environ, PYTHONPATH=str(dest))
+        # tools/mutation_order.py runs the listed files in this order (fast ones first).
+        env = dict(os.environ, PYTHONPATH=str(dest), COMFY_MUTATE_ORDER=os.pathsep.join(args.tests or TESTS[module]))
         names = list(args.only)
         if args.retest:
             # mutmut keeps a verdict once given; naming a mutant makes it run again. Its map of
