@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 import pytest
@@ -115,12 +116,13 @@ class FakeTransport:
 
 
 async def until(predicate: Callable[[], Any], what: str) -> None:
-    """Let the loop run (no wall-clock wait) until ``predicate`` holds."""
-    for _ in range(20_000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never happened: {what}")
+    """Let the loop run until ``predicate`` holds (for what no event announces, such as a
+    close time-out's end); the 10 s only bound a hang."""
+    deadline = time.monotonic() + 10.0
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.001)
 
 
 async def settle() -> None:
@@ -366,13 +368,15 @@ def test_frames_kept_for_one_client_are_bounded_in_frames_and_in_bytes_newest_ke
         assert relay.kept_frames == 3 + 3 + 4
         relay.send(carol, *sized("progress", 200, value=4, prompt_id=PID), keep=True)  # over half: the oldest goes
         assert relay.kept_frames == 3 + 3 + 4
+        relay.send(carol, *sized("progress", 8192, value=5, prompt_id=PID), keep=True)  # and again
+        assert relay.kept_frames == 3 + 3 + 4
         sockets = {key: FakeSocket() for key in (ALICE, BOB, carol)}
         for key, ws in sockets.items():
             relay.attach(key, ws, first())
         await settle()
         assert [d["value"] for _, d in sockets[ALICE].events()[1:]] == [2, 3, 4]
         assert [d["value"] for _, d in sockets[BOB].events()[1:]] == [1, 2, 3]
-        assert [d["value"] for _, d in sockets[carol].events()[1:]] == [1, 2, 3, 4]
+        assert [d["value"] for _, d in sockets[carol].events()[1:]] == [2, 3, 4, 5]
         assert relay.kept_frames == 0
 
     run(main)
@@ -408,13 +412,15 @@ def test_frames_kept_in_all_are_bounded_the_oldest_clients_going_first(monkeypat
         assert relay.kept_frames == 4  # keys[0] and keys[2]: within every bound again
         keep(relay, keys[3], 1)  # over the bound: keys[0], kept longest, goes
         assert relay.kept_frames == 4
+        keep(relay, keys[3], 1)  # over again, but for the clients' bound (2 clients): keys[2] goes
+        assert relay.kept_frames == (5 if bound == "clients" else 2)
         sockets = {key: FakeSocket() for key in keys}
         for key in (keys[0], keys[2], keys[3]):
             relay.attach(key, sockets[key], first())
         await settle()
         assert sockets[keys[0]].kinds() == ["status"]
-        assert [d["value"] for _, d in sockets[keys[2]].events()[1:]] == [0, 1, 2]
-        assert [d["value"] for _, d in sockets[keys[3]].events()[1:]] == [0]
+        assert [d["value"] for _, d in sockets[keys[2]].events()[1:]] == ([0, 1, 2] if bound == "clients" else [])
+        assert [d["value"] for _, d in sockets[keys[3]].events()[1:]] == [0, 0]
         assert [d["value"] for _, d in taken.events()[1:]] == [0, 1, 2]
 
         monkeypatch.setattr(relay_module, "MAX_KEPT_CLIENTS", 1)
@@ -645,6 +651,18 @@ def test_a_lagging_clients_json_frames_push_out_only_as_many_previews_as_needed_
         assert ws.sent[1] == preview(10_000, b"2")
         assert [d["value"] for _, d in ws.events()[1:]] == [1, 2, 3]
 
+        # One byte more needed than a preview frees: the next preview goes too, not the client.
+        relay = Relay(queue_bytes=64 * 1024)
+        ws = FakeSocket(stalled=True)
+        relay.attach(ALICE, ws, first())
+        await until(lambda: ws.sending == 1, "the first frame on its way")
+        relay.send_bytes(ALICE, preview(10_000, b"1"))
+        relay.send_bytes(ALICE, preview(10_000, b"2"))
+        relay.send(ALICE, *sized("progress", 20_000, value=1, prompt_id=PID))
+        relay.send(ALICE, *sized("progress", 15_536, value=2, prompt_id=PID))
+        relay.send(ALICE, *sized("progress", 20_001, value=3, prompt_id=PID))
+        assert relay.dropped_previews(ALICE) == 2 and relay.queued_bytes == 55_537 and ws.closed_with is None
+
     run(main)
 
 
@@ -751,7 +769,7 @@ def test_flush_writes_every_queue_and_close_ends_every_socket(monkeypatch):
         relay.attach(BOB, hangs, first(), transports["hangs"])
         relay.attach(("carol", "c1"), fails, first(), transports["fails"])
         stuck = FakeSocket(stalled=True)
-        relay.attach(("erin", "c1"), stuck, first())
+        stuck_client = relay.attach(("erin", "c1"), stuck, first())
         relay.send(("dave", "c1"), "progress", {"prompt_id": PID}, keep=True)
         for key in (ALICE, BOB, ("carol", "c1")):
             relay.send(key, "execution_success", {"prompt_id": PID})
@@ -761,6 +779,8 @@ def test_flush_writes_every_queue_and_close_ends_every_socket(monkeypatch):
         assert fine.closed_with is not None and not transports["fine"].aborted
         assert transports["hangs"].aborted and transports["fails"].aborted
         assert relay.connected == 0 and relay.kept_frames == 0 and relay.queued_bytes == 0
+        await settle()
+        assert stuck_client.writer is not None and stuck_client.writer.done()  # no writer left waiting
         relay.send(("dave", "c1"), "progress", {"prompt_id": PID}, keep=True)
         assert relay.kept_frames == 1  # counted afresh after close
 

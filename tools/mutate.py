@@ -91,7 +91,7 @@ def _sync(module: str, tests_override: Sequence[str] = ()) -> Path:
         f"only_mutate = [{json.dumps(_source(module))}]\n"
         f"also_copy = {json.dumps(ALSO_COPY)}\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-p", "no:randomly", "-p", "tools.mutation_order"]\n'
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-p", "no:randomly"]\n'
     )
     (dest / "pyproject.toml").write_text(config, encoding="utf-8")
     return dest
@@ -170,7 +170,8 @@ def main(argv: List[str]) -> int:
     for module in modules:
         dest = _sync(module, args.tests or ())
         started = time.monotonic()
-        # tools/mutation_order.py runs the listed files in this order (fast ones first).
+        # tests/conftest.py runs the listed files in this order (fast ones first): mutmut hands
+        # pytest a mutant's tests in no fixed order and stops at the first failure.
         env = dict(os.environ, PYTHONPATH=str(dest), COMFY_MUTATE_ORDER=os.pathsep.join(args.tests or TESTS[module]))
         names = list(args.only)
         if args.retest:
