@@ -348,7 +348,7 @@ def test_previews_reach_the_prompt_running_or_the_one_their_metadata_names(scrip
         mine.until(start)
         # Frames whose metadata cannot be read go to the prompt running (PID).
         bad = [with_meta({"prompt_id": OTHER, "pad": "x" * (65537 - len(json.dumps({"prompt_id": OTHER, "pad": ""})))}),  # over 64 KiB
-               with_meta({"prompt_id": OTHER}, image=b"", size=200),  # says more than it holds
+               with_meta({"prompt_id": OTHER}, image=b"", size=len(json.dumps({"prompt_id": OTHER})) + 5),  # says more than it holds
                with_meta(b"\xff\xfe not utf-8"), with_meta(b"{not json"), with_meta(b"[" * 5000),
                with_meta(["a list"]), with_meta({"prompt_id": 5}), with_meta({"no": "prompt"}),
                (9).to_bytes(4, "big") + (4).to_bytes(4, "big") + json.dumps({"prompt_id": OTHER}).encode(),  # not type 4
@@ -376,14 +376,13 @@ def test_a_drop_is_told_to_every_listener_and_the_reconnect_too_with_its_generat
         script.close_socket()
         for listener in (mine, other):
             dropped = listener.next()
-            assert dropped["type"] == "_disconnected" and set(dropped["data"]) == {"reason"}
-            assert isinstance(dropped["data"]["reason"], str) and dropped["data"]["reason"]
+            assert dropped == {"type": "_disconnected", "data": {"reason": "closed by server"}}
             assert listener.next() == {"type": "_reconnected", "data": {"generation": 2}}
         assert sock.generation == 2 and [cid for cid, _ in script.upgrades] == [CID, CID]
         script.send(sentinel(2))
         assert mine.until(sentinel(2)) == [sentinel(2)]
         drops = [r for r in caplog.records if r.name == "comfy_cluster.events" and r.levelno == logging.INFO]
-        assert len(drops) == 1 and "gpu-7" in drops[0].getMessage() and dropped["data"]["reason"] in drops[0].getMessage()
+        assert len(drops) == 1 and "gpu-7" in drops[0].getMessage() and "closed by server" in drops[0].getMessage()
 
         sock.drop()  # the pool's own cut (a server it thinks is lost)
         assert mine.next()["type"] == "_disconnected"
@@ -566,7 +565,7 @@ def test_the_pools_connect_timeout_is_each_sockets(script):
     try:
         for sock in (sockets["a"], sockets.borrow("a", "adopted")):
             with pytest.raises(ServerError, match=r"\(read timed out\)$"):
-                sock.ensure_connected(timeout=WAIT)
+                sock.ensure_connected(timeout=3.0)  # the try ends at 0.3 s, not at a default 5 s
     finally:
         sockets.close()
 
