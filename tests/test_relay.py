@@ -370,14 +370,21 @@ def test_frames_kept_for_one_client_are_bounded_in_frames_and_in_bytes_newest_ke
         assert relay.kept_frames == 3 + 3 + 4
         relay.send(carol, *sized("progress", 8192, value=5, prompt_id=PID), keep=True)  # and again
         assert relay.kept_frames == 3 + 3 + 4
+        # The frames dropped above no longer count in all: with the bound in all set to what
+        # is kept now, one byte more from a new client drops the oldest client's (Alice's) only.
+        alice_bytes = sum(len(json.dumps({"type": "progress", "data": {"value": i, "prompt_id": PID}})) for i in (2, 3, 4))
+        monkeypatch.setattr(relay_module, "MAX_KEPT_BYTES", alice_bytes + 3 * 8192 + 3 * 8192 + 200)
+        dave = ("dave", "c1")
+        relay.send(dave, *sized("progress", 200, value=0, prompt_id="p"), keep=True)
+        assert relay.kept_frames == 3 + 4 + 1
         sockets = {key: FakeSocket() for key in (ALICE, BOB, carol)}
         for key, ws in sockets.items():
             relay.attach(key, ws, first())
         await settle()
-        assert [d["value"] for _, d in sockets[ALICE].events()[1:]] == [2, 3, 4]
+        assert sockets[ALICE].kinds() == ["status"]
         assert [d["value"] for _, d in sockets[BOB].events()[1:]] == [1, 2, 3]
         assert [d["value"] for _, d in sockets[carol].events()[1:]] == [2, 3, 4, 5]
-        assert relay.kept_frames == 0
+        assert relay.kept_frames == 1  # Dave's
 
     run(main)
 
@@ -516,6 +523,26 @@ def test_a_frame_for_a_client_connected_to_another_replica_is_published_and_deli
         assert there.kept_frames == 1
         await settle()
         assert ws.events()[1:] == [("progress", {"value": 1, "prompt_id": PID}), ("execution_success", {"prompt_id": PID})]
+
+        # What was kept there is Bob's, an end of PID: the store is asked about it, and the
+        # record is made before Bob's socket gets it.
+        asked: List[Tuple[Key, List[str]]] = []
+        records: List[Tuple[Key, str]] = []
+
+        async def check_told(key: Key, ends: List[str]) -> List[str]:
+            asked.append((key, list(ends)))
+            return []
+
+        async def record_told(key: Key, pid: str) -> None:
+            records.append((key, pid))
+
+        there.check_told, there.record_told = check_told, record_told
+        await there.settle_kept(BOB)
+        assert asked == [(BOB, [PID])]
+        bob = FakeSocket()
+        there.attach(BOB, bob, first())
+        await until(lambda: len(bob.sent) == 2, "Bob's kept end written")
+        assert records == [(BOB, PID)] and bob.kinds() == ["status", "execution_success"]
 
     run(main)
 

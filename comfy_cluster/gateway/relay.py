@@ -101,7 +101,6 @@ class _Client:
         self.bytes = 0
         self.dropped_previews = 0
         self.closed = False
-        self.overflowed = False
         self._wake = asyncio.Event()
         self.writer: Optional["asyncio.Task[None]"] = None
 
@@ -165,7 +164,6 @@ class _Client:
             "websocket of client %s (user %s) is too slow: over %d bytes queued; closing it with code %d",
             sid[:80], user, self.limit, CLOSE_TOO_SLOW,
         )
-        self.overflowed = True
         self.finish()
         asyncio.get_running_loop().create_task(self._close_now())
 
