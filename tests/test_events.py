@@ -17,6 +17,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import pytest
@@ -31,7 +32,8 @@ from helpers import wait_until
 PID = "3fa1e423-fdd0-4957-9a82-9942383e9014"
 OTHER = "09530630-9029-4c4c-ad85-d026f9ff0c52"
 CID = "0d138daf-4496-4e33-806e-eaa7d2cf7aa2"
-WAIT = 20.0  # bounds a hang only
+WAIT = 10.0  # bounds a hang only (a frame on loopback takes milliseconds)
+DEATHS: List[Any] = []  # threads that died of an exception during the test (threading.excepthook)
 
 # A real ComfyUI 0.3.64's frames of one prompt (transcripts.json "success", shortened).
 RUN: List[Dict[str, Any]] = [
@@ -167,6 +169,21 @@ class Script:
         self._thread.join(WAIT)
 
 
+@pytest.fixture(autouse=True)
+def thread_deaths(monkeypatch):
+    """A reader thread that dies of an exception fails the test at once (it would otherwise
+    only show as frames that never come)."""
+    DEATHS.clear()
+    monkeypatch.setattr(threading, "excepthook", DEATHS.append)
+    yield
+    assert not DEATHS, f"a thread died: {DEATHS[0].exc_value!r}"
+
+
+def no_thread_died() -> None:
+    if DEATHS:
+        raise AssertionError(f"thread {DEATHS[0].thread.name} died: {DEATHS[0].exc_value!r}")
+
+
 @pytest.fixture
 def script():
     s = Script()
@@ -184,10 +201,14 @@ class Listener:
         self.q.put(message)
 
     def next(self) -> Dict[str, Any]:
-        try:
-            return self.q.get(timeout=WAIT)
-        except queue.Empty:
-            raise AssertionError("no message came") from None
+        deadline = time.monotonic() + WAIT
+        while True:
+            no_thread_died()
+            try:
+                return self.q.get(timeout=0.05)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise AssertionError("no message came") from None
 
     def until(self, last: Dict[str, Any]) -> List[Dict[str, Any]]:
         """The messages up to and including ``last`` (a sentinel sent after the ones checked:

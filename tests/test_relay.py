@@ -117,8 +117,8 @@ class FakeTransport:
 
 async def until(predicate: Callable[[], Any], what: str) -> None:
     """Let the loop run until ``predicate`` holds (for what no event announces, such as a
-    close time-out's end); the 10 s only bound a hang."""
-    deadline = time.monotonic() + 10.0
+    close time-out's end); the 5 s only bound a hang."""
+    deadline = time.monotonic() + 5.0
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"never happened: {what}")
@@ -133,7 +133,7 @@ async def settle() -> None:
 
 def run(coro: Callable[[], Awaitable[None]]) -> None:
     async def bounded() -> None:
-        await asyncio.wait_for(coro(), 15.0)  # only rules out a hang
+        await asyncio.wait_for(coro(), 8.0)  # only rules out a hang (the work is in memory)
 
     asyncio.run(bounded())
 
