@@ -370,6 +370,7 @@ def test_previews_reach_the_prompt_running_or_the_one_their_metadata_names(scrip
         # Frames whose metadata cannot be read go to the prompt running (PID).
         bad = [with_meta({"prompt_id": OTHER, "pad": "x" * (65537 - len(json.dumps({"prompt_id": OTHER, "pad": ""})))}),  # over 64 KiB
                with_meta({"prompt_id": OTHER}, image=b"", size=len(json.dumps({"prompt_id": OTHER})) + 5),  # says more than it holds
+               with_meta({"prompt_id": OTHER}, size=(1 << 24) + len(json.dumps({"prompt_id": OTHER}))),  # 16 MiB more
                with_meta(b"\xff\xfe not utf-8"), with_meta(b"{not json"), with_meta(b"[" * 5000),
                with_meta(["a list"]), with_meta({"prompt_id": 5}), with_meta({"no": "prompt"}),
                (9).to_bytes(4, "big") + (4).to_bytes(4, "big") + json.dumps({"prompt_id": OTHER}).encode(),  # not type 4
