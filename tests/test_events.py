@@ -24,8 +24,8 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from comfy_cluster.config import ServerConfig
-from comfy_cluster.errors import ServerError
-from comfy_cluster.events import ServerSocket, ServerSockets
+from comfy_cluster.errors import ConfigError, ServerError
+from comfy_cluster.events import ServerSocket, ServerSockets, sslopt_for
 
 from helpers import wait_until
 
@@ -620,3 +620,12 @@ def test_a_borrowed_socket_is_shared_until_its_last_borrower_gives_it_back(scrip
         assert len(script.upgrades) == 2
     finally:
         sockets.close()
+
+
+def test_wss_names_the_server_whose_ca_certificates_cannot_be_loaded(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    cfg = ServerConfig(name="gpu-3", url="https://127.0.0.1:1", verify_tls=str(bad))
+    with pytest.raises(ConfigError, match=r"^gpu-3: verify_tls: cannot load CA certificates from "):
+        sslopt_for(cfg)
+    assert sslopt_for(ServerConfig(name="plain", url="http://127.0.0.1:1")) == {}
