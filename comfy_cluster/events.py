@@ -114,8 +114,6 @@ class ServerSocket:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    # -- listeners ----------------------------------------------------------------------------
-
     def register(self, prompt_id: str, listener: Listener) -> None:
         with self._lock:
             self._listeners[prompt_id] = listener
@@ -136,8 +134,6 @@ class ServerSocket:
             fn(message)
         except Exception:  # a listener must never kill the reader thread
             log.exception("websocket listener failed")
-
-    # -- connection ---------------------------------------------------------------------------
 
     def ensure_connected(self, timeout: Optional[float] = None) -> None:
         """Connect if needed and wait for the first ``status`` frame.
