@@ -6,7 +6,7 @@ first end, then its ``executing`` null, nothing after until the prompt_id starts
 events posted before a client's socket opened are kept for it, once, in bounded memory; a
 client that does not read loses previews first and is then closed with 1013; an end other
 replicas may hold a copy of waits for its record, but never for ever. Frames are the ones a
-real ComfyUI sent (/work/shared/comfyui-api/transcripts.json, copied in tests/data).
+real ComfyUI 0.3.64 sent (transcripts.json of shared/comfyui-api, the "success" scenario).
 """
 
 from __future__ import annotations
