@@ -252,11 +252,14 @@ def test_pending_counts_waiting_jobs_per_batch_and_close_hands_them_back() -> No
     assert (d.pending(), d.pending(b1), d.pending(b2), d.pending(object())) == (3, 2, 1, 0)
     assert d.remove(jobs[0]) and not d.remove(jobs[0])
     assert (d.pending(), d.pending(b1)) == (2, 1)
+    assert d.remove(jobs[2]) and d.pending(b2) == 0  # its last job gone: none of the batch waits
+    d.add([jobs[2]])
     left = d.close()
     assert sorted(name_of(j) for j in left) == ["2", "3"]
     assert d.pending() == 0 and d.pending(b1) == 0
-    with pytest.raises(ComfyClusterError, match="closed"):
+    with pytest.raises(ComfyClusterError) as raised:
         d.add([control(4)])
+    assert str(raised.value) == "the pool is closed"
     assert slots.started.empty() and slots.ended.empty()
 
 
@@ -330,4 +333,29 @@ def test_fair_share_weighs_jobs_running_then_jobs_served(ann: Tuple[int, int, in
         slots.give(d)
         assert slots.started.get(timeout=30) == str(wanted[first].job.index)
     finally:
+        d.close()
+
+
+def test_a_job_queued_while_the_dispatcher_is_busy_is_not_forgotten() -> None:
+    """A job arrives while the dispatcher's thread is in a pass over an empty queue (here held
+    in its background work): the thread looks again at once when the pass ends, although
+    nothing else wakes it (mutants: the wake-up flag not set by ``add``)."""
+    slots = Slots(free=1)
+    in_tick, release = threading.Event(), threading.Event()
+
+    def tick() -> Optional[float]:
+        if not release.is_set():
+            in_tick.set()
+            release.wait(30)
+        return None
+
+    d = dispatcher_over(slots, tick=tick)
+    try:
+        d.add([])  # the thread starts, finds nothing to do, and holds in tick()
+        assert in_tick.wait(30)
+        d.add([control(1)])
+        release.set()
+        assert slots.started.get(timeout=30) == "1"
+    finally:
+        release.set()
         d.close()
