@@ -359,3 +359,67 @@ def test_a_job_queued_while_the_dispatcher_is_busy_is_not_forgotten() -> None:
     finally:
         release.set()
         d.close()
+
+
+def test_a_job_back_from_a_server_gets_the_whole_wait_for_server_again() -> None:
+    """A job that waited through part of an outage, then went to a server and came back
+    (moved) waits ``wait_for_server`` from its return, not from the old outage; and the error
+    without a reason from the choice says no server is available."""
+    clock = FakeClock()
+    slots = Slots(otherwise=Verdict.NONE)
+    d = dispatcher_over(slots, clock=clock, wait_for_server=30.0)
+    try:
+        job = control(1)
+        d.add([job])
+        wait_until(lambda: job.no_server_since is not None, what="the outage clock started")
+        clock.advance(20.0)
+        slots.give(d)
+        assert slots.started.get(timeout=30) == "1"
+        d.attempt_ended(job)
+        clock.advance(20.0)  # 40 s since the first outage began
+        d.add([job], front=True)
+        wait_until(lambda: job.no_server_since is not None, what="a new outage clock")
+        asked = len(slots.asked)
+        d.wake()
+        wait_until(lambda: len(slots.asked) > asked, what="the dispatcher looked again")
+        assert slots.ended.empty() and d.pending() == 1
+        clock.advance(30.0)
+        d.wake()
+        name, error = slots.ended.get(timeout=30)
+        assert name == "1" and isinstance(error, ServerError) and str(error) == "no server available"
+    finally:
+        d.close()
+
+
+def test_close_of_an_unused_dispatcher_returns_nothing() -> None:
+    """A pool closed before any job was submitted: no thread was started, none is waited for."""
+    d = dispatcher_over(Slots())
+    assert d.close() == [] and d.pending() == 0
+
+
+def test_close_returns_once_the_dispatchers_thread_has_ended() -> None:
+    """Nothing of the dispatcher outlives close(): its thread has ended when close returns."""
+    before = set(threading.enumerate())
+    d = dispatcher_over(Slots())
+    d.add([control(1)])
+    (thread,) = [t for t in threading.enumerate() if t not in before and t.name == "comfy-cluster-dispatch"]
+    assert [name_of(j) for j in d.close()] == ["1"]
+    assert not thread.is_alive()
+
+
+def test_close_from_the_dispatchers_own_thread_returns() -> None:
+    """A job's end (run on the dispatcher's thread) that closes the pool, as a done callback
+    may: close returns the jobs still queued, without waiting for its own thread."""
+    slots = Slots(otherwise=Verdict.FAIL, error=ComfyClusterError("no server has node type Foo"))
+    closed: "queue.Queue[Any]" = queue.Queue()
+    d: List[Dispatcher] = []
+
+    def end(job: JobControl, error: Optional[ComfyClusterError]) -> None:
+        try:
+            closed.put([name_of(j) for j in d[0].close()])
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            closed.put(exc)
+
+    d.append(Dispatcher(slots.choose, slots.start, end, clock=FakeClock(), wait_for_server=30.0))
+    d[0].add([control(1, seq=1), control(2, seq=2)])
+    assert closed.get(timeout=30) == ["2"]
