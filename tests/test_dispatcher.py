@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
@@ -402,7 +403,10 @@ def test_close_returns_once_the_dispatchers_thread_has_ended() -> None:
     before = set(threading.enumerate())
     d = dispatcher_over(Slots())
     d.add([control(1)])
-    (thread,) = [t for t in threading.enumerate() if t not in before and t.name == "comfy-cluster-dispatch"]
+    (thread,) = [t for t in threading.enumerate() if t not in before]
+    assert thread.daemon  # a pool its user forgot to close never keeps Nuke or a script from exiting
+    # Named as the library's: how a user (and the suite's leak checks) tell its threads apart.
+    assert thread.name.startswith("comfy-cluster-")
     assert [name_of(j) for j in d.close()] == ["1"]
     assert not thread.is_alive()
 
@@ -423,3 +427,36 @@ def test_close_from_the_dispatchers_own_thread_returns() -> None:
     d.append(Dispatcher(slots.choose, slots.start, end, clock=FakeClock(), wait_for_server=30.0))
     d[0].add([control(1, seq=1), control(2, seq=2)])
     assert closed.get(timeout=30) == ["2"]
+
+
+def test_a_job_no_server_can_take_fails_in_time_with_nothing_else_happening() -> None:
+    """Nothing wakes the dispatcher (no submission, no server change): a job no server can
+    take still fails once ``wait_for_server`` has passed, on the real clock."""
+    slots = Slots(otherwise=Verdict.NONE, error=ServerError("every server is offline"))
+    d = dispatcher_over(slots, clock=time.monotonic, wait_for_server=0.05)
+    try:
+        d.add([control(1)])
+        name, error = slots.ended.get(timeout=30)
+        assert name == "1" and "every server is offline" in str(error)
+    finally:
+        d.close()
+
+
+def test_a_pass_that_fails_before_any_job_is_looked_at_is_tried_again() -> None:
+    """A bug in a pass (here the clock raising once) leaves the jobs waiting: the dispatcher
+    looks again by itself, and the job goes."""
+    slots = Slots(free=1)
+    failures = [1]
+
+    def clock() -> float:
+        if failures:
+            failures.pop()
+            raise RuntimeError("a bug in the clock")
+        return 0.0
+
+    d = dispatcher_over(slots, clock=clock)
+    try:
+        d.add([control(1)])
+        assert slots.started.get(timeout=30) == "1"
+    finally:
+        d.close()
