@@ -460,3 +460,46 @@ def test_a_pass_that_fails_before_any_job_is_looked_at_is_tried_again() -> None:
         assert slots.started.get(timeout=30) == "1"
     finally:
         d.close()
+
+
+def test_jobs_no_server_can_take_do_not_hold_back_the_jobs_behind_them() -> None:
+    """Two jobs that no server can take now (they wait for ``wait_for_server``) ahead of one
+    that a free server can take: that one goes at once (mutants: the pass failing on the
+    second waiting job's deadline, so nothing behind it is ever looked at)."""
+    slots = Slots(free=1)
+    verdicts = {"1": Verdict.NONE, "2": Verdict.NONE}
+    real = slots.choose
+
+    def choose(job: JobControl) -> Choice:
+        verdict = verdicts.get(name_of(job))
+        return Choice(verdict, error=ServerError("no server has its model")) if verdict else real(job)
+
+    d = Dispatcher(choose, slots.start, slots.end, clock=FakeClock(), wait_for_server=30.0)
+    try:
+        d.add([control(1, seq=1), control(2, seq=2), control(3, seq=3)])
+        assert slots.started.get(timeout=30) == "3"
+        assert d.pending() == 2 and slots.ended.empty()
+    finally:
+        d.close()
+
+
+def test_jobs_of_another_key_behind_a_waiting_key_are_still_asked() -> None:
+    """Jobs 1 and 2 share a key (1 must wait, so 2 is not asked); job 3, of another key
+    behind them, is asked and goes."""
+    keys = {"1": "k", "2": "k", "3": "j"}
+    slots = Slots()
+    real = slots.choose
+
+    def choose(job: JobControl) -> Choice:
+        if name_of(job) == "3":
+            return Choice(Verdict.GO, SERVER)
+        return real(job)
+
+    d = Dispatcher(choose, slots.start, slots.end, clock=FakeClock(), wait_for_server=30.0,
+                   key_of=lambda job: keys[name_of(job)])
+    try:
+        d.add([control(1, seq=1), control(2, seq=2), control(3, seq=3)])
+        assert slots.started.get(timeout=30) == "3"
+        assert set(slots.asked) == {"1"}
+    finally:
+        d.close()
