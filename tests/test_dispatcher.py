@@ -21,6 +21,9 @@ from comfy_cluster.server_config import ServerConfig
 pytestmark = pytest.mark.timeout(60)
 
 SERVER = ServerConfig(name="a", url="http://127.0.0.1:9")
+#: Bounds every wait for the dispatcher's thread: a hang only (its work here takes
+#: milliseconds), kept short so that a mutant that hangs a test fails it soon.
+BOUND = 10.0
 
 
 class Slots:
@@ -85,7 +88,7 @@ def test_the_next_free_slot_goes_to_the_owner_with_the_fewest_jobs_running() -> 
         order = []
         for _ in range(4):
             slots.give(d)
-            order.append(slots.started.get(timeout=30))
+            order.append(slots.started.get(timeout=BOUND))
         assert order == ["1", "4", "2", "3"]
         assert d.pending() == 0
     finally:
@@ -101,14 +104,14 @@ def test_fair_share_counts_what_each_owner_has_on_servers_now() -> None:
         jobs = {n: control(n, owner, n) for n, owner in ((1, "ann"), (2, "ann"), (3, "bob"), (4, "bob"), (5, "ann"))}
         d.add([jobs[1], jobs[2], jobs[3]])
         slots.give(d, 3)
-        assert sorted(slots.started.get(timeout=30) for _ in range(3)) == ["1", "2", "3"]
+        assert sorted(slots.started.get(timeout=BOUND) for _ in range(3)) == ["1", "2", "3"]
         d.attempt_ended(jobs[1])
         d.attempt_ended(jobs[2])  # ann: 0 on servers; bob: 1
         d.add([jobs[4], jobs[5]])
         slots.give(d)
-        assert slots.started.get(timeout=30) == "5"
+        assert slots.started.get(timeout=BOUND) == "5"
         slots.give(d)
-        assert slots.started.get(timeout=30) == "4"
+        assert slots.started.get(timeout=BOUND) == "4"
     finally:
         d.close()
 
@@ -120,7 +123,7 @@ def test_a_moved_job_goes_back_to_the_front_of_its_owners_queue() -> None:
         d.add([control(1, seq=1), control(2, seq=2)])
         d.add([control(3, seq=3)], front=True)
         slots.give(d, 3)
-        assert [slots.started.get(timeout=30) for _ in range(3)] == ["3", "1", "2"]
+        assert [slots.started.get(timeout=BOUND) for _ in range(3)] == ["3", "1", "2"]
     finally:
         d.close()
 
@@ -135,25 +138,25 @@ def test_a_job_no_server_can_take_fails_once_wait_for_server_has_passed() -> Non
     try:
         job = control(1)
         d.add([job])
-        wait_until(lambda: job.no_server_since is not None, what="the outage clock started")
+        wait_until(lambda: job.no_server_since is not None, timeout=BOUND, what="the outage clock started")
         clock.advance(29.0)
         slots.otherwise = Verdict.WAIT  # a full server is usable: the outage is over
         asked = len(slots.asked)
         d.wake()
-        wait_until(lambda: len(slots.asked) > asked, what="the dispatcher looked again")
-        wait_until(lambda: job.no_server_since is None, what="the outage clock stopped")
+        wait_until(lambda: len(slots.asked) > asked, timeout=BOUND, what="the dispatcher looked again")
+        wait_until(lambda: job.no_server_since is None, timeout=BOUND, what="the outage clock stopped")
         slots.otherwise = Verdict.NONE
         asked = len(slots.asked)
         d.wake()
-        wait_until(lambda: len(slots.asked) > asked and job.no_server_since is not None, what="a new outage")
+        wait_until(lambda: len(slots.asked) > asked and job.no_server_since is not None, timeout=BOUND, what="a new outage")
         clock.advance(29.0)  # 58 s since the first outage began, 29 s into this one
         asked = len(slots.asked)
         d.wake()
-        wait_until(lambda: len(slots.asked) > asked, what="the dispatcher looked again")
+        wait_until(lambda: len(slots.asked) > asked, timeout=BOUND, what="the dispatcher looked again")
         assert slots.ended.empty() and d.pending() == 1
         clock.advance(1.0)
         d.wake()
-        name, error = slots.ended.get(timeout=30)
+        name, error = slots.ended.get(timeout=BOUND)
         assert name == "1" and isinstance(error, ServerError) and "every server is offline" in str(error)
         assert d.pending() == 0
     finally:
@@ -165,7 +168,7 @@ def test_a_job_that_can_never_run_fails_at_once_with_the_reason() -> None:
     d = dispatcher_over(slots)
     try:
         d.add([control(1)])
-        name, error = slots.ended.get(timeout=30)
+        name, error = slots.ended.get(timeout=BOUND)
         assert name == "1" and "node type Foo" in str(error)
         assert d.pending() == 0
     finally:
@@ -186,9 +189,9 @@ def test_a_failure_deciding_one_job_fails_that_job_only() -> None:
     d = Dispatcher(choose, slots.start, slots.end, clock=FakeClock(), wait_for_server=30.0)
     try:
         d.add([control(1, seq=1), control(2, seq=2)])
-        name, error = slots.ended.get(timeout=30)
+        name, error = slots.ended.get(timeout=BOUND)
         assert name == "1" and "internal error choosing a server" in str(error) and "broken strategy" in str(error)
-        assert slots.started.get(timeout=30) == "2"
+        assert slots.started.get(timeout=BOUND) == "2"
     finally:
         d.close()
 
@@ -201,7 +204,7 @@ def test_a_cancelled_job_leaves_the_queue_ended_without_error() -> None:
         d.add([job])
         assert job.mark_cancel()
         d.wake()
-        assert slots.ended.get(timeout=30) == ("1", None)
+        assert slots.ended.get(timeout=BOUND) == ("1", None)
         assert d.pending() == 0 and slots.started.empty()
     finally:
         d.close()
@@ -216,17 +219,17 @@ def test_a_job_cancelled_as_it_is_started_is_ended_and_frees_its_owners_share() 
         bobs = control(0, "bob", 0)
         d.add([bobs])
         slots.give(d)
-        assert slots.started.get(timeout=30) == "0"
+        assert slots.started.get(timeout=BOUND) == "0"
         d.attempt_ended(bobs)  # bob: none running, one served
         slots.accept = False
         d.add([control(1, "ann", 1)])
         slots.give(d)
-        assert slots.started.get(timeout=30) == "1"
-        assert slots.ended.get(timeout=30) == ("1", None)  # ann: none running, one served
+        assert slots.started.get(timeout=BOUND) == "1"
+        assert slots.ended.get(timeout=BOUND) == ("1", None)  # ann: none running, one served
         slots.accept = True
         d.add([control(2, "ann", 2), control(3, "bob", 3)])
         slots.give(d)
-        assert slots.started.get(timeout=30) == "2"  # a tie: the older job goes
+        assert slots.started.get(timeout=BOUND) == "2"  # a tie: the older job goes
     finally:
         d.close()
 
@@ -236,9 +239,9 @@ def test_jobs_with_the_same_key_are_not_asked_again_once_one_must_wait() -> None
     d = dispatcher_over(slots, key_of=lambda job: "same")
     try:
         d.add([control(1, seq=1), control(2, seq=2), control(3, seq=3)])
-        wait_until(lambda: slots.asked, what="a pass")
+        wait_until(lambda: slots.asked, timeout=BOUND, what="a pass")
         d.wake()
-        wait_until(lambda: len(slots.asked) >= 2, what="a second pass")
+        wait_until(lambda: len(slots.asked) >= 2, timeout=BOUND, what="a second pass")
         assert set(slots.asked) == {"1"}
     finally:
         d.close()
@@ -273,7 +276,7 @@ def test_a_job_adopted_on_a_server_counts_in_its_owners_share() -> None:
         d.adopted(control(0, "ann", 0))
         d.add([control(1, "ann", 1), control(2, "bob", 2)])
         slots.give(d)
-        assert slots.started.get(timeout=30) == "2"
+        assert slots.started.get(timeout=BOUND) == "2"
     finally:
         d.close()
 
@@ -293,9 +296,9 @@ def test_a_failing_look_at_the_queue_does_not_stop_the_dispatcher() -> None:
     d = dispatcher_over(slots, tick=tick)
     try:
         d.add([control(1)])
-        wait_until(lambda: not failures, what="the failing pass")
+        wait_until(lambda: not failures, timeout=BOUND, what="the failing pass")
         slots.give(d)
-        assert slots.started.get(timeout=30) == "1"
+        assert slots.started.get(timeout=BOUND) == "1"
     finally:
         d.close()
 
@@ -322,7 +325,7 @@ def test_fair_share_weighs_jobs_running_then_jobs_served(ann: Tuple[int, int, in
                 d.add(mine)
                 slots.give(d, dispatched)
                 for _ in mine:
-                    slots.started.get(timeout=30)
+                    slots.started.get(timeout=BOUND)
             for _ in range(adopted):
                 held = control(next(seq), owner, next(seq))
                 d.adopted(held)
@@ -332,7 +335,7 @@ def test_fair_share_weighs_jobs_running_then_jobs_served(ann: Tuple[int, int, in
         wanted = {"ann": control(900, "ann", 900), "bob": control(901, "bob", 901)}
         d.add([wanted["ann"], wanted["bob"]])
         slots.give(d)
-        assert slots.started.get(timeout=30) == str(wanted[first].job.index)
+        assert slots.started.get(timeout=BOUND) == str(wanted[first].job.index)
     finally:
         d.close()
 
@@ -347,16 +350,16 @@ def test_a_job_queued_while_the_dispatcher_is_busy_is_not_forgotten() -> None:
     def tick() -> Optional[float]:
         if not release.is_set():
             in_tick.set()
-            release.wait(30)
+            release.wait(BOUND)
         return None
 
     d = dispatcher_over(slots, tick=tick)
     try:
         d.add([])  # the thread starts, finds nothing to do, and holds in tick()
-        assert in_tick.wait(30)
+        assert in_tick.wait(BOUND)
         d.add([control(1)])
         release.set()
-        assert slots.started.get(timeout=30) == "1"
+        assert slots.started.get(timeout=BOUND) == "1"
     finally:
         release.set()
         d.close()
@@ -372,21 +375,21 @@ def test_a_job_back_from_a_server_gets_the_whole_wait_for_server_again() -> None
     try:
         job = control(1)
         d.add([job])
-        wait_until(lambda: job.no_server_since is not None, what="the outage clock started")
+        wait_until(lambda: job.no_server_since is not None, timeout=BOUND, what="the outage clock started")
         clock.advance(20.0)
         slots.give(d)
-        assert slots.started.get(timeout=30) == "1"
+        assert slots.started.get(timeout=BOUND) == "1"
         d.attempt_ended(job)
         clock.advance(20.0)  # 40 s since the first outage began
         d.add([job], front=True)
-        wait_until(lambda: job.no_server_since is not None, what="a new outage clock")
+        wait_until(lambda: job.no_server_since is not None, timeout=BOUND, what="a new outage clock")
         asked = len(slots.asked)
         d.wake()
-        wait_until(lambda: len(slots.asked) > asked, what="the dispatcher looked again")
+        wait_until(lambda: len(slots.asked) > asked, timeout=BOUND, what="the dispatcher looked again")
         assert slots.ended.empty() and d.pending() == 1
         clock.advance(30.0)
         d.wake()
-        name, error = slots.ended.get(timeout=30)
+        name, error = slots.ended.get(timeout=BOUND)
         assert name == "1" and isinstance(error, ServerError) and str(error) == "no server available"
     finally:
         d.close()
@@ -426,7 +429,7 @@ def test_close_from_the_dispatchers_own_thread_returns() -> None:
 
     d.append(Dispatcher(slots.choose, slots.start, end, clock=FakeClock(), wait_for_server=30.0))
     d[0].add([control(1, seq=1), control(2, seq=2)])
-    assert closed.get(timeout=30) == ["2"]
+    assert closed.get(timeout=BOUND) == ["2"]
 
 
 def test_a_job_no_server_can_take_fails_in_time_with_nothing_else_happening() -> None:
@@ -436,7 +439,7 @@ def test_a_job_no_server_can_take_fails_in_time_with_nothing_else_happening() ->
     d = dispatcher_over(slots, clock=time.monotonic, wait_for_server=0.05)
     try:
         d.add([control(1)])
-        name, error = slots.ended.get(timeout=30)
+        name, error = slots.ended.get(timeout=BOUND)
         assert name == "1" and "every server is offline" in str(error)
     finally:
         d.close()
@@ -457,7 +460,7 @@ def test_a_pass_that_fails_before_any_job_is_looked_at_is_tried_again() -> None:
     d = dispatcher_over(slots, clock=clock)
     try:
         d.add([control(1)])
-        assert slots.started.get(timeout=30) == "1"
+        assert slots.started.get(timeout=BOUND) == "1"
     finally:
         d.close()
 
@@ -477,7 +480,7 @@ def test_jobs_no_server_can_take_do_not_hold_back_the_jobs_behind_them() -> None
     d = Dispatcher(choose, slots.start, slots.end, clock=FakeClock(), wait_for_server=30.0)
     try:
         d.add([control(1, seq=1), control(2, seq=2), control(3, seq=3)])
-        assert slots.started.get(timeout=30) == "3"
+        assert slots.started.get(timeout=BOUND) == "3"
         assert d.pending() == 2 and slots.ended.empty()
     finally:
         d.close()
@@ -499,7 +502,7 @@ def test_jobs_of_another_key_behind_a_waiting_key_are_still_asked() -> None:
                    key_of=lambda job: keys[name_of(job)])
     try:
         d.add([control(1, seq=1), control(2, seq=2), control(3, seq=3)])
-        assert slots.started.get(timeout=30) == "3"
+        assert slots.started.get(timeout=BOUND) == "3"
         assert set(slots.asked) == {"1"}
     finally:
         d.close()
