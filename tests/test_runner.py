@@ -36,8 +36,8 @@ def read_timeout() -> ServerError:
     return ServerError(f"{NAME}: no answer (read timed out)", server=NAME, fault="read_timeout")
 
 
-def image(name: str) -> Dict[str, Any]:
-    return {"filename": name, "subfolder": "", "type": "output"}
+def image(name: str, subfolder: str = "", kind: str = "output") -> Dict[str, Any]:
+    return {"filename": name, "subfolder": subfolder, "type": kind}
 
 
 class FakeServer:
@@ -233,13 +233,15 @@ def runs_to_the_end(server: FakeServer, outputs: Dict[str, Any]) -> Callable[[st
 
 def test_a_job_reports_each_step_as_its_server_tells_it_and_ends_with_the_result() -> None:
     r = Run()
-    outputs = {"9": {"images": [image("a.png"), image("b.png")]}}
+    outputs = {"9": {"images": [image("a.png", "shot1"), image("b.png", "", "temp")]}}
     r.server.on_post = runs_to_the_end(r.server, outputs)
     r.on_event = lambda e: r.clock.advance(5.0) if e.kind == "queued" else None  # 5 s in the queue
+    began = r.clock()
     r.server.on_history = lambda pid: r.clock.advance(7.0)  # the job's run: 7 s
     out = r.go()
     assert out.kind == "succeeded" and out.confirmed
-    assert {n: [f.filename for f in fs] for n, fs in (out.outputs or {}).items()} == {"9": ["a.png", "b.png"]}
+    assert {n: [(f.filename, f.subfolder, f.type, f.node) for f in fs] for n, fs in (out.outputs or {}).items()} == {
+        "9": [("a.png", "shot1", "output", "9"), ("b.png", "", "temp", "9")]}
     assert out.exec_seconds == 7.0  # from its start on the server, not from its POST
     assert out.raw == {"prompt_id": r.attempt.prompt_id, "timestamp": 1}  # ComfyUI's success message, relayed
     assert r.server.posted == [{"prompt": r.uploads(None), "client_id": "me", "prompt_id": r.attempt.prompt_id}]
@@ -252,7 +254,9 @@ def test_a_job_reports_each_step_as_its_server_tells_it_and_ends_with_the_result
     assert (progress.node, progress.value, progress.max) == ("3", 2.0, 4.0)
     assert r.event("preview").data == b"\x00\x00\x00\x01preview"
     output = r.event("output")
-    assert output.node == "9" and [(f.filename, f.node) for f in output.files] == [("a.png", "9"), ("b.png", "9")]
+    assert output.node == "9"
+    assert [(f.filename, f.subfolder, f.type, f.node) for f in output.files] == [("a.png", "shot1", "output", "9"), ("b.png", "", "temp", "9")]
+    assert r.control.last_exec_start == began + 5.0  # when it started there (the scheduler's estimates)
     assert r.event("started").raw == {"prompt_id": r.attempt.prompt_id}
     assert r.event("executing").raw["node"] == "3" and r.event("output").raw["node"] == "9"
     assert r.job.status == "running" and r.job.prompt_id == r.attempt.prompt_id
@@ -272,7 +276,8 @@ def test_a_progress_without_numbers_is_not_reported() -> None:
         r.server.send(pid, "executing", {"node": None})
 
     r.server.on_post = on_post
-    assert r.go().kind == "succeeded"
+    out = r.go()
+    assert out.kind == "succeeded" and out.raw is None  # no success message heard: none to relay
     assert [(e.value, e.max) for e in r.events if e.kind == "progress"] == [(1.5, 3.0)]
 
 
@@ -743,7 +748,10 @@ def test_a_job_cancelled_while_its_server_is_silent_ends_cancelled_unconfirmed(w
     r.server.down["delete"] = read_timeout()
     r.on_event = lambda e: r.cancel() if e.kind == "queued" else None
     out = r.go()
-    assert out.kind == "cancelled"
+    if where == "queue":  # the copy may still run there: clean-up removes it later
+        assert out.kind == "cancelled" and not out.confirmed
+    else:  # it left the queue: its end there is known
+        assert (out.kind, out.reason, out.confirmed) == ("cancelled", "cancelled", True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -964,3 +972,58 @@ def test_a_cancel_reaches_a_runner_waiting_for_events_at_once() -> None:
     thread.join(20)
     assert out and out[0].kind == "cancelled" and out[0].reason == "cancelled"
     assert ("interrupt", r.attempt.prompt_id) in r.server.calls
+
+
+def test_a_job_still_queued_on_its_server_is_not_judged_by_a_failing_history() -> None:
+    """While the job waits in the server's queue its result is not read: a history that
+    fails meanwhile neither fails nor moves it; once it has run and the history answers, the
+    result is had."""
+    r = Run(lost_after=15.0)
+    r.server.on_post = r.server.queue_it
+    r.server.down["history"] = ServerError(f"{NAME}: HTTP 500", server=NAME, status=500)
+
+    def queue(*, timeout: Any = None) -> Tuple[List[str], List[str]]:
+        r.clock.advance(1.0)  # 40 looks: 40 s of the pool's clock in the queue
+        if r.server.looks == 40:
+            r.server.down.clear()
+            r.server.finish(r.server.pending[0], {"9": {"images": [image("a.png")]}})
+        return FakeServer.queue(r.server, timeout=timeout)
+
+    r.server.queue = queue  # type: ignore[method-assign]
+    out = r.go()
+    assert out.kind == "succeeded" and list(out.outputs or {}) == ["9"]
+
+
+def test_a_silent_server_is_read_again_soon_although_the_reconcile_interval_is_long() -> None:
+    """The websocket dropped and the server stopped answering: its queue is read again every
+    half second (not every reconcile interval, an hour here) until the loss window is over."""
+    r = Run(lost_after=4.0, interval=NEVER)
+
+    def on_post(pid: str) -> None:
+        r.server.start(pid)
+        r.server.down["queue"] = read_timeout()
+        r.server.listeners[pid]({"type": "_disconnected"})
+
+    r.server.on_post = on_post
+    out = r.go()
+    assert out.kind == "move" and not out.confirmed
+
+
+def test_the_result_reads_loss_window_counts_continuous_failures_only() -> None:
+    """Reading the result: it fails, answers "not there yet", fails twice more, then gives the
+    result: the window restarts once the server answered, and the whole result is had."""
+    r = Run(lost_after=3.0)
+    r.server.on_post = ends_with_two_outputs(r)
+    script = [read_timeout(), None, read_timeout(), read_timeout(), "item"]
+    real = r.server.items
+
+    def history(prompt_id: str, *, timeout: Any = None) -> Optional[Dict[str, Any]]:
+        step = script.pop(0) if script else "item"
+        if isinstance(step, ServerError):
+            r.server.fail["history"] = [step]
+        r.server._call("history", prompt_id, timeout)
+        return real.get(prompt_id) if step == "item" else None
+
+    r.server.history = history  # type: ignore[method-assign]
+    out = r.go()
+    assert out.kind == "succeeded" and sorted(out.outputs or {}) == ["10", "9"]
