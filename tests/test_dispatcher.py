@@ -255,6 +255,7 @@ def test_pending_counts_waiting_jobs_per_batch_and_close_hands_them_back() -> No
     d.add(jobs)
     assert (d.pending(), d.pending(b1), d.pending(b2), d.pending(object())) == (3, 2, 1, 0)
     assert d.remove(jobs[0]) and not d.remove(jobs[0])
+    assert not d.remove(control(9, "zed"))  # an owner with nothing queued
     assert (d.pending(), d.pending(b1)) == (2, 1)
     assert d.remove(jobs[2]) and d.pending(b2) == 0  # its last job gone: none of the batch waits
     d.add([jobs[2]])
