@@ -507,3 +507,56 @@ def test_jobs_of_another_key_behind_a_waiting_key_are_still_asked() -> None:
         assert set(slots.asked) == {"1"}
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("before, queued, slots_given, order", [
+    # ann has 2 jobs running; ann's next job is older than bob's three: bob's first two go
+    # before it (fewer running), then the tie on running and served goes to the older job.
+    (dict(ann=(2, 0)), ["ann", "bob", "bob", "bob"], 4, ["bob1", "bob2", "ann0", "bob3"]),
+    # ann has 1 running; bob, never served, has the older jobs: bob's first, then a tie goes to
+    # bob's older second job before ann's.
+    (dict(ann=(1, 0)), ["bob", "bob", "ann", "ann"], 4, ["bob0", "bob1", "ann2", "ann3"]),
+    # ann's one job ended (none running, one served); bob was never served: bob goes first
+    # although ann's job is older.
+    (dict(ann=(1, 1)), ["ann", "bob"], 1, ["bob1"]),
+])
+def test_slots_freed_at_once_go_in_fair_share_order(before: Dict[str, Tuple[int, int]], queued: List[str], slots_given: int,
+                                                   order: List[str]) -> None:
+    """Several slots free in one look: each goes in turn to the owner with the fewest jobs on
+    servers, counting the ones just given out in this look, then the fewest served, then the
+    older job (mutants: the counts of one look taken wrong, an owner never served counted as
+    one, the queues read one job deep)."""
+    slots = Slots()
+    pending_free: List[int] = []
+
+    def clock() -> float:  # read at the start and the end of each look, never in between
+        with slots.lock:
+            while pending_free:
+                slots.free += pending_free.pop()
+        return 0.0
+
+    d = Dispatcher(slots.choose, slots.start, slots.end, clock=clock, wait_for_server=30.0)
+    seq = iter(range(100, 1000))
+    try:
+        for owner, (dispatched, ended) in before.items():
+            mine = [control(next(seq), owner, next(seq)) for _ in range(dispatched)]
+            d.add(mine)
+            slots.give(d, dispatched)
+            for _ in mine:
+                slots.started.get(timeout=BOUND)
+            for job in mine[:ended]:
+                d.attempt_ended(job)
+        names = {}
+        jobs = []
+        for i, owner in enumerate(queued):
+            job = control(i, owner, i)
+            names[name_of(job)] = f"{owner}{i}"
+            jobs.append(job)
+        asked = len(slots.asked)
+        d.add(jobs)
+        wait_until(lambda: len(slots.asked) >= asked + len(jobs), timeout=BOUND, what="a look at every queued job")
+        pending_free.append(slots_given)
+        d.wake()
+        assert [names[slots.started.get(timeout=BOUND)] for _ in range(slots_given)] == order
+    finally:
+        d.close()
