@@ -8,7 +8,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from helpers import FakeClock, sleep_workflow, wait_until
@@ -24,6 +24,18 @@ SERVER = ServerConfig(name="a", url="http://127.0.0.1:9")
 #: Bounds every wait for the dispatcher's thread: a hang only (its work here takes
 #: milliseconds), kept short so that a mutant that hangs a test fails it soon.
 BOUND = 10.0
+
+
+@pytest.fixture(autouse=True)
+def every_dispatcher_closed() -> Iterator[None]:
+    """Each test closes its dispatcher: once it has, the dispatcher's thread ends (nothing of
+    it runs after close())."""
+    before = set(threading.enumerate())
+    yield
+    started = [t for t in threading.enumerate() if t not in before and t.name == "comfy-cluster-dispatch"]
+    for thread in started:
+        thread.join(BOUND)
+    assert not [t for t in started if t.is_alive()], "a dispatcher's thread outlived its close()"
 
 
 class Slots:
