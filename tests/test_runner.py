@@ -12,7 +12,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
-from helpers import FakeClock, sleep_workflow
+from helpers import FakeClock, sleep_workflow, wait_until
 
 from comfy_cluster.attempt import Attempt, AttemptPhase, PostGate
 from comfy_cluster.errors import ComfyClusterError, JobFailed, LocalFileError, NodeError, ServerError, WorkflowError
@@ -467,7 +467,8 @@ def test_a_job_whose_events_are_lost_ends_as_its_servers_history_says(how: str) 
         assert out.kind == "succeeded" and [f.filename for f in (out.outputs or {})["9"]] == ["a.png"]
     elif how == "fails":
         assert out.kind == "failed" and isinstance(out.error, JobFailed)
-        assert (out.error.node_id, out.error.node_type, out.error.prompt_id) == ("4", "VAEDecode", r.attempt.prompt_id)
+        assert (out.error.node_id, out.error.node_type, out.error.prompt_id, out.error.server) == ("4", "VAEDecode", r.attempt.prompt_id, NAME)
+        assert str(out.error) == f"{NAME}: node 4 (VAEDecode) failed: E: m"
     elif how == "interrupted":
         assert out.kind == "cancelled" and out.reason == "interrupted on the server"
     else:  # an error whose message is not readable
@@ -485,6 +486,8 @@ def test_a_job_seen_running_counts_its_time_from_then() -> None:
     seen_running: List[str] = []
 
     def queue_and_finish(*, timeout: Any = None) -> Tuple[List[str], List[str]]:
+        if not seen_running:
+            r.clock.advance(3.0)  # posted 3 s before this look saw it running
         answer = FakeServer.queue(r.server, timeout=timeout)
         if r.server.running:
             if seen_running:
@@ -789,12 +792,18 @@ def test_an_attempt_that_cannot_be_recorded_fails_the_job_unposted() -> None:
     assert r.server.posted == []
 
 
-def test_a_websocket_that_cannot_connect_moves_the_job_at_once() -> None:
+@pytest.mark.parametrize("error, reason", [
+    (refused(), "cannot connect: refused"),
+    (ServerError("connection reset by peer", fault="connect"), "connection reset by peer"),  # not naming the server
+])
+def test_a_websocket_that_cannot_connect_moves_the_job_at_once(error: ServerError, reason: str) -> None:
+    """The move's reason is the error's message without the server's name (the job's
+    ``failures`` pair it with the server), and whole when it does not start with the name."""
     r = Run()
-    r.server.fail["connect"] = [refused()]
+    r.server.fail["connect"] = [error]
     out = r.go()
     assert out.kind == "move" and out.confirmed and out.decision.mark_down
-    assert out.reason == "cannot connect: refused"
+    assert out.reason == reason
     assert r.server.posted == []
 
 
@@ -946,6 +955,32 @@ def test_an_adopted_job_is_followed_from_where_it_is(where: str) -> None:
         return
     assert out.kind == "succeeded" and list(out.outputs or {}) == ["9"] and out.reason == ""
     assert r.kinds() == {"pending": ["submitted"], "running": ["submitted", "started"], "history": []}[where]
+    assert all(e.server == NAME for e in r.events)
+
+
+def test_an_adopted_job_hears_its_events_and_its_cancel() -> None:
+    """An adopted job running on its server: its events reach its user, and a cancel from the
+    user's thread wakes its runner at once (the reconcile interval is an hour here)."""
+    r = Run(interval=NEVER)
+    pid = r.attempt.prompt_id
+    r.server.running.append(pid)
+    started = threading.Event()
+
+    def on_event(e: Any) -> None:
+        if e.kind == "started":
+            r.server.send(pid, "executing", {"node": "5"})
+            started.set()
+
+    r.on_event = on_event
+    out: List[Outcome] = []
+    thread = threading.Thread(target=lambda: out.append(follow_attempt(r.attempt, r.ctx)), daemon=True)
+    thread.start()
+    assert started.wait(20)
+    wait_until(lambda: "executing" in r.kinds(), timeout=20, what="the job's event heard")
+    r.cancel()
+    thread.join(20)
+    assert out and out[0].kind == "cancelled" and out[0].reason == "cancelled"
+    assert r.kinds() == ["submitted", "started", "executing"] and r.event("executing").node == "5"
 
 
 def test_an_adopted_job_on_a_silent_server_keeps_its_reason() -> None:
