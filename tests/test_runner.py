@@ -329,8 +329,7 @@ def test_a_result_that_never_reaches_the_history_is_taken_from_the_events() -> N
     r = Run(cost=3.0)
     outputs = {"9": {"images": [image("a.png")]}}
 
-    def on_post(pid: str) -> None:
-        r.server.start(pid)
+    def runs(pid: str) -> None:
         r.server.send(pid, "execution_start", {})
         r.server.send(pid, "executed", {"node": "9", "output": outputs["9"]})
         r.server.send(pid, "executed", {"node": "9", "output": {"images": [image("b.png")]}})
@@ -338,8 +337,16 @@ def test_a_result_that_never_reaches_the_history_is_taken_from_the_events() -> N
         r.server.running.remove(pid)
         r.server.send(pid, "executing", {"node": None})
 
-    r.server.on_post = on_post
-    r.on_event = lambda e: r.clock.advance(2.0) if e.kind == "queued" else None
+    def queue(*, timeout: Any = None) -> Tuple[List[str], List[str]]:
+        if r.server.looks == 0:  # 2 s after the POST it starts: its events come from then
+            r.clock.advance(2.0)
+            r.server.start(r.attempt.prompt_id)
+            answer = FakeServer.queue(r.server, timeout=timeout)
+            runs(r.attempt.prompt_id)
+            return answer
+        return FakeServer.queue(r.server, timeout=timeout)
+
+    r.server.queue = queue  # type: ignore[method-assign]
     r.server.on_history = lambda pid: r.clock.advance(3.0)
     began = r.clock()
     out = r.go()
@@ -1019,8 +1026,9 @@ def test_a_job_still_queued_on_its_server_is_not_judged_by_a_failing_history() -
 
     def queue(*, timeout: Any = None) -> Tuple[List[str], List[str]]:
         r.clock.advance(1.0)  # 40 looks: 40 s of the pool's clock in the queue
-        if r.server.looks == 40:
+        if r.server.looks == 40:  # it ran; its result is readable after 3 more failed reads
             r.server.down.clear()
+            r.server.fail["history"] = [ServerError(f"{NAME}: HTTP 500", server=NAME, status=500)] * 3
             r.server.finish(r.server.pending[0], {"9": {"images": [image("a.png")]}})
         return FakeServer.queue(r.server, timeout=timeout)
 
