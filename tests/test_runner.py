@@ -264,7 +264,8 @@ def test_a_job_reports_each_step_as_its_server_tells_it_and_ends_with_the_result
 
 
 def test_a_progress_without_numbers_is_not_reported() -> None:
-    """A progress message without a numeric value or max (a custom node's) is passed over."""
+    """A progress message without a numeric value or max (a custom node's) is passed over;
+    messages with odd data are read as having none."""
     r = Run()
 
     def on_post(pid: str) -> None:
@@ -272,6 +273,8 @@ def test_a_progress_without_numbers_is_not_reported() -> None:
         r.server.send(pid, "progress", {"value": "half", "max": 4, "node": "3"})
         r.server.send(pid, "progress", {"value": 1, "max": None, "node": "3"})
         r.server.send(pid, "progress", {"value": 1.5, "max": 3, "node": "3"})
+        r.server.listeners[pid]({"type": "execution_cached", "data": ["not", "a", "dict"]})  # odd data: no nodes
+        r.server.listeners[pid]({"type": "status"})  # a kind the runner does not use, without data
         r.server.finish(pid)
         r.server.send(pid, "executing", {"node": None})
 
@@ -279,6 +282,7 @@ def test_a_progress_without_numbers_is_not_reported() -> None:
     out = r.go()
     assert out.kind == "succeeded" and out.raw is None  # no success message heard: none to relay
     assert [(e.value, e.max) for e in r.events if e.kind == "progress"] == [(1.5, 3.0)]
+    assert r.event("cached").nodes == ()
 
 
 def test_the_attempt_is_posted_only_after_it_is_recorded_and_marked_as_sent() -> None:
