@@ -258,7 +258,12 @@ def test_a_job_reports_each_step_as_its_server_tells_it_and_ends_with_the_result
     assert [(f.filename, f.subfolder, f.type, f.node) for f in output.files] == [("a.png", "shot1", "output", "9"), ("b.png", "", "temp", "9")]
     assert r.control.last_exec_start == began + 5.0  # when it started there (the scheduler's estimates)
     assert r.event("started").raw == {"prompt_id": r.attempt.prompt_id}
-    assert r.event("executing").raw["node"] == "3" and r.event("output").raw["node"] == "9"
+    # Each event of a websocket message carries its data as sent (the gateway relays it).
+    pid = r.attempt.prompt_id
+    assert r.event("cached").raw == {"nodes": ["1", 2], "prompt_id": pid}
+    assert r.event("executing").raw == {"node": "3", "prompt_id": pid}
+    assert r.event("progress").raw == {"value": 2, "max": 4, "node": "3", "prompt_id": pid}
+    assert r.event("output").raw == {"node": "9", "output": outputs["9"], "prompt_id": pid}
     assert r.job.status == "running" and r.job.prompt_id == r.attempt.prompt_id
     assert r.noted == [(r.attempt.prompt_id, NAME, "reserved")]  # once per copy
 
