@@ -233,6 +233,9 @@ def runs_to_the_end(server: FakeServer, outputs: Dict[str, Any]) -> Callable[[st
 
 def test_a_job_reports_each_step_as_its_server_tells_it_and_ends_with_the_result() -> None:
     r = Run()
+    uploaded_to: List[Any] = []
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
+    r.uploads = lambda client: uploaded_to.append(client) or workflow
     outputs = {"9": {"images": [image("a.png", "shot1"), image("b.png", "", "temp")]}}
     r.server.on_post = runs_to_the_end(r.server, outputs)
     r.on_event = lambda e: r.clock.advance(5.0) if e.kind == "queued" else None  # 5 s in the queue
@@ -244,7 +247,7 @@ def test_a_job_reports_each_step_as_its_server_tells_it_and_ends_with_the_result
         "9": [("a.png", "shot1", "output", "9"), ("b.png", "", "temp", "9")]}
     assert out.exec_seconds == 7.0  # from its start on the server, not from its POST
     assert out.raw == {"prompt_id": r.attempt.prompt_id, "timestamp": 1}  # ComfyUI's success message, relayed
-    assert r.server.posted == [{"prompt": r.uploads(None), "client_id": "me", "prompt_id": r.attempt.prompt_id}]
+    assert r.server.posted == [{"prompt": workflow, "client_id": "me", "prompt_id": r.attempt.prompt_id}]
     assert r.kinds() == ["submitted", "queued", "started", "cached", "executing", "progress", "preview", "output"]
     assert all(e.server == NAME and e.prompt_id == r.attempt.prompt_id for e in r.events)
     assert r.event("queued").position == POSITION
@@ -266,6 +269,7 @@ def test_a_job_reports_each_step_as_its_server_tells_it_and_ends_with_the_result
     assert r.event("output").raw == {"node": "9", "output": outputs["9"], "prompt_id": pid}
     assert r.job.status == "running" and r.job.prompt_id == r.attempt.prompt_id
     assert r.noted == [(r.attempt.prompt_id, NAME, "reserved")]  # once per copy
+    assert uploaded_to == [r.server]  # its inputs went to the server it runs on
 
 
 def test_a_progress_without_numbers_is_not_reported() -> None:
@@ -707,6 +711,24 @@ def test_cancel_of_a_running_job_interrupts_it_and_watches_it_leave_the_queue() 
     out = r.go()
     assert out.kind == "cancelled" and out.reason == "cancelled" and out.confirmed
     assert ("interrupt", r.attempt.prompt_id) in r.server.calls
+
+
+def test_cancel_of_a_running_job_told_by_the_servers_interrupt_event() -> None:
+    """The server answers the interrupt with its ``execution_interrupted`` event (the job
+    still in its queue for a moment): the job ends cancelled by our cancel, not "interrupted
+    on the server" (someone else's), with ComfyUI's message."""
+    r = Run(interval=NEVER)
+
+    def on_post(pid: str) -> None:
+        r.server.start(pid)
+        r.server.send(pid, "execution_start", {})
+
+    r.server.on_post = on_post
+    r.on_event = lambda e: r.cancel() if e.kind == "started" else None
+    r.server.on_interrupt = lambda pid: r.server.send(pid, "execution_interrupted", {"prompt_id": pid, "node_id": "2"})
+    out = r.go()
+    assert (out.kind, out.reason) == ("cancelled", "cancelled")
+    assert out.raw == {"prompt_id": r.attempt.prompt_id, "node_id": "2"}
 
 
 def test_cancel_of_a_running_job_on_a_slow_server_waits_until_it_stops() -> None:
