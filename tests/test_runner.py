@@ -845,17 +845,22 @@ def test_a_websocket_that_cannot_connect_moves_the_job_at_once(error: ServerErro
     assert r.server.posted == []
 
 
-def test_an_unreadable_input_file_fails_the_job_naming_the_file() -> None:
+@pytest.mark.parametrize("error, message, path", [
+    (FileNotFoundError(2, "No such file or directory", "/shots/plate.exr"), "input file unreadable: FileNotFoundError: /shots/plate.exr",
+     "/shots/plate.exr"),
+    (OSError(5, "Input/output error"), "input file unreadable: OSError: None", ""),  # no file named: no path made up
+])
+def test_an_unreadable_input_file_fails_the_job_naming_the_file(error: OSError, message: str, path: str) -> None:
     r = Run()
 
     def uploads(client: Any) -> Dict[str, Any]:
-        raise FileNotFoundError(2, "No such file or directory", "/shots/plate.exr")
+        raise error
 
     r.uploads = uploads
     out = r.go()
     assert out.kind == "failed" and isinstance(out.error, LocalFileError)
-    assert str(out.error) == "input file unreadable: FileNotFoundError: /shots/plate.exr"
-    assert out.error.path == "/shots/plate.exr"
+    assert str(out.error) == message
+    assert out.error.path == path
     assert r.server.posted == []
 
 
