@@ -909,17 +909,22 @@ def test_a_refused_workflow_moves_only_when_another_server_may_take_it(error: Wo
         assert out.kind == "failed" and out.error is error
 
 
-@pytest.mark.parametrize("error, kind, confirmed", [
-    (ServerError(f"{NAME}: HTTP 400", server=NAME, status=400), "failed", True),
-    (ServerError(f"{NAME}: HTTP 413", server=NAME, status=413), "failed", True),
-    (refused(), "move", True),
-    (ServerError(f"{NAME}: HTTP 401", server=NAME, status=401), "move", True),
+@pytest.mark.parametrize("error, kind, down, never_again", [
+    (ServerError(f"{NAME}: HTTP 400", server=NAME, status=400), "failed", False, False),
+    (ServerError(f"{NAME}: HTTP 413", server=NAME, status=413), "failed", False, False),
+    (refused(), "move", True, False),
+    (ServerError(f"{NAME}: HTTP 429", server=NAME, status=429), "move", True, False),
+    (ServerError(f"{NAME}: HTTP 401", server=NAME, status=401), "move", True, True),
 ])
-def test_a_post_refused_before_the_server_took_the_job(error: ServerError, kind: str, confirmed: bool) -> None:
+def test_a_post_refused_before_the_server_took_the_job(error: ServerError, kind: str, down: bool, never_again: bool) -> None:
+    """Nothing was queued: the job fails (the same everywhere) or moves, its end there known;
+    a move marks the server down, and a proxy's 401 keeps the job from that server for good."""
     r = Run()
     r.server.fail["post"] = [error]
     out = r.go()
-    assert out.kind == kind and out.confirmed is confirmed and out.error is error
+    assert out.kind == kind and out.confirmed and out.error is error
+    if kind == "move":
+        assert (out.decision.mark_down, out.decision.exclude, out.decision.maybe_there) == (down, never_again, False)
     assert not [c for c in r.server.calls if c[0] in ("queue", "history")]  # nothing to look for
 
 
