@@ -1,0 +1,765 @@
+"""The gateway's job book (``comfy_cluster/gateway/book.py``) alone, with fakes of what it is
+handed: a pool that records what it is given and ends jobs when the test says, a relay that
+records each frame per socket, a state store whose writes are recorded (and committed when the
+test says), an executor that runs at once. No server, no socket; the book's own loop.
+
+Written against surviving mutants of book.py (docs/TESTING.md): each test checks what a client
+of the gateway sees (its frames, its queue, its history, the pool's jobs) or what the store
+keeps for a restart, never the text of a line."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pytest
+
+from comfy_cluster.errors import ConfigError
+from comfy_cluster.gateway.auth import User
+from comfy_cluster.gateway.book import JobBook
+from comfy_cluster.gateway.gatewayjob import GatewayJob
+from comfy_cluster.reports import JobEvent, JobResult, OutputFile
+
+ALICE, BOB, ADMIN = User("alice", owner="alice"), User("bob", owner="bob"), User("root", admin=True, owner="root")
+PROMPT = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+
+
+class FakeJob:
+    """What the book reads of a pool's Job."""
+
+    def __init__(self) -> None:
+        self.status = "pending"
+        self.server: Any = None
+        self.cancels = 0
+        self._result: Any = None
+        self._error: Optional[BaseException] = None
+        self._done: List[Callable[[Any], None]] = []
+
+    def cancel(self) -> bool:
+        self.cancels += 1
+        return True
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._done.append(fn)
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        assert timeout == 0, "the book reads an ended job's result without waiting"
+        return self._result
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        assert timeout == 0, "the book reads an ended job's error without waiting"
+        return self._error
+
+    def end(self, status: str, server: Optional[str] = None, *, result: Any = None, error: Optional[BaseException] = None) -> None:
+        self.status, self._result, self._error = status, result, error
+        self.server = SimpleNamespace(name=server) if server else None
+        for fn in self._done:
+            fn(self)
+
+
+class FakePool:
+    """Records each submit/adopt with its arguments; ``refuse`` makes the next submit raise."""
+
+    def __init__(self) -> None:
+        self.calls: List[Dict[str, Any]] = []
+        self.refuse: Optional[BaseException] = None
+
+    def _take(self, kind: str, **kwargs: Any) -> FakeJob:
+        if self.refuse is not None:
+            error, self.refuse = self.refuse, None
+            raise error
+        job = FakeJob()
+        self.calls.append(dict(kwargs, kind=kind, job=job))
+        return job
+
+    def submit(self, workflow: Any, *, inputs: Any = None, on_event: Any = None, retries: int = 2, owner: Optional[str] = None,
+               on_attempt: Any = None) -> FakeJob:
+        return self._take("submit", workflow=workflow, inputs=inputs, on_event=on_event, owner=owner, on_attempt=on_attempt)
+
+    def adopt(self, workflow: Any, server: str, prompt_id: str, *, inputs: Any = None, on_event: Any = None, owner: Optional[str] = None,
+              on_attempt: Any = None, client_id: Optional[str] = None) -> FakeJob:
+        return self._take("adopt", workflow=workflow, server=server, attempt=prompt_id, inputs=inputs, on_event=on_event, owner=owner,
+                          on_attempt=on_attempt, client_id=client_id)
+
+
+class OldPool(FakePool):
+    """A pool without fair share of its own (no ``owner``)."""
+
+    def submit(self, workflow: Any, *, inputs: Any = None, on_event: Any = None, retries: int = 2, on_attempt: Any = None) -> FakeJob:  # type: ignore[override]
+        return self._take("submit", workflow=workflow, inputs=inputs, on_event=on_event, on_attempt=on_attempt, owner="(not given)")
+
+
+class FakeRelay:
+    def __init__(self) -> None:
+        self.frames: List[Tuple[Any, str, Dict[str, Any], bool]] = []
+        self.broadcasts: List[Tuple[str, Dict[str, Any]]] = []
+        self.previews: List[Tuple[Any, bytes, str, Optional[str]]] = []
+
+    def send(self, key: Any, kind: str, data: Dict[str, Any], *, keep: bool = False) -> None:
+        self.frames.append((key, kind, data, keep))
+
+    def broadcast(self, kind: str, data: Dict[str, Any]) -> None:
+        self.broadcasts.append((kind, data))
+
+    def send_preview(self, key: Any, frame: bytes, prompt_id: str, node: Optional[str]) -> None:
+        self.previews.append((key, frame, prompt_id, node))
+
+
+class FakeStore:
+    """Each write recorded as (name, args, kwargs); reads answer from ``rows``."""
+
+    def __init__(self) -> None:
+        self.writes: List[Tuple[str, tuple, dict]] = []
+        self.rows: Dict[str, Dict[str, Any]] = {}
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def write(*args: Any, **kwargs: Any) -> None:
+            self.writes.append((name, args, kwargs))
+
+        write.__name__ = name
+        return write
+
+    def history_row(self, prompt_id: str) -> Optional[Dict[str, Any]]:
+        return self.rows.get(prompt_id)
+
+    def history_rows(self, **kwargs: Any) -> Tuple[int, List[Dict[str, Any]]]:
+        return len(self.rows), [dict(r, kwargs=kwargs) for r in self.rows.values()]
+
+    def named(self, name: str) -> List[Tuple[tuple, dict]]:
+        return [(a, k) for n, a, k in self.writes if n == name]
+
+
+class FakeKeeper:
+    """Writes in order; ``then`` runs once committed: at once, or at ``commit()`` while ``hold``."""
+
+    def __init__(self) -> None:
+        self.store = FakeStore()
+        self.replica = "replica-1"
+        self.hold = False
+        self._held: List[Callable[[], None]] = []
+
+    def later(self, fn: Callable[..., Any], *args: Any, then: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
+        fn(*args, **kwargs)
+        if then is not None:
+            self._held.append(then)
+            if not self.hold:
+                self.commit()
+
+    def commit(self) -> None:
+        held, self._held = self._held, []
+        for then in held:
+            then()
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+
+class FakeMetrics:
+    def __init__(self) -> None:
+        self.seen: List[Tuple[str, Any]] = []
+
+    def attempt(self, server: str) -> None:
+        self.seen.append(("attempt", server))
+
+    def moved(self, server: Optional[str]) -> None:
+        self.seen.append(("moved", server))
+
+    def job_ended(self, status: str, seconds: float) -> None:
+        assert 0 <= seconds < 3600, seconds
+        self.seen.append(("ended", status))
+
+
+class Inline:
+    """An executor that runs each task at once (on the loop's thread, like a fast pool)."""
+
+    def __init__(self) -> None:
+        self.deferred: Optional[List[Tuple[Callable[..., Any], tuple]]] = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.deferred is not None:
+            self.deferred.append((fn, args))
+        else:
+            fn(*args)
+
+    def run_deferred(self) -> None:
+        tasks, self.deferred = self.deferred or [], None
+        for fn, args in tasks:
+            fn(*args)
+
+
+class Harness:
+    def __init__(self, pool: Optional[FakePool] = None, capacity: int = 1) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.pool = pool or FakePool()
+        self.relay = FakeRelay()
+        self.keeper = FakeKeeper()
+        self.store = self.keeper.store
+        self.metrics = FakeMetrics()
+        self.executor = Inline()
+        self.capacity = capacity
+        self.released: List[Any] = []
+        self.book = JobBook(self.pool, self.relay, self.loop, self.executor, capacity=lambda: self.capacity,  # type: ignore[arg-type]
+                            release=self.released.append, keeper=self.keeper, metrics=self.metrics)  # type: ignore[arg-type]
+        self.jobs: Dict[str, GatewayJob] = {}
+
+    def close(self) -> None:
+        self.loop.close()
+
+    def settle(self) -> None:
+        """Run what the pool's threads handed to the loop."""
+        for _ in range(5):
+            self.loop.run_until_complete(asyncio.sleep(0))
+
+    def post(self, pid: str, user: User = ALICE, *, front: bool = False, client: str = "c1", keep: bool = False,
+             workflow: Optional[Dict[str, Any]] = None, inputs: Optional[Dict[str, str]] = None, held: Any = ()) -> GatewayJob:
+        gj = GatewayJob(pid, self.book.next_number(front), client, PROMPT, {"client_id": client}, ["1"], user=user.name,
+                        owner=user.owner, keep=keep, workflow=workflow, inputs=dict(inputs or {}), held=list(held))
+        self.jobs[pid] = gj
+        self.book.add(gj)
+        self.settle()
+        return gj
+
+    def call(self, pid: str) -> Dict[str, Any]:
+        (call,) = [c for c in self.pool.calls if c["job"] is self.jobs[pid].job or c.get("pid") == pid]
+        return call
+
+    def handed(self) -> List[str]:
+        """The prompt ids handed to the pool, in order."""
+        by_job = {id(gj.job): pid for pid, gj in self.jobs.items()}
+        return [by_job.get(id(c["job"]), "?") for c in self.pool.calls]
+
+    def event(self, pid: str, kind: str, server: Optional[str] = "s1", **fields: Any) -> None:
+        on_event = self.call(pid)["on_event"]
+        on_event(JobEvent(kind, server, **fields))  # as the pool's thread does
+        self.settle()
+
+    def end(self, pid: str, status: str, server: Optional[str] = "s1", **kwargs: Any) -> None:
+        job = self.jobs[pid].job
+        assert job is not None
+        job.end(status, server, **kwargs)
+        self.settle()
+
+    def frames(self, pid: str) -> List[Tuple[str, Dict[str, Any]]]:
+        """What the prompt's socket got (kind, data), ``progress_state`` left out."""
+        gj = self.jobs[pid]
+        return [(kind, data) for key, kind, data, _ in self.relay.frames
+                if key == gj.key and data.get("prompt_id") == pid and kind != "progress_state"]
+
+    def kinds(self, pid: str) -> List[str]:
+        return [k for k, _ in self.frames(pid)]
+
+
+@pytest.fixture
+def h() -> Any:
+    harness = Harness()
+    yield harness
+    harness.close()
+
+
+def _remaining(h: Harness) -> int:
+    kind, data = h.relay.broadcasts[-1]
+    assert kind == "status"
+    return data["status"]["exec_info"]["queue_remaining"]
+
+
+# -- fair share and the pool ----------------------------------------------------------------
+
+
+def test_the_pool_gets_the_least_served_owners_job_within_its_capacity(h: Harness) -> None:
+    """README: "the next slot goes to the client served least, not to the oldest job"; a
+    prompt posted to the front goes before its owner's others; never more than the pool's
+    capacity at once."""
+    for pid in ("a1", "a2", "a3"):
+        h.post(pid, ALICE)
+    h.post("b1", BOB)
+    assert h.handed() == ["a1"] and _remaining(h) == 4
+    assert [gj.state for gj in h.jobs.values()] == ["submitted", "waiting", "waiting", "waiting"]
+    h.end("a1", "succeeded")
+    assert h.handed() == ["a1", "b1"]  # bob was served less than alice
+    h.post("a4", ALICE, front=True)  # "front": first of alice's
+    h.end("b1", "succeeded")
+    assert h.handed() == ["a1", "b1", "a4"]
+    h.capacity = 2
+    h.book.pump()
+    h.settle()
+    assert h.handed() == ["a1", "b1", "a4", "a2"]
+    h.end("a4", "succeeded")
+    h.end("a2", "succeeded")
+    assert h.handed() == ["a1", "b1", "a4", "a2", "a3"]
+    h.end("a3", "succeeded")
+    assert h.book.active == {} and _remaining(h) == 0
+    # An owner who comes back after going idle starts afresh (not behind his past turns).
+    for pid in ("a5", "a6"):
+        h.post(pid, ALICE)
+    h.post("b2", BOB)
+    h.end("a5", "succeeded")
+    assert h.handed()[-2:] == ["a6", "b2"]
+
+
+def test_the_fair_share_counts_each_owners_turns_not_the_post_order() -> None:
+    h = Harness(capacity=1)
+    try:
+        h.post("b1", BOB)
+        h.post("a1", ALICE)
+        h.post("b2", BOB)
+        h.post("b3", BOB)
+        h.post("a2", ALICE)
+        for pid in ("b1", "a1", "b2", "a2"):
+            h.end(pid, "succeeded")
+        assert h.handed() == ["b1", "a1", "b2", "a2", "b3"]
+    finally:
+        h.close()
+
+
+def test_prompt_numbers_go_on_from_restored_ones_and_front_ones_are_negative(h: Harness) -> None:
+    assert [h.book.next_number(False) for _ in range(3)] == [0, 1, 2]
+    assert h.book.next_number(True) == -3
+    restored = GatewayJob("old", 41.0, "c1", PROMPT, {}, ["1"], user="alice", owner="alice")
+    h.book.add(restored)
+    assert h.book.next_number(False) == 42
+    front = GatewayJob("older", -57.0, "c1", PROMPT, {}, ["1"], user="alice", owner="alice")
+    h.book.add(front)
+    assert h.book.next_number(False) == 58
+    h.book.adopt(GatewayJob("adopted", 99.0, "c1", PROMPT, {}, ["1"], user="alice", owner="alice"), "att", "s1")
+    assert h.book.next_number(False) == 100
+
+
+def test_the_pool_is_given_the_workflow_its_inputs_and_the_owner(h: Harness) -> None:
+    gj = h.post("a1", ALICE, inputs={"1": "/tmp/in.png"})
+    call = h.call("a1")
+    assert call["workflow"] == PROMPT and call["inputs"] == {"1": "/tmp/in.png"} and call["owner"] == "alice"
+    assert gj.job is call["job"]
+    h.end("a1", "succeeded")
+    other = {"9": {"class_type": "SaveImage", "inputs": {}}}
+    h.post("a2", ALICE, workflow=other)
+    assert h.call("a2")["workflow"] == other and h.call("a2")["inputs"] is None
+
+
+def test_an_older_pool_without_fair_share_is_not_given_an_owner() -> None:
+    h = Harness(pool=OldPool())
+    try:
+        assert not h.book.pool_takes_owner and Harness().book.pool_takes_owner
+        h.post("a1", ALICE)
+        assert h.call("a1")["owner"] == "(not given)"
+    finally:
+        h.close()
+
+
+def test_a_prompt_the_pool_refuses_ends_with_its_error_and_the_next_one_goes(h: Harness) -> None:
+    h.pool.refuse = ConfigError("no server has node TestSleep")
+    h.post("a1", ALICE)
+    h.post("a2", ALICE)
+    frames = h.frames("a1")
+    assert [k for k, _ in frames] == ["execution_error", "executing"]
+    assert "no server has node TestSleep" in frames[0][1]["exception_message"] and frames[1][1]["node"] is None
+    item = h.loop.run_until_complete(h.book.history_json(ALICE, "a1"))["a1"]
+    assert item["status"]["status_str"] == "error" and not item["status"]["completed"]
+    assert h.handed() == ["a2"]  # its slot is free again
+    ((args, kwargs),) = h.store.named("finish")
+    assert args[:2] == ("a1", "failed") and kwargs["owner"] == "alice"
+
+
+# -- a job's events and its end ---------------------------------------------------------------
+
+
+def test_a_jobs_events_reach_its_users_socket_under_the_gateways_prompt_id(h: Harness) -> None:
+    gj = h.post("a1", ALICE, keep=True, held=["v1"])
+    h.event("a1", "started", raw={"prompt_id": "server-id", "timestamp": 5})
+    assert gj.state == "running" and gj.server == "s1"
+    ((args, kwargs),) = h.store.named("set_state")
+    assert args == ("a1", "running") and kwargs["started"] == gj.started_at is not None
+    h.event("a1", "cached", nodes=("1",))
+    h.event("a1", "cached", nodes=("1",))  # told once
+    h.event("a1", "executing", node="2")
+    h.event("a1", "progress", node="2", value=3, max=10)
+    h.event("a1", "preview", node="2", data=b"\x00\x00\x00\x01png")
+    out = OutputFile("x_00001_.png", "sub", "output")
+    h.event("a1", "output", node="3", files=(out,))
+    assert h.kinds("a1") == ["execution_start", "execution_cached", "executing", "progress", "executed"]
+    assert h.frames("a1")[0][1] == {"prompt_id": "a1", "timestamp": 5}
+    assert all(keep for key, _, _, keep in h.relay.frames if key == gj.key)  # kept for the client's next socket
+    assert h.relay.previews == [(("alice", "c1"), b"\x00\x00\x00\x01png", "a1", "2")]
+    assert h.book.files == {("output", "sub", "x_00001_.png"): "s1"}
+    ((args, _),) = h.store.named("note_files")
+    assert args == ("a1", [(("output", "sub", "x_00001_.png"), "s1")])
+    states = [d for key, kind, d, _ in h.relay.frames if kind == "progress_state"]
+    assert states and states[-1]["nodes"]["2"]["value"] == 3
+    assert h.book.remaining == 1
+    result = JobResult("server-id", "s1", {"3": [out]}, 1, 1.0)
+    h.end("a1", "succeeded", result=result)
+    ends = [k for k, d in h.frames("a1") if k.startswith("execution_") and k not in ("execution_start", "execution_cached")]
+    assert ends == ["execution_success"]
+    assert h.frames("a1")[-1] == ("executing", {"node": None, "prompt_id": "a1"})
+    assert h.released == [["v1"]] and gj.held == []
+    history = h.loop.run_until_complete(h.book.history_json(ALICE, "a1"))
+    assert history["a1"]["outputs"] == {"3": {"images": [{"filename": "x_00001_.png", "subfolder": "sub", "type": "output"}]}}
+    assert history["a1"]["status"]["status_str"] == "success"
+    ((args, kwargs),) = h.store.named("finish")
+    assert args[0] == "a1" and args[1] == "succeeded" and args[3] == [(("output", "sub", "x_00001_.png"), "s1")]
+    assert kwargs["owner"] == "alice" and kwargs["client_id"] == "c1" and kwargs["replica"] == "replica-1"
+    assert kwargs["started"] == gj.started_at and kwargs["created"] == gj.created
+    assert ("ended", "succeeded") in h.metrics.seen
+    assert h.book.remaining == 0 and _remaining(h) == 0
+    h.event("a1", "executing", node="3")  # late: nothing more for the client
+    assert h.frames("a1")[-1] == ("executing", {"node": None, "prompt_id": "a1"})
+
+
+def test_a_jobs_end_is_told_once_its_history_is_committed(h: Harness) -> None:
+    h.keeper.hold = True
+    h.post("a1", ALICE)
+    h.event("a1", "started")
+    h.end("a1", "failed", error=RuntimeError("out of memory"))
+    assert h.kinds("a1") == ["execution_start"] and "a1" in h.book.active  # not committed yet
+    assert h.loop.run_until_complete(h.book.history_json(ALICE, "a1")) == {}
+    h.keeper.commit()
+    assert h.kinds("a1") == ["execution_start", "execution_error", "executing"]
+    assert h.frames("a1")[1][1]["exception_message"] == "out of memory"
+    assert "a1" not in h.book.active and "a1" in h.loop.run_until_complete(h.book.history_json(ALICE))
+
+
+def test_a_job_whose_server_closing_message_was_seen_keeps_it_in_history(h: Harness) -> None:
+    h.post("a1", ALICE)
+    h.event("a1", "started", raw={"prompt_id": "srv", "timestamp": 1})
+    h.event("a1", "output", node="3", files=(OutputFile("a.png", "", "output"),),
+            raw={"node": "3", "output": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}, "prompt_id": "srv"})
+    h.event("a1", "failed", raw={"prompt_id": "srv", "exception_message": "boom", "exception_type": "X", "node_id": "3"})
+    h.end("a1", "failed", error=RuntimeError("boom"))
+    item = h.loop.run_until_complete(h.book.history_json(ALICE, "a1"))["a1"]
+    assert item["status"]["messages"][-1][0] == "execution_error" and item["status"]["messages"][-1][1]["prompt_id"] == "a1"
+    assert item["prompt"][1] == "a1"
+    end = [d for k, d in h.frames("a1") if k == "execution_error"]
+    assert [e["exception_message"] for e in end] == ["boom"] and end[0]["node_id"] == "3"
+
+
+def test_a_job_moved_to_another_server_is_one_job_to_its_client(h: Harness) -> None:
+    gj = h.post("a1", ALICE)
+    h.event("a1", "started", raw={"prompt_id": "p1", "timestamp": 1})
+    h.event("a1", "cached", nodes=("1",), raw={"nodes": ["1"], "prompt_id": "p1", "timestamp": 1})
+    h.event("a1", "retrying", server="s1", from_server="s1", to_server="s2", reason="lost")
+    assert gj.server == "s2" and ("moved", "s1") in h.metrics.seen
+    h.event("a1", "started", server="s2", raw={"prompt_id": "p2", "timestamp": 2})
+    h.event("a1", "succeeded", server="s2", raw={"prompt_id": "p2", "timestamp": 3})
+    h.end("a1", "succeeded", server="s2", result=JobResult("p2", "s2", {}, 2, 1.0))
+    assert h.kinds("a1") == ["execution_start", "execution_cached", "execution_success", "executing"]
+    item = h.loop.run_until_complete(h.book.history_json(ALICE, "a1"))["a1"]
+    # The history is the last attempt's: its start, its end (not the first server's cached).
+    assert [m[0] for m in item["status"]["messages"]] == ["execution_start", "execution_success"]
+    assert item["status"]["messages"][0][1] == {"prompt_id": "a1", "timestamp": 2}
+
+
+def test_a_job_starting_where_our_previous_job_still_shows_running_waits_for_its_end(h: Harness) -> None:
+    """Clients see jobs end and start in the order the server ran them: a job started on a
+    server where another of ours still shows running is held until that one's end is told,
+    its own end too if it comes first."""
+    h.capacity = 2
+    h.post("a1", ALICE)
+    h.post("b1", BOB, client="c2")
+    h.event("a1", "started", server="s1")
+    h.event("b1", "started", server="s1")
+    h.event("b1", "executing", server="s1", node="2")
+    assert h.kinds("b1") == []
+    h.end("b1", "succeeded", result=JobResult("x", "s1", {}, 1, 1.0))
+    assert h.kinds("b1") == [] and "b1" in h.book.active
+    h.end("a1", "succeeded", result=JobResult("y", "s1", {}, 1, 1.0))
+    order = [(data["prompt_id"], kind) for _, kind, data, _ in h.relay.frames if kind != "progress_state"]
+    assert order == [("a1", "execution_start"), ("a1", "execution_success"), ("a1", "executing"),
+                     ("b1", "execution_start"), ("b1", "executing"), ("b1", "execution_success"), ("b1", "executing")]
+    assert h.book.active == {} and len(h.store.named("finish")) == 2
+    # A job on another server is not held.
+    h.post("a2", ALICE)
+    h.post("a3", ALICE)
+    h.event("a2", "started", server="s1")
+    h.event("a3", "started", server="s2")
+    assert h.kinds("a3") == ["execution_start"]
+
+
+def test_a_job_held_behind_one_that_moves_goes_on_at_once(h: Harness) -> None:
+    h.capacity = 2
+    h.post("a1", ALICE)
+    h.post("a2", ALICE)
+    h.event("a1", "started", server="s1")
+    h.event("a2", "started", server="s1")
+    assert h.kinds("a2") == []
+    h.event("a1", "retrying", server="s1", from_server="s1", to_server="s2", reason="lost")
+    assert h.kinds("a2") == ["execution_start"]
+
+
+def test_each_attempt_is_recorded_in_the_store_before_its_post(h: Harness) -> None:
+    h.post("a1", ALICE)
+    record = h.call("a1")["on_attempt"]
+    record("att-1", "s1", "reserved")
+    record("att-1", "s1", "ended")
+    assert h.store.named("reserve_attempt") == [(("att-1", "a1", "s1", "replica-1"), {})]
+    assert h.store.named("end_attempt") == [(("att-1",), {})]
+    assert h.metrics.seen == [("attempt", "s1")]
+
+
+def test_an_adopted_copy_is_followed_where_it_runs_not_posted_again(h: Harness) -> None:
+    gj = GatewayJob("a1", 7.0, "c1", PROMPT, {}, ["1"], user="alice", owner="alice", inputs={"1": "/in.png"})
+    h.jobs["a1"] = gj
+    h.book.adopt(gj, "att-1", "s2", client_id="dead-replica")
+    h.settle()
+    (call,) = h.pool.calls
+    assert call["kind"] == "adopt" and call["server"] == "s2" and call["attempt"] == "att-1"
+    assert call["client_id"] == "dead-replica" and call["owner"] == "alice" and call["workflow"] == PROMPT
+    assert call["inputs"] == {"1": "/in.png"} and gj.job is call["job"] and gj.server == "s2" and gj.state == "submitted"
+    call["on_attempt"]("att-2", "s3", "reserved")
+    assert h.store.named("reserve_attempt") == [(("att-2", "a1", "s3", "replica-1"), {})]
+    h.post("a2", ALICE)  # the adopted copy holds the one slot
+    assert [c["kind"] for c in h.pool.calls] == ["adopt"]
+    h.event("a1", "started", server="s2")
+    h.end("a1", "succeeded", server="s2", result=JobResult("att-1", "s2", {}, 1, 1.0))
+    assert h.kinds("a1") == ["execution_start", "execution_success", "executing"]
+    assert [c["kind"] for c in h.pool.calls] == ["adopt", "submit"]
+    h.book.adopt(GatewayJob("a3", 8.0, "c1", PROMPT, {}, ["1"], user="bob", owner="bob"), "att-3", "s1")
+    assert h.pool.calls[-1]["client_id"] is None  # this pool's own client id
+    h.pool.refuse = RuntimeError("server gone")
+    h.jobs["a4"] = GatewayJob("a4", 9.0, "c9", PROMPT, {}, ["1"], user="bob", owner="bob")
+    h.book.adopt(h.jobs["a4"], "att-4", "s1")
+    h.settle()
+    assert h.kinds("a4") == ["execution_error", "executing"]
+
+
+def test_an_adopted_copy_counts_its_owner_as_served(h: Harness) -> None:
+    h.capacity = 2
+    h.book.adopt(GatewayJob("a0", 0.0, "c1", PROMPT, {}, ["1"], user="alice", owner="alice"), "att", "s1")
+    h.post("a1", ALICE)  # second slot
+    h.post("a2", ALICE)
+    h.post("b1", BOB)
+    h.jobs["a1"].job.end("succeeded", "s1", result=JobResult("x", "s1", {}, 1, 1.0))  # type: ignore[union-attr]
+    h.settle()
+    assert h.handed()[-1] == "b1"
+
+
+def test_a_socket_opened_takes_over_only_its_own_prompts_kept_events(h: Harness) -> None:
+    h.capacity = 3
+    mine = h.post("a1", ALICE, keep=True)
+    other_client = h.post("a2", ALICE, client="c2", keep=True)
+    other_user = h.post("b1", BOB, keep=True)
+    h.book.socket_opened(("alice", "c1"))
+    assert (mine.keep, other_client.keep, other_user.keep) == (False, True, True)
+    h.event("a1", "started")
+    assert [keep for key, kind, _, keep in h.relay.frames if key == ("alice", "c1")] == [False]
+
+
+def test_events_that_come_after_the_gateway_loop_closed_are_dropped_quietly(h: Harness) -> None:
+    h.post("a1", ALICE)
+    on_event = h.call("a1")["on_event"]
+    h.loop.close()
+    on_event(JobEvent("started", "s1"))  # the pool's thread must not crash
+    h.jobs["a1"].job.end("succeeded", "s1")  # type: ignore[union-attr]
+
+
+def test_queue_remaining_is_told_to_every_socket_and_counts_the_whole_service(h: Harness) -> None:
+    h.post("a1", ALICE)
+    assert h.relay.broadcasts[-1] == ("status", {"status": {"exec_info": {"queue_remaining": 1}}})
+    assert h.book.status_data() == {"status": {"exec_info": {"queue_remaining": 1}}}
+    before = h.book.changes
+    h.book.shared_remaining = 7
+    h.book.queue_changed()
+    assert h.relay.broadcasts[-1][1]["status"]["exec_info"]["queue_remaining"] == 7 and h.book.changes == before + 1
+
+
+# -- a user's jobs are theirs: delete, cancel, interrupt, history -------------------------------
+
+
+def test_deleting_a_waiting_prompt_leaves_no_trace_and_tells_its_client_nothing(h: Harness) -> None:
+    h.post("a1", ALICE, held=["v"])
+    h.post("a2", ALICE)
+    h.post("a3", ALICE)
+    h.book.delete_pending([12, "nope", "a2"], ALICE)
+    assert h.kinds("a2") == [] and "a2" not in h.book.active and _remaining(h) == 2
+    assert h.store.named("delete_prompt") == [(("a2",), {})] and h.store.named("finish") == []
+    h.end("a1", "succeeded")
+    assert h.handed() == ["a1", "a3"]  # never handed to the pool
+    assert "a2" not in h.loop.run_until_complete(h.book.history_json(ALICE))
+    broadcasts = len(h.relay.broadcasts)
+    h.book.delete_pending(["a3"], ALICE)  # running in the pool (submitted): dropped from the queue, cancelled
+    assert "a3" not in h.book.active and h.jobs["a3"].job.cancels == 1  # type: ignore[union-attr]
+    assert len(h.relay.broadcasts) == broadcasts + 1
+    h.book.delete_pending(["a3", "a1"], ALICE)  # gone, ended: nothing changes, nothing told
+    assert len(h.relay.broadcasts) == broadcasts + 1
+    h.end("a3", "cancelled")
+    assert h.kinds("a3") == [] and "a3" not in h.loop.run_until_complete(h.book.history_json(ALICE))
+
+
+def test_a_deleted_prompt_whose_job_ends_later_leaves_its_owner_free_to_post_again(h: Harness) -> None:
+    h.post("a1", ALICE)
+    h.book.delete_pending(["a1"], ALICE)
+    h.end("a1", "cancelled")
+    h.post("b1", BOB)
+    h.post("a2", ALICE)
+    h.end("b1", "succeeded")
+    assert h.handed() == ["a1", "b1", "a2"]
+
+
+def test_a_running_prompt_is_not_deleted_only_cancelled(h: Harness) -> None:
+    h.post("a1", ALICE)
+    h.event("a1", "started")
+    h.book.delete_pending(["a1"], ALICE)
+    h.book.clear_pending(ALICE)
+    assert "a1" in h.book.active and h.jobs["a1"].job.cancels == 0  # type: ignore[union-attr]
+
+
+def test_one_user_cannot_delete_cancel_or_interrupt_anothers_prompts(h: Harness) -> None:
+    h.capacity = 2
+    h.post("a1", ALICE)
+    h.post("a2", ALICE)
+    h.post("a3", ALICE)
+    h.post("b1", BOB)
+    h.event("a1", "started")
+    h.book.delete_pending(["a2", "a3", "a1"], BOB)
+    h.book.clear_pending(BOB)
+    assert not h.book.cancel_by_id("a1", BOB) and not h.book.cancel_by_id("a3", BOB)
+    h.book.interrupt({}, BOB)
+    h.book.interrupt({"prompt_id": "a1"}, BOB)
+    h.book.interrupt({"delete": ["a1"]}, BOB)
+    h.book.interrupt({"client_id": "c1"}, BOB)
+    assert set(h.book.active) == {"a1", "a2", "a3"} and h.jobs["a1"].job.cancels == 0  # type: ignore[union-attr]
+    assert h.store.named("request_cancel") == [] and h.store.named("delete_prompt") == [(("b1",), {})]  # bob's own: his to clear
+    # An admin may manage anyone's.
+    assert h.book.cancel_by_id("a3", ADMIN) and "a3" not in h.book.active
+
+
+def test_clear_drops_the_viewers_prompts_not_yet_running(h: Harness) -> None:
+    h.capacity = 2
+    h.post("a1", ALICE)
+    h.post("a2", ALICE)
+    h.post("a3", ALICE)
+    h.post("b1", BOB)
+    h.event("a1", "started")
+    h.book.clear_pending(ALICE)
+    assert set(h.book.active) == {"a1", "b1"}
+    assert sorted(a[0] for a, _ in h.store.named("delete_prompt")) == ["a3"]
+    # a1 runs: left alone; a2 was handed to the pool: its job is cancelled there.
+    assert h.store.named("request_cancel") == [(("a2",), {})]
+    assert h.jobs["a1"].job.cancels == 0 and h.jobs["a2"].job.cancels == 1  # type: ignore[union-attr]
+    h.book.clear_pending(ALICE)
+    assert _remaining(h) == 2
+
+
+def test_cancel_stops_a_running_prompt_where_it_runs_once(h: Harness) -> None:
+    h.post("a1", ALICE)
+    h.event("a1", "started")
+    assert not h.book.cancel_by_id("zzz", ALICE)
+    assert h.book.cancel_by_id("a1", ALICE)
+    assert h.jobs["a1"].job.cancels == 1 and h.store.named("request_cancel") == [(("a1",), {})]  # type: ignore[union-attr]
+    assert not h.book.cancel_by_id("a1", ALICE)  # asked already
+    h.end("a1", "cancelled")
+    assert [k for k in h.kinds("a1") if k.startswith("execution_") and k != "execution_start"] == ["execution_interrupted"]
+    assert not h.book.cancel_by_id("a1", ALICE)  # ended
+
+
+def test_cancel_of_a_prompt_between_a_moved_attempts_stops_it(h: Harness) -> None:
+    """A prompt that started once and moved (waiting for its next server) is cancelled, not
+    deleted: it has a history."""
+    h.post("a1", ALICE)
+    h.event("a1", "started")
+    h.event("a1", "retrying", from_server="s1", to_server="s2", reason="lost")
+    h.jobs["a1"].state = "submitted"
+    assert h.book.cancel_by_id("a1", ALICE) and h.jobs["a1"].job.cancels == 1  # type: ignore[union-attr]
+    assert "a1" in h.book.active
+
+
+def test_cancel_of_a_waiting_prompt_removes_it(h: Harness) -> None:
+    h.post("a1", ALICE)
+    h.post("a2", ALICE)
+    assert h.book.cancel_by_id("a2", ALICE)
+    assert "a2" not in h.book.active and h.store.named("delete_prompt") == [(("a2",), {})]
+    assert not h.book.cancel_by_id("a2", ALICE)
+
+
+def test_a_cancel_asked_before_the_pool_took_the_prompt_reaches_its_job(h: Harness) -> None:
+    h.executor.deferred = []
+    gj = h.post("a1", ALICE)
+    gj.started = True  # as a restored prompt that had started
+    assert h.book.cancel_by_id("a1", ALICE)
+    h.executor.run_deferred()
+    h.settle()
+    assert gj.job is not None and gj.job.cancels == 1
+
+
+def test_interrupt_stops_the_named_or_the_clients_running_prompts_of_the_viewer(h: Harness) -> None:
+    h.capacity = 4
+    for pid, client in (("a1", "c1"), ("a2", "c2"), ("a3", "c1"), ("a4", "c1")):
+        h.post(pid, ALICE, client=client)
+        if pid != "a4":
+            h.event(pid, "started", server=pid)
+    cancels = lambda: {p: min(1, h.jobs[p].job.cancels) for p in h.jobs}  # type: ignore[union-attr]  # noqa: E731
+    h.book.interrupt({"prompt_id": "a2"}, ALICE)
+    assert cancels() == {"a1": 0, "a2": 1, "a3": 0, "a4": 0}
+    h.book.interrupt({"delete": ["a3", 5]}, ALICE)
+    assert cancels() == {"a1": 0, "a2": 1, "a3": 1, "a4": 0}
+    h.book.interrupt({"prompt_id": "nothing", "client_id": "c1"}, ALICE)
+    assert cancels() == {"a1": 0, "a2": 1, "a3": 1, "a4": 0}
+    h.book.interrupt({"client_id": "c2"}, ALICE)
+    h.book.interrupt({"client_id": "c1"}, ALICE)
+    assert cancels() == {"a1": 1, "a2": 1, "a3": 1, "a4": 0}  # a4 is not running
+    assert sorted(a[0] for a, _ in h.store.named("request_cancel")) == ["a1", "a2", "a3"]  # each once
+
+
+def test_interrupt_without_a_body_stops_every_running_prompt_of_the_viewer(h: Harness) -> None:
+    h.capacity = 3
+    h.post("a1", ALICE)
+    h.post("a2", ALICE, client="c2")
+    h.post("b1", BOB)
+    for pid in ("a1", "a2", "b1"):
+        h.event(pid, "started", server=pid)
+    h.book.interrupt(["not", "a", "dict"], ALICE)
+    assert [h.jobs[p].job.cancels for p in ("a1", "a2", "b1")] == [1, 1, 0]  # type: ignore[union-attr]
+
+
+def test_history_is_the_viewers_own(h: Harness) -> None:
+    h.capacity = 2
+    h.post("a1", ALICE)
+    h.post("b1", BOB)
+    h.end("a1", "succeeded", result=JobResult("x", "s1", {}, 1, 1.0))
+    h.end("b1", "succeeded", result=JobResult("y", "s1", {}, 1, 1.0))
+    run = h.loop.run_until_complete
+    assert list(run(h.book.history_json(ALICE))) == ["a1"] and list(run(h.book.history_json(ADMIN))) == ["a1", "b1"]
+    assert run(h.book.history_json(BOB, "a1")) == {} and list(run(h.book.history_json(BOB, max_items=5))) == ["b1"]
+    # An item another replica ended: read from the store, shown to its owner only.
+    h.store.rows["z1"] = {"owner": "alice", "item": {"outputs": {}}}
+    h.store.rows["z2"] = {"owner": None, "item": {"outputs": {}}}
+    assert run(h.book.history_json(ALICE, "z1")) == {"z1": {"outputs": {}}} and run(h.book.history_json(BOB, "z1")) == {}
+    assert run(h.book.history_json(User("default"), "z2")) == {"z2": {"outputs": {}}}
+    assert run(h.book.history_json(ALICE, "nothing")) == {}
+    assert run(h.book.history_rows(limit=3))[0] == 2
+    assert run(h.book.history_row("z1")) == h.store.rows["z1"]
+    run(h.book.post_history({"delete": ["a1"]}, BOB))
+    run(h.book.post_history({"clear": True}, BOB))
+    assert list(run(h.book.history_json(ADMIN))) == ["a1"] and h.store.named("delete_history") == [((["b1"],), {})]
+    run(h.book.post_history({"delete": ["a1", 3]}, ALICE))
+    assert run(h.book.history_json(ADMIN)) == {} and h.store.named("delete_history")[-1] == ((["a1"],), {})
+    run(h.book.post_history({"clear": True}, ALICE))
+    assert len(h.store.named("delete_history")) == 2  # nothing gone: nothing written
+
+
+# -- stopping ---------------------------------------------------------------------------------
+
+
+def test_stopping_tells_each_client_the_end_of_each_prompt_once_and_cancels_them(h: Harness) -> None:
+    h.post("a1", ALICE)
+    h.post("a2", ALICE)
+    h.post("b1", BOB, client="c2")
+    h.book.delete_pending(["b1"], BOB)
+    h.event("a1", "started")
+    h.book.stop_all("the gateway is stopping")
+    for pid in ("a1", "a2"):
+        frames = h.frames(pid)
+        ends = [d for k, d in frames if k == "execution_error"]
+        assert len(ends) == 1 and ends[0]["exception_type"] == "GatewayStopped"
+        assert ends[0]["exception_message"] == "the gateway is stopping" and frames[-1] == ("executing", {"node": None, "prompt_id": pid})
+    assert h.kinds("b1") == []  # deleted before: nothing to tell
+    assert h.jobs["a1"].job.cancels == 1 and h.handed() == ["a1"]  # type: ignore[union-attr]
+    h.end("a1", "cancelled")  # the pool confirms: the client was told already
+    assert [k for k in h.kinds("a1") if k.startswith("execution_") and k != "execution_start"] == ["execution_error"]
+    assert h.book.active == {} and sorted(a[0] for a, _ in h.store.named("finish")) == ["a1", "a2"]
