@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-from comfy_cluster.errors import ConfigError
+from comfy_cluster.errors import ConfigError, JobCancelled
 from comfy_cluster.gateway.auth import User
 from comfy_cluster.gateway.book import JobBook
 from comfy_cluster.gateway.gatewayjob import GatewayJob
@@ -45,11 +45,11 @@ class FakeJob:
         self._done.append(fn)
 
     def result(self, timeout: Optional[float] = None) -> Any:
-        assert timeout == 0, "the book reads an ended job's result without waiting"
+        if self.status != "succeeded":  # as Job.result: the job's error
+            raise self._error or JobCancelled(f"job {self.status}")
         return self._result
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        assert timeout == 0, "the book reads an ended job's error without waiting"
         return self._error
 
     def end(self, status: str, server: Optional[str] = None, *, result: Any = None, error: Optional[BaseException] = None) -> None:
@@ -89,6 +89,11 @@ class OldPool(FakePool):
 
     def submit(self, workflow: Any, *, inputs: Any = None, on_event: Any = None, retries: int = 2, on_attempt: Any = None) -> FakeJob:  # type: ignore[override]
         return self._take("submit", workflow=workflow, inputs=inputs, on_event=on_event, on_attempt=on_attempt, owner="(not given)")
+
+    def adopt(self, workflow: Any, server: str, prompt_id: str, *, inputs: Any = None, on_event: Any = None,  # type: ignore[override]
+              on_attempt: Any = None, client_id: Optional[str] = None) -> FakeJob:
+        return self._take("adopt", workflow=workflow, server=server, attempt=prompt_id, inputs=inputs, on_event=on_event,
+                          on_attempt=on_attempt, client_id=client_id, owner="(not given)")
 
 
 class FakeRelay:
@@ -196,7 +201,7 @@ class Inline:
 
 
 class Harness:
-    def __init__(self, pool: Optional[FakePool] = None, capacity: int = 1) -> None:
+    def __init__(self, pool: Optional[FakePool] = None, capacity: int = 1, **bounds: int) -> None:
         self.loop = asyncio.new_event_loop()
         self.pool = pool or FakePool()
         self.relay = FakeRelay()
@@ -207,7 +212,7 @@ class Harness:
         self.capacity = capacity
         self.released: List[Any] = []
         self.book = JobBook(self.pool, self.relay, self.loop, self.executor, capacity=lambda: self.capacity,  # type: ignore[arg-type]
-                            release=self.released.append, keeper=self.keeper, metrics=self.metrics)  # type: ignore[arg-type]
+                            release=self.released.append, keeper=self.keeper, metrics=self.metrics, **bounds)  # type: ignore[arg-type]
         self.jobs: Dict[str, GatewayJob] = {}
 
     def close(self) -> None:
@@ -349,6 +354,10 @@ def test_an_older_pool_without_fair_share_is_not_given_an_owner() -> None:
         assert not h.book.pool_takes_owner and Harness().book.pool_takes_owner
         h.post("a1", ALICE)
         assert h.call("a1")["owner"] == "(not given)"
+        h.jobs["a2"] = GatewayJob("a2", 5.0, "c1", PROMPT, {}, ["1"], user="alice", owner="alice")
+        h.book.adopt(h.jobs["a2"], "att", "s1")
+        h.settle()
+        assert h.call("a2")["owner"] == "(not given)" and h.call("a2")["attempt"] == "att"
     finally:
         h.close()
 
@@ -362,7 +371,10 @@ def test_a_prompt_the_pool_refuses_ends_with_its_error_and_the_next_one_goes(h: 
     assert "no server has node TestSleep" in frames[0][1]["exception_message"] and frames[1][1]["node"] is None
     item = h.loop.run_until_complete(h.book.history_json(ALICE, "a1"))["a1"]
     assert item["status"]["status_str"] == "error" and not item["status"]["completed"]
-    assert h.handed() == ["a2"]  # its slot is free again
+    assert item["prompt"][1] == "a1" and item["status"]["messages"][-1][1]["prompt_id"] == "a1"
+    assert h.handed() == ["a2"]  # its slot is free again, once
+    h.post("a3", ALICE)
+    assert h.handed() == ["a2"]
     ((args, kwargs),) = h.store.named("finish")
     assert args[:2] == ("a1", "failed") and kwargs["owner"] == "alice"
 
@@ -379,14 +391,16 @@ def test_a_jobs_events_reach_its_users_socket_under_the_gateways_prompt_id(h: Ha
     h.event("a1", "cached", nodes=("1",))
     h.event("a1", "cached", nodes=("1",))  # told once
     h.event("a1", "executing", node="2")
+    h.event("a1", "preview", data=b"\x00\x00\x00\x01png")  # a preview is of the node running now
     h.event("a1", "progress", node="2", value=3, max=10)
-    h.event("a1", "preview", node="2", data=b"\x00\x00\x00\x01png")
+    h.event("a1", "progress", node="7", value=1, max=10)  # a node inside it reports
+    h.event("a1", "preview", data=b"\x00\x00\x00\x01jpg")
     out = OutputFile("x_00001_.png", "sub", "output")
     h.event("a1", "output", node="3", files=(out,))
-    assert h.kinds("a1") == ["execution_start", "execution_cached", "executing", "progress", "executed"]
+    assert h.kinds("a1") == ["execution_start", "execution_cached", "executing", "progress", "progress", "executed"]
     assert h.frames("a1")[0][1] == {"prompt_id": "a1", "timestamp": 5}
     assert all(keep for key, _, _, keep in h.relay.frames if key == gj.key)  # kept for the client's next socket
-    assert h.relay.previews == [(("alice", "c1"), b"\x00\x00\x00\x01png", "a1", "2")]
+    assert h.relay.previews == [(("alice", "c1"), b"\x00\x00\x00\x01png", "a1", "2"), (("alice", "c1"), b"\x00\x00\x00\x01jpg", "a1", "7")]
     assert h.book.files == {("output", "sub", "x_00001_.png"): "s1"}
     ((args, _),) = h.store.named("note_files")
     assert args == ("a1", [(("output", "sub", "x_00001_.png"), "s1")])
@@ -398,12 +412,15 @@ def test_a_jobs_events_reach_its_users_socket_under_the_gateways_prompt_id(h: Ha
     ends = [k for k, d in h.frames("a1") if k.startswith("execution_") and k not in ("execution_start", "execution_cached")]
     assert ends == ["execution_success"]
     assert h.frames("a1")[-1] == ("executing", {"node": None, "prompt_id": "a1"})
+    last_state = [d for key, kind, d, _ in h.relay.frames if kind == "progress_state"][-1]
+    assert last_state["nodes"]["2"]["state"] == "finished"  # the node running last is finished before the success
     assert h.released == [["v1"]] and gj.held == []
     history = h.loop.run_until_complete(h.book.history_json(ALICE, "a1"))
     assert history["a1"]["outputs"] == {"3": {"images": [{"filename": "x_00001_.png", "subfolder": "sub", "type": "output"}]}}
     assert history["a1"]["status"]["status_str"] == "success"
     ((args, kwargs),) = h.store.named("finish")
     assert args[0] == "a1" and args[1] == "succeeded" and args[3] == [(("output", "sub", "x_00001_.png"), "s1")]
+    assert args[2] == history["a1"] and kwargs["keep"] == h.book.history.max_items
     assert kwargs["owner"] == "alice" and kwargs["client_id"] == "c1" and kwargs["replica"] == "replica-1"
     assert kwargs["started"] == gj.started_at and kwargs["created"] == gj.created
     assert ("ended", "succeeded") in h.metrics.seen
@@ -419,6 +436,9 @@ def test_a_jobs_end_is_told_once_its_history_is_committed(h: Harness) -> None:
     h.end("a1", "failed", error=RuntimeError("out of memory"))
     assert h.kinds("a1") == ["execution_start"] and "a1" in h.book.active  # not committed yet
     assert h.loop.run_until_complete(h.book.history_json(ALICE, "a1")) == {}
+    assert not h.book.cancel_by_id("a1", ALICE)  # ended: nothing to cancel or delete
+    h.book.delete_pending(["a1"], ALICE)
+    assert h.store.named("request_cancel") == [] and h.store.named("delete_prompt") == []
     h.keeper.commit()
     assert h.kinds("a1") == ["execution_start", "execution_error", "executing"]
     assert h.frames("a1")[1][1]["exception_message"] == "out of memory"
@@ -428,12 +448,14 @@ def test_a_jobs_end_is_told_once_its_history_is_committed(h: Harness) -> None:
 def test_a_job_whose_server_closing_message_was_seen_keeps_it_in_history(h: Harness) -> None:
     h.post("a1", ALICE)
     h.event("a1", "started", raw={"prompt_id": "srv", "timestamp": 1})
-    h.event("a1", "output", node="3", files=(OutputFile("a.png", "", "output"),),
-            raw={"node": "3", "output": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}, "prompt_id": "srv"})
+    # Known from the server's message only (a custom node's text list beside an image entry
+    # that names its file only): /view finds the file where the job ran.
+    h.event("a1", "output", node="3", raw={"node": "3", "output": {"images": [{"filename": "a.png"}], "text": ["hello"]}, "prompt_id": "srv"})
     h.event("a1", "failed", raw={"prompt_id": "srv", "exception_message": "boom", "exception_type": "X", "node_id": "3"})
     h.end("a1", "failed", error=RuntimeError("boom"))
     item = h.loop.run_until_complete(h.book.history_json(ALICE, "a1"))["a1"]
     assert item["status"]["messages"][-1][0] == "execution_error" and item["status"]["messages"][-1][1]["prompt_id"] == "a1"
+    assert h.book.files == {("output", "", "a.png"): "s1"}
     assert item["prompt"][1] == "a1"
     end = [d for k, d in h.frames("a1") if k == "execution_error"]
     assert [e["exception_message"] for e in end] == ["boom"] and end[0]["node_id"] == "3"
@@ -452,6 +474,7 @@ def test_a_job_moved_to_another_server_is_one_job_to_its_client(h: Harness) -> N
     item = h.loop.run_until_complete(h.book.history_json(ALICE, "a1"))["a1"]
     # The history is the last attempt's: its start, its end (not the first server's cached).
     assert [m[0] for m in item["status"]["messages"]] == ["execution_start", "execution_success"]
+    assert item["status"]["status_str"] == "success" and item["status"]["completed"]
     assert item["status"]["messages"][0][1] == {"prompt_id": "a1", "timestamp": 2}
 
 
@@ -466,13 +489,17 @@ def test_a_job_starting_where_our_previous_job_still_shows_running_waits_for_its
     h.event("b1", "started", server="s1")
     h.event("b1", "executing", server="s1", node="2")
     assert h.kinds("b1") == []
-    h.end("b1", "succeeded", result=JobResult("x", "s1", {}, 1, 1.0))
+    b_out = OutputFile("b.png", "", "output")
+    h.end("b1", "succeeded", result=JobResult("x", "s1", {"9": [b_out]}, 1, 1.0))
     assert h.kinds("b1") == [] and "b1" in h.book.active
     h.end("a1", "succeeded", result=JobResult("y", "s1", {}, 1, 1.0))
     order = [(data["prompt_id"], kind) for _, kind, data, _ in h.relay.frames if kind != "progress_state"]
     assert order == [("a1", "execution_start"), ("a1", "execution_success"), ("a1", "executing"),
                      ("b1", "execution_start"), ("b1", "executing"), ("b1", "execution_success"), ("b1", "executing")]
     assert h.book.active == {} and len(h.store.named("finish")) == 2
+    b_item = h.loop.run_until_complete(h.book.history_json(BOB, "b1"))["b1"]
+    assert b_item["outputs"] == {"9": {"images": [{"filename": "b.png", "subfolder": "", "type": "output"}]}}
+    assert h.book.files[("output", "", "b.png")] == "s1"
     # A job on another server is not held.
     h.post("a2", ALICE)
     h.post("a3", ALICE)
@@ -525,18 +552,87 @@ def test_an_adopted_copy_is_followed_where_it_runs_not_posted_again(h: Harness) 
     h.jobs["a4"] = GatewayJob("a4", 9.0, "c9", PROMPT, {}, ["1"], user="bob", owner="bob")
     h.book.adopt(h.jobs["a4"], "att-4", "s1")
     h.settle()
-    assert h.kinds("a4") == ["execution_error", "executing"]
+    assert h.kinds("a4") == ["execution_error", "executing"] and h.frames("a4")[0][1]["exception_message"] == "server gone"
 
 
-def test_an_adopted_copy_counts_its_owner_as_served(h: Harness) -> None:
+def _adopt(h: Harness, pid: str, user: User) -> None:
+    h.jobs[pid] = GatewayJob(pid, h.book.next_number(False), "c1", PROMPT, {}, ["1"], user=user.name, owner=user.owner)
+    h.book.adopt(h.jobs[pid], "att-" + pid, "s1")
+    h.settle()
+
+
+def test_adopted_copies_count_as_their_owners_turns(h: Harness) -> None:
+    h.capacity = 3
+    _adopt(h, "a0", ALICE)
+    _adopt(h, "a00", ALICE)
+    h.post("b1", BOB)  # the third slot
+    h.post("a1", ALICE)
+    h.post("b2", BOB)
+    assert h.handed() == ["a0", "a00", "b1"]
+    h.end("a0", "succeeded")
+    assert h.handed()[-1] == "b2"  # alice has had two turns, bob one
+
+
+@pytest.mark.parametrize("first", ["posted", "adopted"])
+def test_an_owners_turns_count_while_any_of_her_prompts_is_unfinished(h: Harness, first: str) -> None:
     h.capacity = 2
-    h.book.adopt(GatewayJob("a0", 0.0, "c1", PROMPT, {}, ["1"], user="alice", owner="alice"), "att", "s1")
-    h.post("a1", ALICE)  # second slot
+    if first == "adopted":
+        _adopt(h, "a0", ALICE)
+    else:
+        h.post("a0", ALICE)
+    h.post("a1", ALICE)
+    h.end("a1", "succeeded")  # a0 still runs: alice is not idle
+    h.post("b0", BOB)
     h.post("a2", ALICE)
     h.post("b1", BOB)
-    h.jobs["a1"].job.end("succeeded", "s1", result=JobResult("x", "s1", {}, 1, 1.0))  # type: ignore[union-attr]
-    h.settle()
+    h.end("b0", "succeeded")
     assert h.handed()[-1] == "b1"
+
+
+@pytest.mark.parametrize("first", ["posted", "adopted"])
+def test_an_owner_back_after_being_idle_is_not_held_back_by_past_turns(h: Harness, first: str) -> None:
+    if first == "adopted":
+        _adopt(h, "a0", ALICE)
+    else:
+        h.post("a0", ALICE)
+    h.end("a0", "succeeded")  # alice idle: her turns are forgotten
+    h.post("b1", BOB)
+    h.post("b2", BOB)
+    h.post("a1", ALICE)
+    h.end("b1", "succeeded")
+    assert h.handed()[-1] == "a1"
+
+
+def test_history_keeps_the_newest_items_within_its_bounds() -> None:
+    for bounds, kept in (({"history_items": 2}, ["a2", "a3"]), ({"history_bytes": 1}, ["a3"])):
+        h = Harness(**bounds)
+        try:
+            for pid in ("a1", "a2", "a3"):
+                h.post(pid, ALICE)
+                h.end(pid, "succeeded", result=JobResult(pid, "s1", {"9": [OutputFile(pid + ".png", "", "output")]}, 1, 1.0))
+            assert list(h.loop.run_until_complete(h.book.history_json(ALICE))) == kept
+            assert sorted(h.book.files) == [("output", "", pid + ".png") for pid in kept]  # /view: the evicted ones' files gone
+            assert h.store.named("finish")[-1][1]["keep"] == bounds.get("history_items", h.book.history.max_items)
+        finally:
+            h.close()
+
+
+def test_history_pages_as_comfyui_does(h: Harness) -> None:
+    for pid in ("a1", "a2", "a3"):
+        h.post(pid, ALICE)
+        h.end(pid, "succeeded")
+    run = h.loop.run_until_complete
+    assert list(run(h.book.history_json(ALICE, max_items=1))) == ["a3"]
+    assert list(run(h.book.history_json(ALICE, max_items=1, offset=1))) == ["a2"]
+    assert list(run(h.book.history_json(ALICE, offset=1))) == ["a2", "a3"]
+
+
+def test_a_prompt_deleted_in_the_pool_leaves_no_file_to_view(h: Harness) -> None:
+    h.post("a1", ALICE)
+    h.event("a1", "output", node="3", files=(OutputFile("gone.png", "", "output"),))
+    h.book.delete_pending(["a1"], ALICE)
+    h.end("a1", "cancelled")
+    assert h.book.files == {} and h.kinds("a1") == ["executed"]
 
 
 def test_a_socket_opened_takes_over_only_its_own_prompts_kept_events(h: Harness) -> None:
@@ -575,7 +671,7 @@ def test_deleting_a_waiting_prompt_leaves_no_trace_and_tells_its_client_nothing(
     h.post("a1", ALICE, held=["v"])
     h.post("a2", ALICE)
     h.post("a3", ALICE)
-    h.book.delete_pending([12, "nope", "a2"], ALICE)
+    h.book.delete_pending([12, ["x"], "nope", "a2"], ALICE)
     assert h.kinds("a2") == [] and "a2" not in h.book.active and _remaining(h) == 2
     assert h.store.named("delete_prompt") == [(("a2",), {})] and h.store.named("finish") == []
     h.end("a1", "succeeded")
@@ -589,6 +685,7 @@ def test_deleting_a_waiting_prompt_leaves_no_trace_and_tells_its_client_nothing(
     assert len(h.relay.broadcasts) == broadcasts + 1
     h.end("a3", "cancelled")
     assert h.kinds("a3") == [] and "a3" not in h.loop.run_until_complete(h.book.history_json(ALICE))
+    assert h.store.named("delete_prompt") == [(("a2",), {}), (("a3",), {})] and h.store.named("finish") == [(("a1",) + h.store.named("finish")[0][0][1:], h.store.named("finish")[0][1])]
 
 
 def test_a_deleted_prompt_whose_job_ends_later_leaves_its_owner_free_to_post_again(h: Harness) -> None:
@@ -688,33 +785,36 @@ def test_a_cancel_asked_before_the_pool_took_the_prompt_reaches_its_job(h: Harne
 
 
 def test_interrupt_stops_the_named_or_the_clients_running_prompts_of_the_viewer(h: Harness) -> None:
-    h.capacity = 4
-    for pid, client in (("a1", "c1"), ("a2", "c2"), ("a3", "c1"), ("a4", "c1")):
+    h.capacity = 6
+    clients = {"a1": "c2", "a2": "c1", "a3": "c1", "a4": "c1", "a5": "c2", "a6": "c2"}
+    for pid, client in clients.items():
         h.post(pid, ALICE, client=client)
         if pid != "a4":
             h.event(pid, "started", server=pid)
-    cancels = lambda: {p: min(1, h.jobs[p].job.cancels) for p in h.jobs}  # type: ignore[union-attr]  # noqa: E731
-    h.book.interrupt({"prompt_id": "a2"}, ALICE)
-    assert cancels() == {"a1": 0, "a2": 1, "a3": 0, "a4": 0}
-    h.book.interrupt({"delete": ["a3", 5]}, ALICE)
-    assert cancels() == {"a1": 0, "a2": 1, "a3": 1, "a4": 0}
-    h.book.interrupt({"prompt_id": "nothing", "client_id": "c1"}, ALICE)
-    assert cancels() == {"a1": 0, "a2": 1, "a3": 1, "a4": 0}
-    h.book.interrupt({"client_id": "c2"}, ALICE)
+
+    def cancelled() -> List[str]:
+        return [p for p in clients if h.jobs[p].job.cancels]  # type: ignore[union-attr]
+
+    h.book.interrupt({"prompt_id": "nothing", "client_id": "c1"}, ALICE)  # names none: stops none
+    assert cancelled() == []
+    h.book.interrupt({"prompt_id": "a5"}, ALICE)
+    assert cancelled() == ["a5"]
+    h.book.interrupt({"delete": [5, "a6"]}, ALICE)
+    assert cancelled() == ["a5", "a6"]
     h.book.interrupt({"client_id": "c1"}, ALICE)
-    assert cancels() == {"a1": 1, "a2": 1, "a3": 1, "a4": 0}  # a4 is not running
-    assert sorted(a[0] for a, _ in h.store.named("request_cancel")) == ["a1", "a2", "a3"]  # each once
+    assert cancelled() == ["a2", "a3", "a5", "a6"]  # a4 does not run yet
+    assert sorted(a[0] for a, _ in h.store.named("request_cancel")) == ["a2", "a3", "a5", "a6"]
 
 
 def test_interrupt_without_a_body_stops_every_running_prompt_of_the_viewer(h: Harness) -> None:
     h.capacity = 3
+    h.post("b1", BOB)
     h.post("a1", ALICE)
     h.post("a2", ALICE, client="c2")
-    h.post("b1", BOB)
-    for pid in ("a1", "a2", "b1"):
+    for pid in ("b1", "a1", "a2"):
         h.event(pid, "started", server=pid)
     h.book.interrupt(["not", "a", "dict"], ALICE)
-    assert [h.jobs[p].job.cancels for p in ("a1", "a2", "b1")] == [1, 1, 0]  # type: ignore[union-attr]
+    assert [h.jobs[p].job.cancels for p in ("b1", "a1", "a2")] == [0, 1, 1]  # type: ignore[union-attr]
 
 
 def test_history_is_the_viewers_own(h: Harness) -> None:
@@ -732,7 +832,8 @@ def test_history_is_the_viewers_own(h: Harness) -> None:
     assert run(h.book.history_json(ALICE, "z1")) == {"z1": {"outputs": {}}} and run(h.book.history_json(BOB, "z1")) == {}
     assert run(h.book.history_json(User("default"), "z2")) == {"z2": {"outputs": {}}}
     assert run(h.book.history_json(ALICE, "nothing")) == {}
-    assert run(h.book.history_rows(limit=3))[0] == 2
+    count, rows = run(h.book.history_rows(limit=3))
+    assert count == 2 and rows[0]["kwargs"] == {"limit": 3}
     assert run(h.book.history_row("z1")) == h.store.rows["z1"]
     run(h.book.post_history({"delete": ["a1"]}, BOB))
     run(h.book.post_history({"clear": True}, BOB))
@@ -753,6 +854,8 @@ def test_stopping_tells_each_client_the_end_of_each_prompt_once_and_cancels_them
     h.book.delete_pending(["b1"], BOB)
     h.event("a1", "started")
     h.book.stop_all("the gateway is stopping")
+    h.event("a1", "executing", node="2")  # the pool's last words: the client was told the end
+    h.book.delete_pending(["a1", "a2"], ALICE)
     for pid in ("a1", "a2"):
         frames = h.frames(pid)
         ends = [d for k, d in frames if k == "execution_error"]
@@ -762,4 +865,4 @@ def test_stopping_tells_each_client_the_end_of_each_prompt_once_and_cancels_them
     assert h.jobs["a1"].job.cancels == 1 and h.handed() == ["a1"]  # type: ignore[union-attr]
     h.end("a1", "cancelled")  # the pool confirms: the client was told already
     assert [k for k in h.kinds("a1") if k.startswith("execution_") and k != "execution_start"] == ["execution_error"]
-    assert h.book.active == {} and sorted(a[0] for a, _ in h.store.named("finish")) == ["a1", "a2"]
+    assert h.book.active == {} and sorted(a[:2] for a, _ in h.store.named("finish")) == [("a1", "cancelled"), ("a2", "cancelled")]
