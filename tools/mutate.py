@@ -52,7 +52,7 @@ TESTS: Dict[str, List[str]] = {
     "runner": ["tests/test_promises_core.py", "tests/test_adopt.py", "tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_reliability.py", "tests/test_promises.py", "tests/test_completion.py"],
     "warm": ["tests/test_warm.py"],
     "planner": ["tests/test_planner.py", "tests/test_batch.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_promises.py", "tests/test_completion.py"],
-    "scheduling": ["tests/test_scheduling.py", "tests/test_parts.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py", "tests/test_warm.py",
+    "scheduling": ["tests/test_scheduling_units.py", "tests/test_scheduling.py", "tests/test_parts.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py", "tests/test_warm.py",
                    "tests/test_adopt.py", "tests/test_promises.py"],
     "status": ["tests/test_status.py", "tests/test_core_units.py", "tests/test_selection.py"],
     "events": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_security.py"],

@@ -1,0 +1,348 @@
+"""The scheduler alone (``comfy_cluster/scheduling.py``), with fakes of what it is handed: where
+a job goes, when it fails or waits instead, how a moved job is placed and reported, what a
+placing strategy is shown. No server, no socket: a ledger over a fake status monitor, node lists
+set by the test, a clock the test moves. Written against surviving mutants (docs/TESTING.md)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Dict, List, Optional, Set
+
+import pytest
+from helpers import sleep_workflow, wait_until
+
+from comfy_cluster.attempt import Attempt, Ledger
+from comfy_cluster.balance import LeastLoaded
+from comfy_cluster.errors import ComfyClusterError, ConfigError, NoServerAvailable
+from comfy_cluster.jobs import Job, JobControl
+from comfy_cluster.scheduling import Scheduler
+from comfy_cluster.selection import Capabilities, View
+from comfy_cluster.server_config import ServerConfig
+from comfy_cluster.status import ServerStatus
+from comfy_cluster.testing.workflows import txt2img_workflow
+
+SERVERS = [ServerConfig(name=n, url=f"http://127.0.0.1:{9100 + i}", max_queue=1) for i, n in enumerate("abc")]
+NODES: Dict[str, Any] = {t: {"input": {"required": {}}} for t in ("EmptyImage", "TestSleep", "SaveImage")}
+SD_NODES: Dict[str, Any] = {
+    "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["a.safetensors", "b.safetensors"], {}]}}},
+    **{t: {"input": {"required": {}}} for t in ("CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage")},
+}
+
+
+class Monitor:
+    def __init__(self) -> None:
+        self.in_flight: Dict[str, int] = {s.name: 0 for s in SERVERS}
+
+    def job_reserved(self, name: str, warmth: Any = None) -> bool:
+        self.in_flight[name] += 1
+        return False
+
+    def job_released(self, name: str, **_: Any) -> None:
+        self.in_flight[name] -= 1
+
+
+class Statuses:
+    """A StatusView over fixed snapshots: ``offline`` servers down, in_flight from the ledger."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.offline: Set[str] = set()
+        self.reads = 0
+
+    def current(self, *, probe: bool) -> View:
+        self.reads += 1
+        snaps = [ServerStatus(name=s.name, url=s.url, online=s.name not in self.offline, last_checked=0.0, next_probe_at=1e9,
+                              in_flight=self.monitor.in_flight[s.name], error="refused" if s.name in self.offline else None)
+                 for s in SERVERS]
+        return View(sum(self.monitor.in_flight.values()), snaps, SERVERS)
+
+    def tick(self) -> Optional[float]:
+        return None
+
+
+class Rig:
+    def __init__(self, known: Dict[str, Dict[str, Any]], strategy: Any = None, wait_for_server: float = 30.0) -> None:
+        self.fetched: List[str] = []
+        self.caps = Capabilities({}, lambda fn, name, ev: self.fetched.append(name), lambda: 0.0, on_change=lambda: None)
+        self.caps.info.update(known)
+        self.monitor = Monitor()
+        self.view = Statuses(self.monitor)
+        self.now = 0.0
+        self.launched: "queue.Queue[Attempt]" = queue.Queue()
+        holder: List[Scheduler] = []
+        self.ledger = Ledger([s.name for s in SERVERS], self.monitor, on_release=lambda: holder[0].wake())  # type: ignore[arg-type]
+        self.sched = Scheduler(SERVERS, self.view, self.caps, self.ledger, strategy or LeastLoaded(),  # type: ignore[arg-type]
+                               launch=self.launch, clock=lambda: self.now, wait_for_server=wait_for_server)
+        holder.append(self.sched)
+        self.follow_only: List[bool] = []
+
+    def launch(self, attempt: Attempt, follow_only: bool = False) -> None:
+        self.follow_only.append(follow_only)
+        self.launched.put(attempt)
+
+    def submit(self, workflow: Any = None, **kwargs: Any) -> JobControl:
+        control = JobControl(Job(workflow or sleep_workflow()), **kwargs)
+        self.sched.add([control])
+        return control
+
+    def next(self) -> Attempt:
+        return self.launched.get(timeout=30)
+
+    def move(self, attempt: Attempt, reason: str) -> None:
+        """What the runners do when an attempt must move: a failure noted, the slot freed,
+        the job queued again at the front."""
+        attempt.control.attempt_ended(attempt, (attempt.server, reason))
+        self.ledger.release(attempt)
+        self.sched.attempt_ended(attempt.control)
+        self.sched.add([attempt.control], front=True)
+
+
+@pytest.fixture
+def rig() -> Any:
+    made: List[Rig] = []
+
+    def make(*args: Any, **kwargs: Any) -> Rig:
+        made.append(Rig(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.sched.close()
+
+
+def _failed(control: JobControl) -> BaseException:
+    assert control.job.wait(30), "the job did not end"
+    error = control.job.exception(timeout=0)
+    assert control.job.status == "failed" and error is not None
+    return error
+
+
+def test_a_moved_job_goes_to_a_server_it_has_not_tried_and_says_where_from(rig: Any) -> None:
+    r = rig({s.name: NODES for s in SERVERS})
+    control = r.submit()
+    first = r.next()
+    assert first.number == 1 and first.control is control and r.follow_only == [False]
+    assert r.ledger.live(first.server) == [first]  # counted on its server before it runs
+    r.move(first, "stopped answering")
+    second = r.next()
+    assert second.server != first.server and second.number == 2 and control.job.attempts == 2
+    retry = [e for e in control.job.events if e.kind == "retrying"]
+    assert [(e.server, e.from_server, e.to_server, e.reason) for e in retry] == [
+        (second.server, first.server, second.server, "stopped answering")]
+    r.move(second, "refused")
+    third = r.next()
+    assert third.server not in (first.server, second.server) and third.number == 3
+    assert [e.reason for e in control.job.events if e.kind == "retrying"] == ["stopped answering", "refused"]
+    assert [(e.from_server, e.to_server) for e in control.job.events if e.kind == "retrying"][-1] == (second.server, third.server)
+
+
+def test_a_moved_job_goes_back_to_a_tried_server_when_no_other_can_run_it(rig: Any) -> None:
+    r = rig({"a": NODES, "b": {"SaveImage": {}}, "c": {"SaveImage": {}}})
+    first = r.submit() and r.next()
+    assert first.server == "a"
+    r.move(first, "lost")
+    again = r.next()
+    assert again.server == "a" and again.number == 2
+
+
+def test_a_job_the_servers_cannot_run_fails_at_once_with_the_reason_found(rig: Any) -> None:
+    """Once every server was found lacking the job's nodes (and none is offline), the job
+    fails at once with the error that was found, without waiting ``wait_for_server``."""
+    r = rig({s.name: NODES for s in SERVERS})
+    control = JobControl(Job(sleep_workflow()))
+    control.incapable.update({"a", "b", "c"})
+    control.last_error = ComfyClusterError("a: missing node types TestSleep")
+    r.sched.add([control])
+    assert str(_failed(control)) == "a: missing node types TestSleep"
+    other = JobControl(Job(sleep_workflow()))
+    other.incapable.update({"a", "b", "c"})
+    r.sched.add([other])
+    error = _failed(other)  # no error kept: one naming why each server cannot take it
+    assert isinstance(error, NoServerAvailable) and "a: excluded" in str(error)
+
+
+def test_a_job_waits_for_an_offline_server_it_may_run_on(rig: Any) -> None:
+    r = rig({s.name: NODES for s in SERVERS})
+    r.view.offline.update({"c"})
+    control = JobControl(Job(sleep_workflow()))
+    control.incapable.update({"a", "b"})
+    r.sched.add([control])
+    wait_until(lambda: r.view.reads >= 2, 30, what="two passes of the dispatcher")  # the second a second later
+    assert not control.final
+    r.view.offline.clear()
+    r.sched.wake()
+    assert r.next().server == "c"
+
+
+def test_a_job_no_server_has_the_nodes_for_fails_after_wait_for_server_naming_each(rig: Any) -> None:
+    r = rig({"a": {"SaveImage": {}}, "b": {"SaveImage": {}}, "c": {"SaveImage": {}}}, wait_for_server=0.0)
+    error = _failed(r.submit())
+    assert isinstance(error, NoServerAvailable)
+    assert error.reasons == {name: "missing node types EmptyImage, TestSleep" for name in "abc"}
+
+
+def test_a_node_list_read_later_or_changed_is_taken_into_account(rig: Any) -> None:
+    """Node lists not known yet are fetched in the background (the scheduler never waits for
+    them) and the job waits; an answer that changes (a server restarted with other nodes)
+    is asked again."""
+    r = rig({"a": {"SaveImage": {}}})
+    control = r.submit()
+    wait_until(lambda: sorted(r.fetched) == ["b", "c"], 30, what="b's and c's node lists asked for")
+    assert r.launched.empty() and not control.final
+    r.caps.info["b"] = NODES  # b's list arrives
+    r.caps.version += 1
+    r.sched.wake()
+    assert r.next().server == "b"
+    second = r.submit()
+    r.caps.info["a"] = NODES  # a restarted with the nodes
+    r.caps.version += 1
+    r.sched.wake()
+    assert r.next().server == "a" and second.job.attempts == 1
+
+
+def test_a_job_cancelled_before_its_server_takes_it_never_starts(rig: Any) -> None:
+    r = rig({s.name: NODES for s in SERVERS})
+    for _ in range(3):
+        r.submit()
+    held = [r.next() for _ in range(3)]
+    waiting = r.submit()
+    assert waiting.job.cancel()
+    r.sched.wake()
+    assert waiting.job.wait(30) and waiting.job.status == "cancelled"
+    r.ledger.release(held[0])
+    nxt = r.submit()
+    assert r.next().control is nxt
+
+
+class Picky:
+    """A custom strategy: answers what the test sets."""
+
+    name = "picky"
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def select(self, candidates: List[Any], workflow: Any) -> Any:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize("answer, message", [
+    ("nowhere", "strategy picky: returned 'nowhere', which is not one of the candidates (a, b, c)"),
+    (ValueError("boom"), "strategy picky raised ValueError: boom"),
+])
+def test_a_custom_strategys_bad_answer_fails_that_job_only(rig: Any, answer: Any, message: str) -> None:
+    strategy = Picky(answer)
+    r = rig({s.name: NODES for s in SERVERS}, strategy=strategy)
+    error = _failed(r.submit())
+    assert isinstance(error, ConfigError) and str(error) == message
+    strategy.answer = "b"
+    assert r.submit() and r.next().server == "b"
+
+
+class Placer:
+    """A strategy that places (as warm_models): records what it is shown, answers a name."""
+
+    name = "placer"
+
+    def __init__(self) -> None:
+        self.answer: Any = None
+        self.shown: List[Dict[str, Any]] = []
+        self.asked = threading.Event()
+
+    def select(self, candidates: List[Any], workflow: Any) -> Any:
+        return candidates[0]
+
+    def place(self, cands: List[Any], eligible: List[Any], warmth: Any, waiting: Dict[Any, int], *, waited: float,
+              running: Dict[str, float]) -> Any:
+        self.shown.append({"cands": [c.name for c in cands], "eligible": [c.name for c in eligible], "models": warmth.models,
+                           "waiting": dict(waiting), "waited": waited, "running": dict(running)})
+        self.asked.set()
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        if isinstance(self.answer, str):  # that server, room or not
+            return next((c for c in eligible if c.name == self.answer), None)
+        if isinstance(self.answer, tuple):  # the first of these with room
+            return next((c for c in cands if c.name in self.answer), None)
+        return None
+
+    def ask(self, r: Rig) -> Dict[str, Any]:
+        self.asked.clear()
+        r.sched.wake()
+        assert self.asked.wait(30)
+        return self.shown[-1]
+
+
+def test_a_placing_strategy_is_shown_full_servers_the_waiting_models_and_the_wait(rig: Any) -> None:
+    placer = Placer()
+    r = rig({s.name: SD_NODES for s in SERVERS}, strategy=placer)
+    placer.answer = "a"
+    first = r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=1))
+    on_a = r.next()
+    assert on_a.server == "a"
+    shown = placer.shown[-1]
+    assert shown["cands"] == ["a", "b", "c"] and shown["models"] == ("ckpt_name=a.safetensors",) and shown["waited"] == 0.0
+    assert shown["waiting"] == {("ckpt_name=a.safetensors",): 1}  # the job itself
+    placer.answer = None  # wait for a
+    job2 = r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=2))
+    wait_until(lambda: len(placer.shown) >= 2, 30, what="the second job placed")
+    shown = placer.shown[-1]
+    assert shown["cands"] == ["b", "c"] and shown["eligible"] == ["a", "b", "c"] and shown["waiting"] == {("ckpt_name=a.safetensors",): 1}
+    r.now = 5.0
+    assert placer.ask(r)["waited"] == 5.0  # since it was first asked with a server free
+    job3 = r.submit(txt2img_workflow(ckpt_name="b.safetensors", seed=3))
+    wait_until(lambda: placer.shown[-1]["models"] == ("ckpt_name=b.safetensors",), 30, what="the third job asked")
+    assert placer.shown[-1]["waiting"] == {("ckpt_name=a.safetensors",): 1, ("ckpt_name=b.safetensors",): 1}
+    assert placer.shown[-1]["waited"] == 0.0
+    placer.answer = ("b", "c")
+    r.sched.wake()
+    assert {r.next().control, r.next().control} == {job2, job3}
+    placer.answer = None
+    asked = len(placer.shown)
+    job4 = r.submit(txt2img_workflow(ckpt_name="b.safetensors", seed=4))  # every server full: not asked
+    r.now = 9.0
+    placer.asked.clear()
+    r.ledger.release(on_a)
+    assert placer.asked.wait(30)
+    shown = placer.shown[asked]
+    assert shown["waiting"] == {("ckpt_name=b.safetensors",): 1} and shown["waited"] == 0.0 and shown["cands"] == ["a"]
+    assert job4.job.cancel() and job4.job.wait(30)
+    assert first.job.attempts == 1
+
+
+@pytest.mark.parametrize("answer, message", [
+    (ValueError("boom"), "strategy placer raised ValueError: boom"),
+    ("a", "strategy placer: placed the job on"),
+])
+def test_a_placing_strategys_bad_answer_fails_that_job_only(rig: Any, answer: Any, message: str) -> None:
+    placer = Placer()
+    r = rig({s.name: SD_NODES for s in SERVERS}, strategy=placer)
+    placer.answer = "a"
+    r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=1))
+    assert r.next().server == "a"  # a is full now
+    placer.answer = answer
+    error = _failed(r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=2)))
+    assert isinstance(error, ConfigError) and str(error).startswith(message)
+    placer.answer = "b"
+    r.submit(txt2img_workflow(ckpt_name="b.safetensors", seed=3))
+    assert r.next().server == "b"
+    assert placer.shown[-1]["waiting"] == {("ckpt_name=b.safetensors",): 1}  # the failed job no longer counts
+
+
+def test_a_placing_strategy_is_told_how_long_each_servers_job_has_run(rig: Any) -> None:
+    placer = Placer()
+    r = rig({s.name: SD_NODES for s in SERVERS}, strategy=placer)
+    placer.answer = "a"
+    r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=1))
+    running = r.next()
+    running.control.started(2.0)  # the runner saw it start executing at 2.0 (the pool's clock)
+    from comfy_cluster.attempt import AttemptPhase
+
+    running.phase = AttemptPhase.RUNNING
+    placer.answer = None
+    r.now = 7.5
+    r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=2))
+    wait_until(lambda: len(placer.shown) >= 2, 30, what="the second job asked")
+    assert placer.shown[-1]["running"] == {"a": 5.5}
