@@ -451,11 +451,13 @@ def test_a_job_whose_server_closing_message_was_seen_keeps_it_in_history(h: Harn
     # Known from the server's message only (a custom node's text list beside an image entry
     # that names its file only): /view finds the file where the job ran.
     h.event("a1", "output", node="3", raw={"node": "3", "output": {"images": [{"filename": "a.png"}], "text": ["hello"]}, "prompt_id": "srv"})
+    h.event("a1", "output", node="4", raw={"node": "4", "output": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]},
+                                           "prompt_id": "srv"})  # a preview node's file
     h.event("a1", "failed", raw={"prompt_id": "srv", "exception_message": "boom", "exception_type": "X", "node_id": "3"})
     h.end("a1", "failed", error=RuntimeError("boom"))
     item = h.loop.run_until_complete(h.book.history_json(ALICE, "a1"))["a1"]
     assert item["status"]["messages"][-1][0] == "execution_error" and item["status"]["messages"][-1][1]["prompt_id"] == "a1"
-    assert h.book.files == {("output", "", "a.png"): "s1"}
+    assert h.book.files == {("output", "", "a.png"): "s1", ("temp", "", "p.png"): "s1"}
     assert item["prompt"][1] == "a1"
     end = [d for k, d in h.frames("a1") if k == "execution_error"]
     assert [e["exception_message"] for e in end] == ["boom"] and end[0]["node_id"] == "3"
@@ -506,6 +508,29 @@ def test_a_job_starting_where_our_previous_job_still_shows_running_waits_for_its
     h.event("a2", "started", server="s1")
     h.event("a3", "started", server="s2")
     assert h.kinds("a3") == ["execution_start"]
+
+
+def test_jobs_held_behind_ours_on_a_server_go_on_one_after_another(h: Harness) -> None:
+    h.capacity = 3
+    for pid in ("a1", "a2", "a3"):
+        h.post(pid, ALICE)
+        h.event(pid, "started", server="s1")
+    assert h.kinds("a2") == [] and h.kinds("a3") == []
+    h.end("a1", "succeeded")
+    assert h.kinds("a2") == ["execution_start"] and h.kinds("a3") == []  # a3 now waits for a2's end
+    h.end("a2", "succeeded")
+    assert h.kinds("a3") == ["execution_start"]
+
+
+def test_a_job_queued_behind_ours_that_moves_to_another_server_is_not_held(h: Harness) -> None:
+    h.capacity = 2
+    h.post("a1", ALICE)
+    h.post("a2", ALICE)
+    h.event("a1", "started", server="s1")
+    h.event("a2", "queued", server="s1", position=1)
+    h.event("a2", "retrying", server="s1", from_server="s1", to_server="s2", reason="lost")
+    h.event("a2", "started", server="s2")
+    assert h.kinds("a2") == ["execution_start"]
 
 
 def test_a_job_held_behind_one_that_moves_goes_on_at_once(h: Harness) -> None:
@@ -573,14 +598,24 @@ def test_adopted_copies_count_as_their_owners_turns(h: Harness) -> None:
     assert h.handed()[-1] == "b2"  # alice has had two turns, bob one
 
 
-@pytest.mark.parametrize("first", ["posted", "adopted"])
-def test_an_owners_turns_count_while_any_of_her_prompts_is_unfinished(h: Harness, first: str) -> None:
+def test_an_adopted_copy_is_one_turn(h: Harness) -> None:
     h.capacity = 2
-    if first == "adopted":
-        _adopt(h, "a0", ALICE)
-    else:
-        h.post("a0", ALICE)
+    _adopt(h, "a0", ALICE)
+    h.post("b1", BOB)
     h.post("a1", ALICE)
+    h.post("b2", BOB)
+    h.end("a0", "succeeded")
+    assert h.handed()[-1] == "a1"  # one turn each: the older prompt goes first
+
+
+@pytest.mark.parametrize("first, second", [("posted", "posted"), ("adopted", "posted"), ("posted", "adopted")])
+def test_an_owners_turns_count_while_any_of_her_prompts_is_unfinished(h: Harness, first: str, second: str) -> None:
+    h.capacity = 2
+    for pid, how in (("a0", first), ("a1", second)):
+        if how == "adopted":
+            _adopt(h, pid, ALICE)
+        else:
+            h.post(pid, ALICE)
     h.end("a1", "succeeded")  # a0 still runs: alice is not idle
     h.post("b0", BOB)
     h.post("a2", ALICE)
@@ -782,6 +817,8 @@ def test_a_cancel_asked_before_the_pool_took_the_prompt_reaches_its_job(h: Harne
     h.executor.run_deferred()
     h.settle()
     assert gj.job is not None and gj.job.cancels == 1
+    h.end("a1", "cancelled", server=None)  # it never reached a server
+    assert h.kinds("a1") == ["execution_interrupted", "executing"] and h.book.active == {}
 
 
 def test_interrupt_stops_the_named_or_the_clients_running_prompts_of_the_viewer(h: Harness) -> None:
