@@ -137,6 +137,58 @@ def test_a_moved_job_goes_to_a_server_it_has_not_tried_and_says_where_from(rig: 
     assert [(e.from_server, e.to_server) for e in control.job.events if e.kind == "retrying"][-1] == (second.server, third.server)
 
 
+def test_a_moved_job_waits_for_an_untried_server_with_no_room_rather_than_go_back(rig: Any) -> None:
+    r = rig({"a": NODES, "b": NODES, "c": {"SaveImage": {}}})
+    first = r.submit() and r.next()
+    other = r.submit() and r.next()
+    assert {first.server, other.server} == {"a", "b"}
+    r.move(first, "lost")  # its server has room again, the untried one has none
+    r.now = 100.0  # however long it waits
+    r.sched.wake()
+    r.ledger.release(other)
+    again = r.next()
+    assert again.server == other.server and again.control is first.control and again.number == 2
+
+
+def test_a_job_waits_for_a_full_cluster_however_long(rig: Any) -> None:
+    """wait_for_server bounds the time without any server able to run the job, not the
+    time waiting for room."""
+    r = rig({s.name: NODES for s in SERVERS}, wait_for_server=5.0)
+    held = [r.submit() and r.next() for _ in range(3)]
+    waiting = r.submit()
+    wait_until(lambda: r.view.reads >= 1, 30, what="a pass of the dispatcher")
+    r.now = 60.0
+    wait_until(lambda: r.view.reads >= 3, 30, what="passes after the clock moved")
+    assert not waiting.final
+    r.ledger.release(held[1])
+    assert r.next().control is waiting
+
+
+def test_a_job_no_server_has_the_nodes_for_waits_for_one_up_to_wait_for_server(rig: Any) -> None:
+    """README: a job no server can take now waits up to ``wait_for_server`` (a server may be
+    restarted with the nodes it needs), then fails naming why each server cannot."""
+    r = rig({"a": {"SaveImage": {}}, "b": {"SaveImage": {}}, "c": {"SaveImage": {}}})
+    control = r.submit()
+    wait_until(lambda: r.view.reads >= 2, 30, what="two passes of the dispatcher")
+    assert not control.final
+    r.caps.info["b"] = NODES  # b restarted with the nodes
+    r.caps.version += 1
+    r.sched.wake()
+    assert r.next().server == "b" and not control.final
+
+
+def test_an_adopted_copy_is_followed_under_the_client_id_it_was_posted_with(rig: Any) -> None:
+    r = rig({s.name: NODES for s in SERVERS})
+    control = JobControl(Job(sleep_workflow()))
+    r.sched.adopt(control, SERVERS[1], "copy-1", client_id="dead-replica")
+    attempt = r.next()
+    assert r.follow_only == [True] and attempt.server == "b" and attempt.number == 1
+    assert attempt.prompt_id == "copy-1" and attempt.client_id == "dead-replica" and control.job.tried == ["b"]
+    assert r.ledger.live("b") == [attempt]  # counted on b: b is full for other jobs
+    other = r.submit()
+    assert r.next().server in ("a", "c") and other.job.attempts == 1
+
+
 def test_a_moved_job_goes_back_to_a_tried_server_when_no_other_can_run_it(rig: Any) -> None:
     r = rig({"a": NODES, "b": {"SaveImage": {}}, "c": {"SaveImage": {}}})
     first = r.submit() and r.next()
@@ -222,8 +274,10 @@ class Picky:
 
     def __init__(self, answer: Any) -> None:
         self.answer = answer
+        self.workflows: List[Any] = []
 
     def select(self, candidates: List[Any], workflow: Any) -> Any:
+        self.workflows.append(workflow)
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer
@@ -239,7 +293,9 @@ def test_a_custom_strategys_bad_answer_fails_that_job_only(rig: Any, answer: Any
     error = _failed(r.submit())
     assert isinstance(error, ConfigError) and str(error) == message
     strategy.answer = "b"
-    assert r.submit() and r.next().server == "b"
+    workflow = sleep_workflow(seconds=0.5)
+    assert r.submit(workflow) and r.next().server == "b"
+    assert strategy.workflows[-1] == workflow  # a custom strategy may place by the workflow
 
 
 class Placer:
