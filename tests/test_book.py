@@ -1,7 +1,9 @@
 """The gateway's job book (``comfy_cluster/gateway/book.py``) alone, with fakes of what it is
 handed: a pool that records what it is given and ends jobs when the test says, a relay that
 records each frame per socket, a state store whose writes are recorded (and committed when the
-test says), an executor that runs at once. No server, no socket; the book's own loop.
+test says), an executor that runs at once (tests/book_fakes.py). No server, no socket; the
+book's own loop. A user's own prompts (delete, cancel, interrupt, history) and the stop: in
+tests/test_book_users.py.
 
 Written against surviving mutants of book.py (docs/TESTING.md): each test checks what a client
 of the gateway sees (its frames, its queue, its history, the pool's jobs) or what the store
@@ -9,270 +11,14 @@ keeps for a restart, never the text of a line."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-from types import SimpleNamespace
-from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
+from book_fakes import ALICE, BOB, PROMPT, Harness, OldPool, h  # noqa: F401 (h: the fixture)
+from book_fakes import adopt_copy, remaining as _remaining
 
-from comfy_cluster.errors import ConfigError, JobCancelled
-from comfy_cluster.gateway.auth import User
-from comfy_cluster.gateway.book import JobBook
+from comfy_cluster.errors import ConfigError
 from comfy_cluster.gateway.gatewayjob import GatewayJob
 from comfy_cluster.reports import JobEvent, JobResult, OutputFile
-
-ALICE, BOB, ADMIN = User("alice", owner="alice"), User("bob", owner="bob"), User("root", admin=True, owner="root")
-PROMPT = {"1": {"class_type": "EmptyImage", "inputs": {}}}
-
-
-class FakeJob:
-    """What the book reads of a pool's Job."""
-
-    def __init__(self) -> None:
-        self.status = "pending"
-        self.server: Any = None
-        self.cancels = 0
-        self._result: Any = None
-        self._error: Optional[BaseException] = None
-        self._done: List[Callable[[Any], None]] = []
-
-    def cancel(self) -> bool:
-        self.cancels += 1
-        return True
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._done.append(fn)
-
-    def result(self, timeout: Optional[float] = None) -> Any:
-        if self.status != "succeeded":  # as Job.result: the job's error
-            raise self._error or JobCancelled(f"job {self.status}")
-        return self._result
-
-    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        return self._error
-
-    def end(self, status: str, server: Optional[str] = None, *, result: Any = None, error: Optional[BaseException] = None) -> None:
-        self.status, self._result, self._error = status, result, error
-        self.server = SimpleNamespace(name=server) if server else None
-        for fn in self._done:
-            fn(self)
-
-
-class FakePool:
-    """Records each submit/adopt with its arguments; ``refuse`` makes the next submit raise."""
-
-    def __init__(self) -> None:
-        self.calls: List[Dict[str, Any]] = []
-        self.refuse: Optional[BaseException] = None
-
-    def _take(self, kind: str, **kwargs: Any) -> FakeJob:
-        if self.refuse is not None:
-            error, self.refuse = self.refuse, None
-            raise error
-        job = FakeJob()
-        self.calls.append(dict(kwargs, kind=kind, job=job))
-        return job
-
-    def submit(self, workflow: Any, *, inputs: Any = None, on_event: Any = None, retries: int = 2, owner: Optional[str] = None,
-               on_attempt: Any = None) -> FakeJob:
-        return self._take("submit", workflow=workflow, inputs=inputs, on_event=on_event, owner=owner, on_attempt=on_attempt)
-
-    def adopt(self, workflow: Any, server: str, prompt_id: str, *, inputs: Any = None, on_event: Any = None, owner: Optional[str] = None,
-              on_attempt: Any = None, client_id: Optional[str] = None) -> FakeJob:
-        return self._take("adopt", workflow=workflow, server=server, attempt=prompt_id, inputs=inputs, on_event=on_event, owner=owner,
-                          on_attempt=on_attempt, client_id=client_id)
-
-
-class OldPool(FakePool):
-    """A pool without fair share of its own (no ``owner``)."""
-
-    def submit(self, workflow: Any, *, inputs: Any = None, on_event: Any = None, retries: int = 2, on_attempt: Any = None) -> FakeJob:  # type: ignore[override]
-        return self._take("submit", workflow=workflow, inputs=inputs, on_event=on_event, on_attempt=on_attempt, owner="(not given)")
-
-    def adopt(self, workflow: Any, server: str, prompt_id: str, *, inputs: Any = None, on_event: Any = None,  # type: ignore[override]
-              on_attempt: Any = None, client_id: Optional[str] = None) -> FakeJob:
-        return self._take("adopt", workflow=workflow, server=server, attempt=prompt_id, inputs=inputs, on_event=on_event,
-                          on_attempt=on_attempt, client_id=client_id, owner="(not given)")
-
-
-class FakeRelay:
-    def __init__(self) -> None:
-        self.frames: List[Tuple[Any, str, Dict[str, Any], bool]] = []
-        self.broadcasts: List[Tuple[str, Dict[str, Any]]] = []
-        self.previews: List[Tuple[Any, bytes, str, Optional[str]]] = []
-
-    def send(self, key: Any, kind: str, data: Dict[str, Any], *, keep: bool = False) -> None:
-        self.frames.append((key, kind, data, keep))
-
-    def broadcast(self, kind: str, data: Dict[str, Any]) -> None:
-        self.broadcasts.append((kind, data))
-
-    def send_preview(self, key: Any, frame: bytes, prompt_id: str, node: Optional[str]) -> None:
-        self.previews.append((key, frame, prompt_id, node))
-
-
-class FakeStore:
-    """Each write recorded as (name, args, kwargs); reads answer from ``rows``."""
-
-    def __init__(self) -> None:
-        self.writes: List[Tuple[str, tuple, dict]] = []
-        self.rows: Dict[str, Dict[str, Any]] = {}
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        def write(*args: Any, **kwargs: Any) -> None:
-            self.writes.append((name, args, kwargs))
-
-        write.__name__ = name
-        return write
-
-    def history_row(self, prompt_id: str) -> Optional[Dict[str, Any]]:
-        return self.rows.get(prompt_id)
-
-    def history_rows(self, **kwargs: Any) -> Tuple[int, List[Dict[str, Any]]]:
-        return len(self.rows), [dict(r, kwargs=kwargs) for r in self.rows.values()]
-
-    def named(self, name: str) -> List[Tuple[tuple, dict]]:
-        return [(a, k) for n, a, k in self.writes if n == name]
-
-
-class FakeKeeper:
-    """Writes in order; ``then`` runs once committed: at once, or at ``commit()`` while ``hold``."""
-
-    def __init__(self) -> None:
-        self.store = FakeStore()
-        self.replica = "replica-1"
-        self.hold = False
-        self._held: List[Callable[[], None]] = []
-
-    def later(self, fn: Callable[..., Any], *args: Any, then: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
-        fn(*args, **kwargs)
-        if then is not None:
-            self._held.append(then)
-            if not self.hold:
-                self.commit()
-
-    def commit(self) -> None:
-        held, self._held = self._held, []
-        for then in held:
-            then()
-
-    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
-
-    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
-
-
-class FakeMetrics:
-    def __init__(self) -> None:
-        self.seen: List[Tuple[str, Any]] = []
-
-    def attempt(self, server: str) -> None:
-        self.seen.append(("attempt", server))
-
-    def moved(self, server: Optional[str]) -> None:
-        self.seen.append(("moved", server))
-
-    def job_ended(self, status: str, seconds: float) -> None:
-        assert 0 <= seconds < 3600, seconds
-        self.seen.append(("ended", status))
-
-
-class Inline:
-    """An executor that runs each task at once (on the loop's thread, like a fast pool)."""
-
-    def __init__(self) -> None:
-        self.deferred: Optional[List[Tuple[Callable[..., Any], tuple]]] = None
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self.deferred is not None:
-            self.deferred.append((fn, args))
-        else:
-            fn(*args)
-
-    def run_deferred(self) -> None:
-        tasks, self.deferred = self.deferred or [], None
-        for fn, args in tasks:
-            fn(*args)
-
-
-class Harness:
-    def __init__(self, pool: Optional[FakePool] = None, capacity: int = 1, **bounds: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.pool = pool or FakePool()
-        self.relay = FakeRelay()
-        self.keeper = FakeKeeper()
-        self.store = self.keeper.store
-        self.metrics = FakeMetrics()
-        self.executor = Inline()
-        self.capacity = capacity
-        self.released: List[Any] = []
-        self.book = JobBook(self.pool, self.relay, self.loop, self.executor, capacity=lambda: self.capacity,  # type: ignore[arg-type]
-                            release=self.released.append, keeper=self.keeper, metrics=self.metrics, **bounds)  # type: ignore[arg-type]
-        self.jobs: Dict[str, GatewayJob] = {}
-
-    def close(self) -> None:
-        self.loop.close()
-
-    def settle(self) -> None:
-        """Run what the pool's threads handed to the loop."""
-        for _ in range(5):
-            self.loop.run_until_complete(asyncio.sleep(0))
-
-    def post(self, pid: str, user: User = ALICE, *, front: bool = False, client: str = "c1", keep: bool = False,
-             workflow: Optional[Dict[str, Any]] = None, inputs: Optional[Dict[str, str]] = None, held: Any = ()) -> GatewayJob:
-        gj = GatewayJob(pid, self.book.next_number(front), client, PROMPT, {"client_id": client}, ["1"], user=user.name,
-                        owner=user.owner, keep=keep, workflow=workflow, inputs=dict(inputs or {}), held=list(held))
-        self.jobs[pid] = gj
-        self.book.add(gj)
-        self.settle()
-        return gj
-
-    def call(self, pid: str) -> Dict[str, Any]:
-        (call,) = [c for c in self.pool.calls if c["job"] is self.jobs[pid].job or c.get("pid") == pid]
-        return call
-
-    def handed(self) -> List[str]:
-        """The prompt ids handed to the pool, in order."""
-        by_job = {id(gj.job): pid for pid, gj in self.jobs.items()}
-        return [by_job.get(id(c["job"]), "?") for c in self.pool.calls]
-
-    def event(self, pid: str, kind: str, server: Optional[str] = "s1", **fields: Any) -> None:
-        on_event = self.call(pid)["on_event"]
-        on_event(JobEvent(kind, server, **fields))  # as the pool's thread does
-        self.settle()
-
-    def end(self, pid: str, status: str, server: Optional[str] = "s1", **kwargs: Any) -> None:
-        job = self.jobs[pid].job
-        assert job is not None
-        job.end(status, server, **kwargs)
-        self.settle()
-
-    def frames(self, pid: str) -> List[Tuple[str, Dict[str, Any]]]:
-        """What the prompt's socket got (kind, data), ``progress_state`` left out."""
-        gj = self.jobs[pid]
-        return [(kind, data) for key, kind, data, _ in self.relay.frames
-                if key == gj.key and data.get("prompt_id") == pid and kind != "progress_state"]
-
-    def kinds(self, pid: str) -> List[str]:
-        return [k for k, _ in self.frames(pid)]
-
-
-@pytest.fixture
-def h() -> Any:
-    harness = Harness()
-    yield harness
-    harness.close()
-
-
-def _remaining(h: Harness) -> int:
-    kind, data = h.relay.broadcasts[-1]
-    assert kind == "status"
-    return data["status"]["exec_info"]["queue_remaining"]
 
 
 # -- fair share and the pool ----------------------------------------------------------------
@@ -580,16 +326,12 @@ def test_an_adopted_copy_is_followed_where_it_runs_not_posted_again(h: Harness) 
     assert h.kinds("a4") == ["execution_error", "executing"] and h.frames("a4")[0][1]["exception_message"] == "server gone"
 
 
-def _adopt(h: Harness, pid: str, user: User) -> None:
-    h.jobs[pid] = GatewayJob(pid, h.book.next_number(False), "c1", PROMPT, {}, ["1"], user=user.name, owner=user.owner)
-    h.book.adopt(h.jobs[pid], "att-" + pid, "s1")
-    h.settle()
 
 
 def test_adopted_copies_count_as_their_owners_turns(h: Harness) -> None:
     h.capacity = 3
-    _adopt(h, "a0", ALICE)
-    _adopt(h, "a00", ALICE)
+    adopt_copy(h, "a0", ALICE)
+    adopt_copy(h, "a00", ALICE)
     h.post("b1", BOB)  # the third slot
     h.post("a1", ALICE)
     h.post("b2", BOB)
@@ -600,7 +342,7 @@ def test_adopted_copies_count_as_their_owners_turns(h: Harness) -> None:
 
 def test_an_adopted_copy_is_one_turn(h: Harness) -> None:
     h.capacity = 2
-    _adopt(h, "a0", ALICE)
+    adopt_copy(h, "a0", ALICE)
     h.post("b1", BOB)
     h.post("a1", ALICE)
     h.post("b2", BOB)
@@ -613,7 +355,7 @@ def test_an_owners_turns_count_while_any_of_her_prompts_is_unfinished(h: Harness
     h.capacity = 2
     for pid, how in (("a0", first), ("a1", second)):
         if how == "adopted":
-            _adopt(h, pid, ALICE)
+            adopt_copy(h, pid, ALICE)
         else:
             h.post(pid, ALICE)
     h.end("a1", "succeeded")  # a0 still runs: alice is not idle
@@ -627,7 +369,7 @@ def test_an_owners_turns_count_while_any_of_her_prompts_is_unfinished(h: Harness
 @pytest.mark.parametrize("first", ["posted", "adopted"])
 def test_an_owner_back_after_being_idle_is_not_held_back_by_past_turns(h: Harness, first: str) -> None:
     if first == "adopted":
-        _adopt(h, "a0", ALICE)
+        adopt_copy(h, "a0", ALICE)
     else:
         h.post("a0", ALICE)
     h.end("a0", "succeeded")  # alice idle: her turns are forgotten
@@ -697,209 +439,3 @@ def test_queue_remaining_is_told_to_every_socket_and_counts_the_whole_service(h:
     h.book.shared_remaining = 7
     h.book.queue_changed()
     assert h.relay.broadcasts[-1][1]["status"]["exec_info"]["queue_remaining"] == 7 and h.book.changes == before + 1
-
-
-# -- a user's jobs are theirs: delete, cancel, interrupt, history -------------------------------
-
-
-def test_deleting_a_waiting_prompt_leaves_no_trace_and_tells_its_client_nothing(h: Harness) -> None:
-    h.post("a1", ALICE, held=["v"])
-    h.post("a2", ALICE)
-    h.post("a3", ALICE)
-    h.book.delete_pending([12, ["x"], "nope", "a2"], ALICE)
-    assert h.kinds("a2") == [] and "a2" not in h.book.active and _remaining(h) == 2
-    assert h.store.named("delete_prompt") == [(("a2",), {})] and h.store.named("finish") == []
-    h.end("a1", "succeeded")
-    assert h.handed() == ["a1", "a3"]  # never handed to the pool
-    assert "a2" not in h.loop.run_until_complete(h.book.history_json(ALICE))
-    broadcasts = len(h.relay.broadcasts)
-    h.book.delete_pending(["a3"], ALICE)  # running in the pool (submitted): dropped from the queue, cancelled
-    assert "a3" not in h.book.active and h.jobs["a3"].job.cancels == 1  # type: ignore[union-attr]
-    assert len(h.relay.broadcasts) == broadcasts + 1
-    h.book.delete_pending(["a3", "a1"], ALICE)  # gone, ended: nothing changes, nothing told
-    assert len(h.relay.broadcasts) == broadcasts + 1
-    h.end("a3", "cancelled")
-    assert h.kinds("a3") == [] and "a3" not in h.loop.run_until_complete(h.book.history_json(ALICE))
-    assert h.store.named("delete_prompt") == [(("a2",), {}), (("a3",), {})] and h.store.named("finish") == [(("a1",) + h.store.named("finish")[0][0][1:], h.store.named("finish")[0][1])]
-
-
-def test_a_deleted_prompt_whose_job_ends_later_leaves_its_owner_free_to_post_again(h: Harness) -> None:
-    h.post("a1", ALICE)
-    h.book.delete_pending(["a1"], ALICE)
-    h.end("a1", "cancelled")
-    h.post("b1", BOB)
-    h.post("a2", ALICE)
-    h.end("b1", "succeeded")
-    assert h.handed() == ["a1", "b1", "a2"]
-
-
-def test_a_running_prompt_is_not_deleted_only_cancelled(h: Harness) -> None:
-    h.post("a1", ALICE)
-    h.event("a1", "started")
-    h.book.delete_pending(["a1"], ALICE)
-    h.book.clear_pending(ALICE)
-    assert "a1" in h.book.active and h.jobs["a1"].job.cancels == 0  # type: ignore[union-attr]
-
-
-def test_one_user_cannot_delete_cancel_or_interrupt_anothers_prompts(h: Harness) -> None:
-    h.capacity = 2
-    h.post("a1", ALICE)
-    h.post("a2", ALICE)
-    h.post("a3", ALICE)
-    h.post("b1", BOB)
-    h.event("a1", "started")
-    h.book.delete_pending(["a2", "a3", "a1"], BOB)
-    h.book.clear_pending(BOB)
-    assert not h.book.cancel_by_id("a1", BOB) and not h.book.cancel_by_id("a3", BOB)
-    h.book.interrupt({}, BOB)
-    h.book.interrupt({"prompt_id": "a1"}, BOB)
-    h.book.interrupt({"delete": ["a1"]}, BOB)
-    h.book.interrupt({"client_id": "c1"}, BOB)
-    assert set(h.book.active) == {"a1", "a2", "a3"} and h.jobs["a1"].job.cancels == 0  # type: ignore[union-attr]
-    assert h.store.named("request_cancel") == [] and h.store.named("delete_prompt") == [(("b1",), {})]  # bob's own: his to clear
-    # An admin may manage anyone's.
-    assert h.book.cancel_by_id("a3", ADMIN) and "a3" not in h.book.active
-
-
-def test_clear_drops_the_viewers_prompts_not_yet_running(h: Harness) -> None:
-    h.capacity = 2
-    h.post("a1", ALICE)
-    h.post("a2", ALICE)
-    h.post("a3", ALICE)
-    h.post("b1", BOB)
-    h.event("a1", "started")
-    h.book.clear_pending(ALICE)
-    assert set(h.book.active) == {"a1", "b1"}
-    assert sorted(a[0] for a, _ in h.store.named("delete_prompt")) == ["a3"]
-    # a1 runs: left alone; a2 was handed to the pool: its job is cancelled there.
-    assert h.store.named("request_cancel") == [(("a2",), {})]
-    assert h.jobs["a1"].job.cancels == 0 and h.jobs["a2"].job.cancels == 1  # type: ignore[union-attr]
-    h.book.clear_pending(ALICE)
-    assert _remaining(h) == 2
-
-
-def test_cancel_stops_a_running_prompt_where_it_runs_once(h: Harness) -> None:
-    h.post("a1", ALICE)
-    h.event("a1", "started")
-    assert not h.book.cancel_by_id("zzz", ALICE)
-    assert h.book.cancel_by_id("a1", ALICE)
-    assert h.jobs["a1"].job.cancels == 1 and h.store.named("request_cancel") == [(("a1",), {})]  # type: ignore[union-attr]
-    assert not h.book.cancel_by_id("a1", ALICE)  # asked already
-    h.end("a1", "cancelled")
-    assert [k for k in h.kinds("a1") if k.startswith("execution_") and k != "execution_start"] == ["execution_interrupted"]
-    assert not h.book.cancel_by_id("a1", ALICE)  # ended
-
-
-def test_cancel_of_a_prompt_between_a_moved_attempts_stops_it(h: Harness) -> None:
-    """A prompt that started once and moved (waiting for its next server) is cancelled, not
-    deleted: it has a history."""
-    h.post("a1", ALICE)
-    h.event("a1", "started")
-    h.event("a1", "retrying", from_server="s1", to_server="s2", reason="lost")
-    h.jobs["a1"].state = "submitted"
-    assert h.book.cancel_by_id("a1", ALICE) and h.jobs["a1"].job.cancels == 1  # type: ignore[union-attr]
-    assert "a1" in h.book.active
-
-
-def test_cancel_of_a_waiting_prompt_removes_it(h: Harness) -> None:
-    h.post("a1", ALICE)
-    h.post("a2", ALICE)
-    assert h.book.cancel_by_id("a2", ALICE)
-    assert "a2" not in h.book.active and h.store.named("delete_prompt") == [(("a2",), {})]
-    assert not h.book.cancel_by_id("a2", ALICE)
-
-
-def test_a_cancel_asked_before_the_pool_took_the_prompt_reaches_its_job(h: Harness) -> None:
-    h.executor.deferred = []
-    gj = h.post("a1", ALICE)
-    gj.started = True  # as a restored prompt that had started
-    assert h.book.cancel_by_id("a1", ALICE)
-    h.executor.run_deferred()
-    h.settle()
-    assert gj.job is not None and gj.job.cancels == 1
-    h.end("a1", "cancelled", server=None)  # it never reached a server
-    assert h.kinds("a1") == ["execution_interrupted", "executing"] and h.book.active == {}
-
-
-def test_interrupt_stops_the_named_or_the_clients_running_prompts_of_the_viewer(h: Harness) -> None:
-    h.capacity = 6
-    clients = {"a1": "c2", "a2": "c1", "a3": "c1", "a4": "c1", "a5": "c2", "a6": "c2"}
-    for pid, client in clients.items():
-        h.post(pid, ALICE, client=client)
-        if pid != "a4":
-            h.event(pid, "started", server=pid)
-
-    def cancelled() -> List[str]:
-        return [p for p in clients if h.jobs[p].job.cancels]  # type: ignore[union-attr]
-
-    h.book.interrupt({"prompt_id": "nothing", "client_id": "c1"}, ALICE)  # names none: stops none
-    assert cancelled() == []
-    h.book.interrupt({"prompt_id": "a5"}, ALICE)
-    assert cancelled() == ["a5"]
-    h.book.interrupt({"delete": [5, "a6"]}, ALICE)
-    assert cancelled() == ["a5", "a6"]
-    h.book.interrupt({"client_id": "c1"}, ALICE)
-    assert cancelled() == ["a2", "a3", "a5", "a6"]  # a4 does not run yet
-    assert sorted(a[0] for a, _ in h.store.named("request_cancel")) == ["a2", "a3", "a5", "a6"]
-
-
-def test_interrupt_without_a_body_stops_every_running_prompt_of_the_viewer(h: Harness) -> None:
-    h.capacity = 3
-    h.post("b1", BOB)
-    h.post("a1", ALICE)
-    h.post("a2", ALICE, client="c2")
-    for pid in ("b1", "a1", "a2"):
-        h.event(pid, "started", server=pid)
-    h.book.interrupt(["not", "a", "dict"], ALICE)
-    assert [h.jobs[p].job.cancels for p in ("b1", "a1", "a2")] == [0, 1, 1]  # type: ignore[union-attr]
-
-
-def test_history_is_the_viewers_own(h: Harness) -> None:
-    h.capacity = 2
-    h.post("a1", ALICE)
-    h.post("b1", BOB)
-    h.end("a1", "succeeded", result=JobResult("x", "s1", {}, 1, 1.0))
-    h.end("b1", "succeeded", result=JobResult("y", "s1", {}, 1, 1.0))
-    run = h.loop.run_until_complete
-    assert list(run(h.book.history_json(ALICE))) == ["a1"] and list(run(h.book.history_json(ADMIN))) == ["a1", "b1"]
-    assert run(h.book.history_json(BOB, "a1")) == {} and list(run(h.book.history_json(BOB, max_items=5))) == ["b1"]
-    # An item another replica ended: read from the store, shown to its owner only.
-    h.store.rows["z1"] = {"owner": "alice", "item": {"outputs": {}}}
-    h.store.rows["z2"] = {"owner": None, "item": {"outputs": {}}}
-    assert run(h.book.history_json(ALICE, "z1")) == {"z1": {"outputs": {}}} and run(h.book.history_json(BOB, "z1")) == {}
-    assert run(h.book.history_json(User("default"), "z2")) == {"z2": {"outputs": {}}}
-    assert run(h.book.history_json(ALICE, "nothing")) == {}
-    count, rows = run(h.book.history_rows(limit=3))
-    assert count == 2 and rows[0]["kwargs"] == {"limit": 3}
-    assert run(h.book.history_row("z1")) == h.store.rows["z1"]
-    run(h.book.post_history({"delete": ["a1"]}, BOB))
-    run(h.book.post_history({"clear": True}, BOB))
-    assert list(run(h.book.history_json(ADMIN))) == ["a1"] and h.store.named("delete_history") == [((["b1"],), {})]
-    run(h.book.post_history({"delete": ["a1", 3]}, ALICE))
-    assert run(h.book.history_json(ADMIN)) == {} and h.store.named("delete_history")[-1] == ((["a1"],), {})
-    run(h.book.post_history({"clear": True}, ALICE))
-    assert len(h.store.named("delete_history")) == 2  # nothing gone: nothing written
-
-
-# -- stopping ---------------------------------------------------------------------------------
-
-
-def test_stopping_tells_each_client_the_end_of_each_prompt_once_and_cancels_them(h: Harness) -> None:
-    h.post("a1", ALICE)
-    h.post("a2", ALICE)
-    h.post("b1", BOB, client="c2")
-    h.book.delete_pending(["b1"], BOB)
-    h.event("a1", "started")
-    h.book.stop_all("the gateway is stopping")
-    h.event("a1", "executing", node="2")  # the pool's last words: the client was told the end
-    h.book.delete_pending(["a1", "a2"], ALICE)
-    for pid in ("a1", "a2"):
-        frames = h.frames(pid)
-        ends = [d for k, d in frames if k == "execution_error"]
-        assert len(ends) == 1 and ends[0]["exception_type"] == "GatewayStopped"
-        assert ends[0]["exception_message"] == "the gateway is stopping" and frames[-1] == ("executing", {"node": None, "prompt_id": pid})
-    assert h.kinds("b1") == []  # deleted before: nothing to tell
-    assert h.jobs["a1"].job.cancels == 1 and h.handed() == ["a1"]  # type: ignore[union-attr]
-    h.end("a1", "cancelled")  # the pool confirms: the client was told already
-    assert [k for k in h.kinds("a1") if k.startswith("execution_") and k != "execution_start"] == ["execution_error"]
-    assert h.book.active == {} and sorted(a[:2] for a, _ in h.store.named("finish")) == [("a1", "cancelled"), ("a2", "cancelled")]

@@ -56,7 +56,7 @@ TESTS: Dict[str, List[str]] = {
                    "tests/test_adopt.py", "tests/test_promises.py"],
     "status": ["tests/test_status.py", "tests/test_core_units.py", "tests/test_selection.py"],
     "events": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_security.py"],
-    "gateway/book": ["tests/test_book.py", "tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_users.py"],
+    "gateway/book": ["tests/test_book.py", "tests/test_book_users.py", "tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_users.py"],
     "gateway/relay": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py"],
 }
 CORE = list(TESTS)
