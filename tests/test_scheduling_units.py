@@ -16,6 +16,7 @@ from comfy_cluster.attempt import Attempt, Ledger
 from comfy_cluster.balance import LeastLoaded
 from comfy_cluster.errors import ComfyClusterError, ConfigError, NoServerAvailable
 from comfy_cluster.jobs import Job, JobControl
+from comfy_cluster.planner import Batch
 from comfy_cluster.scheduling import Scheduler
 from comfy_cluster.selection import Capabilities, View
 from comfy_cluster.server_config import ServerConfig
@@ -48,12 +49,14 @@ class Statuses:
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
         self.offline: Set[str] = set()
+        self.extra: Dict[str, Dict[str, Any]] = {}  # more snapshot fields per server (queue readings, speeds)
         self.reads = 0
 
     def current(self, *, probe: bool) -> View:
         self.reads += 1
         snaps = [ServerStatus(name=s.name, url=s.url, online=s.name not in self.offline, last_checked=0.0, next_probe_at=1e9,
-                              in_flight=self.monitor.in_flight[s.name], error="refused" if s.name in self.offline else None)
+                              in_flight=self.monitor.in_flight[s.name], error="refused" if s.name in self.offline else None,
+                              **self.extra.get(s.name, {}))
                  for s in SERVERS]
         return View(sum(self.monitor.in_flight.values()), snaps, SERVERS)
 
@@ -402,3 +405,47 @@ def test_a_placing_strategy_is_told_how_long_each_servers_job_has_run(rig: Any) 
     r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=2))
     wait_until(lambda: len(placer.shown) >= 2, 30, what="the second job asked")
     assert placer.shown[-1]["running"] == {"a": 5.5}
+
+
+class PlanSpy(Batch):
+    """A batch whose plan records what the scheduler shows it and says wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: Dict[str, Any] = {}
+
+    def plan_pick(self, candidates: Any, state: Any, remaining: int) -> Any:
+        self.shown["last"] = [(srv.name, round(backlog, 6), round(per_job, 6)) for srv, backlog, per_job in state]
+        return None
+
+
+def test_a_batch_plan_is_shown_each_able_servers_backlog_less_what_its_running_job_has_done(rig: Any) -> None:
+    """The batch planner's view (README: a batch job goes where it finishes soonest): per
+    server the job may go to, full or not, the seconds until its backlog is done (its queue
+    times its seconds per job, less what the job running there has run) and its seconds per job."""
+    r = rig({s.name: NODES for s in SERVERS}, strategy=Picky("a"))
+    r.view.extra = {"a": {"avg_job_seconds": 0.5, "queue_running": 1, "queue_pending": 1},
+                    "b": {"avg_job_seconds": 4.0}, "c": {"avg_job_seconds": 5.0, "queue_pending": 1}}
+    r.submit()
+    running = r.next()
+    assert running.server == "a"
+    from comfy_cluster.attempt import AttemptPhase
+
+    running.control.started(6.8)  # executing since 6.8 on the pool's clock
+    running.phase = AttemptPhase.RUNNING
+    r.now = 7.0
+    batch = PlanSpy()
+    job = Job(sleep_workflow(seed=5))
+    job.batch = batch
+    r.sched.add([JobControl(job)])
+    wait_until(lambda: "last" in batch.shown, 30, what="the plan asked")
+    assert batch.shown["last"] == [("a", 0.8, 0.5), ("b", 0.0, 4.0), ("c", 5.0, 5.0)]
+    assert r.launched.empty()  # the plan said wait
+    other = Job(sleep_workflow(seed=6))
+    other.batch = batch
+    control = JobControl(other)
+    control.incapable.add("c")  # found unable to run it: not in its plan
+    del batch.shown["last"]
+    r.sched.add([control])
+    wait_until(lambda: batch.shown.get("last") == [("a", 0.8, 0.5), ("b", 0.0, 4.0)], 30, what="the second job's plan")
+
