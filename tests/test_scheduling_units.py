@@ -79,6 +79,8 @@ class Rig:
                                launch=self.launch, clock=lambda: self.now, wait_for_server=wait_for_server)
         holder.append(self.sched)
         self.follow_only: List[bool] = []
+        self.submitted: List[JobControl] = []
+        self.expected_ends: Set[JobControl] = set()
 
     def launch(self, attempt: Attempt, follow_only: bool = False) -> None:
         self.follow_only.append(follow_only)
@@ -86,11 +88,28 @@ class Rig:
 
     def submit(self, workflow: Any = None, **kwargs: Any) -> JobControl:
         control = JobControl(Job(workflow or sleep_workflow()), **kwargs)
+        self.submitted.append(control)
         self.sched.add([control])
         return control
 
     def next(self) -> Attempt:
-        return self.launched.get(timeout=30)
+        """The next attempt launched; a job of ours that ends meanwhile (and was not expected
+        to: see ``ended``) fails the test at once rather than after the wait."""
+        for _ in range(600):
+            try:
+                return self.launched.get(timeout=0.05)
+            except queue.Empty:
+                ended = [c for c in self.submitted if c.final and c not in self.expected_ends]
+                assert not ended, f"a job ended instead: {ended[0].job.status} {ended[0].job.exception(timeout=0)!r}"
+        raise AssertionError("no attempt launched in 30 s")
+
+    def ended(self, control: JobControl, status: str = "failed") -> BaseException:
+        """``control``'s job ends with ``status`` (expected): its error."""
+        self.expected_ends.add(control)
+        assert control.job.wait(30), "the job did not end"
+        error = control.job.exception(timeout=0)
+        assert control.job.status == status and error is not None
+        return error
 
     def move(self, attempt: Attempt, reason: str) -> None:
         """What the runners do when an attempt must move: a failure noted, the slot freed,
@@ -112,13 +131,6 @@ def rig() -> Any:
     yield make
     for r in made:
         r.sched.close()
-
-
-def _failed(control: JobControl) -> BaseException:
-    assert control.job.wait(30), "the job did not end"
-    error = control.job.exception(timeout=0)
-    assert control.job.status == "failed" and error is not None
-    return error
 
 
 def test_a_moved_job_goes_to_a_server_it_has_not_tried_and_says_where_from(rig: Any) -> None:
@@ -209,11 +221,11 @@ def test_a_job_the_servers_cannot_run_fails_at_once_with_the_reason_found(rig: A
     control.incapable.update({"a", "b", "c"})
     control.last_error = ComfyClusterError("a: missing node types TestSleep")
     r.sched.add([control])
-    assert str(_failed(control)) == "a: missing node types TestSleep"
+    assert str(r.ended(control)) == "a: missing node types TestSleep"
     other = JobControl(Job(sleep_workflow()))
     other.incapable.update({"a", "b", "c"})
     r.sched.add([other])
-    error = _failed(other)  # no error kept: one naming why each server cannot take it
+    error = r.ended(other)  # no error kept: one naming why each server cannot take it
     assert isinstance(error, NoServerAvailable) and "a: excluded" in str(error)
 
 
@@ -232,7 +244,7 @@ def test_a_job_waits_for_an_offline_server_it_may_run_on(rig: Any) -> None:
 
 def test_a_job_no_server_has_the_nodes_for_fails_after_wait_for_server_naming_each(rig: Any) -> None:
     r = rig({"a": {"SaveImage": {}}, "b": {"SaveImage": {}}, "c": {"SaveImage": {}}}, wait_for_server=0.0)
-    error = _failed(r.submit())
+    error = r.ended(r.submit())
     assert isinstance(error, NoServerAvailable)
     assert error.reasons == {name: "missing node types EmptyImage, TestSleep" for name in "abc"}
 
@@ -264,7 +276,7 @@ def test_a_job_cancelled_before_its_server_takes_it_never_starts(rig: Any) -> No
     waiting = r.submit()
     assert waiting.job.cancel()
     r.sched.wake()
-    assert waiting.job.wait(30) and waiting.job.status == "cancelled"
+    r.ended(waiting, "cancelled")
     r.ledger.release(held[0])
     nxt = r.submit()
     assert r.next().control is nxt
@@ -293,7 +305,7 @@ class Picky:
 def test_a_custom_strategys_bad_answer_fails_that_job_only(rig: Any, answer: Any, message: str) -> None:
     strategy = Picky(answer)
     r = rig({s.name: NODES for s in SERVERS}, strategy=strategy)
-    error = _failed(r.submit())
+    error = r.ended(r.submit())
     assert isinstance(error, ConfigError) and str(error) == message
     strategy.answer = "b"
     workflow = sleep_workflow(seconds=0.5)
@@ -367,7 +379,8 @@ def test_a_placing_strategy_is_shown_full_servers_the_waiting_models_and_the_wai
     assert placer.asked.wait(30)
     shown = placer.shown[asked]
     assert shown["waiting"] == {("ckpt_name=b.safetensors",): 1} and shown["waited"] == 0.0 and shown["cands"] == ["a"]
-    assert job4.job.cancel() and job4.job.wait(30)
+    assert job4.job.cancel()
+    r.ended(job4, "cancelled")
     assert first.job.attempts == 1
 
 
@@ -382,7 +395,7 @@ def test_a_placing_strategys_bad_answer_fails_that_job_only(rig: Any, answer: An
     r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=1))
     assert r.next().server == "a"  # a is full now
     placer.answer = answer
-    error = _failed(r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=2)))
+    error = r.ended(r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=2)))
     assert isinstance(error, ConfigError) and str(error).startswith(message)
     placer.answer = "b"
     r.submit(txt2img_workflow(ckpt_name="b.safetensors", seed=3))
