@@ -379,6 +379,15 @@ def test_a_placing_strategy_is_shown_full_servers_the_waiting_models_and_the_wai
     assert placer.asked.wait(30)
     shown = placer.shown[asked]
     assert shown["waiting"] == {("ckpt_name=b.safetensors",): 1} and shown["waited"] == 0.0 and shown["cands"] == ["a"]
+    # A server found unable to run a job is not among those it may wait for.
+    placer.answer = None
+    unable = JobControl(Job(txt2img_workflow(ckpt_name="a.safetensors", seed=5)))
+    unable.incapable.add("b")
+    asked = len(placer.shown)
+    r.sched.add([unable])
+    wait_until(lambda: any(sh["models"] == ("ckpt_name=a.safetensors",) for sh in placer.shown[asked:]), 30, what="the job asked")
+    shown = [sh for sh in placer.shown[asked:] if sh["models"] == ("ckpt_name=a.safetensors",)][0]
+    assert shown["eligible"] == ["a", "c"] and shown["cands"] == ["a"]
     assert job4.job.cancel()
     r.ended(job4, "cancelled")
     assert first.job.attempts == 1
