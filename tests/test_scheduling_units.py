@@ -51,6 +51,7 @@ class Statuses:
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
         self.offline: Set[str] = set()
+        self.back: Set[str] = set()  # offline servers a re-probe finds online
         self.extra: Dict[str, Dict[str, Any]] = {}  # more snapshot fields per server (queue readings, speeds)
         self.reads = 0
 
@@ -63,6 +64,9 @@ class Statuses:
         return View(sum(self.monitor.in_flight.values()), snaps, SERVERS)
 
     def tick(self) -> Optional[float]:
+        """What StatusView.tick does without the background monitor: re-probe offline servers
+        that are due (here: those in ``back``, found online again)."""
+        self.offline -= self.back
         return None
 
 
@@ -140,6 +144,7 @@ def test_a_moved_job_goes_to_a_server_it_has_not_tried_and_says_where_from(rig: 
     control = r.submit()
     first = r.next()
     assert first.number == 1 and first.control is control and r.follow_only == [False]
+    assert control.job.server is not None and control.job.server.name == first.server  # named from its POST on
     assert r.ledger.live(first.server) == [first]  # counted on its server before it runs
     r.move(first, "stopped answering")
     second = r.next()
@@ -363,12 +368,17 @@ def test_a_placing_strategy_is_shown_full_servers_the_waiting_models_and_the_wai
     wait_until(lambda: len(placer.shown) >= 2, WAIT, what="the second job placed")
     shown = placer.shown[-1]
     assert shown["cands"] == ["b", "c"] and shown["eligible"] == ["a", "b", "c"] and shown["waiting"] == {("ckpt_name=a.safetensors",): 1}
-    r.now = 5.0
-    assert placer.ask(r)["waited"] == 5.0  # since it was first asked with a server free
-    job3 = r.submit(txt2img_workflow(ckpt_name="b.safetensors", seed=3))
+    r.now = 50.0  # past wait_for_server: waiting for a warm server is not "no server"
+    assert placer.ask(r)["waited"] == 50.0  # since it was first asked with a server free
+    job3 = JobControl(Job(txt2img_workflow(ckpt_name="b.safetensors", seed=3)))
+    job3a = JobControl(Job(txt2img_workflow(ckpt_name="a.safetensors", seed=33)))
+    r.submitted += [job3, job3a]
+    r.sched.add([job3, job3a])
     wait_until(lambda: placer.shown[-1]["models"] == ("ckpt_name=b.safetensors",), WAIT, what="the third job asked")
-    assert placer.shown[-1]["waiting"] == {("ckpt_name=a.safetensors",): 1, ("ckpt_name=b.safetensors",): 1}
+    assert placer.shown[-1]["waiting"] == {("ckpt_name=a.safetensors",): 2, ("ckpt_name=b.safetensors",): 1}
     assert placer.shown[-1]["waited"] == 0.0
+    assert job3a.job.cancel()
+    r.ended(job3a, "cancelled")
     placer.answer = ("b", "c")
     r.sched.wake()
     assert {r.next().control, r.next().control} == {job2, job3}
@@ -472,4 +482,64 @@ def test_a_batch_plan_is_shown_each_able_servers_backlog_less_what_its_running_j
     del batch.shown["last"]
     r.sched.add([control])
     wait_until(lambda: batch.shown.get("last") == [("a", 0.8, 0.5), ("b", 0.0, 4.0)], WAIT, what="the second job's plan")
+
+
+def test_a_job_waiting_for_an_offline_server_goes_there_once_a_re_probe_finds_it(rig: Any) -> None:
+    """Without the background status thread the dispatcher asks for the re-probes that are
+    due; a job only that server can run goes there once it is back."""
+    r = rig({s.name: NODES for s in SERVERS})
+    r.view.offline.add("c")
+    r.view.back.add("c")
+    control = JobControl(Job(sleep_workflow()))
+    control.incapable.update({"a", "b"})
+    r.submitted.append(control)
+    r.sched.add([control])
+    assert r.next().server == "c"
+
+
+def test_a_moved_job_takes_the_next_free_slot_before_jobs_that_waited_less(rig: Any) -> None:
+    r = rig({s.name: NODES for s in SERVERS})
+    first, second, third = [r.submit() and r.next() for _ in range(3)]
+    waiting = r.submit()
+    moved = first.control
+    moved.attempt_ended(first, (first.server, "lost"))  # its copy may still be there: its slot stays taken
+    r.sched.attempt_ended(moved)
+    r.sched.add([moved], front=True)
+    r.ledger.release(second)
+    nxt = r.next()
+    assert nxt.control is moved and nxt.server == second.server and not waiting.final
+
+
+class Canceller(Picky):
+    """A strategy during whose choice the job is cancelled (the caller's cancel() racing the
+    dispatcher): ``place`` too, when ``places``."""
+
+    def __init__(self, places: bool) -> None:
+        super().__init__("a")
+        self.jobs: List[Job] = []
+        if places:
+            self.place = self._place
+
+    def select(self, candidates: List[Any], workflow: Any) -> Any:
+        self.jobs[-1].cancel()
+        return candidates[0]
+
+    def _place(self, cands: List[Any], eligible: List[Any], warmth: Any, waiting: Any, **_: Any) -> Any:
+        self.jobs[-1].cancel()
+        return cands[0]
+
+
+@pytest.mark.parametrize("places", [False, True])
+def test_a_job_cancelled_while_its_server_is_chosen_ends_cancelled_there_and_frees_nothing(rig: Any, places: bool) -> None:
+    strategy = Canceller(places)
+    r = rig({s.name: SD_NODES for s in SERVERS}, strategy=strategy)
+    control = JobControl(Job(txt2img_workflow(ckpt_name="a.safetensors", seed=1)))
+    strategy.jobs.append(control.job)
+    r.submitted.append(control)
+    r.sched.add([control])
+    assert "before it reached a server" in str(r.ended(control, "cancelled"))
+    assert r.launched.empty() and all(r.ledger.live(s.name) == [] for s in SERVERS)
+    strategy.jobs.append(Job(txt2img_workflow(ckpt_name="a.safetensors", seed=2)))  # the next one is not cancelled
+    other = r.submit(txt2img_workflow(ckpt_name="b.safetensors", seed=3))
+    assert r.next().control is other
 
