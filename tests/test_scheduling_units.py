@@ -71,9 +71,12 @@ class Statuses:
 
 
 class Rig:
-    def __init__(self, known: Dict[str, Dict[str, Any]], strategy: Any = None, wait_for_server: float = 30.0) -> None:
+    def __init__(self, known: Dict[str, Dict[str, Any]], strategy: Any = None, wait_for_server: float = 30.0,
+                 clients: Optional[Dict[str, Any]] = None) -> None:
         self.fetched: List[str] = []
-        self.caps = Capabilities({}, lambda fn, name, ev: self.fetched.append(name), lambda: 0.0, on_change=lambda: None)
+        # Node lists: set by the test, or (``clients``) read from fake clients at once when asked.
+        submit = self._read_on_a_thread if clients is not None else (lambda fn, name, ev: self.fetched.append(name))
+        self.caps = Capabilities(clients or {}, submit, lambda: self.now, on_change=lambda: None)
         self.caps.info.update(known)
         self.monitor = Monitor()
         self.view = Statuses(self.monitor)
@@ -87,6 +90,11 @@ class Rig:
         self.follow_only: List[bool] = []
         self.submitted: List[JobControl] = []
         self.expected_ends: Set[JobControl] = set()
+
+    @staticmethod
+    def _read_on_a_thread(fn: Any, name: str, ev: threading.Event) -> None:
+        """The probe executor's part: the read runs on a thread of its own."""
+        threading.Thread(target=fn, args=(name, ev), daemon=True).start()
 
     def launch(self, attempt: Attempt, follow_only: bool = False) -> None:
         self.follow_only.append(follow_only)
@@ -380,8 +388,10 @@ def test_a_placing_strategy_is_shown_full_servers_the_waiting_models_and_the_wai
     assert job3a.job.cancel()
     r.ended(job3a, "cancelled")
     placer.answer = ("b", "c")
+    asked = len(placer.shown)
     r.sched.wake()
     assert {r.next().control, r.next().control} == {job2, job3}
+    assert placer.shown[asked]["waiting"] == {("ckpt_name=a.safetensors",): 1, ("ckpt_name=b.safetensors",): 1}
     placer.answer = None
     asked = len(placer.shown)
     job4 = r.submit(txt2img_workflow(ckpt_name="b.safetensors", seed=4))  # every server full: not asked
@@ -542,4 +552,77 @@ def test_a_job_cancelled_while_its_server_is_chosen_ends_cancelled_there_and_fre
     strategy.jobs.append(Job(txt2img_workflow(ckpt_name="a.safetensors", seed=2)))  # the next one is not cancelled
     other = r.submit(txt2img_workflow(ckpt_name="b.safetensors", seed=3))
     assert r.next().control is other
+
+
+class Lists:
+    """A client whose node list cannot be read the first time."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def object_info(self, timeout: Any = None) -> Dict[str, Any]:
+        self.reads += 1
+        if self.reads == 1:
+            raise ComfyClusterError("b: connection refused")
+        return NODES
+
+
+def test_a_node_list_that_could_not_be_read_is_read_again_for_a_waiting_job_after_its_backoff(rig: Any) -> None:
+    b = Lists()
+    r = rig({"a": {"SaveImage": {}}, "c": {"SaveImage": {}}}, clients={"b": b})
+    control = r.submit()
+    wait_until(lambda: b.reads == 1, WAIT, what="b's node list asked for")
+    wait_until(lambda: r.view.reads >= 3, WAIT, what="passes within b's backoff")
+    assert b.reads == 1 and not control.final  # not before its backoff (2 s on the pool's clock)
+    r.now = 3.0
+    r.sched.wake()
+    assert r.next().server == "b" and b.reads == 2
+
+
+def test_a_job_that_could_go_now_is_not_held_behind_one_that_must_wait(rig: Any) -> None:
+    """Jobs alike are asked once per pass; a job that differs (another batch, servers found
+    unable to run it, servers tried) is not taken for one that waits."""
+    r = rig({s.name: NODES for s in SERVERS})
+    batch = PlanSpy()  # its plan says wait
+    held = Job(sleep_workflow())
+    held.batch = batch
+    r.sched.add([JobControl(held)])
+    wait_until(lambda: "last" in batch.shown, WAIT, what="the batch job asked")
+    plain = r.submit()
+    assert r.next().control is plain
+    # b and c full; a job found unable to run on a waits; one that can run on a goes there.
+    r2 = rig({s.name: NODES for s in SERVERS})
+    on_b, on_c = JobControl(Job(sleep_workflow())), JobControl(Job(sleep_workflow()))
+    on_b.incapable.update({"a", "c"})
+    on_c.incapable.update({"a", "b"})
+    r2.sched.add([on_b, on_c])
+    r2.next(), r2.next()
+    unable = JobControl(Job(sleep_workflow()))
+    unable.incapable.add("a")
+    r2.submitted.append(unable)
+    r2.sched.add([unable])
+    wait_until(lambda: r2.view.reads >= 2, WAIT, what="the unable job asked")
+    able = r2.submit()
+    assert r2.next().control is able
+    # A moved job waiting for an untried server does not hold back a fresh one.
+    r3 = rig({s.name: NODES for s in SERVERS})
+    first, second, third = [r3.submit() and r3.next() for _ in range(3)]
+    r3.move(first, "lost")  # first's server free again, the others full: it waits for them
+    fresh = r3.submit()
+    nxt = r3.next()
+    assert nxt.control is fresh and nxt.server == first.server
+
+
+def test_a_placing_strategy_is_told_the_wait_since_the_job_was_queued_again(rig: Any) -> None:
+    placer = Placer()
+    r = rig({s.name: SD_NODES for s in SERVERS}, strategy=placer)
+    placer.answer = ("a",)
+    r.submit(txt2img_workflow(ckpt_name="a.safetensors", seed=1))
+    first = r.next()
+    r.now = 50.0
+    placer.answer = None
+    asked = len(placer.shown)
+    r.move(first, "lost")
+    wait_until(lambda: len(placer.shown) > asked, WAIT, what="the moved job asked")
+    assert placer.shown[asked]["waited"] == 0.0
 
