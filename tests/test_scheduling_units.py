@@ -28,7 +28,7 @@ WAIT = 10.0
 SERVERS = [ServerConfig(name=n, url=f"http://127.0.0.1:{9100 + i}", max_queue=1) for i, n in enumerate("abc")]
 NODES: Dict[str, Any] = {t: {"input": {"required": {}}} for t in ("EmptyImage", "TestSleep", "SaveImage")}
 SD_NODES: Dict[str, Any] = {
-    "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["a.safetensors", "b.safetensors"], {}]}}},
+    "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["a.safetensors", "b.safetensors", "c.safetensors"], {}]}}},
     **{t: {"input": {"required": {}}} for t in ("CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage")},
 }
 
@@ -168,11 +168,24 @@ def test_a_moved_job_goes_to_a_server_it_has_not_tried_and_says_where_from(rig: 
 
 
 def test_a_moved_job_waits_for_an_untried_server_with_no_room_rather_than_go_back(rig: Any) -> None:
-    r = rig({"a": NODES, "b": NODES, "c": {"SaveImage": {}}})
-    first = r.submit() and r.next()
-    other = r.submit() and r.next()
+    """Another attempt goes to a server not tried yet, waiting for room there, never to a
+    server found unable to run the job (c: its model was missing when it ran there)."""
+    r = rig({s.name: NODES for s in SERVERS})
+    mover = JobControl(Job(sleep_workflow()))
+    mover.incapable.add("c")
+    r.submitted.append(mover)
+    r.sched.add([mover])
+    first = r.next()
+    blocker = JobControl(Job(sleep_workflow()))
+    blocker.incapable.update({"c", first.server})
+    r.submitted.append(blocker)
+    r.sched.add([blocker])
+    other = r.next()
     assert {first.server, other.server} == {"a", "b"}
-    r.move(first, "lost")  # its server has room again, the untried one has none
+    reads = r.view.reads
+    r.move(first, "lost")  # its server has room again, the untried one has none, c may not run it
+    wait_until(lambda: r.view.reads >= reads + 2, WAIT, what="passes after the move")  # the second a second later
+    assert r.launched.empty()
     r.now = 100.0  # however long it waits
     r.sched.wake()
     r.ledger.release(other)
@@ -185,10 +198,11 @@ def test_a_job_waits_for_a_full_cluster_however_long(rig: Any) -> None:
     time waiting for room."""
     r = rig({s.name: NODES for s in SERVERS}, wait_for_server=5.0)
     held = [r.submit() and r.next() for _ in range(3)]
+    reads = r.view.reads
     waiting = r.submit()
-    wait_until(lambda: r.view.reads >= 1, WAIT, what="a pass of the dispatcher")
+    wait_until(lambda: r.view.reads >= reads + 2, WAIT, what="passes with the job waiting")
     r.now = 60.0
-    wait_until(lambda: r.view.reads >= 3, WAIT, what="passes after the clock moved")
+    wait_until(lambda: r.view.reads >= reads + 4, WAIT, what="passes after the clock moved")
     assert not waiting.final
     r.ledger.release(held[1])
     assert r.next().control is waiting
@@ -459,6 +473,7 @@ class PlanSpy(Batch):
         self.shown: Dict[str, Any] = {}
 
     def plan_pick(self, candidates: Any, state: Any, remaining: int) -> Any:
+        self.shown["cands"] = [c.name for c in candidates]
         self.shown["last"] = [(srv.name, round(backlog, 6), round(per_job, 6)) for srv, backlog, per_job in state]
         return None
 
@@ -625,4 +640,23 @@ def test_a_placing_strategy_is_told_the_wait_since_the_job_was_queued_again(rig:
     r.move(first, "lost")
     wait_until(lambda: len(placer.shown) > asked, WAIT, what="the moved job asked")
     assert placer.shown[asked]["waited"] == 0.0
+
+
+def test_a_batch_job_leaves_a_server_to_the_jobs_waiting_warm_there_and_takes_a_warm_one(rig: Any) -> None:
+    placer = Placer()  # a strategy that places by warmth: it keeps the plain job waiting
+    r = rig({s.name: SD_NODES for s in SERVERS}, strategy=placer)
+    r.view.extra = {"a": {"models": ("ckpt_name=b.safetensors",)}, "b": {"models": ("ckpt_name=a.safetensors",)}}
+    r.submit(txt2img_workflow(ckpt_name="b.safetensors", seed=1))  # waits (for a, warm for it)
+    wait_until(lambda: len(placer.shown) >= 1, WAIT, what="the plain job asked")
+    shown = []
+    for seed, model in ((2, "a.safetensors"), (3, "c.safetensors")):
+        batch = PlanSpy()  # says wait: the job stays, warm for its model
+        job = Job(txt2img_workflow(ckpt_name=model, seed=seed))
+        job.batch = batch
+        r.sched.add([JobControl(job)])
+        wait_until(lambda: "cands" in batch.shown, WAIT, what="the batch job's plan asked")
+        shown.append(batch.shown["cands"])
+    # The first takes b, warm for it; the second neither a nor b: each stays free for the
+    # job waiting warm there.
+    assert shown == [["b"], ["c"]]
 
