@@ -184,7 +184,7 @@ def test_a_moved_job_waits_for_an_untried_server_with_no_room_rather_than_go_bac
     assert {first.server, other.server} == {"a", "b"}
     reads = r.view.reads
     r.move(first, "lost")  # its server has room again, the untried one has none, c may not run it
-    wait_until(lambda: r.view.reads >= reads + 2, WAIT, what="passes after the move")  # the second a second later
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 2, WAIT, what="passes after the move")  # the second a second later
     assert r.launched.empty()
     r.now = 100.0  # however long it waits
     r.sched.wake()
@@ -200,9 +200,9 @@ def test_a_job_waits_for_a_full_cluster_however_long(rig: Any) -> None:
     held = [r.submit() and r.next() for _ in range(3)]
     reads = r.view.reads
     waiting = r.submit()
-    wait_until(lambda: r.view.reads >= reads + 2, WAIT, what="passes with the job waiting")
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 2, WAIT, what="passes with the job waiting")
     r.now = 60.0
-    wait_until(lambda: r.view.reads >= reads + 4, WAIT, what="passes after the clock moved")
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 4, WAIT, what="passes after the clock moved")
     assert not waiting.final
     r.ledger.release(held[1])
     assert r.next().control is waiting
@@ -213,7 +213,7 @@ def test_a_job_no_server_has_the_nodes_for_waits_for_one_up_to_wait_for_server(r
     restarted with the nodes it needs), then fails naming why each server cannot."""
     r = rig({"a": {"SaveImage": {}}, "b": {"SaveImage": {}}, "c": {"SaveImage": {}}})
     control = r.submit()
-    wait_until(lambda: r.view.reads >= 2, WAIT, what="two passes of the dispatcher")
+    wait_until(lambda: r.sched.wake() or r.view.reads >= 2, WAIT, what="two passes of the dispatcher")
     assert not control.final
     r.caps.info["b"] = NODES  # b restarted with the nodes
     r.caps.version += 1
@@ -264,7 +264,7 @@ def test_a_job_waits_for_an_offline_server_it_may_run_on(rig: Any) -> None:
     control = JobControl(Job(sleep_workflow()))
     control.incapable.update({"a", "b"})
     r.sched.add([control])
-    wait_until(lambda: r.view.reads >= 2, WAIT, what="two passes of the dispatcher")  # the second a second later
+    wait_until(lambda: r.sched.wake() or r.view.reads >= 2, WAIT, what="two passes of the dispatcher")  # the second a second later
     assert not control.final
     r.view.offline.clear()
     r.sched.wake()
@@ -400,6 +400,7 @@ def test_a_placing_strategy_is_shown_full_servers_the_waiting_models_and_the_wai
     assert placer.shown[-1]["waiting"] == {("ckpt_name=a.safetensors",): 2, ("ckpt_name=b.safetensors",): 1}
     assert placer.shown[-1]["waited"] == 0.0
     assert job3a.job.cancel()
+    r.sched.wake()
     r.ended(job3a, "cancelled")
     placer.answer = ("b", "c")
     asked = len(placer.shown)
@@ -425,6 +426,7 @@ def test_a_placing_strategy_is_shown_full_servers_the_waiting_models_and_the_wai
     shown = [sh for sh in placer.shown[asked:] if sh["models"] == ("ckpt_name=a.safetensors",)][0]
     assert shown["eligible"] == ["a", "c"] and shown["cands"] == ["a"]
     assert job4.job.cancel()
+    r.sched.wake()
     r.ended(job4, "cancelled")
     assert first.job.attempts == 1
 
@@ -587,7 +589,7 @@ def test_a_node_list_that_could_not_be_read_is_read_again_for_a_waiting_job_afte
     r = rig({"a": {"SaveImage": {}}, "c": {"SaveImage": {}}}, clients={"b": b})
     control = r.submit()
     wait_until(lambda: b.reads == 1, WAIT, what="b's node list asked for")
-    wait_until(lambda: r.view.reads >= 3, WAIT, what="passes within b's backoff")
+    wait_until(lambda: r.sched.wake() or r.view.reads >= 3, WAIT, what="passes within b's backoff")
     assert b.reads == 1 and not control.final  # not before its backoff (2 s on the pool's clock)
     r.now = 3.0
     r.sched.wake()
@@ -616,7 +618,7 @@ def test_a_job_that_could_go_now_is_not_held_behind_one_that_must_wait(rig: Any)
     unable.incapable.add("a")
     r2.submitted.append(unable)
     r2.sched.add([unable])
-    wait_until(lambda: r2.view.reads >= 2, WAIT, what="the unable job asked")
+    wait_until(lambda: r2.sched.wake() or r2.view.reads >= 2, WAIT, what="the unable job asked")
     able = r2.submit()
     assert r2.next().control is able
     # A moved job waiting for an untried server does not hold back a fresh one.
