@@ -473,11 +473,13 @@ class PlanSpy(Batch):
     def __init__(self) -> None:
         super().__init__()
         self.shown: Dict[str, Any] = {}
+        self.go = False  # say "this candidate" (the first) instead of wait
 
     def plan_pick(self, candidates: Any, state: Any, remaining: int) -> Any:
+        self.shown["remaining"] = remaining
         self.shown["cands"] = [c.name for c in candidates]
         self.shown["last"] = [(srv.name, round(backlog, 6), round(per_job, 6)) for srv, backlog, per_job in state]
-        return None
+        return candidates[0].server if self.go else None
 
 
 def test_a_batch_plan_is_shown_each_able_servers_backlog_less_what_its_running_job_has_done(rig: Any) -> None:
@@ -509,6 +511,15 @@ def test_a_batch_plan_is_shown_each_able_servers_backlog_less_what_its_running_j
     del batch.shown["last"]
     r.sched.add([control])
     wait_until(lambda: batch.shown.get("last") == [("a", 0.8, 0.5), ("b", 0.0, 4.0)], WAIT, what="the second job's plan")
+    assert batch.shown["remaining"] == 2  # the batch's jobs waiting (the plain one runs)
+    # A plan that says wait is not "no server": past wait_for_server the jobs still wait, and
+    # go where the plan says once it does.
+    reads = r.view.reads
+    r.now = 100.0
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 4, WAIT, what="passes past wait_for_server")
+    batch.go = True
+    r.sched.wake()
+    assert r.next().control.job is job  # the older one, where the plan said
 
 
 def test_a_job_waiting_for_an_offline_server_goes_there_once_a_re_probe_finds_it(rig: Any) -> None:
@@ -596,38 +607,37 @@ def test_a_node_list_that_could_not_be_read_is_read_again_for_a_waiting_job_afte
     assert r.next().server == "b" and b.reads == 2
 
 
-def test_a_job_that_could_go_now_is_not_held_behind_one_that_must_wait(rig: Any) -> None:
-    """Jobs alike are asked once per pass; a job that differs (another batch, servers found
-    unable to run it, servers tried) is not taken for one that waits."""
+@pytest.mark.parametrize("blocker", ["batch", "unable", "moved"])
+def test_a_job_that_could_go_now_is_not_held_behind_one_that_must_wait(rig: Any, blocker: str) -> None:
+    """Jobs alike are asked once per pass; a job that differs (of a batch whose plan says
+    wait, found unable to run on the free server, or moved from it) is not taken for one
+    that waits, pass after pass."""
     r = rig({s.name: NODES for s in SERVERS})
-    batch = PlanSpy()  # its plan says wait
-    held = Job(sleep_workflow())
-    held.batch = batch
-    r.sched.add([JobControl(held)])
-    wait_until(lambda: "last" in batch.shown, WAIT, what="the batch job asked")
+    held = [r.submit() and r.next() for _ in range(3)]  # every server full
+    free = held[0]
+    if blocker == "moved":
+        r.move(free, "lost")  # its slot freed below; the others full: it waits for them
+        r.ledger.reserve(Attempt(free.control, free.server, 9))  # (its copy may still be there)
+        stuck = free.control
+    else:
+        stuck = JobControl(Job(sleep_workflow()))
+        if blocker == "batch":
+            stuck.job.batch = PlanSpy()
+        else:
+            stuck.incapable.add(free.server)
+        r.submitted.append(stuck)
+        r.sched.add([stuck])
+    reads = r.view.reads
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 2, WAIT, what="the stuck job asked")
     plain = r.submit()
-    assert r.next().control is plain
-    # b and c full; a job found unable to run on a waits; one that can run on a goes there.
-    r2 = rig({s.name: NODES for s in SERVERS})
-    on_b, on_c = JobControl(Job(sleep_workflow())), JobControl(Job(sleep_workflow()))
-    on_b.incapable.update({"a", "c"})
-    on_c.incapable.update({"a", "b"})
-    r2.sched.add([on_b, on_c])
-    r2.next(), r2.next()
-    unable = JobControl(Job(sleep_workflow()))
-    unable.incapable.add("a")
-    r2.submitted.append(unable)
-    r2.sched.add([unable])
-    wait_until(lambda: r2.sched.wake() or r2.view.reads >= 2, WAIT, what="the unable job asked")
-    able = r2.submit()
-    assert r2.next().control is able
-    # A moved job waiting for an untried server does not hold back a fresh one.
-    r3 = rig({s.name: NODES for s in SERVERS})
-    first, second, third = [r3.submit() and r3.next() for _ in range(3)]
-    r3.move(first, "lost")  # first's server free again, the others full: it waits for them
-    fresh = r3.submit()
-    nxt = r3.next()
-    assert nxt.control is fresh and nxt.server == first.server
+    reads = r.view.reads
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 4, WAIT, what="both asked")  # both wait: full
+    if blocker == "moved":
+        r.ledger.release(r.ledger.live(free.server)[0])
+    else:
+        r.ledger.release(free)
+    nxt = r.next()
+    assert nxt.control is plain and nxt.server == free.server
 
 
 def test_a_placing_strategy_is_told_the_wait_since_the_job_was_queued_again(rig: Any) -> None:
@@ -647,18 +657,34 @@ def test_a_placing_strategy_is_told_the_wait_since_the_job_was_queued_again(rig:
 def test_a_batch_job_leaves_a_server_to_the_jobs_waiting_warm_there_and_takes_a_warm_one(rig: Any) -> None:
     placer = Placer()  # a strategy that places by warmth: it keeps the plain job waiting
     r = rig({s.name: SD_NODES for s in SERVERS}, strategy=placer)
-    r.view.extra = {"a": {"models": ("ckpt_name=b.safetensors",)}, "b": {"models": ("ckpt_name=a.safetensors",)}}
+    r.view.extra = {"a": {"models": ("ckpt_name=b.safetensors",)}, "b": {"models": ("ckpt_name=a.safetensors",)},
+                    "c": {"models": ("ckpt_name=b.safetensors",)}}
     r.submit(txt2img_workflow(ckpt_name="b.safetensors", seed=1))  # waits (for a, warm for it)
     wait_until(lambda: len(placer.shown) >= 1, WAIT, what="the plain job asked")
-    shown = []
-    for seed, model in ((2, "a.safetensors"), (3, "c.safetensors")):
-        batch = PlanSpy()  # says wait: the job stays, warm for its model
-        job = Job(txt2img_workflow(ckpt_name=model, seed=seed))
-        job.batch = batch
-        r.sched.add([JobControl(job)])
-        wait_until(lambda: "cands" in batch.shown, WAIT, what="the batch job's plan asked")
-        shown.append(batch.shown["cands"])
-    # The first takes b, warm for it; the second neither a nor b: each stays free for the
-    # job waiting warm there.
-    assert shown == [["b"], ["c"]]
+    batch = PlanSpy()  # says wait: the job stays, warm for its model
+    job = Job(txt2img_workflow(ckpt_name="a.safetensors", seed=2))
+    job.batch = batch
+    r.sched.add([JobControl(job)])
+    wait_until(lambda: "cands" in batch.shown, WAIT, what="the batch job's plan asked")
+    # b, warm for it; not a or c, kept free for the job waiting warm there.
+    assert batch.shown["cands"] == ["b"] and batch.shown["remaining"] == 1  # its batch's jobs only
+    # One of another model finds no server left to it (b too is kept for the job warm there):
+    # it waits, past wait_for_server too.
+    third = Job(txt2img_workflow(ckpt_name="c.safetensors", seed=4))
+    third.batch = PlanSpy()
+    r.submitted.append(JobControl(third))
+    r.sched.add([r.submitted[-1]])
+    reads = r.view.reads
+    r.now = 100.0
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 8, WAIT, what="passes past wait_for_server")
+    assert not third.done and "cands" not in third.batch.shown
+    # A strategy that does not place by warmth: every server is a candidate of the plan.
+    r2 = rig({s.name: SD_NODES for s in SERVERS}, strategy=Picky("a"))
+    r2.view.extra = {"b": {"models": ("ckpt_name=a.safetensors",)}}
+    spy = PlanSpy()
+    job = Job(txt2img_workflow(ckpt_name="a.safetensors", seed=5))
+    job.batch = spy
+    r2.sched.add([JobControl(job)])
+    wait_until(lambda: "cands" in spy.shown, WAIT, what="the plan asked")
+    assert spy.shown["cands"] == ["a", "b", "c"]
 
