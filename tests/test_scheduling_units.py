@@ -673,7 +673,9 @@ def test_a_batch_job_leaves_a_server_to_the_jobs_waiting_warm_there_and_takes_a_
     third = Job(txt2img_workflow(ckpt_name="c.safetensors", seed=4))
     third.batch = PlanSpy()
     r.submitted.append(JobControl(third))
+    reads = r.view.reads
     r.sched.add([r.submitted[-1]])
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 6, WAIT, what="passes with it waiting")
     reads = r.view.reads
     r.now = 100.0
     wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 8, WAIT, what="passes past wait_for_server")
@@ -687,4 +689,39 @@ def test_a_batch_job_leaves_a_server_to_the_jobs_waiting_warm_there_and_takes_a_
     r2.sched.add([JobControl(job)])
     wait_until(lambda: "cands" in spy.shown, WAIT, what="the plan asked")
     assert spy.shown["cands"] == ["a", "b", "c"]
+
+
+def test_a_job_that_can_go_after_a_server_gained_its_nodes_is_not_held_behind_one_that_cannot(rig: Any) -> None:
+    other_nodes = dict(NODES, OtherNode={"input": {"required": {}}})
+    r = rig({"a": other_nodes, "b": other_nodes, "c": {"SaveImage": {}}})
+    held = [r.submit() and r.next() for _ in range(2)]  # a and b full
+    assert sorted(a.server for a in held) == ["a", "b"]
+    older = r.submit({"1": {"class_type": "OtherNode", "inputs": {}}})  # only a and b can run it, ever
+    newer = r.submit()  # a and b for now
+    reads = r.view.reads
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 4, WAIT, what="both asked")
+    r.caps.info["c"] = NODES  # c restarted with the nodes the newer one needs
+    r.caps.version += 1
+    r.sched.wake()
+    nxt = r.next()
+    assert nxt.control is newer and nxt.server == "c" and not older.final
+
+
+def test_a_job_is_not_held_behind_one_alike_once_a_server_only_it_can_use_comes_online(rig: Any) -> None:
+    """Found by a surviving mutant of _key_of: two waiting jobs whose servers looked alike
+    while c was offline stayed "alike" once c came online, so the newer one waited behind the
+    older one (which cannot run on c) while c stood idle."""
+    other_nodes = dict(NODES, OtherNode={"input": {"required": {}}})
+    r = rig({"a": other_nodes, "b": other_nodes, "c": NODES})
+    r.view.offline.add("c")
+    held = [r.submit() and r.next() for _ in range(2)]  # a and b full
+    assert sorted(a.server for a in held) == ["a", "b"]
+    older = r.submit({"1": {"class_type": "OtherNode", "inputs": {}}})  # a and b only, ever
+    newer = r.submit()  # a, b, and c once it is back
+    reads = r.view.reads
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 4, WAIT, what="both asked")
+    r.view.offline.clear()
+    r.sched.wake()
+    nxt = r.next()
+    assert nxt.control is newer and nxt.server == "c" and not older.final
 
