@@ -725,3 +725,16 @@ def test_a_job_is_not_held_behind_one_alike_once_a_server_only_it_can_use_comes_
     nxt = r.next()
     assert nxt.control is newer and nxt.server == "c" and not older.final
 
+
+def test_a_job_is_not_held_behind_one_that_cannot_run_where_a_slot_frees(rig: Any) -> None:
+    other_nodes = dict(NODES, OtherNode={"input": {"required": {}}})
+    r = rig({"a": other_nodes, "b": other_nodes, "c": NODES})
+    held = [r.submit() and r.next() for _ in range(3)]  # every server full
+    older = r.submit({"1": {"class_type": "OtherNode", "inputs": {}}})  # a and b only
+    newer = r.submit()  # any
+    reads = r.view.reads
+    wait_until(lambda: r.sched.wake() or r.view.reads >= reads + 4, WAIT, what="both asked")
+    r.ledger.release(next(a for a in held if a.server == "c"))
+    nxt = r.next()
+    assert nxt.control is newer and nxt.server == "c" and not older.final
+
