@@ -42,8 +42,8 @@ EQUIVALENT = ROOT / "tools" / "mutation_equivalent.txt"
 TESTS: Dict[str, List[str]] = {
     "policy": ["tests/test_policy.py", "tests/test_fault_matrix.py", "tests/test_faults_classify.py", "tests/test_completion.py",
                "tests/test_promises.py"],
-    "attempt": ["tests/test_promises_core.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_promises.py"],
-    "jobs": ["tests/test_promises_core.py", "tests/test_promises.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
+    "attempt": ["tests/test_ledger_units.py", "tests/test_promises_core.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_jobs.py", "tests/test_promises.py"],
+    "jobs": ["tests/test_job_units.py", "tests/test_core_units.py", "tests/test_promises_core.py", "tests/test_promises.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
     "selection": ["tests/test_selection.py", "tests/test_core_units.py", "tests/test_status.py", "tests/test_balance.py",
                   "tests/test_parts.py", "tests/test_loaders.py", "tests/test_warm.py"],
     "balance": ["tests/test_balance.py", "tests/test_core_units.py", "tests/test_warm.py", "tests/test_custom_strategy.py"],
@@ -54,10 +54,12 @@ TESTS: Dict[str, List[str]] = {
     "planner": ["tests/test_planner.py", "tests/test_batch.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_promises.py", "tests/test_completion.py"],
     "scheduling": ["tests/test_scheduling_units.py", "tests/test_scheduling.py", "tests/test_parts.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py", "tests/test_warm.py",
                    "tests/test_adopt.py", "tests/test_promises.py"],
-    "status": ["tests/test_status.py", "tests/test_core_units.py", "tests/test_selection.py"],
-    "events": ["tests/test_jobs.py", "tests/test_core_units.py", "tests/test_fault_matrix.py", "tests/test_security.py"],
+    "status": ["tests/test_status_units.py", "tests/test_status.py", "tests/test_core_units.py", "tests/test_selection.py"],
+    "events": ["tests/test_events.py", "tests/test_portable_tls.py::test_https_and_wss_share_one_context", "tests/test_security.py",
+               "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
     "gateway/book": ["tests/test_book.py", "tests/test_book_users.py", "tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_users.py"],
-    "gateway/relay": ["tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py"],
+    "gateway/relay": ["tests/test_relay.py", "tests/test_gateway_units.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py",
+                      "tests/test_gateway.py"],
 }
 CORE = list(TESTS)
 # Copied beside the code: tests read docs (the failure table), README snippets and the Nuke package.
@@ -168,7 +170,9 @@ def main(argv: List[str]) -> int:
     for module in modules:
         dest = _sync(module, args.tests or ())
         started = time.monotonic()
-        env = dict(os.environ, PYTHONPATH=str(dest))
+        # tests/conftest.py runs the listed files in this order (fast ones first): mutmut hands
+        # pytest a mutant's tests in no fixed order and stops at the first failure.
+        env = dict(os.environ, PYTHONPATH=str(dest), COMFY_MUTATE_ORDER=os.pathsep.join(args.tests or TESTS[module]))
         names = list(args.only)
         if args.retest:
             # mutmut keeps a verdict once given; naming a mutant makes it run again. Its map of
