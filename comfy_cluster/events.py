@@ -97,6 +97,7 @@ class ServerSocket:
         self._lock = threading.Lock()
         self._listeners: Dict[str, Listener] = {}
         self._ws: Optional[_CappedWebSocket] = None
+        self._connecting: Optional[_CappedWebSocket] = None  # close() aborts a connect under way
         self._thread: Optional[threading.Thread] = None
         self._connected = threading.Event()
         self._closed = threading.Event()
@@ -112,8 +113,6 @@ class ServerSocket:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
-
-    # -- listeners ----------------------------------------------------------------------------
 
     def register(self, prompt_id: str, listener: Listener) -> None:
         with self._lock:
@@ -135,8 +134,6 @@ class ServerSocket:
             fn(message)
         except Exception:  # a listener must never kill the reader thread
             log.exception("websocket listener failed")
-
-    # -- connection ---------------------------------------------------------------------------
 
     def ensure_connected(self, timeout: Optional[float] = None) -> None:
         """Connect if needed and wait for the first ``status`` frame.
@@ -173,18 +170,27 @@ class ServerSocket:
         ws.max_message_bytes = self._max_message_bytes
         url = f"{self.server.ws_url}/ws?clientId={self.client_id}"
         headers = [f"{k}: {v}" for k, v in self.server.headers.items()]
-        check_resolvable(self.server.host, self.server.port, self._connect_timeout)  # DNS within the timeout too
-        ws.connect(url, header=headers, timeout=self._connect_timeout, suppress_origin=True)
-        # The first frame is status with our sid: only then are events routed to us.
-        while True:
-            ws.bytes_this_message = 0
-            raw = _receive(ws)
-            msg = _decode(raw)
-            if msg is not None and msg.get("type") == "status":
-                self._handle(msg)
-                break
-        ws.settimeout(None)
-        return ws
+        with self._lock:
+            self._connecting = ws
+        try:
+            check_resolvable(self.server.host, self.server.port, self._connect_timeout)  # DNS within the timeout too
+            ws.connect(url, header=headers, timeout=self._connect_timeout, suppress_origin=True)
+            # Events are routed to us once the first status frame (our sid) came. The loop also
+            # ends a connect that a close() found with no socket yet to abort.
+            while not self._closed.is_set():
+                ws.bytes_this_message = 0
+                msg = _decode(_receive(ws))
+                if msg is not None and msg.get("type") == "status":
+                    self._handle(msg)
+                    ws.settimeout(None)
+                    return ws
+            raise websocket.WebSocketException("closed")
+        except BaseException:
+            ws.shutdown()  # a half-open socket is not left to the garbage collector
+            raise
+        finally:
+            with self._lock:
+                self._connecting = None
 
     def _run(self) -> None:
         failures = 0
@@ -301,10 +307,10 @@ class ServerSocket:
     def close(self) -> None:
         self._closed.set()
         with self._lock:
-            ws = self._ws
+            sockets = [s for s in (self._ws, self._connecting) if s is not None]
             thread = self._thread
             self._attempt_done.notify_all()
-        if ws is not None:
+        for ws in sockets:
             ws.abort()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self._connect_timeout + 2.0)

@@ -276,7 +276,8 @@ class Job:
         with self._cond:
             if self._attempt is attempt:
                 self._attempt = None
-            self._history.append(attempt)
+            if not any(a is attempt for a in self._history):  # _finish may have filed it already
+                self._history.append(attempt)
             if failure is not None:
                 self._failures.append(failure)
             if not self._final:
@@ -369,6 +370,8 @@ class Job:
             self._status = status
             self._result = result
             self._error = error
+            if self._attempt is not None:  # ended while an attempt was current (close()): still made
+                self._history.append(self._attempt)
             self._attempt = None
             event = JobEvent(kind=status, server=server, prompt_id=self._prompt_id, index=self.index, reason=reason if status != "succeeded" else None, raw=raw)
             self.events.append(event)

@@ -305,11 +305,16 @@ class ServerPool:
         websocket clientId it was posted under, when not this pool's (a dead process's): its
         events are read from a socket under that id while it is followed (the process that
         had it is gone, so nothing else listens there). Other arguments as in :meth:`submit`.
-        Raises :class:`ConfigError` for a server not in the pool."""
+        Raises :class:`ConfigError` for a server not in the pool or a prompt_id that is not a
+        non-empty string."""
         self._check_open()
         config = self._by_name.get(server)
         if config is None:
             raise ConfigError(f"adopt: no server named {server!r} in the pool")
+        if not isinstance(prompt_id, str) or not prompt_id.strip():
+            # A job read before its POST was answered has no prompt_id yet: adopting None
+            # would post the workflow again beside the copy already running there.
+            raise ConfigError(f"adopt: prompt_id must be the non-empty id the server took, got {prompt_id!r}")
         job = Job(load_workflow(workflow), inputs={str(k): os.fspath(v) for k, v in (inputs or {}).items()},
                   on_event=on_event, retries=retries, owner=owner)
         job._on_attempt = on_attempt

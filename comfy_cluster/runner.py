@@ -231,6 +231,9 @@ class _Follower:
         # Since when /history fails while /queue answers (see _unreadable).
         self.unreadable_since: Optional[float] = None
         self.cancel_retry_at = 0.0
+        # Since when every cancel request failed: its own loss window, which an answered read
+        # of the queue does not restart (a server may answer reads and never the cancel).
+        self.cancel_failing_since: Optional[float] = None
         # After a reconnect, ComfyUI may drop the new socket's registration when it notices the
         # old socket's close (same clientId): until an event proves otherwise, look often.
         self.deaf_maybe = False
@@ -262,7 +265,9 @@ class _Follower:
                     cancel_on_server(self.ctx.client, self.pid, also_delete=self.ctx.cancelled_here())
                     self.cancel_done = True
                 except ServerError as exc:
-                    out = self._lost(exc, Phase.CANCEL)
+                    if self.cancel_failing_since is None:
+                        self.cancel_failing_since = self.ctx.clock()
+                    out = self._lost(exc, Phase.CANCEL, since=self.cancel_failing_since)
                     if out is not None:
                         return out
                     self.cancel_retry_at = time.monotonic() + 0.25
@@ -290,14 +295,16 @@ class _Follower:
             if out is not None:
                 return out
 
-    def _lost(self, exc: ComfyClusterError, phase: Phase) -> Optional[Outcome]:
-        """Contact lost: None while within the loss window, else how the attempt ends."""
+    def _lost(self, exc: ComfyClusterError, phase: Phase, since: Optional[float] = None) -> Optional[Outcome]:
+        """Contact lost: None while within the loss window, else how the attempt ends. The
+        window runs from ``since`` (default: since the server last answered anything)."""
         now = self.ctx.clock()
         if self.unreachable_since is None:
             self.unreachable_since = now
+        start = self.unreachable_since if since is None else since
         d = decide(phase, exc)
         window = d.window if d.window is not None else self.ctx.server_lost_after
-        if now - self.unreachable_since < window and not self.ctx.cut.is_set():
+        if now - start < window and not self.ctx.cut.is_set():
             return None
         if self.job.cancel_requested:
             # Reported cancelled; the copy stays in the ledger until the server answers.

@@ -146,7 +146,8 @@ class Scheduler:
 
     def _key_of(self, control: JobControl) -> Optional[Hashable]:
         """Jobs alike get the same WAIT: same batch, same servers able to run them (node types,
-        models and inputs alike), never tried, nothing excluded. None: ask for this job."""
+        models and inputs alike) among the same servers asked, never tried, nothing excluded.
+        None: ask for this job."""
         version, cache = control.caps
         if control.incapable or version != self._caps.version or not cache or control.job.attempts:
             return None
@@ -155,7 +156,10 @@ class Scheduler:
         if memo is None or memo[0] != stamp:
             # Jobs of other models do not wait alike under ``place`` (their warm servers differ).
             models = control.warmth.models if self._place is not None else ()
-            memo = (stamp, (id(control.batch), frozenset(n for n, why in cache.items() if why is None), models))
+            # The servers asked count too: answers read while a server was offline say nothing
+            # of it, and a job alike by them may well run there once it is back.
+            able = frozenset(n for n, why in cache.items() if why is None)
+            memo = (stamp, (id(control.batch), able, frozenset(cache), models))
             control.key_memo = memo
         return memo[1]
 

@@ -329,6 +329,8 @@ class StatusMonitor:
         waits: List[threading.Event] = []
         by_name = {s.name: s for s in self._servers}
         for name in names:
+            if self._closed.is_set():
+                break
             with self._lock:
                 running = self._probing.get(name)
                 if running is None:
@@ -337,15 +339,16 @@ class StatusMonitor:
             if running is not None:
                 waits.append(running)
                 continue
-            if self._closed.is_set():
-                break
             try:
                 futures.append(self._executor.submit(self._probe_task, by_name[name], done))
-                if not self._stats_fetched[name]:
-                    # Alongside the first probe, not after it: a cold status costs one round trip.
-                    futures.append(self._executor.submit(self._fetch_stats, by_name[name]))
-            except RuntimeError:  # executor shut down by close()
+            except RuntimeError:  # executor shut down by close(): no probe will end this one
+                self._probe_over(name, done)
                 break
+            if not self._stats_fetched[name]:
+                try:  # alongside the first probe, not after it: a cold status costs one round trip
+                    futures.append(self._executor.submit(self._fetch_stats, by_name[name]))
+                except RuntimeError:
+                    break
         if not wait_for_them:
             return
         wait(futures)
@@ -356,9 +359,13 @@ class StatusMonitor:
         try:
             self._probe_one(server)
         finally:
-            with self._lock:
-                self._probing.pop(server.name, None)
-            done.set()
+            self._probe_over(server.name, done)
+
+    def _probe_over(self, name: str, done: threading.Event) -> None:
+        """``name`` is no longer being probed: wake whoever waits for that probe."""
+        with self._lock:
+            self._probing.pop(name, None)
+        done.set()
 
     def due(self, *, include_offline: bool = True) -> List[str]:
         """Names whose cached status has expired (offline ones only once their backoff is over)."""

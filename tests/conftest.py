@@ -9,6 +9,7 @@ when no entry point did it (running from a source tree, or with plugin autoload 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -28,6 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    _mutation_order(items)
     # Real-server checks run only where real servers are named; elsewhere they are deselected
     # (not skipped), so a run's summary shows exactly what ran.
     if os.environ.get("COMFY_REAL_SERVERS"):
@@ -36,6 +38,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if "real_comfyui" in i.keywords])
         items[:] = keep
+
+
+def _mutation_order(items: list) -> None:
+    """tools/mutate.py: run the tests in the order of the files it lists for the module (fast
+    ones first). mutmut hands pytest a mutant's tests in no fixed order and stops at the first
+    failure: this way a mutant the fast tests kill costs only those."""
+    order = [e.split("::")[0] for e in os.environ.get("COMFY_MUTATE_ORDER", "").split(os.pathsep) if e]
+    if order:
+        def rank(item: Any) -> int:
+            path = item.nodeid.split("::")[0]
+            return next((i for i, f in enumerate(order) if path == f or path.endswith("/" + f)), len(order))
+
+        items.sort(key=rank)  # stable: the order within a file stays
 
 
 @pytest.fixture(scope="session")

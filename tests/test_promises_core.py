@@ -43,11 +43,6 @@ def two_saves(seed: int) -> Dict[str, Any]:
     }
 
 
-def saved(server: MockComfyServer, prefix: str) -> bool:
-    folder = server.output_dir or ""
-    return os.path.isdir(folder) and any(n.startswith(prefix) for n in os.listdir(folder))
-
-
 # ---------------------------------------------------------------------------------------------
 # The failure table's (history, ...) rows: the result read after the job's end was signalled.
 
@@ -63,7 +58,7 @@ def test_a_result_read_that_fails_once_still_gives_every_output_of_the_job(mock_
     try:
         with pool_of([mock_comfy], {}, reconcile_interval=3600.0) as pool:
             job = pool.submit(two_saves(seed=21))
-            wait_until(lambda: saved(mock_comfy, "first"), what="the first output written")
+            wait_until(lambda: mock_comfy.frames_lost("executed") >= 1, what="the first output's event lost")
             mock_comfy.unmute_websockets()
             mock_comfy.fail_route("/history", "500", method="GET", count=1)
             mock_comfy.resume_jobs()
@@ -193,7 +188,7 @@ def test_a_server_that_refuses_the_result_read_is_waited_for_briefly(mock_comfy:
                                                                   status_ttl=3600.0, reconcile_interval=3600.0,
                                                                   server_lost_after=3600.0)) as pool:
             job = pool.submit(two_saves(seed=22 if then == "back" else 23))
-            wait_until(lambda: saved(mock_comfy, "first"), what="the first output written")
+            wait_until(lambda: mock_comfy.frames_lost("executed") >= 1, what="the first output's event lost")
             mock_comfy.unmute_websockets()
             mock_comfy.resume_jobs()
             assert front.stopped.wait(60), "the result was never read"

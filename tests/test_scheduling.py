@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from helpers import sleep_workflow, wait_until
 
-from comfy_cluster import JobCancelled, ServerPool
+from comfy_cluster import ConfigError, JobCancelled, ServerPool
 
 FAST = dict(status_ttl=0.5, reconcile_interval=0.5)
 
@@ -39,8 +39,9 @@ def test_an_adopted_job_is_on_its_server_at_once_and_cancel_stops_it_there(mock_
     first = ServerPool(servers, client_id="adopter", **FAST)
     server.pause_jobs()
     posted = first.submit(sleep_workflow(seconds=0.3, steps=3, seed=11))
-    wait_until(lambda: server.queue_snapshot()[0], what="running on the server")
-    prompt_id = posted.prompt_id
+    # The server runs it from its POST; the job knows its prompt_id once the answer is read.
+    prompt_id = wait_until(lambda: posted.prompt_id if posted.prompt_id in server.queue_snapshot()[0] else None,
+                           what="running on the server, its prompt_id known")
     first.close(cancel=False)
     second = ServerPool(servers, client_id="adopter", **FAST)
     try:
@@ -48,6 +49,8 @@ def test_an_adopted_job_is_on_its_server_at_once_and_cancel_stops_it_there(mock_
         assert job.server is not None and job.server.name == server.name
         # Its first attempt, on that server (a failover goes to a server not tried yet).
         assert job.attempts == 1 and job.tried == [server.name]
+        with pytest.raises(ConfigError, match="prompt_id"):
+            second.adopt(sleep_workflow(seconds=0.3, steps=3, seed=11), server.name, None)  # type: ignore[arg-type]
         assert job.cancel()
         with pytest.raises(JobCancelled):
             job.result(timeout=30)

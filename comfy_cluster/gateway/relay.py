@@ -101,7 +101,6 @@ class _Client:
         self.bytes = 0
         self.dropped_previews = 0
         self.closed = False
-        self.overflowed = False
         self._wake = asyncio.Event()
         self.writer: Optional["asyncio.Task[None]"] = None
 
@@ -165,7 +164,6 @@ class _Client:
             "websocket of client %s (user %s) is too slow: over %d bytes queued; closing it with code %d",
             sid[:80], user, self.limit, CLOSE_TOO_SLOW,
         )
-        self.overflowed = True
         self.finish()
         asyncio.get_running_loop().create_task(self._close_now())
 
@@ -191,7 +189,8 @@ async def _passed(gate: _Gate) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - the end goes out anyway (maybe twice, never lost)
-        log.warning("could not record a prompt's end as told (%s); sending it anyway", exc or type(exc).__name__)
+        # An exception is always true: its text may be empty (a time-out's is), so name its type then.
+        log.warning("could not record a prompt's end as told (%s); sending it anyway", str(exc) or type(exc).__name__)
 
 
 class _Kept:

@@ -9,6 +9,7 @@ Kept apart from the server module so that the server keeps only small hooks into
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import http
 import logging
@@ -45,6 +46,7 @@ class InjectedFaults:
     _release: Optional[asyncio.Event]
     _refuse_window: Optional["asyncio.Task[None]"]
     _muted: Optional[Set[str]]
+    _lost_types: "collections.Counter[str]"
     _answered: Dict[str, int]
     _sockets: Dict[str, WsClient]
     _all_ws: Set[WsClient]
@@ -226,6 +228,12 @@ class InjectedFaults:
     def unmute_websockets(self) -> None:
         with self._lock:
             self._muted = None
+
+    def frames_lost(self, frame_type: str) -> int:
+        """How many frames of ``frame_type`` (``"executed"``, ``"progress"``, ...) muting has
+        lost so far: a test waits on this rather than on the work that precedes a frame."""
+        with self._lock:
+            return self._lost_types[frame_type]
 
     def drop_websockets_late(self) -> int:
         """Cut every websocket, but notice each close only after its client has reconnected

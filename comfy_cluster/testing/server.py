@@ -190,6 +190,7 @@ class MockComfyServer(InjectedFaults):
         self._release: Optional[asyncio.Event] = None
         self._refuse_window: Optional["asyncio.Task[None]"] = None
         self._muted: Optional[Set[str]] = None  # client ids whose frames are lost ("*": all)
+        self._lost_types: "collections.Counter[str]" = collections.Counter()  # frames lost to muting, by type
         self._answered: Dict[str, int] = {}  # route (without /api) -> requests its handler answered
         self._log_subscribers: Dict[str, bool] = {}  # PATCH /internal/logs/subscribe
         self.web = MockWeb(name, self._all_model_folders, lambda: self._env, web_extensions)
@@ -673,7 +674,10 @@ class MockComfyServer(InjectedFaults):
                 targets = [client] if client is not None else []  # no socket: dropped
             muted = self._muted
             if muted is not None:  # a half-open connection: the frames are lost on the way
-                targets = [c for c in targets if "*" not in muted and c.sid not in muted]
+                kept = [c for c in targets if "*" not in muted and c.sid not in muted]
+                if len(kept) < len(targets):
+                    self._lost_types[_frame_type(message)] += len(targets) - len(kept)
+                targets = kept
         for client in targets:
             client.queue.put_nowait(message)
 
@@ -1133,3 +1137,13 @@ class MockComfyServer(InjectedFaults):
         if os.path.isfile(source):
             shutil.copyfile(source, path)
         return _json({"name": filename, "subfolder": subfolder, "type": kind})
+
+
+def _frame_type(message: Union[str, bytes]) -> str:
+    """A frame's ``type`` ("binary" for a preview), for :meth:`MockComfyServer.frames_lost`."""
+    if isinstance(message, bytes):
+        return "binary"
+    try:
+        return str(json.loads(message).get("type"))
+    except (ValueError, AttributeError):
+        return "?"
