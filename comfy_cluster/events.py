@@ -158,7 +158,8 @@ class ServerSocket:
                 lambda: self._connected.is_set() or self._attempts > attempts_before or self._closed.is_set(),
                 timeout=wait_for,
             )
-            error = self._last_error
+            # Only an attempt that ended during this wait says why: an older one's error is stale.
+            error = self._last_error if self._attempts > attempts_before else None
         if not self._connected.is_set():
             reason = error or "websocket did not open in time"
             raise ServerError(f"{self.server.name}: websocket: {reason}", server=self.server.name)

@@ -464,7 +464,7 @@ def test_a_refusing_server_is_reported_at_once_with_the_reason_each_time(script)
             assert script.rejected == attempt  # one try each: nobody listens, so no retries
             wait_until(lambda: not ws_threads("busy"), timeout=WAIT, what="the reader gone after the failure")
         script.reject = False
-        sock.ensure_connected()
+        sock.ensure_connected(timeout=WAIT)  # bounds a hang only: a loaded machine may take seconds
         assert sock.connected
     finally:
         sock.close()
