@@ -757,6 +757,33 @@ def test_a_newer_socket_of_a_client_replaces_the_older_one():
     run(main)
 
 
+def test_a_frame_decided_for_one_socket_goes_to_that_socket_only():
+    """An end is told once its history is committed: the socket it was decided for is named
+    (``to``), and a socket opened meanwhile does not get it."""
+    async def main() -> None:
+        relay = Relay()
+        assert relay.socket_of(ALICE) is None
+        old = FakeSocket()
+        old_client = relay.attach(ALICE, old, first())
+        decided = relay.socket_of(ALICE)
+        assert decided is old_client
+        relay.detach(old_client)  # the client closed it after its cancel
+        new = FakeSocket()
+        relay.attach(ALICE, new, first())  # and opened one for its next run
+        relay.send(ALICE, "execution_interrupted", ENDS["execution_interrupted"], to=decided)
+        relay.send(ALICE, *CLOSING, to=decided)
+        relay.send(ALICE, "execution_interrupted", ENDS["execution_interrupted"], to=None)  # none was open then
+        relay.send(ALICE, "progress", {"value": 1, "prompt_id": "next"}, to=relay.socket_of(ALICE))
+        await settle()
+        assert old.kinds() == ["status"] and new.kinds() == ["status", "progress"]
+        # Not admitted either: the client may still get that prompt's end once, where it is decided for.
+        relay.send(ALICE, "execution_interrupted", ENDS["execution_interrupted"])
+        await settle()
+        assert new.kinds() == ["status", "progress", "execution_interrupted"]
+
+    run(main)
+
+
 def test_previews_come_with_metadata_to_a_socket_that_asked_until_it_closes():
     async def main() -> None:
         relay = Relay()
