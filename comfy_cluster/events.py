@@ -158,7 +158,8 @@ class ServerSocket:
                 lambda: self._connected.is_set() or self._attempts > attempts_before or self._closed.is_set(),
                 timeout=wait_for,
             )
-            error = self._last_error
+            # Only an attempt that ended during this wait says why: an older one's error is stale.
+            error = self._last_error if self._attempts > attempts_before else None
         if not self._connected.is_set():
             reason = error or "websocket did not open in time"
             raise ServerError(f"{self.server.name}: websocket: {reason}", server=self.server.name)
@@ -302,7 +303,7 @@ class ServerSocket:
         with self._lock:
             ws = self._ws
         if ws is not None:
-            ws.abort()
+            _abort(ws)
 
     def close(self) -> None:
         self._closed.set()
@@ -311,10 +312,19 @@ class ServerSocket:
             thread = self._thread
             self._attempt_done.notify_all()
         for ws in sockets:
-            ws.abort()
+            _abort(ws)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self._connect_timeout + 2.0)
         self._connected.clear()
+
+
+def _abort(ws: websocket.WebSocket) -> None:
+    """Cut ``ws`` whatever state it is in: its reader may have closed it a moment ago, and
+    ``shutdown`` of a closed socket raises ``EBADF``."""
+    try:
+        ws.abort()
+    except OSError as exc:
+        log.debug("websocket already closed when cut: %s", exc)
 
 
 def _receive(ws: websocket.WebSocket) -> Any:

@@ -3,6 +3,7 @@ between Windows, macOS and Linux), and a short reason for messages."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 from typing import Set
 
@@ -35,7 +36,8 @@ def classify(exc: BaseException) -> str:
             kinds.add("connect")
         elif isinstance(e, (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
             kinds.add("connect_timeout")
-        elif isinstance(e, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+        # socket.timeout: on Python 3.9 (Nuke 14) an OSError of its own, not yet TimeoutError.
+        elif isinstance(e, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout)):
             kinds.add("read_timeout")
         elif isinstance(e, (requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError, OSError)):
             kinds.add("connect")

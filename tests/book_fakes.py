@@ -15,6 +15,7 @@ from comfy_cluster.errors import JobCancelled
 from comfy_cluster.gateway.auth import User
 from comfy_cluster.gateway.book import JobBook
 from comfy_cluster.gateway.gatewayjob import GatewayJob
+from comfy_cluster.gateway.relay import ANY_SOCKET
 from comfy_cluster.reports import JobEvent
 
 ALICE, BOB, ADMIN = User("alice", owner="alice"), User("bob", owner="bob"), User("root", admin=True, owner="root")
@@ -92,12 +93,21 @@ class OldPool(FakePool):
 
 
 class FakeRelay:
+    """Records each frame; ``sockets[key]`` is the socket open for a client (None: none), and a
+    frame sent ``to`` another socket than the one open is dropped, as the Relay does."""
+
     def __init__(self) -> None:
         self.frames: List[Tuple[Any, str, Dict[str, Any], bool]] = []
         self.broadcasts: List[Tuple[str, Dict[str, Any]]] = []
         self.previews: List[Tuple[Any, bytes, str, Optional[str]]] = []
+        self.sockets: Dict[Any, Any] = {}
 
-    def send(self, key: Any, kind: str, data: Dict[str, Any], *, keep: bool = False) -> None:
+    def socket_of(self, key: Any) -> Any:
+        return self.sockets.get(key)
+
+    def send(self, key: Any, kind: str, data: Dict[str, Any], *, keep: bool = False, to: Any = ANY_SOCKET) -> None:
+        if to is not ANY_SOCKET and to is not self.sockets.get(key):
+            return
         self.frames.append((key, kind, data, keep))
 
     def broadcast(self, kind: str, data: Dict[str, Any]) -> None:
@@ -135,25 +145,34 @@ class FakeStore:
 
 
 class FakeKeeper:
-    """Writes in order; ``then`` runs once committed: at once, or at ``commit()`` while ``hold``."""
+    """Writes in order; ``then`` runs once committed: at once, or at ``commit()`` while
+    ``hold``; ``fail()`` makes the held writes fail instead (their ``failed`` runs)."""
 
     def __init__(self) -> None:
         self.store = FakeStore()
         self.replica = "replica-1"
         self.hold = False
-        self._held: List[Callable[[], None]] = []
+        self._held: List[Tuple[Optional[Callable[[], None]], Optional[Callable[[], None]]]] = []
 
-    def later(self, fn: Callable[..., Any], *args: Any, then: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
+    def later(self, fn: Callable[..., Any], *args: Any, then: Optional[Callable[[], None]] = None,
+              failed: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
         fn(*args, **kwargs)
-        if then is not None:
-            self._held.append(then)
+        if then is not None or failed is not None:
+            self._held.append((then, failed))
             if not self.hold:
                 self.commit()
 
     def commit(self) -> None:
         held, self._held = self._held, []
-        for then in held:
-            then()
+        for then, _ in held:
+            if then is not None:
+                then()
+
+    def fail(self) -> None:
+        held, self._held = self._held, []
+        for _, failed in held:
+            if failed is not None:
+                failed()
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)

@@ -20,6 +20,8 @@ from comfy_cluster.errors import ConfigError
 from comfy_cluster.gateway.gatewayjob import GatewayJob
 from comfy_cluster.reports import JobEvent, JobResult, OutputFile
 
+ALICE_C1 = ("alice", "c1")  # Alice's stream with clientId c1 (the harness posts with it)
+
 
 # -- fair share and the pool ----------------------------------------------------------------
 
@@ -254,6 +256,66 @@ def test_a_job_starting_where_our_previous_job_still_shows_running_waits_for_its
     h.event("a2", "started", server="s1")
     h.event("a3", "started", server="s2")
     assert h.kinds("a3") == ["execution_start"]
+
+
+def test_a_job_starting_where_ours_ended_is_told_after_that_end_which_waits_for_its_commit(h: Harness) -> None:
+    """As ComfyUI tells them (transcripts.json: the interrupted prompt's end, then the next
+    prompt's start): an end is told once its history is committed, and the next job on that
+    server must not overtake it meanwhile."""
+    h.capacity = 2
+    h.keeper.hold = True
+    h.post("a1", ALICE)
+    h.post("a2", ALICE)
+    h.event("a1", "started", server="s1")
+    h.end("a1", "cancelled")
+    h.event("a2", "started", server="s1")
+    h.event("a2", "executing", server="s1", node="2")
+    assert h.kinds("a2") == []
+    h.keeper.commit()
+    order = [(data["prompt_id"], kind) for _, kind, data, _ in h.relay.frames if kind != "progress_state"]
+    assert order == [("a1", "execution_start"), ("a1", "execution_interrupted"), ("a1", "executing"),
+                     ("a2", "execution_start"), ("a2", "executing")]
+
+
+def test_a_job_held_behind_an_end_whose_commit_failed_goes_on(h: Harness) -> None:
+    h.capacity = 2
+    h.keeper.hold = True
+    h.post("a1", ALICE)
+    h.post("a2", ALICE)
+    h.event("a1", "started", server="s1")
+    h.end("a1", "failed", error=RuntimeError("boom"))
+    h.event("a2", "started", server="s1")
+    assert h.kinds("a2") == []
+    h.keeper.fail()  # the database refused the write (logged by the keeper)
+    assert h.kinds("a2") == ["execution_start"]
+    assert h.kinds("a1") == ["execution_start"] and "a1" in h.book.active  # unfinished: taken up after a restart
+
+
+def test_an_end_goes_to_the_socket_its_client_had_when_the_job_ended(h: Harness) -> None:
+    """ComfyUI-for-Nuke closes its socket right after a cancel and opens a new one, with the
+    same clientId, for its next run: the cancelled run's end, told after its commit, must not
+    reach that new socket (CfN would take it for the new run's end)."""
+    h.keeper.hold = True
+    h.relay.sockets[ALICE_C1] = "first socket"
+    h.post("a1", ALICE)
+    h.event("a1", "started")
+    h.relay.sockets[ALICE_C1] = None  # closed after the cancel
+    h.end("a1", "cancelled")
+    h.relay.sockets[ALICE_C1] = "second socket"  # opened before the commit
+    h.keeper.commit()
+    assert h.kinds("a1") == ["execution_start"]
+    h.post("a2", ALICE)
+    h.event("a2", "started")
+    h.end("a2", "succeeded", result=JobResult("x", "s1", {}, 1, 1.0))
+    h.keeper.commit()
+    assert h.kinds("a2") == ["execution_start", "execution_success", "executing"]
+    # A prompt posted with no socket open: its end goes to whichever socket opens.
+    h.relay.sockets[ALICE_C1] = None
+    h.post("a3", ALICE, keep=True)
+    h.end("a3", "failed", error=RuntimeError("boom"))
+    h.relay.sockets[ALICE_C1] = "third socket"
+    h.keeper.commit()
+    assert h.kinds("a3") == ["execution_error", "executing"]
 
 
 def test_jobs_held_behind_ours_on_a_server_go_on_one_after_another(h: Harness) -> None:

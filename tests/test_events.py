@@ -106,13 +106,13 @@ class Script:
             return web.Response(status=503, text="busy")
         ws = web.WebSocketResponse(heartbeat=None)
         await ws.prepare(request)
-        if not self.silent:
-            for frame in self.first:
-                await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
-        with self._cond:
+        with self._cond:  # recorded before the first frame: the client is connected once it reads it
             self._ws = ws
             self.upgrades.append((request.query.get("clientId", ""), dict(request.headers)))
             self._cond.notify_all()
+        if not self.silent:
+            for frame in self.first:
+                await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
         try:
             async for _ in ws:
                 pass
@@ -464,7 +464,7 @@ def test_a_refusing_server_is_reported_at_once_with_the_reason_each_time(script)
             assert script.rejected == attempt  # one try each: nobody listens, so no retries
             wait_until(lambda: not ws_threads("busy"), timeout=WAIT, what="the reader gone after the failure")
         script.reject = False
-        sock.ensure_connected()
+        sock.ensure_connected(timeout=WAIT)  # bounds a hang only: a loaded machine may take seconds
         assert sock.connected
     finally:
         sock.close()

@@ -659,16 +659,23 @@ def test_a_client_that_does_not_read_loses_previews_beyond_half_its_queue():
     run(main)
 
 
+async def _stalled_with_two_previews() -> Tuple[Relay, FakeSocket]:
+    """A 64 KiB relay whose client reads nothing: two 10,000-byte previews and two progress
+    frames queued behind its first frame (55,536 bytes)."""
+    relay = Relay(queue_bytes=64 * 1024)
+    ws = FakeSocket(stalled=True)
+    relay.attach(ALICE, ws, first())
+    await until(lambda: ws.sending == 1, "the first frame on its way")
+    relay.send_bytes(ALICE, preview(10_000, b"1"))
+    relay.send_bytes(ALICE, preview(10_000, b"2"))
+    relay.send(ALICE, *sized("progress", 20_000, value=1, prompt_id=PID))
+    relay.send(ALICE, *sized("progress", 15_536, value=2, prompt_id=PID))
+    return relay, ws
+
+
 def test_a_lagging_clients_json_frames_push_out_only_as_many_previews_as_needed_oldest_first():
     async def main() -> None:
-        relay = Relay(queue_bytes=64 * 1024)
-        ws = FakeSocket(stalled=True)
-        relay.attach(ALICE, ws, first())
-        await until(lambda: ws.sending == 1, "the first frame on its way")
-        relay.send_bytes(ALICE, preview(10_000, b"1"))
-        relay.send_bytes(ALICE, preview(10_000, b"2"))
-        relay.send(ALICE, *sized("progress", 20_000, value=1, prompt_id=PID))
-        relay.send(ALICE, *sized("progress", 15_536, value=2, prompt_id=PID))
+        relay, ws = await _stalled_with_two_previews()
         assert relay.queued_bytes == 55_536
         relay.send(ALICE, *sized("progress", 20_000, value=3, prompt_id=PID))  # needs exactly one preview's room
         assert relay.dropped_previews(ALICE) == 1 and relay.queued_bytes == 65_536  # exactly full: no close
@@ -679,14 +686,7 @@ def test_a_lagging_clients_json_frames_push_out_only_as_many_previews_as_needed_
         assert [d["value"] for _, d in ws.events()[1:]] == [1, 2, 3]
 
         # One byte more needed than a preview frees: the next preview goes too, not the client.
-        relay = Relay(queue_bytes=64 * 1024)
-        ws = FakeSocket(stalled=True)
-        relay.attach(ALICE, ws, first())
-        await until(lambda: ws.sending == 1, "the first frame on its way")
-        relay.send_bytes(ALICE, preview(10_000, b"1"))
-        relay.send_bytes(ALICE, preview(10_000, b"2"))
-        relay.send(ALICE, *sized("progress", 20_000, value=1, prompt_id=PID))
-        relay.send(ALICE, *sized("progress", 15_536, value=2, prompt_id=PID))
+        relay, ws = await _stalled_with_two_previews()
         relay.send(ALICE, *sized("progress", 20_001, value=3, prompt_id=PID))
         assert relay.dropped_previews(ALICE) == 2 and relay.queued_bytes == 55_537 and ws.closed_with is None
 
@@ -753,6 +753,33 @@ def test_a_newer_socket_of_a_client_replaces_the_older_one():
         await settle()
         assert old.kinds() == ["status"]
         assert new.kinds() == ["status", "progress"]
+
+    run(main)
+
+
+def test_a_frame_decided_for_one_socket_goes_to_that_socket_only():
+    """An end is told once its history is committed: the socket it was decided for is named
+    (``to``), and a socket opened meanwhile does not get it."""
+    async def main() -> None:
+        relay = Relay()
+        assert relay.socket_of(ALICE) is None
+        old = FakeSocket()
+        old_client = relay.attach(ALICE, old, first())
+        decided = relay.socket_of(ALICE)
+        assert decided is old_client
+        relay.detach(old_client)  # the client closed it after its cancel
+        new = FakeSocket()
+        relay.attach(ALICE, new, first())  # and opened one for its next run
+        relay.send(ALICE, "execution_interrupted", ENDS["execution_interrupted"], to=decided)
+        relay.send(ALICE, *CLOSING, to=decided)
+        relay.send(ALICE, "execution_interrupted", ENDS["execution_interrupted"], to=None)  # none was open then
+        relay.send(ALICE, "progress", {"value": 1, "prompt_id": "next"}, to=relay.socket_of(ALICE))
+        await settle()
+        assert old.kinds() == ["status"] and new.kinds() == ["status", "progress"]
+        # Not admitted either: the client may still get that prompt's end once, where it is decided for.
+        relay.send(ALICE, "execution_interrupted", ENDS["execution_interrupted"])
+        await settle()
+        assert new.kinds() == ["status", "progress", "execution_interrupted"]
 
     run(main)
 

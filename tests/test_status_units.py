@@ -456,18 +456,20 @@ def test_nothing_is_probed_after_close_and_asking_returns_at_once():
 
 def test_the_probe_thread_keeps_the_status_fresh_and_is_gone_after_close(caplog):
     with caplog.at_level(logging.WARNING, logger="comfy_cluster.status"):
+        before = set(threading.enumerate())  # another test's pool may still be ending its threads
         monitor, clients, _ = _monitor(("a", "b"), background=True, ttl=0.05, clock=time.monotonic)
         try:
             assert monitor.background
             # Re-probed every ttl without anyone asking (the bound only rules out a hang).
             wait_until(lambda: clients["a"].probes >= 3 and clients["b"].probes >= 3, what="probes every ttl", timeout=BOUND)
             # A daemon thread named for the library: a process that never closes its pool can exit.
-            status = [t for t in threading.enumerate() if t.name == "comfy-cluster-status"]
+            status = [t for t in set(threading.enumerate()) - before if t.name == "comfy-cluster-status"]
             assert len(status) == 1 and status[0].daemon
         finally:
             monitor.close()
     assert caplog.records == []  # the loop ran without an error
-    assert not [t for t in threading.enumerate() if t.name.startswith("comfy-cluster-status") or t.name.startswith("comfy-cluster-probe")]
+    assert not [t for t in set(threading.enumerate()) - before
+                if t.name.startswith("comfy-cluster-status") or t.name.startswith("comfy-cluster-probe")]
     after = clients["a"].probes
     monitor.close()  # twice: harmless
     assert clients["a"].probes == after

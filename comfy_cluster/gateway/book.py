@@ -32,7 +32,7 @@ from .mailbox import LoopMail
 from .metrics import GatewayMetrics
 from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS, FileKey, History
 from .messages import error_data, event_message, relabel, synthesized_history, terminal_message
-from .relay import Key, Relay
+from .relay import ANY_SOCKET, Key, Relay
 from .uploads import Version
 
 __all__ = ["GatewayJob", "JobBook"]  # GatewayJob lives in .gatewayjob
@@ -130,8 +130,8 @@ class JobBook(Controls):
         self.changes += 1
         self._relay.broadcast("status", self.status_data())
 
-    def _send(self, gj: GatewayJob, kind: str, data: Dict[str, Any]) -> None:
-        self._relay.send(gj.key, kind, data, keep=gj.keep)
+    def _send(self, gj: GatewayJob, kind: str, data: Dict[str, Any], to: Any = ANY_SOCKET) -> None:
+        self._relay.send(gj.key, kind, data, keep=gj.keep, to=to)
 
     # -- fair share and the pool --------------------------------------------------------------
 
@@ -243,8 +243,10 @@ class JobBook(Controls):
             # there, its end is only not confirmed yet (an interrupt is reconciled from the
             # server). Hold this job's events until that end is told, so that clients see
             # jobs end and start in the order the server ran them.
+            # An end waiting for its commit counts too: it is told after that commit.
             before = next(
-                (o for o in self.active.values() if o is not gj and o.server == event.server and o.state == "running"),
+                (o for o in self.active.values()
+                 if o is not gj and o.server == event.server and (o.state == "running" or o.telling)),
                 None,
             )
             if before is not None:
@@ -338,14 +340,27 @@ class JobBook(Controls):
         # Told to the client only once committed: a client that saw the end finds it in
         # /history, and a crash before the commit finds the job unfinished (never twice).
         final = item
+        # Whom the end goes to is decided now, as it would be without the wait for the commit
+        # (a prompt whose events are kept goes on to whichever socket opens).
+        to = ANY_SOCKET if gj.keep else self._relay.socket_of(gj.key)
+        gj.telling = True
         self._keeper.later(
             self._store.finish, gj.prompt_id, status, item, files, owner=gj.user, client_id=gj.client_id,
             created=gj.created, started=gj.started_at, keep=self._history_items, replica=self._keeper.replica,
-            then=lambda: self._told(gj, final, error, status, told),
+            then=lambda: self._told(gj, final, error, status, told, to), failed=lambda: self._not_told(gj),
         )
 
-    def _told(self, gj: GatewayJob, item: Dict[str, Any], error: Optional[BaseException], status: str, told: bool) -> None:
-        """``gj``'s history item is committed: out of the queue, in /history, its end told."""
+    def _not_told(self, gj: GatewayJob) -> None:
+        """``gj``'s end could not be committed (logged): it stays unfinished in the store, to be
+        taken up after a restart; the jobs held behind it go on."""
+        gj.telling = False
+        self._unblock(gj)
+
+    def _told(self, gj: GatewayJob, item: Dict[str, Any], error: Optional[BaseException], status: str, told: bool,
+              to: Any = ANY_SOCKET) -> None:
+        """``gj``'s history item is committed: out of the queue, in /history, its end told
+        (to the socket ``to`` that was the client's when the job ended)."""
+        gj.telling = False
         self.active.pop(gj.prompt_id, None)
         self.history.add(gj.prompt_id, gj.user, item)
         if self._metrics is not None:
@@ -356,10 +371,10 @@ class JobBook(Controls):
                 end = ("execution_error", error_data(gj.prompt_id, error or RuntimeError(f"job {status}")))
             if end[0] == "execution_success":
                 for state in gj.nodes.succeeded():
-                    self._send(gj, "progress_state", state)
-            self._send(gj, end[0], relabel(end[1], gj.prompt_id))
+                    self._send(gj, "progress_state", state, to)
+            self._send(gj, end[0], relabel(end[1], gj.prompt_id), to)
             self.queue_changed()
-            self._send(gj, "executing", {"node": None, "prompt_id": gj.prompt_id})
+            self._send(gj, "executing", {"node": None, "prompt_id": gj.prompt_id}, to)
         self._unblock(gj)
 
     # -- stopping and history (the user's actions on jobs are in .controls; the lists in

@@ -66,23 +66,25 @@ class Keeper:
         """A read (not ordered with writes: read what a committed write left)."""
         return await asyncio.wrap_future(self._readers.submit(fn, *args, **kwargs))
 
-    def later(self, fn: Callable[..., Any], *args: Any, then: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
-        """A write in order; ``then()`` runs on the loop once it is committed (not when it
-        failed: the failure is logged; what it recorded stays unfinished in the store, and
-        is taken up again after a restart)."""
+    def later(self, fn: Callable[..., Any], *args: Any, then: Optional[Callable[[], None]] = None,
+              failed: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
+        """A write in order; ``then()`` runs on the loop once it is committed, ``failed()``
+        instead when it failed (the failure is logged; what it recorded stays unfinished in the
+        store, and is taken up again after a restart)."""
         if self._closed:
             return
         future = self._submit(fn, *args, **kwargs)
-        if then is None:
+        if then is None and failed is None:
             future.add_done_callback(self.log_failure)
             return
 
         def done(f: "concurrent.futures.Future[Any]") -> None:
             self.log_failure(f)
-            if f.exception() is not None:
+            after = then if f.exception() is None else failed
+            if after is None:
                 return
             try:
-                self._loop.call_soon_threadsafe(then)
+                self._loop.call_soon_threadsafe(after)
             except RuntimeError:
                 log.debug("gateway stopped before a state write was told")
 

@@ -48,6 +48,7 @@ class GatewayJob:
     backlog: Optional[List[JobEvent]] = None  # events held until the job before it has ended
     blocked: List["GatewayJob"] = field(default_factory=list)  # jobs whose events wait for this one
     deferred_end: Optional[Tuple[Any, ...]] = None
+    telling: bool = False  # its end waits for its history's commit, then is told
     record: Record = field(default_factory=Record)
     nodes: NodeStates = field(init=False)  # its progress_state, rebuilt from its events
 

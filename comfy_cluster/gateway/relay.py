@@ -38,7 +38,7 @@ from aiohttp import web
 
 from .previews import with_metadata
 
-__all__ = ["Relay", "Key", "DEFAULT_QUEUE_BYTES", "CLOSE_TOO_SLOW"]
+__all__ = ["Relay", "Key", "ANY_SOCKET", "DEFAULT_QUEUE_BYTES", "CLOSE_TOO_SLOW"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ MAX_KEPT_CLIENTS = 1000
 MAX_KEPT_TOTAL = 100_000
 MAX_KEPT_BYTES = 64 * 1024 * 1024
 _CLOSE_WAIT = 10.0
+#: ``Relay.send(to=)``'s default: whichever socket of the client is open when the frame is sent.
+ANY_SOCKET: Any = object()
 #: Seconds an end waits for its record at most (a database that does not answer must not
 #: stop a client's events: it may then, rarely, get that end twice).
 GATE_WAIT = 5.0
@@ -237,6 +239,11 @@ class Relay:
     def is_connected(self, key: Key) -> bool:
         return self._client_for(key) is not None
 
+    def socket_of(self, key: Key) -> Optional[object]:
+        """The socket that gets ``key``'s events now (None when none is open here): given
+        back as ``send(to=)``, a frame decided now goes to it and to no later socket."""
+        return self._client_for(key)
+
     def attach(self, key: Key, ws: web.WebSocketResponse, first: Dict[str, Any], transport: Any = None) -> _Client:
         """Register ``ws`` for ``key`` (a newer socket replaces an older one), queue the first
         frame and then whatever was kept for this client."""
@@ -263,16 +270,25 @@ class Relay:
             client = self._clients.get((self.anonymous_name, key[1]))
         return client
 
-    def send(self, key: Key, kind: str, data: Dict[str, Any], *, keep: bool = False) -> None:
+    def send(self, key: Key, kind: str, data: Dict[str, Any], *, keep: bool = False, to: Any = ANY_SOCKET) -> None:
         """A JSON event for one client; kept for its next socket when none is open and
-        ``keep`` (a prompt posted while the client had no socket)."""
+        ``keep`` (a prompt posted while the client had no socket).
+
+        ``to``: what :meth:`socket_of` answered when the gateway learnt of this event (an end
+        is sent only once its history is committed): the frame goes to that socket only, so
+        the wait for the commit never hands it to a socket opened meanwhile (a client that
+        closed its socket after a cancel and opened a new one for its next run must not get
+        the old run's end there). ``None``: no socket was open here then."""
         pid = data.get("prompt_id")
         pid = pid if isinstance(pid, str) else None
         role = role_of(kind, data)
+        client = self._client_for(key)
+        if to is not ANY_SOCKET and client is not to:
+            log.debug("client %s: %s of prompt %s dropped: its socket changed since", key[1][:80], kind, pid)
+            return
         if not self._admit(key, pid, role):
             return
         frame = json.dumps({"type": kind, "data": data})
-        client = self._client_for(key)
         if client is not None:
             self._put(client, key, frame, pid, role, copied=False)
             return
