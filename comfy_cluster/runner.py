@@ -279,7 +279,7 @@ class _Follower:
                     msg = None
                 kind = msg.get("type") if msg else None
                 reconcile = msg is None or kind in ("_disconnected", "_reconnected")
-                if kind in ("_disconnected", "_reconnected"):
+                if kind == "_disconnected":  # frames may be lost from here (a later socket's come after it)
                     self.gap = True
                 if kind == "_reconnected":
                     self.deaf_maybe = True
@@ -439,23 +439,17 @@ class _Follower:
             delay = min(delay * 2, 1.0)
 
     def _from_socket(self) -> Outcome:
-        """The socket carried the whole job, from its ``execution_start`` to ``execution_success``
-        and the closing ``executing`` null (sent after the server wrote the history item): its
-        ``executed`` frames list every output (cached output nodes send theirs too), as the
-        history item would. No ``GET /history``: one round trip less per job. Nodes in the
-        workflow's order (as a history item lists them), any other (expanded) node after."""
-        order = {node: i for i, node in enumerate(self.job.job.workflow)}
-        outputs = dict(sorted(self.ws_outputs.items(), key=lambda kv: order.get(kv[0], len(order))))
-        started = self.started if self.started is not None else self.posted_at
-        return Outcome("succeeded", outputs=outputs, exec_seconds=self.ctx.clock() - started, raw=self.success_raw)
+        """The socket carried the whole job (``execution_start`` to ``execution_success`` and
+        ``executing`` null): its ``executed`` frames list every output, cached ones too, so no
+        ``GET /history`` (a round trip less per job)."""
+        return Outcome("succeeded", outputs=self._in_order(self.ws_outputs), exec_seconds=self._ran_for(), raw=self.success_raw)
 
     def _from_events(self) -> Outcome:
         """The job signalled success, but its history item cannot be had (the server lost it
         in a restart, or stays out of reach): the result from the websocket's ``executed``
         events, whose files are on the server's disk. Running it again would run it twice."""
         log.warning("%s: history of %s unavailable after its success; result taken from its events", self.name, self.pid)
-        started = self.started if self.started is not None else self.posted_at
-        return Outcome("succeeded", outputs=dict(self.ws_outputs), exec_seconds=self.ctx.clock() - started, raw=self.success_raw)
+        return Outcome("succeeded", outputs=self._in_order(self.ws_outputs), exec_seconds=self._ran_for(), raw=self.success_raw)
 
     def _from_history(self, item: Mapping[str, Any]) -> Outcome:
         status = as_dict(item.get("status"))
@@ -470,5 +464,15 @@ class _Follower:
         outputs: Dict[str, List[OutputFile]] = {}
         for node, f in iter_output_files(item.get("outputs")):
             outputs.setdefault(node, []).append(OutputFile(f["filename"], f["subfolder"], f["type"], node))
+        return Outcome("succeeded", outputs=self._in_order(outputs), exec_seconds=self._ran_for())
+
+    def _in_order(self, outputs: Dict[str, List[OutputFile]]) -> Dict[str, List[OutputFile]]:
+        """Output nodes in the workflow's order, any other (expanded at run time) after: the
+        same whichever way the result was had (ComfyUI lists a history item's in no set order)."""
+        order = {node: i for i, node in enumerate(self.job.job.workflow)}
+        return dict(sorted(outputs.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+    def _ran_for(self) -> float:
+        """Seconds since the job started on the server (since its POST when no start was seen)."""
         started = self.started if self.started is not None else self.posted_at
-        return Outcome("succeeded", outputs=outputs, exec_seconds=self.ctx.clock() - started)
+        return self.ctx.clock() - started

@@ -277,6 +277,49 @@ def test_a_job_reports_each_step_as_its_server_tells_it_and_ends_with_the_result
     assert uploaded_to == [r.server]  # its inputs went to the server it runs on
 
 
+def test_a_job_heard_whole_lists_its_outputs_in_the_workflows_order() -> None:
+    """Frames of outputs come in the order nodes ran: the result lists them in the workflow's
+    order, a node the workflow does not have (expanded by a node at run time) after, as it
+    does when read from /history (next test)."""
+    r = Run()  # the workflow's nodes: 1, 2, 3
+
+    def on_post(pid: str) -> None:
+        r.server.start(pid)
+        r.server.send(pid, "execution_start", {})
+        for node, name in (("3", "c.png"), ("9.0.1", "x.png"), ("2", "b.png")):
+            r.server.send(pid, "executed", {"node": node, "output": {"images": [image(name)]}})
+        r.server.send(pid, "execution_success", {})
+        r.server.finish(pid)
+        r.server.send(pid, "executing", {"node": None})
+
+    r.server.on_post = on_post
+    out = r.go()
+    assert out.kind == "succeeded"
+    assert [(n, [f.filename for f in fs]) for n, fs in (out.outputs or {}).items()] == [
+        ("2", ["b.png"]), ("3", ["c.png"]), ("9.0.1", ["x.png"])]
+    assert [c for c in r.server.calls if c[0] == "history"] == []
+
+
+def test_a_server_that_never_says_success_has_the_result_read_from_its_history() -> None:
+    """An older ComfyUI sends no ``execution_success``: the frames heard may not be the whole
+    result (here one of two outputs was announced), so the end is read from /history. Its
+    outputs in the workflow's order (ComfyUI lists a history item's in no set order)."""
+    r = Run()
+    announced = {"images": [image("a.png")]}
+
+    def on_post(pid: str) -> None:
+        r.server.start(pid)
+        r.server.send(pid, "execution_start", {})
+        r.server.send(pid, "executed", {"node": "2", "output": announced})
+        r.server.finish(pid, {"3": {"images": [image("b.png")]}, "2": announced})
+        r.server.send(pid, "executing", {"node": None})
+
+    r.server.on_post = on_post
+    out = r.go()
+    assert out.kind == "succeeded" and out.raw is None
+    assert [(n, [f.filename for f in fs]) for n, fs in (out.outputs or {}).items()] == [("2", ["a.png"]), ("3", ["b.png"])]
+
+
 def test_a_progress_without_numbers_is_not_reported() -> None:
     """A progress message without a numeric value or max (a custom node's) is passed over;
     messages with odd data are read as having none."""
