@@ -286,7 +286,7 @@ def test_a_job_heard_whole_lists_its_outputs_in_the_workflows_order() -> None:
     def on_post(pid: str) -> None:
         r.server.start(pid)
         r.server.send(pid, "execution_start", {})
-        for node, name in (("3", "c.png"), ("9.0.1", "x.png"), ("2", "b.png")):
+        for node, name in (("3", "c.png"), ("10.0.1", "x.png"), ("2", "b.png")):
             r.server.send(pid, "executed", {"node": node, "output": {"images": [image(name)]}})
         r.server.send(pid, "execution_success", {})
         r.server.finish(pid)
@@ -296,7 +296,7 @@ def test_a_job_heard_whole_lists_its_outputs_in_the_workflows_order() -> None:
     out = r.go()
     assert out.kind == "succeeded"
     assert [(n, [f.filename for f in fs]) for n, fs in (out.outputs or {}).items()] == [
-        ("2", ["b.png"]), ("3", ["c.png"]), ("9.0.1", ["x.png"])]
+        ("2", ["b.png"]), ("3", ["c.png"]), ("10.0.1", ["x.png"])]
     assert [c for c in r.server.calls if c[0] == "history"] == []
 
 
@@ -383,24 +383,22 @@ def test_a_job_whose_result_is_written_late_waits_for_it() -> None:
     assert out.kind == "succeeded" and sorted(out.outputs or {}) == ["10", "9"]
 
 
-def test_a_result_that_never_reaches_the_history_is_taken_from_the_events() -> None:
-    """The socket dropped while the job ran (and came back): what it carried meanwhile is not
-    known, so the end is read from ``/history``. The history never has the job (a server that
-    lost it in a restart right after its end): after HISTORY_GRACE seconds of the pool's clock
-    the result is what the events announced, and the job is not run again."""
-    r = Run(cost=3.0)
+def drops_while_running(r: Run, end: Callable[[str], None], run_seconds: float = 0.0) -> None:
+    """The server starts the job 2 s after its POST (at the first read of its queue); the
+    socket drops during the run and comes back (what it carried meanwhile is not known, so the
+    end is read from ``/history``); after ``run_seconds`` the job ends: ``end(pid)`` takes it
+    out of the queue, then come its success and closing frames. The frames of each step reach
+    the runner after the read of the queue that sends them, as a socket's would."""
     pid = lambda: r.attempt.prompt_id  # noqa: E731
-    # What the server does at each read of its queue, after answering it (the frames reach
-    # the runner after that answer): it starts 2 s after the POST, the socket drops during
-    # the run and comes back, the job ends.
-    script: Dict[int, Callable[[], None]] = {
+    script: Dict[int, Callable[[], Any]] = {
         0: lambda: (r.server.send(pid(), "execution_start", {}),
-                    r.server.send(pid(), "executed", {"node": "9", "output": {"images": [image("a.png")]}}),
+                    r.server.send(pid(), "executed", {"node": "9", "output": {"images": [image("a.png", "shot1")]}}),
                     r.server.listeners[pid()]({"type": "_disconnected"})),
         1: lambda: r.server.listeners[pid()]({"type": "_reconnected"}),
-        2: lambda: (r.server.send(pid(), "executed", {"node": "9", "output": {"images": [image("b.png")]}}),
+        2: lambda: (r.clock.advance(run_seconds),
+                    r.server.send(pid(), "executed", {"node": "9", "output": {"images": [image("b.png", "", "temp")]}}),
                     r.server.send(pid(), "execution_success", {"ok": 1}),
-                    r.server.running.remove(pid()),
+                    end(pid()),
                     r.server.send(pid(), "executing", {"node": None})),
     }
 
@@ -414,6 +412,28 @@ def test_a_result_that_never_reaches_the_history_is_taken_from_the_events() -> N
         return answer
 
     r.server.queue = queue  # type: ignore[method-assign]
+
+
+def test_a_job_whose_socket_dropped_while_it_ran_has_its_result_read_from_its_history() -> None:
+    r = Run()
+    files = [image("a.png", "shot1"), image("b.png", "", "temp")]
+    drops_while_running(r, lambda pid: r.server.finish(pid, {"9": {"images": files}}), run_seconds=7.0)
+    out = r.go()
+    assert [c[0] for c in r.server.calls].count("history") == 1
+    assert out.kind == "succeeded" and out.confirmed
+    assert {n: [(f.filename, f.subfolder, f.type, f.node) for f in fs] for n, fs in (out.outputs or {}).items()} == {
+        "9": [("a.png", "shot1", "output", "9"), ("b.png", "", "temp", "9")]}
+    assert out.raw == {"ok": 1}  # ComfyUI's success message, relayed whichever way the result came
+    assert out.exec_seconds == 7.0  # from its start on the server, not from its POST
+
+
+def test_a_result_that_never_reaches_the_history_is_taken_from_the_events() -> None:
+    """The socket dropped while the job ran, so its end is read from ``/history``, which never
+    has the job (a server that lost it in a restart right after its end): after HISTORY_GRACE
+    seconds of the pool's clock the result is what the events announced, and the job is not
+    run again."""
+    r = Run(cost=3.0)
+    drops_while_running(r, lambda pid: r.server.running.remove(pid))
     r.server.on_history = lambda pid: r.clock.advance(3.0)
     began = r.clock()
     out = r.go()
