@@ -102,6 +102,8 @@ class ServerSocket:
         self._connected = threading.Event()
         self._closed = threading.Event()
         self._attempt_done = threading.Condition(self._lock)
+        self._waiters = 0  # ensure_connected() calls waiting: the reader must not end under them
+        self._exiting = False  # the reader decided to end (nobody listens): start another
         self._last_error: Optional[str] = None
         self._attempts = 0
         self._running: Optional[str] = None  # our prompt running on the server, if seen
@@ -147,17 +149,27 @@ class ServerSocket:
         wait_for = self._connect_timeout + 1.0 if timeout is None else timeout
         with self._lock:
             attempts_before = self._attempts
-            if self._thread is None or not self._thread.is_alive():
+            thread = self._thread
+            if thread is not None and self._exiting:
+                # It decided to end as nobody listened, and takes this lock no more: a new
+                # reader must connect (waiting on the old one would wait for the whole timeout).
+                thread.join()
+            if thread is None or not thread.is_alive():
+                self._exiting = False
                 self._thread = threading.Thread(
                     target=self._run, name=f"comfy-cluster-ws-{self.server.name}", daemon=True
                 )
                 self._thread.start()
             # Wait for a connect, or for one full attempt to fail: a down server is reported
             # at once instead of after the whole timeout.
-            self._attempt_done.wait_for(
-                lambda: self._connected.is_set() or self._attempts > attempts_before or self._closed.is_set(),
-                timeout=wait_for,
-            )
+            self._waiters += 1
+            try:
+                self._attempt_done.wait_for(
+                    lambda: self._connected.is_set() or self._attempts > attempts_before or self._closed.is_set(),
+                    timeout=wait_for,
+                )
+            finally:
+                self._waiters -= 1
             # Only an attempt that ended during this wait says why: an older one's error is stale.
             error = self._last_error if self._attempts > attempts_before else None
         if not self._connected.is_set():
@@ -200,14 +212,15 @@ class ServerSocket:
                 ws = self._connect()
             except Exception as exc:  # any failure to connect: report, back off, retry
                 failures += 1
+                error = _describe(exc)
+                log.debug("websocket to %s failed: %s", self.server.name, error)
                 with self._lock:
-                    self._last_error = _describe(exc)
+                    self._last_error = error
                     self._attempts += 1
                     self._attempt_done.notify_all()
-                    idle = not self._listeners
-                log.debug("websocket to %s failed: %s", self.server.name, self._last_error)
-                if idle:
-                    return  # nobody waits for events: reconnect on the next ensure_connected()
+                    # Callers waiting now are answered by this attempt (its reason, at once).
+                    if self._end_if_idle(waiters=False):
+                        return  # nobody waits for events: reconnect on the next ensure_connected()
                 delay = min(self._reconnect_base * 2 ** (failures - 1), self._reconnect_cap)
                 if self._closed.wait(delay):
                     return
@@ -231,14 +244,23 @@ class ServerSocket:
             with self._lock:
                 self._connected.clear()
                 self._ws = None
-                idle = not self._listeners
             ws.shutdown()
             if self._closed.is_set():
                 return
             log.info("websocket to %s dropped: %s", self.server.name, reason)
             self._broadcast({"type": "_disconnected", "data": {"reason": reason}})
-            if idle:
-                return
+            with self._lock:
+                if self._end_if_idle():
+                    return
+
+    def _end_if_idle(self, waiters: bool = True) -> bool:
+        """Under the lock, on the reader: True (and the reader ends) when no job listens and
+        (``waiters``) no ``ensure_connected()`` waits; the next ``ensure_connected()`` starts
+        a new reader."""
+        if self._listeners or (waiters and self._waiters):
+            return False
+        self._exiting = True
+        return True
 
     def _read(self, ws: _CappedWebSocket) -> str:
         while not self._closed.is_set():
