@@ -12,60 +12,32 @@ reconnect a ``{"type": "_reconnected"}`` one, so each job reconciles from ``/his
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import websocket
+from websocket import WebSocketException
 
-from .reasons import classify, failure_reason
-from .resolve import check_resolvable
 from .config import ServerConfig
 from .errors import ServerError
-from .tls import ssl_context
+from .resolve import check_resolvable
+from .wsframes import (
+    ENDING,
+    MAX_MESSAGE_BYTES,
+    CappedWebSocket,
+    abort,
+    binary_prompt_id,
+    decode,
+    describe,
+    receive,
+    sslopt_for,
+)
 
-__all__ = ["ServerSocket", "ServerSockets", "MAX_MESSAGE_BYTES"]
+__all__ = ["ServerSocket", "ServerSockets", "MAX_MESSAGE_BYTES", "sslopt_for"]
 
 log = logging.getLogger(__name__)
 
-# A single websocket message larger than this is refused (the socket is dropped and
-# reconnected): real messages are small JSON or preview images of a few MB.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 Listener = Callable[[Dict[str, Any]], None]
-
-
-class _MessageTooBig(websocket.WebSocketException):
-    pass
-
-
-class _CappedWebSocket(websocket.WebSocket):
-    """A WebSocket that refuses to buffer a message beyond a byte cap.
-
-    websocket-client reads a whole frame into memory before returning it; counting the raw
-    bytes read since the last message lets us stop a huge or endless message early.
-    """
-
-    max_message_bytes = MAX_MESSAGE_BYTES
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bytes_this_message = 0
-
-    def _recv(self, bufsize: int) -> bytes:
-        data: bytes = super()._recv(bufsize)
-        self.bytes_this_message += len(data)
-        if self.bytes_this_message > self.max_message_bytes:
-            raise _MessageTooBig(f"websocket message exceeds {self.max_message_bytes} bytes")
-        return data
-
-
-def sslopt_for(server: ServerConfig) -> Dict[str, Any]:
-    """websocket-client TLS options: the very context HTTPS uses (tls.py), so both trust alike."""
-    if not server.url.startswith("https://"):
-        return {}
-    ctx = ssl_context(server.verify_tls, server.name)
-    return {"context": ctx, "cert_reqs": ctx.verify_mode, "check_hostname": ctx.check_hostname}
 
 
 class ServerSocket:
@@ -96,8 +68,8 @@ class ServerSocket:
         self._reconnect_cap = reconnect_cap
         self._lock = threading.Lock()
         self._listeners: Dict[str, Listener] = {}
-        self._ws: Optional[_CappedWebSocket] = None
-        self._connecting: Optional[_CappedWebSocket] = None  # close() aborts a connect under way
+        self._ws: Optional[CappedWebSocket] = None
+        self._connecting: Optional[CappedWebSocket] = None  # close() aborts a connect under way
         self._thread: Optional[threading.Thread] = None
         self._connected = threading.Event()
         self._closed = threading.Event()
@@ -176,10 +148,10 @@ class ServerSocket:
             reason = error or "websocket did not open in time"
             raise ServerError(f"{self.server.name}: websocket: {reason}", server=self.server.name)
 
-    def _connect(self) -> _CappedWebSocket:
-        # websocket-client checks UTF-8 in pure Python (about 1 s per MiB); _decode checks it
+    def _connect(self) -> CappedWebSocket:
+        # websocket-client checks UTF-8 in pure Python (about 1 s per MiB); decode checks it
         # once, in C, and drops a bad frame instead of the connection.
-        ws = _CappedWebSocket(sslopt=sslopt_for(self.server), enable_multithread=True, skip_utf8_validation=True)
+        ws = CappedWebSocket(sslopt=sslopt_for(self.server), enable_multithread=True, skip_utf8_validation=True)
         ws.max_message_bytes = self._max_message_bytes
         url = f"{self.server.ws_url}/ws?clientId={self.client_id}"
         headers = [f"{k}: {v}" for k, v in self.server.headers.items()]
@@ -192,12 +164,12 @@ class ServerSocket:
             # ends a connect that a close() found with no socket yet to abort.
             while not self._closed.is_set():
                 ws.bytes_this_message = 0
-                msg = _decode(_receive(ws))
+                msg = decode(receive(ws))
                 if msg is not None and msg.get("type") == "status":
                     self._handle(msg)
                     ws.settimeout(None)
                     return ws
-            raise websocket.WebSocketException("closed")
+            raise WebSocketException("closed")
         except BaseException:
             ws.shutdown()  # a half-open socket is not left to the garbage collector
             raise
@@ -212,7 +184,7 @@ class ServerSocket:
                 ws = self._connect()
             except Exception as exc:  # any failure to connect: report, back off, retry
                 failures += 1
-                error = _describe(exc)
+                error = describe(exc)
                 log.debug("websocket to %s failed: %s", self.server.name, error)
                 with self._lock:
                     self._last_error = error
@@ -262,19 +234,19 @@ class ServerSocket:
         self._exiting = True
         return True
 
-    def _read(self, ws: _CappedWebSocket) -> str:
+    def _read(self, ws: CappedWebSocket) -> str:
         while not self._closed.is_set():
             try:
                 ws.bytes_this_message = 0
-                raw = _receive(ws)
+                raw = receive(ws)
             except Exception as exc:
-                return _describe(exc)
+                return describe(exc)
             if raw == "" and not ws.connected:
                 return "closed by server"
             if isinstance(raw, bytes):
                 self._handle_binary(raw)
                 continue
-            msg = _decode(raw)
+            msg = decode(raw)
             if msg is not None:
                 self._handle(msg)
         return "closed"
@@ -301,7 +273,7 @@ class ServerSocket:
         # ComfyUI sends them only to the client whose prompt is running.
         if kind == "execution_start" or (kind == "executing" and data.get("node") is not None):
             self._running = prompt_id
-        elif kind in _ENDING or (kind == "executing" and data.get("node") is None):
+        elif kind in ENDING or (kind == "executing" and data.get("node") is None):
             if self._running == prompt_id:
                 self._running = None
         with self._lock:
@@ -312,7 +284,7 @@ class ServerSocket:
     def _handle_binary(self, frame: bytes) -> None:
         """A binary frame (a preview image, text, or preview with metadata): to the listener of
         the prompt it names (type 4 metadata), else of our prompt running on this server."""
-        prompt_id = _binary_prompt_id(frame) or self._running
+        prompt_id = binary_prompt_id(frame) or self._running
         if prompt_id is None:
             return
         with self._lock:
@@ -325,7 +297,7 @@ class ServerSocket:
         with self._lock:
             ws = self._ws
         if ws is not None:
-            _abort(ws)
+            abort(ws)
 
     def close(self) -> None:
         self._closed.set()
@@ -334,77 +306,10 @@ class ServerSocket:
             thread = self._thread
             self._attempt_done.notify_all()
         for ws in sockets:
-            _abort(ws)
+            abort(ws)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self._connect_timeout + 2.0)
         self._connected.clear()
-
-
-def _abort(ws: websocket.WebSocket) -> None:
-    """Cut ``ws`` whatever state it is in: its reader may have closed it a moment ago, and
-    ``shutdown`` of a closed socket raises ``EBADF``."""
-    try:
-        ws.abort()
-    except OSError as exc:
-        log.debug("websocket already closed when cut: %s", exc)
-
-
-def _receive(ws: websocket.WebSocket) -> Any:
-    """The next message: ``str`` for a text frame (``None`` if not UTF-8), ``bytes`` for binary,
-    ``""`` for a close frame."""
-    with ws.readlock:
-        opcode, data = ws.recv_data()
-    if opcode == websocket.ABNF.OPCODE_TEXT:
-        try:
-            return data.decode("utf-8") if isinstance(data, bytes) else data
-        except UnicodeDecodeError:
-            log.debug("dropped a websocket text frame that is not UTF-8")
-            return None
-    if opcode == websocket.ABNF.OPCODE_BINARY:
-        return data
-    return ""
-
-
-def _decode(raw: Any) -> Optional[Dict[str, Any]]:
-    """A JSON text frame as a dict with a string ``type``; anything else (binary previews,
-    garbage) is None and ignored."""
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        msg = json.loads(raw)
-    except (ValueError, RecursionError):  # deep nesting makes json raise RecursionError
-        return None
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        return None
-    return msg
-
-
-_ENDING = ("execution_success", "execution_error", "execution_interrupted")
-_PREVIEW_WITH_METADATA = 4
-
-
-def _binary_prompt_id(frame: bytes) -> Optional[str]:
-    """The prompt_id in a type-4 frame's metadata (4-byte type, 4-byte JSON length, JSON ...)."""
-    if len(frame) < 8 or int.from_bytes(frame[:4], "big") != _PREVIEW_WITH_METADATA:
-        return None
-    size = int.from_bytes(frame[4:8], "big")
-    if size > len(frame) - 8 or size > 65536:
-        return None
-    try:
-        meta = json.loads(frame[8 : 8 + size].decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
-    pid = meta.get("prompt_id") if isinstance(meta, dict) else None
-    return pid if isinstance(pid, str) else None
-
-
-def _describe(exc: BaseException) -> str:
-    """Why a websocket failed, in a few words: the HTTP side's reason (decided by exception
-    type, as the text differs between Windows, macOS and Linux), with websocket-client's own
-    time-out, which carries no socket exception, named as one."""
-    if isinstance(exc, websocket.WebSocketTimeoutException) and not classify(exc):
-        return "timed out"
-    return failure_reason(exc)
 
 
 class ServerSockets:
