@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from .errors import NodeError, ServerError, WorkflowError
+from .errors import JobFailed, NodeError, ServerError, WorkflowError
 
-__all__ = ["parse_workflow_error", "as_dict", "as_list", "iter_output_files", "queue_items"]
+__all__ = ["parse_workflow_error", "as_dict", "as_list", "iter_output_files", "queue_items", "job_failed"]
 
 
 def parse_workflow_error(data: Mapping[str, Any], server: Optional[str] = None) -> WorkflowError:
@@ -95,3 +95,23 @@ def iter_output_files(outputs: Any) -> Iterable[Tuple[str, Dict[str, str]]]:
                         "subfolder": str(f.get("subfolder") or ""),
                         "type": str(f.get("type") or "output"),
                     }
+
+
+def job_failed(data: Mapping[str, Any], prompt_id: str, server: str) -> JobFailed:
+    """The :class:`JobFailed` a server's ``execution_error`` data (a frame or a history
+    message) describes."""
+    node_id = data.get("node_id")
+    node_type = data.get("node_type")
+    exc_type = str(data.get("exception_type") or "")
+    exc_msg = str(data.get("exception_message") or "").strip()
+    tb = as_list(data.get("traceback"))
+    return JobFailed(
+        f"{server}: node {node_id} ({node_type}) failed: {exc_type}: {exc_msg}",
+        prompt_id=prompt_id,
+        server=server,
+        node_id=str(node_id) if node_id is not None else None,
+        node_type=str(node_type) if node_type is not None else None,
+        exception_type=exc_type,
+        exception_message=exc_msg,
+        traceback=[str(t) for t in tb],
+    )

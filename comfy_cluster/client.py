@@ -29,7 +29,7 @@ from .errors import LocalFileError, ServerError
 from .reasons import classify, explain_status, failure_reason, short_reason
 from .resolve import ResolveTimeout, check_resolvable
 from .tls import ssl_context
-from .transport import LightHTTPPool, LightHTTPSPool, TrackingAdapter
+from .transport import LightHTTPPool, LightHTTPSPool, TooSlow, TrackingAdapter, body_chunks, tracked
 
 # classify (reasons.py) and as_dict, as_list, iter_output_files, parse_workflow_error
 # (answers.py) are imported from here by the rest of the library too.
@@ -76,13 +76,14 @@ class ComfyClient:
         self._ssl = ssl_context(server.verify_tls, server.name) if server.url.startswith("https://") else None
         # The session's connections, tracked so close() can cut a request that hangs on a
         # dead server (made with the session).
-        self._conns: "Optional[weakref.WeakSet[Any]]" = None
+        self._conns: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._closed = False
         self._lock = threading.Lock()
         # Both made on first use: status probes (the probe pool) are all most servers of a
         # large pool ever see, and a session costs about 6 KB per server.
         self._session: Optional[requests.Session] = None
         self._probe: Optional[urllib3.HTTPConnectionPool] = None
+        self._poster: Optional[urllib3.HTTPConnectionPool] = None
         self._prefix = urllib3.util.parse_url(server.url).path or ""
 
     def __repr__(self) -> str:
@@ -104,7 +105,6 @@ class ComfyClient:
                     # Proxies from the environment would route studio-internal servers through
                     # a corporate proxy; ComfyUI servers are addressed directly.
                     session.trust_env = False
-                    self._conns = weakref.WeakSet()
                     adapter = TrackingAdapter(self._conns, self._ssl, pool_connections=1, pool_maxsize=self._pool_maxsize, max_retries=0)
                     session.mount("http://", adapter)
                     session.mount("https://", adapter)
@@ -160,14 +160,14 @@ class ComfyClient:
         total = 0
         deadline = time.monotonic() + read_timeout if read_timeout is not None else None
         try:
-            for chunk in _body_chunks(raw, deadline):
+            for chunk in body_chunks(raw, deadline, _CHUNK):
                 total += len(chunk)
                 if total > cap:
                     raise ServerError(
                         f"{self.server.name}: answer exceeds the {cap}-byte cap", server=self.server.name, fault="malformed"
                     )
                 chunks.append(chunk)
-        except _TooSlow:
+        except TooSlow:
             raise ServerError(
                 f"{self.server.name}: answer not complete after {read_timeout:g} s (read timed out)",
                 server=self.server.name,
@@ -206,28 +206,42 @@ class ComfyClient:
 
     # -- the API ------------------------------------------------------------------------------
 
-    def _probe_pool(self) -> urllib3.HTTPConnectionPool:
-        """A bare urllib3 pool (urllib3 is requests' own transport) for status probes.
+    def _light_pool(self, maxsize: int) -> urllib3.HTTPConnectionPool:
+        """A bare urllib3 pool (urllib3 is requests' own transport) with the session's headers
+        and TLS verification. requests adds about 1 ms of CPU per request on top of urllib3
+        (hooks, cookies, settings merging): the requests every job or every probe makes go
+        through such a pool."""
+        host = self.server.host or "127.0.0.1"
+        kwargs: Dict[str, Any] = {"maxsize": maxsize, "headers": dict(self.server.headers), "retries": False}
+        if self._ssl is not None:
+            kwargs["ssl_context"] = self._ssl
+            kwargs["cert_reqs"] = "CERT_NONE" if self.server.verify_tls is False else "CERT_REQUIRED"
+            return LightHTTPSPool(host, self.server.port, **kwargs)
+        return LightHTTPPool(host, self.server.port, **kwargs)
 
-        A probe is the most frequent request the library makes, to every server at once.
-        requests adds about 1 ms of CPU per request on top of urllib3 (hooks, cookies,
-        settings merging); 32 probes in parallel serialise on the GIL, so a cold status of
-        a large cluster costs several times one round trip. The pool carries the same headers
-        and TLS verification as the session.
-        """
+    def _probe_pool(self) -> urllib3.HTTPConnectionPool:
+        """The pool of status probes, the most frequent request the library makes, to every
+        server at once (32 probes in parallel serialise on the GIL)."""
         pool = self._probe
         if pool is None:
             with self._lock:
                 if self._probe is None:
-                    host = self.server.host or "127.0.0.1"
-                    kwargs: Dict[str, Any] = {"maxsize": 2, "headers": dict(self.server.headers), "retries": False}
-                    if self._ssl is not None:
-                        kwargs["ssl_context"] = self._ssl
-                        kwargs["cert_reqs"] = "CERT_NONE" if self.server.verify_tls is False else "CERT_REQUIRED"
-                        self._probe = LightHTTPSPool(host, self.server.port, **kwargs)
-                    else:
-                        self._probe = LightHTTPPool(host, self.server.port, **kwargs)
+                    self._probe = self._light_pool(2)
                 pool = self._probe
+        assert pool is not None
+        return pool
+
+    def _post_pool(self) -> urllib3.HTTPConnectionPool:
+        """The pool of ``POST /prompt`` (one per job), its connections tracked so close() can
+        cut a POST that hangs."""
+        pool = self._poster
+        if pool is None:
+            with self._lock:
+                if self._closed:
+                    raise ServerError(f"{self.server.name}: client closed", server=self.server.name, fault="connect")
+                if self._poster is None:
+                    self._poster = tracked(self._light_pool(self._pool_maxsize), self._conns)
+                pool = self._poster
         assert pool is not None
         return pool
 
@@ -302,21 +316,41 @@ class ComfyClient:
         return item
 
     def post_prompt(self, body: Mapping[str, Any], *, timeout: Optional[Timeouts] = None) -> Dict[str, Any]:
-        """``POST /prompt``: the 200 answer, :class:`WorkflowError` for a 400, else ServerError."""
-        resp = self._request("POST", "/prompt", timeout=timeout, json=body)
-        raw = self._read_capped(resp, self.max_json_bytes, (timeout or self.timeout)[1])
+        """``POST /prompt``: the 200 answer, :class:`WorkflowError` for a 400, else ServerError.
+        Sent through a bare urllib3 pool (see :meth:`_light_pool`): once per job."""
+        timeout = timeout or self.timeout
+        if self._closed:
+            raise ServerError(f"{self.server.name}: client closed", server=self.server.name, fault="connect")
+        try:
+            payload = json.dumps(body, allow_nan=False).encode("utf-8")
+        except ValueError as exc:  # NaN or infinity: not JSON (requests refused it alike)
+            raise ServerError(f"{self.server.name}: the workflow is not valid JSON: {exc}", server=self.server.name) from None
+        self._check_resolvable(timeout[0])
+        try:
+            resp = self._post_pool().urlopen(
+                "POST", self._prefix + "/prompt", body=payload, headers=dict(self.server.headers, **{"Content-Type": "application/json"}),
+                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]), preload_content=False, redirect=False, retries=False,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ServerError(f"{self.server.name}: {failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
+        try:
+            raw = self._read_raw(resp, resp.headers.get("Content-Length"), self.max_json_bytes, timeout[1])
+        except BaseException:
+            resp.close()  # a body left half-read must not go back to the pool as a live connection
+            raise
+        finally:
+            resp.release_conn()
         try:
             data = json.loads(raw) if raw else None
         except (ValueError, RecursionError):
             data = None
-        if resp.status_code == 400 and isinstance(data, dict):
+        if resp.status == 400 and isinstance(data, dict):
             raise parse_workflow_error(data, self.server.name)
-        if resp.status_code >= 400:
-            size = len(resp.request.body or b"")
+        if resp.status >= 400:
             raise ServerError(
-                f"{self.server.name}: HTTP {resp.status_code} on POST /prompt{explain_status(resp.status_code, f'the workflow of {size} bytes')}",
+                f"{self.server.name}: HTTP {resp.status} on POST /prompt{explain_status(resp.status, f'the workflow of {len(payload)} bytes')}",
                 server=self.server.name,
-                status=resp.status_code,
+                status=resp.status,
             )
         if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
             raise ServerError(f"{self.server.name}: malformed answer to POST /prompt", server=self.server.name, fault="malformed")
@@ -401,7 +435,7 @@ class ComfyClient:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                for conn in list(self._conns or ()):
+                for conn in list(self._conns):
                     sock = getattr(conn, "sock", None)
                     if sock is not None:
                         try:
@@ -410,33 +444,14 @@ class ComfyClient:
                             pass
                 if self._session is not None:
                     self._session.close()
-                for conn in list(self._conns or ()):
+                for conn in list(self._conns):
                     try:
                         conn.close()  # one a pool no longer holds would wait for the GC
                     except OSError:
                         pass
-                if self._probe is not None:
-                    self._probe.close()
-
-
-class _TooSlow(Exception):
-    """The whole body did not arrive in time."""
-
-
-def _body_chunks(raw: Any, deadline: Optional[float]) -> Iterable[bytes]:
-    """The (decoded) body of a urllib3 response, chunk by chunk; _TooSlow past ``deadline``."""
-    read1 = getattr(raw, "read1", None)
-    if deadline is None or read1 is None:  # urllib3 1.x: per-read timeout only
-        yield from raw.stream(_CHUNK, decode_content=True)
-        return
-    while True:
-        if time.monotonic() > deadline:
-            raise _TooSlow()
-        # decode_content: a proxy may gzip the answer (requests asks for it).
-        data = read1(_CHUNK, decode_content=True)
-        if not data:
-            return
-        yield data
+                for pool in (self._probe, self._poster):
+                    if pool is not None:
+                        pool.close()
 
 
 def _path(resp: requests.Response) -> str:

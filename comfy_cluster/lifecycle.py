@@ -1,4 +1,4 @@
-"""Runners: one thread per attempt, and what happens at its end (release it or keep it in
+"""Runners: one thread per running attempt (reused for the next one), and what happens at its end (release it or keep it in
 the ledger, finish the job or queue it again).
 
 :class:`Runners` is handed what it reads and acts on: the clients and sockets per server, the
@@ -10,11 +10,12 @@ copies left unconfirmed, the clock, and ``cut`` (set by close once connections a
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Set
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Mapping, Optional, Sequence, Set, Tuple
 
 from .attempt import Attempt, Ledger, PostGate
 from .client import ComfyClient
@@ -41,9 +42,16 @@ __all__ = ["Runners"]
 
 log = logging.getLogger("comfy_cluster.pool")
 
+#: Seconds a runner thread whose attempt ended waits for the next attempt before it ends: a
+#: busy pool hands attempts to waiting threads instead of starting a thread per attempt.
+IDLE_SECONDS = 2.0
+#: Runner threads kept waiting at most.
+MAX_IDLE = 16
+
 
 class Runners:
-    """Starts one runner thread per attempt and settles each attempt's end."""
+    """Runs each attempt on a runner thread of its own (a thread whose attempt ended waits
+    ``IDLE_SECONDS`` for the next one before it ends) and settles each attempt's end."""
 
     def __init__(
         self,
@@ -75,14 +83,52 @@ class Runners:
         self._cut = cut or threading.Event()  # set by close() when it cuts connections: runners give up at once
         self._lock = threading.Lock()
         self._threads: Set[threading.Thread] = set()
+        # Attempts handed to waiting runner threads, and how many wait (under the lock).
+        self._ready = threading.Condition(self._lock)
+        self._handoff: Deque[Tuple[Attempt, bool]] = collections.deque()
+        self._idle = 0
+        self._closing = False
 
     def launch(self, attempt: Attempt, *, follow_only: bool = False) -> None:
-        """Start ``attempt``'s runner thread (the scheduler, once the attempt is reserved).
+        """Run ``attempt`` on a runner thread (the scheduler, once the attempt is reserved): a
+        waiting one if any (no thread start on the job's path), else a new one.
         ``follow_only``: the copy is on its server already (adopted): follow it, never post."""
-        thread = threading.Thread(target=self._run, args=(attempt, follow_only), name=f"comfy-cluster-job-{attempt.server}", daemon=True)
         with self._lock:
+            if self._idle > len(self._handoff):
+                self._handoff.append((attempt, follow_only))
+                self._ready.notify()
+                return
+            thread = threading.Thread(target=self._serve, args=(attempt, follow_only), name=f"comfy-cluster-job-{attempt.server}", daemon=True)
             self._threads.add(thread)
         thread.start()
+
+    def close(self) -> None:
+        """No thread waits for another attempt any more (pool.close): each ends once its
+        attempt has (an attempt already handed over still runs)."""
+        with self._lock:
+            self._closing = True
+            self._ready.notify_all()
+
+    def _serve(self, attempt: Attempt, follow_only: bool) -> None:
+        """A runner thread: ``attempt``, then the attempts handed to it while it waits."""
+        me = threading.current_thread()
+        try:
+            while True:
+                me.name = f"comfy-cluster-job-{attempt.server}"
+                self._run(attempt, follow_only)
+                with self._lock:
+                    if self._closing or self._idle >= MAX_IDLE:
+                        return
+                    self._idle += 1
+                    me.name = "comfy-cluster-job-idle"
+                    self._ready.wait_for(lambda: bool(self._handoff) or self._closing, timeout=IDLE_SECONDS)
+                    self._idle -= 1
+                    if not self._handoff:
+                        return
+                    attempt, follow_only = self._handoff.popleft()
+        finally:
+            with self._lock:
+                self._threads.discard(me)
 
     def join(self, deadline: float) -> None:
         """Wait (until ``deadline``, ``time.monotonic``) for every runner but the caller's."""
@@ -123,11 +169,7 @@ class Runners:
         finally:
             if attempt.client_id:
                 self._sockets.give_back(name, attempt.client_id)
-        try:
-            self.attempt_done(attempt, outcome)
-        finally:
-            with self._lock:
-                self._threads.discard(threading.current_thread())
+        self.attempt_done(attempt, outcome)
 
     def _uploaded_workflow(self, workflow: Dict[str, Any], inputs: Mapping[str, str], client: ComfyClient) -> Dict[str, Any]:
         """The workflow with each input uploaded into a subfolder named by the hash of the bytes

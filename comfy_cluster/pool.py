@@ -444,6 +444,7 @@ class ServerPool:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._runners.close()  # runner threads waiting for an attempt end now
         for control in self._scheduler.close():
             control.cancelled(None, "cancelled: pool closed")
         running = self._ledger.live()

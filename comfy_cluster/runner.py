@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 from .attempt import Attempt, AttemptPhase, PostGate, cancel_on_server
+from .answers import job_failed
 from .client import ComfyClient, as_dict, as_list, iter_output_files
 from .errors import ComfyClusterError, JobFailed, LocalFileError, ServerError, WorkflowError
 from .jobs import OutputFile
@@ -236,6 +237,10 @@ class _Follower:
         # After a reconnect, ComfyUI may drop the new socket's registration when it notices the
         # old socket's close (same clientId): until an event proves otherwise, look often.
         self.deaf_maybe = False
+        # Whether the socket carried every event of the job: its execution_start was heard and
+        # the socket never dropped since (then its executed frames are all of its outputs).
+        self.heard_start = False
+        self.gap = False
 
     @property
     def pid(self) -> str:
@@ -274,6 +279,8 @@ class _Follower:
                     msg = None
                 kind = msg.get("type") if msg else None
                 reconcile = msg is None or kind in ("_disconnected", "_reconnected")
+                if kind == "_disconnected":  # frames may be lost from here (a later socket's come after it)
+                    self.gap = True
                 if kind == "_reconnected":
                     self.deaf_maybe = True
                 elif isinstance(kind, str) and not kind.startswith("_"):
@@ -373,6 +380,7 @@ class _Follower:
         data = msg.get("data")
         data = data if isinstance(data, dict) else {}
         if kind == "execution_start":
+            self.heard_start = True
             self._mark_started()
             job.emit("started", name, raw=data)
         elif kind == "execution_cached":
@@ -381,6 +389,8 @@ class _Follower:
         elif kind == "executing":
             node = data.get("node")
             if node is None:
+                if self.success_seen and self.heard_start and not self.gap:
+                    return self._from_socket()
                 return self._finish_from_history()
             job.emit("executing", name, node=str(node), raw=data)
         elif kind == "progress":
@@ -398,7 +408,7 @@ class _Follower:
             self.success_seen = True
             self.success_raw = data
         elif kind == "execution_error":
-            return Outcome("failed", error=_job_failed(data, self.pid, name), raw=data)
+            return Outcome("failed", error=job_failed(data, self.pid, name), raw=data)
         elif kind == "execution_interrupted":
             reason = "cancelled" if job.cancel_requested else "interrupted on the server"
             return Outcome("cancelled", reason=reason, raw=data)
@@ -428,13 +438,18 @@ class _Follower:
             self.ctx.cut.wait(delay)  # history is written just before the done signal; rarely needed
             delay = min(delay * 2, 1.0)
 
+    def _from_socket(self) -> Outcome:
+        """The socket carried the whole job (``execution_start`` to ``execution_success`` and
+        ``executing`` null): its ``executed`` frames list every output, cached ones too, so no
+        ``GET /history`` (a round trip less per job)."""
+        return Outcome("succeeded", outputs=self._in_order(self.ws_outputs), exec_seconds=self._ran_for(), raw=self.success_raw)
+
     def _from_events(self) -> Outcome:
         """The job signalled success, but its history item cannot be had (the server lost it
         in a restart, or stays out of reach): the result from the websocket's ``executed``
         events, whose files are on the server's disk. Running it again would run it twice."""
         log.warning("%s: history of %s unavailable after its success; result taken from its events", self.name, self.pid)
-        started = self.started if self.started is not None else self.posted_at
-        return Outcome("succeeded", outputs=dict(self.ws_outputs), exec_seconds=self.ctx.clock() - started, raw=self.success_raw)
+        return Outcome("succeeded", outputs=self._in_order(self.ws_outputs), exec_seconds=self._ran_for(), raw=self.success_raw)
 
     def _from_history(self, item: Mapping[str, Any]) -> Outcome:
         status = as_dict(item.get("status"))
@@ -442,30 +457,22 @@ class _Follower:
         if status.get("status_str") == "error":
             for m in messages:
                 if isinstance(m, list) and len(m) == 2 and m[0] == "execution_error" and isinstance(m[1], dict):
-                    return Outcome("failed", error=_job_failed(m[1], self.pid, self.name))
+                    return Outcome("failed", error=job_failed(m[1], self.pid, self.name))
                 if isinstance(m, list) and len(m) == 2 and m[0] == "execution_interrupted":
                     return Outcome("cancelled", reason="cancelled" if self.job.cancel_requested else "interrupted on the server")
             return Outcome("failed", error=JobFailed(f"{self.name}: job {self.pid} ended with an error", prompt_id=self.pid, server=self.name))
         outputs: Dict[str, List[OutputFile]] = {}
         for node, f in iter_output_files(item.get("outputs")):
             outputs.setdefault(node, []).append(OutputFile(f["filename"], f["subfolder"], f["type"], node))
+        return Outcome("succeeded", outputs=self._in_order(outputs), exec_seconds=self._ran_for())
+
+    def _in_order(self, outputs: Dict[str, List[OutputFile]]) -> Dict[str, List[OutputFile]]:
+        """Output nodes in the workflow's order, any other (expanded at run time) after: the
+        same whichever way the result was had (ComfyUI lists a history item's in no set order)."""
+        order = {node: i for i, node in enumerate(self.job.job.workflow)}
+        return dict(sorted(outputs.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+    def _ran_for(self) -> float:
+        """Seconds since the job started on the server (since its POST when no start was seen)."""
         started = self.started if self.started is not None else self.posted_at
-        return Outcome("succeeded", outputs=outputs, exec_seconds=self.ctx.clock() - started)
-
-
-def _job_failed(data: Mapping[str, Any], prompt_id: str, server: str) -> JobFailed:
-    node_id = data.get("node_id")
-    node_type = data.get("node_type")
-    exc_type = str(data.get("exception_type") or "")
-    exc_msg = str(data.get("exception_message") or "").strip()
-    tb = as_list(data.get("traceback"))
-    return JobFailed(
-        f"{server}: node {node_id} ({node_type}) failed: {exc_type}: {exc_msg}",
-        prompt_id=prompt_id,
-        server=server,
-        node_id=str(node_id) if node_id is not None else None,
-        node_type=str(node_type) if node_type is not None else None,
-        exception_type=exc_type,
-        exception_message=exc_msg,
-        traceback=[str(t) for t in tb],
-    )
+        return self.ctx.clock() - started

@@ -8,13 +8,14 @@ from __future__ import annotations
 import queue
 import ssl
 import threading
+import time
 import weakref
-from typing import Any, List, Optional
+from typing import Any, Iterable, List, Optional
 
 import requests
 import urllib3
 
-__all__ = ["LightQueue", "LightHTTPPool", "LightHTTPSPool", "TrackingAdapter"]
+__all__ = ["LightQueue", "LightHTTPPool", "LightHTTPSPool", "TrackingAdapter", "TooSlow", "body_chunks", "tracked"]
 
 
 class LightQueue:
@@ -70,17 +71,38 @@ class TrackingAdapter(requests.adapters.HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         conns = self._conns
         new_pool = self.poolmanager._new_pool
+        self.poolmanager._new_pool = lambda *a, **kw: tracked(new_pool(*a, **kw), conns)
 
-        def tracked_pool(*a: Any, **kw: Any) -> Any:
-            pool = new_pool(*a, **kw)
-            new_conn = pool._new_conn
 
-            def tracked_conn() -> Any:
-                conn = new_conn()
-                conns.add(conn)
-                return conn
+def tracked(pool: urllib3.HTTPConnectionPool, conns: "weakref.WeakSet[Any]") -> urllib3.HTTPConnectionPool:
+    """``pool``, each connection it opens remembered (weakly) in ``conns``, so that the
+    client can shut them down while a request waits on one."""
+    new_conn = pool._new_conn
 
-            pool._new_conn = tracked_conn
-            return pool
+    def tracked_conn() -> Any:
+        conn = new_conn()
+        conns.add(conn)
+        return conn
 
-        self.poolmanager._new_pool = tracked_pool
+    pool._new_conn = tracked_conn  # type: ignore[method-assign]
+    return pool
+
+
+class TooSlow(Exception):
+    """The whole body did not arrive in time."""
+
+
+def body_chunks(raw: Any, deadline: Optional[float], chunk: int) -> Iterable[bytes]:
+    """The (decoded) body of a urllib3 response, chunk by chunk; TooSlow past ``deadline``."""
+    read1 = getattr(raw, "read1", None)
+    if deadline is None or read1 is None:  # urllib3 1.x: per-read timeout only
+        yield from raw.stream(chunk, decode_content=True)
+        return
+    while True:
+        if time.monotonic() > deadline:
+            raise TooSlow()
+        # decode_content: a proxy may gzip the answer (requests asks for it).
+        data = read1(chunk, decode_content=True)
+        if not data:
+            return
+        yield data

@@ -230,6 +230,9 @@ def test_one_failed_history_read_does_not_rerun_a_finished_job(mock_cluster_fact
     """Seen: the job ran again on s2 (two executions, both "success") and s1 was marked offline."""
     cluster = mock_cluster_factory(speeds=(1, 1), names=("s1", "s2"))
     first = cluster.servers[0]
+    # No execution_success (an older ComfyUI): the end is only "executing" null, so the
+    # result must be read from /history (a job heard whole on its socket needs no read).
+    first.sends_execution_success = False
     first.fail_route("/history", fault, count=1, method="GET")
     # Only /history fails; probes time out late so a loaded machine's slow probe is no outage.
     with pool_of(cluster.servers, strategy=first_of("s1"), probe_timeout=(10.0, 10.0)) as pool:

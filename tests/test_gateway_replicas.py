@@ -115,3 +115,46 @@ def test_replicas_share_one_queue_and_take_over_a_killed_one(mock_cluster_factor
     executed = [p for s in cluster for p in s.executed_prompt_ids]
     twice = [p for p, n in collections.Counter(executed).items() if n > 1]
     assert len(executed) == len(posted) and not twice, executed
+
+
+def test_a_replica_restarted_under_its_name_leaves_the_events_of_its_taken_over_copies_to_their_follower(
+        mock_cluster_factory: Factory, postgres_url: str) -> None:
+    """Seen (gw-replica's "Left"): replica ra is killed while its job runs; rb takes the job
+    over and follows it through a socket under ra's clientId. ra restarts under its name and
+    posts a job of its own: its pool opened its socket under the same clientId, and the server
+    (one socket per clientId) sent the running job's progress there, not to rb any more: the
+    client on rb got no progress after ra's restart (its end came from rb's polling)."""
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    server = cluster.servers[0]
+    servers = cluster.servers_json()
+    ra = GatewayProcess(servers, postgres_url, extra=["--replica", "ra"]).start()
+    rb = GatewayProcess(servers, postgres_url, extra=["--replica", "rb"]).start()
+    ra2 = None
+    watcher = _Socket(rb.url, "watcher")
+    try:
+        watcher.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "status")
+        r = requests.post(ra.url + "/prompt", json={"prompt": sleep_workflow(seconds=20.0, steps=100, seed=1), "client_id": "watcher"}, timeout=10)
+        assert r.status_code == 200, r.text
+        pid = str(r.json()["prompt_id"])
+        wait_until(lambda: _running_by_replica(postgres_url).get(pid) == "ra", timeout=60, message="ra runs the long job")
+        ra.kill9()
+        wait_until(lambda: _running_by_replica(postgres_url).get(pid) == "rb", timeout=60, message="rb took the job over")
+        ra2 = GatewayProcess(servers, postgres_url, port=ra.port, extra=["--replica", "ra"]).start()
+        r = requests.post(ra2.url + "/prompt", json={"prompt": sleep_workflow(seconds=0.05, steps=1, seed=2), "client_id": "other"}, timeout=10)
+        assert r.status_code == 200, r.text
+        # ra2's pool opens its socket before its POST reaches the server.
+        wait_until(lambda: len(server.received_prompts) >= 2, timeout=60, message="ra2 posted its job")
+
+        def progress() -> int:
+            return sum(1 for f in of_prompt(list(watcher.frames), pid) if f["type"] == "progress")
+
+        seen = progress()
+        frames = watcher.wait_for(lambda f: progress() >= seen + 3 or is_done(pid)(f), timeout=60)
+        assert progress() >= seen + 3, f"no progress relayed after ra's restart ({seen} before)"
+        frames = watcher.wait_for(is_done(pid), timeout=90)
+        assert ends_of(frames, pid) == ["execution_success"]
+    finally:
+        watcher.close()
+        for g in (ra2, rb, ra):
+            if g is not None:
+                g.stop()

@@ -3,12 +3,13 @@ start on the same store (history, /view of a finished job's files, uploads)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import requests
-from gateway_util import ScriptClient, gateway_over
+from gateway_util import ScriptClient, gateway_over, of_prompt
 
 from comfy_cluster.testing import MockCluster
 from comfy_cluster.testing.png import png_bytes
@@ -82,5 +83,41 @@ def test_users_settings_and_files_in_the_store_answer_as_the_file_store(mock_clu
             in_store = userdata_session(gw.url, "wf")
         assert in_store == on_files
         assert DbUserStore(store).users() == {alice: "Alice"}  # kept in the store
+    finally:
+        store.close()
+
+
+def test_a_prompt_whose_row_the_store_refuses_is_never_posted_and_leaves_no_trace(mock_cluster_factory: Factory, tmp_path: Path) -> None:
+    """A prompt is handed to the pool only once its row is committed (a branch of issue 20
+    handed it over during the commit, to overlap the two; measured, it only delayed the
+    answer). The store refuses the row (its prompt_id is taken by a row the book does not
+    hold): 400, nothing sent to a server, the other row untouched, no history, no event; the
+    next prompt runs as usual."""
+    from comfy_cluster.state import PromptRow, Store
+
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    store = Store(f"sqlite:///{tmp_path}/gw.sqlite3")
+    try:
+        with gateway_over(cluster, gateway_kwargs={"state": store}) as gw:
+            body = {"prompt": sleep_workflow(seconds=0.01, steps=1, seed=1), "extra_data": {}, "outputs": ["3"], "workflow": None,
+                    "owner": "x", "keep": False}
+            store.add_prompt(PromptRow("taken", 1, "x", "other", body))  # after the gateway read the store at start
+            client = ScriptClient(gw.url)
+            try:
+                refused = client.post(sleep_workflow(seconds=0.01, steps=1, seed=2), prompt_id="taken")
+                assert refused.status_code == 400 and "invalid_prompt_id" in refused.text, refused.text
+                pid = client.run(sleep_workflow(seconds=0.01, steps=1, seed=3))
+                assert client.follow(pid)[-2]["type"] == "execution_success"
+                assert requests.get(f"{gw.url}/history/taken", timeout=10).json() == {}
+                queue = requests.get(f"{gw.url}/queue", timeout=10).json()
+                assert "taken" not in json.dumps(queue)
+                assert of_prompt(list(client.socket.frames), "taken") == []
+            finally:
+                client.close()
+        posted = [p[0] for s in cluster.servers for p in s.received_prompts]
+        assert len(posted) == 1 and posted[0] != "taken"
+        assert [s.executed_prompt_ids for s in cluster.servers] == [posted]
+        assert store.history_item("taken") is None
+        assert [r.prompt_id for r in store.unfinished()] == ["taken"]  # the other row, untouched
     finally:
         store.close()

@@ -560,7 +560,7 @@ def test_a_job_interrupted_on_its_server_by_someone_else_ends_cancelled_saying_s
 def test_a_failed_job_names_the_node_and_comfyuis_exception(mock_comfy: MockComfyServer) -> None:
     """A node that raises: the job's error names the node (id and type), ComfyUI's exception
     type and message, and carries its traceback, the job's prompt_id and server (mutants:
-    ``_job_failed`` dropping a field)."""
+    ``job_failed`` (answers.py) dropping a field)."""
     from comfy_cluster.errors import JobFailed
     from comfy_cluster.testing.workflows import fail_workflow
 

@@ -232,17 +232,22 @@ def runs_to_the_end(server: FakeServer, outputs: Dict[str, Any]) -> Callable[[st
 
 
 def test_a_job_reports_each_step_as_its_server_tells_it_and_ends_with_the_result() -> None:
+    """The socket carries the whole job (its start, each step, its success, then the end): the
+    result is the one its ``executed`` frames announced, with no ``GET /history`` (one round
+    trip less per job; test_job_path checks it against the mock's history)."""
     r = Run()
     uploaded_to: List[Any] = []
     workflow = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
     r.uploads = lambda client: uploaded_to.append(client) or workflow
     outputs = {"9": {"images": [image("a.png", "shot1"), image("b.png", "", "temp")]}}
     r.server.on_post = runs_to_the_end(r.server, outputs)
-    r.on_event = lambda e: r.clock.advance(5.0) if e.kind == "queued" else None  # 5 s in the queue
+    # The pool's clock as the runner reads the frames: 5 s in the queue, then 7 s of run from
+    # its start to its output.
+    r.on_event = lambda e: r.clock.advance({"queued": 5.0, "output": 7.0}.get(e.kind, 0.0))
     began = r.clock()
-    r.server.on_history = lambda pid: r.clock.advance(7.0)  # the job's run: 7 s
     out = r.go()
     assert out.kind == "succeeded" and out.confirmed
+    assert [c for c in r.server.calls if c[0] == "history"] == []  # heard whole: nothing to read
     assert {n: [(f.filename, f.subfolder, f.type, f.node) for f in fs] for n, fs in (out.outputs or {}).items()} == {
         "9": [("a.png", "shot1", "output", "9"), ("b.png", "", "temp", "9")]}
     assert out.exec_seconds == 7.0  # from its start on the server, not from its POST
@@ -270,6 +275,49 @@ def test_a_job_reports_each_step_as_its_server_tells_it_and_ends_with_the_result
     assert r.job.status == "running" and r.job.prompt_id == r.attempt.prompt_id
     assert r.noted == [(r.attempt.prompt_id, NAME, "reserved")]  # once per copy
     assert uploaded_to == [r.server]  # its inputs went to the server it runs on
+
+
+def test_a_job_heard_whole_lists_its_outputs_in_the_workflows_order() -> None:
+    """Frames of outputs come in the order nodes ran: the result lists them in the workflow's
+    order, a node the workflow does not have (expanded by a node at run time) after, as it
+    does when read from /history (next test)."""
+    r = Run()  # the workflow's nodes: 1, 2, 3
+
+    def on_post(pid: str) -> None:
+        r.server.start(pid)
+        r.server.send(pid, "execution_start", {})
+        for node, name in (("3", "c.png"), ("9.0.1", "x.png"), ("2", "b.png")):
+            r.server.send(pid, "executed", {"node": node, "output": {"images": [image(name)]}})
+        r.server.send(pid, "execution_success", {})
+        r.server.finish(pid)
+        r.server.send(pid, "executing", {"node": None})
+
+    r.server.on_post = on_post
+    out = r.go()
+    assert out.kind == "succeeded"
+    assert [(n, [f.filename for f in fs]) for n, fs in (out.outputs or {}).items()] == [
+        ("2", ["b.png"]), ("3", ["c.png"]), ("9.0.1", ["x.png"])]
+    assert [c for c in r.server.calls if c[0] == "history"] == []
+
+
+def test_a_server_that_never_says_success_has_the_result_read_from_its_history() -> None:
+    """An older ComfyUI sends no ``execution_success``: the frames heard may not be the whole
+    result (here one of two outputs was announced), so the end is read from /history. Its
+    outputs in the workflow's order (ComfyUI lists a history item's in no set order)."""
+    r = Run()
+    announced = {"images": [image("a.png")]}
+
+    def on_post(pid: str) -> None:
+        r.server.start(pid)
+        r.server.send(pid, "execution_start", {})
+        r.server.send(pid, "executed", {"node": "2", "output": announced})
+        r.server.finish(pid, {"3": {"images": [image("b.png")]}, "2": announced})
+        r.server.send(pid, "executing", {"node": None})
+
+    r.server.on_post = on_post
+    out = r.go()
+    assert out.kind == "succeeded" and out.raw is None
+    assert [(n, [f.filename for f in fs]) for n, fs in (out.outputs or {}).items()] == [("2", ["a.png"]), ("3", ["b.png"])]
 
 
 def test_a_progress_without_numbers_is_not_reported() -> None:
@@ -336,28 +384,34 @@ def test_a_job_whose_result_is_written_late_waits_for_it() -> None:
 
 
 def test_a_result_that_never_reaches_the_history_is_taken_from_the_events() -> None:
-    """The history never has the job (a server that lost it in a restart right after its end):
-    after HISTORY_GRACE seconds of the pool's clock the result is what the events announced,
-    and the job is not run again."""
+    """The socket dropped while the job ran (and came back): what it carried meanwhile is not
+    known, so the end is read from ``/history``. The history never has the job (a server that
+    lost it in a restart right after its end): after HISTORY_GRACE seconds of the pool's clock
+    the result is what the events announced, and the job is not run again."""
     r = Run(cost=3.0)
-    outputs = {"9": {"images": [image("a.png")]}}
-
-    def runs(pid: str) -> None:
-        r.server.send(pid, "execution_start", {})
-        r.server.send(pid, "executed", {"node": "9", "output": outputs["9"]})
-        r.server.send(pid, "executed", {"node": "9", "output": {"images": [image("b.png")]}})
-        r.server.send(pid, "execution_success", {"ok": 1})
-        r.server.running.remove(pid)
-        r.server.send(pid, "executing", {"node": None})
+    pid = lambda: r.attempt.prompt_id  # noqa: E731
+    # What the server does at each read of its queue, after answering it (the frames reach
+    # the runner after that answer): it starts 2 s after the POST, the socket drops during
+    # the run and comes back, the job ends.
+    script: Dict[int, Callable[[], None]] = {
+        0: lambda: (r.server.send(pid(), "execution_start", {}),
+                    r.server.send(pid(), "executed", {"node": "9", "output": {"images": [image("a.png")]}}),
+                    r.server.listeners[pid()]({"type": "_disconnected"})),
+        1: lambda: r.server.listeners[pid()]({"type": "_reconnected"}),
+        2: lambda: (r.server.send(pid(), "executed", {"node": "9", "output": {"images": [image("b.png")]}}),
+                    r.server.send(pid(), "execution_success", {"ok": 1}),
+                    r.server.running.remove(pid()),
+                    r.server.send(pid(), "executing", {"node": None})),
+    }
 
     def queue(*, timeout: Any = None) -> Tuple[List[str], List[str]]:
-        if r.server.looks == 0:  # 2 s after the POST it starts: its events come from then
+        look = r.server.looks
+        if look == 0:
             r.clock.advance(2.0)
-            r.server.start(r.attempt.prompt_id)
-            answer = FakeServer.queue(r.server, timeout=timeout)
-            runs(r.attempt.prompt_id)
-            return answer
-        return FakeServer.queue(r.server, timeout=timeout)
+            r.server.start(pid())
+        answer = FakeServer.queue(r.server, timeout=timeout)
+        script.get(look, lambda: None)()
+        return answer
 
     r.server.queue = queue  # type: ignore[method-assign]
     r.server.on_history = lambda pid: r.clock.advance(3.0)
@@ -365,7 +419,8 @@ def test_a_result_that_never_reaches_the_history_is_taken_from_the_events() -> N
     out = r.go()
     assert out.kind == "succeeded" and out.raw == {"ok": 1}
     assert [f.filename for f in (out.outputs or {})["9"]] == ["a.png", "b.png"]
-    assert r.clock() - began >= 2.0 + HISTORY_GRACE
+    assert [k for k in r.kinds() if k in ("started", "output")] == ["started", "output", "output"]
+    assert r.clock() - began >= 2.0 + HISTORY_GRACE  # the history was read for its grace
     assert out.exec_seconds == r.clock() - began - 2.0  # from its start, not its POST
 
 

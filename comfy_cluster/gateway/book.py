@@ -25,8 +25,10 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from ..jobs import Job, JobEvent
 from ..state import Store
 from .auth import User
+from .controls import Controls
 from .durable import Keeper
 from .gatewayjob import GatewayJob
+from .mailbox import LoopMail
 from .metrics import GatewayMetrics
 from .history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_ITEMS, FileKey, History
 from .messages import error_data, event_message, relabel, synthesized_history, terminal_message
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 
-class JobBook:
+class JobBook(Controls):
     """Queue, history and fair share of the gateway (loop thread only)."""
 
     def __init__(
@@ -63,6 +65,7 @@ class JobBook:
         self._history_items = history_items
         self._relay = relay
         self._loop = loop
+        self._mail = LoopMail(loop)  # the pool's callbacks, one wake-up of the loop per burst
         self._executor = executor
         self._capacity = capacity
         self._release = release
@@ -146,11 +149,9 @@ class JobBook:
             self._executor.submit(self._submit, gj)
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop (from a library thread); ignored once it has closed."""
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            log.debug("gateway stopped: %s dropped", getattr(fn, "__name__", fn))
+        """Run ``fn(*args)`` on the loop (from a library thread), in order; ignored once it
+        has closed."""
+        self._mail.post(fn, *args)
 
     def _submit(self, gj: GatewayJob) -> None:
         """On an executor thread: ``pool.submit`` may probe servers."""
@@ -376,78 +377,8 @@ class JobBook:
             self._send(gj, "executing", {"node": None, "prompt_id": gj.prompt_id}, to)
         self._unblock(gj)
 
-    # -- queue, interrupt, history (each user sees and manages their own jobs; the lists are
-    # in .listing) ---------------------------------------------------------------------------
-
-    def delete_pending(self, ids: List[Any], viewer: User) -> None:
-        """Drop the viewer's jobs that have not started (running ones are left alone, as in
-        ComfyUI)."""
-        changed = False
-        for pid in ids:
-            gj = self.active.get(pid) if isinstance(pid, str) else None
-            if gj is None or gj.state in ("running", "done", "told") or not viewer.sees(gj.user):
-                continue
-            changed = True
-            self._drop(gj)
-        if changed:
-            self.queue_changed()
-
-    def clear_pending(self, viewer: User) -> None:
-        for gj in [g for g in self.active.values() if g.state in ("waiting", "submitted") and viewer.sees(g.user)]:
-            self._drop(gj)
-        self.queue_changed()
-
-    def _drop(self, gj: GatewayJob) -> None:
-        gj.deleted = True
-        if gj.state == "waiting":
-            self._waiting[gj.owner].remove(gj)
-            self._end(gj, "cancelled", None, None)
-        else:
-            # Out of the queue now; the pool confirms the cancel on its server later.
-            self.active.pop(gj.prompt_id, None)
-            self.cancel(gj)
-
-    def cancel_by_id(self, prompt_id: str, viewer: User) -> bool:
-        """The job API's cancel: a pending job of the viewer leaves the queue, a running one
-        is stopped; False (nothing done) for a finished, unknown or another user's id."""
-        gj = self.active.get(prompt_id)
-        if gj is None or gj.state in ("done", "told") or gj.deleted or gj.cancel_requested or not viewer.sees(gj.user):
-            return False
-        if gj.state == "running" or gj.started:
-            self.cancel(gj)
-        else:
-            self.delete_pending([prompt_id], viewer)
-        return True
-
-    def cancel(self, gj: GatewayJob) -> None:
-        if not gj.cancel_requested:
-            self._keeper.later(self._store.request_cancel, gj.prompt_id)
-        gj.cancel_requested = True
-        if gj.job is not None:
-            gj.job.cancel()
-
-    def interrupt(self, body: Any, viewer: User) -> None:
-        """``POST /interrupt``: the viewer's jobs it names stop if they run (``prompt_id``, or
-        a ``delete`` list as ComfyUI-for-Nuke sends); else a ``client_id``'s running jobs;
-        with neither, every running job of the viewer (an admin: of the gateway; never a job
-        of another client of the servers). ComfyUI itself ignores such bodies and stops
-        whatever runs."""
-        body = body if isinstance(body, dict) else {}
-        named = set()
-        if isinstance(body.get("prompt_id"), str):
-            named.add(body["prompt_id"])
-        if isinstance(body.get("delete"), list):
-            named.update(p for p in body["delete"] if isinstance(p, str))
-        named_any = "prompt_id" in body or "delete" in body
-        cid = body.get("client_id")
-        for gj in list(self.active.values()):
-            if gj.state != "running" or not viewer.sees(gj.user):
-                continue
-            if named_any and gj.prompt_id not in named:
-                continue
-            if not named_any and cid is not None and gj.client_id != cid:
-                continue
-            self.cancel(gj)
+    # -- stopping and history (the user's actions on jobs are in .controls; the lists in
+    # .listing) ------------------------------------------------------------------------------
 
     def stop_all(self, reason: str) -> None:
         """The gateway is stopping: tell each client the end of each of its prompts (an

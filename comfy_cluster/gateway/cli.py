@@ -158,6 +158,7 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
         from ..errors import ComfyClusterError
         from ..pool import ServerPool
         from ..state import StateURLError, Store, default_state_url, safe_url
+        from ..state.shared import pool_client_id
         from . import Gateway
         from .sessions import Sessions
     except ImportError as exc:
@@ -194,8 +195,10 @@ def run_gateway(argv: Optional[Sequence[str]] = None, *, stop: Optional[threadin
     replica = args.replica or (f"{socket.gethostname()}:{args.port}" if store.dialect == "postgresql" and args.port else None)
     try:
         # The same clientId as before a restart: the servers send it the events of the
-        # jobs it follows again (each replica has its own).
-        pool = ServerPool.from_env(client_id=store.client_id(replica or "default"), **kwargs)
+        # jobs it follows again (each replica has its own); a new one when another replica
+        # took its jobs over and listens under the old one (pool_client_id).
+        client_id = pool_client_id(store, replica) if replica else store.client_id("default")
+        pool = ServerPool.from_env(client_id=client_id, **kwargs)
     except (ComfyClusterError, ValueError) as exc:
         store.close()
         print(f"comfy-cluster gateway: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
 import sqlalchemy as sa
@@ -27,7 +28,7 @@ from . import schema as t
 from .group import GroupCommit, batched, defer
 from .store import POSTS, PromptRow, Store
 
-__all__ = ["SharedQueue", "CHANNEL_EVENTS", "CHANNEL_QUEUE", "CHANNEL_CANCEL"]
+__all__ = ["SharedQueue", "CHANNEL_EVENTS", "CHANNEL_QUEUE", "CHANNEL_CANCEL", "pool_client_id"]
 
 CHANNEL_EVENTS = "cc_events"
 CHANNEL_QUEUE = "cc_queue"
@@ -236,3 +237,22 @@ def _notify_all(conn: Any, payloads: List[str]) -> None:
 def _wake_all(conn: Any, _items: List[Any]) -> None:
     """Wake every replica's claimer once for a commit's posted prompts."""
     conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": CHANNEL_QUEUE})
+
+
+def pool_client_id(store: Store, replica: str) -> str:
+    """The websocket clientId of ``replica``'s pool: the one it had before a restart (the
+    servers send the events of the copies it posted there), unless another replica follows
+    copies posted under it now (it took them over while this one was down, and listens under
+    that clientId): then a new one, kept from now on. A server keeps one socket per clientId:
+    a restarted replica opening the old one would take those copies' events from their
+    follower."""
+    a, p = t.attempts, t.prompts
+    with store.reading() as conn:
+        followed = conn.execute(sa.select(a.c.attempt_id).select_from(a.join(p, a.c.prompt_id == p.c.prompt_id)).where(sa.and_(
+            a.c.replica == replica, a.c.phase != "ended", p.c.replica.is_not(None), p.c.replica != replica)).limit(1)).first()
+    if followed is not None:
+        key = f"client_id:{replica}"
+        with store.transaction() as conn:
+            conn.execute(t.meta.delete().where(t.meta.c.key == key))
+            conn.execute(t.meta.insert().values(key=key, value=uuid.uuid4().hex))
+    return store.client_id(replica)

@@ -230,6 +230,8 @@ class Engine:
         self.executions: List[Execution] = []
         #: Like ComfyUI before ``/interrupt`` took a prompt_id: interrupt whatever runs.
         self.ignore_interrupt_id = False
+        #: False: no ``execution_success`` frame (ComfyUI before that event existed).
+        self.sends_execution_success = True
         #: While True, sleeping nodes make no progress (a stalled GPU); jobs still start.
         self.paused = False
         self._wakeup: Optional[asyncio.Event] = None
@@ -677,7 +679,7 @@ class Engine:
                 job.send("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": job.prompt_id})
             job.progress_finish(node_id)
             executed.append(node_id)
-        if success:
+        if success and self.sends_execution_success:
             job.add_message("execution_success", {"prompt_id": job.prompt_id}, broadcast=False)
 
         ui_outputs: Dict[str, Any] = {}

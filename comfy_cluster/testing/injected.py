@@ -204,6 +204,19 @@ class InjectedFaults:
         with self._lock:
             self._engine.ignore_interrupt_id = bool(value)
 
+    @property
+    def sends_execution_success(self) -> bool:
+        """False: a job's success is told only by ``executing`` null, with no
+        ``execution_success`` frame before it (ComfyUI before that event existed)."""
+        return bool(self._engine is None or self._engine.sends_execution_success)
+
+    @sends_execution_success.setter
+    def sends_execution_success(self, value: bool) -> None:
+        if self._engine is None:
+            raise RuntimeError("start the server first")
+        with self._lock:
+            self._engine.sends_execution_success = bool(value)
+
     def mute_websockets(self, client_id: Optional[str] = None) -> None:
         """Lose every frame to ``client_id``'s socket (None: all sockets) while the sockets stay
         open: a half-open connection. :meth:`unmute_websockets` ends it."""

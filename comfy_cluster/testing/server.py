@@ -557,6 +557,7 @@ class MockComfyServer(InjectedFaults):
             with self._lock:
                 self._engine.fail_next_message = None
                 self._engine.ignore_interrupt_id = False
+                self._engine.sends_execution_success = True
 
     def set_latency(self, seconds: float) -> None:
         """Delay every HTTP answer and websocket handshake by ``seconds`` (0 switches off)."""
