@@ -12,60 +12,32 @@ reconnect a ``{"type": "_reconnected"}`` one, so each job reconciles from ``/his
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import websocket
+from websocket import WebSocketException
 
-from .reasons import classify, failure_reason
-from .resolve import check_resolvable
 from .config import ServerConfig
 from .errors import ServerError
-from .tls import ssl_context
+from .resolve import check_resolvable
+from .wsframes import (
+    ENDING,
+    MAX_MESSAGE_BYTES,
+    CappedWebSocket,
+    abort,
+    binary_prompt_id,
+    decode,
+    describe,
+    receive,
+    sslopt_for,
+)
 
-__all__ = ["ServerSocket", "ServerSockets", "MAX_MESSAGE_BYTES"]
+__all__ = ["ServerSocket", "ServerSockets", "MAX_MESSAGE_BYTES", "sslopt_for"]
 
 log = logging.getLogger(__name__)
 
-# A single websocket message larger than this is refused (the socket is dropped and
-# reconnected): real messages are small JSON or preview images of a few MB.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 Listener = Callable[[Dict[str, Any]], None]
-
-
-class _MessageTooBig(websocket.WebSocketException):
-    pass
-
-
-class _CappedWebSocket(websocket.WebSocket):
-    """A WebSocket that refuses to buffer a message beyond a byte cap.
-
-    websocket-client reads a whole frame into memory before returning it; counting the raw
-    bytes read since the last message lets us stop a huge or endless message early.
-    """
-
-    max_message_bytes = MAX_MESSAGE_BYTES
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bytes_this_message = 0
-
-    def _recv(self, bufsize: int) -> bytes:
-        data: bytes = super()._recv(bufsize)
-        self.bytes_this_message += len(data)
-        if self.bytes_this_message > self.max_message_bytes:
-            raise _MessageTooBig(f"websocket message exceeds {self.max_message_bytes} bytes")
-        return data
-
-
-def sslopt_for(server: ServerConfig) -> Dict[str, Any]:
-    """websocket-client TLS options: the very context HTTPS uses (tls.py), so both trust alike."""
-    if not server.url.startswith("https://"):
-        return {}
-    ctx = ssl_context(server.verify_tls, server.name)
-    return {"context": ctx, "cert_reqs": ctx.verify_mode, "check_hostname": ctx.check_hostname}
 
 
 class ServerSocket:
@@ -96,12 +68,14 @@ class ServerSocket:
         self._reconnect_cap = reconnect_cap
         self._lock = threading.Lock()
         self._listeners: Dict[str, Listener] = {}
-        self._ws: Optional[_CappedWebSocket] = None
-        self._connecting: Optional[_CappedWebSocket] = None  # close() aborts a connect under way
+        self._ws: Optional[CappedWebSocket] = None
+        self._connecting: Optional[CappedWebSocket] = None  # close() aborts a connect under way
         self._thread: Optional[threading.Thread] = None
         self._connected = threading.Event()
         self._closed = threading.Event()
         self._attempt_done = threading.Condition(self._lock)
+        self._waiters = 0  # ensure_connected() calls waiting: the reader must not end under them
+        self._exiting = False  # the reader decided to end (nobody listens): start another
         self._last_error: Optional[str] = None
         self._attempts = 0
         self._running: Optional[str] = None  # our prompt running on the server, if seen
@@ -147,27 +121,37 @@ class ServerSocket:
         wait_for = self._connect_timeout + 1.0 if timeout is None else timeout
         with self._lock:
             attempts_before = self._attempts
-            if self._thread is None or not self._thread.is_alive():
+            thread = self._thread
+            if thread is not None and self._exiting:
+                # It decided to end as nobody listened, and takes this lock no more: a new
+                # reader must connect (waiting on the old one would wait for the whole timeout).
+                thread.join()
+            if thread is None or not thread.is_alive():
+                self._exiting = False
                 self._thread = threading.Thread(
                     target=self._run, name=f"comfy-cluster-ws-{self.server.name}", daemon=True
                 )
                 self._thread.start()
             # Wait for a connect, or for one full attempt to fail: a down server is reported
             # at once instead of after the whole timeout.
-            self._attempt_done.wait_for(
-                lambda: self._connected.is_set() or self._attempts > attempts_before or self._closed.is_set(),
-                timeout=wait_for,
-            )
+            self._waiters += 1
+            try:
+                self._attempt_done.wait_for(
+                    lambda: self._connected.is_set() or self._attempts > attempts_before or self._closed.is_set(),
+                    timeout=wait_for,
+                )
+            finally:
+                self._waiters -= 1
             # Only an attempt that ended during this wait says why: an older one's error is stale.
             error = self._last_error if self._attempts > attempts_before else None
         if not self._connected.is_set():
             reason = error or "websocket did not open in time"
             raise ServerError(f"{self.server.name}: websocket: {reason}", server=self.server.name)
 
-    def _connect(self) -> _CappedWebSocket:
-        # websocket-client checks UTF-8 in pure Python (about 1 s per MiB); _decode checks it
+    def _connect(self) -> CappedWebSocket:
+        # websocket-client checks UTF-8 in pure Python (about 1 s per MiB); decode checks it
         # once, in C, and drops a bad frame instead of the connection.
-        ws = _CappedWebSocket(sslopt=sslopt_for(self.server), enable_multithread=True, skip_utf8_validation=True)
+        ws = CappedWebSocket(sslopt=sslopt_for(self.server), enable_multithread=True, skip_utf8_validation=True)
         ws.max_message_bytes = self._max_message_bytes
         url = f"{self.server.ws_url}/ws?clientId={self.client_id}"
         headers = [f"{k}: {v}" for k, v in self.server.headers.items()]
@@ -180,12 +164,12 @@ class ServerSocket:
             # ends a connect that a close() found with no socket yet to abort.
             while not self._closed.is_set():
                 ws.bytes_this_message = 0
-                msg = _decode(_receive(ws))
+                msg = decode(receive(ws))
                 if msg is not None and msg.get("type") == "status":
                     self._handle(msg)
                     ws.settimeout(None)
                     return ws
-            raise websocket.WebSocketException("closed")
+            raise WebSocketException("closed")
         except BaseException:
             ws.shutdown()  # a half-open socket is not left to the garbage collector
             raise
@@ -200,14 +184,15 @@ class ServerSocket:
                 ws = self._connect()
             except Exception as exc:  # any failure to connect: report, back off, retry
                 failures += 1
+                error = describe(exc)
+                log.debug("websocket to %s failed: %s", self.server.name, error)
                 with self._lock:
-                    self._last_error = _describe(exc)
+                    self._last_error = error
                     self._attempts += 1
                     self._attempt_done.notify_all()
-                    idle = not self._listeners
-                log.debug("websocket to %s failed: %s", self.server.name, self._last_error)
-                if idle:
-                    return  # nobody waits for events: reconnect on the next ensure_connected()
+                    # Callers waiting now are answered by this attempt (its reason, at once).
+                    if self._end_if_idle(waiters=False):
+                        return  # nobody waits for events: reconnect on the next ensure_connected()
                 delay = min(self._reconnect_base * 2 ** (failures - 1), self._reconnect_cap)
                 if self._closed.wait(delay):
                     return
@@ -231,28 +216,37 @@ class ServerSocket:
             with self._lock:
                 self._connected.clear()
                 self._ws = None
-                idle = not self._listeners
             ws.shutdown()
             if self._closed.is_set():
                 return
             log.info("websocket to %s dropped: %s", self.server.name, reason)
             self._broadcast({"type": "_disconnected", "data": {"reason": reason}})
-            if idle:
-                return
+            with self._lock:
+                if self._end_if_idle():
+                    return
 
-    def _read(self, ws: _CappedWebSocket) -> str:
+    def _end_if_idle(self, waiters: bool = True) -> bool:
+        """Under the lock, on the reader: True (and the reader ends) when no job listens and
+        (``waiters``) no ``ensure_connected()`` waits; the next ``ensure_connected()`` starts
+        a new reader."""
+        if self._listeners or (waiters and self._waiters):
+            return False
+        self._exiting = True
+        return True
+
+    def _read(self, ws: CappedWebSocket) -> str:
         while not self._closed.is_set():
             try:
                 ws.bytes_this_message = 0
-                raw = _receive(ws)
+                raw = receive(ws)
             except Exception as exc:
-                return _describe(exc)
+                return describe(exc)
             if raw == "" and not ws.connected:
                 return "closed by server"
             if isinstance(raw, bytes):
                 self._handle_binary(raw)
                 continue
-            msg = _decode(raw)
+            msg = decode(raw)
             if msg is not None:
                 self._handle(msg)
         return "closed"
@@ -279,7 +273,7 @@ class ServerSocket:
         # ComfyUI sends them only to the client whose prompt is running.
         if kind == "execution_start" or (kind == "executing" and data.get("node") is not None):
             self._running = prompt_id
-        elif kind in _ENDING or (kind == "executing" and data.get("node") is None):
+        elif kind in ENDING or (kind == "executing" and data.get("node") is None):
             if self._running == prompt_id:
                 self._running = None
         with self._lock:
@@ -290,7 +284,7 @@ class ServerSocket:
     def _handle_binary(self, frame: bytes) -> None:
         """A binary frame (a preview image, text, or preview with metadata): to the listener of
         the prompt it names (type 4 metadata), else of our prompt running on this server."""
-        prompt_id = _binary_prompt_id(frame) or self._running
+        prompt_id = binary_prompt_id(frame) or self._running
         if prompt_id is None:
             return
         with self._lock:
@@ -303,7 +297,7 @@ class ServerSocket:
         with self._lock:
             ws = self._ws
         if ws is not None:
-            _abort(ws)
+            abort(ws)
 
     def close(self) -> None:
         self._closed.set()
@@ -312,77 +306,10 @@ class ServerSocket:
             thread = self._thread
             self._attempt_done.notify_all()
         for ws in sockets:
-            _abort(ws)
+            abort(ws)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self._connect_timeout + 2.0)
         self._connected.clear()
-
-
-def _abort(ws: websocket.WebSocket) -> None:
-    """Cut ``ws`` whatever state it is in: its reader may have closed it a moment ago, and
-    ``shutdown`` of a closed socket raises ``EBADF``."""
-    try:
-        ws.abort()
-    except OSError as exc:
-        log.debug("websocket already closed when cut: %s", exc)
-
-
-def _receive(ws: websocket.WebSocket) -> Any:
-    """The next message: ``str`` for a text frame (``None`` if not UTF-8), ``bytes`` for binary,
-    ``""`` for a close frame."""
-    with ws.readlock:
-        opcode, data = ws.recv_data()
-    if opcode == websocket.ABNF.OPCODE_TEXT:
-        try:
-            return data.decode("utf-8") if isinstance(data, bytes) else data
-        except UnicodeDecodeError:
-            log.debug("dropped a websocket text frame that is not UTF-8")
-            return None
-    if opcode == websocket.ABNF.OPCODE_BINARY:
-        return data
-    return ""
-
-
-def _decode(raw: Any) -> Optional[Dict[str, Any]]:
-    """A JSON text frame as a dict with a string ``type``; anything else (binary previews,
-    garbage) is None and ignored."""
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        msg = json.loads(raw)
-    except (ValueError, RecursionError):  # deep nesting makes json raise RecursionError
-        return None
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        return None
-    return msg
-
-
-_ENDING = ("execution_success", "execution_error", "execution_interrupted")
-_PREVIEW_WITH_METADATA = 4
-
-
-def _binary_prompt_id(frame: bytes) -> Optional[str]:
-    """The prompt_id in a type-4 frame's metadata (4-byte type, 4-byte JSON length, JSON ...)."""
-    if len(frame) < 8 or int.from_bytes(frame[:4], "big") != _PREVIEW_WITH_METADATA:
-        return None
-    size = int.from_bytes(frame[4:8], "big")
-    if size > len(frame) - 8 or size > 65536:
-        return None
-    try:
-        meta = json.loads(frame[8 : 8 + size].decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
-    pid = meta.get("prompt_id") if isinstance(meta, dict) else None
-    return pid if isinstance(pid, str) else None
-
-
-def _describe(exc: BaseException) -> str:
-    """Why a websocket failed, in a few words: the HTTP side's reason (decided by exception
-    type, as the text differs between Windows, macOS and Linux), with websocket-client's own
-    time-out, which carries no socket exception, named as one."""
-    if isinstance(exc, websocket.WebSocketTimeoutException) and not classify(exc):
-        return "timed out"
-    return failure_reason(exc)
 
 
 class ServerSockets:

@@ -55,13 +55,18 @@ def test_a_running_prompt_is_not_deleted_only_cancelled(h: Harness) -> None:
     assert "a1" in h.book.active and h.jobs["a1"].job.cancels == 0  # type: ignore[union-attr]
 
 
-def test_one_user_cannot_delete_cancel_or_interrupt_anothers_prompts(h: Harness) -> None:
+def _alice_running_one_of_three_bob_waiting(h: Harness) -> None:
+    """Room for two in the pool: Alice's a1 runs, a2 is handed to the pool, a3 waits; Bob's b1
+    waits."""
     h.capacity = 2
-    h.post("a1", ALICE)
-    h.post("a2", ALICE)
-    h.post("a3", ALICE)
+    for pid in ("a1", "a2", "a3"):
+        h.post(pid, ALICE)
     h.post("b1", BOB)
     h.event("a1", "started")
+
+
+def test_one_user_cannot_delete_cancel_or_interrupt_anothers_prompts(h: Harness) -> None:
+    _alice_running_one_of_three_bob_waiting(h)
     h.book.delete_pending(["a2", "a3", "a1"], BOB)
     h.book.clear_pending(BOB)
     assert not h.book.cancel_by_id("a1", BOB) and not h.book.cancel_by_id("a3", BOB)
@@ -76,12 +81,7 @@ def test_one_user_cannot_delete_cancel_or_interrupt_anothers_prompts(h: Harness)
 
 
 def test_clear_drops_the_viewers_prompts_not_yet_running(h: Harness) -> None:
-    h.capacity = 2
-    h.post("a1", ALICE)
-    h.post("a2", ALICE)
-    h.post("a3", ALICE)
-    h.post("b1", BOB)
-    h.event("a1", "started")
+    _alice_running_one_of_three_bob_waiting(h)
     h.book.clear_pending(ALICE)
     assert set(h.book.active) == {"a1", "b1"}
     assert sorted(a[0] for a, _ in h.store.named("delete_prompt")) == ["a3"]

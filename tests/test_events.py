@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -446,6 +447,76 @@ def test_without_listeners_a_drop_ends_the_reader_and_the_next_need_reconnects(s
     finally:
         sock.close()
     assert not ws_threads("idle")
+
+
+def waiting_in(thread: threading.Thread) -> bool:
+    """True while ``thread`` waits on a condition (its stack, as Python's own tools read it)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name in ("wait", "wait_for") and frame.f_code.co_filename == threading.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class HeldLog(logging.Handler):
+    """A slow log handler (user code): holds the thread that logs ``text`` until ``go`` is set."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text, self.held, self.go = text, threading.Event(), threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage() and not self.go.is_set():
+            self.held.set()
+            assert self.go.wait(WAIT)
+
+
+@pytest.mark.parametrize("fault", ["drop", "refusal"])
+def test_a_caller_waiting_while_the_reader_decides_to_end_gets_a_socket(script, fault):
+    """The reader ends when nobody listens; a job that needs the socket in that moment (a
+    slow log handler widens it) must not wait for a reader that is ending (it was told
+    'websocket did not open in time' and moved to another server)."""
+    logger = logging.getLogger("comfy_cluster.events")
+    held = HeldLog("dropped" if fault == "drop" else "failed")
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(held)
+    sock = ServerSocket(script.server(name="ending"), CID, connect_timeout=WAIT, reconnect_base=0.01)
+    try:
+        if fault == "drop":
+            sock.ensure_connected()
+            script.close_socket()
+        else:
+            script.reject = True
+            in_thread(sock.ensure_connected)  # its attempt fails: the reader logs why
+        assert held.held.wait(WAIT), "the reader never logged"
+        script.reject = False
+        assert len(ws_threads("ending")) == 1  # the reader, held in the log handler
+        got: "queue.Queue[Any]" = queue.Queue()
+
+        def call() -> None:
+            try:
+                got.put(sock.ensure_connected())
+            except ServerError as exc:
+                got.put(exc)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        wait_until(lambda: waiting_in(caller) or not caller.is_alive(), timeout=WAIT, what="the caller waiting")
+        held.go.set()  # the reader goes on, to its decision
+        outcome = got.get(timeout=WAIT + 2.0)
+        if fault == "drop":
+            assert outcome is None and sock.connected
+        else:  # the attempt under way when it came ended during its wait: its reason, at once
+            assert outcome is None or ("503" in str(outcome) and "did not open in time" not in str(outcome)), outcome
+            sock.ensure_connected()  # and the next call connects
+    finally:
+        held.go.set()
+        logger.removeHandler(held)
+        logger.setLevel(old_level)
+        sock.close()
+    assert not ws_threads("ending")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def test_interrupt_without_id_never_stops_another_clients_job_on_a_shared_server
             server.pause_jobs()
             other = requests.post(server.url + "/prompt", json={"prompt": sleep_workflow(seconds=0.1, steps=5, seed=3)}, timeout=5).json()["prompt_id"]
             pid = client.run(sleep_workflow(seconds=0.05, steps=1, seed=4))  # waits behind it there
-            wait_until(lambda: len(server.queue_snapshot()[1]) == 1, message="our job pending on the server")
+            wait_until(lambda: (lambda r, q: r == [other] and len(q) == 1)(*server.queue_snapshot()), message="theirs running, ours pending on the server")
             requests.post(gw.url + "/interrupt", data=b"", timeout=5)  # no id: only gateway jobs running now
             server.resume_jobs()
             msgs = client.follow(pid)

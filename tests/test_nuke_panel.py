@@ -65,7 +65,7 @@ def test_rows_show_queues(fake_nuke, cluster):
     pool = ServerPool([{"name": "only", "url": cluster[0].url, "max_queue": 3}])
     try:
         jobs = [pool.submit(dict(workflow, **{"2": {**workflow["2"], "inputs": {**workflow["2"]["inputs"], "seed": i}}})) for i in range(3)]
-        fake_nuke.pump_until(lambda: len(cluster[0].queue_snapshot()[1]) == 2, what="one running, two pending")
+        fake_nuke.pump_until(lambda: [len(q) for q in cluster[0].queue_snapshot()] == [1, 2], what="one running, two pending")
         panel = _open(fake_nuke)
         assert "running 1" in panel.rows[0].value() and "pending 2" in panel.rows[0].value()
     finally:

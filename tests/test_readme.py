@@ -295,7 +295,11 @@ def test_deleting_a_job_in_comfyuis_own_queue_sends_it_again(mock_comfy):
         jobs = [pool.submit(sleep_workflow(0.2, steps=2)) for _ in range(2)]
 
         def pending():  # either job: two jobs to one server may start in either order
-            queued = mock_comfy.queue_snapshot()[1]
+            # Once one runs (held there by the pause), the other stays pending; a job seen
+            # pending before the first started may be the one about to run (the delete misses it).
+            running, queued = mock_comfy.queue_snapshot()
+            if not running:
+                return None
             return next((j for j in jobs if j.prompt_id is not None and j.prompt_id in queued), None)
 
         victim = wait_until(pending, timeout=30, what="a job pending on the server")

@@ -27,7 +27,8 @@ from reliability_util import RawServer
 from comfy_cluster import ComfyClusterError, NoServerAvailable, ServerError, ServerPool, UnsafePathError, WorkflowError
 from comfy_cluster.client import ComfyClient
 from comfy_cluster.config import ServerConfig
-from comfy_cluster.events import ServerSocket, _decode
+from comfy_cluster.events import ServerSocket
+from comfy_cluster.wsframes import decode as _decode
 from comfy_cluster.attempt import Attempt
 from comfy_cluster.jobs import Job, JobControl
 from comfy_cluster.runner import Outcome, RunnerContext, _Follower

@@ -61,6 +61,7 @@ TESTS: Dict[str, List[str]] = {
     "scheduling": ["tests/test_scheduling_units.py", "tests/test_scheduling.py", "tests/test_parts.py", "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_batch.py", "tests/test_warm.py",
                    "tests/test_adopt.py", "tests/test_promises.py"],
     "status": ["tests/test_status_units.py", "tests/test_status.py", "tests/test_core_units.py", "tests/test_selection.py"],
+    "wsframes": ["tests/test_events.py", "tests/test_security.py", "tests/test_portable_tls.py::test_https_and_wss_share_one_context"],
     "events": ["tests/test_events.py", "tests/test_portable_tls.py::test_https_and_wss_share_one_context", "tests/test_security.py",
                "tests/test_core_units.py", "tests/test_jobs.py", "tests/test_fault_matrix.py"],
     "gateway/book": ["tests/test_book.py", "tests/test_book_users.py", "tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_users.py"],
