@@ -245,15 +245,15 @@ class ComfyClient:
         assert pool is not None
         return pool
 
-    def probe_json(self, path: str, *, timeout: Timeouts) -> Any:
-        """GET ``path`` through the probe pool; same errors and size cap as :meth:`get_json`."""
-        pool = self._probe_pool()
-        url = self._prefix + path
+    def _urlopen(self, pool: urllib3.HTTPConnectionPool, method: str, path: str, timeout: Timeouts, **kwargs: Any) -> Tuple[int, bytes]:
+        """``(status, body)`` of one request through a bare urllib3 pool (the probe's or the
+        POST's): failures named as :meth:`_request` names them, the body capped at
+        ``max_json_bytes``."""
         self._check_resolvable(timeout[0])
         try:
             resp = pool.urlopen(
-                "GET", url, timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
-                preload_content=False, redirect=False, retries=False,
+                method, self._prefix + path, timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+                preload_content=False, redirect=False, retries=False, **kwargs,
             )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ServerError(f"{self.server.name}: {failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
@@ -264,8 +264,13 @@ class ComfyClient:
             raise
         finally:
             resp.release_conn()
-        if resp.status >= 400:
-            raise ServerError(f"{self.server.name}: HTTP {resp.status} on GET {path}", server=self.server.name, status=resp.status)
+        return resp.status, body
+
+    def probe_json(self, path: str, *, timeout: Timeouts) -> Any:
+        """GET ``path`` through the probe pool; same errors and size cap as :meth:`get_json`."""
+        status, body = self._urlopen(self._probe_pool(), "GET", path, timeout)
+        if status >= 400:
+            raise ServerError(f"{self.server.name}: HTTP {status} on GET {path}", server=self.server.name, status=status)
         try:
             return json.loads(body) if body else None
         except (ValueError, RecursionError):
@@ -325,32 +330,21 @@ class ComfyClient:
             payload = json.dumps(body, allow_nan=False).encode("utf-8")
         except ValueError as exc:  # NaN or infinity: not JSON (requests refused it alike)
             raise ServerError(f"{self.server.name}: the workflow is not valid JSON: {exc}", server=self.server.name) from None
-        self._check_resolvable(timeout[0])
-        try:
-            resp = self._post_pool().urlopen(
-                "POST", self._prefix + "/prompt", body=payload, headers=dict(self.server.headers, **{"Content-Type": "application/json"}),
-                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]), preload_content=False, redirect=False, retries=False,
-            )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ServerError(f"{self.server.name}: {failure_reason(exc)}", server=self.server.name, fault=classify(exc)) from None
-        try:
-            raw = self._read_raw(resp, resp.headers.get("Content-Length"), self.max_json_bytes, timeout[1])
-        except BaseException:
-            resp.close()  # a body left half-read must not go back to the pool as a live connection
-            raise
-        finally:
-            resp.release_conn()
+        status, raw = self._urlopen(
+            self._post_pool(), "POST", "/prompt", timeout,
+            body=payload, headers=dict(self.server.headers, **{"Content-Type": "application/json"}),
+        )
         try:
             data = json.loads(raw) if raw else None
         except (ValueError, RecursionError):
             data = None
-        if resp.status == 400 and isinstance(data, dict):
+        if status == 400 and isinstance(data, dict):
             raise parse_workflow_error(data, self.server.name)
-        if resp.status >= 400:
+        if status >= 400:
             raise ServerError(
-                f"{self.server.name}: HTTP {resp.status} on POST /prompt{explain_status(resp.status, f'the workflow of {len(payload)} bytes')}",
+                f"{self.server.name}: HTTP {status} on POST /prompt{explain_status(status, f'the workflow of {len(payload)} bytes')}",
                 server=self.server.name,
-                status=resp.status,
+                status=status,
             )
         if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
             raise ServerError(f"{self.server.name}: malformed answer to POST /prompt", server=self.server.name, fault="malformed")
