@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Iterator, List, NamedTuple, Optional, Sequence
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import requests
 import websocket
@@ -94,8 +94,13 @@ def processes(mocks: int = 1, speed: float = 1000.0, state: Optional[str] = None
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def client_jobs(url: str, jobs: int, seed0: int) -> List[float]:
-    """Seconds per job for a bare ComfyUI client (socket first, then post, follow, history)."""
+#: One job of a bare ComfyUI client: when it posted, had its answer, saw its end on the socket,
+#: and had read its history (``time.perf_counter``: CLOCK_MONOTONIC on Linux).
+Times = Tuple[float, float, float, float]
+
+
+def client_stages(url: str, jobs: int, seed0: int) -> List[Times]:
+    """A bare ComfyUI client (socket first, then post, follow, history), one job after another."""
     cid = str(uuid.uuid4())
     ws = websocket.create_connection(url.replace("http", "ws", 1) + f"/ws?clientId={cid}")
     ws.recv()  # first status
@@ -105,19 +110,26 @@ def client_jobs(url: str, jobs: int, seed0: int) -> List[float]:
         for i in range(jobs):
             t0 = time.perf_counter()
             pid = s.post(url + "/prompt", json={"prompt": demo_workflow(0.0, 1, seed0 + i), "client_id": cid}).json()["prompt_id"]
+            t1 = time.perf_counter()
             while True:
                 msg = ws.recv()
                 if isinstance(msg, str):
                     m = json.loads(msg)
                     if m["type"] == "executing" and m["data"].get("node") is None and m["data"].get("prompt_id") == pid:
                         break
+            t2 = time.perf_counter()
             item = s.get(url + f"/history/{pid}").json()[pid]
             assert item["status"]["status_str"] == "success", item["status"]
-            out.append(time.perf_counter() - t0)
+            out.append((t0, t1, t2, time.perf_counter()))
     finally:
         ws.close()
         s.close()
     return out
+
+
+def client_jobs(url: str, jobs: int, seed0: int) -> List[float]:
+    """Seconds per job for a bare ComfyUI client (see :func:`client_stages`)."""
+    return [end - start for start, _, _, end in client_stages(url, jobs, seed0)]
 
 
 def pct(values: Sequence[float], q: float) -> float:

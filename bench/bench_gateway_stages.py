@@ -24,18 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from typing import Dict, List, Tuple
-
-import requests
-import websocket
-
-from comfy_cluster.cli import demo_workflow
+from typing import Dict, List
 
 try:
-    from bench.bench_gateway import free_port, wait_listening
+    from bench.bench_gateway import Times, client_stages as client, free_port, wait_listening
 except ImportError:  # python bench/bench_gateway_stages.py
-    from bench_gateway import free_port, wait_listening  # type: ignore[import-not-found,no-redef]
+    from bench_gateway import Times, client_stages as client, free_port, wait_listening  # type: ignore[import-not-found,no-redef]
 
 #: Runs the gateway's command line with timestamps at these stages (class, method, label).
 _TRACED = """
@@ -86,35 +80,6 @@ if os.environ.get('STAGES_TRACE') == '1':
 from comfy_cluster.gateway.cli import run_gateway
 sys.exit(run_gateway(sys.argv[1:]))
 """
-
-Times = Tuple[float, float, float, float]  # start, answered, end seen, history read
-
-
-def client(url: str, jobs: int, seed0: int) -> List[Times]:
-    cid = str(uuid.uuid4())
-    ws = websocket.create_connection(url.replace("http", "ws", 1) + f"/ws?clientId={cid}")
-    ws.recv()
-    s = requests.Session()
-    out = []
-    try:
-        for i in range(jobs):
-            t0 = time.perf_counter()
-            pid = s.post(url + "/prompt", json={"prompt": demo_workflow(0.0, 1, seed0 + i), "client_id": cid}).json()["prompt_id"]
-            t1 = time.perf_counter()
-            while True:
-                msg = ws.recv()
-                if isinstance(msg, str):
-                    m = json.loads(msg)
-                    if m["type"] == "executing" and m["data"].get("node") is None and m["data"].get("prompt_id") == pid:
-                        break
-            t2 = time.perf_counter()
-            assert s.get(url + f"/history/{pid}").json()[pid]["status"]["status_str"] == "success"
-            out.append((t0, t1, t2, time.perf_counter()))
-    finally:
-        ws.close()
-        s.close()
-    return out
-
 
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()

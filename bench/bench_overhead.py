@@ -10,38 +10,23 @@ Run: python -m bench.bench_overhead [--runs 5] [--jobs 200]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-import uuid
-
-import requests
-import websocket
 
 from comfy_cluster import ServerPool
 from comfy_cluster.cli import demo_workflow
 from comfy_cluster.testing import MockComfyServer
 
+try:
+    from bench.bench_gateway import client_stages
+except ImportError:  # python bench/bench_overhead.py
+    from bench_gateway import client_stages  # type: ignore[import-not-found,no-redef]
+
 
 def bare(url: str, jobs: int, seed0: int) -> float:
-    cid = str(uuid.uuid4())
-    ws = websocket.create_connection(url.replace("http", "ws", 1) + f"/ws?clientId={cid}")
-    ws.recv()  # first status
-    s = requests.Session()
-    t0 = time.perf_counter()
-    for i in range(jobs):
-        pid = s.post(url + "/prompt", json={"prompt": demo_workflow(0.0, 1, seed0 + i), "client_id": cid}).json()["prompt_id"]
-        while True:
-            msg = ws.recv()
-            if isinstance(msg, str):
-                m = json.loads(msg)
-                if m["type"] == "executing" and m["data"].get("node") is None and m["data"].get("prompt_id") == pid:
-                    break
-        s.get(url + f"/history/{pid}").json()
-    took = time.perf_counter() - t0
-    ws.close()
-    s.close()
-    return took / jobs
+    """Seconds per job for requests + websocket-client alone (bench_gateway's bare client)."""
+    times = client_stages(url, jobs, seed0)
+    return (times[-1][3] - times[0][0]) / jobs
 
 
 def library(url: str, jobs: int, seed0: int) -> float:
