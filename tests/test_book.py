@@ -11,6 +11,7 @@ keeps for a restart, never the text of a line."""
 
 from __future__ import annotations
 
+from typing import Any
 
 import pytest
 from book_fakes import ALICE, BOB, PROMPT, Harness, OldPool, h  # noqa: F401 (h: the fixture)
@@ -258,17 +259,22 @@ def test_a_job_starting_where_our_previous_job_still_shows_running_waits_for_its
     assert h.kinds("a3") == ["execution_start"]
 
 
-def test_a_job_starting_where_ours_ended_is_told_after_that_end_which_waits_for_its_commit(h: Harness) -> None:
-    """As ComfyUI tells them (transcripts.json: the interrupted prompt's end, then the next
-    prompt's start): an end is told once its history is committed, and the next job on that
-    server must not overtake it meanwhile."""
+def _a2_started_while_a1s_end_waits_for_its_commit(h: Harness, status: str, **end: Any) -> None:
+    """a1 ended ``status`` on s1 and its history item is not committed yet; a2 started there."""
     h.capacity = 2
     h.keeper.hold = True
     h.post("a1", ALICE)
     h.post("a2", ALICE)
     h.event("a1", "started", server="s1")
-    h.end("a1", "cancelled")
+    h.end("a1", status, **end)
     h.event("a2", "started", server="s1")
+
+
+def test_a_job_starting_where_ours_ended_is_told_after_that_end_which_waits_for_its_commit(h: Harness) -> None:
+    """As ComfyUI tells them (transcripts.json: the interrupted prompt's end, then the next
+    prompt's start): an end is told once its history is committed, and the next job on that
+    server must not overtake it meanwhile."""
+    _a2_started_while_a1s_end_waits_for_its_commit(h, "cancelled")
     h.event("a2", "executing", server="s1", node="2")
     assert h.kinds("a2") == []
     h.keeper.commit()
@@ -278,13 +284,7 @@ def test_a_job_starting_where_ours_ended_is_told_after_that_end_which_waits_for_
 
 
 def test_a_job_held_behind_an_end_whose_commit_failed_goes_on(h: Harness) -> None:
-    h.capacity = 2
-    h.keeper.hold = True
-    h.post("a1", ALICE)
-    h.post("a2", ALICE)
-    h.event("a1", "started", server="s1")
-    h.end("a1", "failed", error=RuntimeError("boom"))
-    h.event("a2", "started", server="s1")
+    _a2_started_while_a1s_end_waits_for_its_commit(h, "failed", error=RuntimeError("boom"))
     assert h.kinds("a2") == []
     h.keeper.fail()  # the database refused the write (logged by the keeper)
     assert h.kinds("a2") == ["execution_start"]
