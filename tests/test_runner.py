@@ -771,9 +771,9 @@ def test_cancel_of_a_queued_job_deletes_it_with_the_pools_other_cancelled_jobs_a
     assert not [c for c in r.server.calls if c[0] == "interrupt"]
 
 
-def test_cancel_of_a_running_job_interrupts_it_and_watches_it_leave_the_queue() -> None:
-    """The server stops the job but sends no event: the runner looks again within moments
-    (not the reconcile interval, an hour here) and ends it cancelled."""
+def cancelled_once_it_runs() -> Run:
+    """A job the server starts at once (telling ``execution_start``) and its user cancels as
+    soon as it hears it started; reconciled only on events (an hour's interval)."""
     r = Run(interval=NEVER)
 
     def on_post(pid: str) -> None:
@@ -782,6 +782,13 @@ def test_cancel_of_a_running_job_interrupts_it_and_watches_it_leave_the_queue() 
 
     r.server.on_post = on_post
     r.on_event = lambda e: r.cancel() if e.kind == "started" else None
+    return r
+
+
+def test_cancel_of_a_running_job_interrupts_it_and_watches_it_leave_the_queue() -> None:
+    """The server stops the job but sends no event: the runner looks again within moments
+    (not the reconcile interval, an hour here) and ends it cancelled."""
+    r = cancelled_once_it_runs()
     r.server.on_interrupt = lambda pid: r.server.finish(pid, status="error", messages=[["execution_interrupted", {}]])
     out = r.go()
     assert out.kind == "cancelled" and out.reason == "cancelled" and out.confirmed
@@ -792,14 +799,7 @@ def test_cancel_of_a_running_job_told_by_the_servers_interrupt_event() -> None:
     """The server answers the interrupt with its ``execution_interrupted`` event (the job
     still in its queue for a moment): the job ends cancelled by our cancel, not "interrupted
     on the server" (someone else's), with ComfyUI's message."""
-    r = Run(interval=NEVER)
-
-    def on_post(pid: str) -> None:
-        r.server.start(pid)
-        r.server.send(pid, "execution_start", {})
-
-    r.server.on_post = on_post
-    r.on_event = lambda e: r.cancel() if e.kind == "started" else None
+    r = cancelled_once_it_runs()
     r.server.on_interrupt = lambda pid: r.server.send(pid, "execution_interrupted", {"prompt_id": pid, "node_id": "2"})
     out = r.go()
     assert (out.kind, out.reason) == ("cancelled", "cancelled")
