@@ -191,6 +191,13 @@ class InjectedFaults:
 
             self._call(until_back, timeout=seconds + _CALL_TIMEOUT)
 
+    def _set_engine_flag(self, name: str, value: bool) -> None:
+        """Set a behaviour flag of the running server's engine (under the server's lock)."""
+        if self._engine is None:
+            raise RuntimeError("start the server first")
+        with self._lock:
+            setattr(self._engine, name, bool(value))
+
     @property
     def interrupt_ignores_id(self) -> bool:
         """True: ``/interrupt`` stops whatever runs, whatever prompt_id it names (ComfyUI
@@ -199,10 +206,7 @@ class InjectedFaults:
 
     @interrupt_ignores_id.setter
     def interrupt_ignores_id(self, value: bool) -> None:
-        if self._engine is None:
-            raise RuntimeError("start the server first")
-        with self._lock:
-            self._engine.ignore_interrupt_id = bool(value)
+        self._set_engine_flag("ignore_interrupt_id", value)
 
     @property
     def sends_execution_success(self) -> bool:
@@ -212,10 +216,7 @@ class InjectedFaults:
 
     @sends_execution_success.setter
     def sends_execution_success(self, value: bool) -> None:
-        if self._engine is None:
-            raise RuntimeError("start the server first")
-        with self._lock:
-            self._engine.sends_execution_success = bool(value)
+        self._set_engine_flag("sends_execution_success", value)
 
     def mute_websockets(self, client_id: Optional[str] = None) -> None:
         """Lose every frame to ``client_id``'s socket (None: all sockets) while the sockets stay
