@@ -261,13 +261,14 @@ class _Follower:
             msg: Optional[Dict[str, Any]] = None
             if self.job.cancel_requested and not self.cancel_done and time.monotonic() >= self.cancel_retry_at:
                 reconcile = True
+                asked = self.ctx.clock()
                 try:
                     cancel_on_server(self.ctx.client, self.pid, also_delete=self.ctx.cancelled_here())
                     self.cancel_done = True
                 except ServerError as exc:
                     if self.cancel_failing_since is None:
-                        self.cancel_failing_since = self.ctx.clock()
-                    out = self._lost(exc, Phase.CANCEL, since=self.cancel_failing_since)
+                        self.cancel_failing_since = asked  # unanswered since it was sent
+                    out = self._lost(exc, Phase.CANCEL, asked, since=self.cancel_failing_since)
                     if out is not None:
                         return out
                     self.cancel_retry_at = time.monotonic() + 0.25
@@ -295,12 +296,14 @@ class _Follower:
             if out is not None:
                 return out
 
-    def _lost(self, exc: ComfyClusterError, phase: Phase, since: Optional[float] = None) -> Optional[Outcome]:
+    def _lost(self, exc: ComfyClusterError, phase: Phase, asked: float, since: Optional[float] = None) -> Optional[Outcome]:
         """Contact lost: None while within the loss window, else how the attempt ends. The
-        window runs from ``since`` (default: since the server last answered anything)."""
+        window runs from ``since`` (default: from ``asked``, when the first request of this
+        silence was sent: a read that waited its whole time-out was that long without an
+        answer, so one time-out longer than the window ends it)."""
         now = self.ctx.clock()
         if self.unreachable_since is None:
-            self.unreachable_since = now
+            self.unreachable_since = asked
         start = self.unreachable_since if since is None else since
         d = decide(phase, exc)
         window = d.window if d.window is not None else self.ctx.server_lost_after
@@ -314,12 +317,13 @@ class _Follower:
 
     def reconcile(self) -> Optional[Outcome]:
         client = self.ctx.client
+        asked = self.ctx.clock()
         try:
             # The queue first, then the history: ComfyUI moves a finished job from one to the
             # other at once, so a job in neither *after* the queue was read is lost.
             running, pending = client.queue(timeout=follow_timeout(client.timeout[1]))
         except ComfyClusterError as exc:
-            return self._lost(exc, Phase.FOLLOW)
+            return self._lost(exc, Phase.FOLLOW, asked)
         self.unreachable_since = None  # it answered: whatever fails next, it is not lost
         item = None
         if self.pid not in running and self.pid not in pending:
@@ -421,10 +425,11 @@ class _Follower:
         grace_end = self.ctx.clock() + HISTORY_GRACE
         delay = 0.05
         while True:
+            asked = self.ctx.clock()
             try:
                 item = self.ctx.client.history(self.pid, timeout=follow_timeout(self.ctx.client.timeout[1]))
             except ComfyClusterError as exc:
-                if self._lost(exc, Phase.HISTORY) is not None:
+                if self._lost(exc, Phase.HISTORY, asked) is not None:
                     return self._from_events()  # it ended there: nothing to remove
                 self.ctx.cut.wait(0.25)
                 continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from typing import Any, Dict, Optional
 
 import websocket
@@ -61,10 +62,16 @@ def sslopt_for(server: ServerConfig) -> Dict[str, Any]:
 
 
 def abort(ws: websocket.WebSocket) -> None:
-    """Cut ``ws`` whatever state it is in: its reader may have closed it a moment ago, and
-    ``shutdown`` of a closed socket raises ``EBADF``."""
+    """Cut ``ws`` whatever state it is in, waking the thread that reads it: during its
+    opening handshake too (websocket-client's own ``abort()`` does nothing until the upgrade
+    is answered, so a server that never answers it held ``close()`` for the whole connect
+    time-out), and after its reader closed it a moment ago (``shutdown`` of a closed socket
+    raises ``EBADF``)."""
+    sock = ws.sock
+    if sock is None:
+        return
     try:
-        ws.abort()
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError as exc:
         log.debug("websocket already closed when cut: %s", exc)
 

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import queue
+import socket
 import sys
 import threading
 import time
@@ -574,6 +575,40 @@ def test_close_wakes_a_caller_waiting_for_the_socket_and_stops_a_connect_under_w
     with pytest.raises(ServerError, match="^late: pool is closed$") as info:
         sock.ensure_connected()
     assert info.value.server == "late" and len(script.upgrades) == 1
+
+
+def test_close_cuts_a_connect_whose_upgrade_gets_no_answer():
+    """A server that takes the connection but never answers the upgrade (hung, a stalled
+    proxy): close() cuts the handshake at once. websocket-client's own abort() does nothing
+    before the upgrade is answered, so close() waited for the connect's time-out (an hour
+    here; 5 s in a pool, for every close while a server hangs)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(WAIT)
+    conn: Optional[socket.socket] = None
+    sock = ServerSocket(ServerConfig(name="hung", url=f"http://127.0.0.1:{listener.getsockname()[1]}"), CID, connect_timeout=3600.0)
+    try:
+        waiting = in_thread(lambda: sock.ensure_connected(timeout=3600.0))
+        conn, _ = listener.accept()
+        conn.settimeout(WAIT)
+        request = b""
+        while b"\r\n\r\n" not in request:  # the whole upgrade sent: the client now waits for its answer
+            chunk = conn.recv(4096)
+            assert chunk, "the client closed before sending its upgrade"
+            request += chunk
+        assert request.startswith(b"GET /ws?clientId=")
+        closing = in_thread(sock.close)
+        assert closing.get(timeout=WAIT) is None, "close() waited for the connect under way"
+        result = waiting.get(timeout=WAIT)
+        assert isinstance(result, ServerError) and result.server == "hung"
+        assert not ws_threads("hung")
+        assert conn.recv(1) == b""  # the client's side is shut: nothing left half-open
+    finally:
+        sock.close()
+        if conn is not None:
+            conn.close()
+        listener.close()
 
 
 def test_close_stops_the_reader_at_once_even_from_a_listener(script, caplog):

@@ -1170,8 +1170,9 @@ def test_a_silent_server_is_read_again_soon_although_the_reconcile_interval_is_l
 
 def test_the_result_reads_loss_window_counts_continuous_failures_only() -> None:
     """Reading the result: it fails, answers "not there yet", fails twice more, then gives the
-    result: the window restarts once the server answered, and the whole result is had."""
-    r = Run(lost_after=3.0)
+    result: the window restarts once the server answered, and the whole result is had (reads
+    of 2 s: 4 s of continuous silence at most, 6 s in all, against a 5 s window)."""
+    r = Run(lost_after=5.0)
     r.server.on_post = ends_with_two_outputs(r)
     script = [read_timeout(), None, read_timeout(), read_timeout(), "item"]
     real = r.server.items
@@ -1186,3 +1187,22 @@ def test_the_result_reads_loss_window_counts_continuous_failures_only() -> None:
     r.server.history = history  # type: ignore[method-assign]
     out = r.go()
     assert out.kind == "succeeded" and sorted(out.outputs or {}) == ["10", "9"]
+
+
+@pytest.mark.parametrize("where", ["queue", "cancel"])
+def test_one_unanswered_request_longer_than_the_loss_window_gives_the_server_up(where: str) -> None:
+    """The loss window is time without an answer, counted from when the first unanswered
+    request was sent: one read that waited its whole time-out (2 s) past a 1 s window ends
+    the attempt at once, not after a second read (the window once began when the first
+    read failed, so a silent server held the job for twice the read time-out and more)."""
+    r = Run(lost_after=1.0)
+    r.server.on_post = r.server.start
+    if where == "queue":
+        r.server.down["queue"] = read_timeout()
+    else:
+        r.server.down["delete"] = read_timeout()
+        r.on_event = lambda e: r.cancel() if e.kind == "queued" else None
+    out = r.go()
+    assert out.kind == ("move" if where == "queue" else "cancelled") and not out.confirmed
+    unanswered = [m for m, _ in r.server.calls if m in ("queue", "delete", "interrupt")]
+    assert len(unanswered) == 1, unanswered

@@ -138,12 +138,32 @@ def wait_run(fake: Any, node: Any, timeout: float = 30.0) -> Any:
 
     run = run_mod.current(node)
     assert run is not None, "no run in progress"
-    fake.pump_until(lambda: run.finished.is_set(), timeout=timeout, what="the run to end")
+    try:
+        fake.pump_until(lambda: run.finished.is_set(), timeout=timeout, what="the run to end")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{where_it_waits(run)}") from None
     assert run.thread is not None
     run.thread.join(5.0)
     assert not run.thread.is_alive()
     fake.pump()
     return run
+
+
+def where_it_waits(run: Any) -> str:
+    """What a run that did not end is waiting for: its jobs and the stacks of the library's,
+    the plugin's and the mock servers' threads (a hang seen once in CI is then readable)."""
+    import traceback
+
+    lines = []
+    batch = getattr(run, "_batch", None)
+    if batch is not None:
+        lines.append("jobs: " + ", ".join(repr(job) for job in batch.jobs))
+    frames = sys._current_frames()
+    for thread in threading.enumerate():
+        if thread.name.startswith(("comfy-cluster", "mock-")) and thread.ident in frames:
+            stack = "".join(traceback.format_stack(frames[thread.ident], limit=6))
+            lines.append(f"--- thread {thread.name}:\n{stack}")
+    return "\n".join(lines)
 
 
 def settle_threads(before: "set[threading.Thread]", timeout: float = 30.0) -> List[threading.Thread]:
