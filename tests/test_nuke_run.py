@@ -46,6 +46,11 @@ def test_execute_renders_the_input_runs_every_frame_and_makes_a_read_node(fake_n
     node.setXYpos(100, 200)
     assert node["load_image_node"].value() == "Plate (node 10)"
 
+    # Jobs held on their servers until the bar has shown them there: the run polls every
+    # POLL_SECONDS, and on a loaded machine a batch this short once ended between two polls
+    # (the bar never said "working:" and the test waited for it in vain).
+    for server in cluster_env:
+        server.pause_jobs()
     fake_nuke.press(node, "execute")
     # The click returned with the run going on in the background: Nuke stays responsive.
     run = run_mod.current(node)
@@ -54,6 +59,8 @@ def test_execute_renders_the_input_runs_every_frame_and_makes_a_read_node(fake_n
     fake_nuke.pump_until(
         lambda: any("working:" in m for t in fake_nuke.progress_tasks() for m in t._messages), what="progress on the bar"
     )
+    for server in cluster_env:
+        server.resume_jobs()
     tasks = fake_nuke.progress_tasks()
     assert len(tasks) == 1 and tasks[0]._title.endswith(node.name())
     wait_run(fake_nuke, node)
@@ -198,6 +205,8 @@ def test_a_server_failing_mid_batch_still_gives_every_frame(fake_nuke, cluster_e
     run_mod.pool_options["server_lost_after"] = 1.0  # move frames off an unreachable server soon
     try:
         node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow(0.3)), str(tmp_path / "out"), last=8)
+        for server in cluster_env:  # no frame ends before the fault, however loaded the machine
+            server.pause_jobs()
         fake_nuke.press(node, "execute")
         victim = cluster_env[1]
         fake_nuke.pump_until(lambda: victim.queue_snapshot()[0], what=f"a job running on {victim.name}")
@@ -205,6 +214,8 @@ def test_a_server_failing_mid_batch_still_gives_every_frame(fake_nuke, cluster_e
             victim.restart()
         else:
             victim.set_fault(Fault.REFUSE)
+        for server in cluster_env:
+            server.resume_jobs()
         # A bound on a hang only: a loaded machine once made the restarted server miss its
         # answers for seconds, and each frame sent to it then waits a read time-out to move.
         run = wait_run(fake_nuke, node, timeout=90)
