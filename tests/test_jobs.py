@@ -177,10 +177,12 @@ def test_restart_mid_job_resubmits_elsewhere(mock_cluster_factory):
 
 
 def test_websocket_dropped_mid_job_while_server_lives(mock_comfy):
+    mock_comfy.pause_jobs()  # still running when the test sees it running, however loaded the machine
     with ServerPool([{"name": "m", "url": mock_comfy.url}], **FAST) as pool:
         job = pool.submit(sleep_workflow(0.6, steps=6))
         wait_until(lambda: job.status == "running", what="job running")
         mock_comfy.drop_websockets()
+        mock_comfy.resume_jobs()
         res = job.result(timeout=30)
         assert res.server == "m" and res.attempts == 1
         assert len(mock_comfy.received_prompts) == 1

@@ -434,10 +434,13 @@ def test_servers_going_down_under_queued_jobs_then_back(mock_cluster_factory):
     cluster = mock_cluster_factory(speeds=(1, 1))
     with ServerPool(servers_of(cluster), status_ttl=0.5, backoff_cap=1.0, ws_connect_timeout=5.0, probe_timeout=(0.5, 0.5),
                     reconcile_interval=0.5, server_lost_after=2.0, wait_for_server=30.0, request_timeout=(0.5, 2.0)) as pool:
+        for s in cluster.servers:  # the jobs are still there when the servers go, however loaded the machine
+            s.pause_jobs()
         jobs = [pool.submit(sleep_workflow(0.3, steps=3)) for _ in range(6)]
         wait_until(lambda: any(j.status == "running" for j in jobs), timeout=10, what="a job running")
         for s in cluster.servers:
             s.set_fault(Fault.REFUSE)
+            s.resume_jobs()
         threading.Event().wait(1.0)  # schedule: the outage lasts a while
         cluster.servers[0].set_fault(None)
         results = [j.result(timeout=40) for j in jobs]
