@@ -150,20 +150,9 @@ def wait_run(fake: Any, node: Any, timeout: float = 30.0) -> Any:
 
 
 def where_it_waits(run: Any) -> str:
-    """What a run that did not end is waiting for: its jobs and the stacks of the library's,
-    the plugin's and the mock servers' threads (a hang seen once in CI is then readable)."""
-    import traceback
-
-    lines = []
+    """The jobs of a run that did not end (``pump_until`` adds the threads' stacks)."""
     batch = getattr(run, "_batch", None)
-    if batch is not None:
-        lines.append("jobs: " + ", ".join(repr(job) for job in batch.jobs))
-    frames = sys._current_frames()
-    for thread in threading.enumerate():
-        if thread.name.startswith(("comfy-cluster", "mock-")) and thread.ident in frames:
-            stack = "".join(traceback.format_stack(frames[thread.ident], limit=6))
-            lines.append(f"--- thread {thread.name}:\n{stack}")
-    return "\n".join(lines)
+    return "jobs: " + ", ".join(repr(job) for job in batch.jobs) if batch is not None else "no batch yet"
 
 
 def settle_threads(before: "set[threading.Thread]", timeout: float = 30.0) -> List[threading.Thread]:

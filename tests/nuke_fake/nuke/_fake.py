@@ -237,6 +237,20 @@ def pump(max_calls: Optional[int] = None) -> int:
     return ran
 
 
+def _stacks() -> str:
+    """The stacks of the library's and the plugin's threads (``comfy-cluster...``): what a
+    wait that timed out was waiting for (a hang seen once on a loaded CI machine is then
+    readable from its log)."""
+    import traceback
+
+    frames = sys._current_frames()
+    return "".join(
+        f"--- thread {t.name}:\n" + "".join(traceback.format_stack(frames[t.ident], limit=8))
+        for t in threading.enumerate()
+        if t.name.startswith("comfy-cluster") and t.ident in frames
+    )
+
+
 def pump_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> None:
     """Run the main loop until ``predicate()`` is true (then drain the queue once more).
 
@@ -251,7 +265,7 @@ def pump_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
             pump()
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}\n{_stacks()}")
         with _nuke._queue_cond:
             if not _nuke._queue:
                 _nuke._queue_cond.wait(0.01)
