@@ -1206,3 +1206,23 @@ def test_one_unanswered_request_longer_than_the_loss_window_gives_the_server_up(
     assert out.kind == ("move" if where == "queue" else "cancelled") and not out.confirmed
     unanswered = [m for m, _ in r.server.calls if m in ("queue", "delete", "interrupt")]
     assert len(unanswered) == 1, unanswered
+
+
+def test_a_cancel_on_a_server_that_refuses_ends_after_two_seconds_of_refusals() -> None:
+    """Cancel requested, then the server refuses everything (its ComfyUI stopped): the refusal
+    window (2 s) runs from the first refused request, the cancel's, so the job ends cancelled
+    (its copy left to clean-up) at the first refused read of the queue 2 s later, not after
+    a further round of cancel and read."""
+    r = Run(cost=1.0, lost_after=15.0, interval=NEVER)
+    r.server.on_post = r.server.start
+
+    def refuse_all(event: Any) -> None:
+        if event.kind == "queued":
+            r.server.down["delete"] = r.server.down["interrupt"] = r.server.down["queue"] = refused()
+            r.cancel()
+
+    r.on_event = refuse_all
+    out = r.go()
+    assert out.kind == "cancelled" and not out.confirmed
+    failed = [m for m, _ in r.server.calls if m in ("delete", "interrupt", "queue")]
+    assert failed == ["delete", "queue"], failed
