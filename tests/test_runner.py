@@ -16,9 +16,10 @@ from helpers import FakeClock, sleep_workflow, wait_until
 
 from comfy_cluster.attempt import Attempt, AttemptPhase, PostGate
 from comfy_cluster.errors import ComfyClusterError, JobFailed, LocalFileError, NodeError, ServerError, WorkflowError
+from comfy_cluster.follow import HISTORY_GRACE
 from comfy_cluster.jobs import Job, JobControl
 from comfy_cluster.policy import REFUSED_LOST_AFTER, Action
-from comfy_cluster.runner import HISTORY_GRACE, Outcome, RunnerContext, follow_attempt, is_server_specific, run_attempt
+from comfy_cluster.runner import Outcome, RunnerContext, follow_attempt, is_server_specific, run_attempt
 
 pytestmark = pytest.mark.timeout(60)
 

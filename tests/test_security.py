@@ -31,7 +31,7 @@ from comfy_cluster.events import ServerSocket
 from comfy_cluster.wsframes import decode as _decode
 from comfy_cluster.attempt import Attempt
 from comfy_cluster.jobs import Job, JobControl
-from comfy_cluster.runner import Outcome, RunnerContext, _Follower
+from comfy_cluster.follow import Follower, Outcome, RunnerContext
 from comfy_cluster.paths import safe_join
 from comfy_cluster.status import StatusMonitor
 from comfy_cluster.testing import Fault, MockComfyServer
@@ -355,7 +355,7 @@ def test_any_websocket_message_is_handled_or_ignored(messages):
     attempt.prompt_id = PID
     ctx = RunnerContext(client=History(), socket=sock, client_id="c", position=lambda: 0,  # type: ignore[arg-type]
                         uploads=lambda c: job.workflow, reconcile_interval=0.05, server_lost_after=0.2)
-    out = _Follower(attempt, ctx, routed).run()
+    out = Follower(attempt, ctx, routed).run()
     assert isinstance(out, Outcome) and out.kind in ("succeeded", "failed", "cancelled", "move")
     if out.error is not None:
         assert isinstance(out.error, ComfyClusterError)

@@ -53,6 +53,9 @@ TESTS: Dict[str, List[str]] = {
                    "tests/test_completion.py", "tests/test_jobs.py"],
     "runner": ["tests/test_runner.py", "tests/test_promises_core.py", "tests/test_adopt.py", "tests/test_fault_matrix.py", "tests/test_jobs.py",
                "tests/test_reliability.py", "tests/test_promises.py", "tests/test_completion.py"],
+    # follow.Follower was runner's _Follower (split off to keep runner.py's size): the same tests.
+    "follow": ["tests/test_runner.py", "tests/test_promises_core.py", "tests/test_adopt.py", "tests/test_fault_matrix.py", "tests/test_jobs.py",
+               "tests/test_reliability.py", "tests/test_promises.py", "tests/test_completion.py", "tests/test_security.py"],
     "warm": ["tests/test_warm.py"],
     # answers.job_failed was runner's _job_failed (moved to keep runner.py's size): measured
     # with runner's test file (--only 'comfy_cluster.answers.x_job_failed*').
@@ -72,7 +75,7 @@ CORE = [m for m in TESTS if m != "answers"]  # answers: its job_failed only (abo
 # mutmut's wall-clock limit per mutant is (the covering tests' recorded time + this) x 15. Its
 # default (1 s) stops a mutant that makes a fast test wait for its bound (a job never started:
 # 30 s) as "timeout"; this lets the test fail first, so the mutant counts as killed.
-TIMEOUT_CONSTANT: Dict[str, float] = {"dispatcher": 5.0, "runner": 5.0}
+TIMEOUT_CONSTANT: Dict[str, float] = {"dispatcher": 5.0, "runner": 5.0, "follow": 5.0}
 # Copied beside the code: tests read docs (the failure table), README snippets and the Nuke package.
 ALSO_COPY = ["docs/", "nuke_plugin/", "README.md", "examples/", "bench/"]
 
