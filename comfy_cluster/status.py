@@ -319,14 +319,17 @@ class StatusMonitor:
             except Exception:  # a listener must not break probing
                 log.exception("status listener failed")
 
-    def probe(self, names: Iterable[str], *, wait_for_them: bool = True) -> None:
+    def probe(self, names: Iterable[str], *, wait_for_them: bool = True, fresh: bool = False) -> None:
         """Probe ``names`` in parallel now and wait for them (each bounded by the probe timeout).
 
-        A server already being probed by another thread is waited for, not probed twice.
+        A server already being probed by another thread is waited for, not probed twice;
+        ``fresh``: then probed once more, since that probe began before this call and may
+        have read the server as it was before (a forced refresh must show it as it is now).
         ``wait_for_them=False`` only starts the probes.
         """
         futures = []
         waits: List[threading.Event] = []
+        joined: List[str] = []
         by_name = {s.name: s for s in self._servers}
         for name in names:
             if self._closed.is_set():
@@ -338,6 +341,7 @@ class StatusMonitor:
                     self._probing[name] = done
             if running is not None:
                 waits.append(running)
+                joined.append(name)
                 continue
             try:
                 futures.append(self._executor.submit(self._probe_task, by_name[name], done))
@@ -354,6 +358,9 @@ class StatusMonitor:
         wait(futures)
         for ev in waits:
             ev.wait(self._probe_timeout[0] + self._probe_timeout[1] + 1.0)
+        if fresh and joined:
+            # A probe found running now began after the one waited for ended: joining it is fresh.
+            self.probe(joined)
 
     def _probe_task(self, server: ServerConfig, done: threading.Event) -> None:
         try:
@@ -384,7 +391,7 @@ class StatusMonitor:
         """Probe what is due (everything when ``force``) and return the snapshots."""
         names = [s.name for s in self._servers] if force else self.due()
         if names:
-            self.probe(names)
+            self.probe(names, fresh=force)
         return self.snapshots()
 
     def submit(self, fn: Callable[..., object], *args: object) -> "Future[object]":

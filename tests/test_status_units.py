@@ -51,14 +51,15 @@ class Client:
         self.timeouts.append(timeout)
         self.threads.append(threading.current_thread())
         self.on_queue()
+        answer = self.queue_answer  # what the server said when the request reached it
         self.entered.set()
         if self.barrier is not None:
             self.barrier.wait()
         if self.gate is not None:
             assert self.gate.wait(30)
-        if isinstance(self.queue_answer, BaseException):
-            raise self.queue_answer
-        return self.queue_answer
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
     def system_stats(self, timeout: Any = None, probe: bool = False) -> Dict[str, Any]:
         assert probe
@@ -369,6 +370,35 @@ def test_a_server_being_probed_is_waited_for_not_probed_twice():
         assert clients["a"].probes == 2
     finally:
         clients["a"].gate.set()
+        monitor.close()
+
+
+def test_a_forced_refresh_reflects_the_server_after_the_call_not_a_probe_begun_before_it():
+    """``pool.status(refresh=True)`` right after a server went away: a probe that began before
+    the call (the probe thread's, answered by the server while it was up) is waited for, then
+    the server is probed again, so the answer is the server as it is now. Seen in CI: the
+    forced refresh joined the probe thread's probe and said "online" for a refusing server."""
+    monitor, clients, _ = _monitor(("a", "b"), probe_timeout=(300.0, 300.0))
+    clients["a"].gate = threading.Event()
+    earlier = threading.Thread(target=lambda: monitor.probe(["a"]), daemon=True)
+    try:
+        earlier.start()
+        assert clients["a"].entered.wait(BOUND)  # reached the server while it was up
+        clients["a"].queue_answer = ServerError("a: cannot connect: connection refused", server="a", fault="refused")
+        result: List[Any] = []
+        refresh = threading.Thread(target=lambda: result.append(monitor.refresh(force=True)), daemon=True)
+        refresh.start()
+        wait_until(lambda: monitor.snapshot("b").online, what="b probed by the refresh", timeout=BOUND)
+        assert result == [] and clients["a"].probes == 1  # waiting for the probe under way
+        clients["a"].gate.set()
+        refresh.join(BOUND)
+        assert result, "the refresh did not return"
+        assert [s.online for s in result[0]] == [False, True]
+        assert clients["a"].probes == 2
+        assert not monitor.refresh(force=False)[0].online
+    finally:
+        clients["a"].gate.set()
+        earlier.join(BOUND)
         monitor.close()
 
 
