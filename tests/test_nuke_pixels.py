@@ -355,14 +355,26 @@ def test_the_workflow_can_see_srgb_over_exr_for_image_models(fake_nuke, mock_clu
     from comfy_cluster.testing.pixels import HQ_IMAGE_SAVE, read_exr_first_pixel
     from nuke_fake.support import load_image_workflow, use_cluster
 
+    import comfy_cluster_nuke.serverinfo as serverinfo
+
     cluster = mock_cluster_factory(speeds=(1.0,), node_packs=[HQ_IMAGE_SAVE])
     use_cluster(cluster, monkeypatch)
+    # The node's question to the servers (asked when its workflow is set) answers only after
+    # the tonemap changed and the run ended, as it may on a loaded machine: its answer must
+    # not bring back the note of the tonemap it was asked under (seen in CI on Python 3.10).
+    cluster[0].fail_route("/object_info", "stall", count=1)
     node = make_run_node(fake_nuke, write_json(tmp_path / "wf.json", load_image_workflow()), str(tmp_path / "out"), last=1, frame_input="")
+    first = serverinfo.last_thread(node)  # asked under the default tonemap (linear)
+    assert first is not None
+    fake_nuke.pump_until(lambda: cluster[0].held_requests() == 1, what="the node's question held")
     _plate(node, (0.18, 4.0, -0.5, 1.0))
-    fake_nuke.user_set(node, "exr_tonemap", "sRGB")
+    fake_nuke.user_set(node, "exr_tonemap", "sRGB")  # asks again
     fake_nuke.press(node, "execute")
     run = wait_run(fake_nuke, node)
     assert run.error is None, run.error
+    cluster[0].release_held()
+    fake_nuke.pump_until(lambda: not first.is_alive(), what="the first question answered")
+    fake_nuke.pump()  # its answer reaches the main thread last
     (prompt,) = [p for s in cluster for _, p, _ in s.received_prompts]
     assert prompt["10"]["inputs"]["tonemap"] == "sRGB" and prompt["3"]["inputs"]["tonemap"] == "sRGB"
     assert node["pixels_note"].value() == "EXR, the workflow sees sRGB: values outside 0-1 are clipped"

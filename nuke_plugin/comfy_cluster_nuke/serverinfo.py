@@ -52,6 +52,10 @@ def last_thread(node: nuke.Node) -> Optional[threading.Thread]:
     return _last.get(node.fullName())
 
 
+#: What ``_ask`` says when a server can exchange EXR: the note's words depend on the tonemap.
+_EXR_POSSIBLE = "exr possible"
+
+
 def started() -> List[threading.Thread]:
     """The latest check of every node (finished ones included)."""
     return list(_last.values())
@@ -70,10 +74,9 @@ def refresh(node: nuke.Node) -> Optional[threading.Thread]:
     except ComfyClusterError:
         return None  # the node already says what is wrong with the file
     choice = node_mod.choice(node, "pixels", exchange.AUTO)
-    exr_note = exchange.exr_note(node_mod.choice(node, "exr_tonemap", exchange.TONEMAPS[0]))
     loaders = [i for i in (node_mod.chosen_load_image(node, k) for _, k, _ in node_mod.INPUT_KNOBS) if i is not None]
     thread = threading.Thread(
-        target=_ask, args=(node, node.name(), workflow, loaders, choice, exr_note, dict(pool_options)),
+        target=_ask, args=(node, node.name(), workflow, loaders, choice, dict(pool_options)),
         name=f"comfy-cluster-nuke-info-{node.name()}", daemon=True,
     )
     _last[node.fullName()] = thread
@@ -82,7 +85,7 @@ def refresh(node: nuke.Node) -> Optional[threading.Thread]:
 
 
 def _ask(
-    node: nuke.Node, name: str, workflow: Dict[str, Any], loaders: Sequence[str], choice: str, exr_note: str, options: Dict[str, Any]
+    node: nuke.Node, name: str, workflow: Dict[str, Any], loaders: Sequence[str], choice: str, options: Dict[str, Any]
 ) -> None:
     note: Optional[str] = None
     choices: Dict[Tuple[str, str], List[Any]] = {}
@@ -91,7 +94,7 @@ def _ask(
             if choice != exchange.PNG:
                 able = pool.capabilities(exchange.to_exr(workflow, loaders, "probe").workflow)
                 if any(why is None for why in able.values()):
-                    note = exr_note
+                    note = _EXR_POSSIBLE  # worded on the main thread, from the tonemap set then
                 elif able or choice == exchange.EXR:
                     note = exchange.PNG_NOTE if choice == exchange.AUTO else "no server has LoadEXR/SaveEXR: Execute will refuse (set pixels to auto or png)"
             choices = shared_choices(workflow, pool.node_info())
@@ -99,14 +102,20 @@ def _ask(
         log.info("cannot ask the servers about %s: %s", name, exc)
         return
     if nuke.GUI:  # always queued (never run on this thread); without a GUI nobody looks
-        nuke.executeInMainThread(_apply, args=(node, note, choices))
+        nuke.executeInMainThread(_apply, args=(node, threading.current_thread(), note, choices))
 
 
-def _apply(node: nuke.Node, note: Optional[str], choices: Dict[Tuple[str, str], List[Any]]) -> None:
+def _apply(node: nuke.Node, asker: threading.Thread, note: Optional[str], choices: Dict[Tuple[str, str], List[Any]]) -> None:
     try:
         node.name()
     except ValueError:
         return  # deleted meanwhile
+    if _last.get(node.fullName()) is not asker:
+        return  # a newer question was asked (a knob changed since): its answer is the one to show
+    if note == _EXR_POSSIBLE:
+        # The answer may come after the artist changed the tonemap (or after a run said the
+        # same): the note follows the knob as it is now, never as it was when the question left.
+        note = exchange.exr_note(node_mod.choice(node, "exr_tonemap", exchange.TONEMAPS[0]))
     if note is not None:
         set_pixels_note(node, note)
     missing = params.apply_choices(node, choices)
