@@ -52,10 +52,6 @@ def last_thread(node: nuke.Node) -> Optional[threading.Thread]:
     return _last.get(node.fullName())
 
 
-#: What ``_ask`` says when a server can exchange EXR: the note's words depend on the tonemap.
-_EXR_POSSIBLE = "exr possible"
-
-
 def started() -> List[threading.Thread]:
     """The latest check of every node (finished ones included)."""
     return list(_last.values())
@@ -74,9 +70,10 @@ def refresh(node: nuke.Node) -> Optional[threading.Thread]:
     except ComfyClusterError:
         return None  # the node already says what is wrong with the file
     choice = node_mod.choice(node, "pixels", exchange.AUTO)
+    exr_note = exchange.exr_note(node_mod.choice(node, "exr_tonemap", exchange.TONEMAPS[0]))
     loaders = [i for i in (node_mod.chosen_load_image(node, k) for _, k, _ in node_mod.INPUT_KNOBS) if i is not None]
     thread = threading.Thread(
-        target=_ask, args=(node, node.name(), workflow, loaders, choice, dict(pool_options)),
+        target=_ask, args=(node, node.name(), workflow, loaders, choice, exr_note, dict(pool_options)),
         name=f"comfy-cluster-nuke-info-{node.name()}", daemon=True,
     )
     _last[node.fullName()] = thread
@@ -85,7 +82,7 @@ def refresh(node: nuke.Node) -> Optional[threading.Thread]:
 
 
 def _ask(
-    node: nuke.Node, name: str, workflow: Dict[str, Any], loaders: Sequence[str], choice: str, options: Dict[str, Any]
+    node: nuke.Node, name: str, workflow: Dict[str, Any], loaders: Sequence[str], choice: str, exr_note: str, options: Dict[str, Any]
 ) -> None:
     note: Optional[str] = None
     choices: Dict[Tuple[str, str], List[Any]] = {}
@@ -94,7 +91,7 @@ def _ask(
             if choice != exchange.PNG:
                 able = pool.capabilities(exchange.to_exr(workflow, loaders, "probe").workflow)
                 if any(why is None for why in able.values()):
-                    note = _EXR_POSSIBLE  # worded on the main thread, from the tonemap set then
+                    note = exr_note
                 elif able or choice == exchange.EXR:
                     note = exchange.PNG_NOTE if choice == exchange.AUTO else "no server has LoadEXR/SaveEXR: Execute will refuse (set pixels to auto or png)"
             choices = shared_choices(workflow, pool.node_info())
@@ -111,11 +108,9 @@ def _apply(node: nuke.Node, asker: threading.Thread, note: Optional[str], choice
     except ValueError:
         return  # deleted meanwhile
     if _last.get(node.fullName()) is not asker:
-        return  # a newer question was asked (a knob changed since): its answer is the one to show
-    if note == _EXR_POSSIBLE:
-        # The answer may come after the artist changed the tonemap (or after a run said the
-        # same): the note follows the knob as it is now, never as it was when the question left.
-        note = exchange.exr_note(node_mod.choice(node, "exr_tonemap", exchange.TONEMAPS[0]))
+        # A watched knob (the tonemap among them) changed since this question left: the newer
+        # question's answer is the one to show, never this one's (worded for the old knobs).
+        return
     if note is not None:
         set_pixels_note(node, note)
     missing = params.apply_choices(node, choices)
