@@ -217,3 +217,33 @@ def test_lazy_writes_about_a_prompt_its_end_deletes_are_not_run(tmp_path: Path) 
     assert not any(r.startswith("UPDATE") for r in ran), ran  # no state, no attempt phase written
     assert store.history_item("p") == {"n": 1} and store.file_server(("output", "", "x.png")) == "gpu1"
     store.close()
+
+
+def test_a_write_whose_connection_the_server_cut_is_tried_again_on_a_fresh_one(postgres_url: str) -> None:
+    """PostgreSQL restarted or a connection cut (an idle timeout, a failover): the job's
+    writes, sent together in one round trip (state/pipeline.py), fail on the dead
+    connection, which is dropped from the pool, and the write is tried again on a fresh one.
+    Nothing of it is lost and the caller sees no error."""
+    import sqlalchemy as sa
+
+    store = Store(postgres_url)
+    try:
+        store.add_prompt(_row("warm"))
+        store.reserve_attempt("a0", "warm", "gpu1")  # the main lane has a pooled connection now
+        store.add_prompt(_row("p"))
+        with store.reading() as conn:  # cut every other connection of this database, from the server
+            cut = conn.execute(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND datname = current_database()")).scalar()
+        assert cut >= 1
+        store.reserve_attempt("a1", "p", "gpu1")
+        with store.reading() as conn:
+            conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database()"))
+        store.finish("p", "succeeded", {"outputs": {}}, [(("output", "", "x.png"), "gpu1")], owner=None, client_id="c",
+                     created=0.0, started=None, keep=10)
+        assert store.history_item("p") == {"outputs": {}}
+        assert store.file_server(("output", "", "x.png")) == "gpu1"
+        assert "p" not in {r.prompt_id for r in store.unfinished()}
+    finally:
+        store.close()

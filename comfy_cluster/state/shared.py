@@ -205,11 +205,9 @@ class SharedQueue:
         """A posted prompt into the one queue; True when this replica holds it at once: it
         may ``take`` it (its servers have room) and no prompt waits for a replica (those go
         first). Otherwise every replica's claimer is woken (one NOTIFY per commit)."""
-        replica: Any = None
-        if take:
-            waiting = sa.exists().where(sa.and_(t.prompts.c.replica.is_(None), t.prompts.c.state == "waiting"))
-            replica = sa.case((waiting, sa.null()), else_=sa.literal(self.replica))
-        held = self.store.insert_prompt(conn, row, replica) == self.replica
+        held = take and self.store.insert_prompt(conn, row, self.replica, take=True) == self.replica
+        if not take:
+            self.store.insert_prompt(conn, row)
         if not held:
             defer(CHANNEL_QUEUE, None)
         return held

@@ -27,6 +27,7 @@ from . import schema as t
 from . import statements as q
 from .engine import make_engine, migrate
 from .group import MAIN, GroupCommit, Refused, batched
+from .pipeline import Pipeline
 from .urls import safe_url
 
 __all__ = ["Store", "PromptRow", "FileKey", "Fenced"]
@@ -174,21 +175,24 @@ class Store:
         """A posted prompt."""
         self.insert_prompt(conn, row)
 
-    def insert_prompt(self, conn: Connection, row: PromptRow, replica: Any = None) -> Optional[str]:
-        """Insert ``row`` (in ``conn``'s transaction) held by ``replica`` (a name, or an SQL
-        expression giving one or NULL); returns the replica that holds it."""
+    def insert_prompt(self, conn: Connection, row: PromptRow, replica: Optional[str] = None, *, take: bool = False) -> Optional[str]:
+        """Insert ``row`` (in ``conn``'s transaction) held by ``replica`` (None: by no
+        replica; ``take``: by ``replica`` only if no prompt waits for a replica, those go
+        first); returns the replica that holds it."""
         now = self._clock()
         values = dict(prompt_id=row.prompt_id, number=row.number, owner=row.owner, client_id=row.client_id,
-                      body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now)
-        if replica is None or isinstance(replica, str):
-            held = conn.execute(q.INSERT_PROMPT, dict(values, replica=replica)).scalar()
-        else:
-            held = conn.execute(t.prompts.insert().values(replica=replica, **values).returning(t.prompts.c.replica)).scalar()
-        if row.inputs:
-            conn.execute(t.prompt_inputs.insert(), [
-                {"prompt_id": row.prompt_id, "node": node, "digest": d, "name": n} for node, (d, n) in row.inputs.items()
-            ])
-        return held
+                      body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now,
+                      replica=replica)
+        with Pipeline(conn) as send:  # BEGIN and the row in one round trip on PostgreSQL
+            if take:
+                values["holder"] = values.pop("replica")
+                held = send(q.INSERT_PROMPT_TAKE, values, columns=q.PROMPT_COLUMNS)
+            else:
+                held = send(q.INSERT_PROMPT, values, columns=(*q.PROMPT_COLUMNS, "replica"))
+            if row.inputs:
+                for node, (d, n) in row.inputs.items():
+                    send(q.INSERT_INPUT, {"prompt_id": row.prompt_id, "node": node, "digest": d, "name": n}, columns=q.INPUT_COLUMNS)
+        return held.scalar()
 
     @batched(lazy=True, about=lambda _s, prompt_id, *_a, **_k: prompt_id)  # restated: restarts ask the servers
     def set_state(self, conn: Connection, prompt_id: str, state: str, *, started: Optional[float] = None) -> None:
@@ -248,7 +252,9 @@ class Store:
         # One statement: the row is inserted only while the prompt is ours, and the prompt's
         # row stays locked until the commit (a take-over waits, then sees this attempt).
         values = {"pid": prompt_id, "attempt_id": attempt_id, "server": server, "replica": replica, "created": self._clock()}
-        if conn.execute(q.RESERVE if self._sqlite else q.RESERVE_LOCKED, values).first() is None:
+        with Pipeline(conn) as send:  # BEGIN and the row in one round trip on PostgreSQL
+            reserved = send(q.RESERVE if self._sqlite else q.RESERVE_LOCKED, values)
+        if reserved.first() is None:
             raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
         if len(self.attempt_prompt) > 100_000:  # ends never noted (a crash of the caller): forget them
             self.attempt_prompt.clear()
@@ -272,18 +278,32 @@ class Store:
         """The prompt's end: its history item and output files recorded, the prompt gone from
         the queue, the history trimmed to its newest ``keep`` items. Atomic.
         Raises :class:`Fenced` (nothing written) when ``replica`` no longer holds it."""
-        # Out of the queue first: no row deleted means not ours (and nothing written).
-        if conn.execute(q.TAKE_OUT, {"pid": prompt_id, "replica": replica}).first() is None:
+        # One round trip on PostgreSQL (see .pipeline): the statements go together, behind
+        # a savepoint that undoes them when the prompt turns out not to be ours.
+        with Pipeline(conn, fence=True) as send:
+            # Out of the queue first: no row deleted means not ours (and nothing written).
+            taken = send(q.TAKE_OUT, {"pid": prompt_id, "replica": replica})
+            if taken.known and taken.first() is None:
+                raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
+            send(q.DELETE_HISTORY_ITEM, {"pid": prompt_id})
+            send(q.INSERT_HISTORY, {"prompt_id": prompt_id, "owner": owner, "client_id": client_id, "status": status,
+                                    "item": json.dumps(item), "created": created, "started": started, "ended": self._clock()},
+                 columns=q.HISTORY_COLUMNS)
+            for (kind, sub, name), server in files:
+                send(q.UPSERT_FILE[self.dialect], {"type": kind, "subfolder": sub, "filename": name, "server": server,
+                                                   "prompt_id": prompt_id}, columns=q.FILE_COLUMNS)
+            inputs = send(q.DELETE_INPUTS, {"pid": prompt_id})
+            send(q.DELETE_ATTEMPTS, {"pid": prompt_id})
+            # The newest ``keep`` items stay: one walk down the seq index (not a count of all).
+            cut = send(q.HISTORY_CUT, {"keep": keep})
+        if taken.first() is None:
+            send.undo()
             raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
-        conn.execute(q.DELETE_HISTORY_ITEM, {"pid": prompt_id})
-        conn.execute(q.INSERT_HISTORY, {"prompt_id": prompt_id, "owner": owner, "client_id": client_id, "status": status,
-                                        "item": json.dumps(item), "created": created, "started": started, "ended": self._clock()})
-        self.record_files(conn, prompt_id, files)
-        self.forget_prompt(conn, prompt_id, row_gone=True)
-        # The newest ``keep`` items stay: one walk down the seq index (not a count of all).
-        cut = conn.execute(q.HISTORY_CUT, {"keep": keep}).scalar()
-        if cut is not None:
-            self._delete_history(conn, t.history.c.seq <= cut)
+        digests = inputs.scalars()
+        if digests:  # only the bytes it was bound to can have become unused
+            self._drop_unused_blobs(conn, list(set(digests)))
+        if cut.scalar() is not None:
+            self._delete_history(conn, t.history.c.seq <= cut.scalar())
 
     def _delete_history(self, conn: Connection, where: Any) -> None:
         gone = [r[0] for r in conn.execute(sa.select(t.history.c.prompt_id).where(where))]
