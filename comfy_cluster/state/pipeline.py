@@ -42,12 +42,6 @@ def _compiled(stmt: Any, conn: Connection, columns: Tuple[str, ...]) -> Any:
     return compiled
 
 
-def _psycopg_error() -> Any:
-    import psycopg  # only PostgreSQL states get here, and they need psycopg
-
-    return psycopg.Error
-
-
 class Sent:
     """One statement's result: at once on SQLite (:attr:`known`), after the pipeline's
     round trip on PostgreSQL."""
@@ -87,12 +81,13 @@ class Pipeline:
 
     def __init__(self, conn: Connection, *, fence: bool = False) -> None:
         self._conn = conn
-        self._raw: Any = conn.connection.driver_connection if conn.dialect.name == "postgresql" else None
+        self._raw: Any = conn.connection.driver_connection
+        self._pg = conn.dialect.name == "postgresql"
         self._fence = fence
         self._pipe: Any = None
 
     def __enter__(self) -> "Pipeline":
-        if self._raw is not None:
+        if self._pg:
             self._pipe = self._raw.pipeline()
             self._pipe.__enter__()
             if self._fence:
@@ -110,32 +105,39 @@ class Pipeline:
     def _as_sqlalchemy(self, error: Exception) -> Exception:
         """``error`` of the driver as SQLAlchemy raises it (IntegrityError, OperationalError,
         ...), the connection invalidated if it is lost: callers tell those apart (a
-        prompt_id posted twice; a write tried again on a fresh connection)."""
-        if not isinstance(error, _psycopg_error()):
+        prompt_id posted twice, a busy SQLite file, a write tried again on a fresh
+        connection)."""
+        dialect = self._conn.dialect
+        dbapi = dialect.loaded_dbapi
+        if not isinstance(error, dbapi.Error):
             return error
-        lost = self._conn.dialect.is_disconnect(error, self._raw, None)
+        lost = dialect.is_disconnect(error, self._raw, None)
         if lost:
             self._conn.invalidate(error)
-        return DBAPIError.instance(None, None, error, _psycopg_error(), connection_invalidated=lost, dialect=self._conn.dialect)
+        return DBAPIError.instance(None, None, error, dbapi.Error, connection_invalidated=lost, dialect=dialect)
 
     def __call__(self, stmt: Any, values: Dict[str, Any], *, columns: Sequence[str] = ()) -> Sent:
         """Send ``stmt`` with ``values`` (``columns``: an INSERT's columns, when ``stmt``
         names none)."""
-        if self._raw is None:
-            result = self._conn.execute(stmt, values)
-            return Sent(rows=list(result.fetchall()) if result.returns_rows else [])
+        # The driver's own cursor with SQL compiled once: SQLAlchemy's execution (keying,
+        # parameter processing, result metadata) costs more than SQLite's work here.
         compiled = _compiled(stmt, self._conn, tuple(columns))
+        params = compiled.construct_params(values)
         cursor = self._raw.cursor()
         try:
-            cursor.execute(compiled.string, compiled.construct_params(values))
+            if self._pg:
+                cursor.execute(compiled.string, params)
+                return Sent(cursor=cursor)
+            cursor.execute(compiled.string, [params[name] for name in compiled.positiontup])
+            # Read at once: an SQLite statement with rows left unread stays open.
+            return Sent(rows=cursor.fetchall() if cursor.description is not None else [])
         except Exception as error:  # noqa: BLE001 - raised as SQLAlchemy would
             raise self._as_sqlalchemy(error) from None
-        return Sent(cursor=cursor)
 
     def undo(self) -> None:
         """After the block: roll back what this pipeline wrote (``fence=True`` on
         PostgreSQL; on SQLite the write sent nothing but its check)."""
-        if self._raw is not None and self._fence:
+        if self._pg and self._fence:
             try:
                 self._raw.execute(_UNDO)
             except Exception as error:  # noqa: BLE001 - raised as SQLAlchemy would
