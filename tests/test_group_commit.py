@@ -148,6 +148,22 @@ def test_a_lazy_write_alone_is_committed_after_its_delay(tmp_path: Path) -> None
     store.close()
 
 
+def test_lazy_writes_queued_behind_a_lazy_write_are_committed_with_it(tmp_path: Path) -> None:
+    """Only the first of several lazy writes wakes the commit thread (to wait for its
+    delay); the ones behind it are committed by that same wait, none is left behind."""
+    store = Store(f"sqlite:///{tmp_path}/s.sqlite3", lazy_delay=0.05)
+    store.add_prompt(_row("p"))
+    running = submit_lazy(store.set_state, "p", "running", started=5.0)
+    files = submit_lazy(store.note_files, "p", [(("output", "", "a.png"), "gpu1")])
+    cancel = submit_lazy(store.request_cancel, "p")
+    for future in (running, files, cancel):
+        future.result(TIMEOUT)
+    row = store.unfinished()[0]
+    assert (row.state, row.started, row.cancel) == ("running", 5.0, True)
+    assert store.file_server(("output", "", "a.png")) == "gpu1"
+    store.close()
+
+
 def test_close_commits_the_lazy_writes_still_queued(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/s.sqlite3"
     store = Store(url, lazy_delay=3600)

@@ -148,7 +148,11 @@ class GroupCommit:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
                 self._thread.start()
-            self._cond.notify_all()
+            # A lazy write behind others needs no wake-up: the thread already waits until the
+            # first of them is due (an earlier deadline), or commits soon anyway. Waking it
+            # for each would cost a thread switch per write on every job's path.
+            if not entry.lazy or len(self._queue) == 1:
+                self._cond.notify_all()
         return entry.future
 
     def run(self, op: Callable[..., T], obj: Any, *args: Any, **kwargs: Any) -> T:
