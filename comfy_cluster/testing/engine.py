@@ -10,13 +10,19 @@ It mirrors ComfyUI 0.3.64's ``PromptQueue``, ``PromptExecutor`` and ``prompt_wor
 * the output cache is keyed by each node's inputs, recursively, and keeps only the nodes of
   the last prompt (ComfyUI's "classic" cache), so an identical resubmission is fully cached.
 
-Everything here runs on the server's event loop thread. Public inspection goes through
-``lock`` so that test threads can read consistent snapshots.
+The queue, history, cache and events live on the server's event loop thread: only the loop
+changes them, and public inspection goes through ``lock`` so that test threads can read
+consistent snapshots. A job's blocking work (its nodes' file reads and writes and image
+encoding, the IS_CHANGED hashes of its cache keys) runs on one worker thread per server, as
+ComfyUI runs prompts on its ``prompt_worker`` thread beside its aiohttp loop, so that HTTP and
+the websocket keep answering while a node works. The job itself (its order, its simulated
+sampling time, its events) is still driven by the loop, which awaits that work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
 import itertools
 import json
@@ -28,7 +34,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from .nodes import InterruptProcessing, NodeContext, NodeDef, NodeEnv
 from .validation import full_type_name, is_link, validate_prompt
@@ -36,6 +42,8 @@ from .validation import full_type_name, is_link, validate_prompt
 __all__ = ["Engine", "EventSink", "Execution", "MAXIMUM_HISTORY_SIZE", "SENSITIVE_EXTRA_DATA_KEYS", "UUID_RE", "json_error_body"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 MAXIMUM_HISTORY_SIZE = 10000
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
@@ -79,6 +87,19 @@ class Execution:
     outcome: Optional[str] = None
 
 
+@dataclass
+class _Plan:
+    """What a job needs from its prompt before it runs, worked out on the worker thread
+    (IS_CHANGED hashes input files, and input lists read the input folder)."""
+
+    #: The cache key of each node.
+    sigs: Dict[str, str]
+    #: The IS_CHANGED answer of each node that has one and answered (part of its cache key).
+    changed: Dict[str, Any]
+    #: The names of each node's required and optional inputs, for nodes of a known type.
+    inputs: Dict[str, List[str]]
+
+
 @dataclass(order=True)
 class _QueueEntry:
     number: float
@@ -109,6 +130,9 @@ class _JobContext(NodeContext):
 
     async def sleep(self, seconds: float) -> None:
         await self._engine._interruptible_sleep(self._job, seconds)
+
+    async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await self._engine.run_blocking(fn, *args)
 
     def progress(self, value: int, maximum: int) -> None:
         self.check_interrupted()
@@ -213,6 +237,7 @@ class Engine:
         sink: EventSink,
         speed: Callable[[], float],
         lock: threading.RLock,
+        worker_name: str = "mock-comfy-worker",
     ) -> None:
         self.env = env
         self.registry = registry
@@ -236,6 +261,12 @@ class Engine:
         self.paused = False
         self._wakeup: Optional[asyncio.Event] = None
         self._worker_task: Optional["asyncio.Task[None]"] = None
+        # ComfyUI's prompt_worker: one thread, so a job's blocking steps run one at a time and
+        # in order. It lives as long as the server (restarts included) and ends in close().
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=worker_name)
+        # Started now rather than at the first job: tests compare the threads alive before and
+        # after a job, and a server's threads must all exist once it has started.
+        self._worker_thread: threading.Thread = self._executor.submit(threading.current_thread).result()
         self._reset_state()
 
     # --- lifecycle (loop thread) ---------------------------------------------------------
@@ -273,6 +304,23 @@ class Engine:
         if job is not None:
             for waiter in list(job.waiters):
                 waiter.cancel()
+
+    def close(self, timeout: float) -> None:
+        """End the worker thread (after :meth:`stop`, once the loop is gone; not from the worker).
+
+        Work it has begun cannot be cancelled: a node stalled in a file write holds it up to
+        ``timeout`` seconds, then the thread is left to end by itself (and logged)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._worker_thread.join(timeout)
+        if self._worker_thread.is_alive():
+            logger.warning("mock worker thread %s still busy %.0fs after stop: left to finish", self._worker_thread.name, timeout)
+
+    async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` on the worker thread, awaited on the loop (which goes on answering).
+
+        Cancelling the caller (a restart, a stop) abandons the wait, not the work: ``fn`` runs
+        to its end on the worker and its result is dropped."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def restart(self) -> None:
         """Forget everything a real restart forgets (queue, running job, history, cache)."""
@@ -524,9 +572,24 @@ class Engine:
                 return
             remaining = max(0.0, remaining - (loop.time() - started) * speed)
 
-    def _signatures(self, prompt: Dict[str, Any]) -> Dict[str, str]:
+    def _plan(self, prompt: Dict[str, Any]) -> _Plan:
+        """Cache keys, IS_CHANGED values and input names of a prompt's nodes (worker thread:
+        it reads files, and of the engine only the registry and the env's folders, which stay
+        as they are while the server runs)."""
+        changes: Dict[str, Any] = {}
+        sigs = self._signatures(prompt, changes)
+        inputs: Dict[str, List[str]] = {}
+        for node_id, node in prompt.items():
+            class_type = node.get("class_type")
+            node_def = self.registry.get(class_type) if isinstance(class_type, str) else None
+            if node_def is not None:
+                spec = node_def.input_types(self.env)
+                inputs[node_id] = [name for section in ("required", "optional") for name in spec.get(section, {})]
+        return _Plan(sigs, changes, inputs)
+
+    def _signatures(self, prompt: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, str]:
         """Cache key per node: class, IS_CHANGED and inputs, with links replaced by the
-        source's key (ComfyUI's ``CacheKeySetInputSignature``)."""
+        source's key (ComfyUI's ``CacheKeySetInputSignature``); IS_CHANGED values go to ``changes``."""
         memo: Dict[str, str] = {}
 
         def sig(node_id: str, visiting: Tuple[str, ...]) -> str:
@@ -540,6 +603,7 @@ class Engine:
             if node_def is not None and node_def.is_changed is not None:
                 try:
                     changed = node_def.is_changed(self.env, inputs)
+                    changes[node_id] = changed
                 except Exception:  # noqa: BLE001 - an unreadable file just is not cached
                     changed = uuid.uuid4().hex
             parts: List[Any] = [class_type, changed]
@@ -554,7 +618,7 @@ class Engine:
 
         return {node_id: sig(node_id, ()) for node_id in prompt}
 
-    def _stage_order(self, job: _Job, sigs: Dict[str, str]) -> List[str]:
+    def _stage_order(self, job: _Job, plan: _Plan) -> List[str]:
         """Nodes to visit: outputs and their uncached dependencies, dependencies first."""
         order: List[str] = []
         seen: Set[str] = set()
@@ -563,37 +627,31 @@ class Engine:
             if node_id in seen:
                 return
             seen.add(node_id)
-            node_def = self.registry[job.prompt[node_id]["class_type"]]
             inputs = job.prompt[node_id].get("inputs", {})
-            spec = node_def.input_types(self.env)
-            for section in ("required", "optional"):
-                for name in spec.get(section, {}):
-                    value = inputs.get(name)
-                    if is_link(value) and len(value) == 2 and value[0] in job.prompt:
-                        if sigs[value[0]] not in self.outputs_cache:
-                            visit(value[0])
+            for name in plan.inputs[node_id]:
+                value = inputs.get(name)
+                if is_link(value) and len(value) == 2 and value[0] in job.prompt:
+                    if plan.sigs[value[0]] not in self.outputs_cache:
+                        visit(value[0])
             order.append(node_id)
 
         for output_id in job.outputs:
             visit(output_id)
         return order
 
-    def _resolve_inputs(self, job: _Job, node_id: str, results: Dict[str, Tuple[Any, ...]], sigs: Dict[str, str]) -> Dict[str, Any]:
-        node = job.prompt[node_id]
-        spec = self.registry[node["class_type"]].input_types(self.env)
-        inputs = node.get("inputs", {})
+    def _resolve_inputs(self, job: _Job, node_id: str, results: Dict[str, Tuple[Any, ...]], plan: _Plan) -> Dict[str, Any]:
+        inputs = job.prompt[node_id].get("inputs", {})
         resolved: Dict[str, Any] = {}
-        for section in ("required", "optional"):
-            for name in spec.get(section, {}):
-                if name not in inputs:
-                    continue
-                value = inputs[name]
-                if is_link(value):
-                    source, index = value[0], value[1]
-                    outputs = results[source] if source in results else self.outputs_cache[sigs[source]]
-                    resolved[name] = outputs[index]
-                else:
-                    resolved[name] = value
+        for name in plan.inputs[node_id]:
+            if name not in inputs:
+                continue
+            value = inputs[name]
+            if is_link(value):
+                source, index = value[0], value[1]
+                outputs = results[source] if source in results else self.outputs_cache[plan.sigs[source]]
+                resolved[name] = outputs[index]
+            else:
+                resolved[name] = value
         return resolved
 
     def _error_data(
@@ -614,7 +672,8 @@ class Engine:
     async def _execute(self, job: _Job) -> Tuple[bool, Dict[str, Any]]:
         """Run one job, sending ComfyUI's events; returns (success, history outputs/meta)."""
         job.add_message("execution_start", {"prompt_id": job.prompt_id}, broadcast=False)
-        sigs = self._signatures(job.prompt)
+        plan = await self.run_blocking(self._plan, job.prompt)
+        sigs = plan.sigs
         wanted = set(sigs.values())
         # The classic cache keeps only what the current prompt can use.
         for key in [k for k in self.outputs_cache if k not in wanted]:
@@ -624,14 +683,14 @@ class Engine:
         cached = [node_id for node_id in job.prompt if sigs[node_id] in self.outputs_cache]
         job.add_message("execution_cached", {"nodes": cached, "prompt_id": job.prompt_id}, broadcast=False)
         for node_id in cached:
-            self._record_cached_input(job, node_id, job.prompt[node_id])
+            self._record_cached_input(job, node_id, plan)
 
         with self.lock:
             fail_message, self.fail_next_message = self.fail_next_message, None
         results: Dict[str, Tuple[Any, ...]] = {}
         executed: List[str] = []
         success = True
-        for node_id in self._stage_order(job, sigs):
+        for node_id in self._stage_order(job, plan):
             node = job.prompt[node_id]
             class_type = node["class_type"]
             node_def = self.registry[class_type]
@@ -650,7 +709,7 @@ class Engine:
             context = _JobContext(self, job)
             context.node_id = node_id
             try:
-                inputs = self._resolve_inputs(job, node_id, results, sigs)
+                inputs = self._resolve_inputs(job, node_id, results, plan)
                 if fail_message is not None:
                     message, fail_message = fail_message, None
                     raise RuntimeError(message)
@@ -691,16 +750,15 @@ class Engine:
                 meta_outputs[node_id] = dict(ui_entry["meta"], node_id=node_id, display_node=node_id, real_node_id=node_id)
         return success, {"outputs": ui_outputs, "meta": meta_outputs}
 
-    def _record_cached_input(self, job: _Job, node_id: str, node: Dict[str, Any]) -> None:
-        """A cached LoadImage does not read its file again: record the bytes its cache key holds."""
+    def _record_cached_input(self, job: _Job, node_id: str, plan: _Plan) -> None:
+        """A cached LoadImage does not read its file again: record the bytes its cache key
+        holds (its IS_CHANGED, the file's hash, worked out by the plan)."""
+        node = job.prompt[node_id]
         node_def = self.registry.get(node.get("class_type", ""))
         inputs = node.get("inputs", {})
         if job.record is None or node_def is None or node_def.name != "LoadImage" or node_def.is_changed is None:
             return
-        try:
-            digest = node_def.is_changed(self.env, inputs)
-        except Exception:  # noqa: BLE001 - an unreadable file is not a read
-            return
+        digest = plan.changed.get(node_id)
         if isinstance(digest, str):
             with self.lock:
                 job.record.inputs[node_id] = (str(inputs.get("image")), digest)

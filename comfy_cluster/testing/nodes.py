@@ -7,11 +7,15 @@ SaveImage and PreviewImage write real PNG files so that ``/view`` serves real im
 
 Every node type has a :class:`NodeDef`: its inputs as ComfyUI's ``INPUT_TYPES`` would list
 them (built per server, since model lists and input files differ), its outputs, and an async
-``run`` that gets a :class:`NodeContext` from the engine.
+``run`` that gets a :class:`NodeContext` from the engine. ``run`` is awaited on the server's
+event loop; whatever in it blocks (file I/O, image encoding or decoding, heavy computation)
+goes through :meth:`NodeContext.run_blocking` to the server's worker thread, as ComfyUI runs
+its nodes on a worker thread, so that the server keeps answering while a node works.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,7 +25,7 @@ import string
 import struct
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from .png import png_bytes, read_png_first_pixel, read_png_size, write_png
 
@@ -50,6 +54,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 MAX_RESOLUTION = 16384
 #: Nominal seconds per KSampler step at speed 1 (a mock "GPU" doing 100 it/s).
@@ -176,6 +182,14 @@ class NodeContext:
     async def sleep(self, seconds: float) -> None:
         """Spend ``seconds`` of nominal time (divided by the server speed); raises
         :class:`InterruptProcessing` as soon as the prompt is interrupted."""
+        raise NotImplementedError
+
+    async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` on the server's worker thread; its result or exception.
+
+        For a node's blocking work (file I/O, image encoding or decoding): the event loop
+        answers HTTP and the websocket meanwhile. ``fn`` must not touch the context (it runs
+        on another thread): pass it the values it needs, and send events after it returns."""
         raise NotImplementedError
 
     def progress(self, value: int, maximum: int) -> None:
@@ -344,12 +358,13 @@ def save_path(output_dir: str, filename_prefix: str) -> Tuple[str, str, int, str
 
 
 def _save_images(
-    ctx: NodeContext, images: MockImage, directory: str, prefix: str, kind: str
+    prompt: Dict[str, Any], extra_data: Dict[str, Any], images: MockImage, directory: str, prefix: str, kind: str
 ) -> Dict[str, Any]:
+    """Write the PNGs of SaveImage and PreviewImage (worker thread); their UI dict."""
     folder, filename, counter, subfolder = save_path(directory, prefix)
-    text = {"prompt": json.dumps(ctx.prompt)}
-    if "extra_pnginfo" in ctx.extra_data and isinstance(ctx.extra_data["extra_pnginfo"], dict):
-        for key, value in ctx.extra_data["extra_pnginfo"].items():
+    text = {"prompt": json.dumps(prompt)}
+    if "extra_pnginfo" in extra_data and isinstance(extra_data["extra_pnginfo"], dict):
+        for key, value in extra_data["extra_pnginfo"].items():
             text[str(key)] = json.dumps(value)
     results = []
     for batch_number in range(images.batch):
@@ -394,16 +409,23 @@ async def _image_scale(
     return (MockImage(width, height, img.batch, img.rgb),), None
 
 
-async def _load_image(ctx: NodeContext, image: str) -> NodeResult:
-    path = resolve_input_file(ctx.env, str(image))
+def _read_image_file(
+    env: NodeEnv, image: str
+) -> Tuple[Optional[Tuple[int, int]], Optional[Tuple[Tuple[int, ...], str]], str]:
+    """LoadImage's reads (worker thread): the file's size, first pixel and sha256 hex."""
+    path = resolve_input_file(env, image)
     if path is None:
         raise FileNotFoundError(f"[Errno 2] No such file or directory: '{image}'")
     with open(path, "rb") as handle:
         size = read_png_size(handle)
         handle.seek(0)
         first = read_png_first_pixel(handle.read())
+    return size, first, file_hash(path)
+
+
+async def _load_image(ctx: NodeContext, image: str) -> NodeResult:
+    size, first, hexdigest = await ctx.run_blocking(_read_image_file, ctx.env, str(image))
     width, height = size if size else (64, 64)
-    hexdigest = file_hash(path)
     ctx.record_input(str(image), hexdigest)
     digest = bytes.fromhex(hexdigest)
     # ComfyUI's LoadImage: mask = 1 - alpha; an image without alpha gives an empty mask.
@@ -425,13 +447,15 @@ def _load_image_changed(env: NodeEnv, inputs: Dict[str, Any]) -> Any:
 
 async def _save_image(ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI") -> NodeResult:
     img = image_arg(images, "images")
-    return (), _save_images(ctx, img, ctx.env.output_dir, str(filename_prefix), "output")
+    ui = await ctx.run_blocking(_save_images, ctx.prompt, ctx.extra_data, img, ctx.env.output_dir, str(filename_prefix), "output")
+    return (), ui
 
 
 async def _preview_image(ctx: NodeContext, images: Any) -> NodeResult:
     img = image_arg(images, "images")
     suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
-    return (), _save_images(ctx, img, ctx.env.temp_dir, "ComfyUI_temp_" + suffix, "temp")
+    ui = await ctx.run_blocking(_save_images, ctx.prompt, ctx.extra_data, img, ctx.env.temp_dir, "ComfyUI_temp_" + suffix, "temp")
+    return (), ui
 
 
 async def _checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
@@ -477,9 +501,16 @@ async def _ksampler(
         await ctx.sleep(KSAMPLER_STEP_SECONDS)
         ctx.progress(step, steps)
         # A latent preview after each step, as a server started with --preview-method sends.
-        shade = (int(seed) + step) & 0xFF
-        ctx.send_binary(preview_frame(png_bytes(PREVIEW_SIZE, PREVIEW_SIZE, (shade, shade, shade))))
+        ctx.send_binary(_latent_preview((int(seed) + step) & 0xFF))
     return (MockLatent(latent_image.width, latent_image.height, latent_image.batch, int(seed)),), None
+
+
+@functools.lru_cache(maxsize=256)
+def _latent_preview(shade: int) -> bytes:
+    """The preview frame of a sampling step, grey ``shade``. Cached, and so encoded at most once
+    per shade: a handoff to the worker thread on every step would cost more than this tiny
+    encode, and the step's timing is the simulated sampling time."""
+    return preview_frame(png_bytes(PREVIEW_SIZE, PREVIEW_SIZE, (shade, shade, shade)))
 
 
 async def _vae_decode(ctx: NodeContext, samples: Any, vae: Any) -> NodeResult:
@@ -503,7 +534,7 @@ async def _save_image_websocket(ctx: NodeContext, images: Any) -> NodeResult:
     after a ``progress`` update (its progress bar carries the image); nothing is written and
     no ``executed`` event is sent (its UI dict is empty)."""
     img = image_arg(images, "images")
-    data = png_bytes(img.width, img.height, img.rgb)
+    data = await ctx.run_blocking(png_bytes, img.width, img.height, img.rgb)  # a large image takes a while
     for step in range(img.batch):
         ctx.progress(step, img.batch)
         ctx.send_binary(preview_frame(data))
@@ -532,7 +563,15 @@ async def _load_images_path(
     """VideoHelperSuite's VHS_LoadImagesPath: every image of a folder, in name order, as one
     batch. The mock's image is the size of the first file and a colour from the hash of all
     the files' bytes (so a test can tell which files were loaded)."""
-    folder = _sequence_dir(ctx.env, str(directory))
+    outputs = await ctx.run_blocking(_read_images_path, ctx.env, directory, image_load_cap, skip_first_images, select_every_nth)
+    return outputs, None
+
+
+def _read_images_path(
+    env: NodeEnv, directory: str, image_load_cap: int, skip_first_images: int, select_every_nth: int
+) -> Tuple[Any, ...]:
+    """VHS_LoadImagesPath's reads (worker thread); its outputs."""
+    folder = _sequence_dir(env, str(directory))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"Directory '{directory}' cannot be found.")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(_IMAGE_EXTENSIONS))
@@ -549,7 +588,7 @@ async def _load_images_path(
         size = read_png_size(handle)
     width, height = size if size else (64, 64)
     d = digest.digest()
-    return (MockImage(width, height, len(names), (d[0], d[1], d[2])), MockMask(width, height), len(names)), None
+    return MockImage(width, height, len(names), (d[0], d[1], d[2])), MockMask(width, height), len(names)
 
 
 async def _test_fail(ctx: NodeContext, image: Any, message: str) -> NodeResult:

@@ -95,13 +95,19 @@ def _rgba_of(path: str) -> Tuple[int, int, int, int]:
     return values[0], values[1], values[2], values[3]
 
 
-async def _load_image_mask(ctx: NodeContext, image: str, channel: str) -> NodeResult:
-    path = resolve_input_file(ctx.env, str(image))
+def _read_mask_file(env: NodeEnv, image: str) -> Tuple[str, Tuple[int, int, int, int]]:
+    """LoadImageMask's reads (worker thread): the file's sha256 hex and first pixel as RGBA."""
+    path = resolve_input_file(env, image)
     if path is None:
         raise FileNotFoundError(f"[Errno 2] No such file or directory: '{image}'")
-    ctx.record_input(str(image), file_hash(path))
+    return file_hash(path), _rgba_of(path)
+
+
+async def _load_image_mask(ctx: NodeContext, image: str, channel: str) -> NodeResult:
+    digest, rgba = await ctx.run_blocking(_read_mask_file, ctx.env, str(image))
+    ctx.record_input(str(image), digest)
     index = {"red": 0, "green": 1, "blue": 2, "alpha": 3}[str(channel)]
-    value = _rgba_of(path)[index] / 255.0
+    value = rgba[index] / 255.0
     if index == 3:
         value = 1.0 - value  # ComfyUI: an alpha channel is a mask's inverse
     return (MockMask(64, 64, value),), None
@@ -151,6 +157,15 @@ async def _load_exr(
     ctx: NodeContext, filepath: str, tonemap: str, image_load_cap: int = 0, skip_first_images: int = 0, select_every_nth: int = 1
 ) -> NodeResult:
     p = os.path.normpath(str(filepath).replace('"', "").strip())
+    digest, outputs = await ctx.run_blocking(_read_exrs, p, str(tonemap), image_load_cap, skip_first_images, select_every_nth)
+    ctx.record_input(p, digest)
+    return outputs, None
+
+
+def _read_exrs(
+    p: str, tonemap: str, image_load_cap: Any, skip_first_images: Any, select_every_nth: Any
+) -> Tuple[str, Tuple[Any, ...]]:
+    """LoadEXR's reads (worker thread): the sha256 hex of the first file, and the outputs."""
     if not os.path.exists(p):
         raise Exception("Path not found: " + p)
     if os.path.isfile(p) and os.path.splitext(p)[1].lower() == ".exr":
@@ -162,10 +177,10 @@ async def _load_exr(
         files = files[int(skip_first_images) :: max(1, int(select_every_nth))]
         if int(image_load_cap) > 0:
             files = files[: int(image_load_cap)]
-    ctx.record_input(p, file_hash(files[0]))
-    rgb, alpha, (width, height) = _load_one(files[0], str(tonemap))
+    digest = file_hash(files[0])
+    rgb, alpha, (width, height) = _load_one(files[0], tonemap)
     image = MockImage(width, height, len(files), (_to_byte(rgb[0]), _to_byte(rgb[1]), _to_byte(rgb[2])), rgb)
-    return (image, MockMask(width, height, alpha), len(files)), None
+    return digest, (image, MockMask(width, height, alpha), len(files))
 
 
 async def _save_exr(
@@ -180,19 +195,25 @@ async def _save_exr(
         colour = [min(max(v, 0.0), 0.999999) for v in colour]
         colour = [-v / (v - 1.0) for v in colour]
     ver = "" if int(version) < 0 else f"_v{int(version):03}"
-    prefix = str(filename_prefix)
+    await ctx.run_blocking(_write_exrs, ctx.env.output_dir, img, colour, str(filename_prefix), ver, start_frame, frame_pad)
+    return (), {"images": []}  # the pack reports no file: a client must know the name
+
+
+def _write_exrs(
+    output_dir: str, img: MockImage, colour: List[float], prefix: str, ver: str, start_frame: Any, frame_pad: Any
+) -> None:
+    """SaveEXR's writes (worker thread): one file per image of the batch."""
     for i in range(img.batch):
         if os.path.isabs(prefix):
             basepath = prefix
             os.makedirs(os.path.dirname(basepath), exist_ok=True)
             path = basepath + ver + f".{str(int(start_frame) + i).zfill(int(frame_pad))}.exr"
         else:
-            folder, filename, counter, _ = save_path(ctx.env.output_dir, prefix)
+            folder, filename, counter, _ = save_path(output_dir, prefix)
             path = os.path.join(folder, f"{filename}_{counter:05}_.exr")
         if os.path.exists(path):
             raise Exception("File exists already, stopping to avoid overwriting")
         write_solid_exr(path, img.width, img.height, {"R": colour[0], "G": colour[1], "B": colour[2]})
-    return (), {"images": []}  # the pack reports no file: a client must know the name
 
 
 def _spec(required: Dict[str, Any], optional: Optional[Dict[str, Any]] = None) -> Any:

@@ -1,4 +1,5 @@
-"""A faithful mock ComfyUI server: aiohttp on its own event loop in a daemon thread.
+"""A faithful mock ComfyUI server: aiohttp on its own event loop in a daemon thread, and the
+blocking work of its jobs on a worker thread beside it (as ComfyUI's ``prompt_worker``).
 
 :class:`MockComfyServer` answers ComfyUI 0.3.64's HTTP API and websocket with the same
 shapes and message order as a real server (see ``shared/comfyui-api``), runs jobs one at a
@@ -373,7 +374,14 @@ class MockComfyServer(InjectedFaults):
             dirs[sub] = os.path.join(self._tmpdir, sub)
             os.makedirs(dirs[sub])
         self._env = NodeEnv(dirs["input"], dirs["output"], dirs["temp"], self._model_folders.get("checkpoints", []), self._memory)
-        self._engine = Engine(env=self._env, registry=self._registry, sink=_Sink(self), speed=lambda: self._speed, lock=self._lock)
+        self._engine = Engine(
+            env=self._env,
+            registry=self._registry,
+            sink=_Sink(self),
+            speed=lambda: self._speed,
+            lock=self._lock,
+            worker_name=f"mock-comfy-{self._name}-worker",
+        )
         loop = asyncio.new_event_loop()
         self._loop = loop
         ready: "concurrent.futures.Future[None]" = concurrent.futures.Future()
@@ -386,6 +394,7 @@ class MockComfyServer(InjectedFaults):
             # The loop thread ends by itself after a failed start (e.g. the port is taken).
             self._stopped = True
             self._thread.join(timeout=_CALL_TIMEOUT)
+            self._engine.close(timeout=_CALL_TIMEOUT)
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             raise
         logger.info("mock ComfyUI %s listening on %s", self._name, self.url)
@@ -444,6 +453,10 @@ class MockComfyServer(InjectedFaults):
                 logger.exception("mock server %s did not stop cleanly", self._name)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=_CALL_TIMEOUT)
+        if self._engine is not None:
+            # After the loop: a job it abandoned may still have a node's file write under way,
+            # which must end before the data folder goes.
+            self._engine.close(timeout=_CALL_TIMEOUT)
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         logger.info("mock ComfyUI %s stopped", self._name)
