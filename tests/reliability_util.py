@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 
 def rss_bytes() -> int:
@@ -123,8 +123,9 @@ def json_response(body: bytes, status: int = 200) -> Callable[[str, object], Non
 _MOCK_SCRIPT = """
 import sys
 from comfy_cluster.testing import MockComfyServer
-server = MockComfyServer(name="sub").start()
-server.set_fault(sys.argv[1])
+server = MockComfyServer(name=sys.argv[2], speed=float(sys.argv[3])).start()
+if sys.argv[1] != "-":
+    server.set_fault(sys.argv[1])
 print(server.url, flush=True)
 sys.stdin.read()
 server.stop()
@@ -132,11 +133,14 @@ server.stop()
 
 
 class SubprocessMock:
-    """A mock server with a standing fault in another process, so that this process's
-    memory holds only what the client keeps (the server's own buffers are elsewhere)."""
+    """A mock server (with a standing ``fault``, or none) in another process, so that this
+    process's memory holds only what the client keeps (the server's own buffers, history
+    and jobs are elsewhere)."""
 
-    def __init__(self, fault: str) -> None:
+    def __init__(self, fault: Optional[str] = None, *, name: str = "sub", speed: float = 1.0) -> None:
         self.fault = fault
+        self.name = name
+        self.speed = speed
 
     def __enter__(self) -> "SubprocessMock":
         import subprocess
@@ -145,7 +149,7 @@ class SubprocessMock:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _MOCK_SCRIPT, self.fault], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+            [sys.executable, "-c", _MOCK_SCRIPT, self.fault or "-", self.name, str(self.speed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
         )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
