@@ -14,6 +14,26 @@ import threading
 from typing import Callable, Dict, List, Optional
 
 
+def trimmed_rss_bytes() -> int:
+    """:func:`rss_bytes` after a garbage collection and, with glibc, ``malloc_trim(0)``:
+    memory freed but kept by the allocator (each thread that allocated has an arena of its
+    own, and a load of many threads leaves tens of MiB free in them) is given back first,
+    so what remains is what is still held."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name) if name else None
+            if libc is not None and hasattr(libc, "malloc_trim"):
+                libc.malloc_trim(0)
+        except OSError:  # not glibc (musl has no malloc_trim): the plain figure
+            pass
+    return rss_bytes()
+
+
 def rss_bytes() -> int:
     """Resident memory of this process: /proc on Linux, the Win32 API on Windows, ``ps`` on
     macOS (which has neither /proc nor a current-RSS call in the standard library)."""
