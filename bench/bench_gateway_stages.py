@@ -9,13 +9,14 @@ themselves) or without them; ``CLOCK_MONOTONIC`` is shared by the processes, so 
 given in ms from the client's POST (median of the jobs). Also: the gateway's and the mock's
 CPU time per job (from /proc), which a shared machine's load disturbs less than wall time.
 
-Run: python -m bench.bench_gateway_stages [--jobs 300] [--trace]
+Run: python -m bench.bench_gateway_stages [--jobs 300] [--trace] [--state sqlite|postgresql]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -75,6 +76,8 @@ if os.environ.get('STAGES_TRACE') == '1':
     wrap(Job, '_finish', 'job: final')
     wrap(JobBook, '_on_done', 'loop: job done')
     wrap(JobBook, '_told', 'loop: end told (history item committed)')
+    wrap(JobBook, 'history_json', 'loop: GET /history item')
+    wrap(JobBook, 'history_row', 'loop: history item read from the store')
     wrap(GroupCommit, '_commit', 'commit', extra=lambda s, b: ','.join(getattr(e.op, '__name__', '?') for e in b))
     atexit.register(lambda: json.dump(EV, open(os.environ['STAGES_OUT'], 'w')))
 from comfy_cluster.gateway.cli import run_gateway
@@ -90,7 +93,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=300)
     ap.add_argument("--trace", action="store_true", help="timestamps at each stage (they cost some time themselves)")
+    ap.add_argument("--state", choices=["sqlite", "postgresql"], default="sqlite",
+                    help="the gateway's store: a SQLite file, or a replica on a PostgreSQL server of its own")
     args = ap.parse_args()
+    with contextlib.ExitStack() as stack:
+        state = None
+        if args.state == "postgresql":
+            from comfy_cluster.testing.postgres import postgres_server
+
+            state = stack.enter_context(postgres_server())
+        run(args, state)
+
+
+def run(args: argparse.Namespace, pg_url: "str | None") -> None:
     folder = tempfile.mkdtemp(prefix="bench-stages-")
     port = free_port()
     mock = subprocess.Popen([sys.executable, "-m", "comfy_cluster", "mock-server", "--port", str(port), "--speed", "1000", "--name", "m0"],
@@ -102,7 +117,8 @@ def main() -> None:
         gport = free_port()
         env = dict(os.environ, NUKE_COMFYUI_SERVERS=json.dumps([{"name": "m0", "url": murl, "max_queue": 2}]),
                    STAGES_TRACE="1" if args.trace else "0", STAGES_OUT=f"{folder}/stages.json", PYTHONPATH=os.getcwd())
-        gw = subprocess.Popen([sys.executable, "-c", _TRACED, "--port", str(gport), "--state", f"sqlite:///{folder}/gw.sqlite3"],
+        state = ["--state", pg_url, "--replica", "r0"] if pg_url else ["--state", f"sqlite:///{folder}/gw.sqlite3"]
+        gw = subprocess.Popen([sys.executable, "-c", _TRACED, "--port", str(gport), *state],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         gurl = f"http://127.0.0.1:{gport}"
         wait_listening(gurl, gw)
@@ -125,7 +141,7 @@ def main() -> None:
     def med(rows: List[Times], i: int) -> float:
         return statistics.median((r[i] - r[0]) * 1000 for r in rows)
 
-    print(f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}; jobs {args.jobs}; trace {args.trace}")
+    print(f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}; jobs {args.jobs}; trace {args.trace}; state {args.state}")
     print(f"CPU per job: gateway {(g1 - g0) / args.jobs * 1000:.2f} ms, mock {(m1 - m0) / args.jobs * 1000:.2f} ms "
           f"(mock per direct job {(m2 - m1) / args.jobs * 1000:.2f} ms)")
     print(f"{'ms from the POST (median)':40s} {'direct':>8s} {'gateway':>8s}")
