@@ -2,7 +2,8 @@
 
 On PostgreSQL every statement is a round trip to the server (about 0.2 ms on one machine,
 more across a network), and psycopg opens a transaction with one more (``BEGIN``). A job's
-end is eight statements: through SQLAlchemy, nine round trips before its ``COMMIT``. The
+end is seven statements (and one per output file past the first): through SQLAlchemy, eight
+round trips before its ``COMMIT``. The
 writes on every job's path send their statements in psycopg's pipeline mode instead: all
 of them, ``BEGIN`` included, in one round trip, their results read after it.
 
