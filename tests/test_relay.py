@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 import pytest
 
+import comfy_cluster.gateway.outbox as outbox_module
 import comfy_cluster.gateway.relay as relay_module
 from comfy_cluster.gateway.previews import PREVIEW_IMAGE_WITH_METADATA
 from comfy_cluster.gateway.relay import CLOSE_TOO_SLOW, END, Key, Relay
@@ -600,7 +601,7 @@ def test_an_end_other_replicas_kept_is_written_once_recorded_as_told():
 def test_an_end_is_written_anyway_when_its_record_fails_or_never_answers(monkeypatch, caplog, failure):
     """A store that fails or does not answer must not stop a client's events (the end may then,
     rarely, come twice: never lost). The operator is told why."""
-    monkeypatch.setattr(relay_module, "GATE_WAIT", 0.05)
+    monkeypatch.setattr(outbox_module, "GATE_WAIT", 0.05)
     caplog.set_level(logging.WARNING, logger="comfy_cluster.gateway.relay")
 
     async def main() -> None:
@@ -723,7 +724,7 @@ def test_a_client_too_slow_for_its_json_frames_is_closed_with_1013_and_told_why(
 
 
 def test_a_slow_client_that_never_answers_the_close_is_cut(monkeypatch):
-    monkeypatch.setattr(relay_module, "_CLOSE_WAIT", 0.05)
+    monkeypatch.setattr(outbox_module, "CLOSE_WAIT", 0.05)
 
     async def main() -> None:
         relay = Relay(queue_bytes=64 * 1024)
@@ -813,7 +814,7 @@ def test_previews_come_with_metadata_to_a_socket_that_asked_until_it_closes():
 
 
 def test_flush_writes_every_queue_and_close_ends_every_socket(monkeypatch):
-    monkeypatch.setattr(relay_module, "_CLOSE_WAIT", 0.05)
+    monkeypatch.setattr(outbox_module, "CLOSE_WAIT", 0.05)
 
     async def main() -> None:
         relay = Relay()

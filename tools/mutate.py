@@ -70,6 +70,9 @@ TESTS: Dict[str, List[str]] = {
     "gateway/book": ["tests/test_book.py", "tests/test_book_users.py", "tests/test_gateway_units.py", "tests/test_gateway.py", "tests/test_gateway_users.py"],
     "gateway/relay": ["tests/test_relay.py", "tests/test_gateway_units.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py",
                       "tests/test_gateway.py"],
+    # A client socket's queue, split out of relay (2026-12-04): the same tests.
+    "gateway/outbox": ["tests/test_relay.py", "tests/test_gateway_units.py", "tests/test_gateway_clients.py", "tests/test_gateway_users.py",
+                       "tests/test_gateway.py"],
 }
 CORE = [m for m in TESTS if m != "answers"]  # answers: its job_failed only (above)
 # mutmut's wall-clock limit per mutant is (the covering tests' recorded time + this) x 15. Its

@@ -19,11 +19,10 @@ kept a copy of is recorded in the store (``record_told``) before it is written t
 and the others drop their copies; a replica checks the record before it replays kept ends to
 a socket that opens (``check_told``), so the client may reconnect anywhere.
 
-Memory: each socket's queue is bounded in bytes (``queue_bytes``). A client that lags loses
-preview frames first (a preview is queued only while the queue is under half the bound); when
-a JSON frame no longer fits, the socket is closed with code 1013 (try again later) and a
-warning is logged: the client reconnects and reads ``/history``. Kept frames are bounded per
-client and in all, in frames and bytes. Everything here runs on the gateway's loop.
+Memory: each socket's queue (an :class:`~.outbox.Outbox`) is bounded in bytes
+(``queue_bytes``): a client that lags loses previews first, then its socket (code 1013, try
+again later; it reconnects and reads ``/history``). Kept frames are bounded per client and in
+all, in frames and bytes. Everything here runs on the gateway's loop.
 """
 
 from __future__ import annotations
@@ -32,18 +31,18 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from aiohttp import web
 
+from . import outbox
+from .outbox import CLOSE_TOO_SLOW, Gate, Key, Outbox
 from .previews import with_metadata
 
 __all__ = ["Relay", "Key", "ANY_SOCKET", "DEFAULT_QUEUE_BYTES", "CLOSE_TOO_SLOW"]
 
 log = logging.getLogger(__name__)
 
-Frame = Union[str, bytes]
-Key = Tuple[str, str]  # (user name, clientId)
 #: A prompt's end (one per client) and the frame that closes it.
 END_KINDS = ("execution_success", "execution_error", "execution_interrupted")
 END, CLOSE, START = "end", "close", "start"
@@ -52,8 +51,6 @@ END, CLOSE, START = "end", "close", "start"
 MAX_ENDS = 20_000
 #: Bytes queued for one socket at most (settable: ``Gateway(ws_queue_bytes=)``).
 DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
-#: Close code for a client too slow to keep up (RFC 6455: try again later).
-CLOSE_TOO_SLOW = 1013
 #: Frames kept for one client without a socket, clients kept at most, frames and bytes in all
 #: (the oldest clients' frames go first): a script that posts without ever opening a socket
 #: costs bounded memory.
@@ -61,12 +58,8 @@ MAX_KEPT_FRAMES = 5000
 MAX_KEPT_CLIENTS = 1000
 MAX_KEPT_TOTAL = 100_000
 MAX_KEPT_BYTES = 64 * 1024 * 1024
-_CLOSE_WAIT = 10.0
 #: ``Relay.send(to=)``'s default: whichever socket of the client is open when the frame is sent.
 ANY_SOCKET: Any = object()
-#: Seconds an end waits for its record at most (a database that does not answer must not
-#: stop a client's events: it may then, rarely, get that end twice).
-GATE_WAIT = 5.0
 
 
 def role_of(kind: str, data: Dict[str, Any]) -> str:
@@ -79,120 +72,6 @@ def role_of(kind: str, data: Dict[str, Any]) -> str:
     if kind == "execution_start":
         return START
     return ""
-
-
-class _Gate:
-    """A wait in a socket's queue: the frames after it are written once ``task`` is done (the
-    record that the end after it is told), or after ``GATE_WAIT`` seconds whatever happens."""
-
-    __slots__ = ("task",)
-
-    def __init__(self, task: "asyncio.Future[Any]") -> None:
-        self.task = task
-
-
-class _Client:
-    """One socket's queue and writer task (frames leave in order)."""
-
-    def __init__(self, key: Key, ws: web.WebSocketResponse, transport: Any, limit: int) -> None:
-        self.key = key
-        self.ws = ws
-        self.transport = transport
-        self.limit = limit
-        self.frames: Deque[Union[Frame, _Gate]] = collections.deque()
-        self.bytes = 0
-        self.dropped_previews = 0
-        self.closed = False
-        self._wake = asyncio.Event()
-        self.writer: Optional["asyncio.Task[None]"] = None
-
-    async def write(self) -> None:
-        try:
-            while True:
-                while not self.frames:
-                    if self.closed:
-                        return
-                    self._wake.clear()
-                    await self._wake.wait()
-                frame = self.frames.popleft()
-                if isinstance(frame, _Gate):
-                    await _passed(frame)
-                    continue
-                self.bytes -= len(frame)
-                if isinstance(frame, bytes):
-                    await self.ws.send_bytes(frame)
-                else:
-                    await self.ws.send_str(frame)
-        except (ConnectionError, RuntimeError) as exc:
-            log.debug("websocket %s: send failed: %s", self.key[1], exc)
-
-    def gate(self, gate: _Gate) -> None:
-        """The frames queued after this wait for ``gate``."""
-        if not self.closed:
-            self.frames.append(gate)
-            self._wake.set()
-
-    def put(self, frame: Frame) -> None:
-        if self.closed:
-            return
-        size = len(frame)
-        if isinstance(frame, bytes):
-            if self.bytes + size > self.limit // 2:
-                self.dropped_previews += 1  # a lagging client loses previews first
-                return
-        elif self.bytes + size > self.limit:
-            self._drop_previews(self.bytes + size - self.limit)
-            if self.bytes + size > self.limit:
-                self._overflow()
-                return
-        self.frames.append(frame)
-        self.bytes += size
-        self._wake.set()
-
-    def _drop_previews(self, need: int) -> None:
-        kept: Deque[Union[Frame, _Gate]] = collections.deque()
-        for frame in self.frames:
-            if need > 0 and isinstance(frame, bytes):
-                need -= len(frame)
-                self.bytes -= len(frame)
-                self.dropped_previews += 1
-            else:
-                kept.append(frame)
-        self.frames = kept
-
-    def _overflow(self) -> None:
-        user, sid = self.key
-        log.warning(
-            "websocket of client %s (user %s) is too slow: over %d bytes queued; closing it with code %d",
-            sid[:80], user, self.limit, CLOSE_TOO_SLOW,
-        )
-        self.finish()
-        asyncio.get_running_loop().create_task(self._close_now())
-
-    async def _close_now(self) -> None:
-        if self.writer is not None:
-            self.writer.cancel()
-        try:
-            await asyncio.wait_for(self.ws.close(code=CLOSE_TOO_SLOW, message=b"client too slow: reconnect and read /history"), _CLOSE_WAIT)
-        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-            pass
-        if self.transport is not None:
-            self.transport.abort()  # it does not read: the close frame may never get through
-
-    def finish(self) -> None:
-        """No more frames: the writer ends once the queue is written."""
-        self.closed = True
-        self._wake.set()
-
-
-async def _passed(gate: _Gate) -> None:
-    try:
-        await asyncio.wait_for(asyncio.shield(gate.task), GATE_WAIT)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the end goes out anyway (maybe twice, never lost)
-        # An exception is always true: its text may be empty (a time-out's is), so name its type then.
-        log.warning("could not record a prompt's end as told (%s); sending it anyway", str(exc) or type(exc).__name__)
 
 
 class _Kept:
@@ -224,7 +103,7 @@ class Relay:
         self.record_told: Optional[Callable[[Key, str], Awaitable[Any]]] = None
         #: Replicas: which of these prompts' ends ``key`` got already (from the store).
         self.check_told: Optional[Callable[[Key, List[str]], Awaitable[List[str]]]] = None
-        self._clients: Dict[Key, _Client] = {}
+        self._clients: Dict[Key, Outbox] = {}
         # (key, prompt_id) -> END (its end went to the client) or CLOSE (and its executing null)
         self._ends: "collections.OrderedDict[Tuple[Key, str], str]" = collections.OrderedDict()
         self._kept: "collections.OrderedDict[Key, _Kept]" = collections.OrderedDict()
@@ -244,13 +123,13 @@ class Relay:
         back as ``send(to=)``, a frame decided now goes to it and to no later socket."""
         return self._client_for(key)
 
-    def attach(self, key: Key, ws: web.WebSocketResponse, first: Dict[str, Any], transport: Any = None) -> _Client:
+    def attach(self, key: Key, ws: web.WebSocketResponse, first: Dict[str, Any], transport: Any = None) -> Outbox:
         """Register ``ws`` for ``key`` (a newer socket replaces an older one), queue the first
         frame and then whatever was kept for this client."""
         old = self._clients.pop(key, None)
         if old is not None:
             old.finish()
-        client = _Client(key, ws, transport, self.queue_bytes)
+        client = Outbox(key, ws, transport, self.queue_bytes)
         self._clients[key] = client
         client.put(json.dumps(first))
         for frame, pid, role in self._take_kept(key):
@@ -258,13 +137,13 @@ class Relay:
         client.writer = asyncio.get_running_loop().create_task(client.write())
         return client
 
-    def detach(self, client: _Client) -> None:
+    def detach(self, client: Outbox) -> None:
         if self._clients.get(client.key) is client:
             del self._clients[client.key]
             self._with_metadata.discard(client.key)
         client.finish()
 
-    def _client_for(self, key: Key) -> Optional[_Client]:
+    def _client_for(self, key: Key) -> Optional[Outbox]:
         client = self._clients.get(key)
         if client is None and self.anonymous_sees_named and key[0] != self.anonymous_name:
             client = self._clients.get((self.anonymous_name, key[1]))
@@ -308,11 +187,11 @@ class Relay:
         elif keep and key[1]:
             self._keep(key, frame, prompt_id, role)
 
-    def _put(self, client: _Client, key: Key, frame: str, prompt_id: Optional[str], role: str, *, copied: bool) -> None:
+    def _put(self, client: Outbox, key: Key, frame: str, prompt_id: Optional[str], role: str, *, copied: bool) -> None:
         """Queue ``frame``; an end other replicas may hold a copy of (``copied``) waits until
         it is recorded as told."""
         if role == END and copied and prompt_id is not None and self.record_told is not None:
-            client.gate(_Gate(asyncio.ensure_future(self.record_told(key, prompt_id))))
+            client.gate(Gate(asyncio.ensure_future(self.record_told(key, prompt_id))))
         client.put(frame)
 
     async def settle_kept(self, key: Key) -> None:
@@ -448,7 +327,7 @@ class Relay:
             if client.writer is not None:
                 client.writer.cancel()
             try:
-                await asyncio.wait_for(client.ws.close(), _CLOSE_WAIT)
+                await asyncio.wait_for(client.ws.close(), outbox.CLOSE_WAIT)
             except (asyncio.TimeoutError, ConnectionError, RuntimeError):
                 if client.transport is not None:
                     client.transport.abort()
