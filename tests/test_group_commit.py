@@ -263,3 +263,16 @@ def test_a_write_whose_connection_the_server_cut_is_tried_again_on_a_fresh_one(p
         assert "p" not in {r.prompt_id for r in store.unfinished()}
     finally:
         store.close()
+
+
+def test_a_prompt_id_stored_twice_is_refused_as_sqlalchemys_integrity_error(store: Store) -> None:
+    """The job path's writes go through the driver (state/pipeline.py); its error must still
+    reach callers as SQLAlchemy's: the gateway answers a prompt_id posted twice (by a client,
+    or on two replicas at once) with ComfyUI's 400 by catching IntegrityError. The other rows
+    and the lane go on."""
+    store.add_prompt(_row("p"))
+    with pytest.raises(IntegrityError):
+        store.add_prompt(_row("p", number=2))
+    store.add_prompt(_row("q"))
+    assert sorted(r.prompt_id for r in store.unfinished()) == ["p", "q"]
+    assert store.unfinished()[0].number == 0
