@@ -276,3 +276,38 @@ def test_a_prompt_id_stored_twice_is_refused_as_sqlalchemys_integrity_error(stor
     store.add_prompt(_row("q"))
     assert sorted(r.prompt_id for r in store.unfinished()) == ["p", "q"]
     assert store.unfinished()[0].number == 0
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipeline-mode", "libpq-before-14"])
+def test_a_jobs_writes_on_postgresql_with_and_without_pipeline_mode(postgres_url: str, pipelined: bool,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """psycopg's pipeline mode needs libpq 14 or newer (its binary wheels bundle one; a build
+    against an older system libpq has none): without it the job path's statements go one by
+    one. Either way a job's writes land, a replica that no longer holds a prompt writes
+    nothing for it, and a prompt_id stored twice is refused."""
+    import psycopg
+
+    if not pipelined:  # a state no PostgreSQL server can produce: the client library's build
+        monkeypatch.setattr(psycopg.Pipeline, "is_supported", classmethod(lambda cls: False))
+    store = Store(postgres_url)
+    try:
+        row = PromptRow("p", 0, None, "c", {"prompt": {}}, inputs={"5": ("d" * 64, "in.png")})
+        store.add_prompt(row)
+        store.add_prompt(_row("theirs"))
+        with pytest.raises(IntegrityError):
+            store.add_prompt(_row("p"))
+        store.reserve_attempt("a1", "p", "gpu1")
+        with store.transaction() as conn:
+            conn.execute(t.prompts.update().where(t.prompts.c.prompt_id == "theirs").values(replica="r1"))
+        with pytest.raises(Fenced):
+            store.reserve_attempt("a2", "theirs", "gpu1", "r2")
+        with pytest.raises(Fenced):
+            store.finish("theirs", "succeeded", {"outputs": {}}, [(("output", "", "t.png"), "gpu1")], owner=None, client_id="c",
+                         created=0.0, started=None, keep=10, replica="r2")
+        store.finish("p", "succeeded", {"outputs": {"3": {}}}, [(("output", "", "x.png"), "gpu1")], owner=None, client_id="c",
+                     created=0.0, started=None, keep=10)
+        assert store.history_item("p") == {"outputs": {"3": {}}} and store.history_item("theirs") is None
+        assert store.file_server(("output", "", "x.png")) == "gpu1" and store.file_server(("output", "", "t.png")) is None
+        assert [(r.prompt_id, r.attempts) for r in store.unfinished()] == [("theirs", [])]
+    finally:
+        store.close()

@@ -3,17 +3,19 @@
 On PostgreSQL every statement is a round trip to the server (about 0.2 ms on one machine,
 more across a network), and psycopg opens a transaction with one more (``BEGIN``). A job's
 end is seven statements (and one per output file past the first): through SQLAlchemy, eight
-round trips before its ``COMMIT``. The
-writes on every job's path send their statements in psycopg's pipeline mode instead: all
-of them, ``BEGIN`` included, in one round trip, their results read after it.
+round trips before its ``COMMIT``. The writes on every job's path send their statements in
+psycopg's pipeline mode instead: all of them, ``BEGIN`` included, in one round trip, their
+results read after it.
 
 SQLite is a library in this process: there is no round trip to save, and its statements
-run one by one through SQLAlchemy as they are sent (each result known at once).
+run one by one as they are sent (each result known at once), through the driver's own cursor.
+So do PostgreSQL's where psycopg's libpq is older than 14 (no pipeline mode).
 
 A write that may find it must not write (a replica that no longer holds the prompt) opens
 the pipeline with ``fence=True``: on PostgreSQL its statements are sent behind a savepoint,
 and :meth:`Pipeline.undo` rolls them back when the first result says so; on SQLite the
-write checks that result before sending the rest (:attr:`Sent.known`).
+write checks that result before sending the rest (:attr:`Sent.known`), as it does on
+PostgreSQL without pipeline mode.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ def _compiled(stmt: Any, conn: Connection, columns: Tuple[str, ...]) -> Any:
         # never reused for another statement.
         _COMPILED[key] = compiled
     return compiled
+
+
+def _pipeline_supported() -> bool:
+    import psycopg  # only PostgreSQL states get here, and they need psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
 
 
 class Sent:
@@ -84,11 +92,14 @@ class Pipeline:
         self._conn = conn
         self._raw: Any = conn.connection.driver_connection
         self._pg = conn.dialect.name == "postgresql"
+        # Pipeline mode needs libpq 14 or newer (psycopg's binary wheels bundle one); with an
+        # older system libpq the statements go one by one, each result known at once.
+        self._pipelined = self._pg and _pipeline_supported()
         self._fence = fence
         self._pipe: Any = None
 
     def __enter__(self) -> "Pipeline":
-        if self._pg:
+        if self._pipelined:
             self._pipe = self._raw.pipeline()
             self._pipe.__enter__()
             if self._fence:
@@ -126,10 +137,13 @@ class Pipeline:
         params = compiled.construct_params(values)
         cursor = self._raw.cursor()
         try:
-            if self._pg:
+            if self._pipelined:
                 cursor.execute(compiled.string, params)
                 return Sent(cursor=cursor)
-            cursor.execute(compiled.string, [params[name] for name in compiled.positiontup])
+            if self._pg:
+                cursor.execute(compiled.string, params)
+            else:
+                cursor.execute(compiled.string, [params[name] for name in compiled.positiontup])
             # Read at once: an SQLite statement with rows left unread stays open.
             return Sent(rows=cursor.fetchall() if cursor.description is not None else [])
         except Exception as error:  # noqa: BLE001 - raised as SQLAlchemy would
@@ -138,7 +152,7 @@ class Pipeline:
     def undo(self) -> None:
         """After the block: roll back what this pipeline wrote (``fence=True`` on
         PostgreSQL; on SQLite the write sent nothing but its check)."""
-        if self._pg and self._fence:
+        if self._pipelined and self._fence:
             try:
                 self._raw.execute(_UNDO)
             except Exception as error:  # noqa: BLE001 - raised as SQLAlchemy would
