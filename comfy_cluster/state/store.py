@@ -292,6 +292,7 @@ class Store:
             for (kind, sub, name), server in files:
                 send(q.UPSERT_FILE[self.dialect], {"type": kind, "subfolder": sub, "filename": name, "server": server,
                                                    "prompt_id": prompt_id}, columns=q.FILE_COLUMNS)
+            # What forget_prompt(row_gone=True) does, sent in this round trip.
             inputs = send(q.DELETE_INPUTS, {"pid": prompt_id})
             send(q.DELETE_ATTEMPTS, {"pid": prompt_id})
             # The newest ``keep`` items stay: one walk down the seq index (not a count of all).
