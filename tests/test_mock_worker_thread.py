@@ -171,3 +171,28 @@ def test_stop_waits_for_a_stalled_node_and_leaves_no_thread(monkeypatch: pytest.
         server.stop()
     assert stopped.is_set()
     assert not [t.name for t in threading.enumerate() if t.name.startswith("mock-comfy-stallstop")]
+
+
+def test_no_message_comes_between_execution_start_and_execution_cached(
+    server: MockComfyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's plan (IS_CHANGED hashes, input lists) is worked out on the worker thread before
+    its ``execution_start``: in ComfyUI the two messages leave the prompt worker microseconds
+    apart, so a status for a prompt posted meanwhile comes before or after the pair, never
+    between them (the recorded transcripts: tests/test_mock_transcripts.py, which failed once
+    in CI on this). Here the plan's hash is held while another prompt is posted."""
+    stall = Stall(mock_nodes.file_hash)
+    monkeypatch.setattr(mock_nodes, "file_hash", stall)
+    with WsListener(server.url, timeout=ANSWER_SECONDS * 4) as listener:
+        prompt = _load_case(server, False)
+        stall.armed.set()
+        first = submit(server, prompt, listener.client_id)
+        try:
+            assert stall.entered.wait(STALL_BOUND), "the job never reached its plan"
+            second = submit(server, image_workflow(color=5), listener.client_id)  # a status for every socket
+        finally:
+            stall.release.set()
+        frames = listener.until_done(second)
+    kinds = [m["type"] for m in frames]
+    start = next(i for i, m in enumerate(frames) if m["type"] == "execution_start" and m["data"]["prompt_id"] == first)
+    assert kinds[start + 1] == "execution_cached", kinds

@@ -572,6 +572,15 @@ class Engine:
                 return
             remaining = max(0.0, remaining - (loop.time() - started) * speed)
 
+    def _hashes_files(self, prompt: Dict[str, Any]) -> bool:
+        """Whether planning ``prompt`` reads files: a node type of it has an IS_CHANGED."""
+        for node in prompt.values():
+            class_type = node.get("class_type") if isinstance(node, dict) else None
+            node_def = self.registry.get(class_type) if isinstance(class_type, str) else None
+            if node_def is not None and node_def.is_changed is not None:
+                return True
+        return False
+
     def _plan(self, prompt: Dict[str, Any]) -> _Plan:
         """Cache keys, IS_CHANGED values and input names of a prompt's nodes (worker thread:
         it reads files, and of the engine only the registry and the env's folders, which stay
@@ -671,8 +680,19 @@ class Engine:
 
     async def _execute(self, job: _Job) -> Tuple[bool, Dict[str, Any]]:
         """Run one job, sending ComfyUI's events; returns (success, history outputs/meta)."""
+        # The plan (IS_CHANGED hashes, input lists) is worked out before execution_start, not
+        # between it and execution_cached as ComfyUI does: there it takes microseconds on the
+        # prompt worker, so a client never sees another message (a status of a prompt posted
+        # meanwhile) between the two. Only a prompt with an IS_CHANGED (a file's hash) hands
+        # it to the worker thread; any other is planned at once on the loop, as the job was
+        # before the worker thread, so that it starts as soon as ComfyUI's would (the recorded
+        # transcripts order its first events before the statuses of prompts posted right
+        # after it: tests/test_mock_transcripts.py).
+        if self._hashes_files(job.prompt):
+            plan = await self.run_blocking(self._plan, job.prompt)
+        else:
+            plan = self._plan(job.prompt)
         job.add_message("execution_start", {"prompt_id": job.prompt_id}, broadcast=False)
-        plan = await self.run_blocking(self._plan, job.prompt)
         sigs = plan.sigs
         wanted = set(sigs.values())
         # The classic cache keeps only what the current prompt can use.
