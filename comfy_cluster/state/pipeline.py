@@ -137,11 +137,10 @@ class Pipeline:
         params = compiled.construct_params(values)
         cursor = self._raw.cursor()
         try:
-            if self._pipelined:
-                cursor.execute(compiled.string, params)
-                return Sent(cursor=cursor)
             if self._pg:
                 cursor.execute(compiled.string, params)
+                if self._pipelined:
+                    return Sent(cursor=cursor)  # read after the round trip
             else:
                 cursor.execute(compiled.string, [params[name] for name in compiled.positiontup])
             # Read at once: an SQLite statement with rows left unread stays open.

@@ -205,9 +205,7 @@ class SharedQueue:
         """A posted prompt into the one queue; True when this replica holds it at once: it
         may ``take`` it (its servers have room) and no prompt waits for a replica (those go
         first). Otherwise every replica's claimer is woken (one NOTIFY per commit)."""
-        held = take and self.store.insert_prompt(conn, row, self.replica, take=True) == self.replica
-        if not take:
-            self.store.insert_prompt(conn, row)
+        held = self.store.insert_prompt(conn, row, self.replica if take else None, take=take) == self.replica
         if not held:
             defer(CHANNEL_QUEUE, None)
         return held

@@ -27,7 +27,7 @@ from . import schema as t
 from . import statements as q
 from .engine import make_engine, migrate
 from .group import MAIN, GroupCommit, Refused, batched
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Sent
 from .urls import safe_url
 
 __all__ = ["Store", "PromptRow", "FileKey", "Fenced"]
@@ -181,14 +181,12 @@ class Store:
         first); returns the replica that holds it."""
         now = self._clock()
         values = dict(prompt_id=row.prompt_id, number=row.number, owner=row.owner, client_id=row.client_id,
-                      body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now,
-                      replica=replica)
+                      body=json.dumps(row.body), state=row.state, cancel=row.cancel, created=row.created or now, updated=now)
         with Pipeline(conn) as send:  # BEGIN and the row in one round trip on PostgreSQL
             if take:
-                values["holder"] = values.pop("replica")
-                held = send(q.INSERT_PROMPT_TAKE, values, columns=q.PROMPT_COLUMNS)
+                held = send(q.INSERT_PROMPT_TAKE, dict(values, holder=replica), columns=q.PROMPT_COLUMNS)
             else:
-                held = send(q.INSERT_PROMPT, values, columns=(*q.PROMPT_COLUMNS, "replica"))
+                held = send(q.INSERT_PROMPT, dict(values, replica=replica), columns=(*q.PROMPT_COLUMNS, "replica"))
             if row.inputs:
                 for node, (d, n) in row.inputs.items():
                     send(q.INSERT_INPUT, {"prompt_id": row.prompt_id, "node": node, "digest": d, "name": n}, columns=q.INPUT_COLUMNS)
@@ -208,13 +206,22 @@ class Store:
         """A prompt deleted before it ran: no history (as ComfyUI)."""
         self.forget_prompt(conn, prompt_id)
 
-    def forget_prompt(self, conn: Connection, prompt_id: str, *, row_gone: bool = False) -> None:
-        """Remove an unfinished prompt and what it holds (in ``conn``'s transaction;
-        ``row_gone``: its own row is deleted already)."""
-        if not row_gone:
-            conn.execute(t.prompts.delete().where(t.prompts.c.prompt_id == prompt_id))
-        digests = conn.execute(q.DELETE_INPUTS, {"pid": prompt_id}).scalars().all()
-        conn.execute(q.DELETE_ATTEMPTS, {"pid": prompt_id})
+    def forget_prompt(self, conn: Connection, prompt_id: str) -> None:
+        """Remove an unfinished prompt and what it holds (in ``conn``'s transaction)."""
+        conn.execute(t.prompts.delete().where(t.prompts.c.prompt_id == prompt_id))
+        with Pipeline(conn) as send:
+            inputs = self._send_forget(send, prompt_id)
+        self._drop_inputs_bytes(conn, inputs)
+
+    @staticmethod
+    def _send_forget(send: Pipeline, prompt_id: str) -> Sent:
+        """Send the deletes of a prompt's inputs and attempts; the inputs' digests come back."""
+        inputs = send(q.DELETE_INPUTS, {"pid": prompt_id})
+        send(q.DELETE_ATTEMPTS, {"pid": prompt_id})
+        return inputs
+
+    def _drop_inputs_bytes(self, conn: Connection, inputs: Sent) -> None:
+        digests = inputs.scalars()
         if digests:  # only the bytes it was bound to can have become unused
             self._drop_unused_blobs(conn, list(set(digests)))
 
@@ -289,20 +296,14 @@ class Store:
             send(q.INSERT_HISTORY, {"prompt_id": prompt_id, "owner": owner, "client_id": client_id, "status": status,
                                     "item": json.dumps(item), "created": created, "started": started, "ended": self._clock()},
                  columns=q.HISTORY_COLUMNS)
-            for (kind, sub, name), server in files:
-                send(q.UPSERT_FILE[self.dialect], {"type": kind, "subfolder": sub, "filename": name, "server": server,
-                                                   "prompt_id": prompt_id}, columns=q.FILE_COLUMNS)
-            # What forget_prompt(row_gone=True) does, sent in this round trip.
-            inputs = send(q.DELETE_INPUTS, {"pid": prompt_id})
-            send(q.DELETE_ATTEMPTS, {"pid": prompt_id})
+            self._send_files(send, prompt_id, files)
+            inputs = self._send_forget(send, prompt_id)  # its row went with TAKE_OUT
             # The newest ``keep`` items stay: one walk down the seq index (not a count of all).
             cut = send(q.HISTORY_CUT, {"keep": keep})
         if taken.first() is None:
             send.undo()
             raise Fenced(f"prompt {prompt_id} is not held by replica {replica}")
-        digests = inputs.scalars()
-        if digests:  # only the bytes it was bound to can have become unused
-            self._drop_unused_blobs(conn, list(set(digests)))
+        self._drop_inputs_bytes(conn, inputs)
         if cut.scalar() is not None:
             self._delete_history(conn, t.history.c.seq <= cut.scalar())
 
@@ -376,8 +377,13 @@ class Store:
     def record_files(self, conn: Connection, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
         """Upsert ``files`` (in ``conn``'s transaction): two servers may make files of one
         name, and two replicas may record them at once; the later one wins, neither fails."""
+        with Pipeline(conn) as send:
+            self._send_files(send, prompt_id, files)
+
+    def _send_files(self, send: Pipeline, prompt_id: str, files: Sequence[Tuple[FileKey, str]]) -> None:
         for (kind, sub, name), server in files:
-            conn.execute(q.UPSERT_FILE[self.dialect], {"type": kind, "subfolder": sub, "filename": name, "server": server, "prompt_id": prompt_id})
+            send(q.UPSERT_FILE[self.dialect], {"type": kind, "subfolder": sub, "filename": name, "server": server,
+                                               "prompt_id": prompt_id}, columns=q.FILE_COLUMNS)
 
     def file_server(self, key: FileKey) -> Optional[str]:
         kind, sub, name = key
