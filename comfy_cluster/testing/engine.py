@@ -572,25 +572,24 @@ class Engine:
                 return
             remaining = max(0.0, remaining - (loop.time() - started) * speed)
 
+    def _def_of(self, node: Any) -> Optional[NodeDef]:
+        """The definition of a prompt node's type (None: not a node of a known type)."""
+        class_type = node.get("class_type") if isinstance(node, dict) else None
+        return self.registry.get(class_type) if isinstance(class_type, str) else None
+
     def _hashes_files(self, prompt: Dict[str, Any]) -> bool:
         """Whether planning ``prompt`` reads files: a node type of it has an IS_CHANGED."""
-        for node in prompt.values():
-            class_type = node.get("class_type") if isinstance(node, dict) else None
-            node_def = self.registry.get(class_type) if isinstance(class_type, str) else None
-            if node_def is not None and node_def.is_changed is not None:
-                return True
-        return False
+        return any(d is not None and d.is_changed is not None for d in map(self._def_of, prompt.values()))
 
     def _plan(self, prompt: Dict[str, Any]) -> _Plan:
-        """Cache keys, IS_CHANGED values and input names of a prompt's nodes (worker thread:
-        it reads files, and of the engine only the registry and the env's folders, which stay
-        as they are while the server runs)."""
+        """Cache keys, IS_CHANGED values and input names of a prompt's nodes (on the worker
+        thread when it reads files, see :meth:`_hashes_files`: it reads of the engine only the
+        registry and the env's folders, which stay as they are while the server runs)."""
         changes: Dict[str, Any] = {}
         sigs = self._signatures(prompt, changes)
         inputs: Dict[str, List[str]] = {}
         for node_id, node in prompt.items():
-            class_type = node.get("class_type")
-            node_def = self.registry.get(class_type) if isinstance(class_type, str) else None
+            node_def = self._def_of(node)
             if node_def is not None:
                 spec = node_def.input_types(self.env)
                 inputs[node_id] = [name for section in ("required", "optional") for name in spec.get(section, {})]
@@ -607,7 +606,7 @@ class Engine:
             node = prompt[node_id]
             class_type = node.get("class_type")
             inputs = node.get("inputs", {})
-            node_def = self.registry.get(class_type) if isinstance(class_type, str) else None
+            node_def = self._def_of(node)
             changed = None
             if node_def is not None and node_def.is_changed is not None:
                 try:
