@@ -105,6 +105,9 @@ class FakeRelay:
     def socket_of(self, key: Any) -> Any:
         return self.sockets.get(key)
 
+    def is_connected(self, key: Any) -> bool:
+        return self.sockets.get(key) is not None
+
     def send(self, key: Any, kind: str, data: Dict[str, Any], *, keep: bool = False, to: Any = ANY_SOCKET) -> None:
         if to is not ANY_SOCKET and to is not self.sockets.get(key):
             return

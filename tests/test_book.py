@@ -485,6 +485,22 @@ def test_a_socket_opened_takes_over_only_its_own_prompts_kept_events(h: Harness)
     assert [keep for key, kind, _, keep in h.relay.frames if key == ("alice", "c1")] == [False]
 
 
+def test_a_prompt_whose_client_opened_a_socket_before_the_book_took_it_is_live_only(h: Harness) -> None:
+    """The POST decides ``keep`` (no socket yet), then awaits the store's commit; a socket the
+    client opened meanwhile must count as opened after the post (``socket_opened`` found no
+    such prompt then): its events are live, and a later socket never gets them."""
+    h.capacity = 2
+    h.relay.sockets[ALICE_C1] = "opened during the commit"
+    early = h.post("a1", ALICE, keep=True)
+    assert early.keep is False
+    h.relay.sockets[ALICE_C1] = None
+    late = h.post("a2", ALICE, keep=True)  # no socket when the book takes it: kept
+    assert late.keep is True
+    h.event("a1", "started")
+    h.event("a2", "started", server="s2")
+    assert [(d["prompt_id"], keep) for key, _, d, keep in h.relay.frames if key == ALICE_C1] == [("a1", False), ("a2", True)]
+
+
 def test_events_that_come_after_the_gateway_loop_closed_are_dropped_quietly(h: Harness) -> None:
     h.post("a1", ALICE)
     on_event = h.call("a1")["on_event"]

@@ -4,6 +4,7 @@ events a socket gets are only those of its own prompts' lives (ComfyUI-for-Nuke'
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any, Callable, Dict, List
 
@@ -59,6 +60,51 @@ def test_comfyui_for_nuke_run_cancel_close_then_run_again_gets_its_own_result(mo
             assert of_prompt(frames, pid1) == [], "the new socket got the old run's events"
             assert kinds(of_prompt(frames, pid2))[-2:] == ["execution_success", "executing"]
             assert second.collect("mock", "")  # its own result is there
+        finally:
+            second.close()
+
+
+def test_a_socket_that_opens_while_its_prompt_is_being_committed_makes_its_events_live(mock_cluster_factory: Factory) -> None:
+    """ComfyUI-for-Nuke posts while its socket connects. A socket that opens after the POST
+    looked for one but before the prompt is in the book (the store's commit in between) sees
+    the run live: once it closes, the run's end must not be kept for the next socket (the CI's
+    failure of the test above, reached here without timing luck)."""
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with gateway_over(cluster) as gw:
+        store = gw.keeper.store
+        add_prompt = store.add_prompt
+        entered, go = threading.Event(), threading.Event()
+
+        def held_add_prompt(*args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            go.wait(20)
+            return add_prompt(*args, **kwargs)
+
+        store.add_prompt = held_add_prompt  # type: ignore[method-assign]
+        first = NukeRemoteClient(gw.url)
+        posted: Dict[str, Any] = {}
+        poster = threading.Thread(target=lambda: posted.update(pid=first.run(sleep_workflow(seconds=30.0, steps=100, seed=1), socket_gate=entered)))
+        try:
+            poster.start()
+            assert entered.wait(20), "the POST reached the store"
+            wait_until(lambda: gw.relay.connected == 1, message="the socket opened while the prompt was being committed")
+            go.set()
+            poster.join(20)
+            pid1 = posted["pid"]
+            assert first.socket is not None
+            first.socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress" and f["data"].get("prompt_id") == pid1)
+            first.socket.close()
+            wait_until(lambda: gw.relay.connected == 0, message="the gateway saw the socket close")
+            first.cancel()
+            wait_until(lambda: requests.get(f"{gw.url}/history/{pid1}", timeout=5).json(), message="the first run ended")
+        finally:
+            go.set()
+            first.close()
+        second = NukeRemoteClient(gw.url)
+        try:
+            pid2 = second.run(image_workflow(color=5))
+            frames = second.wait_done(pid2)
+            assert of_prompt(frames, pid1) == [], "the new socket got the old run's events"
         finally:
             second.close()
 

@@ -94,6 +94,12 @@ class JobBook(Controls):
     def add(self, gj: GatewayJob) -> None:
         """Accept a posted prompt (its ``user``, ``owner`` and ``keep`` already set; already
         in the store)."""
+        if gj.keep and self._relay.is_connected(gj.key):
+            # ``keep`` was decided when the POST came, before the awaits for the store: a
+            # socket of the client that opened meanwhile sees this prompt live, as it would
+            # had it opened after this call (``socket_opened``); a later socket must not get
+            # its events (ComfyUI-for-Nuke closes its socket after a cancel).
+            gj.keep = False
         self._number = max(self._number, int(abs(gj.number)) + 1)
         self.active[gj.prompt_id] = gj
         owner = gj.owner
