@@ -157,6 +157,37 @@ def test_a_client_that_moves_to_another_replica_gets_each_end_once(mock_cluster_
             later.close()
 
 
+@pytest.mark.parametrize("again", ["same-replica", "other-replica"])
+def test_comfyui_for_nuke_run_cancel_close_then_run_again_across_replicas(mock_cluster_factory: Factory, postgres_url: str, again: str) -> None:
+    """ComfyUI-for-Nuke's sequence behind a load balancer: its socket on one replica, its POSTs
+    on another (which sees no socket of it, so keeps the events for the client). Once a socket
+    got the run live, its cancelled end must not reach the socket the client opens next, on
+    either replica (CfN would take it for its new run's end)."""
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with replicas_over(cluster, postgres_url) as (a, b):
+        cid = "artist:shot010:1"
+        first = _Socket(a.url, cid, ["User-Agent: nuke"])
+        try:
+            first.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "status")
+            pid1 = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=30.0, steps=100, seed=1), "client_id": cid}, timeout=10).json()["prompt_id"]
+            first.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress" and f["data"].get("prompt_id") == pid1, timeout=30)
+        finally:
+            first.close()
+        wait_until(lambda: a.relay.connected == 0, message="replica a saw the socket close")
+        # Replica a told b that the run reached the client's socket (in milliseconds, long
+        # before a person cancels; awaited here so that the test does not rely on it).
+        wait_until(lambda: b.relay.is_live(("default", cid), pid1), message="replica b heard the run went live on a")
+        assert requests.post(b.url + "/interrupt", json={"prompt_id": pid1}, timeout=10).status_code == 200
+        wait_until(lambda: requests.get(f"{a.url}/history/{pid1}", timeout=5).json(), timeout=30, message="the first run ended")
+        second = _Socket((a if again == "same-replica" else b).url, cid, ["User-Agent: nuke"])
+        try:
+            pid2 = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=0.05, steps=2, seed=2), "client_id": cid}, timeout=10).json()["prompt_id"]
+            frames = second.wait_for(is_done(pid2), timeout=30)
+            assert of_prompt(frames, pid1) == [], "the new socket got the old run's events"
+        finally:
+            second.close()
+
+
 def _holders(url: str) -> Dict[str, Any]:
     """prompt_id -> the replica holding it (None: waiting for a claim), from the database."""
     store = Store(url)

@@ -351,6 +351,77 @@ def test_events_of_a_prompt_posted_before_the_socket_opened_are_given_to_the_nex
     run(main)
 
 
+def test_a_prompt_whose_frames_reached_a_socket_is_live_only_once_that_socket_closes():
+    """ComfyUI-for-Nuke posts before its socket connects (its prompts' frames are to be kept),
+    and after a cancel closes that socket and opens a new one for its next run: the cancelled
+    run's end must not be kept for the new socket. Each prompt kept for a client that reached
+    its socket is told to the other replicas once."""
+
+    async def main() -> None:
+        relay = Relay()
+        live: List[Tuple[Key, str]] = []
+        published: List[Tuple[Key, str, bool, Optional[str], str]] = []
+        relay.publish_live = lambda key, pid: live.append((key, pid))
+        relay.publish = lambda *args: published.append(args)
+        relay.send(ALICE, "execution_start", {"prompt_id": "kept-first"}, keep=True)
+        client = relay.attach(ALICE, FakeSocket(), first())  # takes the kept frame: live from now on
+        relay.send(ALICE, "execution_start", {"prompt_id": "sent-live"}, keep=True)
+        relay.send(ALICE, "progress", {"value": 1, "prompt_id": "sent-live"}, keep=True)
+        relay.send(ALICE, "progress", {"value": 1, "prompt_id": "not-kept-anyway"})
+        relay.send(("alice", ""), "progress", {"value": 1, "prompt_id": "no-client-id"}, keep=True)
+        assert relay.is_live(ALICE, "kept-first") and relay.is_live(ALICE, "sent-live")
+        assert not relay.is_live(ALICE, "not-kept-anyway") and not relay.is_live(("alice", ""), "no-client-id")
+        assert not relay.is_live(BOB, "sent-live") and not relay.is_live(ALICE, None)
+        assert live == [(ALICE, "kept-first"), (ALICE, "sent-live")]
+        relay.detach(client)
+        published.clear()
+        for pid in ("kept-first", "sent-live", "never-seen"):
+            relay.send(ALICE, "execution_interrupted", {"prompt_id": pid}, keep=True)
+        assert [(json.loads(p[1])["data"]["prompt_id"], p[2]) for p in published] == [
+            ("kept-first", False), ("sent-live", False), ("never-seen", True)]  # the others keep none of them either
+        assert relay.kept_frames == 1
+        again = FakeSocket()
+        relay.attach(ALICE, again, first())
+        await settle()
+        assert again.events()[1:] == [("execution_interrupted", {"prompt_id": "never-seen"})]
+
+    run(main)
+
+
+def test_a_prompt_live_on_another_replica_is_no_longer_kept_here_but_still_reaches_a_socket_here():
+    async def main() -> None:
+        relay = Relay()
+        live: List[Tuple[Key, str]] = []
+        relay.publish_live = lambda key, pid: live.append((key, pid))
+        for pid in ("p1", "p2"):
+            relay.deliver(ALICE, json.dumps({"type": "progress", "data": {"value": 1, "prompt_id": pid}}), True, pid, "")
+        relay.deliver(BOB, json.dumps({"type": "progress", "data": {"value": 1, "prompt_id": "p1"}}), True, "p1", "")
+        relay.live_elsewhere(ALICE, "p1")  # Alice's socket on another replica got p1's frames
+        relay.live_elsewhere(ALICE, "p1")  # told twice: harmless
+        assert relay.kept_frames == 2 and relay.is_live(ALICE, "p1") and not relay.is_live(BOB, "p1")
+        relay.deliver(ALICE, json.dumps({"type": "progress", "data": {"value": 2, "prompt_id": "p1"}}), True, "p1", "")
+        relay.send(ALICE, "progress", {"value": 3, "prompt_id": "p1"}, keep=True)
+        assert relay.kept_frames == 2  # p1 is not kept any more
+        ws = FakeSocket()
+        relay.attach(ALICE, ws, first())  # the client moves here: p2 kept, p1's frames live
+        relay.deliver(ALICE, json.dumps({"type": "progress", "data": {"value": 4, "prompt_id": "p1"}}), True, "p1", "")
+        await settle()
+        assert [(d["prompt_id"], d["value"]) for _, d in ws.events()[1:]] == [("p2", 1), ("p1", 4)]
+        assert live == [(ALICE, "p2")]  # p1 was live already: said by the replica that saw it
+
+    run(main)
+
+
+def test_live_prompts_are_remembered_within_the_bound_oldest_forgotten_first(monkeypatch):
+    monkeypatch.setattr(relay_module, "MAX_ENDS", 2)
+    relay = Relay()
+    for pid in ("p1", "p2"):
+        relay.live_elsewhere(ALICE, pid)
+    relay.live_elsewhere(ALICE, "p1")  # seen again: now the newest
+    relay.live_elsewhere(ALICE, "p3")
+    assert [relay.is_live(ALICE, p) for p in ("p1", "p2", "p3")] == [True, False, True]
+
+
 def test_frames_kept_for_one_client_are_bounded_in_frames_and_in_bytes_newest_kept(monkeypatch):
     monkeypatch.setattr(relay_module, "MAX_KEPT_FRAMES", 3)
 

@@ -7,8 +7,12 @@ stream of their own and never sees these events.
 
 Events for a client with no open socket are kept only for the prompts the book asks to keep
 (those posted while no socket of that client was open: clients such as ComfyUI-for-Nuke post
-before their socket connects); the next socket gets them once. Binary preview frames are never
-kept: they are only worth something live.
+before their socket connects); the next socket gets them once. Once a socket of the client got
+one of a prompt's frames, that prompt is live only: its later frames are not kept when the
+socket closes (ComfyUI-for-Nuke closes its socket after a cancel and opens a new one for its
+next run, which must not get the cancelled run's end). Replicas: the replica whose socket got
+it tells the others (``publish_live``), which drop the copies they kept (:meth:`live_elsewhere`).
+Binary preview frames are never kept: they are only worth something live.
 
 Each client gets each prompt's end once (dedupe by prompt id): the first ``execution_success``/
 ``_error``/``_interrupted`` of a prompt for a client, then its ``executing`` null; any later
@@ -103,9 +107,14 @@ class Relay:
         self.record_told: Optional[Callable[[Key, str], Awaitable[Any]]] = None
         #: Replicas: which of these prompts' ends ``key`` got already (from the store).
         self.check_told: Optional[Callable[[Key, List[str]], Awaitable[List[str]]]] = None
+        #: Replicas: tell the others that a prompt kept for ``key`` reached its socket here.
+        self.publish_live: Optional[Callable[[Key, str], None]] = None
         self._clients: Dict[Key, Outbox] = {}
         # (key, prompt_id) -> END (its end went to the client) or CLOSE (and its executing null)
         self._ends: "collections.OrderedDict[Tuple[Key, str], str]" = collections.OrderedDict()
+        # (key, prompt_id) of prompts whose frames were to be kept for ``key`` and reached a socket
+        # of it (here or on another replica): no longer kept (bounded as ``_ends``).
+        self._live: "collections.OrderedDict[Tuple[Key, str], None]" = collections.OrderedDict()
         self._kept: "collections.OrderedDict[Key, _Kept]" = collections.OrderedDict()
         self._kept_total = 0
         self._kept_bytes = 0
@@ -133,6 +142,7 @@ class Relay:
         self._clients[key] = client
         client.put(json.dumps(first))
         for frame, pid, role in self._take_kept(key):
+            self._went_live(key, pid)
             self._put(client, key, frame, pid, role, copied=True)  # other replicas kept it too
         client.writer = asyncio.get_running_loop().create_task(client.write())
         return client
@@ -169,8 +179,11 @@ class Relay:
             return
         frame = json.dumps({"type": kind, "data": data})
         if client is not None:
+            if keep:
+                self._went_live(key, pid)
             self._put(client, key, frame, pid, role, copied=False)
             return
+        keep = keep and not self.is_live(key, pid)
         if self.publish is not None and key[1]:
             self.publish(key, frame, keep, pid, role)
         if keep and key[1]:
@@ -183,8 +196,10 @@ class Relay:
             return
         client = self._client_for(key)
         if client is not None:
+            if keep:
+                self._went_live(key, prompt_id)
             self._put(client, key, frame, prompt_id, role, copied=keep)  # keep: the others kept it too
-        elif keep and key[1]:
+        elif keep and key[1] and not self.is_live(key, prompt_id):
             self._keep(key, frame, prompt_id, role)
 
     def _put(self, client: Outbox, key: Key, frame: str, prompt_id: Optional[str], role: str, *, copied: bool) -> None:
@@ -229,6 +244,36 @@ class Relay:
                 ends.popitem(last=False)
         return True
 
+    def is_live(self, key: Key, prompt_id: Optional[str]) -> bool:
+        """Whether frames of ``prompt_id`` that were to be kept for ``key`` reached a socket of
+        it (here, or on another replica that said so): its later frames are not kept."""
+        return prompt_id is not None and (key, prompt_id) in self._live
+
+    def _went_live(self, key: Key, prompt_id: Optional[str]) -> None:
+        """A frame of ``prompt_id`` that was to be kept for ``key`` goes to its socket here."""
+        if prompt_id is None or not key[1] or not self._mark_live(key, prompt_id):
+            return
+        if self.publish_live is not None:
+            self.publish_live(key, prompt_id)
+
+    def _mark_live(self, key: Key, prompt_id: str) -> bool:
+        """True when ``prompt_id`` was not live for ``key`` yet."""
+        live = self._live
+        if (key, prompt_id) in live:
+            live.move_to_end((key, prompt_id))
+            return False
+        live[(key, prompt_id)] = None
+        while len(live) > MAX_ENDS:
+            live.popitem(last=False)
+        return True
+
+    def live_elsewhere(self, key: Key, prompt_id: str) -> None:
+        """``prompt_id``'s frames reached ``key``'s socket on another replica: the frames kept
+        for it here are dropped and its later frames not kept (its live ones still go to a
+        socket of ``key`` here, should the client move)."""
+        self._mark_live(key, prompt_id)
+        self._drop_kept(key, prompt_id)
+
     def told_elsewhere(self, key: Key, prompt_id: str) -> None:
         """``prompt_id``'s end went to ``key``'s socket (on another replica): nothing more of
         that prompt goes to that client from here (the frames kept for it are dropped)."""
@@ -236,6 +281,9 @@ class Relay:
         self._ends.move_to_end((key, prompt_id))
         while len(self._ends) > MAX_ENDS:
             self._ends.popitem(last=False)
+        self._drop_kept(key, prompt_id)
+
+    def _drop_kept(self, key: Key, prompt_id: str) -> None:
         kept = self._kept.get(key)
         if kept is None:
             return

@@ -190,6 +190,14 @@ class SharedQueue:
             conn.execute(t.told.insert().values(user=user, client_id=client_id, prompt_id=prompt_id, created=self._clock()))
         defer(CHANNEL_EVENTS, payload)  # with this commit's frames, in order
 
+    @batched
+    def publish_live(self, conn: Any, client_id: str, prompt_id: str, *, user: str = "") -> None:
+        """Tell the other replicas that frames of ``prompt_id`` kept for the client reached its
+        socket here: they drop their copies and keep no more of it (nothing is stored: a
+        replica that starts later holds no copies)."""
+        defer(CHANNEL_EVENTS, json.dumps({"from": self.replica, "n": next(self._frames), "client_id": client_id, "user": user,
+                                          "prompt_id": prompt_id, "live": True}))
+
     def told(self, client_id: str, prompt_ids: List[str], *, user: str = "") -> List[str]:
         """Which of ``prompt_ids`` had their end written to the client already (any replica)."""
         with self.store.reading() as conn:
