@@ -369,6 +369,7 @@ def test_a_prompt_whose_frames_reached_a_socket_is_live_only_once_that_socket_cl
         relay.send(ALICE, "progress", {"value": 1, "prompt_id": "sent-live"}, keep=True)
         relay.send(ALICE, "progress", {"value": 1, "prompt_id": "not-kept-anyway"})
         relay.send(("alice", ""), "progress", {"value": 1, "prompt_id": "no-client-id"}, keep=True)
+        relay.send(ALICE, "progress", {"value": 1}, keep=True)  # of no prompt: nothing to say
         assert relay.is_live(ALICE, "kept-first") and relay.is_live(ALICE, "sent-live")
         assert not relay.is_live(ALICE, "not-kept-anyway") and not relay.is_live(("alice", ""), "no-client-id")
         assert not relay.is_live(BOB, "sent-live") and not relay.is_live(ALICE, None)
@@ -405,9 +406,10 @@ def test_a_prompt_live_on_another_replica_is_no_longer_kept_here_but_still_reach
         ws = FakeSocket()
         relay.attach(ALICE, ws, first())  # the client moves here: p2 kept, p1's frames live
         relay.deliver(ALICE, json.dumps({"type": "progress", "data": {"value": 4, "prompt_id": "p1"}}), True, "p1", "")
+        relay.deliver(ALICE, json.dumps({"type": "progress", "data": {"value": 5, "prompt_id": "p3"}}), True, "p3", "")
         await settle()
-        assert [(d["prompt_id"], d["value"]) for _, d in ws.events()[1:]] == [("p2", 1), ("p1", 4)]
-        assert live == [(ALICE, "p2")]  # p1 was live already: said by the replica that saw it
+        assert [(d["prompt_id"], d["value"]) for _, d in ws.events()[1:]] == [("p2", 1), ("p1", 4), ("p3", 5)]
+        assert live == [(ALICE, "p2"), (ALICE, "p3")]  # p1 was live already: said by the replica that saw it
 
     run(main)
 
