@@ -188,6 +188,31 @@ def test_comfyui_for_nuke_run_cancel_close_then_run_again_across_replicas(mock_c
             second.close()
 
 
+def test_a_client_whose_replica_stopped_still_gets_the_end_of_a_run_it_saw_live(mock_cluster_factory: Factory, postgres_url: str) -> None:
+    """The other side of the test above: a socket that dies with its replica (stopped here; a
+    crash says nothing either) is not a client's close. The replica that runs the prompt goes on
+    keeping its frames, and the client that reconnects there gets its end."""
+    cluster = mock_cluster_factory(speeds=(1.0,))
+    with replicas_over(cluster, postgres_url) as (a, b):
+        cid = "artist:shot010:1"
+        first = _Socket(a.url, cid, ["User-Agent: nuke"])
+        try:
+            first.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "status")
+            pid = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=30.0, steps=100, seed=3), "client_id": cid}, timeout=10).json()["prompt_id"]
+            first.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress" and f["data"].get("prompt_id") == pid, timeout=30)
+            a.stop()  # the client's socket dies with its replica
+        finally:
+            first.close()
+        assert requests.post(b.url + "/interrupt", json={"prompt_id": pid}, timeout=10).status_code == 200
+        wait_until(lambda: requests.get(f"{b.url}/history/{pid}", timeout=5).json(), timeout=30, message="the run ended")
+        later = _Socket(b.url, cid, ["User-Agent: nuke"])  # it reconnects through the load balancer
+        try:
+            frames = of_prompt(later.wait_for(is_done(pid), timeout=30), pid)
+            assert [f["type"] for f in frames][-2:] == ["execution_interrupted", "executing"]
+        finally:
+            later.close()
+
+
 def _holders(url: str) -> Dict[str, Any]:
     """prompt_id -> the replica holding it (None: waiting for a claim), from the database."""
     store = Store(url)

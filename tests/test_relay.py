@@ -354,17 +354,19 @@ def test_events_of_a_prompt_posted_before_the_socket_opened_are_given_to_the_nex
 def test_a_prompt_whose_frames_reached_a_socket_is_live_only_once_that_socket_closes():
     """ComfyUI-for-Nuke posts before its socket connects (its prompts' frames are to be kept),
     and after a cancel closes that socket and opens a new one for its next run: the cancelled
-    run's end must not be kept for the new socket. Each prompt kept for a client that reached
-    its socket is told to the other replicas once."""
+    run's end must not be kept for the new socket. When the socket closes, the prompts it got
+    live that were to be kept are told to the other replicas, once."""
 
     async def main() -> None:
         relay = Relay()
-        live: List[Tuple[Key, str]] = []
+        live: List[Tuple[Key, List[str]]] = []
         published: List[Tuple[Key, str, bool, Optional[str], str]] = []
-        relay.publish_live = lambda key, pid: live.append((key, pid))
+        relay.publish_live = lambda key, pids: live.append((key, pids))
         relay.publish = lambda *args: published.append(args)
         relay.send(ALICE, "execution_start", {"prompt_id": "kept-first"}, keep=True)
-        client = relay.attach(ALICE, FakeSocket(), first())  # takes the kept frame: live from now on
+        older = relay.attach(ALICE, FakeSocket(), first())  # takes the kept frame: live from now on
+        client = relay.attach(ALICE, FakeSocket(), first())  # a newer socket of the client, here
+        relay.detach(older)  # the older one's close: the client still has a socket here
         relay.send(ALICE, "execution_start", {"prompt_id": "sent-live"}, keep=True)
         relay.send(ALICE, "progress", {"value": 1, "prompt_id": "sent-live"}, keep=True)
         relay.send(ALICE, "progress", {"value": 1, "prompt_id": "not-kept-anyway"})
@@ -373,18 +375,30 @@ def test_a_prompt_whose_frames_reached_a_socket_is_live_only_once_that_socket_cl
         assert relay.is_live(ALICE, "kept-first") and relay.is_live(ALICE, "sent-live")
         assert not relay.is_live(ALICE, "not-kept-anyway") and not relay.is_live(("alice", ""), "no-client-id")
         assert not relay.is_live(BOB, "sent-live") and not relay.is_live(ALICE, None)
-        assert live == [(ALICE, "kept-first"), (ALICE, "sent-live")]
+        assert live == []  # said when the socket closes
         relay.detach(client)
+        relay.detach(client)  # twice: said once
+        assert live == [(ALICE, ["kept-first", "sent-live"])]
         published.clear()
         for pid in ("kept-first", "sent-live", "never-seen"):
             relay.send(ALICE, "execution_interrupted", {"prompt_id": pid}, keep=True)
         assert [(json.loads(p[1])["data"]["prompt_id"], p[2]) for p in published] == [
             ("kept-first", False), ("sent-live", False), ("never-seen", True)]  # the others keep none of them either
         assert relay.kept_frames == 1
-        again = FakeSocket()
-        relay.attach(ALICE, again, first())
+        class HandledSocket(FakeSocket):
+            """Its handler detaches it as soon as the close is under way (before close() ends)."""
+
+            async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+                relay.detach(last)
+                return await super().close(code=code, message=message)
+
+        again = HandledSocket()
+        last = relay.attach(ALICE, again, first())
         await settle()
         assert again.events()[1:] == [("execution_interrupted", {"prompt_id": "never-seen"})]
+        relay.send(ALICE, "progress", {"value": 1, "prompt_id": "at-stop"}, keep=True)
+        await relay.close()  # the gateway stops: its sockets die as in a crash, nothing is said
+        assert again.closed_with is not None and live == [(ALICE, ["kept-first", "sent-live"])]
 
     run(main)
 
@@ -392,36 +406,48 @@ def test_a_prompt_whose_frames_reached_a_socket_is_live_only_once_that_socket_cl
 def test_a_prompt_live_on_another_replica_is_no_longer_kept_here_but_still_reaches_a_socket_here():
     async def main() -> None:
         relay = Relay()
-        live: List[Tuple[Key, str]] = []
-        relay.publish_live = lambda key, pid: live.append((key, pid))
+        live: List[Tuple[Key, List[str]]] = []
+        relay.publish_live = lambda key, pids: live.append((key, pids))
         for pid in ("p1", "p2"):
             relay.deliver(ALICE, json.dumps({"type": "progress", "data": {"value": 1, "prompt_id": pid}}), True, pid, "")
         relay.deliver(BOB, json.dumps({"type": "progress", "data": {"value": 1, "prompt_id": "p1"}}), True, "p1", "")
-        relay.live_elsewhere(ALICE, "p1")  # Alice's socket on another replica got p1's frames
-        relay.live_elsewhere(ALICE, "p1")  # told twice: harmless
+        relay.live_elsewhere(ALICE, ["p1", "p9"])  # Alice's socket on another replica got p1 (and p9) and closed
+        relay.live_elsewhere(ALICE, ["p1"])  # told twice: harmless
         assert relay.kept_frames == 2 and relay.is_live(ALICE, "p1") and not relay.is_live(BOB, "p1")
         relay.deliver(ALICE, json.dumps({"type": "progress", "data": {"value": 2, "prompt_id": "p1"}}), True, "p1", "")
         relay.send(ALICE, "progress", {"value": 3, "prompt_id": "p1"}, keep=True)
         assert relay.kept_frames == 2  # p1 is not kept any more
         ws = FakeSocket()
-        relay.attach(ALICE, ws, first())  # the client moves here: p2 kept, p1's frames live
+        client = relay.attach(ALICE, ws, first())  # the client opens a socket here: p2 kept, p1's frames live
         relay.deliver(ALICE, json.dumps({"type": "progress", "data": {"value": 4, "prompt_id": "p1"}}), True, "p1", "")
         relay.deliver(ALICE, json.dumps({"type": "progress", "data": {"value": 5, "prompt_id": "p3"}}), True, "p3", "")
         await settle()
         assert [(d["prompt_id"], d["value"]) for _, d in ws.events()[1:]] == [("p2", 1), ("p1", 4), ("p3", 5)]
-        assert live == [(ALICE, "p2"), (ALICE, "p3")]  # p1 was live already: said by the replica that saw it
+        relay.detach(client)
+        assert live == [(ALICE, ["p2", "p1", "p3"])]  # what this socket got of what was to be kept
 
     run(main)
 
 
-def test_live_prompts_are_remembered_within_the_bound_oldest_forgotten_first(monkeypatch):
+def test_live_prompts_are_remembered_within_their_bounds_oldest_forgotten_first(monkeypatch):
     monkeypatch.setattr(relay_module, "MAX_ENDS", 2)
+    monkeypatch.setattr(relay_module, "MAX_SEEN", 2)
     relay = Relay()
-    for pid in ("p1", "p2"):
-        relay.live_elsewhere(ALICE, pid)
-    relay.live_elsewhere(ALICE, "p1")  # seen again: now the newest
-    relay.live_elsewhere(ALICE, "p3")
+    relay.live_elsewhere(ALICE, ["p1", "p2"])
+    relay.live_elsewhere(ALICE, ["p1"])  # seen again: now the newest
+    relay.live_elsewhere(ALICE, ["p3"])
     assert [relay.is_live(ALICE, p) for p in ("p1", "p2", "p3")] == [True, False, True]
+
+    async def main() -> None:
+        live: List[Tuple[Key, List[str]]] = []
+        relay.publish_live = lambda key, pids: live.append((key, pids))
+        client = relay.attach(BOB, FakeSocket(), first())
+        for pid in ("b1", "b2", "b3"):
+            relay.send(BOB, "progress", {"value": 1, "prompt_id": pid}, keep=True)
+        relay.detach(client)
+        assert live == [(BOB, ["b2", "b3"])]
+
+    run(main)
 
 
 def test_frames_kept_for_one_client_are_bounded_in_frames_and_in_bytes_newest_kept(monkeypatch):

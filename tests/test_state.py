@@ -176,3 +176,37 @@ def test_two_replicas_recording_the_same_file_name_at_once_both_commit(postgres_
     assert errors == [] and b.file_server(key) == "m1"
     a.close()
     b.close()
+
+
+def test_many_live_prompts_are_told_in_notices_within_notifys_payload_bound(postgres_url: str) -> None:
+    """A replica's socket that closes after getting many kept prompts live tells the others in
+    as many NOTIFY payloads as the bound needs (PostgreSQL refuses one over 8000 bytes), all
+    of them in order, from one commit."""
+    import json
+    import uuid
+
+    import psycopg
+
+    from comfy_cluster.state.shared import CHANNEL_EVENTS, MAX_PAYLOAD, SharedQueue
+
+    store = Store(postgres_url)
+    shared = SharedQueue(store, "r0", "http://127.0.0.1:1")
+    pids = [str(uuid.uuid4()) for _ in range(600)] + ["p" * 200]  # the longest prompt_id the store takes
+    host, port = postgres_url.split("@")[1].split("/")[0].split(":")
+    dbname = postgres_url.rsplit("/", 1)[1]
+    try:
+        with psycopg.connect(f"host={host} port={port} user=postgres dbname={dbname}", autocommit=True) as listen:
+            listen.execute(f"LISTEN {CHANNEL_EVENTS}")
+            shared.publish_live("artist:shot010:1", pids, user="u" * 200)
+            notes = []
+            for note in listen.notifies(timeout=10):
+                notes.append(note.payload)
+                if sum(len(json.loads(p)["live"]) for p in notes) >= len(pids):
+                    break
+        data = [json.loads(p) for p in notes]
+        assert len(notes) > 1 and all(len(p.encode()) <= MAX_PAYLOAD for p in notes)
+        assert [pid for d in data for pid in d["live"]] == pids
+        assert {(d["from"], d["client_id"], d["user"]) for d in data} == {("r0", "artist:shot010:1", "u" * 200)}
+        assert len({d["n"] for d in data}) == len(data)  # numbered apart: equal payloads of one commit come once
+    finally:
+        store.close()

@@ -10,8 +10,10 @@ Events for a client with no open socket are kept only for the prompts the book a
 before their socket connects); the next socket gets them once. Once a socket of the client got
 one of a prompt's frames, that prompt is live only: its later frames are not kept when the
 socket closes (ComfyUI-for-Nuke closes its socket after a cancel and opens a new one for its
-next run, which must not get the cancelled run's end). Replicas: the replica whose socket got
-it tells the others (``publish_live``), which drop the copies they kept (:meth:`live_elsewhere`).
+next run, which must not get the cancelled run's end). Replicas: when that socket closes, its
+replica tells the others which prompts it got live (``publish_live``); they drop the copies they
+kept and keep no more of them (:meth:`live_elsewhere`). A replica that dies tells nothing, so
+the others go on keeping for its clients, which reconnect elsewhere.
 Binary preview frames are never kept: they are only worth something live.
 
 Each client gets each prompt's end once (dedupe by prompt id): the first ``execution_success``/
@@ -53,6 +55,9 @@ END, CLOSE, START = "end", "close", "start"
 #: Prompts whose end a client got, remembered at most (the oldest are forgotten first): ends
 #: come twice only around a reconnect, so the newest prompts are the ones that matter.
 MAX_ENDS = 20_000
+#: Prompts an open socket got live that other replicas may hold copies of, remembered at most
+#: per client until it closes (the newest): told to the other replicas then.
+MAX_SEEN = 1000
 #: Bytes queued for one socket at most (settable: ``Gateway(ws_queue_bytes=)``).
 DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
 #: Frames kept for one client without a socket, clients kept at most, frames and bytes in all
@@ -107,14 +112,18 @@ class Relay:
         self.record_told: Optional[Callable[[Key, str], Awaitable[Any]]] = None
         #: Replicas: which of these prompts' ends ``key`` got already (from the store).
         self.check_told: Optional[Callable[[Key, List[str]], Awaitable[List[str]]]] = None
-        #: Replicas: tell the others that a prompt kept for ``key`` reached its socket here.
-        self.publish_live: Optional[Callable[[Key, str], None]] = None
+        #: Replicas: tell the others that these prompts, kept for ``key``, reached its socket
+        #: here (called when that socket closes).
+        self.publish_live: Optional[Callable[[Key, List[str]], None]] = None
         self._clients: Dict[Key, Outbox] = {}
         # (key, prompt_id) -> END (its end went to the client) or CLOSE (and its executing null)
         self._ends: "collections.OrderedDict[Tuple[Key, str], str]" = collections.OrderedDict()
         # (key, prompt_id) of prompts whose frames were to be kept for ``key`` and reached a socket
         # of it (here or on another replica): no longer kept (bounded as ``_ends``).
         self._live: "collections.OrderedDict[Tuple[Key, str], None]" = collections.OrderedDict()
+        # key -> prompts of ``_live`` that its socket here got (told to the others at its close)
+        self._seen: Dict[Key, "collections.OrderedDict[str, None]"] = {}
+        self._closing = False  # the gateway is stopping: its sockets die as with a crash
         self._kept: "collections.OrderedDict[Key, _Kept]" = collections.OrderedDict()
         self._kept_total = 0
         self._kept_bytes = 0
@@ -148,9 +157,13 @@ class Relay:
         return client
 
     def detach(self, client: Outbox) -> None:
-        if self._clients.get(client.key) is client:
-            del self._clients[client.key]
-            self._with_metadata.discard(client.key)
+        key = client.key
+        if self._clients.get(key) is client:
+            del self._clients[key]
+            self._with_metadata.discard(key)
+            seen = self._seen.pop(key, None)
+            if seen and self.publish_live is not None and not self._closing:
+                self.publish_live(key, list(seen))
         client.finish()
 
     def _client_for(self, key: Key) -> Optional[Outbox]:
@@ -251,28 +264,28 @@ class Relay:
 
     def _went_live(self, key: Key, prompt_id: Optional[str]) -> None:
         """A frame of ``prompt_id`` that was to be kept for ``key`` goes to its socket here."""
-        if prompt_id is None or not key[1] or not self._mark_live(key, prompt_id):
+        if prompt_id is None or not key[1]:
             return
-        if self.publish_live is not None:
-            self.publish_live(key, prompt_id)
+        self._mark_live(key, prompt_id)
+        seen = self._seen.setdefault(key, collections.OrderedDict())
+        seen[prompt_id] = None
+        if len(seen) > MAX_SEEN:
+            seen.popitem(last=False)
 
-    def _mark_live(self, key: Key, prompt_id: str) -> bool:
-        """True when ``prompt_id`` was not live for ``key`` yet."""
+    def _mark_live(self, key: Key, prompt_id: str) -> None:
         live = self._live
-        if (key, prompt_id) in live:
-            live.move_to_end((key, prompt_id))
-            return False
         live[(key, prompt_id)] = None
+        live.move_to_end((key, prompt_id))
         while len(live) > MAX_ENDS:
             live.popitem(last=False)
-        return True
 
-    def live_elsewhere(self, key: Key, prompt_id: str) -> None:
-        """``prompt_id``'s frames reached ``key``'s socket on another replica: the frames kept
-        for it here are dropped and its later frames not kept (its live ones still go to a
-        socket of ``key`` here, should the client move)."""
-        self._mark_live(key, prompt_id)
-        self._drop_kept(key, prompt_id)
+    def live_elsewhere(self, key: Key, prompt_ids: List[str]) -> None:
+        """These prompts' frames reached ``key``'s socket on another replica, which closed: the
+        frames kept for them here are dropped and their later frames not kept (their live ones
+        still go to a socket of ``key`` here, should the client open one)."""
+        for prompt_id in prompt_ids:
+            self._mark_live(key, prompt_id)
+            self._drop_kept(key, prompt_id)
 
     def told_elsewhere(self, key: Key, prompt_id: str) -> None:
         """``prompt_id``'s end went to ``key``'s socket (on another replica): nothing more of
@@ -370,6 +383,7 @@ class Relay:
             await asyncio.wait(writers, timeout=timeout)
 
     async def close(self) -> None:
+        self._closing = True
         for client in list(self._clients.values()):
             client.finish()
             if client.writer is not None:

@@ -128,8 +128,9 @@ class ReplicaLink:
             if data.get("told") and pid is not None:
                 self._on_loop(self._relay.told_elsewhere, key, pid)
                 return
-            if data.get("live") and pid is not None:
-                self._on_loop(self._relay.live_elsewhere, key, pid)
+            live = data.get("live")
+            if isinstance(live, list):
+                self._on_loop(self._relay.live_elsewhere, key, [p for p in live if isinstance(p, str)])
                 return
             frame = data.get("frame")
             if frame is None and data.get("id") is not None:
@@ -148,8 +149,8 @@ class ReplicaLink:
     def _publish(self, key: Tuple[str, str], frame: str, keep: bool, prompt_id: Optional[str], role: str) -> None:
         self._keeper.later(self.shared.publish, key[1], frame, user=key[0], keep=keep, prompt_id=prompt_id, role=role)
 
-    def _publish_live(self, key: Tuple[str, str], prompt_id: str) -> None:
-        self._keeper.later(self.shared.publish_live, key[1], prompt_id, user=key[0])
+    def _publish_live(self, key: Tuple[str, str], prompt_ids: List[str]) -> None:
+        self._keeper.later(self.shared.publish_live, key[1], prompt_ids, user=key[0])
 
     async def _record_told(self, key: Tuple[str, str], prompt_id: str) -> None:
         await self._keeper.run(self.shared.publish_told, key[1], prompt_id, user=key[0])

@@ -191,12 +191,24 @@ class SharedQueue:
         defer(CHANNEL_EVENTS, payload)  # with this commit's frames, in order
 
     @batched
-    def publish_live(self, conn: Any, client_id: str, prompt_id: str, *, user: str = "") -> None:
-        """Tell the other replicas that frames of ``prompt_id`` kept for the client reached its
-        socket here: they drop their copies and keep no more of it (nothing is stored: a
-        replica that starts later holds no copies)."""
-        defer(CHANNEL_EVENTS, json.dumps({"from": self.replica, "n": next(self._frames), "client_id": client_id, "user": user,
-                                          "prompt_id": prompt_id, "live": True}))
+    def publish_live(self, conn: Any, client_id: str, prompt_ids: List[str], *, user: str = "") -> None:
+        """Tell the other replicas that frames of ``prompt_ids`` kept for the client reached its
+        socket here, which closed: they drop their copies and keep no more of them (nothing is
+        stored: a replica that starts later holds no copies). As many notices as NOTIFY's
+        payload bound needs."""
+        head = {"from": self.replica, "n": 0, "client_id": client_id, "user": user, "live": []}
+        room = MAX_PAYLOAD - len(json.dumps(head)) - 20  # the notice's number grows
+        batch: List[str] = []
+        size = 0
+        for pid in prompt_ids:
+            more = len(json.dumps(pid)) + 2
+            if batch and size + more > room:
+                defer(CHANNEL_EVENTS, json.dumps(dict(head, n=next(self._frames), live=batch)))
+                batch, size = [], 0
+            batch.append(pid)
+            size += more
+        if batch:
+            defer(CHANNEL_EVENTS, json.dumps(dict(head, n=next(self._frames), live=batch)))
 
     def told(self, client_id: str, prompt_ids: List[str], *, user: str = "") -> List[str]:
         """Which of ``prompt_ids`` had their end written to the client already (any replica)."""
