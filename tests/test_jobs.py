@@ -146,8 +146,11 @@ def test_post_failure_moves_the_job(mock_cluster_factory, fault):
     cluster = mock_cluster_factory(speeds=(1, 1))
     bad, good = cluster.servers
     servers = [dict(s, priority=i) for i, s in enumerate(servers_of(cluster))]  # bad is preferred
-    knobs = dict(FAST, ws_connect_timeout=1.0, probe_timeout=(0.5, 0.5))  # the hung server costs this long
-    with ServerPool(servers, strategy="priority", request_timeout=(0.5, 1.0), **knobs) as pool:
+    # Reads and websocket connects of 2 s: the hung server costs that long, and a healthy mock
+    # answers well within it even on a loaded machine (CI, with half a second for probes: the bad
+    # server seen offline before its fault was set, so the job never tried it).
+    knobs = dict(FAST, ws_connect_timeout=2.0, probe_timeout=(5.0, 2.0))
+    with ServerPool(servers, strategy="priority", request_timeout=(5.0, 2.0), **knobs) as pool:
         wf = sleep_workflow()
         pool.select(wf)  # status and node lists read while both are fine
         bad.set_fault(fault)
