@@ -325,7 +325,7 @@ def test_close_cancels_and_leaves_no_threads(mock_comfy):
     wait_until(lambda: job.status == "running", what="running")
     pool.close()
     with pytest.raises(JobCancelled):
-        job.result(timeout=1)
+        job.result(timeout=10)
     wait_until(lambda: set(threading.enumerate()) <= before, timeout=30, what="threads gone")
     wait_until(lambda: mock_comfy.queue_snapshot() == ([], []), what="job stopped on the server")
 
