@@ -83,6 +83,14 @@ def role_of(kind: str, data: Dict[str, Any]) -> str:
     return ""
 
 
+def _remember(entries: "collections.OrderedDict[Any, Any]", key: Any, value: Any, bound: int) -> None:
+    """``entries[key] = value`` as the newest entry; the oldest go past ``bound`` entries."""
+    entries[key] = value
+    entries.move_to_end(key)
+    while len(entries) > bound:
+        entries.popitem(last=False)
+
+
 class _Kept:
     """Frames kept for one client without a socket: ``(frame, prompt_id, role)``."""
 
@@ -252,9 +260,7 @@ class Relay:
             ends[(key, prompt_id)] = CLOSE
             return True
         if role == END:
-            ends[(key, prompt_id)] = END
-            while len(ends) > MAX_ENDS:
-                ends.popitem(last=False)
+            _remember(ends, (key, prompt_id), END, MAX_ENDS)  # a new entry
         return True
 
     def is_live(self, key: Key, prompt_id: Optional[str]) -> bool:
@@ -266,34 +272,24 @@ class Relay:
         """A frame of ``prompt_id`` that was to be kept for ``key`` goes to its socket here."""
         if prompt_id is None or not key[1]:
             return
-        self._mark_live(key, prompt_id)
+        _remember(self._live, (key, prompt_id), None, MAX_ENDS)
         seen = self._seen.setdefault(key, collections.OrderedDict())
         seen[prompt_id] = None
         if len(seen) > MAX_SEEN:
             seen.popitem(last=False)
-
-    def _mark_live(self, key: Key, prompt_id: str) -> None:
-        live = self._live
-        live[(key, prompt_id)] = None
-        live.move_to_end((key, prompt_id))
-        while len(live) > MAX_ENDS:
-            live.popitem(last=False)
 
     def live_elsewhere(self, key: Key, prompt_ids: List[str]) -> None:
         """These prompts' frames reached ``key``'s socket on another replica, which closed: the
         frames kept for them here are dropped and their later frames not kept (their live ones
         still go to a socket of ``key`` here, should the client open one)."""
         for prompt_id in prompt_ids:
-            self._mark_live(key, prompt_id)
+            _remember(self._live, (key, prompt_id), None, MAX_ENDS)
             self._drop_kept(key, prompt_id)
 
     def told_elsewhere(self, key: Key, prompt_id: str) -> None:
         """``prompt_id``'s end went to ``key``'s socket (on another replica): nothing more of
         that prompt goes to that client from here (the frames kept for it are dropped)."""
-        self._ends[(key, prompt_id)] = CLOSE
-        self._ends.move_to_end((key, prompt_id))
-        while len(self._ends) > MAX_ENDS:
-            self._ends.popitem(last=False)
+        _remember(self._ends, (key, prompt_id), CLOSE, MAX_ENDS)
         self._drop_kept(key, prompt_id)
 
     def _drop_kept(self, key: Key, prompt_id: str) -> None:
