@@ -157,6 +157,24 @@ def test_a_client_that_moves_to_another_replica_gets_each_end_once(mock_cluster_
             later.close()
 
 
+NUKE = ["User-Agent: nuke"]
+
+
+def _run_seen_live_through_two_replicas(a: Gateway, b: Gateway, cid: str, seed: int) -> Tuple[_Socket, str]:
+    """ComfyUI-for-Nuke behind a load balancer: its socket on replica ``a``, its POST of a long
+    run on ``b``; the socket (still open) and the prompt, once the socket got the run's progress."""
+    socket = _Socket(a.url, cid, NUKE)
+    try:
+        socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "status")
+        pid = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=30.0, steps=100, seed=seed), "client_id": cid},
+                            timeout=10).json()["prompt_id"]
+        socket.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress" and f["data"].get("prompt_id") == pid, timeout=30)
+    except BaseException:
+        socket.close()
+        raise
+    return socket, str(pid)
+
+
 @pytest.mark.parametrize("again", ["same-replica", "other-replica"])
 def test_comfyui_for_nuke_run_cancel_close_then_run_again_across_replicas(mock_cluster_factory: Factory, postgres_url: str, again: str) -> None:
     """ComfyUI-for-Nuke's sequence behind a load balancer: its socket on one replica, its POSTs
@@ -166,20 +184,15 @@ def test_comfyui_for_nuke_run_cancel_close_then_run_again_across_replicas(mock_c
     cluster = mock_cluster_factory(speeds=(1.0,))
     with replicas_over(cluster, postgres_url) as (a, b):
         cid = "artist:shot010:1"
-        first = _Socket(a.url, cid, ["User-Agent: nuke"])
-        try:
-            first.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "status")
-            pid1 = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=30.0, steps=100, seed=1), "client_id": cid}, timeout=10).json()["prompt_id"]
-            first.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress" and f["data"].get("prompt_id") == pid1, timeout=30)
-        finally:
-            first.close()
+        first, pid1 = _run_seen_live_through_two_replicas(a, b, cid, seed=1)
+        first.close()
         wait_until(lambda: a.relay.connected == 0, message="replica a saw the socket close")
         # Replica a told b that the run reached the client's socket (in milliseconds, long
         # before a person cancels; awaited here so that the test does not rely on it).
         wait_until(lambda: b.relay.is_live(("default", cid), pid1), message="replica b heard the run went live on a")
         assert requests.post(b.url + "/interrupt", json={"prompt_id": pid1}, timeout=10).status_code == 200
         wait_until(lambda: requests.get(f"{a.url}/history/{pid1}", timeout=5).json(), timeout=30, message="the first run ended")
-        second = _Socket((a if again == "same-replica" else b).url, cid, ["User-Agent: nuke"])
+        second = _Socket((a if again == "same-replica" else b).url, cid, NUKE)
         try:
             pid2 = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=0.05, steps=2, seed=2), "client_id": cid}, timeout=10).json()["prompt_id"]
             frames = second.wait_for(is_done(pid2), timeout=30)
@@ -195,17 +208,14 @@ def test_a_client_whose_replica_stopped_still_gets_the_end_of_a_run_it_saw_live(
     cluster = mock_cluster_factory(speeds=(1.0,))
     with replicas_over(cluster, postgres_url) as (a, b):
         cid = "artist:shot010:1"
-        first = _Socket(a.url, cid, ["User-Agent: nuke"])
+        first, pid = _run_seen_live_through_two_replicas(a, b, cid, seed=3)
         try:
-            first.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "status")
-            pid = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=30.0, steps=100, seed=3), "client_id": cid}, timeout=10).json()["prompt_id"]
-            first.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "progress" and f["data"].get("prompt_id") == pid, timeout=30)
             a.stop()  # the client's socket dies with its replica
         finally:
             first.close()
         assert requests.post(b.url + "/interrupt", json={"prompt_id": pid}, timeout=10).status_code == 200
         wait_until(lambda: requests.get(f"{b.url}/history/{pid}", timeout=5).json(), timeout=30, message="the run ended")
-        later = _Socket(b.url, cid, ["User-Agent: nuke"])  # it reconnects through the load balancer
+        later = _Socket(b.url, cid, NUKE)  # it reconnects through the load balancer
         try:
             frames = of_prompt(later.wait_for(is_done(pid), timeout=30), pid)
             assert [f["type"] for f in frames][-2:] == ["execution_interrupted", "executing"]

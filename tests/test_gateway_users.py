@@ -53,15 +53,21 @@ def test_comfyui_for_nuke_run_cancel_close_then_run_again_gets_its_own_result(mo
             wait_until(lambda: requests.get(f"{gw.url}/history/{pid1}", timeout=5).json(), message="the first run ended")
         finally:
             first.close()
-        second = NukeRemoteClient(gw.url)  # the same clientId, a new socket
-        try:
-            pid2 = second.run(image_workflow(color=5))
-            frames = second.wait_done(pid2)
-            assert of_prompt(frames, pid1) == [], "the new socket got the old run's events"
-            assert kinds(of_prompt(frames, pid2))[-2:] == ["execution_success", "executing"]
-            assert second.collect("mock", "")  # its own result is there
-        finally:
-            second.close()
+        _next_run_gets_only_its_own(gw.url, pid1)
+
+
+def _next_run_gets_only_its_own(url: str, old: str) -> None:
+    """ComfyUI-for-Nuke's next run (the same clientId, a new socket): none of run ``old``'s
+    events, its own end and result."""
+    second = NukeRemoteClient(url)
+    try:
+        pid2 = second.run(image_workflow(color=5))
+        frames = second.wait_done(pid2)
+        assert of_prompt(frames, old) == [], "the new socket got the old run's events"
+        assert kinds(of_prompt(frames, pid2))[-2:] == ["execution_success", "executing"]
+        assert second.collect("mock", "")  # its own result is there
+    finally:
+        second.close()
 
 
 def test_a_socket_that_opens_while_its_prompt_is_being_committed_makes_its_events_live(mock_cluster_factory: Factory) -> None:
@@ -100,13 +106,7 @@ def test_a_socket_that_opens_while_its_prompt_is_being_committed_makes_its_event
         finally:
             go.set()
             first.close()
-        second = NukeRemoteClient(gw.url)
-        try:
-            pid2 = second.run(image_workflow(color=5))
-            frames = second.wait_done(pid2)
-            assert of_prompt(frames, pid1) == [], "the new socket got the old run's events"
-        finally:
-            second.close()
+        _next_run_gets_only_its_own(gw.url, pid1)
 
 
 def test_events_of_a_prompt_posted_without_a_socket_are_delivered_once(mock_cluster_factory: Factory) -> None:
