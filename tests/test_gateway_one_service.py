@@ -6,6 +6,7 @@ real sockets, a real PostgreSQL): the crash cases run as processes in test_gatew
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 from typing import Any, Callable, Dict, Iterator, List, Tuple
@@ -175,12 +176,50 @@ def _run_seen_live_through_two_replicas(a: Gateway, b: Gateway, cid: str, seed: 
     return socket, str(pid)
 
 
+@contextlib.contextmanager
+def frames_held(gw: Gateway, prompt_id: str) -> Iterator[Callable[[], None]]:
+    """Every frame of ``prompt_id`` that reaches ``gw``'s relay (sent by its own book, or
+    delivered from another replica's notice) waits until the ``release()`` yielded: then they
+    go on, in order, on the gateway's loop. The end of a run told late: a notice, or a commit's
+    callback, that comes after the client saw the end in /history and opened its next socket."""
+    relay = gw.relay
+    send, deliver = relay.send, relay.deliver
+    held: List[Callable[[], None]] = []
+
+    def held_send(key: Any, kind: str, data: Dict[str, Any], **kwargs: Any) -> None:
+        if data.get("prompt_id") != prompt_id:
+            return send(key, kind, data, **kwargs)
+        held.append(lambda: send(key, kind, data, **kwargs))
+
+    def held_deliver(key: Any, frame: str, keep: bool, pid: Any = None, role: str = "") -> None:
+        if pid != prompt_id:
+            return deliver(key, frame, keep, pid, role)
+        held.append(lambda: deliver(key, frame, keep, pid, role))
+
+    def release() -> None:
+        async def go() -> int:
+            relay.send, relay.deliver = send, deliver  # type: ignore[method-assign]
+            for call in held:
+                call()
+            return len(held)
+        assert gw._loop is not None
+        n = asyncio.run_coroutine_threadsafe(go(), gw._loop).result(timeout=10)
+        assert n > 0, "no frame of the prompt was held: the test did not reach its state"
+
+    relay.send, relay.deliver = held_send, held_deliver  # type: ignore[method-assign]
+    try:
+        yield release
+    finally:
+        relay.send, relay.deliver = send, deliver  # type: ignore[method-assign]
+
+
 @pytest.mark.parametrize("again", ["same-replica", "other-replica"])
 def test_comfyui_for_nuke_run_cancel_close_then_run_again_across_replicas(mock_cluster_factory: Factory, postgres_url: str, again: str) -> None:
     """ComfyUI-for-Nuke's sequence behind a load balancer: its socket on one replica, its POSTs
     on another (which sees no socket of it, so keeps the events for the client). Once a socket
     got the run live, its cancelled end must not reach the socket the client opens next, on
-    either replica (CfN would take it for its new run's end)."""
+    either replica (CfN would take it for its new run's end), even when the end reaches that
+    replica only after the client saw it in /history and opened that socket."""
     cluster = mock_cluster_factory(speeds=(1.0,))
     with replicas_over(cluster, postgres_url) as (a, b):
         cid = "artist:shot010:1"
@@ -190,15 +229,19 @@ def test_comfyui_for_nuke_run_cancel_close_then_run_again_across_replicas(mock_c
         # Replica a told b that the run reached the client's socket (in milliseconds, long
         # before a person cancels; awaited here so that the test does not rely on it).
         wait_until(lambda: b.relay.is_live(("default", cid), pid1), message="replica b heard the run went live on a")
-        assert requests.post(b.url + "/interrupt", json={"prompt_id": pid1}, timeout=10).status_code == 200
-        wait_until(lambda: requests.get(f"{a.url}/history/{pid1}", timeout=5).json(), timeout=30, message="the first run ended")
-        second = _Socket((a if again == "same-replica" else b).url, cid, NUKE)
-        try:
-            pid2 = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=0.05, steps=2, seed=2), "client_id": cid}, timeout=10).json()["prompt_id"]
-            frames = second.wait_for(is_done(pid2), timeout=30)
-            assert of_prompt(frames, pid1) == [], "the new socket got the old run's events"
-        finally:
-            second.close()
+        there = a if again == "same-replica" else b
+        with frames_held(there, pid1) as release:
+            assert requests.post(b.url + "/interrupt", json={"prompt_id": pid1}, timeout=10).status_code == 200
+            wait_until(lambda: requests.get(f"{a.url}/history/{pid1}", timeout=5).json(), timeout=30, message="the first run ended")
+            second = _Socket(there.url, cid, NUKE)
+            try:
+                second.wait_for(lambda f: isinstance(f, dict) and f.get("type") == "status")
+                release()  # the end's notice (a) or its commit's callback (b) comes only now
+                pid2 = requests.post(b.url + "/prompt", json={"prompt": sleep_workflow(seconds=0.05, steps=2, seed=2), "client_id": cid}, timeout=10).json()["prompt_id"]
+                frames = second.wait_for(is_done(pid2), timeout=30)
+                assert of_prompt(frames, pid1) == [], "the new socket got the old run's events"
+            finally:
+                second.close()
 
 
 def test_a_client_whose_replica_stopped_still_gets_the_end_of_a_run_it_saw_live(mock_cluster_factory: Factory, postgres_url: str) -> None:

@@ -429,6 +429,53 @@ def test_a_prompt_live_on_another_replica_is_no_longer_kept_here_but_still_reach
     run(main)
 
 
+def test_a_socket_that_opens_after_a_live_prompt_ended_gets_nothing_more_of_it():
+    """Replicas: a prompt that went live on an earlier socket of the client (here or on another
+    replica) and ended before the client's next socket opens: its end, arriving late (another
+    replica's notice, or this one's commit callback), must not reach the new socket. Prompts
+    still running go on to it, as on one gateway; the store is asked once per prompt."""
+    async def main() -> None:
+        relay = Relay()
+        ended = {"p1", "p3", "p4"}
+        asked: List[List[str]] = []
+
+        async def check_ended(pids: List[str]) -> List[str]:
+            asked.append(list(pids))
+            return [p for p in pids if p in ended]
+
+        older = relay.attach(ALICE, FakeSocket(), first())
+        for pid in ("p1", "p2", "p3"):
+            relay.send(ALICE, "progress", {"value": 1, "prompt_id": pid}, keep=True)  # posted through another replica
+        relay.send(ALICE, "execution_success", {"prompt_id": "p3"}, keep=True)
+        relay.send(ALICE, "executing", {"node": None, "prompt_id": "p3"}, keep=True)  # p3's end reached the socket
+        relay.live_elsewhere(ALICE, ["p4"])  # p4 reached the client's socket on another replica
+        relay.detach(older)
+        await relay.settle(ALICE)  # one gateway: no store to ask, nothing to do
+        assert asked == []
+        relay.check_ended = check_ended
+        await relay.settle(BOB)  # nothing live for Bob: the store is not asked
+        assert asked == []
+        await relay.settle(ALICE)
+        assert asked == [["p1", "p2", "p4"]]  # not p3: its end came here
+        ws = FakeSocket()
+        relay.attach(ALICE, ws, first())
+        relay.send(ALICE, "execution_interrupted", {"prompt_id": "p1"}, keep=True)  # p1's end, late
+        relay.send(ALICE, "executing", {"node": None, "prompt_id": "p1"}, keep=True)
+        relay.deliver(ALICE, json.dumps({"type": "execution_success", "data": {"prompt_id": "p4"}}), False, "p4", END)
+        relay.send(ALICE, "progress", {"value": 2, "prompt_id": "p2"}, keep=True)  # still running: live frames go on
+        relay.send(ALICE, "execution_success", {"prompt_id": "p2"}, keep=True)
+        await settle()
+        assert [(k, d["prompt_id"]) for k, d in ws.events()[1:]] == [("progress", "p2"), ("execution_success", "p2")]
+        await relay.settle(ALICE)
+        assert asked[1:] == []  # p1 and p4 settled, p2's end came: nothing left to ask
+        relay.send(ALICE, "execution_start", {"prompt_id": "p1"})  # the client posts p1's id again: a new run
+        relay.send(ALICE, "execution_success", {"prompt_id": "p1"})
+        await settle()
+        assert [(k, d["prompt_id"]) for k, d in ws.events()[3:]] == [("execution_start", "p1"), ("execution_success", "p1")]
+
+    run(main)
+
+
 def test_live_prompts_are_remembered_within_their_bounds_oldest_forgotten_first(monkeypatch):
     monkeypatch.setattr(relay_module, "MAX_ENDS", 2)
     monkeypatch.setattr(relay_module, "MAX_SEEN", 2)
@@ -439,6 +486,15 @@ def test_live_prompts_are_remembered_within_their_bounds_oldest_forgotten_first(
     assert [relay.is_live(ALICE, p) for p in ("p1", "p2", "p3")] == [True, False, True]
 
     async def main() -> None:
+        asked: List[List[str]] = []
+
+        async def check_ended(pids: List[str]) -> List[str]:
+            asked.append(list(pids))
+            return []
+
+        relay.check_ended = check_ended
+        await relay.settle(ALICE)
+        assert asked == [["p1", "p3"]]  # the forgotten mark is gone from the client's list too
         live: List[Tuple[Key, List[str]]] = []
         relay.publish_live = lambda key, pids: live.append((key, pids))
         client = relay.attach(BOB, FakeSocket(), first())
@@ -446,6 +502,8 @@ def test_live_prompts_are_remembered_within_their_bounds_oldest_forgotten_first(
             relay.send(BOB, "progress", {"value": 1, "prompt_id": pid}, keep=True)
         relay.detach(client)
         assert live == [(BOB, ["b2", "b3"])]
+        await relay.settle(ALICE)  # Alice's marks went with Bob's newer ones: nothing to ask
+        assert asked == [["p1", "p3"]]
 
     run(main)
 
@@ -561,7 +619,7 @@ def test_a_prompt_told_on_another_replica_is_not_replayed_to_its_client(monkeypa
         def keep(key: Key, kind: str, size: int, pid: str) -> None:
             relay.send(key, *sized(kind, size, value=1, prompt_id=pid), keep=True)
 
-        await relay.settle_kept(ALICE)  # nothing kept and no store: nothing to do
+        await relay.settle(ALICE)  # nothing kept and no store: nothing to do
         keep(dave, "progress", 1000, "d")  # the client kept longest
         for pid in ("p1", "p2"):
             keep(ALICE, "progress", 1000, pid)
@@ -569,12 +627,12 @@ def test_a_prompt_told_on_another_replica_is_not_replayed_to_its_client(monkeypa
         keep(ALICE, "progress", 100, "p3")  # no end yet
         keep(BOB, "progress", 1000, "p1")
         keep(BOB, "execution_success", 100, "p1")  # 4400 bytes in all: exactly the bound
-        await relay.settle_kept(ALICE)  # no store set: everything stays
+        await relay.settle(ALICE)  # no store set: everything stays
         assert relay.kept_frames == 8
         relay.check_told = check_told
-        await relay.settle_kept(carol)  # nothing kept for Carol: the store is not asked
+        await relay.settle(carol)  # nothing kept for Carol: the store is not asked
         assert asked == []
-        await relay.settle_kept(ALICE)
+        await relay.settle(ALICE)
         assert asked == [(ALICE, ["p1", "p2"])]
         relay.told_elsewhere(BOB, "p4")  # a prompt with nothing kept: harmless
         relay.told_elsewhere(("erin", "c1"), "p1")  # nothing kept for Erin at all
@@ -637,7 +695,7 @@ def test_a_frame_for_a_client_connected_to_another_replica_is_published_and_deli
             records.append((key, pid))
 
         there.check_told, there.record_told = check_told, record_told
-        await there.settle_kept(BOB)
+        await there.settle(BOB)
         assert asked == [(BOB, [PID])]
         bob = FakeSocket()
         there.attach(BOB, bob, first())

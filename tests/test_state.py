@@ -178,6 +178,28 @@ def test_two_replicas_recording_the_same_file_name_at_once_both_commit(postgres_
     b.close()
 
 
+def test_a_prompt_is_ended_for_the_replicas_once_its_history_is_committed(postgres_url: str) -> None:
+    """What a replica asks before a client's socket opens: which of the prompts the client got
+    live are out of the queue (finished, with their history in the same commit, or deleted
+    while waiting); a prompt still queued or running is not."""
+    from comfy_cluster.state.shared import SharedQueue
+
+    store = Store(postgres_url)
+    shared = SharedQueue(store, "r0", "http://127.0.0.1:1")
+    try:
+        for i, pid in enumerate(("done", "running", "waiting", "deleted")):
+            store.add_prompt(PromptRow(pid, i, None, "c", {}))
+        store.reserve_attempt("a1", "running", "gpu1")
+        store.reserve_attempt("a2", "done", "gpu1")
+        store.finish("done", "interrupted", {"n": 1}, [], owner=None, client_id="c", created=1.0, started=2.0, keep=10)
+        store.delete_prompt("deleted")
+        asked = ["running", "done", "waiting", "deleted", "never-posted"]
+        assert shared.ended(asked) == ["done", "deleted", "never-posted"]
+        assert store.history_item("done") == {"n": 1}
+    finally:
+        store.close()
+
+
 def test_many_live_prompts_are_told_in_notices_within_notifys_payload_bound(postgres_url: str) -> None:
     """A replica's socket that closes after getting many kept prompts live tells the others in
     as many NOTIFY payloads as the bound needs (PostgreSQL refuses one over 8000 bytes), all

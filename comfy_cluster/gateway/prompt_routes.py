@@ -76,7 +76,7 @@ class PromptRoutes:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         sid = request.query.get("clientId") or uuid.uuid4().hex
         key = (request_user(request).name, sid)
-        await self._relay.settle_kept(key)
+        await self._relay.settle(key)
         ws = web.WebSocketResponse(max_msg_size=self._max_upload, heartbeat=None)
         await ws.prepare(request)
         client = self._relay.attach(key, ws, {"type": "status", "data": dict(self._book.status_data(), sid=sid)}, request.transport)

@@ -91,6 +91,36 @@ def _remember(entries: "collections.OrderedDict[Any, Any]", key: Any, value: Any
         entries.popitem(last=False)
 
 
+class _Marks:
+    """``(key, prompt_id)`` pairs, the newest ``bound`` of them, also listed by key."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self._order: "collections.OrderedDict[Tuple[Key, str], None]" = collections.OrderedDict()
+        self._of: Dict[Key, Dict[str, None]] = {}
+
+    def add(self, key: Key, prompt_id: str) -> None:
+        self._order[(key, prompt_id)] = None
+        self._order.move_to_end((key, prompt_id))
+        self._of.setdefault(key, {})[prompt_id] = None
+        while len(self._order) > self.bound:
+            (old, pid), _ = self._order.popitem(last=False)
+            of = self._of[old]
+            del of[pid]
+            if not of:
+                del self._of[old]
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self._order
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def of(self, key: Key) -> List[str]:
+        """``key``'s prompts."""
+        return list(self._of.get(key, ()))
+
+
 class _Kept:
     """Frames kept for one client without a socket: ``(frame, prompt_id, role)``."""
 
@@ -123,12 +153,14 @@ class Relay:
         #: Replicas: tell the others that these prompts, kept for ``key``, reached its socket
         #: here (called when that socket closes).
         self.publish_live: Optional[Callable[[Key, List[str]], None]] = None
+        #: Replicas: which of these prompts ended (are out of the store's queue).
+        self.check_ended: Optional[Callable[[List[str]], Awaitable[List[str]]]] = None
         self._clients: Dict[Key, Outbox] = {}
         # (key, prompt_id) -> END (its end went to the client) or CLOSE (and its executing null)
         self._ends: "collections.OrderedDict[Tuple[Key, str], str]" = collections.OrderedDict()
         # (key, prompt_id) of prompts whose frames were to be kept for ``key`` and reached a socket
         # of it (here or on another replica): no longer kept (bounded as ``_ends``).
-        self._live: "collections.OrderedDict[Tuple[Key, str], None]" = collections.OrderedDict()
+        self._live = _Marks(MAX_ENDS)
         # key -> prompts of ``_live`` that its socket here got (told to the others at its close)
         self._seen: Dict[Key, "collections.OrderedDict[str, None]"] = {}
         self._closing = False  # the gateway is stopping: its sockets die as with a crash
@@ -230,15 +262,29 @@ class Relay:
             client.gate(Gate(asyncio.ensure_future(self.record_told(key, prompt_id))))
         client.put(frame)
 
-    async def settle_kept(self, key: Key) -> None:
-        """Before a socket for ``key`` opens: drop the kept frames of prompts whose end the
-        client got already through another replica (the record is committed before such an
-        end is written, so a client that saw it finds it recorded here)."""
+    async def settle(self, key: Key) -> None:
+        """Before a socket for ``key`` opens (replicas; both read the store):
+
+        - the kept frames of prompts whose end the client got already through another replica
+          are dropped (the record is committed before such an end is written, so a client
+          that saw it finds it recorded here);
+        - nothing more of a prompt that went live on an earlier socket of the client (here or
+          on another replica) and ended before this one opens goes to it. Its end may still be
+          on its way here (another replica's notice, or the commit's callback of this one's
+          book) when the client, having seen the end in ``/history``, opens its next socket:
+          ComfyUI-for-Nuke would take it for its new run's end. One gateway decides this
+          when the job ends (``send(to=)``); replicas ask the store, where the end is
+          committed before anyone can see it."""
         kept = self._kept.get(key)
         ends = [pid for _, pid, role in kept.frames if role == END and pid is not None] if kept is not None else []
         if ends and self.check_told is not None:
             for pid in await self.check_told(key, ends):
                 self.told_elsewhere(key, pid)
+        if self.check_ended is not None:
+            unended = [pid for pid in self._live.of(key) if (key, pid) not in self._ends]
+            if unended:
+                for pid in await self.check_ended(unended):
+                    _remember(self._ends, (key, pid), CLOSE, MAX_ENDS)
 
     def _admit(self, key: Key, prompt_id: Optional[str], role: str) -> bool:
         """False for a frame of a prompt whose end ``key`` got already (its first end, then
@@ -272,7 +318,7 @@ class Relay:
         """A frame of ``prompt_id`` that was to be kept for ``key`` goes to its socket here."""
         if prompt_id is None or not key[1]:
             return
-        _remember(self._live, (key, prompt_id), None, MAX_ENDS)
+        self._live.add(key, prompt_id)
         seen = self._seen.setdefault(key, collections.OrderedDict())
         seen[prompt_id] = None
         if len(seen) > MAX_SEEN:
@@ -283,7 +329,7 @@ class Relay:
         frames kept for them here are dropped and their later frames not kept (their live ones
         still go to a socket of ``key`` here, should the client open one)."""
         for prompt_id in prompt_ids:
-            _remember(self._live, (key, prompt_id), None, MAX_ENDS)
+            self._live.add(key, prompt_id)
             self._drop_kept(key, prompt_id)
 
     def told_elsewhere(self, key: Key, prompt_id: str) -> None:

@@ -59,6 +59,7 @@ class ReplicaLink:
         relay.record_told = self._record_told
         relay.check_told = self._check_told
         relay.publish_live = self._publish_live
+        relay.check_ended = self._check_ended
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -157,6 +158,9 @@ class ReplicaLink:
 
     async def _check_told(self, key: Tuple[str, str], prompt_ids: List[str]) -> List[str]:
         return await self._keeper.read(self.shared.told, key[1], prompt_ids, user=key[0])
+
+    async def _check_ended(self, prompt_ids: List[str]) -> List[str]:
+        return await self._keeper.read(self.shared.ended, prompt_ids)
 
     def _remaining(self, count: int) -> None:
         """The service's queue length, for the status frames of every socket held here."""

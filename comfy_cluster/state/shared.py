@@ -216,6 +216,13 @@ class SharedQueue:
             return list(conn.execute(sa.select(t.told.c.prompt_id).where(sa.and_(
                 t.told.c.user == user, t.told.c.client_id == client_id, t.told.c.prompt_id.in_(prompt_ids)))).scalars())
 
+    def ended(self, prompt_ids: List[str]) -> List[str]:
+        """Which of ``prompt_ids`` are out of the queue: ended (a prompt leaves it in the
+        transaction that commits its history item) or deleted while waiting."""
+        with self.store.reading() as conn:
+            queued = set(conn.execute(sa.select(t.prompts.c.prompt_id).where(t.prompts.c.prompt_id.in_(prompt_ids))).scalars())
+        return [pid for pid in prompt_ids if pid not in queued]
+
     def frame(self, frame_id: int) -> Optional[str]:
         with self.store.reading() as conn:
             return conn.execute(sa.select(t.frames.c.frame).where(t.frames.c.id == frame_id)).scalar()
