@@ -783,6 +783,40 @@ def test_an_end_is_written_anyway_when_its_record_fails_or_never_answers(monkeyp
     run(main)
 
 
+@pytest.mark.parametrize("failure", ["raises", "never-answers"])
+def test_a_socket_opens_anyway_when_the_store_fails_or_does_not_answer_before_it(monkeypatch, caplog, failure):
+    """Replicas ask the store before a socket opens (kept ends told elsewhere, live prompts that
+    ended): a store that fails or hangs must not keep the client from its socket. It opens
+    without the answers (what they would have dropped goes to it), and the operator is told."""
+    monkeypatch.setattr(outbox_module, "GATE_WAIT", 0.05)
+    caplog.set_level(logging.WARNING, logger="comfy_cluster.gateway.relay")
+
+    async def main() -> None:
+        relay = Relay()
+
+        async def broken(*_: Any) -> List[str]:
+            if failure == "raises":
+                raise OSError("database is down")
+            await asyncio.Event().wait()
+            return []
+
+        relay.send(ALICE, "execution_success", {"prompt_id": "kept"}, keep=True)
+        relay.live_elsewhere(ALICE, ["live"])
+        relay.check_told, relay.check_ended = broken, broken
+        await relay.settle(ALICE)
+        ws = FakeSocket()
+        relay.attach(ALICE, ws, first())
+        relay.deliver(ALICE, json.dumps({"type": "execution_success", "data": {"prompt_id": "live"}}), False, "live", END)
+        await settle()
+        assert [(k, d["prompt_id"]) for k, d in ws.events()[1:]] == [("execution_success", "kept"), ("execution_success", "live")]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        expected = {"raises": "database is down", "never-answers": "TimeoutError"}[failure]
+        assert warnings == [f"could not ask the store {what} before a socket opened ({expected}); opening it without the answer"
+                            for what in ("which kept ends were told", "which live prompts ended")]
+
+    run(main)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bounded memory: a client that does not read.
 

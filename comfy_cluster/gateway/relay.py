@@ -91,6 +91,21 @@ def _remember(entries: "collections.OrderedDict[Any, Any]", key: Any, value: Any
         entries.popitem(last=False)
 
 
+async def _asked(what: str, answer: Awaitable[List[str]]) -> List[str]:
+    """The store's answer to a question asked before a socket opens, or none (logged) when it
+    fails or does not come within ``GATE_WAIT``: the socket opens anyway (a database that does
+    not answer must not keep a client from its events; it may then get an end twice, or a late
+    end of a prompt that went live before, as without the question)."""
+    try:
+        return await asyncio.wait_for(answer, outbox.GATE_WAIT)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - logged; the socket opens without the answer
+        log.warning("could not ask the store %s before a socket opened (%s); opening it without the answer",
+                    what, str(exc) or type(exc).__name__)
+        return []
+
+
 class _Marks:
     """``(key, prompt_id)`` pairs, the newest ``bound`` of them, also listed by key."""
 
@@ -278,12 +293,12 @@ class Relay:
         kept = self._kept.get(key)
         ends = [pid for _, pid, role in kept.frames if role == END and pid is not None] if kept is not None else []
         if ends and self.check_told is not None:
-            for pid in await self.check_told(key, ends):
+            for pid in await _asked("which kept ends were told", self.check_told(key, ends)):
                 self.told_elsewhere(key, pid)
         if self.check_ended is not None:
             unended = [pid for pid in self._live.of(key) if (key, pid) not in self._ends]
             if unended:
-                for pid in await self.check_ended(unended):
+                for pid in await _asked("which live prompts ended", self.check_ended(unended)):
                     _remember(self._ends, (key, pid), CLOSE, MAX_ENDS)
 
     def _admit(self, key: Key, prompt_id: Optional[str], role: str) -> bool:
