@@ -13,7 +13,9 @@ socket closes (ComfyUI-for-Nuke closes its socket after a cancel and opens a new
 next run, which must not get the cancelled run's end). Replicas: when that socket closes, its
 replica tells the others which prompts it got live (``publish_live``); they drop the copies they
 kept and keep no more of them (:meth:`live_elsewhere`). A replica that dies tells nothing, so
-the others go on keeping for its clients, which reconnect elsewhere.
+the others go on keeping for its clients, which reconnect elsewhere. Before a socket opens on a
+replica, the store says which of the prompts that went live on the client's earlier sockets
+ended: nothing more of those goes to it (their end may reach this replica late: :meth:`settle`).
 Binary preview frames are never kept: they are only worth something live.
 
 Each client gets each prompt's end once (dedupe by prompt id): the first ``execution_success``/
@@ -127,9 +129,6 @@ class _Marks:
 
     def __contains__(self, pair: object) -> bool:
         return pair in self._order
-
-    def __len__(self) -> int:
-        return len(self._order)
 
     def of(self, key: Key) -> List[str]:
         """``key``'s prompts."""
