@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable, List, Tuple
 
 import pytest
+from helpers import callbacks_delivered
 
 from comfy_cluster import ServerPool
 from comfy_cluster.testing import MockCluster, wait_until
@@ -76,6 +77,7 @@ def test_a_copy_posted_under_a_dead_pools_client_id_brings_its_progress_events(m
         wait_until(lambda: "submitted" in events, timeout=20, message="the copy followed")
         cluster[0].resume_jobs()
         assert job.result(timeout=30).prompt_id == seen[0][0]
+        assert callbacks_delivered(job)  # result() returns as soon as the job is done, before its callbacks ran
         assert events.count("progress") == 6, events  # every step, read under replica a's clientId
     finally:
         adopter.close()
