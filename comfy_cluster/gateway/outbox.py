@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Any, Deque, Optional, Tuple, Union
+from typing import Any, Awaitable, Deque, Optional, Tuple, TypeVar, Union
 
 from aiohttp import web
 
-__all__ = ["Outbox", "Gate", "passed", "Frame", "Key", "CLOSE_TOO_SLOW", "CLOSE_WAIT", "GATE_WAIT"]
+__all__ = ["Outbox", "Gate", "passed", "within_gate_wait", "Frame", "Key", "CLOSE_TOO_SLOW", "CLOSE_WAIT", "GATE_WAIT"]
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +137,23 @@ class Outbox:
         self._wake.set()
 
 
-async def passed(gate: Gate) -> None:
+T = TypeVar("T")
+
+
+async def within_gate_wait(answer: Awaitable[T], failed: str, default: T) -> T:
+    """``answer`` (the store's) awaited ``GATE_WAIT`` seconds at most: a database that fails or
+    does not answer must not stop a client's events. Then ``failed`` (a message whose ``%s``
+    says why) is logged as a warning and ``default`` given instead."""
     try:
-        await asyncio.wait_for(asyncio.shield(gate.task), GATE_WAIT)
+        return await asyncio.wait_for(answer, GATE_WAIT)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the end goes out anyway (maybe twice, never lost)
+    except Exception as exc:  # noqa: BLE001 - logged; the caller goes on without the answer
         # An exception is always true: its text may be empty (a time-out's is), so name its type then.
-        log.warning("could not record a prompt's end as told (%s); sending it anyway", str(exc) or type(exc).__name__)
+        log.warning(failed, str(exc) or type(exc).__name__)
+        return default
+
+
+async def passed(gate: Gate) -> None:
+    # The end goes out anyway: maybe twice, never lost.
+    await within_gate_wait(asyncio.shield(gate.task), "could not record a prompt's end as told (%s); sending it anyway", None)

@@ -85,27 +85,23 @@ def role_of(kind: str, data: Dict[str, Any]) -> str:
     return ""
 
 
-def _remember(entries: "collections.OrderedDict[Any, Any]", key: Any, value: Any, bound: int) -> None:
-    """``entries[key] = value`` as the newest entry; the oldest go past ``bound`` entries."""
+def _remember(entries: "collections.OrderedDict[Any, Any]", key: Any, value: Any, bound: int) -> List[Any]:
+    """``entries[key] = value`` as the newest entry; the oldest go past ``bound`` entries (their
+    keys are returned)."""
     entries[key] = value
     entries.move_to_end(key)
+    gone: List[Any] = []
     while len(entries) > bound:
-        entries.popitem(last=False)
+        gone.append(entries.popitem(last=False)[0])
+    return gone
 
 
 async def _asked(what: str, answer: Awaitable[List[str]]) -> List[str]:
     """The store's answer to a question asked before a socket opens, or none (logged) when it
-    fails or does not come within ``GATE_WAIT``: the socket opens anyway (a database that does
-    not answer must not keep a client from its events; it may then get an end twice, or a late
-    end of a prompt that went live before, as without the question)."""
-    try:
-        return await asyncio.wait_for(answer, outbox.GATE_WAIT)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - logged; the socket opens without the answer
-        log.warning("could not ask the store %s before a socket opened (%s); opening it without the answer",
-                    what, str(exc) or type(exc).__name__)
-        return []
+    fails or does not come within ``GATE_WAIT``: the socket opens anyway (it may then get an end
+    twice, or a late end of a prompt that went live before, as without the question)."""
+    failed = f"could not ask the store {what} before a socket opened (%s); opening it without the answer"
+    return await outbox.within_gate_wait(answer, failed, [])
 
 
 class _Marks:
@@ -117,11 +113,8 @@ class _Marks:
         self._of: Dict[Key, Dict[str, None]] = {}
 
     def add(self, key: Key, prompt_id: str) -> None:
-        self._order[(key, prompt_id)] = None
-        self._order.move_to_end((key, prompt_id))
         self._of.setdefault(key, {})[prompt_id] = None
-        while len(self._order) > self.bound:
-            (old, pid), _ = self._order.popitem(last=False)
+        for old, pid in _remember(self._order, (key, prompt_id), None, self.bound):
             of = self._of[old]
             del of[pid]
             if not of:
